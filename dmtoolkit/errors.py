@@ -1,0 +1,23 @@
+"""Errors a user can act on: the CLI prints their message on one line and exits non-zero."""
+
+
+class UserError(Exception):
+    """Bad input or state the user can fix; the message says what is wrong and what to do."""
+
+    exit_code = 1
+
+
+class RecipeError(UserError):
+    """A recipe that does not parse or validate."""
+
+
+class StoreError(UserError):
+    """A run store or result file that is missing, foreign, corrupt or inconsistent."""
+
+
+class LockError(StoreError):
+    """Another process holds the single-writer lock of a store."""
+
+
+class DataError(UserError):
+    """A dataset that cannot be found, read or prepared."""

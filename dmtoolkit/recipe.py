@@ -1,0 +1,190 @@
+"""Recipes: one validated YAML file says everything a run needs (data, subsets, model, training, transfer).
+
+The recipe's canonical JSON (after validation and overrides) is stored in every run store and hashed,
+so a store always knows exactly how its rows were made and resumes refuse a different recipe.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from dmtoolkit.errors import RecipeError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class DataSpec(_Section):
+    """A dataset by name (`glyphs`, `mnist5k`, `digits`, `fashion-mnist`, `imagefolder:PATH`) or ffcv betons."""
+
+    dataset: str
+    max_per_class: int | None = Field(default=None, gt=0, description="cap on training examples per class")
+    train_size: int | None = Field(default=None, gt=0, description="cap on training examples (seeded draw)")
+    test_size: int | None = Field(default=None, gt=0, description="cap on test examples (seeded draw)")
+    seed: int = Field(default=0, description="seed of the capped draws above (independent of the mask seed)")
+    beton_train: str | None = None
+    beton_test: str | None = None
+
+
+class PlantingSpec(_Section):
+    """Ground truth planted into the source so detectors can be scored (never read by estimators)."""
+
+    leaks: int = Field(default=0, ge=0)
+    decoys: int = Field(default=0, ge=0)
+    near_copies: int = Field(default=0, ge=0)
+    flip_fraction: float = Field(default=0.0, ge=0.0, lt=1.0)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _near_copies_are_leaks(self) -> "PlantingSpec":
+        if self.near_copies > self.leaks:
+            raise ValueError(f"near_copies ({self.near_copies}) cannot exceed leaks ({self.leaks})")
+        return self
+
+
+class SubsetSpec(_Section):
+    """Which units are subsampled, how many, and how the masks are drawn."""
+
+    kind: Literal["class", "example"] = "class"
+    alpha: float = Field(default=0.5, gt=0.0, lt=1.0)
+    models: int = Field(default=256, ge=2)
+    seed: int = 0
+    antithetic: bool = Field(default=False, description="odd masks are the complements of even ones")
+
+
+class ModelSpec(_Section):
+    """The source network."""
+
+    arch: Literal["tiny-cnn", "resnet18"] = "tiny-cnn"
+    width: int = Field(default=16, gt=0, description="channels of the first conv layer (tiny-cnn)")
+    hidden: int = Field(default=64, gt=0, description="penultimate feature size (tiny-cnn)")
+    downsample: Literal["maxpool", "stride"] = Field(default="maxpool", description="how tiny-cnn halves resolution")
+    resolution: int = Field(default=16, ge=8)
+    final_resolution: int | None = Field(default=None, ge=8, description="progressive resizing end (resnet18)")
+
+
+class TrainSpec(_Section):
+    """Source training on a subset."""
+
+    epochs: float = Field(default=2.0, gt=0)
+    batch_size: int = Field(default=128, gt=0)
+    lr: float = Field(default=0.1, gt=0)
+    momentum: float = Field(default=0.9, ge=0, lt=1)
+    weight_decay: float = Field(default=5e-4, ge=0)
+    schedule: Literal["triangular", "constant", "cosine"] = "triangular"
+    peak_epoch: float = Field(default=0.5, ge=0)
+    label_smoothing: float = Field(default=0.0, ge=0, lt=1)
+    randomness: Literal["shared", "per-model"] = Field(
+        default="shared",
+        description="shared: every model starts from the same init and data-order seed; per-model: each its own",
+    )
+    models_per_batch: int = Field(default=8, ge=1, description="models trained at once as one batched network")
+
+
+class TransferSpec(_Section):
+    """Adapting a source model to the target task."""
+
+    mode: Literal["fixed-feature", "full"] = "fixed-feature"
+    feature_layer: Literal["penultimate", "conv"] = "penultimate"
+    epochs: float = Field(default=30.0, gt=0)
+    batch_size: int = Field(default=512, gt=0)
+    lr: float = Field(default=0.05, gt=0)
+    weight_decay: float = Field(default=1e-4, ge=0)
+
+
+class Recipe(_Section):
+    """A whole experiment."""
+
+    name: str
+    source: DataSpec
+    target: DataSpec
+    subsets: SubsetSpec = SubsetSpec()
+    model: ModelSpec = ModelSpec()
+    training: TrainSpec = TrainSpec()
+    transfer: TransferSpec = TransferSpec()
+    planting: PlantingSpec = PlantingSpec()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Recipe":
+        if self.subsets.antithetic and self.subsets.alpha != 0.5:
+            raise ValueError("subsets.antithetic needs alpha = 0.5 (a complement keeps the other half)")
+        if self.subsets.antithetic and self.subsets.models % 2:
+            raise ValueError("subsets.antithetic needs an even number of models")
+        return self
+
+    def canonical_json(self) -> str:
+        """Key-sorted JSON of every setting, defaults included: what the hash covers."""
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+
+    def hash(self) -> str:
+        return hashlib.sha256(self.canonical_json().encode()).hexdigest()
+
+    def with_overrides(self, *, models: int | None = None, seed: int | None = None) -> "Recipe":
+        """The recipe with `--models` / `--seed` from the command line applied (and re-validated)."""
+        data = self.model_dump(mode="json")
+        if models is not None:
+            data["subsets"]["models"] = models
+        if seed is not None:
+            data["subsets"]["seed"] = seed
+        return parse_recipe_dict(data, origin="command-line overrides")
+
+
+def _describe(error: ValidationError, origin: str) -> str:
+    first = error.errors()[0]
+    where = ".".join(str(part) for part in first["loc"]) or "recipe"
+    message = first["msg"]
+    if first["type"] == "extra_forbidden":
+        message = "unknown key (check the spelling; see recipes/glyphs-to-mnist.yaml for every key)"
+    elif "input" in first and first["type"] != "missing":
+        message = f"{message} (got {first['input']!r})"
+    more = len(error.errors()) - 1
+    suffix = f" (+{more} more problem{'s' * (more > 1)})" if more else ""
+    return f"{origin}: {where}: {message}{suffix}"
+
+
+def parse_recipe_dict(data: object, origin: str = "recipe") -> Recipe:
+    """Validate a recipe given as a mapping; errors name the key and the problem on one line."""
+    if not isinstance(data, dict):
+        raise RecipeError(f"{origin}: a recipe must be a YAML mapping of keys to values, got {type(data).__name__}")
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as error:
+        raise RecipeError(_describe(error, origin)) from None
+
+
+class _RecipeLoader(yaml.SafeLoader):
+    """SafeLoader that also reads `5e-5` as a float (YAML 1.1 would read it as a string)."""
+
+
+_RecipeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+$"),
+    list("-+0123456789."),
+)
+
+
+def parse_recipe_text(text: str, origin: str = "recipe") -> Recipe:
+    try:
+        data = yaml.load(text, Loader=_RecipeLoader)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(error, "problem", None) or "malformed YAML"
+        raise RecipeError(f"{origin}: malformed YAML{where}: {problem}") from None
+    return parse_recipe_dict(data, origin)
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Read and validate a recipe file."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"{path}: recipe file not found (see recipes/ for examples)")
+    return parse_recipe_text(path.read_text(), origin=str(path))

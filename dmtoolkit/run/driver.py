@@ -1,0 +1,93 @@
+"""The driver: picks the pending groups of a store, hands them to an executor, writes rows as they arrive.
+
+It is the only writer (it holds the store's lock). Completed rows are durable the moment they are
+written, so Ctrl-C or a kill loses at most the groups in flight. A failed group is retried once;
+failing twice, it is reported by row number, never skipped silently.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+from dmtoolkit.errors import UserError
+from dmtoolkit.run.executors import Executor
+from dmtoolkit.store import RunStore
+from dmtoolkit.train.job import group_of
+
+
+class TrainingFailed(UserError):
+    """Some models failed twice; the message names their rows and the error."""
+
+
+@dataclass
+class TrainSummary:
+    written: int = 0
+    already_done: int = 0
+    remaining: int = 0
+    failures: dict[int, str] = field(default_factory=dict)
+
+
+def pending_groups(store: RunStore, group_size: int, limit: int | None) -> list[int]:
+    """Groups with at least one pending row, in order, enough to cover `limit` pending rows."""
+    groups: list[int] = []
+    covered = 0
+    for row in store.pending_rows():
+        group = group_of(int(row), group_size)
+        if not groups or groups[-1] != group:
+            if limit is not None and covered >= limit:
+                break
+            groups.append(group)
+        covered += 1
+    return groups
+
+
+def train_store(path: str | Path, executor: Executor, *, limit: int | None = None,
+                progress: bool = True) -> TrainSummary:
+    """Compute every pending row (or at least `limit` of them, in whole groups) and write them."""
+    path = Path(path)
+    with RunStore(path, writable=True) as store:
+        recipe = store.recipe
+        group_size = 1 if recipe.model.arch == "resnet18" else recipe.training.models_per_batch
+        completed = store.completed_mask()
+        summary = TrainSummary(already_done=int(completed.sum()))
+        groups = pending_groups(store, group_size, limit)
+        todo = sum(int((~completed[g * group_size:(g + 1) * group_size]).sum()) for g in groups)
+        attempts: dict[int, int] = {}
+        bar = tqdm(total=todo, desc="models", unit="model", file=sys.stderr, disable=not progress,
+                   dynamic_ncols=True)
+        try:
+            queue = groups
+            while queue:
+                retry = []
+                for outcome in executor.run(path, queue):
+                    attempts[outcome.group] = attempts.get(outcome.group, 0) + 1
+                    if outcome.error is not None:
+                        if attempts[outcome.group] < 2:
+                            retry.append(outcome.group)
+                        else:
+                            summary.failures[outcome.group] = outcome.error
+                        continue
+                    for result in outcome.results or []:
+                        if completed[result.index]:
+                            continue
+                        store.write_row(result.index, result.margins, seed=result.seed,
+                                        source_accuracy=result.source_accuracy,
+                                        target_accuracy=result.target_accuracy, seconds=result.seconds)
+                        completed[result.index] = True
+                        summary.written += 1
+                        bar.update(1)
+                queue = retry
+        finally:
+            bar.close()
+            executor.close()
+            summary.remaining = int((~completed).sum())
+    if summary.failures:
+        rows = ", ".join(f"{g * group_size}-{(g + 1) * group_size - 1}" for g in sorted(summary.failures))
+        first = next(iter(summary.failures.values()))
+        raise TrainingFailed(f"{path}: models in rows {rows} failed twice ({first}); "
+                             f"{summary.written} rows were written and kept; rerun `dmtoolkit train` to retry")
+    return summary

@@ -1,0 +1,75 @@
+"""Turn a recipe's data section into the `RunData` a store holds: load, cap, plant, fingerprint."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from dmtoolkit.data import ImageDataset, load_dataset
+from dmtoolkit.data.planting import PlantingConfig, plant
+from dmtoolkit.errors import DataError
+from dmtoolkit.recipe import DataSpec, Recipe
+from dmtoolkit.store import Planted, RunData, Split
+
+
+def _cap_per_class(dataset: ImageDataset, cap: int | None, seed: int) -> ImageDataset:
+    if cap is None:
+        return dataset
+    rng = np.random.default_rng([seed, 1])
+    keep = [rng.permutation(np.flatnonzero(dataset.labels == k))[:cap] for k in range(len(dataset.class_names))]
+    return dataset.subset(np.sort(np.concatenate(keep)))
+
+
+def _cap(dataset: ImageDataset, size: int | None, seed: int, salt: int) -> ImageDataset:
+    if size is None or size >= len(dataset):
+        return dataset
+    return dataset.subset(np.sort(np.random.default_rng([seed, salt]).permutation(len(dataset))[:size]))
+
+
+def _load(spec: DataSpec, role: str) -> tuple[ImageDataset, ImageDataset]:
+    if spec.beton_train or spec.beton_test:
+        raise DataError(f"{role}: reading ffcv betons in `dmtoolkit init` is not supported yet; "
+                        f"use a dataset name (see `dmtoolkit data list`)")
+    train, test = load_dataset(spec.dataset, "train"), load_dataset(spec.dataset, "test")
+    if len(test) == 0:
+        raise DataError(f"{role}: dataset {spec.dataset!r} has an empty test split")
+    return train, test
+
+
+def _split(dataset: ImageDataset) -> Split:
+    return Split(np.ascontiguousarray(dataset.images), dataset.labels.astype(np.int64))
+
+
+def build_run_data(recipe: Recipe) -> RunData:
+    """Load source and target as the recipe says, apply caps (seeded), plant ground truth if asked."""
+    src, tgt = recipe.source, recipe.target
+    source_train, source_test = _load(src, "source")
+    target_train, target_test = _load(tgt, "target")
+    pool = _cap(_cap_per_class(source_train, src.max_per_class, src.seed), src.train_size, src.seed, 2)
+    source_test_used = _cap(source_test, src.test_size, src.seed, 3)
+    target_train_used = _cap_per_class(_cap(target_train, tgt.train_size, tgt.seed, 2), tgt.max_per_class, tgt.seed)
+    target_test_used = _cap(target_test, tgt.test_size, tgt.seed, 3)
+    fingerprints = {
+        "source_train": source_train.fingerprint, "source_test": source_test.fingerprint,
+        "target_train": target_train.fingerprint, "target_test": target_test.fingerprint,
+    }
+    planting = recipe.planting
+    planted = None
+    if planting.leaks or planting.decoys or planting.flip_fraction:
+        config = PlantingConfig(leaks=planting.leaks, decoys=planting.decoys, near_copies=planting.near_copies,
+                                flip_fraction=planting.flip_fraction, seed=planting.seed)
+        result = plant(pool, target_train_used, target_test_used, config)
+        pool = result.dataset
+        planted = Planted(result.leak_target, result.decoy_target, result.near_copy, result.flipped,
+                          result.original_labels)
+    fingerprints["source_pool"] = pool.fingerprint
+    return RunData(
+        source_pool=_split(pool),
+        source_test=_split(source_test_used),
+        source_class_names=tuple(pool.class_names),
+        source_example_ids=tuple(pool.example_ids),
+        target_train=_split(target_train_used),
+        target_test=_split(target_test_used),
+        target_class_names=tuple(target_test.class_names),
+        fingerprints=fingerprints,
+        planted=planted,
+    )

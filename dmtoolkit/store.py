@@ -1,0 +1,377 @@
+"""The HDF5 run store: one self-describing file per experiment, rows are models.
+
+Crash safety rests on one rule: after `create` (which writes a temporary file and renames it into
+place) no HDF5 metadata ever changes. Every per-model dataset is fixed-size, uncompressed and fully
+allocated at creation, so writing a row only overwrites raw bytes in place. A row's data are written,
+flushed and fsynced before its `completed` flag is set (and flushed and fsynced again), so a kill at
+any moment leaves at worst a half-written row whose flag is still unset; resume recomputes it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import h5py
+import numpy as np
+
+from dmtoolkit import __version__
+from dmtoolkit.errors import StoreError
+from dmtoolkit.lock import WriterLock
+from dmtoolkit.masks import make_masks
+from dmtoolkit.recipe import Recipe, parse_recipe_text
+
+SCHEMA_NAME = "dmtoolkit.run"
+SCHEMA_VERSION = 1
+ROW_CHUNK = 64
+
+PER_MODEL_FLOATS = {
+    "source_accuracy": "accuracy of the source model on the source test split, in [0, 1]",
+    "target_accuracy": "accuracy of the transferred model on the target test set, in [0, 1]",
+    "seconds": "wall-clock seconds spent computing the model (its share of a batched group)",
+}
+
+
+@dataclass(frozen=True)
+class Split:
+    """Images and labels of one split as stored: images uint8 (N, H, W, C), labels int64 (N,)."""
+
+    images: np.ndarray
+    labels: np.ndarray
+
+
+@dataclass(frozen=True)
+class Planted:
+    """Planted ground truth over the source pool; only scoring may read it, never an estimator."""
+
+    leak_target: np.ndarray
+    decoy_target: np.ndarray
+    near_copy: np.ndarray
+    flipped: np.ndarray
+    original_labels: np.ndarray
+
+
+@dataclass(frozen=True)
+class RunData:
+    """Everything a worker needs besides the recipe: the data every model of the run sees."""
+
+    source_pool: Split
+    source_test: Split
+    source_class_names: tuple[str, ...]
+    source_example_ids: tuple[str, ...]
+    target_train: Split
+    target_test: Split
+    target_class_names: tuple[str, ...]
+    fingerprints: dict[str, str]
+    planted: Planted | None = None
+
+    def num_units(self, kind: str) -> int:
+        return len(self.source_class_names) if kind == "class" else len(self.source_pool.labels)
+
+
+def _strings(group: h5py.Group, name: str, values: tuple[str, ...], meaning: str) -> None:
+    ds = group.create_dataset(name, data=list(values), dtype=h5py.string_dtype())
+    ds.attrs["meaning"] = meaning
+
+
+def _array(group: h5py.Group, name: str, data: np.ndarray, meaning: str, axes: str, compress: bool = True) -> None:
+    kwargs = {"compression": "gzip", "compression_opts": 4, "shuffle": True} if compress and data.size > 1024 else {}
+    ds = group.create_dataset(name, data=data, **kwargs)
+    ds.attrs["meaning"] = meaning
+    ds.attrs["axes"] = axes
+
+
+def _preallocated(f: h5py.File, name: str, shape: tuple[int, ...], dtype: str, fill: object, meaning: str, axes: str) -> None:
+    """A fixed, uncompressed dataset written in full now so later row writes never touch metadata."""
+    chunks = (min(shape[0], ROW_CHUNK),) + shape[1:]
+    ds = f.create_dataset(name, shape=shape, dtype=dtype, chunks=chunks, fillvalue=fill, track_times=False)
+    ds[...] = np.full(shape, fill, dtype=dtype)
+    ds.attrs["meaning"] = meaning
+    ds.attrs["axes"] = axes
+
+
+def create_store(path: str | Path, recipe: Recipe, data: RunData, *, force: bool = False) -> Path:
+    """Write a new run store (masks drawn from the recipe's seed) atomically: temp file, then rename."""
+    path = Path(path)
+    if path.exists() and not force:
+        raise StoreError(f"{path}: already exists; pass --force to overwrite it, or choose another path")
+    if path.exists():
+        with WriterLock(path):
+            pass  # refuse to overwrite a store that a live writer holds
+    kind, sub = recipe.subsets.kind, recipe.subsets
+    num_units = data.num_units(kind)
+    if num_units < 2:
+        raise StoreError(f"{path}: the source has {num_units} {kind} unit(s); subsets need at least 2")
+    masks = make_masks(sub.seed, sub.models, num_units, sub.alpha, sub.antithetic)
+    m, T = sub.models, len(data.target_test.labels)
+    if T == 0:
+        raise StoreError(f"{path}: the target test set is empty; check the recipe's target dataset")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with h5py.File(tmp, "w", track_order=True) as f:
+            _write_attributes(f, recipe, data, num_units)
+            units = data.source_class_names if kind == "class" else data.source_example_ids
+            mask_ds = f.create_dataset(
+                "masks", data=masks, chunks=(min(m, ROW_CHUNK), num_units), compression="gzip", shuffle=True
+            )
+            mask_ds.attrs["meaning"] = f"mask[i, u] is true when model i's training subset keeps source {kind} u"
+            mask_ds.attrs["axes"] = "model, unit"
+            _strings(f, "unit_names", units, f"name of each subsampled unit ({kind}), the columns of masks")
+            _preallocated(f, "margins", (m, T), "float32", np.nan,
+                          "margin z_y - max_{k!=y} z_k of the transferred model on each target test example; NaN until written",
+                          "model, target example")
+            _preallocated(f, "completed", (m,), "bool", False,
+                          "true once the model's row is durably written; only completed rows count", "model")
+            _preallocated(f, "seed", (m,), "int64", -1, "training seed the model used", "model")
+            for name, meaning in PER_MODEL_FLOATS.items():
+                _preallocated(f, name, (m,), "float32", np.nan, meaning, "model")
+            _write_data(f, data)
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def _write_attributes(f: h5py.File, recipe: Recipe, data: RunData, num_units: int) -> None:
+    sub = recipe.subsets
+    f.attrs.update({
+        "schema": SCHEMA_NAME,
+        "schema_version": SCHEMA_VERSION,
+        "kind": sub.kind,
+        "alpha": sub.alpha,
+        "num_models": sub.models,
+        "num_units": num_units,
+        "seed": sub.seed,
+        "antithetic": sub.antithetic,
+        "randomness": recipe.training.randomness,
+        "recipe": recipe.canonical_json(),
+        "recipe_hash": recipe.hash(),
+        "fingerprints": json.dumps(data.fingerprints, sort_keys=True),
+        "planted": data.planted is not None,
+        "package_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    })
+
+
+def _write_data(f: h5py.File, data: RunData) -> None:
+    src, tgt = f.create_group("source"), f.create_group("target")
+    _array(src, "images", data.source_pool.images, "source training pool images (after planting), uint8", "example, y, x, channel")
+    _array(src, "labels", data.source_pool.labels, "class index of each source pool example", "example")
+    _strings(src, "class_names", data.source_class_names, "source class names")
+    _strings(src, "example_ids", data.source_example_ids, "stable id of each source pool example")
+    _array(src, "test_images", data.source_test.images, "source test images (held-out fonts/families)", "example, y, x, channel")
+    _array(src, "test_labels", data.source_test.labels, "class index of each source test example", "example")
+    _array(tgt, "train_images", data.target_train.images, "target training images the transfer head is fitted on", "example, y, x, channel")
+    _array(tgt, "train_labels", data.target_train.labels, "class index of each target training example", "example")
+    _array(tgt, "images", data.target_test.images, "target test images; the columns of margins", "example, y, x, channel")
+    _array(tgt, "labels", data.target_test.labels, "class index of each target test example", "example")
+    _strings(tgt, "class_names", data.target_class_names, "target class names")
+    if data.planted is not None:
+        p = data.planted
+        _array(src, "planted_leak", p.leak_target, "index of the target TEST example this source example copies, -1 if none", "example")
+        _array(src, "planted_decoy", p.decoy_target, "index of the target TRAIN example this source example copies, -1 if none", "example")
+        _array(src, "planted_near_copy", p.near_copy, "true when the planted copy is a near copy (shift or noise)", "example")
+        _array(src, "planted_flip", p.flipped, "true when the example's label was flipped", "example")
+        _array(src, "original_labels", p.original_labels, "label before flipping", "example")
+
+
+def _open_h5(path: Path, mode: str) -> h5py.File:
+    if not path.exists():
+        raise StoreError(f"{path}: no such store; create one with `dmtoolkit init RECIPE.yaml {path}`")
+    if not h5py.is_hdf5(path):
+        raise StoreError(f"{path}: not an HDF5 file (corrupt or another format); recreate it with `dmtoolkit init`")
+    try:
+        return h5py.File(path, mode, locking=False)
+    except OSError as error:
+        raise StoreError(f"{path}: HDF5 file cannot be opened ({error.args[0] if error.args else error}); it may be corrupt") from None
+
+
+class RunStore:
+    """An open run store. Read-only by default; `writable=True` takes the single-writer lock."""
+
+    def __init__(self, path: str | Path, *, writable: bool = False) -> None:
+        self.path = Path(path)
+        self._lock = WriterLock(self.path).acquire() if writable else None
+        try:
+            self.file = _open_h5(self.path, "r+" if writable else "r")
+            self._check_schema()
+        except BaseException:
+            if self._lock:
+                self._lock.release()
+            raise
+
+    def _check_schema(self) -> None:
+        schema = self.file.attrs.get("schema")
+        if schema != SCHEMA_NAME:
+            self.file.close()
+            raise StoreError(f"{self.path}: not a dmtoolkit run store (schema {schema!r}); point at a file made by `dmtoolkit init`")
+        version = int(self.file.attrs.get("schema_version", -1))
+        if version != SCHEMA_VERSION:
+            self.file.close()
+            raise StoreError(
+                f"{self.path}: run store schema version {version}, this dmtoolkit reads version {SCHEMA_VERSION}; "
+                "use the matching dmtoolkit version or recreate the store"
+            )
+
+    # context management -------------------------------------------------------------------------
+    def close(self) -> None:
+        if self.file:
+            self.file.close()
+        if self._lock:
+            self._lock.release()
+            self._lock = None
+
+    def __enter__(self) -> "RunStore":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # metadata -----------------------------------------------------------------------------------
+    @property
+    def recipe(self) -> Recipe:
+        return parse_recipe_text(self.file.attrs["recipe"], origin=f"{self.path} (stored recipe)")
+
+    @property
+    def recipe_hash(self) -> str:
+        return str(self.file.attrs["recipe_hash"])
+
+    @property
+    def kind(self) -> str:
+        return str(self.file.attrs["kind"])
+
+    @property
+    def alpha(self) -> float:
+        return float(self.file.attrs["alpha"])
+
+    @property
+    def seed(self) -> int:
+        return int(self.file.attrs["seed"])
+
+    @property
+    def num_models(self) -> int:
+        return int(self.file["masks"].shape[0])
+
+    @property
+    def num_units(self) -> int:
+        return int(self.file["masks"].shape[1])
+
+    @property
+    def num_targets(self) -> int:
+        return int(self.file["margins"].shape[1])
+
+    @property
+    def unit_names(self) -> list[str]:
+        return list(self.file["unit_names"].asstr()[()])
+
+    @property
+    def target_names(self) -> list[str]:
+        """One readable name per target test example: its index and true class."""
+        classes = self.strings("target/class_names")
+        return [f"{j}:{classes[label]}" for j, label in enumerate(self.file["target/labels"][()])]
+
+    @property
+    def has_planted(self) -> bool:
+        return bool(self.file.attrs.get("planted", False))
+
+    def strings(self, name: str) -> list[str]:
+        return list(self.file[name].asstr()[()])
+
+    def run_data(self) -> RunData:
+        """The stored data, as workers need it to train and transfer any model of the run."""
+        f = self.file
+        split = lambda images, labels: Split(f[images][()], f[labels][()])  # noqa: E731
+        planted = None
+        if self.has_planted:
+            planted = Planted(*(f[f"source/{n}"][()] for n in
+                                ("planted_leak", "planted_decoy", "planted_near_copy", "planted_flip", "original_labels")))
+        return RunData(
+            source_pool=split("source/images", "source/labels"),
+            source_test=split("source/test_images", "source/test_labels"),
+            source_class_names=tuple(self.strings("source/class_names")),
+            source_example_ids=tuple(self.strings("source/example_ids")),
+            target_train=split("target/train_images", "target/train_labels"),
+            target_test=split("target/images", "target/labels"),
+            target_class_names=tuple(self.strings("target/class_names")),
+            fingerprints=json.loads(f.attrs["fingerprints"]),
+            planted=planted,
+        )
+
+    # rows ---------------------------------------------------------------------------------------
+    def completed_mask(self) -> np.ndarray:
+        return self.file["completed"][()].astype(bool)
+
+    def completed_rows(self) -> np.ndarray:
+        return np.flatnonzero(self.completed_mask())
+
+    def pending_rows(self) -> np.ndarray:
+        return np.flatnonzero(~self.completed_mask())
+
+    def read_rows(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Masks (r, P) bool and margins (r, T) float32 of the given rows, in the given order."""
+        rows = np.asarray(rows, dtype=np.int64)
+        order = np.argsort(rows, kind="stable")
+        sorted_rows = rows[order]
+        masks = self.file["masks"][sorted_rows] if len(rows) else np.zeros((0, self.num_units), bool)
+        margins = self.file["margins"][sorted_rows] if len(rows) else np.zeros((0, self.num_targets), np.float32)
+        inverse = np.empty_like(order)
+        inverse[order] = np.arange(len(order))
+        return masks[inverse].astype(bool), margins[inverse]
+
+    def iter_blocks(self, rows: np.ndarray | None = None, block_rows: int = 1024) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Stream (rows, masks, margins) in blocks of at most `block_rows` completed rows (default: all completed)."""
+        rows = self.completed_rows() if rows is None else np.asarray(rows, dtype=np.int64)
+        for start in range(0, len(rows), block_rows):
+            block = rows[start:start + block_rows]
+            yield (block, *self.read_rows(block))
+
+    def write_row(self, index: int, margins: np.ndarray, *, seed: int, source_accuracy: float,
+                  target_accuracy: float, seconds: float) -> None:
+        """Write one model's results, durably, then mark it completed (see module docstring)."""
+        if self._lock is None:
+            raise StoreError(f"{self.path}: opened read-only; open it writable to add rows")
+        margins = np.asarray(margins, dtype=np.float32)
+        if margins.shape != (self.num_targets,):
+            raise StoreError(f"{self.path}: row {index} has {margins.shape} margins, expected ({self.num_targets},)")
+        if not np.isfinite(margins).all():
+            raise StoreError(f"{self.path}: row {index} has non-finite margins; the model diverged (lower the learning rate)")
+        f = self.file
+        f["margins"][index] = margins
+        f["seed"][index] = seed
+        f["source_accuracy"][index] = source_accuracy
+        f["target_accuracy"][index] = target_accuracy
+        f["seconds"][index] = seconds
+        self._sync()
+        f["completed"][index] = True
+        self._sync()
+
+    def _sync(self) -> None:
+        self.file.flush()
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def content_hash(self) -> str:
+        """SHA-256 over the recipe hash, masks, completion flags and completed margins: what estimates depend on."""
+        digest = hashlib.sha256(self.recipe_hash.encode())
+        completed = self.completed_mask()
+        digest.update(completed.tobytes())
+        for rows, masks, margins in self.iter_blocks(np.flatnonzero(completed)):
+            digest.update(rows.tobytes())
+            digest.update(np.packbits(masks, axis=1).tobytes())
+            digest.update(margins.tobytes())
+        return digest.hexdigest()
+
+
+def open_store(path: str | Path, *, writable: bool = False) -> RunStore:
+    return RunStore(path, writable=writable)

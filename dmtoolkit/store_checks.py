@@ -1,0 +1,130 @@
+"""Human and machine summaries of a run store, and a validator that lists every problem it finds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dmtoolkit.errors import RecipeError
+from dmtoolkit.masks import make_masks
+from dmtoolkit.store import PER_MODEL_FLOATS, RunStore
+
+
+def _stats(values: np.ndarray) -> dict[str, float] | None:
+    values = values[np.isfinite(values)]
+    if not len(values):
+        return None
+    return {"mean": float(values.mean()), "std": float(values.std()), "min": float(values.min()),
+            "max": float(values.max())}
+
+
+def store_summary(path: str | Path) -> dict[str, Any]:
+    """What a person asks first: progress, accuracies, shapes, recipe, planted counts."""
+    with RunStore(path) as store:
+        f, done = store.file, store.completed_mask()
+        recipe = store.recipe
+        summary: dict[str, Any] = {
+            "path": str(store.path),
+            "recipe": recipe.name,
+            "recipe_hash": store.recipe_hash,
+            "kind": store.kind,
+            "alpha": store.alpha,
+            "seed": store.seed,
+            "randomness": str(f.attrs["randomness"]),
+            "models": {"completed": int(done.sum()), "total": store.num_models},
+            "shapes": {"masks": list(f["masks"].shape), "margins": list(f["margins"].shape)},
+            "source": {"dataset": recipe.source.dataset, "classes": len(f["source/class_names"]),
+                       "pool_examples": len(f["source/labels"]), "test_examples": len(f["source/test_labels"])},
+            "target": {"dataset": recipe.target.dataset, "classes": len(f["target/class_names"]),
+                       "train_examples": len(f["target/train_labels"]), "test_examples": store.num_targets},
+            "source_accuracy": _stats(f["source_accuracy"][()][done]),
+            "target_accuracy": _stats(f["target_accuracy"][()][done]),
+            "seconds_per_model": _stats(f["seconds"][()][done]),
+            "created": str(f.attrs["created"]),
+            "package_version": str(f.attrs["package_version"]),
+        }
+        if store.has_planted:
+            summary["planted"] = {
+                "leaks": int((f["source/planted_leak"][()] >= 0).sum()),
+                "decoys": int((f["source/planted_decoy"][()] >= 0).sum()),
+                "near_copies": int(f["source/planted_near_copy"][()].sum()),
+                "flipped": int(f["source/planted_flip"][()].sum()),
+            }
+    return summary
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """The summary as aligned lines for a terminal."""
+    def stat(name: str, fmt: str = "{:.3f}") -> str:
+        s = summary[name]
+        return "n/a" if s is None else f"{fmt.format(s['mean'])} ± {fmt.format(s['std'])} (min {fmt.format(s['min'])}, max {fmt.format(s['max'])})"
+
+    src, tgt, models = summary["source"], summary["target"], summary["models"]
+    lines = [
+        f"store       {summary['path']}",
+        f"recipe      {summary['recipe']} ({summary['recipe_hash'][:12]})",
+        f"subsets     {summary['kind']}-level, alpha {summary['alpha']}, seed {summary['seed']}, randomness {summary['randomness']}",
+        f"models      {models['completed']}/{models['total']} completed",
+        f"masks       {tuple(summary['shapes']['masks'])} bool   margins {tuple(summary['shapes']['margins'])} float32",
+        f"source      {src['dataset']}: {src['classes']} classes, {src['pool_examples']} pool examples, {src['test_examples']} test",
+        f"target      {tgt['dataset']}: {tgt['classes']} classes, {tgt['train_examples']} train, {tgt['test_examples']} test",
+        f"source acc  {stat('source_accuracy')}",
+        f"target acc  {stat('target_accuracy')}",
+        f"seconds     {stat('seconds_per_model', '{:.2f}')} per model",
+    ]
+    if "planted" in summary:
+        p = summary["planted"]
+        lines.append(f"planted     {p['leaks']} leaks ({p['near_copies']} near copies), {p['decoys']} decoys, {p['flipped']} flipped labels")
+    return "\n".join(lines)
+
+
+def validate_store(path: str | Path) -> list[str]:
+    """Every problem found (empty when valid): schema, shapes, dtypes, masks re-derived, finite completed rows."""
+    problems: list[str] = []
+    with RunStore(path) as store:
+        f = store.file
+        try:
+            recipe = store.recipe
+        except RecipeError as error:
+            return [f"stored recipe does not validate: {error}"]
+        if recipe.hash() != store.recipe_hash:
+            problems.append("recipe_hash attribute does not match the stored recipe")
+        m, P, T = store.num_models, store.num_units, store.num_targets
+        expected = {"masks": ((m, P), np.bool_), "margins": ((m, T), np.float32), "completed": ((m,), np.bool_),
+                    "seed": ((m,), np.int64), **{name: ((m,), np.float32) for name in PER_MODEL_FLOATS}}
+        for name, (shape, dtype) in expected.items():
+            if name not in f:
+                problems.append(f"dataset {name!r} is missing")
+            elif f[name].shape != shape or f[name].dtype != dtype:
+                problems.append(f"{name}: expected {np.dtype(dtype)} {shape}, found {f[name].dtype} {f[name].shape}")
+        if problems:
+            return problems
+        units = len(f["source/class_names"]) if store.kind == "class" else len(f["source/labels"])
+        if units != P:
+            problems.append(f"masks have {P} units but the source has {units} {store.kind} units")
+        if len(f["unit_names"]) != P:
+            problems.append(f"unit_names has {len(f['unit_names'])} names for {P} units")
+        if len(f["target/labels"]) != T:
+            problems.append(f"target/labels has {len(f['target/labels'])} entries for {T} margin columns")
+        if recipe.subsets.models != m:
+            problems.append(f"recipe asks for {recipe.subsets.models} models, store has {m} rows")
+        if not problems:
+            sub = recipe.subsets
+            derived = make_masks(sub.seed, m, P, sub.alpha, sub.antithetic)
+            bad = np.flatnonzero((derived != f["masks"][()]).any(axis=1))
+            if len(bad):
+                problems.append(f"masks of {len(bad)} rows differ from those re-derived from seed {sub.seed} (first: row {bad[0]})")
+        done = store.completed_mask()
+        for rows, _, margins in store.iter_blocks(np.flatnonzero(done)):
+            bad = rows[~np.isfinite(margins).all(axis=1)]
+            if len(bad):
+                problems.append(f"{len(bad)} completed rows have non-finite margins (first: row {bad[0]})")
+        for name in ("source_accuracy", "target_accuracy"):
+            values = f[name][()][done]
+            if not np.all((values >= 0) & (values <= 1) | np.isnan(values) & (name == "source_accuracy")):
+                problems.append(f"{name}: completed rows hold values outside [0, 1]")
+        if (f["seed"][()][done] < 0).any():
+            problems.append("seed: completed rows without a recorded training seed")
+    return problems

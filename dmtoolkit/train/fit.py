@@ -1,0 +1,105 @@
+"""Training loops for G models at once: each model has its own example subset and data order.
+
+Every per-model quantity (loss, gradient, optimiser state) is separate, so model g's trajectory
+depends only on its own subset, seed and data — never on which other models share its batch.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class LoopSettings:
+    """The knobs of one training loop (source training or full fine-tuning)."""
+
+    epochs: float
+    batch_size: int
+    lr: float
+    momentum: float
+    weight_decay: float
+    schedule: str = "triangular"
+    peak_epoch: float = 0.5
+    label_smoothing: float = 0.0
+
+
+def epoch_order(subset: np.ndarray, num_examples: int, seed: int, epoch: int) -> np.ndarray:
+    """The subset in the order seen in `epoch`: sorted by per-example random priorities from (seed, epoch).
+
+    Priorities are drawn for the whole pool, so models sharing a seed see shared examples in the same
+    relative order even when their subsets differ (shared training randomness).
+    """
+    priorities = np.random.default_rng([seed, epoch]).random(num_examples)
+    return subset[np.argsort(priorities[subset], kind="stable")]
+
+
+def batch_indices(subset: np.ndarray, num_examples: int, seed: int, batch_size: int, steps: int) -> np.ndarray:
+    """(steps, batch_size) example indices walking through the subset epoch after epoch."""
+    needed = steps * batch_size
+    chunks, total, epoch = [], 0, 0
+    while total < needed:
+        chunks.append(epoch_order(subset, num_examples, seed, epoch))
+        total += len(subset)
+        epoch += 1
+    return np.concatenate(chunks)[:needed].reshape(steps, batch_size)
+
+
+def lr_factor(step: int, total_steps: int, schedule: str, peak_step: float) -> float:
+    """Learning-rate multiplier: triangular (linear up to the peak, linear down to 0), cosine or constant."""
+    if schedule == "constant":
+        return 1.0
+    if schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * step / total_steps))
+    if step < peak_step:
+        return (step + 1) / (peak_step + 1)
+    return max(total_steps - step, 0) / max(total_steps - peak_step, 1)
+
+
+def train_models(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, subsets: list[np.ndarray],
+                 order_seeds: list[int], settings: LoopSettings) -> None:
+    """Train the G models of `model` by SGD, model g on `images[subsets[g]]` in the order of `order_seeds[g]`."""
+    G, B = len(subsets), settings.batch_size
+    mean_size = float(np.mean([len(s) for s in subsets]))
+    steps_per_epoch = max(1, math.ceil(mean_size / B))
+    steps = max(1, math.ceil(settings.epochs * steps_per_epoch))
+    order = np.stack([batch_indices(s, len(images), seed, B, steps) for s, seed in zip(subsets, order_seeds)], axis=1)
+    order_t = torch.from_numpy(order).to(images.device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=settings.lr, momentum=settings.momentum,
+                                weight_decay=settings.weight_decay)
+    peak = settings.peak_epoch * steps_per_epoch
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, steps, settings.schedule, peak))
+    model.train()
+    for step in range(steps):
+        idx = order_t[step]
+        logits = model(images[idx])
+        loss = F.cross_entropy(logits.reshape(G * B, -1), labels[idx].reshape(-1),
+                               label_smoothing=settings.label_smoothing, reduction="none")
+        optimizer.zero_grad(set_to_none=True)
+        loss.reshape(G, B).mean(dim=1).sum().backward()
+        optimizer.step()
+        schedule.step()
+
+
+@torch.no_grad()
+def batched_outputs(fn, images: torch.Tensor, groups: int, chunk: int = 1024) -> torch.Tensor:
+    """fn applied to the same images for all G models, in chunks: (G, N, ...)."""
+    outputs = []
+    for start in range(0, len(images), chunk):
+        x = images[start:start + chunk]
+        outputs.append(fn(x.unsqueeze(0).expand(groups, *x.shape)))
+    return torch.cat(outputs, dim=1)
+
+
+def margins_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """z_y - max_{k != y} z_k for logits (..., N, K) and labels (N,); positive exactly when correct."""
+    index = labels.expand(*logits.shape[:-1]).unsqueeze(-1)
+    correct = logits.gather(-1, index).squeeze(-1)
+    others = logits.scatter(-1, index, float("-inf")).amax(dim=-1)
+    return correct - others

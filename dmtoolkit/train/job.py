@@ -1,0 +1,137 @@
+"""One unit of work: train, transfer and score a group of models of a run, from the store's own data.
+
+Rows are grouped by `training.models_per_batch` into fixed groups (rows gG .. gG+G-1); a group is always
+computed whole, so a row's result is the same whether it is computed first, last or after a resume.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from dmtoolkit.devices import resolve_device
+from dmtoolkit.recipe import Recipe
+from dmtoolkit.store import RunData, RunStore
+from dmtoolkit.train.fit import LoopSettings, batched_outputs, train_models
+from dmtoolkit.train.models import build_model
+from dmtoolkit.train.transfer import TRANSFERS
+
+SHARED_SEED_SALT = 0x5EED
+
+
+@dataclass(frozen=True)
+class ModelResult:
+    """What one model contributes to its store row."""
+
+    index: int
+    margins: np.ndarray
+    seed: int
+    source_accuracy: float
+    target_accuracy: float
+    seconds: float
+
+
+def model_seed(run_seed: int, index: int, randomness: str) -> int:
+    """Training seed of model `index`: one for all models (shared) or one per model (per-model)."""
+    key = [run_seed, SHARED_SEED_SALT] if randomness == "shared" else [run_seed, index]
+    return int(np.random.SeedSequence(key).generate_state(1)[0])
+
+
+def group_of(index: int, group_size: int) -> int:
+    return index // group_size
+
+
+def group_rows(group: int, group_size: int, num_models: int) -> list[int]:
+    return list(range(group * group_size, min((group + 1) * group_size, num_models)))
+
+
+def to_tensor(images: np.ndarray, channels: int, resolution: int, device: torch.device) -> torch.Tensor:
+    """uint8 (N, H, W, C) -> float (N, channels, r, r) in [-1, 1], converting channels and resizing."""
+    x = torch.from_numpy(images).to(device).permute(0, 3, 1, 2).float().div_(255.0)
+    if x.shape[1] != channels:
+        x = x.mean(dim=1, keepdim=True) if channels == 1 else x.expand(-1, channels, -1, -1)
+    if x.shape[-1] != resolution or x.shape[-2] != resolution:
+        x = F.interpolate(x, size=(resolution, resolution), mode="bilinear", antialias=True, align_corners=False)
+    return x.sub_(0.5).div_(0.5).contiguous()
+
+
+class RunContext:
+    """A worker's view of a run: recipe, masks and prepared tensors, loaded once per process."""
+
+    def __init__(self, recipe: Recipe, masks: np.ndarray, data: RunData, device: str | None = None) -> None:
+        self.recipe, self.masks, self.data = recipe, masks, data
+        self.device = resolve_device(device)
+        channels = data.source_pool.images.shape[-1]
+        r = recipe.model.final_resolution or recipe.model.resolution
+        prepare = lambda split: (to_tensor(split.images, channels, r, self.device),  # noqa: E731
+                                 torch.from_numpy(split.labels).to(self.device))
+        self.pool_x, self.pool_y = prepare(data.source_pool)
+        self.source_test_x, self.source_test_y = prepare(data.source_test)
+        self.target_train_x, self.target_train_y = prepare(data.target_train)
+        self.target_test_x, self.target_test_y = prepare(data.target_test)
+        self.channels = channels
+        self.num_source_classes = len(data.source_class_names)
+        self.num_target_classes = len(data.target_class_names)
+
+    @classmethod
+    def from_store(cls, path: str | Path, device: str | None = None) -> "RunContext":
+        with RunStore(path) as store:
+            return cls(store.recipe, store.file["masks"][()].astype(bool), store.run_data(), device)
+
+    @property
+    def group_size(self) -> int:
+        return 1 if self.recipe.model.arch == "resnet18" else self.recipe.training.models_per_batch
+
+    def subset_examples(self, index: int) -> np.ndarray:
+        """Pool examples model `index` trains on: those of kept classes, or the kept examples."""
+        mask = self.masks[index]
+        if self.recipe.subsets.kind == "class":
+            return np.flatnonzero(mask[self.data.source_pool.labels])
+        return np.flatnonzero(mask)
+
+    def compute_group(self, group: int) -> list[ModelResult]:
+        """Train, transfer and score every model of one group; deterministic for a given (store, group)."""
+        started = time.perf_counter()
+        recipe = self.recipe
+        rows = group_rows(group, self.group_size, len(self.masks))
+        seeds = [model_seed(recipe.subsets.seed, i, recipe.training.randomness) for i in rows]
+        subsets = [self.subset_examples(i) for i in rows]
+        model_spec, train = recipe.model, recipe.training
+        torch.manual_seed(seeds[0])
+        model = build_model(model_spec.arch, len(rows), self.channels, self.num_source_classes,
+                            model_spec.resolution, model_spec.width, model_spec.hidden, model_spec.downsample)
+        model.init_from_seeds(seeds)
+        model.to(self.device)
+        settings = LoopSettings(epochs=train.epochs, batch_size=train.batch_size, lr=train.lr,
+                                momentum=train.momentum, weight_decay=train.weight_decay, schedule=train.schedule,
+                                peak_epoch=train.peak_epoch, label_smoothing=train.label_smoothing)
+        train_models(model, self.pool_x, self.pool_y, subsets, [s + 1 for s in seeds], settings)
+        source_acc = self.source_accuracy(model, rows)
+        margins = TRANSFERS[recipe.transfer.mode](
+            model, self.target_train_x, self.target_train_y, self.target_test_x, self.target_test_y,
+            self.num_target_classes, recipe.transfer, [s + 2 for s in seeds])
+        margins = margins.float().cpu().numpy()
+        seconds = (time.perf_counter() - started) / len(rows)
+        return [ModelResult(i, margins[g], seeds[g], source_acc[g], float((margins[g] > 0).mean()), seconds)
+                for g, i in enumerate(rows)]
+
+    @torch.no_grad()
+    def source_accuracy(self, model: torch.nn.Module, rows: list[int]) -> list[float]:
+        """Accuracy on the source test split; class-level models are scored on their kept classes only."""
+        model.eval()
+        logits = batched_outputs(model, self.source_test_x, len(rows))
+        accuracies = []
+        for g, i in enumerate(rows):
+            z, y = logits[g], self.source_test_y
+            if self.recipe.subsets.kind == "class":
+                kept = torch.from_numpy(self.masks[i]).to(z.device)
+                z = z.masked_fill(~kept, float("-inf"))
+                keep_rows = kept[y]
+                z, y = z[keep_rows], y[keep_rows]
+            accuracies.append(float((z.argmax(dim=1) == y).float().mean()) if len(y) else float("nan"))
+        return accuracies

@@ -1,0 +1,72 @@
+"""Transfer G source models to the target task and return their margins on the target test set.
+
+fixed-feature: the backbone is frozen; each model gets its own linear head (softmax regression) on its
+own standardised features of the named layer, fitted full-batch with Adam (elementwise, so models stay
+independent). full: a fresh head, then every weight is fine-tuned on the target training set.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dmtoolkit.recipe import TransferSpec
+from dmtoolkit.train.fit import LoopSettings, batched_outputs, margins_from_logits, train_models
+
+
+def fit_linear_heads(train_feats: torch.Tensor, train_labels: torch.Tensor, num_classes: int,
+                     spec: TransferSpec, seeds: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Softmax-regression heads for features (G, n, d): returns (weight, bias, feature mean, feature std)."""
+    G, n, d = train_feats.shape
+    mean = train_feats.mean(dim=1, keepdim=True)
+    std = train_feats.std(dim=1, keepdim=True).clamp_min(1e-6)
+    x = (train_feats - mean) / std
+    weight = torch.zeros(G, d, num_classes, device=x.device)
+    for g, seed in enumerate(seeds):
+        weight[g].normal_(0.0, 0.01, generator=torch.Generator(device=x.device).manual_seed(seed))
+    weight.requires_grad_(True)
+    bias = torch.zeros(G, 1, num_classes, device=x.device, requires_grad=True)
+    optimizer = torch.optim.Adam([weight, bias], lr=spec.lr, weight_decay=spec.weight_decay)
+    steps_per_epoch = max(1, math.ceil(n / spec.batch_size))
+    steps = max(1, math.ceil(spec.epochs * steps_per_epoch))
+    for step in range(steps):
+        start = (step % steps_per_epoch) * spec.batch_size
+        xb, yb = x[:, start:start + spec.batch_size], train_labels[start:start + spec.batch_size]
+        logits = torch.baddbmm(bias, xb, weight)
+        loss = F.cross_entropy(logits.reshape(-1, num_classes), yb.repeat(G), reduction="none")
+        optimizer.zero_grad(set_to_none=True)
+        loss.reshape(G, -1).mean(dim=1).sum().backward()
+        optimizer.step()
+    return weight.detach(), bias.detach(), mean, std
+
+
+def transfer_fixed_feature(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor,
+                           test_y: torch.Tensor, num_classes: int, spec: TransferSpec, seeds: list[int]) -> torch.Tensor:
+    """Margins (G, T) of linear heads on the frozen models' `spec.feature_layer` features."""
+    model.eval()
+    G = len(seeds)
+    features = lambda x: model.features(x, spec.feature_layer)  # noqa: E731
+    train_feats = batched_outputs(features, train_x, G)
+    test_feats = batched_outputs(features, test_x, G)
+    weight, bias, mean, std = fit_linear_heads(train_feats, train_y, num_classes, spec, seeds)
+    logits = torch.baddbmm(bias, (test_feats - mean) / std, weight)
+    return margins_from_logits(logits, test_y)
+
+
+def transfer_full(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor,
+                  test_y: torch.Tensor, num_classes: int, spec: TransferSpec, seeds: list[int]) -> torch.Tensor:
+    """Margins (G, T) after replacing the head and fine-tuning every weight on the target training set."""
+    model.new_head(num_classes, seeds)
+    model.to(train_x.device)
+    everything = torch.arange(len(train_x)).numpy()
+    settings = LoopSettings(epochs=spec.epochs, batch_size=spec.batch_size, lr=spec.lr, momentum=0.9,
+                            weight_decay=spec.weight_decay, schedule="triangular", peak_epoch=spec.epochs / 4)
+    train_models(model, train_x, train_y, [everything] * len(seeds), seeds, settings)
+    model.eval()
+    return margins_from_logits(batched_outputs(model, test_x, len(seeds)), test_y)
+
+
+TRANSFERS = {"fixed-feature": transfer_fixed_feature, "full": transfer_full}

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Run the default (fast) test suite; pytest's exit 5 ("no tests ran") counts as a failure.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+.venv/bin/pytest "$@"
+status=$?
+if [ "$status" -eq 5 ]; then
+  echo "test.sh: pytest collected no tests; treating that as a failure" >&2
+  exit 1
+fi
+exit "$status"
