@@ -49,7 +49,7 @@ def store_summary(path: str | Path) -> dict[str, Any]:
             summary["planted"] = {
                 "leaks": int((f["source/planted_leak"][()] >= 0).sum()),
                 "decoys": int((f["source/planted_decoy"][()] >= 0).sum()),
-                "near_copies": int(f["source/planted_near_copy"][()].sum()),
+                "near_copy_leaks": int(((f["source/planted_leak"][()] >= 0) & f["source/planted_near_copy"][()]).sum()),
                 "flipped": int(f["source/planted_flip"][()].sum()),
             }
     return summary
@@ -76,7 +76,7 @@ def format_summary(summary: dict[str, Any]) -> str:
     ]
     if "planted" in summary:
         p = summary["planted"]
-        lines.append(f"planted     {p['leaks']} leaks ({p['near_copies']} near copies), {p['decoys']} decoys, {p['flipped']} flipped labels")
+        lines.append(f"planted     {p['leaks']} leaks ({p['near_copy_leaks']} near copies), {p['decoys']} decoys, {p['flipped']} flipped labels")
     return "\n".join(lines)
 
 

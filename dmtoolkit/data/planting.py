@@ -1,0 +1,144 @@
+"""Plant known ground truth into a source dataset, so leak and mislabel detectors can be scored.
+
+Leaks are target *test* images copied into the source under the same-named source class (MNIST "3"
+-> glyph "3"); decoys are target *train* images copied the same way, so that looking like the target
+does not by itself give a leak away. Some copies are near copies (1-px shift or light noise); decoys
+get near copies in the same proportion as leaks for the same reason. Copies are appended in a
+shuffled order after the original examples. Finally a fraction of the original source examples get
+their label flipped to another random class; copies are never flipped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from dmtoolkit.data.base import ImageDataset
+from dmtoolkit.errors import DataError
+
+NOISE_SD = 12.0  # light noise for near copies, in grey levels
+
+
+@dataclass(frozen=True)
+class PlantingConfig:
+    """How much ground truth to plant; `near_copies` counts leaks (decoys follow the same proportion)."""
+
+    leaks: int = 0
+    decoys: int = 0
+    near_copies: int = 0
+    flip_fraction: float = 0.0
+    seed: int = 0
+
+
+@dataclass(frozen=True, eq=False)
+class PlantedSource:
+    """The planted source pool and, per example, what was planted (-1 / False where nothing was)."""
+
+    dataset: ImageDataset
+    leak_target: np.ndarray  # int64 (N,): index into the target test set this example copies
+    decoy_target: np.ndarray  # int64 (N,): index into the target train set this example copies
+    near_copy: np.ndarray  # bool (N,): a leak or decoy that is a near copy
+    flipped: np.ndarray  # bool (N,): label flipped
+    original_labels: np.ndarray  # int64 (N,): label before flipping
+
+
+def to_format(images: np.ndarray, height: int, width: int, channels: int) -> np.ndarray:
+    """uint8 (N, h, w, c) images resized (bilinear) and converted to (N, height, width, channels)."""
+    mode = "L" if channels == 1 else "RGB"
+    out = np.empty((len(images), height, width, channels), np.uint8)
+    for k, image in enumerate(images):
+        picture = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).convert(mode)
+        if picture.size != (width, height):
+            picture = picture.resize((width, height), Image.Resampling.BILINEAR)
+        out[k] = np.asarray(picture).reshape(height, width, channels)
+    return out
+
+
+def _near_copy(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The image shifted by one pixel in a random direction (zero fill), or with light Gaussian noise."""
+    if rng.random() < 0.5:
+        dy, dx = [(0, 1), (0, -1), (1, 0), (-1, 0)][rng.integers(4)]
+        shifted = np.roll(image, (dy, dx), axis=(0, 1))
+        if dy:
+            shifted[0 if dy > 0 else -1] = 0  # zero the row that wrapped around
+        if dx:
+            shifted[:, 0 if dx > 0 else -1] = 0
+        return shifted
+    return np.clip(image + rng.normal(0, NOISE_SD, image.shape), 0, 255).astype(np.uint8)
+
+
+def _check(source: ImageDataset, target_train: ImageDataset, target_test: ImageDataset, config: PlantingConfig) -> None:
+    problems = [
+        (config.leaks < 0 or config.decoys < 0 or config.near_copies < 0, "counts must be >= 0"),
+        (config.near_copies > config.leaks, f"near_copies ({config.near_copies}) cannot exceed leaks ({config.leaks})"),
+        (config.leaks > len(target_test), f"leaks ({config.leaks}) exceed the {len(target_test)} target test images"),
+        (
+            config.decoys > len(target_train),
+            f"decoys ({config.decoys}) exceed the {len(target_train)} target train images",
+        ),
+        (not 0 <= config.flip_fraction <= 1, f"flip_fraction ({config.flip_fraction}) must be in [0, 1]"),
+        (config.flip_fraction > 0 and len(source.class_names) < 2, "flipping labels needs at least two source classes"),
+    ]
+    for failed, message in problems:
+        if failed:
+            raise DataError(f"bad planting config: {message}")
+    if config.leaks or config.decoys:
+        names = dict.fromkeys(target_train.class_names + target_test.class_names)
+        unmatched = [c for c in names if c not in source.class_names]
+        if unmatched:
+            raise DataError(
+                f"target classes {unmatched} have no same-named class in source {source.name}; "
+                "plant copies only between datasets that share class names (e.g. digits '0'..'9')"
+            )
+
+
+def plant(
+    source: ImageDataset, target_train: ImageDataset, target_test: ImageDataset, config: PlantingConfig
+) -> PlantedSource:
+    """Copy target images into `source` and flip source labels as `config` says; deterministic in config.seed."""
+    _check(source, target_train, target_test, config)
+    rng = np.random.default_rng(config.seed)
+    leaks = rng.choice(len(target_test), config.leaks, replace=False)
+    decoys = rng.choice(len(target_train), config.decoys, replace=False)
+    decoy_near = round(config.near_copies * config.decoys / config.leaks) if config.leaks else 0
+    # One row per copy: (from test?, target index, near copy?), then shuffled into the appended block.
+    rows = [(True, int(j), k < config.near_copies) for k, j in enumerate(leaks)]
+    rows += [(False, int(j), k < decoy_near) for k, j in enumerate(decoys)]
+    rows = [rows[k] for k in rng.permutation(len(rows))]
+
+    _, height, width, channels = source.images.shape
+    copies = np.empty((len(rows), height, width, channels), np.uint8)
+    copy_labels = np.empty(len(rows), np.int64)
+    for k, (from_test, j, near) in enumerate(rows):
+        target = target_test if from_test else target_train
+        copies[k] = to_format(target.images[j : j + 1], height, width, channels)[0]
+        if near:
+            copies[k] = _near_copy(copies[k], rng)
+        copy_labels[k] = source.class_names.index(target.class_names[target.labels[j]])
+
+    n = len(source)
+    original = np.concatenate([source.labels, copy_labels])
+    labels = original.copy()
+    flipped = np.zeros(len(labels), dtype=bool)
+    flips = rng.choice(n, round(config.flip_fraction * n), replace=False)
+    labels[flips] = (labels[flips] + rng.integers(1, len(source.class_names), len(flips))) % len(source.class_names)
+    flipped[flips] = True
+
+    dataset = ImageDataset(
+        name=f"{source.name}+planted" if rows or len(flips) else source.name,
+        images=np.concatenate([source.images, copies]),
+        labels=labels,
+        class_names=source.class_names,
+        example_ids=source.example_ids + tuple(f"planted/{k}" for k in range(len(rows))),
+    )
+    pad = np.full(n, -1, np.int64)
+    return PlantedSource(
+        dataset=dataset,
+        leak_target=np.concatenate([pad, [j if t else -1 for t, j, _ in rows]]).astype(np.int64),
+        decoy_target=np.concatenate([pad, [-1 if t else j for t, j, _ in rows]]).astype(np.int64),
+        near_copy=np.concatenate([np.zeros(n, bool), [near for _, _, near in rows]]).astype(bool),
+        flipped=flipped,
+        original_labels=original,
+    )
