@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from dmtoolkit.masks import make_masks
 from dmtoolkit.recipe import parse_recipe_dict
-from dmtoolkit.train.fit import batch_indices, epoch_order, lr_factor, margins_from_logits
+from dmtoolkit.train.fit import batch_indices, epoch_order, lr_factor, margins_from_logits, resolution_at
 from dmtoolkit.train.job import RunContext, model_seed
 from dmtoolkit.train.models import BatchedTinyCNN
 
@@ -114,3 +114,22 @@ def test_class_subsets_select_the_kept_classes() -> None:
         kept = np.flatnonzero(context.masks[i])
         labels = context.data.source_pool.labels[context.subset_examples(i)]
         assert set(labels) == set(kept)
+
+
+def test_progressive_resizing_ramps_in_steps_of_32() -> None:
+    sizes = [resolution_at(s, 16, 160, 192) for s in range(16)]
+    assert sizes[0] == 160 and sizes[-1] == 192 and sorted(sizes) == sizes and set(sizes) <= {160, 192}
+
+
+def test_resnet18_path_trains_and_transfers() -> None:
+    """The paper's architecture runs end to end (tiny data, 32 px, one model per group)."""
+    data = synthetic_data(4, 12, per_class=8, seed=3)
+    recipe = parse_recipe_dict({
+        "name": "t", "source": {"dataset": "s"}, "target": {"dataset": "t"},
+        "subsets": {"models": 2}, "model": {"arch": "resnet18", "resolution": 16, "final_resolution": 32},
+        "training": {"epochs": 1, "batch_size": 8}, "transfer": {"epochs": 2},
+    })
+    context = RunContext(recipe, make_masks(0, 2, 4, 0.5), data, "cpu")
+    assert context.group_size == 1 and context.pool_x.shape[-1] == 32
+    (result,) = context.compute_group(1)
+    assert result.index == 1 and result.margins.shape == (12,) and np.isfinite(result.margins).all()

@@ -27,6 +27,13 @@ class LoopSettings:
     schedule: str = "triangular"
     peak_epoch: float = 0.5
     label_smoothing: float = 0.0
+    start_resolution: int | None = None  # progressive resizing: batches grow from this to the images' size
+
+
+def resolution_at(step: int, total_steps: int, start: int, final: int) -> int:
+    """Progressive resizing (as in ffcv's ImageNet recipe): linear from start to final, in steps of 32 px."""
+    value = start + (final - start) * step / max(total_steps - 1, 1)
+    return int(min(final, max(start, 32 * round(value / 32))))
 
 
 def epoch_order(subset: np.ndarray, num_examples: int, seed: int, epoch: int) -> np.ndarray:
@@ -78,7 +85,12 @@ def train_models(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, s
     model.train()
     for step in range(steps):
         idx = order_t[step]
-        logits = model(images[idx])
+        x = images[idx]
+        if settings.start_resolution and settings.start_resolution != images.shape[-1]:
+            size = resolution_at(step, steps, settings.start_resolution, images.shape[-1])
+            x = F.interpolate(x.flatten(0, 1), size=(size, size), mode="bilinear", antialias=True,
+                              align_corners=False).unflatten(0, x.shape[:2])
+        logits = model(x)
         loss = F.cross_entropy(logits.reshape(G * B, -1), labels[idx].reshape(-1),
                                label_smoothing=settings.label_smoothing, reduction="none")
         optimizer.zero_grad(set_to_none=True)

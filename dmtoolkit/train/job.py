@@ -109,7 +109,8 @@ class RunContext:
         model.to(self.device)
         settings = LoopSettings(epochs=train.epochs, batch_size=train.batch_size, lr=train.lr,
                                 momentum=train.momentum, weight_decay=train.weight_decay, schedule=train.schedule,
-                                peak_epoch=train.peak_epoch, label_smoothing=train.label_smoothing)
+                                peak_epoch=train.peak_epoch, label_smoothing=train.label_smoothing,
+                                start_resolution=model_spec.resolution)
         train_models(model, self.pool_x, self.pool_y, subsets, [s + 1 for s in seeds], settings)
         source_acc = self.source_accuracy(model, rows)
         margins = TRANSFERS[recipe.transfer.mode](
