@@ -1,0 +1,91 @@
+"""The driver: retries a failing group once, reports it by rows, keeps what was written; Ctrl-C is clean."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import h5py
+import numpy as np
+import pytest
+
+from dmtoolkit.run.driver import TrainingFailed, train_store
+from dmtoolkit.run.executors import GroupOutcome
+from dmtoolkit.train.job import ModelResult
+
+from .conftest import ROOT, SMALL_RECIPE, write_recipe
+from .synthetic import synthetic_store
+
+
+class ScriptedExecutor:
+    """Fails the groups in `failures` as many times as listed; succeeds otherwise."""
+
+    def __init__(self, failures: dict[int, int], targets: int) -> None:
+        self.failures, self.targets, self.calls = dict(failures), targets, []
+
+    def run(self, store_path: Path, groups: Iterable[int]) -> Iterator[GroupOutcome]:
+        for group in groups:
+            self.calls.append(group)
+            if self.failures.get(group, 0) > 0:
+                self.failures[group] -= 1
+                yield GroupOutcome(group, error="RuntimeError: boom")
+                continue
+            results = [ModelResult(i, np.full(self.targets, i, np.float32), i, 0.5, 0.5, 1.0)
+                       for i in (2 * group, 2 * group + 1)]
+            yield GroupOutcome(group, results=results)
+
+    def close(self) -> None:
+        pass
+
+
+def _store(tmp_path: Path) -> Path:
+    return synthetic_store(tmp_path / "s.h5", np.zeros((6, 4), np.float32), completed=np.zeros(6, bool),
+                           models_per_batch=2)
+
+
+def test_a_group_failing_once_is_retried(tmp_path: Path) -> None:
+    executor = ScriptedExecutor({1: 1}, targets=4)
+    summary = train_store(_store(tmp_path), executor, progress=False)
+    assert summary.written == 6 and summary.failures == {}
+    assert executor.calls == [0, 1, 2, 1]
+
+
+def test_a_group_failing_twice_is_reported_and_the_rest_kept(tmp_path: Path) -> None:
+    path = _store(tmp_path)
+    with pytest.raises(TrainingFailed) as info:
+        train_store(path, ScriptedExecutor({1: 2}, targets=4), progress=False)
+    assert "rows 2-3 failed twice (RuntimeError: boom)" in str(info.value) and "4 rows were written" in str(info.value)
+    with h5py.File(path, "r") as f:
+        np.testing.assert_array_equal(f["completed"][()], [1, 1, 0, 0, 1, 1])
+        assert f["margins"][5, 0] == 5
+
+
+def test_ctrl_c_stops_cleanly_and_keeps_rows(tmp_path: Path) -> None:
+    recipe = write_recipe(tmp_path / "r.yaml", {**SMALL_RECIPE, "subsets": {**SMALL_RECIPE["subsets"], "models": 40},
+                                                 "training": {**SMALL_RECIPE["training"], "models_per_batch": 1}})
+    store = tmp_path / "runs.h5"
+    subprocess.run([sys.executable, "cli.py", "init", str(recipe), str(store)], cwd=ROOT, check=True,
+                   capture_output=True)
+    process = subprocess.Popen([sys.executable, "cli.py", "train", str(store), "--workers", "2", "--quiet"],
+                               cwd=ROOT, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        with h5py.File(store, "r", locking=False) as f:
+            if f["completed"][()].sum() >= 2:
+                break
+        time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGINT)  # what a terminal's Ctrl-C does to the foreground group
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130
+    assert stderr.strip().splitlines()[-1] == "error: interrupted; completed rows are kept, rerun the same command to resume"
+    check = subprocess.run([sys.executable, "cli.py", "store", "validate", str(store)], cwd=ROOT,
+                           capture_output=True, text=True)
+    assert check.returncode == 0, check.stderr
+    with h5py.File(store, "r") as f:
+        done = f["completed"][()]
+        assert 2 <= done.sum() < 40 and np.isfinite(f["margins"][()][done]).all()
