@@ -67,6 +67,7 @@ class ModelSpec(_Section):
     width: int = Field(default=16, gt=0, description="channels of the first conv layer (tiny-cnn)")
     hidden: int = Field(default=64, gt=0, description="penultimate feature size (tiny-cnn)")
     downsample: Literal["maxpool", "stride"] = Field(default="maxpool", description="how tiny-cnn halves resolution")
+    norm: Literal["batch", "none"] = Field(default="batch", description="tiny-cnn normalisation after each conv")
     resolution: int = Field(default=16, ge=8)
     final_resolution: int | None = Field(default=None, ge=8, description="progressive resizing end (resnet18)")
 
@@ -87,6 +88,12 @@ class TrainSpec(_Section):
         description="shared: every model starts from the same init and data-order seed; per-model: each its own",
     )
     models_per_batch: int = Field(default=8, ge=1, description="models trained at once as one batched network")
+    order: Literal["shuffle", "slots"] = Field(
+        default="shuffle",
+        description="shuffle: each epoch walks the subset in random order; slots: every pool example has a "
+                    "random batch slot per epoch and a model's batch is its kept examples of that slot, so each "
+                    "step's gradient is linear in the mask",
+    )
 
 
 class TransferSpec(_Section):
@@ -114,6 +121,8 @@ class Recipe(_Section):
 
     @model_validator(mode="after")
     def _consistent(self) -> "Recipe":
+        if self.training.order == "slots" and self.model.norm == "batch":
+            raise ValueError("training.order slots needs model.norm none (BatchNorm would mix padded batches)")
         if self.subsets.antithetic and self.subsets.alpha != 0.5:
             raise ValueError("subsets.antithetic needs alpha = 0.5 (a complement keeps the other half)")
         if self.subsets.antithetic and self.subsets.models % 2:

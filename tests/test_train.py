@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from dmtoolkit.masks import make_masks
 from dmtoolkit.recipe import parse_recipe_dict
-from dmtoolkit.train.fit import batch_indices, epoch_order, lr_factor, margins_from_logits, resolution_at
+from dmtoolkit.train.fit import batch_indices, epoch_order, lr_factor, margins_from_logits, resolution_at, slot_batches
 from dmtoolkit.train.job import RunContext, model_seed
 from dmtoolkit.train.models import BatchedTinyCNN
 
@@ -133,3 +133,33 @@ def test_resnet18_path_trains_and_transfers() -> None:
     assert context.group_size == 1 and context.pool_x.shape[-1] == 32
     (result,) = context.compute_group(1)
     assert result.index == 1 and result.margins.shape == (12,) and np.isfinite(result.margins).all()
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 1000), st.integers(1, 5), st.integers(1, 12))
+def test_slot_batches_are_the_pool_batches_restricted_to_the_subset(seed: int, slots: int, steps: int) -> None:
+    """A model's batch is exactly its kept examples of the slot the whole pool would use at that step."""
+    pool = np.arange(40)
+    subset = np.sort(np.random.default_rng(seed).permutation(40)[:17])
+    index, weight = slot_batches([pool, subset], 40, [seed, seed], slots, steps)
+    for step in range(steps):
+        full = set(index[step, 0][weight[step, 0] > 0])
+        kept = set(index[step, 1][weight[step, 1] > 0])
+        assert kept == full & set(subset)
+    epoch = index[:slots, 1][weight[:slots, 1] > 0] if steps >= slots else None
+    if epoch is not None:
+        assert sorted(epoch) == sorted(subset)  # one epoch visits every kept example once
+
+
+def test_slot_order_trains_without_batchnorm() -> None:
+    data = synthetic_data(6, 20, per_class=20, seed=1)
+    recipe = parse_recipe_dict({
+        "name": "t", "source": {"dataset": "s"}, "target": {"dataset": "t"}, "subsets": {"models": 2},
+        "model": {"width": 4, "hidden": 8, "norm": "none"},
+        "training": {"epochs": 1, "batch_size": 16, "models_per_batch": 2, "order": "slots"},
+        "transfer": {"epochs": 5},
+    })
+    results = RunContext(recipe, make_masks(0, 2, 6, 0.5), data, "cpu").compute_group(0)
+    assert all(np.isfinite(r.margins).all() for r in results)
+    with pytest.raises(Exception, match="slots needs model.norm none"):
+        parse_recipe_dict({**recipe.model_dump(mode="json"), "model": {"norm": "batch"}})

@@ -28,6 +28,7 @@ class LoopSettings:
     peak_epoch: float = 0.5
     label_smoothing: float = 0.0
     start_resolution: int | None = None  # progressive resizing: batches grow from this to the images' size
+    order: str = "shuffle"  # "shuffle" | "slots", see `slot_batches`
 
 
 def resolution_at(step: int, total_steps: int, start: int, final: int) -> int:
@@ -57,6 +58,32 @@ def batch_indices(subset: np.ndarray, num_examples: int, seed: int, batch_size: 
     return np.concatenate(chunks)[:needed].reshape(steps, batch_size)
 
 
+def slot_batches(subsets: list[np.ndarray], num_examples: int, seeds: list[int], slots: int,
+                 steps: int) -> tuple[np.ndarray, np.ndarray]:
+    """Slot batching: (steps, G, B) indices and 0/1 weights; padding has weight 0.
+
+    Each epoch, every pool example gets a batch slot from (seed, epoch); at step s a model trains on the
+    examples of its subset in slot s mod `slots`. Removing an example only removes its term from the
+    batches it was in, so each step's gradient is a sum over the mask: smooth in the subset.
+    """
+    per_model = []
+    for subset, seed in zip(subsets, seeds):
+        batches = []
+        for epoch in range(-(-steps // slots)):
+            slot_of = np.random.default_rng([seed, epoch]).permutation(num_examples) % slots
+            ordered = subset[np.argsort(slot_of[subset], kind="stable")]
+            batches.extend(np.split(ordered, np.searchsorted(slot_of[ordered], np.arange(1, slots))))
+        per_model.append(batches[:steps])
+    width = max(len(b) for batches in per_model for b in batches)
+    index = np.zeros((steps, len(subsets), width), np.int64)
+    weight = np.zeros((steps, len(subsets), width), np.float32)
+    for g, batches in enumerate(per_model):
+        for step, batch in enumerate(batches):
+            index[step, g, :len(batch)] = batch
+            weight[step, g, :len(batch)] = 1.0
+    return index, weight
+
+
 def lr_factor(step: int, total_steps: int, schedule: str, peak_step: float) -> float:
     """Learning-rate multiplier: triangular (linear up to the peak, linear down to 0), cosine or constant."""
     if schedule == "constant":
@@ -75,7 +102,13 @@ def train_models(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, s
     mean_size = float(np.mean([len(s) for s in subsets]))
     steps_per_epoch = max(1, math.ceil(mean_size / B))
     steps = max(1, math.ceil(settings.epochs * steps_per_epoch))
-    order = np.stack([batch_indices(s, len(images), seed, B, steps) for s, seed in zip(subsets, order_seeds)], axis=1)
+    if settings.order == "slots":
+        order, weights = slot_batches(subsets, len(images), order_seeds, steps_per_epoch, steps)
+        weights_t = torch.from_numpy(weights).to(images.device)
+    else:
+        order = np.stack([batch_indices(s, len(images), seed, B, steps) for s, seed in zip(subsets, order_seeds)],
+                         axis=1)
+        weights_t = torch.ones(steps, G, B, device=images.device)
     order_t = torch.from_numpy(order).to(images.device)
     optimizer = torch.optim.SGD(model.parameters(), lr=settings.lr, momentum=settings.momentum,
                                 weight_decay=settings.weight_decay)
@@ -91,10 +124,11 @@ def train_models(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, s
             x = F.interpolate(x.flatten(0, 1), size=(size, size), mode="bilinear", antialias=True,
                               align_corners=False).unflatten(0, x.shape[:2])
         logits = model(x)
-        loss = F.cross_entropy(logits.reshape(G * B, -1), labels[idx].reshape(-1),
+        loss = F.cross_entropy(logits.flatten(0, 1), labels[idx].reshape(-1),
                                label_smoothing=settings.label_smoothing, reduction="none")
         optimizer.zero_grad(set_to_none=True)
-        loss.reshape(G, B).mean(dim=1).sum().backward()
+        # per model: sum over its batch / nominal batch size (a constant, so the loss stays linear in the mask)
+        (loss.reshape(idx.shape) * weights_t[step]).sum(dim=1).div(B).sum().backward()
         optimizer.step()
         schedule.step()
 

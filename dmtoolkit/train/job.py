@@ -104,13 +104,14 @@ class RunContext:
         model_spec, train = recipe.model, recipe.training
         torch.manual_seed(seeds[0])
         model = build_model(model_spec.arch, len(rows), self.channels, self.num_source_classes,
-                            model_spec.resolution, model_spec.width, model_spec.hidden, model_spec.downsample)
+                            model_spec.resolution, model_spec.width, model_spec.hidden, model_spec.downsample,
+                            model_spec.norm)
         model.init_from_seeds(seeds)
         model.to(self.device)
         settings = LoopSettings(epochs=train.epochs, batch_size=train.batch_size, lr=train.lr,
                                 momentum=train.momentum, weight_decay=train.weight_decay, schedule=train.schedule,
                                 peak_epoch=train.peak_epoch, label_smoothing=train.label_smoothing,
-                                start_resolution=model_spec.resolution)
+                                start_resolution=model_spec.resolution, order=train.order)
         train_models(model, self.pool_x, self.pool_y, subsets, [s + 1 for s in seeds], settings)
         source_acc = self.source_accuracy(model, rows)
         margins = TRANSFERS[recipe.transfer.mode](

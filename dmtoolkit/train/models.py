@@ -47,13 +47,15 @@ class BatchedConvBlock(nn.Module):
     (a stride-2 convolution instead of max-pooling) is ~2x faster again.
     """
 
-    def __init__(self, groups: int, c_in: int, c_out: int, downsample: str = "maxpool") -> None:
+    def __init__(self, groups: int, c_in: int, c_out: int, downsample: str = "maxpool", norm: str = "batch") -> None:
         super().__init__()
         self.groups, self.c_in, self.c_out = groups, c_in, c_out
         stride = 2 if downsample == "stride" else 1
         self.pool = downsample == "maxpool"
-        self.conv = nn.Conv2d(groups * c_in, groups * c_out, 3, stride=stride, padding=1, groups=groups, bias=False)
-        self.norm = nn.BatchNorm2d(groups * c_out)
+        batch_norm = norm == "batch"
+        self.conv = nn.Conv2d(groups * c_in, groups * c_out, 3, stride=stride, padding=1, groups=groups,
+                              bias=not batch_norm)
+        self.norm = nn.BatchNorm2d(groups * c_out) if batch_norm else nn.Identity()
 
     def reset_parameters(self, generator: torch.Generator, group: int | None = None) -> None:
         """Kaiming-uniform conv init (PyTorch's default), BatchNorm to identity."""
@@ -63,6 +65,10 @@ class BatchedConvBlock(nn.Module):
             for g in groups:
                 block = slice(g * self.c_out, (g + 1) * self.c_out)
                 self.conv.weight[block].uniform_(-bound, bound, generator=generator)
+                if self.conv.bias is not None:
+                    self.conv.bias[block].uniform_(-bound, bound, generator=generator)
+                if isinstance(self.norm, nn.Identity):
+                    continue
                 self.norm.weight[block] = 1.0
                 self.norm.bias[block] = 0.0
                 self.norm.running_mean[block] = 0.0
@@ -79,12 +85,12 @@ class BatchedTinyCNN(nn.Module):
     """G tiny CNNs: conv(w) -> conv(2w) -> flatten ("conv" features) -> linear(hidden) ("penultimate") -> K logits."""
 
     def __init__(self, groups: int, channels: int, num_classes: int, resolution: int, width: int, hidden: int,
-                 downsample: str = "maxpool") -> None:
+                 downsample: str = "maxpool", norm: str = "batch") -> None:
         super().__init__()
         self.groups = groups
         self.blocks = nn.ModuleList([
-            BatchedConvBlock(groups, channels, width, downsample),
-            BatchedConvBlock(groups, width, 2 * width, downsample),
+            BatchedConvBlock(groups, channels, width, downsample, norm),
+            BatchedConvBlock(groups, width, 2 * width, downsample, norm),
         ])
         self.to(memory_format=torch.channels_last)
         conv_dim = 2 * width * (resolution // 4) ** 2
@@ -163,10 +169,10 @@ class ResNetGroup(nn.Module):
 
 
 def build_model(arch: str, groups: int, channels: int, num_classes: int, resolution: int,
-                width: int, hidden: int, downsample: str = "maxpool") -> nn.Module:
+                width: int, hidden: int, downsample: str = "maxpool", norm: str = "batch") -> nn.Module:
     """The source network named by the recipe, for `groups` models at once."""
     if arch == "tiny-cnn":
         if resolution % 4:
             raise ValueError(f"tiny-cnn needs a resolution divisible by 4, got {resolution}")
-        return BatchedTinyCNN(groups, channels, num_classes, resolution, width, hidden, downsample)
+        return BatchedTinyCNN(groups, channels, num_classes, resolution, width, hidden, downsample, norm)
     return ResNetGroup(groups, channels, num_classes)
