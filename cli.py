@@ -85,27 +85,43 @@ def init(recipe_path: Path, store_path: Path, models: int | None, seed: int | No
 @click.option("--workers", type=click.IntRange(min=1), default=lambda: os.cpu_count() or 1,
               show_default="number of CPUs", help="Worker processes (1 thread each).")
 @click.option("--limit", type=click.IntRange(min=1), help="Stop after at least this many new models (whole batched groups).")
-@click.option("--executor", type=click.Choice(["local"]), default="local", show_default=True,
-              help="Where models are computed.")
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="Where models are computed: local processes, or Ray tasks (pip install 'dmtoolkit[ray]').")
+@click.option("--address", help="Ray cluster to join (e.g. auto, ray://head:10001); default: start a local Ray.")
+@click.option("--shard", metavar="I/N", help="Compute only groups g with g % N == I into the shard file -o.")
+@click.option("-o", "--output", "shard_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Shard file for --shard (created from STORE.h5, resumed if it exists).")
 @DEVICE
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def train(store_path: Path, workers: int, limit: int | None, executor: str, device: str, quiet: bool) -> None:
+def train(store_path: Path, workers: int, limit: int | None, executor: str, address: str | None,
+          shard: str | None, shard_path: Path | None, device: str, quiet: bool) -> None:
     """Train, transfer and score the pending models of a store; resumable, one writer at a time.
 
     \b
-    Example:
+    Examples:
       dmtoolkit train stores/runs.h5 --workers 2
+      dmtoolkit train stores/runs.h5 --executor ray --address auto
+      dmtoolkit train stores/runs.h5 --shard 3/16 -o shards/runs-3.h5   # then: dmtoolkit store merge
     Ctrl-C stops cleanly: completed rows stay; run the same command to resume.
     """
     from dmtoolkit.devices import resolve_device
     from dmtoolkit.run.driver import train_store
     from dmtoolkit.run.executors import make_executor
+    from dmtoolkit.run.shards import open_shard, parse_shard
 
-    resolve_device(_device(device))
-    summary = train_store(store_path, make_executor(executor, workers, _device(device)), limit=limit,
-                          progress=not quiet)
-    click.echo(f"{store_path}: wrote {summary.written} models; "
-               f"{summary.already_done + summary.written} completed, {summary.remaining} pending")
+    if address and executor != "ray":
+        raise click.UsageError("--address needs --executor ray")
+    if (shard is None) != (shard_path is None):
+        raise click.UsageError("--shard I/N and -o SHARD.h5 go together")
+    if executor != "ray" or not address:  # on a Ray cluster the workers' devices count, not the driver's
+        resolve_device(_device(device))
+    share = parse_shard(shard) if shard else None
+    target = open_shard(store_path, shard_path) if share else store_path
+    summary = train_store(target, make_executor(executor, workers, _device(device), address), limit=limit,
+                          progress=not quiet, shard=share)
+    click.echo(f"{target}: wrote {summary.written} models; "
+               f"{summary.already_done + summary.written} completed, {summary.remaining} pending"
+               + (f" in shard {shard}" if shard else ""))
 
 
 @cli.group()
@@ -148,6 +164,28 @@ def store_validate(store_path: Path) -> None:
     click.echo(f"{store_path}: valid")
 
 
+@store.command("merge")
+@click.argument("inputs", metavar="SHARD.h5...", nargs=-1, required=True,
+                type=click.Path(dir_okay=False, path_type=Path))
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Merged store to write.")
+@click.option("--force", is_flag=True, help="Overwrite the output if it exists.")
+def store_merge(inputs: tuple[Path, ...], output: Path, force: bool) -> None:
+    """Merge shards of one run (same recipe hash, seed, masks) into one store; conflicting rows are refused.
+
+    \b
+    Example:
+      dmtoolkit store merge shards/runs-*.h5 -o stores/runs-merged.h5
+    """
+    from dmtoolkit.run.shards import merge_stores
+
+    summary = merge_stores(list(inputs), output, force=force)
+    click.echo(f"{output}: merged {summary.inputs} inputs; {summary.completed} rows completed"
+               f" ({summary.duplicates} identical duplicates kept once)")
+    if len(summary.missing):
+        click.echo(f"{len(summary.missing)} rows still missing: {summary.missing_text}", err=True)
+
+
 @cli.group()
 def data() -> None:
     """Built-in datasets and their cache."""
@@ -170,6 +208,33 @@ def data_prepare(force: bool) -> None:
 
     for path in prepare_all(force=force):
         click.echo(f"ready: {path}")
+
+
+@data.command("write-beton")
+@click.argument("dataset")
+@click.argument("out", metavar="OUT.beton", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--split", type=click.Choice(["train", "test"]), default="train", show_default=True)
+@click.option("--image-field", type=click.Choice(["ndarray", "rgb-raw", "rgb-jpg"]), default="ndarray",
+              show_default=True, help="ndarray: exact uint8, any channels; rgb-raw: exact RGB; rgb-jpg: lossy, small.")
+@click.option("--force", is_flag=True, help="Overwrite an existing beton.")
+def data_write_beton(dataset: str, out: Path, split: str, image_field: str, force: bool) -> None:
+    """Write a dataset (built-in name or imagefolder:PATH) to an ffcv beton (image, label, index).
+
+    \b
+    Example:
+      dmtoolkit data write-beton glyphs stores/glyphs-train.beton --split train
+    A sidecar OUT.beton.json keeps class names and example ids. Name the betons in a recipe's
+    source/target as beton_train and beton_test. Needs pip install 'dmtoolkit[ffcv]'.
+    """
+    from dmtoolkit.data import load_dataset
+    from dmtoolkit.data.beton import write_beton
+
+    if out.exists() and not force:
+        raise UserError(f"{out}: already exists; pass --force to overwrite it, or choose another path")
+    ds = load_dataset(dataset, split)
+    write_beton(ds, out, image_field=image_field)
+    click.echo(f"wrote {out}: {len(ds)} {split} images {'x'.join(map(str, ds.images.shape[1:]))}, "
+               f"{len(ds.class_names)} classes ({image_field})")
 
 
 @cli.command()

@@ -26,7 +26,7 @@ from dmtoolkit.run.driver import train_store
 from dmtoolkit.run.executors import make_executor
 from dmtoolkit.run.prepare import build_run_data
 from dmtoolkit.store import RunStore, create_store
-from dmtoolkit.train.fit import batch_indices, batched_outputs, margins_from_logits
+from dmtoolkit.train.fit import batch_indices, margins_from_logits
 from dmtoolkit.train.job import RunContext
 from dmtoolkit.train.models import build_model
 from dmtoolkit.train.transfer import fit_linear_heads, transfer_fixed_feature

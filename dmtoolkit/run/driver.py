@@ -11,6 +11,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
 from dmtoolkit.errors import UserError
@@ -31,12 +32,18 @@ class TrainSummary:
     failures: dict[int, str] = field(default_factory=dict)
 
 
-def pending_groups(store: RunStore, group_size: int, limit: int | None) -> list[int]:
-    """Groups with at least one pending row, in order, enough to cover `limit` pending rows."""
+def pending_groups(store: RunStore, group_size: int, limit: int | None,
+                   shard: tuple[int, int] | None = None) -> list[int]:
+    """Groups with at least one pending row, in order, enough to cover `limit` pending rows.
+
+    With `shard=(I, N)` only groups g with g % N == I count (one scheduler-array job's share).
+    """
     groups: list[int] = []
     covered = 0
     for row in store.pending_rows():
         group = group_of(int(row), group_size)
+        if shard is not None and group % shard[1] != shard[0]:
+            continue
         if not groups or groups[-1] != group:
             if limit is not None and covered >= limit:
                 break
@@ -46,15 +53,18 @@ def pending_groups(store: RunStore, group_size: int, limit: int | None) -> list[
 
 
 def train_store(path: str | Path, executor: Executor, *, limit: int | None = None,
-                progress: bool = True) -> TrainSummary:
-    """Compute every pending row (or at least `limit` of them, in whole groups) and write them."""
+                progress: bool = True, shard: tuple[int, int] | None = None) -> TrainSummary:
+    """Compute every pending row (or at least `limit` of them, in whole groups) and write them.
+
+    `shard=(I, N)` restricts the work to groups g with g % N == I; `remaining` then counts that share only.
+    """
     path = Path(path)
     with RunStore(path, writable=True) as store:
         recipe = store.recipe
         group_size = 1 if recipe.model.arch == "resnet18" else recipe.training.models_per_batch
         completed = store.completed_mask()
         summary = TrainSummary(already_done=int(completed.sum()))
-        groups = pending_groups(store, group_size, limit)
+        groups = pending_groups(store, group_size, limit, shard)
         todo = sum(int((~completed[g * group_size:(g + 1) * group_size]).sum()) for g in groups)
         attempts: dict[int, int] = {}
         bar = tqdm(total=todo, desc="models", unit="model", file=sys.stderr, disable=not progress,
@@ -84,7 +94,10 @@ def train_store(path: str | Path, executor: Executor, *, limit: int | None = Non
         finally:
             bar.close()
             executor.close()
-            summary.remaining = int((~completed).sum())
+            share = np.ones(len(completed), bool)
+            if shard is not None:
+                share = (np.arange(len(completed)) // group_size) % shard[1] == shard[0]
+            summary.remaining = int((~completed & share).sum())
     if summary.failures:
         rows = ", ".join(f"{g * group_size}-{(g + 1) * group_size - 1}" for g in sorted(summary.failures))
         first = next(iter(summary.failures.values()))

@@ -17,8 +17,11 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Iterable, Iterator, Protocol
 
+import numpy as np
 import torch
 
+from dmtoolkit.recipe import Recipe
+from dmtoolkit.store import RunData, RunStore
 from dmtoolkit.train.job import ModelResult, RunContext
 
 
@@ -33,6 +36,20 @@ class Executor(Protocol):
     def run(self, store_path: Path, groups: Iterable[int]) -> Iterator[GroupOutcome]: ...
 
     def close(self) -> None: ...
+
+
+def build_context(recipe: Recipe, masks: np.ndarray, data: RunData, device: str | None) -> RunContext:
+    """The worker's context: source training from ffcv betons when the recipe names one, else from memory."""
+    if recipe.source.beton_train:
+        from dmtoolkit.data.beton import BetonRunContext
+
+        return BetonRunContext(recipe, masks, data, device)
+    return RunContext(recipe, masks, data, device)
+
+
+def context_from_store(path: str | Path, device: str | None) -> RunContext:
+    with RunStore(path) as store:
+        return build_context(store.recipe, store.file["masks"][()].astype(bool), store.run_data(), device)
 
 
 def _compute(context: RunContext, group: int) -> GroupOutcome:
@@ -55,7 +72,7 @@ class SerialExecutor:
         torch.set_num_threads(1)
         try:
             if self._context is None:
-                self._context = RunContext.from_store(store_path, self.device)
+                self._context = context_from_store(store_path, self.device)
             for group in groups:
                 yield _compute(self._context, group)
         finally:
@@ -72,7 +89,7 @@ def _init_worker(store_path: str, device: str | None) -> None:
     global _WORKER_CONTEXT
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver handles Ctrl-C and stops the workers
     torch.set_num_threads(1)
-    _WORKER_CONTEXT = RunContext.from_store(store_path, device)
+    _WORKER_CONTEXT = context_from_store(store_path, device)
 
 
 def _worker_compute(group: int) -> GroupOutcome:
@@ -122,8 +139,15 @@ class LocalExecutor:
         self._pool = None
 
 
-def make_executor(name: str, workers: int, device: str | None) -> Executor:
-    """The executor named on the command line."""
+EXECUTORS = ("local", "ray")
+
+
+def make_executor(name: str, workers: int, device: str | None, address: str | None = None) -> Executor:
+    """The executor named on the command line (`address`: a Ray cluster to join; only for "ray")."""
     if name == "local":
         return SerialExecutor(device) if workers <= 1 else LocalExecutor(workers, device)
+    if name == "ray":
+        from dmtoolkit.run.ray_executor import RayExecutor  # Ray is optional: imported only when asked for
+
+        return RayExecutor(workers, device, address)
     raise ValueError(f"unknown executor {name!r}")

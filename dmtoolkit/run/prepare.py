@@ -1,4 +1,9 @@
-"""Turn a recipe's data section into the `RunData` a store holds: load, cap, plant, fingerprint."""
+"""Turn a recipe's data section into the `RunData` a store holds: load, cap, plant, fingerprint.
+
+Datasets come by name (`load_dataset`) or, when a DataSpec names `beton_train`/`beton_test`, from ffcv
+betons (read whole here, so the store is self-contained as always; source training later re-reads the
+subsets from the beton with ffcv's Loader, see `dmtoolkit.data.beton`).
+"""
 
 from __future__ import annotations
 
@@ -26,10 +31,12 @@ def _cap(dataset: ImageDataset, size: int | None, seed: int, salt: int) -> Image
 
 
 def _load(spec: DataSpec, role: str) -> tuple[ImageDataset, ImageDataset]:
-    if spec.beton_train or spec.beton_test:
-        raise DataError(f"{role}: reading ffcv betons in `dmtoolkit init` is not supported yet; "
-                        f"use a dataset name (see `dmtoolkit data list`)")
-    train, test = load_dataset(spec.dataset, "train"), load_dataset(spec.dataset, "test")
+    if spec.beton_train or spec.beton_test:  # read into the store; source training re-reads subsets via ffcv
+        from dmtoolkit.data.beton import load_spec_from_betons
+
+        train, test = load_spec_from_betons(spec, role)
+    else:
+        train, test = load_dataset(spec.dataset, "train"), load_dataset(spec.dataset, "test")
     if len(test) == 0:
         raise DataError(f"{role}: dataset {spec.dataset!r} has an empty test split")
     return train, test
@@ -42,6 +49,10 @@ def _split(dataset: ImageDataset) -> Split:
 def build_run_data(recipe: Recipe) -> RunData:
     """Load source and target as the recipe says, apply caps (seeded), plant ground truth if asked."""
     src, tgt = recipe.source, recipe.target
+    planting = recipe.planting
+    if src.beton_train and (planting.leaks or planting.decoys or planting.flip_fraction):
+        raise DataError("source: planting adds or relabels images a source beton does not hold; "
+                        "set planting leaks, decoys and flip_fraction to 0 with beton_train, or plant before writing the beton")
     source_train, source_test = _load(src, "source")
     target_train, target_test = _load(tgt, "target")
     pool = _cap(_cap_per_class(source_train, src.max_per_class, src.seed), src.train_size, src.seed, 2)
@@ -52,7 +63,6 @@ def build_run_data(recipe: Recipe) -> RunData:
         "source_train": source_train.fingerprint, "source_test": source_test.fingerprint,
         "target_train": target_train.fingerprint, "target_test": target_test.fingerprint,
     }
-    planting = recipe.planting
     planted = None
     if planting.leaks or planting.decoys or planting.flip_fraction:
         config = PlantingConfig(leaks=planting.leaks, decoys=planting.decoys, near_copies=planting.near_copies,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -95,40 +96,61 @@ def lr_factor(step: int, total_steps: int, schedule: str, peak_step: float) -> f
     return max(total_steps - step, 0) / max(total_steps - peak_step, 1)
 
 
-def train_models(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, subsets: list[np.ndarray],
+def step_counts(subset_sizes: list[int], settings: LoopSettings) -> tuple[int, int]:
+    """(steps per epoch, total steps): epochs are measured in the mean subset size of the group."""
+    steps_per_epoch = max(1, math.ceil(float(np.mean(subset_sizes)) / settings.batch_size))
+    return steps_per_epoch, max(1, math.ceil(settings.epochs * steps_per_epoch))
+
+
+class BatchSource(Protocol):
+    """Where a training loop's batches come from: step -> (x (G, B, C, H, W), y (G, B), weight (G, B))."""
+
+    steps_per_epoch: int
+    steps: int
+
+    def __call__(self, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]: ...
+
+
+class MemoryBatches:
+    """Batches gathered from in-memory tensors, model g from `subsets[g]`, shuffled or slotted."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, subsets: list[np.ndarray],
                  order_seeds: list[int], settings: LoopSettings) -> None:
-    """Train the G models of `model` by SGD, model g on `images[subsets[g]]` in the order of `order_seeds[g]`."""
-    G, B = len(subsets), settings.batch_size
-    mean_size = float(np.mean([len(s) for s in subsets]))
-    steps_per_epoch = max(1, math.ceil(mean_size / B))
-    steps = max(1, math.ceil(settings.epochs * steps_per_epoch))
-    if settings.order == "slots":
-        order, weights = slot_batches(subsets, len(images), order_seeds, steps_per_epoch, steps)
-        weights_t = torch.from_numpy(weights).to(images.device)
-    else:
-        order = np.stack([batch_indices(s, len(images), seed, B, steps) for s, seed in zip(subsets, order_seeds)],
-                         axis=1)
-        weights_t = torch.ones(steps, G, B, device=images.device)
-    order_t = torch.from_numpy(order).to(images.device)
+        self.images, self.labels = images, labels
+        self.steps_per_epoch, self.steps = step_counts([len(s) for s in subsets], settings)
+        if settings.order == "slots":
+            order, weights = slot_batches(subsets, len(images), order_seeds, self.steps_per_epoch, self.steps)
+        else:
+            order = np.stack([batch_indices(s, len(images), seed, settings.batch_size, self.steps)
+                              for s, seed in zip(subsets, order_seeds)], axis=1)
+            weights = np.ones(order.shape, np.float32)
+        self.order = torch.from_numpy(order).to(images.device)
+        self.weights = torch.from_numpy(weights).to(images.device)
+
+    def __call__(self, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        idx = self.order[step]
+        return self.images[idx], self.labels[idx], self.weights[step]
+
+
+def train_models(model: nn.Module, batches: BatchSource, settings: LoopSettings) -> None:
+    """Train the G models of `model` by SGD on their own batches (see `BatchSource`)."""
     optimizer = torch.optim.SGD(model.parameters(), lr=settings.lr, momentum=settings.momentum,
                                 weight_decay=settings.weight_decay)
-    peak = settings.peak_epoch * steps_per_epoch
+    steps, peak = batches.steps, settings.peak_epoch * batches.steps_per_epoch
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(step, steps, settings.schedule, peak))
     model.train()
     for step in range(steps):
-        idx = order_t[step]
-        x = images[idx]
-        if settings.start_resolution and settings.start_resolution != images.shape[-1]:
-            size = resolution_at(step, steps, settings.start_resolution, images.shape[-1])
+        x, y, weight = batches(step)
+        if settings.start_resolution and settings.start_resolution != x.shape[-1]:
+            size = resolution_at(step, steps, settings.start_resolution, x.shape[-1])
             x = F.interpolate(x.flatten(0, 1), size=(size, size), mode="bilinear", antialias=True,
                               align_corners=False).unflatten(0, x.shape[:2])
-        logits = model(x)
-        loss = F.cross_entropy(logits.flatten(0, 1), labels[idx].reshape(-1),
-                               label_smoothing=settings.label_smoothing, reduction="none")
+        loss = F.cross_entropy(model(x).flatten(0, 1), y.reshape(-1), label_smoothing=settings.label_smoothing,
+                               reduction="none")
         optimizer.zero_grad(set_to_none=True)
         # per model: sum over its batch / nominal batch size (a constant, so the loss stays linear in the mask)
-        (loss.reshape(idx.shape) * weights_t[step]).sum(dim=1).div(B).sum().backward()
+        (loss.reshape(y.shape) * weight).sum(dim=1).div(settings.batch_size).sum().backward()
         optimizer.step()
         schedule.step()
 

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from dmtoolkit.devices import resolve_device
 from dmtoolkit.recipe import Recipe
 from dmtoolkit.store import RunData, RunStore
-from dmtoolkit.train.fit import LoopSettings, batched_outputs, train_models
+from dmtoolkit.train.fit import BatchSource, LoopSettings, MemoryBatches, batched_outputs, train_models
 from dmtoolkit.train.models import build_model
 from dmtoolkit.train.transfer import TRANSFERS
 
@@ -112,7 +112,7 @@ class RunContext:
                                 momentum=train.momentum, weight_decay=train.weight_decay, schedule=train.schedule,
                                 peak_epoch=train.peak_epoch, label_smoothing=train.label_smoothing,
                                 start_resolution=model_spec.resolution, order=train.order)
-        train_models(model, self.pool_x, self.pool_y, subsets, [s + 1 for s in seeds], settings)
+        train_models(model, self.source_batches(subsets, [s + 1 for s in seeds], settings), settings)
         source_acc = self.source_accuracy(model, rows)
         margins = TRANSFERS[recipe.transfer.mode](
             model, self.target_train_x, self.target_train_y, self.target_test_x, self.target_test_y,
@@ -121,6 +121,10 @@ class RunContext:
         seconds = (time.perf_counter() - started) / len(rows)
         return [ModelResult(i, margins[g], seeds[g], source_acc[g], float((margins[g] > 0).mean()), seconds)
                 for g, i in enumerate(rows)]
+
+    def source_batches(self, subsets: list[np.ndarray], order_seeds: list[int], settings: LoopSettings) -> BatchSource:
+        """Where source training reads its batches: the in-memory pool (a subclass may read elsewhere)."""
+        return MemoryBatches(self.pool_x, self.pool_y, subsets, order_seeds, settings)
 
     @torch.no_grad()
     def source_accuracy(self, model: torch.nn.Module, rows: list[int]) -> list[float]:

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dmtoolkit.recipe import TransferSpec
-from dmtoolkit.train.fit import LoopSettings, batched_outputs, margins_from_logits, train_models
+from dmtoolkit.train.fit import LoopSettings, MemoryBatches, batched_outputs, margins_from_logits, train_models
 
 
 def fit_linear_heads(train_feats: torch.Tensor, train_labels: torch.Tensor, num_classes: int,
@@ -64,7 +64,7 @@ def transfer_full(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor
     everything = torch.arange(len(train_x)).numpy()
     settings = LoopSettings(epochs=spec.epochs, batch_size=spec.batch_size, lr=spec.lr, momentum=0.9,
                             weight_decay=spec.weight_decay, schedule="triangular", peak_epoch=spec.epochs / 4)
-    train_models(model, train_x, train_y, [everything] * len(seeds), seeds, settings)
+    train_models(model, MemoryBatches(train_x, train_y, [everything] * len(seeds), seeds, settings), settings)
     model.eval()
     return margins_from_logits(batched_outputs(model, test_x, len(seeds)), test_y)
 

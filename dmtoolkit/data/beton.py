@@ -1,0 +1,261 @@
+"""ffcv betons: write any dataset to a `.beton`, read one back, and train source models from one.
+
+A beton written here has three fields: `image`, `label` (IntField) and `index` (IntField, the row).
+Images are stored exactly by default as an `NDArrayField` of uint8 (H, W, C), which keeps grayscale
+as one channel; `rgb-raw` (exact) and `rgb-jpg` (lossy, small) use ffcv's `RGBImageField`, for which
+grayscale is repeated to 3 channels (and folded back to one channel when read). A JSON sidecar
+`OUT.beton.json` keeps what a beton cannot: class names, example ids, the original channel count and
+the dataset's fingerprint. A beton without a sidecar (written by other tools) is still readable:
+classes are named by number and examples by row.
+
+When a recipe's source names betons, `dmtoolkit init` reads them into the store as usual (caps
+apply; planting is refused, since planted images are not in the beton), and source training then
+reads each model's subset through ffcv's `Loader` with `indices=` (order RANDOM: QUASI_RANDOM with
+subsets is known to crash, ffcv#208), seeded per model. Target data are read into the store at init
+and used from there (the target is never subsampled). ffcv is optional: pip install 'dmtoolkit[ffcv]'.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from dmtoolkit.data.base import ImageDataset
+from dmtoolkit.errors import DataError
+
+IMAGE_FIELDS = ("ndarray", "rgb-raw", "rgb-jpg")
+SIDECAR_FORMAT = "dmtoolkit.beton"
+FFCV_MISSING = "ffcv betons need ffcv: pip install 'dmtoolkit[ffcv]' (after apt-get install libopencv-dev libturbojpeg0-dev pkg-config)"
+
+
+def _ffcv() -> Any:
+    try:
+        import ffcv  # noqa: F401  (slow: ~5 s)
+        from ffcv import fields, loader, writer
+        from ffcv.fields import decoders
+    except ImportError:
+        raise DataError(FFCV_MISSING) from None
+    return fields, decoders, loader, writer
+
+
+def sidecar_path(beton: str | Path) -> Path:
+    beton = Path(beton)
+    return beton.with_name(beton.name + ".json")
+
+
+class _Rows:
+    """The indexed dataset ffcv's writer walks: (image, label, index) per row."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, rgb: bool) -> None:
+        self.images, self.labels, self.rgb = images, labels, rgb
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, int, int]:
+        image = self.images[i]
+        if self.rgb and image.shape[-1] == 1:
+            image = np.repeat(image, 3, axis=-1)
+        return np.ascontiguousarray(image), int(self.labels[i]), int(i)
+
+
+def write_beton(dataset: ImageDataset, out: str | Path, *, image_field: str = "ndarray", workers: int = 1) -> Path:
+    """Write `dataset` to the beton `out` (plus its JSON sidecar), atomically (temporary file, then rename)."""
+    if image_field not in IMAGE_FIELDS:
+        raise DataError(f"unknown image field {image_field!r}; use one of {', '.join(IMAGE_FIELDS)}")
+    if len(dataset) == 0:
+        raise DataError(f"{dataset.name}: no examples to write")
+    fields, _, _, writer = _ffcv()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    height, width, channels = dataset.images.shape[1:]
+    if image_field == "ndarray":
+        image = fields.NDArrayField(dtype=np.dtype("uint8"), shape=(height, width, channels))
+    else:
+        image = fields.RGBImageField(write_mode="raw" if image_field == "rgb-raw" else "jpg")
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try:
+        w = writer.DatasetWriter(str(tmp), {"image": image, "label": fields.IntField(), "index": fields.IntField()},
+                                 num_workers=workers)
+        w.from_indexed_dataset(_Rows(dataset.images, dataset.labels, rgb=image_field != "ndarray"))
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    sidecar = {
+        "format": SIDECAR_FORMAT, "version": 1, "dataset": dataset.name, "image_field": image_field,
+        "shape": [height, width, channels], "class_names": list(dataset.class_names),
+        "example_ids": list(dataset.example_ids), "fingerprint": dataset.fingerprint,
+    }
+    sidecar_path(out).write_text(json.dumps(sidecar))
+    return out
+
+
+@dataclass(frozen=True)
+class BetonInfo:
+    """What the sidecar (or, without one, the beton itself) says about a beton."""
+
+    path: Path
+    size: int
+    image_field: str
+    channels: int
+    class_names: tuple[str, ...]
+    example_ids: tuple[str, ...]
+
+
+def beton_info(path: str | Path) -> BetonInfo:
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: beton not found (write one with `dmtoolkit data write-beton`)")
+    _ffcv()
+    from ffcv.reader import Reader
+
+    try:
+        reader = Reader(str(path))
+    except Exception as error:  # ffcv raises assorted errors on foreign files
+        raise DataError(f"{path}: not a readable ffcv beton ({type(error).__name__}: {error})") from None
+    names = set(reader.field_names)
+    if not {"image", "label"} <= names:
+        raise DataError(f"{path}: beton needs fields 'image' and 'label', it has {sorted(names)}")
+    size = int(reader.num_samples)
+    labels = np.asarray(reader.metadata[f"f{list(reader.field_names).index('label')}"]).reshape(size, -1)[:, 0]
+    field_name = type(reader.handlers["image"]).__name__
+    sidecar = sidecar_path(path)
+    if sidecar.is_file():
+        meta = json.loads(sidecar.read_text())
+        if meta.get("format") != SIDECAR_FORMAT or len(meta["example_ids"]) != size:
+            raise DataError(f"{sidecar}: does not describe {path} (other format or size); delete it or rewrite the beton")
+        return BetonInfo(path, size, meta["image_field"], int(meta["shape"][2]), tuple(meta["class_names"]),
+                         tuple(meta["example_ids"]))
+    image_field = "ndarray" if field_name == "NDArrayField" else "rgb-raw"
+    classes = tuple(str(k) for k in range(int(labels.max()) + 1)) if size else ()
+    return BetonInfo(path, size, image_field, 0, classes, tuple(f"{path.stem}#{i}" for i in range(size)))
+
+
+def _pipelines(info: BetonInfo, with_index: bool) -> dict[str, Any]:
+    _, decoders, _, _ = _ffcv()
+    image = decoders.NDArrayDecoder() if info.image_field == "ndarray" else decoders.SimpleRGBImageDecoder()
+    pipelines: dict[str, Any] = {"image": [image], "label": [decoders.IntDecoder()]}
+    pipelines["index"] = [decoders.IntDecoder()] if with_index else None
+    return pipelines
+
+
+def _fold(images: np.ndarray, info: BetonInfo) -> np.ndarray:
+    """Back to the original channel count: grayscale written as RGB becomes one channel again."""
+    if info.channels == 1 and images.shape[-1] == 3:
+        return images[..., :1] if info.image_field == "rgb-raw" else \
+            np.round(images.astype(np.float32).mean(axis=-1, keepdims=True)).astype(np.uint8)
+    return images
+
+
+def read_beton(path: str | Path, name: str | None = None) -> ImageDataset:
+    """The whole beton as an `ImageDataset` (read in row order through ffcv's Loader)."""
+    info = beton_info(path)
+    _, _, loader, _ = _ffcv()
+    images: np.ndarray | None = None
+    labels = np.zeros(info.size, np.int64)
+    seen = np.zeros(info.size, bool)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        batches = loader.Loader(str(info.path), batch_size=min(512, info.size), num_workers=1,
+                                order=loader.OrderOption.SEQUENTIAL, drop_last=False,
+                                pipelines=_pipelines(info, with_index=True))
+        for x, y, idx in batches:
+            x, rows = _fold(np.asarray(x), info), np.asarray(idx).reshape(-1)
+            if images is None:
+                images = np.zeros((info.size, *x.shape[1:]), np.uint8)
+            images[rows], labels[rows], seen[rows] = x, np.asarray(y).reshape(-1), True
+    if images is None or not seen.all():
+        raise DataError(f"{path}: beton rows are missing or its index field is wrong; rewrite it")
+    return ImageDataset(name or f"beton:{path}", images, labels, info.class_names, info.example_ids)
+
+
+def beton_stream(info: BetonInfo, rows: np.ndarray, seed: int, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Endless (images, labels) batches of exactly `batch_size` from beton `rows`, epoch after epoch.
+
+    ffcv's Loader reads the subset (`indices=rows`) in RANDOM order seeded by `seed` (new order each epoch).
+    """
+    _, _, loader, _ = _ffcv()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        batches = loader.Loader(str(info.path), batch_size=min(batch_size, len(rows)), num_workers=1,
+                                order=loader.OrderOption.RANDOM, seed=int(seed % (2**31 - 1)),
+                                indices=np.asarray(rows, dtype=np.int64), drop_last=False,
+                                pipelines=_pipelines(info, with_index=False))
+    buffer_x: list[np.ndarray] = []
+    buffer_y: list[np.ndarray] = []
+    held = 0
+    while True:
+        for x, y in batches:
+            buffer_x.append(_fold(np.array(x), info))  # copy: ffcv reuses its batch buffers
+            buffer_y.append(np.array(y).reshape(-1).astype(np.int64))
+            held += len(buffer_y[-1])
+            while held >= batch_size:
+                xs, ys = np.concatenate(buffer_x), np.concatenate(buffer_y)
+                yield xs[:batch_size], ys[:batch_size]
+                buffer_x, buffer_y, held = [xs[batch_size:]], [ys[batch_size:]], held - batch_size
+
+
+class BetonBatches:
+    """A `BatchSource` whose batches ffcv's Loader reads from the beton, model g from rows `beton_rows[g]`."""
+
+    def __init__(self, info: BetonInfo, beton_rows: list[np.ndarray], order_seeds: list[int], settings: Any,
+                 channels: int, resolution: int, device: torch.device) -> None:
+        from dmtoolkit.train.fit import step_counts
+
+        if settings.order != "shuffle":
+            raise DataError("training from betons reads batches in ffcv's RANDOM order; set training.order: shuffle")
+        self.steps_per_epoch, self.steps = step_counts([len(r) for r in beton_rows], settings)
+        self.streams = [beton_stream(info, rows, seed, settings.batch_size) for rows, seed in zip(beton_rows, order_seeds)]
+        self.channels, self.resolution, self.device = channels, resolution, device
+
+    def __call__(self, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        from dmtoolkit.train.job import to_tensor
+
+        batches = [next(stream) for stream in self.streams]
+        x = torch.stack([to_tensor(images, self.channels, self.resolution, self.device) for images, _ in batches])
+        y = torch.from_numpy(np.stack([labels for _, labels in batches])).to(self.device)
+        return x, y, torch.ones(y.shape, device=self.device)
+
+
+def _run_context_class() -> type:
+    from dmtoolkit.train.job import RunContext
+
+    return RunContext
+
+
+class BetonRunContext(_run_context_class()):  # type: ignore[misc]
+    """A `RunContext` whose source models train on their subsets read from the source beton by ffcv.
+
+    Transfer and scoring use the store's tensors as usual. The store's pool examples are matched to
+    beton rows by example id, so caps applied at init carry over.
+    """
+
+    def __init__(self, recipe: Any, masks: np.ndarray, data: Any, device: str | None = None) -> None:
+        super().__init__(recipe, masks, data, device)
+        self.beton = beton_info(recipe.source.beton_train)
+        position = {example_id: row for row, example_id in enumerate(self.beton.example_ids)}
+        missing = [e for e in data.source_example_ids if e not in position]
+        if missing:
+            raise DataError(f"{self.beton.path}: {len(missing)} source examples of the store are not in the beton "
+                            f"(e.g. {missing[0]!r}); the beton changed since `dmtoolkit init`")
+        self.beton_rows = np.array([position[e] for e in data.source_example_ids], dtype=np.int64)
+
+    def source_batches(self, subsets: list[np.ndarray], order_seeds: list[int], settings: Any) -> BetonBatches:
+        """Each model's subset, read through ffcv's Loader (`indices=`, RANDOM order)."""
+        return BetonBatches(self.beton, [self.beton_rows[s] for s in subsets], order_seeds, settings,
+                            self.channels, self.pool_x.shape[-1], self.device)
+
+
+def load_spec_from_betons(spec: Any, role: str) -> tuple[ImageDataset, ImageDataset]:
+    """(train, test) of a recipe's DataSpec that names betons: both must be given."""
+    if not (spec.beton_train and spec.beton_test):
+        raise DataError(f"{role}: name both beton_train and beton_test (write them with `dmtoolkit data write-beton`)")
+    return (read_beton(spec.beton_train, f"{spec.dataset} (beton {spec.beton_train})"),
+            read_beton(spec.beton_test, f"{spec.dataset} (beton {spec.beton_test})"))

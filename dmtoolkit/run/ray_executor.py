@@ -1,0 +1,164 @@
+"""Ray executor: every group of models is one Ray task; the driver (the only writer) gets results as they finish.
+
+The driver reads the store once and puts the run (recipe, masks, data) into Ray's object store, so
+workers need no shared filesystem and no copy of the store. Each worker process builds its
+`RunContext` (tensors on its device) once per run and caches it at module level; later tasks of the
+same run reuse it. A task that raises returns the error as a `GroupOutcome` (the driver retries it
+once more); a worker that dies is retried by Ray (`max_retries`) and then reported. Ctrl-C (or any
+exit of the generator) cancels every task still pending or running; rows already written stay.
+
+`address=None` starts a private local Ray (`num_cpus=workers`, no dashboard) and shuts it down on
+`close()`; an address ("auto", "ray://host:10001", "host:6379") joins an existing cluster, which is
+left running. With `device="cuda"` (or `None` on a cluster that has GPUs) each task asks Ray for one GPU.
+A recipe whose source names ffcv betons trains from them on the workers (they need ffcv and the path).
+"""
+
+from __future__ import annotations
+
+import os
+import traceback
+import warnings
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from dmtoolkit.errors import UserError
+from dmtoolkit.run.executors import GroupOutcome
+
+RAY_MISSING = "the Ray executor needs Ray: pip install 'dmtoolkit[ray]'"
+
+# worker-side cache: run key -> RunContext (only the latest run is kept, to bound memory)
+_CONTEXTS: dict[str, Any] = {}
+
+
+def import_ray() -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise UserError(RAY_MISSING) from None
+    return ray
+
+
+def _run_key(store_path: Path, device: str | None) -> str:
+    """Identifies one run's data on the workers: store path, creation stamp, recipe hash, device."""
+    import h5py
+
+    with h5py.File(store_path, "r", locking=False) as f:
+        created, recipe_hash = str(f.attrs.get("created", "")), str(f.attrs.get("recipe_hash", ""))
+    return f"{Path(store_path).resolve()}|{created}|{recipe_hash}|{device}"
+
+
+def _load_payload(store_path: Path) -> tuple[Any, Any, Any]:
+    """What a worker needs to build a RunContext: (recipe canonical JSON, masks, RunData)."""
+    from dmtoolkit.store import RunStore
+
+    with RunStore(store_path) as store:
+        return store.recipe.canonical_json(), store.file["masks"][()].astype(bool), store.run_data()
+
+
+def _context(key: str, payload_box: list, device: str | None) -> Any:
+    context = _CONTEXTS.get(key)
+    if context is None:
+        import ray
+        import torch
+
+        from dmtoolkit.recipe import parse_recipe_text
+        from dmtoolkit.run.executors import build_context
+
+        torch.set_num_threads(int(os.environ.get("DMTOOLKIT_RAY_THREADS", "1")))
+        recipe_json, masks, data = ray.get(payload_box[0])
+        _CONTEXTS.clear()
+        with warnings.catch_warnings():  # arrays from Ray's object store are read-only; tensors copy them anyway
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            context = build_context(parse_recipe_text(recipe_json, origin="ray payload"), masks, data, device)
+        _CONTEXTS[key] = context
+    return context
+
+
+def _compute_group(key: str, payload_box: list, device: str | None, group: int) -> GroupOutcome:
+    """The body of a Ray task (module-level so Ray pickles it by reference)."""
+    try:
+        return GroupOutcome(group, results=_context(key, payload_box, device).compute_group(group))
+    except Exception as error:  # reported to the driver, which retries once and then names the rows
+        last = traceback.format_exception_only(type(error), error)[-1].strip()
+        return GroupOutcome(group, error=last)
+
+
+class RayExecutor:
+    """Groups as Ray tasks on a local Ray (started here) or an existing cluster (`address`)."""
+
+    def __init__(self, workers: int, device: str | None = None, address: str | None = None,
+                 max_retries: int = 1, in_flight_per_slot: int = 2) -> None:
+        self.ray = import_ray()
+        self.workers, self.device, self.address = workers, device, address
+        self.max_retries, self.in_flight_per_slot = max_retries, in_flight_per_slot
+        self._started = False
+        self._task: Any = None
+        self._payload: tuple[str, Any] | None = None  # (run key, ObjectRef of the payload)
+
+    # ray lifecycle ------------------------------------------------------------------------------
+    def _ensure_ray(self) -> None:
+        ray = self.ray
+        if ray.is_initialized():
+            return
+        if self.address:
+            ray.init(address=self.address, log_to_driver=True)
+        else:
+            ray.init(num_cpus=self.workers, include_dashboard=False, log_to_driver=True)
+            self._started = True
+
+    def _task_device(self) -> tuple[str | None, float]:
+        """The device tasks compute on and the GPUs each asks Ray for."""
+        gpus = self.ray.cluster_resources().get("GPU", 0)
+        if self.device is None:
+            return ("cuda", 1.0) if gpus else ("cpu", 0.0)
+        if self.device.startswith("cuda"):
+            if not gpus:
+                raise UserError("--device cuda requested but the Ray cluster has no GPU; use --device cpu")
+            return self.device, 1.0
+        return self.device, 0.0
+
+    def _slots(self, gpus_per_task: float) -> int:
+        resources = self.ray.cluster_resources()
+        if gpus_per_task:
+            return max(1, int(resources.get("GPU", 1) / gpus_per_task))
+        return max(1, int(resources.get("CPU", self.workers)))
+
+    # executor protocol --------------------------------------------------------------------------
+    def run(self, store_path: Path, groups: Iterable[int]) -> Iterator[GroupOutcome]:
+        ray = self.ray
+        self._ensure_ray()
+        device, gpus = self._task_device()
+        key = _run_key(store_path, device)
+        if self._payload is None or self._payload[0] != key:
+            self._payload = (key, ray.put(_load_payload(store_path)))
+        box = [self._payload[1]]  # boxed so Ray does not resolve it per task; workers ray.get it once
+        task = ray.remote(num_cpus=1, num_gpus=gpus, max_retries=self.max_retries)(_compute_group)
+        window = self.in_flight_per_slot * self._slots(gpus)
+        queue = list(groups)
+        pending: dict[Any, int] = {}
+        try:
+            while queue or pending:
+                while queue and len(pending) < window:
+                    group = queue.pop(0)
+                    pending[task.remote(key, box, device, group)] = group
+                done, _ = ray.wait(list(pending), num_returns=1)
+                for ref in done:
+                    group = pending.pop(ref)
+                    try:
+                        outcome = ray.get(ref)
+                    except Exception as error:  # worker died after Ray's own retries, or task cancelled
+                        first_line = (str(error).strip().splitlines() or [""])[0][:200]
+                        outcome = GroupOutcome(group, error=f"Ray task failed ({type(error).__name__}: {first_line})")
+                    yield outcome
+        finally:
+            for ref in pending:  # Ctrl-C or an early stop: cancel what is left, keep what is written
+                try:
+                    ray.cancel(ref, force=True)
+                except Exception:
+                    pass
+
+    def close(self) -> None:
+        self._payload = None
+        if self._started and self.ray.is_initialized():
+            self.ray.shutdown()
+        self._started = False
