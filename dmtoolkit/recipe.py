@@ -100,7 +100,10 @@ class TransferSpec(_Section):
     """Adapting a source model to the target task."""
 
     mode: Literal["fixed-feature", "full"] = "fixed-feature"
-    feature_layer: Literal["penultimate", "conv"] = "penultimate"
+    feature_layer: Literal["conv", "penultimate", "logits"] = Field(
+        default="penultimate",
+        description="what the fixed-feature head reads: conv trunk, penultimate layer, or the source class scores",
+    )
     epochs: float = Field(default=30.0, gt=0)
     batch_size: int = Field(default=512, gt=0)
     lr: float = Field(default=0.05, gt=0)
@@ -148,15 +151,15 @@ class Recipe(_Section):
 
 def _describe(error: ValidationError, origin: str) -> str:
     first = error.errors()[0]
-    where = ".".join(str(part) for part in first["loc"]) or "recipe"
-    message = first["msg"]
+    where = ".".join(str(part) for part in first["loc"])
+    message = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         message = "unknown key (check the spelling; see recipes/glyphs-to-mnist.yaml for every key)"
-    elif "input" in first and first["type"] != "missing":
+    elif "input" in first and first["type"] not in ("missing", "value_error"):  # value errors name their values
         message = f"{message} (got {first['input']!r})"
     more = len(error.errors()) - 1
     suffix = f" (+{more} more problem{'s' * (more > 1)})" if more else ""
-    return f"{origin}: {where}: {message}{suffix}"
+    return f"{origin}: {where + ': ' if where else ''}{message}{suffix}"
 
 
 def parse_recipe_dict(data: object, origin: str = "recipe") -> Recipe:

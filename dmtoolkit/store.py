@@ -199,11 +199,19 @@ class RunStore:
 
     def __init__(self, path: str | Path, *, writable: bool = False) -> None:
         self.path = Path(path)
+        if not self.path.exists():  # before locking: no stray STORE.lock, no traceback for a missing folder
+            _open_h5(self.path, "r")
         self._lock = WriterLock(self.path).acquire() if writable else None
         try:
-            self.file = _open_h5(self.path, "r+" if writable else "r")
+            self.file = _open_h5(self.path, "r")
             self._check_schema()
+            if writable:  # checked read-only first: a refused writer leaves the file untouched (even its mtime)
+                self._check_recipe_hash()
+                self.file.close()
+                self.file = _open_h5(self.path, "r+")
         except BaseException:
+            if getattr(self, "file", None):
+                self.file.close()
             if self._lock:
                 self._lock.release()
             raise
@@ -219,6 +227,14 @@ class RunStore:
             raise StoreError(
                 f"{self.path}: run store schema version {version}, this dmtoolkit reads version {SCHEMA_VERSION}; "
                 "use the matching dmtoolkit version or recreate the store"
+            )
+
+    def _check_recipe_hash(self) -> None:
+        """A writer must not add rows made by a recipe other than the one the store's rows came from."""
+        if self.recipe.hash() != self.recipe_hash:
+            raise StoreError(
+                f"{self.path}: the stored recipe does not match the recipe hash its rows were made with; "
+                "refusing to add rows (recreate the store with `dmtoolkit init`)"
             )
 
     # context management -------------------------------------------------------------------------
@@ -317,13 +333,13 @@ class RunStore:
 
     def read_rows(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Masks (r, P) bool and margins (r, T) float32 of the given rows, in the given order."""
-        rows = np.asarray(rows, dtype=np.int64)
-        order = np.argsort(rows, kind="stable")
-        sorted_rows = rows[order]
-        masks = self.file["masks"][sorted_rows] if len(rows) else np.zeros((0, self.num_units), bool)
-        margins = self.file["margins"][sorted_rows] if len(rows) else np.zeros((0, self.num_targets), np.float32)
-        inverse = np.empty_like(order)
-        inverse[order] = np.arange(len(order))
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        if len(rows) and (rows.min() < 0 or rows.max() >= self.num_models):
+            raise StoreError(f"{self.path}: row {rows[(rows < 0) | (rows >= self.num_models)][0]} out of range "
+                             f"(the store has {self.num_models} rows)")
+        unique, inverse = np.unique(rows, return_inverse=True)  # h5py reads increasing, distinct rows only
+        masks = self.file["masks"][unique] if len(rows) else np.zeros((0, self.num_units), bool)
+        margins = self.file["margins"][unique] if len(rows) else np.zeros((0, self.num_targets), np.float32)
         return masks[inverse].astype(bool), margins[inverse]
 
     def iter_blocks(self, rows: np.ndarray | None = None, block_rows: int = 1024) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:

@@ -15,9 +15,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-FEATURE_LAYERS = ("conv", "penultimate")
-
-
 class BatchedLinear(nn.Module):
     """G independent linear maps: (G, B, d_in) -> (G, B, d_out)."""
 
@@ -113,11 +110,15 @@ class BatchedTinyCNN(nn.Module):
         return h.reshape(B, G, -1).transpose(0, 1)
 
     def features(self, x: torch.Tensor, layer: str) -> torch.Tensor:
+        """Activations of `layer`: "conv" (flattened trunk), "penultimate" or "logits" (source class scores)."""
         conv = self._trunk(x)
-        return conv if layer == "conv" else F.relu(self.hidden(conv))
+        if layer == "conv":
+            return conv
+        hidden = F.relu(self.hidden(conv))
+        return self.head(hidden) if layer == "logits" else hidden
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x, "penultimate"))
+        return self.features(x, "logits")
 
     def new_head(self, num_classes: int, seeds: list[int]) -> None:
         """Replace the classifier with a fresh one (for full fine-tuning on the target)."""
@@ -150,17 +151,17 @@ class ResNetGroup(nn.Module):
                     module.reset_parameters()
 
     def features(self, x: torch.Tensor, layer: str) -> torch.Tensor:
+        """Pooled layer-4 activations ("conv" and "penultimate" coincide in ResNet-18) or "logits"."""
         outputs = []
         for g, net in enumerate(self.nets):
             h = x[g]
             h = net.maxpool(net.relu(net.bn1(net.conv1(h))))
-            h = net.layer4(net.layer3(net.layer2(net.layer1(h))))
-            outputs.append(torch.flatten(net.avgpool(h), 1))
+            h = torch.flatten(net.avgpool(net.layer4(net.layer3(net.layer2(net.layer1(h))))), 1)
+            outputs.append(net.fc(h) if layer == "logits" else h)
         return torch.stack(outputs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        feats = self.features(x, "penultimate")
-        return torch.stack([net.fc(feats[g]) for g, net in enumerate(self.nets)])
+        return self.features(x, "logits")
 
     def new_head(self, num_classes: int, seeds: list[int]) -> None:
         for net, seed in zip(self.nets, seeds):
