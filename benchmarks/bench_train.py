@@ -83,8 +83,9 @@ def accuracy_baselines(context: RunContext, rows: list[int]) -> dict[str, float]
     model = build_model(recipe.model.arch, len(rows), context.channels, context.num_source_classes,
                         recipe.model.resolution, recipe.model.width, recipe.model.hidden, recipe.model.downsample)
     model.init_from_seeds([1000 + i for i in rows])
-    untrained = transfer_fixed_feature(model, context.target_train_x, context.target_train_y, context.target_test_x,
-                                       context.target_test_y, context.num_target_classes, spec, rows)
+    logits = transfer_fixed_feature(model, context.target_train_x, context.target_train_y, context.target_test_x,
+                                    context.num_target_classes, spec, rows)
+    untrained = margins_from_logits(logits, context.target_test_y)
     return {"raw pixels": float((raw > 0).float().mean()), "untrained network": float((untrained > 0).float().mean())}
 
 

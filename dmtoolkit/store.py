@@ -128,6 +128,9 @@ def create_store(path: str | Path, recipe: Recipe, data: RunData, *, force: bool
                           "model, target example")
             _preallocated(f, "completed", (m,), "bool", False,
                           "true once the model's row is durably written; only completed rows count", "model")
+            _preallocated(f, "predictions", (m, T), "int16", -1,
+                          "class the transferred model predicts for each target test example; -1 until written",
+                          "model, target example")
             _preallocated(f, "seed", (m,), "int64", -1, "training seed the model used", "model")
             for name, meaning in PER_MODEL_FLOATS.items():
                 _preallocated(f, name, (m,), "float32", np.nan, meaning, "model")
@@ -350,7 +353,7 @@ class RunStore:
             yield (block, *self.read_rows(block))
 
     def write_row(self, index: int, margins: np.ndarray, *, seed: int, source_accuracy: float,
-                  target_accuracy: float, seconds: float) -> None:
+                  target_accuracy: float, seconds: float, predictions: np.ndarray | None = None) -> None:
         """Write one model's results, durably, then mark it completed (see module docstring)."""
         if self._lock is None:
             raise StoreError(f"{self.path}: opened read-only; open it writable to add rows")
@@ -361,6 +364,8 @@ class RunStore:
             raise StoreError(f"{self.path}: row {index} has non-finite margins; the model diverged (lower the learning rate)")
         f = self.file
         f["margins"][index] = margins
+        if predictions is not None:
+            f["predictions"][index] = np.asarray(predictions, dtype=np.int16)
         f["seed"][index] = seed
         f["source_accuracy"][index] = source_accuracy
         f["target_accuracy"][index] = target_accuracy

@@ -92,7 +92,7 @@ def validate_store(path: str | Path) -> list[str]:
         if recipe.hash() != store.recipe_hash:
             problems.append("recipe_hash attribute does not match the stored recipe")
         m, P, T = store.num_models, store.num_units, store.num_targets
-        expected = {"masks": ((m, P), np.bool_), "margins": ((m, T), np.float32), "completed": ((m,), np.bool_),
+        expected = {"masks": ((m, P), np.bool_), "margins": ((m, T), np.float32), "predictions": ((m, T), np.int16), "completed": ((m,), np.bool_),
                     "seed": ((m,), np.int64), **{name: ((m,), np.float32) for name in PER_MODEL_FLOATS}}
         for name, (shape, dtype) in expected.items():
             if name not in f:

@@ -139,3 +139,13 @@ def test_demo_quick(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "16/16 completed" in result.output
     assert run("store", "validate", tmp_path / "quick-runs.h5").exit_code == 0
+
+
+def test_predictions_agree_with_margins(store: Path) -> None:
+    """The stored predicted class is the true class exactly where the margin is positive."""
+    assert run("train", store, "--workers", "1", "--limit", "2", "--quiet").exit_code == 0
+    with h5py.File(store, "r") as f:
+        done = f["completed"][()]
+        predictions, margins, labels = f["predictions"][()][done], f["margins"][()][done], f["target/labels"][()]
+        assert f["predictions"].dtype == np.int16 and (f["predictions"][()][~done] == -1).all()
+    np.testing.assert_array_equal(predictions == labels[None, :], margins > 0)

@@ -86,7 +86,8 @@ def train_store(path: str | Path, executor: Executor, *, limit: int | None = Non
                             continue
                         store.write_row(result.index, result.margins, seed=result.seed,
                                         source_accuracy=result.source_accuracy,
-                                        target_accuracy=result.target_accuracy, seconds=result.seconds)
+                                        target_accuracy=result.target_accuracy, seconds=result.seconds,
+                                        predictions=result.predictions)
                         completed[result.index] = True
                         summary.written += 1
                         bar.update(1)

@@ -159,13 +159,13 @@ def _write_merged(stores: list[RunStore], owner: np.ndarray, output: Path) -> Me
                 f = store.file
                 for start in range(0, len(rows), BLOCK_ROWS):
                     block = rows[start:start + BLOCK_ROWS]
-                    margins = f["margins"][block]
+                    margins, predictions = f["margins"][block], f["predictions"][block]
                     columns = {name: f[name][block] for name in ("seed", "source_accuracy", "target_accuracy", "seconds")}
                     for r, row in enumerate(block):
                         merged.write_row(int(row), margins[r], seed=int(columns["seed"][r]),
                                          source_accuracy=float(columns["source_accuracy"][r]),
                                          target_accuracy=float(columns["target_accuracy"][r]),
-                                         seconds=float(columns["seconds"][r]))
+                                         seconds=float(columns["seconds"][r]), predictions=predictions[r])
         os.replace(tmp, output)
     finally:
         tmp.unlink(missing_ok=True)

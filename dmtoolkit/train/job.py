@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from dmtoolkit.devices import resolve_device
 from dmtoolkit.recipe import Recipe
 from dmtoolkit.store import RunData, RunStore
-from dmtoolkit.train.fit import BatchSource, LoopSettings, MemoryBatches, batched_outputs, train_models
+from dmtoolkit.train.fit import (BatchSource, LoopSettings, MemoryBatches, batched_outputs, margins_from_logits,
+                                 train_models)
 from dmtoolkit.train.models import build_model
 from dmtoolkit.train.transfer import TRANSFERS
 
@@ -34,6 +35,7 @@ class ModelResult:
     source_accuracy: float
     target_accuracy: float
     seconds: float
+    predictions: np.ndarray | None = None  # predicted target class per target test example
 
 
 def model_seed(run_seed: int, index: int, randomness: str) -> int:
@@ -114,13 +116,14 @@ class RunContext:
                                 start_resolution=model_spec.resolution, order=train.order)
         train_models(model, self.source_batches(subsets, [s + 1 for s in seeds], settings), settings)
         source_acc = self.source_accuracy(model, rows)
-        margins = TRANSFERS[recipe.transfer.mode](
-            model, self.target_train_x, self.target_train_y, self.target_test_x, self.target_test_y,
-            self.num_target_classes, recipe.transfer, [s + 2 for s in seeds])
-        margins = margins.float().cpu().numpy()
+        logits = TRANSFERS[recipe.transfer.mode](
+            model, self.target_train_x, self.target_train_y, self.target_test_x, self.num_target_classes,
+            recipe.transfer, [s + 2 for s in seeds])
+        margins = margins_from_logits(logits, self.target_test_y).float().cpu().numpy()
+        predictions = logits.argmax(dim=-1).cpu().numpy()
         seconds = (time.perf_counter() - started) / len(rows)
-        return [ModelResult(i, margins[g], seeds[g], source_acc[g], float((margins[g] > 0).mean()), seconds)
-                for g, i in enumerate(rows)]
+        return [ModelResult(i, margins[g], seeds[g], source_acc[g], float((margins[g] > 0).mean()), seconds,
+                            predictions[g]) for g, i in enumerate(rows)]
 
     def source_batches(self, subsets: list[np.ndarray], order_seeds: list[int], settings: LoopSettings) -> BatchSource:
         """Where source training reads its batches: the in-memory pool (a subclass may read elsewhere)."""

@@ -1,4 +1,4 @@
-"""Transfer G source models to the target task and return their margins on the target test set.
+"""Transfer G source models to the target task and return their logits on the target test set.
 
 fixed-feature: the backbone is frozen; each model gets its own linear head (softmax regression) on its
 own standardised features of the named layer, fitted full-batch with Adam (elementwise, so models stay
@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dmtoolkit.recipe import TransferSpec
-from dmtoolkit.train.fit import LoopSettings, MemoryBatches, batched_outputs, margins_from_logits, train_models
+from dmtoolkit.train.fit import LoopSettings, MemoryBatches, batched_outputs, train_models
 
 
 def fit_linear_heads(train_feats: torch.Tensor, train_labels: torch.Tensor, num_classes: int,
@@ -44,21 +44,20 @@ def fit_linear_heads(train_feats: torch.Tensor, train_labels: torch.Tensor, num_
 
 
 def transfer_fixed_feature(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor,
-                           test_y: torch.Tensor, num_classes: int, spec: TransferSpec, seeds: list[int]) -> torch.Tensor:
-    """Margins (G, T) of linear heads on the frozen models' `spec.feature_layer` features."""
+                           num_classes: int, spec: TransferSpec, seeds: list[int]) -> torch.Tensor:
+    """Logits (G, T, K) of linear heads on the frozen models' `spec.feature_layer` features."""
     model.eval()
     G = len(seeds)
     features = lambda x: model.features(x, spec.feature_layer)  # noqa: E731
     train_feats = batched_outputs(features, train_x, G)
     test_feats = batched_outputs(features, test_x, G)
     weight, bias, mean, std = fit_linear_heads(train_feats, train_y, num_classes, spec, seeds)
-    logits = torch.baddbmm(bias, (test_feats - mean) / std, weight)
-    return margins_from_logits(logits, test_y)
+    return torch.baddbmm(bias, (test_feats - mean) / std, weight)
 
 
 def transfer_full(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor,
-                  test_y: torch.Tensor, num_classes: int, spec: TransferSpec, seeds: list[int]) -> torch.Tensor:
-    """Margins (G, T) after replacing the head and fine-tuning every weight on the target training set."""
+                  num_classes: int, spec: TransferSpec, seeds: list[int]) -> torch.Tensor:
+    """Logits (G, T, K) after replacing the head and fine-tuning every weight on the target training set."""
     model.new_head(num_classes, seeds)
     model.to(train_x.device)
     everything = torch.arange(len(train_x)).numpy()
@@ -66,7 +65,7 @@ def transfer_full(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor
                             weight_decay=spec.weight_decay, schedule="triangular", peak_epoch=spec.epochs / 4)
     train_models(model, MemoryBatches(train_x, train_y, [everything] * len(seeds), seeds, settings), settings)
     model.eval()
-    return margins_from_logits(batched_outputs(model, test_x, len(seeds)), test_y)
+    return batched_outputs(model, test_x, len(seeds))
 
 
 TRANSFERS = {"fixed-feature": transfer_fixed_feature, "full": transfer_full}
