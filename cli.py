@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 
 import click
@@ -186,6 +187,97 @@ def store_merge(inputs: tuple[Path, ...], output: Path, force: bool) -> None:
         click.echo(f"{len(summary.missing)} rows still missing: {summary.missing_text}", err=True)
 
 
+@cli.command()
+@click.argument("store_path", metavar="RUNS.h5", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("-o", "--output", "out_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="INFLUENCE.h5 to write.")
+@DEVICE
+@click.option("--block-rows", type=click.IntRange(min=1), default=1024, show_default=True,
+              help="Models read per block (stores larger than memory stream through).")
+@click.option("--holdout-frac", type=float, default=0.1, show_default=True,
+              help="Fraction of completed models left out for `dmtoolkit evaluate`.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the held-out split.")
+@click.option("--force", is_flag=True, help="Overwrite an existing output.")
+def influence(store_path: Path, out_path: Path, device: str, block_rows: int, holdout_frac: float, seed: int,
+              force: bool) -> None:
+    """Difference-of-means influence of every unit (class or example) on every target example.
+
+    \b
+    Example:
+      dmtoolkit influence stores/runs.h5 -o stores/influence.h5
+    """
+    from dmtoolkit.estimate.influence import UndefinedInfluenceWarning, compute_influence
+
+    with warnings.catch_warnings():  # reported below, one line each
+        warnings.simplefilter("ignore", UndefinedInfluenceWarning)
+        result = compute_influence(store_path, out_path, device=_device(device), block_rows=block_rows,
+                                   holdout_frac=holdout_frac, seed=seed, force=force)
+    for warning in result.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    click.echo(f"wrote {out_path}: influence {tuple(result.influence.shape)}")
+
+
+@cli.command()
+@click.argument("store_path", metavar="RUNS.h5", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("-o", "--output", "out_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="DATAMODELS.h5 to write.")
+@DEVICE
+@click.option("--targets", help="Fit only target examples A:B (split big jobs across processes).")
+@click.option("--lambdas", type=click.IntRange(min=1), default=100, show_default=True, help="Steps of the λ path.")
+@click.option("--eps", type=click.FloatRange(min=0, min_open=True, max=1, max_open=True), default=1e-3,
+              show_default=True, help="Smallest λ as a fraction of λ_max.")
+@click.option("--val-frac", type=click.FloatRange(min=0, min_open=True, max=1, max_open=True), default=0.1,
+              show_default=True, help="Fraction of models held out to choose λ (and scored by evaluate).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the train/validation split.")
+@click.option("--block-rows", type=click.IntRange(min=1), default=1024, show_default=True)
+@click.option("--force", is_flag=True, help="Overwrite an existing output.")
+def datamodels(store_path: Path, out_path: Path, device: str, targets: str | None, lambdas: int, eps: float,
+               val_frac: float, seed: int, block_rows: int, force: bool) -> None:
+    """Sparse linear datamodels (lasso path, λ chosen on held-out models) for every target example.
+
+    \b
+    Example:
+      dmtoolkit datamodels stores/runs-examples.h5 -o stores/datamodels.h5 --targets 0:500
+    """
+    from dmtoolkit.estimate.datamodels import fit_datamodels
+
+    model = fit_datamodels(store_path, out_path, device=_device(device), targets=targets, n_lambdas=lambdas,
+                           eps=eps, val_frac=val_frac, seed=seed, block_rows=block_rows, force=force)
+    click.echo(f"wrote {out_path}: weights {tuple(model.coef_.shape)}")
+
+
+@cli.command()
+@click.argument("store_path", metavar="RUNS.h5", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--estimator", "estimator_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="INFLUENCE.h5 or DATAMODELS.h5 made from RUNS.h5.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def evaluate(store_path: Path, estimator_path: Path, as_json: bool) -> None:
+    """LDS: per target example, Spearman correlation of predicted and true margins on held-out models.
+
+    \b
+    Class influence predicts with f(S) = mean + sum_k Infl_k * (1[k in S] - alpha).
+    Example:
+      dmtoolkit evaluate stores/runs.h5 --estimator stores/influence.h5 --json
+    """
+    from dmtoolkit.estimate.lds import evaluate as lds
+
+    report = lds(store_path, estimator_path)
+    if as_json:
+        _echo_json(report)
+        return
+    if report["lds_mean"] is None:
+        click.echo(f"LDS undefined on all {report['heldout_models']} held-out models (constant margins)")
+        return
+    first, stop = report["targets"]
+    click.echo(f"{report['estimator']} LDS on {report['heldout_models']} held-out models, targets {first}:{stop}: "
+               f"mean {report['lds_mean']:.3f}, median {report['lds_median']:.3f}")
+    counts, edges = report["histogram"]["counts"], report["histogram"]["edges"]
+    scale = 40 / max(max(counts), 1)
+    for count, low, high in zip(counts, edges, edges[1:]):
+        if count:
+            click.echo(f"  [{low:+.1f}, {high:+.1f})  {count:5d}  {'#' * max(1, round(count * scale))}")
+
+
 @cli.group()
 def data() -> None:
     """Built-in datasets and their cache."""
@@ -257,6 +349,237 @@ def demo(quick: bool, out: Path, workers: int, device: str) -> None:
 
     summary = run_demo(out, quick=quick, workers=workers, device=_device(device))
     click.echo(format_summary(summary))
+
+
+# --- analyses and report (dmtoolkit.analyze, dmtoolkit.report) --------------------------------------
+ESTIMATE_FILE = click.argument("estimate_path", metavar="INFLUENCE.h5", type=click.Path(dir_okay=False, path_type=Path))
+STORE_OPTION = click.option("--store", "store_path", type=click.Path(dir_okay=False, path_type=Path),
+                            help="Run store the estimate came from (default: the path recorded in the estimate).")
+JSON_OPTION = click.option("--json", "as_json", is_flag=True, help="Machine-readable output (JSON) on stdout.")
+PNG_OPTION = click.option("--png", type=click.Path(dir_okay=False, path_type=Path), help="Also write a PNG figure here.")
+
+
+def _fmt(value: float | None, digits: int = 4) -> str:
+    return "-" if value is None else f"{value:+.{digits}f}"
+
+
+@cli.command()
+@ESTIMATE_FILE
+@click.option("--top", type=click.IntRange(min=1), default=10, show_default=True, help="How many classes to list each way.")
+@click.option("--target-class", help="Average over the target examples of this class only (e.g. 3).")
+@JSON_OPTION
+@PNG_OPTION
+def rank(estimate_path: Path, top: int, target_class: str | None, as_json: bool, png: Path | None) -> None:
+    """Rank source classes by mean influence over the target examples (most positive and most negative).
+
+    \b
+    Example:
+      dmtoolkit rank stores/influence.h5 --top 10 --png stores/rank.png
+      dmtoolkit rank stores/influence.h5 --target-class 3 --json
+    """
+    from dmtoolkit.analyze import rank_classes
+
+    result = rank_classes(estimate_path, top=top, target_class=target_class, png=png)
+    if as_json:
+        _echo_json(result)
+        return
+    scope = f"target class {target_class}" if target_class else "all targets"
+    click.echo(f"mean influence over {result['targets']} target examples ({scope})")
+    click.echo("most positive:")
+    for i, e in enumerate(result["top"], 1):
+        click.echo(f"  {i:3d}. {e['name']:<20} {_fmt(e['influence'])}")
+    click.echo("most negative:")
+    for i, e in enumerate(result["bottom"], 1):
+        click.echo(f"  {i:3d}. {e['name']:<20} {_fmt(e['influence'])}")
+    if png:
+        click.echo(f"wrote {png}", err=True)
+
+
+@cli.command()
+@ESTIMATE_FILE
+@click.option("--class", "class_name", required=True, help="Source class name (as in `dmtoolkit rank`).")
+@click.option("-n", type=click.IntRange(min=1), default=16, show_default=True, help="How many target images.")
+@STORE_OPTION
+@JSON_OPTION
+@PNG_OPTION
+def subpop(estimate_path: Path, class_name: str, n: int, store_path: Path | None, as_json: bool,
+           png: Path | None) -> None:
+    """Target images most positively influenced by one source class (an image grid with --png).
+
+    \b
+    Example:
+      dmtoolkit subpop stores/influence.h5 --class 3 -n 16 --png stores/subpop-3.png
+    """
+    from dmtoolkit.analyze import subpopulation
+
+    result = subpopulation(estimate_path, class_name, n=n, png=png, store=store_path)
+    if as_json:
+        _echo_json(result)
+        return
+    click.echo(f"target examples most helped by source class {class_name}:")
+    for t in result["targets"]:
+        click.echo(f"  {t['name']:<12} {_fmt(t['influence'])}")
+    if png:
+        click.echo(f"wrote {png}", err=True)
+
+
+@cli.command()
+@ESTIMATE_FILE
+@click.option("--target", type=click.IntRange(min=0), required=True, help="Target test example index.")
+@click.option("--top", type=click.IntRange(min=1), default=5, show_default=True, help="Classes to list each way.")
+@click.option("--verify", type=click.IntRange(min=1), help="Retrain R models without the most negative class and R with it.")
+@STORE_OPTION
+@JSON_OPTION
+@DEVICE
+def explain(estimate_path: Path, target: int, top: int, verify: int | None, store_path: Path | None,
+            as_json: bool, device: str) -> None:
+    """Why target J is (mis)classified: its labels and its most negative / positive source classes.
+
+    \b
+    Example:
+      dmtoolkit explain stores/influence.h5 --target 17
+      dmtoolkit explain stores/influence.h5 --target 17 --verify 5
+    """
+    from dmtoolkit.analyze import explain_target, verify_explanation
+
+    if verify:
+        result = verify_explanation(estimate_path, target, verify, store=store_path, device=_device(device))
+    else:
+        result = explain_target(estimate_path, target, top=top, store=store_path)
+    if as_json:
+        _echo_json(result)
+        return
+    correct = result["fraction_correct"]
+    click.echo(f"target {target}: true {result['true_label']}, predicted {result['predicted_label'] or 'unknown'} "
+               f"(majority of {result['models']} models; correct in {'-' if correct is None else f'{correct:.0%}'})")
+    click.echo("most negative classes: " + ", ".join(f"{e['name']} ({_fmt(e['influence'], 3)})" for e in result["most_negative"][:top]))
+    click.echo("most positive classes: " + ", ".join(f"{e['name']} ({_fmt(e['influence'], 3)})" for e in result["most_positive"][:top]))
+    if verify:
+        v = result["verify"]
+        click.echo(f"verify: without {v['class']} correct {v['correct_removed']}/{v['repeats']}, "
+                   f"with it {v['correct_kept']}/{v['repeats']}")
+
+
+@cli.command("counterfactual")
+@click.argument("recipe_path", metavar="RECIPE.yaml", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--influence", "influence_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Class-level INFLUENCE.h5 giving the removal order.")
+@click.option("--order", type=click.Choice(["bottom", "top", "random"]), default="bottom", show_default=True,
+              help="Remove the most negative (bottom), most positive (top) or random classes.")
+@click.option("--k", "ks", default="0,5,10", show_default=True, help="Comma-separated numbers of classes to remove.")
+@click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True, help="Retrainings per k.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True, help="OUT.h5")
+@PNG_OPTION
+@click.option("--force", is_flag=True, help="Overwrite OUT.h5.")
+@JSON_OPTION
+@DEVICE
+def counterfactual_cmd(recipe_path: Path, influence_path: Path, order: str, ks: str, repeats: int, output: Path,
+                       png: Path | None, force: bool, as_json: bool, device: str) -> None:
+    """Retrain without the k most negative / positive / random classes; target accuracy per k.
+
+    \b
+    Example:
+      dmtoolkit counterfactual recipes/glyphs-to-mnist.yaml --influence stores/influence.h5 \\
+          --order bottom --k 0,5,10,20 --repeats 3 -o stores/cf-bottom.h5 --png stores/cf-bottom.png
+    """
+    from dmtoolkit.analyze import counterfactual
+    from dmtoolkit.recipe import load_recipe
+
+    result = counterfactual(load_recipe(recipe_path), influence_path, output, order=order, ks=ks, repeats=repeats,
+                            png=png, force=force, device=_device(device))
+    if as_json:
+        _echo_json(result)
+        return
+    click.echo(f"order {order}, {repeats} repeats:")
+    for k, mean, std in zip(result["k"], result["accuracy_mean"], result["accuracy_std"]):
+        click.echo(f"  k={k:<4d} target accuracy {mean:.4f} ± {std:.4f}")
+    click.echo(f"wrote {output}", err=True)
+
+
+@cli.command()
+@click.argument("estimate_path", metavar="DATAMODELS.h5|INFLUENCE.h5", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--top", type=click.IntRange(min=1), default=20, show_default=True, help="How many pairs to flag (k).")
+@click.option("--per-target", is_flag=True, help="Rank by influence standardised within each target example.")
+@STORE_OPTION
+@JSON_OPTION
+@PNG_OPTION
+def leakage(estimate_path: Path, top: int, per_target: bool, store_path: Path | None, as_json: bool,
+            png: Path | None) -> None:
+    """(source example, target example) pairs with the largest example-level influence: possible leaks.
+
+    Each pair has a pixel near-duplicate score (correlation after resizing to 16x16). With planted ground
+    truth in the run store, also prints precision@k / recall@k and decoys flagged.
+
+    \b
+    Example:
+      dmtoolkit leakage stores/datamodels.h5 --top 20 --png stores/leaks.png
+    """
+    from dmtoolkit.analyze import detect_leakage
+
+    result = detect_leakage(estimate_path, top=top, store=store_path, per_target=per_target, png=png)
+    if as_json:
+        _echo_json(result)
+        return
+    width = max([len(p["source_id"]) for p in result["pairs"]] + [6])
+    click.echo(f"{'rank':>4}  {'source':<{width}} {'label':<6} {'target':>6} {'label':<6} {'influence':>10} "
+               f"{'z' if per_target else '':>6} {'pixel':>6}")
+    for p in result["pairs"]:
+        z = f"{p['ranking_score']:>6.2f}" if per_target else " " * 6
+        click.echo(f"{p['rank']:>4}  {p['source_id']:<{width}} {p['source_label']:<6} {p['target']:>6} "
+                   f"{p['target_label']:<6} {p['influence']:>+10.4f} {z} {p['pixel_score']:>6.3f}")
+    if "planted" in result:
+        s = result["planted"]
+        recall = "-" if s["recall_at_k"] is None else f"{s['recall_at_k']:.3f}"
+        click.echo(f"planted leaks: precision@{s['k']} {s['precision_at_k']:.3f}, recall@{s['k']} {recall} "
+                   f"({s['hits']} of {s['planted_leaks']} found), decoys flagged {s['decoys_flagged']}")
+
+
+@cli.command()
+@click.argument("estimate_path", metavar="DATAMODELS.h5|INFLUENCE.h5", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--top", type=click.IntRange(min=1), default=20, show_default=True, help="How many candidates (k).")
+@STORE_OPTION
+@JSON_OPTION
+def mislabels(estimate_path: Path, top: int, store_path: Path | None, as_json: bool) -> None:
+    """Source examples with the most negative mean influence over the target set: possible mislabels.
+
+    With planted label flips in the run store, also prints the AUC and precision@k.
+
+    \b
+    Example:
+      dmtoolkit mislabels stores/datamodels.h5 --top 20
+    """
+    from dmtoolkit.analyze import detect_mislabels
+
+    result = detect_mislabels(estimate_path, top=top, store=store_path)
+    if as_json:
+        _echo_json(result)
+        return
+    width = max([len(c["source_id"]) for c in result["candidates"]] + [6])
+    for c in result["candidates"]:
+        click.echo(f"{c['rank']:>4}  {c['source_id']:<{width}} {c['label']:<6} {c['mean_influence']:+.5f}")
+    if "planted" in result:
+        s = result["planted"]
+        auc = "-" if s["auc"] is None else f"{s['auc']:.3f}"
+        click.echo(f"planted flips: AUC {auc}, precision@{s['k']} {s['precision_at_k']:.3f} "
+                   f"({s['hits']} of {s['flipped']} flipped examples in the top {s['k']})")
+
+
+@cli.command()
+@click.argument("directory", metavar="DIR", type=click.Path(file_okay=False, path_type=Path))
+@click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Folder for index.html and report.json.")
+@click.option("--top", type=click.IntRange(min=1), default=10, show_default=True, help="Rows per table.")
+def report(directory: Path, output: Path, top: int) -> None:
+    """One self-contained HTML page from the run stores, influences and datamodels in DIR.
+
+    \b
+    Example:
+      dmtoolkit report stores/demo -o stores/demo/report
+    """
+    from dmtoolkit.report import build_report
+
+    page = build_report(directory, output, top=top)
+    click.echo(str(page))
 
 
 def main() -> None:

@@ -1,0 +1,281 @@
+"""rank, subpop, explain, leakage, mislabels on tiny synthetic stores, checked against plain NumPy."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from cli import cli
+from dmtoolkit.analyze import (
+    detect_leakage,
+    detect_mislabels,
+    explain_target,
+    near_duplicate_scores,
+    rank_classes,
+    subpopulation,
+)
+from dmtoolkit.analyze.examples import auc
+from dmtoolkit.errors import UserError
+from dmtoolkit.estimate import compute_influence, fit_datamodels
+from dmtoolkit.recipe import parse_recipe_dict
+from dmtoolkit.store import Planted, RunStore, create_store
+from tests.synthetic import synthetic_data, synthetic_store
+
+P, T, M = 6, 12, 60
+
+
+def diff_of_means(masks: np.ndarray, margins: np.ndarray) -> np.ndarray:
+    """Independent difference of means, (P, T)."""
+    return np.stack([margins[masks[:, k]].mean(0) - margins[~masks[:, k]].mean(0) for k in range(masks.shape[1])])
+
+
+@pytest.fixture(scope="module")
+def class_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Class-level store where class 1 helps targets 0-3 and class 4 hurts everything; its influence."""
+    tmp = tmp_path_factory.mktemp("class")
+    rng = np.random.default_rng(0)
+    masks = rng.random((M, P)) < 0.5
+    effect = np.zeros((P, T))
+    effect[1, :4] = 2.0
+    effect[4, :] = -1.0
+    effect[2, 6:] = 0.5
+    margins = (masks @ effect + rng.normal(0, 0.3, (M, T))).astype(np.float32)
+    store = synthetic_store(tmp / "runs.h5", margins, masks)
+    predictions = np.tile(np.arange(T) % 3, (M, 1)).astype(np.int16)
+    predictions[: M // 3, 5] = 2  # target 5: class 2 on a third of models, majority still 5 % 3 = 2
+    predictions[:, 7] = -1  # unknown everywhere
+    with h5py.File(store, "r+") as f:
+        f["predictions"][...] = predictions
+    infl = tmp / "influence.h5"
+    compute_influence(store, infl, device="cpu", holdout_frac=0.0)
+    return store, infl
+
+
+@pytest.fixture(scope="module")
+def example_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Example-level store with planted leaks (2 -> target 4, 7 -> target 1), a decoy and two flips."""
+    tmp = tmp_path_factory.mktemp("example")
+    n, t, m = 12, 10, 120
+    data = synthetic_data(n, t, per_class=1, seed=1)
+    images = data.source_pool.images.copy()
+    leak = np.full(n, -1)
+    decoy = np.full(n, -1)
+    flipped = np.zeros(n, bool)
+    leak[2], leak[7], decoy[5] = 4, 1, 0
+    flipped[[3, 9]] = True
+    images[2], images[7] = data.target_test.images[4], data.target_test.images[1]
+    images[5] = data.target_train.images[0]
+    planted = Planted(leak, decoy, np.zeros(n, bool), flipped, data.source_pool.labels.copy())
+    data = dataclasses.replace(data, source_pool=dataclasses.replace(data.source_pool, images=images), planted=planted)
+    recipe = parse_recipe_dict({"name": "synthetic", "source": {"dataset": "synthetic"},
+                                "target": {"dataset": "synthetic"},
+                                "subsets": {"kind": "example", "alpha": 0.5, "models": m, "seed": 4}})
+    store = create_store(tmp / "ex-runs.h5", recipe, data)
+    rng = np.random.default_rng(2)
+    with RunStore(store, writable=True) as run:
+        masks = run.file["masks"][()]
+        margins = rng.normal(0, 0.3, (m, t))
+        margins[:, 4] += 3.0 * masks[:, 2]
+        margins[:, 1] += 3.0 * masks[:, 7]
+        margins -= 0.6 * masks[:, [3]] + 0.6 * masks[:, [9]]
+        for i in range(m):
+            run.write_row(i, margins[i], seed=i, source_accuracy=0.5, target_accuracy=0.5, seconds=0.1)
+    infl = tmp / "ex-influence.h5"
+    compute_influence(store, infl, device="cpu", holdout_frac=0.0)
+    dm = tmp / "ex-datamodels.h5"
+    fit_datamodels(store, dm, device="cpu", targets="0:6", n_lambdas=10)
+    return {"store": store, "influence": infl, "datamodels": dm, "masks": masks, "margins": margins}
+
+
+# rank ----------------------------------------------------------------------------------------------
+def test_rank_matches_numpy(class_files: tuple[Path, Path], tmp_path: Path) -> None:
+    store, infl = class_files
+    with RunStore(store) as run:
+        masks, margins = run.read_rows(run.completed_rows())
+    expected = diff_of_means(masks, margins.astype(np.float64)).mean(1)
+    png = tmp_path / "rank.png"
+    result = rank_classes(infl, top=2, png=png)
+    assert [e["index"] for e in result["overall"]] == list(np.argsort(-expected, kind="stable"))
+    np.testing.assert_allclose([e["influence"] for e in result["overall"]], np.sort(expected)[::-1], atol=1e-5)
+    assert [e["name"] for e in result["top"]] == ["c1", result["overall"][1]["name"]]
+    assert result["bottom"][0]["name"] == "c4"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_rank_target_class_matches_numpy(class_files: tuple[Path, Path]) -> None:
+    store, infl = class_files
+    with RunStore(store) as run:
+        labels = run.file["target/labels"][()]
+        names = run.strings("target/class_names")
+    with h5py.File(infl) as f:
+        matrix = f["influence"][()]
+    result = rank_classes(infl, target_class=names[labels[0]])
+    columns = labels == labels[0]
+    expected = matrix[:, columns].mean(1)
+    got = {e["index"]: e["influence"] for e in result["overall"]}
+    np.testing.assert_allclose([got[k] for k in range(P)], expected, rtol=1e-6)
+    assert result["targets"] == int(columns.sum())
+
+
+def test_rank_cli_json_and_errors(class_files: tuple[Path, Path], tmp_path: Path) -> None:
+    _, infl = class_files
+    runner = CliRunner()
+    out = runner.invoke(cli, ["rank", str(infl), "--top", "3", "--json", "--png", str(tmp_path / "r.png")])
+    assert out.exit_code == 0, out.output
+    data = json.loads(out.stdout)
+    assert data["top"][0]["name"] == "c1" and len(data["bottom"]) == 3
+    assert (tmp_path / "r.png").exists()
+    text = runner.invoke(cli, ["rank", str(infl)])
+    assert text.exit_code == 0 and "most negative:" in text.output and "c4" in text.output
+    bad = runner.invoke(cli, ["rank", str(infl), "--target-class", "nope"])
+    assert bad.exit_code == 1 and "--target-class 'nope' has no target examples" in bad.output
+    missing = runner.invoke(cli, ["rank", str(tmp_path / "none.h5")])
+    assert missing.exit_code == 1 and "no such file" in missing.output
+    notes = tmp_path / "x.h5"
+    notes.write_text("hello")
+    assert "not an HDF5 file" in runner.invoke(cli, ["rank", str(notes)]).output
+
+
+def test_rank_refuses_example_level(example_files: dict) -> None:
+    with pytest.raises(UserError, match="needs class-level estimates"):
+        rank_classes(example_files["influence"])
+
+
+# subpop and explain --------------------------------------------------------------------------------
+def test_subpop_matches_numpy_and_writes_grid(class_files: tuple[Path, Path], tmp_path: Path) -> None:
+    _, infl = class_files
+    with h5py.File(infl) as f:
+        row = f["influence"][1]
+    result = subpopulation(infl, "c1", n=4, png=tmp_path / "grid.png")
+    assert [t["target"] for t in result["targets"]] == list(np.argsort(-row, kind="stable")[:4])
+    assert sorted(t["target"] for t in result["targets"]) == [0, 1, 2, 3]
+    assert (tmp_path / "grid.png").read_bytes()[:4] == b"\x89PNG"
+    out = CliRunner().invoke(cli, ["subpop", str(infl), "--class", "zz"])
+    assert out.exit_code == 1 and "--class 'zz' is not a source class" in out.output
+
+
+def test_explain_labels_and_classes(class_files: tuple[Path, Path]) -> None:
+    store, infl = class_files
+    with RunStore(store) as run:
+        names, labels = run.strings("target/class_names"), run.file["target/labels"][()]
+    with h5py.File(infl) as f:
+        column = f["influence"][:, 5]
+    result = explain_target(infl, 5, top=3)
+    assert result["true_label"] == names[labels[5]]
+    assert result["predicted_label"] == names[2]
+    assert [e["index"] for e in result["most_negative"]] == list(np.argsort(column, kind="stable")[:3])
+    assert result["most_negative"][0]["name"] == "c4"
+    assert result["most_positive"][0]["index"] == int(np.argmax(column))
+    assert explain_target(infl, 7)["predicted_label"] is None
+    runner = CliRunner()
+    out = runner.invoke(cli, ["explain", str(infl), "--target", "5"])
+    assert out.exit_code == 0 and f"predicted {names[2]}" in out.output and "c4" in out.output
+    bad = runner.invoke(cli, ["explain", str(infl), "--target", "99"])
+    assert bad.exit_code == 1 and "--target 99 is not covered" in bad.output
+
+
+# leakage and mislabels -----------------------------------------------------------------------------
+def test_near_duplicate_scores() -> None:
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 256, (3, 8, 8, 1), dtype=np.uint8)
+    big = np.repeat(np.repeat(a, 4, axis=1), 4, axis=2)  # same images at 32x32
+    other = rng.integers(0, 256, (3, 8, 8, 1), dtype=np.uint8)
+    same = near_duplicate_scores(a, a)
+    np.testing.assert_allclose(same, 1.0, atol=1e-9)
+    assert (near_duplicate_scores(a, big) > 0.9).all()
+    assert (np.abs(near_duplicate_scores(a, other)) < 0.6).all()
+    flat = np.zeros((1, 8, 8, 1), np.uint8)
+    assert near_duplicate_scores(flat, a[:1])[0] == 0.0
+
+
+def test_leakage_finds_planted_pairs(example_files: dict, tmp_path: Path) -> None:
+    infl = example_files["influence"]
+    with h5py.File(infl) as f:
+        matrix = f["influence"][()]
+    expected = diff_of_means(example_files["masks"], example_files["margins"])
+    np.testing.assert_allclose(matrix, expected, atol=1e-4)
+    result = detect_leakage(infl, top=2, png=tmp_path / "pairs.png")
+    assert {(p["source"], p["target"]) for p in result["pairs"]} == {(2, 4), (7, 1)}
+    assert all(p["pixel_score"] == pytest.approx(1.0) for p in result["pairs"])
+    assert result["planted"] == {"k": 2, "planted_leaks": 2, "hits": 2, "precision_at_k": 1.0, "recall_at_k": 1.0,
+                                 "decoys_flagged": 0}
+    wide = detect_leakage(infl, top=10)
+    flat = np.argsort(-expected.ravel(), kind="stable")[:10]
+    assert [(p["source"], p["target"]) for p in wide["pairs"]] == [tuple(map(int, np.unravel_index(i, expected.shape)))
+                                                                   for i in flat]
+    assert wide["planted"]["precision_at_k"] == pytest.approx(0.2)
+    assert wide["planted"]["decoys_flagged"] == sum(p["source"] == 5 for p in wide["pairs"])
+    assert (tmp_path / "pairs.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_leakage_on_datamodels_slice(example_files: dict) -> None:
+    result = detect_leakage(example_files["datamodels"], top=1)
+    assert (result["pairs"][0]["source"], result["pairs"][0]["target"]) == (2, 4)
+    assert result["planted"]["planted_leaks"] == 2  # both leak targets (1, 4) lie in the fitted slice 0:6
+    out = CliRunner().invoke(cli, ["leakage", str(example_files["datamodels"]), "--top", "1"])
+    assert out.exit_code == 0 and "precision@1 1.000" in out.output
+
+
+def test_mislabels_auc_and_precision(example_files: dict) -> None:
+    result = detect_mislabels(example_files["influence"], top=2)
+    mean = diff_of_means(example_files["masks"], example_files["margins"]).mean(1)
+    assert [c["source"] for c in result["candidates"]] == list(np.argsort(mean, kind="stable")[:2])
+    assert {c["source"] for c in result["candidates"]} == {3, 9}
+    flipped = np.isin(np.arange(12), [3, 9])
+    pos, neg = -mean[flipped], -mean[~flipped]
+    expected_auc = np.mean([(p > q) + 0.5 * (p == q) for p in pos for q in neg])
+    assert result["planted"]["auc"] == pytest.approx(expected_auc)
+    assert result["planted"]["precision_at_k"] == 1.0
+    out = CliRunner().invoke(cli, ["mislabels", str(example_files["influence"]), "--top", "2", "--json"])
+    assert out.exit_code == 0 and json.loads(out.stdout)["planted"]["auc"] == pytest.approx(expected_auc)
+
+
+def test_auc_against_pairwise_count() -> None:
+    rng = np.random.default_rng(3)
+    scores = rng.integers(0, 5, 40).astype(float)  # ties on purpose
+    positive = rng.random(40) < 0.3
+    pairs = [(p > q) + 0.5 * (p == q) for p in scores[positive] for q in scores[~positive]]
+    assert auc(scores, positive) == pytest.approx(np.mean(pairs))
+    assert auc(scores, np.zeros(40, bool)) is None
+
+
+def test_example_commands_refuse_class_level(class_files: tuple[Path, Path]) -> None:
+    out = CliRunner().invoke(cli, ["leakage", str(class_files[1])])
+    assert out.exit_code == 1 and "`leakage` needs example-level estimates" in out.output
+    out = CliRunner().invoke(cli, ["mislabels", str(class_files[1]), "--top", "0"])
+    assert out.exit_code == 2  # usage error from click
+
+
+def test_missing_store_is_reported(class_files: tuple[Path, Path], tmp_path: Path) -> None:
+    out = CliRunner().invoke(cli, ["explain", str(class_files[1]), "--target", "0", "--store", str(tmp_path / "no.h5")])
+    assert out.exit_code == 1 and "does not exist" in out.output
+
+
+def test_leakage_per_target_ranking(example_files: dict) -> None:
+    with h5py.File(example_files["influence"]) as f:
+        matrix = f["influence"][()].astype(np.float64)
+    z = (matrix - matrix.mean(0)) / matrix.std(0)
+    result = detect_leakage(example_files["influence"], top=5, per_target=True)
+    flat = np.argsort(-z.ravel(), kind="stable")[:5]
+    assert [(p["source"], p["target"]) for p in result["pairs"]] == [
+        tuple(map(int, np.unravel_index(i, z.shape))) for i in flat]
+    np.testing.assert_allclose([p["ranking_score"] for p in result["pairs"]], z.ravel()[flat], rtol=1e-6)
+    assert result["ranking"] == "per-target z-score"
+    out = CliRunner().invoke(cli, ["leakage", str(example_files["influence"]), "--top", "2", "--per-target"])
+    assert out.exit_code == 0 and "precision@2 1.000" in out.output
+
+
+def test_class_positions(class_files: tuple[Path, Path]) -> None:
+    from dmtoolkit.analyze import class_positions
+
+    ranking = rank_classes(class_files[1])
+    positions = class_positions(class_files[1], ["c4", "c1"])
+    assert positions == {"c1": 1, "c4": len(ranking["overall"])}
+    with pytest.raises(UserError, match="no source class named 'zz'"):
+        class_positions(class_files[1], ["zz"])

@@ -1,0 +1,93 @@
+"""explain --verify and counterfactual retrain real (tiny) models on the small glyphs -> MNIST recipe."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from cli import cli
+from dmtoolkit.analyze import counterfactual, verify_explanation
+from dmtoolkit.errors import UserError
+from dmtoolkit.estimate import compute_influence
+from dmtoolkit.recipe import parse_recipe_dict
+from dmtoolkit.run.prepare import build_run_data
+from dmtoolkit.store import RunStore, create_store
+from tests.conftest import SMALL_RECIPE, write_recipe
+
+
+@pytest.fixture(scope="module")
+def real_files(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A small real store with made-up margins (no training) and its class influence."""
+    tmp = tmp_path_factory.mktemp("retrain")
+    recipe = parse_recipe_dict(SMALL_RECIPE)
+    data = build_run_data(recipe)
+    store = create_store(tmp / "runs.h5", recipe, data)
+    rng = np.random.default_rng(0)
+    with RunStore(store, writable=True) as run:
+        for i in range(run.num_models):
+            run.write_row(i, rng.normal(size=run.num_targets), seed=i, source_accuracy=0.5, target_accuracy=0.5,
+                          seconds=0.1)
+    infl = tmp / "influence.h5"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # 8 models leave some classes' standard errors undefined
+        compute_influence(store, infl, device="cpu", holdout_frac=0.0)
+    return {"recipe": recipe, "data": data, "store": store, "influence": infl, "tmp": tmp}
+
+
+def test_counterfactual_bottom_removes_most_negative(real_files: dict, tmp_path: Path) -> None:
+    out = tmp_path / "cf.h5"
+    result = counterfactual(real_files["recipe"], real_files["influence"], out, order="bottom", ks="3,0", repeats=2,
+                            data=real_files["data"], device="cpu", png=tmp_path / "cf.png", progress=lambda _: None)
+    with h5py.File(real_files["influence"]) as f:
+        overall = np.nanmean(f["influence"][()], axis=1)
+    worst = set(np.argsort(overall, kind="stable")[:3].tolist())
+    with h5py.File(out) as f:
+        assert f.attrs["schema"] == "dmtoolkit.counterfactual" and f.attrs["order"] == "bottom"
+        assert f["k"][()].tolist() == [0, 3]
+        masks, accuracy = f["masks"][()], f["accuracy"][()]
+        np.testing.assert_allclose(f["accuracy_mean"][()], accuracy.mean(0))
+        np.testing.assert_allclose(f["accuracy_std"][()], accuracy.std(0, ddof=1))
+    assert masks.shape == (2, 2, len(overall)) and masks[:, 0].all()
+    for r in range(2):
+        assert set(np.flatnonzero(~masks[r, 1]).tolist()) == worst
+    assert ((accuracy >= 0) & (accuracy <= 1)).all()
+    assert result["accuracy_mean"] == pytest.approx(accuracy.mean(0).tolist())
+    assert (tmp_path / "cf.png").read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(UserError, match="already exists"):
+        counterfactual(real_files["recipe"], real_files["influence"], out, ks="0", repeats=1, data=real_files["data"])
+
+
+def test_counterfactual_cli_random_and_errors(real_files: dict, tmp_path: Path) -> None:
+    recipe_path = write_recipe(tmp_path / "small.yaml", SMALL_RECIPE)
+    out = tmp_path / "cf-random.h5"
+    runner = CliRunner()
+    args = ["counterfactual", str(recipe_path), "--influence", str(real_files["influence"]), "--order", "random",
+            "--k", "0,2", "--repeats", "1", "-o", str(out), "--json", "--device", "cpu"]
+    res = runner.invoke(cli, args)
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.stdout)
+    assert data["k"] == [0, 2] and data["accuracy_std"] == [0.0, 0.0]
+    with h5py.File(out) as f:
+        assert (~f["masks"][0, 1]).sum() == 2
+    bad = runner.invoke(cli, args[:8] + ["--k", "0,999", "-o", str(tmp_path / "x.h5")])
+    assert bad.exit_code == 1 and "--k 999 is out of range" in bad.output
+    bad = runner.invoke(cli, args[:8] + ["--k", "a", "-o", str(tmp_path / "x.h5")])
+    assert bad.exit_code == 1 and "not a comma-separated list" in bad.output
+
+
+def test_verify_explanation_trains_pairs(real_files: dict) -> None:
+    result = verify_explanation(real_files["influence"], 0, 1, device="cpu", progress=lambda _: None)
+    v = result["verify"]
+    assert v["class"] == result["most_negative"][0]["name"]
+    assert v["repeats"] == 1 and v["correct_removed"] in (0, 1) and v["correct_kept"] in (0, 1)
+    assert v["rate_kept"] == v["correct_kept"]
+    res = CliRunner().invoke(cli, ["explain", str(real_files["influence"]), "--target", "0", "--verify", "1",
+                                   "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    assert f"verify: without {v['class']} correct {v['correct_removed']}/1, with it {v['correct_kept']}/1" in res.output
