@@ -7,7 +7,8 @@ setup:
 demo: setup
 	.venv/bin/dmtoolkit demo
 
-test: setup
+test:
+	bash scripts/setup.sh chromium
 	bash scripts/test.sh
 
 test-slow: setup

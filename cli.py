@@ -330,25 +330,41 @@ def data_write_beton(dataset: str, out: Path, split: str, image_field: str, forc
 
 
 @cli.command()
-@click.option("--quick", is_flag=True, help="A tiny run for smoke tests (well under a minute of training).")
+@click.option("--quick", "scale", flag_value="quick", help="A tiny run for smoke tests (about two minutes).")
+@click.option("--full", "scale", flag_value="full", help="The scale the reliability study asks for (about an hour).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("stores/demo"),
-              show_default=True, help="Folder for the demo's stores.")
+              show_default=True, help="Folder for the demo's stores, estimates and report.")
 @click.option("--workers", type=click.IntRange(min=1), default=lambda: os.cpu_count() or 1,
               show_default="number of CPUs")
 @DEVICE
-def demo(quick: bool, out: Path, workers: int, device: str) -> None:
-    """Init and train the default recipe (glyphs -> MNIST) at a scale of a few minutes, then summarise.
+@click.option("--json", "as_json", is_flag=True, help="All figures as JSON on stdout.")
+def demo(scale: str | None, out: Path, workers: int, device: str, as_json: bool) -> None:
+    """The whole pipeline on built-in data: glyphs -> MNIST, class- and example-level, estimates, report.
 
     \b
     Example:
       dmtoolkit demo --quick --out /tmp/demo
-    Rerunning resumes the same store.
+    Rerunning resumes the stores; estimates and the report are recomputed.
     """
     from dmtoolkit.demo import run_demo
-    from dmtoolkit.store_checks import format_summary
 
-    summary = run_demo(out, quick=quick, workers=workers, device=_device(device))
-    click.echo(format_summary(summary))
+    results = run_demo(out, scale=scale or "default", workers=workers, device=_device(device))
+    if as_json:
+        _echo_json(results)
+        return
+    click.echo(f"report: {results['report']}")
+    for name, value in results["lds"].items():
+        click.echo(f"LDS {name}: {'undefined' if value is None else f'{value:.3f}'}")
+    click.echo("digit glyph class rank for MNIST digit d: "
+               + " ".join(f"{d}:{rank}" for d, rank in results["digit_ranks"].items()))
+    for order, cf in results["counterfactual"].items():
+        rows = ", ".join(f"k={k}: {m:.3f}±{s:.3f}" for k, m, s in zip(cf["k"], cf["accuracy_mean"], cf["accuracy_std"]))
+        click.echo(f"counterfactual ({order} classes removed): {rows}")
+    leak, flips = results["leakage"], results["mislabels"]
+    if leak:
+        click.echo(f"leakage: {json.dumps(leak)}")
+    if flips:
+        click.echo(f"mislabels: AUC {flips['auc']:.3f}, precision@{flips['k']} {flips['precision_at_k']:.3f}")
 
 
 # --- analyses and report (dmtoolkit.analyze, dmtoolkit.report) --------------------------------------

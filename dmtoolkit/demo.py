@@ -1,42 +1,103 @@
-"""`dmtoolkit demo`: the default recipe end to end on built-in data, sized for minutes on a laptop CPU."""
+"""`dmtoolkit demo`: the whole pipeline on the built-in data, sized to the machine's time budget.
+
+Class-level and example-level stores (glyphs -> MNIST), both estimators, LDS, digit ranks,
+counterfactual retraining, leakage and mislabel detection, and the HTML report. Stores are resumed
+when rerun; derived files (estimates, counterfactuals, report) are recomputed each time.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import click
 
+from dmtoolkit.analyze import class_positions, counterfactual, detect_leakage, detect_mislabels
 from dmtoolkit.errors import UserError
+from dmtoolkit.estimate.datamodels import fit_datamodels
+from dmtoolkit.estimate.influence import compute_influence
+from dmtoolkit.estimate.lds import evaluate
 from dmtoolkit.recipe import load_recipe
+from dmtoolkit.report import build_report
 from dmtoolkit.run.driver import train_store
 from dmtoolkit.run.executors import make_executor
 from dmtoolkit.run.prepare import build_run_data
 from dmtoolkit.store import RunStore, create_store
-from dmtoolkit.store_checks import store_summary
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
-DEMO_MODELS = 256
-QUICK_MODELS = 16
 
 
-def _ensure_store(path: Path, recipe_path: Path, models: int) -> None:
-    """Create the demo store, or keep an existing one made from the same recipe (so reruns resume)."""
-    recipe = load_recipe(recipe_path).with_overrides(models=models)
+@dataclass(frozen=True)
+class DemoScale:
+    """How much the demo trains: models per store, counterfactual grid and repeats."""
+
+    class_models: int
+    example_models: int
+    ks: str
+    repeats: int
+    lambdas: int
+
+
+SCALES = {
+    "quick": DemoScale(class_models=16, example_models=16, ks="0,5", repeats=1, lambdas=10),
+    "default": DemoScale(class_models=256, example_models=512, ks="0,5,10,20", repeats=3, lambdas=50),
+    "full": DemoScale(class_models=1024, example_models=4096, ks="0,5,10,20", repeats=5, lambdas=100),
+}
+
+
+def _say(message: str) -> None:
+    click.echo(f"demo: {message}", err=True)
+
+
+def _ensure_trained(path: Path, recipe_name: str, models: int, workers: int, device: str | None) -> Path:
+    """Create the store (or keep one made from the same recipe and scale, so reruns resume) and train it."""
+    recipe = load_recipe(RECIPES / recipe_name).with_overrides(models=models)
     if path.exists():
         with RunStore(path) as existing:
-            if existing.recipe_hash == recipe.hash():
-                return
-        raise UserError(f"{path}: exists but was made from another recipe or scale; "
-                        "remove it or pass another --out")
-    click.echo(f"creating {path} ({models} models)", err=True)
-    create_store(path, recipe, build_run_data(recipe))
+            if existing.recipe_hash != recipe.hash():
+                raise UserError(f"{path}: exists but was made from another recipe or scale; "
+                                "remove it or pass another --out")
+    else:
+        _say(f"creating {path.name} ({models} models, {recipe.subsets.kind}-level)")
+        create_store(path, recipe, build_run_data(recipe))
+    _say(f"training {path.name}")
+    train_store(path, make_executor("local", workers, device))
+    return path
 
 
-def run_demo(out: Path, *, quick: bool = False, workers: int = 2, device: str | None = None) -> dict[str, Any]:
-    """Init (or resume) and train the default class-level recipe; returns the store summary."""
+def run_demo(out: Path, *, scale: str = "default", workers: int = 2, device: str | None = None) -> dict[str, Any]:
+    """Run the pipeline into `out`; returns the figures the CLI prints (report path, LDS, detection)."""
+    size = SCALES[scale]
     out.mkdir(parents=True, exist_ok=True)
-    store = out / ("quick-runs.h5" if quick else "runs.h5")
-    _ensure_store(store, RECIPES / "glyphs-to-mnist.yaml", QUICK_MODELS if quick else DEMO_MODELS)
-    train_store(store, make_executor("local", workers, device))
-    return store_summary(store)
+    classes = _ensure_trained(out / "class-runs.h5", "glyphs-to-mnist.yaml", size.class_models, workers, device)
+    examples = _ensure_trained(out / "example-runs.h5", "glyphs-to-mnist-examples.yaml", size.example_models,
+                               workers, device)
+    _say("estimating influences and datamodels")
+    class_influence, example_influence = out / "class-influence.h5", out / "example-influence.h5"
+    datamodels = out / "example-datamodels.h5"
+    holdout = max(0.1, 4 / size.class_models)  # LDS needs at least 3 held-out models
+    compute_influence(classes, class_influence, device=device, holdout_frac=holdout, force=True)
+    compute_influence(examples, example_influence, device=device, holdout_frac=holdout, force=True)
+    fit_datamodels(examples, datamodels, device=device, n_lambdas=size.lambdas, val_frac=holdout, force=True)
+    with RunStore(classes) as store:
+        recipe, data = store.recipe, store.run_data()
+    digits = [str(d) for d in range(10)]
+    _say("counterfactual retraining (most negative classes removed vs random classes removed)")
+    retrained = {order: counterfactual(recipe, class_influence, out / f"counterfactual-{order}.h5", order=order,
+                                       ks=size.ks, repeats=size.repeats, data=data, device=device, force=True)
+                 for order in ("bottom", "random")}
+    results = {
+        "out": str(out),
+        "scale": scale,
+        "lds": {name: evaluate(store, estimate)["lds_mean"] for name, store, estimate in (
+            ("class influence", classes, class_influence),
+            ("example influence", examples, example_influence),
+            ("example datamodels", examples, datamodels))},
+        "digit_ranks": {d: class_positions(class_influence, [d], target_class=d)[d] for d in digits},
+        "counterfactual": retrained,
+        "leakage": detect_leakage(datamodels).get("planted"),
+        "mislabels": detect_mislabels(datamodels).get("planted"),
+    }
+    results["report"] = str(build_report(out, out / "report"))
+    return results

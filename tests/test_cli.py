@@ -137,8 +137,8 @@ def test_console_script_and_python_cli_py(store: Path) -> None:
 def test_demo_quick(tmp_path: Path) -> None:
     result = run("demo", "--quick", "--out", tmp_path, "--workers", "2")
     assert result.exit_code == 0, result.output
-    assert "16/16 completed" in result.output
-    assert run("store", "validate", tmp_path / "quick-runs.h5").exit_code == 0
+    assert "report: " in result.output and "LDS class influence" in result.output
+    assert run("store", "validate", tmp_path / "class-runs.h5").exit_code == 0
 
 
 def test_predictions_agree_with_margins(store: Path) -> None:
@@ -149,3 +149,42 @@ def test_predictions_agree_with_margins(store: Path) -> None:
         predictions, margins, labels = f["predictions"][()][done], f["margins"][()][done], f["target/labels"][()]
         assert f["predictions"].dtype == np.int16 and (f["predictions"][()][~done] == -1).all()
     np.testing.assert_array_equal(predictions == labels[None, :], margins > 0)
+
+
+def test_estimators_from_the_command_line(store: Path, tmp_path: Path) -> None:
+    """influence -> evaluate and datamodels --targets -> evaluate, as a user runs them; outputs reopened."""
+    assert run("train", store, "--workers", "2", "--quiet").exit_code == 0
+    influence, datamodels = tmp_path / "influence.h5", tmp_path / "datamodels.h5"
+    result = run("influence", store, "-o", influence, "--holdout-frac", "0.4")
+    assert result.exit_code == 0 and "influence (" in result.output
+    with h5py.File(influence, "r") as f, h5py.File(store, "r") as runs:
+        assert f["influence"].shape == (runs["masks"].shape[1], runs["margins"].shape[1])
+        fit = np.sort(f["fit_rows"][()])
+        masks, margins = runs["masks"][()][fit], runs["margins"][()][fit].astype(np.float64)
+    k = 0  # class 0 by hand: mean margin with it minus without it
+    expected = margins[masks[:, k]].mean(0) - margins[~masks[:, k]].mean(0)
+    with h5py.File(influence, "r") as f:
+        np.testing.assert_allclose(f["influence"][k], expected, atol=1e-5)
+    report = json.loads(run("evaluate", store, "--estimator", influence, "--json").stdout)
+    assert report["estimator"] == "influence" and report["heldout_models"] == 3
+    result = run("datamodels", store, "-o", datamodels, "--targets", "0:10", "--lambdas", "5", "--val-frac", "0.4")
+    assert result.exit_code == 0, result.output
+    with h5py.File(datamodels, "r") as f:
+        assert f["weights"].shape[1] == 10
+    assert "datamodels LDS on 3 held-out models, targets 0:10" in run("evaluate", store, "--estimator", datamodels).output
+    again = CliRunner().invoke(cli, ["influence", str(store), "-o", str(influence)])
+    assert again.exit_code == 1 and "--force" in again.output
+
+
+@pytest.mark.parametrize("args, message", [
+    (["influence", "{store}", "-o", "{tmp}/i.h5"], "only 0 of 8 models are completed, estimates need at least 2; run `dmtoolkit train"),
+    (["datamodels", "{store}", "-o", "{tmp}/d.h5", "--targets", "5:999"], "--targets 5:999 is outside the store's targets 0:120"),
+    (["influence", "{store}", "-o", "{tmp}/i.h5", "--device", "cuda"], "no CUDA GPU is available; use --device cpu"),
+])
+def test_estimator_errors(store: Path, tmp_path: Path, args: list[str], message: str) -> None:
+    if "--targets" in message:
+        assert run("train", store, "--workers", "1", "--quiet").exit_code == 0
+    args = [a.format(store=store, tmp=tmp_path) for a in args]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 1 and message in result.output and "Traceback" not in result.output
+    assert not any(p.name in ("i.h5", "d.h5") for p in tmp_path.iterdir())

@@ -1,0 +1,202 @@
+"""Influence by difference of means (Algorithm 1 of Jain et al., 2022), streamed over row blocks.
+
+Infl[k, j] = mean margin on target j over models whose subset contains unit k
+           − mean margin on target j over models whose subset does not.
+
+With masks M (m×P, 0/1) and margins F (m×T) every quantity comes from one matrix product per row
+block, Mᵀ[F, F²] (plus a row and a column of ones for sums and counts), accumulated in float64:
+S = MᵀF is the "in" sum, colsum(F) − S the "out" sum, and Mᵀ(F²) the in-group second moment that
+Welch's standard error sqrt(var_in/n_in + var_out/n_out) needs. Margins are shifted by a per-target constant (the first
+block's mean) before the product so float32 block sums do not lose the small differences.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+
+from dmtoolkit.errors import UserError
+from dmtoolkit.estimate.common import (
+    completed_rows,
+    put,
+    refuse_overwrite,
+    resolve_device,
+    row_blocks,
+    source_attrs,
+    split_rows,
+    write_atomic,
+)
+from dmtoolkit.store import RunStore
+
+SCHEMA_NAME = "dmtoolkit.influence"
+SCHEMA_VERSION = 1
+ESTIMATOR = "difference of means (Algorithm 1, Jain et al. 2022) with Welch standard errors"
+
+
+class UndefinedInfluenceWarning(UserWarning):
+    """Some units are in every model or in none, so their influence (or its error) is undefined (NaN)."""
+
+
+@dataclass(frozen=True)
+class Influence:
+    """Influence (P, T), Welch standard errors (P, T), counts (P,), mean margin (T,), and warnings raised."""
+
+    influence: np.ndarray
+    stderr: np.ndarray
+    n_in: np.ndarray
+    n_out: np.ndarray
+    mean_margin: np.ndarray
+    warnings: tuple[str, ...]
+
+
+class InfluenceAccumulator:
+    """Streaming sums for difference-of-means influence; feed row blocks with `add`, then call `result`.
+
+    Each block costs one float32 product [M, 1]ᵀ·[F, F², 1] of shape (P+1)×(2T+1), added into float64
+    sums: the extra row gives the column sums of F and F² (and m), the extra column the counts n_in,
+    so nothing else touches the block.
+    """
+
+    def __init__(self, num_units: int, num_targets: int, device: torch.device) -> None:
+        self.device = device
+        self.num_units, self.num_targets = num_units, num_targets
+        self.sums = torch.zeros(num_units + 1, 2 * num_targets + 1, dtype=torch.float64, device=device)
+        self.shift: torch.Tensor | None = None
+
+    def add(self, masks: np.ndarray, margins: np.ndarray) -> None:
+        """Add a block of models: masks (r, P) bool, margins (r, T)."""
+        r, P, T = len(masks), self.num_units, self.num_targets
+        if r == 0:
+            return
+        f = torch.as_tensor(np.asarray(margins, dtype=np.float32), device=self.device)
+        if self.shift is None:
+            self.shift = f.mean(0)
+        left = torch.empty(r, P + 1, dtype=torch.float32, device=self.device)
+        left[:, :P] = torch.as_tensor(np.asarray(masks, dtype=bool), device=self.device)
+        left[:, P] = 1
+        right = torch.empty(r, 2 * T + 1, dtype=torch.float32, device=self.device)
+        torch.sub(f, self.shift, out=right[:, :T])
+        torch.mul(right[:, :T], right[:, :T], out=right[:, T:2 * T])
+        right[:, 2 * T] = 1
+        self.sums.add_(left.T @ right)
+
+    def result(self, unit_names: list[str] | None = None) -> Influence:
+        """Influence, Welch standard errors and counts; NaN (with a warning) where undefined."""
+        if self.shift is None:
+            raise UserError("no models were given; influence needs at least 2")
+        P, T = self.num_units, self.num_targets
+        m = int(self.sums[P, 2 * T].item())
+        n_in = self.sums[:P, 2 * T:].round()
+        n_out = m - n_in
+        # per-unit factors, NaN where undefined so that NaN propagates without full-size masking
+        defined = (n_in > 0) & (n_out > 0)
+        inv_in = torch.where(defined, 1 / n_in, torch.nan)
+        inv_out = torch.where(defined, 1 / n_out, torch.nan)
+        welch = (n_in > 1) & (n_out > 1)
+        se_in = torch.where(welch, inv_in / (n_in - 1), torch.nan)
+        se_out = torch.where(welch, inv_out / (n_out - 1), torch.nan)
+        s_in, q_in = self.sums[:P, :T], self.sums[:P, T:2 * T]
+        s_out, q_out = self.sums[P, :T] - s_in, self.sums[P, T:2 * T] - q_in
+        mean_in, mean_out = s_in * inv_in, s_out * inv_out
+        influence = (mean_in - mean_out).float()
+        var = torch.addcmul(q_in, s_in, mean_in, value=-1).clamp_(min=0).mul_(se_in)
+        var.add_(torch.addcmul(q_out, s_out, mean_out, value=-1).clamp_(min=0).mul_(se_out))
+        n_in_np = n_in[:, 0].long().cpu().numpy()
+        messages = _undefined_messages(n_in_np, m, unit_names)
+        for message in messages:
+            warnings.warn(message, UndefinedInfluenceWarning, stacklevel=2)
+        mean_margin = self.sums[P, :T] / m + self.shift.double()
+        return Influence(
+            influence=influence.cpu().numpy(),
+            stderr=var.sqrt_().float().cpu().numpy(),
+            n_in=n_in_np,
+            n_out=m - n_in_np,
+            mean_margin=mean_margin.float().cpu().numpy(),
+            warnings=tuple(messages),
+        )
+
+
+def _undefined_messages(n_in: np.ndarray, m: int, unit_names: list[str] | None) -> list[str]:
+    names = unit_names or [str(k) for k in range(len(n_in))]
+    out = []
+    for bad, what in (((n_in == 0) | (n_in == m), "in every model or in none, so their influence is NaN"),
+                      (np.isin(n_in, (1, m - 1)), "in (or out of) only one model, so their standard error is NaN")):
+        if bad.any():
+            listed = ", ".join(names[k] for k in np.flatnonzero(bad)[:5])
+            more = f" and {bad.sum() - 5} more" if bad.sum() > 5 else ""
+            out.append(f"{bad.sum()} of {len(n_in)} units ({listed}{more}) are {what}; train more models to define it")
+    return out
+
+
+def influence_from_arrays(masks: np.ndarray, margins: np.ndarray, *, device: str | None = None,
+                          block_rows: int = 1024) -> Influence:
+    """Difference-of-means influence of in-memory masks (m, P) and margins (m, T)."""
+    masks, margins = np.asarray(masks), np.asarray(margins)
+    if masks.ndim != 2 or margins.ndim != 2 or len(masks) != len(margins):
+        raise UserError(f"masks {masks.shape} and margins {margins.shape} must be (m, P) and (m, T) with the same m")
+    acc = InfluenceAccumulator(masks.shape[1], margins.shape[1], resolve_device(device))
+    for _, (mask_block, margin_block) in row_blocks([masks, margins], np.arange(len(masks)), block_rows):
+        acc.add(mask_block, margin_block)
+    return acc.result()
+
+
+def compute_influence(store_path: str | Path, out_path: str | Path, *, device: str | None = None,
+                      block_rows: int = 1024, holdout_frac: float = 0.1, seed: int = 0,
+                      force: bool = False) -> Influence:
+    """Write INFLUENCE.h5 for a run store and return what was written.
+
+    A random `holdout_frac` of the completed models (drawn with `seed`, rows recorded in the file) is
+    left out of the fit so `dmtoolkit evaluate` can score the influences as a linear predictor,
+    f̂(S) = mean_margin + Σ_k Infl_k · (1[k ∈ S] − α), on models they never saw. Use
+    `holdout_frac=0` to fit on every completed model (evaluate then has nothing to score).
+    """
+    if not 0 <= holdout_frac < 1:
+        raise UserError(f"--holdout-frac {holdout_frac} must be in [0, 1)")
+    torch_device = resolve_device(device)
+    refuse_overwrite(out_path, force)
+    with RunStore(store_path) as store:
+        rows = completed_rows(store)
+        fit_rows, held_rows = split_rows(rows, holdout_frac, seed)
+        if len(fit_rows) < 2:
+            raise UserError(f"{store.path}: holding out {len(held_rows)} of {len(rows)} completed models leaves "
+                            f"{len(fit_rows)} to fit; lower --holdout-frac or run `dmtoolkit train` for more models")
+        acc = InfluenceAccumulator(store.num_units, store.num_targets, torch_device)
+        for _, (masks, margins) in row_blocks([store.file["masks"], store.file["margins"]], fit_rows, block_rows):
+            acc.add(masks, margins)
+        unit_names = store.unit_names
+        result = acc.result(unit_names)
+        attrs = source_attrs(store, store.content_hash())
+        target_names = store.target_names
+
+    def fill(f: h5py.File) -> None:
+        f.attrs.update(attrs)
+        f.attrs.update({
+            "schema": SCHEMA_NAME,
+            "schema_version": SCHEMA_VERSION,
+            "estimator": ESTIMATOR,
+            "predictor": "margin(S) ~ mean_margin + sum_k influence[k] * (1[k in S] - alpha)",
+            "holdout_frac": holdout_frac,
+            "split_seed": seed,
+            "num_fit_models": len(fit_rows),
+            "warnings": "\n".join(result.warnings),
+        })
+        unit = f"{attrs['kind']} unit"
+        put(f, "influence", result.influence, f"mean margin with the {unit} in the subset minus without it; NaN where undefined",
+            "unit, target example", "margin")
+        put(f, "stderr", result.stderr, "Welch standard error of influence, sqrt(var_in/n_in + var_out/n_out)",
+            "unit, target example", "margin")
+        put(f, "n_in", result.n_in, f"fitted models whose subset contains the {unit}", "unit", "models")
+        put(f, "n_out", result.n_out, f"fitted models whose subset lacks the {unit}", "unit", "models")
+        put(f, "mean_margin", result.mean_margin, "mean margin over the fitted models", "target example", "margin")
+        put(f, "unit_names", np.array(unit_names), "name of each unit (rows of influence)", "unit", "name")
+        put(f, "target_names", np.array(target_names), "index:class of each target example (columns)", "target example", "name")
+        put(f, "fit_rows", fit_rows, "run-store rows (models) the influences were computed from", "model", "row index")
+        put(f, "holdout_rows", held_rows, "completed run-store rows held out for `dmtoolkit evaluate`", "model", "row index")
+
+    write_atomic(out_path, fill, force=force)
+    return result

@@ -1,0 +1,121 @@
+"""LDS: recomputed independently with scipy.stats.spearmanr, for datamodels and for class influence; refusals."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from scipy.stats import ConstantInputWarning, spearmanr
+
+from dmtoolkit.errors import StoreError
+from dmtoolkit.estimate.datamodels import fit_datamodels
+from dmtoolkit.estimate.influence import compute_influence
+from dmtoolkit.estimate.lds import evaluate, spearman_columns
+from dmtoolkit.masks import make_masks
+from dmtoolkit.store import RunStore
+
+from .synthetic import synthetic_store
+
+
+@pytest.fixture()
+def store(tmp_path: Path) -> Path:
+    rng = np.random.default_rng(1)
+    masks = make_masks(1, 150, 10, 0.5)
+    effects = rng.normal(0, 0.6, (10, 5))
+    margins = (masks @ effects + rng.normal(0, 0.8, (150, 5))).astype(np.float32)
+    margins[:, 4] = 1.5  # a target whose true margins are constant: its LDS is undefined
+    return synthetic_store(tmp_path / "runs.h5", margins, masks)
+
+
+def independent_lds(store: Path, rows: np.ndarray, weights: np.ndarray, offset: np.ndarray, columns: slice) -> np.ndarray:
+    """Spearman per target with scipy, on rows read by the store's own reader."""
+    with RunStore(store) as run:
+        masks, margins = run.read_rows(rows)
+    predicted = masks.astype(np.float64) @ weights.astype(np.float64) + offset
+    actual = margins[:, columns]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConstantInputWarning)
+        lds = np.array([spearmanr(predicted[:, j], actual[:, j]).statistic for j in range(actual.shape[1])])
+    # documented convention: a constant prediction ranks nothing and scores 0 (if the truth varies)
+    abstains = (predicted.max(0) == predicted.min(0)) & (actual.max(0) > actual.min(0))
+    return np.where(abstains, 0.0, lds)
+
+
+def check_report(report: dict, expected: np.ndarray) -> None:
+    got = np.array([np.nan if v is None else v for v in report["lds_per_target"]])
+    np.testing.assert_allclose(got, expected, atol=1e-9)
+    finite = expected[np.isfinite(expected)]
+    assert report["lds_mean"] == pytest.approx(finite.mean()) and report["lds_median"] == pytest.approx(np.median(finite))
+    assert report["undefined_targets"] == int(np.isnan(expected).sum())
+    counts, _ = np.histogram(finite, bins=np.linspace(-1, 1, 21))
+    assert report["histogram"]["counts"] == counts.tolist()
+    json.dumps(report, allow_nan=False)
+
+
+def test_datamodels_lds_matches_scipy(store: Path, tmp_path: Path) -> None:
+    out = tmp_path / "dm.h5"
+    fit_datamodels(store, out, targets="1:5", n_lambdas=20, eps=1e-2, val_frac=0.2, device="cpu")
+    report = evaluate(store, out)
+    with h5py.File(out, "r") as f:
+        expected = independent_lds(store, f["val_rows"][()], f["weights"][()], f["bias"][()], slice(1, 5))
+    assert report["estimator"] == "datamodels" and report["targets"] == [1, 5] and report["heldout_models"] == 30
+    assert report["undefined_targets"] == 1  # target 4 has constant margins
+    check_report(report, expected)
+    assert report["lds_mean"] > 0.5
+
+
+def test_influence_lds_matches_scipy(store: Path, tmp_path: Path) -> None:
+    out = tmp_path / "infl.h5"
+    compute_influence(store, out, holdout_frac=0.2, seed=4, device="cpu")
+    report = evaluate(store, out)
+    with h5py.File(out, "r") as f:
+        infl, mean = f["influence"][()].astype(np.float64), f["mean_margin"][()].astype(np.float64)
+        rows = f["holdout_rows"][()]
+    # f(S) = mean + sum_k infl_k (1[k in S] - alpha), alpha = 0.5
+    expected = independent_lds(store, rows, infl, mean - 0.5 * infl.sum(0), slice(0, 5))
+    assert report["estimator"] == "influence" and report["heldout_models"] == 30 and report["targets"] == [0, 5]
+    check_report(report, expected)
+    assert report["lds_mean"] > 0.5
+
+
+def test_spearman_with_ties_matches_scipy() -> None:
+    rng = np.random.default_rng(2)
+    a, b = rng.integers(0, 4, (25, 6)).astype(float), rng.normal(size=(25, 6))
+    expected = [spearmanr(a[:, j], b[:, j]).statistic for j in range(6)]
+    np.testing.assert_allclose(spearman_columns(a, b), expected, atol=1e-12)
+    assert np.isnan(spearman_columns(np.ones((5, 1)), b[:5, :1])).all()
+
+
+def test_constant_predictions_score_zero(store: Path, tmp_path: Path) -> None:
+    out = tmp_path / "dm.h5"
+    fit_datamodels(store, out, n_lambdas=1, val_frac=0.2, device="cpu")  # λ = λ_max: every weight is zero
+    report = evaluate(store, out)
+    assert report["constant_predictions"] == 5 and report["undefined_targets"] == 1
+    assert report["lds_per_target"] == [0.0, 0.0, 0.0, 0.0, None] and report["lds_mean"] == 0.0
+
+
+def test_refuses_an_estimate_of_another_store_state(store: Path, tmp_path: Path) -> None:
+    out = tmp_path / "infl.h5"
+    compute_influence(store, out, device="cpu")
+    with h5py.File(store, "r+") as f:
+        f["margins"][0, 0] += 1.0
+    with pytest.raises(StoreError, match=r"was computed from a different state of .*recompute it with `dmtoolkit influence"):
+        evaluate(store, out)
+
+
+def test_refusals(store: Path, tmp_path: Path) -> None:
+    out = tmp_path / "infl.h5"
+    compute_influence(store, out, holdout_frac=0, device="cpu")
+    with pytest.raises(StoreError, match=r"only 0 held-out models.*--holdout-frac"):
+        evaluate(store, out)
+    with pytest.raises(StoreError, match="not an influence or datamodels file"):
+        evaluate(store, store)
+    with pytest.raises(StoreError, match="no such estimator file"):
+        evaluate(store, tmp_path / "missing.h5")
+    (tmp_path / "text.h5").write_text("hello")
+    with pytest.raises(StoreError, match="not an HDF5 file"):
+        evaluate(store, tmp_path / "text.h5")
