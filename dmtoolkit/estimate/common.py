@@ -10,26 +10,11 @@ from typing import Any
 
 import h5py
 import numpy as np
-import torch
 
 from dmtoolkit import __version__
 from dmtoolkit.errors import StoreError, UserError
+from dmtoolkit.devices import resolve_device  # noqa: F401  (re-exported for the estimators)
 from dmtoolkit.store import RunStore
-
-
-def resolve_device(device: str | None) -> torch.device:
-    """`None` picks CUDA when a GPU is present, else CPU; an explicit CUDA request needs a GPU."""
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        chosen = torch.device(device)
-    except (RuntimeError, ValueError):
-        raise UserError(f"--device {device!r} is not a device name; use --device cpu or --device cuda") from None
-    if chosen.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {device} requested but no CUDA GPU is available; use --device cpu")
-    if chosen.type not in ("cpu", "cuda"):
-        raise UserError(f"--device {device} is not supported; use --device cpu or --device cuda")
-    return chosen
 
 
 def split_rows(rows: np.ndarray, frac: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
