@@ -197,9 +197,14 @@ def store_merge(inputs: tuple[Path, ...], output: Path, force: bool) -> None:
 @click.option("--holdout-frac", type=float, default=0.1, show_default=True,
               help="Fraction of completed models left out for `dmtoolkit evaluate`.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the held-out split.")
+@click.option("--estimator", type=click.Choice(["difference-of-means", "regression"]), default="difference-of-means",
+              show_default=True, help="Difference of means (the paper's), or least squares on all masks at once "
+                                      "(needs more models than units).")
+@click.option("--errors/--no-errors", default=True, show_default=True,
+              help="Standard errors per entry (--no-errors halves the arithmetic; no `stderr` dataset).")
 @click.option("--force", is_flag=True, help="Overwrite an existing output.")
 def influence(store_path: Path, out_path: Path, device: str, block_rows: int, holdout_frac: float, seed: int,
-              force: bool) -> None:
+              estimator: str, errors: bool, force: bool) -> None:
     """Difference-of-means influence of every unit (class or example) on every target example.
 
     \b
@@ -211,7 +216,8 @@ def influence(store_path: Path, out_path: Path, device: str, block_rows: int, ho
     with warnings.catch_warnings():  # reported below, one line each
         warnings.simplefilter("ignore", UndefinedInfluenceWarning)
         result = compute_influence(store_path, out_path, device=_device(device), block_rows=block_rows,
-                                   holdout_frac=holdout_frac, seed=seed, force=force)
+                                   holdout_frac=holdout_frac, seed=seed, force=force, errors=errors,
+                                   estimator=estimator)
     for warning in result.warnings:
         click.echo(f"warning: {warning}", err=True)
     click.echo(f"wrote {out_path}: influence {tuple(result.influence.shape)}")
@@ -284,12 +290,16 @@ def data() -> None:
 
 
 @data.command("list")
-def data_list() -> None:
-    """Names usable as `dataset:` in a recipe."""
-    from dmtoolkit.data import available_datasets
+@click.argument("dataset", required=False)
+def data_list(dataset: str | None) -> None:
+    """Names usable as `dataset:` in a recipe; with DATASET, its class names (for `classes:`)."""
+    from dmtoolkit.data import available_datasets, load_dataset
 
-    for name in available_datasets():
-        click.echo(name)
+    if dataset is None:
+        for name in available_datasets():
+            click.echo(name)
+        return
+    click.echo(" ".join(load_dataset(dataset, "train").class_names))
 
 
 @data.command("prepare")

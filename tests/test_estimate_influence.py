@@ -69,6 +69,38 @@ def test_matches_numpy_loop_on_generated_stores(case: tuple[np.ndarray, np.ndarr
     np.testing.assert_allclose(result.mean_margin, margins[completed].mean(0), rtol=1e-5, atol=1e-5)
 
 
+@settings(max_examples=15, deadline=None)
+@given(stores(), st.sampled_from([1, 4, 1024]))
+def test_means_only_mode_matches_the_loop_and_skips_errors(case: tuple[np.ndarray, np.ndarray, np.ndarray],
+                                                           block_rows: int) -> None:
+    masks, margins, completed = case
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UndefinedInfluenceWarning)
+        result = influence_from_arrays(masks[completed], margins[completed], device="cpu", block_rows=block_rows,
+                                       errors=False)
+    assert result.stderr is None
+    np.testing.assert_allclose(result.influence, reference(masks[completed], margins[completed])[0], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(result.mean_margin, margins[completed].mean(0), rtol=1e-5, atol=1e-5)
+
+
+def test_no_errors_cli_writes_no_stderr_dataset(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from cli import cli
+
+    rng = np.random.default_rng(8)
+    masks = rng.random((40, 5)) < 0.5
+    margins = rng.normal(size=(40, 3)).astype(np.float32)
+    store = synthetic_store(tmp_path / "runs.h5", margins, masks)
+    out = tmp_path / "infl.h5"
+    run = CliRunner().invoke(cli, ["influence", str(store), "-o", str(out), "--no-errors", "--holdout-frac", "0",
+                                   "--device", "cpu"])
+    assert run.exit_code == 0, run.output
+    with h5py.File(out, "r") as f:
+        assert "stderr" not in f and f.attrs["stderr"].startswith("not computed")
+        np.testing.assert_allclose(f["influence"][()], reference(masks, margins)[0], atol=1e-5)
+
+
 def test_units_always_in_or_out_are_nan_with_a_warning() -> None:
     rng = np.random.default_rng(0)
     masks = rng.random((40, 5)) < 0.5
@@ -203,3 +235,74 @@ def test_bad_block_rows_and_shapes() -> None:
         influence_from_arrays(np.ones((2, 2), bool), np.zeros((2, 1)), block_rows=0)
     with pytest.raises(UserError, match=r"must be \(m, P\) and \(m, T\) with the same m"):
         influence_from_arrays(np.ones((3, 2), bool), np.zeros((2, 1)))
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.integers(0, 2**31), st.integers(2, 8), st.integers(1, 4), st.integers(1, 40))
+def test_regression_estimator_matches_sklearn(seed: int, P: int, T: int, block_rows: int) -> None:
+    from sklearn.linear_model import LinearRegression
+
+    rng = np.random.default_rng(seed)
+    m = P + 2 + int(rng.integers(0, 40))
+    masks = rng.random((m, P)) < 0.5
+    masks[0], masks[1] = True, False  # every unit both in and out
+    masks[2:2 + P] |= np.eye(P, dtype=bool)
+    x = np.c_[masks.astype(float), np.ones(m)]
+    if np.linalg.matrix_rank(x) < P + 1 or m <= P + 1:
+        return
+    margins = (masks @ rng.normal(size=(P, T)) + rng.normal(size=(m, T)) + 50).astype(np.float32)
+    result = influence_from_arrays(masks, margins, device="cpu", block_rows=block_rows, estimator="regression",
+                                   alpha=0.5)
+    oracle = LinearRegression().fit(masks.astype(float), margins.astype(float))
+    np.testing.assert_allclose(result.influence, oracle.coef_.T, atol=2e-4)
+    np.testing.assert_allclose(result.mean_margin, oracle.intercept_ + 0.5 * oracle.coef_.sum(1), atol=2e-3)
+    residual = margins - oracle.predict(masks.astype(float))
+    sigma2 = (residual ** 2).sum(0) / (m - P - 1)
+    expected_se = np.sqrt(np.linalg.inv(x.T @ x).diagonal()[:P, None] * sigma2[None, :])
+    np.testing.assert_allclose(result.stderr, expected_se, rtol=2e-3, atol=1e-4)
+
+
+def test_regression_needs_more_models_than_units(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from cli import cli
+
+    rng = np.random.default_rng(2)
+    store = synthetic_store(tmp_path / "runs.h5", rng.normal(size=(6, 2)).astype(np.float32), rng.random((6, 8)) < 0.5)
+    run = CliRunner().invoke(cli, ["influence", str(store), "-o", str(tmp_path / "i.h5"), "--estimator", "regression",
+                                   "--holdout-frac", "0", "--device", "cpu"])
+    assert run.exit_code == 1
+    assert "error: the regression estimator needs more models than units + 1" in run.output
+    assert "Traceback" not in run.output and not (tmp_path / "i.h5").exists()
+
+
+def test_regression_on_orthogonal_design_equals_difference_of_means(tmp_path: Path) -> None:
+    from dmtoolkit.masks import make_masks
+
+    rng = np.random.default_rng(3)
+    masks = make_masks(1, 32, 12, 0.5, design="orthogonal")
+    margins = (masks @ rng.normal(size=(12, 3)) + rng.normal(size=(32, 3))).astype(np.float32)
+    store = synthetic_store(tmp_path / "runs.h5", margins, masks)
+    regression = compute_influence(store, tmp_path / "r.h5", holdout_frac=0, device="cpu", estimator="regression")
+    means = compute_influence(store, tmp_path / "d.h5", holdout_frac=0, device="cpu")
+    np.testing.assert_allclose(regression.influence, means.influence, atol=1e-5)
+    with h5py.File(tmp_path / "r.h5", "r") as f:
+        assert f.attrs["estimator_name"] == "regression" and "OLS" in f.attrs["stderr"]
+
+
+def test_regression_with_fixed_size_subsets_gives_zero_sum_relative_effects() -> None:
+    from sklearn.linear_model import LinearRegression
+
+    from dmtoolkit.masks import make_masks
+
+    rng = np.random.default_rng(4)
+    masks = make_masks(2, 120, 10, 0.5, antithetic=True)  # every subset keeps exactly 5 units
+    margins = (masks @ rng.normal(size=(10, 2)) + 0.1 * rng.normal(size=(120, 2))).astype(np.float32)
+    result = influence_from_arrays(masks, margins, device="cpu", estimator="regression", alpha=0.5)
+    np.testing.assert_allclose(result.influence.sum(0), 0, atol=1e-4)
+    oracle = LinearRegression().fit(masks.astype(float), margins.astype(float))
+    fitted = result.mean_margin + (masks - 0.5) @ result.influence
+    np.testing.assert_allclose(fitted, oracle.predict(masks.astype(float)), atol=1e-3)
+    relative = oracle.coef_.T - oracle.coef_.T.mean(0)
+    np.testing.assert_allclose(result.influence, relative, atol=1e-3)
+    assert np.isfinite(result.stderr).all()
