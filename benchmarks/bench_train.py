@@ -29,7 +29,8 @@ from dmtoolkit.store import RunStore, create_store
 from dmtoolkit.train.fit import batch_indices, margins_from_logits
 from dmtoolkit.train.job import RunContext
 from dmtoolkit.train.models import build_model
-from dmtoolkit.train.transfer import fit_linear_heads, transfer_fixed_feature
+from dmtoolkit.train.baselines import transfer_baselines
+from dmtoolkit.train.transfer import fit_linear_heads
 
 RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "glyphs-to-mnist.yaml"
 
@@ -71,22 +72,6 @@ def bare_loop_seconds(context: RunContext, rows: list[int]) -> float:
                                            recipe.transfer, [i])
         margins_from_logits(torch.baddbmm(b, (test_f - mean) / std, w), context.target_test_y)
     return time.perf_counter() - started
-
-
-def accuracy_baselines(context: RunContext, rows: list[int]) -> dict[str, float]:
-    """Target accuracy: linear head on raw pixels, and on the untrained network's features."""
-    spec, recipe = context.recipe.transfer, context.recipe
-    raw_train = context.target_train_x.flatten(1)[None]
-    raw_test = context.target_test_x.flatten(1)[None]
-    w, b, mean, std = fit_linear_heads(raw_train, context.target_train_y, context.num_target_classes, spec, [0])
-    raw = margins_from_logits(torch.baddbmm(b, (raw_test - mean) / std, w), context.target_test_y)
-    model = build_model(recipe.model.arch, len(rows), context.channels, context.num_source_classes,
-                        recipe.model.resolution, recipe.model.width, recipe.model.hidden, recipe.model.downsample)
-    model.init_from_seeds([1000 + i for i in rows])
-    logits = transfer_fixed_feature(model, context.target_train_x, context.target_train_y, context.target_test_x,
-                                    context.num_target_classes, spec, rows)
-    untrained = margins_from_logits(logits, context.target_test_y)
-    return {"raw pixels": float((raw > 0).float().mean()), "untrained network": float((untrained > 0).float().mean())}
 
 
 def main() -> None:
@@ -135,7 +120,7 @@ def main() -> None:
                 ctx.compute_group(0)
                 per = (time.perf_counter() - started) / g
                 print(f"  models_per_batch {g:2d}: {per:.2f} s/model/thread = {60 / per:.1f} models/min/thread")
-        baselines = accuracy_baselines(context, rows)
+        baselines = transfer_baselines(context, len(rows))
         print(f"target accuracy (MNIST test, {len(context.target_test_y)} images; head on {len(context.target_train_y)}):")
         print(f"  transferred features (mean of {models} models): {accuracy:.3f}; source accuracy {source_accuracy:.3f}")
         for name, value in baselines.items():

@@ -26,6 +26,8 @@ class DataSpec(_Section):
     """A dataset by name (`glyphs`, `mnist5k`, `digits`, `fashion-mnist`, `imagefolder:PATH`) or ffcv betons."""
 
     dataset: str
+    classes: list[str] | None = Field(default=None, min_length=2,
+                                      description="keep only these classes, in this order (default: all)")
     max_per_class: int | None = Field(default=None, gt=0, description="cap on training examples per class")
     train_size: int | None = Field(default=None, gt=0, description="cap on training examples (seeded draw)")
     test_size: int | None = Field(default=None, gt=0, description="cap on test examples (seeded draw)")
@@ -58,6 +60,11 @@ class SubsetSpec(_Section):
     models: int = Field(default=256, ge=2)
     seed: int = 0
     antithetic: bool = Field(default=False, description="odd masks are the complements of even ones")
+    design: Literal["random", "orthogonal"] = Field(
+        default="random",
+        description="random: each mask keeps round(alpha*P) units at random; orthogonal: Hadamard blocks in which "
+                    "every unit is in half the models and units are uncorrelated (needs alpha 0.5)",
+    )
 
 
 class ModelSpec(_Section):
@@ -87,6 +94,8 @@ class TrainSpec(_Section):
         default="shared",
         description="shared: every model starts from the same init and data-order seed; per-model: each its own",
     )
+    seed: int = Field(default=0, description="training seed (init, data order); with shared randomness the "
+                                             "answers are conditioned on it")
     models_per_batch: int = Field(default=8, ge=1, description="models trained at once as one batched network")
     order: Literal["shuffle", "slots"] = Field(
         default="shuffle",
@@ -104,6 +113,12 @@ class TransferSpec(_Section):
         default="penultimate",
         description="what the fixed-feature head reads: conv trunk, penultimate layer, or the source class scores",
     )
+    head: Literal["logistic", "ridge"] = Field(
+        default="logistic",
+        description="fixed-feature head: softmax regression fitted with Adam, or closed-form ridge regression "
+                    "on one-hot labels (deterministic, so its margins carry no optimiser noise)",
+    )
+    ridge: float = Field(default=1.0, gt=0, description="ridge head penalty, per training example")
     epochs: float = Field(default=30.0, gt=0)
     batch_size: int = Field(default=512, gt=0)
     lr: float = Field(default=0.05, gt=0)
@@ -126,6 +141,8 @@ class Recipe(_Section):
     def _consistent(self) -> "Recipe":
         if self.training.order == "slots" and self.model.norm == "batch":
             raise ValueError("training.order slots needs model.norm none (BatchNorm would mix padded batches)")
+        if self.subsets.design == "orthogonal" and self.subsets.alpha != 0.5:
+            raise ValueError("subsets.design orthogonal needs alpha = 0.5 (each unit is in half of a block)")
         if self.subsets.antithetic and self.subsets.alpha != 0.5:
             raise ValueError("subsets.antithetic needs alpha = 0.5 (a complement keeps the other half)")
         if self.subsets.antithetic and self.subsets.models % 2:

@@ -107,7 +107,7 @@ def create_store(path: str | Path, recipe: Recipe, data: RunData, *, force: bool
     num_units = data.num_units(kind)
     if num_units < 2:
         raise StoreError(f"{path}: the source has {num_units} {kind} unit(s); subsets need at least 2")
-    masks = make_masks(sub.seed, sub.models, num_units, sub.alpha, sub.antithetic)
+    masks = make_masks(sub.seed, sub.models, num_units, sub.alpha, sub.antithetic, sub.design)
     m, T = sub.models, len(data.target_test.labels)
     if T == 0:
         raise StoreError(f"{path}: the target test set is empty; check the recipe's target dataset")

@@ -112,7 +112,7 @@ def validate_store(path: str | Path) -> list[str]:
             problems.append(f"recipe asks for {recipe.subsets.models} models, store has {m} rows")
         if not problems:
             sub = recipe.subsets
-            derived = make_masks(sub.seed, m, P, sub.alpha, sub.antithetic)
+            derived = make_masks(sub.seed, m, P, sub.alpha, sub.antithetic, sub.design)
             bad = np.flatnonzero((derived != f["masks"][()]).any(axis=1))
             if len(bad):
                 problems.append(f"masks of {len(bad)} rows differ from those re-derived from seed {sub.seed} (first: row {bad[0]})")

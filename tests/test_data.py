@@ -236,3 +236,28 @@ def test_unknown_dataset_and_split_messages() -> None:
         load_dataset("digits", "valid")
     with pytest.raises(DataError, match="takes no argument"):
         load_dataset("digits:x", "train")
+
+
+def test_recipe_classes_keep_and_relabel_in_given_order(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from cli import cli
+    from dmtoolkit.recipe import parse_recipe_dict
+    from dmtoolkit.run.prepare import build_run_data
+
+    recipe = parse_recipe_dict({"name": "t", "source": {"dataset": "digits", "classes": ["7", "2", "9"]},
+                                "target": {"dataset": "digits"}})
+    data = build_run_data(recipe)
+    assert data.source_class_names == ("7", "2", "9")
+    full = load_dataset("digits", "train")
+    for new, name in enumerate(("7", "2", "9")):
+        old = full.class_names.index(name)
+        np.testing.assert_array_equal(data.source_pool.images[data.source_pool.labels == new],
+                                      full.images[full.labels == old])
+    assert set(np.unique(data.source_test.labels)) == {0, 1, 2}
+    bad = parse_recipe_dict({"name": "t", "source": {"dataset": "digits", "classes": ["7", "Q"]},
+                             "target": {"dataset": "digits"}})
+    with pytest.raises(DataError, match=r"source.classes: unknown class\(es\) 'Q' in digits"):
+        build_run_data(bad)
+    listed = CliRunner().invoke(cli, ["data", "list", "digits"])
+    assert listed.exit_code == 0 and listed.output.split() == list(full.class_names)

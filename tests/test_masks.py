@@ -32,3 +32,37 @@ def test_antithetic_pairs_complement(seed: int, pairs: int, units: int) -> None:
 def test_different_seeds_give_different_masks() -> None:
     assert not np.array_equal(make_masks(0, 4, 50, 0.5), make_masks(1, 4, 50, 0.5))
     assert not np.array_equal(mask_for(0, 0, 50, 0.5), mask_for(0, 1, 50, 0.5))
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 2**31), st.integers(2, 70), st.integers(1, 3), st.booleans())
+def test_orthogonal_blocks_are_balanced_and_uncorrelated(seed: int, units: int, blocks: int, antithetic: bool) -> None:
+    from scipy.linalg import hadamard
+
+    from dmtoolkit.masks import hadamard_order
+
+    order = hadamard_order(units)
+    assert order > units and order & (order - 1) == 0 and order // 2 <= units
+    assert np.array_equal(hadamard(4) < 0, [[(bin(r & c).count("1") % 2) == 1 for c in range(4)] for r in range(4)])
+    per_block = order * (2 if antithetic else 1)
+    masks = make_masks(seed, per_block * blocks, units, 0.5, antithetic, "orthogonal")
+    for b in range(blocks):
+        block = masks[b * per_block:(b + 1) * per_block].astype(float)
+        np.testing.assert_array_equal(block.sum(0), per_block / 2)     # every unit in exactly half
+        centred = block - 0.5
+        np.testing.assert_allclose(centred.T @ centred, np.eye(units) * per_block / 4)  # orthogonal columns
+    if antithetic:
+        np.testing.assert_array_equal(masks[1::2], ~masks[::2])
+    again = np.stack([mask_for(seed, i, units, 0.5, antithetic, "orthogonal") for i in range(len(masks))])
+    np.testing.assert_array_equal(again, masks)
+
+
+def test_orthogonal_difference_of_means_equals_least_squares() -> None:
+    rng = np.random.default_rng(3)
+    masks = make_masks(7, 64, 40, 0.5, design="orthogonal").astype(float)
+    effects = rng.normal(size=40)
+    y = masks @ effects + 0.3 * rng.normal(size=64)
+    n_in = masks.sum(0)
+    dom = masks.T @ y / n_in - (1 - masks).T @ y / (64 - n_in)
+    x = np.c_[np.ones(64), masks]
+    np.testing.assert_allclose(dom, np.linalg.lstsq(x, y, rcond=None)[0][1:], atol=1e-9)

@@ -44,6 +44,11 @@ def test_paper_recipe_describes_the_paper_setting() -> None:
     ("training: {randomness: sometimes}", "training.randomness: Input should be 'shared' or 'per-model'"),
     ("model: {arch: vgg}", "model.arch: Input should be 'tiny-cnn' or 'resnet18'"),
     ("subsets: {antithetic: true, alpha: 0.3}", "antithetic needs alpha = 0.5"),
+    ("subsets: {design: orthogonal, alpha: 0.3}", "design orthogonal needs alpha = 0.5"),
+    ("subsets: {design: latin}", "subsets.design: Input should be 'random' or 'orthogonal'"),
+    ("transfer: {head: svm}", "transfer.head: Input should be 'logistic' or 'ridge'"),
+    ("transfer: {ridge: 0}", "transfer.ridge: Input should be greater than 0"),
+    ("source: {dataset: glyphs, classes: ['3']}", "source.classes: List should have at least 2 items"),
     ("planting: {leaks: 2, near_copies: 3}", "near_copies (3) cannot exceed leaks (2)"),
     ("colour: blue", "colour: unknown key"),
 ])

@@ -16,6 +16,23 @@ from dmtoolkit.recipe import DataSpec, Recipe
 from dmtoolkit.store import Planted, RunData, Split
 
 
+def select_classes(dataset: ImageDataset, names: list[str] | None, role: str) -> ImageDataset:
+    """The examples of the named classes only, relabelled 0..len(names)-1 in the order given."""
+    if names is None:
+        return dataset
+    unknown = [n for n in names if n not in dataset.class_names]
+    if unknown or len(set(names)) != len(names):
+        problem = f"unknown class(es) {', '.join(map(repr, unknown[:5]))}" if unknown else "repeated class names"
+        raise DataError(f"{role}.classes: {problem} in {dataset.name}; list each class once, "
+                        "see `dmtoolkit data list DATASET` for the names")
+    old = [dataset.class_names.index(n) for n in names]
+    relabel = np.full(len(dataset.class_names), -1, dtype=np.int64)
+    relabel[old] = np.arange(len(names))
+    keep = np.flatnonzero(relabel[dataset.labels] >= 0)
+    return ImageDataset(dataset.name, dataset.images[keep], relabel[dataset.labels[keep]], tuple(names),
+                        tuple(dataset.example_ids[i] for i in keep))
+
+
 def _cap_per_class(dataset: ImageDataset, cap: int | None, seed: int) -> ImageDataset:
     if cap is None:
         return dataset
@@ -37,6 +54,7 @@ def _load(spec: DataSpec, role: str) -> tuple[ImageDataset, ImageDataset]:
         train, test = load_spec_from_betons(spec, role)
     else:
         train, test = load_dataset(spec.dataset, "train"), load_dataset(spec.dataset, "test")
+    train, test = select_classes(train, spec.classes, role), select_classes(test, spec.classes, role)
     if len(test) == 0:
         raise DataError(f"{role}: dataset {spec.dataset!r} has an empty test split")
     return train, test

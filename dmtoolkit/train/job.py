@@ -38,9 +38,9 @@ class ModelResult:
     predictions: np.ndarray | None = None  # predicted target class per target test example
 
 
-def model_seed(run_seed: int, index: int, randomness: str) -> int:
-    """Training seed of model `index`: one for all models (shared) or one per model (per-model)."""
-    key = [run_seed, SHARED_SEED_SALT] if randomness == "shared" else [run_seed, index]
+def model_seed(training_seed: int, mask_seed: int, index: int, randomness: str) -> int:
+    """Training seed of model `index`: one for all models (shared) or one per model and mask draw (per-model)."""
+    key = [training_seed, SHARED_SEED_SALT] if randomness == "shared" else [training_seed, mask_seed, index]
     return int(np.random.SeedSequence(key).generate_state(1)[0])
 
 
@@ -101,7 +101,7 @@ class RunContext:
         started = time.perf_counter()
         recipe = self.recipe
         rows = group_rows(group, self.group_size, len(self.masks))
-        seeds = [model_seed(recipe.subsets.seed, i, recipe.training.randomness) for i in rows]
+        seeds = [model_seed(recipe.training.seed, recipe.subsets.seed, i, recipe.training.randomness) for i in rows]
         subsets = [self.subset_examples(i) for i in rows]
         model_spec, train = recipe.model, recipe.training
         torch.manual_seed(seeds[0])

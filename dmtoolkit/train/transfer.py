@@ -1,8 +1,8 @@
 """Transfer G source models to the target task and return their logits on the target test set.
 
 fixed-feature: the backbone is frozen; each model gets its own linear head (softmax regression) on its
-own standardised features of the named layer, fitted full-batch with Adam (elementwise, so models stay
-independent). full: a fresh head, then every weight is fine-tuned on the target training set.
+own standardised features of the named layer, either softmax regression fitted with Adam (elementwise, so
+models stay independent) or closed-form ridge regression on one-hot labels. full: a fresh head, then every weight is fine-tuned on the target training set.
 """
 
 from __future__ import annotations
@@ -43,6 +43,32 @@ def fit_linear_heads(train_feats: torch.Tensor, train_labels: torch.Tensor, num_
     return weight.detach(), bias.detach(), mean, std
 
 
+def fit_ridge_heads(train_feats: torch.Tensor, train_labels: torch.Tensor, num_classes: int,
+                    spec: TransferSpec) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Least-squares heads on one-hot labels for features (G, n, d): (weight, bias, feature mean, feature std).
+
+    The solution is a smooth, seed-free function of the features, so two models' margins differ only
+    because their features do.
+    """
+    G, n, d = train_feats.shape
+    mean = train_feats.mean(dim=1, keepdim=True)
+    std = train_feats.std(dim=1, keepdim=True).clamp_min(1e-6)
+    x = ((train_feats - mean) / std).double()
+    onehot = F.one_hot(train_labels, num_classes).double()
+    bias = onehot.mean(dim=0).expand(G, 1, num_classes)
+    gram = x.transpose(1, 2) @ x + spec.ridge * n * torch.eye(d, dtype=x.dtype, device=x.device)
+    weight = torch.linalg.solve(gram, x.transpose(1, 2) @ (onehot - bias))
+    return weight.float(), bias.float(), mean, std
+
+
+def fit_head(train_feats: torch.Tensor, train_labels: torch.Tensor, num_classes: int, spec: TransferSpec,
+             seeds: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The recipe's fixed-feature head (`transfer.head`) for features (G, n, d)."""
+    if spec.head == "ridge":
+        return fit_ridge_heads(train_feats, train_labels, num_classes, spec)
+    return fit_linear_heads(train_feats, train_labels, num_classes, spec, seeds)
+
+
 def transfer_fixed_feature(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor,
                            num_classes: int, spec: TransferSpec, seeds: list[int]) -> torch.Tensor:
     """Logits (G, T, K) of linear heads on the frozen models' `spec.feature_layer` features."""
@@ -51,7 +77,7 @@ def transfer_fixed_feature(model: nn.Module, train_x: torch.Tensor, train_y: tor
     features = lambda x: model.features(x, spec.feature_layer)  # noqa: E731
     train_feats = batched_outputs(features, train_x, G)
     test_feats = batched_outputs(features, test_x, G)
-    weight, bias, mean, std = fit_linear_heads(train_feats, train_y, num_classes, spec, seeds)
+    weight, bias, mean, std = fit_head(train_feats, train_y, num_classes, spec, seeds)
     return torch.baddbmm(bias, (test_feats - mean) / std, weight)
 
 
