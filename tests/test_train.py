@@ -181,3 +181,22 @@ def test_ridge_head_matches_sklearn_ridge() -> None:
         oracle = Ridge(alpha=0.3 * 60).fit(x, np.eye(3)[labels.numpy()])
         np.testing.assert_allclose(weight[g].numpy(), oracle.coef_.T, atol=1e-5)
         np.testing.assert_allclose(bias[g, 0].numpy(), oracle.intercept_, atol=1e-6)
+
+
+def test_features_silent_on_training_images_cannot_blow_up_test_margins() -> None:
+    from dmtoolkit.recipe import TransferSpec
+    from dmtoolkit.train.transfer import fit_head, standardisation
+
+    rng = np.random.default_rng(1)
+    train = torch.from_numpy(rng.random((1, 200, 6)).astype(np.float32))
+    labels = torch.from_numpy(rng.integers(0, 3, 200))
+    train[0, :, 5] = 0.0
+    train[0, 0, 5] = 1e-5                      # a unit almost dead on the training images ...
+    test = torch.from_numpy(rng.random((1, 50, 6)).astype(np.float32))
+    test[0, :, 5] = 1.0                        # ... that fires on every test image
+    mean, std = standardisation(train)
+    assert float(std[0, 0, 5]) >= 0.05 * float(train.std(dim=1).mean()) * 0.99
+    for head in ("ridge", "logistic"):
+        weight, bias, mean, std = fit_head(train, labels, 3, TransferSpec(head=head, ridge=0.01, epochs=20), [0])
+        logits = torch.baddbmm(bias, (test - mean) / std, weight)
+        assert float(logits.abs().max()) < 10, head

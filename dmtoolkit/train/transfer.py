@@ -1,10 +1,10 @@
 """Transfer G source models to the target task and return their logits on the target test set.
 
-fixed-feature: the backbone is frozen; each model gets its own linear head (softmax regression) on its
-own standardised features of the named layer, either softmax regression fitted with Adam (elementwise, so
-models stay independent) or closed-form ridge regression on one-hot labels. full: a fresh head, then every weight is fine-tuned on the target training set.
+fixed-feature: the backbone is frozen; each model gets its own linear head on its own standardised
+features of the named layer (see `standardisation` for the std floor): softmax regression fitted with
+Adam (elementwise, so models stay independent) or closed-form ridge regression on one-hot labels.
+full: a fresh head, then every weight is fine-tuned on the target training set.
 """
-
 from __future__ import annotations
 
 import math
@@ -17,12 +17,27 @@ from dmtoolkit.recipe import TransferSpec
 from dmtoolkit.train.fit import LoopSettings, MemoryBatches, batched_outputs, train_models
 
 
+STD_FLOOR = 0.05  # of the model's mean feature std
+
+
+def standardisation(train_feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-feature mean and std over the training images (G, 1, d), std floored at STD_FLOOR x the mean std.
+
+    A ReLU unit that is (almost) silent on the few target training images but fires on a test image
+    would otherwise be divided by ~0 and give that image a margin of hundreds; one such model in a
+    thousand is enough to wreck a difference of means. With the floor the head gives it a tiny weight.
+    """
+    mean = train_feats.mean(dim=1, keepdim=True)
+    std = train_feats.std(dim=1, keepdim=True)
+    floor = (STD_FLOOR * std.mean(dim=-1, keepdim=True)).clamp_min(1e-6)
+    return mean, torch.maximum(std, floor)
+
+
 def fit_linear_heads(train_feats: torch.Tensor, train_labels: torch.Tensor, num_classes: int,
                      spec: TransferSpec, seeds: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Softmax-regression heads for features (G, n, d): returns (weight, bias, feature mean, feature std)."""
     G, n, d = train_feats.shape
-    mean = train_feats.mean(dim=1, keepdim=True)
-    std = train_feats.std(dim=1, keepdim=True).clamp_min(1e-6)
+    mean, std = standardisation(train_feats)
     x = (train_feats - mean) / std
     weight = torch.zeros(G, d, num_classes, device=x.device)
     for g, seed in enumerate(seeds):
@@ -51,8 +66,7 @@ def fit_ridge_heads(train_feats: torch.Tensor, train_labels: torch.Tensor, num_c
     because their features do.
     """
     G, n, d = train_feats.shape
-    mean = train_feats.mean(dim=1, keepdim=True)
-    std = train_feats.std(dim=1, keepdim=True).clamp_min(1e-6)
+    mean, std = standardisation(train_feats)
     x = ((train_feats - mean) / std).double()
     onehot = F.one_hot(train_labels, num_classes).double()
     bias = onehot.mean(dim=0).expand(G, 1, num_classes)
