@@ -1,0 +1,404 @@
+"""Reliability of class influence per CPU-minute, for each training/transfer lever, measured in one run.
+
+For every lever (a set of recipe overrides on the default class-level recipe) the study trains a store
+(resuming one that exists), then prints and saves: split-half Spearman of per-class mean influence at
+1/4, 1/2 and all of the models (two disjoint halves from a seeded split; mean and SD over 10 split
+seeds, and the seed-0 split alone), how many digits have their own glyph class in their top 5 source
+classes, class-influence LDS on held-out models, target accuracy, CPU-minutes, and the number of models
+that split-half 0.8 would need (Spearman-Brown from the measured value). `--seed-check LEVER` retrains
+that lever with another shared training seed and reports how far its ranking moves.
+
+    .venv/bin/python benchmarks/signal_study.py --models 256 --out runs/signal \\
+        --levers default,logits-antithetic,ridge-logits-antithetic [--seed-check ridge-logits-antithetic]
+    .venv/bin/python benchmarks/signal_study.py --analyse runs/signal/*.h5     # no training
+
+Writes OUT/signal.json, OUT/signal-table.md (the ablation table) and OUT/signal.png (split-half against
+models and against CPU-minutes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dmtoolkit.analyze import detect_leakage, detect_mislabels
+from dmtoolkit.estimate.common import split_rows
+from dmtoolkit.estimate.datamodels import fit_datamodels
+from dmtoolkit.estimate.influence import compute_influence, influence_from_arrays
+from dmtoolkit.errors import UserError
+from dmtoolkit.estimate.lds import evaluate, spearman_columns
+from dmtoolkit.recipe import load_recipe, parse_recipe_dict
+from dmtoolkit.run.driver import train_store
+from dmtoolkit.run.executors import make_executor
+from dmtoolkit.run.prepare import build_run_data
+from dmtoolkit.store import RunStore, create_store
+from dmtoolkit.train.baselines import transfer_baselines
+from dmtoolkit.train.job import RunContext
+
+RECIPES = Path(__file__).resolve().parent.parent / "recipes"
+CLASS_RECIPE, EXAMPLE_RECIPE = "glyphs-to-mnist.yaml", "glyphs-to-mnist-examples.yaml"
+FRACTIONS = (0.25, 0.5, 1.0)
+SPLIT_SEEDS = 10
+TARGET_RELIABILITY = 0.8
+
+# The levers were measured from the session-1 default (135 glyph classes, 100 per class, 2 epochs, logistic
+# head, random masks); ORIGINAL restores it on top of today's default recipe so each row is reproducible.
+ORIGINAL: dict[str, Any] = {"source.classes": None, "source.max_per_class": 100, "training.epochs": 2,
+                            "subsets.antithetic": False, "transfer.head": "logistic", "transfer.ridge": 1.0}
+RIDGE: dict[str, Any] = {"transfer.head": "ridge", "subsets.antithetic": True}
+DIGITS_AND_CAPITALS = [*"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"]
+
+LEVERS: dict[str, dict[str, Any]] = {
+    "naive": {"training.randomness": "per-model", "transfer.feature_layer": "conv"},
+    "per-model-seeds": {"training.randomness": "per-model"},
+    "session-1-default": {},
+    "default": {"current": True},
+    "conv-features": {"transfer.feature_layer": "conv"},
+    "slots-no-norm": {"training.order": "slots", "model.norm": "none"},
+    "logits": {"transfer.feature_layer": "logits"},
+    "antithetic": {"subsets.antithetic": True},
+    "logits-antithetic": {"transfer.feature_layer": "logits", "subsets.antithetic": True},
+    "ridge-antithetic": {"transfer.head": "ridge", "subsets.antithetic": True},
+    "ridge-logits-antithetic": {"transfer.head": "ridge", "transfer.feature_layer": "logits",
+                                "subsets.antithetic": True},
+    "ridge-low-lr": {**RIDGE, "training.lr": 0.02},
+    "ridge-1-epoch": {**RIDGE, "training.epochs": 1},
+    "ridge-big-target-train": {**RIDGE, "target.train_size": 2000},
+    "ridge-small-target-train": {**RIDGE, "target.train_size": 100},
+    "ridge-36-classes": {**RIDGE, "source.classes": DIGITS_AND_CAPITALS, "training.epochs": 6},
+    "ridge-memorise": {**RIDGE, "training.epochs": 8},
+    "ridge-narrow": {**RIDGE, "model.hidden": 16},
+    "ridge-light-penalty": {**RIDGE, "transfer.ridge": 0.01},
+    "ridge-alpha-0.2": {"transfer.head": "ridge", "subsets.alpha": 0.2},
+    "ridge-no-antithetic": {"transfer.head": "ridge"},
+    "ridge-half-epoch": {**RIDGE, "training.epochs": 0.5},
+    "ridge-1-epoch-alpha-0.2": {"transfer.head": "ridge", "training.epochs": 1, "subsets.alpha": 0.2},
+    "ridge-orthogonal-1-epoch": {**RIDGE, "training.epochs": 1, "subsets.design": "orthogonal"},
+    "ridge-orthogonal": {**RIDGE, "subsets.design": "orthogonal"},
+    "ridge-36-classes-orthogonal": {**RIDGE, "source.classes": DIGITS_AND_CAPITALS, "training.epochs": 6,
+                                    "subsets.design": "orthogonal"},
+    "ridge-36-classes-200-per-class": {**RIDGE, "source.classes": DIGITS_AND_CAPITALS, "training.epochs": 3,
+                                       "source.max_per_class": 200},
+    "ridge-36-classes-200-per-class-penalty-0.1": {**RIDGE, "source.classes": DIGITS_AND_CAPITALS,
+                                                   "training.epochs": 3, "source.max_per_class": 200,
+                                                   "transfer.ridge": 0.1},
+    "examples-logistic": {"recipe": EXAMPLE_RECIPE, "transfer.head": "logistic", "subsets.antithetic": False},
+    "examples-ridge-antithetic": {"recipe": EXAMPLE_RECIPE, **RIDGE},
+    "examples-ridge-36-classes": {"recipe": EXAMPLE_RECIPE, **RIDGE, "source.classes": DIGITS_AND_CAPITALS},
+    "examples-default": {"recipe": EXAMPLE_RECIPE},
+}
+
+
+def lever_recipe(overrides: dict[str, Any], models: int, training_seed: int = 0):
+    """The lever's base recipe (`recipe` key; default class-level otherwise) with dotted-key overrides applied
+    (validated like any recipe)."""
+    overrides = dict(overrides)
+    base = overrides.pop("recipe", CLASS_RECIPE)
+    if base == CLASS_RECIPE and not overrides.pop("current", False):
+        overrides = {**ORIGINAL, **overrides}
+    data = load_recipe(RECIPES / base).model_dump(mode="json")
+    for dotted, value in {**overrides, "subsets.models": models, "training.seed": training_seed}.items():
+        section, key = dotted.split(".")
+        data[section][key] = value
+    return parse_recipe_dict(data, origin="signal study lever")
+
+
+def train_lever(path: Path, recipe, workers: int) -> float:
+    """Create (or resume) the store and train it; returns wall seconds spent training now."""
+    if path.exists():
+        with RunStore(path) as store:
+            if store.recipe_hash != recipe.hash():
+                raise SystemExit(f"{path}: exists from another recipe; remove it or pass another --out")
+    else:
+        create_store(path, recipe, build_run_data(recipe))
+    started = time.perf_counter()
+    train_store(path, make_executor("local", workers, "cpu"), progress=False)
+    return time.perf_counter() - started
+
+
+ESTIMATORS = ("difference-of-means", "regression")
+
+
+def class_influence(masks: np.ndarray, margins: np.ndarray, estimator: str) -> np.ndarray | None:
+    """Influence (P, T) by `estimator`, or None where it is undefined (regression with too few models)."""
+    with warnings.catch_warnings():  # units always in or out (few models) are NaN; Spearman then says nan
+        warnings.simplefilter("ignore")
+        try:
+            return influence_from_arrays(masks, margins, device="cpu", errors=False, estimator=estimator,
+                                         alpha=0.5).influence
+        except UserError:
+            return None
+
+
+def split_half(masks: np.ndarray, margins: np.ndarray, count: int, seed: int,
+               estimator: str = "difference-of-means") -> float | None:
+    """Spearman between the per-class mean influences of two disjoint random halves of `count` models."""
+    order = np.random.default_rng(seed).permutation(len(masks))[: count // 2 * 2]
+    a, b = np.sort(order[: len(order) // 2]), np.sort(order[len(order) // 2:])
+    first, second = class_influence(masks[a], margins[a], estimator), class_influence(masks[b], margins[b], estimator)
+    if first is None or second is None:
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        x, y = np.nanmean(first, axis=1), np.nanmean(second, axis=1)
+    return float(spearman_columns(x[:, None], y[:, None])[0])
+
+
+def models_for(reliability: float, models: int, goal: float = TARGET_RELIABILITY) -> float | None:
+    """Spearman-Brown: models needed for split-half `goal` given split-half `reliability` at `models`."""
+    if not 0 < reliability < 1:
+        return None
+    return models * (goal / (1 - goal)) / (reliability / (1 - reliability))
+
+
+def digit_ranks(influence: np.ndarray, source_names: list[str], target_names: list[str],
+                target_labels: np.ndarray) -> list[int | None]:
+    """Rank (1 = most positive) of the source class named like each target class, over that class's examples."""
+    ranks: list[int | None] = []
+    for label, name in enumerate(target_names):
+        if name not in source_names or not (target_labels == label).any():
+            ranks.append(None)
+            continue
+        score = np.nanmean(influence[:, target_labels == label], axis=1)
+        ranks.append(int((score > score[source_names.index(name)]).sum()) + 1)
+    return ranks
+
+
+def class_lds(masks: np.ndarray, margins: np.ndarray, alpha: float, estimator: str, seed: int = 0) -> float | None:
+    """Mean LDS of class influence as a linear predictor, fitted on 90% of models, scored on the rest."""
+    kept, held = split_rows(np.arange(len(masks)), 0.1, seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            fit = influence_from_arrays(masks[kept], margins[kept], device="cpu", errors=False, estimator=estimator,
+                                        alpha=alpha)
+        except UserError:
+            return None
+    predicted = fit.mean_margin + (masks[held] - alpha) @ np.nan_to_num(fit.influence)
+    return float(np.nanmean(spearman_columns(predicted, margins[held])))
+
+
+def estimator_reliability(masks: np.ndarray, margins: np.ndarray, seconds: np.ndarray, alpha: float,
+                          estimator: str, names: tuple[list[str], list[str], np.ndarray]) -> dict[str, Any]:
+    """Split-half at 1/4, 1/2 and all models, models needed for 0.8, digit ranks and LDS for one estimator."""
+    m, figures = len(masks), {}
+    for frac in FRACTIONS:
+        count = int(m * frac)
+        values = [split_half(masks, margins, count, seed, estimator) for seed in range(SPLIT_SEEDS)]
+        defined = [v for v in values if v is not None and np.isfinite(v)]
+        figures[f"split_half@{count}"] = None if not defined else {
+            "seed0": None if values[0] is None else round(values[0], 3), "mean": round(float(np.mean(defined)), 3),
+            "sd": round(float(np.std(defined)), 3), "cpu_minutes": round(float(seconds.sum()) * frac / 60, 1)}
+    full = figures[f"split_half@{m}"]
+    needed = None if full is None else models_for(full["mean"], m // 2)
+    figures["models_for_0.8"] = None if needed is None else int(round(2 * needed))
+    influence = class_influence(masks, margins, estimator)
+    ranks = [] if influence is None else digit_ranks(influence, *names)
+    figures["digit_ranks"] = ranks
+    figures["digits_in_top5"] = sum(1 for r in ranks if r is not None and r <= 5)
+    lds = class_lds(masks, margins, alpha, estimator)
+    figures["class_lds"] = None if lds is None else round(lds, 3)
+    figures["mean_class_influence"] = None if influence is None else np.nanmean(influence, axis=1).round(6).tolist()
+    return figures
+
+
+def example_reliability(path: Path) -> dict[str, Any]:
+    """Example-level figures: planted-leak precision@L (L = planted leaks) and flipped-label AUC from both
+    estimators, and datamodel LDS on held-out models. Detection never reads the planted truth; scoring does."""
+    figures: dict[str, Any] = {}
+    with RunStore(path) as store:
+        leaks = int((store.file["source/planted_leak"][()] >= 0).sum()) if store.has_planted else 0
+    with tempfile.TemporaryDirectory() as tmp:
+        influence, datamodels = Path(tmp) / "influence.h5", Path(tmp) / "datamodels.h5"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            compute_influence(path, influence, device="cpu", holdout_frac=0.1)
+            fit_datamodels(path, datamodels, device="cpu", n_lambdas=50, val_frac=0.1)
+        figures["datamodel_lds"] = round(float(evaluate(path, datamodels)["lds_mean"]), 3)
+        figures["influence_lds"] = round(float(evaluate(path, influence)["lds_mean"]), 3)
+        for name, estimate in (("influence", influence), ("datamodels", datamodels)):
+            if leaks:
+                planted = detect_leakage(estimate, top=leaks)["planted"]
+                figures[f"{name}_leak_precision"] = round(planted["precision_at_k"], 3)
+                figures[f"{name}_decoys_flagged"] = planted["decoys_flagged"]
+                per_target = detect_leakage(estimate, top=leaks, per_target=True)["planted"]
+                figures[f"{name}_leak_precision_per_target_z"] = round(per_target["precision_at_k"], 3)
+            flips = detect_mislabels(estimate).get("planted")
+            if flips and flips["auc"] is not None:
+                figures[f"{name}_flip_auc"] = round(flips["auc"], 3)
+    return figures
+
+
+def analyse(path: Path) -> dict[str, Any]:
+    """Every reliability figure of one store (completed rows only)."""
+    with RunStore(path) as store:
+        if store.kind == "example":
+            return analyse_examples(path)
+    with RunStore(path) as store:
+        rows = store.completed_rows()
+        masks, margins = store.read_rows(rows)
+        masks, margins = masks.astype(np.float32), margins.astype(np.float32)
+        source_names, target_names = store.strings("source/class_names"), store.strings("target/class_names")
+        target_labels = store.file["target/labels"][()]
+        seconds = store.file["seconds"][()][rows]
+        accuracy = store.file["target_accuracy"][()][rows]
+        recipe = store.recipe
+    m = len(rows)
+    result: dict[str, Any] = {"store": str(path), "models": m, "cpu_minutes": round(float(seconds.sum()) / 60, 1),
+                              "target_accuracy": round(float(accuracy.mean()), 4)}
+    baselines = transfer_baselines(RunContext.from_store(path, "cpu"))
+    result["baseline_accuracy"] = {name: round(value, 4) for name, value in baselines.items()}
+    for estimator in ESTIMATORS:
+        result[estimator] = estimator_reliability(masks, margins, seconds, recipe.subsets.alpha, estimator,
+                                                  (source_names, target_names, target_labels))
+    return result
+
+
+def analyse_examples(path: Path) -> dict[str, Any]:
+    """Figures of an example-level store: size, cost, accuracy and the detection/LDS figures."""
+    with RunStore(path) as store:
+        rows = store.completed_rows()
+        seconds = store.file["seconds"][()][rows]
+        accuracy = store.file["target_accuracy"][()][rows]
+    return {"store": str(path), "level": "example", "models": len(rows),
+            "cpu_minutes": round(float(seconds.sum()) / 60, 1), "target_accuracy": round(float(accuracy.mean()), 4),
+            **example_reliability(path)}
+
+
+def ranking_agreement(a: dict[str, Any], b: dict[str, Any]) -> float:
+    """Spearman between two stores' per-class mean influences (e.g. two shared training seeds)."""
+    x = np.asarray(a["difference-of-means"]["mean_class_influence"])
+    y = np.asarray(b["difference-of-means"]["mean_class_influence"])
+    return float(spearman_columns(x[:, None], y[:, None])[0])
+
+
+def _halves(figures: dict[str, Any]) -> list[tuple[int, dict[str, Any] | None]]:
+    return [(int(k.split("@")[1]), v) for k, v in figures.items() if k.startswith("split_half@")]
+
+
+def _fmt(value: Any, spec: str = "+.2f") -> str:
+    return "—" if value is None else format(value, spec)
+
+
+def print_row(name: str, r: dict[str, Any]) -> None:
+    if r.get("level") == "example":
+        figures = "  ".join(f"{k} {v}" for k, v in r.items() if k not in ("store", "level", "overrides"))
+        print(f"{name:28s} {figures}", flush=True)
+        return
+    base = r["baseline_accuracy"]
+    print(f"{name:28s} models {r['models']:5d}  cpu-min {r['cpu_minutes']:6.1f}  acc {r['target_accuracy']:.3f} "
+          f"(raw {base['raw pixels']:.3f}, untrained {base['untrained network']:.3f})", flush=True)
+    for estimator in ESTIMATORS:
+        e = r[estimator]
+        halves = "  ".join(f"{c}: {_fmt(v and v['mean'])}±{_fmt(v and v['sd'], '.2f')}" for c, v in _halves(e))
+        print(f"    {estimator:20s} split-half {halves}  need≈{e['models_for_0.8']}  "
+              f"digits top5 {e['digits_in_top5']}/10  LDS {_fmt(e['class_lds'], '+.3f')}", flush=True)
+
+
+def markdown_table(results: dict[str, dict[str, Any]]) -> str:
+    """The ablation table docs/signal.md shows, one row per lever and estimator."""
+    lines = ["| lever | estimator | models | CPU-min | target acc (raw / untrained) | split-half ¼ · ½ · all "
+             "| models for 0.8 | digits in top 5 | class LDS |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for name, r in results.items():
+        if r.get("level") == "example":
+            continue
+        base = r["baseline_accuracy"]
+        for estimator in ESTIMATORS:
+            e = r[estimator]
+            halves = " · ".join(_fmt(v and v["mean"]) for _, v in _halves(e))
+            lines.append(f"| {name} | {estimator} | {r['models']} | {r['cpu_minutes']} | {r['target_accuracy']:.3f} "
+                         f"({base['raw pixels']:.3f} / {base['untrained network']:.3f}) | {halves} | "
+                         f"{e['models_for_0.8'] or '—'} | {e['digits_in_top5']}/10 | {_fmt(e['class_lds'], '+.3f')} |")
+    return "\n".join(lines) + "\n"
+
+
+def example_table(results: dict[str, dict[str, Any]]) -> str:
+    """Example-level figures, one row per lever."""
+    keys = ["models", "cpu_minutes", "target_accuracy", "influence_leak_precision", "datamodels_leak_precision",
+            "datamodels_leak_precision_per_target_z", "influence_flip_auc", "datamodels_flip_auc", "influence_lds",
+            "datamodel_lds"]
+    lines = ["| lever | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
+    for name, r in results.items():
+        if r.get("level") == "example":
+            lines.append(f"| {name} | " + " | ".join(str(r.get(k, "—")) for k in keys) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: dict[str, dict[str, Any]], png: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (by_models, by_minutes) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for index, (name, r) in enumerate(r for r in results.items() if r[1].get("level") != "example"):
+        colour = f"C{index % 10}"
+        for estimator, style in zip(ESTIMATORS, ("-", "--")):
+            points = [(c, v) for c, v in _halves(r[estimator]) if v is not None]
+            if not points:
+                continue
+            label = name if estimator == ESTIMATORS[0] else None
+            by_models.errorbar([c for c, _ in points], [v["mean"] for _, v in points],
+                               yerr=[v["sd"] for _, v in points], marker="o", capsize=3, ls=style, color=colour,
+                               label=label)
+            by_minutes.plot([v["cpu_minutes"] for _, v in points], [v["mean"] for _, v in points], marker="o",
+                            ls=style, color=colour)
+    for ax, label in ((by_models, "models"), (by_minutes, "CPU-minutes of training")):
+        ax.axhline(TARGET_RELIABILITY, color="grey", ls=":", lw=1)
+        ax.set_xlabel(label)
+        ax.set_ylabel("split-half Spearman, per-class mean influence")
+        ax.set_ylim(-0.4, 1.0)
+    by_models.set_title("solid: difference of means, dashed: regression", fontsize=9)
+    by_models.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--levers", default="default,logits-antithetic,ridge-logits-antithetic",
+                        help=f"comma-separated, from: {', '.join(LEVERS)}")
+    parser.add_argument("--models", type=int, default=256)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=Path("runs/signal"))
+    parser.add_argument("--seed-check", default=None, help="lever to retrain with shared training seed 1")
+    parser.add_argument("--analyse", nargs="*", type=Path, default=None, help="only analyse these stores")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    results: dict[str, dict[str, Any]] = {}
+    if args.analyse is not None:
+        for path in args.analyse:
+            results[path.stem] = analyse(path)
+            print_row(path.stem, results[path.stem])
+    else:
+        names = [n for n in args.levers.split(",") if n]
+        unknown = [n for n in names if n not in LEVERS]
+        if unknown:
+            raise SystemExit(f"unknown lever(s) {', '.join(unknown)}; choose from {', '.join(LEVERS)}")
+        jobs = [(n, 0) for n in names] + ([(args.seed_check, 1)] if args.seed_check else [])
+        for name, seed in jobs:
+            label = name if seed == 0 else f"{name}@seed{seed}"
+            path = args.out / f"{label}-{args.models}.h5"
+            wall = train_lever(path, lever_recipe(LEVERS[name], args.models, seed), args.workers)
+            results[label] = {**analyse(path), "overrides": LEVERS[name], "train_wall_s_now": round(wall, 1)}
+            print_row(label, results[label])
+        if args.seed_check:
+            moved = ranking_agreement(results[args.seed_check], results[f"{args.seed_check}@seed1"])
+            print(f"ranking agreement between shared training seeds 0 and 1 ({args.seed_check}): Spearman {moved:+.3f}")
+            results[f"{args.seed_check}@seed1"]["agreement_with_seed0"] = round(moved, 3)
+    (args.out / "signal.json").write_text(json.dumps(results, indent=1))
+    (args.out / "signal-table.md").write_text(markdown_table(results) + "\n" + example_table(results))
+    plot(results, args.out / "signal.png")
+    print(f"wrote {args.out / 'signal.json'}, {args.out / 'signal-table.md'} and {args.out / 'signal.png'}")
+
+
+if __name__ == "__main__":
+    main()
