@@ -341,7 +341,7 @@ def data_write_beton(dataset: str, out: Path, split: str, image_field: str, forc
 
 @cli.command()
 @click.option("--quick", "scale", flag_value="quick", help="A tiny run for smoke tests (about two minutes).")
-@click.option("--full", "scale", flag_value="full", help="The scale the reliability study asks for (about an hour).")
+@click.option("--full", "scale", flag_value="full", help="The recipes' own scale, the one docs/signal.md measures (about 25 minutes).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("stores/demo"),
               show_default=True, help="Folder for the demo's stores, estimates and report.")
 @click.option("--workers", type=click.IntRange(min=1), default=lambda: os.cpu_count() or 1,
@@ -363,6 +363,8 @@ def demo(scale: str | None, out: Path, workers: int, device: str, as_json: bool)
         _echo_json(results)
         return
     click.echo(f"report: {results['report']}")
+    click.echo(f"scale: {results['models']['class']} class-level and {results['models']['example']} example-level "
+               "models (docs/signal.md shows how each figure grows with models)")
     for name, value in results["lds"].items():
         click.echo(f"LDS {name}: {'undefined' if value is None else f'{value:.3f}'}")
     click.echo("digit glyph class rank for MNIST digit d: "
@@ -372,7 +374,8 @@ def demo(scale: str | None, out: Path, workers: int, device: str, as_json: bool)
         click.echo(f"counterfactual ({order} classes removed): {rows}")
     leak, flips = results["leakage"], results["mislabels"]
     if leak:
-        click.echo(f"leakage: {json.dumps(leak)}")
+        click.echo(f"leakage: precision@{leak['k']} {leak['precision_at_k']:.3f} ({leak['hits']} of "
+                   f"{leak['planted_leaks']} planted leaks), decoys flagged {leak['decoys_flagged']}")
     if flips:
         click.echo(f"mislabels: AUC {flips['auc']:.3f}, precision@{flips['k']} {flips['precision_at_k']:.3f}")
 
@@ -525,16 +528,22 @@ def counterfactual_cmd(recipe_path: Path, influence_path: Path, order: str, ks: 
 @cli.command()
 @click.argument("estimate_path", metavar="DATAMODELS.h5|INFLUENCE.h5", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--top", type=click.IntRange(min=1), default=20, show_default=True, help="How many pairs to flag (k).")
-@click.option("--per-target", is_flag=True, help="Rank by influence standardised within each target example.")
+@click.option("--ranking", type=click.Choice(["two-way-z", "target-z", "influence"]), default="two-way-z",
+              show_default=True, help="Pair score: influence standardised within its target and its source "
+              "(two-way-z), within its target only, or raw influence.")
+@click.option("--all-pairs", is_flag=True, help="List several pairs per source example (default: its best one).")
 @STORE_OPTION
 @JSON_OPTION
 @PNG_OPTION
-def leakage(estimate_path: Path, top: int, per_target: bool, store_path: Path | None, as_json: bool,
+def leakage(estimate_path: Path, top: int, ranking: str, all_pairs: bool, store_path: Path | None, as_json: bool,
             png: Path | None) -> None:
-    """(source example, target example) pairs with the largest example-level influence: possible leaks.
+    """(source example, target example) pairs that stand out by example-level influence: possible leaks.
 
-    Each pair has a pixel near-duplicate score (correlation after resizing to 16x16). With planted ground
-    truth in the run store, also prints precision@k / recall@k and decoys flagged.
+    A copy of a target image stands out both for that target and for itself, so pairs are scored by
+    influence standardised within the target's column and the source's row, one pair per source example.
+    Each pair has a pixel near-duplicate score (correlation after resizing to 16x16) for a person to
+    confirm. With planted ground truth in the run store, also prints precision@k / recall@k and decoys
+    flagged.
 
     \b
     Example:
@@ -542,15 +551,15 @@ def leakage(estimate_path: Path, top: int, per_target: bool, store_path: Path | 
     """
     from dmtoolkit.analyze import detect_leakage
 
-    result = detect_leakage(estimate_path, top=top, store=store_path, per_target=per_target, png=png)
+    result = detect_leakage(estimate_path, top=top, store=store_path, ranking=ranking, all_pairs=all_pairs, png=png)
     if as_json:
         _echo_json(result)
         return
     width = max([len(p["source_id"]) for p in result["pairs"]] + [6])
     click.echo(f"{'rank':>4}  {'source':<{width}} {'label':<6} {'target':>6} {'label':<6} {'influence':>10} "
-               f"{'z' if per_target else '':>6} {'pixel':>6}")
+               f"{'score':>6} {'pixel':>6}")
     for p in result["pairs"]:
-        z = f"{p['ranking_score']:>6.2f}" if per_target else " " * 6
+        z = f"{p['ranking_score']:>6.2f}" if ranking != "influence" else " " * 6
         click.echo(f"{p['rank']:>4}  {p['source_id']:<{width}} {p['source_label']:<6} {p['target']:>6} "
                    f"{p['target_label']:<6} {p['influence']:>+10.4f} {z} {p['pixel_score']:>6.3f}")
     if "planted" in result:
@@ -563,10 +572,15 @@ def leakage(estimate_path: Path, top: int, per_target: bool, store_path: Path | 
 @cli.command()
 @click.argument("estimate_path", metavar="DATAMODELS.h5|INFLUENCE.h5", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--top", type=click.IntRange(min=1), default=20, show_default=True, help="How many candidates (k).")
+@click.option("--by", type=click.Choice(["worst", "mean"]), default="worst", show_default=True,
+              help="Score a source example by its most negative influence on any target, or its mean over targets.")
 @STORE_OPTION
 @JSON_OPTION
-def mislabels(estimate_path: Path, top: int, store_path: Path | None, as_json: bool) -> None:
-    """Source examples with the most negative mean influence over the target set: possible mislabels.
+def mislabels(estimate_path: Path, top: int, by: str, store_path: Path | None, as_json: bool) -> None:
+    """Source examples that hurt the target set most: possible mislabels.
+
+    A mislabelled image hurts the few target images that resemble it, so the default score is its most
+    negative influence on any one target (`--by mean` averages over all targets instead).
 
     With planted label flips in the run store, also prints the AUC and precision@k.
 
@@ -576,13 +590,13 @@ def mislabels(estimate_path: Path, top: int, store_path: Path | None, as_json: b
     """
     from dmtoolkit.analyze import detect_mislabels
 
-    result = detect_mislabels(estimate_path, top=top, store=store_path)
+    result = detect_mislabels(estimate_path, top=top, store=store_path, by=by)
     if as_json:
         _echo_json(result)
         return
     width = max([len(c["source_id"]) for c in result["candidates"]] + [6])
     for c in result["candidates"]:
-        click.echo(f"{c['rank']:>4}  {c['source_id']:<{width}} {c['label']:<6} {c['mean_influence']:+.5f}")
+        click.echo(f"{c['rank']:>4}  {c['source_id']:<{width}} {c['label']:<6} {c['score']:+.5f}")
     if "planted" in result:
         s = result["planted"]
         auc = "-" if s["auc"] is None else f"{s['auc']:.3f}"

@@ -20,7 +20,7 @@ from dmtoolkit.analyze import (
     rank_classes,
     subpopulation,
 )
-from dmtoolkit.analyze.examples import auc
+from dmtoolkit.analyze.examples import auc, top_pairs, two_way_z
 from dmtoolkit.errors import UserError
 from dmtoolkit.estimate import compute_influence, fit_datamodels
 from dmtoolkit.recipe import parse_recipe_dict
@@ -205,7 +205,7 @@ def test_leakage_finds_planted_pairs(example_files: dict, tmp_path: Path) -> Non
     assert all(p["pixel_score"] == pytest.approx(1.0) for p in result["pairs"])
     assert result["planted"] == {"k": 2, "planted_leaks": 2, "hits": 2, "precision_at_k": 1.0, "recall_at_k": 1.0,
                                  "decoys_flagged": 0}
-    wide = detect_leakage(infl, top=10)
+    wide = detect_leakage(infl, top=10, ranking="influence", all_pairs=True)
     flat = np.argsort(-expected.ravel(), kind="stable")[:10]
     assert [(p["source"], p["target"]) for p in wide["pairs"]] == [tuple(map(int, np.unravel_index(i, expected.shape)))
                                                                    for i in flat]
@@ -222,8 +222,40 @@ def test_leakage_on_datamodels_slice(example_files: dict) -> None:
     assert out.exit_code == 0 and "precision@1 1.000" in out.output
 
 
+def test_leakage_default_scores_match_numpy(example_files: dict) -> None:
+    with h5py.File(example_files["influence"]) as f:
+        matrix = f["influence"][()].astype(np.float64)
+    score = (matrix - matrix.mean(0)) / matrix.std(0)
+    score += ((matrix.T - matrix.T.mean(0)) / matrix.T.std(0)).T
+    best = score.argmax(1)
+    expected = np.argsort(-score[np.arange(len(score)), best], kind="stable")[:5]
+    result = detect_leakage(example_files["influence"], top=5)
+    assert result["ranking"] == "two-way-z" and result["one_per_source"]
+    assert [(p["source"], p["target"]) for p in result["pairs"]] == [(int(i), int(best[i])) for i in expected]
+    np.testing.assert_allclose([p["ranking_score"] for p in result["pairs"]], score[expected, best[expected]],
+                               rtol=1e-5)
+    assert len({p["source"] for p in result["pairs"]}) == 5
+
+
+def test_two_way_z_prefers_a_copy_to_a_source_that_helps_many_targets() -> None:
+    rng = np.random.default_rng(0)
+    matrix = rng.normal(0, 0.01, (30, 40))
+    matrix[0, :8] += 1.0   # helps eight look-alike targets (an in-distribution image, a decoy)
+    matrix[1, 20] += 0.8   # helps one target far more than any other: a copy of it
+    units, columns = top_pairs(matrix, 1, one_per_source=True)
+    assert units[0] == 0  # raw influence flags the broad helper first
+    units, columns = top_pairs(two_way_z(matrix), 1, one_per_source=True)
+    assert (units[0], columns[0]) == (1, 20)
+    assert list(top_pairs(matrix, 3)[0]) == [0, 0, 0] and len(set(top_pairs(matrix, 3, one_per_source=True)[0])) == 3
+
+
 def test_mislabels_auc_and_precision(example_files: dict) -> None:
+    worst = diff_of_means(example_files["masks"], example_files["margins"]).min(1)
     result = detect_mislabels(example_files["influence"], top=2)
+    assert result["by"] == "worst"
+    assert [c["source"] for c in result["candidates"]] == list(np.argsort(worst, kind="stable")[:2])
+    np.testing.assert_allclose([c["score"] for c in result["candidates"]], np.sort(worst)[:2], atol=1e-5)
+    result = detect_mislabels(example_files["influence"], top=2, by="mean")
     mean = diff_of_means(example_files["masks"], example_files["margins"]).mean(1)
     assert [c["source"] for c in result["candidates"]] == list(np.argsort(mean, kind="stable")[:2])
     assert {c["source"] for c in result["candidates"]} == {3, 9}
@@ -232,7 +264,8 @@ def test_mislabels_auc_and_precision(example_files: dict) -> None:
     expected_auc = np.mean([(p > q) + 0.5 * (p == q) for p in pos for q in neg])
     assert result["planted"]["auc"] == pytest.approx(expected_auc)
     assert result["planted"]["precision_at_k"] == 1.0
-    out = CliRunner().invoke(cli, ["mislabels", str(example_files["influence"]), "--top", "2", "--json"])
+    out = CliRunner().invoke(cli, ["mislabels", str(example_files["influence"]), "--top", "2", "--by", "mean",
+                                   "--json"])
     assert out.exit_code == 0 and json.loads(out.stdout)["planted"]["auc"] == pytest.approx(expected_auc)
 
 
@@ -261,14 +294,21 @@ def test_leakage_per_target_ranking(example_files: dict) -> None:
     with h5py.File(example_files["influence"]) as f:
         matrix = f["influence"][()].astype(np.float64)
     z = (matrix - matrix.mean(0)) / matrix.std(0)
-    result = detect_leakage(example_files["influence"], top=5, per_target=True)
+    result = detect_leakage(example_files["influence"], top=5, ranking="target-z", all_pairs=True)
     flat = np.argsort(-z.ravel(), kind="stable")[:5]
     assert [(p["source"], p["target"]) for p in result["pairs"]] == [
         tuple(map(int, np.unravel_index(i, z.shape))) for i in flat]
     np.testing.assert_allclose([p["ranking_score"] for p in result["pairs"]], z.ravel()[flat], rtol=1e-6)
-    assert result["ranking"] == "per-target z-score"
-    out = CliRunner().invoke(cli, ["leakage", str(example_files["influence"]), "--top", "2", "--per-target"])
+    assert result["ranking"] == "target-z"
+    out = CliRunner().invoke(cli, ["leakage", str(example_files["influence"]), "--top", "2", "--ranking", "target-z",
+                                   "--all-pairs"])
     assert out.exit_code == 0 and "precision@2 1.000" in out.output
+    bad = CliRunner().invoke(cli, ["leakage", str(example_files["influence"]), "--ranking", "pixels"])
+    assert bad.exit_code == 2 and "'pixels' is not one of" in bad.output
+    with pytest.raises(UserError, match="--ranking 'pixels' is not one of two-way-z, target-z, influence"):
+        detect_leakage(example_files["influence"], ranking="pixels")
+    with pytest.raises(UserError, match="--by 'median' is not one of worst, mean"):
+        detect_mislabels(example_files["influence"], by="median")
 
 
 def test_class_positions(class_files: tuple[Path, Path]) -> None:

@@ -69,19 +69,57 @@ def per_target_z(matrix: np.ndarray) -> np.ndarray:
         return np.where(std > 0, (matrix - mean) / np.where(std > 0, std, 1), 0.0)
 
 
-def detect_leakage(path: str | Path, *, top: int = 20, store: str | Path | None = None, per_target: bool = False,
-                   png: str | Path | None = None, png_pairs: int = 12) -> dict[str, Any]:
+def two_way_z(matrix: np.ndarray) -> np.ndarray:
+    """Standardised within its target column plus within its source row.
+
+    A copy of a target stands out both among the sources for that target and among the targets for that
+    source; a source that helps many look-alike targets (an in-distribution image, a near-duplicate of a
+    whole class) stands out only in the first way.
+    """
+    return per_target_z(matrix) + per_target_z(matrix.T).T
+
+
+LEAK_RANKINGS = {"two-way-z": two_way_z, "target-z": per_target_z, "influence": lambda m: m}
+
+
+def _example_estimate(path: str | Path, command: str) -> Estimate:
+    est = load_estimate(path)
+    require_kind(est, "example", command)
+    return est
+
+
+def top_pairs(matrix: np.ndarray, n: int, one_per_source: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(unit, column) indices of the n largest finite entries, largest first (ties: row-major order).
+
+    With `one_per_source`, each unit contributes only its largest entry.
+    """
+    scores = np.where(np.isfinite(matrix), matrix, -np.inf)
+    if one_per_source:
+        defined = np.flatnonzero(np.isfinite(matrix).any(1))
+        best = np.argmax(scores[defined], axis=1)
+        order = np.argsort(-scores[defined, best], kind="stable")[:n]
+        return defined[order], best[order]
+    n = min(n, int(np.isfinite(matrix).sum()))
+    order = np.argsort(-scores.ravel(), kind="stable")[:n]
+    return np.unravel_index(order, matrix.shape)
+
+
+def detect_leakage(path: str | Path, *, top: int = 20, store: str | Path | None = None, ranking: str = "two-way-z",
+                   all_pairs: bool = False, png: str | Path | None = None, png_pairs: int = 12) -> dict[str, Any]:
     """(source example, target example) pairs ranked by example-level influence, each with a pixel score.
 
-    `per_target=True` ranks by the influence standardised within each target (see `per_target_z`).
+    `ranking` scores each pair (see LEAK_RANKINGS); by default each source example is flagged at most once,
+    with its best-scoring target (a copy has one twin; `all_pairs` lists every pair instead).
     With planted ground truth in the store, adds precision@k / recall@k (k = top) for planted leaks
     (the exact pair) and the number of flagged pairs whose source example is a planted decoy.
     """
     if top < 1:
         raise UserError(f"--top {top} must be at least 1")
+    if ranking not in LEAK_RANKINGS:
+        raise UserError(f"--ranking {ranking!r} is not one of {', '.join(LEAK_RANKINGS)}")
     est = _example_estimate(path, "leakage")
-    ranking = per_target_z(est.matrix) if per_target else est.matrix
-    units, columns = top_pairs(np.where(np.isfinite(est.matrix), ranking, np.nan), top)
+    scores = LEAK_RANKINGS[ranking](est.matrix)
+    units, columns = top_pairs(np.where(np.isfinite(est.matrix), scores, np.nan), top, one_per_source=not all_pairs)
     targets = est.target_index[columns]
     with RunStore(store_path_of(est, store)) as run:
         f = run.file
@@ -89,13 +127,13 @@ def detect_leakage(path: str | Path, *, top: int = 20, store: str | Path | None 
         tgt_images = np.stack([f["target/images"][j] for j in targets]) if len(units) else None
         src_labels, tgt_labels = f["source/labels"][()], f["target/labels"][()]
         src_names, tgt_names = run.strings("source/class_names"), run.strings("target/class_names")
-        scores = near_duplicate_scores(src_images, tgt_images) if len(units) else np.zeros(0)
+        pixel = near_duplicate_scores(src_images, tgt_images) if len(units) else np.zeros(0)
         pairs = [{"rank": r + 1, "source": int(i), "source_id": est.unit_names[i],
                   "source_label": src_names[src_labels[i]], "target": int(j), "target_label": tgt_names[tgt_labels[j]],
-                  "influence": float(est.matrix[i, c]), "ranking_score": float(ranking[i, c]), "pixel_score": float(s)}
-                 for r, (i, c, j, s) in enumerate(zip(units, columns, targets, scores))]
-        result: dict[str, Any] = {"file": str(est.path), "estimator": est.estimator,
-                                  "ranking": "per-target z-score" if per_target else "influence", "pairs": pairs}
+                  "influence": float(est.matrix[i, c]), "ranking_score": float(scores[i, c]), "pixel_score": float(s)}
+                 for r, (i, c, j, s) in enumerate(zip(units, columns, targets, pixel))]
+        result: dict[str, Any] = {"file": str(est.path), "estimator": est.estimator, "ranking": ranking,
+                                  "one_per_source": not all_pairs, "pairs": pairs}
         if run.has_planted:  # scoring only: read after detection
             leak, decoy = f["source/planted_leak"][()], f["source/planted_decoy"][()]
             result["planted"] = score_leakage(units, targets, leak, decoy, est.target_index)
@@ -132,28 +170,44 @@ def auc(scores: np.ndarray, positive: np.ndarray) -> float | None:
     return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
-def detect_mislabels(path: str | Path, *, top: int = 20, store: str | Path | None = None) -> dict[str, Any]:
-    """Source examples ranked by mean influence over the target set, most negative first.
+def mislabel_scores(matrix: np.ndarray, by: str) -> np.ndarray:
+    """Per source example, how much it hurts: its mean influence over the targets, or its most negative one
+    ("worst": a mislabelled image does its harm on the few targets that resemble it, which a mean dilutes).
+    NaN where no entry is defined."""
+    finite = np.isfinite(matrix)
+    with np.errstate(invalid="ignore"):
+        if by == "worst":
+            return np.where(finite.any(1), np.where(finite, matrix, np.inf).min(1), np.nan)
+        counts = finite.sum(1)
+        return np.where(counts > 0, np.where(finite, matrix, 0).sum(1) / np.maximum(counts, 1), np.nan)
 
-    With planted label flips in the store, adds the AUC of (− mean influence) for flipped examples and
+
+MISLABEL_SCORES = ("worst", "mean")
+
+
+def detect_mislabels(path: str | Path, *, top: int = 20, store: str | Path | None = None,
+                     by: str = "worst") -> dict[str, Any]:
+    """Source examples ranked by how much they hurt the target set (`mislabel_scores`), most harmful first.
+
+    With planted label flips in the store, adds the AUC of (− score) for flipped examples and
     precision@k (k = top).
     """
     if top < 1:
         raise UserError(f"--top {top} must be at least 1")
+    if by not in MISLABEL_SCORES:
+        raise UserError(f"--by {by!r} is not one of {', '.join(MISLABEL_SCORES)}")
     est = _example_estimate(path, "mislabels")
-    with np.errstate(invalid="ignore"):
-        finite = np.isfinite(est.matrix)
-        counts = finite.sum(1)
-        mean = np.where(counts > 0, np.where(finite, est.matrix, 0).sum(1) / np.maximum(counts, 1), np.nan)
-    defined = np.flatnonzero(np.isfinite(mean))
-    order = defined[np.argsort(mean[defined], kind="stable")]
+    score = mislabel_scores(est.matrix, by)
+    defined = np.flatnonzero(np.isfinite(score))
+    order = defined[np.argsort(score[defined], kind="stable")]
     flagged = order[:top]
     with RunStore(store_path_of(est, store)) as run:
         f = run.file
         labels, names = f["source/labels"][()], run.strings("source/class_names")
         candidates = [{"rank": r + 1, "source": int(i), "source_id": est.unit_names[i],
-                       "label": names[labels[i]], "mean_influence": float(mean[i])} for r, i in enumerate(flagged)]
-        result: dict[str, Any] = {"file": str(est.path), "estimator": est.estimator, "candidates": candidates}
+                       "label": names[labels[i]], "score": float(score[i])} for r, i in enumerate(flagged)]
+        result: dict[str, Any] = {"file": str(est.path), "estimator": est.estimator, "by": by,
+                                  "candidates": candidates}
         if run.has_planted:  # scoring only: read after detection
             flipped = f["source/planted_flip"][()].astype(bool)
             original = f["source/original_labels"][()]
@@ -163,7 +217,7 @@ def detect_mislabels(path: str | Path, *, top: int = 20, store: str | Path | Non
             k = len(flagged)
             result["planted"] = {
                 "k": k, "flipped": int(flipped.sum()),
-                "auc": auc(-mean[defined], flipped[defined]),
+                "auc": auc(-score[defined], flipped[defined]),
                 "precision_at_k": float(flipped[flagged].mean()) if k else None,
                 "hits": int(flipped[flagged].sum()),
             }
