@@ -276,6 +276,17 @@ def test_regression_needs_more_models_than_units(tmp_path: Path) -> None:
     assert "Traceback" not in run.output and not (tmp_path / "i.h5").exists()
 
 
+def test_regression_counts_complementary_pairs_once() -> None:
+    """Centred, a mask and its complement are the same row negated: 2n antithetic models span at most n units."""
+    rng = np.random.default_rng(3)
+    half = rng.random((10, 15)) < 0.5
+    masks = np.empty((20, 15), bool)
+    masks[0::2], masks[1::2] = half, ~half
+    margins = rng.normal(size=(20, 3)).astype(np.float32)
+    with pytest.raises(UserError, match="have 20 models spanning 10 of 15 units; complementary mask pairs count once"):
+        influence_from_arrays(masks, margins, device="cpu", estimator="regression", alpha=0.5)
+
+
 def test_regression_on_orthogonal_design_equals_difference_of_means(tmp_path: Path) -> None:
     from dmtoolkit.masks import make_masks
 

@@ -188,8 +188,8 @@ class RegressionAccumulator:
         rank = P - int(null.sum())
         if m <= rank + 1 or (null.any() and not fixed_size):
             raise UserError(f"the regression estimator needs more models than units + 1, with the masks not "
-                            f"collinear (have {m} models, {P} units); train more models or use "
-                            "--estimator difference-of-means")
+                            f"collinear (have {m} models spanning {rank} of {P} units; complementary mask "
+                            "pairs count once); train more models or use --estimator difference-of-means")
         inverse_values = torch.where(null, torch.zeros_like(values), 1 / values)
         pseudo_inverse = (vectors * inverse_values) @ vectors.T
         coef = pseudo_inverse @ cross
