@@ -11,6 +11,7 @@ that lever with another shared training seed and reports how far its ranking mov
     .venv/bin/python benchmarks/signal_study.py --models 256 --out runs/signal \\
         --levers default,logits-antithetic,ridge-logits-antithetic [--seed-check ridge-logits-antithetic]
     .venv/bin/python benchmarks/signal_study.py --analyse runs/signal/*.h5     # no training
+    .venv/bin/python benchmarks/signal_study.py --merge runs/*/signal.json --out runs/all   # no computing
 
 Writes OUT/signal.json, OUT/signal-table.md (the ablation table) and OUT/signal.png (split-half against
 models and against CPU-minutes).
@@ -20,12 +21,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import tempfile
 import time
 import warnings
 from pathlib import Path
 from typing import Any
 
+import h5py
 import numpy as np
 
 from dmtoolkit.analyze import detect_leakage, detect_mislabels
@@ -54,6 +57,9 @@ ORIGINAL: dict[str, Any] = {"source.classes": None, "source.max_per_class": 100,
                             "subsets.antithetic": False, "transfer.head": "logistic", "transfer.ridge": 1.0}
 RIDGE: dict[str, Any] = {"transfer.head": "ridge", "subsets.antithetic": True}
 DIGITS_AND_CAPITALS = [*"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"]
+# The session-1 example-level recipe (135 classes, 8 epochs of batch 128, logistic head, random masks).
+EXAMPLE_ORIGINAL: dict[str, Any] = {"source.classes": None, "training.epochs": 8, "training.batch_size": 128,
+                                    "transfer.head": "logistic", "subsets.antithetic": False}
 
 LEVERS: dict[str, dict[str, Any]] = {
     "naive": {"training.randomness": "per-model", "transfer.feature_layer": "conv"},
@@ -89,10 +95,11 @@ LEVERS: dict[str, dict[str, Any]] = {
     "ridge-36-classes-200-per-class-penalty-0.1": {**RIDGE, "source.classes": DIGITS_AND_CAPITALS,
                                                    "training.epochs": 3, "source.max_per_class": 200,
                                                    "transfer.ridge": 0.1},
-    "examples-logistic": {"recipe": EXAMPLE_RECIPE, "transfer.head": "logistic", "subsets.antithetic": False},
-    "examples-ridge-antithetic": {"recipe": EXAMPLE_RECIPE, **RIDGE},
-    "examples-ridge-36-classes": {"recipe": EXAMPLE_RECIPE, **RIDGE, "source.classes": DIGITS_AND_CAPITALS},
-    "examples-default": {"recipe": EXAMPLE_RECIPE},
+    "examples-logistic": {"recipe": EXAMPLE_RECIPE, **EXAMPLE_ORIGINAL},
+    "examples-ridge-antithetic": {"recipe": EXAMPLE_RECIPE, **EXAMPLE_ORIGINAL, **RIDGE},
+    "examples-ridge-36-classes": {"recipe": EXAMPLE_RECIPE, **EXAMPLE_ORIGINAL, **RIDGE,
+                                  "source.classes": DIGITS_AND_CAPITALS},
+    "examples-default": {"recipe": EXAMPLE_RECIPE},   # 36 classes, ridge, antithetic, trained to memorise
 }
 
 
@@ -228,11 +235,12 @@ def example_reliability(path: Path) -> dict[str, Any]:
                 planted = detect_leakage(estimate, top=leaks)["planted"]
                 figures[f"{name}_leak_precision"] = round(planted["precision_at_k"], 3)
                 figures[f"{name}_decoys_flagged"] = planted["decoys_flagged"]
-                per_target = detect_leakage(estimate, top=leaks, per_target=True)["planted"]
-                figures[f"{name}_leak_precision_per_target_z"] = round(per_target["precision_at_k"], 3)
-            flips = detect_mislabels(estimate).get("planted")
-            if flips and flips["auc"] is not None:
-                figures[f"{name}_flip_auc"] = round(flips["auc"], 3)
+                raw = detect_leakage(estimate, top=leaks, ranking="influence", all_pairs=True)["planted"]
+                figures[f"{name}_leak_precision_raw_pairs"] = round(raw["precision_at_k"], 3)
+            for by in ("worst", "mean"):
+                flips = detect_mislabels(estimate, by=by).get("planted")
+                if flips and flips["auc"] is not None:
+                    figures[f"{name}_flip_auc{'' if by == 'worst' else '_mean'}"] = round(flips["auc"], 3)
     return figures
 
 
@@ -261,15 +269,34 @@ def analyse(path: Path) -> dict[str, Any]:
     return result
 
 
+def store_prefix(path: Path, count: int, out: Path) -> Path:
+    """A copy of the store in which only its first `count` completed models count as completed: the store
+    the same recipe would have given with fewer models (masks are drawn in order)."""
+    shutil.copyfile(path, out)
+    with h5py.File(out, "r+") as f:
+        completed = f["completed"][()].astype(bool)
+        completed[np.flatnonzero(completed)[count:]] = False
+        f["completed"][...] = completed
+    return out
+
+
 def analyse_examples(path: Path) -> dict[str, Any]:
-    """Figures of an example-level store: size, cost, accuracy and the detection/LDS figures."""
+    """Figures of an example-level store at 1/4, 1/2 and all of its models: size, cost, accuracy and the
+    detection/LDS figures."""
     with RunStore(path) as store:
         rows = store.completed_rows()
         seconds = store.file["seconds"][()][rows]
         accuracy = store.file["target_accuracy"][()][rows]
-    return {"store": str(path), "level": "example", "models": len(rows),
-            "cpu_minutes": round(float(seconds.sum()) / 60, 1), "target_accuracy": round(float(accuracy.mean()), 4),
-            **example_reliability(path)}
+    result: dict[str, Any] = {"store": str(path), "level": "example", "models": len(rows),
+                              "cpu_minutes": round(float(seconds.sum()) / 60, 1),
+                              "target_accuracy": round(float(accuracy.mean()), 4)}
+    with tempfile.TemporaryDirectory() as tmp:
+        for frac in FRACTIONS[:-1]:
+            count = int(len(rows) * frac)
+            prefix = store_prefix(path, count, Path(tmp) / f"prefix-{count}.h5")
+            result[f"at@{count}"] = {"cpu_minutes": round(float(seconds[:count].sum()) / 60, 1),
+                                     **example_reliability(prefix)}
+    return {**result, **example_reliability(path)}
 
 
 def ranking_agreement(a: dict[str, Any], b: dict[str, Any]) -> float:
@@ -289,8 +316,9 @@ def _fmt(value: Any, spec: str = "+.2f") -> str:
 
 def print_row(name: str, r: dict[str, Any]) -> None:
     if r.get("level") == "example":
-        figures = "  ".join(f"{k} {v}" for k, v in r.items() if k not in ("store", "level", "overrides"))
-        print(f"{name:28s} {figures}", flush=True)
+        for models, figures in _example_sizes(r):
+            shown = "  ".join(f"{k} {v}" for k, v in figures.items() if k not in ("store", "level", "overrides", "models"))
+            print(f"{name:28s} models {models:5d}  {shown}", flush=True)
         return
     base = r["baseline_accuracy"]
     print(f"{name:28s} models {r['models']:5d}  cpu-min {r['cpu_minutes']:6.1f}  acc {r['target_accuracy']:.3f} "
@@ -323,22 +351,39 @@ def markdown_table(results: dict[str, dict[str, Any]]) -> str:
 def example_table(results: dict[str, dict[str, Any]]) -> str:
     """Example-level figures, one row per lever."""
     keys = ["models", "cpu_minutes", "target_accuracy", "influence_leak_precision", "datamodels_leak_precision",
-            "datamodels_leak_precision_per_target_z", "influence_flip_auc", "datamodels_flip_auc", "influence_lds",
-            "datamodel_lds"]
+            "influence_leak_precision_raw_pairs", "influence_flip_auc", "datamodels_flip_auc", "influence_flip_auc_mean",
+            "influence_lds", "datamodel_lds"]
     lines = ["| lever | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
     for name, r in results.items():
         if r.get("level") == "example":
-            lines.append(f"| {name} | " + " | ".join(str(r.get(k, "—")) for k in keys) + " |")
+            for models, figures in _example_sizes(r):
+                lines.append(f"| {name} | {models} | " + " | ".join(str(figures.get(k, "—")) for k in keys[1:]) + " |")
     return "\n".join(lines) + "\n"
 
 
+def _example_sizes(r: dict[str, Any]) -> list[tuple[int, dict[str, Any]]]:
+    """(models, figures) at each analysed size of an example-level result, smallest first."""
+    sizes = [(int(k.split("@")[1]), v) for k, v in r.items() if k.startswith("at@")]
+    return [*sizes, (r["models"], {k: v for k, v in r.items() if not k.startswith("at@")})]
+
+
+EXAMPLE_CURVES = (("influence_leak_precision", "leak precision@L (influence)"),
+                  ("datamodels_flip_auc", "flipped-label AUC (datamodels)"),
+                  ("datamodel_lds", "datamodel LDS"))
+EXAMPLE_GOALS = {"influence_leak_precision": 0.8, "datamodels_flip_auc": 0.75, "datamodel_lds": 0.3}
+
+
 def plot(results: dict[str, dict[str, Any]], png: Path) -> None:
+    """Class level: split-half against models and CPU-minutes; example level (if any): detection and LDS
+    against models. Dotted lines are the goals."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (by_models, by_minutes) = plt.subplots(1, 2, figsize=(12, 4.5))
+    examples = {name: r for name, r in results.items() if r.get("level") == "example"}
+    fig, axes = plt.subplots(1, 3 if examples else 2, figsize=(18 if examples else 12, 4.5))
+    by_models, by_minutes = axes[0], axes[1]
     for index, (name, r) in enumerate(r for r in results.items() if r[1].get("level") != "example"):
         colour = f"C{index % 10}"
         for estimator, style in zip(ESTIMATORS, ("-", "--")):
@@ -356,10 +401,37 @@ def plot(results: dict[str, dict[str, Any]], png: Path) -> None:
         ax.set_xlabel(label)
         ax.set_ylabel("split-half Spearman, per-class mean influence")
         ax.set_ylim(-0.4, 1.0)
-    by_models.set_title("solid: difference of means, dashed: regression", fontsize=9)
-    by_models.legend(fontsize=7)
+    by_models.set_title("class level — solid: difference of means, dashed: regression", fontsize=9)
+    if by_models.get_legend_handles_labels()[0]:
+        by_models.legend(fontsize=7)
+    if examples:
+        ax = axes[2]
+        for index, (name, r) in enumerate(examples.items()):
+            sizes = _example_sizes(r)
+            for (key, label), marker in zip(EXAMPLE_CURVES, "osd"):
+                colour = f"C{list(EXAMPLE_GOALS).index(key)}"
+                ax.plot([m for m, _ in sizes], [f.get(key) for _, f in sizes], marker=marker, color=colour,
+                        alpha=1.0 if index == len(examples) - 1 else 0.4,
+                        label=f"{label}: {name}")
+                ax.axhline(EXAMPLE_GOALS[key], color=colour, ls=":", lw=1)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("models")
+        ax.set_ylim(0, 1.0)
+        ax.set_title("example level (dotted: goals)", fontsize=9)
+        ax.legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(png, dpi=110)
+
+
+def merge(paths: list[Path]) -> dict[str, dict[str, Any]]:
+    """Results of earlier runs (their signal.json files), one dict; later files win on equal names."""
+    results: dict[str, dict[str, Any]] = {}
+    for path in paths:
+        for name, r in json.loads(path.read_text()).items():
+            label = f"{name}-{r['models']}"
+            results[label] = r
+            print_row(label, r)
+    return results
 
 
 def main() -> None:
@@ -371,10 +443,14 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/signal"))
     parser.add_argument("--seed-check", default=None, help="lever to retrain with shared training seed 1")
     parser.add_argument("--analyse", nargs="*", type=Path, default=None, help="only analyse these stores")
+    parser.add_argument("--merge", nargs="*", type=Path, default=None,
+                        help="only combine earlier runs' signal.json files into one table and plot")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     results: dict[str, dict[str, Any]] = {}
-    if args.analyse is not None:
+    if args.merge is not None:
+        results = merge(args.merge)
+    elif args.analyse is not None:
         for path in args.analyse:
             results[path.stem] = analyse(path)
             print_row(path.stem, results[path.stem])

@@ -41,8 +41,10 @@ class DemoScale:
 
 SCALES = {
     "quick": DemoScale(class_models=16, example_models=16, ks="0,5", repeats=1, lambdas=10),
-    "default": DemoScale(class_models=256, example_models=512, ks="0,5,10,20", repeats=3, lambdas=50),
-    "full": DemoScale(class_models=1024, example_models=4096, ks="0,5,10,20", repeats=5, lambdas=100),
+    # ~13 minutes on 2 cores: class split-half ≈ 0.8 at 768 models; example level at a quarter of its recipe
+    "default": DemoScale(class_models=768, example_models=512, ks="0,5,10,20", repeats=3, lambdas=50),
+    # the recipes' own scale, which docs/signal.md measures (~25 minutes on 2 cores)
+    "full": DemoScale(class_models=1024, example_models=2048, ks="0,5,10,20", repeats=5, lambdas=100),
 }
 
 
@@ -90,6 +92,7 @@ def run_demo(out: Path, *, scale: str = "default", workers: int = 2, device: str
     results = {
         "out": str(out),
         "scale": scale,
+        "models": {"class": size.class_models, "example": size.example_models},
         "lds": {name: evaluate(store, estimate)["lds_mean"] for name, store, estimate in (
             ("class influence", classes, class_influence),
             ("example influence", examples, example_influence),

@@ -138,6 +138,8 @@ def test_demo_quick(tmp_path: Path) -> None:
     result = run("demo", "--quick", "--out", tmp_path, "--workers", "2")
     assert result.exit_code == 0, result.output
     assert "report: " in result.output and "LDS class influence" in result.output
+    assert "scale: 16 class-level and 16 example-level models" in result.output
+    assert "leakage: precision@20 " in result.output and "planted leaks), decoys flagged" in result.output
     assert run("store", "validate", tmp_path / "class-runs.h5").exit_code == 0
 
 

@@ -56,3 +56,18 @@ def test_lever_recipes_are_valid_recipes() -> None:
     for name, overrides in study.LEVERS.items():
         recipe = study.lever_recipe(overrides, models=8)
         assert recipe.subsets.models == 8, name
+
+
+def test_store_prefix_keeps_only_the_first_completed_models(tmp_path: Path) -> None:
+    from dmtoolkit.store import RunStore
+    from tests.synthetic import synthetic_store
+
+    margins = np.arange(40, dtype=np.float32).reshape(10, 4)
+    completed = np.ones(10, bool)
+    completed[2] = False
+    store = synthetic_store(tmp_path / "runs.h5", margins, kind="example", completed=completed)
+    prefix = study.store_prefix(store, 5, tmp_path / "prefix.h5")
+    with RunStore(store) as full, RunStore(prefix) as part:
+        assert list(part.completed_rows()) == [0, 1, 3, 4, 5]
+        np.testing.assert_array_equal(part.read_rows(part.completed_rows())[1], full.read_rows([0, 1, 3, 4, 5])[1])
+        assert len(full.completed_rows()) == 9  # the original is untouched
