@@ -66,14 +66,16 @@ def test_a_group_failing_twice_is_reported_and_the_rest_kept(tmp_path: Path) -> 
 
 
 def test_ctrl_c_stops_cleanly_and_keeps_rows(tmp_path: Path) -> None:
-    # 400 models: enough that a busy machine cannot finish them all between the poll and the interrupt
-    recipe = write_recipe(tmp_path / "r.yaml", {**SMALL_RECIPE, "subsets": {**SMALL_RECIPE["subsets"], "models": 400},
+    recipe = write_recipe(tmp_path / "r.yaml", {**SMALL_RECIPE, "subsets": {**SMALL_RECIPE["subsets"], "models": 40},
                                                  "training": {**SMALL_RECIPE["training"], "models_per_batch": 1}})
     store = tmp_path / "runs.h5"
     subprocess.run([sys.executable, "cli.py", "init", str(recipe), str(store)], cwd=ROOT, check=True,
                    capture_output=True)
+    # The child gets the default SIGINT disposition even when the test runs in a background job, whose
+    # shell starts it with SIGINT ignored (Python then never raises KeyboardInterrupt).
     process = subprocess.Popen([sys.executable, "cli.py", "train", str(store), "--workers", "2", "--quiet"],
-                               cwd=ROOT, stderr=subprocess.PIPE, text=True, start_new_session=True)
+                               cwd=ROOT, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while time.time() < deadline:
         with h5py.File(store, "r", locking=False) as f:
@@ -89,4 +91,4 @@ def test_ctrl_c_stops_cleanly_and_keeps_rows(tmp_path: Path) -> None:
     assert check.returncode == 0, check.stderr
     with h5py.File(store, "r") as f:
         done = f["completed"][()]
-        assert 2 <= done.sum() < 400 and np.isfinite(f["margins"][()][done]).all()
+        assert 2 <= done.sum() < 40 and np.isfinite(f["margins"][()][done]).all()
