@@ -156,13 +156,16 @@ class Recipe(_Section):
     def hash(self) -> str:
         return hashlib.sha256(self.canonical_json().encode()).hexdigest()
 
-    def with_overrides(self, *, models: int | None = None, seed: int | None = None) -> "Recipe":
-        """The recipe with `--models` / `--seed` from the command line applied (and re-validated)."""
+    def with_overrides(self, *, models: int | None = None, seed: int | None = None,
+                       training_seed: int | None = None) -> "Recipe":
+        """The recipe with `--models` / `--seed` (subsets) or a training seed applied (and re-validated)."""
         data = self.model_dump(mode="json")
         if models is not None:
             data["subsets"]["models"] = models
         if seed is not None:
             data["subsets"]["seed"] = seed
+        if training_seed is not None:
+            data["training"]["seed"] = training_seed
         return parse_recipe_dict(data, origin="command-line overrides")
 
 

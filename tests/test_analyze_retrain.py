@@ -91,3 +91,15 @@ def test_verify_explanation_trains_pairs(real_files: dict) -> None:
                                    "--device", "cpu"])
     assert res.exit_code == 0, res.output
     assert f"verify: without {v['class']} correct {v['correct_removed']}/1, with it {v['correct_kept']}/1" in res.output
+
+
+def test_repeats_differ_in_training_randomness_even_when_shared(real_files: dict) -> None:
+    """Under shared randomness, repeat r moves the training seed: same repeat, same model; another, another."""
+    from dmtoolkit.analyze import train_masks
+
+    recipe = parse_recipe_dict({**SMALL_RECIPE, "training": {**SMALL_RECIPE.get("training", {}), "randomness": "shared"}})
+    mask = np.ones((1, real_files["data"].num_units(recipe.subsets.kind)), bool)
+    first, again, other = (train_masks(recipe, real_files["data"], mask, seed=5, repeat=r, device="cpu")[0]
+                           for r in (0, 0, 1))
+    np.testing.assert_array_equal(first.margins, again.margins)
+    assert not np.allclose(first.margins, other.margins)

@@ -25,15 +25,19 @@ def _progress(message: str) -> None:
     click.echo(message, err=True)
 
 
-def train_masks(recipe: Recipe, data: RunData, masks: np.ndarray, *, seed: int, device: str | None = None) -> list[Any]:
+def train_masks(recipe: Recipe, data: RunData, masks: np.ndarray, *, seed: int, repeat: int = 0,
+                device: str | None = None) -> list[Any]:
     """Train, transfer and score one model per mask row (run seed `seed`); results in row order.
 
-    Model i trains with the recipe's training seed for (seed, row i): two calls with the same seed and
-    the same number of rows give row i the same seed, so only the masks differ between them.
+    Model i trains with the seed for (training seed + `repeat`, seed, row i): two calls with the same
+    arguments and number of rows give row i the same seed, so only the masks differ between them. Repeat 0
+    uses the recipe's own training seed (the one shared-randomness influences are conditioned on); later
+    repeats move it, so repeats differ in training randomness under shared randomness too.
     """
     from dmtoolkit.train.job import RunContext
 
-    context = RunContext(recipe.with_overrides(seed=seed), np.asarray(masks, bool), data, device)
+    retrain = recipe.with_overrides(seed=seed, training_seed=recipe.training.seed + repeat)
+    context = RunContext(retrain, np.asarray(masks, bool), data, device)
     groups = -(-len(masks) // context.group_size)
     results = [r for g in range(groups) for r in context.compute_group(g)]
     return sorted(results, key=lambda r: r.index)
@@ -43,7 +47,7 @@ def verify_explanation(path: str | Path, target: int, repeats: int, *, store: st
                        device: str | None = None, progress: Callable[[str], None] = _progress) -> dict[str, Any]:
     """Train `repeats` models without target's most negative class and `repeats` with it (all other classes in).
 
-    Pair r of the two groups shares its training seed (run seed + r), so the class is the only difference.
+    Pair r of the two groups shares its training seeds (repeat r), so the class is the only difference.
     Returns the explanation plus how often the target is classified correctly in each group.
     """
     if repeats < 1:
@@ -63,7 +67,7 @@ def verify_explanation(path: str | Path, target: int, repeats: int, *, store: st
     started = time.perf_counter()
     for r in range(repeats):
         for name, mask in (("removed", removed), ("kept", kept)):
-            result = train_masks(recipe, data, mask, seed=base_seed + 1 + r, device=device)[0]
+            result = train_masks(recipe, data, mask, seed=base_seed + 1 + r, repeat=r, device=device)[0]
             correct[name].append(bool(result.margins[target] > 0))
         progress(f"verify: {r + 1}/{repeats} pairs trained ({time.perf_counter() - started:.0f}s)")
     explanation["verify"] = {
@@ -113,8 +117,8 @@ def counterfactual(recipe: Recipe, influence_path: str | Path, out: str | Path, 
                    progress: Callable[[str], None] = _progress) -> dict[str, Any]:
     """Retrain with the k most negative / positive / random classes removed; target accuracy per k.
 
-    Repeat r trains one model per k with run seed recipe.seed + 1 + r (with shared training randomness
-    all k of a repeat share initialisation and data order). Writes OUT.h5 (accuracy (repeats, len(k)),
+    Repeat r trains one model per k with run seed recipe.seed + 1 + r and training seed + r (with shared
+    training randomness all k of a repeat share initialisation and data order, and repeats differ). Writes OUT.h5 (accuracy (repeats, len(k)),
     masks, removed classes) and returns mean and std over repeats per k.
     """
     out = Path(out)
@@ -144,7 +148,7 @@ def counterfactual(recipe: Recipe, influence_path: str | Path, out: str | Path, 
     for r in range(repeats):
         for i, k in enumerate(k_list):
             all_masks[r, i, orders[r][:k]] = False
-        results = train_masks(recipe, data, all_masks[r], seed=recipe.subsets.seed + 1 + r, device=device)
+        results = train_masks(recipe, data, all_masks[r], seed=recipe.subsets.seed + 1 + r, repeat=r, device=device)
         accuracy[r] = [res.target_accuracy for res in results]
         progress(f"counterfactual: repeat {r + 1}/{repeats} done ({time.perf_counter() - started:.0f}s)")
     mean, std = accuracy.mean(0), accuracy.std(0, ddof=1) if repeats > 1 else np.zeros(len(k_list))
