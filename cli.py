@@ -192,8 +192,8 @@ def store_merge(inputs: tuple[Path, ...], output: Path, force: bool) -> None:
 @click.option("-o", "--output", "out_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="INFLUENCE.h5 to write.")
 @DEVICE
-@click.option("--block-rows", type=click.IntRange(min=1), default=1024, show_default=True,
-              help="Models read per block (stores larger than memory stream through).")
+@click.option("--block-rows", type=click.IntRange(min=1), default=None,
+              help="Models read per block (stores larger than memory stream through)  [default: 4096]")
 @click.option("--holdout-frac", type=float, default=0.1, show_default=True,
               help="Fraction of completed models left out for `dmtoolkit evaluate`.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the held-out split.")
@@ -203,7 +203,7 @@ def store_merge(inputs: tuple[Path, ...], output: Path, force: bool) -> None:
 @click.option("--errors/--no-errors", default=True, show_default=True,
               help="Standard errors per entry (--no-errors halves the arithmetic; no `stderr` dataset).")
 @click.option("--force", is_flag=True, help="Overwrite an existing output.")
-def influence(store_path: Path, out_path: Path, device: str, block_rows: int, holdout_frac: float, seed: int,
+def influence(store_path: Path, out_path: Path, device: str, block_rows: int | None, holdout_frac: float, seed: int,
               estimator: str, errors: bool, force: bool) -> None:
     """Difference-of-means influence of every unit (class or example) on every target example.
 
@@ -215,7 +215,8 @@ def influence(store_path: Path, out_path: Path, device: str, block_rows: int, ho
 
     with warnings.catch_warnings():  # reported below, one line each
         warnings.simplefilter("ignore", UndefinedInfluenceWarning)
-        result = compute_influence(store_path, out_path, device=_device(device), block_rows=block_rows,
+        blocks = {} if block_rows is None else {"block_rows": block_rows}
+        result = compute_influence(store_path, out_path, device=_device(device), **blocks,
                                    holdout_frac=holdout_frac, seed=seed, force=force, errors=errors,
                                    estimator=estimator)
     for warning in result.warnings:

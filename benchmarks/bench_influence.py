@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dmtoolkit.estimate.influence import compute_influence, influence_from_arrays
+from dmtoolkit.estimate.influence import BLOCK_ROWS, compute_influence, influence_from_arrays
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root, for tests.synthetic
 from tests.synthetic import synthetic_store
@@ -60,7 +60,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small problem (m=1000, P=300, T=500)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--block-rows", type=int, default=1024)
+    parser.add_argument("--block-rows", type=int, default=BLOCK_ROWS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     m, P, T = (1000, 300, 500) if args.quick else (4000, 1000, 2000)

@@ -317,3 +317,13 @@ def test_regression_with_fixed_size_subsets_gives_zero_sum_relative_effects() ->
     relative = oracle.coef_.T - oracle.coef_.T.mean(0)
     np.testing.assert_allclose(result.influence, relative, atol=1e-3)
     assert np.isfinite(result.stderr).all()
+
+
+def test_cli_help_states_the_block_size_the_estimator_uses() -> None:
+    from click.testing import CliRunner
+
+    from cli import cli
+    from dmtoolkit.estimate.influence import BLOCK_ROWS
+
+    out = CliRunner().invoke(cli, ["influence", "--help"])
+    assert out.exit_code == 0 and f"[default: {BLOCK_ROWS}]" in " ".join(out.output.split())

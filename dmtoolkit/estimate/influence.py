@@ -58,6 +58,12 @@ class Influence:
     warnings: tuple[str, ...]
 
 
+# Models per block: 4,096 rows keep the per-block passes (mask conversion, float64 accumulation) small
+# against the product (means-only 1.42x a bare GEMM at m=4000, P=1000, T=2000, against 1.55x with 1,024
+# rows) while a block of 4,096 x (P + 2T) float32 stays near 80 MB at that size.
+BLOCK_ROWS = 4096
+
+
 class InfluenceAccumulator:
     """Streaming sums for difference-of-means influence; feed row blocks with `add`, then call `result`.
 
@@ -241,7 +247,7 @@ def _finish(acc: InfluenceAccumulator | RegressionAccumulator, alpha: float,
 
 
 def influence_from_arrays(masks: np.ndarray, margins: np.ndarray, *, device: str | None = None,
-                          block_rows: int = 1024, errors: bool = True, estimator: str = "difference-of-means",
+                          block_rows: int = BLOCK_ROWS, errors: bool = True, estimator: str = "difference-of-means",
                           alpha: float | None = None) -> Influence:
     """Influence of in-memory masks (m, P) on margins (m, T) by `estimator`; `errors=False` skips the
     standard errors. `alpha` (default: the masks' mean) anchors the regression's `mean_margin`."""
@@ -255,7 +261,7 @@ def influence_from_arrays(masks: np.ndarray, margins: np.ndarray, *, device: str
 
 
 def compute_influence(store_path: str | Path, out_path: str | Path, *, device: str | None = None,
-                      block_rows: int = 1024, holdout_frac: float = 0.1, seed: int = 0,
+                      block_rows: int = BLOCK_ROWS, holdout_frac: float = 0.1, seed: int = 0,
                       force: bool = False, errors: bool = True, estimator: str = "difference-of-means") -> Influence:
     """Write INFLUENCE.h5 for a run store and return what was written.
 
