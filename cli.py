@@ -342,7 +342,7 @@ def data_write_beton(dataset: str, out: Path, split: str, image_field: str, forc
 
 @cli.command()
 @click.option("--quick", "scale", flag_value="quick", help="A tiny run for smoke tests (about two minutes).")
-@click.option("--full", "scale", flag_value="full", help="The recipes' own scale, the one docs/signal.md measures (about 25 minutes).")
+@click.option("--full", "scale", flag_value="full", help="The recipes' own scale, the one docs/signal.md measures (about 25 minutes, estimated).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("stores/demo"),
               show_default=True, help="Folder for the demo's stores, estimates and report.")
 @click.option("--workers", type=click.IntRange(min=1), default=lambda: os.cpu_count() or 1,

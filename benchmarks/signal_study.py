@@ -36,7 +36,7 @@ from dmtoolkit.estimate.common import split_rows
 from dmtoolkit.estimate.datamodels import fit_datamodels
 from dmtoolkit.estimate.influence import compute_influence, influence_from_arrays
 from dmtoolkit.errors import UserError
-from dmtoolkit.estimate.lds import evaluate, spearman_columns
+from dmtoolkit.estimate.lds import evaluate, influence_predictor, lds_per_target, spearman_columns
 from dmtoolkit.recipe import load_recipe, parse_recipe_dict
 from dmtoolkit.run.driver import train_store
 from dmtoolkit.run.executors import make_executor
@@ -188,8 +188,8 @@ def class_lds(masks: np.ndarray, margins: np.ndarray, alpha: float, estimator: s
                                         alpha=alpha)
         except UserError:
             return None
-    predicted = fit.mean_margin + (masks[held] - alpha) @ np.nan_to_num(fit.influence)
-    return float(np.nanmean(spearman_columns(predicted, margins[held])))
+    weights, offset = influence_predictor(fit.influence, fit.mean_margin, alpha)
+    return float(np.nanmean(lds_per_target(masks[held] @ weights + offset, margins[held])))
 
 
 def estimator_reliability(masks: np.ndarray, margins: np.ndarray, seconds: np.ndarray, alpha: float,
@@ -249,7 +249,6 @@ def analyse(path: Path) -> dict[str, Any]:
     with RunStore(path) as store:
         if store.kind == "example":
             return analyse_examples(path)
-    with RunStore(path) as store:
         rows = store.completed_rows()
         masks, margins = store.read_rows(rows)
         masks, margins = masks.astype(np.float32), margins.astype(np.float32)

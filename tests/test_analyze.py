@@ -319,3 +319,14 @@ def test_class_positions(class_files: tuple[Path, Path]) -> None:
     assert positions == {"c1": 1, "c4": len(ranking["overall"])}
     with pytest.raises(UserError, match="no source class named 'zz'"):
         class_positions(class_files[1], ["zz"])
+
+
+def test_cli_choices_are_the_detectors_own() -> None:
+    """The CLI lists its choices without importing torch; they must stay the detectors' names."""
+    from dmtoolkit.analyze.examples import LEAK_RANKINGS, MISLABEL_SCORES
+
+    def choices(command: str, option: str) -> list[str]:
+        return next(p.type.choices for p in cli.commands[command].params if p.name == option)
+
+    assert list(choices("leakage", "ranking")) == list(LEAK_RANKINGS)
+    assert list(choices("mislabels", "by")) == list(MISLABEL_SCORES)

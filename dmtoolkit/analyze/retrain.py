@@ -118,8 +118,9 @@ def counterfactual(recipe: Recipe, influence_path: str | Path, out: str | Path, 
     """Retrain with the k most negative / positive / random classes removed; target accuracy per k.
 
     Repeat r trains one model per k with run seed recipe.seed + 1 + r and training seed + r (with shared
-    training randomness all k of a repeat share initialisation and data order, and repeats differ). Writes OUT.h5 (accuracy (repeats, len(k)),
-    masks, removed classes) and returns mean and std over repeats per k.
+    training randomness all k of a repeat share initialisation and data order, and repeats differ).
+    Writes OUT.h5 (accuracy (repeats, len(k)), masks, removed classes) and returns mean and std over
+    repeats per k.
     """
     out = Path(out)
     if out.exists() and not force:

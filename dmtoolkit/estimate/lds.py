@@ -43,6 +43,19 @@ def spearman_columns(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return np.where(denom > 0, (ra * rb).sum(0) / denom, np.nan)
 
 
+def influence_predictor(influence: np.ndarray, mean_margin: np.ndarray, alpha: float) -> tuple[np.ndarray, np.ndarray]:
+    """(weights, offset) of influence used as a linear predictor, f̂(S) = mask·weights + offset; NaN counts 0."""
+    weights = np.nan_to_num(influence, nan=0.0)
+    return weights, mean_margin - alpha * weights.sum(0)
+
+
+def lds_per_target(predicted: np.ndarray, actual: np.ndarray) -> np.ndarray:
+    """Spearman of each column; a constant prediction of a varying target scores 0 (abstaining earns nothing)."""
+    lds = spearman_columns(predicted, actual)
+    lds[(np.ptp(predicted, axis=0) == 0) & (np.ptp(actual, axis=0) > 0)] = 0.0
+    return lds
+
+
 def _open_estimator(path: Path) -> h5py.File:
     if not path.exists():
         raise StoreError(f"{path}: no such estimator file; make one with `dmtoolkit influence` or `dmtoolkit datamodels`")
@@ -79,17 +92,15 @@ def evaluate(store_path: str | Path, estimator_path: str | Path, *, block_rows: 
             weights, offset = est["weights"][()], est["bias"][()]
         else:
             columns = slice(0, store.num_targets)
-            alpha = float(est.attrs["alpha"])
-            weights = np.nan_to_num(est["influence"][()], nan=0.0)
-            offset = est["mean_margin"][()] - alpha * weights.sum(0)
+            weights, offset = influence_predictor(est["influence"][()], est["mean_margin"][()],
+                                                  float(est.attrs["alpha"]))
         predicted, actual = [], []
         for _, (masks, margins) in row_blocks([store.file["masks"], store.file["margins"]], rows, block_rows):
             predicted.append(masks.astype(np.float32) @ weights + offset)
             actual.append(margins[:, columns])
     predicted, actual = np.concatenate(predicted), np.concatenate(actual)
-    lds = spearman_columns(predicted, actual)
+    lds = lds_per_target(predicted, actual)
     constant_prediction = np.ptp(predicted, axis=0) == 0
-    lds[constant_prediction & (np.ptp(actual, axis=0) > 0)] = 0.0
     finite = lds[np.isfinite(lds)]
     counts, edges = np.histogram(finite, bins=HISTOGRAM_EDGES)
     return {
