@@ -15,7 +15,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from collections.abc import Iterator, Sequence
 
 import h5py
 import numpy as np
@@ -268,7 +268,8 @@ class RunStore:
         return str(self.file.attrs["kind"])
 
     @property
-    def alpha(self) -> float:
+    def subset_fraction(self) -> float:
+        """α: the fraction of units each subset keeps (the recipe's `subsets.alpha`)."""
         return float(self.file.attrs["alpha"])
 
     @property
@@ -304,14 +305,63 @@ class RunStore:
     def strings(self, name: str) -> list[str]:
         return list(self.file[name].asstr()[()])
 
+    # datasets, read through these accessors outside store code -----------------------------------
+    @property
+    def masks(self) -> h5py.Dataset:
+        """(m, P) bool subset masks, sliceable by row ranges."""
+        return self.file["masks"]
+
+    @property
+    def margins(self) -> h5py.Dataset:
+        """(m, T) float32 target margins (NaN until written), sliceable by row ranges."""
+        return self.file["margins"]
+
+    @property
+    def predictions(self) -> h5py.Dataset:
+        """(m, T) int16 predicted target class per model (-1 until written)."""
+        return self.file["predictions"]
+
+    @property
+    def source_labels(self) -> np.ndarray:
+        return self.file["source/labels"][()]
+
+    @property
+    def source_class_names(self) -> list[str]:
+        return self.strings("source/class_names")
+
+    @property
+    def source_example_ids(self) -> list[str]:
+        return self.strings("source/example_ids")
+
+    @property
+    def target_labels(self) -> np.ndarray:
+        return self.file["target/labels"][()]
+
+    @property
+    def target_class_names(self) -> list[str]:
+        return self.strings("target/class_names")
+
+    def source_images(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
+        """uint8 (n, H, W, C) images of the given source pool examples, in the given order."""
+        return _take(self.file["source/images"], indices)
+
+    def target_images(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
+        """uint8 (n, H, W, C) images of the given target test examples, in the given order."""
+        return _take(self.file["target/images"], indices)
+
+    def planted(self) -> Planted | None:
+        """Planted ground truth (scoring only; never read by an estimator), or None when nothing was planted."""
+        if not self.has_planted:
+            return None
+        f = self.file
+        return Planted(*(f[f"source/{n}"][()] for n in
+                         ("planted_leak", "planted_decoy", "planted_near_copy", "planted_flip", "original_labels")))
+
     def run_data(self) -> RunData:
         """The stored data, as workers need it to train and transfer any model of the run."""
         f = self.file
         split = lambda images, labels: Split(f[images][()], f[labels][()])  # noqa: E731
-        planted = None
-        if self.has_planted:
-            planted = Planted(*(f[f"source/{n}"][()] for n in
-                                ("planted_leak", "planted_decoy", "planted_near_copy", "planted_flip", "original_labels")))
+        planted = self.planted()
         return RunData(
             source_pool=split("source/images", "source/labels"),
             source_test=split("source/test_images", "source/test_labels"),
@@ -394,5 +444,10 @@ class RunStore:
         return digest.hexdigest()
 
 
-def open_store(path: str | Path, *, writable: bool = False) -> RunStore:
-    return RunStore(path, writable=writable)
+def _take(dataset: h5py.Dataset, indices: Sequence[int] | np.ndarray) -> np.ndarray:
+    """dataset[indices] for any order and repeats (h5py itself reads increasing, distinct indices only)."""
+    indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+    if len(indices) == 0:
+        return np.zeros((0, *dataset.shape[1:]), dataset.dtype)
+    unique, inverse = np.unique(indices, return_inverse=True)
+    return dataset[unique][inverse]

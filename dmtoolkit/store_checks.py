@@ -30,7 +30,7 @@ def store_summary(path: str | Path) -> dict[str, Any]:
             "recipe": recipe.name,
             "recipe_hash": store.recipe_hash,
             "kind": store.kind,
-            "alpha": store.alpha,
+            "alpha": store.subset_fraction,
             "seed": store.seed,
             "randomness": str(f.attrs["randomness"]),
             "models": {"completed": int(done.sum()), "total": store.num_models},

@@ -93,7 +93,7 @@ def source_attrs(store: RunStore, content_hash: str) -> dict[str, Any]:
         "source_hash": content_hash,
         "source_recipe_hash": store.recipe_hash,
         "kind": store.kind,
-        "alpha": store.alpha,
+        "alpha": store.subset_fraction,
         "package_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }

@@ -287,7 +287,7 @@ def compute_influence(store_path: str | Path, out_path: str | Path, *, device: s
         for _, (masks, margins) in row_blocks([store.file["masks"], store.file["margins"]], fit_rows, block_rows):
             acc.add(masks, margins)
         unit_names = store.unit_names
-        result = _finish(acc, store.alpha, unit_names)
+        result = _finish(acc, store.subset_fraction, unit_names)
         attrs = source_attrs(store, store.content_hash())
         target_names = store.target_names
 
