@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from dmtoolkit.errors import UserError
+from dmtoolkit.estimate.blocks import BLOCK_ROWS
 
 DEVICE = click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
                       help="Where to compute (auto: cuda if available).")
@@ -187,25 +188,37 @@ def store_merge(inputs: tuple[Path, ...], output: Path, force: bool) -> None:
         click.echo(f"{len(summary.missing)} rows still missing: {summary.missing_text}", err=True)
 
 
+def _estimator_choice(command: str) -> click.Choice:
+    from dmtoolkit.estimate.registry import estimator_names
+
+    return click.Choice(estimator_names(command))
+
+
+HOLDOUT_OPTION = click.option("--holdout-frac", type=click.FloatRange(min=0, max=1, max_open=True), default=0.1,
+                              show_default=True, help="Fraction of completed models held out from fitting and "
+                              "from choosing any setting; `dmtoolkit evaluate` scores them.")
+TARGETS_OPTION = click.option("--targets", help="Fit only target examples A:B (split big jobs across processes).")
+
+
 @cli.command()
 @click.argument("store_path", metavar="RUNS.h5", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("-o", "--output", "out_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="INFLUENCE.h5 to write.")
 @DEVICE
-@click.option("--block-rows", type=click.IntRange(min=1), default=None,
-              help="Models read per block (stores larger than memory stream through)  [default: 4096]")
-@click.option("--holdout-frac", type=float, default=0.1, show_default=True,
-              help="Fraction of completed models left out for `dmtoolkit evaluate`.")
+@click.option("--block-rows", type=click.IntRange(min=1), default=BLOCK_ROWS, show_default=True,
+              help="Models read per block (stores larger than memory stream through).")
+@HOLDOUT_OPTION
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the held-out split.")
-@click.option("--estimator", type=click.Choice(["difference-of-means", "regression"]), default="difference-of-means",
+@click.option("--estimator", type=_estimator_choice("influence"), default="difference-of-means",
               show_default=True, help="Difference of means (the paper's), or least squares on all masks at once "
                                       "(needs more models than units).")
 @click.option("--errors/--no-errors", default=True, show_default=True,
               help="Standard errors per entry (--no-errors halves the arithmetic; no `stderr` dataset).")
+@TARGETS_OPTION
 @click.option("--force", is_flag=True, help="Overwrite an existing output.")
-def influence(store_path: Path, out_path: Path, device: str, block_rows: int | None, holdout_frac: float, seed: int,
-              estimator: str, errors: bool, force: bool) -> None:
-    """Difference-of-means influence of every unit (class or example) on every target example.
+def influence(store_path: Path, out_path: Path, device: str, block_rows: int, holdout_frac: float, seed: int,
+              estimator: str, errors: bool, targets: str | None, force: bool) -> None:
+    """Influence of every unit (class or example) on every target example (difference of means by default).
 
     \b
     Example:
@@ -215,13 +228,12 @@ def influence(store_path: Path, out_path: Path, device: str, block_rows: int | N
 
     with warnings.catch_warnings():  # reported below, one line each
         warnings.simplefilter("ignore", UndefinedInfluenceWarning)
-        blocks = {} if block_rows is None else {"block_rows": block_rows}
-        result = compute_influence(store_path, out_path, device=_device(device), **blocks,
-                                   holdout_frac=holdout_frac, seed=seed, force=force, errors=errors,
-                                   estimator=estimator)
-    for warning in result.warnings:
+        model = compute_influence(store_path, out_path, device=_device(device), block_rows=block_rows,
+                                  holdout_frac=holdout_frac, seed=seed, force=force, errors=errors,
+                                  estimator=estimator, targets=targets)
+    for warning in model.warnings_:
         click.echo(f"warning: {warning}", err=True)
-    click.echo(f"wrote {out_path}: influence {tuple(result.influence.shape)}")
+    click.echo(f"wrote {out_path}: influence {tuple(model.coef_.shape)}")
 
 
 @cli.command()
@@ -229,17 +241,18 @@ def influence(store_path: Path, out_path: Path, device: str, block_rows: int | N
 @click.option("-o", "--output", "out_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="DATAMODELS.h5 to write.")
 @DEVICE
-@click.option("--targets", help="Fit only target examples A:B (split big jobs across processes).")
+@TARGETS_OPTION
 @click.option("--lambdas", type=click.IntRange(min=1), default=100, show_default=True, help="Steps of the λ path.")
 @click.option("--eps", type=click.FloatRange(min=0, min_open=True, max=1, max_open=True), default=1e-3,
               show_default=True, help="Smallest λ as a fraction of λ_max.")
 @click.option("--val-frac", type=click.FloatRange(min=0, min_open=True, max=1, max_open=True), default=0.1,
-              show_default=True, help="Fraction of models held out to choose λ (and scored by evaluate).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the train/validation split.")
+              show_default=True, help="Fraction of the fitting models held out to choose λ.")
+@HOLDOUT_OPTION
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the test and validation splits.")
 @click.option("--block-rows", type=click.IntRange(min=1), default=1024, show_default=True)
 @click.option("--force", is_flag=True, help="Overwrite an existing output.")
 def datamodels(store_path: Path, out_path: Path, device: str, targets: str | None, lambdas: int, eps: float,
-               val_frac: float, seed: int, block_rows: int, force: bool) -> None:
+               val_frac: float, holdout_frac: float, seed: int, block_rows: int, force: bool) -> None:
     """Sparse linear datamodels (lasso path, λ chosen on held-out models) for every target example.
 
     \b
@@ -249,36 +262,37 @@ def datamodels(store_path: Path, out_path: Path, device: str, targets: str | Non
     from dmtoolkit.estimate.datamodels import fit_datamodels
 
     model = fit_datamodels(store_path, out_path, device=_device(device), targets=targets, n_lambdas=lambdas,
-                           eps=eps, val_frac=val_frac, seed=seed, block_rows=block_rows, force=force)
+                           eps=eps, val_frac=val_frac, holdout_frac=holdout_frac, seed=seed, block_rows=block_rows,
+                           force=force)
     click.echo(f"wrote {out_path}: weights {tuple(model.coef_.shape)}")
 
 
 @cli.command()
 @click.argument("store_path", metavar="RUNS.h5", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--estimator", "estimator_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="INFLUENCE.h5 or DATAMODELS.h5 made from RUNS.h5.")
+@click.option("--estimate", "estimate_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="ESTIMATE.h5 made from RUNS.h5 by `dmtoolkit influence` or `dmtoolkit datamodels`.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def evaluate(store_path: Path, estimator_path: Path, as_json: bool) -> None:
-    """LDS: per target example, Spearman correlation of predicted and true margins on held-out models.
+def evaluate(store_path: Path, estimate_path: Path, as_json: bool) -> None:
+    """LDS: per target example, Spearman correlation of predicted and true margins on held-out test models.
 
     \b
-    Class influence predicts with f(S) = mean + sum_k Infl_k * (1[k in S] - alpha).
+    Every estimate predicts f(S) = intercept + sum_k coef_k * 1[k in S].
     Example:
-      dmtoolkit evaluate stores/runs.h5 --estimator stores/influence.h5 --json
+      dmtoolkit evaluate stores/runs.h5 --estimate stores/influence.h5 --json
     """
     from dmtoolkit.estimate.lds import evaluate as lds
 
-    report = lds(store_path, estimator_path)
+    report = lds(store_path, estimate_path)
     if as_json:
-        _echo_json(report)
+        _echo_json(report.to_json())
         return
-    if report["lds_mean"] is None:
-        click.echo(f"LDS undefined on all {report['heldout_models']} held-out models (constant margins)")
+    if report.lds_mean is None:
+        click.echo(f"LDS undefined on all {report.heldout_models} held-out models (constant margins)")
         return
-    first, stop = report["targets"]
-    click.echo(f"{report['estimator']} LDS on {report['heldout_models']} held-out models, targets {first}:{stop}: "
-               f"mean {report['lds_mean']:.3f}, median {report['lds_median']:.3f}")
-    counts, edges = report["histogram"]["counts"], report["histogram"]["edges"]
+    first, stop = report.targets
+    click.echo(f"{report.estimator} LDS on {report.heldout_models} held-out models, targets {first}:{stop}: "
+               f"mean {report.lds_mean:.3f}, median {report.lds_median:.3f}")
+    counts, edges = report.histogram_counts, report.histogram_edges
     scale = 40 / max(max(counts), 1)
     for count, low, high in zip(counts, edges, edges[1:]):
         if count:

@@ -69,8 +69,8 @@ def sklearn_path(X: np.ndarray, Y: np.ndarray, grid: dict[str, np.ndarray], targ
 
 
 def grid_of(model: LassoPath) -> dict[str, np.ndarray]:
-    return {"train_rows": model.train_rows_, "mean": model.mean_, "scale": model.scale_,
-            "lambdas": model.lambdas_, "alpha": model.alpha_}
+    return {"train_rows": model.fit_rows_, "mean": model.mean_, "scale": model.scale_,
+            "lambdas": model.lambdas_, "alpha": model.lambda_}
 
 
 def objective(X: np.ndarray, y: np.ndarray, coef: np.ndarray, intercept: float, lam: float, scale: np.ndarray) -> float:
@@ -167,12 +167,12 @@ def main() -> None:
         Xf = X.astype(np.float64)
         chosen_gap = []
         for j in range(T):
-            lam = float(model.alpha_[j])
-            y = Y[model.train_rows_, j].astype(np.float64)
-            ours_obj = objective(Xf[model.train_rows_], y, model.coef_[:, j].astype(np.float64),
+            lam = float(model.lambda_[j])
+            y = Y[model.fit_rows_, j].astype(np.float64)
+            ours_obj = objective(Xf[model.fit_rows_], y, model.coef_[:, j].astype(np.float64),
                                  float(model.intercept_[j]), lam, model.scale_)
             w = sk_chosen[:, j] / model.scale_
-            sk_val = objective(Xf[model.train_rows_], y, w, y.mean() - model.mean_ @ w, lam, model.scale_)
+            sk_val = objective(Xf[model.fit_rows_], y, w, y.mean() - model.mean_ @ w, lam, model.scale_)
             chosen_gap.append((ours_obj - sk_val) / sk_val)
         big = write_problem(str(Path(tmp) / "big.h5"), *make_problem(4 * m, P, T, args.seed))
         mem_ours, mem_ours_big = fresh_process_peak("ours", path, args.threads), fresh_process_peak("ours", big, args.threads)

@@ -94,7 +94,7 @@ def run_demo(out: Path, *, scale: str = "default", workers: int = 2, device: str
         "out": str(out),
         "scale": scale,
         "models": {"class": size.class_models, "example": size.example_models},
-        "lds": {name: evaluate(store, estimate)["lds_mean"] for name, store, estimate in (
+        "lds": {name: evaluate(store, estimate).lds_mean for name, store, estimate in (
             ("class influence", classes, class_influence),
             ("example influence", examples, example_influence),
             ("example datamodels", examples, datamodels))},

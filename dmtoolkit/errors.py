@@ -21,3 +21,7 @@ class LockError(StoreError):
 
 class DataError(UserError):
     """A dataset that cannot be found, read or prepared."""
+
+
+class ParameterError(UserError, ValueError):
+    """An estimator or analysis setting out of range (also a ValueError, as scikit-learn raises)."""

@@ -160,20 +160,22 @@ def test_estimators_from_the_command_line(store: Path, tmp_path: Path) -> None:
     result = run("influence", store, "-o", influence, "--holdout-frac", "0.4")
     assert result.exit_code == 0 and "influence (" in result.output
     with h5py.File(influence, "r") as f, h5py.File(store, "r") as runs:
-        assert f["influence"].shape == (runs["masks"].shape[1], runs["margins"].shape[1])
-        fit = np.sort(f["fit_rows"][()])
+        assert f["coef"].shape == (runs["masks"].shape[1], runs["margins"].shape[1])
+        fit = np.sort(f["rows/fit"][()])
         masks, margins = runs["masks"][()][fit], runs["margins"][()][fit].astype(np.float64)
     k = 0  # class 0 by hand: mean margin with it minus without it
     expected = margins[masks[:, k]].mean(0) - margins[~masks[:, k]].mean(0)
     with h5py.File(influence, "r") as f:
-        np.testing.assert_allclose(f["influence"][k], expected, atol=1e-5)
-    report = json.loads(run("evaluate", store, "--estimator", influence, "--json").stdout)
-    assert report["estimator"] == "influence" and report["heldout_models"] == 3
-    result = run("datamodels", store, "-o", datamodels, "--targets", "0:10", "--lambdas", "5", "--val-frac", "0.4")
+        np.testing.assert_allclose(f["coef"][k], expected, atol=1e-5)
+    report = json.loads(run("evaluate", store, "--estimate", influence, "--json").stdout)
+    assert report["estimator"] == "difference-of-means" and report["heldout_models"] == 3
+    result = run("datamodels", store, "-o", datamodels, "--targets", "0:10", "--lambdas", "5", "--val-frac", "0.4",
+                 "--holdout-frac", "0.4")
     assert result.exit_code == 0, result.output
     with h5py.File(datamodels, "r") as f:
-        assert f["weights"].shape[1] == 10
-    assert "datamodels LDS on 3 held-out models, targets 0:10" in run("evaluate", store, "--estimator", datamodels).output
+        assert f["coef"].shape[1] == 10
+        assert not set(f["rows/test"][()]) & (set(f["rows/fit"][()]) | set(f["rows/selection"][()]))
+    assert "datamodels LDS on 3 held-out models, targets 0:10" in run("evaluate", store, "--estimate", datamodels).output
     again = CliRunner().invoke(cli, ["influence", str(store), "-o", str(influence)])
     assert again.exit_code == 1 and "--force" in again.output
 

@@ -1,7 +1,8 @@
-"""DATAMODELS.h5: contents reopened and checked, target slices, and the errors a user can hit."""
+"""Datamodel estimate files: contents reopened and checked, target slices, and the errors a user can hit."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import h5py
@@ -10,7 +11,8 @@ import pytest
 import torch
 
 from dmtoolkit.errors import StoreError, UserError
-from dmtoolkit.estimate.datamodels import fit_datamodels, parse_targets
+from dmtoolkit.estimate.datamodels import fit_datamodels
+from dmtoolkit.estimate.fit import parse_targets
 from dmtoolkit.masks import make_masks
 from dmtoolkit.store import RunStore
 
@@ -30,23 +32,26 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_file_contents(store: Path, tmp_path: Path) -> None:
     out = tmp_path / "dm.h5"
-    model = fit_datamodels(store, out, n_lambdas=20, eps=1e-2, val_frac=0.2, seed=3, device="cpu")
+    model = fit_datamodels(store, out, n_lambdas=20, eps=1e-2, val_frac=0.2, holdout_frac=0.1, seed=3, device="cpu")
     with h5py.File(out, "r") as f, RunStore(store) as run:
-        assert f.attrs["schema"] == "dmtoolkit.datamodels" and f.attrs["schema_version"] == 1
+        assert f.attrs["schema"] == "dmtoolkit.estimate" and f.attrs["schema_version"] == 1
+        assert f.attrs["estimator"] == "datamodels"
         assert f.attrs["source_hash"] == run.content_hash() and f.attrs["source_store"] == str(store.resolve())
         assert (f.attrs["target_start"], f.attrs["target_stop"], f.attrs["split_seed"]) == (0, 6, 3)
-        assert f.attrs["val_frac"] == 0.2 and f.attrs["n_lambdas"] == 20 and f.attrs["kind"] == "class"
-        np.testing.assert_array_equal(f["weights"][()], model.coef_)
-        np.testing.assert_array_equal(f["bias"][()], model.intercept_)
-        np.testing.assert_array_equal(f["lambda"][()], model.alpha_)
+        settings = json.loads(f.attrs["settings"])
+        assert settings["val_frac"] == 0.2 and settings["n_lambdas"] == 20 and f.attrs["kind"] == "class"
+        np.testing.assert_array_equal(f["coef"][()], model.coef_)
+        np.testing.assert_array_equal(f["intercept"][()], model.intercept_)
+        np.testing.assert_array_equal(f["lambda"][()], model.lambda_)
         np.testing.assert_array_equal(f["val_mse"][()], model.val_mse_)
-        assert f["weights"].shape == (12, 6) and f["path/lambdas"].shape == (20, 6)
-        train, val = f["train_rows"][()], f["val_rows"][()]
-        assert not set(train) & set(val) and len(val) == round(0.2 * 157)
-        assert sorted(set(train) | set(val)) == run.completed_rows().tolist()
+        assert f["coef"].shape == (12, 6) and f["path/lambdas"].shape == (20, 6)
+        train, val, test = f["rows/fit"][()], f["rows/selection"][()], f["rows/test"][()]
+        assert not set(train) & set(val) and not set(test) & (set(train) | set(val))
+        assert len(test) == round(0.1 * 157) and len(val) == round(0.2 * (157 - len(test)))
+        assert sorted(set(train) | set(val) | set(test)) == run.completed_rows().tolist()
         assert f["unit_names"].asstr()[()].tolist() == run.unit_names
         assert f["target_names"].asstr()[()].tolist() == run.target_names
-        for name in ("weights", "bias", "lambda", "val_mse", "path/val_mse", "val_rows"):
+        for name in ("coef", "intercept", "lambda", "val_mse", "path/val_mse", "rows/selection", "rows/test"):
             assert {"meaning", "axes", "units"} <= set(f[name].attrs)
         masks, margins = run.read_rows(val)
     mse = ((masks @ model.coef_ + model.intercept_ - margins) ** 2).mean(0)
@@ -57,7 +62,7 @@ def test_target_slice_equals_columns_of_the_full_fit(store: Path, tmp_path: Path
     full = fit_datamodels(store, tmp_path / "all.h5", n_lambdas=15, eps=1e-2, tol=1e-6, device="cpu")
     part = fit_datamodels(store, tmp_path / "part.h5", targets="2:5", n_lambdas=15, eps=1e-2, tol=1e-6, device="cpu")
     np.testing.assert_allclose(part.coef_, full.coef_[:, 2:5], atol=2e-3)
-    np.testing.assert_allclose(part.alpha_, full.alpha_[2:5], rtol=1e-6)
+    np.testing.assert_allclose(part.lambda_, full.lambda_[2:5], rtol=1e-6)
     with h5py.File(tmp_path / "part.h5", "r") as f, RunStore(store) as run:
         assert (f.attrs["target_start"], f.attrs["target_stop"]) == (2, 5)
         assert f["target_names"].asstr()[()].tolist() == run.target_names[2:5]
@@ -67,7 +72,7 @@ def test_parse_targets() -> None:
     assert parse_targets(None, 10) == slice(0, 10)
     assert parse_targets("3:", 10) == slice(3, 10) and parse_targets(":4", 10) == slice(0, 4)
     assert parse_targets(slice(1, 2), 10) == slice(1, 2)
-    with pytest.raises(UserError, match=r"^--targets 5:11 is outside the store's targets 0:10; give A:B"):
+    with pytest.raises(UserError, match=r"^targets 5:11 is outside the store's targets 0:10; give A:B"):
         parse_targets("5:11", 10)
     with pytest.raises(UserError, match="outside"):
         parse_targets("4:4", 10)
@@ -78,13 +83,13 @@ def test_parse_targets() -> None:
 
 def test_errors(store: Path, tmp_path: Path) -> None:
     out = tmp_path / "dm.h5"
-    with pytest.raises(UserError, match=r"--targets 0:99 is outside the store's targets 0:6"):
+    with pytest.raises(UserError, match=r"targets 0:99 is outside the store's targets 0:6"):
         fit_datamodels(store, out, targets="0:99", device="cpu")
-    with pytest.raises(UserError, match=r"--val-frac 0.0 must be in \(0, 1\)"):
+    with pytest.raises(UserError, match=r"val_frac=0.0 must be in \(0, 1\)"):
         fit_datamodels(store, out, val_frac=0.0, device="cpu")
-    with pytest.raises(UserError, match="--eps 2.0 must be in"):
+    with pytest.raises(UserError, match="eps=2.0 must be in"):
         fit_datamodels(store, out, eps=2.0, device="cpu")
-    with pytest.raises(UserError, match="--lambdas 0 must be at least 1"):
+    with pytest.raises(UserError, match="n_lambdas=0 must be at least 1"):
         fit_datamodels(store, out, n_lambdas=0, device="cpu")
     with pytest.raises(StoreError, match="no such store"):
         fit_datamodels(tmp_path / "missing.h5", out, device="cpu")
@@ -100,5 +105,5 @@ def test_errors(store: Path, tmp_path: Path) -> None:
 
 def test_too_few_models(tmp_path: Path) -> None:
     store = synthetic_store(tmp_path / "runs.h5", np.zeros((4, 2), np.float32))
-    with pytest.raises(UserError, match="leave 4 to fit and 0 to validate.*dmtoolkit train"):
-        fit_datamodels(store, tmp_path / "dm.h5", val_frac=0.1, device="cpu")
+    with pytest.raises(UserError, match="leave 4 to fit and 0 to choose λ.*train more models"):
+        fit_datamodels(store, tmp_path / "dm.h5", val_frac=0.1, holdout_frac=0, device="cpu")

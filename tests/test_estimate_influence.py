@@ -3,6 +3,7 @@ the INFLUENCE.h5 file, and the errors a user can hit."""
 
 from __future__ import annotations
 
+import json
 import tempfile
 import warnings
 from pathlib import Path
@@ -62,11 +63,11 @@ def test_matches_numpy_loop_on_generated_stores(case: tuple[np.ndarray, np.ndarr
             warnings.simplefilter("ignore", UndefinedInfluenceWarning)
             result = compute_influence(store, Path(tmp) / "infl.h5", holdout_frac=0, block_rows=block_rows, device="cpu")
     infl, se = reference(masks[completed], margins[completed])
-    np.testing.assert_allclose(result.influence, infl, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(result.stderr, se, rtol=1e-5, atol=1e-5)
-    np.testing.assert_array_equal(result.n_in, masks[completed].sum(0))
-    np.testing.assert_array_equal(result.n_out, (~masks[completed]).sum(0))
-    np.testing.assert_allclose(result.mean_margin, margins[completed].mean(0), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(result.coef_, infl, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(result.stderr_, se, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(result.n_in_, masks[completed].sum(0))
+    np.testing.assert_array_equal(result.n_out_, (~masks[completed]).sum(0))
+    np.testing.assert_allclose(result.mean_margin_, margins[completed].mean(0), rtol=1e-5, atol=1e-5)
 
 
 @settings(max_examples=15, deadline=None)
@@ -78,9 +79,9 @@ def test_means_only_mode_matches_the_loop_and_skips_errors(case: tuple[np.ndarra
         warnings.simplefilter("ignore", UndefinedInfluenceWarning)
         result = influence_from_arrays(masks[completed], margins[completed], device="cpu", block_rows=block_rows,
                                        errors=False)
-    assert result.stderr is None
-    np.testing.assert_allclose(result.influence, reference(masks[completed], margins[completed])[0], rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(result.mean_margin, margins[completed].mean(0), rtol=1e-5, atol=1e-5)
+    assert result.stderr_ is None
+    np.testing.assert_allclose(result.coef_, reference(masks[completed], margins[completed])[0], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(result.mean_margin_, margins[completed].mean(0), rtol=1e-5, atol=1e-5)
 
 
 def test_no_errors_cli_writes_no_stderr_dataset(tmp_path: Path) -> None:
@@ -97,8 +98,8 @@ def test_no_errors_cli_writes_no_stderr_dataset(tmp_path: Path) -> None:
                                    "--device", "cpu"])
     assert run.exit_code == 0, run.output
     with h5py.File(out, "r") as f:
-        assert "stderr" not in f and f.attrs["stderr"].startswith("not computed")
-        np.testing.assert_allclose(f["influence"][()], reference(masks, margins)[0], atol=1e-5)
+        assert "stderr" not in f and json.loads(f.attrs["settings"]) == {"errors": False}
+        np.testing.assert_allclose(f["coef"][()], reference(masks, margins)[0], atol=1e-5)
 
 
 def test_units_always_in_or_out_are_nan_with_a_warning() -> None:
@@ -108,9 +109,9 @@ def test_units_always_in_or_out_are_nan_with_a_warning() -> None:
     margins = rng.normal(size=(40, 2)).astype(np.float32)
     with pytest.warns(UndefinedInfluenceWarning, match=r"2 of 5 units \(1, 3\) are in every model or in none"):
         result = influence_from_arrays(masks, margins, device="cpu")
-    assert np.isnan(result.influence[[1, 3]]).all() and np.isnan(result.stderr[[1, 3]]).all()
-    assert np.isfinite(result.influence[[0, 2, 4]]).all()
-    assert len(result.warnings) == 1 and "NaN" in result.warnings[0]
+    assert np.isnan(result.coef_[[1, 3]]).all() and np.isnan(result.stderr_[[1, 3]]).all()
+    assert np.isfinite(result.coef_[[0, 2, 4]]).all()
+    assert len(result.warnings_) == 1 and "NaN" in result.warnings_[0]
 
 
 def test_single_model_side_gives_nan_stderr_only() -> None:
@@ -121,7 +122,7 @@ def test_single_model_side_gives_nan_stderr_only() -> None:
     margins = rng.normal(size=(20, 2)).astype(np.float32)
     with pytest.warns(UndefinedInfluenceWarning, match="standard error is NaN"):
         result = influence_from_arrays(masks, margins, device="cpu")
-    assert np.isfinite(result.influence[0]).all() and np.isnan(result.stderr[0]).all()
+    assert np.isfinite(result.coef_[0]).all() and np.isnan(result.stderr_[0]).all()
 
 
 def test_complementing_masks_flips_the_sign() -> None:
@@ -130,9 +131,9 @@ def test_complementing_masks_flips_the_sign() -> None:
     margins = rng.normal(size=(300, 4)).astype(np.float32) + masks[:, :4] * 0.5
     a = influence_from_arrays(masks, margins, device="cpu", block_rows=64)
     b = influence_from_arrays(~masks, margins, device="cpu", block_rows=64)
-    np.testing.assert_allclose(b.influence, -a.influence, atol=1e-6)
-    np.testing.assert_allclose(b.stderr, a.stderr, rtol=1e-6)
-    np.testing.assert_array_equal(b.n_in, a.n_out)
+    np.testing.assert_allclose(b.coef_, -a.coef_, atol=1e-6)
+    np.testing.assert_allclose(b.stderr_, a.stderr_, rtol=1e-6)
+    np.testing.assert_array_equal(b.n_in_, a.n_out_)
 
 
 def test_large_offsets_do_not_lose_precision() -> None:
@@ -141,8 +142,8 @@ def test_large_offsets_do_not_lose_precision() -> None:
     margins = (1000 + rng.normal(size=(5000, 2)) * 1e-2 + masks[:, :2] * 1e-3).astype(np.float32)
     infl, se = reference(masks, margins)
     result = influence_from_arrays(masks, margins, device="cpu", block_rows=512)
-    np.testing.assert_allclose(result.influence, infl, atol=2e-5)
-    np.testing.assert_allclose(result.stderr, se, rtol=1e-3)
+    np.testing.assert_allclose(result.coef_, infl, atol=2e-5)
+    np.testing.assert_allclose(result.stderr_, se, rtol=1e-3)
 
 
 @pytest.mark.parametrize("block_rows", [1, 3, 1024])
@@ -154,8 +155,8 @@ def test_poor_first_block_does_not_cost_precision(block_rows: int) -> None:
     margins[0] = 4.45118
     infl, se = reference(masks, margins)
     result = influence_from_arrays(masks, margins, device="cpu", block_rows=block_rows)
-    np.testing.assert_allclose(result.influence, infl, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(result.stderr, se, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(result.coef_, infl, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(result.stderr_, se, rtol=1e-5, atol=1e-5)
 
 
 def test_file_contents_and_holdout(tmp_path: Path) -> None:
@@ -168,21 +169,25 @@ def test_file_contents_and_holdout(tmp_path: Path) -> None:
     out = tmp_path / "infl.h5"
     result = compute_influence(store, out, holdout_frac=0.2, seed=5, device="cpu")
     with h5py.File(out, "r") as f, RunStore(store) as run:
-        assert f.attrs["schema"] == "dmtoolkit.influence" and f.attrs["schema_version"] == 1
+        assert f.attrs["schema"] == "dmtoolkit.estimate" and f.attrs["schema_version"] == 1
+        assert f.attrs["estimator"] == "difference-of-means"
         assert f.attrs["source_hash"] == run.content_hash()
         assert f.attrs["source_store"] == str(store.resolve())
-        assert f.attrs["kind"] == "class" and f.attrs["alpha"] == 0.5 and f.attrs["split_seed"] == 5
-        fit, held = f["fit_rows"][()], f["holdout_rows"][()]
-        assert len(held) == 10 and not set(fit) & set(held)
+        assert f.attrs["kind"] == "class" and f.attrs["subset_fraction"] == 0.5 and f.attrs["split_seed"] == 5
+        fit, held = f["rows/fit"][()], f["rows/test"][()]
+        assert len(held) == 10 and not set(fit) & set(held) and len(f["rows/selection"]) == 0
         assert sorted(set(fit) | set(held)) == list(np.flatnonzero(completed))
-        np.testing.assert_allclose(f["influence"][()], reference(masks[fit], margins[fit])[0], atol=1e-5)
-        np.testing.assert_array_equal(f["influence"][()], result.influence)
+        np.testing.assert_allclose(f["coef"][()], reference(masks[fit], margins[fit])[0], atol=1e-5)
+        np.testing.assert_array_equal(f["coef"][()], result.coef_)
         assert f["unit_names"].asstr()[()].tolist() == run.unit_names
         assert f["target_names"].asstr()[()].tolist() == run.target_names
-        for name in ("influence", "stderr", "n_in", "n_out", "mean_margin", "unit_names", "target_names"):
+        for name in ("coef", "intercept", "stderr", "n_in", "n_out", "mean_margin", "unit_names", "target_names"):
             assert {"meaning", "axes", "units"} <= set(f[name].attrs)
+        # the intercept centres the prediction on the fitted models: at their mean mask it is their mean margin
+        rate = masks[fit].mean(0)
+        np.testing.assert_allclose(rate @ f["coef"][()] + f["intercept"][()], margins[fit].mean(0), atol=1e-5)
     again = compute_influence(store, tmp_path / "again.h5", holdout_frac=0.2, seed=5, device="cpu")
-    np.testing.assert_array_equal(again.influence, result.influence)
+    np.testing.assert_array_equal(again.coef_, result.coef_)
 
 
 def test_example_level_store(tmp_path: Path) -> None:
@@ -191,9 +196,9 @@ def test_example_level_store(tmp_path: Path) -> None:
     margins = rng.normal(size=(30, 2)).astype(np.float32)
     store = synthetic_store(tmp_path / "runs.h5", margins, masks, kind="example")
     result = compute_influence(store, tmp_path / "infl.h5", holdout_frac=0, device="cpu")
-    np.testing.assert_allclose(result.influence, reference(masks, margins)[0], atol=1e-5)
+    np.testing.assert_allclose(result.coef_, reference(masks, margins)[0], atol=1e-5)
     with h5py.File(tmp_path / "infl.h5", "r") as f:
-        assert f.attrs["kind"] == "example" and f["influence"].shape == (10, 2)
+        assert f.attrs["kind"] == "example" and f["coef"].shape == (10, 2)
 
 
 def test_refuses_stores_with_too_few_completed_models(tmp_path: Path) -> None:
@@ -217,7 +222,7 @@ def test_refuses_to_overwrite_without_force(tmp_path: Path) -> None:
 
 def test_holdout_leaving_too_few_models_is_refused(tmp_path: Path) -> None:
     store = synthetic_store(tmp_path / "runs.h5", np.zeros((3, 2), np.float32))
-    with pytest.raises(UserError, match="lower --holdout-frac"):
+    with pytest.raises(UserError, match="lower the test fraction"):
         compute_influence(store, tmp_path / "infl.h5", holdout_frac=0.5)
 
 
@@ -231,7 +236,7 @@ def test_cuda_without_gpu_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_bad_block_rows_and_shapes() -> None:
-    with pytest.raises(UserError, match="--block-rows 0 must be at least 1"):
+    with pytest.raises(UserError, match="block_rows=0 must be at least 1"):
         influence_from_arrays(np.ones((2, 2), bool), np.zeros((2, 1)), block_rows=0)
     with pytest.raises(UserError, match=r"must be \(m, P\) and \(m, T\) with the same m"):
         influence_from_arrays(np.ones((3, 2), bool), np.zeros((2, 1)))
@@ -251,15 +256,15 @@ def test_regression_estimator_matches_sklearn(seed: int, P: int, T: int, block_r
     if np.linalg.matrix_rank(x) < P + 1 or m <= P + 1:
         return
     margins = (masks @ rng.normal(size=(P, T)) + rng.normal(size=(m, T)) + 50).astype(np.float32)
-    result = influence_from_arrays(masks, margins, device="cpu", block_rows=block_rows, estimator="regression",
-                                   alpha=0.5)
+    result = influence_from_arrays(masks, margins, device="cpu", block_rows=block_rows, estimator="regression")
     oracle = LinearRegression().fit(masks.astype(float), margins.astype(float))
-    np.testing.assert_allclose(result.influence, oracle.coef_.T, atol=2e-4)
-    np.testing.assert_allclose(result.mean_margin, oracle.intercept_ + 0.5 * oracle.coef_.sum(1), atol=2e-3)
+    np.testing.assert_allclose(result.coef_, oracle.coef_.T, atol=2e-4)
+    np.testing.assert_allclose(result.intercept_, oracle.intercept_, atol=2e-3)
+    np.testing.assert_allclose(result.mean_margin_, oracle.intercept_ + masks.mean(0) @ oracle.coef_.T, atol=2e-3)
     residual = margins - oracle.predict(masks.astype(float))
     sigma2 = (residual ** 2).sum(0) / (m - P - 1)
     expected_se = np.sqrt(np.linalg.inv(x.T @ x).diagonal()[:P, None] * sigma2[None, :])
-    np.testing.assert_allclose(result.stderr, expected_se, rtol=2e-3, atol=1e-4)
+    np.testing.assert_allclose(result.stderr_, expected_se, rtol=2e-3, atol=1e-4)
 
 
 def test_regression_needs_more_models_than_units(tmp_path: Path) -> None:
@@ -284,7 +289,7 @@ def test_regression_counts_complementary_pairs_once() -> None:
     masks[0::2], masks[1::2] = half, ~half
     margins = rng.normal(size=(20, 3)).astype(np.float32)
     with pytest.raises(UserError, match="have 20 models spanning 10 of 15 units; complementary mask pairs count once"):
-        influence_from_arrays(masks, margins, device="cpu", estimator="regression", alpha=0.5)
+        influence_from_arrays(masks, margins, device="cpu", estimator="regression")
 
 
 def test_regression_on_orthogonal_design_equals_difference_of_means(tmp_path: Path) -> None:
@@ -296,9 +301,9 @@ def test_regression_on_orthogonal_design_equals_difference_of_means(tmp_path: Pa
     store = synthetic_store(tmp_path / "runs.h5", margins, masks)
     regression = compute_influence(store, tmp_path / "r.h5", holdout_frac=0, device="cpu", estimator="regression")
     means = compute_influence(store, tmp_path / "d.h5", holdout_frac=0, device="cpu")
-    np.testing.assert_allclose(regression.influence, means.influence, atol=1e-5)
+    np.testing.assert_allclose(regression.coef_, means.coef_, atol=1e-5)
     with h5py.File(tmp_path / "r.h5", "r") as f:
-        assert f.attrs["estimator_name"] == "regression" and "OLS" in f.attrs["stderr"]
+        assert f.attrs["estimator"] == "regression" and "OLS" in f["stderr"].attrs["meaning"]
 
 
 def test_regression_with_fixed_size_subsets_gives_zero_sum_relative_effects() -> None:
@@ -309,21 +314,21 @@ def test_regression_with_fixed_size_subsets_gives_zero_sum_relative_effects() ->
     rng = np.random.default_rng(4)
     masks = make_masks(2, 120, 10, 0.5, antithetic=True)  # every subset keeps exactly 5 units
     margins = (masks @ rng.normal(size=(10, 2)) + 0.1 * rng.normal(size=(120, 2))).astype(np.float32)
-    result = influence_from_arrays(masks, margins, device="cpu", estimator="regression", alpha=0.5)
-    np.testing.assert_allclose(result.influence.sum(0), 0, atol=1e-4)
+    result = influence_from_arrays(masks, margins, device="cpu", estimator="regression")
+    np.testing.assert_allclose(result.coef_.sum(0), 0, atol=1e-4)
     oracle = LinearRegression().fit(masks.astype(float), margins.astype(float))
-    fitted = result.mean_margin + (masks - 0.5) @ result.influence
+    fitted = result.predict(masks)
     np.testing.assert_allclose(fitted, oracle.predict(masks.astype(float)), atol=1e-3)
     relative = oracle.coef_.T - oracle.coef_.T.mean(0)
-    np.testing.assert_allclose(result.influence, relative, atol=1e-3)
-    assert np.isfinite(result.stderr).all()
+    np.testing.assert_allclose(result.coef_, relative, atol=1e-3)
+    assert np.isfinite(result.stderr_).all()
 
 
 def test_cli_help_states_the_block_size_the_estimator_uses() -> None:
     from click.testing import CliRunner
 
     from cli import cli
-    from dmtoolkit.estimate.influence import BLOCK_ROWS
+    from dmtoolkit.estimate.blocks import BLOCK_ROWS
 
     out = CliRunner().invoke(cli, ["influence", "--help"])
-    assert out.exit_code == 0 and f"[default: {BLOCK_ROWS}]" in " ".join(out.output.split())
+    assert out.exit_code == 0 and f"[default: {BLOCK_ROWS};" in " ".join(out.output.split())

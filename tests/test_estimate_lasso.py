@@ -36,7 +36,7 @@ def planted(m: int, P: int, T: int, seed: int, nonzero: int = 3, noise: float = 
 
 
 def standardised(X: np.ndarray, model: LassoPath) -> np.ndarray:
-    Xt = X[model.train_rows_].astype(np.float64)
+    Xt = X[model.fit_rows_].astype(np.float64)
     return (Xt - Xt.mean(0)) / Xt.std(0)
 
 
@@ -45,7 +45,7 @@ def sklearn_objectives(X: np.ndarray, Y: np.ndarray, model: LassoPath) -> np.nda
     Xs = standardised(X, model)
     out = np.empty_like(model.path_objective_)
     for j in range(Y.shape[1]):
-        y = Y[model.train_rows_, j].astype(np.float64)
+        y = Y[model.fit_rows_, j].astype(np.float64)
         yc = y - y.mean()
         alphas, coefs, _ = lasso_path(Xs, yc, alphas=model.lambdas_[:, j], tol=1e-12, max_iter=100_000)
         out[:, j] = 0.5 * np.mean((yc[:, None] - Xs @ coefs) ** 2, axis=0) + alphas * np.abs(coefs).sum(0)
@@ -71,16 +71,16 @@ def test_objective_matches_sklearn_at_every_lambda(seed: int, m: int, P: int) ->
 def test_chosen_weights_are_sklearns_lasso_in_mask_units() -> None:
     X, Y, _ = planted(300, 20, 3, 7, noise=1.5)
     model = LassoPath(n_lambdas=15, eps=1e-2, device="cpu").fit(X, Y)
-    Xt = X[model.train_rows_].astype(np.float64)
+    Xt = X[model.fit_rows_].astype(np.float64)
     mean, std = Xt.mean(0), Xt.std(0)
     np.testing.assert_allclose(model.mean_, mean, atol=1e-12)
     np.testing.assert_allclose(model.scale_, std, atol=1e-12)
     for j in range(3):
-        y = Y[model.train_rows_, j].astype(np.float64)
-        sk = Lasso(alpha=model.alpha_[j], tol=1e-12, max_iter=100_000).fit((Xt - mean) / std, y)
-        ours = objective_in_mask_units(Xt, y, model.coef_[:, j], model.intercept_[j], model.alpha_[j], std)
+        y = Y[model.fit_rows_, j].astype(np.float64)
+        sk = Lasso(alpha=model.lambda_[j], tol=1e-12, max_iter=100_000).fit((Xt - mean) / std, y)
+        ours = objective_in_mask_units(Xt, y, model.coef_[:, j], model.intercept_[j], model.lambda_[j], std)
         theirs = objective_in_mask_units(Xt, y, sk.coef_ / std, sk.intercept_ - (mean / std) @ sk.coef_,
-                                         model.alpha_[j], std)
+                                         model.lambda_[j], std)
         assert abs(ours - theirs) <= 1e-3 * theirs
         np.testing.assert_allclose(model.predict(X)[:, j], sk.predict((X - mean) / std), atol=0.05)
 
@@ -97,7 +97,7 @@ def test_objective_matches_sklearn_on_a_store(tmp_path: Path) -> None:
         rows = np.flatnonzero(f["completed"][()])
         model = LassoPath(n_lambdas=10, eps=1e-2, patience=None, block_rows=32, device="cpu").fit(
             f["masks"], f["margins"], rows=rows)
-    assert set(model.train_rows_) | set(model.val_rows_) == set(rows)
+    assert set(model.fit_rows_) | set(model.selection_rows_) == set(rows)
     reference = sklearn_objectives(masks, margins, model)
     assert (np.abs(model.path_objective_ - reference) / reference).max() <= 1e-3
 
@@ -117,10 +117,10 @@ def test_lambda_at_or_above_lambda_max_gives_zeros() -> None:
     X, Y, _ = planted(150, 12, 3, 4)
     model = LassoPath(n_lambdas=1, device="cpu").fit(X, Y)
     assert (model.coef_ == 0).all()
-    np.testing.assert_allclose(model.intercept_, Y[model.train_rows_].mean(0), rtol=1e-5)
-    np.testing.assert_allclose(model.alpha_, model.lambda_max_)
+    np.testing.assert_allclose(model.intercept_, Y[model.fit_rows_].mean(0), rtol=1e-5)
+    np.testing.assert_allclose(model.lambda_, model.lambda_max_)
     # and just below λ_max the solution is no longer zero
-    problem = _problem(X[model.train_rows_], Y[model.train_rows_])
+    problem = _problem(X[model.fit_rows_], Y[model.fit_rows_])
     zeros = torch.zeros_like(problem.C)
     lam_max = problem.C.abs().amax(1).double()
     for factor, nonzero in ((1.0, False), (3.0, False), (0.9, True)):
@@ -169,27 +169,27 @@ def test_predictions_do_not_depend_on_model_order() -> None:
     first = LassoPath(n_lambdas=20, eps=1e-2, tol=1e-6, device="cpu").fit(X, Y)
     rng = np.random.default_rng(0)
     order = np.arange(200)  # shuffle within the training and within the validation rows: same split, new order
-    order[first.train_rows_] = rng.permutation(first.train_rows_)
-    order[first.val_rows_] = rng.permutation(first.val_rows_)
+    order[first.fit_rows_] = rng.permutation(first.fit_rows_)
+    order[first.selection_rows_] = rng.permutation(first.selection_rows_)
     second = LassoPath(n_lambdas=20, eps=1e-2, tol=1e-6, block_rows=17, device="cpu").fit(X[order], Y[order])
-    np.testing.assert_array_equal(second.train_rows_, first.train_rows_)
+    np.testing.assert_array_equal(second.fit_rows_, first.fit_rows_)
     # equal up to the solver tolerance: float32 sums in another order take another FISTA trajectory, and a
     # relative objective gap of 1e-6 bounds the weights only to about its square root
     np.testing.assert_allclose(second.coef_, first.coef_, atol=2e-3)
     np.testing.assert_allclose(second.predict(X), first.predict(X), atol=2e-3)
-    np.testing.assert_allclose(second.alpha_, first.alpha_, rtol=1e-6)
+    np.testing.assert_allclose(second.lambda_, first.lambda_, rtol=1e-6)
 
 
 def test_validation_curve_and_early_stopping() -> None:
     X, Y, _ = planted(300, 30, 4, 6, noise=2.0)
     model = LassoPath(n_lambdas=60, eps=1e-3, patience=4, device="cpu").fit(X, Y)
-    Xv, Yv = X[model.val_rows_].astype(np.float32), Y[model.val_rows_]
+    Xv, Yv = X[model.selection_rows_].astype(np.float32), Y[model.selection_rows_]
     np.testing.assert_allclose(model.val_mse_, ((model.predict(Xv) - Yv) ** 2).mean(0), rtol=1e-4)
     for j in range(4):
         curve = model.path_val_mse_[:, j]
         done = np.flatnonzero(np.isfinite(curve))
         best = int(np.nanargmin(curve))
-        assert model.alpha_[j] == model.lambdas_[best, j] and model.val_mse_[j] == curve[best]
+        assert model.lambda_[j] == model.lambdas_[best, j] and model.val_mse_[j] == curve[best]
         assert done[-1] == len(curve) - 1 or done[-1] - best == 4  # stopped exactly `patience` steps after the best
         assert (model.n_iter_[done[-1] + 1:, j] == 0).all()
     np.testing.assert_allclose(model.lambdas_[-1], model.lambda_max_ * 1e-3)

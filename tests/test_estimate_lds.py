@@ -14,7 +14,7 @@ from scipy.stats import ConstantInputWarning, spearmanr
 from dmtoolkit.errors import StoreError
 from dmtoolkit.estimate.datamodels import fit_datamodels
 from dmtoolkit.estimate.influence import compute_influence
-from dmtoolkit.estimate.lds import evaluate, spearman_columns
+from dmtoolkit.estimate.lds import LdsResult, evaluate, spearman_columns
 from dmtoolkit.masks import make_masks
 from dmtoolkit.store import RunStore
 
@@ -45,7 +45,8 @@ def independent_lds(store: Path, rows: np.ndarray, weights: np.ndarray, offset: 
     return np.where(abstains, 0.0, lds)
 
 
-def check_report(report: dict, expected: np.ndarray) -> None:
+def check_report(result: LdsResult, expected: np.ndarray) -> None:
+    report = result.to_json()
     got = np.array([np.nan if v is None else v for v in report["lds_per_target"]])
     np.testing.assert_allclose(got, expected, atol=1e-9)
     finite = expected[np.isfinite(expected)]
@@ -58,14 +59,15 @@ def check_report(report: dict, expected: np.ndarray) -> None:
 
 def test_datamodels_lds_matches_scipy(store: Path, tmp_path: Path) -> None:
     out = tmp_path / "dm.h5"
-    fit_datamodels(store, out, targets="1:5", n_lambdas=20, eps=1e-2, val_frac=0.2, device="cpu")
+    fit_datamodels(store, out, targets="1:5", n_lambdas=20, eps=1e-2, val_frac=0.2, holdout_frac=0.2, device="cpu")
     report = evaluate(store, out)
     with h5py.File(out, "r") as f:
-        expected = independent_lds(store, f["val_rows"][()], f["weights"][()], f["bias"][()], slice(1, 5))
-    assert report["estimator"] == "datamodels" and report["targets"] == [1, 5] and report["heldout_models"] == 30
-    assert report["undefined_targets"] == 1  # target 4 has constant margins
+        expected = independent_lds(store, f["rows/test"][()], f["coef"][()], f["intercept"][()], slice(1, 5))
+        assert not set(f["rows/test"][()]) & set(f["rows/selection"][()])  # λ was not chosen on the scored rows
+    assert report.estimator == "datamodels" and report.targets == (1, 5) and report.heldout_models == 30
+    assert report.undefined_targets == 1  # target 4 has constant margins
     check_report(report, expected)
-    assert report["lds_mean"] > 0.5
+    assert report.lds_mean > 0.5
 
 
 def test_influence_lds_matches_scipy(store: Path, tmp_path: Path) -> None:
@@ -73,13 +75,13 @@ def test_influence_lds_matches_scipy(store: Path, tmp_path: Path) -> None:
     compute_influence(store, out, holdout_frac=0.2, seed=4, device="cpu")
     report = evaluate(store, out)
     with h5py.File(out, "r") as f:
-        infl, mean = f["influence"][()].astype(np.float64), f["mean_margin"][()].astype(np.float64)
-        rows = f["holdout_rows"][()]
-    # f(S) = mean + sum_k infl_k (1[k in S] - alpha), alpha = 0.5
+        infl, mean = f["coef"][()].astype(np.float64), f["mean_margin"][()].astype(np.float64)
+        rows = f["rows/test"][()]
+    # f(S) = mean + sum_k infl_k (1[k in S] - alpha): Spearman is blind to the constant, so alpha = 0.5 will do
     expected = independent_lds(store, rows, infl, mean - 0.5 * infl.sum(0), slice(0, 5))
-    assert report["estimator"] == "influence" and report["heldout_models"] == 30 and report["targets"] == [0, 5]
+    assert report.estimator == "difference-of-means" and report.heldout_models == 30 and report.targets == (0, 5)
     check_report(report, expected)
-    assert report["lds_mean"] > 0.5
+    assert report.lds_mean > 0.5
 
 
 def test_spearman_with_ties_matches_scipy() -> None:
@@ -94,8 +96,8 @@ def test_constant_predictions_score_zero(store: Path, tmp_path: Path) -> None:
     out = tmp_path / "dm.h5"
     fit_datamodels(store, out, n_lambdas=1, val_frac=0.2, device="cpu")  # λ = λ_max: every weight is zero
     report = evaluate(store, out)
-    assert report["constant_predictions"] == 5 and report["undefined_targets"] == 1
-    assert report["lds_per_target"] == [0.0, 0.0, 0.0, 0.0, None] and report["lds_mean"] == 0.0
+    assert report.constant_predictions == 5 and report.undefined_targets == 1
+    assert report.lds_per_target == (0.0, 0.0, 0.0, 0.0, None) and report.lds_mean == 0.0
 
 
 def test_refuses_an_estimate_of_another_store_state(store: Path, tmp_path: Path) -> None:
@@ -103,18 +105,18 @@ def test_refuses_an_estimate_of_another_store_state(store: Path, tmp_path: Path)
     compute_influence(store, out, device="cpu")
     with h5py.File(store, "r+") as f:
         f["margins"][0, 0] += 1.0
-    with pytest.raises(StoreError, match=r"was computed from a different state of .*recompute it with `dmtoolkit influence"):
+    with pytest.raises(StoreError, match=r"was not computed from .* in its current state .*recompute the estimate"):
         evaluate(store, out)
 
 
 def test_refusals(store: Path, tmp_path: Path) -> None:
     out = tmp_path / "infl.h5"
     compute_influence(store, out, holdout_frac=0, device="cpu")
-    with pytest.raises(StoreError, match=r"only 0 held-out models.*--holdout-frac"):
+    with pytest.raises(StoreError, match=r"only 0 held-out test models.*--holdout-frac"):
         evaluate(store, out)
-    with pytest.raises(StoreError, match="not an influence or datamodels file"):
+    with pytest.raises(StoreError, match="not a dmtoolkit estimate file"):
         evaluate(store, store)
-    with pytest.raises(StoreError, match="no such estimator file"):
+    with pytest.raises(StoreError, match="no such estimate file"):
         evaluate(store, tmp_path / "missing.h5")
     (tmp_path / "text.h5").write_text("hello")
     with pytest.raises(StoreError, match="not an HDF5 file"):

@@ -1,71 +1,15 @@
-"""Reading estimator outputs (INFLUENCE.h5, DATAMODELS.h5) the same way for every analysis."""
+"""Estimates as analyses read them: loaded through their owner (`dmtoolkit.estimate.files`), checked
+for the level an analysis needs and against the run store they came from."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
-import h5py
-import numpy as np
-
 from dmtoolkit.errors import StoreError, UserError
+from dmtoolkit.estimate.files import Estimate, load_estimate
+from dmtoolkit.store import RunStore
 
-INFLUENCE_SCHEMA = "dmtoolkit.influence"
-DATAMODELS_SCHEMA = "dmtoolkit.datamodels"
-
-
-@dataclass(frozen=True)
-class Estimate:
-    """An (units × targets) effect matrix and what its rows and columns are.
-
-    `matrix[k, j]` is the influence (difference of means) or datamodel weight of source unit k on target
-    example `target_index[j]` of the run store (datamodel files may cover a slice of the targets).
-    """
-
-    path: Path
-    schema: str
-    kind: str
-    matrix: np.ndarray
-    unit_names: list[str]
-    target_names: list[str]
-    target_index: np.ndarray
-    store_path: Path | None
-
-    @property
-    def estimator(self) -> str:
-        return "influence" if self.schema == INFLUENCE_SCHEMA else "datamodels"
-
-    @property
-    def target_classes(self) -> list[str]:
-        """Class name of each column (target names are "index:class")."""
-        return [name.split(":", 1)[1] if ":" in name else name for name in self.target_names]
-
-
-def _strings(f: h5py.File, name: str) -> list[str]:
-    return [v.decode() if isinstance(v, bytes) else str(v) for v in f[name][()]]
-
-
-def load_estimate(path: str | Path) -> Estimate:
-    """Open an INFLUENCE.h5 or DATAMODELS.h5; refuses anything else with a one-line reason."""
-    path = Path(path)
-    if not path.exists():
-        raise StoreError(f"{path}: no such file; make one with `dmtoolkit influence` or `dmtoolkit datamodels`")
-    if not h5py.is_hdf5(path):
-        raise StoreError(f"{path}: not an HDF5 file; give a file made by `dmtoolkit influence` or `dmtoolkit datamodels`")
-    with h5py.File(path, "r") as f:
-        schema = f.attrs.get("schema")
-        if schema not in (INFLUENCE_SCHEMA, DATAMODELS_SCHEMA):
-            raise StoreError(f"{path}: not an influence or datamodels file (schema {schema!r}); "
-                             "make one with `dmtoolkit influence` or `dmtoolkit datamodels`")
-        matrix = f["influence" if schema == INFLUENCE_SCHEMA else "weights"][()].astype(np.float64)
-        start = int(f.attrs.get("target_start", 0))
-        store = f.attrs.get("source_store", f.attrs.get("source_path"))
-        return Estimate(
-            path=path, schema=str(schema), kind=str(f.attrs["kind"]), matrix=matrix,
-            unit_names=_strings(f, "unit_names"), target_names=_strings(f, "target_names"),
-            target_index=np.arange(start, start + matrix.shape[1]),
-            store_path=Path(str(store)) if store is not None else None,
-        )
+__all__ = ["Estimate", "load_estimate", "require_kind", "store_path_of"]
 
 
 def require_kind(est: Estimate, kind: str, command: str) -> None:
@@ -76,10 +20,16 @@ def require_kind(est: Estimate, kind: str, command: str) -> None:
 
 
 def store_path_of(est: Estimate, store: str | Path | None = None) -> Path:
-    """The run store an estimate came from (or `store` if given), checked to exist."""
+    """The run store an estimate came from (or `store` if given), checked to exist and to be that store.
+
+    A store of the same shape from another run would silently score the wrong images and planted truth,
+    so its content hash must match the one the estimate recorded.
+    """
     path = Path(store) if store is not None else est.store_path
     if path is None:
         raise StoreError(f"{est.path}: does not name its run store; pass --store STORE.h5")
     if not path.exists():
         raise StoreError(f"{est.path}: its run store {path} does not exist (moved?); pass --store STORE.h5")
+    with RunStore(path) as run:
+        est.check_store(run)
     return path

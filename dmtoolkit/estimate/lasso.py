@@ -37,12 +37,16 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 import torch
 
-from dmtoolkit.estimate.common import resolve_device, row_blocks, split_rows
+from dmtoolkit.devices import resolve_device
+from dmtoolkit.errors import ParameterError
+from dmtoolkit.estimate.base import Estimator, ExtraDataset
+from dmtoolkit.estimate.blocks import row_blocks, selected_rows
+from dmtoolkit.estimate.splits import split_rows
 
 
 class LassoConvergenceWarning(UserWarning):
@@ -202,19 +206,23 @@ class _Stats:
 
 def _as_block(a: np.ndarray, device: torch.device, check_binary: bool) -> torch.Tensor:
     if check_binary and a.dtype != bool and not np.isin(a, (0, 1)).all():
-        raise ValueError("X must hold 0/1 subset masks (bool or 0/1 numbers); "
+        raise ParameterError("X must hold 0/1 subset masks (bool or 0/1 numbers); "
                          "the standardisation is exact only for them")
     return torch.as_tensor(np.asarray(a, dtype=np.float32), device=device)
 
 
-class LassoPath:
-    """Lasso path with validation early stopping for all targets at once (scikit-learn style).
+class LassoPath(Estimator):
+    """Lasso path with validation early stopping for all targets at once: the datamodels estimator.
 
-    Fitted attributes: coef_ (P,T) in mask units, intercept_ (T,), alpha_ (T,) the chosen λ (on the
-    standardised problem, as scikit-learn's `alpha`), val_mse_ (T,), lambda_max_ (T,), lambdas_
-    (K,T), path_val_mse_ / path_objective_ (K,T) (NaN after a target stopped), path_nnz_ and n_iter_
-    (K,T), mean_ / scale_ (P,) of the standardisation, train_rows_ / val_rows_.
+    Fitted attributes: coef_ (P,T) in mask units, intercept_ (T,), lambda_ (T,) the chosen λ (on the
+    standardised problem, scikit-learn's `alpha`), val_mse_ (T,), lambda_max_ (T,), lambdas_ (K,T),
+    path_val_mse_ / path_objective_ (K,T) (NaN after a target stopped), path_nnz_ and n_iter_ (K,T),
+    mean_ / scale_ (P,) of the standardisation, fit_rows_ / selection_rows_ (λ is chosen on selection_rows_).
     """
+
+    name = "datamodels"
+    coef_meaning = "change in predicted margin when the unit is in the subset (mask units)"
+    objective = "(1/(2n)) * ||y - Xs w - b||^2 + lambda * ||w||_1 with Xs = (masks - mask_mean) / mask_scale"
 
     def __init__(self, n_lambdas: int = 100, eps: float = 1e-3, *, tol: float = 1e-4, max_iter: int = 2000,
                  patience: int | None = 5, val_frac: float = 0.1, seed: int = 0, block_rows: int = 1024,
@@ -229,35 +237,69 @@ class LassoPath:
         self.block_rows = block_rows
         self.device = device
 
-    def _check_params(self, num_rows: int) -> None:
-        if self.n_lambdas < 1 or not 0 < self.eps < 1:
-            raise ValueError(f"need n_lambdas >= 1 and 0 < eps < 1, got {self.n_lambdas} and {self.eps}")
+    def check_settings(self, num_rows: int | None = None) -> None:
+        """Refuse settings the path cannot run with (and, given `num_rows`, too few models to split)."""
+        if self.n_lambdas < 1:
+            raise ParameterError(f"n_lambdas={self.n_lambdas} must be at least 1")
+        if not 0 < self.eps < 1:
+            raise ParameterError(f"eps={self.eps} must be in (0, 1): the path ends at eps * lambda_max")
         if not 0 < self.val_frac < 1:
-            raise ValueError(f"val_frac={self.val_frac} must be in (0, 1): λ is chosen on held-out models")
-        n_val = round(self.val_frac * num_rows)
-        if n_val < 1 or num_rows - n_val < 2:
-            raise ValueError(f"{num_rows} models with val_frac={self.val_frac} leave {num_rows - n_val} to train and "
-                             f"{n_val} to validate; need at least 2 and 1")
+            raise ParameterError(f"val_frac={self.val_frac} must be in (0, 1): λ is chosen on held-out models")
+        if num_rows is not None:
+            n_val = round(self.val_frac * num_rows)
+            if n_val < 1 or num_rows - n_val < 2:
+                raise ParameterError(f"{num_rows} models with val_frac={self.val_frac} leave {num_rows - n_val} to "
+                                     f"fit and {n_val} to choose λ (need 2 and 1); train more models or change "
+                                     "val_frac")
 
-    def fit(self, X: Any, Y: Any, rows: np.ndarray | None = None) -> LassoPath:
+    def fit(self, X: Any, Y: Any, rows: np.ndarray | None = None, *,
+            unit_names: list[str] | None = None) -> Self:
         """Fit on X (m,P) 0/1 masks and Y (m,T); both sliceable by row ranges (arrays or h5py datasets).
 
         `rows` restricts to those rows (e.g. a store's completed models); they are split into
-        training and validation sets with `seed`, recorded as train_rows_ and val_rows_.
+        training and validation sets with `seed`, recorded as fit_rows_ and selection_rows_.
         """
-        rows = np.arange(X.shape[0]) if rows is None else np.sort(np.asarray(rows, dtype=np.int64))
-        self._check_params(len(rows))
+        rows = selected_rows(X, Y, rows)
+        self.check_settings(len(rows))
         device = resolve_device(self.device)
-        self.train_rows_, self.val_rows_ = split_rows(rows, self.val_frac, self.seed)
+        self.fit_rows_, self.selection_rows_ = split_rows(rows, self.val_frac, self.seed)
         P, T = X.shape[1], Y.shape[1]
         stats = _Stats(P, T, device)
-        for _, (xb, yb) in row_blocks([X, Y], self.train_rows_, self.block_rows):
+        for _, (xb, yb) in row_blocks([X, Y], self.fit_rows_, self.block_rows):
             stats.add(_as_block(xb, device, True), _as_block(yb, device, False))
         val_parts = [(torch.as_tensor(np.asarray(xb, dtype=bool), device=device), _as_block(yb, device, False))
-                     for _, (xb, yb) in row_blocks([X, Y], self.val_rows_, self.block_rows)]
+                     for _, (xb, yb) in row_blocks([X, Y], self.selection_rows_, self.block_rows)]
         problem, mu, sigma, ybar = stats.standardised()
         self._run_path(problem, mu, sigma, ybar, val_parts)
         return self
+
+    def settings(self) -> dict[str, Any]:
+        return {"objective": self.objective, "solver": "FISTA on the Gram matrix (dmtoolkit.estimate.lasso)",
+                "n_lambdas": self.n_lambdas, "eps": self.eps, "tol": self.tol, "max_iter": self.max_iter,
+                "patience": -1 if self.patience is None else self.patience, "val_frac": self.val_frac,
+                "val_seed": self.seed}
+
+    def extra_datasets(self) -> list[ExtraDataset]:
+        curve = "λ step, target example"
+        return [
+            ExtraDataset("lambda", self.lambda_, "chosen λ (lowest validation MSE), on the standardised problem",
+                         "target example", "objective units"),
+            ExtraDataset("lambda_max", self.lambda_max_, "smallest λ whose solution is all zero", "target example",
+                         "objective units"),
+            ExtraDataset("val_mse", self.val_mse_, "validation mean squared error at the chosen λ", "target example",
+                         "margin²"),
+            ExtraDataset("path/lambdas", self.lambdas_, "λ grid, geometric from lambda_max down to eps*lambda_max",
+                         curve, "objective units"),
+            ExtraDataset("path/val_mse", self.path_val_mse_, "validation MSE along the path; NaN after early stopping",
+                         curve, "margin²"),
+            ExtraDataset("path/objective", self.path_objective_,
+                         "training objective at each λ; NaN after early stopping", curve, "objective units"),
+            ExtraDataset("path/nnz", self.path_nnz_, "number of nonzero weights at each λ", curve, "units"),
+            ExtraDataset("path/n_iter", self.n_iter_, "FISTA iterations spent at each λ", curve, "iterations"),
+            ExtraDataset("mask_mean", self.mean_, "fraction of training models with the unit", "unit", "fraction"),
+            ExtraDataset("mask_scale", self.scale_, "standard deviation of the mask column (1 where constant)", "unit",
+                         "fraction"),
+        ]
 
     def _run_path(self, problem: GramProblem, mu: torch.Tensor, sigma: torch.Tensor, ybar: torch.Tensor,
                   val_parts: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
@@ -307,7 +349,7 @@ class LassoPath:
         coef = best_W.double() / sigma[None, :]
         self.coef_ = coef.T.float().cpu().numpy()
         self.intercept_ = (ybar - coef @ mu).float().cpu().numpy()
-        self.alpha_ = lambdas.gather(0, best_k[None, :])[0].cpu().numpy()
+        self.lambda_ = lambdas.gather(0, best_k[None, :])[0].cpu().numpy()
         self.val_mse_ = best_mse.cpu().numpy()
         self.lambda_max_ = lam_max.cpu().numpy()
         self.lambdas_ = lambdas.cpu().numpy()
@@ -317,10 +359,6 @@ class LassoPath:
         self.n_iter_ = n_iter.cpu().numpy()
         self.mean_ = mu.cpu().numpy()
         self.scale_ = sigma.cpu().numpy()
-
-    def predict(self, X: np.ndarray) -> np.ndarray:
-        """Predicted margins (n, T) for masks X (n, P)."""
-        return np.asarray(X, dtype=np.float32) @ self.coef_ + self.intercept_
 
 
 def _val_mse(coef: torch.Tensor, ybar: torch.Tensor, mu: torch.Tensor,

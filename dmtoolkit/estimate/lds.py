@@ -1,34 +1,31 @@
-"""Linear datamodeling score (LDS): how well an estimator predicts margins of models it never saw.
+"""Linear datamodeling score (LDS): how well an estimate predicts margins of models it never saw.
 
-For each target example, LDS is the Spearman rank correlation, over held-out models, between the
-predicted and the true margin. Predictions:
-
-- datamodels: f̂(S) = bias + Σ_k weights_k · 1[k ∈ S], scored on the validation rows recorded in
-  DATAMODELS.h5 (the models used to choose λ but never to fit the weights);
-- class influence used as a linear predictor: f̂(S) = mean_margin + Σ_k Infl_k · (1[k ∈ S] − α),
-  scored on the held-out rows recorded in INFLUENCE.h5 (`compute_influence(holdout_frac=...)`).
-  Undefined (NaN) influences contribute 0.
+For each target example, LDS is the Spearman rank correlation, over the estimate's test rows (models
+held out from fitting and from choosing any setting), between the predicted and the true margin. Every
+estimator is a linear predictor, f̂(S) = intercept + Σ_k coef_k · 1[k ∈ S] (undefined, NaN,
+coefficients count 0), so LDS needs no per-estimator code.
 
 A constant prediction (e.g. a datamodel whose chosen λ zeroed every weight) ranks nothing and scores
 0, so abstaining is not rewarded; a target whose true held-out margins are all equal has no defined
 score and is left out of the mean, median and histogram (counted as `undefined_targets`).
 
-The estimator file must name this store's current content hash; otherwise the rows it recorded may
+The estimate file must name this store's current content hash; otherwise the rows it recorded may
 mean something else, and `evaluate` refuses.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import h5py
 import numpy as np
 from scipy.stats import rankdata
 
 from dmtoolkit.errors import StoreError
-from dmtoolkit.estimate import datamodels, influence
-from dmtoolkit.estimate.common import row_blocks
+from dmtoolkit.estimate.base import linear_prediction
+from dmtoolkit.estimate.blocks import TargetColumns, row_blocks
+from dmtoolkit.estimate.files import load_estimate
 from dmtoolkit.store import RunStore
 
 HISTOGRAM_EDGES = np.round(np.linspace(-1, 1, 21), 10)
@@ -56,63 +53,66 @@ def lds_per_target(predicted: np.ndarray, actual: np.ndarray) -> np.ndarray:
     return lds
 
 
-def _open_estimator(path: Path) -> h5py.File:
-    if not path.exists():
-        raise StoreError(f"{path}: no such estimator file; make one with `dmtoolkit influence` or `dmtoolkit datamodels`")
-    if not h5py.is_hdf5(path):
-        raise StoreError(f"{path}: not an HDF5 file; point --estimator at a file made by `dmtoolkit influence` or `datamodels`")
-    f = h5py.File(path, "r")
-    schema = f.attrs.get("schema")
-    if schema not in (influence.SCHEMA_NAME, datamodels.SCHEMA_NAME):
-        f.close()
-        raise StoreError(f"{path}: not an influence or datamodels file (schema {schema!r}); "
-                         "make one with `dmtoolkit influence` or `dmtoolkit datamodels`")
-    return f
+@dataclass(frozen=True)
+class LdsResult:
+    """LDS of one estimate on its test rows: summary, per-target scores and a histogram over [-1, 1]."""
+
+    estimator: str
+    estimate_file: Path
+    store: Path
+    heldout_models: int
+    targets: tuple[int, int]
+    lds_mean: float | None
+    lds_median: float | None
+    undefined_targets: int
+    constant_predictions: int
+    lds_per_target: tuple[float | None, ...]
+    histogram_edges: tuple[float, ...]
+    histogram_counts: tuple[int, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "estimator": self.estimator, "estimate_file": str(self.estimate_file), "store": str(self.store),
+            "heldout_models": self.heldout_models, "targets": list(self.targets),
+            "lds_mean": self.lds_mean, "lds_median": self.lds_median,
+            "undefined_targets": self.undefined_targets, "constant_predictions": self.constant_predictions,
+            "lds_per_target": list(self.lds_per_target),
+            "histogram": {"edges": list(self.histogram_edges), "counts": list(self.histogram_counts)},
+        }
 
 
-def evaluate(store_path: str | Path, estimator_path: str | Path, *, block_rows: int = 1024) -> dict[str, Any]:
-    """LDS of an INFLUENCE.h5 or DATAMODELS.h5 on its held-out models: mean, median, per target, histogram."""
-    estimator_path = Path(estimator_path)
-    with _open_estimator(estimator_path) as est, RunStore(store_path) as store:
-        store_hash = store.content_hash()
-        if est.attrs["source_hash"] != store_hash:
-            raise StoreError(
-                f"{estimator_path} was computed from a different state of {store.path} (content hash "
-                f"{est.attrs['source_hash'][:12]}… vs {store_hash[:12]}…, e.g. more models finished since); "
-                "recompute it with `dmtoolkit influence` or `dmtoolkit datamodels`"
-            )
-        is_datamodels = est.attrs["schema"] == datamodels.SCHEMA_NAME
-        rows = est["val_rows" if is_datamodels else "holdout_rows"][()]
-        if len(rows) < 3:
-            flag = "--val-frac" if is_datamodels else "--holdout-frac"
-            raise StoreError(f"{estimator_path}: only {len(rows)} held-out models, LDS needs at least 3; "
-                             f"refit with a larger {flag} or train more models")
-        if is_datamodels:
-            columns = slice(int(est.attrs["target_start"]), int(est.attrs["target_stop"]))
-            weights, offset = est["weights"][()], est["bias"][()]
-        else:
-            columns = slice(0, store.num_targets)
-            weights, offset = influence_predictor(est["influence"][()], est["mean_margin"][()],
-                                                  float(est.attrs["alpha"]))
-        predicted, actual = [], []
-        for _, (masks, margins) in row_blocks([store.file["masks"], store.file["margins"]], rows, block_rows):
-            predicted.append(masks.astype(np.float32) @ weights + offset)
-            actual.append(margins[:, columns])
-    predicted, actual = np.concatenate(predicted), np.concatenate(actual)
+def lds_from_arrays(predicted: np.ndarray, actual: np.ndarray) -> tuple[np.ndarray, float | None, float | None]:
+    """(per-target LDS, mean, median over defined targets) of predicted vs actual margins, (n, T) each."""
     lds = lds_per_target(predicted, actual)
-    constant_prediction = np.ptp(predicted, axis=0) == 0
+    finite = lds[np.isfinite(lds)]
+    if not len(finite):
+        return lds, None, None
+    return lds, float(finite.mean()), float(np.median(finite))
+
+
+def evaluate(store_path: str | Path, estimate_path: str | Path, *, block_rows: int = 1024) -> LdsResult:
+    """LDS of an ESTIMATE.h5 on its test rows: mean, median, per target, histogram."""
+    est = load_estimate(estimate_path)
+    rows = est.test_rows
+    if len(rows) < 3:
+        raise StoreError(f"{est.path}: only {len(rows)} held-out test models, LDS needs at least 3; "
+                         "refit with a larger --holdout-frac or train more models")
+    with RunStore(store_path) as store:
+        est.check_store(store)
+        margins = TargetColumns(store.margins, est.columns)
+        predicted, actual = [], []
+        for _, (masks, block) in row_blocks([store.masks, margins], rows, block_rows):
+            predicted.append(linear_prediction(masks, est.matrix, est.intercept))
+            actual.append(block)
+    predicted, actual = np.concatenate(predicted), np.concatenate(actual)
+    lds, mean, median = lds_from_arrays(predicted, actual)
     finite = lds[np.isfinite(lds)]
     counts, edges = np.histogram(finite, bins=HISTOGRAM_EDGES)
-    return {
-        "estimator": "datamodels" if is_datamodels else "influence",
-        "estimator_file": str(estimator_path),
-        "store": str(Path(store_path)),
-        "heldout_models": len(rows),
-        "targets": [columns.start, columns.stop],
-        "lds_mean": float(finite.mean()) if len(finite) else None,
-        "lds_median": float(np.median(finite)) if len(finite) else None,
-        "undefined_targets": int(len(lds) - len(finite)),
-        "constant_predictions": int(constant_prediction.sum()),
-        "lds_per_target": [float(v) if np.isfinite(v) else None for v in lds],
-        "histogram": {"edges": edges.tolist(), "counts": counts.tolist()},
-    }
+    return LdsResult(
+        estimator=est.estimator, estimate_file=est.path, store=Path(store_path), heldout_models=len(rows),
+        targets=(est.columns.start, est.columns.stop), lds_mean=mean, lds_median=median,
+        undefined_targets=int(len(lds) - len(finite)),
+        constant_predictions=int((np.ptp(predicted, axis=0) == 0).sum()),
+        lds_per_target=tuple(float(v) if np.isfinite(v) else None for v in lds),
+        histogram_edges=tuple(edges.tolist()), histogram_counts=tuple(int(c) for c in counts),
+    )

@@ -1,0 +1,202 @@
+"""Estimate files (ESTIMATE.h5): the one owner of their schema, how they are saved and loaded, and the
+check that the run store they name is the one they were computed from.
+
+Every estimator's file has the same core, so every reader (LDS, analyses, report) is estimator-blind:
+- `coef` (P, T): the estimator's coefficients in mask units (influence, regression coefficient or
+  datamodel weight of unit k on target column j); `intercept` (T,); `f̂(S) = Σ_k coef[k]·1[k∈S] + intercept`;
+- `unit_names` (P,), `target_names` (T,) ("index:class"), columns are store targets target_start..target_stop;
+- `rows/fit`, `rows/selection` (models that chose settings such as λ; may be empty), `rows/test` (held out
+  from everything, scored by `dmtoolkit evaluate`);
+- estimator extras (e.g. `stderr`, `n_in`, `lambda`, `path/...`) as further datasets;
+- attributes: schema and version, `estimator` (registry name) and its settings, the source run store's
+  path, content hash and recipe hash, kind, subset fraction, the split seed, package version, time.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import h5py
+import numpy as np
+
+from dmtoolkit import __version__
+from dmtoolkit.atomic import write_atomic
+from dmtoolkit.errors import StoreError
+
+if TYPE_CHECKING:
+    from dmtoolkit.estimate.base import Estimator
+    from dmtoolkit.estimate.splits import RowSplit
+    from dmtoolkit.store import RunStore
+
+SCHEMA_NAME = "dmtoolkit.estimate"
+SCHEMA_VERSION = 1
+OLD_SCHEMAS = ("dmtoolkit.influence", "dmtoolkit.datamodels")
+MAKE_ONE = "make one with `dmtoolkit influence` or `dmtoolkit datamodels`"
+CORE_DATASETS = ("coef", "intercept", "unit_names", "target_names", "rows/fit", "rows/selection", "rows/test")
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """The run store an estimate comes from, as recorded in the estimate file."""
+
+    store_path: Path
+    store_hash: str
+    recipe_hash: str
+    kind: str
+    subset_fraction: float
+
+    @classmethod
+    def of(cls, store: RunStore) -> Provenance:
+        return cls(store.path.resolve(), store.content_hash(), store.recipe_hash, store.kind, store.subset_fraction)
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A loaded estimate file: the (units × targets) coefficient matrix and what its rows and columns are.
+
+    `matrix[k, j]` is the coefficient of source unit k on target example `target_index[j]` of the run store
+    (files may cover a slice of the targets); `stderr` is None when the estimator gives none.
+    """
+
+    path: Path
+    schema: str
+    estimator: str
+    kind: str
+    subset_fraction: float
+    matrix: np.ndarray
+    intercept: np.ndarray
+    stderr: np.ndarray | None
+    unit_names: list[str]
+    target_names: list[str]
+    target_index: np.ndarray
+    store_path: Path | None
+    store_hash: str
+    fit_rows: np.ndarray
+    selection_rows: np.ndarray
+    test_rows: np.ndarray
+    attrs: dict[str, Any] = field(repr=False)
+
+    @property
+    def target_classes(self) -> list[str]:
+        """Class name of each column (target names are "index:class")."""
+        return [name.split(":", 1)[1] if ":" in name else name for name in self.target_names]
+
+    @property
+    def columns(self) -> slice:
+        """The store's target columns this estimate covers."""
+        return slice(int(self.target_index[0]), int(self.target_index[-1]) + 1) if len(self.target_index) else slice(0, 0)
+
+    def check_store(self, store: RunStore) -> None:
+        """Refuse a run store other than (or in another state than) the one this estimate was computed from."""
+        current = store.content_hash()
+        if current != self.store_hash:
+            raise StoreError(
+                f"{self.path} was not computed from {store.path} in its current state (content hash "
+                f"{self.store_hash[:12]}… recorded, {current[:12]}… now: another run, or more models finished "
+                "since); recompute the estimate or pass the run store it came from")
+
+
+def _put(group: h5py.Group, name: str, data: Any, meaning: str, axes: str, units: str) -> None:
+    """A dataset that explains itself (meaning, axes, units); 2-D arrays are tiled for partial reads."""
+    data = np.asarray(data)
+    if data.dtype.kind in "UO":
+        ds = group.create_dataset(name, data=data.astype(object), dtype=h5py.string_dtype())
+    elif data.ndim == 2 and data.size:
+        ds = group.create_dataset(name, data=data, chunks=(min(data.shape[0], 256), min(data.shape[1], 256)))
+    else:
+        ds = group.create_dataset(name, data=data)
+    ds.attrs.update({"meaning": meaning, "axes": axes, "units": units})
+
+
+def save_estimate(out_path: str | Path, estimator: Estimator, *, provenance: Provenance, split: RowSplit,
+                  unit_names: list[str], target_names: list[str], columns: slice, summary: str,
+                  force: bool = False) -> Path:
+    """Write a fitted estimator to ESTIMATE.h5 atomically (refusing to overwrite unless `force`)."""
+    unit = f"{provenance.kind} unit"
+
+    def fill(f: h5py.File) -> None:
+        f.attrs.update({
+            "schema": SCHEMA_NAME, "schema_version": SCHEMA_VERSION,
+            "estimator": estimator.name, "estimator_summary": summary,
+            "settings": json.dumps(estimator.settings(), sort_keys=True),
+            "predictor": "margin(S) ~ intercept + sum_k coef[k] * 1[k in S] (NaN coefficients count 0)",
+            "source_store": str(provenance.store_path), "source_hash": provenance.store_hash,
+            "source_recipe_hash": provenance.recipe_hash, "kind": provenance.kind,
+            "subset_fraction": provenance.subset_fraction,
+            "split_seed": split.seed, "test_fraction": split.test_fraction,
+            "target_start": columns.start, "target_stop": columns.stop,
+            "warnings": "\n".join(estimator.warnings_),
+            "package_version": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        })
+        _put(f, "coef", estimator.coef_, f"{estimator.coef_meaning} ({unit}, mask units)", "unit, target example",
+             "margin per unit")
+        _put(f, "intercept", estimator.intercept_, "predicted margin of the empty subset", "target example", "margin")
+        _put(f, "unit_names", np.array(unit_names), "name of each unit (rows of coef)", "unit", "name")
+        _put(f, "target_names", np.array(target_names), "index:class of each target example (columns of coef)",
+             "target example", "name")
+        _put(f, "rows/fit", split.fit, "run-store rows (models) the coefficients were fitted on", "model", "row index")
+        _put(f, "rows/selection", split.selection, "rows held out inside the fit to choose settings (e.g. λ)",
+             "model", "row index")
+        _put(f, "rows/test", split.test, "completed rows held out from everything; `dmtoolkit evaluate` scores these",
+             "model", "row index")
+        for extra in estimator.extra_datasets():
+            _put(f, extra.name, extra.data, extra.meaning, extra.axes, extra.units)
+
+    return write_atomic(out_path, fill, force=force)
+
+
+def _strings(f: h5py.File, name: str) -> list[str]:
+    return [v.decode() if isinstance(v, bytes) else str(v) for v in f[name][()]]
+
+
+def load_estimate(path: str | Path) -> Estimate:
+    """Open an estimate file; anything else (missing, foreign, truncated, old) is a one-line StoreError."""
+    path = Path(path)
+    if not path.exists():
+        raise StoreError(f"{path}: no such estimate file; {MAKE_ONE}")
+    if not h5py.is_hdf5(path):
+        raise StoreError(f"{path}: not an HDF5 file; give an estimate file ({MAKE_ONE})")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as error:
+        raise StoreError(f"{path}: cannot be read as HDF5 ({error.args[0] if error.args else error}); it may be "
+                         f"truncated or corrupt: recompute it ({MAKE_ONE})") from None
+    with f:
+        schema = f.attrs.get("schema")
+        if schema in OLD_SCHEMAS:
+            raise StoreError(f"{path}: an estimate file of an older dmtoolkit (schema {schema!r}); recompute it "
+                             f"({MAKE_ONE})")
+        if schema != SCHEMA_NAME:
+            raise StoreError(f"{path}: not a dmtoolkit estimate file (schema {schema!r}); {MAKE_ONE}")
+        if int(f.attrs.get("schema_version", -1)) != SCHEMA_VERSION:
+            raise StoreError(f"{path}: estimate schema version {f.attrs.get('schema_version')}, this dmtoolkit "
+                             f"reads {SCHEMA_VERSION}; recompute it ({MAKE_ONE})")
+        missing = [name for name in CORE_DATASETS if name not in f]
+        if missing:
+            raise StoreError(f"{path}: incomplete estimate file (no {missing[0]!r}); recompute it ({MAKE_ONE})")
+        try:
+            matrix = f["coef"][()].astype(np.float64)
+            start = int(f.attrs["target_start"])
+            return Estimate(
+                path=path, schema=str(schema), estimator=str(f.attrs["estimator"]), kind=str(f.attrs["kind"]),
+                subset_fraction=float(f.attrs["subset_fraction"]), matrix=matrix,
+                intercept=f["intercept"][()].astype(np.float64),
+                stderr=f["stderr"][()].astype(np.float64) if "stderr" in f else None,
+                unit_names=_strings(f, "unit_names"), target_names=_strings(f, "target_names"),
+                target_index=np.arange(start, start + matrix.shape[1]),
+                store_path=Path(str(f.attrs["source_store"])), store_hash=str(f.attrs["source_hash"]),
+                fit_rows=f["rows/fit"][()], selection_rows=f["rows/selection"][()], test_rows=f["rows/test"][()],
+                attrs=dict(f.attrs),
+            )
+        except (KeyError, OSError) as error:
+            raise StoreError(f"{path}: damaged estimate file ({error}); recompute it ({MAKE_ONE})") from None
+
+
+def read_extra(path: str | Path, name: str) -> np.ndarray | None:
+    """One estimator extra (e.g. "n_in", "path/val_mse") of an estimate file, or None if it has none."""
+    with h5py.File(path, "r") as f:
+        return f[name][()] if name in f else None

@@ -1,0 +1,88 @@
+"""Fit any registered estimator on a run store and save it: the one path from STORE.h5 to ESTIMATE.h5.
+
+The completed rows are split into test rows (held out from everything; `dmtoolkit evaluate` scores
+them) and the rest, which the estimator fits on (and, for datamodels, splits again to choose λ).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from dmtoolkit.atomic import refuse_overwrite
+from dmtoolkit.errors import StoreError, UserError
+from dmtoolkit.estimate.base import Estimator
+from dmtoolkit.estimate.blocks import TargetColumns, row_blocks
+from dmtoolkit.estimate.files import Provenance, save_estimate
+from dmtoolkit.estimate.registry import ESTIMATORS
+from dmtoolkit.estimate.splits import RowSplit, split_rows
+from dmtoolkit.store import RunStore
+
+
+def completed_rows(store: RunStore, minimum: int = 2) -> np.ndarray:
+    """The store's completed rows; refuses too few of them, or completed rows whose margins are not finite."""
+    rows = store.completed_rows()
+    if len(rows) < minimum:
+        raise StoreError(
+            f"{store.path}: only {len(rows)} of {store.num_models} models are completed, estimates need at least "
+            f"{minimum}; run `dmtoolkit train {store.path}` first"
+        )
+    bad = [int(r) for block, (margins,) in row_blocks([store.margins], rows, 4096)
+           for r in block[~np.isfinite(margins).all(1)]]
+    if bad:
+        shown = ", ".join(map(str, bad[:5])) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise StoreError(f"{store.path}: completed rows {shown} have non-finite margins; see `dmtoolkit store "
+                         "validate` and retrain or drop them")
+    return rows
+
+
+def parse_targets(spec: str | slice | None, num_targets: int) -> slice:
+    """`None` → all targets; "A:B" (either side may be empty) or a slice → a checked slice 0 ≤ A < B ≤ T."""
+    if spec is None:
+        return slice(0, num_targets)
+    if isinstance(spec, slice):
+        start, stop = spec.start, spec.stop
+    else:
+        parts = spec.split(":")
+        try:
+            if len(parts) != 2:
+                raise ValueError
+            start, stop = (int(p) if p.strip() else None for p in parts)
+        except ValueError:
+            raise UserError(f"targets {spec!r} is not of the form A:B; give e.g. 0:{num_targets}") from None
+    start = 0 if start is None else start
+    stop = num_targets if stop is None else stop
+    if not 0 <= start < stop <= num_targets:
+        raise UserError(f"targets {start}:{stop} is outside the store's targets 0:{num_targets}; "
+                        f"give A:B with 0 <= A < B <= {num_targets}")
+    return slice(start, stop)
+
+
+def fit_store(store_path: str | Path, out_path: str | Path, estimator: Estimator, *, test_fraction: float = 0.1,
+              seed: int = 0, targets: str | slice | None = None, force: bool = False) -> Estimator:
+    """Fit `estimator` on the store's completed models less a held-out test fraction; write ESTIMATE.h5.
+
+    `test_fraction` of the completed rows (drawn with `seed`, recorded in the file) are left out for
+    `dmtoolkit evaluate`; 0 fits on all of them (evaluate then has nothing to score). `targets` ("A:B")
+    fits a slice of the target columns, so a large job can be split across processes.
+    """
+    if not 0 <= test_fraction < 1:
+        raise UserError(f"test fraction {test_fraction} must be in [0, 1)")
+    refuse_overwrite(out_path, force)
+    with RunStore(store_path) as store:
+        rows = completed_rows(store)
+        columns = parse_targets(targets, store.num_targets)
+        fit_rows, test_rows = split_rows(rows, test_fraction, seed)
+        if len(fit_rows) < 2:
+            raise UserError(f"{store.path}: holding out {len(test_rows)} of {len(rows)} completed models leaves "
+                            f"{len(fit_rows)} to fit; lower the test fraction or train more models")
+        margins = store.margins if columns == slice(0, store.num_targets) else TargetColumns(store.margins, columns)
+        estimator.fit(store.masks, margins, fit_rows, unit_names=store.unit_names)
+        provenance = Provenance.of(store)
+        unit_names, target_names = store.unit_names, store.target_names[columns]
+    split = RowSplit(fit=estimator.fit_rows_, selection=estimator.selection_rows_, test=test_rows, seed=seed,
+                     test_fraction=test_fraction)
+    save_estimate(out_path, estimator, provenance=provenance, split=split, unit_names=unit_names,
+                  target_names=target_names, columns=columns, summary=ESTIMATORS[estimator.name].summary, force=force)
+    return estimator

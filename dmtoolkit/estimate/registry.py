@@ -1,0 +1,57 @@
+"""Estimators by name. The CLI's `--estimator` choices and every reader of estimate files come from here.
+
+Entries name their class as "module:Class" and are imported only when asked for, so listing names
+(the CLI's start-up) does not import torch. Adding an estimator: one module with an `Estimator`
+subclass, one line below.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from dmtoolkit.errors import UserError
+
+if TYPE_CHECKING:
+    from dmtoolkit.estimate.base import Estimator
+
+
+@dataclass(frozen=True)
+class EstimatorEntry:
+    """A registered estimator: its name, where its class lives, which command fits it, and one line on it."""
+
+    name: str
+    target: str
+    command: str
+    summary: str
+
+    def load(self) -> type[Estimator]:
+        module, _, cls = self.target.partition(":")
+        return getattr(importlib.import_module(module), cls)
+
+
+ESTIMATORS: dict[str, EstimatorEntry] = {e.name: e for e in (
+    EstimatorEntry("difference-of-means", "dmtoolkit.estimate.difference_of_means:DifferenceOfMeans", "influence",
+                   "difference of means (Algorithm 1, Jain et al. 2022)"),
+    EstimatorEntry("regression", "dmtoolkit.estimate.regression:Regression", "influence",
+                   "least squares of each target's margin on the masks (other units' linear effects removed)"),
+    EstimatorEntry("datamodels", "dmtoolkit.estimate.lasso:LassoPath", "datamodels",
+                   "sparse linear datamodels: lasso path, λ chosen per target on held-out models (Ilyas et al. 2022)"),
+)}
+
+
+def estimator_names(command: str | None = None) -> list[str]:
+    """Registered names, optionally only those a CLI command (`influence`, `datamodels`) runs."""
+    return [name for name, e in ESTIMATORS.items() if command is None or e.command == command]
+
+
+def estimator_entry(name: str) -> EstimatorEntry:
+    if name not in ESTIMATORS:
+        raise UserError(f"unknown estimator {name!r}; use one of: {', '.join(ESTIMATORS)}")
+    return ESTIMATORS[name]
+
+
+def make_estimator(name: str, **settings: Any) -> Estimator:
+    """A new, unfitted estimator of the registered `name` with constructor `settings`."""
+    return estimator_entry(name).load()(**settings)
