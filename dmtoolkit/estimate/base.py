@@ -18,9 +18,12 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, ClassVar, Self
+from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from dmtoolkit.estimate.splits import SamplingUnits
 
 
 @dataclass(frozen=True)
@@ -53,11 +56,12 @@ class Estimator(ABC):
 
     @abstractmethod
     def fit(self, masks: Any, margins: Any, rows: np.ndarray | None = None, *,
-            unit_names: list[str] | None = None) -> Self:
+            unit_names: list[str] | None = None, units: SamplingUnits | None = None) -> Self:
         """Fit on masks (m, P) 0/1 and margins (m, T), both sliceable by row ranges (arrays, h5py datasets).
 
-        `rows` restricts the fit to those rows (default: all); `unit_names` only make messages readable.
-        Returns self.
+        `rows` restricts the fit to those rows (default: all); `unit_names` only make messages readable;
+        `units` are the rows' sampling units (complementary pairs, orthogonal blocks; default: every row
+        independent), which standard errors and internal splits must respect. Returns self.
         """
 
     def predict(self, masks: np.ndarray) -> np.ndarray:
@@ -66,6 +70,10 @@ class Estimator(ABC):
 
     def settings(self) -> dict[str, Any]:
         """Constructor settings worth recording in the estimate file (numbers, strings, booleans)."""
+        return {}
+
+    def fitted_attributes(self) -> dict[str, Any]:
+        """Descriptions of the fit recorded as file attributes (e.g. how standard errors were computed)."""
         return {}
 
     def extra_datasets(self) -> list[ExtraDataset]:

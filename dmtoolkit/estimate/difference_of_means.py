@@ -27,6 +27,7 @@ from dmtoolkit.devices import resolve_device
 from dmtoolkit.errors import UserError
 from dmtoolkit.estimate.base import Estimator, ExtraDataset
 from dmtoolkit.estimate.blocks import BLOCK_ROWS, row_blocks, selected_rows
+from dmtoolkit.estimate.splits import SamplingUnits, check_contiguous
 
 
 
@@ -42,15 +43,21 @@ class MeansAccumulator:
     (and m), the extra column the counts n_in, so nothing else touches the block.
     """
 
-    def __init__(self, num_units: int, num_targets: int, device: torch.device, *, errors: bool = True) -> None:
+    def __init__(self, num_units: int, num_targets: int, device: torch.device, *, errors: bool = True,
+                 grouped: bool = False) -> None:
         self.device = device
         self.num_units, self.num_targets, self.errors = num_units, num_targets, errors
         self.moments = 2 if errors else 1
         self.sums = torch.zeros(num_units + 1, self.moments * num_targets + 1, dtype=torch.float64, device=device)
         self.shift: torch.Tensor | None = None
+        self.clusters = ClusterSums(num_units, num_targets, device) if errors and grouped else None
+        self._carry: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
-    def add(self, masks: np.ndarray, margins: np.ndarray) -> None:
-        """Add a block of models: masks (r, P) bool, margins (r, T)."""
+    def add(self, masks: np.ndarray, margins: np.ndarray, units: np.ndarray | None = None) -> None:
+        """Add a block of models: masks (r, P) bool, margins (r, T), and their sampling-unit ids when grouped.
+
+        Units are runs of consecutive rows; a run that may continue into the next block is carried over.
+        """
         r, P, T = len(masks), self.num_units, self.num_targets
         if r == 0:
             return
@@ -66,6 +73,18 @@ class MeansAccumulator:
             torch.mul(right[:, :T], right[:, :T], out=right[:, T:2 * T])
         right[:, -1] = 1
         self.sums.add_(left.T @ right)
+        if self.clusters is not None:
+            self._add_clusters(left[:, :P], right[:, :T], np.asarray(units))
+
+    def _add_clusters(self, masks: torch.Tensor, shifted: torch.Tensor, units: np.ndarray) -> None:
+        if self._carry is not None:
+            carry_masks, carry_margins, carry_units = self._carry
+            masks, shifted = torch.cat([carry_masks, masks]), torch.cat([carry_margins, shifted])
+            units = np.concatenate([carry_units, units])
+        last = len(units) - int(np.argmax(units[::-1] != units[-1])) if (units != units[-1]).any() else 0
+        self._carry = (masks[last:], shifted[last:], units[last:])
+        if last:
+            self.clusters.add(masks[:last], shifted[:last], units[:last])
 
     def finish(self, estimator: DifferenceOfMeans, unit_names: list[str] | None) -> None:
         """Set the estimator's fitted attributes; NaN (with a warning) where undefined."""
@@ -92,8 +111,15 @@ class MeansAccumulator:
         intercept = mean_margin - (torch.nan_to_num(influence, nan=0.0) * rates[:, None]).sum(0)
         estimator.coef_ = influence.float().cpu().numpy()
         estimator.intercept_ = intercept.float().cpu().numpy()
-        estimator.stderr_ = (self._welch_stderr(n_in, n_out, s_in, s_out, mean_in, mean_out)
-                             if self.errors else None)
+        estimator.stderr_, estimator.stderr_dof_ = None, None
+        if self.clusters is not None:
+            if self._carry is not None and len(self._carry[2]):
+                self.clusters.add(*self._carry)
+            self._carry = None
+            estimator.stderr_ = self.clusters.stderr(n_in[:, 0], n_out[:, 0], s_in, s_out)
+            estimator.stderr_dof_ = self.clusters.groups - 1
+        elif self.errors:
+            estimator.stderr_ = self._welch_stderr(n_in, n_out, s_in, s_out, mean_in, mean_out)
         estimator.n_in_ = n_in_np
         estimator.n_out_ = m - n_in_np
         estimator.mean_margin_ = mean_margin.float().cpu().numpy()
@@ -112,6 +138,79 @@ class MeansAccumulator:
         var = torch.addcmul(q_in, s_in, mean_in, value=-1).clamp_(min=0).mul_(se_in)
         var.add_(torch.addcmul(q_out, s_out, mean_out, value=-1).clamp_(min=0).mul_(se_out))
         return var.sqrt_().float().cpu().numpy()
+
+
+class ClusterSums:
+    """Per-sampling-unit sums for a design-based (cluster) standard error of difference of means.
+
+    Linearised, unit k's difference of means is Σ_i ψ_i with ψ_i = m_ik (f_i − μ_in)/n_in − (1 − m_ik)(f_i − μ_out)/n_out.
+    Draws are sampling units g (a complementary pair, an orthogonal block), so Var ≈ G/(G−1) Σ_g B_g² with
+    B_g = Σ_(i∈g) ψ_i. For a complementary pair this is exactly the paired-difference variance, for a
+    balanced block the variance of the G block estimates over G; intervals use Student's t with G − 1
+    degrees of freedom. With S_g = Σ_(i∈g) m_i f_i, c_g = Σ_(i∈g) m_i, t_g = Σ_(i∈g) f_i, n_g = |g|:
+    B_g = a S_g − w t_g − c_g u + n_g v  (a = 1/n_in + 1/n_out, w = 1/n_out, u = μ_in/n_in + μ_out/n_out,
+    v = μ_out/n_out), so one pass accumulating ΣS², ΣS·t, ΣcS, ΣnS, Σc·t, Σt², Σn·t, Σc², Σn·c, Σn² suffices.
+    S_g comes from one batched product per chunk of units (cost m·P·T, as the main product).
+    """
+
+    CHUNK_ELEMENTS = 1 << 22  # units × P × T floats per batched product
+
+    def __init__(self, num_units: int, num_targets: int, device: torch.device) -> None:
+        P, T = num_units, num_targets
+        zeros = lambda *shape: torch.zeros(*shape, dtype=torch.float64, device=device)  # noqa: E731
+        self.SS, self.St, self.cS, self.nS, self.ct = (zeros(P, T) for _ in range(5))
+        self.tt, self.nt = zeros(T), zeros(T)
+        self.cc, self.nc = zeros(P), zeros(P)
+        self.nn = 0.0
+        self.groups = 0
+
+    def add(self, masks: torch.Tensor, shifted: torch.Tensor, units: np.ndarray) -> None:
+        """Add complete sampling units: masks (r, P) 0/1 float, shifted margins (r, T), unit ids (r,) in runs."""
+        starts = np.flatnonzero(np.r_[True, units[1:] != units[:-1]])
+        sizes = np.diff(np.r_[starts, len(units)])
+        G, L = len(starts), int(sizes.max())
+        P, T = masks.shape[1], shifted.shape[1]
+        group = torch.as_tensor(np.repeat(np.arange(G), sizes), device=masks.device)
+        slot = torch.as_tensor(np.arange(len(units)) - np.repeat(starts, sizes), device=masks.device)
+        chunk = max(1, self.CHUNK_ELEMENTS // max(1, L * (P + T) + P * T))
+        for lo in range(0, G, chunk):
+            hi = min(lo + chunk, G)
+            rows = slice(int(starts[lo]), int(starts[hi]) if hi < G else len(units))
+            g, s = group[rows] - lo, slot[rows]
+            padded_masks = torch.zeros(hi - lo, L, P, dtype=torch.float32, device=masks.device)
+            padded_margins = torch.zeros(hi - lo, L, T, dtype=torch.float32, device=masks.device)
+            padded_masks[g, s], padded_margins[g, s] = masks[rows], shifted[rows]
+            S = torch.bmm(padded_masks.transpose(1, 2), padded_margins).double()  # (g, P, T)
+            c = padded_masks.sum(1).double()  # (g, P)
+            t = padded_margins.sum(1).double()  # (g, T)
+            n = torch.as_tensor(sizes[lo:hi], dtype=torch.float64, device=masks.device)
+            self.SS += (S * S).sum(0)
+            self.St += (S * t[:, None, :]).sum(0)
+            self.cS += (S * c[:, :, None]).sum(0)
+            self.nS += (S * n[:, None, None]).sum(0)
+            self.ct += c.T @ t
+            self.tt += (t * t).sum(0)
+            self.nt += n @ t
+            self.cc += (c * c).sum(0)
+            self.nc += n @ c
+            self.nn += float((n * n).sum())
+            self.groups += hi - lo
+
+    def stderr(self, n_in: torch.Tensor, n_out: torch.Tensor, s_in: torch.Tensor, s_out: torch.Tensor) -> np.ndarray:
+        """sqrt(G/(G−1) Σ_g B_g²) per (unit, target); NaN where a side is empty or there are fewer than 2 units."""
+        G = self.groups
+        defined = (n_in > 0) & (n_out > 0)
+        if G < 2:
+            return torch.full_like(s_in, torch.nan).float().cpu().numpy()
+        inv_in = torch.where(defined, 1 / n_in, torch.nan)[:, None]
+        inv_out = torch.where(defined, 1 / n_out, torch.nan)[:, None]
+        mu_in, mu_out = s_in * inv_in, s_out * inv_out
+        a, w = inv_in + inv_out, inv_out
+        u, v = mu_in * inv_in + mu_out * inv_out, mu_out * inv_out
+        total = (a * a * self.SS + w * w * self.tt[None, :] + u * u * self.cc[:, None] + v * v * self.nn
+                 - 2 * a * w * self.St - 2 * a * u * self.cS + 2 * a * v * self.nS + 2 * w * u * self.ct
+                 - 2 * w * v * self.nt[None, :] - 2 * u * v * self.nc[:, None])
+        return (total.clamp_(min=0) * (G / (G - 1))).sqrt_().float().cpu().numpy()
 
 
 def undefined_unit_messages(n_in: np.ndarray, m: int, unit_names: list[str] | None, *,
@@ -146,28 +245,35 @@ class DifferenceOfMeans(Estimator):
         self.device = device
 
     def fit(self, masks: Any, margins: Any, rows: np.ndarray | None = None, *,
-            unit_names: list[str] | None = None) -> Self:
+            unit_names: list[str] | None = None, units: SamplingUnits | None = None) -> Self:
+        """See `Estimator.fit`; `units` are the rows' sampling units (default: independent rows), which the
+        standard errors respect: Welch's for independent rows, the cluster formula otherwise."""
         device = resolve_device(self.device)
         rows = selected_rows(masks, margins, rows)
-        acc = MeansAccumulator(masks.shape[1], margins.shape[1], device, errors=self.errors)
-        for _, (mask_block, margin_block) in row_blocks([masks, margins], rows, self.block_rows):
-            acc.add(mask_block, margin_block)
+        grouped = units is not None and not units.singletons
+        if grouped:
+            check_contiguous(units.ids)
+        acc = MeansAccumulator(masks.shape[1], margins.shape[1], device, errors=self.errors, grouped=grouped)
+        for block, (mask_block, margin_block) in row_blocks([masks, margins], rows, self.block_rows):
+            acc.add(mask_block, margin_block, units.ids[block] if grouped else None)
         acc.finish(self, unit_names)
         self.fit_rows_ = rows
+        self.stderr_method_ = (("cluster over sampling units: " + units.design) if grouped else
+                               "Welch, sqrt(var_in/n_in + var_out/n_out), independent rows" if self.errors else
+                               "not computed (errors=False)")
         return self
 
     def settings(self) -> dict[str, Any]:
         return {"errors": self.errors}
 
-    @property
-    def stderr_method(self) -> str:
-        """How stderr_ was computed (recorded in the estimate file)."""
-        return "Welch, sqrt(var_in/n_in + var_out/n_out)" if self.errors else "not computed (errors=False)"
+    def fitted_attributes(self) -> dict[str, Any]:
+        return {"stderr_method": self.stderr_method_,
+                "stderr_dof": -1 if self.stderr_dof_ is None else int(self.stderr_dof_)}
 
     def extra_datasets(self) -> list[ExtraDataset]:
         extras = []
         if self.stderr_ is not None:
-            extras.append(ExtraDataset("stderr", self.stderr_, f"standard error of the coefficient ({self.stderr_method})",
+            extras.append(ExtraDataset("stderr", self.stderr_, f"standard error of the coefficient ({self.stderr_method_})",
                                        "unit, target example", "margin"))
         return extras + [
             ExtraDataset("n_in", self.n_in_, "fitted models whose subset contains the unit", "unit", "models"),

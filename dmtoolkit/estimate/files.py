@@ -59,7 +59,8 @@ class Estimate:
     """A loaded estimate file: the (units × targets) coefficient matrix and what its rows and columns are.
 
     `matrix[k, j]` is the coefficient of source unit k on target example `target_index[j]` of the run store
-    (files may cover a slice of the targets); `stderr` is None when the estimator gives none.
+    (files may cover a slice of the targets); `stderr` is None when the estimator gives none, and
+    `stderr_dof` the degrees of freedom of its t intervals (None: normal).
     """
 
     path: Path
@@ -70,6 +71,7 @@ class Estimate:
     matrix: np.ndarray
     intercept: np.ndarray
     stderr: np.ndarray | None
+    stderr_dof: int | None
     unit_names: list[str]
     target_names: list[str]
     target_index: np.ndarray
@@ -129,9 +131,11 @@ def save_estimate(out_path: str | Path, estimator: Estimator, *, provenance: Pro
             "subset_fraction": provenance.subset_fraction,
             "split_seed": split.seed, "test_fraction": split.test_fraction,
             "target_start": columns.start, "target_stop": columns.stop,
+            "sampling_units": split.units_design,
             "warnings": "\n".join(estimator.warnings_),
             "package_version": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         })
+        f.attrs.update(estimator.fitted_attributes())
         _put(f, "coef", estimator.coef_, f"{estimator.coef_meaning} ({unit}, mask units)", "unit, target example",
              "margin per unit")
         _put(f, "intercept", estimator.intercept_, "predicted margin of the empty subset", "target example", "margin")
@@ -186,6 +190,7 @@ def load_estimate(path: str | Path) -> Estimate:
                 subset_fraction=float(f.attrs["subset_fraction"]), matrix=matrix,
                 intercept=f["intercept"][()].astype(np.float64),
                 stderr=f["stderr"][()].astype(np.float64) if "stderr" in f else None,
+                stderr_dof=int(f.attrs["stderr_dof"]) if int(f.attrs.get("stderr_dof", -1)) > 0 else None,
                 unit_names=_strings(f, "unit_names"), target_names=_strings(f, "target_names"),
                 target_index=np.arange(start, start + matrix.shape[1]),
                 store_path=Path(str(f.attrs["source_store"])), store_hash=str(f.attrs["source_hash"]),

@@ -16,7 +16,7 @@ from dmtoolkit.estimate.base import Estimator
 from dmtoolkit.estimate.blocks import TargetColumns, row_blocks
 from dmtoolkit.estimate.files import Provenance, save_estimate
 from dmtoolkit.estimate.registry import ESTIMATORS
-from dmtoolkit.estimate.splits import RowSplit, split_rows
+from dmtoolkit.estimate.splits import RowSplit, SamplingUnits, design_units, split_rows
 from dmtoolkit.store import RunStore
 
 
@@ -35,6 +35,12 @@ def completed_rows(store: RunStore, minimum: int = 2) -> np.ndarray:
         raise StoreError(f"{store.path}: completed rows {shown} have non-finite margins; see `dmtoolkit store "
                          "validate` and retrain or drop them")
     return rows
+
+
+def store_units(store: RunStore) -> SamplingUnits:
+    """The sampling units of a store's rows, from the mask design its recipe names."""
+    sub = store.recipe.subsets
+    return design_units(store.num_models, store.num_units, antithetic=sub.antithetic, design=sub.design)
 
 
 def parse_targets(spec: str | slice | None, num_targets: int) -> slice:
@@ -64,7 +70,9 @@ def fit_store(store_path: str | Path, out_path: str | Path, estimator: Estimator
     """Fit `estimator` on the store's completed models less a held-out test fraction; write ESTIMATE.h5.
 
     `test_fraction` of the completed rows (drawn with `seed`, recorded in the file) are left out for
-    `dmtoolkit evaluate`; 0 fits on all of them (evaluate then has nothing to score). `targets` ("A:B")
+    `dmtoolkit evaluate`; 0 fits on all of them (evaluate then has nothing to score). Whole sampling units
+    (complementary pairs, orthogonal blocks) are held out, and the estimator is told the units so its
+    standard errors follow the design. `targets` ("A:B")
     fits a slice of the target columns, so a large job can be split across processes.
     """
     if not 0 <= test_fraction < 1:
@@ -73,16 +81,17 @@ def fit_store(store_path: str | Path, out_path: str | Path, estimator: Estimator
     with RunStore(store_path) as store:
         rows = completed_rows(store)
         columns = parse_targets(targets, store.num_targets)
-        fit_rows, test_rows = split_rows(rows, test_fraction, seed)
+        units = store_units(store)
+        fit_rows, test_rows = split_rows(rows, test_fraction, seed, units.ids)
         if len(fit_rows) < 2:
             raise UserError(f"{store.path}: holding out {len(test_rows)} of {len(rows)} completed models leaves "
                             f"{len(fit_rows)} to fit; lower the test fraction or train more models")
         margins = store.margins if columns == slice(0, store.num_targets) else TargetColumns(store.margins, columns)
-        estimator.fit(store.masks, margins, fit_rows, unit_names=store.unit_names)
+        estimator.fit(store.masks, margins, fit_rows, unit_names=store.unit_names, units=units)
         provenance = Provenance.of(store)
         unit_names, target_names = store.unit_names, store.target_names[columns]
     split = RowSplit(fit=estimator.fit_rows_, selection=estimator.selection_rows_, test=test_rows, seed=seed,
-                     test_fraction=test_fraction)
+                     test_fraction=test_fraction, units_design=units.design)
     save_estimate(out_path, estimator, provenance=provenance, split=split, unit_names=unit_names,
                   target_names=target_names, columns=columns, summary=ESTIMATORS[estimator.name].summary, force=force)
     return estimator

@@ -17,6 +17,7 @@ from dmtoolkit.devices import resolve_device
 from dmtoolkit.errors import UserError
 from dmtoolkit.estimate.base import Estimator, ExtraDataset
 from dmtoolkit.estimate.blocks import BLOCK_ROWS, row_blocks, selected_rows
+from dmtoolkit.estimate.splits import SamplingUnits
 
 
 class RegressionAccumulator:
@@ -83,6 +84,7 @@ class RegressionAccumulator:
         estimator.n_in_, estimator.n_out_ = n_in, m - n_in
         estimator.mean_margin_ = (intercept + (counts / m) @ coef + self.shift.double()).float().cpu().numpy()
         estimator.num_models_ = m
+        estimator.residual_dof_ = m - rank - 1
         estimator.warnings_ = ()
 
 
@@ -102,7 +104,7 @@ class Regression(Estimator):
         self.device = device
 
     def fit(self, masks: Any, margins: Any, rows: np.ndarray | None = None, *,
-            unit_names: list[str] | None = None) -> Self:
+            unit_names: list[str] | None = None, units: SamplingUnits | None = None) -> Self:
         device = resolve_device(self.device)
         rows = selected_rows(masks, margins, rows)
         acc = RegressionAccumulator(masks.shape[1], margins.shape[1], device)
@@ -114,6 +116,12 @@ class Regression(Estimator):
 
     def settings(self) -> dict[str, Any]:
         return {"errors": self.errors}
+
+    def fitted_attributes(self) -> dict[str, Any]:
+        # Conditional on the masks the coefficients are linear in the margins, so the OLS variance holds for
+        # any mask design as long as the models' noise is independent (pairs and blocks share only masks).
+        return {"stderr_method": "OLS, sqrt(residual variance * (XᵀX)⁻¹_kk), conditional on the masks"
+                if self.errors else "not computed (errors=False)", "stderr_dof": self.residual_dof_}
 
     def extra_datasets(self) -> list[ExtraDataset]:
         extras = []
