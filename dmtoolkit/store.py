@@ -277,6 +277,11 @@ class RunStore:
         return int(self.file.attrs["seed"])
 
     @property
+    def created(self) -> str:
+        """Creation time stamp (with the recipe hash, tells two stores at one path apart)."""
+        return str(self.file.attrs.get("created", ""))
+
+    @property
     def num_models(self) -> int:
         return int(self.file["masks"].shape[0])
 
