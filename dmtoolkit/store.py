@@ -114,6 +114,9 @@ RUN_DATASETS: tuple[DatasetSpec, ...] = (
 )
 DATASETS_BY_NAME = {spec.name: spec for spec in RUN_DATASETS}
 ROW_COLUMNS: tuple[str, ...] = tuple(spec.name for spec in RUN_DATASETS if spec.column)
+# the per-model float columns and their meanings (read them with `RunStore.column`)
+PER_MODEL_FLOATS: dict[str, str] = {spec.name: spec.meaning for spec in RUN_DATASETS
+                                    if spec.column and spec.shape == ("m",) and spec.dtype == "float32"}
 
 
 @dataclass(frozen=True)
