@@ -5,6 +5,10 @@ place) no HDF5 metadata ever changes. Every per-model dataset is fixed-size, unc
 allocated at creation, so writing a row only overwrites raw bytes in place. A row's data are written,
 flushed and fsynced before its `completed` flag is set (and flushed and fsynced again), so a kill at
 any moment leaves at worst a half-written row whose flag is still unset; resume recomputes it.
+
+Every dataset is declared once, in `RUN_DATASETS`: `create_store` writes it, `RunStore.schema_problems`
+(behind `dmtoolkit store validate`) checks it, and merging copies its `ROW_COLUMNS`. Outside store code, read a store
+through `RunStore`'s accessors rather than by dataset name.
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ IMAGE_AXES = "example, y, x, channel"
 class DatasetSpec:
     """One dataset of the run store, as created, validated and merged.
 
-    `shape` names each axis size by a symbol of `DIMENSIONS` ("*": any size). `storage` says how it is
+    `shape` names each axis size by a symbol (see the comment above `RUN_DATASETS`). `storage` says how it is
     laid out: "rows" datasets are preallocated, fixed and uncompressed, filled with `fill` and then
     overwritten row by row in place (the crash-safety rule); "masks" is written whole at creation,
     chunked by rows and compressed; "data" is written whole and compressed when large. `column`
@@ -63,12 +67,9 @@ class DatasetSpec:
         return f"({sizes[0]},)" if len(sizes) == 1 else f"({', '.join(sizes)})"
 
 
-DIMENSIONS = {
-    "m": "models (rows)", "P": "units subsampled (source classes or pool examples)", "T": "target test examples",
-    "N": "source pool examples", "K": "source classes", "S": "source test examples",
-    "R": "target train examples", "C": "target classes",
-}
-
+# Axis-size symbols: m models (rows), P units subsampled (source classes or pool examples), T target test
+# examples, N source pool examples, K source classes, S source test examples, R target train examples,
+# C target classes; "*" any size.
 RUN_DATASETS: tuple[DatasetSpec, ...] = (
     DatasetSpec("masks", "bool", ("m", "P"), "model, unit",
                 "mask[i, u] is true when model i's training subset keeps source {kind} u", storage="masks"),

@@ -17,7 +17,8 @@ from tqdm import tqdm
 from dmtoolkit.errors import UserError
 from dmtoolkit.run.base import Executor
 from dmtoolkit.store import RunStore
-from dmtoolkit.train.job import group_of, group_size as group_size_of
+from dmtoolkit.train.job import group_of
+from dmtoolkit.train.job import group_size as group_size_of
 
 
 class TrainingFailed(UserError):

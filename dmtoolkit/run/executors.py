@@ -16,8 +16,7 @@ from typing import Iterable, Iterator
 
 import torch
 
-from dmtoolkit.run.base import (EXECUTOR_NAMES, EXECUTORS, Executor, GroupOutcome, compute_outcome,
-                                make_executor)
+from dmtoolkit.run.base import EXECUTOR_NAMES, EXECUTORS, Executor, GroupOutcome, compute_outcome, make_executor
 from dmtoolkit.train.job import RunContext
 
 __all__ = ["EXECUTORS", "EXECUTOR_NAMES", "Executor", "GroupOutcome", "LocalExecutor", "SerialExecutor",

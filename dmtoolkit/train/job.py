@@ -16,8 +16,15 @@ import torch
 from dmtoolkit.devices import resolve_device
 from dmtoolkit.recipe import Recipe
 from dmtoolkit.store import RunData, RunStore
-from dmtoolkit.train.fit import (BatchFactory, LoopSettings, MemoryPool, batched_outputs, margins_from_logits,
-                                 to_tensor, train_models)
+from dmtoolkit.train.fit import (
+    BatchFactory,
+    LoopSettings,
+    MemoryPool,
+    batched_outputs,
+    margins_from_logits,
+    to_tensor,
+    train_models,
+)
 from dmtoolkit.train.models import build_model
 from dmtoolkit.train.transfer import TRANSFERS
 
