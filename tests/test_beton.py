@@ -80,6 +80,12 @@ def test_training_from_betons_matches_memory(tmp_path: Path, betons: dict[str, P
         result = run("train", stores[name], "--workers", "1", "--device", "cpu", "--quiet")
         assert result.exit_code == 0, result.output
         assert run("store", "validate", stores[name]).exit_code == 0
+    from dmtoolkit.data.beton import BetonPool
+    from dmtoolkit.train.fit import MemoryPool
+    from dmtoolkit.train.job import RunContext
+
+    assert isinstance(RunContext.from_store(stores["beton"], "cpu").batches, BetonPool)  # chosen by the recipe
+    assert isinstance(RunContext.from_store(stores["memory"], "cpu").batches, MemoryPool)
     with h5py.File(stores["memory"], "r") as m, h5py.File(stores["beton"], "r") as b:
         # the same data went into both stores (betons are exact)
         assert json.loads(m.attrs["fingerprints"])["source_pool"] == json.loads(b.attrs["fingerprints"])["source_pool"]

@@ -90,7 +90,6 @@ class RayExecutor:
         self.workers, self.device, self.address = workers, device, address
         self.max_retries, self.in_flight_per_slot = max_retries, in_flight_per_slot
         self._started = False
-        self._task: Any = None
         self._payload: tuple[str, Any] | None = None  # (run key, ObjectRef of the payload)
 
     @classmethod
