@@ -11,7 +11,8 @@ classes are named by number and examples by row.
 When a recipe's source names betons, `dmtoolkit init` reads them into the store as usual (caps
 apply; planting is refused, since planted images are not in the beton), and source training then
 reads each model's subset through ffcv's `Loader` with `indices=` (order RANDOM: QUASI_RANDOM with
-subsets is known to crash, ffcv#208), seeded per model. Target data are read into the store at init
+subsets is known to crash, ffcv#208), seeded per model: `BetonPool` is the `BatchFactory` that
+`dmtoolkit.train.job.source_pool` hands the training loop for such a recipe. Target data are read into the store at init
 and used from there (the target is never subsampled). ffcv is optional: pip install 'dmtoolkit[ffcv]'.
 """
 
