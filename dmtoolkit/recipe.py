@@ -37,7 +37,11 @@ class DataSpec(_Section):
 
 
 class PlantingSpec(_Section):
-    """Ground truth planted into the source so detectors can be scored (never read by estimators)."""
+    """Ground truth planted into the source so detectors can be scored (never read by estimators).
+
+    The one planting type: the recipe's section and the argument of `dmtoolkit.data.planting.plant`;
+    `near_copies` counts leaks (decoys get near copies in the same proportion).
+    """
 
     leaks: int = Field(default=0, ge=0)
     decoys: int = Field(default=0, ge=0)

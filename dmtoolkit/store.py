@@ -5,6 +5,10 @@ place) no HDF5 metadata ever changes. Every per-model dataset is fixed-size, unc
 allocated at creation, so writing a row only overwrites raw bytes in place. A row's data are written,
 flushed and fsynced before its `completed` flag is set (and flushed and fsynced again), so a kill at
 any moment leaves at worst a half-written row whose flag is still unset; resume recomputes it.
+
+Every dataset is declared once, in `RUN_DATASETS`: `create_store` writes it, `RunStore.schema_problems`
+(behind `dmtoolkit store validate`) checks it, and merging copies its `ROW_COLUMNS`. Outside store code, read a store
+through `RunStore`'s accessors rather than by dataset name.
 """
 
 from __future__ import annotations
@@ -13,9 +17,10 @@ import hashlib
 import json
 import os
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Iterator, Sequence
+from typing import Literal
 
 import h5py
 import numpy as np
@@ -30,11 +35,89 @@ SCHEMA_NAME = "dmtoolkit.run"
 SCHEMA_VERSION = 1
 ROW_CHUNK = 64
 
-PER_MODEL_FLOATS = {
-    "source_accuracy": "accuracy of the source model on the source test split, in [0, 1]",
-    "target_accuracy": "accuracy of the transferred model on the target test set, in [0, 1]",
-    "seconds": "wall-clock seconds spent computing the model (its share of a batched group)",
-}
+IMAGE = ("*", "*", "*")  # y, x, channel: any size
+IMAGE_AXES = "example, y, x, channel"
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """One dataset of the run store, as created, validated and merged.
+
+    `shape` names each axis size by a symbol (see the comment above `RUN_DATASETS`). `storage` says how it is
+    laid out: "rows" datasets are preallocated, fixed and uncompressed, filled with `fill` and then
+    overwritten row by row in place (the crash-safety rule); "masks" is written whole at creation,
+    chunked by rows and compressed; "data" is written whole and compressed when large. `column`
+    marks the per-model results a row carries (`RunStore.write_row`, merge); `planted` datasets exist
+    only when ground truth was planted. `meaning` may name `{kind}` (class or example).
+    """
+
+    name: str
+    dtype: str  # a numpy dtype, or "str" for variable-length UTF-8 strings
+    shape: tuple[str, ...]
+    axes: str
+    meaning: str
+    storage: Literal["rows", "masks", "data"] = "data"
+    fill: object = None
+    column: bool = False
+    planted: bool = False
+
+    def shape_text(self, dims: dict[str, int]) -> str:
+        """The expected shape, sizes filled in where known: "(8, 120)", "(N, *, *, *)"."""
+        sizes = [str(dims.get(symbol, symbol)) for symbol in self.shape]
+        return f"({sizes[0]},)" if len(sizes) == 1 else f"({', '.join(sizes)})"
+
+
+# Axis-size symbols: m models (rows), P units subsampled (source classes or pool examples), T target test
+# examples, N source pool examples, K source classes, S source test examples, R target train examples,
+# C target classes; "*" any size.
+RUN_DATASETS: tuple[DatasetSpec, ...] = (
+    DatasetSpec("masks", "bool", ("m", "P"), "model, unit",
+                "mask[i, u] is true when model i's training subset keeps source {kind} u", storage="masks"),
+    DatasetSpec("unit_names", "str", ("P",), "unit", "name of each subsampled unit ({kind}), the columns of masks"),
+    DatasetSpec("margins", "float32", ("m", "T"), "model, target example",
+                "margin z_y - max_{{k!=y}} z_k of the transferred model on each target test example; NaN until written",
+                storage="rows", fill=np.nan, column=True),
+    DatasetSpec("completed", "bool", ("m",), "model",
+                "true once the model's row is durably written; only completed rows count", storage="rows", fill=False),
+    DatasetSpec("predictions", "int16", ("m", "T"), "model, target example",
+                "class the transferred model predicts for each target test example; -1 until written",
+                storage="rows", fill=-1, column=True),
+    DatasetSpec("seed", "int64", ("m",), "model", "training seed the model used", storage="rows", fill=-1, column=True),
+    DatasetSpec("source_accuracy", "float32", ("m",), "model",
+                "accuracy of the source model on the source test split, in [0, 1]",
+                storage="rows", fill=np.nan, column=True),
+    DatasetSpec("target_accuracy", "float32", ("m",), "model",
+                "accuracy of the transferred model on the target test set, in [0, 1]",
+                storage="rows", fill=np.nan, column=True),
+    DatasetSpec("seconds", "float32", ("m",), "model",
+                "wall-clock seconds spent computing the model (its share of a batched group)",
+                storage="rows", fill=np.nan, column=True),
+    DatasetSpec("source/images", "uint8", ("N", *IMAGE), IMAGE_AXES, "source training pool images (after planting), uint8"),
+    DatasetSpec("source/labels", "int64", ("N",), "example", "class index of each source pool example"),
+    DatasetSpec("source/class_names", "str", ("K",), "class", "source class names"),
+    DatasetSpec("source/example_ids", "str", ("N",), "example", "stable id of each source pool example"),
+    DatasetSpec("source/test_images", "uint8", ("S", *IMAGE), IMAGE_AXES, "source test images (held-out fonts/families)"),
+    DatasetSpec("source/test_labels", "int64", ("S",), "example", "class index of each source test example"),
+    DatasetSpec("target/train_images", "uint8", ("R", *IMAGE), IMAGE_AXES,
+                "target training images the transfer head is fitted on"),
+    DatasetSpec("target/train_labels", "int64", ("R",), "example", "class index of each target training example"),
+    DatasetSpec("target/images", "uint8", ("T", *IMAGE), IMAGE_AXES, "target test images; the columns of margins"),
+    DatasetSpec("target/labels", "int64", ("T",), "example", "class index of each target test example"),
+    DatasetSpec("target/class_names", "str", ("C",), "class", "target class names"),
+    DatasetSpec("source/planted_leak", "int64", ("N",), "example",
+                "index of the target TEST example this source example copies, -1 if none", planted=True),
+    DatasetSpec("source/planted_decoy", "int64", ("N",), "example",
+                "index of the target TRAIN example this source example copies, -1 if none", planted=True),
+    DatasetSpec("source/planted_near_copy", "bool", ("N",), "example",
+                "true when the planted copy is a near copy (shift or noise)", planted=True),
+    DatasetSpec("source/planted_flip", "bool", ("N",), "example", "true when the example's label was flipped", planted=True),
+    DatasetSpec("source/original_labels", "int64", ("N",), "example", "label before flipping", planted=True),
+)
+DATASETS_BY_NAME = {spec.name: spec for spec in RUN_DATASETS}
+ROW_COLUMNS: tuple[str, ...] = tuple(spec.name for spec in RUN_DATASETS if spec.column)
+# the per-model float columns and their meanings (read them with `RunStore.column`)
+PER_MODEL_FLOATS: dict[str, str] = {spec.name: spec.meaning for spec in RUN_DATASETS
+                                    if spec.column and spec.shape == ("m",) and spec.dtype == "float32"}
 
 
 @dataclass(frozen=True)
@@ -74,25 +157,44 @@ class RunData:
         return len(self.source_class_names) if kind == "class" else len(self.source_pool.labels)
 
 
-def _strings(group: h5py.Group, name: str, values: tuple[str, ...], meaning: str) -> None:
-    ds = group.create_dataset(name, data=list(values), dtype=h5py.string_dtype())
-    ds.attrs["meaning"] = meaning
+def _create_dataset(f: h5py.File, spec: DatasetSpec, value: object, dims: dict[str, int], kind: str) -> None:
+    """Create `spec` in `f` as its `storage` says (`value`: the content, None for "rows" datasets)."""
+    if spec.storage == "rows":  # fixed, uncompressed, written in full now: later row writes never touch metadata
+        shape = tuple(dims[symbol] for symbol in spec.shape)
+        chunks = (min(shape[0], ROW_CHUNK),) + shape[1:]
+        ds = f.create_dataset(spec.name, shape=shape, dtype=spec.dtype, chunks=chunks, fillvalue=spec.fill,
+                              track_times=False)
+        ds[...] = np.full(shape, spec.fill, dtype=spec.dtype)
+    elif spec.dtype == "str":
+        ds = f.create_dataset(spec.name, data=list(value), dtype=h5py.string_dtype())
+    else:
+        data = np.asarray(value, dtype=spec.dtype)
+        if spec.storage == "masks":
+            kwargs = {"chunks": (min(data.shape[0], ROW_CHUNK), *data.shape[1:]), "compression": "gzip", "shuffle": True}
+        else:
+            kwargs = {"compression": "gzip", "compression_opts": 4, "shuffle": True} if data.size > 1024 else {}
+        ds = f.create_dataset(spec.name, data=data, **kwargs)
+    ds.attrs["meaning"] = spec.meaning.format(kind=kind)
+    ds.attrs["axes"] = spec.axes
 
 
-def _array(group: h5py.Group, name: str, data: np.ndarray, meaning: str, axes: str, compress: bool = True) -> None:
-    kwargs = {"compression": "gzip", "compression_opts": 4, "shuffle": True} if compress and data.size > 1024 else {}
-    ds = group.create_dataset(name, data=data, **kwargs)
-    ds.attrs["meaning"] = meaning
-    ds.attrs["axes"] = axes
-
-
-def _preallocated(f: h5py.File, name: str, shape: tuple[int, ...], dtype: str, fill: object, meaning: str, axes: str) -> None:
-    """A fixed, uncompressed dataset written in full now so later row writes never touch metadata."""
-    chunks = (min(shape[0], ROW_CHUNK),) + shape[1:]
-    ds = f.create_dataset(name, shape=shape, dtype=dtype, chunks=chunks, fillvalue=fill, track_times=False)
-    ds[...] = np.full(shape, fill, dtype=dtype)
-    ds.attrs["meaning"] = meaning
-    ds.attrs["axes"] = axes
+def _dataset_values(data: RunData, masks: np.ndarray, units: tuple[str, ...]) -> dict[str, object]:
+    """The content of every dataset written whole at creation, by name (see `RUN_DATASETS`)."""
+    values: dict[str, object] = {
+        "masks": masks, "unit_names": units,
+        "source/images": data.source_pool.images, "source/labels": data.source_pool.labels,
+        "source/class_names": data.source_class_names, "source/example_ids": data.source_example_ids,
+        "source/test_images": data.source_test.images, "source/test_labels": data.source_test.labels,
+        "target/train_images": data.target_train.images, "target/train_labels": data.target_train.labels,
+        "target/images": data.target_test.images, "target/labels": data.target_test.labels,
+        "target/class_names": data.target_class_names,
+    }
+    if data.planted is not None:
+        p = data.planted
+        values.update({"source/planted_leak": p.leak_target, "source/planted_decoy": p.decoy_target,
+                       "source/planted_near_copy": p.near_copy, "source/planted_flip": p.flipped,
+                       "source/original_labels": p.original_labels})
+    return values
 
 
 def create_store(path: str | Path, recipe: Recipe, data: RunData, *, force: bool = False) -> Path:
@@ -111,30 +213,18 @@ def create_store(path: str | Path, recipe: Recipe, data: RunData, *, force: bool
     m, T = sub.models, len(data.target_test.labels)
     if T == 0:
         raise StoreError(f"{path}: the target test set is empty; check the recipe's target dataset")
+    units = data.source_class_names if kind == "class" else data.source_example_ids
+    values = _dataset_values(data, masks, units)
+    dims = {"m": m, "P": num_units, "T": T}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with h5py.File(tmp, "w", track_order=True) as f:
             _write_attributes(f, recipe, data, num_units)
-            units = data.source_class_names if kind == "class" else data.source_example_ids
-            mask_ds = f.create_dataset(
-                "masks", data=masks, chunks=(min(m, ROW_CHUNK), num_units), compression="gzip", shuffle=True
-            )
-            mask_ds.attrs["meaning"] = f"mask[i, u] is true when model i's training subset keeps source {kind} u"
-            mask_ds.attrs["axes"] = "model, unit"
-            _strings(f, "unit_names", units, f"name of each subsampled unit ({kind}), the columns of masks")
-            _preallocated(f, "margins", (m, T), "float32", np.nan,
-                          "margin z_y - max_{k!=y} z_k of the transferred model on each target test example; NaN until written",
-                          "model, target example")
-            _preallocated(f, "completed", (m,), "bool", False,
-                          "true once the model's row is durably written; only completed rows count", "model")
-            _preallocated(f, "predictions", (m, T), "int16", -1,
-                          "class the transferred model predicts for each target test example; -1 until written",
-                          "model, target example")
-            _preallocated(f, "seed", (m,), "int64", -1, "training seed the model used", "model")
-            for name, meaning in PER_MODEL_FLOATS.items():
-                _preallocated(f, name, (m,), "float32", np.nan, meaning, "model")
-            _write_data(f, data)
+            for spec in RUN_DATASETS:
+                if spec.planted and data.planted is None:
+                    continue
+                _create_dataset(f, spec, values.get(spec.name), dims, kind)
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -162,28 +252,6 @@ def _write_attributes(f: h5py.File, recipe: Recipe, data: RunData, num_units: in
         "package_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     })
-
-
-def _write_data(f: h5py.File, data: RunData) -> None:
-    src, tgt = f.create_group("source"), f.create_group("target")
-    _array(src, "images", data.source_pool.images, "source training pool images (after planting), uint8", "example, y, x, channel")
-    _array(src, "labels", data.source_pool.labels, "class index of each source pool example", "example")
-    _strings(src, "class_names", data.source_class_names, "source class names")
-    _strings(src, "example_ids", data.source_example_ids, "stable id of each source pool example")
-    _array(src, "test_images", data.source_test.images, "source test images (held-out fonts/families)", "example, y, x, channel")
-    _array(src, "test_labels", data.source_test.labels, "class index of each source test example", "example")
-    _array(tgt, "train_images", data.target_train.images, "target training images the transfer head is fitted on", "example, y, x, channel")
-    _array(tgt, "train_labels", data.target_train.labels, "class index of each target training example", "example")
-    _array(tgt, "images", data.target_test.images, "target test images; the columns of margins", "example, y, x, channel")
-    _array(tgt, "labels", data.target_test.labels, "class index of each target test example", "example")
-    _strings(tgt, "class_names", data.target_class_names, "target class names")
-    if data.planted is not None:
-        p = data.planted
-        _array(src, "planted_leak", p.leak_target, "index of the target TEST example this source example copies, -1 if none", "example")
-        _array(src, "planted_decoy", p.decoy_target, "index of the target TRAIN example this source example copies, -1 if none", "example")
-        _array(src, "planted_near_copy", p.near_copy, "true when the planted copy is a near copy (shift or noise)", "example")
-        _array(src, "planted_flip", p.flipped, "true when the example's label was flipped", "example")
-        _array(src, "original_labels", p.original_labels, "label before flipping", "example")
 
 
 def _open_h5(path: Path, mode: str) -> h5py.File:
@@ -277,6 +345,11 @@ class RunStore:
         return int(self.file.attrs["seed"])
 
     @property
+    def created(self) -> str:
+        """Creation time stamp (with the recipe hash, tells two stores at one path apart)."""
+        return str(self.file.attrs.get("created", ""))
+
+    @property
     def num_models(self) -> int:
         return int(self.file["masks"].shape[0])
 
@@ -305,6 +378,34 @@ class RunStore:
     def strings(self, name: str) -> list[str]:
         return list(self.file[name].asstr()[()])
 
+    def schema_problems(self) -> list[str]:
+        """Every dataset of `RUN_DATASETS` that is missing or has another dtype or shape (empty when all match).
+
+        Axis sizes are bound by the first dataset naming them (m and P by masks, T by margins) and must
+        agree everywhere else; planted datasets are required only when the store says it has them.
+        """
+        f, problems, dims = self.file, [], {}
+        for spec in RUN_DATASETS:
+            if spec.planted and not self.has_planted:
+                continue
+            if spec.name not in f or not isinstance(f[spec.name], h5py.Dataset):
+                problems.append(f"dataset {spec.name!r} is missing")
+                continue
+            ds = f[spec.name]
+            if spec.dtype == "str":
+                dtype_ok, expected_dtype = h5py.check_string_dtype(ds.dtype) is not None, "string"
+            else:
+                dtype_ok, expected_dtype = ds.dtype == np.dtype(spec.dtype), str(np.dtype(spec.dtype))
+            shape_ok = len(ds.shape) == len(spec.shape)
+            if shape_ok:
+                for symbol, size in zip(spec.shape, ds.shape):
+                    if symbol != "*" and dims.setdefault(symbol, size) != size:
+                        shape_ok = False
+            if not (dtype_ok and shape_ok):
+                problems.append(f"{spec.name}: expected {expected_dtype} {spec.shape_text(dims)}, "
+                                f"found {ds.dtype} {ds.shape}")
+        return problems
+
     # datasets, read through these accessors outside store code -----------------------------------
     @property
     def masks(self) -> h5py.Dataset:
@@ -320,6 +421,44 @@ class RunStore:
     def predictions(self) -> h5py.Dataset:
         """(m, T) int16 predicted target class per model (-1 until written)."""
         return self.file["predictions"]
+
+    def column(self, name: str) -> np.ndarray:
+        """The whole per-model column `name` (m,): one of `seed`, `source_accuracy`, `target_accuracy`, `seconds`."""
+        if name not in ROW_COLUMNS or len(DATASETS_BY_NAME[name].shape) != 1:
+            raise KeyError(f"{name!r} is not a per-model column of a run store")
+        return self.file[name][()]
+
+    def row_values(self, rows: np.ndarray) -> dict[str, np.ndarray]:
+        """Every row column (`ROW_COLUMNS`) of the given increasing, distinct rows: what `write_row` writes."""
+        rows = np.asarray(rows, dtype=np.int64)
+        return {name: self.file[name][rows] for name in ROW_COLUMNS}
+
+    @property
+    def randomness(self) -> str:
+        """The recipe's training randomness ("shared" or "per-model"), as recorded at creation."""
+        return str(self.file.attrs["randomness"])
+
+    @property
+    def package_version(self) -> str:
+        return str(self.file.attrs["package_version"])
+
+    @property
+    def fingerprints(self) -> dict[str, str]:
+        """Fingerprints of the datasets the store was made from (equal data, equal fingerprints)."""
+        return json.loads(self.file.attrs["fingerprints"])
+
+    @property
+    def num_source_examples(self) -> int:
+        """N: examples in the source pool."""
+        return int(self.file["source/labels"].shape[0])
+
+    @property
+    def num_source_test(self) -> int:
+        return int(self.file["source/test_labels"].shape[0])
+
+    @property
+    def num_target_train(self) -> int:
+        return int(self.file["target/train_labels"].shape[0])
 
     @property
     def source_labels(self) -> np.ndarray:
@@ -370,7 +509,7 @@ class RunStore:
             target_train=split("target/train_images", "target/train_labels"),
             target_test=split("target/images", "target/labels"),
             target_class_names=tuple(self.strings("target/class_names")),
-            fingerprints=json.loads(f.attrs["fingerprints"]),
+            fingerprints=self.fingerprints,
             planted=planted,
         )
 
@@ -412,14 +551,13 @@ class RunStore:
             raise StoreError(f"{self.path}: row {index} has {margins.shape} margins, expected ({self.num_targets},)")
         if not np.isfinite(margins).all():
             raise StoreError(f"{self.path}: row {index} has non-finite margins; the model diverged (lower the learning rate)")
+        values = {"margins": margins, "predictions": None if predictions is None else np.asarray(predictions, np.int16),
+                  "seed": seed, "source_accuracy": source_accuracy, "target_accuracy": target_accuracy,
+                  "seconds": seconds}
         f = self.file
-        f["margins"][index] = margins
-        if predictions is not None:
-            f["predictions"][index] = np.asarray(predictions, dtype=np.int16)
-        f["seed"][index] = seed
-        f["source_accuracy"][index] = source_accuracy
-        f["target_accuracy"][index] = target_accuracy
-        f["seconds"][index] = seconds
+        for name in ROW_COLUMNS:
+            if values[name] is not None:
+                f[name][index] = values[name]
         self._sync()
         f["completed"][index] = True
         self._sync()

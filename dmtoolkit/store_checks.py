@@ -9,7 +9,7 @@ import numpy as np
 
 from dmtoolkit.errors import RecipeError
 from dmtoolkit.masks import make_masks
-from dmtoolkit.store import PER_MODEL_FLOATS, RunStore
+from dmtoolkit.store import RunStore
 
 
 def _stats(values: np.ndarray) -> dict[str, float] | None:
@@ -23,7 +23,7 @@ def _stats(values: np.ndarray) -> dict[str, float] | None:
 def store_summary(path: str | Path) -> dict[str, Any]:
     """What a person asks first: progress, accuracies, shapes, recipe, planted counts."""
     with RunStore(path) as store:
-        f, done = store.file, store.completed_mask()
+        done = store.completed_mask()
         recipe = store.recipe
         summary: dict[str, Any] = {
             "path": str(store.path),
@@ -32,25 +32,27 @@ def store_summary(path: str | Path) -> dict[str, Any]:
             "kind": store.kind,
             "alpha": store.subset_fraction,
             "seed": store.seed,
-            "randomness": str(f.attrs["randomness"]),
+            "randomness": store.randomness,
             "models": {"completed": int(done.sum()), "total": store.num_models},
-            "shapes": {"masks": list(f["masks"].shape), "margins": list(f["margins"].shape)},
-            "source": {"dataset": recipe.source.dataset, "classes": len(f["source/class_names"]),
-                       "pool_examples": len(f["source/labels"]), "test_examples": len(f["source/test_labels"])},
-            "target": {"dataset": recipe.target.dataset, "classes": len(f["target/class_names"]),
-                       "train_examples": len(f["target/train_labels"]), "test_examples": store.num_targets},
-            "source_accuracy": _stats(f["source_accuracy"][()][done]),
-            "target_accuracy": _stats(f["target_accuracy"][()][done]),
-            "seconds_per_model": _stats(f["seconds"][()][done]),
-            "created": str(f.attrs["created"]),
-            "package_version": str(f.attrs["package_version"]),
+            "shapes": {"masks": list(store.masks.shape), "margins": list(store.margins.shape)},
+            "source": {"dataset": recipe.source.dataset, "classes": len(store.source_class_names),
+                       "pool_examples": store.num_source_examples, "test_examples": store.num_source_test},
+            "target": {"dataset": recipe.target.dataset, "classes": len(store.target_class_names),
+                       "train_examples": store.num_target_train, "test_examples": store.num_targets},
+            "source_accuracy": _stats(store.column("source_accuracy")[done]),
+            "target_accuracy": _stats(store.column("target_accuracy")[done]),
+            "seconds_per_model": _stats(store.column("seconds")[done]),
+            "created": store.created,
+            "package_version": store.package_version,
         }
-        if store.has_planted:
+        planted = store.planted()
+        if planted is not None:
+            leaks = planted.leak_target >= 0
             summary["planted"] = {
-                "leaks": int((f["source/planted_leak"][()] >= 0).sum()),
-                "decoys": int((f["source/planted_decoy"][()] >= 0).sum()),
-                "near_copy_leaks": int(((f["source/planted_leak"][()] >= 0) & f["source/planted_near_copy"][()]).sum()),
-                "flipped": int(f["source/planted_flip"][()].sum()),
+                "leaks": int(leaks.sum()),
+                "decoys": int((planted.decoy_target >= 0).sum()),
+                "near_copy_leaks": int((leaks & planted.near_copy).sum()),
+                "flipped": int(planted.flipped.sum()),
             }
     return summary
 
@@ -84,36 +86,25 @@ def validate_store(path: str | Path) -> list[str]:
     """Every problem found (empty when valid): schema, shapes, dtypes, masks re-derived, finite completed rows."""
     problems: list[str] = []
     with RunStore(path) as store:
-        f = store.file
         try:
             recipe = store.recipe
         except RecipeError as error:
             return [f"stored recipe does not validate: {error}"]
         if recipe.hash() != store.recipe_hash:
             problems.append("recipe_hash attribute does not match the stored recipe")
-        m, P, T = store.num_models, store.num_units, store.num_targets
-        expected = {"masks": ((m, P), np.bool_), "margins": ((m, T), np.float32), "predictions": ((m, T), np.int16), "completed": ((m,), np.bool_),
-                    "seed": ((m,), np.int64), **{name: ((m,), np.float32) for name in PER_MODEL_FLOATS}}
-        for name, (shape, dtype) in expected.items():
-            if name not in f:
-                problems.append(f"dataset {name!r} is missing")
-            elif f[name].shape != shape or f[name].dtype != dtype:
-                problems.append(f"{name}: expected {np.dtype(dtype)} {shape}, found {f[name].dtype} {f[name].shape}")
+        problems += store.schema_problems()  # every dataset's presence, dtype and shape, from the schema table
         if problems:
             return problems
-        units = len(f["source/class_names"]) if store.kind == "class" else len(f["source/labels"])
+        m, P = store.num_models, store.num_units
+        units = len(store.source_class_names) if store.kind == "class" else store.num_source_examples
         if units != P:
             problems.append(f"masks have {P} units but the source has {units} {store.kind} units")
-        if len(f["unit_names"]) != P:
-            problems.append(f"unit_names has {len(f['unit_names'])} names for {P} units")
-        if len(f["target/labels"]) != T:
-            problems.append(f"target/labels has {len(f['target/labels'])} entries for {T} margin columns")
         if recipe.subsets.models != m:
             problems.append(f"recipe asks for {recipe.subsets.models} models, store has {m} rows")
         if not problems:
             sub = recipe.subsets
             derived = make_masks(sub.seed, m, P, sub.alpha, sub.antithetic, sub.design)
-            bad = np.flatnonzero((derived != f["masks"][()]).any(axis=1))
+            bad = np.flatnonzero((derived != store.masks[()]).any(axis=1))
             if len(bad):
                 problems.append(f"masks of {len(bad)} rows differ from those re-derived from seed {sub.seed} (first: row {bad[0]})")
         done = store.completed_mask()
@@ -122,9 +113,9 @@ def validate_store(path: str | Path) -> list[str]:
             if len(bad):
                 problems.append(f"{len(bad)} completed rows have non-finite margins (first: row {bad[0]})")
         for name in ("source_accuracy", "target_accuracy"):
-            values = f[name][()][done]
+            values = store.column(name)[done]
             if not np.all((values >= 0) & (values <= 1) | np.isnan(values) & (name == "source_accuracy")):
                 problems.append(f"{name}: completed rows hold values outside [0, 1]")
-        if (f["seed"][()][done] < 0).any():
+        if (store.column("seed")[done] < 0).any():
             problems.append("seed: completed rows without a recorded training seed")
     return problems

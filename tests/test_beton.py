@@ -80,6 +80,12 @@ def test_training_from_betons_matches_memory(tmp_path: Path, betons: dict[str, P
         result = run("train", stores[name], "--workers", "1", "--device", "cpu", "--quiet")
         assert result.exit_code == 0, result.output
         assert run("store", "validate", stores[name]).exit_code == 0
+    from dmtoolkit.data.beton import BetonPool
+    from dmtoolkit.train.fit import MemoryPool
+    from dmtoolkit.train.job import RunContext
+
+    assert isinstance(RunContext.from_store(stores["beton"], "cpu").batches, BetonPool)  # chosen by the recipe
+    assert isinstance(RunContext.from_store(stores["memory"], "cpu").batches, MemoryPool)
     with h5py.File(stores["memory"], "r") as m, h5py.File(stores["beton"], "r") as b:
         # the same data went into both stores (betons are exact)
         assert json.loads(m.attrs["fingerprints"])["source_pool"] == json.loads(b.attrs["fingerprints"])["source_pool"]
@@ -104,3 +110,35 @@ def test_planting_with_a_source_beton_is_refused(tmp_path: Path, betons: dict[st
     recipe["source"].pop("beton_test")
     with pytest.raises(DataError, match="both beton_train and beton_test"):
         build_run_data(parse_recipe_dict(recipe))
+
+
+def test_beton_pool_serves_each_models_subset_in_pool_order(tmp_path: Path) -> None:
+    """BetonPool is a BatchFactory: ids map store pool rows to beton rows, and batches hold only the subset."""
+    import torch
+
+    from dmtoolkit.data import load_dataset
+    from dmtoolkit.data.beton import BetonPool, write_beton
+    from dmtoolkit.train.fit import LoopSettings, to_tensor
+
+    dataset = load_dataset("digits", "test")
+    beton = write_beton(dataset, tmp_path / "digits.beton")
+    order = np.random.default_rng(0).permutation(len(dataset))[:150]  # the store's pool: some rows, reordered
+    pool_ids = [dataset.example_ids[i] for i in order]
+    pool = BetonPool(beton, pool_ids, channels=1, resolution=8, device=torch.device("cpu"))
+    subsets = [np.arange(0, 40), np.arange(60, 150, 2)]
+    settings = LoopSettings(epochs=2, batch_size=16, lr=0.1, momentum=0.0, weight_decay=0.0)
+    batches = pool(subsets, [1, 2], settings)
+    assert (batches.steps_per_epoch, batches.steps) == (3, 6)
+    pool_x = to_tensor(dataset.images[order], 1, 8, torch.device("cpu"))
+    pool_y = torch.from_numpy(dataset.labels[order])
+    for step in range(batches.steps):
+        x, y, weight = batches(step)
+        assert x.shape == (2, 16, 1, 8, 8) and y.shape == (2, 16) and bool((weight == 1).all())
+        for g, subset in enumerate(subsets):
+            # every image is one of model g's subset, with that example's label
+            distance = (x[g].flatten(1)[:, None] - pool_x[subset].flatten(1)[None]).abs().amax(dim=-1)
+            nearest = distance.argmin(dim=1)
+            assert bool((distance.min(dim=1).values < 1e-6).all())
+            assert torch.equal(y[g], pool_y[subset][nearest])
+    with pytest.raises(DataError, match="not in the beton"):
+        BetonPool(beton, ["no-such-example"], channels=1, resolution=8, device=torch.device("cpu"))

@@ -6,10 +6,12 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
-from dmtoolkit.data import ImageDataset, PlantingConfig, load_dataset, plant, prepare_glyph_cache
+from dmtoolkit.data import ImageDataset, load_dataset, plant, prepare_glyph_cache
 from dmtoolkit.data.planting import to_format
 from dmtoolkit.errors import DataError
+from dmtoolkit.recipe import PlantingSpec
 
 
 def _dataset(name: str, n: int, shape: tuple[int, int, int], classes: tuple[str, ...], seed: int) -> ImageDataset:
@@ -43,7 +45,7 @@ def _is_near_copy(image: np.ndarray, original: np.ndarray) -> bool:
     return np.abs(image.astype(int) - original).mean() < 15
 
 
-def _check_invariants(planted, config: PlantingConfig) -> None:
+def _check_invariants(planted, config: PlantingSpec) -> None:
     n = len(SOURCE)
     ds = planted.dataset
     is_leak, is_decoy = planted.leak_target >= 0, planted.decoy_target >= 0
@@ -75,28 +77,28 @@ def _check_invariants(planted, config: PlantingConfig) -> None:
     leaks=st.integers(0, 30),
     decoys=st.integers(0, 40),
     near=st.integers(0, 30),
-    flip=st.floats(0, 1),
+    flip=st.floats(0, 1, exclude_max=True),  # the recipe allows flip_fraction in [0, 1)
     seed=st.integers(0, 2**32 - 1),
 )
 def test_planting_records_exactly_what_it_did(leaks: int, decoys: int, near: int, flip: float, seed: int) -> None:
-    config = PlantingConfig(leaks=leaks, decoys=decoys, near_copies=min(near, leaks), flip_fraction=flip, seed=seed)
+    config = PlantingSpec(leaks=leaks, decoys=decoys, near_copies=min(near, leaks), flip_fraction=flip, seed=seed)
     _check_invariants(plant(SOURCE, TARGET_TRAIN, TARGET_TEST, config), config)
 
 
 def test_planting_is_deterministic_in_the_seed() -> None:
-    config = PlantingConfig(leaks=10, decoys=10, near_copies=4, flip_fraction=0.1, seed=5)
+    config = PlantingSpec(leaks=10, decoys=10, near_copies=4, flip_fraction=0.1, seed=5)
     a, b = (plant(SOURCE, TARGET_TRAIN, TARGET_TEST, config) for _ in range(2))
     assert a.dataset.fingerprint == b.dataset.fingerprint
     for field in ("leak_target", "decoy_target", "near_copy", "flipped", "original_labels"):
         np.testing.assert_array_equal(getattr(a, field), getattr(b, field))
     other = plant(
-        SOURCE, TARGET_TRAIN, TARGET_TEST, PlantingConfig(leaks=10, decoys=10, near_copies=4, flip_fraction=0.1, seed=6)
+        SOURCE, TARGET_TRAIN, TARGET_TEST, PlantingSpec(leaks=10, decoys=10, near_copies=4, flip_fraction=0.1, seed=6)
     )
     assert other.dataset.fingerprint != a.dataset.fingerprint
 
 
 def test_zero_config_is_a_no_op() -> None:
-    planted = plant(SOURCE, TARGET_TRAIN, TARGET_TEST, PlantingConfig())
+    planted = plant(SOURCE, TARGET_TRAIN, TARGET_TEST, PlantingSpec())
     assert planted.dataset.fingerprint == SOURCE.fingerprint and planted.dataset.example_ids == SOURCE.example_ids
     assert (planted.leak_target == -1).all() and (planted.decoy_target == -1).all()
     assert not planted.near_copy.any() and not planted.flipped.any()
@@ -104,19 +106,20 @@ def test_zero_config_is_a_no_op() -> None:
 
 
 def test_decoys_get_near_copies_in_the_same_proportion() -> None:
-    planted = plant(SOURCE, TARGET_TRAIN, TARGET_TEST, PlantingConfig(leaks=10, decoys=20, near_copies=5))
+    planted = plant(SOURCE, TARGET_TRAIN, TARGET_TEST, PlantingSpec(leaks=10, decoys=20, near_copies=5))
     assert (planted.near_copy & (planted.decoy_target >= 0)).sum() == 10
 
 
 def test_planting_errors() -> None:
     with pytest.raises(DataError, match=r"target classes \['9'\] have no same-named class"):
-        plant(SOURCE, TARGET_TRAIN, _dataset("t", 5, (8, 8, 3), ("1", "9"), 0), PlantingConfig(leaks=1))
-    with pytest.raises(DataError, match="near_copies"):
-        plant(SOURCE, TARGET_TRAIN, TARGET_TEST, PlantingConfig(leaks=1, near_copies=2))
+        plant(SOURCE, TARGET_TRAIN, _dataset("t", 5, (8, 8, 3), ("1", "9"), 0), PlantingSpec(leaks=1))
     with pytest.raises(DataError, match="exceed the 30 target test images"):
-        plant(SOURCE, TARGET_TRAIN, TARGET_TEST, PlantingConfig(leaks=31))
-    with pytest.raises(DataError, match="flip_fraction"):
-        plant(SOURCE, TARGET_TRAIN, TARGET_TEST, PlantingConfig(flip_fraction=1.5))
+        plant(SOURCE, TARGET_TRAIN, TARGET_TEST, PlantingSpec(leaks=31))
+    # counts and ranges are checked when the spec is made (the recipe's `planting` section), before any data
+    with pytest.raises(ValidationError, match="near_copies"):
+        PlantingSpec(leaks=1, near_copies=2)
+    with pytest.raises(ValidationError, match="flip_fraction"):
+        PlantingSpec(flip_fraction=1.5)
 
 
 def test_to_format_converts_size_and_channels() -> None:
@@ -131,7 +134,7 @@ def test_planting_mnist_into_glyphs() -> None:
     prepare_glyph_cache()
     source = load_dataset("glyphs", "train")
     target_train, target_test = load_dataset("mnist5k", "train"), load_dataset("mnist5k", "test")
-    config = PlantingConfig(leaks=20, decoys=20, near_copies=5, flip_fraction=0.02, seed=1)
+    config = PlantingSpec(leaks=20, decoys=20, near_copies=5, flip_fraction=0.02, seed=1)
     planted = plant(source, target_train, target_test, config)
     ds = planted.dataset
     assert ds.images.shape[1:] == (32, 32, 1) and len(ds) == len(source) + 40

@@ -92,3 +92,35 @@ def test_ctrl_c_stops_cleanly_and_keeps_rows(tmp_path: Path) -> None:
     with h5py.File(store, "r") as f:
         done = f["completed"][()]
         assert 2 <= done.sum() < 40 and np.isfinite(f["margins"][()][done]).all()
+
+
+def test_executor_registry_builds_each_executor_by_name() -> None:
+    from dmtoolkit.run.base import EXECUTOR_NAMES, executor_class, make_executor
+    from dmtoolkit.run.executors import LocalExecutor, SerialExecutor
+
+    assert EXECUTOR_NAMES == ("local", "ray")
+    assert isinstance(make_executor("local", 1, "cpu"), SerialExecutor)
+    assert isinstance(make_executor("local", 2, "cpu"), LocalExecutor)
+    assert executor_class("local") is LocalExecutor
+    with pytest.raises(ValueError, match="unknown executor 'slurm'; choose one of local, ray"):
+        make_executor("slurm", 1, "cpu")
+    with pytest.raises(ValueError, match="address is for the ray executor"):
+        make_executor("local", 2, "cpu", address="auto")
+
+
+def test_run_has_no_import_cycle_and_ray_stays_optional() -> None:
+    """base is imported by the executors, never the reverse; importing the local executors loads no Ray."""
+    import ast
+
+    run_dir = ROOT / "dmtoolkit" / "run"
+
+    def imports(name: str) -> set[str]:
+        tree = ast.parse((run_dir / f"{name}.py").read_text())
+        return {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+
+    assert not imports("base") & {"dmtoolkit.run.executors", "dmtoolkit.run.ray_executor"}
+    assert "dmtoolkit.run.ray_executor" not in imports("executors")
+    assert "dmtoolkit.run.executors" not in imports("ray_executor")
+    code = ("import sys, dmtoolkit.run.executors, dmtoolkit.run.driver; "
+            "assert 'ray' not in sys.modules and 'dmtoolkit.run.ray_executor' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)

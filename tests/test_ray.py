@@ -72,6 +72,14 @@ def test_missing_ray_is_a_one_line_error(monkeypatch: pytest.MonkeyPatch) -> Non
         ray_executor.import_ray()
 
 
+def test_registry_builds_the_ray_executor_by_name() -> None:
+    from dmtoolkit.run.executors import make_executor
+    from dmtoolkit.run.ray_executor import RayExecutor
+
+    executor = make_executor("ray", 2, "cpu", address="auto")  # Ray starts or joins only when run
+    assert isinstance(executor, RayExecutor) and (executor.workers, executor.address) == (2, "auto")
+
+
 def test_address_needs_ray_executor(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["train", str(tmp_path / "x.h5"), "--address", "auto"])
     assert result.exit_code == 2 and "--address needs --executor ray" in result.output

@@ -125,3 +125,39 @@ def test_existing_store_is_not_overwritten_without_force(tmp_path: Path) -> None
         create_store(path, recipe, data)
     with RunStore(path) as store:
         assert (store.file["margins"][()] == 7).all()
+
+
+def test_one_schema_table_drives_create_validate_and_row_columns(tmp_path: Path) -> None:
+    """create writes exactly RUN_DATASETS (planted ones only with ground truth); validate checks them all."""
+    from dmtoolkit.store import ROW_COLUMNS, RUN_DATASETS
+    from dmtoolkit.store_checks import validate_store
+
+    assert ROW_COLUMNS == ("margins", "predictions", "seed", "source_accuracy", "target_accuracy", "seconds")
+    margins = np.random.default_rng(0).normal(size=(6, 5)).astype(np.float32)
+    path = synthetic_store(tmp_path / "s.h5", margins)
+    with h5py.File(path, "r") as f:
+        written = set()
+        f.visititems(lambda name, obj: written.add(name) if isinstance(obj, h5py.Dataset) else None)
+        assert written == {spec.name for spec in RUN_DATASETS if not spec.planted}
+        for spec in RUN_DATASETS:
+            if spec.name in f:
+                assert f[spec.name].attrs["meaning"] and f[spec.name].attrs["axes"] == spec.axes, spec.name
+    with RunStore(path) as store:
+        assert store.schema_problems() == []
+        rows = store.row_values(np.array([1, 4]))
+        assert set(rows) == set(ROW_COLUMNS)
+        np.testing.assert_array_equal(rows["margins"], margins[[1, 4]])
+        np.testing.assert_array_equal(store.column("seed"), np.arange(6))
+        with pytest.raises(KeyError):
+            store.column("margins")  # not a per-model scalar column
+    with h5py.File(path, "r+") as f:
+        del f["seconds"]
+        f.create_dataset("seconds", data=np.zeros(6, np.float64))
+        del f["target/labels"]
+        f.create_dataset("target/labels", data=np.zeros(4, np.int64))
+        del f["source/example_ids"]
+    assert validate_store(path) == [
+        "seconds: expected float32 (6,), found float64 (6,)",
+        "dataset 'source/example_ids' is missing",
+        "target/labels: expected int64 (5,), found int64 (4,)",
+    ]

@@ -200,3 +200,25 @@ def test_features_silent_on_training_images_cannot_blow_up_test_margins() -> Non
         weight, bias, mean, std = fit_head(train, labels, 3, TransferSpec(head=head, ridge=0.01, epochs=20), [0])
         logits = torch.baddbmm(bias, (test - mean) / std, weight)
         assert float(logits.abs().max()) < 10, head
+
+
+def test_source_training_reads_batches_through_the_context_batch_factory() -> None:
+    """The seam betons use: RunContext asks its `batches` factory for each group's BatchSource."""
+    from dmtoolkit.train.fit import MemoryPool
+
+    context = _context("fixed-feature")
+    assert isinstance(context.batches, MemoryPool)  # no beton in the recipe: the in-memory pool
+    calls = []
+
+    def recording(subsets, order_seeds, settings):
+        calls.append([s.copy() for s in subsets])
+        return MemoryPool(context.pool_x, context.pool_y)(subsets, order_seeds, settings)
+
+    same = RunContext(context.recipe, context.masks, context.data, "cpu", batches=recording)
+    results = same.compute_group(0)
+    assert len(calls) == 1 and len(calls[0]) == len(results)
+    for subset, result in zip(calls[0], results):
+        np.testing.assert_array_equal(subset, context.subset_examples(result.index))
+    expected = context.compute_group(0)
+    for a, b in zip(results, expected):
+        np.testing.assert_array_equal(a.margins, b.margins)

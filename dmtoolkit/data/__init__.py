@@ -6,12 +6,11 @@ Importing the package registers the built-ins: glyphs, mnist5k, digits, fashion-
 from dmtoolkit.data import builtin, glyphs, imagefolder  # noqa: F401  (importing registers the built-ins)
 from dmtoolkit.data.base import ImageDataset, available_datasets, cache_dir, load_dataset, prepare_all
 from dmtoolkit.data.glyphs import prepare_glyph_cache
-from dmtoolkit.data.planting import PlantedSource, PlantingConfig, plant
+from dmtoolkit.data.planting import PlantedSource, plant
 
 __all__ = [
     "ImageDataset",
     "PlantedSource",
-    "PlantingConfig",
     "available_datasets",
     "cache_dir",
     "load_dataset",

@@ -11,7 +11,8 @@ classes are named by number and examples by row.
 When a recipe's source names betons, `dmtoolkit init` reads them into the store as usual (caps
 apply; planting is refused, since planted images are not in the beton), and source training then
 reads each model's subset through ffcv's `Loader` with `indices=` (order RANDOM: QUASI_RANDOM with
-subsets is known to crash, ffcv#208), seeded per model. Target data are read into the store at init
+subsets is known to crash, ffcv#208), seeded per model: `BetonPool` is the `BatchFactory` that
+`dmtoolkit.train.job.source_pool` hands the training loop for such a recipe. Target data are read into the store at init
 and used from there (the target is never subsampled). ffcv is optional: pip install 'dmtoolkit[ffcv]'.
 """
 
@@ -29,6 +30,8 @@ import torch
 
 from dmtoolkit.data.base import ImageDataset
 from dmtoolkit.errors import DataError
+from dmtoolkit.recipe import DataSpec
+from dmtoolkit.train.fit import LoopSettings, step_counts, to_tensor
 
 IMAGE_FIELDS = ("ndarray", "rgb-raw", "rgb-jpg")
 SIDECAR_FORMAT = "dmtoolkit.beton"
@@ -205,10 +208,8 @@ def beton_stream(info: BetonInfo, rows: np.ndarray, seed: int, batch_size: int) 
 class BetonBatches:
     """A `BatchSource` whose batches ffcv's Loader reads from the beton, model g from rows `beton_rows[g]`."""
 
-    def __init__(self, info: BetonInfo, beton_rows: list[np.ndarray], order_seeds: list[int], settings: Any,
+    def __init__(self, info: BetonInfo, beton_rows: list[np.ndarray], order_seeds: list[int], settings: LoopSettings,
                  channels: int, resolution: int, device: torch.device) -> None:
-        from dmtoolkit.train.fit import step_counts
-
         if settings.order != "shuffle":
             raise DataError("training from betons reads batches in ffcv's RANDOM order; set training.order: shuffle")
         self.steps_per_epoch, self.steps = step_counts([len(r) for r in beton_rows], settings)
@@ -216,44 +217,37 @@ class BetonBatches:
         self.channels, self.resolution, self.device = channels, resolution, device
 
     def __call__(self, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        from dmtoolkit.train.job import to_tensor
-
         batches = [next(stream) for stream in self.streams]
         x = torch.stack([to_tensor(images, self.channels, self.resolution, self.device) for images, _ in batches])
         y = torch.from_numpy(np.stack([labels for _, labels in batches])).to(self.device)
         return x, y, torch.ones(y.shape, device=self.device)
 
 
-def _run_context_class() -> type:
-    from dmtoolkit.train.job import RunContext
+class BetonPool:
+    """A `BatchFactory` for a source pool held in an ffcv beton: each group's subsets are read by ffcv.
 
-    return RunContext
-
-
-class BetonRunContext(_run_context_class()):  # type: ignore[misc]
-    """A `RunContext` whose source models train on their subsets read from the source beton by ffcv.
-
-    Transfer and scoring use the store's tensors as usual. The store's pool examples are matched to
-    beton rows by example id, so caps applied at init carry over.
+    The store's pool examples (`example_ids`, in pool order) are matched to beton rows by example id,
+    so caps applied at init carry over; transfer and scoring still use the store's tensors.
     """
 
-    def __init__(self, recipe: Any, masks: np.ndarray, data: Any, device: str | None = None) -> None:
-        super().__init__(recipe, masks, data, device)
-        self.beton = beton_info(recipe.source.beton_train)
+    def __init__(self, beton: str | Path, example_ids: tuple[str, ...] | list[str], *, channels: int,
+                 resolution: int, device: torch.device) -> None:
+        self.beton = beton_info(beton)
         position = {example_id: row for row, example_id in enumerate(self.beton.example_ids)}
-        missing = [e for e in data.source_example_ids if e not in position]
+        missing = [e for e in example_ids if e not in position]
         if missing:
             raise DataError(f"{self.beton.path}: {len(missing)} source examples of the store are not in the beton "
                             f"(e.g. {missing[0]!r}); the beton changed since `dmtoolkit init`")
-        self.beton_rows = np.array([position[e] for e in data.source_example_ids], dtype=np.int64)
+        self.rows = np.array([position[e] for e in example_ids], dtype=np.int64)
+        self.channels, self.resolution, self.device = channels, resolution, device
 
-    def source_batches(self, subsets: list[np.ndarray], order_seeds: list[int], settings: Any) -> BetonBatches:
-        """Each model's subset, read through ffcv's Loader (`indices=`, RANDOM order)."""
-        return BetonBatches(self.beton, [self.beton_rows[s] for s in subsets], order_seeds, settings,
-                            self.channels, self.pool_x.shape[-1], self.device)
+    def __call__(self, subsets: list[np.ndarray], order_seeds: list[int], settings: LoopSettings) -> BetonBatches:
+        """Each model's subset (pool indices), read through ffcv's Loader (`indices=`, RANDOM order)."""
+        return BetonBatches(self.beton, [self.rows[s] for s in subsets], order_seeds, settings,
+                            self.channels, self.resolution, self.device)
 
 
-def load_spec_from_betons(spec: Any, role: str) -> tuple[ImageDataset, ImageDataset]:
+def load_spec_from_betons(spec: DataSpec, role: str) -> tuple[ImageDataset, ImageDataset]:
     """(train, test) of a recipe's DataSpec that names betons: both must be given."""
     if not (spec.beton_train and spec.beton_test):
         raise DataError(f"{role}: name both beton_train and beton_test (write them with `dmtoolkit data write-beton`)")

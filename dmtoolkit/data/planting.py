@@ -17,19 +17,9 @@ from PIL import Image
 
 from dmtoolkit.data.base import ImageDataset
 from dmtoolkit.errors import DataError
+from dmtoolkit.recipe import PlantingSpec
 
 NOISE_SD = 12.0  # light noise for near copies, in grey levels
-
-
-@dataclass(frozen=True)
-class PlantingConfig:
-    """How much ground truth to plant; `near_copies` counts leaks (decoys follow the same proportion)."""
-
-    leaks: int = 0
-    decoys: int = 0
-    near_copies: int = 0
-    flip_fraction: float = 0.0
-    seed: int = 0
 
 
 @dataclass(frozen=True, eq=False)
@@ -69,16 +59,14 @@ def _near_copy(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.clip(image + rng.normal(0, NOISE_SD, image.shape), 0, 255).astype(np.uint8)
 
 
-def _check(source: ImageDataset, target_train: ImageDataset, target_test: ImageDataset, config: PlantingConfig) -> None:
+def _check(source: ImageDataset, target_train: ImageDataset, target_test: ImageDataset, config: PlantingSpec) -> None:
+    """What the data must allow (the spec itself was validated when it was made: counts, ranges, near_copies)."""
     problems = [
-        (config.leaks < 0 or config.decoys < 0 or config.near_copies < 0, "counts must be >= 0"),
-        (config.near_copies > config.leaks, f"near_copies ({config.near_copies}) cannot exceed leaks ({config.leaks})"),
         (config.leaks > len(target_test), f"leaks ({config.leaks}) exceed the {len(target_test)} target test images"),
         (
             config.decoys > len(target_train),
             f"decoys ({config.decoys}) exceed the {len(target_train)} target train images",
         ),
-        (not 0 <= config.flip_fraction <= 1, f"flip_fraction ({config.flip_fraction}) must be in [0, 1]"),
         (config.flip_fraction > 0 and len(source.class_names) < 2, "flipping labels needs at least two source classes"),
     ]
     for failed, message in problems:
@@ -95,9 +83,10 @@ def _check(source: ImageDataset, target_train: ImageDataset, target_test: ImageD
 
 
 def plant(
-    source: ImageDataset, target_train: ImageDataset, target_test: ImageDataset, config: PlantingConfig
+    source: ImageDataset, target_train: ImageDataset, target_test: ImageDataset, config: PlantingSpec
 ) -> PlantedSource:
-    """Copy target images into `source` and flip source labels as `config` says; deterministic in config.seed."""
+    """Copy target images into `source` and flip source labels as `config` (the recipe's `planting`
+    section) says; deterministic in config.seed."""
     _check(source, target_train, target_test, config)
     rng = np.random.default_rng(config.seed)
     leaks = rng.choice(len(target_test), config.leaks, replace=False)

@@ -15,9 +15,10 @@ import numpy as np
 from tqdm import tqdm
 
 from dmtoolkit.errors import UserError
-from dmtoolkit.run.executors import Executor
+from dmtoolkit.run.base import Executor
 from dmtoolkit.store import RunStore
 from dmtoolkit.train.job import group_of
+from dmtoolkit.train.job import group_size as group_size_of
 
 
 class TrainingFailed(UserError):
@@ -60,8 +61,7 @@ def train_store(path: str | Path, executor: Executor, *, limit: int | None = Non
     """
     path = Path(path)
     with RunStore(path, writable=True) as store:
-        recipe = store.recipe
-        group_size = 1 if recipe.model.arch == "resnet18" else recipe.training.models_per_batch
+        group_size = group_size_of(store.recipe)
         completed = store.completed_mask()
         summary = TrainSummary(already_done=int(completed.sum()))
         groups = pending_groups(store, group_size, limit, shard)

@@ -1,63 +1,26 @@
-"""Executors compute groups of models; the driver alone writes the store.
+"""Executors on this machine: `SerialExecutor` (this process) and `LocalExecutor` (worker processes).
 
-An executor takes group ids and yields `GroupOutcome`s as they finish, in any order. A failure is an
-outcome (with the error text), never an exception, so the driver can retry it and keep going.
-One class per implementation; the CLI picks one by name from `EXECUTORS`.
+Both compute groups with a `RunContext` built once per process from the store, and turn errors into
+`GroupOutcome`s (see `dmtoolkit.run.base`, which also holds the registry `make_executor` reads).
 """
 
 from __future__ import annotations
 
 import os
 import signal
-import traceback
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Iterable, Iterator, Protocol
+from typing import Iterable, Iterator
 
-import numpy as np
 import torch
 
-from dmtoolkit.recipe import Recipe
-from dmtoolkit.store import RunData, RunStore
-from dmtoolkit.train.job import ModelResult, RunContext
+from dmtoolkit.run.base import EXECUTOR_NAMES, EXECUTORS, Executor, GroupOutcome, compute_outcome, make_executor
+from dmtoolkit.train.job import RunContext
 
-
-@dataclass(frozen=True)
-class GroupOutcome:
-    group: int
-    results: list[ModelResult] | None = None
-    error: str | None = None
-
-
-class Executor(Protocol):
-    def run(self, store_path: Path, groups: Iterable[int]) -> Iterator[GroupOutcome]: ...
-
-    def close(self) -> None: ...
-
-
-def build_context(recipe: Recipe, masks: np.ndarray, data: RunData, device: str | None) -> RunContext:
-    """The worker's context: source training from ffcv betons when the recipe names one, else from memory."""
-    if recipe.source.beton_train:
-        from dmtoolkit.data.beton import BetonRunContext
-
-        return BetonRunContext(recipe, masks, data, device)
-    return RunContext(recipe, masks, data, device)
-
-
-def context_from_store(path: str | Path, device: str | None) -> RunContext:
-    with RunStore(path) as store:
-        return build_context(store.recipe, store.file["masks"][()].astype(bool), store.run_data(), device)
-
-
-def _compute(context: RunContext, group: int) -> GroupOutcome:
-    try:
-        return GroupOutcome(group, results=context.compute_group(group))
-    except Exception as error:  # reported to the driver, which retries once and then names the rows
-        last = traceback.format_exception_only(type(error), error)[-1].strip()
-        return GroupOutcome(group, error=last)
+__all__ = ["EXECUTORS", "EXECUTOR_NAMES", "Executor", "GroupOutcome", "LocalExecutor", "SerialExecutor",
+           "make_executor"]
 
 
 class SerialExecutor:
@@ -72,9 +35,9 @@ class SerialExecutor:
         torch.set_num_threads(1)
         try:
             if self._context is None:
-                self._context = context_from_store(store_path, self.device)
+                self._context = RunContext.from_store(store_path, self.device)
             for group in groups:
-                yield _compute(self._context, group)
+                yield compute_outcome(self._context, group)
         finally:
             torch.set_num_threads(threads)
 
@@ -89,12 +52,12 @@ def _init_worker(store_path: str, device: str | None) -> None:
     global _WORKER_CONTEXT
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver handles Ctrl-C and stops the workers
     torch.set_num_threads(1)
-    _WORKER_CONTEXT = context_from_store(store_path, device)
+    _WORKER_CONTEXT = RunContext.from_store(store_path, device)
 
 
 def _worker_compute(group: int) -> GroupOutcome:
     assert _WORKER_CONTEXT is not None
-    return _compute(_WORKER_CONTEXT, group)
+    return compute_outcome(_WORKER_CONTEXT, group)
 
 
 class LocalExecutor:
@@ -103,6 +66,13 @@ class LocalExecutor:
     def __init__(self, workers: int, device: str | None = None) -> None:
         self.workers, self.device = workers, device
         self._pool: ProcessPoolExecutor | None = None
+
+    @classmethod
+    def from_options(cls, workers: int, device: str | None, address: str | None = None) -> Executor:
+        """The registry's constructor: one worker computes in this process, more in worker processes."""
+        if address:
+            raise ValueError("the local executor runs on this machine; a cluster address is for the ray executor")
+        return SerialExecutor(device) if workers <= 1 else cls(workers, device)
 
     def run(self, store_path: Path, groups: Iterable[int]) -> Iterator[GroupOutcome]:
         pending: dict[Future, int] = {}
@@ -137,17 +107,3 @@ class LocalExecutor:
                 os.kill(process.pid, signal.SIGKILL)
         self._pool.shutdown(wait=True, cancel_futures=True)
         self._pool = None
-
-
-EXECUTORS = ("local", "ray")
-
-
-def make_executor(name: str, workers: int, device: str | None, address: str | None = None) -> Executor:
-    """The executor named on the command line (`address`: a Ray cluster to join; only for "ray")."""
-    if name == "local":
-        return SerialExecutor(device) if workers <= 1 else LocalExecutor(workers, device)
-    if name == "ray":
-        from dmtoolkit.run.ray_executor import RayExecutor  # Ray is optional: imported only when asked for
-
-        return RayExecutor(workers, device, address)
-    raise ValueError(f"unknown executor {name!r}")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from dmtoolkit.data import ImageDataset, load_dataset
-from dmtoolkit.data.planting import PlantingConfig, plant
+from dmtoolkit.data.planting import plant
 from dmtoolkit.errors import DataError
 from dmtoolkit.recipe import DataSpec, Recipe
 from dmtoolkit.store import Planted, RunData, Split
@@ -83,9 +83,7 @@ def build_run_data(recipe: Recipe) -> RunData:
     }
     planted = None
     if planting.leaks or planting.decoys or planting.flip_fraction:
-        config = PlantingConfig(leaks=planting.leaks, decoys=planting.decoys, near_copies=planting.near_copies,
-                                flip_fraction=planting.flip_fraction, seed=planting.seed)
-        result = plant(pool, target_train_used, target_test_used, config)
+        result = plant(pool, target_train_used, target_test_used, planting)
         pool = result.dataset
         planted = Planted(result.leak_target, result.decoy_target, result.near_copy, result.flipped,
                           result.original_labels)

@@ -16,18 +16,18 @@ A recipe whose source names ffcv betons trains from them on the workers (they ne
 from __future__ import annotations
 
 import os
-import traceback
 import warnings
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from dmtoolkit.errors import UserError
-from dmtoolkit.run.executors import GroupOutcome
+from dmtoolkit.run.base import Executor, GroupOutcome, compute_outcome, error_text
+from dmtoolkit.train.job import RunContext, RunInputs
 
 RAY_MISSING = "the Ray executor needs Ray: pip install 'dmtoolkit[ray]'"
 
 # worker-side cache: run key -> RunContext (only the latest run is kept, to bound memory)
-_CONTEXTS: dict[str, Any] = {}
+_CONTEXTS: dict[str, RunContext] = {}
 
 
 def import_ray() -> Any:
@@ -40,36 +40,34 @@ def import_ray() -> Any:
 
 def _run_key(store_path: Path, device: str | None) -> str:
     """Identifies one run's data on the workers: store path, creation stamp, recipe hash, device."""
-    import h5py
-
-    with h5py.File(store_path, "r", locking=False) as f:
-        created, recipe_hash = str(f.attrs.get("created", "")), str(f.attrs.get("recipe_hash", ""))
-    return f"{Path(store_path).resolve()}|{created}|{recipe_hash}|{device}"
-
-
-def _load_payload(store_path: Path) -> tuple[Any, Any, Any]:
-    """What a worker needs to build a RunContext: (recipe canonical JSON, masks, RunData)."""
     from dmtoolkit.store import RunStore
 
     with RunStore(store_path) as store:
-        return store.recipe.canonical_json(), store.file["masks"][()].astype(bool), store.run_data()
+        created, recipe_hash = store.created, store.recipe_hash
+    return f"{Path(store_path).resolve()}|{created}|{recipe_hash}|{device}"
 
 
-def _context(key: str, payload_box: list, device: str | None) -> Any:
+def _load_payload(store_path: Path) -> tuple[str, Any, Any]:
+    """The run's inputs as Ray ships them: (recipe canonical JSON, masks, RunData)."""
+    inputs = RunInputs.from_store(store_path)
+    return inputs.recipe.canonical_json(), inputs.masks, inputs.data
+
+
+def _context(key: str, payload_box: list, device: str | None) -> RunContext:
     context = _CONTEXTS.get(key)
     if context is None:
         import ray
         import torch
 
         from dmtoolkit.recipe import parse_recipe_text
-        from dmtoolkit.run.executors import build_context
 
         torch.set_num_threads(int(os.environ.get("DMTOOLKIT_RAY_THREADS", "1")))
         recipe_json, masks, data = ray.get(payload_box[0])
         _CONTEXTS.clear()
         with warnings.catch_warnings():  # arrays from Ray's object store are read-only; tensors copy them anyway
             warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-            context = build_context(parse_recipe_text(recipe_json, origin="ray payload"), masks, data, device)
+            inputs = RunInputs(parse_recipe_text(recipe_json, origin="ray payload"), masks, data)
+            context = RunContext.from_inputs(inputs, device)
         _CONTEXTS[key] = context
     return context
 
@@ -77,10 +75,10 @@ def _context(key: str, payload_box: list, device: str | None) -> Any:
 def _compute_group(key: str, payload_box: list, device: str | None, group: int) -> GroupOutcome:
     """The body of a Ray task (module-level so Ray pickles it by reference)."""
     try:
-        return GroupOutcome(group, results=_context(key, payload_box, device).compute_group(group))
-    except Exception as error:  # reported to the driver, which retries once and then names the rows
-        last = traceback.format_exception_only(type(error), error)[-1].strip()
-        return GroupOutcome(group, error=last)
+        context = _context(key, payload_box, device)
+    except Exception as error:  # a context that cannot be built fails the group like any other error
+        return GroupOutcome(group, error=error_text(error))
+    return compute_outcome(context, group)
 
 
 class RayExecutor:
@@ -92,8 +90,12 @@ class RayExecutor:
         self.workers, self.device, self.address = workers, device, address
         self.max_retries, self.in_flight_per_slot = max_retries, in_flight_per_slot
         self._started = False
-        self._task: Any = None
         self._payload: tuple[str, Any] | None = None  # (run key, ObjectRef of the payload)
+
+    @classmethod
+    def from_options(cls, workers: int, device: str | None, address: str | None = None) -> Executor:
+        """The registry's constructor (`address`: a Ray cluster to join; None starts a local Ray)."""
+        return cls(workers, device, address)
 
     # ray lifecycle ------------------------------------------------------------------------------
     def _ensure_ray(self) -> None:

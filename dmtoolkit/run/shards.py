@@ -44,11 +44,11 @@ def _same_run_problem(a: RunStore, b: RunStore) -> str | None:
         return "different recipe hash"
     if a.seed != b.seed:
         return f"different mask seed ({a.seed} vs {b.seed})"
-    if a.file["masks"].shape != b.file["masks"].shape or a.file["margins"].shape != b.file["margins"].shape:
+    if a.masks.shape != b.masks.shape or a.margins.shape != b.margins.shape:
         return "different shapes of masks or margins"
-    if not np.array_equal(a.file["masks"][()], b.file["masks"][()]):
+    if not np.array_equal(a.masks[()], b.masks[()]):
         return "different masks"
-    if a.file.attrs.get("fingerprints") != b.file.attrs.get("fingerprints"):
+    if a.fingerprints != b.fingerprints:
         return "different data (dataset fingerprints differ)"
     return None
 
@@ -131,7 +131,7 @@ def _owners_checked(stores: list[RunStore]) -> tuple[np.ndarray, int]:
             rows = again[owner[again] == j]
             for start in range(0, len(rows), BLOCK_ROWS):
                 block = rows[start:start + BLOCK_ROWS]
-                a, b = stores[j].file["margins"][block], store.file["margins"][block]
+                a, b = stores[j].margins[block], store.margins[block]
                 gap = np.abs(a.astype(np.float64) - b).max(axis=1)
                 bad = np.flatnonzero(~(gap <= DUPLICATE_TOLERANCE))
                 if len(bad):
@@ -156,16 +156,11 @@ def _write_merged(stores: list[RunStore], owner: np.ndarray, output: Path) -> Me
                 raise StoreError(f"{first.path}: its masks are not those its recipe draws ({problem}); cannot merge")
             for k, store in enumerate(stores):
                 rows = np.flatnonzero(owner == k)
-                f = store.file
                 for start in range(0, len(rows), BLOCK_ROWS):
                     block = rows[start:start + BLOCK_ROWS]
-                    margins, predictions = f["margins"][block], f["predictions"][block]
-                    columns = {name: f[name][block] for name in ("seed", "source_accuracy", "target_accuracy", "seconds")}
+                    columns = store.row_values(block)  # every row column of the schema table
                     for r, row in enumerate(block):
-                        merged.write_row(int(row), margins[r], seed=int(columns["seed"][r]),
-                                         source_accuracy=float(columns["source_accuracy"][r]),
-                                         target_accuracy=float(columns["target_accuracy"][r]),
-                                         seconds=float(columns["seconds"][r]), predictions=predictions[r])
+                        merged.write_row(int(row), **{name: values[r] for name, values in columns.items()})
         os.replace(tmp, output)
     finally:
         tmp.unlink(missing_ok=True)

@@ -102,6 +102,16 @@ def step_counts(subset_sizes: list[int], settings: LoopSettings) -> tuple[int, i
     return steps_per_epoch, max(1, math.ceil(settings.epochs * steps_per_epoch))
 
 
+def to_tensor(images: np.ndarray, channels: int, resolution: int, device: torch.device) -> torch.Tensor:
+    """uint8 (N, H, W, C) -> float (N, channels, r, r) in [-1, 1], converting channels and resizing."""
+    x = torch.from_numpy(images).to(device).permute(0, 3, 1, 2).float().div_(255.0)
+    if x.shape[1] != channels:
+        x = x.mean(dim=1, keepdim=True) if channels == 1 else x.expand(-1, channels, -1, -1)
+    if x.shape[-1] != resolution or x.shape[-2] != resolution:
+        x = F.interpolate(x, size=(resolution, resolution), mode="bilinear", antialias=True, align_corners=False)
+    return x.sub_(0.5).div_(0.5).contiguous()
+
+
 class BatchSource(Protocol):
     """Where a training loop's batches come from: step -> (x (G, B, C, H, W), y (G, B), weight (G, B))."""
 
@@ -109,6 +119,17 @@ class BatchSource(Protocol):
     steps: int
 
     def __call__(self, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]: ...
+
+
+class BatchFactory(Protocol):
+    """Makes the `BatchSource` of one group of G models: model g trains on pool examples `subsets[g]`,
+    in the data order seeded by `order_seeds[g]`.
+
+    One implementation per place the source pool lives: `MemoryPool` (tensors in memory) and
+    `dmtoolkit.data.beton.BetonPool` (an ffcv beton); `dmtoolkit.train.job.source_pool` picks one.
+    """
+
+    def __call__(self, subsets: list[np.ndarray], order_seeds: list[int], settings: LoopSettings) -> BatchSource: ...
 
 
 class MemoryBatches:
@@ -130,6 +151,16 @@ class MemoryBatches:
     def __call__(self, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         idx = self.order[step]
         return self.images[idx], self.labels[idx], self.weights[step]
+
+
+class MemoryPool:
+    """A `BatchFactory` over the source pool held as tensors: every group gets `MemoryBatches` of it."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        self.images, self.labels = images, labels
+
+    def __call__(self, subsets: list[np.ndarray], order_seeds: list[int], settings: LoopSettings) -> MemoryBatches:
+        return MemoryBatches(self.images, self.labels, subsets, order_seeds, settings)
 
 
 def train_models(model: nn.Module, batches: BatchSource, settings: LoopSettings) -> None:

@@ -1,6 +1,6 @@
 """One unit of work: train, transfer and score a group of models of a run, from the store's own data.
 
-Rows are grouped by `training.models_per_batch` into fixed groups (rows gG .. gG+G-1); a group is always
+Rows are grouped into fixed groups of G = `group_size(recipe)` rows (rows gG .. gG+G-1); a group is always
 computed whole, so a row's result is the same whether it is computed first, last or after a resume.
 """
 
@@ -12,13 +12,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from dmtoolkit.devices import resolve_device
 from dmtoolkit.recipe import Recipe
 from dmtoolkit.store import RunData, RunStore
-from dmtoolkit.train.fit import (BatchSource, LoopSettings, MemoryBatches, batched_outputs, margins_from_logits,
-                                 train_models)
+from dmtoolkit.train.fit import (
+    BatchFactory,
+    LoopSettings,
+    MemoryPool,
+    batched_outputs,
+    margins_from_logits,
+    to_tensor,
+    train_models,
+)
 from dmtoolkit.train.models import build_model
 from dmtoolkit.train.transfer import TRANSFERS
 
@@ -44,6 +50,11 @@ def model_seed(training_seed: int, mask_seed: int, index: int, randomness: str) 
     return int(np.random.SeedSequence(key).generate_state(1)[0])
 
 
+def group_size(recipe: Recipe) -> int:
+    """Models computed together as one group: ResNet-18s one at a time, tiny CNNs `training.models_per_batch`."""
+    return 1 if recipe.model.arch == "resnet18" else recipe.training.models_per_batch
+
+
 def group_of(index: int, group_size: int) -> int:
     return index // group_size
 
@@ -52,20 +63,42 @@ def group_rows(group: int, group_size: int, num_models: int) -> list[int]:
     return list(range(group * group_size, min((group + 1) * group_size, num_models)))
 
 
-def to_tensor(images: np.ndarray, channels: int, resolution: int, device: torch.device) -> torch.Tensor:
-    """uint8 (N, H, W, C) -> float (N, channels, r, r) in [-1, 1], converting channels and resizing."""
-    x = torch.from_numpy(images).to(device).permute(0, 3, 1, 2).float().div_(255.0)
-    if x.shape[1] != channels:
-        x = x.mean(dim=1, keepdim=True) if channels == 1 else x.expand(-1, channels, -1, -1)
-    if x.shape[-1] != resolution or x.shape[-2] != resolution:
-        x = F.interpolate(x, size=(resolution, resolution), mode="bilinear", antialias=True, align_corners=False)
-    return x.sub_(0.5).div_(0.5).contiguous()
+@dataclass(frozen=True, eq=False)
+class RunInputs:
+    """What any worker needs to compute any model of a run, read from the store once: recipe, masks, data."""
+
+    recipe: Recipe
+    masks: np.ndarray  # bool (m, P)
+    data: RunData
+
+    @classmethod
+    def from_store(cls, path: str | Path) -> "RunInputs":
+        with RunStore(path) as store:
+            return cls(store.recipe, store.masks[()].astype(bool), store.run_data())
+
+
+def source_pool(recipe: Recipe, data: RunData, images: torch.Tensor, labels: torch.Tensor) -> BatchFactory:
+    """Where source training reads its batches: the recipe's source beton (read by ffcv) or the in-memory pool.
+
+    The one place that decides by `recipe.source.beton_train`. `images` (N, C, r, r) and `labels` (N,)
+    are the stored pool as tensors on the training device.
+    """
+    if recipe.source.beton_train:
+        from dmtoolkit.data.beton import BetonPool  # ffcv is optional and slow to import
+
+        return BetonPool(recipe.source.beton_train, data.source_example_ids, channels=images.shape[1],
+                         resolution=images.shape[-1], device=images.device)
+    return MemoryPool(images, labels)
 
 
 class RunContext:
-    """A worker's view of a run: recipe, masks and prepared tensors, loaded once per process."""
+    """A worker's view of a run: recipe, masks and prepared tensors, loaded once per process.
 
-    def __init__(self, recipe: Recipe, masks: np.ndarray, data: RunData, device: str | None = None) -> None:
+    `batches` is where source training reads its batches (default: `source_pool` for the recipe).
+    """
+
+    def __init__(self, recipe: Recipe, masks: np.ndarray, data: RunData, device: str | None = None,
+                 batches: BatchFactory | None = None) -> None:
         self.recipe, self.masks, self.data = recipe, masks, data
         self.device = resolve_device(device)
         channels = data.source_pool.images.shape[-1]
@@ -79,15 +112,19 @@ class RunContext:
         self.channels = channels
         self.num_source_classes = len(data.source_class_names)
         self.num_target_classes = len(data.target_class_names)
+        self.batches = batches if batches is not None else source_pool(recipe, data, self.pool_x, self.pool_y)
+
+    @classmethod
+    def from_inputs(cls, inputs: RunInputs, device: str | None = None) -> "RunContext":
+        return cls(inputs.recipe, inputs.masks, inputs.data, device)
 
     @classmethod
     def from_store(cls, path: str | Path, device: str | None = None) -> "RunContext":
-        with RunStore(path) as store:
-            return cls(store.recipe, store.file["masks"][()].astype(bool), store.run_data(), device)
+        return cls.from_inputs(RunInputs.from_store(path), device)
 
     @property
     def group_size(self) -> int:
-        return 1 if self.recipe.model.arch == "resnet18" else self.recipe.training.models_per_batch
+        return group_size(self.recipe)
 
     def subset_examples(self, index: int) -> np.ndarray:
         """Pool examples model `index` trains on: those of kept classes, or the kept examples."""
@@ -114,7 +151,7 @@ class RunContext:
                                 momentum=train.momentum, weight_decay=train.weight_decay, schedule=train.schedule,
                                 peak_epoch=train.peak_epoch, label_smoothing=train.label_smoothing,
                                 start_resolution=model_spec.resolution, order=train.order)
-        train_models(model, self.source_batches(subsets, [s + 1 for s in seeds], settings), settings)
+        train_models(model, self.batches(subsets, [s + 1 for s in seeds], settings), settings)
         source_acc = self.source_accuracy(model, rows)
         logits = TRANSFERS[recipe.transfer.mode](
             model, self.target_train_x, self.target_train_y, self.target_test_x, self.num_target_classes,
@@ -124,10 +161,6 @@ class RunContext:
         seconds = (time.perf_counter() - started) / len(rows)
         return [ModelResult(i, margins[g], seeds[g], source_acc[g], float((margins[g] > 0).mean()), seconds,
                             predictions[g]) for g, i in enumerate(rows)]
-
-    def source_batches(self, subsets: list[np.ndarray], order_seeds: list[int], settings: LoopSettings) -> BatchSource:
-        """Where source training reads its batches: the in-memory pool (a subclass may read elsewhere)."""
-        return MemoryBatches(self.pool_x, self.pool_y, subsets, order_seeds, settings)
 
     @torch.no_grad()
     def source_accuracy(self, model: torch.nn.Module, rows: list[int]) -> list[float]:

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+
 class BatchedLinear(nn.Module):
     """G independent linear maps: (G, B, d_in) -> (G, B, d_out)."""
 

@@ -16,7 +16,6 @@ from torch import nn
 from dmtoolkit.recipe import TransferSpec
 from dmtoolkit.train.fit import LoopSettings, MemoryBatches, batched_outputs, train_models
 
-
 STD_FLOOR = 0.05  # of the model's mean feature std
 
 
