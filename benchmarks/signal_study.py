@@ -2,8 +2,8 @@
 
 For every lever (a set of recipe overrides on the default class-level recipe) the study trains a store
 (resuming one that exists), then prints and saves: split-half Spearman of per-class mean influence at
-1/4, 1/2 and all of the models (two disjoint halves from a seeded split; mean and SD over 10 split
-seeds, and the seed-0 split alone), how many digits have their own glyph class in their top 5 source
+1/4, 1/2 and all of the models (two disjoint halves of whole sampling units from a seeded split; mean
+and SD over 10 split seeds, and the seed-0 split alone), how many digits have their own glyph class in their top 5 source
 classes, class-influence LDS on held-out models, target accuracy, CPU-minutes, and the number of models
 that split-half 0.8 would need (Spearman-Brown from the measured value). `--seed-check LEVER` retrains
 that lever with another shared training seed and reports how far its ranking moves.
@@ -38,7 +38,7 @@ from dmtoolkit.errors import UserError
 from dmtoolkit.estimate.datamodels import fit_datamodels
 from dmtoolkit.estimate.influence import compute_influence
 from dmtoolkit.estimate.lds import evaluate
-from dmtoolkit.recipe import load_recipe
+from dmtoolkit.recipe import Recipe, load_recipe
 from dmtoolkit.recipe_overrides import apply_overrides
 from dmtoolkit.reliability import (
     TARGET_RELIABILITY,
@@ -115,7 +115,7 @@ LEVERS: dict[str, dict[str, Any]] = {
 }
 
 
-def lever_recipe(overrides: dict[str, Any], models: int, training_seed: int = 0):
+def lever_recipe(overrides: dict[str, Any], models: int, training_seed: int = 0) -> Recipe:
     """The lever's base recipe (`recipe` key; default class-level otherwise) with its dotted-key overrides,
     then `models` and the shared training seed (validated like any recipe)."""
     overrides = dict(overrides)
@@ -126,7 +126,7 @@ def lever_recipe(overrides: dict[str, Any], models: int, training_seed: int = 0)
     return recipe.with_overrides(models=models, training_seed=training_seed)
 
 
-def train_lever(path: Path, recipe, workers: int) -> float:
+def train_lever(path: Path, recipe: Recipe, workers: int) -> float:
     """Create (or resume) the store and train it; returns wall seconds spent training now."""
     if path.exists():
         with RunStore(path) as store:
