@@ -2,11 +2,11 @@
 
 For every lever (a set of recipe overrides on the default class-level recipe) the study trains a store
 (resuming one that exists), then prints and saves: split-half Spearman of per-class mean influence at
-1/4, 1/2 and all of the models (two disjoint halves of whole sampling units from a seeded split; mean
-and SD over 10 split seeds, and the seed-0 split alone), how many digits have their own glyph class in their top 5 source
-classes, class-influence LDS on held-out models, target accuracy, CPU-minutes, and the number of models
-that split-half 0.8 would need (Spearman-Brown from the measured value). `--seed-check LEVER` retrains
-that lever with another shared training seed and reports how far its ranking moves.
+1/4, 1/2 and all of the models (two disjoint halves of whole sampling units from a seeded split; mean and
+SD over 10 split seeds, and the seed-0 split alone), how many digits have their own glyph class in their
+top 5 source classes, class-influence LDS on held-out models, target accuracy, CPU-minutes, and the
+number of models that split-half 0.8 would need (Spearman-Brown from the measured value). `--seed-check
+LEVER` retrains that lever with another shared training seed and reports how far its ranking moves.
 
 Every statistic comes from the library (`dmtoolkit.reliability`): halves and held-out models are whole
 sampling units (an antithetic pair or an orthogonal block stays on one side), digit ranks follow
