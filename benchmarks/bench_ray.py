@@ -97,7 +97,7 @@ def main() -> None:
         finally:
             ray.shutdown()
         with RunStore(local_store) as a, RunStore(ray_store) as b:
-            gap = float(np.nanmax(np.abs(a.file["margins"][()] - b.file["margins"][()])))
+            gap = float(np.nanmax(np.abs(a.margins[()] - b.margins[()])))
         print(f"  Ray / local throughput: {ray_rate / local_rate:.2f}; max |margin difference| {gap:.2g}")
 
 

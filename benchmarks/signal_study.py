@@ -2,11 +2,15 @@
 
 For every lever (a set of recipe overrides on the default class-level recipe) the study trains a store
 (resuming one that exists), then prints and saves: split-half Spearman of per-class mean influence at
-1/4, 1/2 and all of the models (two disjoint halves from a seeded split; mean and SD over 10 split
-seeds, and the seed-0 split alone), how many digits have their own glyph class in their top 5 source
-classes, class-influence LDS on held-out models, target accuracy, CPU-minutes, and the number of models
-that split-half 0.8 would need (Spearman-Brown from the measured value). `--seed-check LEVER` retrains
-that lever with another shared training seed and reports how far its ranking moves.
+1/4, 1/2 and all of the models (two disjoint halves of whole sampling units from a seeded split; mean and
+SD over 10 split seeds, and the seed-0 split alone), how many digits have their own glyph class in their
+top 5 source classes, class-influence LDS on held-out models, target accuracy, CPU-minutes, and the
+number of models that split-half 0.8 would need (Spearman-Brown from the measured value). `--seed-check
+LEVER` retrains that lever with another shared training seed and reports how far its ranking moves.
+
+Every statistic comes from the library (`dmtoolkit.reliability`): halves and held-out models are whole
+sampling units (an antithetic pair or an orthogonal block stays on one side), digit ranks follow
+`rank_classes`' order, and training goes through `train_store`.
 
     .venv/bin/python benchmarks/signal_study.py --models 256 --out runs/signal \\
         --levers default,logits-antithetic,ridge-logits-antithetic [--seed-check ridge-logits-antithetic]
@@ -21,27 +25,35 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import tempfile
 import time
 import warnings
 from pathlib import Path
 from typing import Any
 
-import h5py
 import numpy as np
 
 from dmtoolkit.analyze import detect_leakage, detect_mislabels
-from dmtoolkit.estimate.common import split_rows
-from dmtoolkit.estimate.datamodels import fit_datamodels
-from dmtoolkit.estimate.influence import compute_influence, influence_from_arrays
 from dmtoolkit.errors import UserError
-from dmtoolkit.estimate.lds import evaluate, influence_predictor, lds_per_target, spearman_columns
-from dmtoolkit.recipe import load_recipe, parse_recipe_dict
+from dmtoolkit.estimate.datamodels import fit_datamodels
+from dmtoolkit.estimate.influence import compute_influence
+from dmtoolkit.estimate.lds import evaluate
+from dmtoolkit.recipe import Recipe, load_recipe
+from dmtoolkit.recipe_overrides import apply_overrides
+from dmtoolkit.reliability import (
+    TARGET_RELIABILITY,
+    class_influence,
+    digit_ranks,
+    lds_from_arrays,
+    mean_influence,
+    sampling_units,
+    spearman,
+    split_half_reliability,
+)
 from dmtoolkit.run.driver import train_store
 from dmtoolkit.run.executors import make_executor
 from dmtoolkit.run.prepare import build_run_data
-from dmtoolkit.store import RunStore, create_store
+from dmtoolkit.store import PER_MODEL_FLOATS, RunStore, create_store
 from dmtoolkit.train.baselines import transfer_baselines
 from dmtoolkit.train.job import RunContext
 
@@ -49,7 +61,7 @@ RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 CLASS_RECIPE, EXAMPLE_RECIPE = "glyphs-to-mnist.yaml", "glyphs-to-mnist-examples.yaml"
 FRACTIONS = (0.25, 0.5, 1.0)
 SPLIT_SEEDS = 10
-TARGET_RELIABILITY = 0.8
+HOLDOUT_FRAC = 0.1  # models (whole sampling units) held out for class LDS
 
 # The levers were measured from the session-1 default (135 glyph classes, 100 per class, 2 epochs, logistic
 # head, random masks); ORIGINAL restores it on top of today's default recipe so each row is reproducible.
@@ -103,21 +115,18 @@ LEVERS: dict[str, dict[str, Any]] = {
 }
 
 
-def lever_recipe(overrides: dict[str, Any], models: int, training_seed: int = 0):
-    """The lever's base recipe (`recipe` key; default class-level otherwise) with dotted-key overrides applied
-    (validated like any recipe)."""
+def lever_recipe(overrides: dict[str, Any], models: int, training_seed: int = 0) -> Recipe:
+    """The lever's base recipe (`recipe` key; default class-level otherwise) with its dotted-key overrides,
+    then `models` and the shared training seed (validated like any recipe)."""
     overrides = dict(overrides)
     base = overrides.pop("recipe", CLASS_RECIPE)
     if base == CLASS_RECIPE and not overrides.pop("current", False):
         overrides = {**ORIGINAL, **overrides}
-    data = load_recipe(RECIPES / base).model_dump(mode="json")
-    for dotted, value in {**overrides, "subsets.models": models, "training.seed": training_seed}.items():
-        section, key = dotted.split(".")
-        data[section][key] = value
-    return parse_recipe_dict(data, origin="signal study lever")
+    recipe = apply_overrides(load_recipe(RECIPES / base), overrides, origin="signal study lever")
+    return recipe.with_overrides(models=models, training_seed=training_seed)
 
 
-def train_lever(path: Path, recipe, workers: int) -> float:
+def train_lever(path: Path, recipe: Recipe, workers: int) -> float:
     """Create (or resume) the store and train it; returns wall seconds spent training now."""
     if path.exists():
         with RunStore(path) as store:
@@ -133,86 +142,38 @@ def train_lever(path: Path, recipe, workers: int) -> float:
 ESTIMATORS = ("difference-of-means", "regression")
 
 
-def class_influence(masks: np.ndarray, margins: np.ndarray, estimator: str) -> np.ndarray | None:
-    """Influence (P, T) by `estimator`, or None where it is undefined (regression with too few models)."""
-    with warnings.catch_warnings():  # units always in or out (few models) are NaN; Spearman then says nan
-        warnings.simplefilter("ignore")
-        try:
-            return influence_from_arrays(masks, margins, device="cpu", errors=False, estimator=estimator,
-                                         alpha=0.5).influence
-        except UserError:
-            return None
+def per_model(store: RunStore, name: str, rows: np.ndarray) -> np.ndarray:
+    """A per-model column (`seconds`, `target_accuracy`, `source_accuracy`, `seed`) at `rows`. RunStore has no
+    accessor for these columns yet, so this is the study's one read of a dataset by name."""
+    if name not in (*PER_MODEL_FLOATS, "seed"):
+        raise ValueError(f"{name!r} is not a per-model column of a run store")
+    return store.file[name][()][rows]
 
 
-def split_half(masks: np.ndarray, margins: np.ndarray, count: int, seed: int,
-               estimator: str = "difference-of-means") -> float | None:
-    """Spearman between the per-class mean influences of two disjoint random halves of `count` models."""
-    order = np.random.default_rng(seed).permutation(len(masks))[: count // 2 * 2]
-    a, b = np.sort(order[: len(order) // 2]), np.sort(order[len(order) // 2:])
-    first, second = class_influence(masks[a], margins[a], estimator), class_influence(masks[b], margins[b], estimator)
-    if first is None or second is None:
-        return None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        x, y = np.nanmean(first, axis=1), np.nanmean(second, axis=1)
-    return float(spearman_columns(x[:, None], y[:, None])[0])
-
-
-def models_for(reliability: float, models: int, goal: float = TARGET_RELIABILITY) -> float | None:
-    """Spearman-Brown: models needed for split-half `goal` given split-half `reliability` at `models`."""
-    if not 0 < reliability < 1:
-        return None
-    return models * (goal / (1 - goal)) / (reliability / (1 - reliability))
-
-
-def digit_ranks(influence: np.ndarray, source_names: list[str], target_names: list[str],
-                target_labels: np.ndarray) -> list[int | None]:
-    """Rank (1 = most positive) of the source class named like each target class, over that class's examples."""
-    ranks: list[int | None] = []
-    for label, name in enumerate(target_names):
-        if name not in source_names or not (target_labels == label).any():
-            ranks.append(None)
-            continue
-        score = np.nanmean(influence[:, target_labels == label], axis=1)
-        ranks.append(int((score > score[source_names.index(name)]).sum()) + 1)
-    return ranks
-
-
-def class_lds(masks: np.ndarray, margins: np.ndarray, alpha: float, estimator: str, seed: int = 0) -> float | None:
-    """Mean LDS of class influence as a linear predictor, fitted on 90% of models, scored on the rest."""
-    kept, held = split_rows(np.arange(len(masks)), 0.1, seed)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            fit = influence_from_arrays(masks[kept], margins[kept], device="cpu", errors=False, estimator=estimator,
-                                        alpha=alpha)
-        except UserError:
-            return None
-    weights, offset = influence_predictor(fit.influence, fit.mean_margin, alpha)
-    return float(np.nanmean(lds_per_target(masks[held] @ weights + offset, margins[held])))
-
-
-def estimator_reliability(masks: np.ndarray, margins: np.ndarray, seconds: np.ndarray, alpha: float,
-                          estimator: str, names: tuple[list[str], list[str], np.ndarray]) -> dict[str, Any]:
+def estimator_reliability(masks: np.ndarray, margins: np.ndarray, units: np.ndarray, seconds: np.ndarray,
+                          alpha: float, estimator: str, names: tuple[list[str], list[str], np.ndarray]) -> dict[str, Any]:
     """Split-half at 1/4, 1/2 and all models, models needed for 0.8, digit ranks and LDS for one estimator."""
     m, figures = len(masks), {}
+    split_halves = {}
     for frac in FRACTIONS:
         count = int(m * frac)
-        values = [split_half(masks, margins, count, seed, estimator) for seed in range(SPLIT_SEEDS)]
-        defined = [v for v in values if v is not None and np.isfinite(v)]
-        figures[f"split_half@{count}"] = None if not defined else {
-            "seed0": None if values[0] is None else round(values[0], 3), "mean": round(float(np.mean(defined)), 3),
-            "sd": round(float(np.std(defined)), 3), "cpu_minutes": round(float(seconds.sum()) * frac / 60, 1)}
-    full = figures[f"split_half@{m}"]
-    needed = None if full is None else models_for(full["mean"], m // 2)
-    figures["models_for_0.8"] = None if needed is None else int(round(2 * needed))
-    influence = class_influence(masks, margins, estimator)
-    ranks = [] if influence is None else digit_ranks(influence, *names)
-    figures["digit_ranks"] = ranks
-    figures["digits_in_top5"] = sum(1 for r in ranks if r is not None and r <= 5)
-    lds = class_lds(masks, margins, alpha, estimator)
+        halves = split_half_reliability(masks, margins, units, count=count, seeds=range(SPLIT_SEEDS),
+                                        estimator=estimator, subset_fraction=alpha)
+        split_halves[frac] = halves
+        seed0 = halves.values[0]
+        figures[f"split_half@{count}"] = None if halves.mean is None else {
+            "seed0": None if seed0 is None else round(seed0, 3), "mean": round(halves.mean, 3),
+            "sd": round(halves.sd, 3), "cpu_minutes": round(float(seconds.sum()) * frac / 60, 1)}
+    needed = split_halves[1.0].models_for(TARGET_RELIABILITY)
+    figures["models_for_0.8"] = None if needed is None else int(round(needed))
+    influence = class_influence(masks, margins, estimator=estimator, subset_fraction=alpha)
+    ranks = None if influence is None else digit_ranks(influence, *names)
+    figures["digit_ranks"] = [] if ranks is None else list(ranks.ranks)
+    figures["digits_in_top5"] = 0 if ranks is None else ranks.in_top(5)
+    lds = lds_from_arrays(masks, margins, units=units, holdout_frac=HOLDOUT_FRAC, estimator=estimator,
+                          subset_fraction=alpha).mean
     figures["class_lds"] = None if lds is None else round(lds, 3)
-    figures["mean_class_influence"] = None if influence is None else np.nanmean(influence, axis=1).round(6).tolist()
+    figures["mean_class_influence"] = None if influence is None else mean_influence(influence).round(6).tolist()
     return figures
 
 
@@ -221,7 +182,8 @@ def example_reliability(path: Path) -> dict[str, Any]:
     estimators, and datamodel LDS on held-out models. Detection never reads the planted truth; scoring does."""
     figures: dict[str, Any] = {}
     with RunStore(path) as store:
-        leaks = int((store.file["source/planted_leak"][()] >= 0).sum()) if store.has_planted else 0
+        planted = store.planted()
+        leaks = 0 if planted is None else int((planted.leak_target >= 0).sum())
     with tempfile.TemporaryDirectory() as tmp:
         influence, datamodels = Path(tmp) / "influence.h5", Path(tmp) / "datamodels.h5"
         with warnings.catch_warnings():
@@ -252,30 +214,41 @@ def analyse(path: Path) -> dict[str, Any]:
         rows = store.completed_rows()
         masks, margins = store.read_rows(rows)
         masks, margins = masks.astype(np.float32), margins.astype(np.float32)
-        source_names, target_names = store.strings("source/class_names"), store.strings("target/class_names")
-        target_labels = store.file["target/labels"][()]
-        seconds = store.file["seconds"][()][rows]
-        accuracy = store.file["target_accuracy"][()][rows]
-        recipe = store.recipe
+        units = sampling_units(store, store.num_models)[rows]
+        names = (store.source_class_names, store.target_class_names, store.target_labels)
+        seconds, accuracy = per_model(store, "seconds", rows), per_model(store, "target_accuracy", rows)
+        alpha = store.subset_fraction
     m = len(rows)
     result: dict[str, Any] = {"store": str(path), "models": m, "cpu_minutes": round(float(seconds.sum()) / 60, 1),
                               "target_accuracy": round(float(accuracy.mean()), 4)}
     baselines = transfer_baselines(RunContext.from_store(path, "cpu"))
     result["baseline_accuracy"] = {name: round(value, 4) for name, value in baselines.items()}
     for estimator in ESTIMATORS:
-        result[estimator] = estimator_reliability(masks, margins, seconds, recipe.subsets.alpha, estimator,
-                                                  (source_names, target_names, target_labels))
+        result[estimator] = estimator_reliability(masks, margins, units, seconds, alpha, estimator, names)
     return result
 
 
 def store_prefix(path: Path, count: int, out: Path) -> Path:
-    """A copy of the store in which only its first `count` completed models count as completed: the store
-    the same recipe would have given with fewer models (masks are drawn in order)."""
-    shutil.copyfile(path, out)
-    with h5py.File(out, "r+") as f:
-        completed = f["completed"][()].astype(bool)
-        completed[np.flatnonzero(completed)[count:]] = False
-        f["completed"][...] = completed
+    """A new store holding the first `count` completed models of `path`, at the same rows: the store its recipe
+    would have given with fewer models (masks are a function of the seed and the row). Made through the store
+    API (`create_store`, `write_row`); the original is only read."""
+    with RunStore(path) as full:
+        rows = full.completed_rows()[:count]
+        recipe = full.recipe
+        size = max(int(rows[-1]) + 1 if len(rows) else 0, 2)
+        size += size % 2 if recipe.subsets.antithetic else 0
+        create_store(out, recipe.with_overrides(models=size), full.run_data(), force=True)
+        masks, margins = full.read_rows(rows)
+        predictions = full.predictions[rows] if len(rows) else np.zeros((0, full.num_targets), np.int16)
+        seeds, source_acc, target_acc, seconds = (per_model(full, name, rows) for name in
+                                                  ("seed", "source_accuracy", "target_accuracy", "seconds"))
+    with RunStore(out, writable=True) as part:
+        if not np.array_equal(part.read_rows(rows)[0], masks):
+            raise UserError(f"{path}: its masks are not the ones its recipe draws, so no smaller store can match it")
+        for i, row in enumerate(rows):
+            part.write_row(int(row), margins[i], seed=int(seeds[i]), source_accuracy=float(source_acc[i]),
+                           target_accuracy=float(target_acc[i]), seconds=float(seconds[i]),
+                           predictions=predictions[i])
     return out
 
 
@@ -284,8 +257,7 @@ def analyse_examples(path: Path) -> dict[str, Any]:
     detection/LDS figures."""
     with RunStore(path) as store:
         rows = store.completed_rows()
-        seconds = store.file["seconds"][()][rows]
-        accuracy = store.file["target_accuracy"][()][rows]
+        seconds, accuracy = per_model(store, "seconds", rows), per_model(store, "target_accuracy", rows)
     result: dict[str, Any] = {"store": str(path), "level": "example", "models": len(rows),
                               "cpu_minutes": round(float(seconds.sum()) / 60, 1),
                               "target_accuracy": round(float(accuracy.mean()), 4)}
@@ -298,11 +270,11 @@ def analyse_examples(path: Path) -> dict[str, Any]:
     return {**result, **example_reliability(path)}
 
 
-def ranking_agreement(a: dict[str, Any], b: dict[str, Any]) -> float:
+def ranking_agreement(a: dict[str, Any], b: dict[str, Any]) -> float | None:
     """Spearman between two stores' per-class mean influences (e.g. two shared training seeds)."""
-    x = np.asarray(a["difference-of-means"]["mean_class_influence"])
-    y = np.asarray(b["difference-of-means"]["mean_class_influence"])
-    return float(spearman_columns(x[:, None], y[:, None])[0])
+    x = np.asarray(a["difference-of-means"]["mean_class_influence"], dtype=float)
+    y = np.asarray(b["difference-of-means"]["mean_class_influence"], dtype=float)
+    return spearman(x, y)
 
 
 def _halves(figures: dict[str, Any]) -> list[tuple[int, dict[str, Any] | None]]:
@@ -467,8 +439,9 @@ def main() -> None:
             print_row(label, results[label])
         if args.seed_check:
             moved = ranking_agreement(results[args.seed_check], results[f"{args.seed_check}@seed1"])
-            print(f"ranking agreement between shared training seeds 0 and 1 ({args.seed_check}): Spearman {moved:+.3f}")
-            results[f"{args.seed_check}@seed1"]["agreement_with_seed0"] = round(moved, 3)
+            print(f"ranking agreement between shared training seeds 0 and 1 ({args.seed_check}): "
+                  f"Spearman {_fmt(moved, '+.3f')}")
+            results[f"{args.seed_check}@seed1"]["agreement_with_seed0"] = None if moved is None else round(moved, 3)
     (args.out / "signal.json").write_text(json.dumps(results, indent=1))
     (args.out / "signal-table.md").write_text(markdown_table(results) + "\n" + example_table(results))
     plot(results, args.out / "signal.png")

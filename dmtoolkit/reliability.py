@@ -1,0 +1,310 @@
+"""How reliable are influence estimates? Split halves that follow the mask design, Spearman–Brown, LDS on
+arrays and digit ranks, as pure functions on arrays.
+
+Rows drawn together are one *sampling unit*: an antithetic pair (a mask and its complement) or an
+orthogonal (Hadamard) block. Their estimates are not independent draws (a pair cancels shared noise, a
+block makes the units uncorrelated only when it is whole), so every split here — the two halves of a
+split-half, fit against held-out rows — keeps a sampling unit on one side. `sampling_units` gives the
+grouping for any store or recipe, so standard errors and other splits can use the same rule.
+
+Influence comes from the library's estimator (`dmtoolkit.estimate.influence.influence_from_arrays`), the
+LDS predictor and score from `dmtoolkit.estimate.lds`; the class ranking is `rank_classes`' rule.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from dmtoolkit.errors import UserError
+from dmtoolkit.estimate.influence import UndefinedInfluenceWarning, influence_from_arrays
+from dmtoolkit.estimate.lds import influence_predictor, lds_per_target, spearman_columns
+from dmtoolkit.masks import hadamard_order
+from dmtoolkit.recipe import Recipe, SubsetSpec
+
+if TYPE_CHECKING:
+    from dmtoolkit.store import RunStore
+
+DEFAULT_ESTIMATOR = "difference-of-means"
+TARGET_RELIABILITY = 0.8
+MIN_HELDOUT = 3  # as `dmtoolkit evaluate`: a Spearman over fewer held-out models says nothing
+
+
+# sampling units -----------------------------------------------------------------------------------------
+def unit_size(subsets: SubsetSpec, num_units: int | None = None) -> int:
+    """Rows per sampling unit: 1 (random), 2 (antithetic), the Hadamard order of P (orthogonal; twice that
+    with antithetic)."""
+    size = 2 if subsets.antithetic else 1
+    if subsets.design == "orthogonal":
+        if num_units is None:
+            raise ValueError("an orthogonal design's blocks depend on the number of units; pass num_units")
+        size *= hadamard_order(num_units)
+    return size
+
+
+def sampling_units(design: SubsetSpec | Recipe | RunStore, num_models: int, *,
+                   num_units: int | None = None) -> np.ndarray:
+    """Sampling-unit id (int64, 0, 1, …) of each row 0..num_models-1; rows drawn together share an id.
+
+    `design` is a recipe's `subsets`, a recipe, or an open run store (whose recipe and number of units are
+    used); `num_units` (P) is needed for an orthogonal design given as a recipe or its subsets.
+    """
+    if isinstance(design, Recipe):
+        subsets = design.subsets
+    elif isinstance(design, SubsetSpec):
+        subsets = design
+    else:  # a RunStore (not imported here at run time: store code never needs reliability)
+        subsets, num_units = design.recipe.subsets, design.num_units if num_units is None else num_units
+    if num_models < 0:
+        raise ValueError(f"num_models {num_models} must be non-negative")
+    return np.arange(num_models, dtype=np.int64) // unit_size(subsets, num_units)
+
+
+def _unit_order(units: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct unit ids in order of first appearance and the number of rows of each."""
+    ids, first, counts = np.unique(units, return_index=True, return_counts=True)
+    order = np.argsort(first, kind="stable")
+    return ids[order], counts[order]
+
+
+def split_halves(units: Sequence[int] | np.ndarray, *, count: int | None = None,
+                 seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Positions (sorted) of two disjoint halves of whole sampling units, together at most `count` rows.
+
+    Units are shuffled with a NumPy generator seeded by `seed`; the longest prefix of at most `count` rows
+    (default: all) is cut to an even number of units, the first half of them forms one half and the rest
+    the other. When every row is its own unit this is a seeded permutation of the rows cut in two.
+    """
+    units = np.asarray(units).reshape(-1)
+    ids, sizes = _unit_order(units)
+    order = np.random.default_rng(seed).permutation(len(ids))
+    limit = len(units) if count is None else count
+    taken = int(np.searchsorted(np.cumsum(sizes[order]), limit, side="right"))
+    taken -= taken % 2
+    first, second = order[: taken // 2], order[taken // 2: taken]
+    return np.flatnonzero(np.isin(units, ids[first])), np.flatnonzero(np.isin(units, ids[second]))
+
+
+def holdout_split(units: Sequence[int] | np.ndarray, frac: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Positions (sorted) of (fit, held out) with round(frac · units) whole sampling units held out.
+
+    When every row is its own unit this is `dmtoolkit.estimate.common.split_rows` on positions.
+    """
+    if not 0 <= frac < 1:
+        raise ValueError(f"holdout fraction {frac} must be in [0, 1)")
+    units = np.asarray(units).reshape(-1)
+    ids, _ = _unit_order(units)
+    held_ids = np.random.default_rng(seed).permutation(ids)[: round(frac * len(ids))]
+    held = np.isin(units, held_ids)
+    return np.flatnonzero(~held), np.flatnonzero(held)
+
+
+# Spearman–Brown ---------------------------------------------------------------------------------------
+def spearman_brown(reliability: float, factor: float) -> float:
+    """Reliability of a measurement `factor` times as long (here: as many models): kρ / (1 + (k − 1)ρ)."""
+    if factor <= 0:
+        raise ValueError(f"length factor {factor} must be positive")
+    return factor * reliability / (1 + (factor - 1) * reliability)
+
+
+def models_for_reliability(reliability: float, models: float, goal: float = TARGET_RELIABILITY) -> float | None:
+    """Models needed for reliability `goal` when `models` give `reliability` (inverse Spearman–Brown);
+    None unless 0 < reliability < 1."""
+    if not 0 < goal < 1:
+        raise ValueError(f"goal reliability {goal} must be in (0, 1)")
+    if not 0 < reliability < 1:
+        return None
+    return models * (goal / (1 - goal)) / (reliability / (1 - reliability))
+
+
+# influence on arrays ------------------------------------------------------------------------------------
+def class_influence(masks: np.ndarray, margins: np.ndarray, *, estimator: str = DEFAULT_ESTIMATOR,
+                    subset_fraction: float | None = None, device: str = "cpu") -> np.ndarray | None:
+    """Influence (P, T) by the library's `estimator` (no standard errors); None where the estimator is
+    undefined (regression with too few models). Undefined units are NaN, without a warning."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UndefinedInfluenceWarning)
+        try:
+            return influence_from_arrays(masks, margins, device=device, errors=False, estimator=estimator,
+                                         alpha=subset_fraction).influence
+        except UserError:
+            return None
+
+
+def mean_influence(influence: np.ndarray, columns: np.ndarray | None = None) -> np.ndarray:
+    """Per-unit mean over target columns (all, or `columns`), NaNs ignored; NaN where none is defined."""
+    matrix = influence if columns is None else influence[:, columns]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows stay NaN
+        return np.nanmean(matrix, axis=1)
+
+
+def spearman(x: np.ndarray, y: np.ndarray) -> float | None:
+    """Spearman correlation of two vectors (average ranks for ties, as LDS); None when undefined (a NaN or a
+    constant vector)."""
+    value = float(spearman_columns(x[:, None], y[:, None])[0])
+    return value if np.isfinite(value) else None
+
+
+# split-half -----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SplitHalf:
+    """One split: Spearman of per-unit mean influence between the halves (None when undefined) and the
+    positions of the rows in each half."""
+
+    correlation: float | None
+    first: np.ndarray
+    second: np.ndarray
+
+    def to_json(self) -> dict[str, Any]:
+        return {"correlation": self.correlation, "first": self.first.tolist(), "second": self.second.tolist()}
+
+
+def split_half(masks: np.ndarray, margins: np.ndarray, units: Sequence[int] | np.ndarray, *,
+               count: int | None = None, seed: int = 0, estimator: str = DEFAULT_ESTIMATOR,
+               subset_fraction: float | None = None) -> SplitHalf:
+    """Split-half correlation of per-unit mean influence: `split_halves(units, count, seed)`, the
+    library's estimator on each half, Spearman (average ranks) of the two per-unit means."""
+    first, second = split_halves(units, count=count, seed=seed)
+    if len(first) < 2 or len(second) < 2:
+        return SplitHalf(None, first, second)
+    a = class_influence(masks[first], margins[first], estimator=estimator, subset_fraction=subset_fraction)
+    b = class_influence(masks[second], margins[second], estimator=estimator, subset_fraction=subset_fraction)
+    correlation = None if a is None or b is None else spearman(mean_influence(a), mean_influence(b))
+    return SplitHalf(correlation, first, second)
+
+
+@dataclass(frozen=True)
+class SplitHalfReliability:
+    """Split-half correlations over several split seeds at one size."""
+
+    count: int                          # rows asked for (both halves together)
+    seeds: tuple[int, ...]
+    values: tuple[float | None, ...]    # one per seed; None where undefined
+    half_models: float                  # mean rows per half
+
+    @property
+    def defined(self) -> tuple[float, ...]:
+        return tuple(v for v in self.values if v is not None)
+
+    @property
+    def mean(self) -> float | None:
+        return float(np.mean(self.defined)) if self.defined else None
+
+    @property
+    def sd(self) -> float | None:
+        return float(np.std(self.defined)) if self.defined else None
+
+    def models_for(self, goal: float = TARGET_RELIABILITY) -> float | None:
+        """Models (both halves together) whose split-half would reach `goal`, by Spearman–Brown from the mean."""
+        per_half = None if self.mean is None else models_for_reliability(self.mean, self.half_models, goal)
+        return None if per_half is None else 2 * per_half
+
+    def to_json(self) -> dict[str, Any]:
+        return {"count": self.count, "seeds": list(self.seeds), "values": list(self.values),
+                "half_models": self.half_models, "mean": self.mean, "sd": self.sd}
+
+
+def split_half_reliability(masks: np.ndarray, margins: np.ndarray, units: Sequence[int] | np.ndarray, *,
+                           count: int | None = None, seeds: Sequence[int] = range(10),
+                           estimator: str = DEFAULT_ESTIMATOR,
+                           subset_fraction: float | None = None) -> SplitHalfReliability:
+    """`split_half` for each of `seeds` at `count` rows (default: all)."""
+    splits = [split_half(masks, margins, units, count=count, seed=s, estimator=estimator,
+                         subset_fraction=subset_fraction) for s in seeds]
+    half = float(np.mean([(len(s.first) + len(s.second)) / 2 for s in splits])) if splits else 0.0
+    return SplitHalfReliability(count=len(masks) if count is None else count, seeds=tuple(seeds),
+                                values=tuple(s.correlation for s in splits), half_models=half)
+
+
+# LDS on arrays --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class HeldOutLDS:
+    """LDS of class influence used as a linear predictor, fitted on `fit` rows and scored on `held` rows:
+    the mean over targets with a defined score (None when nothing could be scored) and each target's score."""
+
+    mean: float | None
+    per_target: np.ndarray
+    fit: np.ndarray
+    held: np.ndarray
+
+    def to_json(self) -> dict[str, Any]:
+        return {"mean": self.mean, "per_target": [float(v) if np.isfinite(v) else None for v in self.per_target],
+                "fit": self.fit.tolist(), "held": self.held.tolist()}
+
+
+def lds_from_arrays(masks: np.ndarray, margins: np.ndarray, *, units: Sequence[int] | np.ndarray | None = None,
+                    holdout_frac: float = 0.1, seed: int = 0, estimator: str = DEFAULT_ESTIMATOR,
+                    subset_fraction: float | None = None) -> HeldOutLDS:
+    """Hold out round(holdout_frac · units) whole sampling units (default: every row its own unit), fit the
+    library's estimator on the rest and score f̂(S) = mean_margin + Σ_k Infl_k · (1[k ∈ S] − α) with
+    `lds_per_target` (α: `subset_fraction`, default the fitted masks' mean). Needs MIN_HELDOUT held rows."""
+    units = np.arange(len(masks)) if units is None else np.asarray(units)
+    fit, held = holdout_split(units, holdout_frac, seed)
+    empty = np.full(margins.shape[1], np.nan)
+    if len(held) < MIN_HELDOUT or len(fit) < 2:
+        return HeldOutLDS(None, empty, fit, held)
+    alpha = float(np.mean(masks[fit])) if subset_fraction is None else subset_fraction
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UndefinedInfluenceWarning)
+        try:
+            fitted = influence_from_arrays(masks[fit], margins[fit], device="cpu", errors=False,
+                                           estimator=estimator, alpha=alpha)
+        except UserError:
+            return HeldOutLDS(None, empty, fit, held)
+    weights, offset = influence_predictor(fitted.influence, fitted.mean_margin, alpha)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        scores = lds_per_target(np.asarray(masks[held], np.float32) @ weights + offset, margins[held])
+    finite = scores[np.isfinite(scores)]
+    return HeldOutLDS(float(finite.mean()) if len(finite) else None, scores, fit, held)
+
+
+# digit ranks ----------------------------------------------------------------------------------------------
+def rank_positions(influence: np.ndarray, columns: np.ndarray | None = None) -> tuple[int | None, ...]:
+    """1-based position of every unit when ranked by mean influence over `columns` (default: all), with
+    `dmtoolkit.analyze.classes.rank_classes`' rule: NaN means left out (None), the rest in a stable sort
+    of −mean (ties: lower index first)."""
+    overall = mean_influence(influence, columns)
+    defined = np.flatnonzero(np.isfinite(overall))
+    order = defined[np.argsort(-overall[defined], kind="stable")]
+    positions: list[int | None] = [None] * len(overall)
+    for position, k in enumerate(order, start=1):
+        positions[k] = position
+    return tuple(positions)
+
+
+@dataclass(frozen=True)
+class DigitRanks:
+    """For each target class, the position (1 = most positive) of the source class of the same name among
+    all source classes, by mean influence over that class's target examples; None when there is no such
+    source class, no such target example, or its influence is undefined."""
+
+    target_classes: tuple[str, ...]
+    ranks: tuple[int | None, ...]
+
+    def in_top(self, k: int) -> int:
+        """How many target classes have their own source class among the top `k`."""
+        return sum(1 for r in self.ranks if r is not None and r <= k)
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(zip(self.target_classes, self.ranks))
+
+
+def digit_ranks(influence: np.ndarray, source_names: Sequence[str], target_names: Sequence[str],
+                target_labels: np.ndarray) -> DigitRanks:
+    """`DigitRanks` of an influence matrix (P source classes, T target examples with `target_labels`
+    indexing `target_names`); the same positions `class_positions(path, [name], target_class=name)` gives."""
+    source_names, labels = list(source_names), np.asarray(target_labels)
+    ranks: list[int | None] = []
+    for label, name in enumerate(target_names):
+        columns = np.flatnonzero(labels == label)
+        if name not in source_names or len(columns) == 0:
+            ranks.append(None)
+            continue
+        ranks.append(rank_positions(influence, columns)[source_names.index(name)])
+    return DigitRanks(tuple(target_names), tuple(ranks))
