@@ -151,14 +151,14 @@ def per_model(store: RunStore, name: str, rows: np.ndarray) -> np.ndarray:
 
 
 def estimator_reliability(masks: np.ndarray, margins: np.ndarray, units: np.ndarray, seconds: np.ndarray,
-                          alpha: float, estimator: str, names: tuple[list[str], list[str], np.ndarray]) -> dict[str, Any]:
+                          estimator: str, names: tuple[list[str], list[str], np.ndarray]) -> dict[str, Any]:
     """Split-half at 1/4, 1/2 and all models, models needed for 0.8, digit ranks and LDS for one estimator."""
     m, figures = len(masks), {}
     split_halves = {}
     for frac in FRACTIONS:
         count = int(m * frac)
         halves = split_half_reliability(masks, margins, units, count=count, seeds=range(SPLIT_SEEDS),
-                                        estimator=estimator, subset_fraction=alpha)
+                                        estimator=estimator)
         split_halves[frac] = halves
         seed0 = halves.values[0]
         figures[f"split_half@{count}"] = None if halves.mean is None else {
@@ -166,12 +166,11 @@ def estimator_reliability(masks: np.ndarray, margins: np.ndarray, units: np.ndar
             "sd": round(halves.sd, 3), "cpu_minutes": round(float(seconds.sum()) * frac / 60, 1)}
     needed = split_halves[1.0].models_for(TARGET_RELIABILITY)
     figures["models_for_0.8"] = None if needed is None else int(round(needed))
-    influence = class_influence(masks, margins, estimator=estimator, subset_fraction=alpha)
+    influence = class_influence(masks, margins, estimator=estimator)
     ranks = None if influence is None else digit_ranks(influence, *names)
     figures["digit_ranks"] = [] if ranks is None else list(ranks.ranks)
     figures["digits_in_top5"] = 0 if ranks is None else ranks.in_top(5)
-    lds = lds_from_arrays(masks, margins, units=units, holdout_frac=HOLDOUT_FRAC, estimator=estimator,
-                          subset_fraction=alpha).mean
+    lds = lds_from_arrays(masks, margins, units=units, holdout_frac=HOLDOUT_FRAC, estimator=estimator).mean
     figures["class_lds"] = None if lds is None else round(lds, 3)
     figures["mean_class_influence"] = None if influence is None else mean_influence(influence).round(6).tolist()
     return figures
@@ -190,8 +189,8 @@ def example_reliability(path: Path) -> dict[str, Any]:
             warnings.simplefilter("ignore")
             compute_influence(path, influence, device="cpu", holdout_frac=0.1)
             fit_datamodels(path, datamodels, device="cpu", n_lambdas=50, val_frac=0.1)
-        figures["datamodel_lds"] = round(float(evaluate(path, datamodels)["lds_mean"]), 3)
-        figures["influence_lds"] = round(float(evaluate(path, influence)["lds_mean"]), 3)
+        figures["datamodel_lds"] = round(float(evaluate(path, datamodels).lds_mean), 3)
+        figures["influence_lds"] = round(float(evaluate(path, influence).lds_mean), 3)
         for name, estimate in (("influence", influence), ("datamodels", datamodels)):
             if leaks:
                 planted = detect_leakage(estimate, top=leaks)["planted"]
@@ -217,14 +216,13 @@ def analyse(path: Path) -> dict[str, Any]:
         units = sampling_units(store, store.num_models)[rows]
         names = (store.source_class_names, store.target_class_names, store.target_labels)
         seconds, accuracy = per_model(store, "seconds", rows), per_model(store, "target_accuracy", rows)
-        alpha = store.subset_fraction
     m = len(rows)
     result: dict[str, Any] = {"store": str(path), "models": m, "cpu_minutes": round(float(seconds.sum()) / 60, 1),
                               "target_accuracy": round(float(accuracy.mean()), 4)}
     baselines = transfer_baselines(RunContext.from_store(path, "cpu"))
     result["baseline_accuracy"] = {name: round(value, 4) for name, value in baselines.items()}
     for estimator in ESTIMATORS:
-        result[estimator] = estimator_reliability(masks, margins, units, seconds, alpha, estimator, names)
+        result[estimator] = estimator_reliability(masks, margins, units, seconds, estimator, names)
     return result
 
 

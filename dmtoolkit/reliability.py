@@ -22,8 +22,8 @@ import numpy as np
 
 from dmtoolkit.errors import UserError
 from dmtoolkit.estimate.influence import UndefinedInfluenceWarning, influence_from_arrays
-from dmtoolkit.estimate.lds import influence_predictor, lds_per_target, spearman_columns
-from dmtoolkit.masks import hadamard_order
+from dmtoolkit.estimate.lds import lds_per_target, spearman_columns
+from dmtoolkit.estimate.splits import design_units, split_rows
 from dmtoolkit.recipe import Recipe, SubsetSpec
 
 if TYPE_CHECKING:
@@ -35,23 +35,13 @@ MIN_HELDOUT = 3  # as `dmtoolkit evaluate`: a Spearman over fewer held-out model
 
 
 # sampling units -----------------------------------------------------------------------------------------
-def unit_size(subsets: SubsetSpec, num_units: int | None = None) -> int:
-    """Rows per sampling unit: 1 (random), 2 (antithetic), the Hadamard order of P (orthogonal; twice that
-    with antithetic)."""
-    size = 2 if subsets.antithetic else 1
-    if subsets.design == "orthogonal":
-        if num_units is None:
-            raise ValueError("an orthogonal design's blocks depend on the number of units; pass num_units")
-        size *= hadamard_order(num_units)
-    return size
-
-
 def sampling_units(design: SubsetSpec | Recipe | RunStore, num_models: int, *,
                    num_units: int | None = None) -> np.ndarray:
     """Sampling-unit id (int64, 0, 1, …) of each row 0..num_models-1; rows drawn together share an id.
 
     `design` is a recipe's `subsets`, a recipe, or an open run store (whose recipe and number of units are
-    used); `num_units` (P) is needed for an orthogonal design given as a recipe or its subsets.
+    used); `num_units` (P) is needed for an orthogonal design given as a recipe or its subsets. The rule is
+    `dmtoolkit.estimate.splits.design_units`, the one the estimators' standard errors and splits use.
     """
     if isinstance(design, Recipe):
         subsets = design.subsets
@@ -61,7 +51,9 @@ def sampling_units(design: SubsetSpec | Recipe | RunStore, num_models: int, *,
         subsets, num_units = design.recipe.subsets, design.num_units if num_units is None else num_units
     if num_models < 0:
         raise ValueError(f"num_models {num_models} must be non-negative")
-    return np.arange(num_models, dtype=np.int64) // unit_size(subsets, num_units)
+    if subsets.design == "orthogonal" and num_units is None:
+        raise ValueError("an orthogonal design's blocks depend on the number of units; pass num_units")
+    return design_units(num_models, num_units or 2, antithetic=subsets.antithetic, design=subsets.design).ids
 
 
 def _unit_order(units: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -90,17 +82,12 @@ def split_halves(units: Sequence[int] | np.ndarray, *, count: int | None = None,
 
 
 def holdout_split(units: Sequence[int] | np.ndarray, frac: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Positions (sorted) of (fit, held out) with round(frac · units) whole sampling units held out.
-
-    When every row is its own unit this is `dmtoolkit.estimate.common.split_rows` on positions.
-    """
+    """Positions (sorted) of (fit, held out): whole sampling units held out until round(frac · rows) rows,
+    by the rule every estimate file's test split uses (`dmtoolkit.estimate.splits.split_rows`)."""
     if not 0 <= frac < 1:
         raise ValueError(f"holdout fraction {frac} must be in [0, 1)")
     units = np.asarray(units).reshape(-1)
-    ids, _ = _unit_order(units)
-    held_ids = np.random.default_rng(seed).permutation(ids)[: round(frac * len(ids))]
-    held = np.isin(units, held_ids)
-    return np.flatnonzero(~held), np.flatnonzero(held)
+    return split_rows(np.arange(len(units)), frac, seed, units)
 
 
 # Spearman–Brown ---------------------------------------------------------------------------------------
@@ -123,14 +110,13 @@ def models_for_reliability(reliability: float, models: float, goal: float = TARG
 
 # influence on arrays ------------------------------------------------------------------------------------
 def class_influence(masks: np.ndarray, margins: np.ndarray, *, estimator: str = DEFAULT_ESTIMATOR,
-                    subset_fraction: float | None = None, device: str = "cpu") -> np.ndarray | None:
+                    device: str = "cpu") -> np.ndarray | None:
     """Influence (P, T) by the library's `estimator` (no standard errors); None where the estimator is
     undefined (regression with too few models). Undefined units are NaN, without a warning."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UndefinedInfluenceWarning)
         try:
-            return influence_from_arrays(masks, margins, device=device, errors=False, estimator=estimator,
-                                         alpha=subset_fraction).influence
+            return influence_from_arrays(masks, margins, device=device, errors=False, estimator=estimator).coef_
         except UserError:
             return None
 
@@ -165,15 +151,14 @@ class SplitHalf:
 
 
 def split_half(masks: np.ndarray, margins: np.ndarray, units: Sequence[int] | np.ndarray, *,
-               count: int | None = None, seed: int = 0, estimator: str = DEFAULT_ESTIMATOR,
-               subset_fraction: float | None = None) -> SplitHalf:
+               count: int | None = None, seed: int = 0, estimator: str = DEFAULT_ESTIMATOR) -> SplitHalf:
     """Split-half correlation of per-unit mean influence: `split_halves(units, count, seed)`, the
     library's estimator on each half, Spearman (average ranks) of the two per-unit means."""
     first, second = split_halves(units, count=count, seed=seed)
     if len(first) < 2 or len(second) < 2:
         return SplitHalf(None, first, second)
-    a = class_influence(masks[first], margins[first], estimator=estimator, subset_fraction=subset_fraction)
-    b = class_influence(masks[second], margins[second], estimator=estimator, subset_fraction=subset_fraction)
+    a = class_influence(masks[first], margins[first], estimator=estimator)
+    b = class_influence(masks[second], margins[second], estimator=estimator)
     correlation = None if a is None or b is None else spearman(mean_influence(a), mean_influence(b))
     return SplitHalf(correlation, first, second)
 
@@ -211,11 +196,9 @@ class SplitHalfReliability:
 
 def split_half_reliability(masks: np.ndarray, margins: np.ndarray, units: Sequence[int] | np.ndarray, *,
                            count: int | None = None, seeds: Sequence[int] = range(10),
-                           estimator: str = DEFAULT_ESTIMATOR,
-                           subset_fraction: float | None = None) -> SplitHalfReliability:
+                           estimator: str = DEFAULT_ESTIMATOR) -> SplitHalfReliability:
     """`split_half` for each of `seeds` at `count` rows (default: all)."""
-    splits = [split_half(masks, margins, units, count=count, seed=s, estimator=estimator,
-                         subset_fraction=subset_fraction) for s in seeds]
+    splits = [split_half(masks, margins, units, count=count, seed=s, estimator=estimator) for s in seeds]
     half = float(np.mean([(len(s.first) + len(s.second)) / 2 for s in splits])) if splits else 0.0
     return SplitHalfReliability(count=len(masks) if count is None else count, seeds=tuple(seeds),
                                 values=tuple(s.correlation for s in splits), half_models=half)
@@ -238,28 +221,23 @@ class HeldOutLDS:
 
 
 def lds_from_arrays(masks: np.ndarray, margins: np.ndarray, *, units: Sequence[int] | np.ndarray | None = None,
-                    holdout_frac: float = 0.1, seed: int = 0, estimator: str = DEFAULT_ESTIMATOR,
-                    subset_fraction: float | None = None) -> HeldOutLDS:
-    """Hold out round(holdout_frac · units) whole sampling units (default: every row its own unit), fit the
-    library's estimator on the rest and score f̂(S) = mean_margin + Σ_k Infl_k · (1[k ∈ S] − α) with
-    `lds_per_target` (α: `subset_fraction`, default the fitted masks' mean). Needs MIN_HELDOUT held rows."""
+                    holdout_frac: float = 0.1, seed: int = 0, estimator: str = DEFAULT_ESTIMATOR) -> HeldOutLDS:
+    """Hold out whole sampling units (`holdout_split`; default: every row its own unit), fit the library's
+    `estimator` on the rest and score its linear prediction with `lds_per_target`. Needs MIN_HELDOUT held rows."""
     units = np.arange(len(masks)) if units is None else np.asarray(units)
     fit, held = holdout_split(units, holdout_frac, seed)
     empty = np.full(margins.shape[1], np.nan)
     if len(held) < MIN_HELDOUT or len(fit) < 2:
         return HeldOutLDS(None, empty, fit, held)
-    alpha = float(np.mean(masks[fit])) if subset_fraction is None else subset_fraction
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UndefinedInfluenceWarning)
         try:
-            fitted = influence_from_arrays(masks[fit], margins[fit], device="cpu", errors=False,
-                                           estimator=estimator, alpha=alpha)
+            fitted = influence_from_arrays(masks[fit], margins[fit], device="cpu", errors=False, estimator=estimator)
         except UserError:
             return HeldOutLDS(None, empty, fit, held)
-    weights, offset = influence_predictor(fitted.influence, fitted.mean_margin, alpha)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        scores = lds_per_target(np.asarray(masks[held], np.float32) @ weights + offset, margins[held])
+        scores = lds_per_target(fitted.predict(masks[held]), margins[held])
     finite = scores[np.isfinite(scores)]
     return HeldOutLDS(float(finite.mean()) if len(finite) else None, scores, fit, held)
 

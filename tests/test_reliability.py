@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from scipy.stats import spearmanr
 
 from dmtoolkit.analyze.classes import class_positions, rank_classes
-from dmtoolkit.estimate.common import split_rows
+from dmtoolkit.estimate.splits import split_rows
 from dmtoolkit.estimate.influence import compute_influence
 from dmtoolkit.masks import hadamard_order, make_masks
 from dmtoolkit.recipe import SubsetSpec, parse_recipe_dict
@@ -241,7 +241,7 @@ def test_class_influence_is_the_library_estimator() -> None:
 def test_lds_equals_a_numpy_and_scipy_reference() -> None:
     masks, margins = _runs(200, 8, 6, effect_sd=0.5, seed=5)
     units = np.arange(200) // 2
-    result = lds_from_arrays(masks, margins, units=units, holdout_frac=0.2, seed=1, subset_fraction=0.5)
+    result = lds_from_arrays(masks, margins, units=units, holdout_frac=0.2, seed=1)
     fit, held = holdout_split(units, 0.2, 1)
     np.testing.assert_array_equal(result.fit, fit)
     np.testing.assert_array_equal(result.held, held)
@@ -256,7 +256,7 @@ def test_lds_of_noise_free_linear_margins_is_one_and_too_few_held_out_is_none() 
     rng = np.random.default_rng(6)
     masks = make_masks(0, 400, 10, 0.5, antithetic=True).astype(np.float32)
     margins = masks @ rng.normal(size=(10, 3))
-    result = lds_from_arrays(masks, margins, units=np.arange(400) // 2, estimator="regression", subset_fraction=0.5)
+    result = lds_from_arrays(masks, margins, units=np.arange(400) // 2, estimator="regression")
     assert result.mean == pytest.approx(1.0, abs=1e-6)  # least squares recovers exact linear margins
     assert lds_from_arrays(masks, margins, units=np.arange(400) // 2).mean < 0.999  # difference of means does not
     assert lds_from_arrays(masks[:20], margins[:20], holdout_frac=0.1).mean is None  # 2 < MIN_HELDOUT held out
@@ -298,7 +298,7 @@ def test_digit_ranks_match_class_positions_on_an_influence_file(tmp_path: Path) 
         labels = store.target_labels
     out = tmp_path / "influence.h5"
     with pytest.warns(UserWarning):
-        influence = compute_influence(path, out, device="cpu", holdout_frac=0).influence
+        influence = compute_influence(path, out, device="cpu", holdout_frac=0).coef_
     ranks = digit_ranks(influence, names, targets, labels)
     for name, rank in zip(targets, ranks.ranks):
         if (labels == targets.index(name)).any():

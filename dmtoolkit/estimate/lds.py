@@ -40,12 +40,6 @@ def spearman_columns(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return np.where(denom > 0, (ra * rb).sum(0) / denom, np.nan)
 
 
-def influence_predictor(influence: np.ndarray, mean_margin: np.ndarray, alpha: float) -> tuple[np.ndarray, np.ndarray]:
-    """(weights, offset) of influence used as a linear predictor, f̂(S) = mask·weights + offset; NaN counts 0."""
-    weights = np.nan_to_num(influence, nan=0.0)
-    return weights, mean_margin - alpha * weights.sum(0)
-
-
 def lds_per_target(predicted: np.ndarray, actual: np.ndarray) -> np.ndarray:
     """Spearman of each column; a constant prediction of a varying target scores 0 (abstaining earns nothing)."""
     lds = spearman_columns(predicted, actual)
@@ -81,7 +75,7 @@ class LdsResult:
         }
 
 
-def lds_from_arrays(predicted: np.ndarray, actual: np.ndarray) -> tuple[np.ndarray, float | None, float | None]:
+def summarise_lds(predicted: np.ndarray, actual: np.ndarray) -> tuple[np.ndarray, float | None, float | None]:
     """(per-target LDS, mean, median over defined targets) of predicted vs actual margins, (n, T) each."""
     lds = lds_per_target(predicted, actual)
     finite = lds[np.isfinite(lds)]
@@ -105,7 +99,7 @@ def evaluate(store_path: str | Path, estimate_path: str | Path, *, block_rows: i
             predicted.append(linear_prediction(masks, est.matrix, est.intercept))
             actual.append(block)
     predicted, actual = np.concatenate(predicted), np.concatenate(actual)
-    lds, mean, median = lds_from_arrays(predicted, actual)
+    lds, mean, median = summarise_lds(predicted, actual)
     finite = lds[np.isfinite(lds)]
     counts, edges = np.histogram(finite, bins=HISTOGRAM_EDGES)
     return LdsResult(
