@@ -26,21 +26,13 @@ from dmtoolkit.recipe_overrides import apply_overrides
 from dmtoolkit.run.driver import train_store
 from dmtoolkit.run.executors import make_executor
 from dmtoolkit.run.prepare import build_run_data
-from dmtoolkit.store import PER_MODEL_FLOATS, RunStore, create_store
+from dmtoolkit.store import RunStore, create_store
 from dmtoolkit.train.fit import batch_indices, margins_from_logits
 from dmtoolkit.train.job import RunContext
 from dmtoolkit.train.baselines import transfer_baselines
 from dmtoolkit.train.transfer import fit_linear_heads
 
 RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "glyphs-to-mnist.yaml"
-
-
-def per_model(store: RunStore, name: str) -> np.ndarray:
-    """A per-model column (`target_accuracy`, `source_accuracy`, `seconds`) of every row. RunStore has no
-    accessor for these columns yet, so this is the benchmark's one read of a dataset by name."""
-    if name not in PER_MODEL_FLOATS:
-        raise ValueError(f"{name!r} is not a per-model column of a run store")
-    return store.file[name][()]
 
 
 def timed_train(store: Path, workers: int) -> tuple[float, int]:
@@ -100,8 +92,8 @@ def main() -> None:
             print(f"  dmtoolkit train --workers {workers}: {written} models in {seconds:.1f} s "
                   f"= {rates[workers]:.1f} models/min (incl. worker start-up)")
         with RunStore(stores[1]) as s:
-            accuracy = float(np.mean(per_model(s, "target_accuracy")))
-            source_accuracy = float(np.nanmean(per_model(s, "source_accuracy")))
+            accuracy = float(np.mean(s.column("target_accuracy")))
+            source_accuracy = float(np.nanmean(s.column("source_accuracy")))
         torch.set_num_threads(1)
         context = RunContext.from_store(stores[1], "cpu")
         G = context.group_size

@@ -53,7 +53,7 @@ from dmtoolkit.reliability import (
 from dmtoolkit.run.driver import train_store
 from dmtoolkit.run.executors import make_executor
 from dmtoolkit.run.prepare import build_run_data
-from dmtoolkit.store import PER_MODEL_FLOATS, RunStore, create_store
+from dmtoolkit.store import RunStore, create_store
 from dmtoolkit.train.baselines import transfer_baselines
 from dmtoolkit.train.job import RunContext
 
@@ -142,14 +142,6 @@ def train_lever(path: Path, recipe: Recipe, workers: int) -> float:
 ESTIMATORS = ("difference-of-means", "regression")
 
 
-def per_model(store: RunStore, name: str, rows: np.ndarray) -> np.ndarray:
-    """A per-model column (`seconds`, `target_accuracy`, `source_accuracy`, `seed`) at `rows`. RunStore has no
-    accessor for these columns yet, so this is the study's one read of a dataset by name."""
-    if name not in (*PER_MODEL_FLOATS, "seed"):
-        raise ValueError(f"{name!r} is not a per-model column of a run store")
-    return store.file[name][()][rows]
-
-
 def estimator_reliability(masks: np.ndarray, margins: np.ndarray, units: np.ndarray, seconds: np.ndarray,
                           estimator: str, names: tuple[list[str], list[str], np.ndarray]) -> dict[str, Any]:
     """Split-half at 1/4, 1/2 and all models, models needed for 0.8, digit ranks and LDS for one estimator."""
@@ -215,7 +207,7 @@ def analyse(path: Path) -> dict[str, Any]:
         masks, margins = masks.astype(np.float32), margins.astype(np.float32)
         units = sampling_units(store, store.num_models)[rows]
         names = (store.source_class_names, store.target_class_names, store.target_labels)
-        seconds, accuracy = per_model(store, "seconds", rows), per_model(store, "target_accuracy", rows)
+        seconds, accuracy = store.column("seconds")[rows], store.column("target_accuracy")[rows]
     m = len(rows)
     result: dict[str, Any] = {"store": str(path), "models": m, "cpu_minutes": round(float(seconds.sum()) / 60, 1),
                               "target_accuracy": round(float(accuracy.mean()), 4)}
@@ -238,7 +230,7 @@ def store_prefix(path: Path, count: int, out: Path) -> Path:
         create_store(out, recipe.with_overrides(models=size), full.run_data(), force=True)
         masks, margins = full.read_rows(rows)
         predictions = full.predictions[rows] if len(rows) else np.zeros((0, full.num_targets), np.int16)
-        seeds, source_acc, target_acc, seconds = (per_model(full, name, rows) for name in
+        seeds, source_acc, target_acc, seconds = (full.column(name)[rows] for name in
                                                   ("seed", "source_accuracy", "target_accuracy", "seconds"))
     with RunStore(out, writable=True) as part:
         if not np.array_equal(part.read_rows(rows)[0], masks):
@@ -255,7 +247,7 @@ def analyse_examples(path: Path) -> dict[str, Any]:
     detection/LDS figures."""
     with RunStore(path) as store:
         rows = store.completed_rows()
-        seconds, accuracy = per_model(store, "seconds", rows), per_model(store, "target_accuracy", rows)
+        seconds, accuracy = store.column("seconds")[rows], store.column("target_accuracy")[rows]
     result: dict[str, Any] = {"store": str(path), "level": "example", "models": len(rows),
                               "cpu_minutes": round(float(seconds.sum()) / 60, 1),
                               "target_accuracy": round(float(accuracy.mean()), 4)}
