@@ -197,8 +197,10 @@ def _dataset_values(data: RunData, masks: np.ndarray, units: tuple[str, ...]) ->
     return values
 
 
-def create_store(path: str | Path, recipe: Recipe, data: RunData, *, force: bool = False) -> Path:
-    """Write a new run store (masks drawn from the recipe's seed) atomically: temp file, then rename."""
+def create_store(path: str | Path, recipe: Recipe, data: RunData, *, force: bool = False,
+                 masks: np.ndarray | None = None) -> Path:
+    """Write a new run store atomically (temp file, then rename), its masks drawn from the recipe's seed or,
+    given `masks` (m, P), exactly those (recorded as explicit, e.g. a counterfactual's removal sets)."""
     path = Path(path)
     if path.exists() and not force:
         raise StoreError(f"{path}: already exists; pass --force to overwrite it, or choose another path")
@@ -209,7 +211,14 @@ def create_store(path: str | Path, recipe: Recipe, data: RunData, *, force: bool
     num_units = data.num_units(kind)
     if num_units < 2:
         raise StoreError(f"{path}: the source has {num_units} {kind} unit(s); subsets need at least 2")
-    masks = make_masks(sub.seed, sub.models, num_units, sub.alpha, sub.antithetic, sub.design)
+    explicit = masks is not None
+    if explicit:
+        masks = np.asarray(masks, dtype=bool)
+        if masks.shape != (sub.models, num_units):
+            raise StoreError(f"{path}: explicit masks have shape {masks.shape}, the recipe needs "
+                             f"({sub.models}, {num_units})")
+    else:
+        masks = make_masks(sub.seed, sub.models, num_units, sub.alpha, sub.antithetic, sub.design)
     m, T = sub.models, len(data.target_test.labels)
     if T == 0:
         raise StoreError(f"{path}: the target test set is empty; check the recipe's target dataset")
@@ -221,6 +230,7 @@ def create_store(path: str | Path, recipe: Recipe, data: RunData, *, force: bool
     try:
         with h5py.File(tmp, "w", track_order=True) as f:
             _write_attributes(f, recipe, data, num_units)
+            f.attrs["masks_origin"] = "explicit" if explicit else "recipe seed"
             for spec in RUN_DATASETS:
                 if spec.planted and data.planted is None:
                     continue
@@ -432,6 +442,11 @@ class RunStore:
         """Every row column (`ROW_COLUMNS`) of the given increasing, distinct rows: what `write_row` writes."""
         rows = np.asarray(rows, dtype=np.int64)
         return {name: self.file[name][rows] for name in ROW_COLUMNS}
+
+    @property
+    def explicit_masks(self) -> bool:
+        """The masks were given at creation (not drawn from the recipe's seed), so they cannot be re-derived."""
+        return self.file.attrs.get("masks_origin", "recipe seed") == "explicit"
 
     @property
     def randomness(self) -> str:

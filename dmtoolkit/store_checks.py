@@ -101,7 +101,7 @@ def validate_store(path: str | Path) -> list[str]:
             problems.append(f"masks have {P} units but the source has {units} {store.kind} units")
         if recipe.subsets.models != m:
             problems.append(f"recipe asks for {recipe.subsets.models} models, store has {m} rows")
-        if not problems:
+        if not problems and not store.explicit_masks:
             sub = recipe.subsets
             derived = make_masks(sub.seed, m, P, sub.alpha, sub.antithetic, sub.design)
             bad = np.flatnonzero((derived != store.masks[()]).any(axis=1))

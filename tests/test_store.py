@@ -161,3 +161,26 @@ def test_one_schema_table_drives_create_validate_and_row_columns(tmp_path: Path)
         "dataset 'source/example_ids' is missing",
         "target/labels: expected int64 (5,), found int64 (4,)",
     ]
+
+
+def test_explicit_masks_are_stored_as_given_and_validate(tmp_path: Path) -> None:
+    from dmtoolkit.recipe import parse_recipe_dict
+    from dmtoolkit.store import create_store
+    from dmtoolkit.store_checks import validate_store
+
+    from .synthetic import synthetic_data
+
+    recipe = parse_recipe_dict({"name": "explicit", "source": {"dataset": "synthetic"},
+                                "target": {"dataset": "synthetic"}, "subsets": {"models": 3}})
+    masks = np.array([[1, 1, 1, 1], [0, 1, 1, 1], [0, 0, 1, 1]], bool)  # not what seed 0 draws
+    path = create_store(tmp_path / "cf.h5", recipe, synthetic_data(4, 5), masks=masks)
+    with RunStore(path) as store:
+        assert store.explicit_masks and (store.masks[()] == masks).all()
+    assert validate_store(path) == []
+    drawn = create_store(tmp_path / "drawn.h5", recipe, synthetic_data(4, 5))
+    with h5py.File(drawn, "r+") as f:  # the same masks in a seeded store are a problem: they cannot be re-derived
+        f["masks"][...] = masks
+    assert any("re-derived from seed" in p for p in validate_store(drawn))
+    with pytest.raises(StoreError, match=r"explicit masks have shape \(2, 4\), the recipe needs \(3, 4\)"):
+        create_store(tmp_path / "bad.h5", recipe, synthetic_data(4, 5), masks=masks[:2])
+    assert not (tmp_path / "bad.h5").exists()

@@ -16,7 +16,7 @@ from dmtoolkit.estimate.base import Estimator
 from dmtoolkit.estimate.blocks import TargetColumns, row_blocks
 from dmtoolkit.estimate.files import Provenance, save_estimate
 from dmtoolkit.estimate.registry import ESTIMATORS
-from dmtoolkit.estimate.splits import RowSplit, SamplingUnits, design_units, split_rows
+from dmtoolkit.estimate.splits import RowSplit, SamplingUnits, design_units, detect_units, split_rows
 from dmtoolkit.store import RunStore
 
 
@@ -38,7 +38,10 @@ def completed_rows(store: RunStore, minimum: int = 2) -> np.ndarray:
 
 
 def store_units(store: RunStore) -> SamplingUnits:
-    """The sampling units of a store's rows, from the mask design its recipe names."""
+    """The sampling units of a store's rows: from the mask design its recipe names, or, for masks given
+    explicitly, complementary pairs where every even row's complement follows it."""
+    if store.explicit_masks:
+        return detect_units(store.masks[()])
     sub = store.recipe.subsets
     return design_units(store.num_models, store.num_units, antithetic=sub.antithetic, design=sub.design)
 
