@@ -44,20 +44,6 @@ def near_duplicate_scores(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(denom > 0, (x * y).sum(1) / np.where(denom > 0, denom, 1), 0.0)
 
 
-def _example_estimate(path: str | Path, command: str) -> Estimate:
-    est = load_estimate(path)
-    require_kind(est, "example", command)
-    return est
-
-
-def top_pairs(matrix: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """(unit, column) indices of the n largest finite entries, largest first (ties: row-major order)."""
-    flat = np.where(np.isfinite(matrix), matrix, -np.inf).ravel()
-    n = min(n, int(np.isfinite(matrix).sum()))
-    order = np.argsort(-flat, kind="stable")[:n]
-    return np.unravel_index(order, matrix.shape)
-
-
 def per_target_z(matrix: np.ndarray) -> np.ndarray:
     """Each column standardised over the source examples: (x − mean) / std, NaN ignored; 0 where std is 0.
 
