@@ -16,6 +16,7 @@ from dmtoolkit.analyze import counterfactual, verify_explanation
 from dmtoolkit.errors import UserError
 from dmtoolkit.estimate import compute_influence
 from dmtoolkit.recipe import parse_recipe_dict
+from dmtoolkit.report.figures import counterfactual_figure
 from dmtoolkit.run.prepare import build_run_data
 from dmtoolkit.store import RunStore, create_store
 from tests.conftest import SMALL_RECIPE, write_recipe
@@ -43,7 +44,8 @@ def real_files(tmp_path_factory: pytest.TempPathFactory) -> dict:
 def test_counterfactual_bottom_removes_most_negative(real_files: dict, tmp_path: Path) -> None:
     out = tmp_path / "cf.h5"
     result = counterfactual(real_files["recipe"], real_files["influence"], out, order="bottom", ks="3,0", repeats=2,
-                            data=real_files["data"], device="cpu", png=tmp_path / "cf.png", progress=lambda _: None)
+                            data=real_files["data"], device="cpu", progress=lambda _: None)
+    counterfactual_figure(result.curve, tmp_path / "cf.png")
     with h5py.File(real_files["influence"]) as f:
         overall = np.nanmean(f["influence"][()], axis=1)
     worst = set(np.argsort(overall, kind="stable")[:3].tolist())
@@ -57,7 +59,8 @@ def test_counterfactual_bottom_removes_most_negative(real_files: dict, tmp_path:
     for r in range(2):
         assert set(np.flatnonzero(~masks[r, 1]).tolist()) == worst
     assert ((accuracy >= 0) & (accuracy <= 1)).all()
-    assert result["accuracy_mean"] == pytest.approx(accuracy.mean(0).tolist())
+    assert result.accuracy_mean == pytest.approx(accuracy.mean(0).tolist())
+    assert result.to_json()["accuracy"] == accuracy.tolist() and result.k == (0, 3)
     assert (tmp_path / "cf.png").read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(UserError, match="already exists"):
         counterfactual(real_files["recipe"], real_files["influence"], out, ks="0", repeats=1, data=real_files["data"])
@@ -82,15 +85,18 @@ def test_counterfactual_cli_random_and_errors(real_files: dict, tmp_path: Path) 
 
 
 def test_verify_explanation_trains_pairs(real_files: dict) -> None:
-    result = verify_explanation(real_files["influence"], 0, 1, device="cpu", progress=lambda _: None)
-    v = result["verify"]
-    assert v["class"] == result["most_negative"][0]["name"]
-    assert v["repeats"] == 1 and v["correct_removed"] in (0, 1) and v["correct_kept"] in (0, 1)
-    assert v["rate_kept"] == v["correct_kept"]
+    lines: list[str] = []
+    result = verify_explanation(real_files["influence"], 0, 1, device="cpu", progress=lines.append)
+    v = result.verify
+    assert v.class_name == result.most_negative[0].name
+    assert v.repeats == 1 and v.correct_removed in (0, 1) and v.correct_kept in (0, 1)
+    assert v.rate_kept == v.correct_kept
+    assert result.to_json()["verify"]["class"] == v.class_name
+    assert len(lines) == 1 and lines[0].startswith("verify: 1/1 pairs trained")
     res = CliRunner().invoke(cli, ["explain", str(real_files["influence"]), "--target", "0", "--verify", "1",
                                    "--device", "cpu"])
     assert res.exit_code == 0, res.output
-    assert f"verify: without {v['class']} correct {v['correct_removed']}/1, with it {v['correct_kept']}/1" in res.output
+    assert f"verify: without {v.class_name} correct {v.correct_removed}/1, with it {v.correct_kept}/1" in res.output
 
 
 def test_repeats_differ_in_training_randomness_even_when_shared(real_files: dict) -> None:
