@@ -109,3 +109,36 @@ def test_repeats_differ_in_training_randomness_even_when_shared(real_files: dict
                            for r in (0, 0, 1))
     np.testing.assert_array_equal(first.margins, again.margins)
     assert not np.allclose(first.margins, other.margins)
+
+
+def test_counterfactual_plan_and_save_without_training(real_files: dict, tmp_path: Path) -> None:
+    """plan -> (any accuracy) -> save: the masks the plan trains, the file it writes, the curve read back."""
+    from dmtoolkit.analyze import load_counterfactual, plan_counterfactual, save_counterfactual
+
+    out = tmp_path / "cf.h5"
+    plan = plan_counterfactual(real_files["recipe"], real_files["influence"], out, data=real_files["data"],
+                               order="top", ks="4,0,2", repeats=2)
+    with h5py.File(real_files["influence"]) as f:
+        overall = np.nanmean(f["influence"][()], axis=1)
+    best = np.argsort(-overall, kind="stable")
+    assert plan.k == (0, 2, 4) and plan.removal[0][:4] == tuple(best[:4].tolist()) and plan.seed(1) == 3 + 2
+    masks = plan.masks
+    assert masks.shape == (2, 3, len(overall)) and masks[:, 0].all()
+    assert [set(np.flatnonzero(~masks[0, i]).tolist()) for i in (1, 2)] == [set(best[:2].tolist()), set(best[:4].tolist())]
+    assert not out.exists()  # planning writes nothing
+    accuracy = np.array([[0.5, 0.6, 0.7], [0.7, 0.6, 0.5]])
+    result = save_counterfactual(plan, accuracy)
+    assert result.accuracy_mean == pytest.approx([0.6, 0.6, 0.6]) and result.removed_first == tuple(
+        real_files["data"].source_class_names[k] for k in best[:4])
+    assert [p.name for p in tmp_path.iterdir()] == ["cf.h5"]  # renamed into place, no temporary file left
+    curve = load_counterfactual(out)
+    assert curve.order == "top" and curve.k == (0, 2, 4) and curve.mean == pytest.approx(result.accuracy_mean)
+    with h5py.File(out) as f:
+        np.testing.assert_array_equal(f["masks"][()], masks)
+        np.testing.assert_allclose(f["accuracy"][()], accuracy)
+    with pytest.raises(UserError, match="already exists"):
+        save_counterfactual(plan, accuracy)
+    with pytest.raises(UserError, match="source classes differ"):
+        bad = real_files["data"].__class__(**{**real_files["data"].__dict__,
+                                              "source_class_names": tuple(reversed(real_files["data"].source_class_names))})
+        plan_counterfactual(real_files["recipe"], real_files["influence"], tmp_path / "x.h5", data=bad)

@@ -14,13 +14,13 @@ _EXPORTS = {
     "class_positions": "classes", "explain_target": "classes", "rank_classes": "classes", "subpopulation": "classes",
     "Estimate": "estimates", "load_estimate": "estimates",
     "detect_leakage": "examples", "detect_mislabels": "examples", "near_duplicate_scores": "examples",
-    "CounterfactualPlan": "retrain", "counterfactual": "retrain", "load_counterfactual": "retrain",
+    "CounterfactualPlan": "retrain", "check_counterfactual": "retrain", "counterfactual": "retrain", "load_counterfactual": "retrain",
     "plan_counterfactual": "retrain", "save_counterfactual": "retrain", "train_counterfactual": "retrain",
     "train_masks": "retrain", "verify_explanation": "retrain",
 }
 
 __all__ = [
-    "CounterfactualPlan", "Estimate", "class_positions", "counterfactual", "detect_leakage", "detect_mislabels",
+    "CounterfactualPlan", "Estimate", "check_counterfactual", "class_positions", "counterfactual", "detect_leakage", "detect_mislabels",
     "explain_target", "load_counterfactual", "load_estimate", "near_duplicate_scores", "plan_counterfactual",
     "rank_classes", "save_counterfactual", "subpopulation", "train_counterfactual", "train_masks",
     "verify_explanation",
@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from dmtoolkit.analyze.examples import detect_leakage, detect_mislabels, near_duplicate_scores
     from dmtoolkit.analyze.retrain import (
         CounterfactualPlan,
+        check_counterfactual,
         counterfactual,
         load_counterfactual,
         plan_counterfactual,

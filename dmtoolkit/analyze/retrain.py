@@ -1,8 +1,9 @@
 """Analyses that retrain: verify an explanation (remove one class) and counterfactual class removal.
 
 A counterfactual runs in three steps a caller can also take one by one: `plan_counterfactual` checks the
-request and fixes the masks to train (a `CounterfactualPlan`), `train_counterfactual` trains them, and
-`save_counterfactual` writes OUT.h5 through the one atomic-write helper. Progress goes to an optional
+request and fixes the masks to train (a `CounterfactualPlan`; `check_counterfactual` is its part that
+needs no data), `train_counterfactual` trains them, and `save_counterfactual` writes OUT.h5 through the
+one atomic-write helper. Progress goes to an optional
 `progress(message)` callback; nothing here prints.
 """
 
@@ -19,7 +20,7 @@ import h5py
 import numpy as np
 
 from dmtoolkit.analyze.classes import explain_target, rank_classes
-from dmtoolkit.analyze.estimates import load_estimate, require_kind, store_path_of
+from dmtoolkit.analyze.estimates import Estimate, load_estimate, require_kind, store_path_of
 from dmtoolkit.analyze.options import COUNTERFACTUAL_KS, COUNTERFACTUAL_REPEATS, ORDERS
 from dmtoolkit.analyze.results import ClassRanking, CounterfactualCurve, CounterfactualResult, Explanation, Verification
 from dmtoolkit.errors import StoreError, UserError
@@ -157,12 +158,10 @@ def removal_order(ranking: ClassRanking, num_units: int, order: str, repeats: in
     raise UserError(f"--order {order!r} must be one of {', '.join(ORDERS)}")
 
 
-def plan_counterfactual(recipe: Recipe, influence_path: str | Path, out: str | Path, *, order: str = ORDERS[0],
-                        ks: str | list[int] = COUNTERFACTUAL_KS, repeats: int = COUNTERFACTUAL_REPEATS,
-                        force: bool = False) -> CounterfactualPlan:
-    """Check a counterfactual request (output free, order, repeats, class-level estimate and recipe, k) and
-    fix its removal orders; raises UserError before anything is trained."""
-    out = Path(out)
+def check_counterfactual(recipe: Recipe, influence_path: str | Path, out: str | Path, *, order: str = ORDERS[0],
+                         repeats: int = COUNTERFACTUAL_REPEATS, force: bool = False) -> Estimate:
+    """The checks that need no data (output free, repeats, order, class-level estimate and recipe), so a
+    request can fail before its data are built; returns the estimate."""
     refuse_overwrite(out, force)
     if repeats < 1:
         raise UserError(f"--repeats {repeats} must be at least 1")
@@ -173,24 +172,36 @@ def plan_counterfactual(recipe: Recipe, influence_path: str | Path, out: str | P
     if recipe.subsets.kind != "class":
         raise UserError(f"recipe {recipe.name!r} is {recipe.subsets.kind}-level; counterfactual removes classes, "
                         "give a class-level recipe")
+    return est
+
+
+def plan_counterfactual(recipe: Recipe, influence_path: str | Path, out: str | Path, *, data: RunData,
+                        order: str = ORDERS[0], ks: str | list[int] = COUNTERFACTUAL_KS,
+                        repeats: int = COUNTERFACTUAL_REPEATS, force: bool = False) -> CounterfactualPlan:
+    """Check a counterfactual request (see `check_counterfactual`; also that `data` has the estimate's
+    classes, and k) and fix its removal orders; raises UserError before anything is trained."""
+    est = check_counterfactual(recipe, influence_path, out, order=order, repeats=repeats, force=force)
+    if list(data.source_class_names) != est.unit_names:
+        raise UserError(f"{influence_path}: its source classes differ from recipe {recipe.name!r}'s; "
+                        "give the recipe the influences were computed for")
     P = len(est.unit_names)
     k_list = parse_ks(ks if isinstance(ks, str) else ",".join(map(str, ks)), P)
     orders = removal_order(rank_classes(influence_path, top=1), P, order, repeats, recipe.subsets.seed)
-    return CounterfactualPlan(recipe=recipe, influence_file=Path(influence_path), out=out, order=order,
+    return CounterfactualPlan(recipe=recipe, influence_file=Path(influence_path), out=Path(out), order=order,
                               repeats=repeats, k=tuple(k_list), class_names=tuple(est.unit_names),
                               removal=tuple(tuple(o) for o in orders), force=force)
 
 
 def train_counterfactual(plan: CounterfactualPlan, data: RunData, *, device: str | None = None,
                          progress: Progress | None = None) -> np.ndarray:
-    """Train the plan's models; target accuracy (repeats, len(k)).
+    """Train the plan's models on `data` (the data the plan was made for); target accuracy (repeats, len(k)).
 
     Repeat r trains its len(k) models as rows of one call (run seed `plan.seed(r)`, training seed + r): with
     shared training randomness all k of a repeat share initialisation and data order, and repeats differ.
     """
     if tuple(data.source_class_names) != plan.class_names:
-        raise UserError(f"{plan.influence_file}: its source classes differ from recipe {plan.recipe.name!r}'s; "
-                        "give the recipe the influences were computed for")
+        raise ValueError("train_counterfactual: the data's source classes are not the plan's; "
+                         "make the plan with plan_counterfactual(..., data=data)")
     progress = progress or _silent
     masks = plan.masks
     accuracy = np.zeros((plan.repeats, len(plan.k)))
@@ -239,12 +250,16 @@ def counterfactual(recipe: Recipe, influence_path: str | Path, out: str | Path, 
                    progress: Progress | None = None) -> CounterfactualResult:
     """Retrain with the k most negative / positive / random classes removed; target accuracy per k.
 
-    Plan, train and save in one call (see the module docstring); `data` defaults to the recipe's data.
+    Plan, train and save in one call (see the module docstring); `data` defaults to the recipe's data,
+    built after the checks that need none.
     """
-    plan = plan_counterfactual(recipe, influence_path, out, order=order, ks=ks, repeats=repeats, force=force)
     if data is None:
         from dmtoolkit.run.prepare import build_run_data
+
+        check_counterfactual(recipe, influence_path, out, order=order, repeats=repeats, force=force)
         data = build_run_data(recipe)
+    plan = plan_counterfactual(recipe, influence_path, out, data=data, order=order, ks=ks, repeats=repeats,
+                               force=force)
     return save_counterfactual(plan, train_counterfactual(plan, data, device=device, progress=progress))
 
 
