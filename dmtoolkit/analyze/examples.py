@@ -190,18 +190,15 @@ def detect_mislabels(path: str | Path, *, top: int = DETECT_TOP, store: str | Pa
     with RunStore(store_path_of(est, store)) as run:
         labels, names = run.source_labels, run.source_class_names
         planted = run.planted()  # scoring only: read after detection
-    if planted is None:
-        candidates = tuple(MislabelCandidate(rank=r + 1, source=int(i), source_id=est.unit_names[i],
-                                             label=names[labels[i]], score=float(score[i]))
-                           for r, i in enumerate(flagged))
-        return MislabelReport(file=str(est.path), estimator=est.estimator, by=by, candidates=candidates)
-    flipped = planted.flipped.astype(bool)
-    candidates = tuple(MislabelCandidate(rank=r + 1, source=int(i), source_id=est.unit_names[i],
-                                         label=names[labels[i]], score=float(score[i]),
-                                         planted_flip=bool(flipped[i]), original_label=names[planted.original_labels[i]])
-                       for r, i in enumerate(flagged))
-    k = len(flagged)
-    scored = MislabelScore(k=k, flipped=int(flipped.sum()), auc=auc(-score[defined], flipped[defined]),
-                           precision_at_k=float(flipped[flagged].mean()) if k else None,
-                           hits=int(flipped[flagged].sum()))
+    flipped = planted.flipped.astype(bool) if planted is not None else None
+    candidates = tuple(MislabelCandidate(
+        rank=r + 1, source=int(i), source_id=est.unit_names[i], label=names[labels[i]], score=float(score[i]),
+        planted_flip=None if flipped is None else bool(flipped[i]),
+        original_label=None if planted is None else names[planted.original_labels[i]]) for r, i in enumerate(flagged))
+    scored = None
+    if flipped is not None:
+        k = len(flagged)
+        scored = MislabelScore(k=k, flipped=int(flipped.sum()), auc=auc(-score[defined], flipped[defined]),
+                               precision_at_k=float(flipped[flagged].mean()) if k else None,
+                               hits=int(flipped[flagged].sum()))
     return MislabelReport(file=str(est.path), estimator=est.estimator, by=by, candidates=candidates, planted=scored)
