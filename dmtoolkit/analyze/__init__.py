@@ -10,20 +10,20 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-_EXPORTS = {
+_EXPORTS = {  # name -> submodule that defines it
     "class_positions": "classes", "explain_target": "classes", "rank_classes": "classes", "subpopulation": "classes",
     "Estimate": "estimates", "load_estimate": "estimates",
     "detect_leakage": "examples", "detect_mislabels": "examples", "near_duplicate_scores": "examples",
-    "CounterfactualPlan": "retrain", "check_counterfactual": "retrain", "counterfactual": "retrain", "load_counterfactual": "retrain",
-    "plan_counterfactual": "retrain", "save_counterfactual": "retrain", "train_counterfactual": "retrain",
-    "train_masks": "retrain", "verify_explanation": "retrain",
+    "CounterfactualPlan": "retrain", "check_counterfactual": "retrain", "counterfactual": "retrain",
+    "load_counterfactual": "retrain", "plan_counterfactual": "retrain", "save_counterfactual": "retrain",
+    "train_counterfactual": "retrain", "train_masks": "retrain", "verify_explanation": "retrain",
 }
 
 __all__ = [
-    "CounterfactualPlan", "Estimate", "check_counterfactual", "class_positions", "counterfactual", "detect_leakage", "detect_mislabels",
-    "explain_target", "load_counterfactual", "load_estimate", "near_duplicate_scores", "plan_counterfactual",
-    "rank_classes", "save_counterfactual", "subpopulation", "train_counterfactual", "train_masks",
-    "verify_explanation",
+    "CounterfactualPlan", "Estimate", "check_counterfactual", "class_positions", "counterfactual", "detect_leakage",
+    "detect_mislabels", "explain_target", "load_counterfactual", "load_estimate", "near_duplicate_scores",
+    "plan_counterfactual", "rank_classes", "save_counterfactual", "subpopulation", "train_counterfactual",
+    "train_masks", "verify_explanation",
 ]
 
 if TYPE_CHECKING:

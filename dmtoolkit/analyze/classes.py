@@ -94,7 +94,8 @@ def majority_prediction(predictions: np.ndarray) -> int | None:
     return int(np.bincount(known).argmax())
 
 
-def explain_target(path: str | Path, target: int, *, top: int = EXPLAIN_TOP, store: str | Path | None = None) -> Explanation:
+def explain_target(path: str | Path, target: int, *, top: int = EXPLAIN_TOP,
+                   store: str | Path | None = None) -> Explanation:
     """True and predicted label of target `target` and its most negative / positive source classes."""
     est = load_estimate(path)
     require_kind(est, "class", "explain")

@@ -125,9 +125,9 @@ def detect_leakage(path: str | Path, *, top: int = DETECT_TOP, store: str | Path
         src_names, tgt_names = run.source_class_names, run.target_class_names
         planted = run.planted()  # scoring only: read after detection
     pixel = near_duplicate_scores(src_images, tgt_images) if len(units) else np.zeros(0)
-    pairs = tuple(LeakPair(rank=r + 1, source=int(i), source_id=est.unit_names[i], source_label=src_names[src_labels[i]],
-                           target=int(j), target_label=tgt_names[tgt_labels[j]], influence=float(est.matrix[i, c]),
-                           ranking_score=float(scores[i, c]), pixel_score=float(s))
+    pairs = tuple(LeakPair(rank=r + 1, source=int(i), source_id=est.unit_names[i],
+                           source_label=src_names[src_labels[i]], target=int(j), target_label=tgt_names[tgt_labels[j]],
+                           influence=float(est.matrix[i, c]), ranking_score=float(scores[i, c]), pixel_score=float(s))
                   for r, (i, c, j, s) in enumerate(zip(units, columns, targets, pixel)))
     score = None
     if planted is not None:

@@ -245,8 +245,8 @@ def save_counterfactual(plan: CounterfactualPlan, accuracy: np.ndarray) -> Count
 
 
 def counterfactual(recipe: Recipe, influence_path: str | Path, out: str | Path, *, order: str = ORDERS[0],
-                   ks: str | list[int] = COUNTERFACTUAL_KS, repeats: int = COUNTERFACTUAL_REPEATS, data: RunData | None = None,
-                   device: str | None = None, force: bool = False,
+                   ks: str | list[int] = COUNTERFACTUAL_KS, repeats: int = COUNTERFACTUAL_REPEATS,
+                   data: RunData | None = None, device: str | None = None, force: bool = False,
                    progress: Progress | None = None) -> CounterfactualResult:
     """Retrain with the k most negative / positive / random classes removed; target accuracy per k.
 
