@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from dmtoolkit.errors import UserError
-from dmtoolkit.estimate.blocks import BLOCK_ROWS
+from dmtoolkit.estimate import options as estimate_options
 
 DEVICE = click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
                       help="Where to compute (auto: cuda if available).")
@@ -194,7 +194,8 @@ def _estimator_choice(command: str) -> click.Choice:
     return click.Choice(estimator_names(command))
 
 
-HOLDOUT_OPTION = click.option("--holdout-frac", type=click.FloatRange(min=0, max=1, max_open=True), default=0.1,
+HOLDOUT_OPTION = click.option("--holdout-frac", type=click.FloatRange(min=0, max=1, max_open=True),
+                              default=estimate_options.TEST_FRACTION,
                               show_default=True, help="Fraction of completed models held out from fitting and "
                               "from choosing any setting; `dmtoolkit evaluate` scores them.")
 TARGETS_OPTION = click.option("--targets", help="Fit only target examples A:B (split big jobs across processes).")
@@ -205,7 +206,7 @@ TARGETS_OPTION = click.option("--targets", help="Fit only target examples A:B (s
 @click.option("-o", "--output", "out_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="INFLUENCE.h5 to write.")
 @DEVICE
-@click.option("--block-rows", type=click.IntRange(min=1), default=BLOCK_ROWS, show_default=True,
+@click.option("--block-rows", type=click.IntRange(min=1), default=estimate_options.BLOCK_ROWS, show_default=True,
               help="Models read per block (stores larger than memory stream through).")
 @HOLDOUT_OPTION
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the held-out split.")
@@ -242,14 +243,17 @@ def influence(store_path: Path, out_path: Path, device: str, block_rows: int, ho
               help="DATAMODELS.h5 to write.")
 @DEVICE
 @TARGETS_OPTION
-@click.option("--lambdas", type=click.IntRange(min=1), default=100, show_default=True, help="Steps of the λ path.")
-@click.option("--eps", type=click.FloatRange(min=0, min_open=True, max=1, max_open=True), default=1e-3,
+@click.option("--lambdas", type=click.IntRange(min=1), default=estimate_options.N_LAMBDAS, show_default=True,
+              help="Steps of the λ path.")
+@click.option("--eps", type=click.FloatRange(min=0, min_open=True, max=1, max_open=True), default=estimate_options.EPS,
               show_default=True, help="Smallest λ as a fraction of λ_max.")
-@click.option("--val-frac", type=click.FloatRange(min=0, min_open=True, max=1, max_open=True), default=0.1,
+@click.option("--val-frac", type=click.FloatRange(min=0, min_open=True, max=1, max_open=True),
+              default=estimate_options.VAL_FRACTION,
               show_default=True, help="Fraction of the fitting models held out to choose λ.")
 @HOLDOUT_OPTION
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the test and validation splits.")
-@click.option("--block-rows", type=click.IntRange(min=1), default=1024, show_default=True)
+@click.option("--block-rows", type=click.IntRange(min=1), default=estimate_options.DATAMODELS_BLOCK_ROWS,
+              show_default=True, help="Models read per pass of the lasso's sufficient statistics.")
 @click.option("--force", is_flag=True, help="Overwrite an existing output.")
 def datamodels(store_path: Path, out_path: Path, device: str, targets: str | None, lambdas: int, eps: float,
                val_frac: float, holdout_frac: float, seed: int, block_rows: int, force: bool) -> None:
@@ -372,30 +376,15 @@ def demo(scale: str | None, out: Path, workers: int, device: str, as_json: bool)
     Rerunning resumes the stores; estimates and the report are recomputed.
     """
     from dmtoolkit.demo import run_demo
+    from dmtoolkit.report.text import format_demo
 
-    results = run_demo(out, scale=scale or "default", workers=workers, device=_device(device))
-    if as_json:
-        _echo_json(results)
-        return
-    click.echo(f"report: {results['report']}")
-    click.echo(f"scale: {results['models']['class']} class-level and {results['models']['example']} example-level "
-               "models (docs/signal.md shows how each figure grows with models)")
-    for name, value in results["lds"].items():
-        click.echo(f"LDS {name}: {'undefined' if value is None else f'{value:.3f}'}")
-    click.echo("digit glyph class rank for MNIST digit d: "
-               + " ".join(f"{d}:{rank}" for d, rank in results["digit_ranks"].items()))
-    for order, cf in results["counterfactual"].items():
-        rows = ", ".join(f"k={k}: {m:.3f}±{s:.3f}" for k, m, s in zip(cf["k"], cf["accuracy_mean"], cf["accuracy_std"]))
-        click.echo(f"counterfactual ({order} classes removed): {rows}")
-    leak, flips = results["leakage"], results["mislabels"]
-    if leak:
-        click.echo(f"leakage: precision@{leak['k']} {leak['precision_at_k']:.3f} ({leak['hits']} of "
-                   f"{leak['planted_leaks']} planted leaks), decoys flagged {leak['decoys_flagged']}")
-    if flips:
-        click.echo(f"mislabels: AUC {flips['auc']:.3f}, precision@{flips['k']} {flips['precision_at_k']:.3f}")
+    summary = run_demo(out, scale=scale or "default", workers=workers, device=_device(device), progress=_progress)
+    _echo_json(summary.to_json()) if as_json else _echo_text(format_demo(summary))
 
 
 # --- analyses and report (dmtoolkit.analyze, dmtoolkit.report) --------------------------------------
+from dmtoolkit.analyze import options  # noqa: E402  (torch-free: choices and defaults of the analyses)
+
 ESTIMATE_FILE = click.argument("estimate_path", metavar="INFLUENCE.h5", type=click.Path(dir_okay=False, path_type=Path))
 STORE_OPTION = click.option("--store", "store_path", type=click.Path(dir_okay=False, path_type=Path),
                             help="Run store the estimate came from (default: the path recorded in the estimate).")
@@ -403,13 +392,21 @@ JSON_OPTION = click.option("--json", "as_json", is_flag=True, help="Machine-read
 PNG_OPTION = click.option("--png", type=click.Path(dir_okay=False, path_type=Path), help="Also write a PNG figure here.")
 
 
-def _fmt(value: float | None, digits: int = 4) -> str:
-    return "-" if value is None else f"{value:+.{digits}f}"
+def _progress(message: str) -> None:
+    """Progress of long analyses: one line on stderr."""
+    click.echo(message, err=True)
+
+
+def _echo_text(text: str) -> None:
+    """A formatted result on stdout (nothing at all when it is empty, as before)."""
+    if text:
+        click.echo(text)
 
 
 @cli.command()
 @ESTIMATE_FILE
-@click.option("--top", type=click.IntRange(min=1), default=10, show_default=True, help="How many classes to list each way.")
+@click.option("--top", type=click.IntRange(min=1), default=options.RANK_TOP, show_default=True,
+              help="How many classes to list each way.")
 @click.option("--target-class", help="Average over the target examples of this class only (e.g. 3).")
 @JSON_OPTION
 @PNG_OPTION
@@ -422,19 +419,16 @@ def rank(estimate_path: Path, top: int, target_class: str | None, as_json: bool,
       dmtoolkit rank stores/influence.h5 --target-class 3 --json
     """
     from dmtoolkit.analyze import rank_classes
+    from dmtoolkit.report.text import format_ranking
 
-    result = rank_classes(estimate_path, top=top, target_class=target_class, png=png)
+    result = rank_classes(estimate_path, top=top, target_class=target_class)
+    if png:
+        from dmtoolkit.report.figures import rank_figure
+        rank_figure(result, png)
     if as_json:
-        _echo_json(result)
+        _echo_json(result.to_json())
         return
-    scope = f"target class {target_class}" if target_class else "all targets"
-    click.echo(f"mean influence over {result['targets']} target examples ({scope})")
-    click.echo("most positive:")
-    for i, e in enumerate(result["top"], 1):
-        click.echo(f"  {i:3d}. {e['name']:<20} {_fmt(e['influence'])}")
-    click.echo("most negative:")
-    for i, e in enumerate(result["bottom"], 1):
-        click.echo(f"  {i:3d}. {e['name']:<20} {_fmt(e['influence'])}")
+    _echo_text(format_ranking(result))
     if png:
         click.echo(f"wrote {png}", err=True)
 
@@ -442,7 +436,8 @@ def rank(estimate_path: Path, top: int, target_class: str | None, as_json: bool,
 @cli.command()
 @ESTIMATE_FILE
 @click.option("--class", "class_name", required=True, help="Source class name (as in `dmtoolkit rank`).")
-@click.option("-n", type=click.IntRange(min=1), default=16, show_default=True, help="How many target images.")
+@click.option("-n", type=click.IntRange(min=1), default=options.SUBPOP_SIZE, show_default=True,
+              help="How many target images.")
 @STORE_OPTION
 @JSON_OPTION
 @PNG_OPTION
@@ -455,14 +450,16 @@ def subpop(estimate_path: Path, class_name: str, n: int, store_path: Path | None
       dmtoolkit subpop stores/influence.h5 --class 3 -n 16 --png stores/subpop-3.png
     """
     from dmtoolkit.analyze import subpopulation
+    from dmtoolkit.report.text import format_subpopulation
 
-    result = subpopulation(estimate_path, class_name, n=n, png=png, store=store_path)
+    result = subpopulation(estimate_path, class_name, n=n, store=store_path, with_images=png is not None)
+    if png:
+        from dmtoolkit.report.figures import subpop_figure
+        subpop_figure(result, png)
     if as_json:
-        _echo_json(result)
+        _echo_json(result.to_json())
         return
-    click.echo(f"target examples most helped by source class {class_name}:")
-    for t in result["targets"]:
-        click.echo(f"  {t['name']:<12} {_fmt(t['influence'])}")
+    _echo_text(format_subpopulation(result))
     if png:
         click.echo(f"wrote {png}", err=True)
 
@@ -470,7 +467,8 @@ def subpop(estimate_path: Path, class_name: str, n: int, store_path: Path | None
 @cli.command()
 @ESTIMATE_FILE
 @click.option("--target", type=click.IntRange(min=0), required=True, help="Target test example index.")
-@click.option("--top", type=click.IntRange(min=1), default=5, show_default=True, help="Classes to list each way.")
+@click.option("--top", type=click.IntRange(min=1), default=options.EXPLAIN_TOP, show_default=True,
+              help="Classes to list each way.")
 @click.option("--verify", type=click.IntRange(min=1), help="Retrain R models without the most negative class and R with it.")
 @STORE_OPTION
 @JSON_OPTION
@@ -485,33 +483,26 @@ def explain(estimate_path: Path, target: int, top: int, verify: int | None, stor
       dmtoolkit explain stores/influence.h5 --target 17 --verify 5
     """
     from dmtoolkit.analyze import explain_target, verify_explanation
+    from dmtoolkit.report.text import format_explanation
 
     if verify:
-        result = verify_explanation(estimate_path, target, verify, store=store_path, device=_device(device))
+        result = verify_explanation(estimate_path, target, verify, store=store_path, device=_device(device),
+                                    progress=_progress)
     else:
         result = explain_target(estimate_path, target, top=top, store=store_path)
-    if as_json:
-        _echo_json(result)
-        return
-    correct = result["fraction_correct"]
-    click.echo(f"target {target}: true {result['true_label']}, predicted {result['predicted_label'] or 'unknown'} "
-               f"(majority of {result['models']} models; correct in {'-' if correct is None else f'{correct:.0%}'})")
-    click.echo("most negative classes: " + ", ".join(f"{e['name']} ({_fmt(e['influence'], 3)})" for e in result["most_negative"][:top]))
-    click.echo("most positive classes: " + ", ".join(f"{e['name']} ({_fmt(e['influence'], 3)})" for e in result["most_positive"][:top]))
-    if verify:
-        v = result["verify"]
-        click.echo(f"verify: without {v['class']} correct {v['correct_removed']}/{v['repeats']}, "
-                   f"with it {v['correct_kept']}/{v['repeats']}")
+    _echo_json(result.to_json()) if as_json else _echo_text(format_explanation(result, top=top))
 
 
 @cli.command("counterfactual")
 @click.argument("recipe_path", metavar="RECIPE.yaml", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--influence", "influence_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Class-level INFLUENCE.h5 giving the removal order.")
-@click.option("--order", type=click.Choice(["bottom", "top", "random"]), default="bottom", show_default=True,
+@click.option("--order", type=click.Choice(options.ORDERS), default=options.ORDERS[0], show_default=True,
               help="Remove the most negative (bottom), most positive (top) or random classes.")
-@click.option("--k", "ks", default="0,5,10", show_default=True, help="Comma-separated numbers of classes to remove.")
-@click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True, help="Retrainings per k.")
+@click.option("--k", "ks", default=options.COUNTERFACTUAL_KS, show_default=True,
+              help="Comma-separated numbers of classes to remove.")
+@click.option("--repeats", type=click.IntRange(min=1), default=options.COUNTERFACTUAL_REPEATS, show_default=True,
+              help="Retrainings per k.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True, help="OUT.h5")
 @PNG_OPTION
 @click.option("--force", is_flag=True, help="Overwrite OUT.h5.")
@@ -528,22 +519,25 @@ def counterfactual_cmd(recipe_path: Path, influence_path: Path, order: str, ks: 
     """
     from dmtoolkit.analyze import counterfactual
     from dmtoolkit.recipe import load_recipe
+    from dmtoolkit.report.text import format_counterfactual
 
     result = counterfactual(load_recipe(recipe_path), influence_path, output, order=order, ks=ks, repeats=repeats,
-                            png=png, force=force, device=_device(device))
+                            force=force, device=_device(device), progress=_progress)
+    if png:
+        from dmtoolkit.report.figures import counterfactual_figure
+        counterfactual_figure(result.curve, png)
     if as_json:
-        _echo_json(result)
+        _echo_json(result.to_json())
         return
-    click.echo(f"order {order}, {repeats} repeats:")
-    for k, mean, std in zip(result["k"], result["accuracy_mean"], result["accuracy_std"]):
-        click.echo(f"  k={k:<4d} target accuracy {mean:.4f} ± {std:.4f}")
+    _echo_text(format_counterfactual(result))
     click.echo(f"wrote {output}", err=True)
 
 
 @cli.command()
 @click.argument("estimate_path", metavar="DATAMODELS.h5|INFLUENCE.h5", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--top", type=click.IntRange(min=1), default=20, show_default=True, help="How many pairs to flag (k).")
-@click.option("--ranking", type=click.Choice(["two-way-z", "target-z", "influence"]), default="two-way-z",
+@click.option("--top", type=click.IntRange(min=1), default=options.DETECT_TOP, show_default=True,
+              help="How many pairs to flag (k).")
+@click.option("--ranking", type=click.Choice(options.LEAK_RANKINGS), default=options.LEAK_RANKINGS[0],
               show_default=True, help="Pair score: influence standardised within its target and its source "
               "(two-way-z), within its target only, or raw influence.")
 @click.option("--all-pairs", is_flag=True, help="List several pairs per source example (default: its best one).")
@@ -565,29 +559,21 @@ def leakage(estimate_path: Path, top: int, ranking: str, all_pairs: bool, store_
       dmtoolkit leakage stores/datamodels.h5 --top 20 --png stores/leaks.png
     """
     from dmtoolkit.analyze import detect_leakage
+    from dmtoolkit.report.text import format_leakage
 
-    result = detect_leakage(estimate_path, top=top, store=store_path, ranking=ranking, all_pairs=all_pairs, png=png)
-    if as_json:
-        _echo_json(result)
-        return
-    width = max([len(p["source_id"]) for p in result["pairs"]] + [6])
-    click.echo(f"{'rank':>4}  {'source':<{width}} {'label':<6} {'target':>6} {'label':<6} {'influence':>10} "
-               f"{'score':>6} {'pixel':>6}")
-    for p in result["pairs"]:
-        z = f"{p['ranking_score']:>6.2f}" if ranking != "influence" else " " * 6
-        click.echo(f"{p['rank']:>4}  {p['source_id']:<{width}} {p['source_label']:<6} {p['target']:>6} "
-                   f"{p['target_label']:<6} {p['influence']:>+10.4f} {z} {p['pixel_score']:>6.3f}")
-    if "planted" in result:
-        s = result["planted"]
-        recall = "-" if s["recall_at_k"] is None else f"{s['recall_at_k']:.3f}"
-        click.echo(f"planted leaks: precision@{s['k']} {s['precision_at_k']:.3f}, recall@{s['k']} {recall} "
-                   f"({s['hits']} of {s['planted_leaks']} found), decoys flagged {s['decoys_flagged']}")
+    result = detect_leakage(estimate_path, top=top, store=store_path, ranking=ranking, all_pairs=all_pairs)
+    if png:
+        from dmtoolkit.report.figures import leakage_figure
+        leakage_figure(result, png)
+    _echo_json(result.to_json()) if as_json else _echo_text(format_leakage(result))
 
 
 @cli.command()
 @click.argument("estimate_path", metavar="DATAMODELS.h5|INFLUENCE.h5", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--top", type=click.IntRange(min=1), default=20, show_default=True, help="How many candidates (k).")
-@click.option("--by", type=click.Choice(["worst", "mean"]), default="worst", show_default=True,
+@click.option("--top", type=click.IntRange(min=1), default=options.DETECT_TOP, show_default=True,
+              help="How many candidates (k).")
+@click.option("--by", type=click.Choice(options.MISLABEL_SCORES), default=options.MISLABEL_SCORES[0],
+              show_default=True,
               help="Score a source example by its most negative influence on any target, or its mean over targets.")
 @STORE_OPTION
 @JSON_OPTION
@@ -604,19 +590,10 @@ def mislabels(estimate_path: Path, top: int, by: str, store_path: Path | None, a
       dmtoolkit mislabels stores/datamodels.h5 --top 20
     """
     from dmtoolkit.analyze import detect_mislabels
+    from dmtoolkit.report.text import format_mislabels
 
     result = detect_mislabels(estimate_path, top=top, store=store_path, by=by)
-    if as_json:
-        _echo_json(result)
-        return
-    width = max([len(c["source_id"]) for c in result["candidates"]] + [6])
-    for c in result["candidates"]:
-        click.echo(f"{c['rank']:>4}  {c['source_id']:<{width}} {c['label']:<6} {c['score']:+.5f}")
-    if "planted" in result:
-        s = result["planted"]
-        auc = "-" if s["auc"] is None else f"{s['auc']:.3f}"
-        click.echo(f"planted flips: AUC {auc}, precision@{s['k']} {s['precision_at_k']:.3f} "
-                   f"({s['hits']} of {s['flipped']} flipped examples in the top {s['k']})")
+    _echo_json(result.to_json()) if as_json else _echo_text(format_mislabels(result))
 
 
 @cli.command()
@@ -633,8 +610,7 @@ def report(directory: Path, output: Path, top: int) -> None:
     """
     from dmtoolkit.report import build_report
 
-    page = build_report(directory, output, top=top)
-    click.echo(str(page))
+    click.echo(str(build_report(directory, output, top=top)))
 
 
 def main() -> None:

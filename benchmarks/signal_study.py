@@ -185,15 +185,15 @@ def example_reliability(path: Path) -> dict[str, Any]:
         figures["influence_lds"] = round(float(evaluate(path, influence).lds_mean), 3)
         for name, estimate in (("influence", influence), ("datamodels", datamodels)):
             if leaks:
-                planted = detect_leakage(estimate, top=leaks)["planted"]
-                figures[f"{name}_leak_precision"] = round(planted["precision_at_k"], 3)
-                figures[f"{name}_decoys_flagged"] = planted["decoys_flagged"]
-                raw = detect_leakage(estimate, top=leaks, ranking="influence", all_pairs=True)["planted"]
-                figures[f"{name}_leak_precision_raw_pairs"] = round(raw["precision_at_k"], 3)
+                planted = detect_leakage(estimate, top=leaks).planted
+                figures[f"{name}_leak_precision"] = round(planted.precision_at_k, 3)
+                figures[f"{name}_decoys_flagged"] = planted.decoys_flagged
+                raw = detect_leakage(estimate, top=leaks, ranking="influence", all_pairs=True).planted
+                figures[f"{name}_leak_precision_raw_pairs"] = round(raw.precision_at_k, 3)
             for by in ("worst", "mean"):
-                flips = detect_mislabels(estimate, by=by).get("planted")
-                if flips and flips["auc"] is not None:
-                    figures[f"{name}_flip_auc{'' if by == 'worst' else '_mean'}"] = round(flips["auc"], 3)
+                flips = detect_mislabels(estimate, by=by).planted
+                if flips is not None and flips.auc is not None:
+                    figures[f"{name}_flip_auc{'' if by == 'worst' else '_mean'}"] = round(flips.auc, 3)
     return figures
 
 

@@ -7,13 +7,13 @@ when rerun; derived files (estimates, counterfactuals, report) are recomputed ea
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import click
-
 from dmtoolkit.analyze import class_positions, counterfactual, detect_leakage, detect_mislabels
+from dmtoolkit.analyze.results import CounterfactualResult, LeakageScore, MislabelScore
 from dmtoolkit.errors import UserError
 from dmtoolkit.estimate.datamodels import fit_datamodels
 from dmtoolkit.estimate.influence import compute_influence
@@ -49,11 +49,44 @@ SCALES = {
 }
 
 
-def _say(message: str) -> None:
-    click.echo(f"demo: {message}", err=True)
+@dataclass(frozen=True)
+class DemoSummary:
+    """What the demo found (what `dmtoolkit demo` prints; `to_json()` for --json).
+
+    out: the demo folder; scale: quick | default | full; class_models / example_models: models per store;
+    lds: mean LDS per estimate (None: undefined); digit_ranks: for MNIST digit d, the position of glyph
+    class d among the source classes ranked for target class d (1 = most positive); counterfactual: per
+    removal order, the retraining result; leakage / mislabels: detection scores against the planted truth
+    (None without it); report: the HTML page.
+    """
+
+    out: str
+    scale: str
+    class_models: int
+    example_models: int
+    lds: Mapping[str, float | None]
+    digit_ranks: Mapping[str, int | None]
+    counterfactual: Mapping[str, CounterfactualResult]
+    leakage: LeakageScore | None
+    mislabels: MislabelScore | None
+    report: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"out": self.out, "scale": self.scale,
+                "models": {"class": self.class_models, "example": self.example_models},
+                "lds": dict(self.lds), "digit_ranks": dict(self.digit_ranks),
+                "counterfactual": {order: cf.to_json() for order, cf in self.counterfactual.items()},
+                "leakage": self.leakage.to_json() if self.leakage is not None else None,
+                "mislabels": self.mislabels.to_json() if self.mislabels is not None else None,
+                "report": self.report}
 
 
-def _ensure_trained(path: Path, recipe_name: str, models: int, workers: int, device: str | None) -> Path:
+def _silent(message: str) -> None:
+    pass
+
+
+def _ensure_trained(path: Path, recipe_name: str, models: int, workers: int, device: str | None,
+                    say: Callable[[str], None]) -> Path:
     """Create the store (or keep one made from the same recipe and scale, so reruns resume) and train it."""
     recipe = load_recipe(RECIPES / recipe_name).with_overrides(models=models)
     if path.exists():
@@ -62,46 +95,52 @@ def _ensure_trained(path: Path, recipe_name: str, models: int, workers: int, dev
                 raise UserError(f"{path}: exists but was made from another recipe or scale; "
                                 "remove it or pass another --out")
     else:
-        _say(f"creating {path.name} ({models} models, {recipe.subsets.kind}-level)")
+        say(f"creating {path.name} ({models} models, {recipe.subsets.kind}-level)")
         create_store(path, recipe, build_run_data(recipe))
-    _say(f"training {path.name}")
+    say(f"training {path.name}")
     train_store(path, make_executor("local", workers, device))
     return path
 
 
-def run_demo(out: Path, *, scale: str = "default", workers: int = 2, device: str | None = None) -> dict[str, Any]:
-    """Run the pipeline into `out`; returns the figures the CLI prints (report path, LDS, detection)."""
+def run_demo(out: Path, *, scale: str = "default", workers: int = 2, device: str | None = None,
+             progress: Callable[[str], None] | None = None) -> DemoSummary:
+    """Run the pipeline into `out`; returns the figures the CLI prints (report path, LDS, detection).
+
+    `progress(message)` hears each step ("demo: ..." lines) and the counterfactual's progress.
+    """
+    progress = progress or _silent
+
+    def say(message: str) -> None:
+        progress(f"demo: {message}")
+
     size = SCALES[scale]
     out.mkdir(parents=True, exist_ok=True)
-    classes = _ensure_trained(out / "class-runs.h5", "glyphs-to-mnist.yaml", size.class_models, workers, device)
+    classes = _ensure_trained(out / "class-runs.h5", "glyphs-to-mnist.yaml", size.class_models, workers, device,
+                              say)
     examples = _ensure_trained(out / "example-runs.h5", "glyphs-to-mnist-examples.yaml", size.example_models,
-                               workers, device)
-    _say("estimating influences and datamodels")
+                               workers, device, say)
+    say("estimating influences and datamodels")
     class_influence, example_influence = out / "class-influence.h5", out / "example-influence.h5"
     datamodels = out / "example-datamodels.h5"
-    holdout = max(0.1, 4 / size.class_models)  # LDS needs at least 3 held-out models
+    holdout = max(0.1, 4 / size.class_models)  # LDS needs at least 3 held-out test models
     compute_influence(classes, class_influence, device=device, holdout_frac=holdout, force=True)
     compute_influence(examples, example_influence, device=device, holdout_frac=holdout, force=True)
-    fit_datamodels(examples, datamodels, device=device, n_lambdas=size.lambdas, val_frac=holdout, force=True)
+    fit_datamodels(examples, datamodels, device=device, n_lambdas=size.lambdas, holdout_frac=holdout,
+                   val_frac=max(0.1, 4 / size.example_models), force=True)
     with RunStore(classes) as store:
         recipe, data = store.recipe, store.run_data()
     digits = [str(d) for d in range(10)]
-    _say("counterfactual retraining (most negative classes removed vs random classes removed)")
+    say("counterfactual retraining (most negative classes removed vs random classes removed)")
     retrained = {order: counterfactual(recipe, class_influence, out / f"counterfactual-{order}.h5", order=order,
-                                       ks=size.ks, repeats=size.repeats, data=data, device=device, force=True)
+                                       ks=size.ks, repeats=size.repeats, data=data, device=device, force=True,
+                                       progress=progress)
                  for order in ("bottom", "random")}
-    results = {
-        "out": str(out),
-        "scale": scale,
-        "models": {"class": size.class_models, "example": size.example_models},
-        "lds": {name: evaluate(store, estimate).lds_mean for name, store, estimate in (
-            ("class influence", classes, class_influence),
-            ("example influence", examples, example_influence),
-            ("example datamodels", examples, datamodels))},
-        "digit_ranks": {d: class_positions(class_influence, [d], target_class=d)[d] for d in digits},
-        "counterfactual": retrained,
-        "leakage": detect_leakage(datamodels).get("planted"),
-        "mislabels": detect_mislabels(datamodels).get("planted"),
-    }
-    results["report"] = str(build_report(out, out / "report"))
-    return results
+    lds = {name: evaluate(store, estimate).lds_mean for name, store, estimate in (
+        ("class influence", classes, class_influence),
+        ("example influence", examples, example_influence),
+        ("example datamodels", examples, datamodels))}
+    digit_ranks = {d: class_positions(class_influence, [d], target_class=d)[d] for d in digits}
+    leakage, mislabels = detect_leakage(datamodels).planted, detect_mislabels(datamodels).planted
+    return DemoSummary(out=str(out), scale=scale, class_models=size.class_models, example_models=size.example_models,
+                       lds=lds, digit_ranks=digit_ranks, counterfactual=retrained, leakage=leakage,
+                       mislabels=mislabels, report=str(build_report(out, out / "report")))

@@ -16,6 +16,7 @@ from dmtoolkit.analyze import counterfactual, verify_explanation
 from dmtoolkit.errors import UserError
 from dmtoolkit.estimate import compute_influence
 from dmtoolkit.recipe import parse_recipe_dict
+from dmtoolkit.report.figures import counterfactual_figure
 from dmtoolkit.run.prepare import build_run_data
 from dmtoolkit.store import RunStore, create_store
 from tests.conftest import SMALL_RECIPE, write_recipe
@@ -43,9 +44,10 @@ def real_files(tmp_path_factory: pytest.TempPathFactory) -> dict:
 def test_counterfactual_bottom_removes_most_negative(real_files: dict, tmp_path: Path) -> None:
     out = tmp_path / "cf.h5"
     result = counterfactual(real_files["recipe"], real_files["influence"], out, order="bottom", ks="3,0", repeats=2,
-                            data=real_files["data"], device="cpu", png=tmp_path / "cf.png", progress=lambda _: None)
+                            data=real_files["data"], device="cpu", progress=lambda _: None)
+    counterfactual_figure(result.curve, tmp_path / "cf.png")
     with h5py.File(real_files["influence"]) as f:
-        overall = np.nanmean(f["influence"][()], axis=1)
+        overall = np.nanmean(f["coef"][()], axis=1)
     worst = set(np.argsort(overall, kind="stable")[:3].tolist())
     with h5py.File(out) as f:
         assert f.attrs["schema"] == "dmtoolkit.counterfactual" and f.attrs["order"] == "bottom"
@@ -57,7 +59,8 @@ def test_counterfactual_bottom_removes_most_negative(real_files: dict, tmp_path:
     for r in range(2):
         assert set(np.flatnonzero(~masks[r, 1]).tolist()) == worst
     assert ((accuracy >= 0) & (accuracy <= 1)).all()
-    assert result["accuracy_mean"] == pytest.approx(accuracy.mean(0).tolist())
+    assert result.accuracy_mean == pytest.approx(accuracy.mean(0).tolist())
+    assert result.to_json()["accuracy"] == accuracy.tolist() and result.k == (0, 3)
     assert (tmp_path / "cf.png").read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(UserError, match="already exists"):
         counterfactual(real_files["recipe"], real_files["influence"], out, ks="0", repeats=1, data=real_files["data"])
@@ -82,15 +85,18 @@ def test_counterfactual_cli_random_and_errors(real_files: dict, tmp_path: Path) 
 
 
 def test_verify_explanation_trains_pairs(real_files: dict) -> None:
-    result = verify_explanation(real_files["influence"], 0, 1, device="cpu", progress=lambda _: None)
-    v = result["verify"]
-    assert v["class"] == result["most_negative"][0]["name"]
-    assert v["repeats"] == 1 and v["correct_removed"] in (0, 1) and v["correct_kept"] in (0, 1)
-    assert v["rate_kept"] == v["correct_kept"]
+    lines: list[str] = []
+    result = verify_explanation(real_files["influence"], 0, 1, device="cpu", progress=lines.append)
+    v = result.verify
+    assert v.class_name == result.most_negative[0].name
+    assert v.repeats == 1 and v.correct_removed in (0, 1) and v.correct_kept in (0, 1)
+    assert v.rate_kept == v.correct_kept
+    assert result.to_json()["verify"]["class"] == v.class_name
+    assert len(lines) == 1 and lines[0].startswith("verify: 1/1 pairs trained")
     res = CliRunner().invoke(cli, ["explain", str(real_files["influence"]), "--target", "0", "--verify", "1",
                                    "--device", "cpu"])
     assert res.exit_code == 0, res.output
-    assert f"verify: without {v['class']} correct {v['correct_removed']}/1, with it {v['correct_kept']}/1" in res.output
+    assert f"verify: without {v.class_name} correct {v.correct_removed}/1, with it {v.correct_kept}/1" in res.output
 
 
 def test_repeats_differ_in_training_randomness_even_when_shared(real_files: dict) -> None:
@@ -103,3 +109,36 @@ def test_repeats_differ_in_training_randomness_even_when_shared(real_files: dict
                            for r in (0, 0, 1))
     np.testing.assert_array_equal(first.margins, again.margins)
     assert not np.allclose(first.margins, other.margins)
+
+
+def test_counterfactual_plan_and_save_without_training(real_files: dict, tmp_path: Path) -> None:
+    """plan -> (any accuracy) -> save: the masks the plan trains, the file it writes, the curve read back."""
+    from dmtoolkit.analyze import load_counterfactual, plan_counterfactual, save_counterfactual
+
+    out = tmp_path / "cf.h5"
+    plan = plan_counterfactual(real_files["recipe"], real_files["influence"], out, data=real_files["data"],
+                               order="top", ks="4,0,2", repeats=2)
+    with h5py.File(real_files["influence"]) as f:
+        overall = np.nanmean(f["coef"][()], axis=1)
+    best = np.argsort(-overall, kind="stable")
+    assert plan.k == (0, 2, 4) and plan.removal[0][:4] == tuple(best[:4].tolist()) and plan.seed(1) == 3 + 2
+    masks = plan.masks
+    assert masks.shape == (2, 3, len(overall)) and masks[:, 0].all()
+    assert [set(np.flatnonzero(~masks[0, i]).tolist()) for i in (1, 2)] == [set(best[:2].tolist()), set(best[:4].tolist())]
+    assert not out.exists()  # planning writes nothing
+    accuracy = np.array([[0.5, 0.6, 0.7], [0.7, 0.6, 0.5]])
+    result = save_counterfactual(plan, accuracy)
+    assert result.accuracy_mean == pytest.approx([0.6, 0.6, 0.6]) and result.removed_first == tuple(
+        real_files["data"].source_class_names[k] for k in best[:4])
+    assert [p.name for p in tmp_path.iterdir()] == ["cf.h5"]  # renamed into place, no temporary file left
+    curve = load_counterfactual(out)
+    assert curve.order == "top" and curve.k == (0, 2, 4) and curve.mean == pytest.approx(result.accuracy_mean)
+    with h5py.File(out) as f:
+        np.testing.assert_array_equal(f["masks"][()], masks)
+        np.testing.assert_allclose(f["accuracy"][()], accuracy)
+    with pytest.raises(UserError, match="already exists"):
+        save_counterfactual(plan, accuracy)
+    with pytest.raises(UserError, match="source classes differ"):
+        bad = real_files["data"].__class__(**{**real_files["data"].__dict__,
+                                              "source_class_names": tuple(reversed(real_files["data"].source_class_names))})
+        plan_counterfactual(real_files["recipe"], real_files["influence"], tmp_path / "x.h5", data=bad)

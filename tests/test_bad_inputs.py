@@ -17,6 +17,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+import torch
 import yaml
 from click.testing import CliRunner
 from PIL import Image
@@ -107,6 +108,17 @@ def _dataset(name: str, index: object, value: object) -> Callable[[Path], None]:
         with h5py.File(path, "r+") as f:
             f[name][index] = value
     return change
+
+
+def _influence(path: Path) -> None:
+    """Class influence of the case's store ({d}/runs.h5), written to `path`."""
+    import warnings
+
+    from dmtoolkit.estimate import compute_influence
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # 2 completed models leave some influences undefined
+        compute_influence(path.parent / "runs.h5", path, device="cpu", holdout_frac=0.0)
 
 
 def _folder_target(path: Path) -> None:
@@ -208,6 +220,35 @@ CASES = [
          files={"store": _dataset("masks", (slice(None), 0), True)}, multi_line=True),
     Case("validate-recipe-store-mismatch", ["store", "validate", "{store}"], "recipe_hash attribute does not match",
          files={"store": _stored_recipe(**{"subsets.seed": 12345})}, multi_line=True),
+    # --- analyses and report ------------------------------------------------------------------------------
+    Case("rank-text-file", ["rank", "{d}/notes.h5"], "not an HDF5 file", files={"notes.h5": "hello\n"}),
+    Case("rank-missing-file", ["rank", "{d}/none.h5"], "no such estimate file; make one with `dmtoolkit influence`"),
+    Case("rank-run-store-not-estimate", ["rank", "{store}"], "not a dmtoolkit estimate file (schema 'dmtoolkit.run')"),
+    Case("rank-unknown-target-class", ["rank", "{d}/i.h5", "--target-class", "zz", "--png", "{d}/r.png"],
+         "--target-class 'zz' has no target examples", files={"i.h5": _influence}),
+    Case("rank-top-zero", ["rank", "{d}/i.h5", "--top", "0"], "Invalid value for '--top'", code=2,
+         files={"i.h5": _influence}),
+    Case("subpop-unknown-class", ["subpop", "{d}/i.h5", "--class", "zz"], "--class 'zz' is not a source class",
+         files={"i.h5": _influence}),
+    Case("subpop-png-store-missing", ["subpop", "{d}/i.h5", "--class", "c0", "--png", "{d}/s.png", "--store",
+                                      "{d}/none.h5"], "does not exist (moved?); pass --store", files={"i.h5": _influence}),
+    Case("explain-target-not-covered", ["explain", "{d}/i.h5", "--target", "99"], "--target 99 is not covered",
+         files={"i.h5": _influence}),
+    Case("leakage-class-level", ["leakage", "{d}/i.h5", "--png", "{d}/l.png"], "`leakage` needs example-level estimates",
+         files={"i.h5": _influence}),
+    Case("leakage-unknown-ranking", ["leakage", "{d}/i.h5", "--ranking", "pixels"], "Invalid value for '--ranking'",
+         code=2, files={"i.h5": _influence}),
+    Case("mislabels-class-level", ["mislabels", "{d}/i.h5"], "`mislabels` needs example-level estimates",
+         files={"i.h5": _influence}),
+    Case("counterfactual-output-exists", ["counterfactual", "{d}/r.yaml", "--influence", "{d}/i.h5", "-o", "{d}/cf.h5"],
+         "cf.h5: already exists; pass --force", files={"r.yaml": OK, "i.h5": _influence, "cf.h5": "earlier result"}),
+    Case("counterfactual-other-recipe", ["counterfactual", "{d}/r.yaml", "--influence", "{d}/i.h5", "-o", "{d}/cf.h5"],
+         "its source classes differ from recipe 'small-test''s", files={"r.yaml": OK, "i.h5": _influence}),
+    Case("counterfactual-example-recipe", ["counterfactual", "{d}/r.yaml", "--influence", "{d}/i.h5", "-o", "{d}/cf.h5"],
+         "is example-level; counterfactual removes classes",
+         files={"r.yaml": _recipe(**{"subsets.kind": "example"}), "i.h5": _influence}),
+    Case("report-folder-without-results", ["report", "{d}/empty", "-o", "{d}/out"], "holds no dmtoolkit HDF5 files",
+         files={"empty": lambda p: p.mkdir()}),
     # --- other commands ---------------------------------------------------------------------------------
     Case("data-prepare-missing-fonts", ["data", "prepare"], f"install them with `apt-get install -y {MISSING_FONT_PACKAGE}`",
          missing_fonts=True, progress=True),
@@ -253,6 +294,8 @@ def _setup(case: Case, folder: Path, valid_store: Path) -> Path:
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_bad_input(case: Case, tmp_path: Path, valid_store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    if "no CUDA GPU" in case.message and torch.cuda.is_available():
+        pytest.skip("expects a machine without a CUDA GPU")
     folder = tmp_path / "case"
     folder.mkdir()
     store = _setup(case, folder, valid_store)

@@ -10,6 +10,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 
 from cli import cli
@@ -182,11 +183,13 @@ def test_estimators_from_the_command_line(store: Path, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("args, message", [
     (["influence", "{store}", "-o", "{tmp}/i.h5"], "only 0 of 8 models are completed, estimates need at least 2; run `dmtoolkit train"),
-    (["datamodels", "{store}", "-o", "{tmp}/d.h5", "--targets", "5:999"], "--targets 5:999 is outside the store's targets 0:120"),
+    (["datamodels", "{store}", "-o", "{tmp}/d.h5", "--targets", "5:999"], "targets 5:999 is outside the store's targets 0:120"),
     (["influence", "{store}", "-o", "{tmp}/i.h5", "--device", "cuda"], "no CUDA GPU is available; use --device cpu"),
 ])
 def test_estimator_errors(store: Path, tmp_path: Path, args: list[str], message: str) -> None:
-    if "--targets" in message:
+    if "no CUDA GPU" in message and torch.cuda.is_available():
+        pytest.skip("expects a machine without a CUDA GPU")
+    if "--targets" in args:
         assert run("train", store, "--workers", "1", "--quiet").exit_code == 0
     args = [a.format(store=store, tmp=tmp_path) for a in args]
     result = CliRunner().invoke(cli, args)

@@ -328,7 +328,7 @@ def test_cli_help_states_the_block_size_the_estimator_uses() -> None:
     from click.testing import CliRunner
 
     from cli import cli
-    from dmtoolkit.estimate.blocks import BLOCK_ROWS
+    from dmtoolkit.estimate.options import BLOCK_ROWS
 
     out = CliRunner().invoke(cli, ["influence", "--help"])
     assert out.exit_code == 0 and f"[default: {BLOCK_ROWS};" in " ".join(out.output.split())

@@ -305,7 +305,7 @@ def test_digit_ranks_match_class_positions_on_an_influence_file(tmp_path: Path) 
             assert rank == class_positions(out, [name], target_class=name)[name]
             ranking = rank_classes(out, target_class=name)
             positions = rank_positions(influence, np.flatnonzero(labels == targets.index(name)))
-            assert [e["index"] for e in ranking["overall"]] == sorted(
+            assert [e.index for e in ranking.overall] == sorted(
                 (k for k in range(P) if positions[k] is not None), key=lambda k: positions[k])
             assert positions[5] is None
     assert rank_positions(influence)[4] == rank_positions(influence)[1] + 1  # the tie, broken by index

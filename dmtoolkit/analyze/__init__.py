@@ -1,18 +1,55 @@
-"""Analyses over estimates: rank classes, subpopulations, explain, counterfactuals, leakage, mislabels."""
+"""Analyses over estimates: rank classes, subpopulations, explain, counterfactuals, leakage, mislabels.
 
-from dmtoolkit.analyze.classes import (
-           class_positions,
-           explain_target,
-           rank_classes,
-           subpopulation,
-)
-from dmtoolkit.analyze.estimates import Estimate, load_estimate
-from dmtoolkit.analyze.examples import (
-           detect_leakage,
-           detect_mislabels,
-           near_duplicate_scores,
-)
-from dmtoolkit.analyze.retrain import counterfactual, train_masks, verify_explanation
+Every analysis returns a typed result (see `dmtoolkit.analyze.results`); none draws, prints or imports
+click: `dmtoolkit.report` and the CLI render the results. Names are imported on first use, so
+`dmtoolkit.analyze.options` and `.results` stay cheap to import (no torch) for the CLI.
+"""
 
-__all__ = ["Estimate", "class_positions", "counterfactual", "detect_leakage", "detect_mislabels", "explain_target", "load_estimate",
-           "near_duplicate_scores", "rank_classes", "subpopulation", "train_masks", "verify_explanation"]
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_EXPORTS = {  # name -> submodule that defines it
+    "class_positions": "classes", "explain_target": "classes", "rank_classes": "classes", "subpopulation": "classes",
+    "Estimate": "estimates", "load_estimate": "estimates",
+    "detect_leakage": "examples", "detect_mislabels": "examples", "near_duplicate_scores": "examples",
+    "CounterfactualPlan": "retrain", "check_counterfactual": "retrain", "counterfactual": "retrain",
+    "load_counterfactual": "retrain", "plan_counterfactual": "retrain", "save_counterfactual": "retrain",
+    "train_counterfactual": "retrain", "train_masks": "retrain", "verify_explanation": "retrain",
+}
+
+__all__ = [
+    "CounterfactualPlan", "Estimate", "check_counterfactual", "class_positions", "counterfactual", "detect_leakage",
+    "detect_mislabels", "explain_target", "load_counterfactual", "load_estimate", "near_duplicate_scores",
+    "plan_counterfactual", "rank_classes", "save_counterfactual", "subpopulation", "train_counterfactual",
+    "train_masks", "verify_explanation",
+]
+
+if TYPE_CHECKING:
+    from dmtoolkit.analyze.classes import class_positions, explain_target, rank_classes, subpopulation
+    from dmtoolkit.analyze.estimates import Estimate, load_estimate
+    from dmtoolkit.analyze.examples import detect_leakage, detect_mislabels, near_duplicate_scores
+    from dmtoolkit.analyze.retrain import (
+        CounterfactualPlan,
+        check_counterfactual,
+        counterfactual,
+        load_counterfactual,
+        plan_counterfactual,
+        save_counterfactual,
+        train_counterfactual,
+        train_masks,
+        verify_explanation,
+    )
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

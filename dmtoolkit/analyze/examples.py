@@ -6,8 +6,8 @@ images); planted ground truth is read afterwards, only to score what the detecto
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -18,6 +18,15 @@ from dmtoolkit.analyze.estimates import (
     load_estimate,
     require_kind,
     store_path_of,
+)
+from dmtoolkit.analyze.options import DETECT_TOP, LEAK_RANKINGS, MISLABEL_SCORES
+from dmtoolkit.analyze.results import (
+    LeakageReport,
+    LeakageScore,
+    LeakPair,
+    MislabelCandidate,
+    MislabelReport,
+    MislabelScore,
 )
 from dmtoolkit.errors import UserError
 from dmtoolkit.store import RunStore
@@ -44,20 +53,6 @@ def near_duplicate_scores(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(denom > 0, (x * y).sum(1) / np.where(denom > 0, denom, 1), 0.0)
 
 
-def _example_estimate(path: str | Path, command: str) -> Estimate:
-    est = load_estimate(path)
-    require_kind(est, "example", command)
-    return est
-
-
-def top_pairs(matrix: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """(unit, column) indices of the n largest finite entries, largest first (ties: row-major order)."""
-    flat = np.where(np.isfinite(matrix), matrix, -np.inf).ravel()
-    n = min(n, int(np.isfinite(matrix).sum()))
-    order = np.argsort(-flat, kind="stable")[:n]
-    return np.unravel_index(order, matrix.shape)
-
-
 def per_target_z(matrix: np.ndarray) -> np.ndarray:
     """Each column standardised over the source examples: (x − mean) / std, NaN ignored; 0 where std is 0.
 
@@ -79,7 +74,9 @@ def two_way_z(matrix: np.ndarray) -> np.ndarray:
     return per_target_z(matrix) + per_target_z(matrix.T).T
 
 
-LEAK_RANKINGS = {"two-way-z": two_way_z, "target-z": per_target_z, "influence": lambda m: m}
+# one scorer per name in options.LEAK_RANKINGS (the names the CLI offers), in the same order
+LEAK_SCORERS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "two-way-z": two_way_z, "target-z": per_target_z, "influence": lambda m: m}
 
 
 def _example_estimate(path: str | Path, command: str) -> Estimate:
@@ -104,58 +101,51 @@ def top_pairs(matrix: np.ndarray, n: int, one_per_source: bool = False) -> tuple
     return np.unravel_index(order, matrix.shape)
 
 
-def detect_leakage(path: str | Path, *, top: int = 20, store: str | Path | None = None, ranking: str = "two-way-z",
-                   all_pairs: bool = False, png: str | Path | None = None, png_pairs: int = 12) -> dict[str, Any]:
+def detect_leakage(path: str | Path, *, top: int = DETECT_TOP, store: str | Path | None = None,
+                   ranking: str = LEAK_RANKINGS[0], all_pairs: bool = False) -> LeakageReport:
     """(source example, target example) pairs ranked by example-level influence, each with a pixel score.
 
     `ranking` scores each pair (see LEAK_RANKINGS); by default each source example is flagged at most once,
     with its best-scoring target (a copy has one twin; `all_pairs` lists every pair instead).
     With planted ground truth in the store, adds precision@k / recall@k (k = top) for planted leaks
     (the exact pair) and the number of flagged pairs whose source example is a planted decoy.
+    The report keeps the images of each pair (read for the pixel score anyway) for figures.
     """
     if top < 1:
         raise UserError(f"--top {top} must be at least 1")
     if ranking not in LEAK_RANKINGS:
         raise UserError(f"--ranking {ranking!r} is not one of {', '.join(LEAK_RANKINGS)}")
     est = _example_estimate(path, "leakage")
-    scores = LEAK_RANKINGS[ranking](est.matrix)
+    scores = LEAK_SCORERS[ranking](est.matrix)
     units, columns = top_pairs(np.where(np.isfinite(est.matrix), scores, np.nan), top, one_per_source=not all_pairs)
     targets = est.target_index[columns]
     with RunStore(store_path_of(est, store)) as run:
-        f = run.file
-        src_images = np.stack([f["source/images"][i] for i in units]) if len(units) else None
-        tgt_images = np.stack([f["target/images"][j] for j in targets]) if len(units) else None
-        src_labels, tgt_labels = f["source/labels"][()], f["target/labels"][()]
-        src_names, tgt_names = run.strings("source/class_names"), run.strings("target/class_names")
-        pixel = near_duplicate_scores(src_images, tgt_images) if len(units) else np.zeros(0)
-        pairs = [{"rank": r + 1, "source": int(i), "source_id": est.unit_names[i],
-                  "source_label": src_names[src_labels[i]], "target": int(j), "target_label": tgt_names[tgt_labels[j]],
-                  "influence": float(est.matrix[i, c]), "ranking_score": float(scores[i, c]), "pixel_score": float(s)}
-                 for r, (i, c, j, s) in enumerate(zip(units, columns, targets, pixel))]
-        result: dict[str, Any] = {"file": str(est.path), "estimator": est.estimator, "ranking": ranking,
-                                  "one_per_source": not all_pairs, "pairs": pairs}
-        if run.has_planted:  # scoring only: read after detection
-            leak, decoy = f["source/planted_leak"][()], f["source/planted_decoy"][()]
-            result["planted"] = score_leakage(units, targets, leak, decoy, est.target_index)
-    if png is not None:
-        from dmtoolkit.report.plots import pair_grid
-        shown = pairs[:png_pairs]
-        pair_grid([(src_images[p["rank"] - 1], tgt_images[p["rank"] - 1]) for p in shown],
-                  [f"#{p['rank']} src {p['source_id']} / tgt {p['target']}  infl {p['influence']:+.3f}  "
-                   f"pix {p['pixel_score']:.2f}" for p in shown], "Leakage candidates (source | target)", png)
-    return result
+        src_images, tgt_images = run.source_images(units), run.target_images(targets)
+        src_labels, tgt_labels = run.source_labels, run.target_labels
+        src_names, tgt_names = run.source_class_names, run.target_class_names
+        planted = run.planted()  # scoring only: read after detection
+    pixel = near_duplicate_scores(src_images, tgt_images) if len(units) else np.zeros(0)
+    pairs = tuple(LeakPair(rank=r + 1, source=int(i), source_id=est.unit_names[i],
+                           source_label=src_names[src_labels[i]], target=int(j), target_label=tgt_names[tgt_labels[j]],
+                           influence=float(est.matrix[i, c]), ranking_score=float(scores[i, c]), pixel_score=float(s))
+                  for r, (i, c, j, s) in enumerate(zip(units, columns, targets, pixel)))
+    score = None
+    if planted is not None:
+        score = score_leakage(units, targets, planted.leak_target, planted.decoy_target, est.target_index)
+    return LeakageReport(file=str(est.path), estimator=est.estimator, ranking=ranking, one_per_source=not all_pairs,
+                         pairs=pairs, planted=score, source_images=src_images, target_images=tgt_images)
 
 
 def score_leakage(units: np.ndarray, targets: np.ndarray, leak: np.ndarray, decoy: np.ndarray,
-                  covered_targets: np.ndarray) -> dict[str, Any]:
+                  covered_targets: np.ndarray) -> LeakageScore:
     """precision@k and recall@k of flagged (source, target) pairs against planted leaks; decoys flagged."""
     k = len(units)
     hits = int(sum(leak[i] == j for i, j in zip(units, targets)))
     findable = int(np.isin(leak[leak >= 0], covered_targets).sum())
-    return {"k": k, "planted_leaks": findable, "hits": hits,
-            "precision_at_k": hits / k if k else None,
-            "recall_at_k": hits / findable if findable else None,
-            "decoys_flagged": int(sum(decoy[i] >= 0 for i in units))}
+    return LeakageScore(k=k, planted_leaks=findable, hits=hits,
+                        precision_at_k=hits / k if k else None,
+                        recall_at_k=hits / findable if findable else None,
+                        decoys_flagged=int(sum(decoy[i] >= 0 for i in units)))
 
 
 def auc(scores: np.ndarray, positive: np.ndarray) -> float | None:
@@ -182,11 +172,8 @@ def mislabel_scores(matrix: np.ndarray, by: str) -> np.ndarray:
         return np.where(counts > 0, np.where(finite, matrix, 0).sum(1) / np.maximum(counts, 1), np.nan)
 
 
-MISLABEL_SCORES = ("worst", "mean")
-
-
-def detect_mislabels(path: str | Path, *, top: int = 20, store: str | Path | None = None,
-                     by: str = "worst") -> dict[str, Any]:
+def detect_mislabels(path: str | Path, *, top: int = DETECT_TOP, store: str | Path | None = None,
+                     by: str = MISLABEL_SCORES[0]) -> MislabelReport:
     """Source examples ranked by how much they hurt the target set (`mislabel_scores`), most harmful first.
 
     With planted label flips in the store, adds the AUC of (− score) for flipped examples and
@@ -199,26 +186,19 @@ def detect_mislabels(path: str | Path, *, top: int = 20, store: str | Path | Non
     est = _example_estimate(path, "mislabels")
     score = mislabel_scores(est.matrix, by)
     defined = np.flatnonzero(np.isfinite(score))
-    order = defined[np.argsort(score[defined], kind="stable")]
-    flagged = order[:top]
+    flagged = defined[np.argsort(score[defined], kind="stable")][:top]
     with RunStore(store_path_of(est, store)) as run:
-        f = run.file
-        labels, names = f["source/labels"][()], run.strings("source/class_names")
-        candidates = [{"rank": r + 1, "source": int(i), "source_id": est.unit_names[i],
-                       "label": names[labels[i]], "score": float(score[i])} for r, i in enumerate(flagged)]
-        result: dict[str, Any] = {"file": str(est.path), "estimator": est.estimator, "by": by,
-                                  "candidates": candidates}
-        if run.has_planted:  # scoring only: read after detection
-            flipped = f["source/planted_flip"][()].astype(bool)
-            original = f["source/original_labels"][()]
-            for c in candidates:
-                c["planted_flip"] = bool(flipped[c["source"]])
-                c["original_label"] = names[original[c["source"]]]
-            k = len(flagged)
-            result["planted"] = {
-                "k": k, "flipped": int(flipped.sum()),
-                "auc": auc(-score[defined], flipped[defined]),
-                "precision_at_k": float(flipped[flagged].mean()) if k else None,
-                "hits": int(flipped[flagged].sum()),
-            }
-    return result
+        labels, names = run.source_labels, run.source_class_names
+        planted = run.planted()  # scoring only: read after detection
+    flipped = planted.flipped.astype(bool) if planted is not None else None
+    candidates = tuple(MislabelCandidate(
+        rank=r + 1, source=int(i), source_id=est.unit_names[i], label=names[labels[i]], score=float(score[i]),
+        planted_flip=None if flipped is None else bool(flipped[i]),
+        original_label=None if planted is None else names[planted.original_labels[i]]) for r, i in enumerate(flagged))
+    scored = None
+    if flipped is not None:
+        k = len(flagged)
+        scored = MislabelScore(k=k, flipped=int(flipped.sum()), auc=auc(-score[defined], flipped[defined]),
+                               precision_at_k=float(flipped[flagged].mean()) if k else None,
+                               hits=int(flipped[flagged].sum()))
+    return MislabelReport(file=str(est.path), estimator=est.estimator, by=by, candidates=candidates, planted=scored)

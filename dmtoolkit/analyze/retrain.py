@@ -1,28 +1,41 @@
-"""Analyses that retrain: verify an explanation (remove one class) and counterfactual class removal."""
+"""Analyses that retrain: verify an explanation (remove one class) and counterfactual class removal.
+
+A counterfactual runs in three steps a caller can also take one by one: `plan_counterfactual` checks the
+request and fixes the masks to train (a `CounterfactualPlan`; `check_counterfactual` is its part that
+needs no data), `train_counterfactual` trains them, and `save_counterfactual` writes OUT.h5 through the
+one atomic-write helper. Progress goes to an optional
+`progress(message)` callback; nothing here prints.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import click
 import h5py
 import numpy as np
 
 from dmtoolkit.analyze.classes import explain_target, rank_classes
-from dmtoolkit.analyze.estimates import load_estimate, require_kind, store_path_of
-from dmtoolkit.errors import UserError
+from dmtoolkit.analyze.estimates import Estimate, load_estimate, require_kind, store_path_of
+from dmtoolkit.analyze.options import COUNTERFACTUAL_KS, COUNTERFACTUAL_REPEATS, ORDERS
+from dmtoolkit.analyze.results import ClassRanking, CounterfactualCurve, CounterfactualResult, Explanation, Verification
+from dmtoolkit.errors import StoreError, UserError
+from dmtoolkit.atomic import refuse_overwrite, write_atomic
 from dmtoolkit.recipe import Recipe
 from dmtoolkit.store import RunData, RunStore
 
 SCHEMA_NAME = "dmtoolkit.counterfactual"
-ORDERS = ("bottom", "top", "random")
+SCHEMA_VERSION = 1
+
+Progress = Callable[[str], None]
 
 
-def _progress(message: str) -> None:
-    click.echo(message, err=True)
+def _silent(message: str) -> None:
+    pass
 
 
 def train_masks(recipe: Recipe, data: RunData, masks: np.ndarray, *, seed: int, repeat: int = 0,
@@ -43,42 +56,78 @@ def train_masks(recipe: Recipe, data: RunData, masks: np.ndarray, *, seed: int, 
     return sorted(results, key=lambda r: r.index)
 
 
+# --- explain --verify -------------------------------------------------------------------------------
 def verify_explanation(path: str | Path, target: int, repeats: int, *, store: str | Path | None = None,
-                       device: str | None = None, progress: Callable[[str], None] = _progress) -> dict[str, Any]:
+                       device: str | None = None, progress: Progress | None = None) -> Explanation:
     """Train `repeats` models without target's most negative class and `repeats` with it (all other classes in).
 
-    Pair r of the two groups shares its training seeds (repeat r), so the class is the only difference.
-    Returns the explanation plus how often the target is classified correctly in each group.
+    Pair r of the two groups shares its training seeds (repeat r, run seed + 1 + r, each trained as row 0),
+    so the class is the only difference. Returns the explanation with its `verify` filled in.
     """
     if repeats < 1:
         raise UserError(f"--verify {repeats} must be at least 1")
+    progress = progress or _silent
     explanation = explain_target(path, target, store=store)
-    if not explanation["most_negative"]:
+    if not explanation.most_negative:
         raise UserError(f"{path}: target {target} has no defined influences to verify")
-    worst = explanation["most_negative"][0]
-    est = load_estimate(path)
-    with RunStore(store_path_of(est, store)) as run:
+    worst = explanation.most_negative[0]
+    with RunStore(store_path_of(load_estimate(path), store)) as run:
         recipe, data = run.recipe, run.run_data()
         num_units, base_seed = run.num_units, run.seed
     kept = np.ones((1, num_units), bool)
     removed = kept.copy()
-    removed[0, worst["index"]] = False
-    correct = {"removed": [], "kept": []}
+    removed[0, worst.index] = False
+    correct: dict[str, list[bool]] = {"removed": [], "kept": []}
     started = time.perf_counter()
     for r in range(repeats):
         for name, mask in (("removed", removed), ("kept", kept)):
             result = train_masks(recipe, data, mask, seed=base_seed + 1 + r, repeat=r, device=device)[0]
             correct[name].append(bool(result.margins[target] > 0))
         progress(f"verify: {r + 1}/{repeats} pairs trained ({time.perf_counter() - started:.0f}s)")
-    explanation["verify"] = {
-        "class": worst["name"], "repeats": repeats,
-        "correct_removed": int(sum(correct["removed"])), "correct_kept": int(sum(correct["kept"])),
-        "rate_removed": float(np.mean(correct["removed"])), "rate_kept": float(np.mean(correct["kept"])),
-    }
-    return explanation
+    verification = Verification(
+        class_name=worst.name, repeats=repeats,
+        correct_removed=int(sum(correct["removed"])), correct_kept=int(sum(correct["kept"])),
+        rate_removed=float(np.mean(correct["removed"])), rate_kept=float(np.mean(correct["kept"])))
+    return dataclasses.replace(explanation, verify=verification)
+
+
+# --- counterfactual: plan, train, save ----------------------------------------------------------------
+@dataclass(frozen=True)
+class CounterfactualPlan:
+    """What a counterfactual retrains, fixed before any training.
+
+    recipe: the (class-level) recipe models are trained with; influence_file: the class influences giving the
+    order; out: the OUT.h5 to write (`force`: overwrite it); order: bottom | top | random; repeats: models per
+    k; k: numbers of classes removed, sorted; class_names: the source classes (the estimate's units);
+    removal: per repeat, every class index in the order classes are removed (first k are removed at k).
+    """
+
+    recipe: Recipe
+    influence_file: Path
+    out: Path
+    order: str
+    repeats: int
+    k: tuple[int, ...]
+    class_names: tuple[str, ...]
+    removal: tuple[tuple[int, ...], ...]
+    force: bool = False
+
+    @property
+    def masks(self) -> np.ndarray:
+        """(repeats, len(k), classes) bool: the classes kept by each model to train."""
+        masks = np.ones((self.repeats, len(self.k), len(self.class_names)), bool)
+        for r in range(self.repeats):
+            for i, k in enumerate(self.k):
+                masks[r, i, list(self.removal[r][:k])] = False
+        return masks
+
+    def seed(self, repeat: int) -> int:
+        """Run seed of repeat `repeat` (its training seed is the recipe's + repeat; see `train_masks`)."""
+        return self.recipe.subsets.seed + 1 + repeat
 
 
 def parse_ks(spec: str, num_units: int) -> list[int]:
+    """Numbers of classes to remove from "0,5,10": sorted, distinct, each in 0..num_units-1."""
     try:
         ks = [int(part) for part in spec.split(",") if part.strip()]
     except ValueError:
@@ -91,40 +140,29 @@ def parse_ks(spec: str, num_units: int) -> list[int]:
     return sorted(set(ks))
 
 
-def removal_order(influence_path: str | Path, order: str, repeats: int, seed: int) -> list[list[int]]:
+def removal_order(ranking: ClassRanking, num_units: int, order: str, repeats: int, seed: int) -> list[list[int]]:
     """Class indices in the order they are removed, one list per repeat (the same for bottom/top).
 
     bottom: most negative mean influence first; top: most positive first (ties: lower index first);
     classes whose influence is undefined (NaN) come last. random: a fresh permutation per repeat.
     """
-    ranking = rank_classes(influence_path, top=1)
-    num_units = len(load_estimate(influence_path).unit_names)
-    defined = {e["index"] for e in ranking["overall"]}
+    defined = {e.index for e in ranking.overall}
     undefined = [k for k in range(num_units) if k not in defined]
     if order == "bottom":
-        return [[e["index"] for e in ranking["bottom_all"]] + undefined] * repeats
+        return [[e.index for e in ranking.bottom_all] + undefined] * repeats
     if order == "top":
-        return [[e["index"] for e in ranking["overall"]] + undefined] * repeats
+        return [[e.index for e in ranking.overall] + undefined] * repeats
     if order == "random":
         rng = np.random.default_rng(seed)
         return [[int(k) for k in rng.permutation(num_units)] for _ in range(repeats)]
     raise UserError(f"--order {order!r} must be one of {', '.join(ORDERS)}")
 
 
-def counterfactual(recipe: Recipe, influence_path: str | Path, out: str | Path, *, order: str = "bottom",
-                   ks: str | list[int] = "0,5,10", repeats: int = 3, data: RunData | None = None,
-                   device: str | None = None, png: str | Path | None = None, force: bool = False,
-                   progress: Callable[[str], None] = _progress) -> dict[str, Any]:
-    """Retrain with the k most negative / positive / random classes removed; target accuracy per k.
-
-    Repeat r trains one model per k with run seed recipe.seed + 1 + r and training seed + r (with shared
-    training randomness all k of a repeat share initialisation and data order, and repeats differ).
-    Writes OUT.h5 (accuracy (repeats, len(k)), masks, removed classes) and returns mean and std over
-    repeats per k.
-    """
-    out = Path(out)
-    if out.exists() and not force:
-        raise UserError(f"{out}: already exists; pass --force to overwrite it, or choose another -o path")
+def check_counterfactual(recipe: Recipe, influence_path: str | Path, out: str | Path, *, order: str = ORDERS[0],
+                         repeats: int = COUNTERFACTUAL_REPEATS, force: bool = False) -> Estimate:
+    """The checks that need no data (output free, repeats, order, class-level estimate and recipe), so a
+    request can fail before its data are built; returns the estimate."""
+    refuse_overwrite(out, force)
     if repeats < 1:
         raise UserError(f"--repeats {repeats} must be at least 1")
     if order not in ORDERS:
@@ -134,47 +172,104 @@ def counterfactual(recipe: Recipe, influence_path: str | Path, out: str | Path, 
     if recipe.subsets.kind != "class":
         raise UserError(f"recipe {recipe.name!r} is {recipe.subsets.kind}-level; counterfactual removes classes, "
                         "give a class-level recipe")
-    if data is None:
-        from dmtoolkit.run.prepare import build_run_data
-        data = build_run_data(recipe)
+    return est
+
+
+def plan_counterfactual(recipe: Recipe, influence_path: str | Path, out: str | Path, *, data: RunData,
+                        order: str = ORDERS[0], ks: str | list[int] = COUNTERFACTUAL_KS,
+                        repeats: int = COUNTERFACTUAL_REPEATS, force: bool = False) -> CounterfactualPlan:
+    """Check a counterfactual request (see `check_counterfactual`; also that `data` has the estimate's
+    classes, and k) and fix its removal orders; raises UserError before anything is trained."""
+    est = check_counterfactual(recipe, influence_path, out, order=order, repeats=repeats, force=force)
     if list(data.source_class_names) != est.unit_names:
         raise UserError(f"{influence_path}: its source classes differ from recipe {recipe.name!r}'s; "
                         "give the recipe the influences were computed for")
     P = len(est.unit_names)
-    k_list = parse_ks(ks, P) if isinstance(ks, str) else parse_ks(",".join(map(str, ks)), P)
-    orders = removal_order(influence_path, order, repeats, recipe.subsets.seed)
-    accuracy = np.zeros((repeats, len(k_list)))
-    all_masks = np.ones((repeats, len(k_list), P), bool)
+    k_list = parse_ks(ks if isinstance(ks, str) else ",".join(map(str, ks)), P)
+    orders = removal_order(rank_classes(influence_path, top=1), P, order, repeats, recipe.subsets.seed)
+    return CounterfactualPlan(recipe=recipe, influence_file=Path(influence_path), out=Path(out), order=order,
+                              repeats=repeats, k=tuple(k_list), class_names=tuple(est.unit_names),
+                              removal=tuple(tuple(o) for o in orders), force=force)
+
+
+def train_counterfactual(plan: CounterfactualPlan, data: RunData, *, device: str | None = None,
+                         progress: Progress | None = None) -> np.ndarray:
+    """Train the plan's models on `data` (the data the plan was made for); target accuracy (repeats, len(k)).
+
+    Repeat r trains its len(k) models as rows of one call (run seed `plan.seed(r)`, training seed + r): with
+    shared training randomness all k of a repeat share initialisation and data order, and repeats differ.
+    """
+    if tuple(data.source_class_names) != plan.class_names:
+        raise ValueError("train_counterfactual: the data's source classes are not the plan's; "
+                         "make the plan with plan_counterfactual(..., data=data)")
+    progress = progress or _silent
+    masks = plan.masks
+    accuracy = np.zeros((plan.repeats, len(plan.k)))
     started = time.perf_counter()
-    for r in range(repeats):
-        for i, k in enumerate(k_list):
-            all_masks[r, i, orders[r][:k]] = False
-        results = train_masks(recipe, data, all_masks[r], seed=recipe.subsets.seed + 1 + r, repeat=r, device=device)
+    for r in range(plan.repeats):
+        results = train_masks(plan.recipe, data, masks[r], seed=plan.seed(r), repeat=r, device=device)
         accuracy[r] = [res.target_accuracy for res in results]
-        progress(f"counterfactual: repeat {r + 1}/{repeats} done ({time.perf_counter() - started:.0f}s)")
-    mean, std = accuracy.mean(0), accuracy.std(0, ddof=1) if repeats > 1 else np.zeros(len(k_list))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    with h5py.File(tmp, "w") as f:
-        f.attrs.update({"schema": SCHEMA_NAME, "schema_version": 1, "order": order, "repeats": repeats,
-                        "recipe": recipe.canonical_json(), "recipe_hash": recipe.hash(),
-                        "influence_file": str(Path(influence_path).resolve())})
+        progress(f"counterfactual: repeat {r + 1}/{plan.repeats} done ({time.perf_counter() - started:.0f}s)")
+    return accuracy
+
+
+def save_counterfactual(plan: CounterfactualPlan, accuracy: np.ndarray) -> CounterfactualResult:
+    """Write OUT.h5 (accuracy (repeats, len(k)), its mean and std, masks, class names) atomically; the result."""
+    accuracy = np.asarray(accuracy, dtype=np.float64)
+    if accuracy.shape != (plan.repeats, len(plan.k)):
+        raise ValueError(f"accuracy has shape {accuracy.shape}, the plan trains {(plan.repeats, len(plan.k))}")
+    mean = accuracy.mean(0)
+    std = accuracy.std(0, ddof=1) if plan.repeats > 1 else np.zeros(len(plan.k))
+
+    def fill(f: h5py.File) -> None:
+        f.attrs.update({"schema": SCHEMA_NAME, "schema_version": SCHEMA_VERSION, "order": plan.order,
+                        "repeats": plan.repeats, "recipe": plan.recipe.canonical_json(),
+                        "recipe_hash": plan.recipe.hash(), "influence_file": str(plan.influence_file.resolve())})
         for name, value, meaning, axes in (
-            ("k", np.array(k_list), "number of classes removed", "k"),
+            ("k", np.array(plan.k), "number of classes removed", "k"),
             ("accuracy", accuracy, "target test accuracy of the retrained model", "repeat, k"),
             ("accuracy_mean", mean, "mean accuracy over repeats", "k"),
             ("accuracy_std", std, "standard deviation (ddof=1) of accuracy over repeats; 0 for one repeat", "k"),
-            ("masks", all_masks, "classes kept by each retrained model", "repeat, k, class"),
+            ("masks", plan.masks, "classes kept by each retrained model", "repeat, k, class"),
         ):
             ds = f.create_dataset(name, data=value)
             ds.attrs.update({"meaning": meaning, "axes": axes})
-        f.create_dataset("class_names", data=est.unit_names, dtype=h5py.string_dtype())
-    tmp.replace(out)
-    result = {"file": str(out), "order": order, "repeats": repeats, "k": k_list,
-              "accuracy_mean": mean.tolist(), "accuracy_std": std.tolist(), "accuracy": accuracy.tolist(),
-              "removed_first": [est.unit_names[k] for k in orders[0][:max(k_list)]]}
-    if png is not None:
-        from dmtoolkit.report.plots import line_plot
-        line_plot({order: (k_list, mean, std)}, "classes removed (k)", "target accuracy",
-                  "Counterfactual retraining", png)
-    return result
+        f.create_dataset("class_names", data=list(plan.class_names), dtype=h5py.string_dtype())
+
+    write_atomic(plan.out, fill, force=plan.force)
+    return CounterfactualResult(
+        file=str(plan.out), order=plan.order, repeats=plan.repeats, k=plan.k,
+        accuracy_mean=tuple(mean.tolist()), accuracy_std=tuple(std.tolist()),
+        accuracy=tuple(tuple(row) for row in accuracy.tolist()),
+        removed_first=tuple(plan.class_names[k] for k in plan.removal[0][:max(plan.k)]))
+
+
+def counterfactual(recipe: Recipe, influence_path: str | Path, out: str | Path, *, order: str = ORDERS[0],
+                   ks: str | list[int] = COUNTERFACTUAL_KS, repeats: int = COUNTERFACTUAL_REPEATS,
+                   data: RunData | None = None, device: str | None = None, force: bool = False,
+                   progress: Progress | None = None) -> CounterfactualResult:
+    """Retrain with the k most negative / positive / random classes removed; target accuracy per k.
+
+    Plan, train and save in one call (see the module docstring); `data` defaults to the recipe's data,
+    built after the checks that need none.
+    """
+    if data is None:
+        from dmtoolkit.run.prepare import build_run_data
+
+        check_counterfactual(recipe, influence_path, out, order=order, repeats=repeats, force=force)
+        data = build_run_data(recipe)
+    plan = plan_counterfactual(recipe, influence_path, out, data=data, order=order, ks=ks, repeats=repeats,
+                               force=force)
+    return save_counterfactual(plan, train_counterfactual(plan, data, device=device, progress=progress))
+
+
+def load_counterfactual(path: str | Path) -> CounterfactualCurve:
+    """The accuracy curve of a counterfactual file (what the report shows)."""
+    path = Path(path)
+    with h5py.File(path, "r") as f:
+        if f.attrs.get("schema") != SCHEMA_NAME:
+            raise StoreError(f"{path}: not a counterfactual file (schema {f.attrs.get('schema')!r})")
+        return CounterfactualCurve(
+            file=str(path), order=str(f.attrs["order"]), repeats=int(f.attrs["repeats"]),
+            k=tuple(int(k) for k in f["k"][()]), mean=tuple(float(v) for v in f["accuracy_mean"][()]),
+            std=tuple(float(v) for v in f["accuracy_std"][()]))

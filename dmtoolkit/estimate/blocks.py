@@ -9,10 +9,6 @@ import numpy as np
 
 from dmtoolkit.errors import UserError
 
-# Models per block: 4,096 rows keep the per-block passes (mask conversion, float64 accumulation) small
-# against the product (means-only 1.42x a bare GEMM at m=4000, P=1000, T=2000, against 1.55x with 1,024
-# rows) while a block of 4,096 x (P + 2T) float32 stays near 80 MB at that size.
-BLOCK_ROWS = 4096
 
 
 def selected_rows(masks: Any, margins: Any, rows: np.ndarray | None) -> np.ndarray:

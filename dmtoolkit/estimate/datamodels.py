@@ -12,13 +12,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from dmtoolkit.devices import resolve_device
 from dmtoolkit.estimate.fit import fit_store
+from dmtoolkit.estimate.options import DATAMODELS_BLOCK_ROWS, EPS, N_LAMBDAS, TEST_FRACTION, VAL_FRACTION
 from dmtoolkit.estimate.lasso import LassoPath
 
 
 def fit_datamodels(store_path: str | Path, out_path: str | Path, *, device: str | None = None,
-                   targets: str | slice | None = None, n_lambdas: int = 100, eps: float = 1e-3,
-                   val_frac: float = 0.1, holdout_frac: float = 0.1, seed: int = 0, block_rows: int = 1024,
+                   targets: str | slice | None = None, n_lambdas: int = N_LAMBDAS, eps: float = EPS,
+                   val_frac: float = VAL_FRACTION, holdout_frac: float = TEST_FRACTION, seed: int = 0,
+                   block_rows: int = DATAMODELS_BLOCK_ROWS,
                    tol: float = 1e-4, max_iter: int = 2000, patience: int | None = 5,
                    force: bool = False) -> LassoPath:
     """Fit datamodels for the store's completed models (targets slice optional); write ESTIMATE.h5.
@@ -27,6 +30,7 @@ def fit_datamodels(store_path: str | Path, out_path: str | Path, *, device: str 
     and each solver iteration costs O(P²·T): the Gram form suits up to about 10⁴ units (P² float32 is
     400 MB at P = 10⁴).
     """
+    resolve_device(device)  # an unusable device is the first thing to hear about
     model = LassoPath(n_lambdas, eps, tol=tol, max_iter=max_iter, patience=patience, val_frac=val_frac,
                       seed=seed, block_rows=block_rows, device=device)
     model.check_settings()

@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from dmtoolkit.estimate.base import Estimator
-from dmtoolkit.estimate.blocks import BLOCK_ROWS
+from dmtoolkit.devices import resolve_device
+from dmtoolkit.estimate.options import BLOCK_ROWS, TEST_FRACTION
 from dmtoolkit.estimate.difference_of_means import UndefinedInfluenceWarning
 from dmtoolkit.estimate.fit import fit_store
 from dmtoolkit.estimate.registry import make_estimator
@@ -29,7 +30,7 @@ def influence_from_arrays(masks: np.ndarray, margins: np.ndarray, *, device: str
 
 
 def compute_influence(store_path: str | Path, out_path: str | Path, *, device: str | None = None,
-                      block_rows: int = BLOCK_ROWS, holdout_frac: float = 0.1, seed: int = 0,
+                      block_rows: int = BLOCK_ROWS, holdout_frac: float = TEST_FRACTION, seed: int = 0,
                       force: bool = False, errors: bool = True, estimator: str = "difference-of-means",
                       targets: str | slice | None = None) -> Estimator:
     """Write ESTIMATE.h5 for a run store with an influence estimator and return the fitted estimator.
@@ -38,5 +39,6 @@ def compute_influence(store_path: str | Path, out_path: str | Path, *, device: s
     left out of the fit so `dmtoolkit evaluate` can score the estimate on models it never saw; 0 fits on
     every completed model. `errors=False` skips the standard errors (no `stderr` dataset).
     """
+    resolve_device(device)  # an unusable device is the first thing to hear about
     model = make_estimator(estimator, errors=errors, block_rows=block_rows, device=device)
     return fit_store(store_path, out_path, model, test_fraction=holdout_frac, seed=seed, targets=targets, force=force)

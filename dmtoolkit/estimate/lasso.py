@@ -46,6 +46,7 @@ from dmtoolkit.devices import resolve_device
 from dmtoolkit.errors import ParameterError
 from dmtoolkit.estimate.base import Estimator, ExtraDataset
 from dmtoolkit.estimate.blocks import row_blocks, selected_rows
+from dmtoolkit.estimate.options import DATAMODELS_BLOCK_ROWS, EPS, N_LAMBDAS, VAL_FRACTION
 from dmtoolkit.estimate.splits import SamplingUnits, split_rows
 
 
@@ -224,8 +225,9 @@ class LassoPath(Estimator):
     coef_meaning = "change in predicted margin when the unit is in the subset (mask units)"
     objective = "(1/(2n)) * ||y - Xs w - b||^2 + lambda * ||w||_1 with Xs = (masks - mask_mean) / mask_scale"
 
-    def __init__(self, n_lambdas: int = 100, eps: float = 1e-3, *, tol: float = 1e-4, max_iter: int = 2000,
-                 patience: int | None = 5, val_frac: float = 0.1, seed: int = 0, block_rows: int = 1024,
+    def __init__(self, n_lambdas: int = N_LAMBDAS, eps: float = EPS, *, tol: float = 1e-4, max_iter: int = 2000,
+                 patience: int | None = 5, val_frac: float = VAL_FRACTION, seed: int = 0,
+                 block_rows: int = DATAMODELS_BLOCK_ROWS,
                  device: str | None = None) -> None:
         self.n_lambdas = n_lambdas
         self.eps = eps

@@ -16,7 +16,8 @@ import torch
 from dmtoolkit.devices import resolve_device
 from dmtoolkit.errors import UserError
 from dmtoolkit.estimate.base import Estimator, ExtraDataset
-from dmtoolkit.estimate.blocks import BLOCK_ROWS, row_blocks, selected_rows
+from dmtoolkit.estimate.blocks import row_blocks, selected_rows
+from dmtoolkit.estimate.options import BLOCK_ROWS
 from dmtoolkit.estimate.splits import SamplingUnits
 
 

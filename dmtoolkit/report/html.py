@@ -1,22 +1,38 @@
-"""`dmtoolkit report`: one self-contained HTML page from whatever run stores and estimates a folder holds."""
+"""`dmtoolkit report`: one self-contained HTML page from whatever run stores and estimates a folder holds.
+
+Sections hold the analyses' typed results; the template reads their attributes (undefined ones are an
+error, not an empty cell) and report.json holds their `to_json()`.
+"""
 
 from __future__ import annotations
 
 import base64
 import json
-import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import h5py
 import jinja2
 
+from dmtoolkit.analyze.results import (
+    ClassRanking,
+    CounterfactualCurve,
+    LeakageReport,
+    LeakageScore,
+    MislabelReport,
+    MislabelScore,
+)
+from dmtoolkit.analyze.retrain import SCHEMA_NAME as COUNTERFACTUAL_SCHEMA
 from dmtoolkit.errors import UserError
+from dmtoolkit.estimate.files import SCHEMA_NAME as ESTIMATE_SCHEMA
+from dmtoolkit.store import SCHEMA_NAME as RUN_SCHEMA
 
-RUN_SCHEMA = "dmtoolkit.run"
-ESTIMATE_SCHEMAS = ("dmtoolkit.influence", "dmtoolkit.datamodels")
-COUNTERFACTUAL_SCHEMA = "dmtoolkit.counterfactual"
+LDS_KEYS = ("lds_mean", "lds_median", "heldout_models", "undefined_targets")
+
+T = TypeVar("T")
 
 
 def _data_uri(png: bytes) -> str:
@@ -43,82 +59,152 @@ def scan(directory: Path) -> dict[str, list[Path]]:
         schema = _schema(path)
         if schema == RUN_SCHEMA:
             found["runs"].append(path)
-        elif schema in ESTIMATE_SCHEMAS:
+        elif schema == ESTIMATE_SCHEMA:
             found["estimates"].append(path)
         elif schema == COUNTERFACTUAL_SCHEMA:
             found["counterfactuals"].append(path)
     return found
 
 
-def _try(section: dict[str, Any], key: str, fn, *args, **kwargs) -> Any:
-    """Run one analysis; a failure becomes a note in the report instead of stopping it."""
-    try:
-        return fn(*args, **kwargs)
-    except UserError as error:
-        section.setdefault("notes", []).append(f"{key}: {error}")
-    return None
+@dataclass
+class EstimateSection:
+    """One estimate file on the page: what it is, the analyses that apply to it, notes on those that failed."""
+
+    file: str
+    estimator: str
+    kind: str
+    shape: tuple[int, int]
+    store: str
+    rank: ClassRanking | None = None
+    leakage: LeakageReport | None = None
+    mislabels: MislabelReport | None = None
+    lds: dict[str, Any] | None = None
+    notes: list[str] = field(default_factory=list)
+    images: list[tuple[str, str]] = field(default_factory=list)  # (caption, data URI)
+
+    def attempt(self, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T | None:
+        """Run one analysis; a failure becomes a note in the report instead of stopping it."""
+        try:
+            return fn(*args, **kwargs)
+        except UserError as error:
+            self.notes.append(f"{what}: {error}")
+        return None
+
+    def figure(self, caption: str, png: bytes) -> None:
+        self.images.append((caption, _data_uri(png)))
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"file": self.file, "estimator": self.estimator, "kind": self.kind,
+                                "shape": list(self.shape), "store": self.store}
+        if self.notes:
+            data["notes"] = list(self.notes)
+        for name, result in (("rank", self.rank), ("leakage", self.leakage), ("mislabels", self.mislabels)):
+            if result is not None:
+                data[name] = result.to_json()
+        if self.lds is not None:
+            data["lds"] = self.lds
+        return data
 
 
-def _estimate_section(path: Path, runs: list[Path], top: int, subpops: int) -> dict[str, Any]:
-    from dmtoolkit.analyze.classes import rank_classes, subpopulation, target_images
-    from dmtoolkit.analyze.estimates import load_estimate
-    from dmtoolkit.analyze.examples import detect_leakage, detect_mislabels
+@dataclass(frozen=True)
+class CounterfactualSection:
+    """One counterfactual file on the page: its curve and figure."""
+
+    curve: CounterfactualCurve
+    image: str
+
+    @property
+    def file(self) -> str:
+        return Path(self.curve.file).name
+
+    def to_json(self) -> dict[str, Any]:
+        return {"file": self.file, "order": self.curve.order, "repeats": self.curve.repeats, "rows": self.curve.rows()}
+
+
+@dataclass(frozen=True)
+class DetectionRow:
+    """A detector scored against planted truth; fields one of the two tasks lacks are None."""
+
+    file: str
+    task: str
+    score: LeakageScore | MislabelScore
+
+    @property
+    def k(self) -> int:
+        return self.score.k
+
+    @property
+    def precision_at_k(self) -> float | None:
+        return self.score.precision_at_k
+
+    @property
+    def recall_at_k(self) -> float | None:
+        return self.score.recall_at_k if isinstance(self.score, LeakageScore) else None
+
+    @property
+    def auc(self) -> float | None:
+        return self.score.auc if isinstance(self.score, MislabelScore) else None
+
+    @property
+    def decoys_flagged(self) -> int | None:
+        return self.score.decoys_flagged if isinstance(self.score, LeakageScore) else None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"file": self.file, "task": self.task, **self.score.to_json()}
+
+
+def _estimate_section(path: Path, runs: list[Path], top: int, subpops: int) -> EstimateSection:
+    from dmtoolkit.analyze import detect_leakage, detect_mislabels, load_estimate, rank_classes, subpopulation
     from dmtoolkit.estimate.lds import evaluate
-    from dmtoolkit.report import plots
+    from dmtoolkit.report.figures import lds_figure, leakage_figure, rank_figure, subpop_figure
 
     est = load_estimate(path)
-    section: dict[str, Any] = {"file": path.name, "estimator": est.estimator, "kind": est.kind,
-                               "shape": list(est.matrix.shape), "store": str(est.store_path), "images": []}
+    section = EstimateSection(file=path.name, estimator=est.estimator, kind=est.kind,
+                              shape=tuple(est.matrix.shape), store=str(est.store_path))
     store = est.store_path if est.store_path is not None and est.store_path.exists() else None
     if store is None:  # the store may have moved together with the folder: match by name
         store = next((r for r in runs if est.store_path is not None and r.name == est.store_path.name), None)
     if est.kind == "class":
-        ranking = _try(section, "rank", rank_classes, path, top=top)
-        if ranking:
-            section["rank"] = ranking
-            shown = ranking["top"] + [e for e in ranking["bottom"][::-1] if e not in ranking["top"]]
-            section["images"].append(("Source classes by mean influence", _data_uri(plots.bar_chart(
-                [e["name"] for e in shown], [e["influence"] for e in shown], "Mean influence over all targets"))))
+        section.rank = section.attempt("rank", rank_classes, path, top=top)
+        if section.rank:
+            section.figure("Source classes by mean influence", rank_figure(section.rank))
             if store is not None:
-                for entry in ranking["top"][:subpops]:
-                    sub = _try(section, "subpop", subpopulation, path, entry["name"], n=8)
+                for entry in section.rank.top[:subpops]:
+                    sub = section.attempt("subpop", subpopulation, path, entry.name, n=8, store=store, with_images=True)
                     if sub:
-                        images = target_images(store, [t["target"] for t in sub["targets"]])
-                        png = plots.image_grid(images, [f"{t['name']}\n{t['influence']:+.3f}" for t in sub["targets"]],
-                                               f"Targets most helped by {entry['name']}")
-                        section["images"].append((f"Subpopulation of {entry['name']}", _data_uri(png)))
+                        section.figure(f"Subpopulation of {entry.name}", subpop_figure(sub))
     if est.kind == "example" and store is not None:
-        with tempfile.TemporaryDirectory() as tmp:
-            png = Path(tmp) / "pairs.png"
-            leak = _try(section, "leakage", detect_leakage, path, top=top, store=store, png=png)
-            if leak:
-                section["leakage"] = leak
-                section["images"].append(("Leakage candidates, source | target", _data_uri(png.read_bytes())))
-        mis = _try(section, "mislabels", detect_mislabels, path, top=top, store=store)
-        if mis:
-            section["mislabels"] = mis
+        section.leakage = section.attempt("leakage", detect_leakage, path, top=top, store=store)
+        if section.leakage:
+            section.figure("Leakage candidates, source | target", leakage_figure(section.leakage))
+        section.mislabels = section.attempt("mislabels", detect_mislabels, path, top=top, store=store)
     if store is not None:
-        lds = _try(section, "LDS", evaluate, store, path)
+        lds = section.attempt("LDS", evaluate, store, path)
         if lds:
-            section["lds"] = {k: lds[k] for k in ("lds_mean", "lds_median", "heldout_models", "undefined_targets")}
-            section["images"].append(("LDS over target examples", _data_uri(plots.histogram(
-                lds["histogram"]["edges"], lds["histogram"]["counts"], "Spearman LDS",
-                f"LDS ({lds['heldout_models']} held-out models)"))))
+            section.lds = {k: getattr(lds, k) for k in LDS_KEYS}
+            section.figure("LDS over target examples", lds_figure(
+                lds.histogram_edges, lds.histogram_counts, lds.heldout_models))
     else:
-        section.setdefault("notes", []).append(f"run store {est.store_path} not found: no images, leakage or LDS")
+        section.notes.append(f"run store {est.store_path} not found: no images, leakage or LDS")
     return section
 
 
-def _counterfactual_section(path: Path) -> dict[str, Any]:
-    from dmtoolkit.report import plots
+def _counterfactual_section(path: Path) -> CounterfactualSection:
+    from dmtoolkit.analyze import load_counterfactual
+    from dmtoolkit.report.figures import counterfactual_figure
 
-    with h5py.File(path, "r") as f:
-        k, mean, std = f["k"][()].tolist(), f["accuracy_mean"][()], f["accuracy_std"][()]
-        order, repeats = str(f.attrs["order"]), int(f.attrs["repeats"])
-    png = plots.line_plot({order: (k, mean, std)}, "classes removed (k)", "target accuracy", f"Counterfactual ({order})")
-    return {"file": path.name, "order": order, "repeats": repeats,
-            "rows": [{"k": a, "mean": float(b), "std": float(c)} for a, b, c in zip(k, mean, std)],
-            "image": _data_uri(png)}
+    curve = load_counterfactual(path)
+    return CounterfactualSection(curve=curve, image=_data_uri(counterfactual_figure(curve)))
+
+
+def _detection(estimates: list[EstimateSection]) -> list[DetectionRow]:
+    rows = []
+    for e in estimates:
+        if e.leakage is not None and e.leakage.planted is not None:
+            rows.append(DetectionRow(e.file, "leakage", e.leakage.planted))
+        if e.mislabels is not None and e.mislabels.planted is not None:
+            rows.append(DetectionRow(e.file, "mislabels", e.mislabels.planted))
+    return rows
 
 
 def build_report(directory: str | Path, out_dir: str | Path, *, top: int = 10, subpops: int = 3) -> Path:
@@ -136,20 +222,12 @@ def build_report(directory: str | Path, out_dir: str | Path, *, top: int = 10, s
     counterfactuals = [_counterfactual_section(p) for p in found["counterfactuals"]]
     combined = None
     if len(counterfactuals) > 1:  # paper Fig. 2a: the orders side by side
-        from dmtoolkit.report import plots
+        from dmtoolkit.report.figures import counterfactual_figure
 
-        combined = _data_uri(plots.line_plot(
-            {f"{c['order']} ({c['file']})": ([r["k"] for r in c["rows"]], [r["mean"] for r in c["rows"]],
-                                              [r["std"] for r in c["rows"]]) for c in counterfactuals},
-            "classes removed (k)", "target accuracy", "Counterfactual retraining, all orders"))
-    detection = []
-    for e in estimates:
-        if "leakage" in e and "planted" in e["leakage"]:
-            detection.append({"file": e["file"], "task": "leakage", **e["leakage"]["planted"]})
-        if "mislabels" in e and "planted" in e["mislabels"]:
-            detection.append({"file": e["file"], "task": "mislabels", **e["mislabels"]["planted"]})
+        combined = _data_uri(counterfactual_figure([c.curve for c in counterfactuals]))
+    detection = _detection(estimates)
     env = jinja2.Environment(loader=jinja2.PackageLoader("dmtoolkit.report", "templates"),
-                             autoescape=jinja2.select_autoescape(["html", "j2"]))
+                             autoescape=jinja2.select_autoescape(["html", "j2"]), undefined=jinja2.StrictUndefined)
     env.filters["num"] = lambda v, d=3: "–" if v is None else f"{v:.{d}f}"
     html = env.get_template("report.html.j2").render(
         directory=str(directory), created=time.strftime("%Y-%m-%d %H:%M:%S"), runs=runs, estimates=estimates,
@@ -157,8 +235,8 @@ def build_report(directory: str | Path, out_dir: str | Path, *, top: int = 10, s
     out_dir.mkdir(parents=True, exist_ok=True)
     page = out_dir / "index.html"
     page.write_text(html, encoding="utf-8")
-    strip = lambda s: {k: v for k, v in s.items() if k not in ("images", "image")}
     (out_dir / "report.json").write_text(json.dumps(
-        {"runs": runs, "estimates": [strip(e) for e in estimates],
-         "counterfactuals": [strip(c) for c in counterfactuals], "detection": detection}, indent=2, default=str))
+        {"runs": runs, "estimates": [e.to_json() for e in estimates],
+         "counterfactuals": [c.to_json() for c in counterfactuals],
+         "detection": [d.to_json() for d in detection]}, indent=2, default=str))
     return page

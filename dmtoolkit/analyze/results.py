@@ -1,0 +1,308 @@
+"""What the analyses return: frozen dataclasses, read by attribute in the CLI, the report and the demo.
+
+Each type has `to_json()`, the machine-readable form `--json` prints and `report.json` holds (keys as they
+have always been). Fields that hold arrays (images for figures) are left out of the JSON and out of
+equality. This module imports neither NumPy nor torch, so formatting code can import it cheaply.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ClassEffect:
+    """One source class's effect: its index in the estimate, its name, its (mean) influence."""
+
+    index: int
+    name: str
+    influence: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {"index": self.index, "name": self.name, "influence": self.influence}
+
+
+@dataclass(frozen=True)
+class ClassRanking:
+    """Source classes ranked by mean influence over target examples (`rank_classes`).
+
+    file: the estimate read; estimator: "influence" or "datamodels"; target_class: the target class averaged
+    over (None: all targets); targets: how many target examples the mean is over;
+    overall: every class with a defined mean, most positive first (ties: lower index first);
+    undefined: names of classes whose influence is undefined (NaN) on all of those targets;
+    top: the first `top` of `overall`; bottom: the `top` most negative, most negative first;
+    bottom_all: every defined class, most negative first.
+    """
+
+    file: str
+    estimator: str
+    target_class: str | None
+    targets: int
+    overall: tuple[ClassEffect, ...]
+    undefined: tuple[str, ...]
+    top: tuple[ClassEffect, ...]
+    bottom: tuple[ClassEffect, ...]
+    bottom_all: tuple[ClassEffect, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"file": self.file, "estimator": self.estimator, "target_class": self.target_class,
+                "targets": self.targets, "overall": [e.to_json() for e in self.overall],
+                "undefined": list(self.undefined), "top": [e.to_json() for e in self.top],
+                "bottom": [e.to_json() for e in self.bottom], "bottom_all": [e.to_json() for e in self.bottom_all]}
+
+
+@dataclass(frozen=True)
+class TargetEffect:
+    """A source class's influence on one target example: its index in the run store, its name ("j:class")."""
+
+    target: int
+    name: str
+    influence: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {"target": self.target, "name": self.name, "influence": self.influence}
+
+
+@dataclass(frozen=True)
+class Subpopulation:
+    """The target examples most positively influenced by one source class (`subpopulation`), most first.
+
+    images: uint8 (n, H, W, C) images of those targets, in the same order, when asked for (for a figure);
+    not part of the JSON.
+    """
+
+    file: str
+    class_name: str
+    targets: tuple[TargetEffect, ...]
+    images: Any = field(default=None, compare=False, repr=False)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"file": self.file, "class": self.class_name, "targets": [t.to_json() for t in self.targets]}
+
+
+@dataclass(frozen=True)
+class Verification:
+    """Retraining check of an explanation: `repeats` models without class `class_name` and `repeats` with it
+    (pair r shares its training seeds); how many classify the target correctly in each group."""
+
+    class_name: str
+    repeats: int
+    correct_removed: int
+    correct_kept: int
+    rate_removed: float
+    rate_kept: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {"class": self.class_name, "repeats": self.repeats, "correct_removed": self.correct_removed,
+                "correct_kept": self.correct_kept, "rate_removed": self.rate_removed, "rate_kept": self.rate_kept}
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """Why one target example is (mis)classified (`explain_target`, `verify_explanation`).
+
+    true_label / predicted_label: target class names (predicted: the majority over completed models, None if
+    no model recorded a prediction); models: completed models; fraction_correct: share of them with a
+    positive margin (None without models); most_negative / most_positive: classes by influence on this
+    target, most extreme first; verify: the retraining check, when one was run (else the key is absent).
+    """
+
+    file: str
+    target: int
+    true_label: str
+    predicted_label: str | None
+    models: int
+    fraction_correct: float | None
+    most_negative: tuple[ClassEffect, ...]
+    most_positive: tuple[ClassEffect, ...]
+    verify: Verification | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        data = {"file": self.file, "target": self.target, "true_label": self.true_label,
+                "predicted_label": self.predicted_label, "models": self.models,
+                "fraction_correct": self.fraction_correct,
+                "most_negative": [e.to_json() for e in self.most_negative],
+                "most_positive": [e.to_json() for e in self.most_positive]}
+        if self.verify is not None:
+            data["verify"] = self.verify.to_json()
+        return data
+
+
+@dataclass(frozen=True)
+class CounterfactualCurve:
+    """Target accuracy by number of classes removed, as a figure or table shows it (from a result or a file).
+
+    file: the counterfactual file; order: bottom | top | random; repeats: retrainings per k;
+    k: numbers of classes removed; mean / std: accuracy over repeats per k (std ddof=1, 0 for one repeat).
+    """
+
+    file: str
+    order: str
+    repeats: int
+    k: tuple[int, ...]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One {"k", "mean", "std"} per k (the report's table and JSON)."""
+        return [{"k": k, "mean": m, "std": s} for k, m, s in zip(self.k, self.mean, self.std)]
+
+
+@dataclass(frozen=True)
+class CounterfactualResult:
+    """Counterfactual retraining (`counterfactual`): accuracy with the first k classes of `order` removed.
+
+    file: OUT.h5 written; accuracy: (repeats, len(k)) per retrained model; accuracy_mean / accuracy_std: over
+    repeats per k; removed_first: names of the classes the first repeat removes, in removal order (max k).
+    """
+
+    file: str
+    order: str
+    repeats: int
+    k: tuple[int, ...]
+    accuracy_mean: tuple[float, ...]
+    accuracy_std: tuple[float, ...]
+    accuracy: tuple[tuple[float, ...], ...]
+    removed_first: tuple[str, ...]
+
+    @property
+    def curve(self) -> CounterfactualCurve:
+        return CounterfactualCurve(self.file, self.order, self.repeats, self.k, self.accuracy_mean, self.accuracy_std)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"file": self.file, "order": self.order, "repeats": self.repeats, "k": list(self.k),
+                "accuracy_mean": list(self.accuracy_mean), "accuracy_std": list(self.accuracy_std),
+                "accuracy": [list(row) for row in self.accuracy], "removed_first": list(self.removed_first)}
+
+
+@dataclass(frozen=True)
+class LeakPair:
+    """A flagged (source example, target example) pair, rank 1 first.
+
+    source / source_id / source_label: pool index, example id and class name of the source example;
+    target / target_label: target test index and class; influence: the estimate's entry;
+    ranking_score: the score pairs are ranked by (see LEAK_RANKINGS); pixel_score: near-duplicate score of
+    the two images (correlation after resizing, in [-1, 1]) for a person to confirm.
+    """
+
+    rank: int
+    source: int
+    source_id: str
+    source_label: str
+    target: int
+    target_label: str
+    influence: float
+    ranking_score: float
+    pixel_score: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {"rank": self.rank, "source": self.source, "source_id": self.source_id,
+                "source_label": self.source_label, "target": self.target, "target_label": self.target_label,
+                "influence": self.influence, "ranking_score": self.ranking_score, "pixel_score": self.pixel_score}
+
+
+@dataclass(frozen=True)
+class LeakageScore:
+    """Flagged pairs scored against planted leaks: k flagged, planted_leaks findable (their target is covered
+    by the estimate), hits (exact pairs), precision@k and recall@k (None when undefined), decoys_flagged
+    (flagged pairs whose source is a planted decoy)."""
+
+    k: int
+    planted_leaks: int
+    hits: int
+    precision_at_k: float | None
+    recall_at_k: float | None
+    decoys_flagged: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"k": self.k, "planted_leaks": self.planted_leaks, "hits": self.hits,
+                "precision_at_k": self.precision_at_k, "recall_at_k": self.recall_at_k,
+                "decoys_flagged": self.decoys_flagged}
+
+
+@dataclass(frozen=True)
+class LeakageReport:
+    """Leakage candidates (`detect_leakage`).
+
+    ranking: the pair score used; one_per_source: each source example flagged at most once; pairs: flagged
+    pairs, best first; planted: the score against planted ground truth, None when the store has none (then
+    the key is absent from the JSON); source_images / target_images: uint8 (n, H, W, C) images of each
+    pair, for figures (not in the JSON).
+    """
+
+    file: str
+    estimator: str
+    ranking: str
+    one_per_source: bool
+    pairs: tuple[LeakPair, ...]
+    planted: LeakageScore | None = None
+    source_images: Any = field(default=None, compare=False, repr=False)
+    target_images: Any = field(default=None, compare=False, repr=False)
+
+    def to_json(self) -> dict[str, Any]:
+        data = {"file": self.file, "estimator": self.estimator, "ranking": self.ranking,
+                "one_per_source": self.one_per_source, "pairs": [p.to_json() for p in self.pairs]}
+        if self.planted is not None:
+            data["planted"] = self.planted.to_json()
+        return data
+
+
+@dataclass(frozen=True)
+class MislabelCandidate:
+    """A source example that hurts the target set, rank 1 most harmful.
+
+    label: its (possibly flipped) class name; score: see MISLABEL_SCORES (more negative = more harmful);
+    planted_flip / original_label: planted ground truth, None when the store has none (keys then absent).
+    """
+
+    rank: int
+    source: int
+    source_id: str
+    label: str
+    score: float
+    planted_flip: bool | None = None
+    original_label: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        data = {"rank": self.rank, "source": self.source, "source_id": self.source_id, "label": self.label,
+                "score": self.score}
+        if self.planted_flip is not None:
+            data["planted_flip"] = self.planted_flip
+            data["original_label"] = self.original_label
+        return data
+
+
+@dataclass(frozen=True)
+class MislabelScore:
+    """Candidates scored against planted label flips: k candidates, flipped examples in the store, AUC of
+    (− score) for flipped vs not (None when undefined), precision@k, hits (flipped among the k)."""
+
+    k: int
+    flipped: int
+    auc: float | None
+    precision_at_k: float | None
+    hits: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"k": self.k, "flipped": self.flipped, "auc": self.auc, "precision_at_k": self.precision_at_k,
+                "hits": self.hits}
+
+
+@dataclass(frozen=True)
+class MislabelReport:
+    """Mislabel candidates (`detect_mislabels`): by: the score used; candidates, most harmful first; planted:
+    the score against planted flips, None when the store has none (then the key is absent from the JSON)."""
+
+    file: str
+    estimator: str
+    by: str
+    candidates: tuple[MislabelCandidate, ...]
+    planted: MislabelScore | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        data = {"file": self.file, "estimator": self.estimator, "by": self.by,
+                "candidates": [c.to_json() for c in self.candidates]}
+        if self.planted is not None:
+            data["planted"] = self.planted.to_json()
+        return data

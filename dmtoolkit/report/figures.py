@@ -1,0 +1,61 @@
+"""Figures of analysis results: the one place a result becomes a plot, for `--png` and the HTML report.
+
+Each function draws one result with `dmtoolkit.report.plots`, writes the PNG to `path` when given and
+returns its bytes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from dmtoolkit.analyze.options import LEAK_FIGURE_PAIRS
+from dmtoolkit.analyze.results import ClassRanking, CounterfactualCurve, LeakageReport, Subpopulation
+from dmtoolkit.report import plots
+
+
+def rank_figure(ranking: ClassRanking, path: str | Path | None = None) -> bytes:
+    """Bars of the top classes and then the bottom ones (most negative last), each class once."""
+    shown = list(ranking.top) + [e for e in ranking.bottom[::-1] if e not in ranking.top]
+    scope = f"target class {ranking.target_class}" if ranking.target_class else "all target examples"
+    return plots.bar_chart([e.name for e in shown], [e.influence for e in shown],
+                           f"Source classes by mean influence ({scope})", path)
+
+
+def subpop_figure(subpop: Subpopulation, path: str | Path | None = None) -> bytes:
+    """The subpopulation's target images with name and influence; needs `subpopulation(..., with_images=True)`."""
+    if subpop.images is None:
+        raise ValueError("subpop_figure needs the images: call subpopulation(..., with_images=True)")
+    return plots.image_grid(list(subpop.images), [f"{t.name}\n{t.influence:+.3f}" for t in subpop.targets],
+                            f"Target images most helped by source class {subpop.class_name}", path)
+
+
+def leakage_figure(report: LeakageReport, path: str | Path | None = None, *, pairs: int = LEAK_FIGURE_PAIRS) -> bytes:
+    """The first `pairs` flagged pairs, source image beside target image, with ids and scores."""
+    shown = report.pairs[:pairs]
+    images = [(report.source_images[p.rank - 1], report.target_images[p.rank - 1]) for p in shown]
+    captions = [f"#{p.rank} src {p.source_id} / tgt {p.target}  infl {p.influence:+.3f}  pix {p.pixel_score:.2f}"
+                for p in shown]
+    return plots.pair_grid(images, captions, "Leakage candidates (source | target)", path)
+
+
+def counterfactual_figure(curves: CounterfactualCurve | Sequence[CounterfactualCurve],
+                          path: str | Path | None = None) -> bytes:
+    """Target accuracy (mean ± std over repeats) by classes removed: one line per curve.
+
+    One curve is labelled by its order; several (the orders side by side, paper Fig. 2a) also by file.
+    """
+    curves = [curves] if isinstance(curves, CounterfactualCurve) else list(curves)
+    if len(curves) == 1:
+        series = {curves[0].order: (curves[0].k, curves[0].mean, curves[0].std)}
+        title = f"Counterfactual retraining ({curves[0].order})"
+    else:
+        series = {f"{c.order} ({Path(c.file).name})": (c.k, c.mean, c.std) for c in curves}
+        title = "Counterfactual retraining, all orders"
+    return plots.line_plot(series, "classes removed (k)", "target accuracy", title, path)
+
+
+def lds_figure(edges: Sequence[float], counts: Sequence[int], heldout_models: int,
+               path: str | Path | None = None) -> bytes:
+    """Histogram of per-target LDS (Spearman) over target examples."""
+    return plots.histogram(edges, counts, "Spearman LDS", f"LDS ({heldout_models} held-out models)", path)

@@ -1,0 +1,123 @@
+"""Plain-text renderings of analysis results, as the CLI prints them: pure functions from result to str.
+
+No printing here and no click: the CLI echoes what these return (one line per "\\n"-separated line).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from dmtoolkit.analyze.results import (
+    ClassEffect,
+    ClassRanking,
+    CounterfactualResult,
+    Explanation,
+    LeakageReport,
+    MislabelReport,
+    Subpopulation,
+)
+
+if TYPE_CHECKING:
+    from dmtoolkit.demo import DemoSummary
+
+
+def signed(value: float | None, digits: int = 4) -> str:
+    """`+0.1234`; "-" for an undefined value."""
+    return "-" if value is None else f"{value:+.{digits}f}"
+
+
+def _fixed(value: float | None, digits: int = 3) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def format_ranking(ranking: ClassRanking) -> str:
+    """The most positive and most negative classes, numbered, with their mean influence."""
+    scope = f"target class {ranking.target_class}" if ranking.target_class else "all targets"
+    lines = [f"mean influence over {ranking.targets} target examples ({scope})", "most positive:"]
+    lines += [f"  {i:3d}. {e.name:<20} {signed(e.influence)}" for i, e in enumerate(ranking.top, 1)]
+    lines.append("most negative:")
+    lines += [f"  {i:3d}. {e.name:<20} {signed(e.influence)}" for i, e in enumerate(ranking.bottom, 1)]
+    return "\n".join(lines)
+
+
+def format_subpopulation(subpop: Subpopulation) -> str:
+    """The target examples a class helps most, one per line with its influence."""
+    lines = [f"target examples most helped by source class {subpop.class_name}:"]
+    lines += [f"  {t.name:<12} {signed(t.influence)}" for t in subpop.targets]
+    return "\n".join(lines)
+
+
+def _classes(effects: tuple[ClassEffect, ...]) -> str:
+    return ", ".join(f"{e.name} ({signed(e.influence, 3)})" for e in effects)
+
+
+def format_explanation(explanation: Explanation, top: int | None = None) -> str:
+    """Labels, the `top` most negative and positive classes, and the verification when one was run."""
+    correct = explanation.fraction_correct
+    lines = [
+        f"target {explanation.target}: true {explanation.true_label}, predicted "
+        f"{explanation.predicted_label or 'unknown'} (majority of {explanation.models} models; correct in "
+        f"{'-' if correct is None else f'{correct:.0%}'})",
+        "most negative classes: " + _classes(explanation.most_negative[:top]),
+        "most positive classes: " + _classes(explanation.most_positive[:top]),
+    ]
+    v = explanation.verify
+    if v is not None:
+        lines.append(f"verify: without {v.class_name} correct {v.correct_removed}/{v.repeats}, "
+                     f"with it {v.correct_kept}/{v.repeats}")
+    return "\n".join(lines)
+
+
+def format_counterfactual(result: CounterfactualResult) -> str:
+    """Target accuracy (mean ± std over repeats) per number of classes removed."""
+    lines = [f"order {result.order}, {result.repeats} repeats:"]
+    lines += [f"  k={k:<4d} target accuracy {mean:.4f} ± {std:.4f}"
+              for k, mean, std in zip(result.k, result.accuracy_mean, result.accuracy_std)]
+    return "\n".join(lines)
+
+
+def format_leakage(report: LeakageReport) -> str:
+    """A table of flagged pairs and, with planted ground truth, precision / recall and decoys flagged."""
+    width = max([len(p.source_id) for p in report.pairs] + [6])
+    lines = [f"{'rank':>4}  {'source':<{width}} {'label':<6} {'target':>6} {'label':<6} {'influence':>10} "
+             f"{'score':>6} {'pixel':>6}"]
+    for p in report.pairs:
+        z = f"{p.ranking_score:>6.2f}" if report.ranking != "influence" else " " * 6
+        lines.append(f"{p.rank:>4}  {p.source_id:<{width}} {p.source_label:<6} {p.target:>6} "
+                     f"{p.target_label:<6} {p.influence:>+10.4f} {z} {p.pixel_score:>6.3f}")
+    s = report.planted
+    if s is not None:
+        lines.append(f"planted leaks: precision@{s.k} {_fixed(s.precision_at_k)}, recall@{s.k} {_fixed(s.recall_at_k)} "
+                     f"({s.hits} of {s.planted_leaks} found), decoys flagged {s.decoys_flagged}")
+    return "\n".join(lines)
+
+
+def format_mislabels(report: MislabelReport) -> str:
+    """Candidates, most harmful first, and, with planted flips, the AUC and precision@k."""
+    width = max([len(c.source_id) for c in report.candidates] + [6])
+    lines = [f"{c.rank:>4}  {c.source_id:<{width}} {c.label:<6} {c.score:+.5f}" for c in report.candidates]
+    s = report.planted
+    if s is not None:
+        lines.append(f"planted flips: AUC {_fixed(s.auc)}, precision@{s.k} {_fixed(s.precision_at_k)} "
+                     f"({s.hits} of {s.flipped} flipped examples in the top {s.k})")
+    return "\n".join(lines)
+
+
+def format_demo(summary: DemoSummary) -> str:
+    """The demo's figures: report path, scale, LDS, digit ranks, counterfactuals, detection scores."""
+    lines = [f"report: {summary.report}",
+             f"scale: {summary.class_models} class-level and {summary.example_models} example-level "
+             "models (docs/signal.md shows how each figure grows with models)"]
+    lines += [f"LDS {name}: {'undefined' if value is None else f'{value:.3f}'}" for name, value in summary.lds.items()]
+    lines.append("digit glyph class rank for MNIST digit d: "
+                 + " ".join(f"{d}:{rank}" for d, rank in summary.digit_ranks.items()))
+    for order, cf in summary.counterfactual.items():
+        rows = ", ".join(f"k={k}: {m:.3f}±{s:.3f}" for k, m, s in zip(cf.k, cf.accuracy_mean, cf.accuracy_std))
+        lines.append(f"counterfactual ({order} classes removed): {rows}")
+    leak, flips = summary.leakage, summary.mislabels
+    if leak is not None:
+        lines.append(f"leakage: precision@{leak.k} {_fixed(leak.precision_at_k)} ({leak.hits} of "
+                     f"{leak.planted_leaks} planted leaks), decoys flagged {leak.decoys_flagged}")
+    if flips is not None:
+        lines.append(f"mislabels: AUC {_fixed(flips.auc)}, precision@{flips.k} {_fixed(flips.precision_at_k)}")
+    return "\n".join(lines)
