@@ -27,9 +27,9 @@ from dmtoolkit.run.driver import train_store
 from dmtoolkit.run.executors import make_executor
 from dmtoolkit.run.prepare import build_run_data
 from dmtoolkit.store import RunStore, create_store
+from dmtoolkit.train.baselines import transfer_baselines
 from dmtoolkit.train.fit import batch_indices, margins_from_logits
 from dmtoolkit.train.job import RunContext
-from dmtoolkit.train.baselines import transfer_baselines
 from dmtoolkit.train.transfer import fit_linear_heads
 
 RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "glyphs-to-mnist.yaml"

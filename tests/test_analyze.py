@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from cli import cli
 from dmtoolkit.analyze import (
     detect_leakage,
     detect_mislabels,
@@ -21,6 +20,7 @@ from dmtoolkit.analyze import (
     subpopulation,
 )
 from dmtoolkit.analyze.examples import auc, top_pairs, two_way_z
+from dmtoolkit.cli import cli
 from dmtoolkit.errors import UserError
 from dmtoolkit.estimate import compute_influence, fit_datamodels
 from dmtoolkit.recipe import parse_recipe_dict

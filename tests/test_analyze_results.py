@@ -170,7 +170,7 @@ def test_analyses_take_no_png_argument() -> None:
 
 
 def test_cli_options_and_formatting_import_without_torch() -> None:
-    code = ("import sys; import cli, dmtoolkit.analyze.options, dmtoolkit.analyze.results, dmtoolkit.report.text; "
+    code = ("import sys; import dmtoolkit.cli, dmtoolkit.analyze.options, dmtoolkit.analyze.results, dmtoolkit.report.text; "
             "print(sorted(m for m in ('torch', 'numpy', 'matplotlib') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
@@ -192,7 +192,7 @@ def test_lazy_exports_are_all_importable() -> None:
     ("counterfactual", "ks", "counterfactual", "ks"), ("counterfactual", "repeats", "counterfactual", "repeats"),
 ])
 def test_cli_defaults_are_the_library_defaults(command: str, option: str, function: str, parameter: str) -> None:
-    from cli import cli
+    from dmtoolkit.cli import cli
 
     default = next(p.default for p in cli.commands[command].params if p.name == option)
     assert default == inspect.signature(getattr(analyze, function)).parameters[parameter].default

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from cli import cli
 from dmtoolkit.analyze import counterfactual, verify_explanation
+from dmtoolkit.cli import cli
 from dmtoolkit.errors import UserError
 from dmtoolkit.estimate import compute_influence
 from dmtoolkit.recipe import parse_recipe_dict

@@ -22,7 +22,7 @@ import yaml
 from click.testing import CliRunner
 from PIL import Image
 
-from cli import cli
+from dmtoolkit.cli import cli
 from dmtoolkit.data import glyphs
 from dmtoolkit.errors import StoreError
 from dmtoolkit.lock import WriterLock

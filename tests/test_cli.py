@@ -13,7 +13,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from cli import cli
+from dmtoolkit.cli import cli
 from dmtoolkit.lock import WriterLock
 
 from .conftest import ROOT, SMALL_RECIPE, write_recipe

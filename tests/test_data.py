@@ -241,7 +241,7 @@ def test_unknown_dataset_and_split_messages() -> None:
 def test_recipe_classes_keep_and_relabel_in_given_order(tmp_path: Path) -> None:
     from click.testing import CliRunner
 
-    from cli import cli
+    from dmtoolkit.cli import cli
     from dmtoolkit.recipe import parse_recipe_dict
     from dmtoolkit.run.prepare import build_run_data
 

@@ -87,7 +87,7 @@ def test_means_only_mode_matches_the_loop_and_skips_errors(case: tuple[np.ndarra
 def test_no_errors_cli_writes_no_stderr_dataset(tmp_path: Path) -> None:
     from click.testing import CliRunner
 
-    from cli import cli
+    from dmtoolkit.cli import cli
 
     rng = np.random.default_rng(8)
     masks = rng.random((40, 5)) < 0.5
@@ -270,7 +270,7 @@ def test_regression_estimator_matches_sklearn(seed: int, P: int, T: int, block_r
 def test_regression_needs_more_models_than_units(tmp_path: Path) -> None:
     from click.testing import CliRunner
 
-    from cli import cli
+    from dmtoolkit.cli import cli
 
     rng = np.random.default_rng(2)
     store = synthetic_store(tmp_path / "runs.h5", rng.normal(size=(6, 2)).astype(np.float32), rng.random((6, 8)) < 0.5)
@@ -327,7 +327,7 @@ def test_regression_with_fixed_size_subsets_gives_zero_sum_relative_effects() ->
 def test_cli_help_states_the_block_size_the_estimator_uses() -> None:
     from click.testing import CliRunner
 
-    from cli import cli
+    from dmtoolkit.cli import cli
     from dmtoolkit.estimate.options import BLOCK_ROWS
 
     out = CliRunner().invoke(cli, ["influence", "--help"])

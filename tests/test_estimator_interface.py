@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from cli import cli
+from dmtoolkit.cli import cli
 from dmtoolkit.errors import StoreError
 from dmtoolkit.estimate import registry
 from dmtoolkit.estimate.base import Estimator, linear_prediction
@@ -121,7 +121,7 @@ def test_cli_choices_come_from_the_registry() -> None:
 
 
 def test_the_cli_starts_without_importing_torch() -> None:
-    code = "import sys, cli; from dmtoolkit.estimate import registry; print('torch' in sys.modules)"
+    code = "import sys, dmtoolkit.cli; from dmtoolkit.estimate import registry; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

@@ -28,7 +28,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner, Result
 
-from cli import cli
+from dmtoolkit.cli import cli
 from dmtoolkit.lock import WriterLock, lock_path_for
 
 from .conftest import ROOT, SMALL_RECIPE, write_recipe

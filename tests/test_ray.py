@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from cli import cli
+from dmtoolkit.cli import cli
 from dmtoolkit.errors import UserError
 
 ray = pytest.importorskip("ray")

@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 from scipy.stats import spearmanr
 
 from dmtoolkit.analyze.classes import class_positions, rank_classes
-from dmtoolkit.estimate.splits import split_rows
 from dmtoolkit.estimate.influence import compute_influence
+from dmtoolkit.estimate.splits import split_rows
 from dmtoolkit.masks import hadamard_order, make_masks
 from dmtoolkit.recipe import SubsetSpec, parse_recipe_dict
 from dmtoolkit.reliability import (

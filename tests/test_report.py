@@ -13,7 +13,7 @@ import h5py
 import pytest
 from click.testing import CliRunner
 
-from cli import cli
+from dmtoolkit.cli import cli
 from dmtoolkit.estimate import compute_influence, fit_datamodels
 from dmtoolkit.report import build_report
 from tests.test_analyze import class_files, example_files  # noqa: F401  (module-scoped fixtures)

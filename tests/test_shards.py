@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from cli import cli
+from dmtoolkit.cli import cli
 from dmtoolkit.errors import StoreError, UserError
 from dmtoolkit.run.shards import merge_stores, parse_shard
 

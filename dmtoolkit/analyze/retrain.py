@@ -23,8 +23,8 @@ from dmtoolkit.analyze.classes import explain_target, rank_classes
 from dmtoolkit.analyze.estimates import Estimate, load_estimate, require_kind, store_path_of
 from dmtoolkit.analyze.options import COUNTERFACTUAL_KS, COUNTERFACTUAL_REPEATS, ORDERS
 from dmtoolkit.analyze.results import ClassRanking, CounterfactualCurve, CounterfactualResult, Explanation, Verification
-from dmtoolkit.errors import StoreError, UserError
 from dmtoolkit.atomic import refuse_overwrite, write_atomic
+from dmtoolkit.errors import StoreError, UserError
 from dmtoolkit.recipe import Recipe
 from dmtoolkit.store import RunData, RunStore
 

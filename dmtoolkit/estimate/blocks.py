@@ -10,7 +10,6 @@ import numpy as np
 from dmtoolkit.errors import UserError
 
 
-
 def selected_rows(masks: Any, margins: Any, rows: np.ndarray | None) -> np.ndarray:
     """Sorted rows to fit on (default: all), after checking masks (m, P) and margins (m, T) agree on m."""
     if len(masks.shape) != 2 or len(margins.shape) != 2 or masks.shape[0] != margins.shape[0]:

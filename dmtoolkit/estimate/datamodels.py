@@ -14,8 +14,8 @@ from pathlib import Path
 
 from dmtoolkit.devices import resolve_device
 from dmtoolkit.estimate.fit import fit_store
-from dmtoolkit.estimate.options import DATAMODELS_BLOCK_ROWS, EPS, N_LAMBDAS, TEST_FRACTION, VAL_FRACTION
 from dmtoolkit.estimate.lasso import LassoPath
+from dmtoolkit.estimate.options import DATAMODELS_BLOCK_ROWS, EPS, N_LAMBDAS, TEST_FRACTION, VAL_FRACTION
 
 
 def fit_datamodels(store_path: str | Path, out_path: str | Path, *, device: str | None = None,

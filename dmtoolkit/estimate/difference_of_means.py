@@ -31,7 +31,6 @@ from dmtoolkit.estimate.options import BLOCK_ROWS
 from dmtoolkit.estimate.splits import SamplingUnits, check_contiguous
 
 
-
 class UndefinedInfluenceWarning(UserWarning):
     """Some units are in every model or in none, so their influence (or its error) is undefined (NaN)."""
 

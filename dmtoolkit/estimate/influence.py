@@ -11,11 +11,11 @@ from pathlib import Path
 
 import numpy as np
 
-from dmtoolkit.estimate.base import Estimator
 from dmtoolkit.devices import resolve_device
-from dmtoolkit.estimate.options import BLOCK_ROWS, TEST_FRACTION
+from dmtoolkit.estimate.base import Estimator
 from dmtoolkit.estimate.difference_of_means import UndefinedInfluenceWarning
 from dmtoolkit.estimate.fit import fit_store
+from dmtoolkit.estimate.options import BLOCK_ROWS, TEST_FRACTION
 from dmtoolkit.estimate.registry import make_estimator
 
 __all__ = ["BLOCK_ROWS", "UndefinedInfluenceWarning", "compute_influence", "influence_from_arrays"]

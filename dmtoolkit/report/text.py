@@ -19,6 +19,7 @@ from dmtoolkit.analyze.results import (
 
 if TYPE_CHECKING:
     from dmtoolkit.demo import DemoSummary
+    from dmtoolkit.estimate.lds import LdsResult
 
 
 def signed(value: float | None, digits: int = 4) -> str:
@@ -120,4 +121,19 @@ def format_demo(summary: DemoSummary) -> str:
                      f"{leak.planted_leaks} planted leaks), decoys flagged {leak.decoys_flagged}")
     if flips is not None:
         lines.append(f"mislabels: AUC {_fixed(flips.auc)}, precision@{flips.k} {_fixed(flips.precision_at_k)}")
+    return "\n".join(lines)
+
+
+def format_lds(result: LdsResult) -> str:
+    """LDS summary line and a text histogram of the per-target scores."""
+    if result.lds_mean is None:
+        return f"LDS undefined on all {result.heldout_models} held-out models (constant margins)"
+    first, stop = result.targets
+    lines = [f"{result.estimator} LDS on {result.heldout_models} held-out models, targets {first}:{stop}: "
+             f"mean {result.lds_mean:.3f}, median {result.lds_median:.3f}"]
+    counts, edges = result.histogram_counts, result.histogram_edges
+    scale = 40 / max(max(counts), 1)
+    for count, low, high in zip(counts, edges, edges[1:]):
+        if count:
+            lines.append(f"  [{low:+.1f}, {high:+.1f})  {count:5d}  {'#' * max(1, round(count * scale))}")
     return "\n".join(lines)

@@ -7,7 +7,8 @@ The driver alone writes the store.
 Implementations: `executors.LocalExecutor`/`SerialExecutor` (processes on this machine) and
 `ray_executor.RayExecutor` (Ray tasks). Each imports this module and nothing of the others; they are
 found by name through `EXECUTORS` and built by `make_executor`, so Ray is imported only when asked for.
-Adding an executor is one module with a class that has `from_options` plus one line in `EXECUTORS`.
+Adding an executor is one module with a class that has `from_options` plus one line in
+`dmtoolkit.run.options.EXECUTORS`.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Protocol
 
+from dmtoolkit.run.options import EXECUTOR_NAMES, EXECUTORS
 from dmtoolkit.train.job import ModelResult, RunContext, RunInputs
 
 __all__ = ["EXECUTORS", "EXECUTOR_NAMES", "Executor", "GroupOutcome", "RunContext", "RunInputs", "compute_outcome",
@@ -61,12 +63,6 @@ def compute_outcome(context: RunContext, group: int) -> GroupOutcome:
         return GroupOutcome(group, error=error_text(error))
 
 
-# name -> "module:class"; modules are imported on first use (Ray is optional)
-EXECUTORS: dict[str, str] = {
-    "local": "dmtoolkit.run.executors:LocalExecutor",
-    "ray": "dmtoolkit.run.ray_executor:RayExecutor",
-}
-EXECUTOR_NAMES: tuple[str, ...] = tuple(EXECUTORS)
 
 
 def executor_class(name: str) -> ExecutorClass:

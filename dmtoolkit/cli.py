@@ -1,0 +1,614 @@
+"""The `dmtoolkit` command line: wiring only. Every command parses its options, calls a library function that
+tests call too, and prints the result as JSON or through `dmtoolkit.report.text`; choices and defaults come
+from the library's torch-free `options` modules."""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+
+import click
+
+from dmtoolkit.analyze import options as analyze_options
+from dmtoolkit.errors import UserError
+from dmtoolkit.estimate import options as estimate_options
+from dmtoolkit.run import options as run_options
+
+DEVICE = click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+                      help="Where to compute (auto: cuda if available).")
+
+
+def _device(name: str) -> str | None:
+    return None if name == "auto" else name
+
+
+def _echo_json(data: object) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=True))
+
+
+class _OneLineErrors(click.Group):
+    """Turns user errors and Ctrl-C into one line on stderr and a non-zero exit code, never a traceback."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except UserError as error:
+            raise _Failure(str(error), error.exit_code) from None
+        except KeyboardInterrupt:
+            raise _Failure("interrupted; completed rows are kept, rerun the same command to resume", 130) from None
+
+
+class _Failure(click.ClickException):
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+    def show(self, file: object = None) -> None:
+        click.echo(f"error: {self.message}", err=True)
+
+
+@click.group(cls=_OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
+def cli() -> None:
+    """Which source data help or hurt a transfer-learned model.
+
+    \b
+    Typical run:
+      dmtoolkit init recipes/glyphs-to-mnist.yaml stores/runs.h5
+      dmtoolkit train stores/runs.h5 --workers 2
+      dmtoolkit store info stores/runs.h5
+    """
+
+
+@cli.command()
+@click.argument("recipe_path", metavar="RECIPE.yaml", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("store_path", metavar="STORE.h5", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--models", type=click.IntRange(min=2), help="Number of models (rows); overrides the recipe.")
+@click.option("--seed", type=int, help="Mask seed; overrides the recipe.")
+@click.option("--force", is_flag=True, help="Overwrite an existing store.")
+def init(recipe_path: Path, store_path: Path, models: int | None, seed: int | None, force: bool) -> None:
+    """Create a run store: load and plant the data, draw the masks, nothing trained yet.
+
+    \b
+    Example:
+      dmtoolkit init recipes/glyphs-to-mnist.yaml stores/runs.h5 --models 512 --seed 1
+    """
+    from dmtoolkit.recipe import load_recipe
+    from dmtoolkit.run.prepare import build_run_data
+    from dmtoolkit.store import create_store
+
+    recipe = load_recipe(recipe_path).with_overrides(models=models, seed=seed)
+    if store_path.exists() and not force:
+        raise UserError(f"{store_path}: already exists; pass --force to overwrite it, or choose another path")
+    create_store(store_path, recipe, build_run_data(recipe), force=force)
+    click.echo(f"created {store_path}: {recipe.subsets.models} models, {recipe.subsets.kind}-level, "
+               f"alpha {recipe.subsets.alpha}; next: dmtoolkit train {store_path}")
+
+
+@cli.command()
+@click.argument("store_path", metavar="STORE.h5", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--workers", type=click.IntRange(min=1), default=lambda: os.cpu_count() or 1,
+              show_default="number of CPUs", help="Worker processes (1 thread each).")
+@click.option("--limit", type=click.IntRange(min=1), help="Stop after at least this many new models (whole batched groups).")
+@click.option("--executor", type=click.Choice(run_options.EXECUTOR_NAMES), default=run_options.DEFAULT_EXECUTOR,
+              show_default=True,
+              help="Where models are computed: local processes, or Ray tasks (pip install 'dmtoolkit[ray]').")
+@click.option("--address", help="Ray cluster to join (e.g. auto, ray://head:10001); default: start a local Ray.")
+@click.option("--shard", metavar="I/N", help="Compute only groups g with g % N == I into the shard file -o.")
+@click.option("-o", "--output", "shard_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Shard file for --shard (created from STORE.h5, resumed if it exists).")
+@DEVICE
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def train(store_path: Path, workers: int, limit: int | None, executor: str, address: str | None,
+          shard: str | None, shard_path: Path | None, device: str, quiet: bool) -> None:
+    """Train, transfer and score the pending models of a store; resumable, one writer at a time.
+
+    \b
+    Examples:
+      dmtoolkit train stores/runs.h5 --workers 2
+      dmtoolkit train stores/runs.h5 --executor ray --address auto
+      dmtoolkit train stores/runs.h5 --shard 3/16 -o shards/runs-3.h5   # then: dmtoolkit store merge
+    Ctrl-C stops cleanly: completed rows stay; run the same command to resume.
+    """
+    from dmtoolkit.devices import resolve_device
+    from dmtoolkit.run.driver import train_store
+    from dmtoolkit.run.executors import make_executor
+    from dmtoolkit.run.shards import open_shard, parse_shard
+
+    if address and executor != "ray":
+        raise click.UsageError("--address needs --executor ray")
+    if (shard is None) != (shard_path is None):
+        raise click.UsageError("--shard I/N and -o SHARD.h5 go together")
+    if executor != "ray" or not address:  # on a Ray cluster the workers' devices count, not the driver's
+        resolve_device(_device(device))
+    share = parse_shard(shard) if shard else None
+    target = open_shard(store_path, shard_path) if share else store_path
+    summary = train_store(target, make_executor(executor, workers, _device(device), address), limit=limit,
+                          progress=not quiet, shard=share)
+    click.echo(f"{target}: wrote {summary.written} models; "
+               f"{summary.already_done + summary.written} completed, {summary.remaining} pending"
+               + (f" in shard {shard}" if shard else ""))
+
+
+@cli.group()
+def store() -> None:
+    """Inspect and check run stores."""
+
+
+@store.command("info")
+@click.argument("store_path", metavar="STORE.h5", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def store_info(store_path: Path, as_json: bool) -> None:
+    """Summary: progress, accuracies, shapes, recipe, planted ground truth.
+
+    \b
+    Example:
+      dmtoolkit store info stores/runs.h5 --json
+    """
+    from dmtoolkit.store_checks import format_summary, store_summary
+
+    summary = store_summary(store_path)
+    _echo_json(summary) if as_json else click.echo(format_summary(summary))
+
+
+@store.command("validate")
+@click.argument("store_path", metavar="STORE.h5", type=click.Path(dir_okay=False, path_type=Path))
+def store_validate(store_path: Path) -> None:
+    """Check schema, shapes, dtypes, masks (re-derived from the seed) and completed rows; exit 1 on problems.
+
+    \b
+    Example:
+      dmtoolkit store validate stores/runs.h5
+    """
+    from dmtoolkit.store_checks import validate_store
+
+    problems = validate_store(store_path)
+    if problems:
+        for problem in problems:
+            click.echo(f"problem: {problem}", err=True)
+        raise UserError(f"{store_path}: {len(problems)} problem(s) found")
+    click.echo(f"{store_path}: valid")
+
+
+@store.command("merge")
+@click.argument("inputs", metavar="SHARD.h5...", nargs=-1, required=True,
+                type=click.Path(dir_okay=False, path_type=Path))
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Merged store to write.")
+@click.option("--force", is_flag=True, help="Overwrite the output if it exists.")
+def store_merge(inputs: tuple[Path, ...], output: Path, force: bool) -> None:
+    """Merge shards of one run (same recipe hash, seed, masks) into one store; conflicting rows are refused.
+
+    \b
+    Example:
+      dmtoolkit store merge shards/runs-*.h5 -o stores/runs-merged.h5
+    """
+    from dmtoolkit.run.shards import merge_stores
+
+    summary = merge_stores(list(inputs), output, force=force)
+    click.echo(f"{output}: merged {summary.inputs} inputs; {summary.completed} rows completed"
+               f" ({summary.duplicates} identical duplicates kept once)")
+    if len(summary.missing):
+        click.echo(f"{len(summary.missing)} rows still missing: {summary.missing_text}", err=True)
+
+
+def _estimator_choice(command: str) -> click.Choice:
+    from dmtoolkit.estimate.registry import estimator_names
+
+    return click.Choice(estimator_names(command))
+
+
+HOLDOUT_OPTION = click.option("--holdout-frac", type=click.FloatRange(min=0, max=1, max_open=True),
+                              default=estimate_options.TEST_FRACTION,
+                              show_default=True, help="Fraction of completed models held out from fitting and "
+                              "from choosing any setting; `dmtoolkit evaluate` scores them.")
+TARGETS_OPTION = click.option("--targets", help="Fit only target examples A:B (split big jobs across processes).")
+
+
+@cli.command()
+@click.argument("store_path", metavar="RUNS.h5", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("-o", "--output", "out_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="INFLUENCE.h5 to write.")
+@DEVICE
+@click.option("--block-rows", type=click.IntRange(min=1), default=estimate_options.BLOCK_ROWS, show_default=True,
+              help="Models read per block (stores larger than memory stream through).")
+@HOLDOUT_OPTION
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the held-out split.")
+@click.option("--estimator", type=_estimator_choice("influence"), default="difference-of-means",
+              show_default=True, help="Difference of means (the paper's), or least squares on all masks at once "
+                                      "(needs more models than units).")
+@click.option("--errors/--no-errors", default=True, show_default=True,
+              help="Standard errors per entry (--no-errors halves the arithmetic; no `stderr` dataset).")
+@TARGETS_OPTION
+@click.option("--force", is_flag=True, help="Overwrite an existing output.")
+def influence(store_path: Path, out_path: Path, device: str, block_rows: int, holdout_frac: float, seed: int,
+              estimator: str, errors: bool, targets: str | None, force: bool) -> None:
+    """Influence of every unit (class or example) on every target example (difference of means by default).
+
+    \b
+    Example:
+      dmtoolkit influence stores/runs.h5 -o stores/influence.h5
+    """
+    from dmtoolkit.estimate.influence import UndefinedInfluenceWarning, compute_influence
+
+    with warnings.catch_warnings():  # reported below, one line each
+        warnings.simplefilter("ignore", UndefinedInfluenceWarning)
+        model = compute_influence(store_path, out_path, device=_device(device), block_rows=block_rows,
+                                  holdout_frac=holdout_frac, seed=seed, force=force, errors=errors,
+                                  estimator=estimator, targets=targets)
+    for warning in model.warnings_:
+        click.echo(f"warning: {warning}", err=True)
+    click.echo(f"wrote {out_path}: influence {tuple(model.coef_.shape)}")
+
+
+@cli.command()
+@click.argument("store_path", metavar="RUNS.h5", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("-o", "--output", "out_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="DATAMODELS.h5 to write.")
+@DEVICE
+@TARGETS_OPTION
+@click.option("--lambdas", type=click.IntRange(min=1), default=estimate_options.N_LAMBDAS, show_default=True,
+              help="Steps of the λ path.")
+@click.option("--eps", type=click.FloatRange(min=0, min_open=True, max=1, max_open=True), default=estimate_options.EPS,
+              show_default=True, help="Smallest λ as a fraction of λ_max.")
+@click.option("--val-frac", type=click.FloatRange(min=0, min_open=True, max=1, max_open=True),
+              default=estimate_options.VAL_FRACTION,
+              show_default=True, help="Fraction of the fitting models held out to choose λ.")
+@HOLDOUT_OPTION
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the test and validation splits.")
+@click.option("--block-rows", type=click.IntRange(min=1), default=estimate_options.DATAMODELS_BLOCK_ROWS,
+              show_default=True, help="Models read per pass of the lasso's sufficient statistics.")
+@click.option("--force", is_flag=True, help="Overwrite an existing output.")
+def datamodels(store_path: Path, out_path: Path, device: str, targets: str | None, lambdas: int, eps: float,
+               val_frac: float, holdout_frac: float, seed: int, block_rows: int, force: bool) -> None:
+    """Sparse linear datamodels (lasso path, λ chosen on held-out models) for every target example.
+
+    \b
+    Example:
+      dmtoolkit datamodels stores/runs-examples.h5 -o stores/datamodels.h5 --targets 0:500
+    """
+    from dmtoolkit.estimate.datamodels import fit_datamodels
+
+    model = fit_datamodels(store_path, out_path, device=_device(device), targets=targets, n_lambdas=lambdas,
+                           eps=eps, val_frac=val_frac, holdout_frac=holdout_frac, seed=seed, block_rows=block_rows,
+                           force=force)
+    click.echo(f"wrote {out_path}: weights {tuple(model.coef_.shape)}")
+
+
+@cli.command()
+@click.argument("store_path", metavar="RUNS.h5", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--estimate", "estimate_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="ESTIMATE.h5 made from RUNS.h5 by `dmtoolkit influence` or `dmtoolkit datamodels`.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def evaluate(store_path: Path, estimate_path: Path, as_json: bool) -> None:
+    """LDS: per target example, Spearman correlation of predicted and true margins on held-out test models.
+
+    \b
+    Every estimate predicts f(S) = intercept + sum_k coef_k * 1[k in S].
+    Example:
+      dmtoolkit evaluate stores/runs.h5 --estimate stores/influence.h5 --json
+    """
+    from dmtoolkit.estimate.lds import evaluate as lds
+    from dmtoolkit.report.text import format_lds
+
+    result = lds(store_path, estimate_path)
+    _echo_json(result.to_json()) if as_json else click.echo(format_lds(result))
+
+
+@cli.group()
+def data() -> None:
+    """Built-in datasets and their cache."""
+
+
+@data.command("list")
+@click.argument("dataset", required=False)
+def data_list(dataset: str | None) -> None:
+    """Names usable as `dataset:` in a recipe; with DATASET, its class names (for `classes:`)."""
+    from dmtoolkit.data import available_datasets, load_dataset
+
+    if dataset is None:
+        for name in available_datasets():
+            click.echo(name)
+        return
+    click.echo(" ".join(load_dataset(dataset, "train").class_names))
+
+
+@data.command("prepare")
+@click.option("--force", is_flag=True, help="Rebuild caches that exist.")
+def data_prepare(force: bool) -> None:
+    """Build the caches of the built-in datasets (glyph rendering); run once at set-up."""
+    from dmtoolkit.data import prepare_all
+
+    for path in prepare_all(force=force):
+        click.echo(f"ready: {path}")
+
+
+@data.command("write-beton")
+@click.argument("dataset")
+@click.argument("out", metavar="OUT.beton", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--split", type=click.Choice(["train", "test"]), default="train", show_default=True)
+@click.option("--image-field", type=click.Choice(["ndarray", "rgb-raw", "rgb-jpg"]), default="ndarray",
+              show_default=True, help="ndarray: exact uint8, any channels; rgb-raw: exact RGB; rgb-jpg: lossy, small.")
+@click.option("--force", is_flag=True, help="Overwrite an existing beton.")
+def data_write_beton(dataset: str, out: Path, split: str, image_field: str, force: bool) -> None:
+    """Write a dataset (built-in name or imagefolder:PATH) to an ffcv beton (image, label, index).
+
+    \b
+    Example:
+      dmtoolkit data write-beton glyphs stores/glyphs-train.beton --split train
+    A sidecar OUT.beton.json keeps class names and example ids. Name the betons in a recipe's
+    source/target as beton_train and beton_test. Needs pip install 'dmtoolkit[ffcv]'.
+    """
+    from dmtoolkit.data import load_dataset
+    from dmtoolkit.data.beton import write_beton
+
+    if out.exists() and not force:
+        raise UserError(f"{out}: already exists; pass --force to overwrite it, or choose another path")
+    ds = load_dataset(dataset, split)
+    write_beton(ds, out, image_field=image_field)
+    click.echo(f"wrote {out}: {len(ds)} {split} images {'x'.join(map(str, ds.images.shape[1:]))}, "
+               f"{len(ds.class_names)} classes ({image_field})")
+
+
+@cli.command()
+@click.option("--quick", "scale", flag_value="quick", help="A tiny run for smoke tests (about two minutes).")
+@click.option("--full", "scale", flag_value="full", help="The recipes' own scale, the one docs/signal.md measures (about 25 minutes, estimated).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("stores/demo"),
+              show_default=True, help="Folder for the demo's stores, estimates and report.")
+@click.option("--workers", type=click.IntRange(min=1), default=lambda: os.cpu_count() or 1,
+              show_default="number of CPUs")
+@DEVICE
+@click.option("--json", "as_json", is_flag=True, help="All figures as JSON on stdout.")
+def demo(scale: str | None, out: Path, workers: int, device: str, as_json: bool) -> None:
+    """The whole pipeline on built-in data: glyphs -> MNIST, class- and example-level, estimates, report.
+
+    \b
+    Example:
+      dmtoolkit demo --quick --out /tmp/demo
+    Rerunning resumes the stores; estimates and the report are recomputed.
+    """
+    from dmtoolkit.demo import run_demo
+    from dmtoolkit.report.text import format_demo
+
+    summary = run_demo(out, scale=scale or "default", workers=workers, device=_device(device), progress=_progress)
+    _echo_json(summary.to_json()) if as_json else _echo_text(format_demo(summary))
+
+
+# --- analyses and report (dmtoolkit.analyze, dmtoolkit.report) --------------------------------------
+
+ESTIMATE_FILE = click.argument("estimate_path", metavar="INFLUENCE.h5", type=click.Path(dir_okay=False, path_type=Path))
+STORE_OPTION = click.option("--store", "store_path", type=click.Path(dir_okay=False, path_type=Path),
+                            help="Run store the estimate came from (default: the path recorded in the estimate).")
+JSON_OPTION = click.option("--json", "as_json", is_flag=True, help="Machine-readable output (JSON) on stdout.")
+PNG_OPTION = click.option("--png", type=click.Path(dir_okay=False, path_type=Path), help="Also write a PNG figure here.")
+
+
+def _progress(message: str) -> None:
+    """Progress of long analyses: one line on stderr."""
+    click.echo(message, err=True)
+
+
+def _echo_text(text: str) -> None:
+    """A formatted result on stdout (nothing at all when it is empty, as before)."""
+    if text:
+        click.echo(text)
+
+
+@cli.command()
+@ESTIMATE_FILE
+@click.option("--top", type=click.IntRange(min=1), default=analyze_options.RANK_TOP, show_default=True,
+              help="How many classes to list each way.")
+@click.option("--target-class", help="Average over the target examples of this class only (e.g. 3).")
+@JSON_OPTION
+@PNG_OPTION
+def rank(estimate_path: Path, top: int, target_class: str | None, as_json: bool, png: Path | None) -> None:
+    """Rank source classes by mean influence over the target examples (most positive and most negative).
+
+    \b
+    Example:
+      dmtoolkit rank stores/influence.h5 --top 10 --png stores/rank.png
+      dmtoolkit rank stores/influence.h5 --target-class 3 --json
+    """
+    from dmtoolkit.analyze import rank_classes
+    from dmtoolkit.report.text import format_ranking
+
+    result = rank_classes(estimate_path, top=top, target_class=target_class)
+    if png:
+        from dmtoolkit.report.figures import rank_figure
+        rank_figure(result, png)
+    if as_json:
+        _echo_json(result.to_json())
+        return
+    _echo_text(format_ranking(result))
+    if png:
+        click.echo(f"wrote {png}", err=True)
+
+
+@cli.command()
+@ESTIMATE_FILE
+@click.option("--class", "class_name", required=True, help="Source class name (as in `dmtoolkit rank`).")
+@click.option("-n", type=click.IntRange(min=1), default=analyze_options.SUBPOP_SIZE, show_default=True,
+              help="How many target images.")
+@STORE_OPTION
+@JSON_OPTION
+@PNG_OPTION
+def subpop(estimate_path: Path, class_name: str, n: int, store_path: Path | None, as_json: bool,
+           png: Path | None) -> None:
+    """Target images most positively influenced by one source class (an image grid with --png).
+
+    \b
+    Example:
+      dmtoolkit subpop stores/influence.h5 --class 3 -n 16 --png stores/subpop-3.png
+    """
+    from dmtoolkit.analyze import subpopulation
+    from dmtoolkit.report.text import format_subpopulation
+
+    result = subpopulation(estimate_path, class_name, n=n, store=store_path, with_images=png is not None)
+    if png:
+        from dmtoolkit.report.figures import subpop_figure
+        subpop_figure(result, png)
+    if as_json:
+        _echo_json(result.to_json())
+        return
+    _echo_text(format_subpopulation(result))
+    if png:
+        click.echo(f"wrote {png}", err=True)
+
+
+@cli.command()
+@ESTIMATE_FILE
+@click.option("--target", type=click.IntRange(min=0), required=True, help="Target test example index.")
+@click.option("--top", type=click.IntRange(min=1), default=analyze_options.EXPLAIN_TOP, show_default=True,
+              help="Classes to list each way.")
+@click.option("--verify", type=click.IntRange(min=1), help="Retrain R models without the most negative class and R with it.")
+@STORE_OPTION
+@JSON_OPTION
+@DEVICE
+def explain(estimate_path: Path, target: int, top: int, verify: int | None, store_path: Path | None,
+            as_json: bool, device: str) -> None:
+    """Why target J is (mis)classified: its labels and its most negative / positive source classes.
+
+    \b
+    Example:
+      dmtoolkit explain stores/influence.h5 --target 17
+      dmtoolkit explain stores/influence.h5 --target 17 --verify 5
+    """
+    from dmtoolkit.analyze import explain_target, verify_explanation
+    from dmtoolkit.report.text import format_explanation
+
+    if verify:
+        result = verify_explanation(estimate_path, target, verify, store=store_path, device=_device(device),
+                                    progress=_progress)
+    else:
+        result = explain_target(estimate_path, target, top=top, store=store_path)
+    _echo_json(result.to_json()) if as_json else _echo_text(format_explanation(result, top=top))
+
+
+@cli.command("counterfactual")
+@click.argument("recipe_path", metavar="RECIPE.yaml", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--influence", "influence_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Class-level INFLUENCE.h5 giving the removal order.")
+@click.option("--order", type=click.Choice(analyze_options.ORDERS), default=analyze_options.ORDERS[0], show_default=True,
+              help="Remove the most negative (bottom), most positive (top) or random classes.")
+@click.option("--k", "ks", default=analyze_options.COUNTERFACTUAL_KS, show_default=True,
+              help="Comma-separated numbers of classes to remove.")
+@click.option("--repeats", type=click.IntRange(min=1), default=analyze_options.COUNTERFACTUAL_REPEATS, show_default=True,
+              help="Retrainings per k.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True, help="OUT.h5")
+@PNG_OPTION
+@click.option("--force", is_flag=True, help="Overwrite OUT.h5.")
+@JSON_OPTION
+@DEVICE
+def counterfactual_cmd(recipe_path: Path, influence_path: Path, order: str, ks: str, repeats: int, output: Path,
+                       png: Path | None, force: bool, as_json: bool, device: str) -> None:
+    """Retrain without the k most negative / positive / random classes; target accuracy per k.
+
+    \b
+    Example:
+      dmtoolkit counterfactual recipes/glyphs-to-mnist.yaml --influence stores/influence.h5 \\
+          --order bottom --k 0,5,10,20 --repeats 3 -o stores/cf-bottom.h5 --png stores/cf-bottom.png
+    """
+    from dmtoolkit.analyze import counterfactual
+    from dmtoolkit.recipe import load_recipe
+    from dmtoolkit.report.text import format_counterfactual
+
+    result = counterfactual(load_recipe(recipe_path), influence_path, output, order=order, ks=ks, repeats=repeats,
+                            force=force, device=_device(device), progress=_progress)
+    if png:
+        from dmtoolkit.report.figures import counterfactual_figure
+        counterfactual_figure(result.curve, png)
+    if as_json:
+        _echo_json(result.to_json())
+        return
+    _echo_text(format_counterfactual(result))
+    click.echo(f"wrote {output}", err=True)
+
+
+@cli.command()
+@click.argument("estimate_path", metavar="DATAMODELS.h5|INFLUENCE.h5", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--top", type=click.IntRange(min=1), default=analyze_options.DETECT_TOP, show_default=True,
+              help="How many pairs to flag (k).")
+@click.option("--ranking", type=click.Choice(analyze_options.LEAK_RANKINGS), default=analyze_options.LEAK_RANKINGS[0],
+              show_default=True, help="Pair score: influence standardised within its target and its source "
+              "(two-way-z), within its target only, or raw influence.")
+@click.option("--all-pairs", is_flag=True, help="List several pairs per source example (default: its best one).")
+@STORE_OPTION
+@JSON_OPTION
+@PNG_OPTION
+def leakage(estimate_path: Path, top: int, ranking: str, all_pairs: bool, store_path: Path | None, as_json: bool,
+            png: Path | None) -> None:
+    """(source example, target example) pairs that stand out by example-level influence: possible leaks.
+
+    A copy of a target image stands out both for that target and for itself, so pairs are scored by
+    influence standardised within the target's column and the source's row, one pair per source example.
+    Each pair has a pixel near-duplicate score (correlation after resizing to 16x16) for a person to
+    confirm. With planted ground truth in the run store, also prints precision@k / recall@k and decoys
+    flagged.
+
+    \b
+    Example:
+      dmtoolkit leakage stores/datamodels.h5 --top 20 --png stores/leaks.png
+    """
+    from dmtoolkit.analyze import detect_leakage
+    from dmtoolkit.report.text import format_leakage
+
+    result = detect_leakage(estimate_path, top=top, store=store_path, ranking=ranking, all_pairs=all_pairs)
+    if png:
+        from dmtoolkit.report.figures import leakage_figure
+        leakage_figure(result, png)
+    _echo_json(result.to_json()) if as_json else _echo_text(format_leakage(result))
+
+
+@cli.command()
+@click.argument("estimate_path", metavar="DATAMODELS.h5|INFLUENCE.h5", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--top", type=click.IntRange(min=1), default=analyze_options.DETECT_TOP, show_default=True,
+              help="How many candidates (k).")
+@click.option("--by", type=click.Choice(analyze_options.MISLABEL_SCORES), default=analyze_options.MISLABEL_SCORES[0],
+              show_default=True,
+              help="Score a source example by its most negative influence on any target, or its mean over targets.")
+@STORE_OPTION
+@JSON_OPTION
+def mislabels(estimate_path: Path, top: int, by: str, store_path: Path | None, as_json: bool) -> None:
+    """Source examples that hurt the target set most: possible mislabels.
+
+    A mislabelled image hurts the few target images that resemble it, so the default score is its most
+    negative influence on any one target (`--by mean` averages over all targets instead).
+
+    With planted label flips in the run store, also prints the AUC and precision@k.
+
+    \b
+    Example:
+      dmtoolkit mislabels stores/datamodels.h5 --top 20
+    """
+    from dmtoolkit.analyze import detect_mislabels
+    from dmtoolkit.report.text import format_mislabels
+
+    result = detect_mislabels(estimate_path, top=top, store=store_path, by=by)
+    _echo_json(result.to_json()) if as_json else _echo_text(format_mislabels(result))
+
+
+@cli.command()
+@click.argument("directory", metavar="DIR", type=click.Path(file_okay=False, path_type=Path))
+@click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Folder for index.html and report.json.")
+@click.option("--top", type=click.IntRange(min=1), default=10, show_default=True, help="Rows per table.")
+def report(directory: Path, output: Path, top: int) -> None:
+    """One self-contained HTML page from the run stores, influences and datamodels in DIR.
+
+    \b
+    Example:
+      dmtoolkit report stores/demo -o stores/demo/report
+    """
+    from dmtoolkit.report import build_report
+
+    click.echo(str(build_report(directory, output, top=top)))
+
+
+def main() -> None:
+    """Console entry point (`dmtoolkit`)."""
+    cli()
+
+
+if __name__ == "__main__":
+    main()
