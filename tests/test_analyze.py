@@ -136,7 +136,7 @@ def test_rank_cli_json_and_errors(class_files: tuple[Path, Path], tmp_path: Path
     text = runner.invoke(cli, ["rank", str(infl)])
     assert text.exit_code == 0 and "most negative:" in text.output and "c4" in text.output
     bad = runner.invoke(cli, ["rank", str(infl), "--target-class", "nope"])
-    assert bad.exit_code == 1 and "--target-class 'nope' has no target examples" in bad.output
+    assert bad.exit_code == 1 and "target class 'nope' has no target examples" in bad.output
     missing = runner.invoke(cli, ["rank", str(tmp_path / "none.h5")])
     assert missing.exit_code == 1 and "no such estimate file" in missing.output
     notes = tmp_path / "x.h5"
@@ -165,7 +165,7 @@ def test_subpop_matches_numpy_and_writes_grid(class_files: tuple[Path, Path], tm
     with pytest.raises(ValueError, match="with_images=True"):
         subpop_figure(subpopulation(infl, "c1", n=4))
     out = CliRunner().invoke(cli, ["subpop", str(infl), "--class", "zz"])
-    assert out.exit_code == 1 and "--class 'zz' is not a source class" in out.output
+    assert out.exit_code == 1 and "class 'zz' is not a source class" in out.output
 
 
 def test_explain_labels_and_classes(class_files: tuple[Path, Path]) -> None:
@@ -186,7 +186,7 @@ def test_explain_labels_and_classes(class_files: tuple[Path, Path]) -> None:
     out = runner.invoke(cli, ["explain", str(infl), "--target", "5"])
     assert out.exit_code == 0 and f"predicted {names[2]}" in out.output and "c4" in out.output
     bad = runner.invoke(cli, ["explain", str(infl), "--target", "99"])
-    assert bad.exit_code == 1 and "--target 99 is not covered" in bad.output
+    assert bad.exit_code == 1 and "target 99 is not covered" in bad.output
 
 
 # leakage and mislabels -----------------------------------------------------------------------------
@@ -317,9 +317,9 @@ def test_leakage_per_target_ranking(example_files: dict) -> None:
     assert out.exit_code == 0 and "precision@2 1.000" in out.output
     bad = CliRunner().invoke(cli, ["leakage", str(example_files["influence"]), "--ranking", "pixels"])
     assert bad.exit_code == 2 and "'pixels' is not one of" in bad.output
-    with pytest.raises(UserError, match="--ranking 'pixels' is not one of two-way-z, target-z, influence"):
+    with pytest.raises(UserError, match="ranking 'pixels' is not one of two-way-z, target-z, influence"):
         detect_leakage(example_files["influence"], ranking="pixels")
-    with pytest.raises(UserError, match="--by 'median' is not one of worst, mean"):
+    with pytest.raises(UserError, match="by='median' is not one of worst, mean"):
         detect_mislabels(example_files["influence"], by="median")
 
 

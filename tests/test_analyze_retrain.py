@@ -79,7 +79,7 @@ def test_counterfactual_cli_random_and_errors(real_files: dict, tmp_path: Path) 
     with h5py.File(out) as f:
         assert (~f["masks"][0, 1]).sum() == 2
     bad = runner.invoke(cli, args[:8] + ["--k", "0,999", "-o", str(tmp_path / "x.h5")])
-    assert bad.exit_code == 1 and "--k 999 is out of range" in bad.output
+    assert bad.exit_code == 1 and "k=999 is out of range" in bad.output
     bad = runner.invoke(cli, args[:8] + ["--k", "a", "-o", str(tmp_path / "x.h5")])
     assert bad.exit_code == 1 and "not a comma-separated list" in bad.output
 

@@ -28,7 +28,7 @@ def _nanmean(matrix: np.ndarray, axis: int) -> np.ndarray:
 def _class_index(est: Estimate, name: str) -> int:
     if name not in est.unit_names:
         shown = ", ".join(est.unit_names[:10])
-        raise UserError(f"--class {name!r} is not a source class of {est.path} (classes: {shown}"
+        raise UserError(f"class {name!r} is not a source class of {est.path} (classes: {shown}"
                         f"{', ...' if len(est.unit_names) > 10 else ''})")
     return est.unit_names.index(name)
 
@@ -44,7 +44,7 @@ def rank_classes(path: str | Path, *, top: int = RANK_TOP, target_class: str | N
     the ranking (listed in `undefined`).
     """
     if top < 1:
-        raise UserError(f"--top {top} must be at least 1")
+        raise UserError(f"top={top} must be at least 1")
     est = load_estimate(path)
     require_kind(est, "class", "rank")
     columns = np.arange(est.matrix.shape[1])
@@ -52,7 +52,7 @@ def rank_classes(path: str | Path, *, top: int = RANK_TOP, target_class: str | N
         classes = np.array(est.target_classes)
         columns = np.flatnonzero(classes == target_class)
         if len(columns) == 0:
-            raise UserError(f"--target-class {target_class!r} has no target examples in {est.path} "
+            raise UserError(f"target class {target_class!r} has no target examples in {est.path} "
                             f"(target classes: {', '.join(sorted(set(est.target_classes)))})")
     overall = _nanmean(est.matrix[:, columns], axis=1)
     defined = np.flatnonzero(np.isfinite(overall))
@@ -101,7 +101,7 @@ def explain_target(path: str | Path, target: int, *, top: int = EXPLAIN_TOP,
     require_kind(est, "class", "explain")
     columns = np.flatnonzero(est.target_index == target)
     if len(columns) == 0:
-        raise UserError(f"--target {target} is not covered by {est.path} "
+        raise UserError(f"target {target} is not covered by {est.path} "
                         f"(targets {est.target_index[0]}..{est.target_index[-1]})")
     column = est.matrix[:, columns[0]]
     with RunStore(store_path_of(est, store)) as run:

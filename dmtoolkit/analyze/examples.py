@@ -112,9 +112,9 @@ def detect_leakage(path: str | Path, *, top: int = DETECT_TOP, store: str | Path
     The report keeps the images of each pair (read for the pixel score anyway) for figures.
     """
     if top < 1:
-        raise UserError(f"--top {top} must be at least 1")
+        raise UserError(f"top={top} must be at least 1")
     if ranking not in LEAK_RANKINGS:
-        raise UserError(f"--ranking {ranking!r} is not one of {', '.join(LEAK_RANKINGS)}")
+        raise UserError(f"ranking {ranking!r} is not one of {', '.join(LEAK_RANKINGS)}")
     est = _example_estimate(path, "leakage")
     scores = LEAK_SCORERS[ranking](est.matrix)
     units, columns = top_pairs(np.where(np.isfinite(est.matrix), scores, np.nan), top, one_per_source=not all_pairs)
@@ -180,9 +180,9 @@ def detect_mislabels(path: str | Path, *, top: int = DETECT_TOP, store: str | Pa
     precision@k (k = top).
     """
     if top < 1:
-        raise UserError(f"--top {top} must be at least 1")
+        raise UserError(f"top={top} must be at least 1")
     if by not in MISLABEL_SCORES:
-        raise UserError(f"--by {by!r} is not one of {', '.join(MISLABEL_SCORES)}")
+        raise UserError(f"by={by!r} is not one of {', '.join(MISLABEL_SCORES)}")
     est = _example_estimate(path, "mislabels")
     score = mislabel_scores(est.matrix, by)
     defined = np.flatnonzero(np.isfinite(score))

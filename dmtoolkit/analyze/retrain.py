@@ -65,7 +65,7 @@ def verify_explanation(path: str | Path, target: int, repeats: int, *, store: st
     so the class is the only difference. Returns the explanation with its `verify` filled in.
     """
     if repeats < 1:
-        raise UserError(f"--verify {repeats} must be at least 1")
+        raise UserError(f"repeats={repeats} must be at least 1")
     progress = progress or _silent
     explanation = explain_target(path, target, store=store)
     if not explanation.most_negative:
@@ -131,12 +131,12 @@ def parse_ks(spec: str, num_units: int) -> list[int]:
     try:
         ks = [int(part) for part in spec.split(",") if part.strip()]
     except ValueError:
-        raise UserError(f"--k {spec!r} is not a comma-separated list of integers, e.g. --k 0,5,10") from None
+        raise UserError(f"k {spec!r} is not a comma-separated list of integers, e.g. 0,5,10") from None
     if not ks:
-        raise UserError("--k is empty; give e.g. --k 0,5,10")
+        raise UserError("k is empty; give e.g. 0,5,10")
     bad = [k for k in ks if not 0 <= k < num_units]
     if bad:
-        raise UserError(f"--k {bad[0]} is out of range: remove between 0 and {num_units - 1} of {num_units} classes")
+        raise UserError(f"k={bad[0]} is out of range: remove between 0 and {num_units - 1} of {num_units} classes")
     return sorted(set(ks))
 
 
@@ -155,7 +155,7 @@ def removal_order(ranking: ClassRanking, num_units: int, order: str, repeats: in
     if order == "random":
         rng = np.random.default_rng(seed)
         return [[int(k) for k in rng.permutation(num_units)] for _ in range(repeats)]
-    raise UserError(f"--order {order!r} must be one of {', '.join(ORDERS)}")
+    raise UserError(f"order {order!r} must be one of {', '.join(ORDERS)}")
 
 
 def check_counterfactual(recipe: Recipe, influence_path: str | Path, out: str | Path, *, order: str = ORDERS[0],
@@ -164,9 +164,9 @@ def check_counterfactual(recipe: Recipe, influence_path: str | Path, out: str | 
     request can fail before its data are built; returns the estimate."""
     refuse_overwrite(out, force)
     if repeats < 1:
-        raise UserError(f"--repeats {repeats} must be at least 1")
+        raise UserError(f"repeats={repeats} must be at least 1")
     if order not in ORDERS:
-        raise UserError(f"--order {order!r} must be one of {', '.join(ORDERS)}")
+        raise UserError(f"order {order!r} must be one of {', '.join(ORDERS)}")
     est = load_estimate(influence_path)
     require_kind(est, "class", "counterfactual")
     if recipe.subsets.kind != "class":
