@@ -500,8 +500,14 @@ def explain(estimate_path: Path, target: int, top: int, verify: int | None, stor
 @click.option("--force", is_flag=True, help="Overwrite OUT.h5.")
 @JSON_OPTION
 @DEVICE
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Worker processes per retraining (as `dmtoolkit train`).")
+@click.option("--executor", type=click.Choice(run_options.EXECUTOR_NAMES), default=run_options.DEFAULT_EXECUTOR,
+              show_default=True, help="Where the retrained models are computed (as `dmtoolkit train`).")
+@click.option("--address", help="Ray cluster to join with --executor ray.")
 def counterfactual_cmd(recipe_path: Path, influence_path: Path, order: str, ks: str, repeats: int, output: Path,
-                       png: Path | None, force: bool, as_json: bool, device: str) -> None:
+                       png: Path | None, force: bool, as_json: bool, device: str, workers: int, executor: str,
+                       address: str | None) -> None:
     """Retrain without the k most negative / positive / random classes; target accuracy per k.
 
     \b
@@ -513,8 +519,16 @@ def counterfactual_cmd(recipe_path: Path, influence_path: Path, order: str, ks: 
     from dmtoolkit.recipe import load_recipe
     from dmtoolkit.report.text import format_counterfactual
 
+    if address and executor != "ray":
+        raise click.UsageError("--address needs --executor ray")
+
+    def make() -> object:
+        from dmtoolkit.run.executors import make_executor
+
+        return make_executor(executor, workers, _device(device), address)
+
     result = counterfactual(load_recipe(recipe_path), influence_path, output, order=order, ks=ks, repeats=repeats,
-                            force=force, device=_device(device), progress=_progress)
+                            force=force, device=_device(device), progress=_progress, executor=make)
     if png:
         from dmtoolkit.report.figures import counterfactual_figure
         counterfactual_figure(result.curve, png)

@@ -9,6 +9,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 
 from dmtoolkit.analyze import counterfactual, verify_explanation
@@ -142,3 +143,33 @@ def test_counterfactual_plan_and_save_without_training(real_files: dict, tmp_pat
         bad = real_files["data"].__class__(**{**real_files["data"].__dict__,
                                               "source_class_names": tuple(reversed(real_files["data"].source_class_names))})
         plan_counterfactual(real_files["recipe"], real_files["influence"], tmp_path / "x.h5", data=bad)
+
+
+def test_retraining_goes_through_an_executor_and_matches_a_direct_computation(real_files: dict) -> None:
+    """train_masks trains a temporary store with any executor; its rows equal RunContext on the same masks."""
+    from dmtoolkit.analyze import train_masks
+    from dmtoolkit.run.executors import make_executor
+    from dmtoolkit.train.job import RunContext
+
+    recipe, data = real_files["recipe"], real_files["data"]
+    masks = np.ones((3, data.num_units(recipe.subsets.kind)), bool)
+    masks[1, :3], masks[2, 3:6] = False, False
+    calls = []
+
+    def executor() -> object:  # in this process, so threads (and so float rounding) match the direct computation
+        calls.append(1)
+        return make_executor("local", 1, "cpu")
+
+    results = train_masks(recipe, data, masks, seed=7, repeat=1, executor=executor)
+    direct = RunContext(recipe.with_overrides(seed=7, training_seed=recipe.training.seed + 1), masks, data, "cpu")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as every executor computes
+    try:
+        expected = sorted((r for g in range(-(-3 // direct.group_size)) for r in direct.compute_group(g)),
+                          key=lambda r: r.index)
+    finally:
+        torch.set_num_threads(threads)
+    assert calls == [1] and [r.index for r in results] == [0, 1, 2]
+    for got, want in zip(results, expected):
+        np.testing.assert_allclose(got.margins, want.margins, atol=1e-5)
+        assert got.seed == want.seed and abs(got.target_accuracy - want.target_accuracy) < 1e-6  # stored as float32

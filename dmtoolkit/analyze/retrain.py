@@ -10,11 +10,12 @@ one atomic-write helper. Progress goes to an optional
 from __future__ import annotations
 
 import dataclasses
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import h5py
 import numpy as np
@@ -27,6 +28,10 @@ from dmtoolkit.atomic import refuse_overwrite, write_atomic
 from dmtoolkit.errors import StoreError, UserError
 from dmtoolkit.recipe import Recipe
 from dmtoolkit.store import RunData, RunStore
+from dmtoolkit.train.job import ModelResult
+
+if TYPE_CHECKING:
+    from dmtoolkit.run.base import Executor
 
 SCHEMA_NAME = "dmtoolkit.counterfactual"
 SCHEMA_VERSION = 1
@@ -38,31 +43,52 @@ def _silent(message: str) -> None:
     pass
 
 
+ExecutorFactory = Callable[[], "Executor"]
+
+
 def train_masks(recipe: Recipe, data: RunData, masks: np.ndarray, *, seed: int, repeat: int = 0,
-                device: str | None = None) -> list[Any]:
+                device: str | None = None, executor: ExecutorFactory | None = None) -> list[ModelResult]:
     """Train, transfer and score one model per mask row (run seed `seed`); results in row order.
 
-    Model i trains with the seed for (training seed + `repeat`, seed, row i): two calls with the same
-    arguments and number of rows give row i the same seed, so only the masks differ between them. Repeat 0
-    uses the recipe's own training seed (the one shared-randomness influences are conditioned on); later
-    repeats move it, so repeats differ in training randomness under shared randomness too.
+    The masks become the explicit masks of a temporary run store, which any executor trains exactly as
+    it trains a run (`executor()` makes one; default: this process, on `device`), with the same retry-
+    then-report rule. Model i trains with the seed for (training seed + `repeat`, seed, row i): two calls
+    with the same arguments and number of rows give row i the same seed, so only the masks differ between
+    them. Repeat 0 uses the recipe's own training seed (the one shared-randomness influences are
+    conditioned on); later repeats move it, so repeats differ in training randomness under shared
+    randomness too.
     """
-    from dmtoolkit.train.job import RunContext
+    from dmtoolkit.recipe_overrides import apply_overrides
+    from dmtoolkit.run.driver import train_store
+    from dmtoolkit.run.executors import make_executor
+    from dmtoolkit.store import create_store
 
-    retrain = recipe.with_overrides(seed=seed, training_seed=recipe.training.seed + repeat)
-    context = RunContext(retrain, np.asarray(masks, bool), data, device)
-    groups = -(-len(masks) // context.group_size)
-    results = [r for g in range(groups) for r in context.compute_group(g)]
-    return sorted(results, key=lambda r: r.index)
+    masks = np.asarray(masks, dtype=bool)
+    rows = len(masks)
+    padded = masks if rows >= 2 else np.concatenate([masks, masks[:1]])  # a store holds at least 2 models
+    retrain = apply_overrides(recipe, {
+        "subsets.models": len(padded), "subsets.seed": seed, "subsets.antithetic": False,
+        "subsets.design": "random", "training.seed": recipe.training.seed + repeat,
+    }, origin=f"retraining of recipe {recipe.name!r}")
+    with tempfile.TemporaryDirectory(prefix="dmtoolkit-retrain-") as tmp:
+        path = create_store(Path(tmp) / "retrain.h5", retrain, data, masks=padded)
+        train_store(path, executor() if executor else make_executor("local", 1, device), progress=False)
+        with RunStore(path) as store:
+            margins, values = store.margins[:rows], store.row_values(np.arange(rows))
+    return [ModelResult(i, margins[i], int(values["seed"][i]), float(values["source_accuracy"][i]),
+                        float(values["target_accuracy"][i]), float(values["seconds"][i]), values["predictions"][i])
+            for i in range(rows)]
 
 
 # --- explain --verify -------------------------------------------------------------------------------
 def verify_explanation(path: str | Path, target: int, repeats: int, *, store: str | Path | None = None,
-                       device: str | None = None, progress: Progress | None = None) -> Explanation:
+                       device: str | None = None, progress: Progress | None = None,
+                       executor: ExecutorFactory | None = None) -> Explanation:
     """Train `repeats` models without target's most negative class and `repeats` with it (all other classes in).
 
-    Pair r of the two groups shares its training seeds (repeat r, run seed + 1 + r, each trained as row 0),
-    so the class is the only difference. Returns the explanation with its `verify` filled in.
+    Pair r is trained as rows 0 and 1 of one retraining (repeat r, run seed + 1 + r): with shared training
+    randomness (the default) they share initialisation and data order, so the class is the only
+    difference. Returns the explanation with its `verify` filled in.
     """
     if repeats < 1:
         raise UserError(f"repeats={repeats} must be at least 1")
@@ -80,8 +106,9 @@ def verify_explanation(path: str | Path, target: int, repeats: int, *, store: st
     correct: dict[str, list[bool]] = {"removed": [], "kept": []}
     started = time.perf_counter()
     for r in range(repeats):
-        for name, mask in (("removed", removed), ("kept", kept)):
-            result = train_masks(recipe, data, mask, seed=base_seed + 1 + r, repeat=r, device=device)[0]
+        pair = train_masks(recipe, data, np.concatenate([removed, kept]), seed=base_seed + 1 + r, repeat=r,
+                           device=device, executor=executor)
+        for name, result in zip(("removed", "kept"), pair):
             correct[name].append(bool(result.margins[target] > 0))
         progress(f"verify: {r + 1}/{repeats} pairs trained ({time.perf_counter() - started:.0f}s)")
     verification = Verification(
@@ -193,7 +220,7 @@ def plan_counterfactual(recipe: Recipe, influence_path: str | Path, out: str | P
 
 
 def train_counterfactual(plan: CounterfactualPlan, data: RunData, *, device: str | None = None,
-                         progress: Progress | None = None) -> np.ndarray:
+                         progress: Progress | None = None, executor: ExecutorFactory | None = None) -> np.ndarray:
     """Train the plan's models on `data` (the data the plan was made for); target accuracy (repeats, len(k)).
 
     Repeat r trains its len(k) models as rows of one call (run seed `plan.seed(r)`, training seed + r): with
@@ -207,7 +234,8 @@ def train_counterfactual(plan: CounterfactualPlan, data: RunData, *, device: str
     accuracy = np.zeros((plan.repeats, len(plan.k)))
     started = time.perf_counter()
     for r in range(plan.repeats):
-        results = train_masks(plan.recipe, data, masks[r], seed=plan.seed(r), repeat=r, device=device)
+        results = train_masks(plan.recipe, data, masks[r], seed=plan.seed(r), repeat=r, device=device,
+                              executor=executor)
         accuracy[r] = [res.target_accuracy for res in results]
         progress(f"counterfactual: repeat {r + 1}/{plan.repeats} done ({time.perf_counter() - started:.0f}s)")
     return accuracy
@@ -247,7 +275,7 @@ def save_counterfactual(plan: CounterfactualPlan, accuracy: np.ndarray) -> Count
 def counterfactual(recipe: Recipe, influence_path: str | Path, out: str | Path, *, order: str = ORDERS[0],
                    ks: str | list[int] = COUNTERFACTUAL_KS, repeats: int = COUNTERFACTUAL_REPEATS,
                    data: RunData | None = None, device: str | None = None, force: bool = False,
-                   progress: Progress | None = None) -> CounterfactualResult:
+                   progress: Progress | None = None, executor: ExecutorFactory | None = None) -> CounterfactualResult:
     """Retrain with the k most negative / positive / random classes removed; target accuracy per k.
 
     Plan, train and save in one call (see the module docstring); `data` defaults to the recipe's data,
@@ -260,7 +288,8 @@ def counterfactual(recipe: Recipe, influence_path: str | Path, out: str | Path, 
         data = build_run_data(recipe)
     plan = plan_counterfactual(recipe, influence_path, out, data=data, order=order, ks=ks, repeats=repeats,
                                force=force)
-    return save_counterfactual(plan, train_counterfactual(plan, data, device=device, progress=progress))
+    accuracy = train_counterfactual(plan, data, device=device, progress=progress, executor=executor)
+    return save_counterfactual(plan, accuracy)
 
 
 def load_counterfactual(path: str | Path) -> CounterfactualCurve:
