@@ -47,6 +47,7 @@ def test_cluster_stderr_matches_a_plain_loop(seed: int, kind: str, block_rows: i
         ids = np.arange(len(masks)) // 2
     else:
         sizes = rng.integers(1, 6, int(rng.integers(3, 9))) if kind == "ragged" else np.full(4, 8)
+        sizes[0] = max(sizes[0], 2)  # all-singleton units are independent rows: Welch's case, tested elsewhere
         ids = np.repeat(np.arange(len(sizes)), sizes)
         masks = rng.random((len(ids), P)) < 0.5
     masks[0], masks[1] = True, False  # every unit on both sides

@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 import numpy as np
 
+from dmtoolkit.estimate.options import BLOCK_ROWS
+
 if TYPE_CHECKING:
     from dmtoolkit.estimate.splits import SamplingUnits
 
@@ -80,6 +82,26 @@ class Estimator(ABC):
         """Fitted outputs saved beside coef_ and intercept_ (e.g. standard errors, counts, the λ path)."""
         return []
 
+
+
+class InfluenceEstimator(Estimator):
+    """What the streaming influence estimators share: their settings and the model counts they save."""
+
+    def __init__(self, *, errors: bool = True, block_rows: int = BLOCK_ROWS, device: str | None = None) -> None:
+        self.errors = errors
+        self.block_rows = block_rows
+        self.device = device
+
+    def settings(self) -> dict[str, Any]:
+        return {"errors": self.errors}
+
+    def count_datasets(self, mean_meaning: str) -> list[ExtraDataset]:
+        """n_in, n_out and mean_margin as saved extras (`mean_meaning` says what mean_margin is)."""
+        return [
+            ExtraDataset("n_in", self.n_in_, "fitted models whose subset contains the unit", "unit", "models"),
+            ExtraDataset("n_out", self.n_out_, "fitted models whose subset lacks the unit", "unit", "models"),
+            ExtraDataset("mean_margin", self.mean_margin_, mean_meaning, "target example", "margin"),
+        ]
 
 
 def linear_prediction(masks: np.ndarray, coef: np.ndarray, intercept: np.ndarray) -> np.ndarray:

@@ -25,9 +25,8 @@ import torch
 
 from dmtoolkit.devices import resolve_device
 from dmtoolkit.errors import UserError
-from dmtoolkit.estimate.base import Estimator, ExtraDataset
+from dmtoolkit.estimate.base import ExtraDataset, InfluenceEstimator
 from dmtoolkit.estimate.blocks import row_blocks, selected_rows
-from dmtoolkit.estimate.options import BLOCK_ROWS
 from dmtoolkit.estimate.splits import SamplingUnits, check_contiguous
 
 
@@ -229,7 +228,7 @@ def undefined_unit_messages(n_in: np.ndarray, m: int, unit_names: list[str] | No
     return out
 
 
-class DifferenceOfMeans(Estimator):
+class DifferenceOfMeans(InfluenceEstimator):
     """Mean margin with the unit minus without it, with Welch standard errors (see the module docstring).
 
     Fitted: coef_ (P, T) influences (NaN where undefined), intercept_ (T,), stderr_ (P, T) or None,
@@ -238,11 +237,6 @@ class DifferenceOfMeans(Estimator):
 
     name = "difference-of-means"
     coef_meaning = "mean margin with the unit in the subset minus without it; NaN where undefined"
-
-    def __init__(self, *, errors: bool = True, block_rows: int = BLOCK_ROWS, device: str | None = None) -> None:
-        self.errors = errors
-        self.block_rows = block_rows
-        self.device = device
 
     def fit(self, masks: Any, margins: Any, rows: np.ndarray | None = None, *,
             unit_names: list[str] | None = None, units: SamplingUnits | None = None) -> Self:
@@ -263,9 +257,6 @@ class DifferenceOfMeans(Estimator):
                                "not computed (errors=False)")
         return self
 
-    def settings(self) -> dict[str, Any]:
-        return {"errors": self.errors}
-
     def fitted_attributes(self) -> dict[str, Any]:
         return {"stderr_method": self.stderr_method_,
                 "stderr_dof": -1 if self.stderr_dof_ is None else int(self.stderr_dof_)}
@@ -275,9 +266,4 @@ class DifferenceOfMeans(Estimator):
         if self.stderr_ is not None:
             extras.append(ExtraDataset("stderr", self.stderr_, f"standard error of the coefficient ({self.stderr_method_})",
                                        "unit, target example", "margin"))
-        return extras + [
-            ExtraDataset("n_in", self.n_in_, "fitted models whose subset contains the unit", "unit", "models"),
-            ExtraDataset("n_out", self.n_out_, "fitted models whose subset lacks the unit", "unit", "models"),
-            ExtraDataset("mean_margin", self.mean_margin_, "mean margin over the fitted models", "target example",
-                         "margin"),
-        ]
+        return extras + self.count_datasets("mean margin over the fitted models")

@@ -15,9 +15,8 @@ import torch
 
 from dmtoolkit.devices import resolve_device
 from dmtoolkit.errors import UserError
-from dmtoolkit.estimate.base import Estimator, ExtraDataset
+from dmtoolkit.estimate.base import ExtraDataset, InfluenceEstimator
 from dmtoolkit.estimate.blocks import row_blocks, selected_rows
-from dmtoolkit.estimate.options import BLOCK_ROWS
 from dmtoolkit.estimate.splits import SamplingUnits
 
 
@@ -89,7 +88,7 @@ class RegressionAccumulator:
         estimator.warnings_ = ()
 
 
-class Regression(Estimator):
+class Regression(InfluenceEstimator):
     """Least squares on all masks at once (see the module docstring).
 
     Fitted: coef_ (P, T), intercept_ (T,), stderr_ (P, T) OLS standard errors or None, n_in_ / n_out_ (P,),
@@ -98,11 +97,6 @@ class Regression(Estimator):
 
     name = "regression"
     coef_meaning = "least-squares coefficient of the unit in the margin's regression on all masks"
-
-    def __init__(self, *, errors: bool = True, block_rows: int = BLOCK_ROWS, device: str | None = None) -> None:
-        self.errors = errors
-        self.block_rows = block_rows
-        self.device = device
 
     def fit(self, masks: Any, margins: Any, rows: np.ndarray | None = None, *,
             unit_names: list[str] | None = None, units: SamplingUnits | None = None) -> Self:
@@ -115,9 +109,6 @@ class Regression(Estimator):
         self.fit_rows_ = rows
         return self
 
-    def settings(self) -> dict[str, Any]:
-        return {"errors": self.errors}
-
     def fitted_attributes(self) -> dict[str, Any]:
         # Conditional on the masks the coefficients are linear in the margins, so the OLS variance holds for
         # any mask design as long as the models' noise is independent (pairs and blocks share only masks).
@@ -129,9 +120,4 @@ class Regression(Estimator):
         if self.stderr_ is not None:
             extras.append(ExtraDataset("stderr", self.stderr_, "standard error of the coefficient (OLS, "
                                        "sqrt(residual variance * (XᵀX)⁻¹_kk))", "unit, target example", "margin"))
-        return extras + [
-            ExtraDataset("n_in", self.n_in_, "fitted models whose subset contains the unit", "unit", "models"),
-            ExtraDataset("n_out", self.n_out_, "fitted models whose subset lacks the unit", "unit", "models"),
-            ExtraDataset("mean_margin", self.mean_margin_, "the fit with every unit at its inclusion rate",
-                         "target example", "margin"),
-        ]
+        return extras + self.count_datasets("the fit with every unit at its inclusion rate")
