@@ -7,13 +7,12 @@ when rerun; derived files (estimates, counterfactuals, report) are recomputed ea
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from dmtoolkit.analyze import class_positions, counterfactual, detect_leakage, detect_mislabels
-from dmtoolkit.analyze.results import CounterfactualResult, LeakageScore, MislabelScore
+from dmtoolkit.analyze.results import DemoSummary
 from dmtoolkit.errors import UserError
 from dmtoolkit.estimate.datamodels import fit_datamodels
 from dmtoolkit.estimate.influence import compute_influence
@@ -47,38 +46,6 @@ SCALES = {
     # the recipes' own scale, which docs/signal.md measures (~25 minutes on 2 cores, summed from its parts)
     "full": DemoScale(class_models=1024, example_models=2048, ks="0,5,10,20", repeats=5, lambdas=100),
 }
-
-
-@dataclass(frozen=True)
-class DemoSummary:
-    """What the demo found (what `dmtoolkit demo` prints; `to_json()` for --json).
-
-    out: the demo folder; scale: quick | default | full; class_models / example_models: models per store;
-    lds: mean LDS per estimate (None: undefined); digit_ranks: for MNIST digit d, the position of glyph
-    class d among the source classes ranked for target class d (1 = most positive); counterfactual: per
-    removal order, the retraining result; leakage / mislabels: detection scores against the planted truth
-    (None without it); report: the HTML page.
-    """
-
-    out: str
-    scale: str
-    class_models: int
-    example_models: int
-    lds: Mapping[str, float | None]
-    digit_ranks: Mapping[str, int | None]
-    counterfactual: Mapping[str, CounterfactualResult]
-    leakage: LeakageScore | None
-    mislabels: MislabelScore | None
-    report: str
-
-    def to_json(self) -> dict[str, Any]:
-        return {"out": self.out, "scale": self.scale,
-                "models": {"class": self.class_models, "example": self.example_models},
-                "lds": dict(self.lds), "digit_ranks": dict(self.digit_ranks),
-                "counterfactual": {order: cf.to_json() for order, cf in self.counterfactual.items()},
-                "leakage": self.leakage.to_json() if self.leakage is not None else None,
-                "mislabels": self.mislabels.to_json() if self.mislabels is not None else None,
-                "report": self.report}
 
 
 def _silent(message: str) -> None:

@@ -80,7 +80,7 @@ def test_training_from_betons_matches_memory(tmp_path: Path, betons: dict[str, P
         result = run("train", stores[name], "--workers", "1", "--device", "cpu", "--quiet")
         assert result.exit_code == 0, result.output
         assert run("store", "validate", stores[name]).exit_code == 0
-    from dmtoolkit.data.beton import BetonPool
+    from dmtoolkit.train.betons import BetonPool
     from dmtoolkit.train.fit import MemoryPool
     from dmtoolkit.train.job import RunContext
 
@@ -117,7 +117,8 @@ def test_beton_pool_serves_each_models_subset_in_pool_order(tmp_path: Path) -> N
     import torch
 
     from dmtoolkit.data import load_dataset
-    from dmtoolkit.data.beton import BetonPool, write_beton
+    from dmtoolkit.data.beton import write_beton
+    from dmtoolkit.train.betons import BetonPool
     from dmtoolkit.train.fit import LoopSettings, to_tensor
 
     dataset = load_dataset("digits", "test")

@@ -7,6 +7,7 @@ equality. This module imports neither NumPy nor torch, so formatting code can im
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -306,3 +307,35 @@ class MislabelReport:
         if self.planted is not None:
             data["planted"] = self.planted.to_json()
         return data
+
+
+@dataclass(frozen=True)
+class DemoSummary:
+    """What the demo found (what `dmtoolkit demo` prints; `to_json()` for --json).
+
+    out: the demo folder; scale: quick | default | full; class_models / example_models: models per store;
+    lds: mean LDS per estimate (None: undefined); digit_ranks: for MNIST digit d, the position of glyph
+    class d among the source classes ranked for target class d (1 = most positive); counterfactual: per
+    removal order, the retraining result; leakage / mislabels: detection scores against the planted truth
+    (None without it); report: the HTML page.
+    """
+
+    out: str
+    scale: str
+    class_models: int
+    example_models: int
+    lds: Mapping[str, float | None]
+    digit_ranks: Mapping[str, int | None]
+    counterfactual: Mapping[str, CounterfactualResult]
+    leakage: LeakageScore | None
+    mislabels: MislabelScore | None
+    report: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"out": self.out, "scale": self.scale,
+                "models": {"class": self.class_models, "example": self.example_models},
+                "lds": dict(self.lds), "digit_ranks": dict(self.digit_ranks),
+                "counterfactual": {order: cf.to_json() for order, cf in self.counterfactual.items()},
+                "leakage": self.leakage.to_json() if self.leakage is not None else None,
+                "mislabels": self.mislabels.to_json() if self.mislabels is not None else None,
+                "report": self.report}

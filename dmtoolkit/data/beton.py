@@ -1,4 +1,4 @@
-"""ffcv betons: write any dataset to a `.beton`, read one back, and train source models from one.
+"""ffcv betons: write any dataset to a `.beton` and read one back (training from one: `dmtoolkit.train.betons`).
 
 A beton written here has three fields: `image`, `label` (IntField) and `index` (IntField, the row).
 Images are stored exactly by default as an `NDArrayField` of uint8 (H, W, C), which keeps grayscale
@@ -11,8 +11,9 @@ classes are named by number and examples by row.
 When a recipe's source names betons, `dmtoolkit init` reads them into the store as usual (caps
 apply; planting is refused, since planted images are not in the beton), and source training then
 reads each model's subset through ffcv's `Loader` with `indices=` (order RANDOM: QUASI_RANDOM with
-subsets is known to crash, ffcv#208), seeded per model: `BetonPool` is the `BatchFactory` that
-`dmtoolkit.train.job.source_pool` hands the training loop for such a recipe. Target data are read into the store at init
+subsets is known to crash, ffcv#208), seeded per model: `dmtoolkit.train.betons.BetonPool` is the
+`BatchFactory` that `dmtoolkit.train.job.source_pool` hands the training loop for such a recipe. Target
+data are read into the store at init
 and used from there (the target is never subsampled). ffcv is optional: pip install 'dmtoolkit[ffcv]'.
 """
 
@@ -23,15 +24,13 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
-import torch
 
 from dmtoolkit.data.base import ImageDataset
 from dmtoolkit.errors import DataError
 from dmtoolkit.recipe import DataSpec
-from dmtoolkit.train.fit import LoopSettings, step_counts, to_tensor
 
 IMAGE_FIELDS = ("ndarray", "rgb-raw", "rgb-jpg")
 SIDECAR_FORMAT = "dmtoolkit.beton"
@@ -177,74 +176,6 @@ def read_beton(path: str | Path, name: str | None = None) -> ImageDataset:
     if images is None or not seen.all():
         raise DataError(f"{path}: beton rows are missing or its index field is wrong; rewrite it")
     return ImageDataset(name or f"beton:{path}", images, labels, info.class_names, info.example_ids)
-
-
-def beton_stream(info: BetonInfo, rows: np.ndarray, seed: int, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Endless (images, labels) batches of exactly `batch_size` from beton `rows`, epoch after epoch.
-
-    ffcv's Loader reads the subset (`indices=rows`) in RANDOM order seeded by `seed` (new order each epoch).
-    """
-    _, _, loader, _ = _ffcv()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        batches = loader.Loader(str(info.path), batch_size=min(batch_size, len(rows)), num_workers=1,
-                                order=loader.OrderOption.RANDOM, seed=int(seed % (2**31 - 1)),
-                                indices=np.asarray(rows, dtype=np.int64), drop_last=False,
-                                pipelines=_pipelines(info, with_index=False))
-    buffer_x: list[np.ndarray] = []
-    buffer_y: list[np.ndarray] = []
-    held = 0
-    while True:
-        for x, y in batches:
-            buffer_x.append(_fold(np.array(x), info))  # copy: ffcv reuses its batch buffers
-            buffer_y.append(np.array(y).reshape(-1).astype(np.int64))
-            held += len(buffer_y[-1])
-            while held >= batch_size:
-                xs, ys = np.concatenate(buffer_x), np.concatenate(buffer_y)
-                yield xs[:batch_size], ys[:batch_size]
-                buffer_x, buffer_y, held = [xs[batch_size:]], [ys[batch_size:]], held - batch_size
-
-
-class BetonBatches:
-    """A `BatchSource` whose batches ffcv's Loader reads from the beton, model g from rows `beton_rows[g]`."""
-
-    def __init__(self, info: BetonInfo, beton_rows: list[np.ndarray], order_seeds: list[int], settings: LoopSettings,
-                 channels: int, resolution: int, device: torch.device) -> None:
-        if settings.order != "shuffle":
-            raise DataError("training from betons reads batches in ffcv's RANDOM order; set training.order: shuffle")
-        self.steps_per_epoch, self.steps = step_counts([len(r) for r in beton_rows], settings)
-        self.streams = [beton_stream(info, rows, seed, settings.batch_size) for rows, seed in zip(beton_rows, order_seeds)]
-        self.channels, self.resolution, self.device = channels, resolution, device
-
-    def __call__(self, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        batches = [next(stream) for stream in self.streams]
-        x = torch.stack([to_tensor(images, self.channels, self.resolution, self.device) for images, _ in batches])
-        y = torch.from_numpy(np.stack([labels for _, labels in batches])).to(self.device)
-        return x, y, torch.ones(y.shape, device=self.device)
-
-
-class BetonPool:
-    """A `BatchFactory` for a source pool held in an ffcv beton: each group's subsets are read by ffcv.
-
-    The store's pool examples (`example_ids`, in pool order) are matched to beton rows by example id,
-    so caps applied at init carry over; transfer and scoring still use the store's tensors.
-    """
-
-    def __init__(self, beton: str | Path, example_ids: tuple[str, ...] | list[str], *, channels: int,
-                 resolution: int, device: torch.device) -> None:
-        self.beton = beton_info(beton)
-        position = {example_id: row for row, example_id in enumerate(self.beton.example_ids)}
-        missing = [e for e in example_ids if e not in position]
-        if missing:
-            raise DataError(f"{self.beton.path}: {len(missing)} source examples of the store are not in the beton "
-                            f"(e.g. {missing[0]!r}); the beton changed since `dmtoolkit init`")
-        self.rows = np.array([position[e] for e in example_ids], dtype=np.int64)
-        self.channels, self.resolution, self.device = channels, resolution, device
-
-    def __call__(self, subsets: list[np.ndarray], order_seeds: list[int], settings: LoopSettings) -> BetonBatches:
-        """Each model's subset (pool indices), read through ffcv's Loader (`indices=`, RANDOM order)."""
-        return BetonBatches(self.beton, [self.rows[s] for s in subsets], order_seeds, settings,
-                            self.channels, self.resolution, self.device)
 
 
 def load_spec_from_betons(spec: DataSpec, role: str) -> tuple[ImageDataset, ImageDataset]:

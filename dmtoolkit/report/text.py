@@ -11,6 +11,7 @@ from dmtoolkit.analyze.results import (
     ClassEffect,
     ClassRanking,
     CounterfactualResult,
+    DemoSummary,
     Explanation,
     LeakageReport,
     MislabelReport,
@@ -18,7 +19,6 @@ from dmtoolkit.analyze.results import (
 )
 
 if TYPE_CHECKING:
-    from dmtoolkit.demo import DemoSummary
     from dmtoolkit.estimate.lds import LdsResult
 
 

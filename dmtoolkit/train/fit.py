@@ -126,7 +126,7 @@ class BatchFactory(Protocol):
     in the data order seeded by `order_seeds[g]`.
 
     One implementation per place the source pool lives: `MemoryPool` (tensors in memory) and
-    `dmtoolkit.data.beton.BetonPool` (an ffcv beton); `dmtoolkit.train.job.source_pool` picks one.
+    `dmtoolkit.train.betons.BetonPool` (an ffcv beton); `dmtoolkit.train.job.source_pool` picks one.
     """
 
     def __call__(self, subsets: list[np.ndarray], order_seeds: list[int], settings: LoopSettings) -> BatchSource: ...

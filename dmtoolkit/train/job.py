@@ -84,7 +84,7 @@ def source_pool(recipe: Recipe, data: RunData, images: torch.Tensor, labels: tor
     are the stored pool as tensors on the training device.
     """
     if recipe.source.beton_train:
-        from dmtoolkit.data.beton import BetonPool  # ffcv is optional and slow to import
+        from dmtoolkit.train.betons import BetonPool  # ffcv is optional and slow to import
 
         return BetonPool(recipe.source.beton_train, data.source_example_ids, channels=images.shape[1],
                          resolution=images.shape[-1], device=images.device)
