@@ -26,6 +26,7 @@ import h5py
 import numpy as np
 
 from dmtoolkit import __version__
+from dmtoolkit.atomic import replacing
 from dmtoolkit.errors import StoreError
 from dmtoolkit.lock import WriterLock
 from dmtoolkit.masks import make_masks
@@ -225,9 +226,7 @@ def create_store(path: str | Path, recipe: Recipe, data: RunData, *, force: bool
     units = data.source_class_names if kind == "class" else data.source_example_ids
     values = _dataset_values(data, masks, units)
     dims = {"m": m, "P": num_units, "T": T}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with replacing(path, force=True, fsync=True) as tmp:  # refusal to overwrite was checked above
         with h5py.File(tmp, "w", track_order=True) as f:
             _write_attributes(f, recipe, data, num_units)
             f.attrs["masks_origin"] = "explicit" if explicit else "recipe seed"
@@ -235,11 +234,6 @@ def create_store(path: str | Path, recipe: Recipe, data: RunData, *, force: bool
                 if spec.planted and data.planted is None:
                     continue
                 _create_dataset(f, spec, values.get(spec.name), dims, kind)
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 

@@ -20,7 +20,6 @@ and used from there (the target is never subsampled). ffcv is optional: pip inst
 from __future__ import annotations
 
 import json
-import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from dmtoolkit.atomic import replacing
 from dmtoolkit.data.base import ImageDataset
 from dmtoolkit.errors import DataError
 from dmtoolkit.recipe import DataSpec
@@ -82,14 +82,10 @@ def write_beton(dataset: ImageDataset, out: str | Path, *, image_field: str = "n
         image = fields.NDArrayField(dtype=np.dtype("uint8"), shape=(height, width, channels))
     else:
         image = fields.RGBImageField(write_mode="raw" if image_field == "rgb-raw" else "jpg")
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    try:
+    with replacing(out, force=True) as tmp:  # the caller decided about overwriting
         w = writer.DatasetWriter(str(tmp), {"image": image, "label": fields.IntField(), "index": fields.IntField()},
                                  num_workers=workers)
         w.from_indexed_dataset(_Rows(dataset.images, dataset.labels, rgb=image_field != "ndarray"))
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
     sidecar = {
         "format": SIDECAR_FORMAT, "version": 1, "dataset": dataset.name, "image_field": image_field,
         "shape": [height, width, channels], "class_names": list(dataset.class_names),

@@ -36,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dmtoolkit.atomic import replacing
 from dmtoolkit.data.base import DatasetSource, ImageDataset, cache_dir, register
 from dmtoolkit.errors import DataError
 
@@ -330,10 +331,8 @@ def prepare_glyph_cache(force: bool = False) -> Path:
     }
     for split in ("train", "test"):
         data[f"fingerprint_{split}"] = np.array(_from_arrays(data, split).fingerprint)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp.npz")
-    np.savez_compressed(tmp, allow_pickle=False, **data)
-    os.replace(tmp, path)
+    with replacing(path, force=True, suffix=".tmp.npz") as tmp:  # NumPy appends .npz to any other name
+        np.savez_compressed(tmp, allow_pickle=False, **data)
     n_test = int(data["is_test"].sum())
     print(
         f"glyphs: {len(paths)} files, {len(usable)} usable, {len(fonts)} kept, {len(class_names)} classes, "

@@ -12,12 +12,12 @@ and writes the result through `RunStore.write_row` into a temporary file renamed
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from dmtoolkit.atomic import replacing
 from dmtoolkit.errors import StoreError, UserError
 from dmtoolkit.lock import WriterLock, lock_path_for
 from dmtoolkit.store import RunStore, create_store
@@ -147,22 +147,20 @@ def _owners_checked(stores: list[RunStore]) -> tuple[np.ndarray, int]:
 
 def _write_merged(stores: list[RunStore], owner: np.ndarray, output: Path) -> MergeSummary:
     first = stores[0]
-    tmp = output.with_name(f".{output.name}.merge-{os.getpid()}.h5")
-    try:
-        create_store(tmp, first.recipe, first.run_data(), force=True)
-        with RunStore(tmp, writable=True) as merged:
-            problem = _same_run_problem(first, merged)
-            if problem:
-                raise StoreError(f"{first.path}: its masks are not those its recipe draws ({problem}); cannot merge")
-            for k, store in enumerate(stores):
-                rows = np.flatnonzero(owner == k)
-                for start in range(0, len(rows), BLOCK_ROWS):
-                    block = rows[start:start + BLOCK_ROWS]
-                    columns = store.row_values(block)  # every row column of the schema table
-                    for r, row in enumerate(block):
-                        merged.write_row(int(row), **{name: values[r] for name, values in columns.items()})
-        os.replace(tmp, output)
-    finally:
-        tmp.unlink(missing_ok=True)
-        lock_path_for(tmp).unlink(missing_ok=True)
+    with replacing(output, force=True, suffix=".merge.h5") as tmp:  # refusal to overwrite was checked above
+        try:
+            create_store(tmp, first.recipe, first.run_data(), force=True)
+            with RunStore(tmp, writable=True) as merged:
+                problem = _same_run_problem(first, merged)
+                if problem:
+                    raise StoreError(f"{first.path}: its masks are not those its recipe draws ({problem}); cannot merge")
+                for k, store in enumerate(stores):
+                    rows = np.flatnonzero(owner == k)
+                    for start in range(0, len(rows), BLOCK_ROWS):
+                        block = rows[start:start + BLOCK_ROWS]
+                        columns = store.row_values(block)  # every row column of the schema table
+                        for r, row in enumerate(block):
+                            merged.write_row(int(row), **{name: values[r] for name, values in columns.items()})
+        finally:
+            lock_path_for(tmp).unlink(missing_ok=True)
     return MergeSummary(output, len(stores), completed=int((owner >= 0).sum()), missing=np.flatnonzero(owner < 0))
