@@ -581,14 +581,31 @@ class RunStore:
 
     def content_hash(self) -> str:
         """SHA-256 over the recipe hash, masks, completion flags and completed margins: what estimates depend on."""
+        return self._scan()[0]
+
+    def nonfinite_rows(self) -> np.ndarray:
+        """Completed rows whose margins are not all finite (a store made or edited by another tool)."""
+        return self._scan()[1]
+
+    def _scan(self) -> tuple[str, np.ndarray]:
+        """One pass over the completed rows for the content hash and the non-finite rows; kept while the store is
+        open read-only (a writer's rows change it)."""
+        cached = getattr(self, "_scanned", None)
+        if cached is not None:
+            return cached
         digest = hashlib.sha256(self.recipe_hash.encode())
         completed = self.completed_mask()
         digest.update(completed.tobytes())
+        nonfinite = []
         for rows, masks, margins in self.iter_blocks(np.flatnonzero(completed)):
             digest.update(rows.tobytes())
             digest.update(np.packbits(masks, axis=1).tobytes())
             digest.update(margins.tobytes())
-        return digest.hexdigest()
+            nonfinite.append(rows[~np.isfinite(margins).all(axis=1)])
+        result = digest.hexdigest(), np.concatenate(nonfinite) if nonfinite else np.zeros(0, np.int64)
+        if self._lock is None:
+            self._scanned = result
+        return result
 
 
 def _take(dataset: h5py.Dataset, indices: Sequence[int] | np.ndarray) -> np.ndarray:

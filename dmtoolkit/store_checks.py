@@ -108,10 +108,9 @@ def validate_store(path: str | Path) -> list[str]:
             if len(bad):
                 problems.append(f"masks of {len(bad)} rows differ from those re-derived from seed {sub.seed} (first: row {bad[0]})")
         done = store.completed_mask()
-        for rows, _, margins in store.iter_blocks(np.flatnonzero(done)):
-            bad = rows[~np.isfinite(margins).all(axis=1)]
-            if len(bad):
-                problems.append(f"{len(bad)} completed rows have non-finite margins (first: row {bad[0]})")
+        bad = store.nonfinite_rows()
+        if len(bad):
+            problems.append(f"{len(bad)} completed rows have non-finite margins (first: row {bad[0]})")
         for name in ("source_accuracy", "target_accuracy"):
             values = store.column(name)[done]
             if not np.all((values >= 0) & (values <= 1) | np.isnan(values) & (name == "source_accuracy")):

@@ -13,7 +13,7 @@ import numpy as np
 from dmtoolkit.atomic import refuse_overwrite
 from dmtoolkit.errors import StoreError, UserError
 from dmtoolkit.estimate.base import Estimator
-from dmtoolkit.estimate.blocks import TargetColumns, row_blocks
+from dmtoolkit.estimate.blocks import TargetColumns
 from dmtoolkit.estimate.files import Provenance, save_estimate
 from dmtoolkit.estimate.registry import ESTIMATORS
 from dmtoolkit.estimate.splits import RowSplit, SamplingUnits, design_units, detect_units, split_rows
@@ -28,8 +28,7 @@ def completed_rows(store: RunStore, minimum: int = 2) -> np.ndarray:
             f"{store.path}: only {len(rows)} of {store.num_models} models are completed, estimates need at least "
             f"{minimum}; run `dmtoolkit train {store.path}` first"
         )
-    bad = [int(r) for block, (margins,) in row_blocks([store.margins], rows, 4096)
-           for r in block[~np.isfinite(margins).all(1)]]
+    bad = store.nonfinite_rows().tolist()
     if bad:
         shown = ", ".join(map(str, bad[:5])) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
         raise StoreError(f"{store.path}: completed rows {shown} have non-finite margins; see `dmtoolkit store "
