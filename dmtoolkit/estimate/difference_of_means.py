@@ -46,10 +46,11 @@ class MeansAccumulator:
                  grouped: bool = False) -> None:
         self.device = device
         self.num_units, self.num_targets, self.errors = num_units, num_targets, errors
-        self.moments = 2 if errors else 1
+        self.clusters = ClusterSums(num_units, num_targets, device) if errors and grouped else None
+        self.welch = errors and self.clusters is None  # only Welch's error needs Mᵀ(F²) in the main product
+        self.moments = 2 if self.welch else 1
         self.sums = torch.zeros(num_units + 1, self.moments * num_targets + 1, dtype=torch.float64, device=device)
         self.shift: torch.Tensor | None = None
-        self.clusters = ClusterSums(num_units, num_targets, device) if errors and grouped else None
         self._carry: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
     def add(self, masks: np.ndarray, margins: np.ndarray, units: np.ndarray | None = None) -> None:
@@ -68,7 +69,7 @@ class MeansAccumulator:
         left[:, P] = 1
         right = torch.empty(r, self.moments * T + 1, dtype=torch.float32, device=self.device)
         torch.sub(f, self.shift, out=right[:, :T])
-        if self.errors:
+        if self.welch:
             torch.mul(right[:, :T], right[:, :T], out=right[:, T:2 * T])
         right[:, -1] = 1
         self.sums.add_(left.T @ right)
@@ -117,7 +118,7 @@ class MeansAccumulator:
             self._carry = None
             estimator.stderr_ = self.clusters.stderr(n_in[:, 0], n_out[:, 0], s_in, s_out)
             estimator.stderr_dof_ = self.clusters.groups - 1
-        elif self.errors:
+        elif self.welch:
             estimator.stderr_ = self._welch_stderr(n_in, n_out, s_in, s_out, mean_in, mean_out)
         estimator.n_in_ = n_in_np
         estimator.n_out_ = m - n_in_np
@@ -229,7 +230,7 @@ def undefined_unit_messages(n_in: np.ndarray, m: int, unit_names: list[str] | No
 
 
 class DifferenceOfMeans(InfluenceEstimator):
-    """Mean margin with the unit minus without it, with Welch standard errors (see the module docstring).
+    """Mean margin with the unit minus without it, with standard errors that follow the mask design.
 
     Fitted: coef_ (P, T) influences (NaN where undefined), intercept_ (T,), stderr_ (P, T) or None,
     n_in_ / n_out_ (P,) model counts, mean_margin_ (T,), num_models_, warnings_.
