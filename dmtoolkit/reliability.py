@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from dmtoolkit.errors import UserError
+from dmtoolkit.estimate.fit import store_units
 from dmtoolkit.estimate.influence import UndefinedInfluenceWarning, influence_from_arrays
 from dmtoolkit.estimate.lds import lds_per_target, spearman_columns
 from dmtoolkit.estimate.splits import design_units, split_rows
@@ -39,16 +40,13 @@ def sampling_units(design: SubsetSpec | Recipe | RunStore, num_models: int, *,
                    num_units: int | None = None) -> np.ndarray:
     """Sampling-unit id (int64, 0, 1, …) of each row 0..num_models-1; rows drawn together share an id.
 
-    `design` is a recipe's `subsets`, a recipe, or an open run store (whose recipe and number of units are
-    used); `num_units` (P) is needed for an orthogonal design given as a recipe or its subsets. The rule is
-    `dmtoolkit.estimate.splits.design_units`, the one the estimators' standard errors and splits use.
+    `design` is a recipe's `subsets`, a recipe (`num_units`, P, is needed for an orthogonal design), or an
+    open run store. The rule is the estimators' own: `dmtoolkit.estimate.splits.design_units` for a design,
+    `dmtoolkit.estimate.fit.store_units` for a store (which detects pairs among explicit masks).
     """
-    if isinstance(design, Recipe):
-        subsets = design.subsets
-    elif isinstance(design, SubsetSpec):
-        subsets = design
-    else:  # a RunStore (not imported here at run time: store code never needs reliability)
-        subsets, num_units = design.recipe.subsets, design.num_units if num_units is None else num_units
+    if not isinstance(design, (Recipe, SubsetSpec)):  # a RunStore: its own rule (explicit masks are detected)
+        return store_units(design).ids[:num_models]
+    subsets = design.subsets if isinstance(design, Recipe) else design
     if num_models < 0:
         raise ValueError(f"num_models {num_models} must be non-negative")
     if subsets.design == "orthogonal" and num_units is None:
