@@ -7,10 +7,9 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from scipy import stats
 
+from dmtoolkit.estimate.calibration import interval_coverage
 from dmtoolkit.estimate.difference_of_means import DifferenceOfMeans
-from dmtoolkit.estimate.regression import Regression
 from dmtoolkit.estimate.splits import SamplingUnits, design_units, detect_units, split_rows
 from dmtoolkit.masks import make_masks
 
@@ -58,50 +57,31 @@ def test_cluster_stderr_matches_a_plain_loop(seed: int, kind: str, block_rows: i
     assert model.stderr_dof_ == len(np.unique(ids)) - 1
 
 
-def simulate(design: str, replication: int, P: int = 36, m: int = 256, T: int = 4,
-             noise: float = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray, SamplingUnits]:
-    """Masks of `design`, margins = masks·β + noise, and the effect difference of means estimates."""
-    antithetic = design in ("antithetic", "orthogonal+antithetic")
-    layout = "orthogonal" if design.startswith("orthogonal") else "random"
-    masks = make_masks(100 + replication, m, P, 0.5, antithetic=antithetic, design=layout)
-    rng = np.random.default_rng([7, replication])
-    beta = rng.normal(0, 0.5, (P, T))
-    margins = (masks @ beta + rng.normal(0, noise, (m, T))).astype(np.float32)
-    if layout == "orthogonal":  # balanced, orthogonal columns: exactly β per block
-        truth = beta
-    else:  # fixed-size subsets: a unit displaces the others, E = β_k − Σ_(l≠k) β_l / (P − 1)
-        truth = beta - (beta.sum(0) - beta) / (P - 1)
-    return masks, margins, truth, design_units(m, P, antithetic=antithetic, design=layout)
-
-
-def coverage(estimator_cls: type, design: str, m: int, *, use_units: bool = True, reps: int = 60,
-             level: float = 0.9) -> float:
-    hits = []
-    for r in range(reps):
-        masks, margins, truth, units = simulate(design, r, m=m)
-        model = estimator_cls(device="cpu").fit(masks, margins, units=units if use_units else None)
-        dof = getattr(model, "stderr_dof_", None)
-        q = stats.t.ppf((1 + level) / 2, dof) if dof else stats.norm.ppf((1 + level) / 2)
-        if estimator_cls is Regression:  # fixed-size subsets identify effects relative to the average unit
-            truth = truth - truth.mean(0) if design != "orthogonal" else truth
-        hits.append(np.abs(model.coef_ - truth) <= q * model.stderr_)
-    return float(np.mean(hits))
-
-
 @pytest.mark.parametrize(("design", "m"), [("random", 256), ("antithetic", 256), ("orthogonal", 256),
                                            ("orthogonal+antithetic", 512)])
 def test_nominal_90_percent_intervals_cover_86_to_94_percent(design: str, m: int) -> None:
-    assert 0.86 <= coverage(DifferenceOfMeans, design, m) <= 0.94
+    assert 0.86 <= interval_coverage("difference-of-means", design, models=m).coverage <= 0.94
 
 
 def test_welch_intervals_miss_under_antithetic_masks() -> None:
     """The check above can fail: ignoring the pairing (Welch on every row) under-covers, as first reported."""
-    assert coverage(DifferenceOfMeans, "antithetic", 256, use_units=False) < 0.86
+    assert interval_coverage("difference-of-means", "antithetic", design_aware=False).coverage < 0.86
 
 
 @pytest.mark.parametrize("design", ["random", "antithetic", "orthogonal"])
 def test_regression_intervals_cover(design: str) -> None:
-    assert 0.86 <= coverage(Regression, design, 256) <= 0.94
+    assert 0.86 <= interval_coverage("regression", design).coverage <= 0.94
+
+
+def test_simulated_effects_are_what_difference_of_means_estimates() -> None:
+    """Noise-free, fixed-size masks over every subset give exactly the stated effect (brute force, P = 6)."""
+    from itertools import combinations
+
+    P = 6
+    masks = np.array([[k in subset for k in range(P)] for subset in combinations(range(P), 3)])
+    beta = np.random.default_rng(0).normal(size=(P, 2))
+    model = DifferenceOfMeans(device="cpu").fit(masks, (masks @ beta).astype(np.float32))
+    np.testing.assert_allclose(model.coef_, beta - (beta.sum(0) - beta) / (P - 1), atol=1e-5)
 
 
 def test_splits_never_separate_a_pair_or_a_block() -> None:

@@ -84,7 +84,7 @@ class RegressionAccumulator:
         estimator.n_in_, estimator.n_out_ = n_in, m - n_in
         estimator.mean_margin_ = (intercept + (counts / m) @ coef + self.shift.double()).float().cpu().numpy()
         estimator.num_models_ = m
-        estimator.residual_dof_ = m - rank - 1
+        estimator.stderr_dof_ = m - rank - 1  # residual degrees of freedom of the t intervals
         estimator.warnings_ = ()
 
 
@@ -113,7 +113,7 @@ class Regression(InfluenceEstimator):
         # Conditional on the masks the coefficients are linear in the margins, so the OLS variance holds for
         # any mask design as long as the models' noise is independent (pairs and blocks share only masks).
         return {"stderr_method": "OLS, sqrt(residual variance * (XᵀX)⁻¹_kk), conditional on the masks"
-                if self.errors else "not computed (errors=False)", "stderr_dof": self.residual_dof_}
+                if self.errors else "not computed (errors=False)", "stderr_dof": self.stderr_dof_}
 
     def extra_datasets(self) -> list[ExtraDataset]:
         extras = []
