@@ -170,7 +170,8 @@ def test_analyses_take_no_png_argument() -> None:
 
 
 def test_cli_options_and_formatting_import_without_torch() -> None:
-    code = ("import sys; import dmtoolkit.cli, dmtoolkit.analyze.options, dmtoolkit.analyze.results, dmtoolkit.report.text; "
+    code = ("import sys; import dmtoolkit.cli, dmtoolkit.analyze.options, dmtoolkit.analyze.results, dmtoolkit.report.text, "
+            "dmtoolkit.estimate.registry, dmtoolkit.estimate.options, dmtoolkit.run.options; "
             "print(sorted(m for m in ('torch', 'numpy', 'matplotlib') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr

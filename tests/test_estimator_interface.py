@@ -4,7 +4,6 @@ and a new estimator needs one class plus one registry entry (checked with a toy 
 from __future__ import annotations
 
 import re
-import subprocess
 import sys
 import warnings
 from pathlib import Path
@@ -118,12 +117,6 @@ def test_cli_choices_come_from_the_registry() -> None:
     for name in registry.estimator_names("influence"):
         assert name in help_text
     assert "datamodels" not in registry.estimator_names("influence")
-
-
-def test_the_cli_starts_without_importing_torch() -> None:
-    code = "import sys, dmtoolkit.cli; from dmtoolkit.estimate import registry; print('torch' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "False"
 
 
 def test_estimates_from_completed_rows_with_non_finite_margins_are_refused(tmp_path: Path) -> None:
