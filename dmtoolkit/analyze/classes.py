@@ -10,13 +10,12 @@ import numpy as np
 from dmtoolkit.analyze.estimates import (
     Estimate,
     load_estimate,
+    open_source_store,
     require_kind,
-    store_path_of,
 )
 from dmtoolkit.analyze.options import EXPLAIN_TOP, RANK_TOP, SUBPOP_SIZE
 from dmtoolkit.analyze.results import ClassEffect, ClassRanking, Explanation, Subpopulation, TargetEffect
 from dmtoolkit.errors import UserError
-from dmtoolkit.store import RunStore
 
 
 def _nanmean(matrix: np.ndarray, axis: int) -> np.ndarray:
@@ -81,7 +80,7 @@ def subpopulation(path: str | Path, class_name: str, *, n: int = SUBPOP_SIZE, st
     targets = tuple(TargetEffect(int(est.target_index[j]), est.target_names[j], float(row[j])) for j in order)
     images = None
     if with_images:
-        with RunStore(store_path_of(est, store)) as run:
+        with open_source_store(est, store) as run:
             images = run.target_images([t.target for t in targets])
     return Subpopulation(file=str(est.path), class_name=class_name, targets=targets, images=images)
 
@@ -104,7 +103,7 @@ def explain_target(path: str | Path, target: int, *, top: int = EXPLAIN_TOP,
         raise UserError(f"target {target} is not covered by {est.path} "
                         f"(targets {est.target_index[0]}..{est.target_index[-1]})")
     column = est.matrix[:, columns[0]]
-    with RunStore(store_path_of(est, store)) as run:
+    with open_source_store(est, store) as run:
         names = run.target_class_names
         true = int(run.target_labels[target])
         done = run.completed_rows()

@@ -9,7 +9,7 @@ from dmtoolkit.errors import StoreError, UserError
 from dmtoolkit.estimate.files import Estimate, load_estimate
 from dmtoolkit.store import RunStore
 
-__all__ = ["Estimate", "load_estimate", "require_kind", "store_path_of"]
+__all__ = ["Estimate", "load_estimate", "open_source_store", "require_kind"]
 
 
 def require_kind(est: Estimate, kind: str, command: str) -> None:
@@ -19,17 +19,21 @@ def require_kind(est: Estimate, kind: str, command: str) -> None:
                         f"give a file computed from a {kind}-level run store (not {other}-level)")
 
 
-def store_path_of(est: Estimate, store: str | Path | None = None) -> Path:
-    """The run store an estimate came from (or `store` if given), checked to exist and to be that store.
+def open_source_store(est: Estimate, store: str | Path | None = None) -> RunStore:
+    """The run store an estimate came from (or `store` if given), opened read-only and checked to be that store.
 
     A store of the same shape from another run would silently score the wrong images and planted truth,
-    so its content hash must match the one the estimate recorded.
+    so its content hash must match the one the estimate recorded. The caller closes it (use `with`).
     """
     path = Path(store) if store is not None else est.store_path
     if path is None:
         raise StoreError(f"{est.path}: does not name its run store; pass --store STORE.h5")
     if not path.exists():
         raise StoreError(f"{est.path}: its run store {path} does not exist (moved?); pass --store STORE.h5")
-    with RunStore(path) as run:
+    run = RunStore(path)
+    try:
         est.check_store(run)
-    return path
+    except BaseException:
+        run.close()
+        raise
+    return run

@@ -16,8 +16,8 @@ import torch.nn.functional as F
 from dmtoolkit.analyze.estimates import (
     Estimate,
     load_estimate,
+    open_source_store,
     require_kind,
-    store_path_of,
 )
 from dmtoolkit.analyze.options import DETECT_TOP, LEAK_RANKINGS, MISLABEL_SCORES
 from dmtoolkit.analyze.results import (
@@ -29,7 +29,6 @@ from dmtoolkit.analyze.results import (
     MislabelScore,
 )
 from dmtoolkit.errors import UserError
-from dmtoolkit.store import RunStore
 
 COMPARE_SIZE = 16
 
@@ -119,7 +118,7 @@ def detect_leakage(path: str | Path, *, top: int = DETECT_TOP, store: str | Path
     scores = LEAK_SCORERS[ranking](est.matrix)
     units, columns = top_pairs(np.where(np.isfinite(est.matrix), scores, np.nan), top, one_per_source=not all_pairs)
     targets = est.target_index[columns]
-    with RunStore(store_path_of(est, store)) as run:
+    with open_source_store(est, store) as run:
         src_images, tgt_images = run.source_images(units), run.target_images(targets)
         src_labels, tgt_labels = run.source_labels, run.target_labels
         src_names, tgt_names = run.source_class_names, run.target_class_names
@@ -187,7 +186,7 @@ def detect_mislabels(path: str | Path, *, top: int = DETECT_TOP, store: str | Pa
     score = mislabel_scores(est.matrix, by)
     defined = np.flatnonzero(np.isfinite(score))
     flagged = defined[np.argsort(score[defined], kind="stable")][:top]
-    with RunStore(store_path_of(est, store)) as run:
+    with open_source_store(est, store) as run:
         labels, names = run.source_labels, run.source_class_names
         planted = run.planted()  # scoring only: read after detection
     flipped = planted.flipped.astype(bool) if planted is not None else None

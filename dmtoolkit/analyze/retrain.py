@@ -21,7 +21,7 @@ import h5py
 import numpy as np
 
 from dmtoolkit.analyze.classes import explain_target, rank_classes
-from dmtoolkit.analyze.estimates import Estimate, load_estimate, require_kind, store_path_of
+from dmtoolkit.analyze.estimates import Estimate, load_estimate, open_source_store, require_kind
 from dmtoolkit.analyze.options import COUNTERFACTUAL_KS, COUNTERFACTUAL_REPEATS, ORDERS
 from dmtoolkit.analyze.results import ClassRanking, CounterfactualCurve, CounterfactualResult, Explanation, Verification
 from dmtoolkit.atomic import refuse_overwrite, write_atomic
@@ -97,7 +97,7 @@ def verify_explanation(path: str | Path, target: int, repeats: int, *, store: st
     if not explanation.most_negative:
         raise UserError(f"{path}: target {target} has no defined influences to verify")
     worst = explanation.most_negative[0]
-    with RunStore(store_path_of(load_estimate(path), store)) as run:
+    with open_source_store(load_estimate(path), store) as run:
         recipe, data = run.recipe, run.run_data()
         num_units, base_seed = run.num_units, run.seed
     kept = np.ones((1, num_units), bool)
