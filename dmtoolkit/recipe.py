@@ -36,6 +36,10 @@ class DataSpec(_Section):
     beton_test: str | None = None
 
 
+ADDED_KEYS: dict[tuple[str, str], object] = {("planting", "copy_labels"): "same-name"}
+"""(section, key) -> the value with which a recipe behaves as it did before the key existed."""
+
+
 class PlantingSpec(_Section):
     """Ground truth planted into the source so detectors can be scored (never read by estimators).
 
@@ -48,6 +52,11 @@ class PlantingSpec(_Section):
     near_copies: int = Field(default=0, ge=0)
     flip_fraction: float = Field(default=0.0, ge=0.0, lt=1.0)
     seed: int = 0
+    copy_labels: Literal["same-name", "by-index"] = Field(
+        default="same-name",
+        description="source class a copied target image is filed under: the same-named class (MNIST '3' -> "
+                    "glyph '3'), or by index (target class k -> source class k) for targets whose class names "
+                    "the source does not have (fashion-mnist)")
 
     @model_validator(mode="after")
     def _near_copies_are_leaks(self) -> "PlantingSpec":
@@ -154,8 +163,15 @@ class Recipe(_Section):
         return self
 
     def canonical_json(self) -> str:
-        """Key-sorted JSON of every setting, defaults included: what the hash covers."""
-        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        """Key-sorted JSON of every setting, defaults included: what the hash covers.
+
+        Keys added after stores were first made (ADDED_KEYS) are left out while they hold the value that
+        reproduces the old behaviour, so existing stores keep their hash and can still be resumed."""
+        data = self.model_dump(mode="json")
+        for (section, key), neutral in ADDED_KEYS.items():
+            if section in data and data[section].get(key, neutral) == neutral:
+                data[section].pop(key, None)
+        return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
     def hash(self) -> str:
         return hashlib.sha256(self.canonical_json().encode()).hexdigest()

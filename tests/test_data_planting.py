@@ -146,3 +146,35 @@ def test_planting_mnist_into_glyphs() -> None:
         )
         np.testing.assert_array_equal(ds.images[i], to_format(target_test.images[j : j + 1], 32, 32, 1)[0])
     assert planted.flipped.sum() == round(0.02 * len(source))
+
+
+def test_copies_filed_by_index_when_class_names_differ() -> None:
+    """Targets such as fashion-mnist share no class name with the source: `copy_labels: by-index` files a copy of
+    target class k under source class k (and refuses a source with fewer classes than the target)."""
+    fashion_train = _dataset("f", 40, (8, 8, 3), ("shirt", "bag", "coat"), seed=4)
+    fashion_test = _dataset("f", 30, (8, 8, 3), ("shirt", "bag", "coat"), seed=5)
+    with pytest.raises(DataError, match="copy_labels: by-index"):
+        plant(SOURCE, fashion_train, fashion_test, PlantingSpec(leaks=3))
+    planted = plant(SOURCE, fashion_train, fashion_test, PlantingSpec(leaks=6, decoys=4, copy_labels="by-index"))
+    for i in np.flatnonzero(planted.leak_target >= 0):
+        assert planted.original_labels[i] == fashion_test.labels[planted.leak_target[i]]
+    for i in np.flatnonzero(planted.decoy_target >= 0):
+        assert planted.original_labels[i] == fashion_train.labels[planted.decoy_target[i]]
+    assert (planted.leak_target >= 0).sum() == 6 and (planted.decoy_target >= 0).sum() == 4
+    wide = _dataset("w", 10, (8, 8, 3), tuple("abcdefg"), seed=6)
+    with pytest.raises(DataError, match="at least as many source classes as target classes"):
+        plant(SOURCE, wide, wide, PlantingSpec(leaks=1, copy_labels="by-index"))
+
+
+def test_a_key_added_later_keeps_old_recipe_hashes() -> None:
+    """Stores made before `planting.copy_labels` existed must keep resuming: at its neutral value the key is
+    not hashed; any other value is."""
+    from dmtoolkit.recipe import parse_recipe_dict
+
+    base = {"name": "h", "source": {"dataset": "glyphs"}, "target": {"dataset": "mnist5k"}}
+    old = parse_recipe_dict(base, origin="test")
+    assert "copy_labels" not in old.canonical_json()
+    same = parse_recipe_dict({**base, "planting": {"copy_labels": "same-name"}}, origin="test")
+    assert same.hash() == old.hash()
+    other = parse_recipe_dict({**base, "planting": {"copy_labels": "by-index"}}, origin="test")
+    assert other.hash() != old.hash() and '"copy_labels":"by-index"' in other.canonical_json()

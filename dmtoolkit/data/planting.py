@@ -1,7 +1,8 @@
 """Plant known ground truth into a source dataset, so leak and mislabel detectors can be scored.
 
 Leaks are target *test* images copied into the source under the same-named source class (MNIST "3"
--> glyph "3"); decoys are target *train* images copied the same way, so that looking like the target
+-> glyph "3"; or, with `copy_labels: by-index`, target class k -> source class k, for targets such as
+fashion-mnist whose class names the source lacks); decoys are target *train* images copied the same way, so that looking like the target
 does not by itself give a leak away. Some copies are near copies (1-px shift or light noise); decoys
 get near copies in the same proportion as leaks for the same reason. Copies are appended in a
 shuffled order after the original examples. Finally a fraction of the original source examples get
@@ -72,13 +73,19 @@ def _check(source: ImageDataset, target_train: ImageDataset, target_test: ImageD
     for failed, message in problems:
         if failed:
             raise DataError(f"bad planting config: {message}")
-    if config.leaks or config.decoys:
+    if (config.leaks or config.decoys) and config.copy_labels == "by-index":
+        classes = max(len(target_train.class_names), len(target_test.class_names))
+        if classes > len(source.class_names):
+            raise DataError(f"copy_labels by-index needs at least as many source classes as target classes "
+                            f"({len(source.class_names)} < {classes}); use a larger source")
+    elif config.leaks or config.decoys:
         names = dict.fromkeys(target_train.class_names + target_test.class_names)
         unmatched = [c for c in names if c not in source.class_names]
         if unmatched:
             raise DataError(
                 f"target classes {unmatched} have no same-named class in source {source.name}; "
-                "plant copies only between datasets that share class names (e.g. digits '0'..'9')"
+                "plant copies only between datasets that share class names (e.g. digits '0'..'9'), or set "
+                "planting.copy_labels: by-index"
             )
 
 
@@ -105,7 +112,9 @@ def plant(
         copies[k] = to_format(target.images[j : j + 1], height, width, channels)[0]
         if near:
             copies[k] = _near_copy(copies[k], rng)
-        copy_labels[k] = source.class_names.index(target.class_names[target.labels[j]])
+        label = int(target.labels[j])
+        copy_labels[k] = label if config.copy_labels == "by-index" else source.class_names.index(
+            target.class_names[label])
 
     n = len(source)
     original = np.concatenate([source.labels, copy_labels])
