@@ -381,6 +381,7 @@ ESTIMATE_FILE = click.argument("estimate_path", metavar="INFLUENCE.h5", type=cli
 STORE_OPTION = click.option("--store", "store_path", type=click.Path(dir_okay=False, path_type=Path),
                             help="Run store the estimate came from (default: the path recorded in the estimate).")
 JSON_OPTION = click.option("--json", "as_json", is_flag=True, help="Machine-readable output (JSON) on stdout.")
+FORCE_OPTION = click.option("--force", is_flag=True, help="Overwrite output files that exist.")
 PNG_OPTION = click.option("--png", type=click.Path(dir_okay=False, path_type=Path), help="Also write a PNG figure here.")
 
 
@@ -539,66 +540,96 @@ def counterfactual_cmd(recipe_path: Path, influence_path: Path, order: str, ks: 
     click.echo(f"wrote {output}", err=True)
 
 
+FDR_OPTION = click.option("--fdr", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+                          default=analyze_options.DETECT_FDR, show_default=True,
+                          help="False discovery rate at which candidates are flagged (Benjamini–Hochberg).")
+
+
 @cli.command()
-@click.argument("estimate_path", metavar="DATAMODELS.h5|INFLUENCE.h5", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("estimate_path", metavar="INFLUENCE.h5|DATAMODELS.h5", type=click.Path(dir_okay=False, path_type=Path))
+@FDR_OPTION
+@click.option("--near-duplicate", type=click.FloatRange(-1, 1), default=analyze_options.NEAR_DUPLICATE,
+              show_default=True, help="Pixel score from which a pair counts as a copy.")
 @click.option("--top", type=click.IntRange(min=1), default=analyze_options.DETECT_TOP, show_default=True,
-              help="How many pairs to flag (k).")
+              help="Pairs listed for browsing beside the flagged ones.")
 @click.option("--ranking", type=click.Choice(analyze_options.LEAK_RANKINGS), default=analyze_options.LEAK_RANKINGS[0],
-              show_default=True, help="Pair score: influence standardised within its target and its source "
+              show_default=True, help="Browsing order: influence standardised within its target and its source "
               "(two-way-z), within its target only, or raw influence.")
-@click.option("--all-pairs", is_flag=True, help="List several pairs per source example (default: its best one).")
+@click.option("--all-pairs", is_flag=True, help="Browse several pairs per source example (default: its best one).")
 @STORE_OPTION
 @JSON_OPTION
 @PNG_OPTION
-def leakage(estimate_path: Path, top: int, ranking: str, all_pairs: bool, store_path: Path | None, as_json: bool,
-            png: Path | None) -> None:
-    """(source example, target example) pairs that stand out by example-level influence: possible leaks.
+@click.option("--html", "html_out", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write a leakage page: flagged pairs side by side with their evidence and the ids to remove.")
+@click.option("--csv", "csv_out", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write every pair with evidence as CSV.")
+@FORCE_OPTION
+def leakage(estimate_path: Path, fdr: float, near_duplicate: float, top: int, ranking: str, all_pairs: bool,
+            store_path: Path | None, as_json: bool, png: Path | None, html_out: Path | None, csv_out: Path | None,
+            force: bool) -> None:
+    """Source examples that copy a target test image: significant influence on it and near-duplicate pixels.
 
-    A copy of a target image stands out both for that target and for itself, so pairs are scored by
-    influence standardised within the target's column and the source's row, one pair per source example.
-    Each pair has a pixel near-duplicate score (correlation after resizing to 16x16) for a person to
-    confirm. With planted ground truth in the run store, also prints precision@k / recall@k and decoys
-    flagged.
+    Each (source, target) pair gets a one-sided p-value of influence > 0 from the estimate's standard errors
+    (valid for its mask design); Benjamini–Hochberg at --fdr keeps those with evidence. A pair that also looks
+    the same (pixel score >= --near-duplicate, a shift-tolerant correlation) is a likely copy and is flagged;
+    significant pairs that do not look the same are look-alikes (strong influence only). Prints "no
+    evidence of leakage at FDR 5%" when nothing is flagged. Datamodels estimates carry no standard errors:
+    fit `dmtoolkit influence` for the evidence. With planted ground truth in the run store, also prints
+    precision and recall of the flagged set and, beside it, of influence alone and pixels alone.
 
     \b
     Example:
-      dmtoolkit leakage stores/datamodels.h5 --top 20 --png stores/leaks.png
+      dmtoolkit leakage stores/influence.h5 --html stores/leakage.html --csv stores/leakage.csv
     """
     from dmtoolkit.analyze import detect_leakage
+    from dmtoolkit.atomic import refuse_overwrite
     from dmtoolkit.report.text import format_leakage
 
-    result = detect_leakage(estimate_path, top=top, store=store_path, ranking=ranking, all_pairs=all_pairs)
+    for out in (png, html_out, csv_out):
+        if out is not None:
+            refuse_overwrite(out, force)
+    result = detect_leakage(estimate_path, fdr=fdr, top=top, store=store_path, ranking=ranking, all_pairs=all_pairs,
+                            near_duplicate=near_duplicate)
     if png:
         from dmtoolkit.report.figures import leakage_figure
         leakage_figure(result, png)
+    if html_out:
+        from dmtoolkit.report.leakage_page import write_leakage_html
+        write_leakage_html(result, html_out, force=force)
+    if csv_out:
+        from dmtoolkit.report.leakage_page import write_leakage_csv
+        write_leakage_csv(result, csv_out, force=force)
     _echo_json(result.to_json()) if as_json else _echo_text(format_leakage(result))
 
 
 @cli.command()
-@click.argument("estimate_path", metavar="DATAMODELS.h5|INFLUENCE.h5", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("estimate_path", metavar="INFLUENCE.h5|DATAMODELS.h5", type=click.Path(dir_okay=False, path_type=Path))
+@FDR_OPTION
 @click.option("--top", type=click.IntRange(min=1), default=analyze_options.DETECT_TOP, show_default=True,
-              help="How many candidates (k).")
+              help="Candidates listed (flagged or not).")
 @click.option("--by", type=click.Choice(analyze_options.MISLABEL_SCORES), default=analyze_options.MISLABEL_SCORES[0],
               show_default=True,
-              help="Score a source example by its most negative influence on any target, or its mean over targets.")
+              help="Browsing score: a source example's most negative influence on any target, or its mean.")
 @STORE_OPTION
 @JSON_OPTION
-def mislabels(estimate_path: Path, top: int, by: str, store_path: Path | None, as_json: bool) -> None:
-    """Source examples that hurt the target set most: possible mislabels.
+def mislabels(estimate_path: Path, fdr: float, top: int, by: str, store_path: Path | None, as_json: bool) -> None:
+    """Source examples with evidence that they are mislabelled: they hurt the source task and the target.
 
-    A mislabelled image hurts the few target images that resemble it, so the default score is its most
-    negative influence on any one target (`--by mean` averages over all targets instead).
-
-    With planted label flips in the run store, also prints the AUC and precision@k.
+    A mislabelled image teaches a wrong label, so including it lowers the source model's own accuracy; an
+    ordinary image that merely does not help the target does not. Each source example gets a p-value for
+    "hurts the source accuracy and some target" (the larger of the two one-sided p-values, from the
+    estimate's design-valid standard errors); Benjamini–Hochberg at --fdr flags. Prints "no evidence of
+    mislabelled source examples at FDR 5%" when none passes. With planted label flips in the run store,
+    also prints precision and recall of the flagged set and the ranking's AUC.
 
     \b
     Example:
-      dmtoolkit mislabels stores/datamodels.h5 --top 20
+      dmtoolkit mislabels stores/influence.h5
     """
     from dmtoolkit.analyze import detect_mislabels
     from dmtoolkit.report.text import format_mislabels
 
-    result = detect_mislabels(estimate_path, top=top, store=store_path, by=by)
+    result = detect_mislabels(estimate_path, fdr=fdr, top=top, store=store_path, by=by)
     _echo_json(result.to_json()) if as_json else _echo_text(format_mislabels(result))
 
 

@@ -219,8 +219,11 @@ def test_leakage_finds_planted_pairs(example_files: dict, tmp_path: Path) -> Non
     flat = np.argsort(-expected.ravel(), kind="stable")[:10]
     assert [(p.source, p.target) for p in wide.pairs] == [tuple(map(int, np.unravel_index(i, expected.shape)))
                                                           for i in flat]
-    assert wide.planted.precision_at_k == pytest.approx(0.2)
-    assert wide.planted.decoys_flagged == sum(p.source == 5 for p in wide.pairs)
+    assert wide.planted_top.precision_at_k == pytest.approx(0.2)
+    assert wide.planted_top.decoys_flagged == sum(p.source == 5 for p in wide.pairs)
+    # the evidence: both copies have significant influence and identical pixels, so both are flagged
+    assert {(p.source, p.target) for p in result.flagged} == {(2, 4), (7, 1)}
+    assert result.message.startswith("2 likely copies of target test images at FDR 5%")
     leakage_figure(result, tmp_path / "pairs.png")
     assert (tmp_path / "pairs.png").read_bytes()[:4] == b"\x89PNG"
 
@@ -228,9 +231,13 @@ def test_leakage_finds_planted_pairs(example_files: dict, tmp_path: Path) -> Non
 def test_leakage_on_datamodels_slice(example_files: dict) -> None:
     result = detect_leakage(example_files["datamodels"], top=1)
     assert (result.pairs[0].source, result.pairs[0].target) == (2, 4)
-    assert result.planted.planted_leaks == 2  # both leak targets (1, 4) lie in the fitted slice 0:6
+    assert result.planted_top.planted_leaks == 2  # both leak targets (1, 4) lie in the fitted slice 0:6
+    # datamodels have no standard errors: nothing is flagged, and the output says why in its first line
+    assert result.flagged == () and result.pairs[0].p_value is None
     out = CliRunner().invoke(cli, ["leakage", str(example_files["datamodels"]), "--top", "1"])
-    assert out.exit_code == 0 and "precision@1 1.000" in out.output
+    assert out.exit_code == 0 and "precision 1.000, recall 0.500" in out.output
+    assert out.output.splitlines()[0] == ("no evidence threshold: the estimate has no standard errors (pairs below "
+                                          "are for browsing only)")
 
 
 def test_leakage_default_scores_match_numpy(example_files: dict) -> None:
@@ -274,11 +281,13 @@ def test_mislabels_auc_and_precision(example_files: dict) -> None:
     flipped = np.isin(np.arange(12), [3, 9])
     pos, neg = -mean[flipped], -mean[~flipped]
     expected_auc = np.mean([(p > q) + 0.5 * (p == q) for p in pos for q in neg])
-    assert result.planted.auc == pytest.approx(expected_auc)
-    assert result.planted.precision_at_k == 1.0
+    assert result.planted_top.auc == pytest.approx(expected_auc)
+    assert result.planted_top.precision_at_k == 1.0
+    # the fixture's source accuracy is constant (no evidence of harm to the source task): nothing flagged
+    assert result.flagged == () and all(c.source_p == 1.0 for c in result.candidates)
     out = CliRunner().invoke(cli, ["mislabels", str(example_files["influence"]), "--top", "2", "--by", "mean",
                                    "--json"])
-    assert out.exit_code == 0 and json.loads(out.stdout)["planted"]["auc"] == pytest.approx(expected_auc)
+    assert out.exit_code == 0 and json.loads(out.stdout)["planted_top"]["auc"] == pytest.approx(expected_auc)
 
 
 def test_auc_against_pairwise_count() -> None:
@@ -314,7 +323,7 @@ def test_leakage_per_target_ranking(example_files: dict) -> None:
     assert result.ranking == "target-z"
     out = CliRunner().invoke(cli, ["leakage", str(example_files["influence"]), "--top", "2", "--ranking", "target-z",
                                    "--all-pairs"])
-    assert out.exit_code == 0 and "precision@2 1.000" in out.output
+    assert out.exit_code == 0 and "top 2                     2 pairs, precision 1.000" in out.output
     bad = CliRunner().invoke(cli, ["leakage", str(example_files["influence"]), "--ranking", "pixels"])
     assert bad.exit_code == 2 and "'pixels' is not one of" in bad.output
     with pytest.raises(UserError, match="ranking 'pixels' is not one of two-way-z, target-z, influence"):

@@ -40,10 +40,10 @@ EXPLANATION = {"file", "target", "true_label", "predicted_label", "models", "fra
                "most_positive"}
 VERIFY = {"class", "repeats", "correct_removed", "correct_kept", "rate_removed", "rate_kept"}
 PAIR = {"rank", "source", "source_id", "source_label", "target", "target_label", "influence", "ranking_score",
-        "pixel_score"}
+        "pixel_score", "p_value", "q_value", "category", "flagged"}
 LEAK_SCORE = {"k", "planted_leaks", "hits", "precision_at_k", "recall_at_k", "decoys_flagged"}
-CANDIDATE = {"rank", "source", "source_id", "label", "score"}
-FLIP_SCORE = {"k", "flipped", "auc", "precision_at_k", "hits"}
+CANDIDATE = {"rank", "source", "source_id", "label", "score", "p_value", "q_value", "source_p", "target_p", "flagged"}
+FLIP_SCORE = {"k", "flipped", "auc", "precision_at_k", "hits", "recall_at_k"}
 COUNTERFACTUAL = {"file", "order", "repeats", "k", "accuracy_mean", "accuracy_std", "accuracy", "removed_first"}
 
 
@@ -74,10 +74,13 @@ def test_class_results_keep_their_json_keys(class_files: tuple[Path, Path]) -> N
 
 def test_example_results_keep_their_json_keys(example_files: dict) -> None:  # noqa: F811
     leak = analyze.detect_leakage(example_files["influence"], top=3).to_json()
-    assert set(leak) == {"file", "estimator", "ranking", "one_per_source", "pairs", "planted"} and _plain(leak)
-    assert all(set(p) == PAIR for p in leak["pairs"]) and set(leak["planted"]) == LEAK_SCORE
+    assert set(leak) == {"file", "estimator", "ranking", "one_per_source", "pairs", "planted", "fdr", "near_duplicate",
+                         "evidence", "message", "remove", "flagged", "influence_only", "near_duplicate_only",
+                         "planted_influence_only", "planted_pixel_only", "planted_top"} and _plain(leak)
+    assert all(set(p) == PAIR for p in leak["pairs"] + leak["flagged"]) and set(leak["planted"]) == LEAK_SCORE
     mis = analyze.detect_mislabels(example_files["influence"], top=3).to_json()
-    assert set(mis) == {"file", "estimator", "by", "candidates", "planted"} and _plain(mis)
+    assert set(mis) == {"file", "estimator", "by", "candidates", "planted", "planted_top", "fdr", "evidence",
+                        "message", "flagged"} and _plain(mis)
     assert all(set(c) == CANDIDATE | {"planted_flip", "original_label"} for c in mis["candidates"])
     assert set(mis["planted"]) == FLIP_SCORE
 
@@ -130,15 +133,24 @@ def test_text_formats_are_the_cli_lines() -> None:
         "target 5: true t0, predicted unknown (majority of 60 models; correct in -)",
         "most negative classes: c4 (-1.000)", "most positive classes: c1 (+0.500)",
         "verify: without c4 correct 2/3, with it 1/3"]
-    scored = MislabelReport("f.h5", "influence", "worst", (MislabelCandidate(1, 3, "ex3", "c3", -0.25),),
-                            MislabelScore(1, 2, None, 1.0, 1))
+    candidate = MislabelCandidate(1, 3, "ex3", "c3", -0.25, p_value=0.001, q_value=0.012, source_p=0.001,
+                                  target_p=0.0004, flagged=True)
+    scored = MislabelReport("f.h5", "influence", "worst", (candidate,), MislabelScore(1, 2, None, 1.0, 1, 0.5),
+                            fdr=0.05, evidence="one-sided p-values", message="1 source example likely mislabelled",
+                            flagged=(candidate,))
     assert text.format_mislabels(scored).splitlines() == [
-        "   1  ex3    c3     -0.25000",
-        "planted flips: AUC -, precision@1 1.000 (1 of 2 flipped examples in the top 1)"]
-    leak = LeakageReport("f.h5", "influence", "influence", False, (), LeakageScore(0, 2, 0, None, 0.0, 0))
-    assert text.format_leakage(leak).splitlines()[1] == (
-        "planted leaks: precision@0 -, recall@0 0.000 (0 of 2 found), decoys flagged 0")
-    assert text.format_mislabels(MislabelReport("f.h5", "influence", "worst", ())) == ""
+        "1 source example likely mislabelled", "evidence: one-sided p-values",
+        "rank  source label      score  p src  p tgt      p      q",
+        "   1  ex3    c3      -0.25000 0.0010  4e-04 0.0010 0.0120  flagged",
+        "planted flips, flagged: 1 examples, precision 1.000, recall 0.500 (1 of 2); AUC of the ranking -"]
+    leak = LeakageReport("f.h5", "influence", "influence", False, (), planted=LeakageScore(0, 2, 0, None, 0.0, 0),
+                         message="no evidence of leakage at FDR 5%", evidence="one-sided p-values")
+    assert text.format_leakage(leak).splitlines() == [
+        "no evidence of leakage at FDR 5%", "evidence: one-sided p-values; near duplicate: pixel score >= 0.985",
+        "top 0 pairs by influence (browsing):",
+        "rank  source label  target label   influence  score  pixel      p      q  category",
+        "planted leaks:",
+        "  flagged                   0 pairs, precision -, recall 0.000 (0 of 2 planted leaks), decoys 0"]
 
 
 # layers -----------------------------------------------------------------------------------------------

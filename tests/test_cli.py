@@ -140,7 +140,8 @@ def test_demo_quick(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "report: " in result.output and "LDS class influence" in result.output
     assert "scale: 16 class-level and 16 example-level models" in result.output
-    assert "leakage: precision@20 " in result.output and "planted leaks), decoys flagged" in result.output
+    assert "leakage (flagged at FDR 5%): " in result.output and "planted leaks), decoys flagged" in result.output
+    assert "mislabels (flagged at FDR 5%): " in result.output and "ranking AUC" in result.output
     assert run("store", "validate", tmp_path / "class-runs.h5").exit_code == 0
 
 

@@ -54,7 +54,7 @@ def test_report_contents(report_dir: Path, tmp_path: Path) -> None:
     by_file = {e["file"]: e for e in data["estimates"]}
     assert by_file["influence.h5"]["rank"]["top"][0]["name"] == "c1"
     assert by_file["influence.h5"]["lds"]["heldout_models"] == 12
-    for name in ("c1", "Leakage candidates", "Mislabel candidates", "LDS", "Run health", "Detection scores"):
+    for name in ("c1", "Leakage", "Mislabels", "no evidence of", "LDS", "Run health", "Detection scores"):
         assert name in html
 
 

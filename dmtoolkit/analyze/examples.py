@@ -19,7 +19,15 @@ from dmtoolkit.analyze.estimates import (
     open_source_store,
     require_kind,
 )
-from dmtoolkit.analyze.options import DETECT_TOP, LEAK_RANKINGS, MISLABEL_SCORES
+from dmtoolkit.analyze.evidence import bh_adjusted, check_fdr, fdr_phrase, one_sided_pvalues, simes
+from dmtoolkit.analyze.options import (
+    DETECT_FDR,
+    DETECT_TOP,
+    LEAK_RANKINGS,
+    MIN_EVIDENCE_DOF,
+    MISLABEL_SCORES,
+    NEAR_DUPLICATE,
+)
 from dmtoolkit.analyze.results import (
     LeakageReport,
     LeakageScore,
@@ -29,27 +37,57 @@ from dmtoolkit.analyze.results import (
     MislabelScore,
 )
 from dmtoolkit.errors import UserError
+from dmtoolkit.estimate.refit import refit_on_values
 
-COMPARE_SIZE = 16
+SHIFT = 1
+"""Pixels a source image may be shifted by (each way) when compared: a near copy may be moved by one pixel."""
 
 
-def normalise_images(images: np.ndarray, size: int = COMPARE_SIZE) -> np.ndarray:
-    """uint8 (n, H, W, C) -> float (n, size*size): grey, resized (bilinear, antialiased), in [0, 1]."""
+def _grey(images: np.ndarray, size: tuple[int, int] | None) -> torch.Tensor:
+    """uint8 (n, H, W, C) -> float (n, h, w) grey in [0, 1], resized (bilinear, antialiased) to `size`."""
     x = torch.from_numpy(np.asarray(images)).permute(0, 3, 1, 2).float().div_(255.0).mean(1, keepdim=True)
-    if x.shape[-2:] != (size, size):
-        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    return x.reshape(len(x), -1).double().numpy()
+    if size is not None and tuple(x.shape[-2:]) != tuple(size):
+        x = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
+    return x[:, 0]
 
 
-def near_duplicate_scores(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Pixel near-duplicate score of each pair (a[i], b[i]): Pearson correlation after resizing, in [-1, 1].
+def _unit_rows(x: torch.Tensor) -> torch.Tensor:
+    x = x.reshape(len(x), -1).double()
+    x = x - x.mean(1, keepdim=True)
+    norm = x.norm(dim=1, keepdim=True)
+    return torch.where(norm > 0, x / torch.where(norm > 0, norm, 1), 0.0)
 
-    1 means identical up to brightness and contrast; a constant image scores 0.
+
+def _shifted(x: torch.Tensor, shift: int) -> list[torch.Tensor]:
+    """Every copy of the images moved by up to `shift` pixels each way (zero fill), no shift first."""
+    padded = F.pad(x, (shift, shift, shift, shift))
+    h, w = x.shape[-2:]
+    offsets = sorted(((dy, dx) for dy in range(-shift, shift + 1) for dx in range(-shift, shift + 1)),
+                     key=lambda o: (o != (0, 0), o))
+    return [padded[:, shift + dy: shift + dy + h, shift + dx: shift + dx + w] for dy, dx in offsets]
+
+
+def near_duplicate_matrix(source: np.ndarray, target: np.ndarray, *, shift: int = SHIFT) -> np.ndarray:
+    """Pixel near-duplicate score of every (source, target) pair, (n_source, n_target) in [-1, 1].
+
+    Pearson correlation of the grey images at the source resolution (targets resized to it), maximised
+    over shifts of the source image by up to `shift` pixels: 1 means identical up to brightness and
+    contrast (a copy, or a copy moved by a pixel); a constant image scores 0.
     """
-    x, y = normalise_images(a), normalise_images(b)
-    x, y = x - x.mean(1, keepdims=True), y - y.mean(1, keepdims=True)
-    denom = np.sqrt((x * x).sum(1) * (y * y).sum(1))
-    return np.where(denom > 0, (x * y).sum(1) / np.where(denom > 0, denom, 1), 0.0)
+    src = _grey(source, None)
+    tgt = _unit_rows(_grey(target, tuple(src.shape[-2:])))
+    best = None
+    for moved in _shifted(src, shift):
+        scores = _unit_rows(moved) @ tgt.T
+        best = scores if best is None else torch.maximum(best, scores)
+    return best.numpy() if best is not None else np.zeros((len(source), len(target)))
+
+
+def near_duplicate_scores(a: np.ndarray, b: np.ndarray, *, shift: int = SHIFT) -> np.ndarray:
+    """`near_duplicate_matrix` of each pair (a[i], b[i]) only."""
+    if len(a) == 0:
+        return np.zeros(0)
+    return np.array([near_duplicate_matrix(a[i: i + 1], b[i: i + 1], shift=shift)[0, 0] for i in range(len(a))])
 
 
 def per_target_z(matrix: np.ndarray) -> np.ndarray:
@@ -100,44 +138,124 @@ def top_pairs(matrix: np.ndarray, n: int, one_per_source: bool = False) -> tuple
     return np.unravel_index(order, matrix.shape)
 
 
-def detect_leakage(path: str | Path, *, top: int = DETECT_TOP, store: str | Path | None = None,
-                   ranking: str = LEAK_RANKINGS[0], all_pairs: bool = False) -> LeakageReport:
-    """(source example, target example) pairs ranked by example-level influence, each with a pixel score.
+def _influence_pvalues(est: Estimate, side: str) -> tuple[np.ndarray | None, str]:
+    """One-sided p-values of every entry from the estimate's standard errors, and how they were made (or why
+    there are none)."""
+    if est.stderr is None:
+        return None, (f"{est.estimator} estimates carry no standard errors, so no p-values and nothing is flagged; "
+                      "for evidence thresholds fit `dmtoolkit influence` (difference of means or regression)")
+    if not np.isfinite(est.stderr).any():
+        return None, ("the estimate's standard errors are undefined (fewer than 2 sampling units: one orthogonal "
+                      "block or pair), so no p-values and nothing is flagged; train more models")
+    method = est.attrs.get("stderr_method", "standard errors")
+    dof = est.stderr_dof
+    law = f"Student t, {dof} dof" if dof else "normal"
+    evidence = f"one-sided p-values from {method} ({law})"
+    if dof is not None and dof < MIN_EVIDENCE_DOF:
+        evidence += (f"; only {dof + 1} sampling units, so every p-value rests on the same few unit means and the "
+                     "FDR is not guaranteed: train more models (more pairs or blocks)")
+    return one_sided_pvalues(est.matrix, est.stderr, dof, side), evidence
 
-    `ranking` scores each pair (see LEAK_RANKINGS); by default each source example is flagged at most once,
-    with its best-scoring target (a copy has one twin; `all_pairs` lists every pair instead).
-    With planted ground truth in the store, adds precision@k / recall@k (k = top) for planted leaks
-    (the exact pair) and the number of flagged pairs whose source example is a planted decoy.
-    The report keeps the images of each pair (read for the pixel score anyway) for figures.
+
+def _best(scores: np.ndarray, where: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row with any `where`, the column of its largest score among them: (rows, columns)."""
+    rows = np.flatnonzero(where.any(1))
+    columns = np.argmax(np.where(where[rows], scores[rows], -np.inf), axis=1)
+    return rows, columns
+
+
+def detect_leakage(path: str | Path, *, fdr: float = DETECT_FDR, top: int = DETECT_TOP,
+                   store: str | Path | None = None, ranking: str = LEAK_RANKINGS[0], all_pairs: bool = False,
+                   near_duplicate: float = NEAR_DUPLICATE) -> LeakageReport:
+    """Source examples that copy a target test image: significant influence on it *and* near-duplicate pixels.
+
+    Influence evidence: one-sided p-values of influence > 0 from the estimate's design-valid standard errors,
+    Benjamini–Hochberg over every (source, target) pair at `fdr`. Content evidence: the pixel near-duplicate
+    score of every pair (`near_duplicate_matrix`) against `near_duplicate`. A pair with both is a likely copy
+    and is flagged (one per source example, its most significant); significant pairs without near-duplicate
+    content are listed as influence only (look-alikes), near duplicates without significant influence as
+    near duplicate only. Besides, the `top` pairs by `ranking` are listed for browsing (each source once
+    unless `all_pairs`). Planted ground truth, when the store has it, is read after detection to score the
+    flagged set and, beside it, the influence-only and pixel-only detectors and the top-k list.
     """
     if top < 1:
         raise UserError(f"top={top} must be at least 1")
     if ranking not in LEAK_RANKINGS:
         raise UserError(f"ranking {ranking!r} is not one of {', '.join(LEAK_RANKINGS)}")
+    check_fdr(fdr)
     est = _example_estimate(path, "leakage")
-    scores = LEAK_SCORERS[ranking](est.matrix)
-    units, columns = top_pairs(np.where(np.isfinite(est.matrix), scores, np.nan), top, one_per_source=not all_pairs)
-    targets = est.target_index[columns]
+    defined = np.isfinite(est.matrix)
+    scores = np.where(defined, LEAK_SCORERS[ranking](est.matrix), np.nan)
+    p, evidence = _influence_pvalues(est, "greater")
     with open_source_store(est, store) as run:
-        src_images, tgt_images = run.source_images(units), run.target_images(targets)
+        pool, targets_all = run.source_images(np.arange(est.matrix.shape[0])), run.target_images(est.target_index)
         src_labels, tgt_labels = run.source_labels, run.target_labels
         src_names, tgt_names = run.source_class_names, run.target_class_names
         planted = run.planted()  # scoring only: read after detection
-    pixel = near_duplicate_scores(src_images, tgt_images) if len(units) else np.zeros(0)
-    pairs = tuple(LeakPair(rank=r + 1, source=int(i), source_id=est.unit_names[i],
-                           source_label=src_names[src_labels[i]], target=int(j), target_label=tgt_names[tgt_labels[j]],
-                           influence=float(est.matrix[i, c]), ranking_score=float(scores[i, c]), pixel_score=float(s))
-                  for r, (i, c, j, s) in enumerate(zip(units, columns, targets, pixel)))
-    score = None
+    pixel = near_duplicate_matrix(pool, targets_all)
+    copy = (pixel >= near_duplicate) & defined
+    if p is not None:
+        q = bh_adjusted(np.where(defined, p, 1.0))
+        significant = (q <= fdr) & defined
+    else:
+        q, significant = None, np.zeros_like(defined)
+    significance = -np.log(np.maximum(p, 1e-300)) if p is not None else scores
+
+    def pair(rank: int, i: int, c: int, category: str | None = None) -> LeakPair:
+        if category is None:
+            category = ("likely copy" if significant[i, c] and copy[i, c] else "influence only" if significant[i, c]
+                        else "near duplicate only" if copy[i, c] else "not significant")
+        j = int(est.target_index[c])
+        return LeakPair(rank=rank, source=int(i), source_id=est.unit_names[i], source_label=src_names[src_labels[i]],
+                        target=j, target_label=tgt_names[tgt_labels[j]], influence=float(est.matrix[i, c]),
+                        ranking_score=float(scores[i, c]), pixel_score=float(pixel[i, c]),
+                        p_value=None if p is None else float(p[i, c]), q_value=None if q is None else float(q[i, c]),
+                        category=category, flagged=category == "likely copy")
+
+    def listed(rows: np.ndarray, columns: np.ndarray, order_by: np.ndarray, category: str) -> tuple[LeakPair, ...]:
+        order = np.argsort(-order_by[rows, columns], kind="stable")
+        return tuple(pair(r + 1, rows[k], columns[k], category) for r, k in enumerate(order))
+
+    flagged = listed(*_best(significance, significant & copy), significance, "likely copy")
+    influence_only = listed(*_best(significance, significant & ~copy), significance, "influence only")
+    influence_only = tuple(x for x in influence_only if x.source not in {f.source for f in flagged})
+    near_only = listed(*_best(pixel, copy & ~significant), pixel, "near duplicate only")
+    near_only = tuple(x for x in near_only if x.source not in {f.source for f in flagged})
+    units, columns = top_pairs(scores, top, one_per_source=not all_pairs)
+    pairs = tuple(pair(r + 1, i, c) for r, (i, c) in enumerate(zip(units, columns)))
+    message = _leak_message(len(flagged), len(influence_only), fdr, p is not None)
+    kwargs = {}
     if planted is not None:
-        score = score_leakage(units, targets, planted.leak_target, planted.decoy_target, est.target_index)
+        score = lambda rows, cols: score_leakage(rows, est.target_index[cols], planted.leak_target,  # noqa: E731
+                                                 planted.decoy_target, est.target_index)
+        kwargs = {"planted": score(np.array([f.source for f in flagged], int),
+                                   np.searchsorted(est.target_index, [f.target for f in flagged]).astype(int)),
+                  "planted_influence_only": score(*_best(significance, significant)) if p is not None else None,
+                  "planted_pixel_only": score(*_best(pixel, copy)),
+                  "planted_top": score(units, columns)}
     return LeakageReport(file=str(est.path), estimator=est.estimator, ranking=ranking, one_per_source=not all_pairs,
-                         pairs=pairs, planted=score, source_images=src_images, target_images=tgt_images)
+                         pairs=pairs, fdr=fdr, near_duplicate=near_duplicate, evidence=evidence, message=message,
+                         flagged=flagged, influence_only=influence_only, near_duplicate_only=near_only,
+                         source_images=pool[units], target_images=targets_all[columns],
+                         pool_images=pool, covered_target_images=targets_all, target_index=est.target_index,
+                         **kwargs)
+
+
+def _leak_message(flagged: int, look_alikes: int, fdr: float, has_evidence: bool) -> str:
+    if not has_evidence:
+        return "no evidence threshold: the estimate has no standard errors (pairs below are for browsing only)"
+    also = (f"; {look_alikes} source example{'s' if look_alikes != 1 else ''} with significant influence but no "
+            "near-duplicate content (look-alikes, not copies)") if look_alikes else ""
+    if flagged == 0:
+        return f"no evidence of leakage at {fdr_phrase(fdr)}{also}"
+    return (f"{flagged} likely cop{'ies' if flagged != 1 else 'y'} of target test images at {fdr_phrase(fdr)} "
+            f"(significant influence and near-duplicate pixels){also}")
 
 
 def score_leakage(units: np.ndarray, targets: np.ndarray, leak: np.ndarray, decoy: np.ndarray,
                   covered_targets: np.ndarray) -> LeakageScore:
-    """precision@k and recall@k of flagged (source, target) pairs against planted leaks; decoys flagged."""
+    """Precision and recall of (source, target) pairs against planted leaks; decoys among them."""
+    units, targets = np.asarray(units, int), np.asarray(targets, int)
     k = len(units)
     hits = int(sum(leak[i] == j for i, j in zip(units, targets)))
     findable = int(np.isin(leak[leak >= 0], covered_targets).sum())
@@ -171,33 +289,83 @@ def mislabel_scores(matrix: np.ndarray, by: str) -> np.ndarray:
         return np.where(counts > 0, np.where(finite, matrix, 0).sum(1) / np.maximum(counts, 1), np.nan)
 
 
-def detect_mislabels(path: str | Path, *, top: int = DETECT_TOP, store: str | Path | None = None,
-                     by: str = MISLABEL_SCORES[0]) -> MislabelReport:
-    """Source examples ranked by how much they hurt the target set (`mislabel_scores`), most harmful first.
+def detect_mislabels(path: str | Path, *, fdr: float = DETECT_FDR, top: int = DETECT_TOP,
+                     store: str | Path | None = None, by: str = MISLABEL_SCORES[0]) -> MislabelReport:
+    """Source examples with evidence that they are mislabelled: they hurt the source task itself *and* a target.
 
-    With planted label flips in the store, adds the AUC of (− score) for flipped examples and
-    precision@k (k = top).
+    A mislabelled image teaches the source model a wrong label, so including it lowers source accuracy,
+    which an ordinary image that merely does not help the target does not. Per source example: source_p,
+    the one-sided p-value of its influence on the store's source accuracy < 0 (the estimate's estimator
+    refitted on that column with the estimate's fit rows and sampling units), and target_p, Simes'
+    combination of its one-sided p-values of influence < 0 over the targets. Its p-value is the larger of the
+    two (an intersection-union test of "hurts both"); Benjamini–Hochberg at `fdr` flags. Stores without
+    source accuracy use target_p alone (the evidence line says so). Candidates are listed by p-value (by
+    `by` score, see `mislabel_scores`, when the estimate has no standard errors). Planted label flips, when
+    the store has them, are read after detection to score the flagged set and the ranking's AUC.
     """
     if top < 1:
         raise UserError(f"top={top} must be at least 1")
     if by not in MISLABEL_SCORES:
         raise UserError(f"by={by!r} is not one of {', '.join(MISLABEL_SCORES)}")
+    check_fdr(fdr)
     est = _example_estimate(path, "mislabels")
     score = mislabel_scores(est.matrix, by)
-    defined = np.flatnonzero(np.isfinite(score))
-    flagged = defined[np.argsort(score[defined], kind="stable")][:top]
+    defined = np.isfinite(score)
+    p_pairs, evidence = _influence_pvalues(est, "less")
     with open_source_store(est, store) as run:
         labels, names = run.source_labels, run.source_class_names
+        source_p = None
+        accuracy = run.column("source_accuracy") if "source_accuracy" in run.file else None
+        if p_pairs is not None and accuracy is not None and np.isfinite(accuracy[est.fit_rows]).all():
+            refit = refit_on_values(est, run, accuracy)
+            source_p = one_sided_pvalues(refit.coef_[:, 0], refit.stderr_[:, 0], refit.stderr_dof_, "less")
         planted = run.planted()  # scoring only: read after detection
+    p = q = target_p = None
+    if p_pairs is not None:
+        target_p = np.where(defined, simes(p_pairs, axis=1), 1.0)
+        if source_p is None:
+            evidence += "; the store has no source accuracy, so only harm to the targets is tested"
+        else:
+            evidence += "; source accuracy refitted the same way; p = max(source, Simes over targets)"
+        p = target_p if source_p is None else np.maximum(source_p, target_p)
+        q = bh_adjusted(np.where(defined, p, 1.0))
+        order = np.lexsort((score, p))  # most significant first, ties: most harmful
+        order = order[defined[order]]
+        flagged_rows = order[q[order] <= fdr]
+    else:
+        order = np.flatnonzero(defined)[np.argsort(score[defined], kind="stable")]
+        flagged_rows = order[:0]
     flipped = planted.flipped.astype(bool) if planted is not None else None
-    candidates = tuple(MislabelCandidate(
-        rank=r + 1, source=int(i), source_id=est.unit_names[i], label=names[labels[i]], score=float(score[i]),
-        planted_flip=None if flipped is None else bool(flipped[i]),
-        original_label=None if planted is None else names[planted.original_labels[i]]) for r, i in enumerate(flagged))
-    scored = None
+
+    def candidate(rank: int, i: int) -> MislabelCandidate:
+        opt = lambda a: None if a is None else float(a[i])  # noqa: E731
+        return MislabelCandidate(
+            rank=rank, source=int(i), source_id=est.unit_names[i], label=names[labels[i]], score=float(score[i]),
+            planted_flip=None if flipped is None else bool(flipped[i]),
+            original_label=None if planted is None else names[planted.original_labels[i]],
+            p_value=opt(p), q_value=opt(q), source_p=opt(source_p), target_p=opt(target_p),
+            flagged=bool(q is not None and q[i] <= fdr))
+
+    candidates = tuple(candidate(r + 1, i) for r, i in enumerate(order[:top]))
+    flagged = tuple(candidate(r + 1, i) for r, i in enumerate(flagged_rows))
+    if p is None:
+        message = "no evidence threshold: the estimate has no standard errors (candidates below are for browsing only)"
+    elif not flagged:
+        message = f"no evidence of mislabelled source examples at {fdr_phrase(fdr)}"
+    else:
+        message = (f"{len(flagged)} source example{'s' if len(flagged) != 1 else ''} likely mislabelled at "
+                   f"{fdr_phrase(fdr)} (they hurt the source task and the target)")
+    scored = scored_top = None
     if flipped is not None:
-        k = len(flagged)
-        scored = MislabelScore(k=k, flipped=int(flipped.sum()), auc=auc(-score[defined], flipped[defined]),
-                               precision_at_k=float(flipped[flagged].mean()) if k else None,
-                               hits=int(flipped[flagged].sum()))
-    return MislabelReport(file=str(est.path), estimator=est.estimator, by=by, candidates=candidates, planted=scored)
+        ranking = np.full(len(score), -np.inf)  # the listing order (p-value, then score) as a score
+        ranking[order] = -np.arange(len(order), dtype=np.float64)
+        area = auc(ranking[defined], flipped[defined])
+        scored, scored_top = (_score_flips(rows, flipped, area) for rows in (flagged_rows, order[:top]))
+    return MislabelReport(file=str(est.path), estimator=est.estimator, by=by, candidates=candidates, planted=scored,
+                          fdr=fdr, evidence=evidence, message=message, flagged=flagged, planted_top=scored_top)
+
+
+def _score_flips(rows: np.ndarray, flipped: np.ndarray, area: float | None) -> MislabelScore:
+    k, hits, total = len(rows), int(flipped[rows].sum()), int(flipped.sum())
+    return MislabelScore(k=k, flipped=total, auc=area, precision_at_k=hits / k if k else None, hits=hits,
+                         recall_at_k=hits / total if total else None)

@@ -27,7 +27,17 @@ SUBPOP_SIZE = 16
 EXPLAIN_TOP = 5
 """Classes `explain_target` lists each way."""
 DETECT_TOP = 20
-"""Pairs `detect_leakage` flags and candidates `detect_mislabels` lists (the k of precision@k)."""
+"""Pairs `detect_leakage` and candidates `detect_mislabels` list for browsing, beside the flagged ones."""
+DETECT_FDR = 0.05
+"""False discovery rate at which `detect_leakage` and `detect_mislabels` flag candidates (Benjamini–Hochberg)."""
+MIN_EVIDENCE_DOF = 3
+"""Below this many degrees of freedom (sampling units − 1) the detectors warn that BH's FDR is not guaranteed:
+simulated with 2 orthogonal blocks, BH at 10% kept 15% false discoveries; with 4 blocks 9%
+(tests/test_evidence.py)."""
+NEAR_DUPLICATE = 0.985
+"""Pixel near-duplicate score (shift-tolerant correlation, `near_duplicate_matrix`) from which a pair counts as a
+copy. Chosen on the development store only (example recipe, planting seed 0): its planted copies score
+≥ 0.992, its other sources' best match with any target ≤ 0.977; see docs/signal.md."""
 COUNTERFACTUAL_KS = "0,5,10"
 """Numbers of classes `counterfactual` removes."""
 COUNTERFACTUAL_REPEATS = 3

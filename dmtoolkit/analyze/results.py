@@ -177,14 +177,23 @@ class CounterfactualResult:
                 "accuracy": [list(row) for row in self.accuracy], "removed_first": list(self.removed_first)}
 
 
+LEAK_CATEGORIES = ("likely copy", "influence only", "near duplicate only", "not significant")
+"""What the evidence says about a pair: significant influence and near-duplicate content (flagged), significant
+influence on a look-alike (functionally similar, not a copy), a copy whose influence is not significant, or
+neither."""
+
+
 @dataclass(frozen=True)
 class LeakPair:
-    """A flagged (source example, target example) pair, rank 1 first.
+    """A (source example, target example) pair and its evidence.
 
     source / source_id / source_label: pool index, example id and class name of the source example;
     target / target_label: target test index and class; influence: the estimate's entry;
-    ranking_score: the score pairs are ranked by (see LEAK_RANKINGS); pixel_score: near-duplicate score of
-    the two images (correlation after resizing, in [-1, 1]) for a person to confirm.
+    ranking_score: the score browsing ranks pairs by (see LEAK_RANKINGS); pixel_score: near-duplicate score
+    of the two images (`near_duplicate_matrix`, in [-1, 1]); p_value: one-sided p-value of influence > 0 from
+    the estimate's design-valid standard error, q_value its Benjamini–Hochberg adjustment over all pairs
+    (both None when the estimate has no standard errors); category: one of LEAK_CATEGORIES; flagged: a
+    likely copy at the report's FDR.
     """
 
     rank: int
@@ -196,18 +205,23 @@ class LeakPair:
     influence: float
     ranking_score: float
     pixel_score: float
+    p_value: float | None = None
+    q_value: float | None = None
+    category: str = "not significant"
+    flagged: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return {"rank": self.rank, "source": self.source, "source_id": self.source_id,
                 "source_label": self.source_label, "target": self.target, "target_label": self.target_label,
-                "influence": self.influence, "ranking_score": self.ranking_score, "pixel_score": self.pixel_score}
+                "influence": self.influence, "ranking_score": self.ranking_score, "pixel_score": self.pixel_score,
+                "p_value": self.p_value, "q_value": self.q_value, "category": self.category, "flagged": self.flagged}
 
 
 @dataclass(frozen=True)
 class LeakageScore:
-    """Flagged pairs scored against planted leaks: k flagged, planted_leaks findable (their target is covered
-    by the estimate), hits (exact pairs), precision@k and recall@k (None when undefined), decoys_flagged
-    (flagged pairs whose source is a planted decoy)."""
+    """Pairs scored against planted leaks: k pairs, planted_leaks findable (their target is covered by the
+    estimate), hits (exact pairs), precision and recall (None when undefined; precision@k / recall@k for a
+    top-k list), decoys_flagged (pairs whose source is a planted decoy)."""
 
     k: int
     planted_leaks: int
@@ -224,12 +238,16 @@ class LeakageScore:
 
 @dataclass(frozen=True)
 class LeakageReport:
-    """Leakage candidates (`detect_leakage`).
+    """Leakage evidence (`detect_leakage`).
 
-    ranking: the pair score used; one_per_source: each source example flagged at most once; pairs: flagged
-    pairs, best first; planted: the score against planted ground truth, None when the store has none (then
-    the key is absent from the JSON); source_images / target_images: uint8 (n, H, W, C) images of each
-    pair, for figures (not in the JSON).
+    flagged: likely copies at `fdr` (significant influence and pixel score ≥ `near_duplicate`), most
+    significant first, one per source example; influence_only: significant pairs that are not near duplicates
+    (look-alikes), near_duplicate_only: near duplicates without significant influence (both one per source);
+    pairs: the `top` pairs by `ranking`, for browsing; evidence: how p-values were made, or why there are
+    none; message: the one-line answer; pool_images / covered_target_images: every source and covered target
+    image (see `images_of`; not in the JSON). planted: the flagged set scored against planted leaks, with the
+    influence-only, pixel-only and top-k detectors beside it (None / absent when nothing is planted);
+    source_images / target_images: uint8 images of `pairs`, for figures (not in the JSON).
     """
 
     file: str
@@ -237,24 +255,59 @@ class LeakageReport:
     ranking: str
     one_per_source: bool
     pairs: tuple[LeakPair, ...]
+    fdr: float = 0.05
+    near_duplicate: float = 0.985
+    evidence: str = ""
+    message: str = ""
+    flagged: tuple[LeakPair, ...] = ()
+    influence_only: tuple[LeakPair, ...] = ()
+    near_duplicate_only: tuple[LeakPair, ...] = ()
     planted: LeakageScore | None = None
+    planted_influence_only: LeakageScore | None = None
+    planted_pixel_only: LeakageScore | None = None
+    planted_top: LeakageScore | None = None
     source_images: Any = field(default=None, compare=False, repr=False)
     target_images: Any = field(default=None, compare=False, repr=False)
+    pool_images: Any = field(default=None, compare=False, repr=False)
+    covered_target_images: Any = field(default=None, compare=False, repr=False)
+    target_index: Any = field(default=None, compare=False, repr=False)
+
+    def images_of(self, pair: LeakPair) -> tuple[Any, Any]:
+        """(source image, target image) of any pair of this report (from the images it read)."""
+        import numpy as np
+
+        column = int(np.searchsorted(self.target_index, pair.target))
+        return self.pool_images[pair.source], self.covered_target_images[column]
+
+    @property
+    def removal_ids(self) -> list[str]:
+        """Source example ids of the flagged pairs: what to remove."""
+        return [p.source_id for p in self.flagged]
 
     def to_json(self) -> dict[str, Any]:
         data = {"file": self.file, "estimator": self.estimator, "ranking": self.ranking,
-                "one_per_source": self.one_per_source, "pairs": [p.to_json() for p in self.pairs]}
-        if self.planted is not None:
-            data["planted"] = self.planted.to_json()
+                "one_per_source": self.one_per_source, "fdr": self.fdr, "near_duplicate": self.near_duplicate,
+                "evidence": self.evidence, "message": self.message, "remove": self.removal_ids,
+                "flagged": [p.to_json() for p in self.flagged],
+                "influence_only": [p.to_json() for p in self.influence_only],
+                "near_duplicate_only": [p.to_json() for p in self.near_duplicate_only],
+                "pairs": [p.to_json() for p in self.pairs]}
+        for key in ("planted", "planted_influence_only", "planted_pixel_only", "planted_top"):
+            if getattr(self, key) is not None:
+                data[key] = getattr(self, key).to_json()
         return data
 
 
 @dataclass(frozen=True)
 class MislabelCandidate:
-    """A source example that hurts the target set, rank 1 most harmful.
+    """A source example that may hurt, rank 1 strongest evidence (or most harmful without evidence).
 
     label: its (possibly flipped) class name; score: see MISLABEL_SCORES (more negative = more harmful);
-    planted_flip / original_label: planted ground truth, None when the store has none (keys then absent).
+    p_value: evidence that it hurts both the source task and some target (max of source_p and target_p,
+    an intersection-union test), q_value its Benjamini–Hochberg adjustment; source_p: one-sided p-value of
+    its influence on source accuracy < 0 (None when the store records no source accuracy); target_p: Simes'
+    combination of its one-sided p-values of influence < 0 over the targets; flagged: passes at the report's
+    FDR. planted_flip / original_label: planted ground truth, None when the store has none (keys then absent).
     """
 
     rank: int
@@ -264,10 +317,16 @@ class MislabelCandidate:
     score: float
     planted_flip: bool | None = None
     original_label: str | None = None
+    p_value: float | None = None
+    q_value: float | None = None
+    source_p: float | None = None
+    target_p: float | None = None
+    flagged: bool = False
 
     def to_json(self) -> dict[str, Any]:
         data = {"rank": self.rank, "source": self.source, "source_id": self.source_id, "label": self.label,
-                "score": self.score}
+                "score": self.score, "p_value": self.p_value, "q_value": self.q_value, "source_p": self.source_p,
+                "target_p": self.target_p, "flagged": self.flagged}
         if self.planted_flip is not None:
             data["planted_flip"] = self.planted_flip
             data["original_label"] = self.original_label
@@ -276,36 +335,46 @@ class MislabelCandidate:
 
 @dataclass(frozen=True)
 class MislabelScore:
-    """Candidates scored against planted label flips: k candidates, flipped examples in the store, AUC of
-    (− score) for flipped vs not (None when undefined), precision@k, hits (flipped among the k)."""
+    """Candidates scored against planted label flips: k candidates, flipped examples in the store, AUC of the
+    ranking for flipped vs not (None when undefined), precision@k, hits (flipped among the k), recall."""
 
     k: int
     flipped: int
     auc: float | None
     precision_at_k: float | None
     hits: int
+    recall_at_k: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {"k": self.k, "flipped": self.flipped, "auc": self.auc, "precision_at_k": self.precision_at_k,
-                "hits": self.hits}
+                "hits": self.hits, "recall_at_k": self.recall_at_k}
 
 
 @dataclass(frozen=True)
 class MislabelReport:
-    """Mislabel candidates (`detect_mislabels`): by: the score used; candidates, most harmful first; planted:
-    the score against planted flips, None when the store has none (then the key is absent from the JSON)."""
+    """Mislabel evidence (`detect_mislabels`): by: the browsing score; candidates: the `top` by evidence (by
+    score without it); flagged: those passing Benjamini–Hochberg at `fdr`; evidence / message as in
+    LeakageReport; planted: the flagged set scored against planted flips (AUC of the whole ranking),
+    planted_top: the top-k list scored (None / absent when nothing is planted)."""
 
     file: str
     estimator: str
     by: str
     candidates: tuple[MislabelCandidate, ...]
     planted: MislabelScore | None = None
+    fdr: float = 0.05
+    evidence: str = ""
+    message: str = ""
+    flagged: tuple[MislabelCandidate, ...] = ()
+    planted_top: MislabelScore | None = None
 
     def to_json(self) -> dict[str, Any]:
-        data = {"file": self.file, "estimator": self.estimator, "by": self.by,
-                "candidates": [c.to_json() for c in self.candidates]}
-        if self.planted is not None:
-            data["planted"] = self.planted.to_json()
+        data = {"file": self.file, "estimator": self.estimator, "by": self.by, "fdr": self.fdr,
+                "evidence": self.evidence, "message": self.message,
+                "flagged": [c.to_json() for c in self.flagged], "candidates": [c.to_json() for c in self.candidates]}
+        for key in ("planted", "planted_top"):
+            if getattr(self, key) is not None:
+                data[key] = getattr(self, key).to_json()
         return data
 
 

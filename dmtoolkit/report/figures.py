@@ -31,12 +31,18 @@ def subpop_figure(subpop: Subpopulation, path: str | Path | None = None) -> byte
 
 
 def leakage_figure(report: LeakageReport, path: str | Path | None = None, *, pairs: int = LEAK_FIGURE_PAIRS) -> bytes:
-    """The first `pairs` flagged pairs, source image beside target image, with ids and scores."""
-    shown = report.pairs[:pairs]
-    images = [(report.source_images[p.rank - 1], report.target_images[p.rank - 1]) for p in shown]
+    """The flagged pairs (likely copies), source image beside target image, with ids and evidence; when none is
+    flagged, the first `pairs` pairs of the browsing list, titled so."""
+    if report.flagged:
+        shown = report.flagged[:pairs]
+        title = f"Likely copies at FDR {100 * report.fdr:g}% (source | target)"
+    else:
+        shown = report.pairs[:pairs]
+        title = "No pair flagged: top pairs for browsing (source | target)"
+    images = [report.images_of(p) for p in shown]
     captions = [f"#{p.rank} src {p.source_id} / tgt {p.target}  infl {p.influence:+.3f}  pix {p.pixel_score:.2f}"
-                for p in shown]
-    return plots.pair_grid(images, captions, "Leakage candidates (source | target)", path)
+                + (f"  q {p.q_value:.1g}" if p.q_value is not None else "") for p in shown]
+    return plots.pair_grid(images, captions, title, path)
 
 
 def counterfactual_figure(curves: CounterfactualCurve | Sequence[CounterfactualCurve],

@@ -35,6 +35,11 @@ LDS_KEYS = ("lds_mean", "lds_median", "heldout_models", "undefined_targets")
 T = TypeVar("T")
 
 
+def format_p(value: float | None) -> str:
+    """A p- or q-value for a table: 3 significant digits, scientific below 0.001; "–" when there is none."""
+    return "–" if value is None else f"{value:.2e}" if value < 1e-3 else f"{value:.3f}"
+
+
 def _data_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
@@ -139,7 +144,7 @@ class DetectionRow:
 
     @property
     def recall_at_k(self) -> float | None:
-        return self.score.recall_at_k if isinstance(self.score, LeakageScore) else None
+        return self.score.recall_at_k
 
     @property
     def auc(self) -> float | None:
@@ -229,9 +234,10 @@ def build_report(directory: str | Path, out_dir: str | Path, *, top: int = 10, s
     env = jinja2.Environment(loader=jinja2.PackageLoader("dmtoolkit.report", "templates"),
                              autoescape=jinja2.select_autoescape(["html", "j2"]), undefined=jinja2.StrictUndefined)
     env.filters["num"] = lambda v, d=3: "–" if v is None else f"{v:.{d}f}"
+    env.filters["pval"] = format_p
     html = env.get_template("report.html.j2").render(
         directory=str(directory), created=time.strftime("%Y-%m-%d %H:%M:%S"), runs=runs, estimates=estimates,
-        counterfactuals=counterfactuals, combined_counterfactual=combined, detection=detection)
+        counterfactuals=counterfactuals, combined_counterfactual=combined, detection=detection, top=top)
     out_dir.mkdir(parents=True, exist_ok=True)
     page = out_dir / "index.html"
     page.write_text(html, encoding="utf-8")

@@ -14,6 +14,8 @@ from dmtoolkit.analyze.results import (
     DemoSummary,
     Explanation,
     LeakageReport,
+    LeakageScore,
+    LeakPair,
     MislabelReport,
     Subpopulation,
 )
@@ -77,30 +79,58 @@ def format_counterfactual(result: CounterfactualResult) -> str:
     return "\n".join(lines)
 
 
-def format_leakage(report: LeakageReport) -> str:
-    """A table of flagged pairs and, with planted ground truth, precision / recall and decoys flagged."""
-    width = max([len(p.source_id) for p in report.pairs] + [6])
+def _p(value: float | None) -> str:
+    return "     -" if value is None else f"{value:>6.0e}" if value < 1e-3 else f"{value:>6.4f}"
+
+
+def _leak_table(pairs: tuple[LeakPair, ...], show_score: bool) -> list[str]:
+    width = max([len(p.source_id) for p in pairs] + [6])
     lines = [f"{'rank':>4}  {'source':<{width}} {'label':<6} {'target':>6} {'label':<6} {'influence':>10} "
-             f"{'score':>6} {'pixel':>6}"]
-    for p in report.pairs:
-        z = f"{p.ranking_score:>6.2f}" if report.ranking != "influence" else " " * 6
+             f"{'score':>6} {'pixel':>6} {'p':>6} {'q':>6}  category"]
+    for p in pairs:
+        z = f"{p.ranking_score:>6.2f}" if show_score else " " * 6
         lines.append(f"{p.rank:>4}  {p.source_id:<{width}} {p.source_label:<6} {p.target:>6} "
-                     f"{p.target_label:<6} {p.influence:>+10.4f} {z} {p.pixel_score:>6.3f}")
-    s = report.planted
-    if s is not None:
-        lines.append(f"planted leaks: precision@{s.k} {_fixed(s.precision_at_k)}, recall@{s.k} {_fixed(s.recall_at_k)} "
-                     f"({s.hits} of {s.planted_leaks} found), decoys flagged {s.decoys_flagged}")
+                     f"{p.target_label:<6} {p.influence:>+10.4f} {z} {p.pixel_score:>6.3f} {_p(p.p_value)} "
+                     f"{_p(p.q_value)}  {p.category}")
+    return lines
+
+
+def _leak_score(name: str, s: LeakageScore | None) -> str | None:
+    if s is None:
+        return None
+    return (f"  {name:<22} {s.k:>4} pairs, precision {_fixed(s.precision_at_k)}, recall {_fixed(s.recall_at_k)} "
+            f"({s.hits} of {s.planted_leaks} planted leaks), decoys {s.decoys_flagged}")
+
+
+def format_leakage(report: LeakageReport) -> str:
+    """The one-line answer, the flagged pairs, the browsing list and, with planted ground truth, how the flagged
+    set and the influence-only, pixel-only and top-k detectors score."""
+    lines = [report.message, f"evidence: {report.evidence}; near duplicate: pixel score >= {report.near_duplicate}"]
+    if report.flagged:
+        lines += ["flagged (remove these source examples: " + ", ".join(report.removal_ids) + "):"]
+        lines += _leak_table(report.flagged, report.ranking != "influence")
+    lines += [f"top {len(report.pairs)} pairs by {report.ranking} (browsing):"]
+    lines += _leak_table(report.pairs, report.ranking != "influence")
+    if report.planted is not None:
+        lines.append("planted leaks:")
+        lines += [line for line in (_leak_score("flagged", report.planted),
+                                    _leak_score("influence only (FDR)", report.planted_influence_only),
+                                    _leak_score("pixels only", report.planted_pixel_only),
+                                    _leak_score(f"top {len(report.pairs)}", report.planted_top)) if line]
     return "\n".join(lines)
 
 
 def format_mislabels(report: MislabelReport) -> str:
-    """Candidates, most harmful first, and, with planted flips, the AUC and precision@k."""
+    """The one-line answer, candidates with their evidence and, with planted flips, the AUC and precision/recall."""
     width = max([len(c.source_id) for c in report.candidates] + [6])
-    lines = [f"{c.rank:>4}  {c.source_id:<{width}} {c.label:<6} {c.score:+.5f}" for c in report.candidates]
-    s = report.planted
-    if s is not None:
-        lines.append(f"planted flips: AUC {_fixed(s.auc)}, precision@{s.k} {_fixed(s.precision_at_k)} "
-                     f"({s.hits} of {s.flipped} flipped examples in the top {s.k})")
+    lines = [report.message, f"evidence: {report.evidence}",
+             f"{'rank':>4}  {'source':<{width}} {'label':<6} {'score':>9} {'p src':>6} {'p tgt':>6} {'p':>6} {'q':>6}"]
+    lines += [f"{c.rank:>4}  {c.source_id:<{width}} {c.label:<6} {c.score:>+9.5f} {_p(c.source_p)} {_p(c.target_p)} "
+              f"{_p(c.p_value)} {_p(c.q_value)}{'  flagged' if c.flagged else ''}" for c in report.candidates]
+    for name, s in (("flagged", report.planted), (f"top {len(report.candidates)}", report.planted_top)):
+        if s is not None:
+            lines.append(f"planted flips, {name}: {s.k} examples, precision {_fixed(s.precision_at_k)}, recall "
+                         f"{_fixed(s.recall_at_k)} ({s.hits} of {s.flipped}); AUC of the ranking {_fixed(s.auc)}")
     return "\n".join(lines)
 
 
@@ -117,10 +147,12 @@ def format_demo(summary: DemoSummary) -> str:
         lines.append(f"counterfactual ({order} classes removed): {rows}")
     leak, flips = summary.leakage, summary.mislabels
     if leak is not None:
-        lines.append(f"leakage: precision@{leak.k} {_fixed(leak.precision_at_k)} ({leak.hits} of "
-                     f"{leak.planted_leaks} planted leaks), decoys flagged {leak.decoys_flagged}")
+        lines.append(f"leakage (flagged at FDR 5%): {leak.k} pairs, precision {_fixed(leak.precision_at_k)}, recall "
+                     f"{_fixed(leak.recall_at_k)} ({leak.hits} of {leak.planted_leaks} planted leaks), decoys "
+                     f"flagged {leak.decoys_flagged}")
     if flips is not None:
-        lines.append(f"mislabels: AUC {_fixed(flips.auc)}, precision@{flips.k} {_fixed(flips.precision_at_k)}")
+        lines.append(f"mislabels (flagged at FDR 5%): {flips.k} examples, precision {_fixed(flips.precision_at_k)}, "
+                     f"recall {_fixed(flips.recall_at_k)}; ranking AUC {_fixed(flips.auc)}")
     return "\n".join(lines)
 
 

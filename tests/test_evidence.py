@@ -1,0 +1,266 @@
+"""Evidence thresholds: p-values, Simes, Benjamini–Hochberg against brute force; FDR calibration by simulation;
+`leakage` and `mislabels` end to end on synthetic stores with known truth (and with nothing planted)."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy import stats
+
+from dmtoolkit.analyze import detect_leakage, detect_mislabels
+from dmtoolkit.analyze.evidence import benjamini_hochberg, bh_adjusted, check_fdr, one_sided_pvalues, simes
+from dmtoolkit.cli import cli
+from dmtoolkit.errors import UserError
+from dmtoolkit.estimate import compute_influence, fit_datamodels
+from dmtoolkit.estimate.registry import make_estimator
+from dmtoolkit.estimate.splits import design_units
+from dmtoolkit.masks import make_masks
+from dmtoolkit.recipe import parse_recipe_dict
+from dmtoolkit.store import Planted, RunStore, create_store
+from tests.synthetic import synthetic_data
+
+P_VALUES = st.lists(st.floats(0, 1, allow_nan=False), min_size=1, max_size=30)
+
+
+# the statistics against brute force ---------------------------------------------------------------------
+def _bh_brute(p: list[float], fdr: float) -> np.ndarray:
+    """Step-up rule written out: the largest k with p_(k) <= k·fdr/n; reject every p <= p_(k)."""
+    n = len(p)
+    ranked = sorted(p)
+    cut = max((k for k in range(1, n + 1) if ranked[k - 1] <= k * fdr / n), default=0)
+    return np.array([x <= ranked[cut - 1] for x in p]) if cut else np.zeros(n, bool)
+
+
+@given(P_VALUES, st.sampled_from([0.01, 0.05, 0.1, 0.25]))
+@settings(max_examples=200, deadline=None)
+def test_benjamini_hochberg_matches_the_step_up_rule(p: list[float], fdr: float) -> None:
+    np.testing.assert_array_equal(benjamini_hochberg(np.array(p), fdr), _bh_brute(p, fdr))
+    q = bh_adjusted(np.array(p))
+    assert np.all(q >= np.array(p) - 1e-12) and np.all(q <= 1)
+
+
+@given(st.lists(P_VALUES, min_size=1, max_size=4).filter(lambda rows: len({len(r) for r in rows}) == 1))
+@settings(max_examples=100, deadline=None)
+def test_simes_matches_a_loop(rows: list[list[float]]) -> None:
+    expected = []
+    for row in rows:
+        ranked = sorted(row)
+        expected.append(min(1.0, min(len(row) * ranked[k] / (k + 1) for k in range(len(row)))))
+    np.testing.assert_allclose(simes(np.array(rows), axis=1), expected, rtol=1e-12)
+    np.testing.assert_allclose(simes(np.array(rows).T, axis=0), expected, rtol=1e-12)
+
+
+def test_one_sided_pvalues_against_scipy() -> None:
+    coef = np.array([2.0, -1.0, 0.5, np.nan, 1.0])
+    stderr = np.array([1.0, 0.5, 0.0, 1.0, np.inf])
+    greater = one_sided_pvalues(coef, stderr, 9, "greater")
+    assert greater[0] == pytest.approx(stats.t.sf(2.0, 9)) and greater[1] == pytest.approx(stats.t.sf(-2.0, 9))
+    assert list(greater[2:]) == [1.0, 1.0, 1.0]  # zero, undefined or infinite error: no evidence
+    less = one_sided_pvalues(coef, stderr, None, "less")
+    assert less[1] == pytest.approx(stats.norm.cdf(-2.0)) and less[0] == pytest.approx(stats.norm.cdf(2.0))
+
+
+@pytest.mark.parametrize("fdr", [0, 1, -0.1, 1.5])
+def test_fdr_out_of_range_is_refused(fdr: float) -> None:
+    with pytest.raises(UserError, match="between 0 and 1"):
+        check_fdr(fdr)
+
+
+# calibration: BH on design-valid p-values keeps the false discovery rate ------------------------------------
+def _simulated_pvalues(design: str, replication: int, effects: int, *, units: int = 36, models: int = 256,
+                       targets: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """One-sided p-values (influence > 0) from difference of means, and which entries have a positive effect.
+
+    Margins = masks·β + N(0, 1) with `effects` entries of β set to 1.5; with fixed-size subsets difference of
+    means estimates β_k − Σ_(l≠k) β_l / (P − 1), so the other entries' effects are ≤ 0 (true nulls of the
+    one-sided test)."""
+    layout = "orthogonal" if design.startswith("orthogonal") else "random"
+    antithetic = design.endswith("antithetic")
+    masks = make_masks(500 + replication, models, units, 0.5, antithetic=antithetic, design=layout)
+    rng = np.random.default_rng([11, replication])
+    beta = np.zeros((units, targets))
+    beta.flat[rng.choice(beta.size, effects, replace=False)] = 1.5
+    margins = (masks @ beta + rng.normal(0, 1, (models, targets))).astype(np.float32)
+    fit = make_estimator("difference-of-means", device="cpu").fit(
+        masks, margins, units=design_units(models, units, antithetic=antithetic, design=layout))
+    truth = beta if layout == "orthogonal" else beta - (beta.sum(0) - beta) / (units - 1)
+    return one_sided_pvalues(fit.coef_, fit.stderr_, fit.stderr_dof_, "greater"), truth > 0
+
+
+@pytest.mark.parametrize(("design", "models"), [("random", 256), ("antithetic", 256), ("orthogonal+antithetic", 512)])
+def test_bh_keeps_the_false_discovery_rate_under_each_design(design: str, models: int) -> None:
+    """Orthogonal blocks need >= 4 blocks (3 dof): with 2 blocks every p-value rests on the same two block means
+    and BH overshoots (the detectors say so in their evidence line, see test_few_sampling_units_are_named)."""
+    reps, fdr = 60, 0.1
+    null_p, fdp, power = [], [], []
+    for r in range(reps):
+        p, _ = _simulated_pvalues(design, r, effects=0, models=models)
+        null_p.append(p.ravel())
+        p, positive = _simulated_pvalues(design, 1000 + r, effects=20, models=models)
+        flagged = benjamini_hochberg(p, fdr)
+        fdp.append((flagged & ~positive).sum() / max(flagged.sum(), 1))
+        power.append((flagged & positive).sum() / positive.sum())
+    null_p = np.concatenate(null_p)
+    assert 0.035 <= np.mean(null_p <= 0.05) <= 0.065, "p-values of true nulls are not uniform"
+    assert np.mean(fdp) <= fdr + 0.03, f"false discovery rate {np.mean(fdp):.3f} above nominal {fdr}"
+    assert np.mean(power) >= 0.5
+
+
+# end to end on synthetic example stores -------------------------------------------------------------------
+N, T, M = 12, 10, 160
+LEAKS = {2: 4, 7: 1}         # source -> target test image it copies
+LOOK_ALIKE = (6, 7)          # strong influence on target 7, pixels unrelated
+FLIPS = (3, 9)               # hurt every target and the source task
+
+
+def _example_store(path: Path, *, planted_effects: bool) -> Path:
+    data = synthetic_data(N, T, per_class=1, seed=1)
+    images = data.source_pool.images.copy()
+    leak, decoy, flipped = np.full(N, -1), np.full(N, -1), np.zeros(N, bool)
+    if planted_effects:
+        for source, target in LEAKS.items():
+            leak[source] = target
+            images[source] = data.target_test.images[target]
+        decoy[5] = 0
+        images[5] = data.target_train.images[0]
+        flipped[list(FLIPS)] = True
+    planted = Planted(leak, decoy, np.zeros(N, bool), flipped, data.source_pool.labels.copy())
+    data = dataclasses.replace(data, source_pool=dataclasses.replace(data.source_pool, images=images), planted=planted)
+    recipe = parse_recipe_dict({"name": "synthetic", "source": {"dataset": "synthetic"},
+                                "target": {"dataset": "synthetic"},
+                                "subsets": {"kind": "example", "alpha": 0.5, "models": M, "seed": 4}})
+    create_store(path, recipe, data)
+    rng = np.random.default_rng(5)
+    with RunStore(path, writable=True) as run:
+        masks = run.file["masks"][()].astype(np.float64)
+        margins = rng.normal(0, 0.3, (M, T))
+        accuracy = 0.8 + rng.normal(0, 0.01, M)
+        if planted_effects:
+            for source, target in LEAKS.items():
+                margins[:, target] += 3.0 * masks[:, source]
+            margins[:, LOOK_ALIKE[1]] += 2.0 * masks[:, LOOK_ALIKE[0]]
+            for source in FLIPS:
+                margins -= 0.6 * masks[:, [source]]
+                accuracy -= 0.05 * masks[:, source]
+        for i in range(M):
+            run.write_row(i, margins[i], seed=i, source_accuracy=float(accuracy[i]), target_accuracy=0.5, seconds=0.1)
+    return path
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    tmp = tmp_path_factory.mktemp("planted")
+    store = _example_store(tmp / "runs.h5", planted_effects=True)
+    compute_influence(store, tmp / "influence.h5", device="cpu", holdout_frac=0.0)
+    fit_datamodels(store, tmp / "datamodels.h5", device="cpu", targets="0:4", n_lambdas=8)
+    return {"store": store, "influence": tmp / "influence.h5", "datamodels": tmp / "datamodels.h5"}
+
+
+@pytest.fixture(scope="module")
+def null(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    tmp = tmp_path_factory.mktemp("null")
+    store = _example_store(tmp / "runs.h5", planted_effects=False)
+    compute_influence(store, tmp / "influence.h5", device="cpu", holdout_frac=0.0)
+    return {"store": store, "influence": tmp / "influence.h5"}
+
+
+def test_nothing_planted_says_nothing_here(null: dict[str, Path]) -> None:
+    leaks = detect_leakage(null["influence"])
+    assert leaks.flagged == () and leaks.message.startswith("no evidence of leakage at FDR 5%")
+    assert len(leaks.pairs) == N  # browsing still lists the top pairs, one per source
+    assert all(not p.flagged and p.p_value is not None for p in leaks.pairs)
+    flips = detect_mislabels(null["influence"])
+    assert flips.flagged == () and flips.message == "no evidence of mislabelled source examples at FDR 5%"
+    out = CliRunner().invoke(cli, ["leakage", str(null["influence"])])
+    assert out.exit_code == 0 and out.output.splitlines()[0].startswith("no evidence of leakage at FDR 5%")
+    out = CliRunner().invoke(cli, ["mislabels", str(null["influence"]), "--fdr", "0.1"])
+    assert out.exit_code == 0 and out.output.splitlines()[0] == "no evidence of mislabelled source examples at FDR 10%"
+
+
+def test_copies_are_flagged_and_look_alikes_are_not(planted: dict[str, Path]) -> None:
+    result = detect_leakage(planted["influence"])
+    assert {(p.source, p.target) for p in result.flagged} == set(LEAKS.items())
+    assert all(p.category == "likely copy" and p.q_value <= 0.05 and p.pixel_score >= 0.985 for p in result.flagged)
+    look_alikes = {(p.source, p.target) for p in result.influence_only}
+    assert LOOK_ALIKE in look_alikes and 5 not in {p.source for p in result.flagged}
+    assert result.planted.precision_at_k == 1.0 and result.planted.recall_at_k == 1.0 and result.planted.decoys_flagged == 0
+    assert result.message.startswith("2 likely copies of target test images at FDR 5%")
+    assert sorted(result.removal_ids) == ["ex2", "ex7"]
+    # a stricter pixel threshold than any score cannot flag: copies become influence only
+    strict = detect_leakage(planted["influence"], near_duplicate=1.0 + 1e-9)
+    assert strict.flagged == () and set(LEAKS.items()) <= {(p.source, p.target) for p in strict.influence_only}
+
+
+def test_mislabels_need_harm_to_the_source_task(planted: dict[str, Path]) -> None:
+    result = detect_mislabels(planted["influence"])
+    assert {c.source for c in result.flagged} == set(FLIPS)
+    assert all(c.flagged and c.planted_flip and c.source_p < 0.01 and c.target_p < 0.01 for c in result.flagged)
+    assert [c.source for c in result.candidates[:2]] == sorted(FLIPS, key=lambda s: next(
+        c.p_value for c in result.candidates if c.source == s))
+    assert result.planted.precision_at_k == 1.0 and result.planted_top.auc == 1.0
+    # the leaking sources help their target: no evidence of harm, whatever their source accuracy
+    assert not any(c.flagged for c in result.candidates if c.source in LEAKS)
+
+
+def test_datamodels_have_no_threshold(planted: dict[str, Path]) -> None:
+    leaks = detect_leakage(planted["datamodels"])
+    assert leaks.flagged == () and leaks.message.startswith("no evidence threshold: the estimate has no standard errors")
+    assert all(p.p_value is None for p in leaks.pairs) and leaks.pairs
+    flips = detect_mislabels(planted["datamodels"])
+    assert flips.flagged == () and flips.message.startswith("no evidence threshold")
+
+
+def test_leakage_files_reopened_and_overwrite_refused(planted: dict[str, Path], tmp_path: Path) -> None:
+    html, table = tmp_path / "leaks.html", tmp_path / "leaks.csv"
+    out = CliRunner().invoke(cli, ["leakage", str(planted["influence"]), "--html", str(html), "--csv", str(table)])
+    assert out.exit_code == 0, out.output
+    with open(table, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    flagged = [(int(r["source"]), int(r["target"])) for r in rows if r["flagged"] == "True"]
+    assert sorted(flagged) == sorted(LEAKS.items()) and rows[0]["category"] == "likely copy"
+    assert (6, 7) in [(int(r["source"]), int(r["target"])) for r in rows if r["category"] == "influence only"]
+    assert all(float(r["q_value"]) <= 0.05 for r in rows if r["category"] != "near duplicate only")
+    page = html.read_text(encoding="utf-8")
+    assert "Source example ids to remove: ex2, ex7" in page or "Source example ids to remove: ex7, ex2" in page
+    assert page.count("data:image/png;base64") >= 2 * len(rows)
+    # existing outputs are not overwritten without --force, and nothing is computed
+    table.write_text("keep me", encoding="utf-8")
+    out = CliRunner().invoke(cli, ["leakage", str(planted["influence"]), "--csv", str(table)])
+    assert out.exit_code == 1 and "already exists; pass --force" in out.output and "Traceback" not in out.output
+    assert table.read_text(encoding="utf-8") == "keep me"
+    out = CliRunner().invoke(cli, ["leakage", str(planted["influence"]), "--csv", str(table), "--force"])
+    assert out.exit_code == 0 and table.read_text(encoding="utf-8").startswith("category,flagged,")
+
+
+@pytest.mark.parametrize("fdr", ["0", "1", "1.5"])
+def test_cli_refuses_fdr_out_of_range(planted: dict[str, Path], fdr: str) -> None:
+    for command in ("leakage", "mislabels"):
+        out = CliRunner().invoke(cli, [command, str(planted["influence"]), "--fdr", fdr])
+        assert out.exit_code == 2 and "--fdr" in out.output
+
+
+@pytest.mark.parametrize(("sources", "expected"), [(36, "only 2 sampling units"), (64, "standard errors are undefined")])
+def test_few_sampling_units_are_named(tmp_path: Path, sources: int, expected: str) -> None:
+    """256 orthogonal+antithetic models are 2 blocks for 36 sources (1 dof: the evidence line warns that the FDR
+    is not guaranteed) and 1 block for 64 (no standard errors: nothing can be flagged, and the line says why)."""
+    data = synthetic_data(sources, 3, per_class=1, seed=2)
+    recipe = parse_recipe_dict({"name": "synthetic", "source": {"dataset": "synthetic"},
+                                "target": {"dataset": "synthetic"},
+                                "subsets": {"kind": "example", "alpha": 0.5, "models": 256, "seed": 1,
+                                            "design": "orthogonal", "antithetic": True}})
+    store = create_store(tmp_path / "runs.h5", recipe, data)
+    rng = np.random.default_rng(0)
+    with RunStore(store, writable=True) as run:
+        for i in range(256):
+            run.write_row(i, rng.normal(0, 1, 3), seed=i, source_accuracy=0.5, target_accuracy=0.5, seconds=0.1)
+    compute_influence(store, tmp_path / "influence.h5", device="cpu", holdout_frac=0.0)
+    result = detect_leakage(tmp_path / "influence.h5")
+    assert expected in result.evidence and result.flagged == ()
+    assert expected in detect_mislabels(tmp_path / "influence.h5").evidence
