@@ -563,10 +563,13 @@ FDR_OPTION = click.option("--fdr", type=click.FloatRange(0, 1, min_open=True, ma
               help="Also write a leakage page: flagged pairs side by side with their evidence and the ids to remove.")
 @click.option("--csv", "csv_out", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write every pair with evidence as CSV.")
+@click.option("--features/--no-features", default=True, show_default=True,
+              help="Also score each pair's feature similarity in one model trained on the whole pool (seconds).")
+@DEVICE
 @FORCE_OPTION
 def leakage(estimate_path: Path, fdr: float, near_duplicate: float, top: int, ranking: str, all_pairs: bool,
             store_path: Path | None, as_json: bool, png: Path | None, html_out: Path | None, csv_out: Path | None,
-            force: bool) -> None:
+            features: bool, device: str, force: bool) -> None:
     """Source examples that copy a target test image: significant influence on it and near-duplicate pixels.
 
     Each (source, target) pair gets a one-sided p-value of influence > 0 from the estimate's standard errors
@@ -589,7 +592,7 @@ def leakage(estimate_path: Path, fdr: float, near_duplicate: float, top: int, ra
         if out is not None:
             refuse_overwrite(out, force)
     result = detect_leakage(estimate_path, fdr=fdr, top=top, store=store_path, ranking=ranking, all_pairs=all_pairs,
-                            near_duplicate=near_duplicate)
+                            near_duplicate=near_duplicate, features=features, device=_device(device))
     if png:
         from dmtoolkit.report.figures import leakage_figure
         leakage_figure(result, png)

@@ -40,7 +40,7 @@ EXPLANATION = {"file", "target", "true_label", "predicted_label", "models", "fra
                "most_positive"}
 VERIFY = {"class", "repeats", "correct_removed", "correct_kept", "rate_removed", "rate_kept"}
 PAIR = {"rank", "source", "source_id", "source_label", "target", "target_label", "influence", "ranking_score",
-        "pixel_score", "p_value", "q_value", "category", "flagged"}
+        "pixel_score", "feature_score", "p_value", "q_value", "category", "flagged"}
 LEAK_SCORE = {"k", "planted_leaks", "hits", "precision_at_k", "recall_at_k", "decoys_flagged"}
 CANDIDATE = {"rank", "source", "source_id", "label", "score", "p_value", "q_value", "source_p", "target_p", "flagged"}
 FLIP_SCORE = {"k", "flipped", "auc", "precision_at_k", "hits", "recall_at_k"}
@@ -76,7 +76,8 @@ def test_example_results_keep_their_json_keys(example_files: dict) -> None:  # n
     leak = analyze.detect_leakage(example_files["influence"], top=3).to_json()
     assert set(leak) == {"file", "estimator", "ranking", "one_per_source", "pairs", "planted", "fdr", "near_duplicate",
                          "evidence", "message", "remove", "flagged", "influence_only", "near_duplicate_only",
-                         "planted_influence_only", "planted_pixel_only", "planted_top"} and _plain(leak)
+                         "planted_influence_only", "planted_pixel_only", "planted_top", "planted_feature_top",
+                         "features"} and _plain(leak)
     assert all(set(p) == PAIR for p in leak["pairs"] + leak["flagged"]) and set(leak["planted"]) == LEAK_SCORE
     mis = analyze.detect_mislabels(example_files["influence"], top=3).to_json()
     assert set(mis) == {"file", "estimator", "by", "candidates", "planted", "planted_top", "fdr", "evidence",
@@ -148,7 +149,7 @@ def test_text_formats_are_the_cli_lines() -> None:
     assert text.format_leakage(leak).splitlines() == [
         "no evidence of leakage at FDR 5%", "evidence: one-sided p-values; near duplicate: pixel score >= 0.985",
         "top 0 pairs by influence (browsing):",
-        "rank  source label  target label   influence  score  pixel      p      q  category",
+        "rank  source label  target label   influence  score  pixel   feat      p      q  category",
         "planted leaks:",
         "  flagged                   0 pairs, precision -, recall 0.000 (0 of 2 planted leaks), decoys 0"]
 

@@ -193,7 +193,8 @@ class LeakPair:
     of the two images (`near_duplicate_matrix`, in [-1, 1]); p_value: one-sided p-value of influence > 0 from
     the estimate's design-valid standard error, q_value its Benjamini–Hochberg adjustment over all pairs
     (both None when the estimate has no standard errors); category: one of LEAK_CATEGORIES; flagged: a
-    likely copy at the report's FDR.
+    likely copy at the report's FDR; feature_score: cosine similarity of the two images' standardised
+    features in one model trained on the whole pool (`dmtoolkit.analyze.features`; None when not computed).
     """
 
     rank: int
@@ -209,12 +210,14 @@ class LeakPair:
     q_value: float | None = None
     category: str = "not significant"
     flagged: bool = False
+    feature_score: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {"rank": self.rank, "source": self.source, "source_id": self.source_id,
                 "source_label": self.source_label, "target": self.target, "target_label": self.target_label,
                 "influence": self.influence, "ranking_score": self.ranking_score, "pixel_score": self.pixel_score,
-                "p_value": self.p_value, "q_value": self.q_value, "category": self.category, "flagged": self.flagged}
+                "feature_score": self.feature_score, "p_value": self.p_value, "q_value": self.q_value,
+                "category": self.category, "flagged": self.flagged}
 
 
 @dataclass(frozen=True)
@@ -246,7 +249,8 @@ class LeakageReport:
     pairs: the `top` pairs by `ranking`, for browsing; evidence: how p-values were made, or why there are
     none; message: the one-line answer; pool_images / covered_target_images: every source and covered target
     image (see `images_of`; not in the JSON). planted: the flagged set scored against planted leaks, with the
-    influence-only, pixel-only and top-k detectors beside it (None / absent when nothing is planted);
+    influence-only, pixel-only, feature-only (best feature match per source, top k) and top-k detectors beside
+    it (None / absent when nothing is planted); features: how feature scores were made (or why not);
     source_images / target_images: uint8 images of `pairs`, for figures (not in the JSON).
     """
 
@@ -266,6 +270,8 @@ class LeakageReport:
     planted_influence_only: LeakageScore | None = None
     planted_pixel_only: LeakageScore | None = None
     planted_top: LeakageScore | None = None
+    planted_feature_top: LeakageScore | None = None
+    features: str = ""
     source_images: Any = field(default=None, compare=False, repr=False)
     target_images: Any = field(default=None, compare=False, repr=False)
     pool_images: Any = field(default=None, compare=False, repr=False)
@@ -287,12 +293,13 @@ class LeakageReport:
     def to_json(self) -> dict[str, Any]:
         data = {"file": self.file, "estimator": self.estimator, "ranking": self.ranking,
                 "one_per_source": self.one_per_source, "fdr": self.fdr, "near_duplicate": self.near_duplicate,
-                "evidence": self.evidence, "message": self.message, "remove": self.removal_ids,
+                "evidence": self.evidence, "features": self.features, "message": self.message,
+                "remove": self.removal_ids,
                 "flagged": [p.to_json() for p in self.flagged],
                 "influence_only": [p.to_json() for p in self.influence_only],
                 "near_duplicate_only": [p.to_json() for p in self.near_duplicate_only],
                 "pairs": [p.to_json() for p in self.pairs]}
-        for key in ("planted", "planted_influence_only", "planted_pixel_only", "planted_top"):
+        for key in ("planted", "planted_influence_only", "planted_pixel_only", "planted_feature_top", "planted_top"):
             if getattr(self, key) is not None:
                 data[key] = getattr(self, key).to_json()
         return data

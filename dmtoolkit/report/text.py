@@ -86,11 +86,12 @@ def _p(value: float | None) -> str:
 def _leak_table(pairs: tuple[LeakPair, ...], show_score: bool) -> list[str]:
     width = max([len(p.source_id) for p in pairs] + [6])
     lines = [f"{'rank':>4}  {'source':<{width}} {'label':<6} {'target':>6} {'label':<6} {'influence':>10} "
-             f"{'score':>6} {'pixel':>6} {'p':>6} {'q':>6}  category"]
+             f"{'score':>6} {'pixel':>6} {'feat':>6} {'p':>6} {'q':>6}  category"]
     for p in pairs:
         z = f"{p.ranking_score:>6.2f}" if show_score else " " * 6
+        feat = "     -" if p.feature_score is None else f"{p.feature_score:>6.3f}"
         lines.append(f"{p.rank:>4}  {p.source_id:<{width}} {p.source_label:<6} {p.target:>6} "
-                     f"{p.target_label:<6} {p.influence:>+10.4f} {z} {p.pixel_score:>6.3f} {_p(p.p_value)} "
+                     f"{p.target_label:<6} {p.influence:>+10.4f} {z} {p.pixel_score:>6.3f} {feat} {_p(p.p_value)} "
                      f"{_p(p.q_value)}  {p.category}")
     return lines
 
@@ -106,6 +107,8 @@ def format_leakage(report: LeakageReport) -> str:
     """The one-line answer, the flagged pairs, the browsing list and, with planted ground truth, how the flagged
     set and the influence-only, pixel-only and top-k detectors score."""
     lines = [report.message, f"evidence: {report.evidence}; near duplicate: pixel score >= {report.near_duplicate}"]
+    if report.features:
+        lines.append(report.features)
     if report.flagged:
         lines += ["flagged (remove these source examples: " + ", ".join(report.removal_ids) + "):"]
         lines += _leak_table(report.flagged, report.ranking != "influence")
@@ -116,6 +119,8 @@ def format_leakage(report: LeakageReport) -> str:
         lines += [line for line in (_leak_score("flagged", report.planted),
                                     _leak_score("influence only (FDR)", report.planted_influence_only),
                                     _leak_score("pixels only", report.planted_pixel_only),
+                                    _leak_score(f"features only (top {len(report.pairs)})",
+                                                report.planted_feature_top),
                                     _leak_score(f"top {len(report.pairs)}", report.planted_top)) if line]
     return "\n".join(lines)
 

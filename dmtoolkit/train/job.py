@@ -140,18 +140,7 @@ class RunContext:
         rows = group_rows(group, self.group_size, len(self.masks))
         seeds = [model_seed(recipe.training.seed, recipe.subsets.seed, i, recipe.training.randomness) for i in rows]
         subsets = [self.subset_examples(i) for i in rows]
-        model_spec, train = recipe.model, recipe.training
-        torch.manual_seed(seeds[0])
-        model = build_model(model_spec.arch, len(rows), self.channels, self.num_source_classes,
-                            model_spec.resolution, model_spec.width, model_spec.hidden, model_spec.downsample,
-                            model_spec.norm)
-        model.init_from_seeds(seeds)
-        model.to(self.device)
-        settings = LoopSettings(epochs=train.epochs, batch_size=train.batch_size, lr=train.lr,
-                                momentum=train.momentum, weight_decay=train.weight_decay, schedule=train.schedule,
-                                peak_epoch=train.peak_epoch, label_smoothing=train.label_smoothing,
-                                start_resolution=model_spec.resolution, order=train.order)
-        train_models(model, self.batches(subsets, [s + 1 for s in seeds], settings), settings)
+        model = self.train_source_models(subsets, seeds)
         source_acc = self.source_accuracy(model, rows)
         logits = TRANSFERS[recipe.transfer.mode](
             model, self.target_train_x, self.target_train_y, self.target_test_x, self.num_target_classes,
@@ -161,6 +150,23 @@ class RunContext:
         seconds = (time.perf_counter() - started) / len(rows)
         return [ModelResult(i, margins[g], seeds[g], source_acc[g], float((margins[g] > 0).mean()), seconds,
                             predictions[g]) for g, i in enumerate(rows)]
+
+    def train_source_models(self, subsets: list[np.ndarray], seeds: list[int]) -> torch.nn.Module:
+        """A group of len(seeds) source models, model g trained on pool examples `subsets[g]` from `seeds[g]`,
+        exactly as the run's rows are (the recipe's architecture and training loop)."""
+        model_spec, train = self.recipe.model, self.recipe.training
+        torch.manual_seed(seeds[0])
+        model = build_model(model_spec.arch, len(seeds), self.channels, self.num_source_classes,
+                            model_spec.resolution, model_spec.width, model_spec.hidden, model_spec.downsample,
+                            model_spec.norm)
+        model.init_from_seeds(seeds)
+        model.to(self.device)
+        settings = LoopSettings(epochs=train.epochs, batch_size=train.batch_size, lr=train.lr,
+                                momentum=train.momentum, weight_decay=train.weight_decay, schedule=train.schedule,
+                                peak_epoch=train.peak_epoch, label_smoothing=train.label_smoothing,
+                                start_resolution=model_spec.resolution, order=train.order)
+        train_models(model, self.batches(subsets, [s + 1 for s in seeds], settings), settings)
+        return model
 
     @torch.no_grad()
     def source_accuracy(self, model: torch.nn.Module, rows: list[int]) -> list[float]:
