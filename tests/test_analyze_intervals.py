@@ -286,3 +286,21 @@ def test_no_stderr_says_no_interval(stores: dict, tmp_path: Path) -> None:
     png = tmp_path / "bare.png"
     assert runner.invoke(cli, ["rank", str(bare), "--png", str(png)]).exit_code == 0
     assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_rank_regression_on_a_target_slice_refits_the_mean(stores: dict, tmp_path: Path) -> None:
+    """Regression is linear in the margins too; a file covering targets 2:7 averages (and refits) those columns."""
+    from dmtoolkit.estimate import make_estimator
+
+    store, _ = stores["random"]
+    infl = tmp_path / "regression.h5"
+    compute_influence(store, infl, device="cpu", estimator="regression", targets="2:7", holdout_frac=0.2)
+    est = load_estimate(infl)
+    masks, margins, _ = _fit_data(store, infl)
+    direct = make_estimator("regression", device="cpu").fit(masks, margins[:, 2:7].mean(1, keepdims=True))
+    np.testing.assert_allclose(direct.coef_[:, 0], est.matrix.mean(1), rtol=1e-4, atol=1e-6)
+    ranking = rank_classes(infl, top=P, level=0.9)
+    assert ranking.targets == 5 and ranking.level == 0.9
+    ordered = tuple(sorted(ranking.overall, key=lambda e: e.index))
+    assert direct.stderr_dof_ == est.stderr_dof
+    np.testing.assert_allclose(_implied_se(ordered, 0.9, est.stderr_dof), direct.stderr_[:, 0], rtol=1e-4)
