@@ -160,6 +160,27 @@ def test_rank_without_the_store_says_so(stores: dict, tmp_path: Path) -> None:
         assert with_store.level == 0.9 and all(e.low is not None for e in with_store.overall)
     finally:
         (tmp_path / "away.h5").rename(store)
+    other, _ = stores["pairs"]
+    with pytest.raises(UserError, match="was not computed from"):
+        rank_classes(infl, store=other)  # an explicit store that is not the estimate's is refused
+    out = CliRunner().invoke(cli, ["rank", str(infl), "--store", str(other)])
+    assert out.exit_code == 1 and out.output.startswith("error: ") and "was not computed from" in out.output
+
+
+def test_rank_on_a_store_changed_since_still_ranks_and_says_why_no_interval(tmp_path: Path) -> None:
+    rng = np.random.default_rng(5)
+    masks = rng.random((40, P)) < 0.5
+    margins = _margins(masks, rng)
+    done = np.ones(40, bool)
+    done[-4:] = False
+    store = synthetic_store(tmp_path / "grow.h5", margins, masks, completed=done)
+    infl = tmp_path / "grow-influence.h5"
+    compute_influence(store, infl, device="cpu", holdout_frac=0.0)
+    with RunStore(store, writable=True) as run:  # more models finish after the estimate
+        run.write_row(36, margins[36], seed=36, source_accuracy=0.5, target_accuracy=0.5, seconds=0.1)
+    ranking = rank_classes(infl)
+    assert ranking.level is None and "needs the estimate's run store" in ranking.interval_note
+    assert len(ranking.overall) == P
 
 
 def test_level_is_checked(stores: dict) -> None:

@@ -39,7 +39,7 @@ from dmtoolkit.analyze.results import (
     Subpopulation,
     TargetEffect,
 )
-from dmtoolkit.errors import UserError
+from dmtoolkit.errors import StoreError, UserError
 from dmtoolkit.estimate.calibration import interval_quantile
 from dmtoolkit.estimate.refit import refit_on_values
 from dmtoolkit.store import RunStore
@@ -126,7 +126,13 @@ def _rank_intervals(est: Estimate, columns: np.ndarray, overall: np.ndarray, lev
     if store is None and (path is None or not path.exists()):
         return None, None, (f"no interval (the run store {path} is not there to refit the mean over targets; "
                             "pass --store STORE.h5)")
-    with open_source_store(est, store) as run:
+    try:
+        run = open_source_store(est, store)
+    except StoreError as error:
+        if store is not None:  # the store asked for is not this estimate's: say so
+            raise
+        return None, None, f"no interval (the mean over targets needs the estimate's run store: {error})"
+    with run:
         coef, stderr, dof = mean_influence_refit(est, run, columns)
     if stderr is None:
         return None, None, NO_STDERR
@@ -150,7 +156,8 @@ def rank_classes(path: str | Path, *, top: int = RANK_TOP, target_class: str | N
     the ranking (listed in `undefined`). Each mean gets a `level` interval (None: no intervals, e.g. when only
     the order is needed) whose standard error comes from refitting the estimator on the per-model mean margin
     over those targets, read from the run store (the one the estimate names, or `store`); without standard
-    errors, or without the store, the ranking says why it has no intervals.
+    errors, or when the store it names is gone or has changed since, the ranking says why it has no intervals
+    (a `store` given explicitly that is not the estimate's is an error).
     """
     if top < 1:
         raise UserError(f"top={top} must be at least 1")
