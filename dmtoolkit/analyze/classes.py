@@ -41,6 +41,7 @@ from dmtoolkit.analyze.results import (
 )
 from dmtoolkit.errors import StoreError, UserError
 from dmtoolkit.estimate.calibration import interval_quantile
+from dmtoolkit.estimate.difference_of_means import UndefinedInfluenceWarning
 from dmtoolkit.estimate.refit import refit_on_values
 from dmtoolkit.store import RunStore
 
@@ -111,7 +112,9 @@ def mean_influence_refit(est: Estimate, run: RunStore, columns: np.ndarray) -> t
     rows = np.sort(est.fit_rows)
     block = run.margins[:, est.columns] if len(est.target_index) else np.zeros((run.num_models, 0), np.float32)
     values[rows] = block[rows][:, columns].astype(np.float64).mean(1)
-    refit = refit_on_values(est, run, values)
+    with warnings.catch_warnings():  # undefined units were reported when the estimate was fitted (and are listed)
+        warnings.simplefilter("ignore", UndefinedInfluenceWarning)
+        refit = refit_on_values(est, run, values)
     stderr = getattr(refit, "stderr_", None)
     return (np.asarray(refit.coef_[:, 0], np.float64), None if stderr is None else np.asarray(stderr[:, 0], np.float64),
             getattr(refit, "stderr_dof_", None))
