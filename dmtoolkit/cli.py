@@ -383,6 +383,9 @@ STORE_OPTION = click.option("--store", "store_path", type=click.Path(dir_okay=Fa
 JSON_OPTION = click.option("--json", "as_json", is_flag=True, help="Machine-readable output (JSON) on stdout.")
 FORCE_OPTION = click.option("--force", is_flag=True, help="Overwrite output files that exist.")
 PNG_OPTION = click.option("--png", type=click.Path(dir_okay=False, path_type=Path), help="Also write a PNG figure here.")
+LEVEL_OPTION = click.option("--level", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+                            default=analyze_options.INTERVAL_LEVEL, show_default=True,
+                            help="Nominal coverage of the intervals shown beside every influence.")
 
 
 def _progress(message: str) -> None:
@@ -401,10 +404,16 @@ def _echo_text(text: str) -> None:
 @click.option("--top", type=click.IntRange(min=1), default=analyze_options.RANK_TOP, show_default=True,
               help="How many classes to list each way.")
 @click.option("--target-class", help="Average over the target examples of this class only (e.g. 3).")
+@LEVEL_OPTION
+@STORE_OPTION
 @JSON_OPTION
 @PNG_OPTION
-def rank(estimate_path: Path, top: int, target_class: str | None, as_json: bool, png: Path | None) -> None:
+def rank(estimate_path: Path, top: int, target_class: str | None, level: float, store_path: Path | None,
+         as_json: bool, png: Path | None) -> None:
     """Rank source classes by mean influence over the target examples (most positive and most negative).
+
+    Each mean has an interval (--level) whose standard error comes from refitting the estimator on the
+    per-model mean margin over those targets (read from the run store), so correlation across targets counts.
 
     \b
     Example:
@@ -414,7 +423,7 @@ def rank(estimate_path: Path, top: int, target_class: str | None, as_json: bool,
     from dmtoolkit.analyze import rank_classes
     from dmtoolkit.report.text import format_ranking
 
-    result = rank_classes(estimate_path, top=top, target_class=target_class)
+    result = rank_classes(estimate_path, top=top, target_class=target_class, level=level, store=store_path)
     if png:
         from dmtoolkit.report.figures import rank_figure
         rank_figure(result, png)
@@ -431,10 +440,11 @@ def rank(estimate_path: Path, top: int, target_class: str | None, as_json: bool,
 @click.option("--class", "class_name", required=True, help="Source class name (as in `dmtoolkit rank`).")
 @click.option("-n", type=click.IntRange(min=1), default=analyze_options.SUBPOP_SIZE, show_default=True,
               help="How many target images.")
+@LEVEL_OPTION
 @STORE_OPTION
 @JSON_OPTION
 @PNG_OPTION
-def subpop(estimate_path: Path, class_name: str, n: int, store_path: Path | None, as_json: bool,
+def subpop(estimate_path: Path, class_name: str, n: int, level: float, store_path: Path | None, as_json: bool,
            png: Path | None) -> None:
     """Target images most positively influenced by one source class (an image grid with --png).
 
@@ -445,7 +455,7 @@ def subpop(estimate_path: Path, class_name: str, n: int, store_path: Path | None
     from dmtoolkit.analyze import subpopulation
     from dmtoolkit.report.text import format_subpopulation
 
-    result = subpopulation(estimate_path, class_name, n=n, store=store_path, with_images=png is not None)
+    result = subpopulation(estimate_path, class_name, n=n, store=store_path, with_images=png is not None, level=level)
     if png:
         from dmtoolkit.report.figures import subpop_figure
         subpop_figure(result, png)
@@ -463,12 +473,19 @@ def subpop(estimate_path: Path, class_name: str, n: int, store_path: Path | None
 @click.option("--top", type=click.IntRange(min=1), default=analyze_options.EXPLAIN_TOP, show_default=True,
               help="Classes to list each way.")
 @click.option("--verify", type=click.IntRange(min=1), help="Retrain R models without the most negative class and R with it.")
+@LEVEL_OPTION
+@click.option("--fdr", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=analyze_options.DETECT_FDR,
+              show_default=True, help="False discovery rate at which a listed class counts as really negative/positive.")
 @STORE_OPTION
 @JSON_OPTION
 @DEVICE
-def explain(estimate_path: Path, target: int, top: int, verify: int | None, store_path: Path | None,
-            as_json: bool, device: str) -> None:
+def explain(estimate_path: Path, target: int, top: int, verify: int | None, level: float, fdr: float,
+            store_path: Path | None, as_json: bool, device: str) -> None:
     """Why target J is (mis)classified: its labels and its most negative / positive source classes.
+
+    Each listed class has an interval (--level) and a one-sided p-value (influence < 0 for the most negative,
+    > 0 for the most positive) with its Benjamini–Hochberg q over this target's classes; the first line of each
+    says whether that class is negative (positive) at --fdr or not distinguishable from 0.
 
     \b
     Example:
@@ -480,9 +497,9 @@ def explain(estimate_path: Path, target: int, top: int, verify: int | None, stor
 
     if verify:
         result = verify_explanation(estimate_path, target, verify, store=store_path, device=_device(device),
-                                    progress=_progress)
+                                    progress=_progress, level=level, fdr=fdr)
     else:
-        result = explain_target(estimate_path, target, top=top, store=store_path)
+        result = explain_target(estimate_path, target, top=top, store=store_path, level=level, fdr=fdr)
     _echo_json(result.to_json()) if as_json else _echo_text(format_explanation(result, top=top))
 
 

@@ -11,17 +11,38 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+NO_STDERR = "no interval (estimate has no standard errors)"
+"""What results say instead of an interval when the estimate (e.g. datamodels) has no standard errors."""
+
 
 @dataclass(frozen=True)
 class ClassEffect:
-    """One source class's effect: its index in the estimate, its name, its (mean) influence."""
+    """One source class's effect: its index in the estimate, its name, its (mean) influence, and the bounds of its
+    interval at the result's `level` (None when there is no interval: no standard errors, or undefined)."""
 
     index: int
     name: str
     influence: float
+    low: float | None = None
+    high: float | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"index": self.index, "name": self.name, "influence": self.influence}
+        return {"index": self.index, "name": self.name, "influence": self.influence, "low": self.low,
+                "high": self.high}
+
+
+@dataclass(frozen=True)
+class ClassEvidence(ClassEffect):
+    """A class's influence on one target with its evidence (`explain_target`): p_value one-sided (influence < 0 in
+    a most-negative list, > 0 in a most-positive one), q_value its Benjamini–Hochberg adjustment over that target's
+    classes (same side), significant: q_value ≤ the explanation's FDR (all three None without standard errors)."""
+
+    p_value: float | None = None
+    q_value: float | None = None
+    significant: bool | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {**super().to_json(), "p_value": self.p_value, "q_value": self.q_value, "significant": self.significant}
 
 
 @dataclass(frozen=True)
@@ -34,6 +55,9 @@ class ClassRanking:
     undefined: names of classes whose influence is undefined (NaN) on all of those targets;
     top: the first `top` of `overall`; bottom: the `top` most negative, most negative first;
     bottom_all: every defined class, most negative first.
+    level: nominal coverage of the classes' intervals (None when there are none); interval_note: how the intervals
+    were made (the standard error of a mean over targets comes from refitting the estimator on the per-model mean
+    margin, so correlation across targets counts), or why there are none.
     """
 
     file: str
@@ -45,24 +69,31 @@ class ClassRanking:
     top: tuple[ClassEffect, ...]
     bottom: tuple[ClassEffect, ...]
     bottom_all: tuple[ClassEffect, ...]
+    level: float | None = None
+    interval_note: str = NO_STDERR
 
     def to_json(self) -> dict[str, Any]:
         return {"file": self.file, "estimator": self.estimator, "target_class": self.target_class,
-                "targets": self.targets, "overall": [e.to_json() for e in self.overall],
+                "targets": self.targets, "level": self.level, "interval_note": self.interval_note,
+                "overall": [e.to_json() for e in self.overall],
                 "undefined": list(self.undefined), "top": [e.to_json() for e in self.top],
                 "bottom": [e.to_json() for e in self.bottom], "bottom_all": [e.to_json() for e in self.bottom_all]}
 
 
 @dataclass(frozen=True)
 class TargetEffect:
-    """A source class's influence on one target example: its index in the run store, its name ("j:class")."""
+    """A source class's influence on one target example: its index in the run store, its name ("j:class"), and the
+    bounds of its interval (None without one)."""
 
     target: int
     name: str
     influence: float
+    low: float | None = None
+    high: float | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"target": self.target, "name": self.name, "influence": self.influence}
+        return {"target": self.target, "name": self.name, "influence": self.influence, "low": self.low,
+                "high": self.high}
 
 
 @dataclass(frozen=True)
@@ -70,16 +101,19 @@ class Subpopulation:
     """The target examples most positively influenced by one source class (`subpopulation`), most first.
 
     images: uint8 (n, H, W, C) images of those targets, in the same order, when asked for (for a figure);
-    not part of the JSON.
+    not part of the JSON. level / interval_note: as in ClassRanking.
     """
 
     file: str
     class_name: str
     targets: tuple[TargetEffect, ...]
     images: Any = field(default=None, compare=False, repr=False)
+    level: float | None = None
+    interval_note: str = NO_STDERR
 
     def to_json(self) -> dict[str, Any]:
-        return {"file": self.file, "class": self.class_name, "targets": [t.to_json() for t in self.targets]}
+        return {"file": self.file, "class": self.class_name, "level": self.level, "interval_note": self.interval_note,
+                "targets": [t.to_json() for t in self.targets]}
 
 
 @dataclass(frozen=True)
@@ -106,7 +140,9 @@ class Explanation:
     true_label / predicted_label: target class names (predicted: the majority over completed models, None if
     no model recorded a prediction); models: completed models; fraction_correct: share of them with a
     positive margin (None without models); most_negative / most_positive: classes by influence on this
-    target, most extreme first; verify: the retraining check, when one was run (else the key is absent).
+    target, most extreme first (ClassEvidence: interval, one-sided p-value, BH q over this target's classes);
+    level / interval_note: as in ClassRanking; fdr: the rate `significant` is judged at; verify: the retraining
+    check, when one was run (else the key is absent).
     """
 
     file: str
@@ -118,11 +154,15 @@ class Explanation:
     most_negative: tuple[ClassEffect, ...]
     most_positive: tuple[ClassEffect, ...]
     verify: Verification | None = None
+    level: float | None = None
+    fdr: float = 0.05
+    interval_note: str = NO_STDERR
 
     def to_json(self) -> dict[str, Any]:
         data = {"file": self.file, "target": self.target, "true_label": self.true_label,
                 "predicted_label": self.predicted_label, "models": self.models,
-                "fraction_correct": self.fraction_correct,
+                "fraction_correct": self.fraction_correct, "level": self.level, "fdr": self.fdr,
+                "interval_note": self.interval_note,
                 "most_negative": [e.to_json() for e in self.most_negative],
                 "most_positive": [e.to_json() for e in self.most_positive]}
         if self.verify is not None:
