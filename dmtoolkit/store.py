@@ -642,6 +642,11 @@ class RunStore:
         return result
 
 
+def open_store(path: str | Path, *, writable: bool = False) -> RunStore:
+    """Open a run store (read-only by default; `writable=True` takes the single-writer lock to `write_row`)."""
+    return RunStore(path, writable=writable)
+
+
 def _take(dataset: h5py.Dataset, indices: Sequence[int] | np.ndarray) -> np.ndarray:
     """dataset[indices] for any order and repeats (h5py itself reads increasing, distinct indices only)."""
     indices = np.asarray(indices, dtype=np.int64).reshape(-1)

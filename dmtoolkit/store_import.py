@@ -30,7 +30,7 @@ from dmtoolkit.atomic import refuse_overwrite, replacing
 from dmtoolkit.errors import UserError
 from dmtoolkit.store import DATASETS_BY_NAME, ROW_CHUNK, RUN_DATASETS, SCHEMA_NAME, SCHEMA_VERSION, _create_dataset
 
-__all__ = ["IMPORT_DESIGNS", "NPZ_KEYS", "ImportArrays", "import_store", "read_folder", "read_npy", "read_npz",
+__all__ = ["IMPORT_DESIGNS", "NPZ_KEYS", "ImportArrays", "import_arrays", "import_store", "read_folder", "read_npy", "read_npz",
            "read_unit_names"]
 
 NPZ_KEYS = ("masks", "margins", "completed", "unit_names", "target_labels")
@@ -132,6 +132,20 @@ def _sha256(path: Path) -> str:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def import_arrays(out_path: str | Path, masks: np.ndarray, margins: np.ndarray, *,
+                  completed: np.ndarray | None = None, unit_names: list[str] | None = None,
+                  target_labels: np.ndarray | None = None, kind: str = "class", alpha: float | None = None,
+                  design: str = "random", force: bool = False) -> Path:
+    """`import_store` from in-memory arrays (or memmaps): masks (m, P) 0/1, margins (m, T), optional completed
+    (m,), one name per unit, one integer class per target. Returns the store's path."""
+    arrays = ImportArrays(masks=np.asarray(masks) if not isinstance(masks, np.memmap) else masks,
+                          margins=np.asarray(margins) if not isinstance(margins, np.memmap) else margins,
+                          completed=None if completed is None else np.asarray(completed),
+                          unit_names=None if unit_names is None else [str(n) for n in unit_names],
+                          target_labels=None if target_labels is None else np.asarray(target_labels))
+    return import_store(out_path, arrays, kind=kind, alpha=alpha, design=design, force=force)
 
 
 def _check_shapes(a: ImportArrays, kind: str) -> tuple[int, int, int]:
