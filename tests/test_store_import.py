@@ -18,8 +18,6 @@ from dmtoolkit.estimate.fit import store_units
 from dmtoolkit.store import RunStore
 from dmtoolkit.store_checks import validate_store
 
-from .conftest import ROOT
-
 M, P, T = 64, 10, 6
 
 
@@ -229,7 +227,7 @@ def test_tools_that_need_a_recipe_or_images_say_so(npy: dict[str, Path], tmp_pat
         (["train", out], "an imported store has no recipe"),
         (["subpop", tmp_path / "infl.h5", "--class", "class-0", "--png", tmp_path / "s.png"],
          "an imported store has no target images"),
-        (["counterfactual", ROOT / "recipes" / "glyphs-to-mnist.yaml", "--influence", tmp_path / "infl.h5",
+        (["counterfactual", "recipes/glyphs-to-mnist.yaml", "--influence", tmp_path / "infl.h5",
           "-o", tmp_path / "cf.h5"], "an imported store; it has no recipe or images"),
     ]
     for args, message in checks:
