@@ -46,7 +46,7 @@ from dmtoolkit.run.executors import make_executor
 from dmtoolkit.run.prepare import build_run_data
 from dmtoolkit.store import RunStore, create_store
 
-RECIPES = Path(__file__).resolve().parent.parent / "recipes"
+RECIPES = Path(__file__).resolve().parent.parent / "dmtoolkit" / "recipes"
 EXAMPLE_RECIPE = "glyphs-to-mnist-examples.yaml"
 
 

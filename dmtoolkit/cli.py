@@ -171,6 +171,79 @@ def store_validate(store_path: Path) -> None:
     click.echo(f"{store_path}: valid")
 
 
+@store.command("import")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Run store to write.")
+@click.option("--masks", "masks_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="(m, P) 0/1 or bool .npy: which units each model's subset kept.")
+@click.option("--margins", "margins_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="(m, T) .npy: each model's margin on each target example.")
+@click.option("--completed", "completed_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="(m,) 0/1 .npy: rows that finished (default: all); others are kept, marked not completed.")
+@click.option("--npz", "npz_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="One .npz with arrays masks, margins (optionally completed, unit_names, target_labels).")
+@click.option("--folder", "folder_path", type=click.Path(file_okay=False, path_type=Path),
+              help="A datamodels-style folder: masks.npy, margins.npy, _completed.npy.")
+@click.option("--unit-names", "names_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Text file, one unit (mask column) name a line.")
+@click.option("--target-labels", "labels_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="(T,) integer .npy: the true class of each target example.")
+@click.option("--kind", type=click.Choice(["class", "example"]), default="class", show_default=True,
+              help="What a unit (mask column) is: a source class or a source example.")
+@click.option("--alpha", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              help="Fraction of units each subset kept (default: the masks' mean).")
+@click.option("--design", type=click.Choice(["random", "antithetic"]), default="random", show_default=True,
+              help="How the masks were drawn: independent rows, or complementary pairs (rows 2i, 2i+1; checked).")
+@click.option("--force", is_flag=True, help="Overwrite the output if it exists.")
+def store_import(output: Path, masks_path: Path | None, margins_path: Path | None, completed_path: Path | None,
+                 npz_path: Path | None, folder_path: Path | None, names_path: Path | None, labels_path: Path | None,
+                 kind: str, alpha: float | None, design: str, force: bool) -> None:
+    """Make a run store from masks and margins computed elsewhere (no recipe, no images).
+
+    The store works with store info/validate, influence, datamodels, evaluate, rank and report; training,
+    counterfactuals and analyses that need pixels refuse it. Arrays are memory-mapped and copied in blocks.
+
+    \b
+    Examples:
+      dmtoolkit store import -o stores/mine.h5 --masks masks.npy --margins margins.npy --completed done.npy
+      dmtoolkit store import -o stores/mine.h5 --npz runs.npz --kind example
+      dmtoolkit store import -o stores/dm.h5 --folder LOGDIR --kind example --unit-names ids.txt
+    """
+    from dmtoolkit.store_import import import_store, read_folder, read_npy, read_npz, read_unit_names
+
+    given = [name for name, value in (("--masks/--margins", masks_path or margins_path), ("--npz", npz_path),
+                                      ("--folder", folder_path)) if value]
+    if len(given) != 1:
+        raise click.UsageError("give exactly one input: --masks and --margins, --npz FILE, or --folder DIR"
+                               + (f" (got {', '.join(given)})" if given else ""))
+    if (masks_path or margins_path) and not (masks_path and margins_path):
+        raise click.UsageError("--masks and --margins go together")
+    if completed_path and not masks_path:
+        raise click.UsageError("--completed goes with --masks/--margins (an .npz or folder carries its own)")
+    if masks_path:
+        from dmtoolkit.store_import import ImportArrays
+
+        arrays = ImportArrays(masks=read_npy(masks_path, "masks"), margins=read_npy(margins_path, "margins"),
+                              completed=read_npy(completed_path, "completed") if completed_path else None,
+                              sources={"masks": masks_path, "margins": margins_path})
+        if completed_path:
+            arrays.sources["completed"] = completed_path
+    else:
+        arrays = read_npz(npz_path) if npz_path else read_folder(folder_path)
+    for option, value, attribute in (("--unit-names", names_path, "unit_names"),
+                                     ("--target-labels", labels_path, "target_labels")):
+        if value and getattr(arrays, attribute) is not None:
+            raise click.UsageError(f"{option}: {npz_path} already holds {attribute}; give one or the other")
+    if names_path:
+        arrays.unit_names, arrays.sources["unit_names"] = read_unit_names(names_path), names_path
+    if labels_path:
+        arrays.target_labels, arrays.sources["target_labels"] = read_npy(labels_path, "target labels"), labels_path
+    import_store(output, arrays, kind=kind, alpha=alpha, design=design, force=force)
+    done = int(arrays.completed.astype(bool).sum()) if arrays.completed is not None else len(arrays.masks)
+    click.echo(f"{output}: imported {len(arrays.masks)} models ({done} completed), {arrays.masks.shape[1]} {kind} "
+               f"units, {arrays.margins.shape[1]} targets; next: dmtoolkit influence {output} -o INFLUENCE.h5")
+
+
 @store.command("merge")
 @click.argument("inputs", metavar="SHARD.h5...", nargs=-1, required=True,
                 type=click.Path(dir_okay=False, path_type=Path))

@@ -197,6 +197,11 @@ def check_counterfactual(recipe: Recipe, influence_path: str | Path, out: str | 
         raise UserError(f"order {order!r} must be one of {', '.join(ORDERS)}")
     est = load_estimate(influence_path)
     require_kind(est, "class", "counterfactual")
+    if est.store_path is not None and est.store_path.exists():
+        with RunStore(est.store_path) as run:
+            if run.imported:
+                raise UserError(f"{influence_path}: made from {est.store_path}, an imported store; it has no recipe "
+                                "or images, so its classes cannot be retrained (counterfactual needs a recipe's store)")
     if recipe.subsets.kind != "class":
         raise UserError(f"recipe {recipe.name!r} is {recipe.subsets.kind}-level; counterfactual removes classes, "
                         "give a class-level recipe")
