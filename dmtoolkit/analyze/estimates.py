@@ -16,7 +16,8 @@ def require_kind(est: Estimate, kind: str, command: str) -> None:
     if est.kind != kind:
         other = "class" if kind == "example" else "example"
         raise UserError(f"{est.path}: `{command}` needs {kind}-level estimates, this file is {est.kind}-level; "
-                        f"give a file computed from a {kind}-level run store (not {other}-level)")
+                        f"give a file computed from {'an' if kind == 'example' else 'a'} {kind}-level run store "
+                        f"(not {other}-level)")
 
 
 def open_source_store(est: Estimate, store: str | Path | None = None) -> RunStore:
