@@ -234,6 +234,33 @@ def test_failing_trainer_is_one_line_and_keeps_written_rows(project: Path, funct
         np.testing.assert_array_equal(s.margins[()], before[0])
 
 
+def test_failing_trainer_in_worker_processes_is_one_line(project: Path) -> None:
+    """Local worker processes report the same line (and a worker whose import fails, too)."""
+    store = init(project, "usertrainer:boom", models=4)
+    env = {**__import__("os").environ, "PYTHONPATH": str(ROOT)}
+    result = subprocess.run([sys.executable, str(ROOT / "cli.py"), "train", str(store), "--workers", "2", "--quiet"],
+                            cwd=project, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "models in rows 0-3 failed twice (trainer usertrainer:boom failed on row" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    from dmtoolkit.run.executors import LocalExecutor
+
+    (project / "usertrainer.py").write_text("raise ImportError('broken on the workers')\n")
+    outcomes = list(LocalExecutor(2, "cpu").run(store, [0, 1]))
+    assert {o.error for o in outcomes} == {"trainer usertrainer:boom: importing usertrainer failed "
+                                           "(ImportError: broken on the workers)"}
+
+
+def test_changed_trainer_source_is_a_warning(project: Path, capsys: pytest.CaptureFixture) -> None:
+    from dmtoolkit.run.driver import train_store
+    from dmtoolkit.run.executors import SerialExecutor
+
+    store = init(project, "usertrainer:plain", models=4)
+    (project / "usertrainer.py").write_text(TRAINER_SOURCE + "\n# edited\n")
+    train_store(store, SerialExecutor("cpu"), progress=False)
+    assert "the source of trainer usertrainer:plain changed since" in capsys.readouterr().err
+
+
 def test_unimportable_trainer_is_one_line_at_init_and_train(project: Path) -> None:
     recipe = project / "r.yaml"
     recipe.write_text(yaml.safe_dump(recipe_dict("nosuchmodule:train")))
@@ -244,6 +271,14 @@ def test_unimportable_trainer_is_one_line_at_init_and_train(project: Path) -> No
     recipe.write_text(yaml.safe_dump(recipe_dict("usertrainer:missing")))
     result = run("init", recipe, project / "x.h5")
     assert "trainer usertrainer:missing: module usertrainer has no function 'missing'" in result.output
+    store = init(project, "usertrainer:plain", "ok.h5", models=4)
+    (project / "usertrainer.py").write_text("import numpy as np\nnp.this_does_not_exist\n")
+    sys.modules.pop("usertrainer", None)
+    result = run("train", store, "--quiet")
+    assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1
+    assert "trainer usertrainer:plain: importing usertrainer failed (AttributeError:" in result.output
+    with RunStore(store) as s:
+        assert not s.completed_mask().any()
 
 
 def test_check_result_accepts_tensors_and_refuses_bad_accuracies() -> None:

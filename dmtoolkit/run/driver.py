@@ -17,7 +17,7 @@ from tqdm import tqdm
 from dmtoolkit.errors import UserError
 from dmtoolkit.run.base import Executor
 from dmtoolkit.store import RunStore
-from dmtoolkit.train.contract import load_function
+from dmtoolkit.train.contract import load_function, source_sha256
 from dmtoolkit.train.job import group_of
 from dmtoolkit.train.job import group_size as group_size_of
 
@@ -71,7 +71,10 @@ def train_store(path: str | Path, executor: Executor, *, limit: int | None = Non
     with RunStore(path, writable=True) as store:
         recipe = store.recipe
         if recipe.trainer is not None:  # an unimportable trainer is one line here, before any worker starts
-            load_function(recipe.trainer.function)
+            digest = source_sha256(load_function(recipe.trainer.function))
+            if store.trainer_source_sha256 and digest and digest != store.trainer_source_sha256:
+                print(f"warning: the source of trainer {recipe.trainer.function} changed since {path} was created; "
+                      "rows computed before and after the change may differ", file=sys.stderr)
         group_size = group_size_of(recipe)
         completed = store.completed_mask()
         summary = TrainSummary(already_done=int(completed.sum()))
