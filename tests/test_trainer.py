@@ -207,6 +207,16 @@ def test_ray_runs_user_trainers_unchanged(project: Path) -> None:
         np.testing.assert_allclose(a.margins[()], b.margins[()], atol=1e-6)
 
 
+def test_ray_reports_a_failing_user_trainer_by_row(project: Path) -> None:
+    pytest.importorskip("ray")
+    store = init(project, "usertrainer:boom", models=4, fail_from=2)
+    result = run("train", store, "--executor", "ray", "--workers", "2", "--device", "cpu", "--quiet")
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "models in rows 2-3 failed twice (trainer usertrainer:boom failed on row" in result.output
+    with RunStore(store) as s:
+        assert s.completed_mask().tolist() == [True, True, False, False]
+
+
 # failures: one line naming the function and the row, nothing written touched ------------------------------
 @pytest.mark.parametrize("function, message", [
     ("boom", "trainer usertrainer:boom failed on row 6: ValueError: the loss exploded"),
@@ -295,3 +305,20 @@ def test_check_result_accepts_tensors_and_refuses_bad_accuracies() -> None:
         check_result("m:f", job, TrainerResult(np.zeros(3), target_accuracy=1.5))
     with pytest.raises(TrainerError, match=r"predictions float64 \(3,\)"):
         check_result("m:f", job, TrainerResult(np.zeros(3), predictions=np.zeros(3)))
+
+
+def test_example_level_own_data_makes_a_valid_store(project: Path) -> None:
+    """Example-level units of a trainer's own data: P pool placeholders named by the units."""
+    data = recipe_dict("usertrainer:plain")
+    data["subsets"]["kind"] = "example"
+    data["own_data"] = {"num_units": 6, "target_labels": [0, 1, 1, 0, 1]}
+    recipe = project / "ex.yaml"
+    recipe.write_text(yaml.safe_dump(data))
+    store = project / "ex.h5"
+    assert run("init", recipe, store).exit_code == 0
+    assert run("train", store, "--quiet").exit_code == 0
+    result = run("store", "validate", store)
+    assert result.exit_code == 0, result.output
+    with RunStore(store) as s:
+        assert s.unit_names == ["0", "1", "2", "3", "4", "5"] and s.target_class_names == ["0", "1"]
+    assert run("influence", store, "-o", project / "i.h5").exit_code == 0
