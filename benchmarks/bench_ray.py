@@ -25,7 +25,7 @@ from dmtoolkit.run.prepare import build_run_data
 from dmtoolkit.run.ray_executor import RayExecutor, import_ray
 from dmtoolkit.store import RunStore, create_store
 
-RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "glyphs-to-mnist.yaml"
+RECIPE = Path(__file__).resolve().parent.parent / "dmtoolkit" / "recipes" / "glyphs-to-mnist.yaml"
 
 
 def _noop(x: int) -> int:

@@ -32,7 +32,7 @@ from dmtoolkit.train.fit import batch_indices, margins_from_logits
 from dmtoolkit.train.job import RunContext
 from dmtoolkit.train.transfer import fit_linear_heads
 
-RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "glyphs-to-mnist.yaml"
+RECIPE = Path(__file__).resolve().parent.parent / "dmtoolkit" / "recipes" / "glyphs-to-mnist.yaml"
 
 
 def timed_train(store: Path, workers: int) -> tuple[float, int]:

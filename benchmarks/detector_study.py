@@ -46,7 +46,7 @@ from dmtoolkit.run.executors import make_executor
 from dmtoolkit.run.prepare import build_run_data
 from dmtoolkit.store import RunStore, create_store
 
-RECIPES = Path(__file__).resolve().parent.parent / "recipes"
+RECIPES = Path(__file__).resolve().parent.parent / "dmtoolkit" / "recipes"
 EXAMPLE_RECIPE = "glyphs-to-mnist-examples.yaml"
 
 
@@ -113,7 +113,7 @@ def analyse(name: str, runs: Path, out: Path) -> dict[str, Any]:
         row["leakage_message"], row["mislabels_message"] = leak.message, flips.message
         row["leaks_flagged"], row["flips_flagged"] = len(leak.flagged), len(flips.flagged)
         row["look_alikes"] = len(leak.influence_only)
-        for key in ("planted", "planted_influence_only", "planted_pixel_only", "planted_top"):
+        for key in ("planted", "planted_influence_only", "planted_pixel_only", "planted_feature_top", "planted_top"):
             score = getattr(leak, key)
             row[f"leak_{key}"] = None if score is None else score.to_json()
         for key in ("planted", "planted_top"):
@@ -143,6 +143,7 @@ COLUMNS = (("LDS test", lambda r: r["lds_test"]),
            ("influence-only recall", lambda r: _get(r, "leak_planted_influence_only", "recall_at_k")),
            ("pixel-only precision", lambda r: _get(r, "leak_planted_pixel_only", "precision_at_k")),
            ("pixel-only recall", lambda r: _get(r, "leak_planted_pixel_only", "recall_at_k")),
+           ("feature-only top-20 precision", lambda r: _get(r, "leak_planted_feature_top", "precision_at_k")),
            ("top-20 leak precision", lambda r: _get(r, "leak_planted_top", "precision_at_k")),
            ("flips flagged", lambda r: r["flips_flagged"]),
            ("flip precision", lambda r: _get(r, "flip_planted", "precision_at_k")),

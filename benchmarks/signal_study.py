@@ -57,7 +57,7 @@ from dmtoolkit.store import RunStore, create_store
 from dmtoolkit.train.baselines import transfer_baselines
 from dmtoolkit.train.job import RunContext
 
-RECIPES = Path(__file__).resolve().parent.parent / "recipes"
+RECIPES = Path(__file__).resolve().parent.parent / "dmtoolkit" / "recipes"
 CLASS_RECIPE, EXAMPLE_RECIPE = "glyphs-to-mnist.yaml", "glyphs-to-mnist-examples.yaml"
 FRACTIONS = (0.25, 0.5, 1.0)
 SPLIT_SEEDS = 10

@@ -171,6 +171,79 @@ def store_validate(store_path: Path) -> None:
     click.echo(f"{store_path}: valid")
 
 
+@store.command("import")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Run store to write.")
+@click.option("--masks", "masks_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="(m, P) 0/1 or bool .npy: which units each model's subset kept.")
+@click.option("--margins", "margins_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="(m, T) .npy: each model's margin on each target example.")
+@click.option("--completed", "completed_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="(m,) 0/1 .npy: rows that finished (default: all); others are kept, marked not completed.")
+@click.option("--npz", "npz_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="One .npz with arrays masks, margins (optionally completed, unit_names, target_labels).")
+@click.option("--folder", "folder_path", type=click.Path(file_okay=False, path_type=Path),
+              help="A datamodels-style folder: masks.npy, margins.npy, _completed.npy.")
+@click.option("--unit-names", "names_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Text file, one unit (mask column) name a line.")
+@click.option("--target-labels", "labels_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="(T,) integer .npy: the true class of each target example.")
+@click.option("--kind", type=click.Choice(["class", "example"]), default="class", show_default=True,
+              help="What a unit (mask column) is: a source class or a source example.")
+@click.option("--alpha", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              help="Fraction of units each subset kept (default: the masks' mean).")
+@click.option("--design", type=click.Choice(["random", "antithetic"]), default="random", show_default=True,
+              help="How the masks were drawn: independent rows, or complementary pairs (rows 2i, 2i+1; checked).")
+@click.option("--force", is_flag=True, help="Overwrite the output if it exists.")
+def store_import(output: Path, masks_path: Path | None, margins_path: Path | None, completed_path: Path | None,
+                 npz_path: Path | None, folder_path: Path | None, names_path: Path | None, labels_path: Path | None,
+                 kind: str, alpha: float | None, design: str, force: bool) -> None:
+    """Make a run store from masks and margins computed elsewhere (no recipe, no images).
+
+    The store works with store info/validate, influence, datamodels, evaluate, rank and report; training,
+    counterfactuals and analyses that need pixels refuse it. Arrays are memory-mapped and copied in blocks.
+
+    \b
+    Examples:
+      dmtoolkit store import -o stores/mine.h5 --masks masks.npy --margins margins.npy --completed done.npy
+      dmtoolkit store import -o stores/mine.h5 --npz runs.npz --kind example
+      dmtoolkit store import -o stores/dm.h5 --folder LOGDIR --kind example --unit-names ids.txt
+    """
+    from dmtoolkit.store_import import import_store, read_folder, read_npy, read_npz, read_unit_names
+
+    given = [name for name, value in (("--masks/--margins", masks_path or margins_path), ("--npz", npz_path),
+                                      ("--folder", folder_path)) if value]
+    if len(given) != 1:
+        raise click.UsageError("give exactly one input: --masks and --margins, --npz FILE, or --folder DIR"
+                               + (f" (got {', '.join(given)})" if given else ""))
+    if (masks_path or margins_path) and not (masks_path and margins_path):
+        raise click.UsageError("--masks and --margins go together")
+    if completed_path and not masks_path:
+        raise click.UsageError("--completed goes with --masks/--margins (an .npz or folder carries its own)")
+    if masks_path:
+        from dmtoolkit.store_import import ImportArrays
+
+        arrays = ImportArrays(masks=read_npy(masks_path, "masks"), margins=read_npy(margins_path, "margins"),
+                              completed=read_npy(completed_path, "completed") if completed_path else None,
+                              sources={"masks": masks_path, "margins": margins_path})
+        if completed_path:
+            arrays.sources["completed"] = completed_path
+    else:
+        arrays = read_npz(npz_path) if npz_path else read_folder(folder_path)
+    for option, value, attribute in (("--unit-names", names_path, "unit_names"),
+                                     ("--target-labels", labels_path, "target_labels")):
+        if value and getattr(arrays, attribute) is not None:
+            raise click.UsageError(f"{option}: {npz_path} already holds {attribute}; give one or the other")
+    if names_path:
+        arrays.unit_names, arrays.sources["unit_names"] = read_unit_names(names_path), names_path
+    if labels_path:
+        arrays.target_labels, arrays.sources["target_labels"] = read_npy(labels_path, "target labels"), labels_path
+    import_store(output, arrays, kind=kind, alpha=alpha, design=design, force=force)
+    done = int(arrays.completed.astype(bool).sum()) if arrays.completed is not None else len(arrays.masks)
+    click.echo(f"{output}: imported {len(arrays.masks)} models ({done} completed), {arrays.masks.shape[1]} {kind} "
+               f"units, {arrays.margins.shape[1]} targets; next: dmtoolkit influence {output} -o INFLUENCE.h5")
+
+
 @store.command("merge")
 @click.argument("inputs", metavar="SHARD.h5...", nargs=-1, required=True,
                 type=click.Path(dir_okay=False, path_type=Path))
@@ -383,6 +456,9 @@ STORE_OPTION = click.option("--store", "store_path", type=click.Path(dir_okay=Fa
 JSON_OPTION = click.option("--json", "as_json", is_flag=True, help="Machine-readable output (JSON) on stdout.")
 FORCE_OPTION = click.option("--force", is_flag=True, help="Overwrite output files that exist.")
 PNG_OPTION = click.option("--png", type=click.Path(dir_okay=False, path_type=Path), help="Also write a PNG figure here.")
+LEVEL_OPTION = click.option("--level", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+                            default=analyze_options.INTERVAL_LEVEL, show_default=True,
+                            help="Nominal coverage of the intervals shown beside every influence.")
 
 
 def _progress(message: str) -> None:
@@ -401,10 +477,16 @@ def _echo_text(text: str) -> None:
 @click.option("--top", type=click.IntRange(min=1), default=analyze_options.RANK_TOP, show_default=True,
               help="How many classes to list each way.")
 @click.option("--target-class", help="Average over the target examples of this class only (e.g. 3).")
+@LEVEL_OPTION
+@STORE_OPTION
 @JSON_OPTION
 @PNG_OPTION
-def rank(estimate_path: Path, top: int, target_class: str | None, as_json: bool, png: Path | None) -> None:
+def rank(estimate_path: Path, top: int, target_class: str | None, level: float, store_path: Path | None,
+         as_json: bool, png: Path | None) -> None:
     """Rank source classes by mean influence over the target examples (most positive and most negative).
+
+    Each mean has an interval (--level) whose standard error comes from refitting the estimator on the
+    per-model mean margin over those targets (read from the run store), so correlation across targets counts.
 
     \b
     Example:
@@ -414,7 +496,7 @@ def rank(estimate_path: Path, top: int, target_class: str | None, as_json: bool,
     from dmtoolkit.analyze import rank_classes
     from dmtoolkit.report.text import format_ranking
 
-    result = rank_classes(estimate_path, top=top, target_class=target_class)
+    result = rank_classes(estimate_path, top=top, target_class=target_class, level=level, store=store_path)
     if png:
         from dmtoolkit.report.figures import rank_figure
         rank_figure(result, png)
@@ -431,10 +513,11 @@ def rank(estimate_path: Path, top: int, target_class: str | None, as_json: bool,
 @click.option("--class", "class_name", required=True, help="Source class name (as in `dmtoolkit rank`).")
 @click.option("-n", type=click.IntRange(min=1), default=analyze_options.SUBPOP_SIZE, show_default=True,
               help="How many target images.")
+@LEVEL_OPTION
 @STORE_OPTION
 @JSON_OPTION
 @PNG_OPTION
-def subpop(estimate_path: Path, class_name: str, n: int, store_path: Path | None, as_json: bool,
+def subpop(estimate_path: Path, class_name: str, n: int, level: float, store_path: Path | None, as_json: bool,
            png: Path | None) -> None:
     """Target images most positively influenced by one source class (an image grid with --png).
 
@@ -445,7 +528,7 @@ def subpop(estimate_path: Path, class_name: str, n: int, store_path: Path | None
     from dmtoolkit.analyze import subpopulation
     from dmtoolkit.report.text import format_subpopulation
 
-    result = subpopulation(estimate_path, class_name, n=n, store=store_path, with_images=png is not None)
+    result = subpopulation(estimate_path, class_name, n=n, store=store_path, with_images=png is not None, level=level)
     if png:
         from dmtoolkit.report.figures import subpop_figure
         subpop_figure(result, png)
@@ -463,12 +546,19 @@ def subpop(estimate_path: Path, class_name: str, n: int, store_path: Path | None
 @click.option("--top", type=click.IntRange(min=1), default=analyze_options.EXPLAIN_TOP, show_default=True,
               help="Classes to list each way.")
 @click.option("--verify", type=click.IntRange(min=1), help="Retrain R models without the most negative class and R with it.")
+@LEVEL_OPTION
+@click.option("--fdr", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=analyze_options.DETECT_FDR,
+              show_default=True, help="False discovery rate at which a listed class counts as really negative/positive.")
 @STORE_OPTION
 @JSON_OPTION
 @DEVICE
-def explain(estimate_path: Path, target: int, top: int, verify: int | None, store_path: Path | None,
-            as_json: bool, device: str) -> None:
+def explain(estimate_path: Path, target: int, top: int, verify: int | None, level: float, fdr: float,
+            store_path: Path | None, as_json: bool, device: str) -> None:
     """Why target J is (mis)classified: its labels and its most negative / positive source classes.
+
+    Each listed class has an interval (--level) and a one-sided p-value (influence < 0 for the most negative,
+    > 0 for the most positive) with its Benjamini–Hochberg q over this target's classes; the first line of each
+    says whether that class is negative (positive) at --fdr or not distinguishable from 0.
 
     \b
     Example:
@@ -480,9 +570,9 @@ def explain(estimate_path: Path, target: int, top: int, verify: int | None, stor
 
     if verify:
         result = verify_explanation(estimate_path, target, verify, store=store_path, device=_device(device),
-                                    progress=_progress)
+                                    progress=_progress, level=level, fdr=fdr)
     else:
-        result = explain_target(estimate_path, target, top=top, store=store_path)
+        result = explain_target(estimate_path, target, top=top, store=store_path, level=level, fdr=fdr)
     _echo_json(result.to_json()) if as_json else _echo_text(format_explanation(result, top=top))
 
 
@@ -563,10 +653,13 @@ FDR_OPTION = click.option("--fdr", type=click.FloatRange(0, 1, min_open=True, ma
               help="Also write a leakage page: flagged pairs side by side with their evidence and the ids to remove.")
 @click.option("--csv", "csv_out", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write every pair with evidence as CSV.")
+@click.option("--features/--no-features", default=True, show_default=True,
+              help="Also score each pair's feature similarity in one model trained on the whole pool (seconds).")
+@DEVICE
 @FORCE_OPTION
 def leakage(estimate_path: Path, fdr: float, near_duplicate: float, top: int, ranking: str, all_pairs: bool,
             store_path: Path | None, as_json: bool, png: Path | None, html_out: Path | None, csv_out: Path | None,
-            force: bool) -> None:
+            features: bool, device: str, force: bool) -> None:
     """Source examples that copy a target test image: significant influence on it and near-duplicate pixels.
 
     Each (source, target) pair gets a one-sided p-value of influence > 0 from the estimate's standard errors
@@ -589,7 +682,7 @@ def leakage(estimate_path: Path, fdr: float, near_duplicate: float, top: int, ra
         if out is not None:
             refuse_overwrite(out, force)
     result = detect_leakage(estimate_path, fdr=fdr, top=top, store=store_path, ranking=ranking, all_pairs=all_pairs,
-                            near_duplicate=near_duplicate)
+                            near_duplicate=near_duplicate, features=features, device=_device(device))
     if png:
         from dmtoolkit.report.figures import leakage_figure
         leakage_figure(result, png)

@@ -17,14 +17,14 @@ from dmtoolkit.errors import UserError
 from dmtoolkit.estimate.datamodels import fit_datamodels
 from dmtoolkit.estimate.influence import compute_influence
 from dmtoolkit.estimate.lds import evaluate
-from dmtoolkit.recipe import load_recipe
+from dmtoolkit.recipe import RECIPES_DIR, load_recipe
 from dmtoolkit.report import build_report
 from dmtoolkit.run.driver import train_store
 from dmtoolkit.run.executors import make_executor
 from dmtoolkit.run.prepare import build_run_data
 from dmtoolkit.store import RunStore, create_store
 
-RECIPES = Path(__file__).resolve().parent.parent / "recipes"
+RECIPES = RECIPES_DIR
 
 
 @dataclass(frozen=True)

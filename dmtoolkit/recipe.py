@@ -338,9 +338,27 @@ def parse_recipe_text(text: str, origin: str = "recipe") -> Recipe:
     return parse_recipe_dict(data, origin)
 
 
+RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
+"""The recipes shipped inside the package (a checkout's top-level `recipes/` links here)."""
+
+
+def shipped_recipe(path: str | Path) -> Path | None:
+    """The shipped recipe a missing `path` names ("recipes/NAME.yaml", "NAME.yaml" or "NAME"), if any."""
+    path = Path(path)
+    if len(path.parts) > 2 or (len(path.parts) == 2 and path.parts[0] != "recipes"):
+        return None
+    candidate = RECIPES_DIR / (path.name if path.suffix else f"{path.name}.yaml")
+    return candidate if candidate.is_file() else None
+
+
 def load_recipe(path: str | Path) -> Recipe:
-    """Read and validate a recipe file."""
+    """Read and validate a recipe file; a missing `recipes/NAME.yaml` (or bare NAME) is the shipped recipe,
+    so README commands work from any directory with an installed wheel."""
     path = Path(path)
     if not path.is_file():
-        raise RecipeError(f"{path}: recipe file not found (see recipes/ for examples)")
+        shipped = shipped_recipe(path)
+        if shipped is None:
+            names = ", ".join(sorted(p.stem for p in RECIPES_DIR.glob("*.yaml")))
+            raise RecipeError(f"{path}: recipe file not found (shipped recipes: {names})")
+        path = shipped
     return parse_recipe_text(path.read_text(), origin=str(path))

@@ -62,6 +62,7 @@ class DatasetSpec:
     fill: object = None
     column: bool = False
     planted: bool = False
+    image: bool = False  # pixels: absent from imported stores (`dmtoolkit store import` brings none)
 
     def shape_text(self, dims: dict[str, int]) -> str:
         """The expected shape, sizes filled in where known: "(8, 120)", "(N, *, *, *)"."""
@@ -94,16 +95,16 @@ RUN_DATASETS: tuple[DatasetSpec, ...] = (
     DatasetSpec("seconds", "float32", ("m",), "model",
                 "wall-clock seconds spent computing the model (its share of a batched group)",
                 storage="rows", fill=np.nan, column=True),
-    DatasetSpec("source/images", "uint8", ("N", *IMAGE), IMAGE_AXES, "source training pool images (after planting), uint8"),
+    DatasetSpec("source/images", "uint8", ("N", *IMAGE), IMAGE_AXES, "source training pool images (after planting), uint8", image=True),
     DatasetSpec("source/labels", "int64", ("N",), "example", "class index of each source pool example"),
     DatasetSpec("source/class_names", "str", ("K",), "class", "source class names"),
     DatasetSpec("source/example_ids", "str", ("N",), "example", "stable id of each source pool example"),
-    DatasetSpec("source/test_images", "uint8", ("S", *IMAGE), IMAGE_AXES, "source test images (held-out fonts/families)"),
+    DatasetSpec("source/test_images", "uint8", ("S", *IMAGE), IMAGE_AXES, "source test images (held-out fonts/families)", image=True),
     DatasetSpec("source/test_labels", "int64", ("S",), "example", "class index of each source test example"),
     DatasetSpec("target/train_images", "uint8", ("R", *IMAGE), IMAGE_AXES,
-                "target training images the transfer head is fitted on"),
+                "target training images the transfer head is fitted on", image=True),
     DatasetSpec("target/train_labels", "int64", ("R",), "example", "class index of each target training example"),
-    DatasetSpec("target/images", "uint8", ("T", *IMAGE), IMAGE_AXES, "target test images; the columns of margins"),
+    DatasetSpec("target/images", "uint8", ("T", *IMAGE), IMAGE_AXES, "target test images; the columns of margins", image=True),
     DatasetSpec("target/labels", "int64", ("T",), "example", "class index of each target test example"),
     DatasetSpec("target/class_names", "str", ("C",), "class", "target class names"),
     DatasetSpec("source/planted_leak", "int64", ("N",), "example",
@@ -313,6 +314,8 @@ class RunStore:
 
     def _check_recipe_hash(self) -> None:
         """A writer must not add rows made by a recipe other than the one the store's rows came from."""
+        if self.imported:  # no recipe: its recipe_hash is the hash of the import record (see store_import.py)
+            return
         if self.recipe.hash() != self.recipe_hash:
             raise StoreError(
                 f"{self.path}: the stored recipe does not match the recipe hash its rows were made with; "
@@ -336,7 +339,30 @@ class RunStore:
     # metadata -----------------------------------------------------------------------------------
     @property
     def recipe(self) -> Recipe:
+        if self.imported:
+            raise StoreError(f"{self.path}: an imported store has no recipe (made by `dmtoolkit store import`), "
+                             "so nothing can be trained or retrained from it")
         return parse_recipe_text(self.file.attrs["recipe"], origin=f"{self.path} (stored recipe)")
+
+    @property
+    def imported(self) -> bool:
+        """Made by `dmtoolkit store import` from masks and margins computed elsewhere: no recipe, no images."""
+        return self.file.attrs.get("origin", "recipe") == "imported"
+
+    @property
+    def has_images(self) -> bool:
+        """The store holds source and target pixels (every store but an imported one)."""
+        return bool(self.file.attrs.get("images", True))
+
+    @property
+    def import_record(self) -> dict | None:
+        """What an imported store was made from (source files, their sha256, options); None otherwise."""
+        return json.loads(self.file.attrs["import"]) if self.imported else None
+
+    @property
+    def antithetic(self) -> bool:
+        """Rows 2i and 2i+1 are complementary masks (one sampling unit), as recorded at creation."""
+        return bool(self.file.attrs.get("antithetic", False))
 
     @property
     def recipe_hash(self) -> str:
@@ -397,7 +423,7 @@ class RunStore:
         """
         f, problems, dims = self.file, [], {}
         for spec in RUN_DATASETS:
-            if spec.planted and not self.has_planted:
+            if (spec.planted and not self.has_planted) or (spec.image and not self.has_images):
                 continue
             if spec.name not in f or not isinstance(f[spec.name], h5py.Dataset):
                 problems.append(f"dataset {spec.name!r} is missing")
@@ -507,12 +533,19 @@ class RunStore:
     def target_class_names(self) -> list[str]:
         return self.strings("target/class_names")
 
+    def _require_images(self, what: str) -> None:
+        if not self.has_images:
+            raise StoreError(f"{self.path}: an imported store has no {what} images (`dmtoolkit store import` "
+                             "brings masks and margins only)")
+
     def source_images(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
         """uint8 (n, H, W, C) images of the given source pool examples, in the given order."""
+        self._require_images("source")
         return _take(self.file["source/images"], indices)
 
     def target_images(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
         """uint8 (n, H, W, C) images of the given target test examples, in the given order."""
+        self._require_images("target")
         return _take(self.file["target/images"], indices)
 
     def planted(self) -> Planted | None:
@@ -525,6 +558,7 @@ class RunStore:
 
     def run_data(self) -> RunData:
         """The stored data, as workers need it to train and transfer any model of the run."""
+        self._require_images("source or target")
         f = self.file
         split = lambda images, labels: Split(f[images][()], f[labels][()])  # noqa: E731
         planted = self.planted()
@@ -624,6 +658,11 @@ class RunStore:
         if self._lock is None:
             self._scanned = result
         return result
+
+
+def open_store(path: str | Path, *, writable: bool = False) -> RunStore:
+    """Open a run store (read-only by default; `writable=True` takes the single-writer lock to `write_row`)."""
+    return RunStore(path, writable=writable)
 
 
 def _take(dataset: h5py.Dataset, indices: Sequence[int] | np.ndarray) -> np.ndarray:

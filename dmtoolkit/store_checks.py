@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +25,14 @@ def store_summary(path: str | Path) -> dict[str, Any]:
     """What a person asks first: progress, accuracies, shapes, recipe, planted counts."""
     with RunStore(path) as store:
         done = store.completed_mask()
-        recipe = store.recipe
+        record = store.import_record
+        recipe = None if record else store.recipe
+        own = "(the trainer's own data)"
+        source_dataset = "imported" if record else recipe.source.dataset if recipe.source else own
+        target_dataset = "imported" if record else recipe.target.dataset if recipe.target else own
         summary: dict[str, Any] = {
             "path": str(store.path),
-            "recipe": recipe.name,
+            "recipe": "(imported: no recipe)" if record else recipe.name,
             "recipe_hash": store.recipe_hash,
             "kind": store.kind,
             "alpha": store.subset_fraction,
@@ -35,10 +40,10 @@ def store_summary(path: str | Path) -> dict[str, Any]:
             "randomness": store.randomness,
             "models": {"completed": int(done.sum()), "total": store.num_models},
             "shapes": {"masks": list(store.masks.shape), "margins": list(store.margins.shape)},
-            "trainer": store.trainer,
-            "source": {"dataset": recipe.source.dataset if recipe.source else "(the trainer's own data)", "classes": len(store.source_class_names),
+            "trainer": "(imported)" if record else store.trainer,
+            "source": {"dataset": source_dataset, "classes": len(store.source_class_names),
                        "pool_examples": store.num_source_examples, "test_examples": store.num_source_test},
-            "target": {"dataset": recipe.target.dataset if recipe.target else "(the trainer's own data)", "classes": len(store.target_class_names),
+            "target": {"dataset": target_dataset, "classes": len(store.target_class_names),
                        "train_examples": store.num_target_train, "test_examples": store.num_targets},
             "source_accuracy": _stats(store.column("source_accuracy")[done]),
             "target_accuracy": _stats(store.column("target_accuracy")[done]),
@@ -46,6 +51,8 @@ def store_summary(path: str | Path) -> dict[str, Any]:
             "created": store.created,
             "package_version": store.package_version,
         }
+        if record:
+            summary["imported"] = {"design": record["design"], "files": record["files"]}
         planted = store.planted()
         if planted is not None:
             leaks = planted.leak_target >= 0
@@ -78,6 +85,10 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"target acc  {stat('target_accuracy')}",
         f"seconds     {stat('seconds_per_model', '{:.2f}')} per model",
     ]
+    if "imported" in summary:
+        files = ", ".join(f"{role} {v['path']} (sha256 {v['sha256'][:12]})"
+                          for role, v in summary["imported"]["files"].items())
+        lines.append(f"imported    design {summary['imported']['design']}; from {files or 'in-memory arrays'}")
     if "planted" in summary:
         p = summary["planted"]
         lines.append(f"planted     {p['leaks']} leaks ({p['near_copy_leaks']} near copies), {p['decoys']} decoys, {p['flipped']} flipped labels")
@@ -88,6 +99,8 @@ def validate_store(path: str | Path) -> list[str]:
     """Every problem found (empty when valid): schema, shapes, dtypes, masks re-derived, finite completed rows."""
     problems: list[str] = []
     with RunStore(path) as store:
+        if store.imported:
+            return _imported_problems(store)
         try:
             recipe = store.recipe
         except RecipeError as error:
@@ -109,14 +122,46 @@ def validate_store(path: str | Path) -> list[str]:
             bad = np.flatnonzero((derived != store.masks[()]).any(axis=1))
             if len(bad):
                 problems.append(f"masks of {len(bad)} rows differ from those re-derived from seed {sub.seed} (first: row {bad[0]})")
-        done = store.completed_mask()
-        bad = store.nonfinite_rows()
-        if len(bad):
-            problems.append(f"{len(bad)} completed rows have non-finite margins (first: row {bad[0]})")
-        for name in ("source_accuracy", "target_accuracy"):
-            values = store.column(name)[done]
-            if not np.all((values >= 0) & (values <= 1) | np.isnan(values) & (name == "source_accuracy")):
-                problems.append(f"{name}: completed rows hold values outside [0, 1]")
-        if (store.column("seed")[done] < 0).any():
-            problems.append("seed: completed rows without a recorded training seed")
+        problems += _row_problems(store)
     return problems
+
+
+def _row_problems(store: RunStore) -> list[str]:
+    """Completed rows: finite margins, accuracies in [0, 1], a recorded seed (imported rows have none)."""
+    problems = []
+    done = store.completed_mask()
+    bad = store.nonfinite_rows()
+    if len(bad):
+        problems.append(f"{len(bad)} completed rows have non-finite margins (first: row {bad[0]})")
+    for name in ("source_accuracy", "target_accuracy"):
+        values = store.column(name)[done]
+        if not np.all((values >= 0) & (values <= 1) | np.isnan(values) & (name == "source_accuracy")):
+            problems.append(f"{name}: completed rows hold values outside [0, 1]")
+    if not store.imported and (store.column("seed")[done] < 0).any():
+        problems.append("seed: completed rows without a recorded training seed")
+    return problems
+
+
+def _imported_problems(store: RunStore) -> list[str]:
+    """`validate_store` for a store made by `store import`: its import record stands in for the recipe."""
+    text = str(store.file.attrs.get("import", ""))
+    if not text or hashlib.sha256(text.encode()).hexdigest() != store.recipe_hash:
+        return ["recipe_hash attribute does not match the stored import record"]
+    problems = store.schema_problems()
+    if problems:
+        return problems
+    m, P = store.num_models, store.num_units
+    units = len(store.source_class_names) if store.kind == "class" else store.num_source_examples
+    if units != P:
+        problems.append(f"masks have {P} units but the source has {units} {store.kind} units")
+    if int(store.file.attrs["num_models"]) != m:
+        problems.append(f"the import recorded {store.file.attrs['num_models']} models, store has {m} rows")
+    if store.antithetic:
+        for start in range(0, m, 4096):
+            block = store.masks[start:start + 4096]
+            pairs = (block[0::2] == ~block[1::2]).all(axis=1)
+            if not pairs.all():
+                row = start + 2 * int(np.flatnonzero(~pairs)[0])
+                problems.append(f"design antithetic, but rows {row} and {row + 1} are not complementary")
+                break
+    return problems + _row_problems(store)

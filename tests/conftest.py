@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-RECIPES = ROOT / "recipes"
+RECIPES = ROOT / "dmtoolkit" / "recipes"
 
 SMALL_RECIPE = {
     "name": "small-test",

@@ -15,6 +15,7 @@ from dmtoolkit import analyze
 from dmtoolkit.analyze import results
 from dmtoolkit.analyze.results import (
     ClassEffect,
+    ClassEvidence,
     ClassRanking,
     CounterfactualResult,
     Explanation,
@@ -34,13 +35,15 @@ from tests.test_analyze import class_files, example_files  # noqa: F401  (module
 ROOT = Path(__file__).resolve().parent.parent
 ANALYZE = ROOT / "dmtoolkit" / "analyze"
 
-EFFECT = {"index", "name", "influence"}
-RANKING = {"file", "estimator", "target_class", "targets", "overall", "undefined", "top", "bottom", "bottom_all"}
+EFFECT = {"index", "name", "influence", "low", "high"}
+EVIDENCE = EFFECT | {"p_value", "q_value", "significant"}
+RANKING = {"file", "estimator", "target_class", "targets", "overall", "undefined", "top", "bottom", "bottom_all",
+           "level", "interval_note"}
 EXPLANATION = {"file", "target", "true_label", "predicted_label", "models", "fraction_correct", "most_negative",
-               "most_positive"}
+               "most_positive", "level", "fdr", "interval_note"}
 VERIFY = {"class", "repeats", "correct_removed", "correct_kept", "rate_removed", "rate_kept"}
 PAIR = {"rank", "source", "source_id", "source_label", "target", "target_label", "influence", "ranking_score",
-        "pixel_score", "p_value", "q_value", "category", "flagged"}
+        "pixel_score", "feature_score", "p_value", "q_value", "category", "flagged"}
 LEAK_SCORE = {"k", "planted_leaks", "hits", "precision_at_k", "recall_at_k", "decoys_flagged"}
 CANDIDATE = {"rank", "source", "source_id", "label", "score", "p_value", "q_value", "source_p", "target_p", "flagged"}
 FLIP_SCORE = {"k", "flipped", "auc", "precision_at_k", "hits", "recall_at_k"}
@@ -63,10 +66,11 @@ def test_class_results_keep_their_json_keys(class_files: tuple[Path, Path]) -> N
     assert set(ranking) == RANKING and _plain(ranking)
     assert all(set(e) == EFFECT for key in ("overall", "top", "bottom", "bottom_all") for e in ranking[key])
     sub = analyze.subpopulation(infl, "c1", n=3, with_images=True).to_json()
-    assert set(sub) == {"file", "class", "targets"} and _plain(sub)
-    assert all(set(t) == {"target", "name", "influence"} for t in sub["targets"])
+    assert set(sub) == {"file", "class", "targets", "level", "interval_note"} and _plain(sub)
+    assert all(set(t) == {"target", "name", "influence", "low", "high"} for t in sub["targets"])
     explanation = analyze.explain_target(infl, 5).to_json()
     assert set(explanation) == EXPLANATION and _plain(explanation)
+    assert all(set(e) == EVIDENCE for key in ("most_negative", "most_positive") for e in explanation[key])
     verified = Explanation(**{**analyze.explain_target(infl, 5).__dict__,
                               "verify": Verification("c4", 2, 1, 2, 0.5, 1.0)}).to_json()
     assert set(verified) == EXPLANATION | {"verify"} and set(verified["verify"]) == VERIFY
@@ -76,7 +80,8 @@ def test_example_results_keep_their_json_keys(example_files: dict) -> None:  # n
     leak = analyze.detect_leakage(example_files["influence"], top=3).to_json()
     assert set(leak) == {"file", "estimator", "ranking", "one_per_source", "pairs", "planted", "fdr", "near_duplicate",
                          "evidence", "message", "remove", "flagged", "influence_only", "near_duplicate_only",
-                         "planted_influence_only", "planted_pixel_only", "planted_top"} and _plain(leak)
+                         "planted_influence_only", "planted_pixel_only", "planted_top", "planted_feature_top",
+                         "features"} and _plain(leak)
     assert all(set(p) == PAIR for p in leak["pairs"] + leak["flagged"]) and set(leak["planted"]) == LEAK_SCORE
     mis = analyze.detect_mislabels(example_files["influence"], top=3).to_json()
     assert set(mis) == {"file", "estimator", "by", "candidates", "planted", "planted_top", "fdr", "evidence",
@@ -125,14 +130,42 @@ def test_text_formats_are_the_cli_lines() -> None:
     bottom = (ClassEffect(4, "c4", -1.0),)
     ranking = ClassRanking("f.h5", "influence", None, 12, top + bottom, (), top, bottom, bottom)
     assert text.format_ranking(ranking) == (
-        "mean influence over 12 target examples (all targets)\nmost positive:\n"
+        "mean influence over 12 target examples (all targets)\nno interval (estimate has no standard errors)\n"
+        "most positive:\n"
         "    1. c1                   +0.5000\n    2. c3                   +0.2500\n"
         "most negative:\n    1. c4                   -1.0000")
+    with_bounds = (ClassEffect(1, "c1", 0.5, 0.25, 0.75),)
+    bounded = ClassRanking("f.h5", "influence", "3", 4, with_bounds, (), with_bounds, with_bounds, with_bounds,
+                           level=0.9, interval_note="90% intervals; ...")
+    assert text.format_ranking(bounded).splitlines() == [
+        "mean influence over 4 target examples (target class 3)", "90% intervals; ...",
+        "       class                   mean  90% interval", "most positive:",
+        "    1. c1                   +0.5000  [+0.2500, +0.7500]", "most negative:",
+        "    1. c1                   +0.5000  [+0.2500, +0.7500]"]
     explanation = Explanation("f.h5", 5, "t0", None, 60, None, bottom, top, Verification("c4", 3, 2, 1, 2 / 3, 1 / 3))
     assert text.format_explanation(explanation, top=1).splitlines() == [
         "target 5: true t0, predicted unknown (majority of 60 models; correct in -)",
+        "most negative class c4: -1.000: no interval (estimate has no standard errors)",
+        "most positive class c1: +0.500: no interval (estimate has no standard errors)",
         "most negative classes: c4 (-1.000)", "most positive classes: c1 (+0.500)",
         "verify: without c4 correct 2/3, with it 1/3"]
+    negative = (ClassEvidence(4, "c4", -1.0, -1.3, -0.7, 0.001, 0.01, True),)
+    positive = (ClassEvidence(1, "c1", 0.5, -0.1, 1.1, 0.08, 0.3, False),)
+    tested = Explanation("f.h5", 5, "t0", "t1", 60, 0.25, negative, positive, level=0.9, fdr=0.05,
+                         interval_note="90% intervals from ...")
+    assert text.format_explanation(tested).splitlines() == [
+        "target 5: true t0, predicted t1 (majority of 60 models; correct in 25%)",
+        "most negative class c4: -1.000 [-1.300, -0.700], p=0.001 (q=0.01): negative at FDR 5%",
+        "most positive class c1: +0.500 [-0.100, +1.100], p=0.08 (q=0.3): not distinguishable from 0 at FDR 5%",
+        "most negative classes: c4 (-1.000 [-1.300, -0.700], q=0.01)",
+        "most positive classes: c1 (+0.500 [-0.100, +1.100], q=0.3)",
+        "90% intervals from ..."]
+    sub = Subpopulation("f.h5", "c1", (TargetEffect(3, "3:t0", 2.0, 1.5, 2.5),), level=0.9, interval_note="90% ...")
+    assert text.format_subpopulation(sub).splitlines() == [
+        "target examples most helped by source class c1:", "90% ...", "  3:t0         +2.0000  [+1.5000, +2.5000]"]
+    assert text.format_subpopulation(Subpopulation("f.h5", "c1", (TargetEffect(3, "3:t0", 2.0),))).splitlines() == [
+        "target examples most helped by source class c1:", "no interval (estimate has no standard errors)",
+        "  3:t0         +2.0000"]
     candidate = MislabelCandidate(1, 3, "ex3", "c3", -0.25, p_value=0.001, q_value=0.012, source_p=0.001,
                                   target_p=0.0004, flagged=True)
     scored = MislabelReport("f.h5", "influence", "worst", (candidate,), MislabelScore(1, 2, None, 1.0, 1, 0.5),
@@ -148,7 +181,7 @@ def test_text_formats_are_the_cli_lines() -> None:
     assert text.format_leakage(leak).splitlines() == [
         "no evidence of leakage at FDR 5%", "evidence: one-sided p-values; near duplicate: pixel score >= 0.985",
         "top 0 pairs by influence (browsing):",
-        "rank  source label  target label   influence  score  pixel      p      q  category",
+        "rank  source label  target label   influence  score  pixel   feat      p      q  category",
         "planted leaks:",
         "  flagged                   0 pairs, precision -, recall 0.000 (0 of 2 planted leaks), decoys 0"]
 

@@ -264,3 +264,18 @@ def test_few_sampling_units_are_named(tmp_path: Path, sources: int, expected: st
     result = detect_leakage(tmp_path / "influence.h5")
     assert expected in result.evidence and result.flagged == ()
     assert expected in detect_mislabels(tmp_path / "influence.h5").evidence
+
+
+def test_feature_similarity_is_shown_beside_the_evidence(planted: dict[str, Path]) -> None:
+    result = detect_leakage(planted["influence"])
+    # a copy is the same picture, so the full-pool model embeds both identically
+    assert all(p.feature_score == pytest.approx(1.0, abs=1e-5) for p in result.flagged)
+    look_alike = next(p for p in result.influence_only if (p.source, p.target) == LOOK_ALIKE)
+    assert look_alike.feature_score is not None and look_alike.feature_score < 0.99
+    assert result.features.startswith("feature similarity: cosine of standardised")
+    assert result.planted_feature_top is not None and result.planted_feature_top.hits == len(LEAKS)
+    plain = detect_leakage(planted["influence"], features=False)
+    assert all(p.feature_score is None for p in plain.pairs) and plain.planted_feature_top is None
+    assert [(p.source, p.target) for p in plain.flagged] == [(p.source, p.target) for p in result.flagged]
+    out = CliRunner().invoke(cli, ["leakage", str(planted["influence"]), "--no-features", "--device", "cpu"])
+    assert out.exit_code == 0 and "feature similarity not computed" in out.output

@@ -13,7 +13,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "dmtoolkit"
 LAYERS = {"data": 1, "train": 2, "run": 3, "estimate": 4, "analyze": 5, "reliability": 5, "report": 6,
-          "demo": 7, "cli": 7}
+          "demo": 7, "cli": 7, "__main__": 7}
 
 
 def layer_of(module: str) -> int:

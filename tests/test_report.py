@@ -53,6 +53,11 @@ def test_report_contents(report_dir: Path, tmp_path: Path) -> None:
     assert ("ex-influence.h5", "leakage") in tasks and ("ex-datamodels.h5", "mislabels") in tasks
     by_file = {e["file"]: e for e in data["estimates"]}
     assert by_file["influence.h5"]["rank"]["top"][0]["name"] == "c1"
+    rank = by_file["influence.h5"]["rank"]
+    first = rank["top"][0]
+    assert rank["level"] == 0.9 and first["low"] < first["influence"] < first["high"]
+    assert "90% interval" in html and f"[{first['low']:+.4f}, {first['high']:+.4f}]" in html
+    assert rank["interval_note"] in html
     assert by_file["influence.h5"]["lds"]["heldout_models"] == 12
     for name in ("c1", "Leakage", "Mislabels", "no evidence of", "LDS", "Run health", "Detection scores"):
         assert name in html

@@ -20,6 +20,7 @@ from dmtoolkit.analyze.estimates import (
     require_kind,
 )
 from dmtoolkit.analyze.evidence import bh_adjusted, check_fdr, fdr_phrase, one_sided_pvalues, simes
+from dmtoolkit.analyze.features import feature_similarity
 from dmtoolkit.analyze.options import (
     DETECT_FDR,
     DETECT_TOP,
@@ -166,7 +167,8 @@ def _best(scores: np.ndarray, where: np.ndarray) -> tuple[np.ndarray, np.ndarray
 
 def detect_leakage(path: str | Path, *, fdr: float = DETECT_FDR, top: int = DETECT_TOP,
                    store: str | Path | None = None, ranking: str = LEAK_RANKINGS[0], all_pairs: bool = False,
-                   near_duplicate: float = NEAR_DUPLICATE) -> LeakageReport:
+                   near_duplicate: float = NEAR_DUPLICATE, features: bool = True,
+                   device: str | None = None) -> LeakageReport:
     """Source examples that copy a target test image: significant influence on it *and* near-duplicate pixels.
 
     Influence evidence: one-sided p-values of influence > 0 from the estimate's design-valid standard errors,
@@ -177,6 +179,8 @@ def detect_leakage(path: str | Path, *, fdr: float = DETECT_FDR, top: int = DETE
     near duplicate only. Besides, the `top` pairs by `ranking` are listed for browsing (each source once
     unless `all_pairs`). Planted ground truth, when the store has it, is read after detection to score the
     flagged set and, beside it, the influence-only and pixel-only detectors and the top-k list.
+    With `features`, every pair also gets a feature-space similarity from one model trained on the whole pool
+    with the run's recipe (`feature_similarity`, a few seconds on `device`); it is shown, not used to flag.
     """
     if top < 1:
         raise UserError(f"top={top} must be at least 1")
@@ -191,6 +195,12 @@ def detect_leakage(path: str | Path, *, fdr: float = DETECT_FDR, top: int = DETE
         pool, targets_all = run.source_images(np.arange(est.matrix.shape[0])), run.target_images(est.target_index)
         src_labels, tgt_labels = run.source_labels, run.target_labels
         src_names, tgt_names = run.source_class_names, run.target_class_names
+        feature, feature_note = None, "feature similarity not computed (features=False)"
+        if features:
+            similarity = feature_similarity(run, device=device)
+            feature = similarity.matrix[:, est.target_index]
+            feature_note = (f"feature similarity: cosine of standardised {similarity.layer} features of one model "
+                            f"trained on the whole pool (seed {similarity.seed}, {similarity.seconds:.0f} s)")
         planted = run.planted()  # scoring only: read after detection
     pixel = near_duplicate_matrix(pool, targets_all)
     copy = (pixel >= near_duplicate) & defined
@@ -210,7 +220,8 @@ def detect_leakage(path: str | Path, *, fdr: float = DETECT_FDR, top: int = DETE
                         target=j, target_label=tgt_names[tgt_labels[j]], influence=float(est.matrix[i, c]),
                         ranking_score=float(scores[i, c]), pixel_score=float(pixel[i, c]),
                         p_value=None if p is None else float(p[i, c]), q_value=None if q is None else float(q[i, c]),
-                        category=category, flagged=category == "likely copy")
+                        category=category, flagged=category == "likely copy",
+                        feature_score=None if feature is None else float(feature[i, c]))
 
     def listed(rows: np.ndarray, columns: np.ndarray, order_by: np.ndarray, category: str) -> tuple[LeakPair, ...]:
         order = np.argsort(-order_by[rows, columns], kind="stable")
@@ -232,9 +243,12 @@ def detect_leakage(path: str | Path, *, fdr: float = DETECT_FDR, top: int = DETE
                                    np.searchsorted(est.target_index, [f.target for f in flagged]).astype(int)),
                   "planted_influence_only": score(*_best(significance, significant)) if p is not None else None,
                   "planted_pixel_only": score(*_best(pixel, copy)),
+                  "planted_feature_top": None if feature is None else score(*top_pairs(
+                      np.where(defined, feature, np.nan), top, one_per_source=True)),
                   "planted_top": score(units, columns)}
     return LeakageReport(file=str(est.path), estimator=est.estimator, ranking=ranking, one_per_source=not all_pairs,
                          pairs=pairs, fdr=fdr, near_duplicate=near_duplicate, evidence=evidence, message=message,
+                         features=feature_note,
                          flagged=flagged, influence_only=influence_only, near_duplicate_only=near_only,
                          source_images=pool[units], target_images=targets_all[columns],
                          pool_images=pool, covered_target_images=targets_all, target_index=est.target_index,

@@ -26,6 +26,8 @@ SUBPOP_SIZE = 16
 """Target examples `subpopulation` returns."""
 EXPLAIN_TOP = 5
 """Classes `explain_target` lists each way."""
+INTERVAL_LEVEL = 0.9
+"""Nominal coverage of the intervals `rank_classes`, `explain_target` and `subpopulation` give every influence."""
 DETECT_TOP = 20
 """Pairs `detect_leakage` and candidates `detect_mislabels` list for browsing, beside the flagged ones."""
 DETECT_FDR = 0.05

@@ -11,17 +11,38 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+NO_STDERR = "no interval (estimate has no standard errors)"
+"""What results say instead of an interval when the estimate (e.g. datamodels) has no standard errors."""
+
 
 @dataclass(frozen=True)
 class ClassEffect:
-    """One source class's effect: its index in the estimate, its name, its (mean) influence."""
+    """One source class's effect: its index in the estimate, its name, its (mean) influence, and the bounds of its
+    interval at the result's `level` (None when there is no interval: no standard errors, or undefined)."""
 
     index: int
     name: str
     influence: float
+    low: float | None = None
+    high: float | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"index": self.index, "name": self.name, "influence": self.influence}
+        return {"index": self.index, "name": self.name, "influence": self.influence, "low": self.low,
+                "high": self.high}
+
+
+@dataclass(frozen=True)
+class ClassEvidence(ClassEffect):
+    """A class's influence on one target with its evidence (`explain_target`): p_value one-sided (influence < 0 in
+    a most-negative list, > 0 in a most-positive one), q_value its Benjamini–Hochberg adjustment over that target's
+    classes (same side), significant: q_value ≤ the explanation's FDR (all three None without standard errors)."""
+
+    p_value: float | None = None
+    q_value: float | None = None
+    significant: bool | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {**super().to_json(), "p_value": self.p_value, "q_value": self.q_value, "significant": self.significant}
 
 
 @dataclass(frozen=True)
@@ -34,6 +55,9 @@ class ClassRanking:
     undefined: names of classes whose influence is undefined (NaN) on all of those targets;
     top: the first `top` of `overall`; bottom: the `top` most negative, most negative first;
     bottom_all: every defined class, most negative first.
+    level: nominal coverage of the classes' intervals (None when there are none); interval_note: how the intervals
+    were made (the standard error of a mean over targets comes from refitting the estimator on the per-model mean
+    margin, so correlation across targets counts), or why there are none.
     """
 
     file: str
@@ -45,24 +69,31 @@ class ClassRanking:
     top: tuple[ClassEffect, ...]
     bottom: tuple[ClassEffect, ...]
     bottom_all: tuple[ClassEffect, ...]
+    level: float | None = None
+    interval_note: str = NO_STDERR
 
     def to_json(self) -> dict[str, Any]:
         return {"file": self.file, "estimator": self.estimator, "target_class": self.target_class,
-                "targets": self.targets, "overall": [e.to_json() for e in self.overall],
+                "targets": self.targets, "level": self.level, "interval_note": self.interval_note,
+                "overall": [e.to_json() for e in self.overall],
                 "undefined": list(self.undefined), "top": [e.to_json() for e in self.top],
                 "bottom": [e.to_json() for e in self.bottom], "bottom_all": [e.to_json() for e in self.bottom_all]}
 
 
 @dataclass(frozen=True)
 class TargetEffect:
-    """A source class's influence on one target example: its index in the run store, its name ("j:class")."""
+    """A source class's influence on one target example: its index in the run store, its name ("j:class"), and the
+    bounds of its interval (None without one)."""
 
     target: int
     name: str
     influence: float
+    low: float | None = None
+    high: float | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"target": self.target, "name": self.name, "influence": self.influence}
+        return {"target": self.target, "name": self.name, "influence": self.influence, "low": self.low,
+                "high": self.high}
 
 
 @dataclass(frozen=True)
@@ -70,16 +101,19 @@ class Subpopulation:
     """The target examples most positively influenced by one source class (`subpopulation`), most first.
 
     images: uint8 (n, H, W, C) images of those targets, in the same order, when asked for (for a figure);
-    not part of the JSON.
+    not part of the JSON. level / interval_note: as in ClassRanking.
     """
 
     file: str
     class_name: str
     targets: tuple[TargetEffect, ...]
     images: Any = field(default=None, compare=False, repr=False)
+    level: float | None = None
+    interval_note: str = NO_STDERR
 
     def to_json(self) -> dict[str, Any]:
-        return {"file": self.file, "class": self.class_name, "targets": [t.to_json() for t in self.targets]}
+        return {"file": self.file, "class": self.class_name, "level": self.level, "interval_note": self.interval_note,
+                "targets": [t.to_json() for t in self.targets]}
 
 
 @dataclass(frozen=True)
@@ -106,7 +140,9 @@ class Explanation:
     true_label / predicted_label: target class names (predicted: the majority over completed models, None if
     no model recorded a prediction); models: completed models; fraction_correct: share of them with a
     positive margin (None without models); most_negative / most_positive: classes by influence on this
-    target, most extreme first; verify: the retraining check, when one was run (else the key is absent).
+    target, most extreme first (ClassEvidence: interval, one-sided p-value, BH q over this target's classes);
+    level / interval_note: as in ClassRanking; fdr: the rate `significant` is judged at; verify: the retraining
+    check, when one was run (else the key is absent).
     """
 
     file: str
@@ -118,11 +154,15 @@ class Explanation:
     most_negative: tuple[ClassEffect, ...]
     most_positive: tuple[ClassEffect, ...]
     verify: Verification | None = None
+    level: float | None = None
+    fdr: float = 0.05
+    interval_note: str = NO_STDERR
 
     def to_json(self) -> dict[str, Any]:
         data = {"file": self.file, "target": self.target, "true_label": self.true_label,
                 "predicted_label": self.predicted_label, "models": self.models,
-                "fraction_correct": self.fraction_correct,
+                "fraction_correct": self.fraction_correct, "level": self.level, "fdr": self.fdr,
+                "interval_note": self.interval_note,
                 "most_negative": [e.to_json() for e in self.most_negative],
                 "most_positive": [e.to_json() for e in self.most_positive]}
         if self.verify is not None:
@@ -193,7 +233,8 @@ class LeakPair:
     of the two images (`near_duplicate_matrix`, in [-1, 1]); p_value: one-sided p-value of influence > 0 from
     the estimate's design-valid standard error, q_value its Benjamini–Hochberg adjustment over all pairs
     (both None when the estimate has no standard errors); category: one of LEAK_CATEGORIES; flagged: a
-    likely copy at the report's FDR.
+    likely copy at the report's FDR; feature_score: cosine similarity of the two images' standardised
+    features in one model trained on the whole pool (`dmtoolkit.analyze.features`; None when not computed).
     """
 
     rank: int
@@ -209,12 +250,14 @@ class LeakPair:
     q_value: float | None = None
     category: str = "not significant"
     flagged: bool = False
+    feature_score: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {"rank": self.rank, "source": self.source, "source_id": self.source_id,
                 "source_label": self.source_label, "target": self.target, "target_label": self.target_label,
                 "influence": self.influence, "ranking_score": self.ranking_score, "pixel_score": self.pixel_score,
-                "p_value": self.p_value, "q_value": self.q_value, "category": self.category, "flagged": self.flagged}
+                "feature_score": self.feature_score, "p_value": self.p_value, "q_value": self.q_value,
+                "category": self.category, "flagged": self.flagged}
 
 
 @dataclass(frozen=True)
@@ -246,7 +289,8 @@ class LeakageReport:
     pairs: the `top` pairs by `ranking`, for browsing; evidence: how p-values were made, or why there are
     none; message: the one-line answer; pool_images / covered_target_images: every source and covered target
     image (see `images_of`; not in the JSON). planted: the flagged set scored against planted leaks, with the
-    influence-only, pixel-only and top-k detectors beside it (None / absent when nothing is planted);
+    influence-only, pixel-only, feature-only (best feature match per source, top k) and top-k detectors beside
+    it (None / absent when nothing is planted); features: how feature scores were made (or why not);
     source_images / target_images: uint8 images of `pairs`, for figures (not in the JSON).
     """
 
@@ -266,6 +310,8 @@ class LeakageReport:
     planted_influence_only: LeakageScore | None = None
     planted_pixel_only: LeakageScore | None = None
     planted_top: LeakageScore | None = None
+    planted_feature_top: LeakageScore | None = None
+    features: str = ""
     source_images: Any = field(default=None, compare=False, repr=False)
     target_images: Any = field(default=None, compare=False, repr=False)
     pool_images: Any = field(default=None, compare=False, repr=False)
@@ -287,12 +333,13 @@ class LeakageReport:
     def to_json(self) -> dict[str, Any]:
         data = {"file": self.file, "estimator": self.estimator, "ranking": self.ranking,
                 "one_per_source": self.one_per_source, "fdr": self.fdr, "near_duplicate": self.near_duplicate,
-                "evidence": self.evidence, "message": self.message, "remove": self.removal_ids,
+                "evidence": self.evidence, "features": self.features, "message": self.message,
+                "remove": self.removal_ids,
                 "flagged": [p.to_json() for p in self.flagged],
                 "influence_only": [p.to_json() for p in self.influence_only],
                 "near_duplicate_only": [p.to_json() for p in self.near_duplicate_only],
                 "pairs": [p.to_json() for p in self.pairs]}
-        for key in ("planted", "planted_influence_only", "planted_pixel_only", "planted_top"):
+        for key in ("planted", "planted_influence_only", "planted_pixel_only", "planted_feature_top", "planted_top"):
             if getattr(self, key) is not None:
                 data[key] = getattr(self, key).to_json()
         return data

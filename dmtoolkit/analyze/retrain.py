@@ -22,7 +22,7 @@ import numpy as np
 
 from dmtoolkit.analyze.classes import explain_target, rank_classes
 from dmtoolkit.analyze.estimates import Estimate, load_estimate, open_source_store, require_kind
-from dmtoolkit.analyze.options import COUNTERFACTUAL_KS, COUNTERFACTUAL_REPEATS, ORDERS
+from dmtoolkit.analyze.options import COUNTERFACTUAL_KS, COUNTERFACTUAL_REPEATS, DETECT_FDR, INTERVAL_LEVEL, ORDERS
 from dmtoolkit.analyze.results import ClassRanking, CounterfactualCurve, CounterfactualResult, Explanation, Verification
 from dmtoolkit.atomic import refuse_overwrite, write_atomic
 from dmtoolkit.errors import StoreError, UserError
@@ -84,7 +84,8 @@ def train_masks(recipe: Recipe, data: RunData, masks: np.ndarray, *, seed: int, 
 # --- explain --verify -------------------------------------------------------------------------------
 def verify_explanation(path: str | Path, target: int, repeats: int, *, store: str | Path | None = None,
                        device: str | None = None, progress: Progress | None = None,
-                       executor: ExecutorFactory | None = None) -> Explanation:
+                       executor: ExecutorFactory | None = None, level: float = INTERVAL_LEVEL,
+                       fdr: float = DETECT_FDR) -> Explanation:
     """Train `repeats` models without target's most negative class and `repeats` with it (all other classes in).
 
     Pair r is trained as rows 0 and 1 of one retraining (repeat r, run seed + 1 + r): with shared training
@@ -94,7 +95,7 @@ def verify_explanation(path: str | Path, target: int, repeats: int, *, store: st
     if repeats < 1:
         raise UserError(f"repeats={repeats} must be at least 1")
     progress = progress or _silent
-    explanation = explain_target(path, target, store=store)
+    explanation = explain_target(path, target, store=store, level=level, fdr=fdr)
     if not explanation.most_negative:
         raise UserError(f"{path}: target {target} has no defined influences to verify")
     worst = explanation.most_negative[0]
@@ -197,6 +198,11 @@ def check_counterfactual(recipe: Recipe, influence_path: str | Path, out: str | 
         raise UserError(f"order {order!r} must be one of {', '.join(ORDERS)}")
     est = load_estimate(influence_path)
     require_kind(est, "class", "counterfactual")
+    if est.store_path is not None and est.store_path.exists():
+        with RunStore(est.store_path) as run:
+            if run.imported:
+                raise UserError(f"{influence_path}: made from {est.store_path}, an imported store; it has no recipe "
+                                "or images, so its classes cannot be retrained (counterfactual needs a recipe's store)")
     if recipe.subsets.kind != "class":
         raise UserError(f"recipe {recipe.name!r} is {recipe.subsets.kind}-level; counterfactual removes classes, "
                         "give a class-level recipe")
@@ -214,7 +220,7 @@ def plan_counterfactual(recipe: Recipe, influence_path: str | Path, out: str | P
                         "give the recipe the influences were computed for")
     P = len(est.unit_names)
     k_list = parse_ks(ks if isinstance(ks, str) else ",".join(map(str, ks)), P)
-    orders = removal_order(rank_classes(influence_path, top=1), P, order, repeats, recipe.subsets.seed)
+    orders = removal_order(rank_classes(influence_path, top=1, level=None), P, order, repeats, recipe.subsets.seed)
     return CounterfactualPlan(recipe=recipe, influence_file=Path(influence_path), out=Path(out), order=order,
                               repeats=repeats, k=tuple(k_list), class_names=tuple(est.unit_names),
                               removal=tuple(tuple(o) for o in orders), force=force)

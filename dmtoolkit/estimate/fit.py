@@ -38,7 +38,10 @@ def completed_rows(store: RunStore, minimum: int = 2) -> np.ndarray:
 
 def store_units(store: RunStore) -> SamplingUnits:
     """The sampling units of a store's rows: from the mask design its recipe names, or, for masks given
-    explicitly, complementary pairs where every even row's complement follows it."""
+    explicitly, complementary pairs where every even row's complement follows it. An imported store's rows are
+    independent unless its import said `--design antithetic` (checked then: rows 2i, 2i+1 complementary)."""
+    if store.imported:
+        return design_units(store.num_models, store.num_units, antithetic=store.antithetic)
     if store.explicit_masks:
         return detect_units(store.masks[()])
     sub = store.recipe.subsets

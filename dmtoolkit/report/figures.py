@@ -10,23 +10,30 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from dmtoolkit.analyze.options import LEAK_FIGURE_PAIRS
-from dmtoolkit.analyze.results import ClassRanking, CounterfactualCurve, LeakageReport, Subpopulation
+from dmtoolkit.analyze.results import ClassRanking, CounterfactualCurve, LeakageReport, Subpopulation, TargetEffect
 from dmtoolkit.report import plots
 
 
 def rank_figure(ranking: ClassRanking, path: str | Path | None = None) -> bytes:
-    """Bars of the top classes and then the bottom ones (most negative last), each class once."""
+    """Bars of the top classes and then the bottom ones (most negative last), each class once, with error bars of
+    their intervals when the ranking has them."""
     shown = list(ranking.top) + [e for e in ranking.bottom[::-1] if e not in ranking.top]
     scope = f"target class {ranking.target_class}" if ranking.target_class else "all target examples"
+    intervals = [(e.low, e.high) for e in shown] if ranking.level is not None else None
+    bars = f", {100 * ranking.level:g}% intervals" if ranking.level is not None else ", no intervals"
     return plots.bar_chart([e.name for e in shown], [e.influence for e in shown],
-                           f"Source classes by mean influence ({scope})", path)
+                           f"Source classes by mean influence ({scope}{bars})", path, intervals=intervals)
 
 
 def subpop_figure(subpop: Subpopulation, path: str | Path | None = None) -> bytes:
     """The subpopulation's target images with name and influence; needs `subpopulation(..., with_images=True)`."""
     if subpop.images is None:
         raise ValueError("subpop_figure needs the images: call subpopulation(..., with_images=True)")
-    return plots.image_grid(list(subpop.images), [f"{t.name}\n{t.influence:+.3f}" for t in subpop.targets],
+    def caption(t: TargetEffect) -> str:
+        bounds = f"\n[{t.low:+.2f}, {t.high:+.2f}]" if t.low is not None and t.high is not None else ""
+        return f"{t.name}\n{t.influence:+.3f}{bounds}"
+
+    return plots.image_grid(list(subpop.images), [caption(t) for t in subpop.targets],
                             f"Target images most helped by source class {subpop.class_name}", path)
 
 

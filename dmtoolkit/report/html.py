@@ -40,6 +40,12 @@ def format_p(value: float | None) -> str:
     return "–" if value is None else f"{value:.2e}" if value < 1e-3 else f"{value:.3f}"
 
 
+def format_interval(effect: Any) -> str:
+    """An effect's interval for a table, `[-0.1234, +0.5678]`; "–" when it has none."""
+    low, high = effect.low, effect.high
+    return "–" if low is None or high is None else f"[{low:+.4f}, {high:+.4f}]"
+
+
 def _data_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
@@ -170,7 +176,9 @@ def _estimate_section(path: Path, runs: list[Path], top: int, subpops: int) -> E
     if store is None:  # the store may have moved together with the folder: match by name
         store = next((r for r in runs if est.store_path is not None and r.name == est.store_path.name), None)
     if est.kind == "class":
-        section.rank = section.attempt("rank", rank_classes, path, top=top)
+        # the store the estimate names is found by rank itself (no intervals, with a note, if it changed since)
+        section.rank = section.attempt("rank", rank_classes, path, top=top,
+                                       store=None if store == est.store_path else store)
         if section.rank:
             section.figure("Source classes by mean influence", rank_figure(section.rank))
             if store is not None:
@@ -235,6 +243,7 @@ def build_report(directory: str | Path, out_dir: str | Path, *, top: int = 10, s
                              autoescape=jinja2.select_autoescape(["html", "j2"]), undefined=jinja2.StrictUndefined)
     env.filters["num"] = lambda v, d=3: "–" if v is None else f"{v:.{d}f}"
     env.filters["pval"] = format_p
+    env.filters["interval"] = format_interval
     html = env.get_template("report.html.j2").render(
         directory=str(directory), created=time.strftime("%Y-%m-%d %H:%M:%S"), runs=runs, estimates=estimates,
         counterfactuals=counterfactuals, combined_counterfactual=combined, detection=detection, top=top)

@@ -20,7 +20,7 @@ from dmtoolkit.atomic import replacing
 from dmtoolkit.report.html import _data_uri, format_p
 
 CSV_COLUMNS = ("category", "flagged", "source", "source_id", "source_label", "target", "target_label", "influence",
-               "p_value", "q_value", "pixel_score")
+               "p_value", "q_value", "pixel_score", "feature_score")
 
 PAGE = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined).from_string("""<!doctype html>
 <html><head><meta charset="utf-8"><title>Leakage report: {{ r.file }}</title>
@@ -30,16 +30,17 @@ img{image-rendering:pixelated;width:64px;height:64px;border:1px solid #ccc}</sty
 <p><strong>{{ r.message }}</strong></p>
 <p>Estimate: {{ r.file }} ({{ r.estimator }}). Threshold: Benjamini–Hochberg at FDR {{ (100 * r.fdr) | round(2) }}%
 on influence p-values ({{ r.evidence }}); a near duplicate has pixel score &ge; {{ r.near_duplicate }}
-(shift-tolerant correlation of the grey images).</p>
+(shift-tolerant correlation of the grey images). {{ r.features }}.</p>
 <p>Source example ids to remove: {{ r.removal_ids | join(", ") if r.removal_ids else "none" }}</p>
 {% for title, rows in groups %}
 <h2>{{ title }} ({{ rows | length }})</h2>
 {% if rows %}<table><tr><th>#</th><th>source</th><th>target</th><th>source example</th><th>label</th><th>target</th>
-<th>label</th><th>influence</th><th>p</th><th>q</th><th>pixel</th><th>category</th></tr>
+<th>label</th><th>influence</th><th>p</th><th>q</th><th>pixel</th><th>features</th><th>category</th></tr>
 {% for p, src, tgt in rows %}<tr><td>{{ p.rank }}</td><td><img src="{{ src }}" alt="source"></td>
 <td><img src="{{ tgt }}" alt="target"></td><td>{{ p.source_id }}</td><td>{{ p.source_label }}</td><td>{{ p.target }}</td>
 <td>{{ p.target_label }}</td><td>{{ "%+.4f" | format(p.influence) }}</td><td>{{ pval(p.p_value) }}</td>
-<td>{{ pval(p.q_value) }}</td><td>{{ "%.3f" | format(p.pixel_score) }}</td><td>{{ p.category }}</td></tr>
+<td>{{ pval(p.q_value) }}</td><td>{{ "%.3f" | format(p.pixel_score) }}</td>
+<td>{{ "–" if p.feature_score is none else "%.3f" | format(p.feature_score) }}</td><td>{{ p.category }}</td></tr>
 {% endfor %}</table>{% else %}<p>none</p>{% endif %}
 {% endfor %}
 </body></html>

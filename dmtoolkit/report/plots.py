@@ -34,11 +34,19 @@ def _show(ax: plt.Axes, image: np.ndarray) -> None:
     ax.set_yticks([])
 
 
-def bar_chart(names: Sequence[str], values: Sequence[float], title: str, out: str | Path | None = None) -> bytes:
-    """Horizontal bars, one per name (e.g. top and bottom classes by influence)."""
+def bar_chart(names: Sequence[str], values: Sequence[float], title: str, out: str | Path | None = None,
+              intervals: Sequence[tuple[float | None, float | None]] | None = None) -> bytes:
+    """Horizontal bars, one per name (e.g. top and bottom classes by influence); with `intervals` ((low, high) per
+    bar, None where undefined), error bars from low to high."""
     values = np.asarray(values, dtype=float)
     fig, ax = plt.subplots(figsize=(6, 0.3 * len(names) + 1))
-    ax.barh(range(len(names)), values, color=["tab:blue" if v >= 0 else "tab:red" for v in values])
+    xerr = None
+    if intervals is not None:
+        low = np.array([np.nan if lo is None else lo for lo, _ in intervals], dtype=float)
+        high = np.array([np.nan if hi is None else hi for _, hi in intervals], dtype=float)
+        xerr = np.nan_to_num(np.stack([values - low, high - values]), nan=0.0).clip(min=0)
+    ax.barh(range(len(names)), values, color=["tab:blue" if v >= 0 else "tab:red" for v in values],
+            xerr=xerr, error_kw={"ecolor": "black", "capsize": 2, "elinewidth": 0.8})
     ax.set_yticks(range(len(names)), list(names))
     ax.invert_yaxis()
     ax.axvline(0, color="black", linewidth=0.5)

@@ -8,7 +8,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from dmtoolkit.analyze.results import (
+    NO_STDERR,
     ClassEffect,
+    ClassEvidence,
     ClassRanking,
     CounterfactualResult,
     DemoSummary,
@@ -33,37 +35,90 @@ def _fixed(value: float | None, digits: int = 3) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+def interval(low: float | None, high: float | None, digits: int = 4) -> str:
+    """`[-0.1234, +0.5678]`; `[-]` when the bound is undefined."""
+    if low is None or high is None:
+        return "[-]"
+    return f"[{low:+.{digits}f}, {high:+.{digits}f}]"
+
+
+def _level_heading(level: float | None) -> str:
+    return f"{100 * level:g}% interval" if level is not None else ""
+
+
 def format_ranking(ranking: ClassRanking) -> str:
-    """The most positive and most negative classes, numbered, with their mean influence."""
+    """The most positive and most negative classes, numbered, with their mean influence and its interval (or a
+    line saying why there is none)."""
     scope = f"target class {ranking.target_class}" if ranking.target_class else "all targets"
-    lines = [f"mean influence over {ranking.targets} target examples ({scope})", "most positive:"]
-    lines += [f"  {i:3d}. {e.name:<20} {signed(e.influence)}" for i, e in enumerate(ranking.top, 1)]
+    shown = ranking.level is not None
+    lines = [f"mean influence over {ranking.targets} target examples ({scope})", ranking.interval_note]
+    if shown:
+        lines.append(f"  {'':3}  {'class':<20} {'mean':>7}  {_level_heading(ranking.level)}")
+
+    def row(i: int, e: ClassEffect) -> str:
+        text = f"  {i:3d}. {e.name:<20} {signed(e.influence)}"
+        return text + f"  {interval(e.low, e.high)}" if shown else text
+
+    lines.append("most positive:")
+    lines += [row(i, e) for i, e in enumerate(ranking.top, 1)]
     lines.append("most negative:")
-    lines += [f"  {i:3d}. {e.name:<20} {signed(e.influence)}" for i, e in enumerate(ranking.bottom, 1)]
+    lines += [row(i, e) for i, e in enumerate(ranking.bottom, 1)]
     return "\n".join(lines)
 
 
 def format_subpopulation(subpop: Subpopulation) -> str:
-    """The target examples a class helps most, one per line with its influence."""
-    lines = [f"target examples most helped by source class {subpop.class_name}:"]
-    lines += [f"  {t.name:<12} {signed(t.influence)}" for t in subpop.targets]
+    """The target examples a class helps most, one per line with its influence and interval."""
+    lines = [f"target examples most helped by source class {subpop.class_name}:", subpop.interval_note]
+    if subpop.level is not None:
+        lines += [f"  {t.name:<12} {signed(t.influence)}  {interval(t.low, t.high)}" for t in subpop.targets]
+    else:
+        lines += [f"  {t.name:<12} {signed(t.influence)}" for t in subpop.targets]
     return "\n".join(lines)
 
 
-def _classes(effects: tuple[ClassEffect, ...]) -> str:
-    return ", ".join(f"{e.name} ({signed(e.influence, 3)})" for e in effects)
+def _g(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2g}"
+
+
+def _classes(effects: tuple[ClassEffect, ...], with_interval: bool) -> str:
+    def one(e: ClassEffect) -> str:
+        if not with_interval:
+            return f"{e.name} ({signed(e.influence, 3)})"
+        q = f", q={_g(e.q_value)}" if isinstance(e, ClassEvidence) and e.q_value is not None else ""
+        return f"{e.name} ({signed(e.influence, 3)} {interval(e.low, e.high, 3)}{q})"
+
+    return ", ".join(one(e) for e in effects)
+
+
+def evidence_line(which: str, e: ClassEffect, fdr: float) -> str:
+    """`most negative class c4: -1.000 [-1.300, -0.700], p=0.001 (q=0.01): negative at FDR 5%` (which: "negative"
+    or "positive"), or "... not distinguishable from 0 at FDR 5%", or "... no interval (...)" without errors."""
+    head = f"most {which} class {e.name}: {signed(e.influence, 3)}"
+    if not isinstance(e, ClassEvidence) or e.p_value is None:
+        return f"{head}: {NO_STDERR}"
+    verdict = which if e.significant else "not distinguishable from 0"
+    return (f"{head} {interval(e.low, e.high, 3)}, p={_g(e.p_value)} (q={_g(e.q_value)}): {verdict} at "
+            f"FDR {100 * fdr:g}%")
 
 
 def format_explanation(explanation: Explanation, top: int | None = None) -> str:
     """Labels, the `top` most negative and positive classes, and the verification when one was run."""
     correct = explanation.fraction_correct
+    shown = explanation.level is not None
     lines = [
         f"target {explanation.target}: true {explanation.true_label}, predicted "
         f"{explanation.predicted_label or 'unknown'} (majority of {explanation.models} models; correct in "
         f"{'-' if correct is None else f'{correct:.0%}'})",
-        "most negative classes: " + _classes(explanation.most_negative[:top]),
-        "most positive classes: " + _classes(explanation.most_positive[:top]),
     ]
+    for which, effects in (("negative", explanation.most_negative), ("positive", explanation.most_positive)):
+        if effects:
+            lines.append(evidence_line(which, effects[0], explanation.fdr))
+    lines += [
+        "most negative classes: " + _classes(explanation.most_negative[:top], shown),
+        "most positive classes: " + _classes(explanation.most_positive[:top], shown),
+    ]
+    if shown:
+        lines.append(explanation.interval_note)
     v = explanation.verify
     if v is not None:
         lines.append(f"verify: without {v.class_name} correct {v.correct_removed}/{v.repeats}, "
@@ -86,11 +141,12 @@ def _p(value: float | None) -> str:
 def _leak_table(pairs: tuple[LeakPair, ...], show_score: bool) -> list[str]:
     width = max([len(p.source_id) for p in pairs] + [6])
     lines = [f"{'rank':>4}  {'source':<{width}} {'label':<6} {'target':>6} {'label':<6} {'influence':>10} "
-             f"{'score':>6} {'pixel':>6} {'p':>6} {'q':>6}  category"]
+             f"{'score':>6} {'pixel':>6} {'feat':>6} {'p':>6} {'q':>6}  category"]
     for p in pairs:
         z = f"{p.ranking_score:>6.2f}" if show_score else " " * 6
+        feat = "     -" if p.feature_score is None else f"{p.feature_score:>6.3f}"
         lines.append(f"{p.rank:>4}  {p.source_id:<{width}} {p.source_label:<6} {p.target:>6} "
-                     f"{p.target_label:<6} {p.influence:>+10.4f} {z} {p.pixel_score:>6.3f} {_p(p.p_value)} "
+                     f"{p.target_label:<6} {p.influence:>+10.4f} {z} {p.pixel_score:>6.3f} {feat} {_p(p.p_value)} "
                      f"{_p(p.q_value)}  {p.category}")
     return lines
 
@@ -106,6 +162,8 @@ def format_leakage(report: LeakageReport) -> str:
     """The one-line answer, the flagged pairs, the browsing list and, with planted ground truth, how the flagged
     set and the influence-only, pixel-only and top-k detectors score."""
     lines = [report.message, f"evidence: {report.evidence}; near duplicate: pixel score >= {report.near_duplicate}"]
+    if report.features:
+        lines.append(report.features)
     if report.flagged:
         lines += ["flagged (remove these source examples: " + ", ".join(report.removal_ids) + "):"]
         lines += _leak_table(report.flagged, report.ranking != "influence")
@@ -116,6 +174,8 @@ def format_leakage(report: LeakageReport) -> str:
         lines += [line for line in (_leak_score("flagged", report.planted),
                                     _leak_score("influence only (FDR)", report.planted_influence_only),
                                     _leak_score("pixels only", report.planted_pixel_only),
+                                    _leak_score(f"features only (top {len(report.pairs)})",
+                                                report.planted_feature_top),
                                     _leak_score(f"top {len(report.pairs)}", report.planted_top)) if line]
     return "\n".join(lines)
 

@@ -128,19 +128,7 @@ class BuiltinTrainer:
         """Train, transfer and score every job of one group as one batched network."""
         recipe = self.recipe
         seeds = [job.seed for job in jobs]
-        model_spec, train = recipe.model, recipe.training
-        torch.manual_seed(seeds[0])
-        model = build_model(model_spec.arch, len(jobs), self.channels, self.num_source_classes,
-                            model_spec.resolution, model_spec.width, model_spec.hidden, model_spec.downsample,
-                            model_spec.norm)
-        model.init_from_seeds(seeds)
-        model.to(self.device)
-        settings = LoopSettings(epochs=train.epochs, batch_size=train.batch_size, lr=train.lr,
-                                momentum=train.momentum, weight_decay=train.weight_decay, schedule=train.schedule,
-                                peak_epoch=train.peak_epoch, label_smoothing=train.label_smoothing,
-                                start_resolution=model_spec.resolution, order=train.order)
-        subsets = [job.source_indices for job in jobs]
-        train_models(model, self.batches(subsets, [s + 1 for s in seeds], settings), settings)
+        model = self.train_source_models([job.source_indices for job in jobs], seeds)
         source_acc = self.source_accuracy(model, [job.mask for job in jobs])
         logits = TRANSFERS[recipe.transfer.mode](
             model, self.target_train_x, self.target_train_y, self.target_test_x, self.num_target_classes,
@@ -149,6 +137,23 @@ class BuiltinTrainer:
         predictions = logits.argmax(dim=-1).cpu().numpy()
         return [TrainerResult(margins[g], source_acc[g], float((margins[g] > 0).mean()), predictions[g])
                 for g in range(len(jobs))]
+
+    def train_source_models(self, subsets: list[np.ndarray], seeds: list[int]) -> torch.nn.Module:
+        """A group of len(seeds) source models, model g trained on pool examples `subsets[g]` from `seeds[g]`,
+        exactly as the run's rows are (the recipe's architecture and training loop)."""
+        model_spec, train = self.recipe.model, self.recipe.training
+        torch.manual_seed(seeds[0])
+        model = build_model(model_spec.arch, len(seeds), self.channels, self.num_source_classes,
+                            model_spec.resolution, model_spec.width, model_spec.hidden, model_spec.downsample,
+                            model_spec.norm)
+        model.init_from_seeds(seeds)
+        model.to(self.device)
+        settings = LoopSettings(epochs=train.epochs, batch_size=train.batch_size, lr=train.lr,
+                                momentum=train.momentum, weight_decay=train.weight_decay, schedule=train.schedule,
+                                peak_epoch=train.peak_epoch, label_smoothing=train.label_smoothing,
+                                start_resolution=model_spec.resolution, order=train.order)
+        train_models(model, self.batches(subsets, [s + 1 for s in seeds], settings), settings)
+        return model
 
     @torch.no_grad()
     def source_accuracy(self, model: torch.nn.Module, masks: Sequence[np.ndarray]) -> list[float]:
