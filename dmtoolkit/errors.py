@@ -25,3 +25,7 @@ class DataError(UserError):
 
 class ParameterError(UserError, ValueError):
     """An estimator or analysis setting out of range (also a ValueError, as scikit-learn raises)."""
+
+
+class TrainerError(UserError):
+    """A recipe's trainer that cannot be imported, raised, or returned something other than T finite margins."""

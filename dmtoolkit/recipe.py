@@ -10,7 +10,7 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -36,8 +36,18 @@ class DataSpec(_Section):
     beton_test: str | None = None
 
 
-ADDED_KEYS: dict[tuple[str, str], object] = {("planting", "copy_labels"): "same-name"}
-"""(section, key) -> the value with which a recipe behaves as it did before the key existed."""
+ADDED_KEYS: dict[tuple[str | None, str], object] = {
+    ("planting", "copy_labels"): "same-name",
+    (None, "trainer"): None,
+    (None, "own_data"): None,
+}
+"""(section, key) -> the value with which a recipe behaves as it did before the key existed (section None: a
+top-level key)."""
+
+BUILTIN_SECTIONS = ("model", "training", "transfer")
+"""The sections of the built-in pipeline, which a recipe naming a `trainer` leaves out."""
+
+TRAINER_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$"
 
 
 class PlantingSpec(_Section):
@@ -138,20 +148,107 @@ class TransferSpec(_Section):
     weight_decay: float = Field(default=1e-4, ge=0)
 
 
+class TrainerSpec(_Section):
+    """A user's training function in place of the built-in model/training/transfer sections.
+
+    Written `trainer: MODULE:FUNCTION` or as a mapping with the keys below. The function is imported from
+    the working directory or `PYTHONPATH` and called once per model with a `dmtoolkit.train.contract.Job`.
+    """
+
+    function: str = Field(pattern=TRAINER_PATTERN, description="MODULE:FUNCTION, e.g. examples.digits_mlp:train")
+    seed: int = Field(default=0, description="training seed the job seeds derive from")
+    randomness: Literal["shared", "per-model"] = Field(
+        default="shared", description="shared: every job gets the same seed; per-model: each its own")
+    options: dict[str, Any] = Field(default_factory=dict, description="passed to the function as job.options")
+
+
+class OwnDataSpec(_Section):
+    """What the store needs to know when the trainer brings its own data (no `source`/`target` sections)."""
+
+    num_units: int | None = Field(default=None, ge=2, description="P, the units masks subsample")
+    unit_names: list[str] | None = Field(default=None, min_length=2, description="name of each unit (default 0..P-1)")
+    target_labels: list[int] = Field(min_length=1, description="class of each target test example (T of them)")
+    target_class_names: list[str] | None = Field(default=None, description="default: 0..max label")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "OwnDataSpec":
+        if self.num_units is None and self.unit_names is None:
+            raise ValueError("give num_units or unit_names")
+        if self.num_units is not None and self.unit_names is not None and len(self.unit_names) != self.num_units:
+            raise ValueError(f"{len(self.unit_names)} unit_names for num_units {self.num_units}")
+        if self.unit_names is not None and len(set(self.unit_names)) != len(self.unit_names):
+            raise ValueError("unit_names repeat a name")
+        classes = len(self.target_class_names) if self.target_class_names is not None else None
+        if min(self.target_labels) < 0 or (classes is not None and max(self.target_labels) >= classes):
+            raise ValueError(f"target_labels must lie in [0, {classes if classes is not None else 'classes'})")
+        return self
+
+    @property
+    def units(self) -> tuple[str, ...]:
+        return tuple(self.unit_names) if self.unit_names is not None else tuple(map(str, range(self.num_units or 0)))
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        if self.target_class_names is not None:
+            return tuple(self.target_class_names)
+        return tuple(map(str, range(max(self.target_labels) + 1)))
+
+
 class Recipe(_Section):
     """A whole experiment."""
 
     name: str
-    source: DataSpec
-    target: DataSpec
+    source: DataSpec | None = None
+    target: DataSpec | None = None
     subsets: SubsetSpec = SubsetSpec()
     model: ModelSpec = ModelSpec()
     training: TrainSpec = TrainSpec()
     transfer: TransferSpec = TransferSpec()
     planting: PlantingSpec = PlantingSpec()
+    trainer: TrainerSpec | None = Field(default=None, description="MODULE:FUNCTION in place of model/training/transfer")
+    own_data: OwnDataSpec | None = Field(default=None, description="units and target labels of a trainer's own data")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _trainer_shorthand(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("trainer"), str):
+            data = {**data, "trainer": {"function": data["trainer"]}}
+        return data
+
+    @property
+    def trainer_name(self) -> str:
+        """The trainer that computes the rows: the recipe's MODULE:FUNCTION, or `builtin:ARCH`."""
+        return self.trainer.function if self.trainer else f"builtin:{self.model.arch}"
+
+    @property
+    def seeding(self) -> tuple[int, str]:
+        """(training seed, randomness) the per-model seeds derive from (the trainer's, else `training`'s)."""
+        spec = self.trainer or self.training
+        return spec.seed, spec.randomness
 
     @model_validator(mode="after")
     def _consistent(self) -> "Recipe":
+        if self.trainer is None:
+            for role in ("source", "target"):
+                if getattr(self, role) is None:
+                    raise ValueError(f"{role}: Field required (only a recipe naming a `trainer` with `own_data` may leave "
+                                     "out its data)")
+            if self.own_data is not None:
+                raise ValueError("own_data: only a recipe naming a `trainer` brings its own data")
+        else:
+            given = [s for s in BUILTIN_SECTIONS if s in self.model_fields_set]
+            if given:
+                raise ValueError(f"{given[0]}: a recipe naming a trainer has no {'/'.join(BUILTIN_SECTIONS)} sections "
+                                 "(put the trainer's settings under trainer.options)")
+            has_data = (self.source is not None, self.target is not None)
+            if has_data == (True, True) and self.own_data is not None:
+                raise ValueError("own_data: give either source and target data or own_data, not both")
+            if has_data != (True, True) and (any(has_data) or self.own_data is None):
+                raise ValueError("own_data: a trainer recipe names both source and target data, or neither and "
+                                 "then own_data (num_units or unit_names, target_labels)")
+            if self.own_data is not None and any((self.planting.leaks, self.planting.decoys,
+                                                  self.planting.flip_fraction)):
+                raise ValueError("planting: needs source and target data (a trainer's own data cannot be planted)")
         if self.training.order == "slots" and self.model.norm == "batch":
             raise ValueError("training.order slots needs model.norm none (BatchNorm would mix padded batches)")
         if self.subsets.design == "orthogonal" and self.subsets.alpha != 0.5:
@@ -169,8 +266,15 @@ class Recipe(_Section):
         reproduces the old behaviour, so existing stores keep their hash and can still be resumed."""
         data = self.model_dump(mode="json")
         for (section, key), neutral in ADDED_KEYS.items():
-            if section in data and data[section].get(key, neutral) == neutral:
-                data[section].pop(key, None)
+            node = data if section is None else data.get(section)
+            if isinstance(node, dict) and node.get(key, neutral) == neutral:
+                node.pop(key, None)
+        if self.trainer is not None:  # the built-in sections do not apply (and are refused when given)
+            for section in BUILTIN_SECTIONS:
+                data.pop(section, None)
+        for role in ("source", "target"):
+            if data.get(role, ()) is None:
+                data.pop(role)
         return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
     def hash(self) -> str:
@@ -179,13 +283,13 @@ class Recipe(_Section):
     def with_overrides(self, *, models: int | None = None, seed: int | None = None,
                        training_seed: int | None = None) -> "Recipe":
         """The recipe with `--models` / `--seed` (subsets) or a training seed applied (and re-validated)."""
-        data = self.model_dump(mode="json")
+        data = json.loads(self.canonical_json())
         if models is not None:
             data["subsets"]["models"] = models
         if seed is not None:
             data["subsets"]["seed"] = seed
         if training_seed is not None:
-            data["training"]["seed"] = training_seed
+            data.setdefault("trainer" if self.trainer else "training", {})["seed"] = training_seed
         return parse_recipe_dict(data, origin="command-line overrides")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -12,7 +13,7 @@ from dmtoolkit.recipe import Recipe, parse_recipe_dict
 def apply_overrides(recipe: Recipe, overrides: Mapping[str, Any], *, origin: str = "recipe overrides") -> Recipe:
     """The recipe with each `"section.key": value` set (any depth), then validated as a whole, so the result
     hashes exactly like a recipe file with those values. Unknown keys are refused with the key's name."""
-    data = recipe.model_dump(mode="json")
+    data = json.loads(recipe.canonical_json())  # what the recipe says (a trainer recipe has no built-in sections)
     for dotted, value in overrides.items():
         *path, key = dotted.split(".")
         node = data

@@ -30,6 +30,7 @@ from dmtoolkit.atomic import replacing
 from dmtoolkit.errors import StoreError
 from dmtoolkit.lock import WriterLock
 from dmtoolkit.masks import make_masks
+from dmtoolkit.plugins import load_function, source_sha256
 from dmtoolkit.recipe import Recipe, parse_recipe_text
 
 SCHEMA_NAME = "dmtoolkit.run"
@@ -227,9 +228,11 @@ def create_store(path: str | Path, recipe: Recipe, data: RunData, *, force: bool
     units = data.source_class_names if kind == "class" else data.source_example_ids
     values = _dataset_values(data, masks, units)
     dims = {"m": m, "P": num_units, "T": T}
+    # a recipe's trainer is imported now, so `init` refuses one that cannot be imported; its source is hashed
+    trainer_digest = source_sha256(load_function(recipe.trainer.function)) if recipe.trainer else None
     with replacing(path, force=True, fsync=True) as tmp:  # refusal to overwrite was checked above
         with h5py.File(tmp, "w", track_order=True) as f:
-            _write_attributes(f, recipe, data, num_units)
+            _write_attributes(f, recipe, data, num_units, trainer_digest)
             f.attrs["masks_origin"] = "explicit" if explicit else "recipe seed"
             for spec in RUN_DATASETS:
                 if spec.planted and data.planted is None:
@@ -238,7 +241,8 @@ def create_store(path: str | Path, recipe: Recipe, data: RunData, *, force: bool
     return path
 
 
-def _write_attributes(f: h5py.File, recipe: Recipe, data: RunData, num_units: int) -> None:
+def _write_attributes(f: h5py.File, recipe: Recipe, data: RunData, num_units: int,
+                      trainer_digest: str | None = None) -> None:
     sub = recipe.subsets
     f.attrs.update({
         "schema": SCHEMA_NAME,
@@ -249,7 +253,8 @@ def _write_attributes(f: h5py.File, recipe: Recipe, data: RunData, num_units: in
         "num_units": num_units,
         "seed": sub.seed,
         "antithetic": sub.antithetic,
-        "randomness": recipe.training.randomness,
+        "randomness": recipe.seeding[1],
+        "trainer": recipe.trainer_name,
         "recipe": recipe.canonical_json(),
         "recipe_hash": recipe.hash(),
         "fingerprints": json.dumps(data.fingerprints, sort_keys=True),
@@ -257,6 +262,8 @@ def _write_attributes(f: h5py.File, recipe: Recipe, data: RunData, num_units: in
         "package_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     })
+    if trainer_digest:
+        f.attrs["trainer_source_sha256"] = trainer_digest
 
 
 def _open_h5(path: Path, mode: str) -> h5py.File:
@@ -467,6 +474,17 @@ class RunStore:
     def explicit_masks(self) -> bool:
         """The masks were given at creation (not drawn from the recipe's seed), so they cannot be re-derived."""
         return self.file.attrs.get("masks_origin", "recipe seed") == "explicit"
+
+    @property
+    def trainer(self) -> str:
+        """What computed the rows: the recipe's MODULE:FUNCTION, or builtin:ARCH."""
+        return str(self.file.attrs.get("trainer", "")) or self.recipe.trainer_name
+
+    @property
+    def trainer_source_sha256(self) -> str | None:
+        """sha256 of the trainer's source file when the store was created (None: built-in or no file)."""
+        value = self.file.attrs.get("trainer_source_sha256")
+        return None if value is None else str(value)
 
     @property
     def randomness(self) -> str:

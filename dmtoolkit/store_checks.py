@@ -27,8 +27,9 @@ def store_summary(path: str | Path) -> dict[str, Any]:
         done = store.completed_mask()
         record = store.import_record
         recipe = None if record else store.recipe
-        source_dataset = "imported" if record else recipe.source.dataset
-        target_dataset = "imported" if record else recipe.target.dataset
+        own = "(the trainer's own data)"
+        source_dataset = "imported" if record else recipe.source.dataset if recipe.source else own
+        target_dataset = "imported" if record else recipe.target.dataset if recipe.target else own
         summary: dict[str, Any] = {
             "path": str(store.path),
             "recipe": "(imported: no recipe)" if record else recipe.name,
@@ -39,6 +40,7 @@ def store_summary(path: str | Path) -> dict[str, Any]:
             "randomness": store.randomness,
             "models": {"completed": int(done.sum()), "total": store.num_models},
             "shapes": {"masks": list(store.masks.shape), "margins": list(store.margins.shape)},
+            "trainer": "(imported)" if record else store.trainer,
             "source": {"dataset": source_dataset, "classes": len(store.source_class_names),
                        "pool_examples": store.num_source_examples, "test_examples": store.num_source_test},
             "target": {"dataset": target_dataset, "classes": len(store.target_class_names),
@@ -75,6 +77,7 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"recipe      {summary['recipe']} ({summary['recipe_hash'][:12]})",
         f"subsets     {summary['kind']}-level, alpha {summary['alpha']}, seed {summary['seed']}, randomness {summary['randomness']}",
         f"models      {models['completed']}/{models['total']} completed",
+        f"trainer     {summary['trainer']}",
         f"masks       {tuple(summary['shapes']['masks'])} bool   margins {tuple(summary['shapes']['margins'])} float32",
         f"source      {src['dataset']}: {src['classes']} classes, {src['pool_examples']} pool examples, {src['test_examples']} test",
         f"target      {tgt['dataset']}: {tgt['classes']} classes, {tgt['train_examples']} train, {tgt['test_examples']} test",

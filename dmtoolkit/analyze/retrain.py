@@ -68,7 +68,8 @@ def train_masks(recipe: Recipe, data: RunData, masks: np.ndarray, *, seed: int, 
     padded = masks if rows >= 2 else np.concatenate([masks, masks[:1]])  # a store holds at least 2 models
     retrain = apply_overrides(recipe, {
         "subsets.models": len(padded), "subsets.seed": seed, "subsets.antithetic": False,
-        "subsets.design": "random", "training.seed": recipe.training.seed + repeat,
+        "subsets.design": "random",
+        ("trainer.seed" if recipe.trainer else "training.seed"): recipe.seeding[0] + repeat,
     }, origin=f"retraining of recipe {recipe.name!r}")
     with tempfile.TemporaryDirectory(prefix="dmtoolkit-retrain-") as tmp:
         path = create_store(Path(tmp) / "retrain.h5", retrain, data, masks=padded)

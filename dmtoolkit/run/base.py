@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Protocol
 
+from dmtoolkit.errors import UserError
 from dmtoolkit.run.options import EXECUTOR_NAMES, EXECUTORS
 from dmtoolkit.train.job import ModelResult, RunContext, RunInputs
 
@@ -51,7 +52,10 @@ class ExecutorClass(Protocol):
 
 
 def error_text(error: BaseException) -> str:
-    """The one line a failed group reports: the exception's type and message."""
+    """The one line a failed group reports: a user error's message (it names the trainer and the row), else
+    the exception's type and message."""
+    if isinstance(error, UserError):
+        return (str(error).strip().splitlines() or [type(error).__name__])[0]
     return traceback.format_exception_only(type(error), error)[-1].strip()
 
 

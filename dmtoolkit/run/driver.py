@@ -17,6 +17,7 @@ from tqdm import tqdm
 from dmtoolkit.errors import UserError
 from dmtoolkit.run.base import Executor
 from dmtoolkit.store import RunStore
+from dmtoolkit.train.contract import load_function, source_sha256
 from dmtoolkit.train.job import group_of
 from dmtoolkit.train.job import group_size as group_size_of
 
@@ -31,6 +32,13 @@ class TrainSummary:
     already_done: int = 0
     remaining: int = 0
     failures: dict[int, str] = field(default_factory=dict)
+
+
+def row_ranges(rows: np.ndarray) -> str:
+    """[0, 1, 2, 5, 7, 8] -> "0-2, 5, 7-8"."""
+    breaks = np.flatnonzero(np.diff(rows) != 1)
+    starts, ends = np.concatenate([rows[:1], rows[breaks + 1]]), np.concatenate([rows[breaks], rows[-1:]])
+    return ", ".join(f"{a}-{b}" if b > a else f"{a}" for a, b in zip(starts, ends))
 
 
 def pending_groups(store: RunStore, group_size: int, limit: int | None,
@@ -61,7 +69,13 @@ def train_store(path: str | Path, executor: Executor, *, limit: int | None = Non
     """
     path = Path(path)
     with RunStore(path, writable=True) as store:
-        group_size = group_size_of(store.recipe)
+        recipe = store.recipe
+        if recipe.trainer is not None:  # an unimportable trainer is one line here, before any worker starts
+            digest = source_sha256(load_function(recipe.trainer.function))
+            if store.trainer_source_sha256 and digest and digest != store.trainer_source_sha256:
+                print(f"warning: the source of trainer {recipe.trainer.function} changed since {path} was created; "
+                      "rows computed before and after the change may differ", file=sys.stderr)
+        group_size = group_size_of(recipe)
         completed = store.completed_mask()
         summary = TrainSummary(already_done=int(completed.sum()))
         groups = pending_groups(store, group_size, limit, shard)
@@ -100,8 +114,10 @@ def train_store(path: str | Path, executor: Executor, *, limit: int | None = Non
                 share = (np.arange(len(completed)) // group_size) % shard[1] == shard[0]
             summary.remaining = int((~completed & share).sum())
     if summary.failures:
-        rows = ", ".join(f"{g * group_size}-{(g + 1) * group_size - 1}" for g in sorted(summary.failures))
+        failed = np.concatenate([np.arange(g * group_size, min((g + 1) * group_size, len(completed)))
+                                 for g in sorted(summary.failures)])
+        rows = row_ranges(failed)
         first = next(iter(summary.failures.values()))
-        raise TrainingFailed(f"{path}: models in rows {rows} failed twice ({first}); "
+        raise TrainingFailed(f"{path}: models in row{'s' * (len(failed) > 1)} {rows} failed twice ({first}); "
                              f"{summary.written} rows were written and kept; rerun `dmtoolkit train` to retry")
     return summary

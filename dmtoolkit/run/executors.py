@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import get_context
@@ -16,7 +17,15 @@ from typing import Iterable, Iterator
 
 import torch
 
-from dmtoolkit.run.base import EXECUTOR_NAMES, EXECUTORS, Executor, GroupOutcome, compute_outcome, make_executor
+from dmtoolkit.run.base import (
+    EXECUTOR_NAMES,
+    EXECUTORS,
+    Executor,
+    GroupOutcome,
+    compute_outcome,
+    error_text,
+    make_executor,
+)
 from dmtoolkit.train.job import RunContext
 
 __all__ = ["EXECUTORS", "EXECUTOR_NAMES", "Executor", "GroupOutcome", "LocalExecutor", "SerialExecutor",
@@ -46,17 +55,24 @@ class SerialExecutor:
 
 
 _WORKER_CONTEXT: RunContext | None = None
+_WORKER_ERROR: str | None = None  # why the context could not be built (e.g. the trainer's import failed)
 
 
-def _init_worker(store_path: str, device: str | None) -> None:
-    global _WORKER_CONTEXT
+def _init_worker(store_path: str, device: str | None, cwd: str) -> None:
+    global _WORKER_CONTEXT, _WORKER_ERROR
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver handles Ctrl-C and stops the workers
     torch.set_num_threads(1)
-    _WORKER_CONTEXT = RunContext.from_store(store_path, device)
+    if cwd not in sys.path:  # a recipe's trainer imports from the driver's working directory too
+        sys.path.insert(0, cwd)
+    try:
+        _WORKER_CONTEXT = RunContext.from_store(store_path, device)
+    except Exception as error:  # reported per group (retried, then named by row), not a broken pool
+        _WORKER_ERROR = error_text(error)
 
 
 def _worker_compute(group: int) -> GroupOutcome:
-    assert _WORKER_CONTEXT is not None
+    if _WORKER_CONTEXT is None:
+        return GroupOutcome(group, error=_WORKER_ERROR or "worker has no run context")
     return compute_outcome(_WORKER_CONTEXT, group)
 
 
@@ -81,7 +97,8 @@ class LocalExecutor:
             while queue or pending:
                 if self._pool is None:
                     self._pool = ProcessPoolExecutor(self.workers, mp_context=get_context("spawn"),
-                                                     initializer=_init_worker, initargs=(str(store_path), self.device))
+                                                     initializer=_init_worker,
+                                                     initargs=(str(store_path), self.device, os.getcwd()))
                 while queue and len(pending) < 2 * self.workers:
                     group = queue.pop(0)
                     pending[self._pool.submit(_worker_compute, group)] = group

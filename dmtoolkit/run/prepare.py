@@ -64,9 +64,39 @@ def _split(dataset: ImageDataset) -> Split:
     return Split(np.ascontiguousarray(dataset.images), dataset.labels.astype(np.int64))
 
 
+def own_run_data(recipe: Recipe) -> RunData:
+    """What the store holds for a trainer that brings its own data: unit names and target labels (from the
+    recipe's `own_data`), no images (each split holds 1x1 blank placeholders; class level: no pool).
+
+    Example level needs a pool row per unit, so the pool is P blank examples whose ids are the unit names.
+    """
+    import hashlib
+    import json
+
+    own = recipe.own_data
+    assert own is not None
+    units, labels = own.units, np.asarray(own.target_labels, np.int64)
+    blank = lambda n: Split(np.zeros((n, 1, 1, 1), np.uint8), np.zeros(n, np.int64))  # noqa: E731
+    by_class = recipe.subsets.kind == "class"
+    fingerprint = hashlib.sha256(json.dumps(own.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
+    return RunData(
+        source_pool=blank(0 if by_class else len(units)),
+        source_test=blank(0),
+        source_class_names=units if by_class else ("all",),
+        source_example_ids=() if by_class else units,
+        target_train=blank(0),
+        target_test=Split(np.zeros((len(labels), 1, 1, 1), np.uint8), labels),
+        target_class_names=own.classes,
+        fingerprints={"own_data": fingerprint},
+    )
+
+
 def build_run_data(recipe: Recipe) -> RunData:
     """Load source and target as the recipe says, apply caps (seeded), plant ground truth if asked."""
+    if recipe.own_data is not None:
+        return own_run_data(recipe)
     src, tgt = recipe.source, recipe.target
+    assert src is not None and tgt is not None  # the recipe validator requires them without own_data
     planting = recipe.planting
     if src.beton_train and (planting.leaks or planting.decoys or planting.flip_fraction):
         raise DataError("source: planting adds or relabels images a source beton does not hold; "

@@ -47,10 +47,15 @@ def _run_key(store_path: Path, device: str | None) -> str:
     return f"{Path(store_path).resolve()}|{created}|{recipe_hash}|{device}"
 
 
-def _load_payload(store_path: Path) -> tuple[str, Any, Any]:
-    """The run's inputs as Ray ships them: (recipe canonical JSON, masks, RunData)."""
+def _load_payload(store_path: Path) -> tuple[str, Any, Any, list[str]]:
+    """The run's inputs as Ray ships them: (recipe canonical JSON, masks, RunData, import path).
+
+    The import path is the driver's working directory and `sys.path`, so a recipe's `MODULE:FUNCTION`
+    imports on a worker as it does on the driver (when the worker sees the same files)."""
+    import sys
+
     inputs = RunInputs.from_store(store_path)
-    return inputs.recipe.canonical_json(), inputs.masks, inputs.data
+    return inputs.recipe.canonical_json(), inputs.masks, inputs.data, [os.getcwd(), *sys.path]
 
 
 def _context(key: str, payload_box: list, device: str | None) -> RunContext:
@@ -62,7 +67,13 @@ def _context(key: str, payload_box: list, device: str | None) -> RunContext:
         from dmtoolkit.recipe import parse_recipe_text
 
         torch.set_num_threads(int(os.environ.get("DMTOOLKIT_RAY_THREADS", "1")))
-        recipe_json, masks, data = ray.get(payload_box[0])
+        import sys
+
+        recipe_json, masks, data, import_path = ray.get(payload_box[0])
+        sys.path.extend(p for p in import_path if p and p not in sys.path)
+        if import_path[0] in sys.path:  # the driver's working directory first, as it is for the driver
+            sys.path.remove(import_path[0])
+        sys.path.insert(0, import_path[0])
         _CONTEXTS.clear()
         with warnings.catch_warnings():  # arrays from Ray's object store are read-only; tensors copy them anyway
             warnings.filterwarnings("ignore", message="The given NumPy array is not writable")

@@ -7,6 +7,7 @@ computed whole, so a row's result is the same whether it is computed first, last
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,8 +15,10 @@ import numpy as np
 import torch
 
 from dmtoolkit.devices import resolve_device
+from dmtoolkit.errors import TrainerError
 from dmtoolkit.recipe import Recipe
 from dmtoolkit.store import RunData, RunStore
+from dmtoolkit.train.contract import FunctionTrainer, Job, Trainer, TrainerResult, check_result
 from dmtoolkit.train.fit import (
     BatchFactory,
     LoopSettings,
@@ -51,8 +54,11 @@ def model_seed(training_seed: int, mask_seed: int, index: int, randomness: str) 
 
 
 def group_size(recipe: Recipe) -> int:
-    """Models computed together as one group: ResNet-18s one at a time, tiny CNNs `training.models_per_batch`."""
-    return 1 if recipe.model.arch == "resnet18" else recipe.training.models_per_batch
+    """Models computed together as one group: a recipe's trainer and ResNet-18s one at a time, tiny CNNs
+    `training.models_per_batch`."""
+    if recipe.trainer is not None or recipe.model.arch == "resnet18":
+        return 1
+    return recipe.training.models_per_batch
 
 
 def group_of(index: int, group_size: int) -> int:
@@ -83,7 +89,7 @@ def source_pool(recipe: Recipe, data: RunData, images: torch.Tensor, labels: tor
     The one place that decides by `recipe.source.beton_train`. `images` (N, C, r, r) and `labels` (N,)
     are the stored pool as tensors on the training device.
     """
-    if recipe.source.beton_train:
+    if recipe.source is not None and recipe.source.beton_train:
         from dmtoolkit.train.betons import BetonPool  # ffcv is optional and slow to import
 
         return BetonPool(recipe.source.beton_train, data.source_example_ids, channels=images.shape[1],
@@ -91,16 +97,20 @@ def source_pool(recipe: Recipe, data: RunData, images: torch.Tensor, labels: tor
     return MemoryPool(images, labels)
 
 
-class RunContext:
-    """A worker's view of a run: recipe, masks and prepared tensors, loaded once per process.
+class BuiltinTrainer:
+    """The built-in pipelines (tiny CNN, ResNet-18) as a `contract.Trainer`: source training on each job's
+    subset, transfer to the target (fixed-feature or full), margins on the target test set.
 
-    `batches` is where source training reads its batches (default: `source_pool` for the recipe).
+    A group of jobs is trained at once as one batched network (`training.models_per_batch` tiny CNNs,
+    one ResNet-18). The stored data are prepared as tensors on `device` once per process; `batches` is
+    where source training reads its batches (default: `source_pool` for the recipe).
     """
 
-    def __init__(self, recipe: Recipe, masks: np.ndarray, data: RunData, device: str | None = None,
+    def __init__(self, recipe: Recipe, data: RunData, device: torch.device,
                  batches: BatchFactory | None = None) -> None:
-        self.recipe, self.masks, self.data = recipe, masks, data
-        self.device = resolve_device(device)
+        self.recipe, self.data, self.device = recipe, data, device
+        self.name = recipe.trainer_name
+        self.group_size = group_size(recipe)
         channels = data.source_pool.images.shape[-1]
         r = recipe.model.final_resolution or recipe.model.resolution
         prepare = lambda split: (to_tensor(split.images, channels, r, self.device),  # noqa: E731
@@ -114,42 +124,19 @@ class RunContext:
         self.num_target_classes = len(data.target_class_names)
         self.batches = batches if batches is not None else source_pool(recipe, data, self.pool_x, self.pool_y)
 
-    @classmethod
-    def from_inputs(cls, inputs: RunInputs, device: str | None = None) -> "RunContext":
-        return cls(inputs.recipe, inputs.masks, inputs.data, device)
-
-    @classmethod
-    def from_store(cls, path: str | Path, device: str | None = None) -> "RunContext":
-        return cls.from_inputs(RunInputs.from_store(path), device)
-
-    @property
-    def group_size(self) -> int:
-        return group_size(self.recipe)
-
-    def subset_examples(self, index: int) -> np.ndarray:
-        """Pool examples model `index` trains on: those of kept classes, or the kept examples."""
-        mask = self.masks[index]
-        if self.recipe.subsets.kind == "class":
-            return np.flatnonzero(mask[self.data.source_pool.labels])
-        return np.flatnonzero(mask)
-
-    def compute_group(self, group: int) -> list[ModelResult]:
-        """Train, transfer and score every model of one group; deterministic for a given (store, group)."""
-        started = time.perf_counter()
+    def train_group(self, jobs: Sequence[Job]) -> list[TrainerResult]:
+        """Train, transfer and score every job of one group as one batched network."""
         recipe = self.recipe
-        rows = group_rows(group, self.group_size, len(self.masks))
-        seeds = [model_seed(recipe.training.seed, recipe.subsets.seed, i, recipe.training.randomness) for i in rows]
-        subsets = [self.subset_examples(i) for i in rows]
-        model = self.train_source_models(subsets, seeds)
-        source_acc = self.source_accuracy(model, rows)
+        seeds = [job.seed for job in jobs]
+        model = self.train_source_models([job.source_indices for job in jobs], seeds)
+        source_acc = self.source_accuracy(model, [job.mask for job in jobs])
         logits = TRANSFERS[recipe.transfer.mode](
             model, self.target_train_x, self.target_train_y, self.target_test_x, self.num_target_classes,
             recipe.transfer, [s + 2 for s in seeds])
         margins = margins_from_logits(logits, self.target_test_y).float().cpu().numpy()
         predictions = logits.argmax(dim=-1).cpu().numpy()
-        seconds = (time.perf_counter() - started) / len(rows)
-        return [ModelResult(i, margins[g], seeds[g], source_acc[g], float((margins[g] > 0).mean()), seconds,
-                            predictions[g]) for g, i in enumerate(rows)]
+        return [TrainerResult(margins[g], source_acc[g], float((margins[g] > 0).mean()), predictions[g])
+                for g in range(len(jobs))]
 
     def train_source_models(self, subsets: list[np.ndarray], seeds: list[int]) -> torch.nn.Module:
         """A group of len(seeds) source models, model g trained on pool examples `subsets[g]` from `seeds[g]`,
@@ -169,17 +156,96 @@ class RunContext:
         return model
 
     @torch.no_grad()
-    def source_accuracy(self, model: torch.nn.Module, rows: list[int]) -> list[float]:
+    def source_accuracy(self, model: torch.nn.Module, masks: Sequence[np.ndarray]) -> list[float]:
         """Accuracy on the source test split; class-level models are scored on their kept classes only."""
         model.eval()
-        logits = batched_outputs(model, self.source_test_x, len(rows))
+        logits = batched_outputs(model, self.source_test_x, len(masks))
         accuracies = []
-        for g, i in enumerate(rows):
+        for g, mask in enumerate(masks):
             z, y = logits[g], self.source_test_y
             if self.recipe.subsets.kind == "class":
-                kept = torch.from_numpy(self.masks[i]).to(z.device)
+                kept = torch.from_numpy(np.asarray(mask, bool).copy()).to(z.device)
                 z = z.masked_fill(~kept, float("-inf"))
                 keep_rows = kept[y]
                 z, y = z[keep_rows], y[keep_rows]
             accuracies.append(float((z.argmax(dim=1) == y).float().mean()) if len(y) else float("nan"))
         return accuracies
+
+
+def make_trainer(recipe: Recipe, data: RunData, device: torch.device,
+                 batches: BatchFactory | None = None) -> Trainer:
+    """The recipe's trainer: its `MODULE:FUNCTION` (imported now), else the built-in pipeline."""
+    if recipe.trainer is not None:
+        return FunctionTrainer(recipe.trainer.function)
+    return BuiltinTrainer(recipe, data, device, batches)
+
+
+class RunContext:
+    """A worker's view of a run: recipe, masks, data and the recipe's trainer, loaded once per process.
+
+    `compute_group(g)` is the one path from a group of rows to their results for every trainer and every
+    executor: it builds each row's `Job`, calls `trainer.train_group`, and checks what comes back. The
+    built-in trainer's prepared tensors (`pool_x`, `target_test_x`, `batches`, ...) are reachable as
+    attributes of the context.
+    """
+
+    def __init__(self, recipe: Recipe, masks: np.ndarray, data: RunData, device: str | None = None,
+                 batches: BatchFactory | None = None, trainer: Trainer | None = None) -> None:
+        self.recipe, self.masks, self.data = recipe, masks, data
+        self.device = resolve_device(device)
+        self.trainer = trainer if trainer is not None else make_trainer(recipe, data, self.device, batches)
+        self._unit_names = data.source_class_names if recipe.subsets.kind == "class" else data.source_example_ids
+        self._target_labels = np.array(data.target_test.labels, np.int64)  # a read-only copy for the jobs
+        self._target_labels.setflags(write=False)
+
+    def __getattr__(self, name: str) -> object:  # the built-in trainer's tensors, for baselines and benchmarks
+        if name.startswith("_") or name == "trainer":
+            raise AttributeError(name)
+        return getattr(self.trainer, name)
+
+    @classmethod
+    def from_inputs(cls, inputs: RunInputs, device: str | None = None) -> "RunContext":
+        return cls(inputs.recipe, inputs.masks, inputs.data, device)
+
+    @classmethod
+    def from_store(cls, path: str | Path, device: str | None = None) -> "RunContext":
+        return cls.from_inputs(RunInputs.from_store(path), device)
+
+    @property
+    def group_size(self) -> int:
+        return self.trainer.group_size
+
+    def subset_examples(self, index: int) -> np.ndarray:
+        """Pool examples model `index` trains on: those of kept classes, or the kept examples."""
+        mask = self.masks[index]
+        if self.recipe.own_data is not None:
+            return np.zeros(0, np.int64)
+        if self.recipe.subsets.kind == "class":
+            return np.flatnonzero(mask[self.data.source_pool.labels])
+        return np.flatnonzero(mask)
+
+    def job(self, index: int) -> Job:
+        """The trainer's argument for row `index`."""
+        recipe = self.recipe
+        training_seed, randomness = recipe.seeding
+        mask = np.array(self.masks[index], dtype=bool)
+        mask.setflags(write=False)
+        return Job(index=index, mask=mask, seed=model_seed(training_seed, recipe.subsets.seed, index, randomness),
+                   device=str(self.device), num_targets=len(self._target_labels), kind=recipe.subsets.kind,
+                   units=np.flatnonzero(mask), source_indices=self.subset_examples(index),
+                   unit_names=self._unit_names, target_labels=self._target_labels,
+                   data=None if recipe.own_data is not None else self.data,
+                   options=dict(recipe.trainer.options) if recipe.trainer else {}, trainer=self.trainer.name)
+
+    def compute_group(self, group: int) -> list[ModelResult]:
+        """Every model of one group, checked; deterministic for a given (store, group) when the trainer is."""
+        started = time.perf_counter()
+        jobs = [self.job(i) for i in group_rows(group, self.group_size, len(self.masks))]
+        outputs = self.trainer.train_group(jobs)
+        if not isinstance(outputs, (list, tuple)) or len(outputs) != len(jobs):
+            raise TrainerError(f"trainer {self.trainer.name} returned {type(outputs).__name__} for rows "
+                               f"{jobs[0].index}-{jobs[-1].index}, expected one result per job")
+        checked = [check_result(self.trainer.name, job, output) for job, output in zip(jobs, outputs)]
+        seconds = (time.perf_counter() - started) / len(jobs)
+        return [ModelResult(job.index, c.margins, job.seed, c.source_accuracy, c.target_accuracy, seconds,
+                            c.predictions) for job, c in zip(jobs, checked)]
