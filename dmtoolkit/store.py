@@ -264,6 +264,8 @@ def _write_attributes(f: h5py.File, recipe: Recipe, data: RunData, num_units: in
     })
     if trainer_digest:
         f.attrs["trainer_source_sha256"] = trainer_digest
+    if recipe.own_data is not None:  # the trainer brings its data: the splits hold blank placeholders, not pixels
+        f.attrs["images"] = False
 
 
 def _open_h5(path: Path, mode: str) -> h5py.File:
@@ -351,7 +353,8 @@ class RunStore:
 
     @property
     def has_images(self) -> bool:
-        """The store holds source and target pixels (every store but an imported one)."""
+        """The store holds source and target pixels (not an imported store, nor one whose trainer brings its own
+        data)."""
         return bool(self.file.attrs.get("images", True))
 
     @property
@@ -535,8 +538,9 @@ class RunStore:
 
     def _require_images(self, what: str) -> None:
         if not self.has_images:
-            raise StoreError(f"{self.path}: an imported store has no {what} images (`dmtoolkit store import` "
-                             "brings masks and margins only)")
+            how = ("`dmtoolkit store import` brings masks and margins only" if self.imported
+                   else "its recipe's trainer brings its own data")
+            raise StoreError(f"{self.path}: this store has no {what} images ({how})")
 
     def source_images(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
         """uint8 (n, H, W, C) images of the given source pool examples, in the given order."""
@@ -557,8 +561,10 @@ class RunStore:
                          ("planted_leak", "planted_decoy", "planted_near_copy", "planted_flip", "original_labels")))
 
     def run_data(self) -> RunData:
-        """The stored data, as workers need it to train and transfer any model of the run."""
-        self._require_images("source or target")
+        """The stored data, as workers need it to train and transfer any model of the run (a trainer that brings
+        its own data gets the blank placeholder splits its store holds)."""
+        if self.imported:
+            self._require_images("source or target")
         f = self.file
         split = lambda images, labels: Split(f[images][()], f[labels][()])  # noqa: E731
         planted = self.planted()

@@ -55,6 +55,12 @@ def test_digits_mlp_example(tmp_path: Path) -> None:
     run("init", EXAMPLES / "digits-mlp.yaml", store, "--models", 8)
     run("train", store, "--workers", "1", "--quiet")
     check_store_and_influence(store, tmp_path, "examples.digits_mlp:train", 10, 100)
+    with RunStore(store) as s:
+        assert not s.has_images  # the trainer brought its own data: no pixels to show or compare
+    result = CliRunner().invoke(cli, ["subpop", str(tmp_path / "influence.h5"), "--class", recipe.own_data.unit_names[0]
+                                      if recipe.own_data.unit_names else "0", "--png", str(tmp_path / "grid.png")])
+    assert result.exit_code == 1 and "this store has no target images (its recipe's trainer brings its own data)" \
+        in result.output and not (tmp_path / "grid.png").exists()
 
 
 def test_image_finetune_example_on_an_imagefolder(tmp_path: Path) -> None:

@@ -226,7 +226,7 @@ def test_tools_that_need_a_recipe_or_images_say_so(npy: dict[str, Path], tmp_pat
     checks = [
         (["train", out], "an imported store has no recipe"),
         (["subpop", tmp_path / "infl.h5", "--class", "class-0", "--png", tmp_path / "s.png"],
-         "an imported store has no target images"),
+         "this store has no target images"),
         (["counterfactual", "recipes/glyphs-to-mnist.yaml", "--influence", tmp_path / "infl.h5",
           "-o", tmp_path / "cf.h5"], "an imported store; it has no recipe or images"),
     ]
@@ -249,11 +249,11 @@ def test_example_store_analyses_and_report(tmp_path: Path) -> None:
     assert run("datamodels", store, "-o", folder / "dm.h5").exit_code == 0
     assert run("evaluate", store, "--estimate", folder / "dm.h5").exit_code == 0
     result = run("leakage", folder / "infl.h5")
-    assert result.exit_code == 1 and "an imported store has no source images" in result.output
+    assert result.exit_code == 1 and "this store has no source images" in result.output
     assert run("mislabels", folder / "infl.h5").exit_code == 0
     result = run("report", folder, "-o", tmp_path / "report")
     assert result.exit_code == 0, result.output
     page = (tmp_path / "report" / "index.html").read_text()
-    assert "an imported store has no source images" in page  # leakage skipped with a note, the rest is there
+    assert "this store has no source images" in page  # leakage skipped with a note, the rest is there
     report = json.loads((tmp_path / "report" / "report.json").read_text())
     assert report["estimates"]

@@ -321,4 +321,8 @@ def test_example_level_own_data_makes_a_valid_store(project: Path) -> None:
     assert result.exit_code == 0, result.output
     with RunStore(store) as s:
         assert s.unit_names == ["0", "1", "2", "3", "4", "5"] and s.target_class_names == ["0", "1"]
+        assert not s.has_images
     assert run("influence", store, "-o", project / "i.h5").exit_code == 0
+    result = run("leakage", project / "i.h5", "--html", project / "leaks.html")
+    assert result.exit_code == 1 and not (project / "leaks.html").exists()
+    assert "this store has no source images (its recipe's trainer brings its own data)" in result.output

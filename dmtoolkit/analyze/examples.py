@@ -196,7 +196,11 @@ def detect_leakage(path: str | Path, *, fdr: float = DETECT_FDR, top: int = DETE
         src_labels, tgt_labels = run.source_labels, run.target_labels
         src_names, tgt_names = run.source_class_names, run.target_class_names
         feature, feature_note = None, "feature similarity not computed (features=False)"
-        if features:
+        trainer = run.recipe.trainer if not run.imported else None
+        if features and trainer is not None:
+            feature_note = (f"feature similarity not computed: this store's rows come from trainer "
+                            f"{trainer.function}, whose features the toolkit cannot read")
+        elif features:
             similarity = feature_similarity(run, device=device)
             feature = similarity.matrix[:, est.target_index]
             feature_note = (f"feature similarity: cosine of standardised {similarity.layer} features of one model "
