@@ -510,6 +510,44 @@ def rank(estimate_path: Path, top: int, target_class: str | None, level: float, 
 
 @cli.command()
 @ESTIMATE_FILE
+@click.option("--k", "ks", help="Numbers of classes to consider removing, e.g. 0,2,4,8 "
+              "(default: 0 up to the share of classes the store's masks leave out).")
+@click.option("--validation-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              default=analyze_options.RECOMMEND_VALIDATION_FRACTION, show_default=True,
+              help="Share of the target examples k is chosen on; the rest are never read.")
+@click.option("--split-seed", type=int, default=analyze_options.RECOMMEND_SPLIT_SEED, show_default=True,
+              help="Seed of the validation/test split of the target examples.")
+@LEVEL_OPTION
+@STORE_OPTION
+@JSON_OPTION
+def recommend(estimate_path: Path, ks: str | None, validation_fraction: float, split_seed: int, level: float,
+              store_path: Path | None, as_json: bool) -> None:
+    """Propose source classes to remove: the k most negative classes on a validation part of the target data.
+
+    For each k the linear predictor of the estimate gives the validation accuracy and the change of mean margin
+    (with an interval) after removing the k classes with the most negative mean influence on the validation
+    part; the k with the highest predicted accuracy is proposed (k = 0: remove nothing). The test part is left
+    untouched so the proposal can be verified by retraining (`dmtoolkit counterfactual`).
+
+    \b
+    Example:
+      dmtoolkit recommend stores/influence.h5
+      dmtoolkit recommend stores/influence.h5 --k 0,2,4,8 --json
+    """
+    from dmtoolkit.analyze.recommend import parse_ks_list, recommend_removal
+    from dmtoolkit.report.text import format_recommendation
+
+    result = recommend_removal(estimate_path, ks=parse_ks_list(ks) if ks is not None else None,
+                               validation_fraction=validation_fraction, split_seed=split_seed, level=level,
+                               store=store_path)
+    if as_json:
+        _echo_json(result.to_json())
+        return
+    _echo_text(format_recommendation(result))
+
+
+@cli.command()
+@ESTIMATE_FILE
 @click.option("--class", "class_name", required=True, help="Source class name (as in `dmtoolkit rank`).")
 @click.option("-n", type=click.IntRange(min=1), default=analyze_options.SUBPOP_SIZE, show_default=True,
               help="How many target images.")

@@ -17,12 +17,15 @@ _EXPORTS = {  # name -> submodule that defines it
     "CounterfactualPlan": "retrain", "check_counterfactual": "retrain", "counterfactual": "retrain",
     "load_counterfactual": "retrain", "plan_counterfactual": "retrain", "save_counterfactual": "retrain",
     "train_counterfactual": "retrain", "train_masks": "retrain", "verify_explanation": "retrain",
+    "recommend_removal": "recommend", "removal_ranking": "recommend", "split_targets": "recommend",
+    "predicted_removal_change": "recommend",
 }
 
 __all__ = [
     "CounterfactualPlan", "Estimate", "check_counterfactual", "class_positions", "counterfactual", "detect_leakage",
     "detect_mislabels", "explain_target", "load_counterfactual", "load_estimate", "near_duplicate_scores",
-    "plan_counterfactual", "rank_classes", "save_counterfactual", "subpopulation", "train_counterfactual",
+    "plan_counterfactual", "predicted_removal_change", "rank_classes", "recommend_removal", "removal_ranking",
+    "save_counterfactual", "split_targets", "subpopulation", "train_counterfactual",
     "train_masks", "verify_explanation",
 ]
 
@@ -30,6 +33,12 @@ if TYPE_CHECKING:
     from dmtoolkit.analyze.classes import class_positions, explain_target, rank_classes, subpopulation
     from dmtoolkit.analyze.estimates import Estimate, load_estimate
     from dmtoolkit.analyze.examples import detect_leakage, detect_mislabels, near_duplicate_scores
+    from dmtoolkit.analyze.recommend import (
+        predicted_removal_change,
+        recommend_removal,
+        removal_ranking,
+        split_targets,
+    )
     from dmtoolkit.analyze.retrain import (
         CounterfactualPlan,
         check_counterfactual,

@@ -44,3 +44,7 @@ COUNTERFACTUAL_KS = "0,5,10"
 """Numbers of classes `counterfactual` removes."""
 COUNTERFACTUAL_REPEATS = 3
 """Retrainings per k in `counterfactual`."""
+RECOMMEND_VALIDATION_FRACTION = 0.5
+"""Share of the target examples `recommend_removal` chooses k on (the rest, the test part, it never reads)."""
+RECOMMEND_SPLIT_SEED = 12345
+"""Seed of the permutation that splits target examples into validation and test parts (`split_targets`)."""

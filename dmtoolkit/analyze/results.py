@@ -224,6 +224,79 @@ neither."""
 
 
 @dataclass(frozen=True)
+class RemovalCandidate:
+    """One candidate removal set of `recommend_removal`: the k most negative classes on the validation part.
+
+    predicted_margin_change: predicted change of the mean validation margin (removal − full source), with its
+    interval (None when the estimate has no standard errors); predicted_accuracy: predicted share of validation
+    targets with margin > 0 after the removal; predicted_accuracy_change: that minus the full source's.
+    """
+
+    k: int
+    removed: tuple[str, ...]
+    predicted_margin_change: float
+    margin_change_low: float | None
+    margin_change_high: float | None
+    predicted_accuracy: float
+    predicted_accuracy_change: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {"k": self.k, "removed": list(self.removed), "predicted_margin_change": self.predicted_margin_change,
+                "margin_change_low": self.margin_change_low, "margin_change_high": self.margin_change_high,
+                "predicted_accuracy": self.predicted_accuracy,
+                "predicted_accuracy_change": self.predicted_accuracy_change}
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    """Which classes to remove (`recommend_removal`): every candidate k and the chosen one.
+
+    validation_columns / test_columns: the target columns k was chosen on / left untouched for verification
+    (split by `split_seed`); full_predicted_accuracy: the linear predictor's validation accuracy of the full
+    source; chosen: the candidate with the best predicted validation accuracy (ties: smaller k).
+    """
+
+    file: str
+    estimator: str
+    validation_fraction: float
+    split_seed: int
+    validation_columns: tuple[int, ...]
+    test_columns: tuple[int, ...]
+    full_predicted_accuracy: float
+    candidates: tuple[RemovalCandidate, ...]
+    chosen: RemovalCandidate
+    level: float | None = None
+    interval_note: str = NO_STDERR
+
+    @property
+    def message(self) -> str:
+        """One line a user can act on."""
+        chosen = self.chosen
+        if chosen.k == 0:
+            return ("remove nothing: no removal of the most negative classes is predicted to raise validation "
+                    "accuracy")
+        gain = f"{chosen.predicted_accuracy_change:+.3f}"
+        interval = ""
+        if chosen.margin_change_low is not None and chosen.margin_change_high is not None:
+            interval = (f"; mean margin {chosen.predicted_margin_change:+.3f} [{chosen.margin_change_low:+.3f}, "
+                        f"{chosen.margin_change_high:+.3f}]")
+            if chosen.margin_change_low <= 0:
+                interval += " (its interval includes no gain: verify by retraining before acting)"
+        flipped = round(chosen.predicted_accuracy_change * len(self.validation_columns))
+        noun = "class" if chosen.k == 1 else "classes"
+        return (f"remove {chosen.k} {noun} ({', '.join(chosen.removed)}): predicted validation accuracy {gain} "
+                f"({flipped:+d} of {len(self.validation_columns)} targets){interval}")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"file": self.file, "estimator": self.estimator, "validation_fraction": self.validation_fraction,
+                "split_seed": self.split_seed, "validation_targets": len(self.validation_columns),
+                "test_targets": len(self.test_columns), "validation_columns": list(self.validation_columns),
+                "test_columns": list(self.test_columns), "full_predicted_accuracy": self.full_predicted_accuracy,
+                "level": self.level, "interval_note": self.interval_note, "message": self.message,
+                "chosen": self.chosen.to_json(), "candidates": [c.to_json() for c in self.candidates]}
+
+
+@dataclass(frozen=True)
 class LeakPair:
     """A (source example, target example) pair and its evidence.
 

@@ -19,6 +19,7 @@ from dmtoolkit.analyze.results import (
     LeakageScore,
     LeakPair,
     MislabelReport,
+    Recommendation,
     Subpopulation,
 )
 
@@ -229,3 +230,21 @@ def format_lds(result: LdsResult) -> str:
         if count:
             lines.append(f"  [{low:+.1f}, {high:+.1f})  {count:5d}  {'#' * max(1, round(count * scale))}")
     return "\n".join(lines)
+
+
+def format_recommendation(rec: Recommendation) -> str:
+    """The recommendation in one line, then every candidate k with its predicted changes."""
+    lines = [rec.message,
+             f"chosen on {len(rec.validation_columns)} validation targets (split seed {rec.split_seed}); the other "
+             f"{len(rec.test_columns)} are left for verification. {rec.interval_note}",
+             f"  {'k':>3}  {'pred. accuracy':>14}  {'change':>7}  {'mean margin change':>18}  "
+             f"{_level_heading(rec.level) if rec.level is not None else ''}".rstrip()]
+    for c in rec.candidates:
+        mark = "*" if c.k == rec.chosen.k else " "
+        text = (f"{mark} {c.k:>3}  {c.predicted_accuracy:>14.3f}  {c.predicted_accuracy_change:>+7.3f}  "
+                f"{signed(c.predicted_margin_change):>18}")
+        if rec.level is not None:
+            text += f"  {interval(c.margin_change_low, c.margin_change_high)}"
+        lines.append(text)
+    return "\n".join(lines)
+
