@@ -22,6 +22,7 @@ from dmtoolkit.reliability import (
     models_for_reliability,
     reliability_report,
     spearman_brown,
+    split_half_agreements,
 )
 from dmtoolkit.store import RunStore, create_store
 from dmtoolkit.store_checks import validate_store
@@ -41,12 +42,12 @@ def true_effects(seed: int = 0) -> np.ndarray:
 
 def simulated_store(path: Path, effects: np.ndarray, *, models: int = 160, mask_seed: int = 0,
                     training_seed: int = 0, noise: float = 1.0, kind: str = "class",
-                    antithetic: bool = True) -> Path:
+                    antithetic: bool = True, design: str = "random") -> Path:
     """A store whose row i holds masks[i] @ effects plus noise (one part shared by all targets, one per target),
     drawn from both seeds so two stores with different seeds have independent noise."""
     recipe = parse_recipe_dict({
         "name": "simulated", "source": {"dataset": "synthetic"}, "target": {"dataset": "synthetic"},
-        "subsets": {"kind": kind, "models": models, "seed": mask_seed, "antithetic": antithetic},
+        "subsets": {"kind": kind, "models": models, "seed": mask_seed, "antithetic": antithetic, "design": design},
         "training": {"seed": training_seed},
     })
     data = synthetic_data(effects.shape[0], effects.shape[1], per_class=1 if kind == "example" else 2)
@@ -151,6 +152,33 @@ def test_regression_is_the_more_reliable_estimator_on_linear_margins(tmp_path: P
     assert reg > dom + 0.1 and reg > 0.9  # least squares removes the other classes' variance
     with pytest.raises(UserError, match="does not give class influence"):
         reliability_report(a, estimator="datamodels")
+
+
+def test_split_halves_keep_orthogonal_blocks_whole(tmp_path: Path) -> None:
+    a = simulated_store(tmp_path / "a.h5", true_effects(), models=512, design="orthogonal")  # blocks of 2 x 64 rows
+    within = reliability_report(a, seeds=range(3)).stores[0].ranking
+    assert within.split.half_models == 256 and within.models == 512  # two whole blocks a half, no row lost
+    assert within.full == pytest.approx(spearman_brown(within.split.mean, 2))
+
+
+def test_imported_stores_have_no_seeds_and_say_independence_is_unknown(tmp_path: Path) -> None:
+    from dmtoolkit.store_import import import_arrays
+
+    paths = []
+    for seed in (1, 2):
+        path = simulated_store(tmp_path / f"s{seed}.h5", true_effects(), mask_seed=seed, training_seed=seed)
+        with RunStore(path) as store:
+            masks, margins = store.read_rows(store.completed_rows())
+            names, labels = store.unit_names, store.target_labels
+        paths.append(import_arrays(tmp_path / f"i{seed}.h5", masks, margins, unit_names=names, target_labels=labels,
+                                   design="antithetic"))
+    report = reliability_report(*paths, seeds=range(3))
+    assert [(s.mask_seed, s.training_seed, s.randomness) for s in report.stores] == [(None, None, "unknown")] * 2
+    assert len(report.warnings) == 2 and all("not recorded (imported store)" in w for w in report.warnings)
+    pairs, rows = split_half_agreements(masks, margins, np.arange(160) // 2, labels, 3, seeds=range(3))[0], \
+        split_half_agreements(masks, margins, np.arange(160), labels, 3, seeds=range(3))[0]
+    assert report.stores[1].ranking.split == pairs != rows  # imported as antithetic: halves of whole pairs
+    assert "mask seed unknown, training seed unknown" in run("reliability", *paths).stdout
 
 
 # the command ---------------------------------------------------------------------------------------------
