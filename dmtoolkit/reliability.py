@@ -7,6 +7,11 @@ block makes the units uncorrelated only when it is whole), so every split here �
 split-half, fit against held-out rows — keeps a sampling unit on one side. `sampling_units` gives the
 grouping for any store or recipe, so standard errors and other splits can use the same rule.
 
+`reliability_report` (what `dmtoolkit reliability` prints) applies this to class-level run stores: the
+split-half reliability of the class ranking and of the class × target-class matrix, and the agreement of
+two stores, which with different mask and training seeds measures what a user needs — whether another run
+would give the same answer (see `CrossRun` for the assumption behind its extrapolation).
+
 Influence comes from the library's estimator (`dmtoolkit.estimate.influence.influence_from_arrays`), the
 LDS predictor and score from `dmtoolkit.estimate.lds`; the class ranking is `rank_classes`' rule.
 """
