@@ -275,9 +275,10 @@ def _cross_block(report: ReliabilityReport) -> list[str]:
 def format_reliability(report: ReliabilityReport) -> str:
     """Each store's split-half table and, for two stores, their agreement; warnings are the CLI's to print."""
     splits = len(report.stores[0].ranking.split.seeds)
-    lines = [f"reliability of {report.estimator} class influence: split-half = Spearman between halves of whole "
-             f"sampling units (mean ± sd over {splits} splits); full = Spearman-Brown to all models; for 0.8 / 0.9 "
-             "= models one run needs to agree that well with another such run"]
+    lines = [f"reliability of {report.estimator} class influence",
+             f"  split-half: Spearman between halves of whole sampling units (mean ± sd over {splits} splits)",
+             "  full: Spearman-Brown to all models; for 0.8 / 0.9: models one run needs to agree that well with "
+             "another such run"]
     for store in report.stores:
         lines += _store_block(store)
     if len(report.stores) == 2:
