@@ -7,6 +7,11 @@ block makes the units uncorrelated only when it is whole), so every split here �
 split-half, fit against held-out rows — keeps a sampling unit on one side. `sampling_units` gives the
 grouping for any store or recipe, so standard errors and other splits can use the same rule.
 
+`reliability_report` (what `dmtoolkit reliability` prints) applies this to class-level run stores: the
+split-half reliability of the class ranking and of the class × target-class matrix, and the agreement of
+two stores, which with different mask and training seeds measures what a user needs — whether another run
+would give the same answer (see `CrossRun` for the assumption behind its extrapolation).
+
 Influence comes from the library's estimator (`dmtoolkit.estimate.influence.influence_from_arrays`), the
 LDS predictor and score from `dmtoolkit.estimate.lds`; the class ranking is `rank_classes`' rule.
 """
@@ -16,19 +21,19 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from dmtoolkit.errors import UserError
-from dmtoolkit.estimate.fit import store_units
+from dmtoolkit.estimate.fit import completed_rows, store_units
 from dmtoolkit.estimate.influence import UndefinedInfluenceWarning, influence_from_arrays
 from dmtoolkit.estimate.lds import lds_per_target, spearman_columns
+from dmtoolkit.estimate.registry import estimator_names
 from dmtoolkit.estimate.splits import design_units, split_rows
 from dmtoolkit.recipe import Recipe, SubsetSpec
-
-if TYPE_CHECKING:
-    from dmtoolkit.store import RunStore
+from dmtoolkit.store import RunStore
 
 DEFAULT_ESTIMATOR = "difference-of-means"
 TARGET_RELIABILITY = 0.8
@@ -284,3 +289,239 @@ def digit_ranks(influence: np.ndarray, source_names: Sequence[str], target_names
             continue
         ranks.append(rank_positions(influence, columns)[source_names.index(name)])
     return DigitRanks(tuple(target_names), tuple(ranks))
+
+
+# store and cross-run reliability --------------------------------------------------------------------------
+# Agreement here is Spearman over the entries defined in both estimates (a unit in every model, or a target
+# class without test examples, is NaN and left out), None with fewer than MIN_DEFINED of them.
+MIN_DEFINED = 3
+GOALS = (0.8, 0.9)
+
+
+def class_target_matrix(influence: np.ndarray, target_labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """(P, C) average influence of each source unit on the target examples of each target class (NaN for a
+    class without examples): the per-class × per-target-class answer, less noisy than single targets."""
+    labels = np.asarray(target_labels)
+    columns = [mean_influence(influence, np.flatnonzero(labels == c)) if (labels == c).any()
+               else np.full(len(influence), np.nan) for c in range(num_classes)]
+    return np.stack(columns, axis=1) if columns else np.empty((len(influence), 0))
+
+
+def defined_spearman(a: np.ndarray, b: np.ndarray) -> float | None:
+    """`spearman` of the entries of `a` and `b` (any shape, flattened) that are finite in both."""
+    a, b = np.asarray(a, dtype=np.float64).ravel(), np.asarray(b, dtype=np.float64).ravel()
+    keep = np.isfinite(a) & np.isfinite(b)
+    return spearman(a[keep], b[keep]) if keep.sum() >= MIN_DEFINED else None
+
+
+def _full_size(reliability: float | None, factor: float) -> float | None:
+    """Spearman–Brown to `factor` times the models; None unless 0 < reliability (a negative correlation is
+    no reliability to extrapolate)."""
+    return spearman_brown(reliability, factor) if reliability is not None and reliability > 0 and factor > 0 else None
+
+
+def _needed(reliability: float | None, models: float) -> dict[str, float | None]:
+    """Models one run needs for each of GOALS, from `reliability` at `models` (inverse Spearman–Brown)."""
+    return {str(goal): None if reliability is None else models_for_reliability(reliability, models, goal)
+            for goal in GOALS}
+
+
+@dataclass(frozen=True)
+class WithinStore:
+    """Split-half reliability of one answer (the class ranking or the class × target-class matrix) in one store.
+
+    `split.values` are the Spearman correlations between two halves of whole sampling units, one per split
+    seed; `full` is their mean taken by Spearman–Brown from `split.half_models` to all `models`, i.e. the
+    expected agreement of this store with an independent store of the same size *if* the halves were as
+    independent as two runs (they share the store's mask seed and training seed, so this can overstate it).
+    `needed` is the models one run needs for reliability 0.8 and 0.9 (its agreement with another such run).
+    """
+
+    split: SplitHalfReliability
+    models: int
+
+    @property
+    def full(self) -> float | None:
+        return _full_size(self.split.mean, self.models / self.split.half_models if self.split.half_models else 0)
+
+    @property
+    def needed(self) -> dict[str, float | None]:
+        return _needed(self.split.mean, self.split.half_models)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"split_half": self.split.to_json(), "models": self.models, "full": self.full, "needed": self.needed}
+
+
+def split_half_agreements(masks: np.ndarray, margins: np.ndarray, units: Sequence[int] | np.ndarray,
+                          target_labels: np.ndarray, num_classes: int, *, seeds: Sequence[int] = range(10),
+                          estimator: str = DEFAULT_ESTIMATOR) -> tuple[SplitHalfReliability, SplitHalfReliability]:
+    """Split-half reliability of the per-unit ranking and of the unit × target-class matrix over `seeds`,
+    from one influence fit per half (`split_halves`: whole sampling units on each side)."""
+    ranking, matrix, halves = [], [], []
+    for seed in seeds:
+        first, second = split_halves(units, seed=seed)
+        halves.append((len(first) + len(second)) / 2)
+        fits = [class_influence(masks[rows], margins[rows], estimator=estimator) if len(rows) >= 2 else None
+                for rows in (first, second)]
+        if fits[0] is None or fits[1] is None:
+            ranking.append(None)
+            matrix.append(None)
+            continue
+        a, b = fits
+        ranking.append(defined_spearman(mean_influence(a), mean_influence(b)))
+        matrix.append(defined_spearman(class_target_matrix(a, target_labels, num_classes),
+                                       class_target_matrix(b, target_labels, num_classes)))
+    half = float(np.mean(halves)) if halves else 0.0
+    make = lambda values: SplitHalfReliability(len(masks), tuple(seeds), tuple(values), half)  # noqa: E731
+    return make(ranking), make(matrix)
+
+
+@dataclass(frozen=True)
+class StoreReliability:
+    """One class-level store: where it is, how it was seeded, and the split-half reliability of its answers."""
+
+    path: str
+    models: int                      # completed rows
+    mask_seed: int | None            # the recipe's subsets.seed (None: imported, not known)
+    training_seed: int | None        # the recipe's training (or trainer) seed (None: imported, not known)
+    randomness: str                  # shared | per-model | unknown
+    ranking: WithinStore
+    matrix: WithinStore
+
+    def to_json(self) -> dict[str, Any]:
+        return {"path": self.path, "models": self.models, "mask_seed": self.mask_seed,
+                "training_seed": self.training_seed, "randomness": self.randomness,
+                "ranking": self.ranking.to_json(), "matrix": self.matrix.to_json()}
+
+
+@dataclass(frozen=True)
+class CrossRun:
+    """Agreement of one answer between two stores, read as the reliability of one run of `models` models.
+
+    Assumption (classical test theory): each store's answer is the true answer plus independent noise whose
+    variance falls as 1/models. Then the correlation of two runs is sqrt(ρ1·ρ2), their reliabilities, and
+    the observed `correlation` is the reliability of a run of the geometric mean of the two sizes
+    (sqrt(m1·m2), exact when m1 = m2). `needed` extrapolates it by Spearman–Brown to the models per run for
+    0.8 and 0.9; `predicted` is sqrt(ρ1·ρ2) from the stores' own split-halves taken to full size, so a
+    `correlation` well below `predicted` says the split-halves are optimistic (shared seeds, not data).
+    Spearman stands in for Pearson throughout, which the formulas assume.
+    """
+
+    correlation: float | None
+    models: float
+    predicted: float | None
+
+    @property
+    def needed(self) -> dict[str, float | None]:
+        return _needed(self.correlation, self.models)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"correlation": self.correlation, "models": self.models, "predicted": self.predicted,
+                "needed": self.needed}
+
+
+@dataclass(frozen=True)
+class ReliabilityReport:
+    """What `dmtoolkit reliability` prints: each store's split-halves and, for two stores, their agreement
+    (`ranking`, `matrix`; None for one store) and warnings when the two are not independent runs."""
+
+    estimator: str
+    stores: tuple[StoreReliability, ...]
+    ranking: CrossRun | None = None
+    matrix: CrossRun | None = None
+    warnings: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        cross = None if self.ranking is None or self.matrix is None else {
+            "ranking": self.ranking.to_json(), "matrix": self.matrix.to_json()}
+        return {"estimator": self.estimator, "goals": list(GOALS), "stores": [s.to_json() for s in self.stores],
+                "cross_run": cross, "warnings": list(self.warnings)}
+
+
+@dataclass(frozen=True)
+class _StoreAnswers:
+    """What the cross-run comparison needs from a store besides its `StoreReliability`."""
+
+    unit_names: list[str]
+    target_class_names: list[str]
+    target_labels: np.ndarray
+    ranking: np.ndarray              # (P,) mean influence over all targets, on all completed rows
+    matrix: np.ndarray               # (P, C)
+
+
+def _seeds(store: RunStore) -> tuple[int | None, int | None]:
+    """(mask seed, training seed) from the store's recipe; None for an imported store (not recorded)."""
+    if store.imported:
+        return None, None
+    return store.recipe.subsets.seed, store.recipe.seeding[0]
+
+
+def _check_estimator(estimator: str) -> None:
+    names = estimator_names("influence")
+    if estimator not in names:
+        raise UserError(f"estimator {estimator!r} does not give class influence; use one of: {', '.join(names)}")
+
+
+def _read_store(path: str | Path, estimator: str, seeds: Sequence[int]) -> tuple[StoreReliability, _StoreAnswers]:
+    with RunStore(path) as store:
+        if store.kind != "class":
+            raise UserError(f"{path}: `reliability` ranks source classes and needs a class-level run store; this is "
+                            f"an {store.kind}-level run store (give one made with subsets.kind: class)")
+        rows = completed_rows(store, minimum=4)
+        masks, margins = store.read_rows(rows)
+        units = sampling_units(store, store.num_models)[rows]
+        labels, classes = store.target_labels, store.target_class_names
+        names, (mask_seed, training_seed), randomness = store.unit_names, _seeds(store), store.randomness
+    ranking, matrix = split_half_agreements(masks, margins, units, labels, len(classes), seeds=seeds,
+                                            estimator=estimator)
+    influence = class_influence(masks, margins, estimator=estimator)
+    if influence is None:
+        influence = np.full((masks.shape[1], margins.shape[1]), np.nan)
+    report = StoreReliability(str(path), len(rows), mask_seed, training_seed, randomness,
+                              WithinStore(ranking, len(rows)), WithinStore(matrix, len(rows)))
+    answers = _StoreAnswers(names, classes, labels, mean_influence(influence),
+                            class_target_matrix(influence, labels, len(classes)))
+    return report, answers
+
+
+def _check_comparable(a: StoreReliability, b: StoreReliability, x: _StoreAnswers, y: _StoreAnswers) -> None:
+    """Two stores answer the same question: same source units (in order) and the same target test set."""
+    where = f"{a.path} and {b.path}"
+    if x.unit_names != y.unit_names:
+        raise UserError(f"{where} have different source classes ({len(x.unit_names)} vs {len(y.unit_names)}, or in "
+                        "another order); cross-run agreement needs the same classes")
+    if x.target_class_names != y.target_class_names or not np.array_equal(x.target_labels, y.target_labels):
+        raise UserError(f"{where} have different target sets ({len(x.target_labels)} vs {len(y.target_labels)} "
+                        "examples, or other labels); cross-run agreement needs the same target test set")
+
+
+def independence_warnings(a: StoreReliability, b: StoreReliability) -> tuple[str, ...]:
+    """Why two stores are not independent runs (then their agreement overstates reproducibility)."""
+    out, where = [], f"{a.path} and {b.path}"
+    tail = "they are not independent runs and their agreement overstates reproducibility"
+    for what, x, y in (("mask seed", a.mask_seed, b.mask_seed), ("training seed", a.training_seed, b.training_seed)):
+        if x is None or y is None:
+            out.append(f"{where}: {what} not recorded (imported store); cannot tell whether the runs are independent")
+        elif x == y:
+            out.append(f"{where} share {what} {x}: {tail}")
+    return tuple(out)
+
+
+def _cross(x: np.ndarray, y: np.ndarray, a: WithinStore, b: WithinStore) -> CrossRun:
+    predicted = None if a.full is None or b.full is None else float(np.sqrt(a.full * b.full))
+    return CrossRun(defined_spearman(x, y), float(np.sqrt(a.models * b.models)), predicted)
+
+
+def reliability_report(path: str | Path, other: str | Path | None = None, *, estimator: str = DEFAULT_ESTIMATOR,
+                       seeds: Sequence[int] = range(10)) -> ReliabilityReport:
+    """Split-half reliability of a class-level store's class ranking and class × target-class matrix (split
+    `seeds`), and with `other` the two stores' agreement (see `CrossRun` for how it is extrapolated)."""
+    _check_estimator(estimator)
+    first, x = _read_store(path, estimator, seeds)
+    if other is None:
+        return ReliabilityReport(estimator, (first,))
+    second, y = _read_store(other, estimator, seeds)
+    _check_comparable(first, second, x, y)
+    return ReliabilityReport(estimator, (first, second), _cross(x.ranking, y.ranking, first.ranking, second.ranking),
+                             _cross(x.matrix, y.matrix, first.matrix, second.matrix),
+                             independence_warnings(first, second))

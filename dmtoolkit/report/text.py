@@ -25,6 +25,7 @@ from dmtoolkit.analyze.results import (
 
 if TYPE_CHECKING:
     from dmtoolkit.estimate.lds import LdsResult
+    from dmtoolkit.reliability import CrossRun, ReliabilityReport, StoreReliability
 
 
 def signed(value: float | None, digits: int = 4) -> str:
@@ -248,3 +249,58 @@ def format_recommendation(rec: Recommendation) -> str:
         lines.append(text)
     return "\n".join(lines)
 
+
+# reliability ---------------------------------------------------------------------------------------------
+ANSWERS = (("ranking", "class ranking"), ("matrix", "class x target class"))
+
+
+def _value(value: float | None, digits: int = 3) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _models(value: float | None) -> str:
+    """Models needed, rounded up; "-" when no positive reliability allows an extrapolation."""
+    return "-" if value is None else f"{int(-(-value // 1)):,}"
+
+
+def _store_block(store: StoreReliability) -> list[str]:
+    seed = lambda v: "unknown" if v is None else str(v)  # noqa: E731
+    lines = [f"{store.path}: {store.models} models, mask seed {seed(store.mask_seed)}, training seed "
+             f"{seed(store.training_seed)} ({store.randomness} randomness)",
+             f"  {'answer':<22}{'split-half':>16}{'full':>8}{'for 0.8':>10}{'for 0.9':>10}"]
+    for attr, label in ANSWERS:
+        within = getattr(store, attr)
+        split = within.split
+        half = "-" if split.mean is None else f"{split.mean:.3f} ± {split.sd:.3f}"
+        lines.append(f"  {label:<22}{half:>16}{_value(within.full):>8}{_models(within.needed['0.8']):>10}"
+                     f"{_models(within.needed['0.9']):>10}")
+    return lines
+
+
+def _cross_block(report: ReliabilityReport) -> list[str]:
+    first, second = report.stores
+    crosses: list[tuple[str, CrossRun | None]] = [(label, getattr(report, attr)) for attr, label in ANSWERS]
+    models = crosses[0][1].models if crosses[0][1] is not None else 0
+    lines = [f"cross-run agreement of {first.path} and {second.path} (as one run of {models:,.0f} models)",
+             f"  {'answer':<22}{'Spearman':>10}{'predicted':>11}{'for 0.8':>10}{'for 0.9':>10}"]
+    for label, cross in crosses:
+        if cross is not None:
+            lines.append(f"  {label:<22}{_value(cross.correlation):>10}{_value(cross.predicted):>11}"
+                         f"{_models(cross.needed['0.8']):>10}{_models(cross.needed['0.9']):>10}")
+    return lines
+
+
+def format_reliability(report: ReliabilityReport) -> str:
+    """Each store's split-half table and, for two stores, their agreement; warnings are the CLI's to print."""
+    splits = len(report.stores[0].ranking.split.seeds)
+    lines = [f"reliability of {report.estimator} class influence",
+             f"  split-half: Spearman between halves of whole sampling units (mean ± sd over {splits} splits)",
+             "  full: Spearman-Brown to all models; for 0.8 / 0.9: models one run needs to agree that well with "
+             "another such run"]
+    for store in report.stores:
+        lines += _store_block(store)
+    if len(report.stores) == 2:
+        lines += _cross_block(report)
+        lines.append("  predicted = sqrt(full1 * full2), what the split-halves expect; lower Spearman means the "
+                     "split-halves are optimistic")
+    return "\n".join(lines)
