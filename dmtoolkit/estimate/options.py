@@ -9,3 +9,6 @@ TEST_FRACTION = 0.1  # completed models held out from every fit for `dmtoolkit e
 VAL_FRACTION = 0.1  # of the fitting models, held out to choose datamodels' λ
 N_LAMBDAS = 100
 EPS = 1e-3
+GRADIENT_MODELS = 4  # store rows the gradient estimator retrains
+GRADIENT_PROJ_DIM = 512  # random projection dimension of its gradients
+GRADIENT_LAMBDA = 0.1  # its kernel ridge, as a fraction of the kernel's mean eigenvalue

@@ -38,11 +38,13 @@ ESTIMATORS: dict[str, EstimatorEntry] = {e.name: e for e in (
                    "least squares of each target's margin on the masks (other units' linear effects removed)"),
     EstimatorEntry("datamodels", "dmtoolkit.estimate.lasso:LassoPath", "datamodels",
                    "sparse linear datamodels: lasso path, λ chosen per target on held-out models (Ilyas et al. 2022)"),
+    EstimatorEntry("gradient", "dmtoolkit.estimate.gradient:GradientEstimator", "gradient",
+                   "TRAK-style gradients of a few retrained source networks, through the transfer (example level)"),
 )}
 
 
 def estimator_names(command: str | None = None) -> list[str]:
-    """Registered names, optionally only those a CLI command (`influence`, `datamodels`) runs."""
+    """Registered names, optionally only those a CLI command (`influence`, `datamodels`, `gradient`) runs."""
     return [name for name, e in ESTIMATORS.items() if command is None or e.command == command]
 
 
