@@ -361,19 +361,21 @@ def datamodels(store_path: Path, out_path: Path, device: str, targets: str | Non
               help="Extra networks trained on the whole source pool.")
 @click.option("--proj-dim", type=click.IntRange(min=0), default=estimate_options.GRADIENT_PROJ_DIM, show_default=True,
               help="Random projection dimension of the gradients (0: no projection).")
-@click.option("--projection", type=click.Choice(["gaussian", "rademacher"]), default="gaussian", show_default=True,
-              help="Entries of the random projection.")
+@click.option("--projection", type=click.Choice(estimate_options.GRADIENT_PROJECTIONS), default="gaussian",
+              show_default=True, help="Entries of the random projection.")
 @click.option("--proj-seed", type=int, default=0, show_default=True, help="Seed of the random projection.")
 @click.option("--lambda", "lam", type=click.FloatRange(min=0, min_open=True), default=estimate_options.GRADIENT_LAMBDA,
               show_default=True, help="Kernel ridge λ, as a fraction of the mean eigenvalue of the gradient kernel.")
-@click.option("--head", type=click.Choice(["fixed", "differentiated"]), default="fixed", show_default=True,
+@click.option("--head", type=click.Choice(estimate_options.GRADIENT_HEADS), default="fixed", show_default=True,
               help="Hold the fitted transfer head fixed, or differentiate through the closed-form ridge head too.")
+@click.option("--kernel", type=click.Choice(estimate_options.GRADIENT_KERNELS), default="trak", show_default=True,
+              help="TRAK's unweighted gradient kernel, or weighted by q(1-q) (the one-output Gauss-Newton matrix).")
 @HOLDOUT_OPTION
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the held-out split and of the rows drawn.")
 @click.option("--force", is_flag=True, help="Overwrite an existing output.")
 def gradient(store_path: Path, out_path: Path, device: str, targets: str | None, models: int, full_models: int,
-             proj_dim: int, projection: str, proj_seed: int, lam: float, head: str, holdout_frac: float, seed: int,
-             force: bool) -> None:
+             proj_dim: int, projection: str, proj_seed: int, lam: float, head: str, kernel: str, holdout_frac: float,
+             seed: int, force: bool) -> None:
     """Gradient (TRAK-style) influence of every source example through the transfer (example-level stores).
 
     Retrains a few of the store's fitting rows (and optionally full-pool networks) through the recipe's own
@@ -387,7 +389,8 @@ def gradient(store_path: Path, out_path: Path, device: str, targets: str | None,
     from dmtoolkit.estimate.gradient import fit_gradient
 
     model = fit_gradient(store_path, out_path, models=models, full_models=full_models, proj_dim=proj_dim,
-                         projection=projection, proj_seed=proj_seed, lam=lam, head=head, device=_device(device),
+                         projection=projection, proj_seed=proj_seed, lam=lam, head=head, kernel=kernel,
+                         device=_device(device),
                          targets=targets, holdout_frac=holdout_frac, seed=seed, force=force,
                          progress=lambda message: click.echo(message, err=True))
     click.echo(f"wrote {out_path}: scores {tuple(model.coef_.shape)} from {len(model.records_)} networks")

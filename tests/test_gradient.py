@@ -249,12 +249,12 @@ def example_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _trained_example_store(tmp_path_factory.mktemp("gradient") / "runs.h5")
 
 
-@pytest.mark.parametrize("head", ["fixed", "differentiated"])
-def test_end_to_end_on_an_example_store(example_store: Path, tmp_path: Path, head: str) -> None:
+@pytest.mark.parametrize(("head", "kernel"), [("fixed", "trak"), ("differentiated", "gauss-newton")])
+def test_end_to_end_on_an_example_store(example_store: Path, tmp_path: Path, head: str, kernel: str) -> None:
     out = tmp_path / "grad.h5"
     messages: list[str] = []
     model = fit_gradient(example_store, out, models=2, full_models=1, proj_dim=64, proj_seed=7, lam=0.1,
-                         head=head, holdout_frac=0.3, seed=0, progress=messages.append)
+                         head=head, kernel=kernel, holdout_frac=0.3, seed=0, progress=messages.append)
     assert len(messages) == 3
     est = load_estimate(out)
     assert est.estimator == "gradient" and est.kind == "example"
@@ -267,6 +267,7 @@ def test_end_to_end_on_an_example_store(example_store: Path, tmp_path: Path, hea
     assert attrs["gradient_proj_dim"] == 64 and attrs["gradient_proj_seed"] == 7
     assert attrs["gradient_lambda_relative"] == 0.1 and len(json.loads(attrs["gradient_lambda_absolute"])) == 3
     assert bool(attrs["gradient_head_differentiated"]) == (head == "differentiated")
+    assert attrs["gradient_kernel"] == kernel
     assert json.loads(attrs["settings"])["proj_dim"] == 64
     with h5py.File(out, "r") as f:
         np.testing.assert_array_equal(f["gradient/rows"][()], rows)

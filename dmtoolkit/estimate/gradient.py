@@ -49,14 +49,20 @@ from torch.func import functional_call, grad, jacrev, vmap
 
 from dmtoolkit.errors import UserError
 from dmtoolkit.estimate.base import Estimator, ExtraDataset
+from dmtoolkit.estimate.options import (
+    GRADIENT_HEADS,
+    GRADIENT_KERNELS,
+    GRADIENT_LAMBDA,
+    GRADIENT_MODELS,
+    GRADIENT_PROJ_DIM,
+    GRADIENT_PROJECTIONS,
+)
 
 if TYPE_CHECKING:
     from dmtoolkit.estimate.splits import SamplingUnits
     from dmtoolkit.recipe import TransferSpec
 
-PROJECTIONS = ("gaussian", "rademacher")
-HEADS = ("fixed", "differentiated")
-KERNELS = ("trak", "gauss-newton")
+PROJECTIONS, HEADS, KERNELS = GRADIENT_PROJECTIONS, GRADIENT_HEADS, GRADIENT_KERNELS
 PROJECTION_CACHE_BYTES = 512 * 2**20  # projection matrices up to this size are kept instead of regenerated
 PROJECTION_BLOCK = 2**15  # parameters per generated block of the projection matrix
 FULL_POOL_SALT = 0x6AAD
@@ -320,8 +326,9 @@ class GradientEstimator(Estimator):
     coef_meaning = ("TRAK-style gradient estimate of the change in transferred margin when the unit is in the subset "
                     "(averaged over retrained source networks)")
 
-    def __init__(self, store_path: str | Path, *, models: int = 4, full_models: int = 0, proj_dim: int = 512,
-                 projection: str = "gaussian", proj_seed: int = 0, lam: float = 0.1, head: str = "fixed",
+    def __init__(self, store_path: str | Path, *, models: int = GRADIENT_MODELS, full_models: int = 0,
+                 proj_dim: int = GRADIENT_PROJ_DIM, projection: str = "gaussian", proj_seed: int = 0,
+                 lam: float = GRADIENT_LAMBDA, head: str = "fixed",
                  kernel: str = "trak", row_seed: int = 0, device: str | None = None, chunk: int = 64,
                  progress: Callable[[str], None] | None = None) -> None:
         self.store_path = Path(store_path)
@@ -493,8 +500,9 @@ class GradientEstimator(Estimator):
         ]
 
 
-def fit_gradient(store_path: str | Path, out_path: str | Path, *, models: int = 4, full_models: int = 0,
-                 proj_dim: int = 512, projection: str = "gaussian", proj_seed: int = 0, lam: float = 0.1,
+def fit_gradient(store_path: str | Path, out_path: str | Path, *, models: int = GRADIENT_MODELS, full_models: int = 0,
+                 proj_dim: int = GRADIENT_PROJ_DIM, projection: str = "gaussian", proj_seed: int = 0,
+                 lam: float = GRADIENT_LAMBDA,
                  head: str = "fixed", kernel: str = "trak", device: str | None = None, targets: str | slice | None = None,
                  holdout_frac: float = 0.1, seed: int = 0, chunk: int = 64, force: bool = False,
                  progress: Callable[[str], None] | None = None) -> GradientEstimator:

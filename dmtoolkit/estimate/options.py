@@ -12,3 +12,6 @@ EPS = 1e-3
 GRADIENT_MODELS = 4  # store rows the gradient estimator retrains
 GRADIENT_PROJ_DIM = 512  # random projection dimension of its gradients
 GRADIENT_LAMBDA = 0.1  # its kernel ridge, as a fraction of the kernel's mean eigenvalue
+GRADIENT_PROJECTIONS = ("gaussian", "rademacher")  # entries of its random projection
+GRADIENT_HEADS = ("fixed", "differentiated")  # transfer head held fixed, or differentiated (ridge heads)
+GRADIENT_KERNELS = ("trak", "gauss-newton")  # unweighted gradient kernel, or weighted by q(1 - q)
