@@ -229,6 +229,39 @@ def test_scores_track_exact_leave_one_out_on_softmax_regression() -> None:
     assert newton[1] > trak[1]
 
 
+def test_sign_convention_matches_difference_of_means_over_every_half_subset() -> None:
+    """Models trained on all C(8, 4) half subsets: the gradient scores averaged over them point the same way as
+    the exact difference of means (margin with the example minus without it) the store's estimators compute."""
+    from itertools import combinations
+
+    from dmtoolkit.estimate.influence import influence_from_arrays
+
+    rng = np.random.default_rng(3)
+    n, d, k = 8, 3, 2
+    y = torch.tensor(np.arange(n) % k)
+    x = torch.tensor(rng.normal(0, 1, (n, d)) + 1.5 * (2 * y.numpy()[:, None] - 1))
+    xt, yt = torch.tensor(rng.normal(0, 1.5, (6, d))), torch.tensor(np.arange(6) % k)
+    head = FixedHead("logits", torch.eye(k, dtype=torch.float64), torch.zeros(k, dtype=torch.float64),
+                     torch.zeros(k, dtype=torch.float64), torch.ones(k, dtype=torch.float64))
+    identity = Projector(d * k + k, 0)
+    masks, margins, scores = [], [], []
+    for subset in map(list, combinations(range(n), n // 2)):
+        model = _train_to_convergence(x[subset], y[subset], 0.5, k)
+        with torch.no_grad():
+            logits = head.logits(model.features(xt[None], "logits")[0])
+            margins.append([margin_of(z, t).item() for z, t in zip(logits, yt)])
+        masks.append(np.isin(np.arange(n), subset))
+        phi, q = source_features(model, x, y, identity)
+        scores.append(trak_scores(phi, q, subset, target_gradients(model, head, xt, yt, identity), lam=0.5).numpy())
+    dom = influence_from_arrays(np.array(masks), np.array(margins, np.float32)).coef_
+    gradient = np.mean(scores, axis=0)
+    # the same sign (a flipped convention would correlate at about -0.85); agreement is limited by how far
+    # one example moves a model trained on four (the linearisation error), not by the convention
+    assert pearsonr(gradient.ravel(), dom.ravel())[0] > 0.75
+    half = np.abs(dom) > np.median(np.abs(dom))
+    assert np.mean(np.sign(gradient[half]) == np.sign(dom[half])) > 0.8
+
+
 # --- (3) end to end on a tiny example-level store ---------------------------------------------------------
 def _trained_example_store(path: Path, models: int = 12) -> Path:
     data = synthetic_data(3, 16, per_class=6, seed=5)
@@ -281,6 +314,10 @@ def test_end_to_end_on_an_example_store(example_store: Path, tmp_path: Path, hea
     np.testing.assert_allclose(model.predict(masks[fit]).mean(0), margins[fit].mean(0), atol=1e-4)
     result = evaluate(example_store, out)
     assert result.estimator == "gradient" and result.heldout_models == len(est.test_rows)
+    # the example-level analyses read it like any estimate (no standard errors, so no p-values: nothing flagged)
+    for command in (["leakage", str(out), "--json", "--no-features"], ["mislabels", str(out), "--json"]):
+        result = CliRunner().invoke(cli, command)
+        assert result.exit_code == 0, (command, result.output)
 
 
 def test_cli_gradient_then_evaluate(example_store: Path, tmp_path: Path) -> None:
