@@ -340,3 +340,7 @@ def test_refuses_class_level_stores_and_bad_settings(tmp_path: Path, example_sto
         fit_gradient(example_store, tmp_path / "y.h5", models=0, full_models=0)
     with pytest.raises(UserError, match="fitting rows"):
         GradientEstimator(example_store, models=50).fit(np.zeros((4, 18), bool), np.zeros((4, 16)))
+    with h5py.File(example_store, "r") as f:
+        masks, margins = f["masks"][()], f["margins"][()]
+    with pytest.raises(UserError, match="not those of"):
+        GradientEstimator(example_store, models=2, proj_dim=8).fit(~masks, margins)

@@ -24,6 +24,14 @@ For each network θ* (evaluation mode: BatchNorm uses its running statistics):
   trained on (its mask; all of them for a full-pool model) and λ = `lam` × trace(Φ_SᵀΦ_S)/k (relative to the
   mean eigenvalue; the absolute value used per model is recorded).
 
+`kernel="gauss-newton"` weights the kernel by q_i(1 − q_i) (Σ q(1−q) φφᵀ is the Gauss-Newton matrix in the
+one output f, the exact Hessian for binary logistic regression); TRAK's own choice, the default, drops the
+weights. Simplifications beyond the linearisation itself (which tests/test_gradient.py measures against
+exact retraining of models small enough for it; not yet measured on the glyph stores): the networks are
+differentiated in evaluation mode (BatchNorm with running statistics, as TRAK does) though
+they trained in training mode; label smoothing and weight decay of source training are not in f (λ stands
+in for the latter); the retrained weights are the final ones (one checkpoint per network).
+
 The one-step influence argument gives the sign: adding example i moves θ by ≈ −H⁻¹∇loss_i = H⁻¹ q_i φ_i,
 so τ > 0 means keeping example i raises target j's margin — the same sign convention as difference of
 means and datamodels. `coef_` (P, T) is τ averaged over the models, in mask units; `intercept_` is the mean
@@ -398,7 +406,12 @@ class GradientEstimator(Estimator):
         context = self._context()
         trainer = context.trainer
         training_seed = context.recipe.seeding[0]
-        plan = [(int(r), context.job(int(r)).seed, context.job(int(r)).source_indices) for r in chosen]
+        jobs = [context.job(int(r)) for r in chosen]
+        for job in jobs:
+            if not np.array_equal(np.asarray(masks[job.index:job.index + 1], bool)[0], job.mask):
+                raise UserError(f"row {job.index}: the masks given to fit are not those of {self.store_path}; fit the "
+                                "gradient estimator on the store it was made with (fit_store does)")
+        plan = [(job.index, job.seed, job.source_indices) for job in jobs]
         pool = np.arange(len(context.data.source_pool.labels))
         plan += [(-1, int(np.random.SeedSequence([training_seed, FULL_POOL_SALT, f]).generate_state(1)[0]), pool)
                  for f in range(self.full_models)]
