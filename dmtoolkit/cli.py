@@ -370,12 +370,15 @@ def datamodels(store_path: Path, out_path: Path, device: str, targets: str | Non
               help="Hold the fitted transfer head fixed, or differentiate through the closed-form ridge head too.")
 @click.option("--kernel", type=click.Choice(estimate_options.GRADIENT_KERNELS), default="trak", show_default=True,
               help="TRAK's unweighted gradient kernel, or weighted by q(1-q) (the one-output Gauss-Newton matrix).")
+@click.option("--whole-groups/--alone", default=True, show_default=True,
+              help="Retrain a row with the rows it was trained beside (reproduces its stored margins exactly; "
+                   "models_per_batch x the training), or alone (faster; float differences can grow in long training).")
 @HOLDOUT_OPTION
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the held-out split and of the rows drawn.")
 @click.option("--force", is_flag=True, help="Overwrite an existing output.")
 def gradient(store_path: Path, out_path: Path, device: str, targets: str | None, models: int, full_models: int,
-             proj_dim: int, projection: str, proj_seed: int, lam: float, head: str, kernel: str, holdout_frac: float,
-             seed: int, force: bool) -> None:
+             proj_dim: int, projection: str, proj_seed: int, lam: float, head: str, kernel: str, whole_groups: bool,
+             holdout_frac: float, seed: int, force: bool) -> None:
     """Gradient (TRAK-style) influence of every source example through the transfer (example-level stores).
 
     Retrains a few of the store's fitting rows (and optionally full-pool networks) through the recipe's own
@@ -390,7 +393,7 @@ def gradient(store_path: Path, out_path: Path, device: str, targets: str | None,
 
     model = fit_gradient(store_path, out_path, models=models, full_models=full_models, proj_dim=proj_dim,
                          projection=projection, proj_seed=proj_seed, lam=lam, head=head, kernel=kernel,
-                         device=_device(device),
+                         whole_groups=whole_groups, device=_device(device),
                          targets=targets, holdout_frac=holdout_frac, seed=seed, force=force,
                          progress=lambda message: click.echo(message, err=True))
     click.echo(f"wrote {out_path}: scores {tuple(model.coef_.shape)} from {len(model.records_)} networks")

@@ -320,13 +320,31 @@ def test_end_to_end_on_an_example_store(example_store: Path, tmp_path: Path, hea
         assert result.exit_code == 0, (command, result.output)
 
 
+def test_a_group_member_is_that_model_of_the_batched_network(example_store: Path) -> None:
+    from dmtoolkit.estimate.gradient import group_member
+    from dmtoolkit.train.job import RunContext
+
+    context = RunContext.from_store(example_store, "cpu")
+    trainer = context.trainer
+    jobs = [context.job(r) for r in range(4)]
+    model = trainer.train_source_models([j.source_indices for j in jobs], [j.seed for j in jobs]).eval()
+    x = trainer.pool_x[:7]
+    with torch.no_grad():
+        batched = model(x[None].expand(4, *x.shape))
+        for g in range(4):
+            member = group_member(trainer, model, g).eval()
+            assert member.groups == 1
+            torch.testing.assert_close(member(x[None])[0], batched[g], rtol=1e-5, atol=1e-6)
+
+
 def test_cli_gradient_then_evaluate(example_store: Path, tmp_path: Path) -> None:
     out = tmp_path / "cli.h5"
     runner = CliRunner()
     result = runner.invoke(cli, ["gradient", str(example_store), "-o", str(out), "--models", "1", "--proj-dim", "32",
-                                 "--lambda", "0.5", "--device", "cpu", "--holdout-frac", "0.3"])
+                                 "--lambda", "0.5", "--device", "cpu", "--holdout-frac", "0.3", "--alone"])
     assert result.exit_code == 0, result.output
-    assert load_estimate(out).attrs["gradient_proj_dim"] == 32
+    attrs = load_estimate(out).attrs
+    assert attrs["gradient_proj_dim"] == 32 and not attrs["gradient_whole_groups"]
     result = runner.invoke(cli, ["evaluate", str(example_store), "--estimate", str(out), "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["estimator"] == "gradient"

@@ -322,6 +322,32 @@ def _fixed_head(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, 
     return FixedHead(spec.feature_layer, weight[0], bias[0, 0], mean[0, 0], std[0, 0]), train_feats[0]
 
 
+def group_member(trainer: Any, model: nn.Module, g: int) -> nn.Module:
+    """Model g of a batched network as a G=1 network of the same recipe (its parameters and buffers copied).
+
+    Every batched tensor is either G blocks along its first axis (grouped convolutions, per-model BatchNorm
+    channels, stacked linear maps) or shared (BatchNorm's step counter), so block g of each is model g.
+    """
+    if getattr(model, "groups", 1) == 1:
+        return model
+    from dmtoolkit.train.models import build_model
+
+    spec = trainer.recipe.model
+    single = build_model(spec.arch, 1, trainer.channels, trainer.num_source_classes, spec.resolution, spec.width,
+                         spec.hidden, spec.downsample, spec.norm).to(trainer.device)
+    groups, state = model.groups, model.state_dict()
+    member = {}
+    for name, small in single.state_dict().items():
+        big = state[name]
+        if big.ndim and big.shape[0] == groups * small.shape[0]:
+            size = small.shape[0]
+            member[name] = big[g * size:(g + 1) * size].clone()
+        else:
+            member[name] = big.clone()
+    single.load_state_dict(member)
+    return single
+
+
 class GradientEstimator(Estimator):
     """TRAK-style scores from a few retrained source networks, through the transfer; see the module docstring.
 
@@ -338,12 +364,13 @@ class GradientEstimator(Estimator):
                  proj_dim: int = GRADIENT_PROJ_DIM, projection: str = "gaussian", proj_seed: int = 0,
                  lam: float = GRADIENT_LAMBDA, head: str = "fixed",
                  kernel: str = "trak", row_seed: int = 0, device: str | None = None, chunk: int = 64,
-                 progress: Callable[[str], None] | None = None) -> None:
+                 whole_groups: bool = True, progress: Callable[[str], None] | None = None) -> None:
         self.store_path = Path(store_path)
         self.models, self.full_models = models, full_models
         self.proj_dim, self.projection, self.proj_seed = proj_dim, projection, proj_seed
         self.lam, self.head, self.kernel, self.row_seed = lam, head, kernel, row_seed
         self.device, self.chunk, self.progress = device, chunk, progress
+        self.whole_groups = whole_groups
 
     def check_settings(self) -> None:
         if self.models < 0 or self.full_models < 0 or self.models + self.full_models < 1:
@@ -362,7 +389,8 @@ class GradientEstimator(Estimator):
     def settings(self) -> dict[str, Any]:
         return {"models": self.models, "full_models": self.full_models, "proj_dim": self.proj_dim,
                 "projection": self.projection, "proj_seed": self.proj_seed, "lambda_relative": self.lam,
-                "head": self.head, "kernel": self.kernel, "row_seed": self.row_seed}
+                "head": self.head, "kernel": self.kernel, "row_seed": self.row_seed,
+                "whole_groups": self.whole_groups}
 
     def _say(self, message: str) -> None:
         if self.progress is not None:
@@ -411,15 +439,17 @@ class GradientEstimator(Estimator):
             if not np.array_equal(np.asarray(masks[job.index:job.index + 1], bool)[0], job.mask):
                 raise UserError(f"row {job.index}: the masks given to fit are not those of {self.store_path}; fit the "
                                 "gradient estimator on the store it was made with (fit_store does)")
-        plan = [(job.index, job.seed, job.source_indices) for job in jobs]
+        plan = [(job.index, job.seed, job.source_indices, self._row_network(context, job)) for job in jobs]
         pool = np.arange(len(context.data.source_pool.labels))
-        plan += [(-1, int(np.random.SeedSequence([training_seed, FULL_POOL_SALT, f]).generate_state(1)[0]), pool)
-                 for f in range(self.full_models)]
+        for f in range(self.full_models):
+            seed = int(np.random.SeedSequence([training_seed, FULL_POOL_SALT, f]).generate_state(1)[0])
+            plan.append((-1, seed, pool, lambda seed=seed: trainer.train_source_models([pool], [seed])))
         all_margins = np.asarray(margins[0:margins.shape[0]], dtype=np.float64)
         total, records = None, []
-        for n, (row, seed, subset) in enumerate(plan):
+        for n, (row, seed, subset, network) in enumerate(plan):
             started = time.perf_counter()
-            scores, reproduced, record = self._one_model(trainer, context.recipe, row, seed, subset, columns)
+            scores, reproduced, record = self._one_model(trainer, context.recipe, row, seed, subset, network(),
+                                                         columns)
             error = float(np.max(np.abs(reproduced - all_margins[row]))) if row >= 0 else float("nan")
             record = dataclasses.replace(record, margin_error=error, seconds=time.perf_counter() - started)
             records.append(record)
@@ -435,16 +465,33 @@ class GradientEstimator(Estimator):
         self.fit_rows_ = np.sort(rows)
         return self
 
-    def _one_model(self, trainer: Any, recipe: Any, row: int, seed: int, subset: np.ndarray,
+    def _row_network(self, context: Any, job: Any) -> Callable[[], nn.Module]:
+        """How to retrain row `job.index`'s source network: with its whole group of rows, as the driver trained
+        it (`whole_groups`; G× the training, reproduces the stored margins to float precision), or alone (the
+        same network up to floating-point differences of the batched kernels, which long training can grow)."""
+        from dmtoolkit.train.job import group_of, group_rows
+
+        trainer = context.trainer
+        if not self.whole_groups or trainer.group_size == 1:
+            return lambda: trainer.train_source_models([job.source_indices], [job.seed])
+        rows = group_rows(group_of(job.index, trainer.group_size), trainer.group_size, len(context.masks))
+        mates = [context.job(r) for r in rows]
+
+        def network() -> nn.Module:
+            model = trainer.train_source_models([m.source_indices for m in mates], [m.seed for m in mates])
+            return group_member(trainer, model, rows.index(job.index))
+
+        return network
+
+    def _one_model(self, trainer: Any, recipe: Any, row: int, seed: int, subset: np.ndarray, model: nn.Module,
                    columns: slice) -> tuple[torch.Tensor, np.ndarray, ModelRecord]:
-        """Retrain one source network, transfer it, and score every pool example on the target columns.
+        """Transfer one retrained source network and score every pool example on the target columns.
 
         Returns the scores (P, T), the network's transferred margins on the target columns (to compare with the
         store's row) and its record (margin error and time filled in by `fit`).
         """
         from dmtoolkit.train.fit import margins_from_logits
 
-        model = trainer.train_source_models([subset], [seed])
         model.eval()
         for p in model.parameters():
             p.requires_grad_(True)
@@ -487,6 +534,7 @@ class GradientEstimator(Estimator):
             "gradient_lambda_absolute": json.dumps([r.lambda_absolute for r in self.records_]),
             "gradient_head_differentiated": self.head == "differentiated",
             "gradient_kernel": self.kernel,
+            "gradient_whole_groups": self.whole_groups,
             "gradient_num_params": self.num_params_,
             "gradient_output_function": "source: z_y - logsumexp_{k!=y} z_k (TRAK), weighted by 1 - p_y; "
                                         "target: transferred margin z_y - max_{k!=y} z_k",
@@ -517,7 +565,8 @@ def fit_gradient(store_path: str | Path, out_path: str | Path, *, models: int = 
                  proj_dim: int = GRADIENT_PROJ_DIM, projection: str = "gaussian", proj_seed: int = 0,
                  lam: float = GRADIENT_LAMBDA,
                  head: str = "fixed", kernel: str = "trak", device: str | None = None, targets: str | slice | None = None,
-                 holdout_frac: float = 0.1, seed: int = 0, chunk: int = 64, force: bool = False,
+                 holdout_frac: float = 0.1, seed: int = 0, chunk: int = 64, whole_groups: bool = True,
+                 force: bool = False,
                  progress: Callable[[str], None] | None = None) -> GradientEstimator:
     """Fit the gradient estimator on an example-level store and write ESTIMATE.h5 (see the module docstring).
 
@@ -530,6 +579,7 @@ def fit_gradient(store_path: str | Path, out_path: str | Path, *, models: int = 
     resolve_device(device)
     model = GradientEstimator(store_path, models=models, full_models=full_models, proj_dim=proj_dim,
                               projection=projection, proj_seed=proj_seed, lam=lam, head=head, kernel=kernel, row_seed=seed,
-                              device=device, chunk=chunk, progress=progress)
+                              device=device, chunk=chunk, whole_groups=whole_groups,
+                              progress=progress)
     model.check_settings()
     return fit_store(store_path, out_path, model, test_fraction=holdout_frac, seed=seed, targets=targets, force=force)
