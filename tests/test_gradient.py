@@ -341,10 +341,14 @@ def test_cli_gradient_then_evaluate(example_store: Path, tmp_path: Path) -> None
     out = tmp_path / "cli.h5"
     runner = CliRunner()
     result = runner.invoke(cli, ["gradient", str(example_store), "-o", str(out), "--models", "1", "--proj-dim", "32",
-                                 "--lambda", "0.5", "--device", "cpu", "--holdout-frac", "0.3", "--alone"])
+                                 "--lambda", "0.5", "--device", "cpu", "--holdout-frac", "0.3", "--alone",
+                                 "--targets", "2:7"])
     assert result.exit_code == 0, result.output
-    attrs = load_estimate(out).attrs
-    assert attrs["gradient_proj_dim"] == 32 and not attrs["gradient_whole_groups"]
+    est = load_estimate(out)
+    assert est.attrs["gradient_proj_dim"] == 32 and not est.attrs["gradient_whole_groups"]
+    assert est.matrix.shape == (18, 5) and est.columns == slice(2, 7)
+    with h5py.File(out, "r") as f:  # the columns' retrained margins are compared with the same stored columns
+        assert f["gradient/margin_error"][0] < 1e-3
     result = runner.invoke(cli, ["evaluate", str(example_store), "--estimate", str(out), "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["estimator"] == "gradient"
