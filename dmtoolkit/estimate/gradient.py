@@ -74,6 +74,7 @@ PROJECTIONS, HEADS, KERNELS = GRADIENT_PROJECTIONS, GRADIENT_HEADS, GRADIENT_KER
 PROJECTION_CACHE_BYTES = 512 * 2**20  # projection matrices up to this size are kept instead of regenerated
 PROJECTION_BLOCK = 2**15  # parameters per generated block of the projection matrix
 FULL_POOL_SALT = 0x6AAD
+GRADIENT_MEMORY = 512 * 2**20  # bytes of unprojected per-example gradients (or Jacobians) held at once
 
 
 # --- projection ---------------------------------------------------------------------------------------
@@ -506,11 +507,12 @@ class GradientEstimator(Estimator):
             margins = margins_from_logits(head.logits(test_feats), test_y).float().cpu().numpy()
         self._num_params = sum(p.numel() for p in parameters_of(model).values())
         project = Projector(self._num_params, self.proj_dim, self.proj_seed, self.projection, trainer.device)
-        phi, q = source_features(model, trainer.pool_x, trainer.pool_y, project, self.chunk)
-        g = target_gradients(model, head, test_x, test_y, project, self.chunk)
+        chunk = max(1, min(self.chunk, GRADIENT_MEMORY // (4 * self._num_params)))  # examples per vmap
+        phi, q = source_features(model, trainer.pool_x, trainer.pool_y, project, chunk)
+        g = target_gradients(model, head, test_x, test_y, project, chunk)
         if self.head == "differentiated":
             jac = feature_jacobians(model, spec.feature_layer, trainer.target_train_x, project,
-                                    max(1, self.chunk // 4))
+                                    max(1, min(chunk, GRADIENT_MEMORY // (4 * self._num_params * head.weight.shape[0]))))
             g = g + head_gradients(train_feats.detach(), trainer.target_train_y, test_feats, test_y,
                                    trainer.num_target_classes, spec, jac, self.chunk)
         train = torch.as_tensor(subset, device=phi.device, dtype=torch.long)
