@@ -351,8 +351,58 @@ def datamodels(store_path: Path, out_path: Path, device: str, targets: str | Non
 
 @cli.command()
 @click.argument("store_path", metavar="RUNS.h5", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("-o", "--output", "out_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="GRADIENT.h5 to write.")
+@DEVICE
+@TARGETS_OPTION
+@click.option("--models", type=click.IntRange(min=0), default=estimate_options.GRADIENT_MODELS, show_default=True,
+              help="Fitting rows of the store to retrain (each with its own mask and seed) and differentiate.")
+@click.option("--full-models", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Extra networks trained on the whole source pool.")
+@click.option("--proj-dim", type=click.IntRange(min=0), default=estimate_options.GRADIENT_PROJ_DIM, show_default=True,
+              help="Random projection dimension of the gradients (0: no projection).")
+@click.option("--projection", type=click.Choice(estimate_options.GRADIENT_PROJECTIONS), default="gaussian",
+              show_default=True, help="Entries of the random projection.")
+@click.option("--proj-seed", type=int, default=0, show_default=True, help="Seed of the random projection.")
+@click.option("--lambda", "lam", type=click.FloatRange(min=0, min_open=True), default=estimate_options.GRADIENT_LAMBDA,
+              show_default=True, help="Kernel ridge λ, as a fraction of the mean eigenvalue of the gradient kernel.")
+@click.option("--head", type=click.Choice(estimate_options.GRADIENT_HEADS), default="fixed", show_default=True,
+              help="Hold the fitted transfer head fixed, or differentiate through the closed-form ridge head too.")
+@click.option("--kernel", type=click.Choice(estimate_options.GRADIENT_KERNELS), default="trak", show_default=True,
+              help="TRAK's unweighted gradient kernel, or weighted by q(1-q) (the one-output Gauss-Newton matrix).")
+@click.option("--whole-groups/--alone", default=True, show_default=True,
+              help="Retrain a row with the rows it was trained beside (reproduces its stored margins exactly; "
+                   "models_per_batch x the training), or alone (faster; float differences can grow in long training).")
+@HOLDOUT_OPTION
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the held-out split and of the rows drawn.")
+@click.option("--force", is_flag=True, help="Overwrite an existing output.")
+def gradient(store_path: Path, out_path: Path, device: str, targets: str | None, models: int, full_models: int,
+             proj_dim: int, projection: str, proj_seed: int, lam: float, head: str, kernel: str, whole_groups: bool,
+             holdout_frac: float, seed: int, force: bool) -> None:
+    """Gradient (TRAK-style) influence of every source example through the transfer (example-level stores).
+
+    Retrains a few of the store's fitting rows (and optionally full-pool networks) through the recipe's own
+    training code, and scores each source example by projected per-example gradients and a kernel.
+
+    \b
+    Example:
+      dmtoolkit gradient stores/runs-examples.h5 -o stores/gradient.h5 --models 4 --proj-dim 512
+      dmtoolkit evaluate stores/runs-examples.h5 --estimate stores/gradient.h5
+    """
+    from dmtoolkit.estimate.gradient import fit_gradient
+
+    model = fit_gradient(store_path, out_path, models=models, full_models=full_models, proj_dim=proj_dim,
+                         projection=projection, proj_seed=proj_seed, lam=lam, head=head, kernel=kernel,
+                         whole_groups=whole_groups, device=_device(device),
+                         targets=targets, holdout_frac=holdout_frac, seed=seed, force=force,
+                         progress=lambda message: click.echo(message, err=True))
+    click.echo(f"wrote {out_path}: scores {tuple(model.coef_.shape)} from {len(model.records_)} networks")
+
+
+@cli.command()
+@click.argument("store_path", metavar="RUNS.h5", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--estimate", "estimate_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="ESTIMATE.h5 made from RUNS.h5 by `dmtoolkit influence` or `dmtoolkit datamodels`.")
+              help="ESTIMATE.h5 made from RUNS.h5 by `dmtoolkit influence`, `datamodels` or `gradient`.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def evaluate(store_path: Path, estimate_path: Path, as_json: bool) -> None:
     """LDS: per target example, Spearman correlation of predicted and true margins on held-out test models.

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 SCHEMA_NAME = "dmtoolkit.estimate"
 SCHEMA_VERSION = 1
 OLD_SCHEMAS = ("dmtoolkit.influence", "dmtoolkit.datamodels")
-MAKE_ONE = "make one with `dmtoolkit influence` or `dmtoolkit datamodels`"
+MAKE_ONE = "make one with `dmtoolkit influence`, `dmtoolkit datamodels` or `dmtoolkit gradient`"
 CORE_DATASETS = ("coef", "intercept", "unit_names", "target_names", "rows/fit", "rows/selection", "rows/test")
 
 

@@ -19,12 +19,17 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class EstimatorEntry:
-    """A registered estimator: its name, where its class lives, which command fits it, and one line on it."""
+    """A registered estimator: its name, where its class lives, which command fits it, and one line on it.
+
+    `retrains`: the estimator cannot work from masks and margins alone; it retrains source networks from the
+    run store it is constructed with (the gradient estimator), so its `fit` needs that store's own arrays.
+    """
 
     name: str
     target: str
     command: str
     summary: str
+    retrains: bool = False
 
     def load(self) -> type[Estimator]:
         module, _, cls = self.target.partition(":")
@@ -38,12 +43,17 @@ ESTIMATORS: dict[str, EstimatorEntry] = {e.name: e for e in (
                    "least squares of each target's margin on the masks (other units' linear effects removed)"),
     EstimatorEntry("datamodels", "dmtoolkit.estimate.lasso:LassoPath", "datamodels",
                    "sparse linear datamodels: lasso path, λ chosen per target on held-out models (Ilyas et al. 2022)"),
+    EstimatorEntry("gradient", "dmtoolkit.estimate.gradient:GradientEstimator", "gradient",
+                   "TRAK-style gradients of a few retrained source networks, through the transfer (example level)",
+                   retrains=True),
 )}
 
 
-def estimator_names(command: str | None = None) -> list[str]:
-    """Registered names, optionally only those a CLI command (`influence`, `datamodels`) runs."""
-    return [name for name, e in ESTIMATORS.items() if command is None or e.command == command]
+def estimator_names(command: str | None = None, *, from_arrays: bool = False) -> list[str]:
+    """Registered names, optionally only those a CLI command (`influence`, `datamodels`, `gradient`) runs, or
+    (`from_arrays`) only those that fit on any masks and margins (not retraining from a run store)."""
+    return [name for name, e in ESTIMATORS.items()
+            if (command is None or e.command == command) and not (from_arrays and e.retrains)]
 
 
 def estimator_entry(name: str) -> EstimatorEntry:

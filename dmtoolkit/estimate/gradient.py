@@ -1,0 +1,587 @@
+"""A gradient (TRAK-style) estimator for example-level stores, computed through the transfer step.
+
+Difference of means and datamodels need many more models than source images; gradients of a few trained
+networks estimate the same counterfactual ("how does keeping source image i in pre-training change the
+transferred model's margin on target image j") from a handful of them (TRAK: Park et al., 2023). The
+store's masks and margins alone cannot give gradients, so the estimator *retrains* source networks
+through the library's own training code (`BuiltinTrainer.train_source_models`, the path every row of the
+store took): a chosen few fitting rows of the store, each with its own mask and training seed (the
+reproduced margins are compared with the stored ones and the difference is recorded), and optionally
+extra models trained on the full pool.
+
+For each network θ* (evaluation mode: BatchNorm uses its running statistics):
+
+- source features: φ_i = P ᵀ ∇_θ f_i(θ*) for every pool example i, with TRAK's output function
+  f_i = z_{y_i} − log Σ_{k≠y_i} exp z_k (the log-odds of the correct class, so −∇ loss_i = q_i φ_i exactly
+  for the cross-entropy loss, q_i = 1 − p_{y_i}); P is a seeded Gaussian or Rademacher projection to k
+  dimensions (`proj_dim`; 0 = identity, no projection);
+- target gradients: g_j = P ᵀ ∇_θ margin_j(θ*), where margin_j is the *transferred* model's margin
+  z_y − max_{k≠y} z_k on target test example j, through the frozen feature extractor and the fitted
+  fixed-feature head. `head="fixed"` holds the head (weights, bias, feature standardisation) at its fitted
+  value; `head="differentiated"` also differentiates through the closed-form ridge head's dependence on the
+  target-training features (ridge heads only);
+- scores τ(i, j) = g_jᵀ (Φ_Sᵀ Φ_S + λ I)⁻¹ φ_i q_i, with Φ_S the features of the examples the model was
+  trained on (its mask; all of them for a full-pool model) and λ = `lam` × trace(Φ_SᵀΦ_S)/k (relative to the
+  mean eigenvalue; the absolute value used per model is recorded).
+
+`kernel="gauss-newton"` weights the kernel by q_i(1 − q_i) (Σ q(1−q) φφᵀ is the Gauss-Newton matrix in the
+one output f, the exact Hessian for binary logistic regression); TRAK's own choice, the default, drops the
+weights. Simplifications beyond the linearisation itself (which tests/test_gradient.py measures against
+exact retraining of models small enough for it; not yet measured on the glyph stores): the networks are
+differentiated in evaluation mode (BatchNorm with running statistics, as TRAK does) though
+they trained in training mode; label smoothing and weight decay of source training are not in f (λ stands
+in for the latter); the retrained weights are the final ones (one checkpoint per network).
+
+The one-step influence argument gives the sign: adding example i moves θ by ≈ −H⁻¹∇loss_i = H⁻¹ q_i φ_i,
+so τ > 0 means keeping example i raises target j's margin — the same sign convention as difference of
+means and datamodels. `coef_` (P, T) is τ averaged over the models, in mask units; `intercept_` is the mean
+fitting-row margin minus coef · (mean fitting-row mask), so `predict` is centred on the store's models
+(LDS, a rank correlation per target, does not depend on it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Self
+
+import numpy as np
+import torch
+from torch import nn
+from torch.func import functional_call, grad, jacrev, vmap
+
+from dmtoolkit.errors import UserError
+from dmtoolkit.estimate.base import Estimator, ExtraDataset
+from dmtoolkit.estimate.options import (
+    GRADIENT_HEADS,
+    GRADIENT_KERNELS,
+    GRADIENT_LAMBDA,
+    GRADIENT_MODELS,
+    GRADIENT_PROJ_DIM,
+    GRADIENT_PROJECTIONS,
+)
+
+if TYPE_CHECKING:
+    from dmtoolkit.estimate.splits import SamplingUnits
+    from dmtoolkit.recipe import TransferSpec
+
+PROJECTIONS, HEADS, KERNELS = GRADIENT_PROJECTIONS, GRADIENT_HEADS, GRADIENT_KERNELS
+PROJECTION_CACHE_BYTES = 512 * 2**20  # projection matrices up to this size are kept instead of regenerated
+PROJECTION_BLOCK = 2**15  # parameters per generated block of the projection matrix
+FULL_POOL_SALT = 0x6AAD
+GRADIENT_MEMORY = 512 * 2**20  # bytes of unprojected per-example gradients (or Jacobians) held at once
+
+
+# --- projection ---------------------------------------------------------------------------------------
+class Projector:
+    """x (B, p) -> x P (B, k) for a seeded random P (p, k), E[P Pᵀ] = I; `dim=0` is the identity (k = p).
+
+    P is generated in blocks of PROJECTION_BLOCK rows from (seed, block) on the CPU, so it is the same on
+    every device and for every model with the same number of parameters; it is kept in memory when it is
+    small (≤ PROJECTION_CACHE_BYTES) and regenerated block by block otherwise (ResNet-sized networks).
+    """
+
+    def __init__(self, num_params: int, dim: int, seed: int = 0, kind: str = "gaussian",
+                 device: torch.device | str = "cpu") -> None:
+        if kind not in PROJECTIONS:
+            raise UserError(f"projection {kind!r} must be one of {', '.join(PROJECTIONS)}")
+        if dim < 0:
+            raise UserError(f"projection dimension {dim} must be ≥ 0 (0: no projection)")
+        self.num_params, self.seed, self.kind, self.device = num_params, seed, kind, torch.device(device)
+        self.identity = dim == 0
+        self.dim = num_params if self.identity else dim
+        self._cache: list[torch.Tensor] | None = None
+        if not self.identity and num_params * dim * 4 <= PROJECTION_CACHE_BYTES:
+            self._cache = [self.block(b) for b in range(self.num_blocks)]
+
+    @property
+    def num_blocks(self) -> int:
+        return math.ceil(self.num_params / PROJECTION_BLOCK)
+
+    def block(self, b: int) -> torch.Tensor:
+        """Rows b·PROJECTION_BLOCK … of P, on the device."""
+        rows = min(PROJECTION_BLOCK, self.num_params - b * PROJECTION_BLOCK)
+        generator = torch.Generator().manual_seed(int(np.random.SeedSequence([self.seed, b]).generate_state(1)[0]))
+        if self.kind == "gaussian":
+            values = torch.randn(rows, self.dim, generator=generator)
+        else:
+            values = torch.randint(0, 2, (rows, self.dim), generator=generator).float().mul_(2).sub_(1)
+        return values.div_(math.sqrt(self.dim)).to(self.device)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.identity:
+            return x
+        out = torch.zeros(x.shape[0], self.dim, dtype=x.dtype, device=x.device)
+        for b in range(self.num_blocks):
+            block = self._cache[b] if self._cache is not None else self.block(b)
+            out += x[:, b * PROJECTION_BLOCK:(b + 1) * PROJECTION_BLOCK] @ block.to(x.dtype)
+        return out
+
+
+# --- per-example gradients through a G=1 batched network ----------------------------------------------
+class _Layer(nn.Module):
+    """`model.features(x, layer)` as a module's forward, so `functional_call` can run it with given parameters."""
+
+    def __init__(self, model: nn.Module, layer: str) -> None:
+        super().__init__()
+        self.model, self.layer = model, layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.features(x, self.layer)
+
+
+@dataclass(frozen=True)
+class FixedHead:
+    """A fitted fixed-feature head: logits = ((features − mean) / std) @ weight + bias, on `layer` features."""
+
+    layer: str
+    weight: torch.Tensor  # (d, K)
+    bias: torch.Tensor  # (K,)
+    mean: torch.Tensor  # (d,)
+    std: torch.Tensor  # (d,)
+
+    def logits(self, features: torch.Tensor) -> torch.Tensor:
+        return ((features - self.mean) / self.std) @ self.weight + self.bias
+
+
+def parameters_of(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The network's trainable parameters, detached, in a fixed order (the order gradients are flattened in)."""
+    return {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
+
+
+def _flat(grads: dict[str, torch.Tensor], batch: int) -> torch.Tensor:
+    return torch.cat([g.reshape(batch, -1) for g in grads.values()], dim=1)
+
+
+def source_output(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """TRAK's output function for one example: z_y − log Σ_{k≠y} exp z_k (the correct class's log-odds)."""
+    correct = torch.arange(z.shape[-1], device=z.device) == y
+    return torch.where(correct, z, 0).sum(-1) - torch.logsumexp(z.masked_fill(correct, float("-inf")), dim=-1)
+
+
+def margin_of(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """z_y − max_{k≠y} z_k for one example's logits z (K,)."""
+    correct = torch.arange(z.shape[-1], device=z.device) == y
+    return torch.where(correct, z, 0).sum(-1) - z.masked_fill(correct, float("-inf")).amax(-1)
+
+
+def _per_example(fn: Callable, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor,
+                 project: Projector, chunk: int) -> torch.Tensor:
+    """Projected per-example gradients of fn(params, x_i, y_i) (a scalar), (N, k), in chunks of `chunk`."""
+    per_sample = vmap(grad(fn), in_dims=(None, 0, 0))
+    out = []
+    for start in range(0, len(x), chunk):
+        xb, yb = x[start:start + chunk], y[start:start + chunk]
+        out.append(project(_flat(per_sample(params, xb, yb), len(xb))))
+    return torch.cat(out) if out else torch.zeros(0, project.dim, device=x.device)
+
+
+def source_features(model: nn.Module, x: torch.Tensor, y: torch.Tensor, project: Projector,
+                    chunk: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """(φ (N, k), q (N,)): projected gradients of TRAK's output function and 1 − p_y, for source examples x, y.
+
+    `model` is a G=1 batched network (inputs (1, B, C, H, W)) in evaluation mode.
+    """
+    logits = _Layer(model, "logits")
+    buffers = dict(logits.named_buffers())
+
+    def f(params: dict[str, torch.Tensor], xi: torch.Tensor, yi: torch.Tensor) -> torch.Tensor:
+        return source_output(functional_call(logits, (params, buffers), (xi[None, None],))[0, 0], yi)
+
+    params = parameters_of(logits)
+    phi = _per_example(f, params, x, y, project, chunk)
+    with torch.no_grad():
+        z = torch.cat([logits(x[s:s + 1024][None])[0] for s in range(0, len(x), 1024)])
+        q = 1.0 - torch.softmax(z.double(), dim=-1).gather(1, y[:, None]).squeeze(1)
+    return phi, q.to(phi.dtype)
+
+
+def target_gradients(model: nn.Module, head: FixedHead, x: torch.Tensor, y: torch.Tensor, project: Projector,
+                     chunk: int = 64) -> torch.Tensor:
+    """Projected gradients (T, k) of each target example's transferred margin, the head held fixed."""
+    features = _Layer(model, head.layer)
+    buffers = dict(features.named_buffers())
+
+    def m(params: dict[str, torch.Tensor], xi: torch.Tensor, yi: torch.Tensor) -> torch.Tensor:
+        return margin_of(head.logits(functional_call(features, (params, buffers), (xi[None, None],))[0, 0]), yi)
+
+    return _per_example(m, parameters_of(features), x, y, project, chunk)
+
+
+def feature_jacobians(model: nn.Module, layer: str, x: torch.Tensor, project: Projector,
+                      chunk: int = 16) -> torch.Tensor:
+    """Projected Jacobians (N, d, k) of each example's `layer` features with respect to the parameters."""
+    features = _Layer(model, layer)
+    buffers = dict(features.named_buffers())
+    params = parameters_of(features)
+
+    def feats(p: dict[str, torch.Tensor], xi: torch.Tensor) -> torch.Tensor:
+        return functional_call(features, (p, buffers), (xi[None, None],))[0, 0]
+
+    per_sample = vmap(jacrev(feats), in_dims=(None, 0))
+    out = []
+    for start in range(0, len(x), chunk):
+        jac = per_sample(params, x[start:start + chunk])  # name -> (b, d, *shape)
+        b, d = len(x[start:start + chunk]), next(iter(jac.values())).shape[1]
+        flat = torch.cat([j.reshape(b * d, -1) for j in jac.values()], dim=1)
+        out.append(project(flat).reshape(b, d, -1))
+    return torch.cat(out)
+
+
+def ridge_head_margins(train_feats: torch.Tensor, train_labels: torch.Tensor, test_feats: torch.Tensor,
+                       test_labels: torch.Tensor, num_classes: int, spec: TransferSpec) -> torch.Tensor:
+    """Margins (T,) of the closed-form ridge head fitted on train_feats (n, d), as a differentiable function of them.
+
+    Uses `dmtoolkit.train.transfer.fit_ridge_heads`, the function that fitted the store's heads.
+    """
+    from dmtoolkit.train.transfer import fit_ridge_heads
+
+    weight, bias, mean, std = fit_ridge_heads(train_feats[None], train_labels, num_classes, spec)
+    logits = ((test_feats - mean[0]) / std[0]) @ weight[0] + bias[0]
+    return vmap(margin_of)(logits, test_labels)
+
+
+def head_gradients(train_feats: torch.Tensor, train_labels: torch.Tensor, test_feats: torch.Tensor,
+                   test_labels: torch.Tensor, num_classes: int, spec: TransferSpec, train_jac: torch.Tensor,
+                   chunk: int = 64) -> torch.Tensor:
+    """The part of each target margin's gradient that flows through the fitted ridge head (T, k).
+
+    d margin_j / dθ = (head fixed) + Σ_n ∂margin_j/∂F_train[n] · dF_train[n]/dθ; this is the second term,
+    with ∂margin_j/∂F_train from autograd through the ridge solve and dF_train/dθ the projected feature
+    Jacobians `train_jac` (n, d, k).
+    """
+    out = []
+    for start in range(0, len(test_feats), chunk):
+        tf, tl = test_feats[start:start + chunk], test_labels[start:start + chunk]
+        a = jacrev(lambda f: ridge_head_margins(f, train_labels, tf, tl, num_classes, spec))(train_feats)
+        out.append(torch.einsum("tnd,ndk->tk", a.to(train_jac.dtype), train_jac))
+    return torch.cat(out)
+
+
+def kernel_weights(q: torch.Tensor, kernel: str) -> torch.Tensor | None:
+    """Per-example weights of Φ_Sᵀ W Φ_S: None for TRAK's unweighted kernel, q(1 − q) for "gauss-newton".
+
+    Σ q(1−q) φφᵀ is the Gauss-Newton matrix of the loss in the one output f (exactly the Hessian for binary
+    logistic regression); TRAK (Park et al., 2023) drops the weights. On multiclass softmax regression the
+    weighted kernel tracks leave-one-out retraining more closely (tests/test_gradient.py).
+    """
+    if kernel not in KERNELS:
+        raise UserError(f"kernel {kernel!r} must be one of {', '.join(KERNELS)}")
+    return None if kernel == "trak" else q * (1 - q)
+
+
+def trak_scores(phi: torch.Tensor, q: torch.Tensor, train: np.ndarray | torch.Tensor, g: torch.Tensor,
+                lam: float, kernel: str = "trak") -> torch.Tensor:
+    """τ (P, T): τ[i, j] = g_jᵀ (Φ_Sᵀ W Φ_S + lam·I)⁻¹ φ_i q_i, Φ_S = phi[train], W from `kernel_weights`;
+    lam is absolute. float64."""
+    phi, g, q = phi.double(), g.double(), q.double()
+    train = torch.as_tensor(np.asarray(train), device=phi.device, dtype=torch.long)
+    phi_s = phi[train]
+    weights = kernel_weights(q[train], kernel)
+    weighted = phi_s if weights is None else phi_s * weights[:, None]
+    gram = weighted.T @ phi_s + lam * torch.eye(phi.shape[1], dtype=phi.dtype, device=phi.device)
+    solved = torch.linalg.solve(gram, g.T)  # (k, T)
+    return (phi @ solved) * q[:, None]
+
+
+def relative_lambda(phi_s: torch.Tensor, lam: float, weights: torch.Tensor | None = None) -> float:
+    """lam × the mean eigenvalue of Φ_Sᵀ W Φ_S (trace / k): a λ that follows the kernel's scale."""
+    squares = (phi_s.double() ** 2).sum(1)
+    if weights is not None:
+        squares = squares * weights.double()
+    return float(lam * squares.sum() / phi_s.shape[1])
+
+
+# --- the estimator over a run store -------------------------------------------------------------------
+@dataclass(frozen=True)
+class ModelRecord:
+    """One network the scores were averaged over: its store row (-1: trained on the full pool), seed, λ used,
+    and how far its reproduced target margins are from the stored row's (NaN for full-pool models)."""
+
+    row: int
+    seed: int
+    subset_size: int
+    lambda_absolute: float
+    margin_error: float
+    source_accuracy: float
+    seconds: float
+
+
+def _fixed_head(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, num_classes: int,
+                spec: TransferSpec, seed: int) -> tuple[FixedHead, torch.Tensor]:
+    """The recipe's fixed-feature head fitted exactly as `transfer_fixed_feature` fits it, and the train features."""
+    from dmtoolkit.train.fit import batched_outputs
+    from dmtoolkit.train.transfer import fit_head
+
+    train_feats = batched_outputs(lambda x: model.features(x, spec.feature_layer), train_x, 1)
+    weight, bias, mean, std = fit_head(train_feats, train_y, num_classes, spec, [seed + 2])
+    return FixedHead(spec.feature_layer, weight[0], bias[0, 0], mean[0, 0], std[0, 0]), train_feats[0]
+
+
+def group_member(trainer: Any, model: nn.Module, g: int) -> nn.Module:
+    """Model g of a batched network as a G=1 network of the same recipe (its parameters and buffers copied).
+
+    Every batched tensor is either G blocks along its first axis (grouped convolutions, per-model BatchNorm
+    channels, stacked linear maps) or shared (BatchNorm's step counter), so block g of each is model g.
+    """
+    if getattr(model, "groups", 1) == 1:
+        return model
+    from dmtoolkit.train.models import build_model
+
+    spec = trainer.recipe.model
+    single = build_model(spec.arch, 1, trainer.channels, trainer.num_source_classes, spec.resolution, spec.width,
+                         spec.hidden, spec.downsample, spec.norm).to(trainer.device)
+    groups, state = model.groups, model.state_dict()
+    member = {}
+    for name, small in single.state_dict().items():
+        big = state[name]
+        if big.ndim and big.shape[0] == groups * small.shape[0]:
+            size = small.shape[0]
+            member[name] = big[g * size:(g + 1) * size].clone()
+        else:
+            member[name] = big.clone()
+    single.load_state_dict(member)
+    return single
+
+
+class GradientEstimator(Estimator):
+    """TRAK-style scores from a few retrained source networks, through the transfer; see the module docstring.
+
+    `store_path` is the run store the networks are retrained from (the one `fit` gets the masks and margins
+    of); `models` of the fitting rows (a seeded draw, `row_seed`) are retrained with their own masks and
+    seeds, and `full_models` extra networks are trained on the whole pool. `proj_dim` 0 means no projection.
+    """
+
+    name = "gradient"
+    coef_meaning = ("TRAK-style gradient estimate of the change in transferred margin when the unit is in the subset "
+                    "(averaged over retrained source networks)")
+
+    def __init__(self, store_path: str | Path, *, models: int = GRADIENT_MODELS, full_models: int = 0,
+                 proj_dim: int = GRADIENT_PROJ_DIM, projection: str = "gaussian", proj_seed: int = 0,
+                 lam: float = GRADIENT_LAMBDA, head: str = "fixed",
+                 kernel: str = "trak", row_seed: int = 0, device: str | None = None, chunk: int = 64,
+                 whole_groups: bool = True, progress: Callable[[str], None] | None = None) -> None:
+        self.store_path = Path(store_path)
+        self.models, self.full_models = models, full_models
+        self.proj_dim, self.projection, self.proj_seed = proj_dim, projection, proj_seed
+        self.lam, self.head, self.kernel, self.row_seed = lam, head, kernel, row_seed
+        self.device, self.chunk, self.progress = device, chunk, progress
+        self.whole_groups = whole_groups
+
+    def check_settings(self) -> None:
+        if self.models < 0 or self.full_models < 0 or self.models + self.full_models < 1:
+            raise UserError(f"models={self.models}, full_models={self.full_models}: need at least one network")
+        if self.projection not in PROJECTIONS:
+            raise UserError(f"projection {self.projection!r} must be one of {', '.join(PROJECTIONS)}")
+        if self.proj_dim < 0:
+            raise UserError(f"projection dimension {self.proj_dim} must be ≥ 0 (0: no projection)")
+        if not self.lam > 0:
+            raise UserError(f"λ = {self.lam} must be positive")
+        if self.head not in HEADS:
+            raise UserError(f"head {self.head!r} must be one of {', '.join(HEADS)}")
+        if self.kernel not in KERNELS:
+            raise UserError(f"kernel {self.kernel!r} must be one of {', '.join(KERNELS)}")
+
+    def settings(self) -> dict[str, Any]:
+        return {"models": self.models, "full_models": self.full_models, "proj_dim": self.proj_dim,
+                "projection": self.projection, "proj_seed": self.proj_seed, "lambda_relative": self.lam,
+                "head": self.head, "kernel": self.kernel, "row_seed": self.row_seed,
+                "whole_groups": self.whole_groups}
+
+    def _say(self, message: str) -> None:
+        if self.progress is not None:
+            self.progress(message)
+
+    def _context(self) -> Any:
+        """The store's `RunContext` (the trainer every row was computed with), refusing stores it cannot retrain."""
+        from dmtoolkit.store import RunStore
+        from dmtoolkit.train.job import BuiltinTrainer, RunContext
+
+        with RunStore(self.store_path) as store:
+            if store.imported:
+                raise UserError(f"{self.store_path}: an imported store has no recipe or images to retrain source "
+                                "networks from; the gradient estimator needs a store made by `dmtoolkit init`")
+            recipe = store.recipe
+        if recipe.subsets.kind != "example":
+            raise UserError(f"{self.store_path}: the gradient estimator needs an example-level run store "
+                            f"(this one is {recipe.subsets.kind}-level)")
+        if recipe.trainer is not None:
+            raise UserError(f"{self.store_path}: made by trainer {recipe.trainer.function}; the gradient estimator "
+                            "retrains the built-in networks only")
+        if recipe.transfer.mode != "fixed-feature":
+            raise UserError(f"{self.store_path}: transfer mode {recipe.transfer.mode!r}; the gradient estimator "
+                            "differentiates through fixed-feature transfer only")
+        if self.head == "differentiated" and recipe.transfer.head != "ridge":
+            raise UserError(f"{self.store_path}: head {recipe.transfer.head!r}; --head differentiated needs the "
+                            "closed-form ridge head (use --head fixed)")
+        context = RunContext.from_store(self.store_path, self.device)
+        assert isinstance(context.trainer, BuiltinTrainer)
+        return context
+
+    def fit(self, masks: Any, margins: Any, rows: np.ndarray | None = None, *,
+            unit_names: list[str] | None = None, units: SamplingUnits | None = None) -> Self:
+        self.check_settings()
+        rows = np.arange(masks.shape[0]) if rows is None else np.asarray(rows)
+        if self.models > len(rows):
+            raise UserError(f"models={self.models} but only {len(rows)} fitting rows; ask for fewer "
+                            "(or add --full-models)")
+        columns = getattr(margins, "columns", slice(0, margins.shape[1]))
+        chosen = np.sort(np.random.default_rng(self.row_seed).permutation(rows)[:self.models])
+        context = self._context()
+        trainer = context.trainer
+        training_seed = context.recipe.seeding[0]
+        jobs = [context.job(int(r)) for r in chosen]
+        for job in jobs:
+            if not np.array_equal(np.asarray(masks[job.index:job.index + 1], bool)[0], job.mask):
+                raise UserError(f"row {job.index}: the masks given to fit are not those of {self.store_path}; fit the "
+                                "gradient estimator on the store it was made with (fit_store does)")
+        plan = [(job.index, job.seed, job.source_indices, self._row_network(context, job)) for job in jobs]
+        pool = np.arange(len(context.data.source_pool.labels))
+        for f in range(self.full_models):
+            seed = int(np.random.SeedSequence([training_seed, FULL_POOL_SALT, f]).generate_state(1)[0])
+            plan.append((-1, seed, pool, lambda seed=seed: trainer.train_source_models([pool], [seed])))
+        all_margins = np.asarray(margins[0:margins.shape[0]], dtype=np.float64)
+        total, records = None, []
+        for n, (row, seed, subset, network) in enumerate(plan):
+            started = time.perf_counter()
+            scores, reproduced, record = self._one_model(trainer, context.recipe, row, seed, subset, network(),
+                                                         columns)
+            error = float(np.max(np.abs(reproduced - all_margins[row]))) if row >= 0 else float("nan")
+            record = dataclasses.replace(record, margin_error=error, seconds=time.perf_counter() - started)
+            records.append(record)
+            total = scores if total is None else total + scores
+            self._say(f"gradient: {n + 1}/{len(plan)} networks ({'row ' + str(row) if row >= 0 else 'full pool'}, "
+                      f"{record.seconds:.0f}s, reproduced margins within {error:.2g})")
+        coef = (total / len(plan)).cpu().numpy().astype(np.float32)
+        self.coef_ = coef
+        self.records_ = tuple(records)
+        self.num_params_ = self._num_params
+        fit_masks = np.asarray(masks[0:masks.shape[0]], dtype=np.float64)[rows]
+        self.intercept_ = (all_margins[rows].mean(0) - fit_masks.mean(0) @ coef.astype(np.float64)).astype(np.float32)
+        self.fit_rows_ = np.sort(rows)
+        return self
+
+    def _row_network(self, context: Any, job: Any) -> Callable[[], nn.Module]:
+        """How to retrain row `job.index`'s source network: with its whole group of rows, as the driver trained
+        it (`whole_groups`; G× the training, reproduces the stored margins to float precision), or alone (the
+        same network up to floating-point differences of the batched kernels, which long training can grow)."""
+        from dmtoolkit.train.job import group_of, group_rows
+
+        trainer = context.trainer
+        if not self.whole_groups or trainer.group_size == 1:
+            return lambda: trainer.train_source_models([job.source_indices], [job.seed])
+        rows = group_rows(group_of(job.index, trainer.group_size), trainer.group_size, len(context.masks))
+        mates = [context.job(r) for r in rows]
+
+        def network() -> nn.Module:
+            model = trainer.train_source_models([m.source_indices for m in mates], [m.seed for m in mates])
+            return group_member(trainer, model, rows.index(job.index))
+
+        return network
+
+    def _one_model(self, trainer: Any, recipe: Any, row: int, seed: int, subset: np.ndarray, model: nn.Module,
+                   columns: slice) -> tuple[torch.Tensor, np.ndarray, ModelRecord]:
+        """Transfer one retrained source network and score every pool example on the target columns.
+
+        Returns the scores (P, T), the network's transferred margins on the target columns (to compare with the
+        store's row) and its record (margin error and time filled in by `fit`).
+        """
+        from dmtoolkit.train.fit import margins_from_logits
+
+        model.eval()
+        for p in model.parameters():
+            p.requires_grad_(True)
+        source_acc = trainer.source_accuracy(model, [np.ones(1, bool)])[0]
+        spec = recipe.transfer
+        head, train_feats = _fixed_head(model, trainer.target_train_x, trainer.target_train_y,
+                                        trainer.num_target_classes, spec, seed)
+        test_x, test_y = trainer.target_test_x[columns], trainer.target_test_y[columns]
+        with torch.no_grad():
+            test_feats = torch.cat([model.features(test_x[s:s + 1024][None], spec.feature_layer)[0]
+                                    for s in range(0, len(test_x), 1024)])
+            margins = margins_from_logits(head.logits(test_feats), test_y).float().cpu().numpy()
+        self._num_params = sum(p.numel() for p in parameters_of(model).values())
+        project = Projector(self._num_params, self.proj_dim, self.proj_seed, self.projection, trainer.device)
+        chunk = max(1, min(self.chunk, GRADIENT_MEMORY // (4 * self._num_params)))  # examples per vmap
+        phi, q = source_features(model, trainer.pool_x, trainer.pool_y, project, chunk)
+        g = target_gradients(model, head, test_x, test_y, project, chunk)
+        if self.head == "differentiated":
+            jac = feature_jacobians(model, spec.feature_layer, trainer.target_train_x, project,
+                                    max(1, min(chunk, GRADIENT_MEMORY // (4 * self._num_params * head.weight.shape[0]))))
+            g = g + head_gradients(train_feats.detach(), trainer.target_train_y, test_feats, test_y,
+                                   trainer.num_target_classes, spec, jac, self.chunk)
+        train = torch.as_tensor(subset, device=phi.device, dtype=torch.long)
+        lam = relative_lambda(phi[train], self.lam, kernel_weights(q[train], self.kernel))
+        scores = trak_scores(phi, q, subset, g, lam, self.kernel)
+        record = ModelRecord(row=row, seed=seed, subset_size=len(subset), lambda_absolute=lam,
+                             margin_error=float("nan"), source_accuracy=float(source_acc), seconds=0.0)
+        return scores, margins, record
+
+    def fitted_attributes(self) -> dict[str, Any]:
+        full = [r for r in self.records_ if r.row < 0]
+        return {
+            "gradient_rows": json.dumps([r.row for r in self.records_ if r.row >= 0]),
+            "gradient_full_pool_models": len(full),
+            "gradient_seeds": json.dumps([r.seed for r in self.records_]),
+            "gradient_checkpoints": "final weights of each retrained source network (one checkpoint per network)",
+            "gradient_projection": "none (identity)" if self.proj_dim == 0 else self.projection,
+            "gradient_proj_dim": self.proj_dim if self.proj_dim else self.num_params_,
+            "gradient_proj_seed": self.proj_seed,
+            "gradient_lambda_relative": self.lam,
+            "gradient_lambda_absolute": json.dumps([r.lambda_absolute for r in self.records_]),
+            "gradient_head_differentiated": self.head == "differentiated",
+            "gradient_kernel": self.kernel,
+            "gradient_whole_groups": self.whole_groups,
+            "gradient_num_params": self.num_params_,
+            "gradient_output_function": "source: z_y - logsumexp_{k!=y} z_k (TRAK), weighted by 1 - p_y; "
+                                        "target: transferred margin z_y - max_{k!=y} z_k",
+            "gradient_max_margin_error": max((r.margin_error for r in self.records_ if r.row >= 0),
+                                             default=float("nan")),
+        }
+
+    def extra_datasets(self) -> list[ExtraDataset]:
+        r = self.records_
+        return [
+            ExtraDataset("gradient/rows", np.array([x.row for x in r], np.int64),
+                         "store row each network was retrained from (-1: trained on the full pool)", "network", "row"),
+            ExtraDataset("gradient/seeds", np.array([x.seed for x in r], np.int64), "training seed of each network",
+                         "network", "seed"),
+            ExtraDataset("gradient/lambda", np.array([x.lambda_absolute for x in r]),
+                         "absolute λ added to the kernel of each network", "network", "λ"),
+            ExtraDataset("gradient/margin_error", np.array([x.margin_error for x in r]),
+                         "max |reproduced − stored| target margin of each retrained row (NaN: full-pool network)",
+                         "network", "margin"),
+            ExtraDataset("gradient/source_accuracy", np.array([x.source_accuracy for x in r]),
+                         "source test accuracy of each network", "network", "fraction"),
+            ExtraDataset("gradient/seconds", np.array([x.seconds for x in r]),
+                         "wall-clock seconds to retrain, transfer and score each network", "network", "seconds"),
+        ]
+
+
+def fit_gradient(store_path: str | Path, out_path: str | Path, *, models: int = GRADIENT_MODELS, full_models: int = 0,
+                 proj_dim: int = GRADIENT_PROJ_DIM, projection: str = "gaussian", proj_seed: int = 0,
+                 lam: float = GRADIENT_LAMBDA,
+                 head: str = "fixed", kernel: str = "trak", device: str | None = None, targets: str | slice | None = None,
+                 holdout_frac: float = 0.1, seed: int = 0, chunk: int = 64, whole_groups: bool = True,
+                 force: bool = False,
+                 progress: Callable[[str], None] | None = None) -> GradientEstimator:
+    """Fit the gradient estimator on an example-level store and write ESTIMATE.h5 (see the module docstring).
+
+    The held-out test rows (`holdout_frac`, `seed`) are the same split every estimator uses, so `dmtoolkit
+    evaluate` scores the result like a datamodels estimate; the retrained rows come from the fitting rows only.
+    """
+    from dmtoolkit.devices import resolve_device
+    from dmtoolkit.estimate.fit import fit_store
+
+    resolve_device(device)
+    model = GradientEstimator(store_path, models=models, full_models=full_models, proj_dim=proj_dim,
+                              projection=projection, proj_seed=proj_seed, lam=lam, head=head, kernel=kernel, row_seed=seed,
+                              device=device, chunk=chunk, whole_groups=whole_groups,
+                              progress=progress)
+    model.check_settings()
+    return fit_store(store_path, out_path, model, test_fraction=holdout_frac, seed=seed, targets=targets, force=force)
