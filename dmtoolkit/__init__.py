@@ -7,7 +7,7 @@ The Python API (`import dmtoolkit as dm`; walk-through in docs/python-api.md) is
 - estimators: `make_estimator`, `estimator_names`, `ESTIMATORS`, `Estimator`, `influence_from_arrays`,
   `fit_store`, `compute_influence`, `fit_datamodels`, `load_estimate`, `evaluate`
 - analyses (typed results with `to_json()`): `rank_classes`, `subpopulation`, `explain_target`,
-  `detect_leakage`, `detect_mislabels`, `counterfactual`; how reproducible a store's class answers are:
+  `detect_leakage`, `detect_mislabels`, `counterfactual`, `recommend_removal`; how reproducible a store's class answers are:
   `reliability_report`; the HTML report: `build_report`
 - errors: `UserError`, `StoreError`
 
@@ -33,7 +33,7 @@ _EXPORTS = {  # public name -> module that defines it
     "load_estimate": "estimate.files", "evaluate": "estimate.lds",
     "rank_classes": "analyze.classes", "subpopulation": "analyze.classes", "explain_target": "analyze.classes",
     "detect_leakage": "analyze.examples", "detect_mislabels": "analyze.examples", "counterfactual": "analyze.retrain",
-    "reliability_report": "reliability",
+    "recommend_removal": "analyze.recommend", "reliability_report": "reliability",
     "build_report": "report.html",
     "UserError": "errors", "StoreError": "errors",
 }
