@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy import stats
+from removal_study import interval  # benchmarks/ is on sys.path when this script runs
 
 from dmtoolkit.analyze import explain_target, load_estimate
 from dmtoolkit.analyze.retrain import train_masks
@@ -38,16 +38,6 @@ from dmtoolkit.run.executors import make_executor
 from dmtoolkit.store import RunStore
 
 SEED_OFFSET = 2000
-
-
-def interval(values: np.ndarray) -> dict[str, float]:
-    """Mean and 95% t interval over repeats."""
-    values = np.asarray(values, np.float64)
-    n = len(values)
-    mean = float(values.mean())
-    sd = float(values.std(ddof=1)) if n > 1 else 0.0
-    half = float(stats.t.ppf(0.975, n - 1) * sd / np.sqrt(n)) if n > 1 else float("nan")
-    return {"mean": mean, "sd": sd, "low": mean - half, "high": mean + half}
 
 
 def retrain(store: Path, out: Path, repeats: int, workers: int) -> np.ndarray:

@@ -129,8 +129,6 @@ def run_setting(name: str, out: Path, models: int, repeats: int, workers: int) -
     retrain_minutes = (time.perf_counter() - started) / 60
     np.savez(out / f"{name}-retrain.npz", margins=margins, ks=np.array(ks), store_minutes=store_minutes,
              retrain_minutes=retrain_minutes)
-    (out / f"{name}-random-sets.json").write_text(json.dumps(
-        [[[int(j) for j in s] for s in per_repeat] for per_repeat in sets["random"]]))
 
 
 def analyze_setting(name: str, out: Path) -> dict[str, Any]:
@@ -145,9 +143,7 @@ def analyze_setting(name: str, out: Path) -> dict[str, Any]:
     recommendation = recommend_removal(estimate, store=store)
     validation, test = np.array(recommendation.validation_columns), np.array(recommendation.test_columns)
     influence, intercept = est.matrix.astype(np.float64), est.intercept.astype(np.float64)
-    sets = removal_sets(influence, validation, ks, repeats, seed=SPLIT_SEED + 1)
-    random_sets = json.loads((out / f"{name}-random-sets.json").read_text())
-    sets["random"] = [[np.array(s, int) for s in per_repeat] for per_repeat in random_sets]
+    sets = removal_sets(influence, validation, ks, repeats, seed=SPLIT_SEED + 1)  # the sets that were trained
     layout = layout_of(ks)
     acc = {split: (margins[:, :, cols] > 0).mean(2) for split, cols in (("validation", validation), ("test", test))}
     mean_margin = {split: margins[:, :, cols].mean(2) for split, cols in (("validation", validation), ("test", test))}

@@ -613,10 +613,10 @@ def recommend(estimate_path: Path, ks: str | None, validation_fraction: float, s
       dmtoolkit recommend stores/influence.h5
       dmtoolkit recommend stores/influence.h5 --k 0,2,4,8 --json
     """
-    from dmtoolkit.analyze.recommend import parse_ks_list, recommend_removal
+    from dmtoolkit.analyze.recommend import recommend_removal
     from dmtoolkit.report.text import format_recommendation
 
-    result = recommend_removal(estimate_path, ks=parse_ks_list(ks) if ks is not None else None,
+    result = recommend_removal(estimate_path, ks=ks,
                                validation_fraction=validation_fraction, split_seed=split_seed, level=level,
                                store=store_path)
     if as_json:

@@ -31,6 +31,7 @@ from dmtoolkit.analyze.classes import check_level, interval_bounds, mean_influen
 from dmtoolkit.analyze.estimates import Estimate, load_estimate, open_source_store, require_kind
 from dmtoolkit.analyze.options import INTERVAL_LEVEL, RECOMMEND_SPLIT_SEED, RECOMMEND_VALIDATION_FRACTION
 from dmtoolkit.analyze.results import NO_STDERR, Recommendation, RemovalCandidate
+from dmtoolkit.analyze.retrain import check_ks, parse_ks
 from dmtoolkit.errors import StoreError, UserError
 
 
@@ -77,24 +78,6 @@ def _default_ks(num_units: int, alpha: float | None) -> list[int]:
     return list(range(0, max(1, min(limit, num_units - 1)) + 1))
 
 
-def parse_ks_list(spec: str) -> list[int]:
-    """Numbers of classes from "0,2,4" (range-checked later against the estimate)."""
-    try:
-        ks = [int(part) for part in spec.split(",") if part.strip()]
-    except ValueError:
-        raise UserError(f"k {spec!r} is not a comma-separated list of integers, e.g. 0,2,4,8") from None
-    if not ks:
-        raise UserError("k is empty; give e.g. 0,2,4,8")
-    return ks
-
-
-def _check_ks(ks: list[int], num_units: int) -> list[int]:
-    bad = [k for k in ks if not 0 <= k < num_units]
-    if bad:
-        raise UserError(f"k={bad[0]} is out of range: remove between 0 and {num_units - 1} of {num_units} classes")
-    return sorted(set(ks) | {0})
-
-
 def _from_store(est: Estimate, columns: np.ndarray, store: str | Path | None) -> tuple[float | None,
                                                                                       np.ndarray | None, int | None, str]:
     """(α, per-class standard error of the mean influence over `columns`, its dof, why there is none) read from the
@@ -119,12 +102,13 @@ def _from_store(est: Estimate, columns: np.ndarray, store: str | Path | None) ->
     return alpha, stderr, dof, ""
 
 
-def recommend_removal(path: str | Path, *, ks: list[int] | None = None,
+def recommend_removal(path: str | Path, *, ks: list[int] | str | None = None,
                       validation_fraction: float = RECOMMEND_VALIDATION_FRACTION,
                       split_seed: int = RECOMMEND_SPLIT_SEED, level: float = INTERVAL_LEVEL,
                       store: str | Path | None = None) -> Recommendation:
     """The removal set (k most negative classes on the validation part) with the best predicted validation
-    accuracy, beside every candidate k; see the module docstring for the rule and its limits."""
+    accuracy, beside every candidate k (`ks` a list or a spec like "0,2,4"; 0 is always added); see the module
+    docstring for the rule and its limits."""
     check_level(level)
     est = load_estimate(path)
     require_kind(est, "class", "recommend")
@@ -133,7 +117,10 @@ def recommend_removal(path: str | Path, *, ks: list[int] | None = None,
         raise UserError(f"{est.path} has {num_units} source class; there is nothing to choose between")
     validation, test = split_targets(num_targets, validation_fraction, split_seed)
     alpha, stderr, dof, note = _from_store(est, validation, store)
-    ks = _check_ks(ks, num_units) if ks is not None else _default_ks(num_units, alpha)
+    if ks is None:
+        ks = _default_ks(num_units, alpha)
+    else:
+        ks = sorted(set(parse_ks(ks, num_units) if isinstance(ks, str) else check_ks(list(ks), num_units)) | {0})
     order = removal_ranking(est.matrix, validation)
     candidates = []
     full_accuracy = 0.0

@@ -163,6 +163,11 @@ def parse_ks(spec: str, num_units: int) -> list[int]:
         raise UserError(f"k {spec!r} is not a comma-separated list of integers, e.g. 0,5,10") from None
     if not ks:
         raise UserError("k is empty; give e.g. 0,5,10")
+    return check_ks(ks, num_units)
+
+
+def check_ks(ks: list[int], num_units: int) -> list[int]:
+    """`ks` sorted and distinct, each checked to be in 0..num_units-1 (one class at least stays)."""
     bad = [k for k in ks if not 0 <= k < num_units]
     if bad:
         raise UserError(f"k={bad[0]} is out of range: remove between 0 and {num_units - 1} of {num_units} classes")
