@@ -41,25 +41,28 @@ SEED_OFFSET = 2000
 
 
 def retrain(store: Path, out: Path, repeats: int, workers: int) -> np.ndarray:
-    """Margins (R, P + 1, T): row 0 the full source, row 1 + k the source without class k."""
+    """Margins (R, P + 1, T): row 0 the full source, row 1 + k the source without class k. Repeat r depends only
+    on r, so saved repeats are kept and only the missing ones are trained."""
     path = out / "mistakes-retrain.npz"
+    margins: list[np.ndarray] = []
+    minutes = 0.0
     if path.exists():
-        saved = np.load(path)["margins"]
-        if saved.shape[0] >= repeats:
-            return saved[:repeats]
+        saved = np.load(path)
+        if saved["margins"].shape[0] >= repeats:
+            return saved["margins"][:repeats]
+        margins, minutes = list(saved["margins"]), float(saved["minutes"])
     with RunStore(store) as run:
         recipe, data, P = run.recipe, run.run_data(), run.num_units
     masks = np.ones((P + 1, P), bool)
     masks[np.arange(1, P + 1), np.arange(P)] = False
-    margins = []
     started = time.perf_counter()
-    for r in range(repeats):
+    for r in range(len(margins), repeats):
         results = train_masks(recipe, data, masks, seed=recipe.subsets.seed + SEED_OFFSET + r, repeat=r + 1,
                               device="cpu", executor=lambda: make_executor("local", workers, "cpu"))
         margins.append(np.stack([res.margins for res in results]))
         print(f"mistakes: repeat {r + 1}/{repeats} ({(time.perf_counter() - started) / 60:.1f} min)", flush=True)
     margins_array = np.stack(margins).astype(np.float32)
-    np.savez(path, margins=margins_array, minutes=(time.perf_counter() - started) / 60)
+    np.savez(path, margins=margins_array, minutes=minutes + (time.perf_counter() - started) / 60)
     return margins_array
 
 

@@ -46,6 +46,7 @@ from dmtoolkit.run.driver import train_store
 from dmtoolkit.run.executors import make_executor
 from dmtoolkit.run.prepare import build_run_data
 from dmtoolkit.store import RunData, RunStore, create_store
+from dmtoolkit.train.job import group_size as group_size_of
 
 SETTINGS: dict[str, dict[str, Any]] = {
     "default": {},
@@ -114,21 +115,73 @@ def run_setting(name: str, out: Path, models: int, repeats: int, workers: int) -
     sets = removal_sets(influence, validation, ks, repeats, seed=SPLIT_SEED + 1)
     layout = layout_of(ks)
     P, T = influence.shape
+    saved_path = out / f"{name}-retrain.npz"
+    if saved_path.exists():  # an earlier run: train only the k it lacks (e.g. a revised recommendation's)
+        extend_setting(name, saved_path, recipe, data, influence, validation, ks, repeats, workers)
+        return
     margins = np.zeros((repeats, len(layout), T), np.float32)
     started = time.perf_counter()
     for r in range(repeats):
-        masks = np.ones((len(layout), P), bool)
-        for row, (order, i) in enumerate(layout):
-            if order != "full":
-                masks[row, sets[order][r][i]] = False
-        results = train_masks(recipe, data, masks, seed=recipe.subsets.seed + 1000 + r, repeat=r + 1,
-                              device="cpu", executor=lambda: make_executor("local", workers, "cpu"))
-        for row, res in enumerate(results):
-            margins[r, row] = res.margins
+        margins[r] = retrain_repeat(recipe, data, sets, layout, r, P, workers)
         print(f"{name}: repeat {r + 1}/{repeats} ({(time.perf_counter() - started) / 60:.1f} min)", flush=True)
     retrain_minutes = (time.perf_counter() - started) / 60
-    np.savez(out / f"{name}-retrain.npz", margins=margins, ks=np.array(ks), store_minutes=store_minutes,
+    np.savez(saved_path, margins=margins, ks=np.array(ks), store_minutes=store_minutes,
              retrain_minutes=retrain_minutes)
+
+
+def retrain_repeat(recipe: Recipe, data: RunData, sets: dict[str, list[list[np.ndarray]]],
+                   layout: list[tuple[str, int]], r: int, num_classes: int, workers: int) -> np.ndarray:
+    """Margins (rows of `layout` × targets) of repeat r: training seed = recipe's + 1 + r, run seed fixed per r."""
+    masks = np.ones((len(layout), num_classes), bool)
+    for row, (order, i) in enumerate(layout):
+        if order != "full":
+            masks[row, sets[order][r][i]] = False
+    results = train_masks(recipe, data, masks, seed=recipe.subsets.seed + 1000 + r, repeat=r + 1,
+                          device="cpu", executor=lambda: make_executor("local", workers, "cpu"))
+    return np.stack([res.margins for res in results])
+
+
+def extend_setting(name: str, saved_path: Path, recipe: Recipe, data: RunData, influence: np.ndarray,
+                   validation: np.ndarray, ks: list[int], repeats: int, workers: int) -> None:
+    """Add to saved retrainings the (order, k) rows for the k in `ks` they lack, with the same repeats and
+    seeds. Models train in batched groups (`training.models_per_batch`) and a model's result depends on its
+    group, so each repeat retrains the saved layout's first group (the full source and its neighbours) in
+    front of the new rows and checks it reproduces the saved margins: that shows the new rows are trained
+    exactly as the saved ones were, with the same repeat's training randomness."""
+    saved = dict(np.load(saved_path))
+    old_ks = [int(k) for k in saved["ks"]]
+    missing = [k for k in ks if k not in old_ks]
+    if not missing:
+        return
+    if saved["margins"].shape[0] != repeats:
+        raise SystemExit(f"{saved_path} has {saved['margins'].shape[0]} repeats, not {repeats}: pass --repeats "
+                         f"{saved['margins'].shape[0]} to extend it, or move it away to start afresh")
+    new_ks = sorted(set(old_ks) | set(missing))
+    sets = removal_sets(influence, validation, new_ks, repeats, seed=SPLIT_SEED + 1)
+    new_layout, old_layout = layout_of(new_ks), layout_of(old_ks)
+    first = old_layout[:group_size_of(recipe)]
+    replayed = [(order, new_ks.index(old_ks[i])) for order, i in first]
+    added = replayed + [(order, new_ks.index(k)) for order in ORDERS for k in missing]
+    old_margins = saved["margins"]
+    margins = np.zeros((repeats, len(new_layout), old_margins.shape[2]), np.float32)
+    started = time.perf_counter()
+    for r in range(repeats):
+        fresh = retrain_repeat(recipe, data, sets, added, r, influence.shape[0], workers)
+        difference = float(np.abs(fresh[:len(first)] - old_margins[r, :len(first)]).max())
+        if difference > 1e-4:
+            raise SystemExit(f"{saved_path}: repeat {r + 1}'s first group did not reproduce (max margin difference "
+                             f"{difference:.2g}); move the file away and rerun the setting from scratch")
+        for row, (order, i) in enumerate(new_layout):
+            k = new_ks[i]
+            if order != "full" and k in missing:
+                margins[r, row] = fresh[added.index((order, i))]
+            else:
+                margins[r, row] = old_margins[r, 0 if order == "full" else old_layout.index((order, old_ks.index(k)))]
+        print(f"{name}: extending repeat {r + 1}/{repeats} with k = {missing} "
+              f"({(time.perf_counter() - started) / 60:.1f} min)", flush=True)
+    saved.update(margins=margins, ks=np.array(new_ks),
+                 retrain_minutes=float(saved["retrain_minutes"]) + (time.perf_counter() - started) / 60)
+    np.savez(saved_path, **saved)
 
 
 def analyze_setting(name: str, out: Path) -> dict[str, Any]:

@@ -596,17 +596,20 @@ def rank(estimate_path: Path, top: int, target_class: str | None, level: float, 
               help="Share of the target examples k is chosen on; the rest are never read.")
 @click.option("--split-seed", type=int, default=analyze_options.RECOMMEND_SPLIT_SEED, show_default=True,
               help="Seed of the validation/test split of the target examples.")
+@click.option("--fdr", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=analyze_options.DETECT_FDR,
+              show_default=True, help="False discovery rate of the test for harm a removed class must pass.")
 @LEVEL_OPTION
 @STORE_OPTION
 @JSON_OPTION
-def recommend(estimate_path: Path, ks: str | None, validation_fraction: float, split_seed: int, level: float,
-              store_path: Path | None, as_json: bool) -> None:
+def recommend(estimate_path: Path, ks: str | None, validation_fraction: float, split_seed: int, fdr: float,
+              level: float, store_path: Path | None, as_json: bool) -> None:
     """Propose source classes to remove: the k most negative classes on a validation part of the target data.
 
     For each k the linear predictor of the estimate gives the validation accuracy and the change of mean margin
     (with an interval) after removing the k classes with the most negative mean influence on the validation
-    part; the k with the highest predicted accuracy is proposed (k = 0: remove nothing). The test part is left
-    untouched so the proposal can be verified by retraining (`dmtoolkit counterfactual`).
+    part. Only classes with evidence of harm (mean influence below zero, Benjamini–Hochberg at --fdr) may be
+    removed; among those k the highest predicted accuracy is proposed (k = 0: remove nothing). The test part is
+    left untouched so the proposal can be verified by retraining (`dmtoolkit counterfactual`).
 
     \b
     Example:
@@ -618,7 +621,7 @@ def recommend(estimate_path: Path, ks: str | None, validation_fraction: float, s
 
     result = recommend_removal(estimate_path, ks=ks,
                                validation_fraction=validation_fraction, split_seed=split_seed, level=level,
-                               store=store_path)
+                               fdr=fdr, store=store_path)
     if as_json:
         _echo_json(result.to_json())
         return

@@ -25,13 +25,13 @@ P, T, M = 8, 40, 160
 HARMFUL = (2, 5)
 
 
-def _margins(masks: np.ndarray, rng: np.random.Generator, harm: float) -> np.ndarray:
+def _margins(masks: np.ndarray, rng: np.random.Generator, harm: float, noise: float = 0.05) -> np.ndarray:
     """Every class helps every target a little, classes 2 and 5 hurt by `harm`; with the full source half the targets
     have a negative margin, so removing the harmful classes flips them (and removing helpful ones flips others)."""
     effect = np.full((P, T), 0.05)
     effect[list(HARMFUL)] = -harm
     offset = np.linspace(-0.6, 0.6, T) - effect.sum(0)  # full-source margins from −0.6 to 0.6
-    return (masks @ effect + offset + rng.normal(0, 0.05, (len(masks), T))).astype(np.float32)
+    return (masks @ effect + offset + rng.normal(0, noise, (len(masks), T))).astype(np.float32)
 
 
 @pytest.fixture(scope="module")
@@ -39,9 +39,10 @@ def estimates(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     tmp = tmp_path_factory.mktemp("recommend")
     rng = np.random.default_rng(7)
     out = {}
-    for name, harm in (("harmful", 0.5), ("helpful", -0.3)):  # "helpful": classes 2 and 5 help most
+    # "helpful": classes 2 and 5 help most; "faint": they hurt a little, under noise that hides it
+    for name, harm, noise in (("harmful", 0.5, 0.05), ("helpful", -0.3, 0.05), ("faint", 0.03, 3.0)):
         masks = rng.random((M, P)) < 0.5
-        store = synthetic_store(tmp / f"{name}.h5", _margins(masks, rng, harm), masks)
+        store = synthetic_store(tmp / f"{name}.h5", _margins(masks, rng, harm, noise), masks)
         infl = tmp / f"{name}-influence.h5"
         compute_influence(store, infl, device="cpu")
         out[name] = infl
@@ -131,6 +132,41 @@ def test_nothing_to_remove_says_so(estimates: dict[str, Path]) -> None:
     assert [c.k for c in rec.candidates] == list(range(0, P // 2 + 1))  # default: up to (1 − α)·P
 
 
+def _bh_by_hand(p: np.ndarray, fdr: float) -> np.ndarray:
+    """Benjamini–Hochberg step-up by a plain loop: reject the m smallest, m the largest rank with p ≤ m·fdr/n."""
+    n, order = len(p), sorted(range(len(p)), key=lambda i: p[i])
+    last = max((rank for rank in range(1, n + 1) if p[order[rank - 1]] <= rank * fdr / n), default=0)
+    passing = np.zeros(n, bool)
+    passing[order[:last]] = True
+    return passing
+
+
+@pytest.mark.parametrize("name", ["harmful", "faint", "helpful"])
+def test_only_classes_with_evidence_of_harm_may_be_removed(estimates: dict[str, Path], name: str) -> None:
+    rec = recommend_removal(estimates[name], fdr=0.05)
+    est = load_estimate(estimates[name])
+    validation = np.array(rec.validation_columns)
+    with RunStore(est.store_path) as run:
+        coef, stderr, dof = mean_influence_refit(est, run, validation)
+    dist = stats.norm if dof is None else stats.t(dof)  # independent rows: normal, as in the estimator's SE
+    passing = _bh_by_hand(dist.cdf(coef / stderr), 0.05)
+    order = removal_ranking(est.matrix, validation)
+    prefix = 0
+    while prefix < P and passing[order[prefix]]:
+        prefix += 1
+    assert rec.harmful == prefix and rec.fdr == 0.05
+    assert [c.evidence for c in rec.candidates] == [c.k <= prefix for c in rec.candidates]
+    eligible = [c for c in rec.candidates if c.k <= prefix]
+    assert rec.chosen == max(eligible, key=lambda c: (c.predicted_accuracy, -c.k))
+    assert json.loads(json.dumps(rec.to_json()))["harmful"] == prefix
+    if name == "harmful":
+        assert prefix == 2 and rec.chosen.k == 2
+    if name == "faint":  # the point prediction alone would remove classes; without evidence nothing is removed
+        assert prefix == 0 and rec.chosen.k == 0
+        assert max(rec.candidates, key=lambda c: (c.predicted_accuracy, -c.k)).k > 0
+        assert rec.message == "remove nothing: no source class has evidence of harm on the validation targets at FDR 5%"
+
+
 def test_cli_text_json_and_errors(estimates: dict[str, Path], tmp_path: Path) -> None:
     runner = CliRunner()
     infl = str(estimates["harmful"])
@@ -144,7 +180,7 @@ def test_cli_text_json_and_errors(estimates: dict[str, Path], tmp_path: Path) ->
     assert data["split_seed"] == 3 and [c["k"] for c in data["candidates"]] == [0, 2]
     assert data["validation_targets"] + data["test_targets"] == T
     for args, message in ((["--k", "0,8"], "k=8 is out of range"), (["--k", "two"], "not a comma-separated"),
-                          (["--validation-fraction", "1.5"], "1.5")):
+                          (["--validation-fraction", "1.5"], "1.5"), (["--fdr", "0"], "--fdr")):
         bad = runner.invoke(cli, ["recommend", infl, *args])
         assert bad.exit_code != 0 and message in bad.output and "Traceback" not in bad.output
     missing = runner.invoke(cli, ["recommend", str(tmp_path / "nope.h5")])

@@ -229,7 +229,9 @@ class RemovalCandidate:
 
     predicted_margin_change: predicted change of the mean validation margin (removal − full source), with its
     interval (None when the estimate has no standard errors); predicted_accuracy: predicted share of validation
-    targets with margin > 0 after the removal; predicted_accuracy_change: that minus the full source's.
+    targets with margin > 0 after the removal; predicted_accuracy_change: that minus the full source's;
+    evidence: every removed class has evidence of harm (Benjamini–Hochberg at the recommendation's FDR; None
+    when the estimate has no standard errors to test with).
     """
 
     k: int
@@ -239,12 +241,13 @@ class RemovalCandidate:
     margin_change_high: float | None
     predicted_accuracy: float
     predicted_accuracy_change: float
+    evidence: bool | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {"k": self.k, "removed": list(self.removed), "predicted_margin_change": self.predicted_margin_change,
                 "margin_change_low": self.margin_change_low, "margin_change_high": self.margin_change_high,
                 "predicted_accuracy": self.predicted_accuracy,
-                "predicted_accuracy_change": self.predicted_accuracy_change}
+                "predicted_accuracy_change": self.predicted_accuracy_change, "evidence": self.evidence}
 
 
 @dataclass(frozen=True)
@@ -253,7 +256,10 @@ class Recommendation:
 
     validation_columns / test_columns: the target columns k was chosen on / left untouched for verification
     (split by `split_seed`); full_predicted_accuracy: the linear predictor's validation accuracy of the full
-    source; chosen: the candidate with the best predicted validation accuracy (ties: smaller k).
+    source; chosen: the candidate with the best predicted validation accuracy (ties: smaller k) among those whose
+    classes all have evidence of harm; harmful: how many of the most negative classes in a row have that evidence
+    (Benjamini–Hochberg at `fdr` on one-sided p-values of the mean validation influence < 0), None when the
+    estimate has no standard errors and every candidate was eligible.
     """
 
     file: str
@@ -267,11 +273,16 @@ class Recommendation:
     chosen: RemovalCandidate
     level: float | None = None
     interval_note: str = NO_STDERR
+    fdr: float | None = None
+    harmful: int | None = None
 
     @property
     def message(self) -> str:
         """One line a user can act on."""
         chosen = self.chosen
+        if chosen.k == 0 and self.harmful == 0:
+            return (f"remove nothing: no source class has evidence of harm on the validation targets at "
+                    f"FDR {100 * (self.fdr or 0):g}%")
         if chosen.k == 0:
             return ("remove nothing: no removal of the most negative classes is predicted to raise validation "
                     "accuracy")
@@ -292,8 +303,9 @@ class Recommendation:
                 "split_seed": self.split_seed, "validation_targets": len(self.validation_columns),
                 "test_targets": len(self.test_columns), "validation_columns": list(self.validation_columns),
                 "test_columns": list(self.test_columns), "full_predicted_accuracy": self.full_predicted_accuracy,
-                "level": self.level, "interval_note": self.interval_note, "message": self.message,
-                "chosen": self.chosen.to_json(), "candidates": [c.to_json() for c in self.candidates]}
+                "level": self.level, "interval_note": self.interval_note, "fdr": self.fdr,
+                "harmful": self.harmful, "message": self.message, "chosen": self.chosen.to_json(),
+                "candidates": [c.to_json() for c in self.candidates]}
 
 
 @dataclass(frozen=True)
