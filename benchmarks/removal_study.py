@@ -235,7 +235,7 @@ def analyze_setting(name: str, out: Path) -> dict[str, Any]:
     # (a) the toolkit's recommendation, chosen before retraining from predicted validation accuracy
     chosen = ks.index(recommendation.chosen.k)
     predicted = {"k": recommendation.chosen.k, "removed": list(recommendation.chosen.removed),
-                 "message": recommendation.message,
+                 "message": recommendation.message, "harmful": recommendation.harmful,
                  "predicted_accuracy_change": recommendation.chosen.predicted_accuracy_change,
                  "predicted_margin_change": recommendation.chosen.predicted_margin_change,
                  "test_gain": interval(acc["test"][:, column("bottom", chosen)] - acc["test"][:, 0])}
@@ -277,8 +277,10 @@ def table(result: dict[str, Any]) -> str:
         lines.append(f"| {k} | " + " | ".join(cells) + f" | {_ci(tmr[k])} |")
     rec, chosen = result["recommendation"], result["retrained_choice"]
     corr = result["prediction_correlation"]
-    lines += ["", f"`dmtoolkit recommend` (k from predicted validation accuracy, before retraining): remove "
-              f"{rec['k']} classes, predicted accuracy change {rec['predicted_accuracy_change']:+.3f}; "
+    noun = "class" if rec["k"] == 1 else "classes"
+    lines += ["", f"`dmtoolkit recommend` (k from predicted validation accuracy among the {rec.get('harmful')} most "
+              f"negative classes with evidence of harm at FDR 5%, before retraining): remove {rec['k']} {noun}, "
+              f"predicted accuracy change {rec['predicted_accuracy_change']:+.3f}; "
               f"retrained test gain {_ci(rec['test_gain'])}.",
               f"k chosen on retrained validation accuracy: {chosen['k']}; test gain {_ci(chosen['test_gain'])}.",
               f"Predicted vs retrained change over all removal sets (test part): Pearson "
