@@ -68,7 +68,6 @@ from dmtoolkit.reliability import (
     GOALS,
     CrossRun,
     WithinStore,
-    _cross,
     class_influence,
     class_target_matrix,
     mean_influence,
@@ -227,7 +226,7 @@ def point(runs: list[dict[str, Any]], rows: int, estimator: str) -> dict[str, An
         within.append((WithinStore(ranking, rows), WithinStore(matrix, rows)))
         cpu.append((float(run["seconds"][:rows].sum()) + fit_seconds) / 60)
     pairs = list(itertools.combinations(range(len(runs)), 2))
-    cross = {what: [_cross(answers[i][k], answers[j][k], within[i][k], within[j][k]) for i, j in pairs]
+    cross = {what: [CrossRun.between(answers[i][k], answers[j][k], within[i][k], within[j][k]) for i, j in pairs]
              for k, what in enumerate(("ranking", "matrix"))}
     out: dict[str, Any] = {"rows": rows, "cpu_minutes": float(np.mean(cpu)), "cpu_minutes_per_run": cpu,
                            "pairs": [[runs[i]["mask_seed"], runs[j]["mask_seed"]] for i, j in pairs]}

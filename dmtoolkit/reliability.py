@@ -411,6 +411,12 @@ class CrossRun:
     models: float
     predicted: float | None
 
+    @classmethod
+    def between(cls, x: np.ndarray, y: np.ndarray, a: WithinStore, b: WithinStore) -> CrossRun:
+        """Agreement of answers `x` and `y` (same shape) from two runs whose split-halves are `a` and `b`."""
+        predicted = None if a.full is None or b.full is None else float(np.sqrt(a.full * b.full))
+        return cls(defined_spearman(x, y), float(np.sqrt(a.models * b.models)), predicted)
+
     @property
     def needed(self) -> dict[str, float | None]:
         return _needed(self.correlation, self.models)
@@ -507,11 +513,6 @@ def independence_warnings(a: StoreReliability, b: StoreReliability) -> tuple[str
     return tuple(out)
 
 
-def _cross(x: np.ndarray, y: np.ndarray, a: WithinStore, b: WithinStore) -> CrossRun:
-    predicted = None if a.full is None or b.full is None else float(np.sqrt(a.full * b.full))
-    return CrossRun(defined_spearman(x, y), float(np.sqrt(a.models * b.models)), predicted)
-
-
 def reliability_report(path: str | Path, other: str | Path | None = None, *, estimator: str = DEFAULT_ESTIMATOR,
                        seeds: Sequence[int] = range(10)) -> ReliabilityReport:
     """Split-half reliability of a class-level store's class ranking and class × target-class matrix (split
@@ -522,6 +523,6 @@ def reliability_report(path: str | Path, other: str | Path | None = None, *, est
         return ReliabilityReport(estimator, (first,))
     second, y = _read_store(other, estimator, seeds)
     _check_comparable(first, second, x, y)
-    return ReliabilityReport(estimator, (first, second), _cross(x.ranking, y.ranking, first.ranking, second.ranking),
-                             _cross(x.matrix, y.matrix, first.matrix, second.matrix),
+    return ReliabilityReport(estimator, (first, second), CrossRun.between(x.ranking, y.ranking, first.ranking, second.ranking),
+                             CrossRun.between(x.matrix, y.matrix, first.matrix, second.matrix),
                              independence_warnings(first, second))
