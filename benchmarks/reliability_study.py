@@ -5,7 +5,8 @@ optionally on the fashion-mnist target (`--target fashion-mnist`: `target.datase
 `planting.copy_labels: by-index`, as removal_study.py's `fashion` setting). For each lever the study trains
 `--runs` independent stores of `--models` models. Run s uses mask seed s AND training seed s
 (`subsets.seed = training.seed = s`); source, target and planting seeds stay at the recipe's 0, so only the
-run's own randomness differs. Run 0 is the development run (the recipe as it ships); runs 1, 2, … are fresh.
+run's own randomness differs. Run 0 is the development run (the recipe's own seeds); runs 1, 2, … are fresh. Levers are chosen on the pairs
+with run 0 on MNIST; the table's "fresh pairs" column (pairs of fresh runs only) and fashion-mnist confirm.
 
 For n in a grid (32, 64, 128, …, and `--models`) the study takes the first n rows of every store, cut back to
 whole sampling units (`dmtoolkit.reliability.sampling_units`: an antithetic pair or an orthogonal block is
@@ -34,14 +35,13 @@ signal_study.py) are recorded next to the models' target accuracy so transfer st
     .venv/bin/python benchmarks/reliability_study.py --out runs/reliability --models 256 --runs 3 \\
         --target fashion-mnist
     .venv/bin/python benchmarks/reliability_study.py --out runs/reliability --models 512 --runs 3 \\
-        --levers default,per-model          # grows the 256-model stores: only rows 256-511 are trained
+        --levers random,orthogonal          # grows the 256-model stores: only rows 256-511 are trained
     .venv/bin/python benchmarks/reliability_study.py --out /tmp/relstudy --models 32 --runs 2 \\
-        --levers default,per-model          # smoke test
+        --levers random,orthogonal          # smoke test
 
-Cost (measured 2026-12 on this 2-core machine, shared with other jobs): ≈ 1 CPU-second per model for the
-default recipe (epochs-1 ≈ 0.5), so one lever at 256 models × 3 runs ≈ 13 CPU-minutes ≈ 7 minutes wall with
-two workers, at 512 models ≈ 26 CPU-minutes ≈ 14 minutes; analysis adds ≈ 1 minute per lever; all levers on
-one target at 256 models ≈ 1 hour. Stores are resumed (only missing rows are trained; a store made with fewer
+Cost (measured 2026-12-04 on this 2-core machine, run alone): ≈ 0.6 CPU-seconds per model for the default
+recipe (epochs-1 ≈ 0.3), so one lever at 256 models × 3 runs ≈ 8 CPU-minutes ≈ 4.3 minutes wall with two
+workers; analysis takes seconds; the seven default levers on one target at 256 models ≈ 30 minutes. Stores are resumed (only missing rows are trained; a store made with fewer
 models of the same recipe is grown in place of its rows), so an interrupted command can simply be rerun.
 
 Writes OUT/TARGET/LEVER/runS.h5 (stores), OUT/reliability.json (everything, merged over invocations),
@@ -87,16 +87,19 @@ TARGETS: dict[str, dict[str, Any]] = {
     "mnist": {},
     "fashion-mnist": {"target.dataset": "fashion-mnist", "planting.copy_labels": "by-index"},
 }
+# Every lever names its mask design: the levers were measured when the recipe shipped random masks, and
+# `orthogonal` won (the recipe's default since 2026-12-04), so `random` is the old default.
+RANDOM: dict[str, Any] = {"subsets.design": "random"}
 LEVERS: dict[str, dict[str, Any]] = {
-    "default": {},
-    "per-model": {"training.randomness": "per-model"},
+    "random": {**RANDOM},
+    "per-model": {**RANDOM, "training.randomness": "per-model"},
     "orthogonal": {"subsets.design": "orthogonal"},
     "per-model-orthogonal": {"training.randomness": "per-model", "subsets.design": "orthogonal"},
-    "no-antithetic": {"subsets.antithetic": False},
-    "epochs-1": {"training.epochs": 1},
-    "per-model-epochs-1": {"training.randomness": "per-model", "training.epochs": 1},
-    "max-per-class-100": {"source.max_per_class": 100},
-    "resolution-12": {"model.resolution": 12},
+    "no-antithetic": {**RANDOM, "subsets.antithetic": False},
+    "epochs-1": {**RANDOM, "training.epochs": 1},
+    "per-model-epochs-1": {**RANDOM, "training.randomness": "per-model", "training.epochs": 1},
+    "max-per-class-100": {**RANDOM, "source.max_per_class": 100},
+    "resolution-12": {**RANDOM, "model.resolution": 12},
 }
 SPLIT_SEEDS = range(10)
 DEV_SEED = 0  # the recipe's own mask and training seed: run 0 is the development run, runs 1.. are fresh
@@ -292,7 +295,7 @@ def analyse_lever(target: str, lever: str, out: Path, models: int, runs: int) ->
                                         "target_accuracy": float(d["target_accuracy"].mean())}
                                        for r, d in enumerate(data)],
             "seeds": "run s: subsets.seed = training.seed = s; source, target and planting seeds 0; run 0 is the "
-                     "development run (the recipe as shipped), the others are fresh",
+                     "development run (the recipe's own seeds), the others are fresh",
             "cpu_seconds_per_model": float(seconds.mean()),
             "target_accuracy": float(np.mean([d["target_accuracy"].mean() for d in data])),
             "baseline_accuracy": baselines, "estimators": estimators}
@@ -310,6 +313,13 @@ def _need(entry: dict[str, Any]) -> str:
     return f"{'≤ ' if entry.get('at_most') else ''}{entry['models']:,.0f} · {entry['cpu_minutes']:.1f}{mark}"
 
 
+def pair_mean(point: dict[str, Any], development: bool) -> float | None:
+    """Mean cross-run ranking agreement over the pairs with (True) or without (False) the development run."""
+    values = [v for pair, v in zip(point["pairs"], point["cross_ranking"]["values"])
+              if v is not None and (DEV_SEED in pair) == development]
+    return float(np.mean(values)) if values else None
+
+
 def table(target: str, results: dict[str, Any]) -> str:
     first = next(iter(results.values()))
     lines = [f"### target {target}", "",
@@ -317,9 +327,9 @@ def table(target: str, results: dict[str, Any]) -> str:
              "± SD over pairs; split-half: halves of the N models, mean over runs. Needs: models · CPU-minutes of "
              "one run for cross-run ranking agreement 0.8 / 0.9.", "",
              "| lever | estimator | N | target acc (raw / untrained) | CPU-s per model | cross-run ranking at N "
-             "(split-halves predict) | cross-run matrix at N | split-half ranking at N | split-half needs for 0.9 "
-             "| needs for 0.8 | needs for 0.9 |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "(split-halves predict) | dev pairs · fresh pairs | cross-run matrix at N | split-half ranking at N | "
+             "split-half needs for 0.9 | needs for 0.8 | needs for 0.9 |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for lever, res in results.items():
         base = res["baseline_accuracy"]
         acc = f"{res['target_accuracy']:.3f} ({base['raw pixels']:.3f} / {base['untrained network']:.3f})"
@@ -329,6 +339,7 @@ def table(target: str, results: dict[str, Any]) -> str:
             sh_need = sh["needed"]["0.9"]
             lines.append(f"| {lever} | {estimator} | {at['rows']} | {acc} | {res['cpu_seconds_per_model']:.2f} | "
                          f"{_num(cr['mean'])} ± {_num(cr['sd'], '.2f')} ({_num(cr['predicted'])}) | "
+                         f"{_num(pair_mean(at, True))} · {_num(pair_mean(at, False))} | "
                          f"{_num(cm['mean'])} ± {_num(cm['sd'], '.2f')} | {_num(sh['mean'])} | "
                          f"{'—' if sh_need is None else f'{sh_need:,.0f}'} | "
                          f"{_need(est['needed']['0.8'])} | {_need(est['needed']['0.9'])} |")
@@ -399,7 +410,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--target", choices=list(TARGETS), default="mnist")
-    parser.add_argument("--levers", default="default,per-model,orthogonal,no-antithetic,epochs-1")
+    parser.add_argument("--levers", default="random,per-model,orthogonal,no-antithetic,epochs-1,per-model-epochs-1,"
+                                            "per-model-orthogonal")
     parser.add_argument("--models", type=int, default=256, help="models per store")
     parser.add_argument("--runs", type=int, default=3, help="independent stores per lever (mask and training seed s)")
     parser.add_argument("--workers", type=int, default=2)

@@ -18,6 +18,7 @@ from dmtoolkit.estimate.datamodels import fit_datamodels
 from dmtoolkit.estimate.influence import compute_influence
 from dmtoolkit.estimate.lds import evaluate
 from dmtoolkit.recipe import RECIPES_DIR, load_recipe
+from dmtoolkit.recipe_overrides import apply_overrides
 from dmtoolkit.report import build_report
 from dmtoolkit.run.driver import train_store
 from dmtoolkit.run.executors import make_executor
@@ -36,10 +37,14 @@ class DemoScale:
     ks: str
     repeats: int
     lambdas: int
+    # None: the recipe's mask design; "random" where the class store is smaller than two orthogonal blocks
+    # (128 models each), below which difference of means has no design-valid standard errors
+    class_design: str | None = None
 
 
 SCALES = {
-    "quick": DemoScale(class_models=16, example_models=16, ks="0,5", repeats=1, lambdas=10),
+    "quick": DemoScale(class_models=16, example_models=16, ks="0,5", repeats=1, lambdas=10,
+                       class_design="random"),
     # 10.3 minutes on 2 cores (2026-11-30); class split-half ≈ 0.8 at 768 models by Spearman–Brown from the
     # 1,024-model study; example level at a quarter of its recipe
     "default": DemoScale(class_models=768, example_models=512, ks="0,5,10,20", repeats=3, lambdas=50),
@@ -53,9 +58,12 @@ def _silent(message: str) -> None:
 
 
 def _ensure_trained(path: Path, recipe_name: str, models: int, workers: int, device: str | None,
-                    say: Callable[[str], None]) -> Path:
+                    say: Callable[[str], None], design: str | None = None) -> Path:
     """Create the store (or keep one made from the same recipe and scale, so reruns resume) and train it."""
-    recipe = load_recipe(RECIPES / recipe_name).with_overrides(models=models)
+    recipe = load_recipe(RECIPES / recipe_name)
+    if design is not None:
+        recipe = apply_overrides(recipe, {"subsets.design": design}, origin="demo scale")
+    recipe = recipe.with_overrides(models=models)
     if path.exists():
         with RunStore(path) as existing:
             if existing.recipe_hash != recipe.hash():
@@ -83,7 +91,7 @@ def run_demo(out: Path, *, scale: str = "default", workers: int = 2, device: str
     size = SCALES[scale]
     out.mkdir(parents=True, exist_ok=True)
     classes = _ensure_trained(out / "class-runs.h5", "glyphs-to-mnist.yaml", size.class_models, workers, device,
-                              say)
+                              say, design=size.class_design)
     examples = _ensure_trained(out / "example-runs.h5", "glyphs-to-mnist-examples.yaml", size.example_models,
                                workers, device, say)
     say("estimating influences and datamodels")
