@@ -95,14 +95,15 @@ GOAL_EXAMPLES_LDS, GOAL_EXAMPLES_NETWORKS, GOAL_EXAMPLES_CPU_FRACTION = 0.36, 64
 GOAL_POOL_LDS, GOAL_POOL_AUC, GOAL_POOL_CPU_MINUTES = 0.2, 0.8, 60.0
 
 
-def setting_overrides(name: str, per_class: int) -> dict[str, Any]:
+def setting_overrides(name: str, per_class: int, epochs: float | None = None) -> dict[str, Any]:
     if name == "examples":
         return {}
-    return {**_seeds(POOL_SEED), "source.max_per_class": per_class}
+    return {**_seeds(POOL_SEED), "source.max_per_class": per_class,
+            **({} if epochs is None else {"training.epochs": epochs})}
 
 
-def setting_recipe(name: str, models: int, per_class: int) -> Recipe:
-    recipe = apply_overrides(load_recipe(RECIPES / EXAMPLE_RECIPE), setting_overrides(name, per_class),
+def setting_recipe(name: str, models: int, per_class: int, epochs: float | None = None) -> Recipe:
+    recipe = apply_overrides(load_recipe(RECIPES / EXAMPLE_RECIPE), setting_overrides(name, per_class, epochs),
                              origin=f"gradient study {name}")
     return recipe.with_overrides(models=models)
 
@@ -278,7 +279,7 @@ def analyse_setting(setting: str, runs: Path, jobs: list[dict[str, Any]], args: 
         seconds = store.column("seconds")
         planted_truth = store.planted()
         figures: dict[str, Any] = {
-            "setting": setting, "overrides": setting_overrides(setting, store.recipe.source.max_per_class),
+            "setting": setting, "overrides": setting_overrides(setting, store.recipe.source.max_per_class, store.recipe.training.epochs),
             "store": str(runs), "models": int(len(rows)), "units": int(store.num_units),
             "targets": int(store.num_targets), "holdout_frac": args.holdout_frac,
             "store_cpu_minutes": float(seconds[rows].sum()) / 60,
@@ -447,6 +448,8 @@ def main() -> None:
     parser.add_argument("--alone", action="store_true", help="retrain gradient networks alone, not with their group")
     parser.add_argument("--pool-images-per-class", type=int, default=POOL_PER_CLASS,
                         help="pool-5000's source.max_per_class (smaller only for a smoke test)")
+    parser.add_argument("--pool-epochs", type=float, default=None,
+                        help="pool-5000's training.epochs (default: the recipe's 30, ≈ 12 CPU-s per model there)")
     parser.add_argument("--holdout-frac", type=float, default=0.1, help="test rows (fit_store's test_fraction)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--analyze-only", action="store_true", help="train and fit nothing; analyse existing files")
@@ -465,7 +468,8 @@ def main() -> None:
     for name in names:
         runs = args.out / f"{name}-runs.h5"
         if not args.analyze_only:
-            recipe = setting_recipe(name, args.models or DEFAULT_MODELS[name], args.pool_images_per_class)
+            recipe = setting_recipe(name, args.models or DEFAULT_MODELS[name], args.pool_images_per_class,
+                                    args.pool_epochs)
             seconds = ensure_store(runs, recipe, args.workers)
             print(f"{name}: store trained ({seconds / 60:.1f} min wall now)", flush=True)
         elif not runs.exists():
