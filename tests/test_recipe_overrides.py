@@ -26,7 +26,8 @@ def test_overrides_set_keys_and_hash_like_the_edited_recipe() -> None:
     ({"trainer.epochs": 1}, "'trainer' is not a recipe section"),
     ({"training.epochz": 1}, "training.epochz: unknown key"),
     ({"epochs": 1}, "dotted key"),
-    ({"subsets.alpha": 0.2, "subsets.antithetic": True}, "antithetic needs alpha = 0.5"),
+    ({"subsets.alpha": 0.2, "subsets.antithetic": True, "subsets.design": "random"}, "antithetic needs alpha = 0.5"),
+    ({"subsets.alpha": 0.2}, "design orthogonal needs alpha = 0.5"),  # the shipped recipe is orthogonal
     ({"training.epochs": -1}, "training.epochs"),
 ])
 def test_bad_overrides_name_the_key(overrides: dict, message: str) -> None:
