@@ -279,7 +279,8 @@ def analyse_setting(setting: str, runs: Path, jobs: list[dict[str, Any]], args: 
         seconds = store.column("seconds")
         planted_truth = store.planted()
         figures: dict[str, Any] = {
-            "setting": setting, "overrides": setting_overrides(setting, store.recipe.source.max_per_class, store.recipe.training.epochs),
+            "setting": setting,
+            "overrides": setting_overrides(setting, store.recipe.source.max_per_class, store.recipe.training.epochs),
             "store": str(runs), "models": int(len(rows)), "units": int(store.num_units),
             "targets": int(store.num_targets), "holdout_frac": args.holdout_frac,
             "store_cpu_minutes": float(seconds[rows].sum()) / 60,
@@ -449,7 +450,7 @@ def main() -> None:
     parser.add_argument("--pool-images-per-class", type=int, default=POOL_PER_CLASS,
                         help="pool-5000's source.max_per_class (smaller only for a smoke test)")
     parser.add_argument("--pool-epochs", type=float, default=None,
-                        help="pool-5000's training.epochs (default: the recipe's 30, ≈ 12 CPU-s per model there)")
+                        help="pool-5000's training.epochs (default: the recipe's 30; ≈ 12× the example store's steps)")
     parser.add_argument("--holdout-frac", type=float, default=0.1, help="test rows (fit_store's test_fraction)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--analyze-only", action="store_true", help="train and fit nothing; analyse existing files")

@@ -45,8 +45,8 @@ class DemoScale:
 SCALES = {
     "quick": DemoScale(class_models=16, example_models=16, ks="0,5", repeats=1, lambdas=10,
                        class_design="random"),
-    # 10.3 minutes on 2 cores (2026-11-30); class split-half ≈ 0.8 at 768 models by Spearman–Brown from the
-    # 1,024-model study; example level at a quarter of its recipe
+    # 7 minutes on 2 cores (2026-12-04); 768 class models are 6 orthogonal blocks, ≈ 0.89 cross-run agreement
+    # by Spearman–Brown from the 256-model fresh pair (0.73); example level at a quarter of its recipe
     "default": DemoScale(class_models=768, example_models=512, ks="0,5,10,20", repeats=3, lambdas=50),
     # the recipes' own scale, which docs/signal.md measures (~25 minutes on 2 cores, summed from its parts)
     "full": DemoScale(class_models=1024, example_models=2048, ks="0,5,10,20", repeats=5, lambdas=100),

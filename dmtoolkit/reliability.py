@@ -523,6 +523,7 @@ def reliability_report(path: str | Path, other: str | Path | None = None, *, est
         return ReliabilityReport(estimator, (first,))
     second, y = _read_store(other, estimator, seeds)
     _check_comparable(first, second, x, y)
-    return ReliabilityReport(estimator, (first, second), CrossRun.between(x.ranking, y.ranking, first.ranking, second.ranking),
+    return ReliabilityReport(estimator, (first, second),
+                             CrossRun.between(x.ranking, y.ranking, first.ranking, second.ranking),
                              CrossRun.between(x.matrix, y.matrix, first.matrix, second.matrix),
                              independence_warnings(first, second))
