@@ -40,6 +40,8 @@ ADDED_KEYS: dict[tuple[str | None, str], object] = {
     ("planting", "copy_labels"): "same-name",
     (None, "trainer"): None,
     (None, "own_data"): None,
+    ("training", "seed_blocks"): 4,
+    ("trainer", "seed_blocks"): 4,
 }
 """(section, key) -> the value with which a recipe behaves as it did before the key existed (section None: a
 top-level key)."""
@@ -102,6 +104,14 @@ class ModelSpec(_Section):
     final_resolution: int | None = Field(default=None, ge=8, description="progressive resizing end (resnet18)")
 
 
+Randomness = Literal["shared", "per-model", "per-pair", "seed-blocks"]
+RANDOMNESS_HELP = (
+    "shared: every model starts from the same init and data-order seed (answers are conditioned on it); "
+    "per-model: each its own; per-pair: each antithetic pair (a mask and its complement) its own, so a seed's "
+    "effect cancels in every unit's contrast while the answer averages over many seeds; seed-blocks: "
+    "`seed_blocks` seeds, one per pair in turn (pair p gets seed p mod seed_blocks), crossed with the masks")
+
+
 class TrainSpec(_Section):
     """Source training on a subset."""
 
@@ -113,10 +123,8 @@ class TrainSpec(_Section):
     schedule: Literal["triangular", "constant", "cosine"] = "triangular"
     peak_epoch: float = Field(default=0.5, ge=0)
     label_smoothing: float = Field(default=0.0, ge=0, lt=1)
-    randomness: Literal["shared", "per-model"] = Field(
-        default="shared",
-        description="shared: every model starts from the same init and data-order seed; per-model: each its own",
-    )
+    randomness: Randomness = Field(default="shared", description=RANDOMNESS_HELP)
+    seed_blocks: int = Field(default=4, ge=2, description="seed-blocks randomness: how many training seeds")
     seed: int = Field(default=0, description="training seed (init, data order); with shared randomness the "
                                              "answers are conditioned on it")
     models_per_batch: int = Field(default=8, ge=1, description="models trained at once as one batched network")
@@ -157,8 +165,8 @@ class TrainerSpec(_Section):
 
     function: str = Field(pattern=TRAINER_PATTERN, description="MODULE:FUNCTION, e.g. examples.digits_mlp:train")
     seed: int = Field(default=0, description="training seed the job seeds derive from")
-    randomness: Literal["shared", "per-model"] = Field(
-        default="shared", description="shared: every job gets the same seed; per-model: each its own")
+    randomness: Randomness = Field(default="shared", description=RANDOMNESS_HELP)
+    seed_blocks: int = Field(default=4, ge=2, description="seed-blocks randomness: how many training seeds")
     options: dict[str, Any] = Field(default_factory=dict, description="passed to the function as job.options")
 
 
@@ -226,6 +234,11 @@ class Recipe(_Section):
         spec = self.trainer or self.training
         return spec.seed, spec.randomness
 
+    @property
+    def seed_blocks(self) -> int:
+        """Number of training seeds under seed-blocks randomness (the trainer's, else `training`'s)."""
+        return (self.trainer or self.training).seed_blocks
+
     @model_validator(mode="after")
     def _consistent(self) -> "Recipe":
         if self.trainer is None:
@@ -257,6 +270,10 @@ class Recipe(_Section):
             raise ValueError("subsets.antithetic needs alpha = 0.5 (a complement keeps the other half)")
         if self.subsets.antithetic and self.subsets.models % 2:
             raise ValueError("subsets.antithetic needs an even number of models")
+        randomness = self.seeding[1]
+        if randomness in ("per-pair", "seed-blocks") and not self.subsets.antithetic:
+            raise ValueError(f"{'trainer' if self.trainer else 'training'}.randomness {randomness} seeds antithetic "
+                             "pairs (a mask and its complement share a seed); set subsets.antithetic: true")
         return self
 
     def canonical_json(self) -> str:

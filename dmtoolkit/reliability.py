@@ -384,7 +384,7 @@ class StoreReliability:
     models: int                      # completed rows
     mask_seed: int | None            # the recipe's subsets.seed (None: imported, not known)
     training_seed: int | None        # the recipe's training (or trainer) seed (None: imported, not known)
-    randomness: str                  # shared | per-model | unknown
+    randomness: str                  # shared | per-model | per-pair | seed-blocks | unknown
     ranking: WithinStore
     matrix: WithinStore
 

@@ -112,6 +112,27 @@ def test_repeats_differ_in_training_randomness_even_when_shared(real_files: dict
     assert not np.allclose(first.margins, other.margins)
 
 
+@pytest.mark.parametrize("randomness", ["per-pair", "seed-blocks"])
+def test_pair_randomness_retrains_rows_with_one_shared_seed(real_files: dict, randomness: str) -> None:
+    """A retraining has no antithetic pairs; under pair-seeded randomness its rows share the repeat's seed,
+    exactly as under shared randomness."""
+    from dmtoolkit.analyze import train_masks
+
+    training = SMALL_RECIPE.get("training", {})
+    recipe = parse_recipe_dict({**SMALL_RECIPE, "subsets": {**SMALL_RECIPE["subsets"], "antithetic": True},
+                                "training": {**training, "randomness": randomness}})
+    shared = parse_recipe_dict({**SMALL_RECIPE, "training": {**training, "randomness": "shared"}})
+    units = real_files["data"].num_units(recipe.subsets.kind)
+    masks = np.ones((3, units), bool)
+    masks[1, 0] = masks[2, 1] = False
+    rows = train_masks(recipe, real_files["data"], masks, seed=5, repeat=1, device="cpu")
+    reference = train_masks(shared, real_files["data"], masks, seed=5, repeat=1, device="cpu")
+    assert len({r.seed for r in rows}) == 1
+    assert [r.seed for r in rows] == [r.seed for r in reference]
+    for a, b in zip(rows, reference):
+        np.testing.assert_allclose(a.margins, b.margins, atol=1e-5)
+
+
 def test_counterfactual_plan_and_save_without_training(real_files: dict, tmp_path: Path) -> None:
     """plan -> (any accuracy) -> save: the masks the plan trains, the file it writes, the curve read back."""
     from dmtoolkit.analyze import load_counterfactual, plan_counterfactual, save_counterfactual

@@ -41,7 +41,12 @@ def test_paper_recipe_describes_the_paper_setting() -> None:
     ("subsets: {models: ten}", "subsets.models: Input should be a valid integer"),
     ("subsets: {kind: pixel}", "subsets.kind: Input should be 'class' or 'example'"),
     ("training: {epochs: -1}", "training.epochs: Input should be greater than 0"),
-    ("training: {randomness: sometimes}", "training.randomness: Input should be 'shared' or 'per-model'"),
+    ("training: {randomness: sometimes}",
+     "training.randomness: Input should be 'shared', 'per-model', 'per-pair' or 'seed-blocks'"),
+    ("training: {randomness: per-pair}", "training.randomness per-pair seeds antithetic pairs (a mask and its "
+                                         "complement share a seed); set subsets.antithetic: true"),
+    ("training: {randomness: seed-blocks, seed_blocks: 1}", "training.seed_blocks: Input should be greater than or "
+                                                            "equal to 2"),
     ("model: {arch: vgg}", "model.arch: Input should be 'tiny-cnn' or 'resnet18'"),
     ("subsets: {antithetic: true, alpha: 0.3}", "antithetic needs alpha = 0.5"),
     ("subsets: {design: orthogonal, alpha: 0.3}", "design orthogonal needs alpha = 0.5"),

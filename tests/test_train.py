@@ -108,6 +108,40 @@ def test_randomness_modes_record_seeds() -> None:
     assert results[0].seed != results[1].seed
 
 
+def test_pair_and_block_randomness_seed_antithetic_pairs() -> None:
+    """per-pair: rows 2p and 2p + 1 share a seed, other pairs and other mask draws differ; seed-blocks: pair p
+    gets seed p mod K, the same K seeds for every mask draw."""
+    pair = [model_seed(0, 3, i, "per-pair") for i in range(8)]
+    assert pair[0::2] == pair[1::2] and len(set(pair)) == 4
+    assert model_seed(0, 4, 0, "per-pair") != pair[0] != model_seed(1, 3, 0, "per-pair")
+    block = [model_seed(0, 3, i, "seed-blocks", 3) for i in range(12)]
+    assert block[0::2] == block[1::2] and len(set(block)) == 3
+    assert [block[2 * p] for p in range(6)] == [block[2 * (p % 3)] for p in range(6)]
+    assert block == [model_seed(0, 9, i, "seed-blocks", 3) for i in range(12)] != [
+        model_seed(1, 3, i, "seed-blocks", 3) for i in range(12)]
+    with pytest.raises(ValueError, match="unknown training randomness 'sometimes'"):
+        model_seed(0, 0, 0, "sometimes")
+
+
+@pytest.mark.parametrize("randomness, blocks", [("per-pair", 4), ("seed-blocks", 2)])
+def test_pair_and_block_randomness_reach_the_trained_rows(randomness: str, blocks: int) -> None:
+    """The seeds a run records (and trains with) are model_seed's; the pair's two rows differ only by mask."""
+    data = synthetic_data(6, 30, per_class=20, seed=1)
+    recipe = parse_recipe_dict({
+        "name": "t", "source": {"dataset": "s"}, "target": {"dataset": "t"},
+        "subsets": {"kind": "class", "models": 8, "seed": 2, "antithetic": True},
+        "model": {"width": 4, "hidden": 8},
+        "training": {"epochs": 1, "batch_size": 32, "models_per_batch": 2, "randomness": randomness,
+                     "seed_blocks": blocks},
+        "transfer": {"mode": "fixed-feature", "epochs": 5},
+    })
+    context = RunContext(recipe, make_masks(2, 8, 6, 0.5, antithetic=True), data, "cpu")
+    results = [r for g in range(4) for r in context.compute_group(g)]
+    seeds = [r.seed for r in results]
+    assert seeds == [model_seed(0, 2, i, randomness, blocks) for i in range(8)]
+    assert seeds[0::2] == seeds[1::2] and len(set(seeds)) == (4 if randomness == "per-pair" else 2)
+
+
 def test_class_subsets_select_the_kept_classes() -> None:
     context = _context("fixed-feature")
     for i in range(4):

@@ -56,7 +56,8 @@ def train_masks(recipe: Recipe, data: RunData, masks: np.ndarray, *, seed: int, 
     with the same arguments and number of rows give row i the same seed, so only the masks differ between
     them. Repeat 0 uses the recipe's own training seed (the one shared-randomness influences are
     conditioned on); later repeats move it, so repeats differ in training randomness under shared
-    randomness too.
+    randomness too. Per-pair and seed-blocks randomness seed antithetic pairs; here every row of a
+    repeat shares the repeat's seed, as the two halves of a pair do.
     """
     from dmtoolkit.recipe_overrides import apply_overrides
     from dmtoolkit.run.driver import train_store
@@ -66,11 +67,16 @@ def train_masks(recipe: Recipe, data: RunData, masks: np.ndarray, *, seed: int, 
     masks = np.asarray(masks, dtype=bool)
     rows = len(masks)
     padded = masks if rows >= 2 else np.concatenate([masks, masks[:1]])  # a store holds at least 2 models
-    retrain = apply_overrides(recipe, {
+    section = "trainer" if recipe.trainer else "training"
+    overrides: dict[str, object] = {
         "subsets.models": len(padded), "subsets.seed": seed, "subsets.antithetic": False,
-        "subsets.design": "random",
-        ("trainer.seed" if recipe.trainer else "training.seed"): recipe.seeding[0] + repeat,
-    }, origin=f"retraining of recipe {recipe.name!r}")
+        "subsets.design": "random", f"{section}.seed": recipe.seeding[0] + repeat,
+    }
+    if recipe.seeding[1] in ("per-pair", "seed-blocks"):
+        # these seed antithetic pairs; a retraining's rows are compared with each other, as a pair's are,
+        # so they share the repeat's seed
+        overrides[f"{section}.randomness"] = "shared"
+    retrain = apply_overrides(recipe, overrides, origin=f"retraining of recipe {recipe.name!r}")
     with tempfile.TemporaryDirectory(prefix="dmtoolkit-retrain-") as tmp:
         path = create_store(Path(tmp) / "retrain.h5", retrain, data, masks=padded)
         train_store(path, executor() if executor else make_executor("local", 1, device), progress=False)

@@ -47,9 +47,28 @@ class ModelResult:
     predictions: np.ndarray | None = None  # predicted target class per target test example
 
 
-def model_seed(training_seed: int, mask_seed: int, index: int, randomness: str) -> int:
-    """Training seed of model `index`: one for all models (shared) or one per model and mask draw (per-model)."""
-    key = [training_seed, SHARED_SEED_SALT] if randomness == "shared" else [training_seed, mask_seed, index]
+PAIR_SEED_SALT = 0x9A1B
+BLOCK_SEED_SALT = 0xB10C
+
+
+def model_seed(training_seed: int, mask_seed: int, index: int, randomness: str, seed_blocks: int = 4) -> int:
+    """Training seed of model `index` (rows 2p and 2p + 1 are antithetic pair p):
+
+    shared       one for all models;
+    per-model    one per model and mask draw;
+    per-pair     one per pair and mask draw (a mask and its complement share it);
+    seed-blocks  `seed_blocks` seeds, pair p gets seed p mod seed_blocks (independent of the mask draw).
+    """
+    if randomness == "shared":
+        key = [training_seed, SHARED_SEED_SALT]
+    elif randomness == "per-model":
+        key = [training_seed, mask_seed, index]
+    elif randomness == "per-pair":
+        key = [training_seed, mask_seed, index // 2, PAIR_SEED_SALT]
+    elif randomness == "seed-blocks":
+        key = [training_seed, (index // 2) % seed_blocks, BLOCK_SEED_SALT]
+    else:
+        raise ValueError(f"unknown training randomness {randomness!r}")
     return int(np.random.SeedSequence(key).generate_state(1)[0])
 
 
@@ -230,7 +249,8 @@ class RunContext:
         training_seed, randomness = recipe.seeding
         mask = np.array(self.masks[index], dtype=bool)
         mask.setflags(write=False)
-        return Job(index=index, mask=mask, seed=model_seed(training_seed, recipe.subsets.seed, index, randomness),
+        return Job(index=index, mask=mask, seed=model_seed(training_seed, recipe.subsets.seed, index, randomness,
+                                                         recipe.seed_blocks),
                    device=str(self.device), num_targets=len(self._target_labels), kind=recipe.subsets.kind,
                    units=np.flatnonzero(mask), source_indices=self.subset_examples(index),
                    unit_names=self._unit_names, target_labels=self._target_labels,
