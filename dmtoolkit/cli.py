@@ -74,6 +74,7 @@ def init(recipe_path: Path, store_path: Path, models: int | None, seed: int | No
     Example:
       dmtoolkit init recipes/glyphs-to-mnist.yaml stores/runs.h5 --models 512 --seed 1
     """
+    from dmtoolkit.masks import design_warnings
     from dmtoolkit.recipe import load_recipe
     from dmtoolkit.run.prepare import build_run_data
     from dmtoolkit.store import create_store
@@ -81,9 +82,13 @@ def init(recipe_path: Path, store_path: Path, models: int | None, seed: int | No
     recipe = load_recipe(recipe_path).with_overrides(models=models, seed=seed)
     if store_path.exists() and not force:
         raise UserError(f"{store_path}: already exists; pass --force to overwrite it, or choose another path")
-    create_store(store_path, recipe, build_run_data(recipe), force=force)
-    click.echo(f"created {store_path}: {recipe.subsets.models} models, {recipe.subsets.kind}-level, "
-               f"alpha {recipe.subsets.alpha}; next: dmtoolkit train {store_path}")
+    data = build_run_data(recipe)
+    create_store(store_path, recipe, data, force=force)
+    sub = recipe.subsets
+    for warning in design_warnings(sub.models, data.num_units(sub.kind), sub.design, sub.antithetic):
+        click.echo(f"warning: {warning}", err=True)
+    click.echo(f"created {store_path}: {sub.models} models, {sub.kind}-level, "
+               f"alpha {sub.alpha}; next: dmtoolkit train {store_path}")
 
 
 @cli.command()

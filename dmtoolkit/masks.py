@@ -26,6 +26,33 @@ def hadamard_order(num_units: int) -> int:
     return 1 << int(num_units).bit_length()
 
 
+def orthogonal_block_models(num_units: int, antithetic: bool) -> int:
+    """Models per orthogonal sampling unit: a Hadamard block of masks, twice that with complements."""
+    return hadamard_order(num_units) * (2 if antithetic else 1)
+
+
+def design_warnings(num_models: int, num_units: int, design: str, antithetic: bool) -> tuple[str, ...]:
+    """Why a run of `num_models` models will not give what its mask design promises (empty: nothing to say).
+
+    An orthogonal design's sampling unit is a whole block: units are orthogonal only over a whole block, and
+    standard errors (Student's t with G − 1 degrees of freedom over G blocks) and split-half reliability
+    need at least two of them.
+    """
+    if design != "orthogonal":
+        return ()
+    block = orthogonal_block_models(num_units, antithetic)
+    whole, rest = divmod(num_models, block)
+    out = []
+    if whole < 2:
+        out.append(f"{num_models} models make {whole} whole orthogonal block(s) of {block}: standard errors and "
+                   f"split-half reliability need at least two; use --models {2 * block} or more, a multiple of "
+                   f"{block}")
+    elif rest:
+        out.append(f"{num_models} models end in a partial orthogonal block ({rest} of {block}), whose units are "
+                   f"not orthogonal; use a multiple of {block}, e.g. --models {(whole + 1) * block}")
+    return tuple(out)
+
+
 def _random_mask(seed: int, index: int, num_units: int, alpha: float) -> np.ndarray:
     rng = np.random.default_rng([seed, index])
     mask = np.zeros(num_units, dtype=bool)

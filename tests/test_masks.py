@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dmtoolkit.masks import make_masks, mask_for, subset_size
+from dmtoolkit.masks import design_warnings, hadamard_order, make_masks, mask_for, orthogonal_block_models, subset_size
 
 
 @settings(max_examples=60, deadline=None)
@@ -66,3 +68,37 @@ def test_orthogonal_difference_of_means_equals_least_squares() -> None:
     dom = masks.T @ y / n_in - (1 - masks).T @ y / (64 - n_in)
     x = np.c_[np.ones(64), masks]
     np.testing.assert_allclose(dom, np.linalg.lstsq(x, y, rcond=None)[0][1:], atol=1e-9)
+
+
+@given(models=st.integers(2, 700), units=st.integers(2, 70), antithetic=st.booleans())
+@settings(max_examples=60, deadline=None)
+def test_design_warnings_say_when_orthogonal_blocks_are_not_whole(models: int, units: int, antithetic: bool) -> None:
+    """A warning exactly when fewer than two whole blocks, or a partial last block; none for random masks."""
+    block = hadamard_order(units) * (2 if antithetic else 1)
+    assert orthogonal_block_models(units, antithetic) == block
+    masks = make_masks(0, block, units, 0.5, antithetic, "orthogonal")
+    assert (masks.sum(axis=0) == block // 2).all()  # every unit in half of one whole block
+    warnings = design_warnings(models, units, "orthogonal", antithetic)
+    assert design_warnings(models, units, "random", antithetic) == ()
+    if models < 2 * block:
+        assert len(warnings) == 1 and f"need at least two; use --models {2 * block}" in warnings[0]
+    elif models % block:
+        assert len(warnings) == 1 and f"partial orthogonal block ({models % block} of {block})" in warnings[0]
+    else:
+        assert warnings == ()
+
+
+def test_init_warns_when_an_orthogonal_store_has_fewer_than_two_blocks(tmp_path: Path) -> None:
+    """`dmtoolkit init` on the shipped (orthogonal) recipe: one warning line on stderr, the store is made."""
+    from click.testing import CliRunner
+
+    from dmtoolkit.cli import cli
+    from dmtoolkit.recipe import RECIPES_DIR
+
+    recipe = RECIPES_DIR / "glyphs-to-mnist.yaml"
+    small = CliRunner().invoke(cli, ["init", str(recipe), str(tmp_path / "a.h5"), "--models", "16"])
+    assert small.exit_code == 0 and (tmp_path / "a.h5").exists()
+    assert ("warning: 16 models make 0 whole orthogonal block(s) of 128: standard errors and split-half "
+            "reliability need at least two; use --models 256 or more, a multiple of 128") in small.stderr
+    whole = CliRunner().invoke(cli, ["init", str(recipe), str(tmp_path / "b.h5"), "--models", "256"])
+    assert whole.exit_code == 0 and "warning" not in whole.stderr and "created" in whole.stdout
