@@ -247,7 +247,8 @@ def analyse_estimate(job: dict[str, Any], runs: Path, seconds: np.ndarray, plant
     row["cpu_minutes"] = row["cpu_seconds"] / 60
     try:
         lds = evaluate(runs, path)
-        row.update(lds_test=lds.lds_mean, lds_median=lds.lds_median, test_models=lds.heldout_models,
+        row.update(lds_test=lds.lds_mean, lds_interval=lds.lds_interval, lds_median=lds.lds_median,
+                   test_models=lds.heldout_models,
                    lds_undefined_targets=lds.undefined_targets, lds_constant_predictions=lds.constant_predictions)
     except StoreError as error:  # too few test rows (a smoke test's tiny store)
         row.update(lds_test=None, lds_error=str(error))
@@ -347,7 +348,8 @@ def _fdr(value: Any, spec: str = ".3f") -> Any:
 COLUMNS = (("estimator", lambda r: r["label"]),
            ("models / networks", lambda r: f"{r['models']} {'networks' if r['count_kind'] == 'networks' else 'models'}"),
            ("CPU-min", lambda r: _cell(r["cpu_minutes"], ".2f")),
-           ("LDS (test rows)", lambda r: _cell(r["lds_test"])),
+           ("LDS (test rows) [95% over test models]", lambda r: _cell(r["lds_test"]) + (
+               f" [{r['lds_interval'][0]:.3f}, {r['lds_interval'][1]:.3f}]" if r.get("lds_interval") else "")),
            ("FDR: leaks flagged", _fdr("leaks_flagged")),
            ("FDR: leak precision", _fdr("leak_fdr_precision", ".2f")),
            ("FDR: leak recall", _fdr("leak_fdr_recall", ".2f")),

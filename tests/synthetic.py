@@ -33,7 +33,8 @@ def synthetic_data(num_classes: int, num_targets: int, per_class: int = 2, seed:
 
 def synthetic_store(path: Path, margins: np.ndarray, masks: np.ndarray | None = None, *,
                     kind: str = "class", alpha: float = 0.5, seed: int = 0,
-                    completed: np.ndarray | None = None, models_per_batch: int = 8) -> Path:
+                    completed: np.ndarray | None = None, models_per_batch: int = 8,
+                    antithetic: bool = False) -> Path:
     """A run store whose rows hold `margins` (m, T); `masks` (m, P) replace the seeded ones if given."""
     m, T = margins.shape
     P = masks.shape[1] if masks is not None else 6
@@ -41,7 +42,7 @@ def synthetic_store(path: Path, margins: np.ndarray, masks: np.ndarray | None = 
     data = synthetic_data(P if kind == "class" else P, T, per_class=per_class, seed=seed)
     recipe = parse_recipe_dict({
         "name": "synthetic", "source": {"dataset": "synthetic"}, "target": {"dataset": "synthetic"},
-        "subsets": {"kind": kind, "alpha": alpha, "models": m, "seed": seed},
+        "subsets": {"kind": kind, "alpha": alpha, "models": m, "seed": seed, "antithetic": antithetic},
         "training": {"models_per_batch": models_per_batch},
     })
     create_store(path, recipe, data, force=True)

@@ -223,8 +223,11 @@ def format_lds(result: LdsResult) -> str:
     if result.lds_mean is None:
         return f"LDS undefined on all {result.heldout_models} held-out models (constant margins)"
     first, stop = result.targets
+    interval = ("" if result.lds_interval is None else
+                f" [{result.lds_interval[0]:.3f}, {result.lds_interval[1]:.3f}] (95% bootstrap over "
+                f"{result.heldout_units} held-out draws)")
     lines = [f"{result.estimator} LDS on {result.heldout_models} held-out models, targets {first}:{stop}: "
-             f"mean {result.lds_mean:.3f}, median {result.lds_median:.3f}"]
+             f"mean {result.lds_mean:.3f}{interval}, median {result.lds_median:.3f}"]
     counts, edges = result.histogram_counts, result.histogram_edges
     scale = 40 / max(max(counts), 1)
     for count, low, high in zip(counts, edges, edges[1:]):
