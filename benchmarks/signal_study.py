@@ -67,7 +67,7 @@ HOLDOUT_FRAC = 0.1  # models (whole sampling units) held out for class LDS
 # head, random masks); ORIGINAL restores it on top of today's default recipe so each row is reproducible.
 ORIGINAL: dict[str, Any] = {"source.classes": None, "source.max_per_class": 100, "training.epochs": 2,
                             "subsets.antithetic": False, "transfer.head": "logistic", "transfer.ridge": 1.0,
-                            "subsets.design": "random"}
+                            "subsets.design": "random", "training.randomness": "shared"}
 RIDGE: dict[str, Any] = {"transfer.head": "ridge", "subsets.antithetic": True}
 DIGITS_AND_CAPITALS = [*"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"]
 # The session-1 example-level recipe (135 classes, 8 epochs of batch 128, logistic head, random masks).
@@ -80,7 +80,7 @@ LEVERS: dict[str, dict[str, Any]] = {
     "session-1-default": {},
     "default": {"current": True},
     # the default recipe as it was until 2026-12-04 (random masks), which docs/signal.md's class table measured
-    "random-design": {"current": True, "subsets.design": "random"},
+    "random-design": {"current": True, "subsets.design": "random", "training.randomness": "shared"},
     "conv-features": {"transfer.feature_layer": "conv"},
     "slots-no-norm": {"training.order": "slots", "model.norm": "none"},
     "logits": {"transfer.feature_layer": "logits"},

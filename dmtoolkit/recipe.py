@@ -273,7 +273,8 @@ class Recipe(_Section):
         randomness = self.seeding[1]
         if randomness in ("per-pair", "seed-blocks") and not self.subsets.antithetic:
             raise ValueError(f"{'trainer' if self.trainer else 'training'}.randomness {randomness} seeds antithetic "
-                             "pairs (a mask and its complement share a seed); set subsets.antithetic: true")
+                             "pairs (a mask and its complement share a seed); set subsets.antithetic: true, "
+                             "or randomness shared or per-model")
         return self
 
     def canonical_json(self) -> str:

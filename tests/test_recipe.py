@@ -44,7 +44,8 @@ def test_paper_recipe_describes_the_paper_setting() -> None:
     ("training: {randomness: sometimes}",
      "training.randomness: Input should be 'shared', 'per-model', 'per-pair' or 'seed-blocks'"),
     ("training: {randomness: per-pair}", "training.randomness per-pair seeds antithetic pairs (a mask and its "
-                                         "complement share a seed); set subsets.antithetic: true"),
+                                         "complement share a seed); set subsets.antithetic: true, or "
+                                         "randomness shared or per-model"),
     ("training: {randomness: seed-blocks, seed_blocks: 1}", "training.seed_blocks: Input should be greater than or "
                                                             "equal to 2"),
     ("model: {arch: vgg}", "model.arch: Input should be 'tiny-cnn' or 'resnet18'"),

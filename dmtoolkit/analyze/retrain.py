@@ -94,9 +94,9 @@ def verify_explanation(path: str | Path, target: int, repeats: int, *, store: st
                        fdr: float = DETECT_FDR) -> Explanation:
     """Train `repeats` models without target's most negative class and `repeats` with it (all other classes in).
 
-    Pair r is trained as rows 0 and 1 of one retraining (repeat r, run seed + 1 + r): with shared training
-    randomness (the default) they share initialisation and data order, so the class is the only
-    difference. Returns the explanation with its `verify` filled in.
+    Pair r is trained as rows 0 and 1 of one retraining (repeat r, run seed + 1 + r): under shared or
+    per-pair training randomness (the default recipe's) they share initialisation and data order, so the
+    class is the only difference. Returns the explanation with its `verify` filled in.
     """
     if repeats < 1:
         raise UserError(f"repeats={repeats} must be at least 1")
