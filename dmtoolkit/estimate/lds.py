@@ -13,9 +13,10 @@ The estimate file must name this store's current content hash; otherwise the row
 mean something else, and `evaluate` refuses.
 
 The mean LDS carries a percentile bootstrap interval over the test models (`lds_interval`): the held-out
-sampling units (an antithetic pair, whose two models share one draw, else a model) are resampled with
-replacement and the mean LDS recomputed, so the interval says how much the score would move on another
-set of test models of the same size (the estimate itself is held fixed).
+sampling units, by the estimators' own rule (`store_units`: an antithetic pair, an orthogonal block, else a
+model; held-out splits keep them whole), are resampled with replacement and the mean LDS recomputed, so the
+interval says how much the score would move on another set of test models of the same size (the estimate
+itself is held fixed). Fewer than 3 held-out units give no interval.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from dmtoolkit.errors import StoreError
 from dmtoolkit.estimate.base import linear_prediction
 from dmtoolkit.estimate.blocks import TargetColumns, row_blocks
 from dmtoolkit.estimate.files import load_estimate
+from dmtoolkit.estimate.fit import store_units
 from dmtoolkit.store import RunStore
 
 HISTOGRAM_EDGES = np.round(np.linspace(-1, 1, 21), 10)
@@ -71,7 +73,7 @@ class LdsResult:
     histogram_edges: tuple[float, ...]
     histogram_counts: tuple[int, ...]
     lds_interval: tuple[float, float] | None = None  # 95% bootstrap over held-out sampling units
-    heldout_units: int = 0                            # antithetic pairs (or models) resampled
+    heldout_units: int = 0                            # held-out sampling units resampled
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -143,7 +145,7 @@ def evaluate(store_path: str | Path, estimate_path: str | Path, *, block_rows: i
                          "refit with a larger --holdout-frac or train more models")
     with RunStore(store_path) as store:
         est.check_store(store)
-        units = rows // 2 if store.antithetic else rows  # a pair's two models are one draw
+        units = store_units(store).ids[rows]  # the draws: a pair's or a block's models are one
         margins = TargetColumns(store.margins, est.columns)
         predicted, actual = [], []
         for _, (masks, block) in row_blocks([store.masks, margins], rows, block_rows):
