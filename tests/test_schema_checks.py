@@ -8,6 +8,7 @@ writes a bad input), runs the real CLI in process and compares the bytes of ever
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import time
 import warnings
@@ -414,3 +415,40 @@ def test_estimators_refuse_units_times_targets_beyond_memory(originals: Path, tm
                                       "--targets", "0:4"])
     assert result.exit_code == 0, result.output
     assert json.loads(json.dumps(load_estimate(folder / "new.h5").matrix.shape)) == [6, 4]
+
+
+def test_a_damaged_beton_sidecar_is_one_line(tmp_path: Path) -> None:
+    pytest.importorskip("ffcv")
+    from dmtoolkit.data import load_dataset
+    from dmtoolkit.data.beton import beton_info, sidecar_path, write_beton
+    from dmtoolkit.errors import DataError
+
+    dataset = load_dataset("digits", "test")
+    beton = write_beton(dataset, tmp_path / "digits.beton")
+    assert beton_info(beton).class_names == tuple(dataset.class_names)
+    sidecar = sidecar_path(beton)
+    for content, message in ((b'{"format": "\xff"}', "not UTF-8 text (byte 0xff at line 1)"),
+                             (b"[1, 2]", "not a beton sidecar"), (b'{"format": 1}', "not a beton sidecar")):
+        sidecar.write_bytes(content)
+        with pytest.raises(DataError, match=re.escape(message)):
+            beton_info(beton)
+
+
+def test_check_fresh_is_the_shared_check_for_analyses_that_read_nothing_else(originals: Path, tmp_path: Path) -> None:
+    from dmtoolkit.analyze.estimates import check_fresh, open_source_store
+
+    folder = _case(originals, tmp_path)
+    est = load_estimate(folder / "i.h5")
+    check_fresh(est)  # fresh: nothing to say
+    with open_source_store(est) as run:
+        assert run.num_units == 6
+    _train_one_more_row(folder)
+    for call in (lambda: check_fresh(est), lambda: open_source_store(est, required=False),
+                 lambda: check_fresh(est, folder / "runs.h5")):
+        with pytest.raises(StoreError, match=r"i\.h5 was not computed from .*more models finished since"):
+            call()
+    (folder / "runs.h5").rename(folder / "away.h5")
+    check_fresh(est)  # not there: nothing can be checked (rank and recommend then show no intervals)
+    assert open_source_store(est, required=False) is None
+    with pytest.raises(StoreError, match="does not exist"):
+        open_source_store(est)
