@@ -452,3 +452,15 @@ def test_check_fresh_is_the_shared_check_for_analyses_that_read_nothing_else(ori
     assert open_source_store(est, required=False) is None
     with pytest.raises(StoreError, match="does not exist"):
         open_source_store(est)
+
+
+def test_datamodels_refuses_units_squared_beyond_memory(originals: Path, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = _case(originals, tmp_path)
+    from dmtoolkit.estimate.lasso import LassoPath
+
+    assert LassoPath().memory_bytes(6, 1) == 8 * 36 + 28 * 6  # the P x P Gram matrices do not shrink with --targets
+    monkeypatch.setattr(resources, "available_memory", lambda device=None: 400)
+    _refused(folder, ["datamodels", "{d}/runs.h5", "-o", "{d}/new.h5", "--targets", "0:1"],
+             "datamodels with 6 units needs about 456 B of memory, more than the 400 B available; use a "
+             "class-level store, or the difference-of-means estimator (`dmtoolkit influence`)")

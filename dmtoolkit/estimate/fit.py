@@ -91,11 +91,13 @@ def fit_store(store_path: str | Path, out_path: str | Path, estimator: Estimator
     with RunStore(store_path) as store:
         rows = completed_rows(store)
         columns = parse_targets(targets, store.num_targets)
-        width = columns.stop - columns.start
-        # every estimator keeps at least a float64 accumulator and its float32 coefficients and errors per entry
-        require_memory(16 * store.num_units * width, what=f"{estimator.name}: the {store.num_units} × {width} unit × "
-                       "target matrices", flag="fit fewer target examples at a time with --targets A:B",
-                       device=_device_name(getattr(estimator, "device", None)))
+        width, P = columns.stop - columns.start, store.num_units
+        device = _device_name(getattr(estimator, "device", None))
+        require_memory(estimator.memory_bytes(P, 1), what=f"{estimator.name} with {P:,} units",
+                       flag="use a class-level store, or the difference-of-means estimator (`dmtoolkit influence`)",
+                       device=device)
+        require_memory(estimator.memory_bytes(P, width), what=f"{estimator.name}: the {P:,} × {width:,} unit × "
+                       "target matrices", flag="fit fewer target examples at a time with --targets A:B", device=device)
         units = store_units(store)
         fit_rows, test_rows = split_rows(rows, test_fraction, seed, units.ids)
         if len(fit_rows) < 2:
