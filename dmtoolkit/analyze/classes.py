@@ -152,8 +152,9 @@ def rank_classes(path: str | Path, *, top: int = RANK_TOP, target_class: str | N
     the ranking (listed in `undefined`). Each mean gets a `level` interval (None: no intervals, e.g. when only
     the order is needed) whose standard error comes from refitting the estimator on the per-model mean margin
     over those targets, read from the run store (the one the estimate names, or `store`); without standard
-    errors, or when the store it names is gone or has changed since, the ranking says why it has no intervals
-    (a `store` given explicitly that is not the estimate's is an error).
+    errors, or when the store it names is gone, the ranking says why it has no intervals. A store that is there
+    but is not the one the estimate was computed from, in its current state (another run, or more models trained
+    since: a stale estimate), is refused (`open_source_store`), with or without intervals.
     """
     if top < 1:
         raise UserError(f"top={top} must be at least 1")
