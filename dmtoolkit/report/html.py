@@ -176,8 +176,7 @@ def _estimate_section(path: Path, runs: list[Path], top: int, subpops: int) -> E
     if store is None:  # the store may have moved together with the folder: match by name
         store = next((r for r in runs if est.store_path is not None and r.name == est.store_path.name), None)
     if est.kind == "class":
-        # the store the estimate names is found by rank itself (no intervals, with a note, if it is gone; a stale
-        # estimate is refused and the refusal becomes the section's note)
+        # the store the estimate names is found by rank itself (no intervals, with a note, if it changed since)
         section.rank = section.attempt("rank", rank_classes, path, top=top,
                                        store=None if store == est.store_path else store)
         if section.rank:
