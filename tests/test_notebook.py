@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -116,3 +118,147 @@ def test_results_stay_cheap_to_import() -> None:
             "print(sorted(m for m in ('torch', 'numpy', 'pandas') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+# init says what it did; dm.train; the trainer contract --------------------------------------------------
+TRAINERS_DOC = ROOT / "docs" / "trainers.md"
+
+
+def image_folders(root: Path) -> tuple[Path, Path]:
+    """A source folder without train/test (3 classes x 5 grayscale 8x8 PNGs, one of them RGB, one 10x10) and a
+    target folder with train/ and test/ (2 classes, 4 train and 3 test grayscale 8x8 images each)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    source, target = root / "source", root / "target"
+    for k, name in enumerate("abc"):
+        (source / name).mkdir(parents=True)
+        for i in range(5):
+            size = 10 if (k, i) == (1, 0) else 8
+            pixels = rng.integers(0, 256, (size, size), dtype=np.uint8)
+            image = Image.fromarray(pixels)
+            (image.convert("RGB") if (k, i) == (0, 0) else image).save(source / name / f"{i}.png")
+    for split, count in (("train", 4), ("test", 3)):
+        for name in "xy":
+            (target / split / name).mkdir(parents=True)
+            for i in range(count):
+                Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(target / split / name / f"{i}.png")
+    return source, target
+
+
+@pytest.fixture()
+def folder_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A project with two image folders, the trainer of docs/trainers.md as mytrainer.py, and its recipe."""
+    import yaml
+
+    source, target = image_folders(tmp_path)
+    code = re.findall(r"^```python\n(.*?)^```", TRAINERS_DOC.read_text(), flags=re.S | re.M)
+    assert len(code) == 1
+    (tmp_path / "mytrainer.py").write_text(code[0])
+    recipe = {"name": "folders", "trainer": {"function": "mytrainer:train", "randomness": "per-model",
+                                             "options": {"steps": 5}},
+              "source": {"dataset": f"imagefolder:{source}"}, "target": {"dataset": f"imagefolder:{target}"},
+              "subsets": {"kind": "class", "alpha": 0.5, "models": 6, "seed": 1}}
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sys.modules.pop("mytrainer", None)
+    yield tmp_path
+    sys.modules.pop("mytrainer", None)
+
+
+def test_init_prints_the_data_and_warns_for_every_conversion(folder_project: Path) -> None:
+    result = CliRunner().invoke(cli, ["init", "recipe.yaml", "runs.h5"])
+    assert result.exit_code == 0, result.output
+    source = folder_project / "source"
+    assert result.stdout.splitlines()[:2] == [
+        "source: 12 training images (the pool the subsets are drawn from) + 3 test images, 3 classes, 8x8 pixels, "
+        "3 channels (RGB)",
+        "target: 8 train + 6 test images, 2 classes, 8x8 pixels, 1 channel (grayscale)"]
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning: source")]
+    assert warnings == [
+        "warning: source: 1 image of 15 resized (bilinear) to the most common size 8x8, from 10x10 (1)",
+        "warning: source: 14 grayscale images of 15 converted to RGB (3 channels) because 1 image is in colour: "
+        "the whole folder is read as 3 channels",
+        f"warning: source: 20% of {source} (3 of 15 images, the same share of every class, seed 0) kept as its "
+        "test split: the folder has no train/ and test/ subfolders; they are never trained on (they only measure "
+        "source accuracy)"]
+    assert "warning: target" not in result.stderr  # its own train/ and test/, one size, all grayscale
+    assert (folder_project / "runs.h5").exists()
+
+
+def test_the_builtin_trainer_warns_that_it_converts_the_targets_channels(tmp_path: Path) -> None:
+    from dmtoolkit.recipe import parse_recipe_dict
+
+    source, target = image_folders(tmp_path)
+    recipe = parse_recipe_dict({"name": "builtin", "source": {"dataset": f"imagefolder:{source}"},
+                                "target": {"dataset": f"imagefolder:{target}"},
+                                "subsets": {"kind": "class", "alpha": 0.5, "models": 4}})
+    notes = dm.build_run_data(recipe).notes
+    assert len(notes) == 4 and notes[-1] == ("target: its 1-channel images are repeated to 3 channels (RGB) when the "
+                                             "built-in trainer transfers, because the source has 3")
+
+
+def test_trainer_jobs_hand_out_writable_arrays_that_torch_takes_without_a_warning(folder_project: Path) -> None:
+    from dmtoolkit.train.job import RunContext
+
+    assert CliRunner().invoke(cli, ["init", "recipe.yaml", "runs.h5"]).exit_code == 0
+    # torch warns about a read-only array once per process: check in a fresh one, with warnings as errors
+    code = ("import warnings, torch; from dmtoolkit.train.job import RunContext; "
+            "job = RunContext.from_store('runs.h5').job(0); warnings.simplefilter('error'); "
+            "[torch.as_tensor(a) for a in (job.mask, job.target_labels, job.units, job.source_indices, "
+            "job.data.source_pool.images, job.data.target_test.labels)]; print('no warning')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert out.stdout.strip() == "no warning", out.stderr[-2000:]
+    job = RunContext.from_store("runs.h5").job(0)
+    arrays = (job.mask, job.target_labels, job.units, job.source_indices, job.data.source_pool.images,
+              job.data.target_test.labels)
+    assert all(a.flags.writeable for a in arrays)
+    assert job.data.source_pool.images.dtype == np.uint8 and job.data.source_pool.images.shape[1:] == (8, 8, 3)
+    assert job.target_labels.dtype == np.int64
+    job.target_labels[0] = 99  # the job's own copy: the next job is unaffected
+    assert RunContext.from_store("runs.h5").job(1).target_labels[0] != 99
+
+
+def test_writable_data_copies_read_only_splits_once() -> None:
+    from dmtoolkit.train.contract import writable_data
+
+    from .synthetic import synthetic_data
+
+    data = synthetic_data(3, 4)
+    data.target_test.images.setflags(write=False)  # as Ray's object store hands them out
+    fixed = writable_data(data)
+    assert fixed.target_test.images.flags.writeable and np.array_equal(fixed.target_test.images,
+                                                                       data.target_test.images)
+    assert fixed.source_pool is data.source_pool  # writable splits are not copied
+
+
+def test_dm_train_writes_what_the_cli_writes_and_resumes(folder_project: Path) -> None:
+    import shutil
+
+    from dmtoolkit.store import RunStore
+
+    assert CliRunner().invoke(cli, ["init", "recipe.yaml", "cli.h5"]).exit_code == 0
+    shutil.copy("cli.h5", "api.h5")
+    result = CliRunner().invoke(cli, ["train", "cli.h5", "--workers", "1", "--quiet"])
+    assert result.exit_code == 0, result.output
+    first = dm.train("api.h5", workers=1, limit=2, progress=False)
+    assert (first.written, first.already_done, first.remaining) == (2, 0, 4)
+    rest = dm.train("api.h5", workers=1, progress=False)
+    assert (rest.written, rest.already_done, rest.remaining) == (4, 2, 0)
+    assert callable(dm.train) and dm.train.contract.Job is not None  # still the function beside the subpackage
+    with RunStore("cli.h5") as a, RunStore("api.h5") as b:
+        assert len(a.pending_rows()) == len(b.pending_rows()) == 0
+        assert np.array_equal(a.margins[:], b.margins[:])
+        assert np.array_equal(a.column("seed"), b.column("seed"))
+        assert len(set(a.column("seed").tolist())) == 6  # per-model seeds from the recipe, not chosen by hand
+
+
+def test_dm_train_refuses_bad_arguments_in_one_line(folder_project: Path) -> None:
+    with pytest.raises(dm.UserError, match="^workers must be a whole number >= 1, got 0$"):
+        dm.train("runs.h5", workers=0)
+    with pytest.raises(dm.UserError, match="^unknown executor 'slurm'; use one of: local, ray$"):
+        dm.train("runs.h5", executor="slurm")
+    with pytest.raises(dm.UserError, match="no such store"):
+        dm.train("runs.h5", workers=1, progress=False)
