@@ -84,7 +84,7 @@ class Displayable:
             return f"<{name}>"
         if len(first) > REPR_WIDTH:
             first = first[:REPR_WIDTH - 1] + "…"
-        return f"<{name}: {first} ({rows} rows; print() for the text, .to_frame() for the table)>"
+        return f"<{name}: {first}; {rows} rows: print() for the text, .to_frame() for the table>"
 
     def _repr_html_(self) -> str:
         columns, rows = self._table()

@@ -57,10 +57,10 @@ def test_repr_is_one_short_line_not_the_per_target_scores(estimate: tuple[Path, 
     assert len(lds.lds_per_target) == T
     text = repr(lds)
     assert "\n" not in text and len(text) < 200, text
-    assert text.startswith("<LdsResult: difference-of-means LDS on 30 held-out models") and f"({T} rows;" in text
+    assert text.startswith("<LdsResult: difference-of-means LDS on 30 held-out models") and f"; {T} rows:" in text
     ranking = dm.rank_classes(influence, top=3)
-    assert repr(ranking) == (f"<ClassRanking: mean influence over {T} target examples (all targets) ({P} rows; "
-                             "print() for the text, .to_frame() for the table)>")
+    assert repr(ranking) == (f"<ClassRanking: mean influence over {T} target examples (all targets); {P} rows: "
+                             "print() for the text, .to_frame() for the table>")
 
 
 def test_repr_html_is_a_table_of_the_result(estimate: tuple[Path, Path]) -> None:
