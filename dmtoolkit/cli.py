@@ -76,7 +76,7 @@ def init(recipe_path: Path, store_path: Path, models: int | None, seed: int | No
     """
     from dmtoolkit.masks import design_warnings
     from dmtoolkit.recipe import load_recipe
-    from dmtoolkit.run.prepare import build_run_data
+    from dmtoolkit.run.prepare import build_run_data, describe_run_data
     from dmtoolkit.store import create_store
 
     recipe = load_recipe(recipe_path).with_overrides(models=models, seed=seed)
@@ -85,7 +85,9 @@ def init(recipe_path: Path, store_path: Path, models: int | None, seed: int | No
     data = build_run_data(recipe)
     create_store(store_path, recipe, data, force=force)
     sub = recipe.subsets
-    for warning in design_warnings(sub.models, data.num_units(sub.kind), sub.design, sub.antithetic):
+    for line in describe_run_data(recipe, data):
+        click.echo(line)
+    for warning in (*data.notes, *design_warnings(sub.models, data.num_units(sub.kind), sub.design, sub.antithetic)):
         click.echo(f"warning: {warning}", err=True)
     click.echo(f"created {store_path}: {sub.models} models, {sub.kind}-level, "
                f"alpha {sub.alpha}; next: dmtoolkit train {store_path}")

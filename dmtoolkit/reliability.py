@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from dmtoolkit.display import Displayable
 from dmtoolkit.errors import UserError
 from dmtoolkit.estimate.fit import completed_rows, store_units
 from dmtoolkit.estimate.influence import UndefinedInfluenceWarning, influence_from_arrays
@@ -426,8 +427,8 @@ class CrossRun:
                 "needed": self.needed}
 
 
-@dataclass(frozen=True)
-class ReliabilityReport:
+@dataclass(frozen=True, repr=False)
+class ReliabilityReport(Displayable):
     """What `dmtoolkit reliability` prints: each store's split-halves and, for two stores, their agreement
     (`ranking`, `matrix`; None for one store) and warnings when the two are not independent runs."""
 
@@ -436,6 +437,16 @@ class ReliabilityReport:
     ranking: CrossRun | None = None
     matrix: CrossRun | None = None
     warnings: tuple[str, ...] = ()
+
+    def _table(self) -> tuple[tuple[str, ...], list[tuple[Any, ...]]]:
+        """One row per store and answer (split-half mean and sd, full, models for 0.8 / 0.9); for two stores, one
+        row per answer for their agreement (store "cross-run", its Spearman in `full`)."""
+        rows = [(store.path, answer, within.split.mean, within.split.sd, within.full, within.needed["0.8"],
+                 within.needed["0.9"])
+                for store in self.stores for answer in ("ranking", "matrix") for within in [getattr(store, answer)]]
+        rows += [("cross-run", answer, None, None, cross.correlation, cross.needed["0.8"], cross.needed["0.9"])
+                 for answer, cross in (("ranking", self.ranking), ("matrix", self.matrix)) if cross is not None]
+        return ("store", "answer", "split_half", "split_half_sd", "full", "models_for_0.8", "models_for_0.9"), rows
 
     def to_json(self) -> dict[str, Any]:
         cross = None if self.ranking is None or self.matrix is None else {

@@ -155,6 +155,7 @@ class RunData:
     target_class_names: tuple[str, ...]
     fingerprints: dict[str, str]
     planted: Planted | None = None
+    notes: tuple[str, ...] = ()  # conversions made while loading, one line each (`init` warns; not stored)
 
     def num_units(self, kind: str) -> int:
         return len(self.source_class_names) if kind == "class" else len(self.source_pool.labels)

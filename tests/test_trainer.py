@@ -37,7 +37,7 @@ TRAINER_SOURCE = textwrap.dedent('''
                         [2.0, 0.0, 0.0, 0.0, -2.0]])
 
     def linear(job):
-        assert job.data is None and job.mask.shape == (6,) and not job.mask.flags.writeable
+        assert job.data is None and job.mask.shape == (6,) and job.mask.flags.writeable
         assert list(job.units) == list(np.flatnonzero(job.mask)) and job.num_targets == 5
         noise = np.random.default_rng(job.seed).normal(0, 0.01, job.num_targets)
         margins = job.mask.astype(float) @ WEIGHTS - 1.0 + noise

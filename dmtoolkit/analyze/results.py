@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from dmtoolkit.display import Displayable, rows_of
+
 NO_STDERR = "no interval (estimate has no standard errors)"
 """What results say instead of an interval when the estimate (e.g. datamodels) has no standard errors."""
 
@@ -45,8 +47,8 @@ class ClassEvidence(ClassEffect):
         return {**super().to_json(), "p_value": self.p_value, "q_value": self.q_value, "significant": self.significant}
 
 
-@dataclass(frozen=True)
-class ClassRanking:
+@dataclass(frozen=True, repr=False)
+class ClassRanking(Displayable):
     """Source classes ranked by mean influence over target examples (`rank_classes`).
 
     file: the estimate read; estimator: "influence" or "datamodels"; target_class: the target class averaged
@@ -72,6 +74,11 @@ class ClassRanking:
     level: float | None = None
     interval_note: str = NO_STDERR
 
+    def _table(self) -> tuple[tuple[str, ...], list[tuple[Any, ...]]]:
+        """Every class with a defined mean, most positive first (`overall`), ranked from 1."""
+        columns = ("index", "name", "influence", "low", "high")
+        return ("rank", *columns), [(i, *row) for i, row in enumerate(rows_of(self.overall, columns), 1)]
+
     def to_json(self) -> dict[str, Any]:
         return {"file": self.file, "estimator": self.estimator, "target_class": self.target_class,
                 "targets": self.targets, "level": self.level, "interval_note": self.interval_note,
@@ -96,8 +103,8 @@ class TargetEffect:
                 "high": self.high}
 
 
-@dataclass(frozen=True)
-class Subpopulation:
+@dataclass(frozen=True, repr=False)
+class Subpopulation(Displayable):
     """The target examples most positively influenced by one source class (`subpopulation`), most first.
 
     images: uint8 (n, H, W, C) images of those targets, in the same order, when asked for (for a figure);
@@ -110,6 +117,10 @@ class Subpopulation:
     images: Any = field(default=None, compare=False, repr=False)
     level: float | None = None
     interval_note: str = NO_STDERR
+
+    def _table(self) -> tuple[tuple[str, ...], list[tuple[Any, ...]]]:
+        columns = ("target", "name", "influence", "low", "high")
+        return columns, rows_of(self.targets, columns)
 
     def to_json(self) -> dict[str, Any]:
         return {"file": self.file, "class": self.class_name, "level": self.level, "interval_note": self.interval_note,
@@ -133,8 +144,8 @@ class Verification:
                 "correct_kept": self.correct_kept, "rate_removed": self.rate_removed, "rate_kept": self.rate_kept}
 
 
-@dataclass(frozen=True)
-class Explanation:
+@dataclass(frozen=True, repr=False)
+class Explanation(Displayable):
     """Why one target example is (mis)classified (`explain_target`, `verify_explanation`).
 
     true_label / predicted_label: target class names (predicted: the majority over completed models, None if
@@ -157,6 +168,15 @@ class Explanation:
     level: float | None = None
     fdr: float = 0.05
     interval_note: str = NO_STDERR
+
+    def _table(self) -> tuple[tuple[str, ...], list[tuple[Any, ...]]]:
+        """The most negative, then the most positive classes, with their evidence (`side` says which list)."""
+        columns = ("index", "name", "influence", "low", "high", "p_value", "q_value", "significant")
+        blank = {"p_value": None, "q_value": None, "significant": None}  # a ClassEffect has no evidence
+        rows = [(side, *({**blank, **e.to_json()}[c] for c in columns))
+                for side, effects in (("negative", self.most_negative), ("positive", self.most_positive))
+                for e in effects]
+        return ("side", *columns), rows
 
     def to_json(self) -> dict[str, Any]:
         data = {"file": self.file, "target": self.target, "true_label": self.true_label,
@@ -190,8 +210,8 @@ class CounterfactualCurve:
         return [{"k": k, "mean": m, "std": s} for k, m, s in zip(self.k, self.mean, self.std)]
 
 
-@dataclass(frozen=True)
-class CounterfactualResult:
+@dataclass(frozen=True, repr=False)
+class CounterfactualResult(Displayable):
     """Counterfactual retraining (`counterfactual`): accuracy with the first k classes of `order` removed.
 
     file: OUT.h5 written; accuracy: (repeats, len(k)) per retrained model; accuracy_mean / accuracy_std: over
@@ -210,6 +230,10 @@ class CounterfactualResult:
     @property
     def curve(self) -> CounterfactualCurve:
         return CounterfactualCurve(self.file, self.order, self.repeats, self.k, self.accuracy_mean, self.accuracy_std)
+
+    def _table(self) -> tuple[tuple[str, ...], list[tuple[Any, ...]]]:
+        """Target accuracy (mean, std over repeats) per number of classes removed."""
+        return ("k", "accuracy_mean", "accuracy_std"), list(zip(self.k, self.accuracy_mean, self.accuracy_std))
 
     def to_json(self) -> dict[str, Any]:
         return {"file": self.file, "order": self.order, "repeats": self.repeats, "k": list(self.k),
@@ -250,8 +274,8 @@ class RemovalCandidate:
                 "predicted_accuracy_change": self.predicted_accuracy_change, "evidence": self.evidence}
 
 
-@dataclass(frozen=True)
-class Recommendation:
+@dataclass(frozen=True, repr=False)
+class Recommendation(Displayable):
     """Which classes to remove (`recommend_removal`): every candidate k and the chosen one.
 
     validation_columns / test_columns: the target columns k was chosen on / left untouched for verification
@@ -297,6 +321,12 @@ class Recommendation:
         noun = "class" if chosen.k == 1 else "classes"
         return (f"remove {chosen.k} {noun} ({', '.join(chosen.removed)}): predicted validation accuracy {gain} "
                 f"({flipped:+d} of {len(self.validation_columns)} targets){interval}")
+
+    def _table(self) -> tuple[tuple[str, ...], list[tuple[Any, ...]]]:
+        """Every candidate k with its predicted changes; `chosen` marks the recommended one."""
+        columns = ("k", "removed", "predicted_accuracy", "predicted_accuracy_change", "predicted_margin_change",
+                   "margin_change_low", "margin_change_high", "evidence")
+        return (*columns, "chosen"), [(*row, row[0] == self.chosen.k) for row in rows_of(self.candidates, columns)]
 
     def to_json(self) -> dict[str, Any]:
         return {"file": self.file, "estimator": self.estimator, "validation_fraction": self.validation_fraction,
@@ -364,8 +394,8 @@ class LeakageScore:
                 "decoys_flagged": self.decoys_flagged}
 
 
-@dataclass(frozen=True)
-class LeakageReport:
+@dataclass(frozen=True, repr=False)
+class LeakageReport(Displayable):
     """Leakage evidence (`detect_leakage`).
 
     flagged: likely copies at `fdr` (significant influence and pixel score ≥ `near_duplicate`), most
@@ -414,6 +444,19 @@ class LeakageReport:
     def removal_ids(self) -> list[str]:
         """Source example ids of the flagged pairs: what to remove."""
         return [p.source_id for p in self.flagged]
+
+    def _table(self) -> tuple[tuple[str, ...], list[tuple[Any, ...]]]:
+        """Flagged copies, near duplicates and influence-only look-alikes first, then the browsing pairs (each
+        pair once; `category` and `flagged` say which)."""
+        columns = ("rank", "source", "source_id", "source_label", "target", "target_label", "influence",
+                   "ranking_score", "pixel_score", "feature_score", "p_value", "q_value", "category", "flagged")
+        seen: set[tuple[int, int]] = set()
+        pairs = []
+        for pair in (*self.flagged, *self.near_duplicate_only, *self.influence_only, *self.pairs):
+            if (pair.source, pair.target) not in seen:
+                seen.add((pair.source, pair.target))
+                pairs.append(pair)
+        return columns, rows_of(pairs, columns)
 
     def to_json(self) -> dict[str, Any]:
         data = {"file": self.file, "estimator": self.estimator, "ranking": self.ranking,
@@ -482,8 +525,8 @@ class MislabelScore:
                 "hits": self.hits, "recall_at_k": self.recall_at_k}
 
 
-@dataclass(frozen=True)
-class MislabelReport:
+@dataclass(frozen=True, repr=False)
+class MislabelReport(Displayable):
     """Mislabel evidence (`detect_mislabels`): by: the browsing score; candidates: the `top` by evidence (by
     score without it); flagged: those passing Benjamini–Hochberg at `fdr`; evidence / message as in
     LeakageReport; planted: the flagged set scored against planted flips (AUC of the whole ranking),
@@ -500,6 +543,11 @@ class MislabelReport:
     flagged: tuple[MislabelCandidate, ...] = ()
     planted_top: MislabelScore | None = None
 
+    def _table(self) -> tuple[tuple[str, ...], list[tuple[Any, ...]]]:
+        columns = ("rank", "source", "source_id", "label", "score", "source_p", "target_p", "p_value", "q_value",
+                   "flagged")
+        return columns, rows_of(self.candidates, columns)
+
     def to_json(self) -> dict[str, Any]:
         data = {"file": self.file, "estimator": self.estimator, "by": self.by, "fdr": self.fdr,
                 "evidence": self.evidence, "message": self.message,
@@ -510,8 +558,8 @@ class MislabelReport:
         return data
 
 
-@dataclass(frozen=True)
-class DemoSummary:
+@dataclass(frozen=True, repr=False)
+class DemoSummary(Displayable):
     """What the demo found (what `dmtoolkit demo` prints; `to_json()` for --json).
 
     out: the demo folder; scale: quick | default | full; class_models / example_models: models per store;
@@ -531,6 +579,10 @@ class DemoSummary:
     leakage: LeakageScore | None
     mislabels: MislabelScore | None
     report: str
+
+    def _table(self) -> tuple[tuple[str, ...], list[tuple[Any, ...]]]:
+        """The mean LDS of each estimate the demo made."""
+        return ("estimate", "lds"), list(self.lds.items())
 
     def to_json(self) -> dict[str, Any]:
         return {"out": self.out, "scale": self.scale,

@@ -21,12 +21,25 @@ from dmtoolkit.errors import DataError
 SPLITS = ("train", "test")
 
 
+@dataclass(frozen=True)
+class DataNote:
+    """Something a loader did to the data that the user did not ask for, said in one line for `init` to warn.
+
+    kind: "resize" (images of other sizes resized), "channels" (images converted to another number of
+    channels), "split" (a test split held out of a folder that has none); text: what, how many, from what to what.
+    """
+
+    kind: str
+    text: str
+
+
 @dataclass(frozen=True, eq=False)
 class ImageDataset:
     """Images with integer labels, class names and stable per-example ids.
 
     `images` is uint8 (N, H, W, C) with C = 1 or 3; the built-ins draw a bright foreground on a dark
-    background (MNIST convention). `labels` is int64 (N,) indexing `class_names`.
+    background (MNIST convention). `labels` is int64 (N,) indexing `class_names`. `notes`: the conversions
+    the loader made (`DataNote`), which `dmtoolkit init` prints as warnings; the data layer prints nothing.
     """
 
     name: str
@@ -34,6 +47,7 @@ class ImageDataset:
     labels: np.ndarray
     class_names: tuple[str, ...]
     example_ids: tuple[str, ...]
+    notes: tuple[DataNote, ...] = ()
 
     def __post_init__(self) -> None:
         n = len(self.images)
@@ -72,6 +86,7 @@ class ImageDataset:
             labels=self.labels[idx],
             class_names=self.class_names,
             example_ids=tuple(self.example_ids[i] for i in idx),
+            notes=self.notes,
         )
 
 

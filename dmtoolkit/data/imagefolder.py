@@ -2,7 +2,8 @@
 
 Every image is converted to one uint8 array size so the toolkit can treat the folder like a built-in:
 the most common size wins (others are resized bilinearly) and the folder is grayscale (C = 1) only if
-every image is grayscale, else RGB (C = 3).
+every image is grayscale, else RGB (C = 3). A folder without train/ and test/ subfolders is split 80/20 per
+class (seeded). Each of these conversions is recorded in the dataset's `notes`, which `dmtoolkit init` prints.
 """
 
 from __future__ import annotations
@@ -13,11 +14,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from dmtoolkit.data.base import DatasetSource, ImageDataset, register, stratified_test_mask
+from dmtoolkit.data.base import DataNote, DatasetSource, ImageDataset, register, stratified_test_mask
 from dmtoolkit.errors import DataError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")  # torchvision's list
 GRAY_MODES = ("1", "L", "LA")
+ALPHA_MODES = ("LA", "RGBA", "PA", "La", "RGBa")
 TEST_FRACTION = 0.2
 SPLIT_SEED = 0
 
@@ -53,11 +55,43 @@ def _decode(path: Path, size: tuple[int, int], mode: str) -> np.ndarray:
     return np.asarray(converted, dtype=np.uint8).reshape(size[1], size[0], -1)
 
 
-def _common_format(files: list[Path]) -> tuple[tuple[int, int], str]:
+def _common_format(headers: list[tuple[tuple[int, int], str]]) -> tuple[tuple[int, int], str]:
     """The most common (width, height), and "L" if every image is grayscale else "RGB"."""
-    headers = [_header(f) for f in files]
     size = Counter(s for s, _ in headers).most_common(1)[0][0]
     return size, "L" if all(m in GRAY_MODES for _, m in headers) else "RGB"
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count:,} {noun}{'' if count == 1 else 's'}"
+
+
+def conversion_notes(root: Path, headers: list[tuple[tuple[int, int], str]], size: tuple[int, int], mode: str,
+                     held_out: int | None) -> tuple[DataNote, ...]:
+    """What loading the folder changed: resized images, images converted to RGB (and why), alpha dropped, and the
+    test split held out when the folder has none (`held_out`: its size, None when train/ and test/ exist)."""
+    total, notes = len(headers), []
+    other = Counter(s for s, _ in headers if s != size)
+    if other:
+        sizes = ", ".join(f"{w}x{h} ({n})" for (w, h), n in other.most_common(3)) + (", ..." if len(other) > 3 else "")
+        notes.append(DataNote("resize", f"{_plural(sum(other.values()), 'image')} of {total:,} resized (bilinear) to "
+                                        f"the most common size {size[0]}x{size[1]}, from {sizes}"))
+    if mode == "RGB":
+        gray = sum(m in GRAY_MODES for _, m in headers)
+        if gray:
+            colour = total - gray
+            notes.append(DataNote("channels", f"{_plural(gray, 'grayscale image')} of {total:,} converted to RGB "
+                                              f"(3 channels) because {_plural(colour, 'image')} "
+                                              f"{'is' if colour == 1 else 'are'} in colour: the whole folder is read "
+                                              "as 3 channels"))
+    alpha = sum(m in ALPHA_MODES for _, m in headers)
+    if alpha:
+        notes.append(DataNote("channels", f"{_plural(alpha, 'image')} of {total:,} had an alpha (transparency) "
+                                          "channel, dropped"))
+    if held_out is not None:
+        notes.append(DataNote("split", f"{100 * TEST_FRACTION:g}% of {root} ({held_out:,} of {total:,} images, the "
+                                       f"same share of every class, seed {SPLIT_SEED}) kept as its test split: the "
+                                       "folder has no train/ and test/ subfolders"))
+    return tuple(notes)
 
 
 def load_imagefolder(path: str, split: str) -> ImageDataset:
@@ -84,7 +118,8 @@ def load_imagefolder(path: str, split: str) -> ImageDataset:
         else stratified_test_mask(labels, TEST_FRACTION, SPLIT_SEED)
     )
     # Size and channels are decided over both splits so that train and test arrays match.
-    size, mode = _common_format([f for _, _, f in entries])
+    headers = [_header(f) for _, _, f in entries]
+    size, mode = _common_format(headers)
     channels = 1 if mode == "L" else 3
     idx = np.flatnonzero(is_test == (split == "test"))
     images = np.zeros((len(idx), size[1], size[0], channels), np.uint8)
@@ -96,6 +131,7 @@ def load_imagefolder(path: str, split: str) -> ImageDataset:
         labels=labels[idx],
         class_names=classes,
         example_ids=tuple(f"imagefolder/{entries[i][2].relative_to(root).as_posix()}" for i in idx),
+        notes=conversion_notes(root, headers, size, mode, None if has_splits else int(is_test.sum())),
     )
 
 

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 from scipy.stats import rankdata
 
+from dmtoolkit.display import Displayable
 from dmtoolkit.errors import StoreError
 from dmtoolkit.estimate.base import linear_prediction
 from dmtoolkit.estimate.blocks import TargetColumns, row_blocks
@@ -56,9 +57,12 @@ def lds_per_target(predicted: np.ndarray, actual: np.ndarray) -> np.ndarray:
     return lds
 
 
-@dataclass(frozen=True)
-class LdsResult:
-    """LDS of one estimate on its test rows: summary, per-target scores and a histogram over [-1, 1]."""
+@dataclass(frozen=True, repr=False)
+class LdsResult(Displayable):
+    """LDS of one estimate on its test rows: summary, per-target scores and a histogram over [-1, 1].
+
+    `print(result)` shows what `dmtoolkit evaluate` prints; `result.to_frame()` has one row per target.
+    """
 
     estimator: str
     estimate_file: Path
@@ -74,6 +78,10 @@ class LdsResult:
     histogram_counts: tuple[int, ...]
     lds_interval: tuple[float, float] | None = None  # 95% bootstrap over held-out sampling units
     heldout_units: int = 0                            # held-out sampling units resampled
+
+    def _table(self) -> tuple[tuple[str, ...], list[tuple[Any, ...]]]:
+        """LDS of each target example (None where its held-out margins are constant)."""
+        return ("target", "lds"), [(self.targets[0] + i, v) for i, v in enumerate(self.lds_per_target)]
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -22,6 +22,7 @@ from dmtoolkit.analyze.results import (
     Recommendation,
     Subpopulation,
 )
+from dmtoolkit.display import register_text, type_name
 
 if TYPE_CHECKING:
     from dmtoolkit.estimate.lds import LdsResult
@@ -307,3 +308,13 @@ def format_reliability(report: ReliabilityReport) -> str:
         lines.append("  predicted = sqrt(full1 * full2), what the split-halves expect; lower Spearman means the "
                      "split-halves are optimistic")
     return "\n".join(lines)
+
+
+# print(result) in a notebook shows what the CLI prints (dmtoolkit.display): result type -> its formatter.
+# By dotted name, so this module imports neither estimate.lds nor reliability (both need NumPy).
+register_text({type_name(cls): formatter for cls, formatter in (
+    (ClassRanking, format_ranking), (Subpopulation, format_subpopulation), (Explanation, format_explanation),
+    (CounterfactualResult, format_counterfactual), (LeakageReport, format_leakage), (MislabelReport, format_mislabels),
+    (DemoSummary, format_demo), (Recommendation, format_recommendation))})
+register_text({"dmtoolkit.estimate.lds.LdsResult": format_lds,
+               "dmtoolkit.reliability.ReliabilityReport": format_reliability})

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from dmtoolkit.data import ImageDataset, load_dataset
+from dmtoolkit.data.base import DataNote
 from dmtoolkit.data.planting import plant
 from dmtoolkit.errors import DataError
 from dmtoolkit.recipe import DataSpec, Recipe
@@ -58,6 +59,32 @@ def _load(spec: DataSpec, role: str) -> tuple[ImageDataset, ImageDataset]:
     if len(test) == 0:
         raise DataError(f"{role}: dataset {spec.dataset!r} has an empty test split")
     return train, test
+
+
+SPLIT_CONSEQUENCE = {"source": "they are never trained on (they only measure source accuracy)",
+                     "target": "margins are measured on it; the rest fits the transferred head"}
+
+
+def conversion_notes(role: str, *datasets: ImageDataset) -> tuple[str, ...]:
+    """The loaders' notes on `datasets` (a role's train and test splits), once each, as `role: ...` lines."""
+    seen: list[DataNote] = []
+    for dataset in datasets:
+        seen += [note for note in dataset.notes if note not in seen]
+    return tuple(f"{role}: {note.text}" + (f"; {SPLIT_CONSEQUENCE[role]}" if note.kind == "split" else "")
+                 for note in seen)
+
+
+def trainer_notes(recipe: Recipe, source: ImageDataset, target: ImageDataset) -> tuple[str, ...]:
+    """What the built-in trainer will convert: target images to the source's channels (a user trainer does
+    its own conversions and gets the arrays as stored)."""
+    if recipe.trainer is not None:
+        return ()
+    c_source, c_target = source.images.shape[-1], target.images.shape[-1]
+    if c_source == c_target:
+        return ()
+    how = "averaged to 1 channel (grayscale)" if c_source == 1 else "repeated to 3 channels (RGB)"
+    return (f"target: its {c_target}-channel images are {how} when the built-in trainer transfers, because the "
+            f"source has {c_source}",)
 
 
 def _split(dataset: ImageDataset) -> Split:
@@ -118,6 +145,8 @@ def build_run_data(recipe: Recipe) -> RunData:
         planted = Planted(result.leak_target, result.decoy_target, result.near_copy, result.flipped,
                           result.original_labels)
     fingerprints["source_pool"] = pool.fingerprint
+    notes = (conversion_notes("source", source_train, source_test) + conversion_notes("target", target_train, target_test)
+             + trainer_notes(recipe, source_train, target_test))
     return RunData(
         source_pool=_split(pool),
         source_test=_split(source_test_used),
@@ -128,4 +157,24 @@ def build_run_data(recipe: Recipe) -> RunData:
         target_class_names=tuple(target_test.class_names),
         fingerprints=fingerprints,
         planted=planted,
+        notes=notes,
     )
+
+
+def _shape(split: Split) -> str:
+    _, h, w, c = split.images.shape
+    return f"{w}x{h} pixels, {c} channel{'s' if c > 1 else ''} ({'grayscale' if c == 1 else 'RGB'})"
+
+
+def describe_run_data(recipe: Recipe, data: RunData) -> list[str]:
+    """What `init` prints about the data: per role, the splits with their counts, classes, image shape."""
+    classes = lambda names: f"{len(names):,} class{'es' if len(names) != 1 else ''}"  # noqa: E731
+    if recipe.own_data is not None:
+        units = len(data.source_class_names) if recipe.subsets.kind == "class" else len(data.source_example_ids)
+        return [f"data: the trainer brings its own; {units:,} source units, {len(data.target_test.labels):,} target "
+                f"test examples in {classes(data.target_class_names)} (recipe own_data)"]
+    src, tgt = data.source_pool, data.target_test
+    return [f"source: {len(src.labels):,} training images (the pool the subsets are drawn from) + "
+            f"{len(data.source_test.labels):,} test images, {classes(data.source_class_names)}, {_shape(src)}",
+            f"target: {len(data.target_train.labels):,} train + {len(tgt.labels):,} test images, "
+            f"{classes(data.target_class_names)}, {_shape(tgt)}"]

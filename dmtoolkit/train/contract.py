@@ -13,23 +13,25 @@ The built-in tiny CNN and ResNet-18 pipelines (`dmtoolkit.train.job.BuiltinTrain
 contract for a group of jobs at once (they train a group as one batched network), which is what the
 optional `train_group` of the `Trainer` protocol is for; a user function is wrapped in
 `FunctionTrainer` (one job per group).
+
+docs/trainers.md is the user's guide to this contract (the image layout, a complete example).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import numpy as np
 
 from dmtoolkit.errors import TrainerError
 from dmtoolkit.plugins import error_line, load_function, source_sha256
-from dmtoolkit.store import RunData
+from dmtoolkit.store import RunData, Split
 
 __all__ = ["CheckedResult", "FunctionTrainer", "Job", "Trainer", "TrainerResult", "check_result", "error_line",
-           "load_function", "source_sha256"]
+           "load_function", "source_sha256", "writable_data"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -37,19 +39,32 @@ class Job:
     """One model to train: the argument of every trainer.
 
     index           row of the run store (0 .. m-1)
-    mask            (P,) bool, read-only: mask[u] is true when the model keeps source unit u
-    seed            the model's training seed (from `trainer.seed` and `trainer.randomness`)
+    mask            (P,) bool, the job's own copy: mask[u] is true when the model keeps source unit u
+    seed            the model's training seed (from `trainer.seed` and `trainer.randomness`): seed torch,
+                    NumPy and your data order with it, so a row can be recomputed
     device          torch device name to compute on ("cpu", "cuda", "cuda:1")
     num_targets     T, the length of the margins to return
     kind            "class" (units are source classes) or "example" (units are source pool examples)
-    units           ids of the kept units, increasing (np.flatnonzero(mask))
-    source_indices  indices into data.source_pool of the examples the kept units select (empty without data)
-    unit_names      name of every unit (P)
-    target_labels   (T,) int64, the class of each target test example the margins are measured on
-    data            the run's stored data (`RunData`: source_pool, source_test, target_train, target_test,
-                    class names, example ids), or None when the trainer brings its own data
+    units           (K,) int64, ids of the kept units, increasing (np.flatnonzero(mask))
+    source_indices  (n,) int64, indices into data.source_pool of the examples the kept units select (empty
+                    without data): train on data.source_pool.images[source_indices]
+    unit_names      name of every unit (P): class names, or pool example ids at example level
+    target_labels   (T,) int64, the job's own copy: the class of each target test example (an index into
+                    data.target_class_names), the y of the margins
+    data            the run's stored data (`RunData`), or None when the trainer brings its own data:
+                      source_pool, source_test, target_train, target_test: `Split`s of
+                        images  uint8 (N, H, W, C), C = 1 (grayscale) or 3 (RGB), pixel values 0..255, channels
+                                last, as loaded (an image folder: the most common size, see `dmtoolkit init`)
+                        labels  int64 (N,), indices into source_class_names / target_class_names
+                      source_class_names, target_class_names, source_example_ids (ids of the pool examples)
+                    For torch: torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255 gives N×C×H×W in [0, 1].
     options         the recipe's `trainer.options` mapping
     trainer         the trainer's name (MODULE:FUNCTION or builtin:ARCH)
+
+    Every array is writable (`torch.as_tensor` and `torch.from_numpy` take it without a warning): `mask`,
+    `units`, `source_indices` and `target_labels` are the job's own; `data` is shared by the jobs of a process,
+    so copy before changing it in place. Return the margins on the T target test examples, in the order of
+    `target_labels` (see `TrainerResult`).
     """
 
     index: int
@@ -71,7 +86,9 @@ class Job:
 class TrainerResult:
     """A trainer's answer for one job when it has more to say than the margins.
 
-    margins          (T,) finite floats: z_y - max_{k!=y} z_k per target test example (> 0 means correct)
+    margins          (T,) finite floats, per target test example j with label y = target_labels[j] and the
+                     transferred model's logits z: z_y - max_{k!=y} z_k (> 0 means correctly classified);
+                     a NumPy array, a list or a torch tensor (any device)
     source_accuracy  accuracy on the source's own test data in [0, 1], NaN when not measured
     target_accuracy  in [0, 1]; default: the fraction of positive margins
     predictions      (T,) predicted target class per target test example, or None
@@ -100,6 +117,17 @@ class Trainer(Protocol):
     group_size: int
 
     def train_group(self, jobs: Sequence[Job]) -> list[TrainerResult | Any]: ...
+
+
+def writable_data(data: RunData) -> RunData:
+    """`data` with every split's arrays writable: read-only ones (e.g. from Ray's object store) copied once."""
+    def split(part: Split) -> Split:
+        if part.images.flags.writeable and part.labels.flags.writeable:
+            return part
+        return Split(np.array(part.images), np.array(part.labels))
+
+    return replace(data, source_pool=split(data.source_pool), source_test=split(data.source_test),
+                   target_train=split(data.target_train), target_test=split(data.target_test))
 
 
 def _array(value: Any) -> np.ndarray:

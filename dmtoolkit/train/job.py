@@ -18,7 +18,7 @@ from dmtoolkit.devices import resolve_device
 from dmtoolkit.errors import TrainerError
 from dmtoolkit.recipe import Recipe
 from dmtoolkit.store import RunData, RunStore
-from dmtoolkit.train.contract import FunctionTrainer, Job, Trainer, TrainerResult, check_result
+from dmtoolkit.train.contract import FunctionTrainer, Job, Trainer, TrainerResult, check_result, writable_data
 from dmtoolkit.train.fit import (
     BatchFactory,
     LoopSettings,
@@ -210,12 +210,13 @@ class RunContext:
 
     def __init__(self, recipe: Recipe, masks: np.ndarray, data: RunData, device: str | None = None,
                  batches: BatchFactory | None = None, trainer: Trainer | None = None) -> None:
+        if recipe.trainer is not None:  # a user's trainer gets writable arrays on every executor (Ray's are not)
+            data = writable_data(data)
         self.recipe, self.masks, self.data = recipe, masks, data
         self.device = resolve_device(device)
         self.trainer = trainer if trainer is not None else make_trainer(recipe, data, self.device, batches)
         self._unit_names = data.source_class_names if recipe.subsets.kind == "class" else data.source_example_ids
-        self._target_labels = np.array(data.target_test.labels, np.int64)  # a read-only copy for the jobs
-        self._target_labels.setflags(write=False)
+        self._target_labels = np.array(data.target_test.labels, np.int64)  # each job gets its own copy
 
     def __getattr__(self, name: str) -> object:  # the built-in trainer's tensors, for baselines and benchmarks
         if name.startswith("_") or name == "trainer":
@@ -247,13 +248,12 @@ class RunContext:
         """The trainer's argument for row `index`."""
         recipe = self.recipe
         training_seed, randomness = recipe.seeding
-        mask = np.array(self.masks[index], dtype=bool)
-        mask.setflags(write=False)
+        mask = np.array(self.masks[index], dtype=bool)  # the job's own writable copy (torch.as_tensor takes it)
         return Job(index=index, mask=mask, seed=model_seed(training_seed, recipe.subsets.seed, index, randomness,
                                                          recipe.seed_blocks),
                    device=str(self.device), num_targets=len(self._target_labels), kind=recipe.subsets.kind,
                    units=np.flatnonzero(mask), source_indices=self.subset_examples(index),
-                   unit_names=self._unit_names, target_labels=self._target_labels,
+                   unit_names=self._unit_names, target_labels=self._target_labels.copy(),
                    data=None if recipe.own_data is not None else self.data,
                    options=dict(recipe.trainer.options) if recipe.trainer else {}, trainer=self.trainer.name)
 
