@@ -346,6 +346,43 @@ class LeakPair:
 
 
 @dataclass(frozen=True)
+class SourceCopy:
+    """A source example that copies a target test image, found from pixels alone (no models needed).
+
+    source / source_id / source_label: pool index, example id and class name of the source example;
+    target / target_label: target test index and class; pixel_score: `near_duplicate_matrix` of the two images;
+    exact: identical pixels (same shape, max abs difference 0), else a near copy (pixel score ≥ the report's
+    `near_duplicate`, up to a one-pixel shift, brightness and contrast); influence / p_value / q_value: the
+    estimate's entry for the pair and its evidence (None when the estimate does not cover that target or has
+    no standard errors); confirmed: the influence is significant at the report's FDR (the models learned from
+    the copy), None when the estimate cannot tell (no standard errors, or target not covered).
+    """
+
+    source: int
+    source_id: str
+    source_label: str
+    target: int
+    target_label: str
+    pixel_score: float
+    exact: bool
+    influence: float | None = None
+    p_value: float | None = None
+    q_value: float | None = None
+    confirmed: bool | None = None
+
+    @property
+    def kind(self) -> str:
+        """"exact copy" or "near copy"."""
+        return "exact copy" if self.exact else "near copy"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"source": self.source, "source_id": self.source_id, "source_label": self.source_label,
+                "target": self.target, "target_label": self.target_label, "kind": self.kind,
+                "exact": self.exact, "pixel_score": self.pixel_score, "influence": self.influence,
+                "p_value": self.p_value, "q_value": self.q_value, "confirmed": self.confirmed}
+
+
+@dataclass(frozen=True)
 class LeakageScore:
     """Pairs scored against planted leaks: k pairs, planted_leaks findable (their target is covered by the
     estimate), hits (exact pairs), precision and recall (None when undefined; precision@k / recall@k for a
@@ -368,7 +405,11 @@ class LeakageScore:
 class LeakageReport:
     """Leakage evidence (`detect_leakage`).
 
-    flagged: likely copies at `fdr` (significant influence and pixel score ≥ `near_duplicate`), most
+    copies: every source example that copies a target test image by its pixels (exact or near, see
+    `SourceCopy`), from a scan of all source examples against all target test images; contamination whatever
+    the models say, and what every rendering leads with. pixel_evidence: how the scan was made; models_add:
+    what the influence evidence adds to it (or why it cannot); scanned: (source examples, target test images)
+    compared; thresholded: the estimate has standard errors, so influence can flag pairs. flagged: likely copies at `fdr` (significant influence and pixel score ≥ `near_duplicate`), most
     significant first, one per source example; influence_only: significant pairs that are not near duplicates
     (look-alikes), near_duplicate_only: near duplicates without significant influence (both one per source);
     pairs: the `top` pairs by `ranking`, for browsing; evidence: how p-values were made, or why there are
@@ -397,28 +438,50 @@ class LeakageReport:
     planted_top: LeakageScore | None = None
     planted_feature_top: LeakageScore | None = None
     features: str = ""
+    copies: tuple[SourceCopy, ...] = ()
+    pixel_evidence: str = ""
+    models_add: str = ""
+    scanned: tuple[int, int] = (0, 0)
+    thresholded: bool = True
     source_images: Any = field(default=None, compare=False, repr=False)
     target_images: Any = field(default=None, compare=False, repr=False)
     pool_images: Any = field(default=None, compare=False, repr=False)
     covered_target_images: Any = field(default=None, compare=False, repr=False)
     target_index: Any = field(default=None, compare=False, repr=False)
+    target_test_images: Any = field(default=None, compare=False, repr=False)
 
-    def images_of(self, pair: LeakPair) -> tuple[Any, Any]:
-        """(source image, target image) of any pair of this report (from the images it read)."""
+    def images_of(self, pair: LeakPair | SourceCopy) -> tuple[Any, Any]:
+        """(source image, target image) of any pair or copy of this report (from the images it read)."""
         import numpy as np
 
+        if self.target_test_images is not None:
+            return self.pool_images[pair.source], self.target_test_images[pair.target]
         column = int(np.searchsorted(self.target_index, pair.target))
         return self.pool_images[pair.source], self.covered_target_images[column]
 
     @property
     def removal_ids(self) -> list[str]:
-        """Source example ids of the flagged pairs: what to remove."""
-        return [p.source_id for p in self.flagged]
+        """Source example ids to remove: every pixel copy of a target test image, then any other flagged pair's
+        source (each id once)."""
+        return list(dict.fromkeys([c.source_id for c in self.copies] + [p.source_id for p in self.flagged]))
+
+    @property
+    def verdict(self) -> str:
+        """"contamination" (pixel copies), "influence only" (significant influence, no copies), "no evidence"
+        (neither, with evidence thresholds) or "no copies; no threshold" (no copies, estimate cannot flag)."""
+        if self.copies:
+            return "contamination"
+        if self.flagged or self.influence_only:
+            return "influence only"
+        return "no evidence" if self.thresholded else "no copies; no threshold"
 
     def to_json(self) -> dict[str, Any]:
         data = {"file": self.file, "estimator": self.estimator, "ranking": self.ranking,
                 "one_per_source": self.one_per_source, "fdr": self.fdr, "near_duplicate": self.near_duplicate,
                 "evidence": self.evidence, "features": self.features, "message": self.message,
+                "verdict": self.verdict, "copies": [c.to_json() for c in self.copies],
+                "pixel_evidence": self.pixel_evidence, "models_add": self.models_add,
+                "scanned": {"source_examples": self.scanned[0], "target_test_images": self.scanned[1]},
                 "remove": self.removal_ids,
                 "flagged": [p.to_json() for p in self.flagged],
                 "influence_only": [p.to_json() for p in self.influence_only],

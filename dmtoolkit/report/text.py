@@ -20,6 +20,7 @@ from dmtoolkit.analyze.results import (
     LeakPair,
     MislabelReport,
     Recommendation,
+    SourceCopy,
     Subpopulation,
 )
 
@@ -160,14 +161,36 @@ def _leak_score(name: str, s: LeakageScore | None) -> str | None:
             f"({s.hits} of {s.planted_leaks} planted leaks), decoys {s.decoys_flagged}")
 
 
-def format_leakage(report: LeakageReport) -> str:
-    """The one-line answer, the flagged pairs, the browsing list and, with planted ground truth, how the flagged
-    set and the influence-only, pixel-only and top-k detectors score."""
-    lines = [report.message, f"evidence: {report.evidence}; near duplicate: pixel score >= {report.near_duplicate}"]
+def _copy_table(copies: tuple[SourceCopy, ...], thresholded: bool) -> list[str]:
+    width = max([len(c.source_id) for c in copies] + [6])
+    lines = [f"  {'source':<{width}} {'label':<6} {'target':>6} {'label':<6} {'pixel':>6}  {'kind':<10} "
+             f"{'influence':>10} {'q':>6}  models"]
+    for c in copies:
+        influence = "         -" if c.influence is None else f"{c.influence:>+10.4f}"
+        models = ("confirm (significant influence)" if c.confirmed else "do not confirm" if c.confirmed is False
+                  else "cannot tell (target not in the estimate)" if thresholded else "cannot tell (no standard errors)")
+        lines.append(f"  {c.source_id:<{width}} {c.source_label:<6} {c.target:>6} {c.target_label:<6} "
+                     f"{c.pixel_score:>6.3f}  {c.kind:<10} {influence} {_p(c.q_value)}  {models}")
+    return lines
+
+
+def format_leakage(report: LeakageReport, copies_shown: int = 50) -> str:
+    """The one-line answer; the pixel copies of target test images (at most `copies_shown` rows) with the ids to
+    remove, before any influence evidence; what the models add; the flagged pairs, the browsing list and, with
+    planted ground truth, how the flagged set and the influence-only, pixel-only and top-k detectors score."""
+    lines = [report.message]
+    if report.copies:
+        lines.append(f"copies of target test images ({len(report.copies)}), from pixels:")
+        lines += _copy_table(report.copies[:copies_shown], report.thresholded)
+        if len(report.copies) > copies_shown:
+            lines.append(f"  ... and {len(report.copies) - copies_shown} more (--json or --csv lists every copy)")
+    lines.append("source example ids to remove: " + (", ".join(report.removal_ids) or "none"))
+    lines += [line for line in (report.pixel_evidence, report.models_add) if line]
+    lines.append(f"evidence: {report.evidence}; near duplicate: pixel score >= {report.near_duplicate}")
     if report.features:
         lines.append(report.features)
     if report.flagged:
-        lines += ["flagged (remove these source examples: " + ", ".join(report.removal_ids) + "):"]
+        lines += ["flagged by influence and pixels (likely copies the models learned from):"]
         lines += _leak_table(report.flagged, report.ranking != "influence")
     lines += [f"top {len(report.pairs)} pairs by {report.ranking} (browsing):"]
     lines += _leak_table(report.pairs, report.ranking != "influence")
