@@ -412,6 +412,10 @@ def gradient(store_path: Path, out_path: Path, device: str, targets: str | None,
 def evaluate(store_path: Path, estimate_path: Path, as_json: bool) -> None:
     """LDS: per target example, Spearman correlation of predicted and true margins on held-out test models.
 
+    Prints a verdict first: no better than chance (mean <= 0 or its interval reaching 0), weak, moderate or
+    useful; below useful, the estimator is refitted on half its fitting models to see how LDS grows in this
+    store and how many models a rough extrapolation needs (or that the store cannot tell).
+
     \b
     Every estimate predicts f(S) = intercept + sum_k coef_k * 1[k in S].
     Example:

@@ -242,15 +242,25 @@ def format_demo(summary: DemoSummary) -> str:
 
 
 def format_lds(result: LdsResult) -> str:
-    """LDS summary line and a text histogram of the per-target scores."""
+    """The verdict first, then the LDS summary line, the curve (LDS at half the fitting models) when computed, and
+    a text histogram of the per-target scores."""
     if result.lds_mean is None:
         return f"LDS undefined on all {result.heldout_models} held-out models (constant margins)"
     first, stop = result.targets
     interval = ("" if result.lds_interval is None else
                 f" [{result.lds_interval[0]:.3f}, {result.lds_interval[1]:.3f}] (95% bootstrap over "
                 f"{result.heldout_units} held-out draws)")
-    lines = [f"{result.estimator} LDS on {result.heldout_models} held-out models, targets {first}:{stop}: "
+    lines = [result.verdict,
+             f"{result.estimator} LDS on {result.heldout_models} held-out models, targets {first}:{stop}: "
              f"mean {result.lds_mean:.3f}{interval}, median {result.lds_median:.3f}"]
+    curve = result.curve
+    if curve is not None:
+        gain = ("" if curve.gain is None else f"; {curve.gain:+.3f} per doubling of models" + (
+            "" if curve.gain_interval is None else
+            f" [{curve.gain_interval[0]:+.3f}, {curve.gain_interval[1]:+.3f}]"))
+        lines.append(f"curve: refitted on half the fitting models ({curve.half_models:,} of {curve.full_models:,}, "
+                     f"whole sampling units), LDS {_value(curve.half_lds)} vs {_value(curve.full_lds)} on the same "
+                     f"held-out models{gain}")
     counts, edges = result.histogram_counts, result.histogram_edges
     scale = 40 / max(max(counts), 1)
     for count, low, high in zip(counts, edges, edges[1:]):
