@@ -435,8 +435,8 @@ def evaluate(store_path: Path, estimate_path: Path, as_json: bool) -> None:
               help="Influence estimator whose answers are compared.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output (JSON) on stdout.")
 def reliability(store_path: Path, other_path: Path | None, estimator: str, as_json: bool) -> None:
-    """How reproducible a class-level store's answers are: the class ranking (mean influence) and the
-    class x target-class influences.
+    """How reproducible a store's answers are: the ranking of its source classes (or, for an example-level
+    store, examples) by mean influence and the class (example) x target-class influences, each with a verdict.
 
     Split-half within each store (halves keep antithetic pairs and orthogonal blocks whole), taken to the
     full store by Spearman-Brown; with OTHER.h5, the agreement of the two stores, read as the reliability of

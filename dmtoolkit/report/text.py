@@ -287,9 +287,6 @@ def format_recommendation(rec: Recommendation) -> str:
 
 
 # reliability ---------------------------------------------------------------------------------------------
-ANSWERS = (("ranking", "class ranking"), ("matrix", "class x target class"))
-
-
 def _value(value: float | None, digits: int = 3) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
@@ -303,36 +300,43 @@ def _store_block(store: StoreReliability) -> list[str]:
     seed = lambda v: "unknown" if v is None else str(v)  # noqa: E731
     lines = [f"{store.path}: {store.models} models, mask seed {seed(store.mask_seed)}, training seed "
              f"{seed(store.training_seed)} ({store.randomness} randomness)",
-             f"  {'answer':<22}{'split-half':>16}{'full':>8}{'for 0.8':>10}{'for 0.9':>10}"]
-    for attr, label in ANSWERS:
+             f"  {'answer':<24}{'split-half':>16}{'full':>8}{'for 0.8':>10}{'for 0.9':>10}"]
+    for attr, label in store.answers:
         within = getattr(store, attr)
         split = within.split
         half = "-" if split.mean is None else f"{split.mean:.3f} ± {split.sd:.3f}"
-        lines.append(f"  {label:<22}{half:>16}{_value(within.full):>8}{_models(within.needed['0.8']):>10}"
+        lines.append(f"  {label:<24}{half:>16}{_value(within.full):>8}{_models(within.needed['0.8']):>10}"
                      f"{_models(within.needed['0.9']):>10}")
+    lines.append(f"  {store.verdicts['matrix']}")
     return lines
 
 
 def _cross_block(report: ReliabilityReport) -> list[str]:
     first, second = report.stores
-    crosses: list[tuple[str, CrossRun | None]] = [(label, getattr(report, attr)) for attr, label in ANSWERS]
+    crosses: list[tuple[str, CrossRun | None]] = [(label, getattr(report, attr)) for attr, label in first.answers]
     models = crosses[0][1].models if crosses[0][1] is not None else 0
     lines = [f"cross-run agreement of {first.path} and {second.path} (as one run of {models:,.0f} models)",
-             f"  {'answer':<22}{'Spearman':>10}{'predicted':>11}{'for 0.8':>10}{'for 0.9':>10}"]
+             f"  {'answer':<24}{'Spearman':>10}{'predicted':>11}{'for 0.8':>10}{'for 0.9':>10}"]
     for label, cross in crosses:
         if cross is not None:
-            lines.append(f"  {label:<22}{_value(cross.correlation):>10}{_value(cross.predicted):>11}"
+            lines.append(f"  {label:<24}{_value(cross.correlation):>10}{_value(cross.predicted):>11}"
                          f"{_models(cross.needed['0.8']):>10}{_models(cross.needed['0.9']):>10}")
     return lines
 
 
 def format_reliability(report: ReliabilityReport) -> str:
-    """Each store's split-half table and, for two stores, their agreement; warnings are the CLI's to print."""
+    """The verdict lines first, then each store's split-half table and, for two stores, their agreement; warnings
+    are the CLI's to print."""
     splits = len(report.stores[0].ranking.split.seeds)
-    lines = [f"reliability of {report.estimator} class influence",
-             f"  split-half: Spearman between halves of whole sampling units (mean ± sd over {splits} splits)",
-             "  full: Spearman-Brown to all models; for 0.8 / 0.9: models one run needs to agree that well with "
-             "another such run"]
+    kind = report.stores[0].kind
+    lines = [f"verdict: {line}" for line in report.verdicts]
+    lines += [f"reliability of {report.estimator} {kind} influence",
+              f"  split-half: Spearman between halves of whole sampling units (mean ± sd over {splits} splits)",
+              "  full: Spearman-Brown to all models; for 0.8 / 0.9: models one run needs to agree that well with "
+              "another such run"]
+    if kind == "example":
+        lines.append("  example ranking: source examples by mean influence over all targets; example x target "
+                     "class: mean influence on each target class's examples")
     for store in report.stores:
         lines += _store_block(store)
     if len(report.stores) == 2:
