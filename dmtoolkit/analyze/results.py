@@ -275,6 +275,41 @@ class Recommendation:
     interval_note: str = NO_STDERR
     fdr: float | None = None
     harmful: int | None = None
+    removal_evidence: tuple[ClassEvidence, ...] = ()
+
+    @property
+    def explanation(self) -> list[str]:
+        """Lines that say why: why nothing is removed (no class with evidence of harm, naming the most negative one
+        and its q-value; or no eligible removal predicted to gain), and every candidate whose mean margin change
+        has an interval above 0 but whose classes did not all pass the evidence gate."""
+        lines, chosen = [], self.chosen
+        phrase = f"FDR {100 * (self.fdr or 0):g}%"
+        if chosen.k == 0 and self.harmful == 0:
+            first = self.removal_evidence[0] if self.removal_evidence else None
+            detail = "" if first is None or first.q_value is None else (
+                f"; the most negative class on the validation targets, {first.name}, has mean influence "
+                f"{first.influence:+.4f} with q = {first.q_value:.2g}")
+            lines.append(f"why nothing: only classes with evidence of harm (mean validation influence below 0 at "
+                         f"{phrase}) may be removed, and no class has it{detail}")
+        elif chosen.k == 0:
+            others = [c for c in self.candidates if c.k > 0 and c.evidence is not False]
+            best = max(others, key=lambda c: (c.predicted_accuracy, -c.k)) if others else None
+            gate = ("" if self.harmful is None else
+                    f" among the {self.harmful} most negative classes with evidence of harm at {phrase}")
+            lines.append(f"why nothing: no removal{gate} is predicted to raise validation accuracy above the full "
+                         f"source's {self.full_predicted_accuracy:.3f}" + (
+                             "" if best is None else f" (best: k = {best.k}, {best.predicted_accuracy_change:+.3f})"))
+        blocked = [c for c in self.candidates if c.evidence is False and c.margin_change_low is not None
+                   and c.margin_change_low > 0]
+        if blocked:
+            rows = ", ".join(f"k = {c.k}: {c.predicted_margin_change:+.2f} [{c.margin_change_low:+.2f}, "
+                             f"{c.margin_change_high:+.2f}]" for c in blocked[:3])
+            more = f" and {len(blocked) - 3} more" if len(blocked) > 3 else ""
+            lines.append(f"not chosen although the mean margin change's interval excludes 0 ({rows}{more}): as a set "
+                         f"these classes are predicted to help, but not every one of them has evidence of harm at "
+                         f"{phrase} (only the first {self.harmful} in the table's order do), which the rule requires; "
+                         "retrain without them before acting on it")
+        return lines
 
     @property
     def message(self) -> str:
@@ -304,7 +339,8 @@ class Recommendation:
                 "test_targets": len(self.test_columns), "validation_columns": list(self.validation_columns),
                 "test_columns": list(self.test_columns), "full_predicted_accuracy": self.full_predicted_accuracy,
                 "level": self.level, "interval_note": self.interval_note, "fdr": self.fdr,
-                "harmful": self.harmful, "message": self.message, "chosen": self.chosen.to_json(),
+                "harmful": self.harmful, "message": self.message, "explanation": self.explanation,
+                "removal_evidence": [e.to_json() for e in self.removal_evidence], "chosen": self.chosen.to_json(),
                 "candidates": [c.to_json() for c in self.candidates]}
 
 

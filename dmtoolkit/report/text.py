@@ -270,19 +270,27 @@ def format_lds(result: LdsResult) -> str:
 
 
 def format_recommendation(rec: Recommendation) -> str:
-    """The recommendation in one line, then every candidate k with its predicted changes."""
-    lines = [rec.message,
+    """The recommendation in one line, why (for "remove nothing", and for rows the evidence gate kept out), then
+    every candidate k with its predicted changes and whether all its classes have evidence of harm."""
+    gate = rec.harmful is not None
+    lines = [rec.message, *rec.explanation,
              f"chosen on {len(rec.validation_columns)} validation targets (split seed {rec.split_seed}); the other "
              f"{len(rec.test_columns)} are left for verification. {rec.interval_note}",
              f"  {'k':>3}  {'pred. accuracy':>14}  {'change':>7}  {'mean margin change':>18}  "
-             f"{_level_heading(rec.level) if rec.level is not None else ''}".rstrip()]
+             f"{_level_heading(rec.level) if rec.level is not None else ''}"
+             f"{'  all harmful' if gate else ''}".rstrip()]
     for c in rec.candidates:
         mark = "*" if c.k == rec.chosen.k else " "
         text = (f"{mark} {c.k:>3}  {c.predicted_accuracy:>14.3f}  {c.predicted_accuracy_change:>+7.3f}  "
                 f"{signed(c.predicted_margin_change):>18}")
         if rec.level is not None:
             text += f"  {interval(c.margin_change_low, c.margin_change_high)}"
+        if gate:
+            text += f"  {'yes' if c.evidence else 'no':>11}"
         lines.append(text)
+    if gate:
+        lines.append(f"all harmful: every removed class has evidence of harm at FDR {100 * (rec.fdr or 0):g}% "
+                     "(only such rows may be chosen)")
     return "\n".join(lines)
 
 
