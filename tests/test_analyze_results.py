@@ -49,7 +49,8 @@ COPY = {"source", "source_id", "source_label", "target", "target_label", "kind",
 LEAK_SCORE = {"k", "planted_leaks", "hits", "precision_at_k", "recall_at_k", "decoys_flagged"}
 CANDIDATE = {"rank", "source", "source_id", "label", "score", "p_value", "q_value", "source_p", "target_p", "flagged"}
 FLIP_SCORE = {"k", "flipped", "auc", "precision_at_k", "hits", "recall_at_k"}
-COUNTERFACTUAL = {"file", "order", "repeats", "k", "accuracy_mean", "accuracy_std", "accuracy", "removed_first"}
+COUNTERFACTUAL = {"file", "order", "repeats", "k", "accuracy_mean", "accuracy_std", "accuracy", "removed_first",
+                  "removed_per_repeat", "removed"}
 
 
 def _plain(value: object) -> bool:

@@ -195,7 +195,9 @@ class CounterfactualResult:
     """Counterfactual retraining (`counterfactual`): accuracy with the first k classes of `order` removed.
 
     file: OUT.h5 written; accuracy: (repeats, len(k)) per retrained model; accuracy_mean / accuracy_std: over
-    repeats per k; removed_first: names of the classes the first repeat removes, in removal order (max k).
+    repeats per k; removed_first: names of the classes the first repeat removes, in removal order (max k);
+    removed_per_repeat: the same for every repeat (one order for bottom and top, its own for each random repeat);
+    at k the first k of a repeat's names are removed (`removed_at`).
     """
 
     file: str
@@ -206,6 +208,13 @@ class CounterfactualResult:
     accuracy_std: tuple[float, ...]
     accuracy: tuple[tuple[float, ...], ...]
     removed_first: tuple[str, ...]
+    removed_per_repeat: tuple[tuple[str, ...], ...] = ()
+
+    def removed_at(self, k: int) -> tuple[tuple[str, ...], ...]:
+        """The classes removed at `k`, one tuple per repeat (one tuple in all when every repeat removes the same)."""
+        orders = self.removed_per_repeat or (self.removed_first,)
+        removed = tuple(order[:k] for order in orders)
+        return removed[:1] if len(set(removed)) == 1 else removed
 
     @property
     def curve(self) -> CounterfactualCurve:
@@ -214,7 +223,9 @@ class CounterfactualResult:
     def to_json(self) -> dict[str, Any]:
         return {"file": self.file, "order": self.order, "repeats": self.repeats, "k": list(self.k),
                 "accuracy_mean": list(self.accuracy_mean), "accuracy_std": list(self.accuracy_std),
-                "accuracy": [list(row) for row in self.accuracy], "removed_first": list(self.removed_first)}
+                "accuracy": [list(row) for row in self.accuracy], "removed_first": list(self.removed_first),
+                "removed_per_repeat": [list(order) for order in self.removed_per_repeat],
+                "removed": {str(k): [list(r) for r in self.removed_at(k)] for k in self.k}}
 
 
 LEAK_CATEGORIES = ("likely copy", "influence only", "near duplicate only", "not significant")

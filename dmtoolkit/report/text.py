@@ -129,11 +129,23 @@ def format_explanation(explanation: Explanation, top: int | None = None) -> str:
     return "\n".join(lines)
 
 
+ORDER_MEANING = {"bottom": "most negative mean influence first", "top": "most positive mean influence first",
+                 "random": "a random order per repeat"}
+
+
 def format_counterfactual(result: CounterfactualResult) -> str:
-    """Target accuracy (mean ± std over repeats) per number of classes removed."""
-    lines = [f"order {result.order}, {result.repeats} repeats:"]
+    """Target accuracy (mean ± std over repeats) per number of classes removed, then the classes removed at each k
+    (per repeat when the repeats remove different classes)."""
+    lines = [f"order {result.order} ({ORDER_MEANING.get(result.order, result.order)}), {result.repeats} repeats:"]
     lines += [f"  k={k:<4d} target accuracy {mean:.4f} ± {std:.4f}"
               for k, mean, std in zip(result.k, result.accuracy_mean, result.accuracy_std)]
+    lines.append("classes removed:")
+    for k in result.k:
+        removed = result.removed_at(k)
+        if len(removed) == 1:
+            lines.append(f"  k={k:<4d} {', '.join(removed[0]) or 'none'}")
+        else:
+            lines += [f"  k={k:<4d} repeat {r}: {', '.join(names) or 'none'}" for r, names in enumerate(removed, 1)]
     return "\n".join(lines)
 
 
