@@ -21,6 +21,7 @@ itself is held fixed). Fewer than 3 held-out units give no interval.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from typing import Any
 import numpy as np
 from scipy.stats import rankdata
 
-from dmtoolkit.errors import StoreError
+from dmtoolkit.errors import StoreError, UserError
 from dmtoolkit.estimate.base import linear_prediction
 from dmtoolkit.estimate.blocks import TargetColumns, row_blocks
 from dmtoolkit.estimate.files import load_estimate
@@ -244,7 +245,9 @@ def lds_curve(est: Any, store: RunStore, masks: np.ndarray, actual: np.ndarray, 
     rows = np.union1d(est.fit_rows, est.selection_rows)
     half, _ = split_rows(rows, 0.5, seed, store_units(store).ids)
     values = store.margins if est.columns == slice(0, store.num_targets) else TargetColumns(store.margins, est.columns)
-    refit = refit_on_rows(est, store, values, half)
+    with warnings.catch_warnings():  # the half fit's own warnings (undefined units, λ paths) are not the user's
+        warnings.simplefilter("ignore")
+        refit = refit_on_rows(est, store, values, half)
     half_predicted = linear_prediction(masks, refit.coef_, refit.intercept_)
     half_lds, full_lds = summarise_lds(half_predicted, actual)[1], summarise_lds(full_predicted, actual)[1]
     doublings = float(np.log2(len(rows) / len(half))) if len(half) else 0.0
@@ -303,7 +306,10 @@ def evaluate(store_path: str | Path, estimate_path: str | Path, *, block_rows: i
         elif fitted < 4:
             note = f"too few fitting models ({fitted}) to refit on half of them and see how LDS grows"
         else:
-            found = lds_curve(est, store, np.concatenate(test_masks), actual, units, predicted, draws=draws)
+            try:
+                found = lds_curve(est, store, np.concatenate(test_masks), actual, units, predicted, draws=draws)
+            except (UserError, ValueError) as error:  # e.g. too few models left to choose λ on half of them
+                note = f"the estimator could not be refitted on half its {fitted} fitting models ({error})"
     finite = lds[np.isfinite(lds)]
     counts, edges = np.histogram(finite, bins=HISTOGRAM_EDGES)
     return LdsResult(
