@@ -142,7 +142,8 @@ def find_copies(source: np.ndarray, target: np.ndarray, *, threshold: float, shi
     Exhaustive (every source against every target) and blocked: the grey images, normalised to zero mean and
     unit norm, become matrices whose products are the correlations; a source block is shifted by up to `shift`
     pixels (as `near_duplicate_matrix`), each shift multiplied by each target block in float32 (at most about
-    `block` floats per operand and per score block), the best shift kept. Pairs within SCAN_SLACK of the
+    `block` floats per operand and per score block; the normalised targets are kept between source blocks
+    when they take at most 16 blocks, else recomputed), the best shift kept. Pairs within SCAN_SLACK of the
     threshold are rescored in float64 by `near_duplicate_matrix` itself, so whether a pair is kept does not
     depend on float32 rounding. Byte-identical pairs are found by hashing and kept whatever their score (a
     constant image scores 0 but is still a copy).
@@ -154,12 +155,13 @@ def find_copies(source: np.ndarray, target: np.ndarray, *, threshold: float, shi
         pixels = size[0] * size[1]
         per_target = max(1, min(len(target), block // pixels))
         per_source = max(1, min(len(source), block // max(pixels, per_target)))
-        targets = [_unit_rows(_grey(target[t: t + per_target], size)).float()
-                   for t in range(0, len(target), per_target)]
+        starts = range(0, len(target), per_target)
+        prepare = lambda t: _unit_rows(_grey(target[t: t + per_target], size)).float()  # noqa: E731
+        kept = [prepare(t) for t in starts] if len(target) * pixels <= 16 * block else None  # else: per source block
         for s in range(0, len(source), per_source):
             moved = [_unit_rows(m).float() for m in _shifted(_grey(source[s: s + per_source], None), shift)]
             offset = 0
-            for tgt in targets:
+            for tgt in kept if kept is not None else map(prepare, starts):
                 best = moved[0] @ tgt.T
                 for m in moved[1:]:
                     torch.maximum(best, m @ tgt.T, out=best)
