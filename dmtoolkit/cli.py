@@ -414,6 +414,10 @@ def gradient(store_path: Path, out_path: Path, device: str, targets: str | None,
 def evaluate(store_path: Path, estimate_path: Path, as_json: bool) -> None:
     """LDS: per target example, Spearman correlation of predicted and true margins on held-out test models.
 
+    Prints a verdict first: no better than chance (mean <= 0 or its interval reaching 0), weak, moderate or
+    useful; below useful, the estimator is refitted on half its fitting models to see how LDS grows in this
+    store and how many models a rough extrapolation needs (or that the store cannot tell).
+
     \b
     Every estimate predicts f(S) = intercept + sum_k coef_k * 1[k in S].
     Example:
@@ -433,8 +437,8 @@ def evaluate(store_path: Path, estimate_path: Path, as_json: bool) -> None:
               help="Influence estimator whose answers are compared.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output (JSON) on stdout.")
 def reliability(store_path: Path, other_path: Path | None, estimator: str, as_json: bool) -> None:
-    """How reproducible a class-level store's answers are: the class ranking (mean influence) and the
-    class x target-class influences.
+    """How reproducible a store's answers are: the ranking of its source classes (or, for an example-level
+    store, examples) by mean influence and the class (example) x target-class influences, each with a verdict.
 
     Split-half within each store (halves keep antithetic pairs and orthogonal blocks whole), taken to the
     full store by Spearman-Brown; with OTHER.h5, the agreement of the two stores, read as the reliability of
@@ -787,14 +791,17 @@ FDR_OPTION = click.option("--fdr", type=click.FloatRange(0, 1, min_open=True, ma
 def leakage(estimate_path: Path, fdr: float, near_duplicate: float, top: int, ranking: str, all_pairs: bool,
             store_path: Path | None, as_json: bool, png: Path | None, html_out: Path | None, csv_out: Path | None,
             features: bool, device: str, force: bool) -> None:
-    """Source examples that copy a target test image: significant influence on it and near-duplicate pixels.
+    """Source examples that copy a target test image: by their pixels, and by their influence on it.
 
-    Each (source, target) pair gets a one-sided p-value of influence > 0 from the estimate's standard errors
-    (valid for its mask design); Benjamini–Hochberg at --fdr keeps those with evidence. A pair that also looks
-    the same (pixel score >= --near-duplicate, a shift-tolerant correlation) is a likely copy and is flagged;
-    significant pairs that do not look the same are look-alikes (strong influence only). Prints "no
-    evidence of leakage at FDR 5%" when nothing is flagged. Datamodels estimates carry no standard errors:
-    fit `dmtoolkit influence` for the evidence. With planted ground truth in the run store, also prints
+    First, without models: every source example is compared with every target test image; identical pixels
+    (exact copy) or a pixel score >= --near-duplicate (near copy, a shift-tolerant correlation) is
+    contamination whatever the models say, listed first by source id and target index, and among the ids to
+    remove. Then the models: each (source, target) pair gets a one-sided p-value of influence > 0 from the
+    estimate's standard errors (valid for its mask design); Benjamini–Hochberg at --fdr keeps those with
+    evidence. A copy with evidence is one the models learned from (flagged); significant pairs that do not look
+    the same are look-alikes or altered copies (strong influence only). Prints "no evidence of leakage at FDR
+    5%" only when there is neither a copy nor a significant pair. Datamodels estimates carry no standard
+    errors: fit `dmtoolkit influence` for the evidence. With planted ground truth in the run store, also prints
     precision and recall of the flagged set and, beside it, of influence alone and pixels alone.
 
     \b

@@ -7,9 +7,9 @@ block makes the units uncorrelated only when it is whole), so every split here �
 split-half, fit against held-out rows — keeps a sampling unit on one side. `sampling_units` gives the
 grouping for any store or recipe, so standard errors and other splits can use the same rule.
 
-`reliability_report` (what `dmtoolkit reliability` prints) applies this to class-level run stores: the
-split-half reliability of the class ranking and of the class × target-class matrix, and the agreement of
-two stores, which with different mask and training seeds measures what a user needs — whether another run
+`reliability_report` (what `dmtoolkit reliability` prints) applies this to run stores: the split-half
+reliability of the ranking of the source units (classes, or examples) by mean influence and of the unit ×
+target-class matrix, with a verdict line each, and the agreement of two stores, which with different mask and training seeds measures what a user needs — whether another run
 would give the same answer (see `CrossRun` for the assumption behind its extrapolation).
 
 Influence comes from the library's estimator (`dmtoolkit.estimate.influence.influence_from_arrays`), the
@@ -353,11 +353,35 @@ class WithinStore:
         return {"split_half": self.split.to_json(), "models": self.models, "full": self.full, "needed": self.needed}
 
 
+def reduced_margins(margins: np.ndarray, target_labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """(m, 1 + C): each model's mean margin over all targets, then over each target class's targets (0 for a class
+    without targets; `answers_of_reduced` marks it undefined). The estimators are linear in the margins, so the
+    influence on these columns is the per-unit mean influence and the unit × target-class matrix, computed
+    without the (P, T) matrix: what makes example-level stores cheap."""
+    labels = np.asarray(target_labels)
+    margins = np.asarray(margins, dtype=np.float64)
+    columns = [margins.mean(1)] + [margins[:, labels == c].mean(1) if (labels == c).any()
+                                   else np.zeros(len(margins)) for c in range(num_classes)]
+    return np.stack(columns, axis=1)
+
+
+def answers_of_reduced(influence: np.ndarray, target_labels: np.ndarray,
+                       num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """(per-unit mean influence, unit × target-class matrix) from influence on `reduced_margins` (NaN columns for
+    target classes without examples, as `class_target_matrix`)."""
+    labels = np.asarray(target_labels)
+    matrix = np.array(influence[:, 1:], dtype=np.float64)
+    matrix[:, [not (labels == c).any() for c in range(num_classes)]] = np.nan
+    return np.asarray(influence[:, 0], dtype=np.float64), matrix
+
+
 def split_half_agreements(masks: np.ndarray, margins: np.ndarray, units: Sequence[int] | np.ndarray,
                           target_labels: np.ndarray, num_classes: int, *, seeds: Sequence[int] = range(10),
-                          estimator: str = DEFAULT_ESTIMATOR) -> tuple[SplitHalfReliability, SplitHalfReliability]:
+                          estimator: str = DEFAULT_ESTIMATOR,
+                          reduced: bool = False) -> tuple[SplitHalfReliability, SplitHalfReliability]:
     """Split-half reliability of the per-unit ranking and of the unit × target-class matrix over `seeds`,
-    from one influence fit per half (`split_halves`: whole sampling units on each side)."""
+    from one influence fit per half (`split_halves`: whole sampling units on each side). With `reduced`,
+    `margins` are `reduced_margins` (the same answers, fitted on 1 + C columns instead of T)."""
     ranking, matrix, halves = [], [], []
     for seed in seeds:
         first, second = split_halves(units, seed=seed)
@@ -368,10 +392,14 @@ def split_half_agreements(masks: np.ndarray, margins: np.ndarray, units: Sequenc
             ranking.append(None)
             matrix.append(None)
             continue
-        a, b = fits
-        ranking.append(defined_spearman(mean_influence(a), mean_influence(b)))
-        matrix.append(defined_spearman(class_target_matrix(a, target_labels, num_classes),
-                                       class_target_matrix(b, target_labels, num_classes)))
+        if reduced:
+            (rank_a, matrix_a), (rank_b, matrix_b) = (answers_of_reduced(f, target_labels, num_classes) for f in fits)
+        else:
+            a, b = fits
+            rank_a, rank_b = mean_influence(a), mean_influence(b)
+            matrix_a, matrix_b = (class_target_matrix(f, target_labels, num_classes) for f in fits)
+        ranking.append(defined_spearman(rank_a, rank_b))
+        matrix.append(defined_spearman(matrix_a, matrix_b))
     half = float(np.mean(halves)) if halves else 0.0
     make = lambda values: SplitHalfReliability(len(masks), tuple(seeds), tuple(values), half)  # noqa: E731
     return make(ranking), make(matrix)
@@ -388,11 +416,56 @@ class StoreReliability:
     randomness: str                  # shared | per-model | per-pair | seed-blocks | unknown
     ranking: WithinStore
     matrix: WithinStore
+    kind: str = "class"              # the store's sampling unit: class | example
+
+    @property
+    def answers(self) -> tuple[tuple[str, str], ...]:
+        """(attribute, label) of the two answers, named for the store's kind."""
+        return (("ranking", f"{self.kind} ranking"), ("matrix", f"{self.kind} x target class"))
+
+    @property
+    def verdicts(self) -> dict[str, str]:
+        """One readable line per answer (`reliability_verdict`)."""
+        return {attr: reliability_verdict(label + (" matrix" if attr == "matrix" else ""), getattr(self, attr))
+                for attr, label in self.answers}
 
     def to_json(self) -> dict[str, Any]:
-        return {"path": self.path, "models": self.models, "mask_seed": self.mask_seed,
+        return {"path": self.path, "kind": self.kind, "models": self.models, "mask_seed": self.mask_seed,
                 "training_seed": self.training_seed, "randomness": self.randomness,
-                "ranking": self.ranking.to_json(), "matrix": self.matrix.to_json()}
+                "ranking": self.ranking.to_json(), "matrix": self.matrix.to_json(), "verdicts": self.verdicts}
+
+
+def _count(value: float) -> str:
+    return f"{int(-(-value // 1)):,}"
+
+
+def reliability_verdict(label: str, within: WithinStore) -> str:
+    """Is `label` (e.g. "class ranking") reproducible at this store's size, and how many models would make it so.
+
+    Read from the split-half mean taken by Spearman–Brown to the whole store (`within.full`): below 0.5 not
+    reproducible, below 0.8 partly, from 0.8 reproducible; the models needed for 0.8 (and 0.9) come from the same
+    formula. A split-half at or below 0 cannot be extrapolated: the store is too small to say how many models.
+    """
+    split = within.split
+    if split.mean is None:
+        return f"the {label} cannot be judged: no split-half is defined (too few models or undefined influence)"
+    half = f"split-half {split.mean:+.2f} ± {split.sd:.2f}"
+    needed = within.needed
+    if split.mean <= 0:
+        return (f"the {label} is not reproducible at this store size ({half}); a split-half at or below 0 cannot be "
+                "extrapolated to the models needed: train several times more models and rerun")
+    full = within.full
+    shown = f"{half}, {within.models:,} models ≈ {full:.2f}"
+    if full < 0.5:
+        verdict = f"the {label} is not reproducible at this store size ({shown})"
+    elif full < TARGET_RELIABILITY:
+        verdict = f"the {label} is partly reproducible ({shown})"
+    elif full < 0.9:
+        verdict = f"the {label} is reproducible ({shown})"
+    else:
+        return f"the {label} is highly reproducible ({shown})"
+    goal = "0.8" if full < TARGET_RELIABILITY else "0.9"
+    return verdict + ("" if needed[goal] is None else f"; about {_count(needed[goal])} models needed for {goal}")
 
 
 @dataclass(frozen=True)
@@ -427,6 +500,20 @@ class CrossRun:
                 "needed": self.needed}
 
 
+def cross_verdict(label: str, cross: CrossRun) -> str:
+    """How well two runs agree on `label`, read as the reliability of one run (see `CrossRun`)."""
+    if cross.correlation is None:
+        return f"the two runs' {label}s cannot be compared (fewer than {MIN_DEFINED} entries defined in both)"
+    agree = f"the two runs agree {cross.correlation:+.2f} on the {label}"
+    needed = cross.needed
+    if cross.correlation >= 0.9:
+        return agree + ": reproducible"
+    if cross.correlation <= 0:
+        return agree + ": not reproducible, and too little agreement to extrapolate the models needed"
+    goal = "0.8" if cross.correlation < TARGET_RELIABILITY else "0.9"
+    return agree + ("" if needed[goal] is None else f"; about {_count(needed[goal])} models per run needed for {goal}")
+
+
 @dataclass(frozen=True, repr=False)
 class ReliabilityReport(Displayable):
     """What `dmtoolkit reliability` prints: each store's split-halves and, for two stores, their agreement
@@ -437,6 +524,16 @@ class ReliabilityReport(Displayable):
     ranking: CrossRun | None = None
     matrix: CrossRun | None = None
     warnings: tuple[str, ...] = ()
+
+    @property
+    def verdicts(self) -> list[str]:
+        """The lines a practitioner reads first: each store's ranking verdict and, for two stores, their
+        agreement on it."""
+        store_lines = [s.verdicts["ranking"] if len(self.stores) == 1 else f"{s.path}: {s.verdicts['ranking']}"
+                       for s in self.stores]
+        if self.ranking is not None:
+            store_lines.append(cross_verdict(self.stores[0].answers[0][1], self.ranking))
+        return store_lines
 
     def _table(self) -> tuple[tuple[str, ...], list[tuple[Any, ...]]]:
         """One row per store and answer (split-half mean and sd, full, models for 0.8 / 0.9); for two stores, one
@@ -450,9 +547,10 @@ class ReliabilityReport(Displayable):
 
     def to_json(self) -> dict[str, Any]:
         cross = None if self.ranking is None or self.matrix is None else {
-            "ranking": self.ranking.to_json(), "matrix": self.matrix.to_json()}
-        return {"estimator": self.estimator, "goals": list(GOALS), "stores": [s.to_json() for s in self.stores],
-                "cross_run": cross, "warnings": list(self.warnings)}
+            "ranking": self.ranking.to_json(), "matrix": self.matrix.to_json(),
+            "verdicts": {attr: cross_verdict(label, getattr(self, attr)) for attr, label in self.stores[0].answers}}
+        return {"estimator": self.estimator, "goals": list(GOALS), "verdicts": self.verdicts,
+                "stores": [s.to_json() for s in self.stores], "cross_run": cross, "warnings": list(self.warnings)}
 
 
 @dataclass(frozen=True)
@@ -480,24 +578,30 @@ def _check_estimator(estimator: str) -> None:
 
 
 def _read_store(path: str | Path, estimator: str, seeds: Sequence[int]) -> tuple[StoreReliability, _StoreAnswers]:
+    """A class-level store's answers from its (P, T) influence; an example-level store's (P source examples, often
+    thousands) from influence on `reduced_margins`, the same numbers at a fraction of the cost."""
     with RunStore(path) as store:
-        if store.kind != "class":
-            raise UserError(f"{path}: `reliability` ranks source classes and needs a class-level run store; this is "
-                            f"an {store.kind}-level run store (give one made with subsets.kind: class)")
+        kind = store.kind
         rows = completed_rows(store, minimum=4)
         masks, margins = store.read_rows(rows)
         units = sampling_units(store, store.num_models)[rows]
         labels, classes = store.target_labels, store.target_class_names
         names, (mask_seed, training_seed), randomness = store.unit_names, _seeds(store), store.randomness
+    reduced = kind == "example"
+    if reduced:
+        margins = reduced_margins(margins, labels, len(classes))
     ranking, matrix = split_half_agreements(masks, margins, units, labels, len(classes), seeds=seeds,
-                                            estimator=estimator)
+                                            estimator=estimator, reduced=reduced)
     influence = class_influence(masks, margins, estimator=estimator)
     if influence is None:
         influence = np.full((masks.shape[1], margins.shape[1]), np.nan)
     report = StoreReliability(str(path), len(rows), mask_seed, training_seed, randomness,
-                              WithinStore(ranking, len(rows)), WithinStore(matrix, len(rows)))
-    answers = _StoreAnswers(names, classes, labels, mean_influence(influence),
-                            class_target_matrix(influence, labels, len(classes)))
+                              WithinStore(ranking, len(rows)), WithinStore(matrix, len(rows)), kind=kind)
+    if reduced:
+        answers = _StoreAnswers(names, classes, labels, *answers_of_reduced(influence, labels, len(classes)))
+    else:
+        answers = _StoreAnswers(names, classes, labels, mean_influence(influence),
+                                class_target_matrix(influence, labels, len(classes)))
     return report, answers
 
 

@@ -223,7 +223,8 @@ def test_leakage_finds_planted_pairs(example_files: dict, tmp_path: Path) -> Non
     assert wide.planted_top.decoys_flagged == sum(p.source == 5 for p in wide.pairs)
     # the evidence: both copies have significant influence and identical pixels, so both are flagged
     assert {(p.source, p.target) for p in result.flagged} == {(2, 4), (7, 1)}
-    assert result.message.startswith("2 likely copies of target test images at FDR 5%")
+    assert result.message.startswith("contamination: 2 source examples copy target test images (2 exact, 0 near)")
+    assert "influence confirms 2 of 2 at FDR 5%" in result.message
     leakage_figure(result, tmp_path / "pairs.png")
     assert (tmp_path / "pairs.png").read_bytes()[:4] == b"\x89PNG"
 
@@ -232,12 +233,17 @@ def test_leakage_on_datamodels_slice(example_files: dict) -> None:
     result = detect_leakage(example_files["datamodels"], top=1)
     assert (result.pairs[0].source, result.pairs[0].target) == (2, 4)
     assert result.planted_top.planted_leaks == 2  # both leak targets (1, 4) lie in the fitted slice 0:6
-    # datamodels have no standard errors: nothing is flagged, and the output says why in its first line
+    # datamodels have no standard errors: nothing is flagged by influence, but the pixel copies lead the output
     assert result.flagged == () and result.pairs[0].p_value is None
+    assert [(c.source, c.target, c.confirmed) for c in result.copies] == [(2, 4, None), (7, 1, None)]
     out = CliRunner().invoke(cli, ["leakage", str(example_files["datamodels"]), "--top", "1"])
     assert out.exit_code == 0 and "precision 1.000, recall 0.500" in out.output
-    assert out.output.splitlines()[0] == ("no evidence threshold: the estimate has no standard errors (pairs below "
-                                          "are for browsing only)")
+    lines = out.output.splitlines()
+    assert lines[0].startswith("contamination: 2 source examples copy target test images (2 exact, 0 near): "
+                               "ex2 = target 4 (exact copy), ex7 = target 1 (exact copy)")
+    assert "source example ids to remove: ex2, ex7" in lines and "no evidence" not in out.output
+    assert any(line.startswith("what the models add: nothing here, the estimate has no standard errors")
+               for line in lines)
 
 
 def test_leakage_default_scores_match_numpy(example_files: dict) -> None:

@@ -44,10 +44,13 @@ EXPLANATION = {"file", "target", "true_label", "predicted_label", "models", "fra
 VERIFY = {"class", "repeats", "correct_removed", "correct_kept", "rate_removed", "rate_kept"}
 PAIR = {"rank", "source", "source_id", "source_label", "target", "target_label", "influence", "ranking_score",
         "pixel_score", "feature_score", "p_value", "q_value", "category", "flagged"}
+COPY = {"source", "source_id", "source_label", "target", "target_label", "kind", "exact", "pixel_score", "influence",
+        "p_value", "q_value", "confirmed"}
 LEAK_SCORE = {"k", "planted_leaks", "hits", "precision_at_k", "recall_at_k", "decoys_flagged"}
 CANDIDATE = {"rank", "source", "source_id", "label", "score", "p_value", "q_value", "source_p", "target_p", "flagged"}
 FLIP_SCORE = {"k", "flipped", "auc", "precision_at_k", "hits", "recall_at_k"}
-COUNTERFACTUAL = {"file", "order", "repeats", "k", "accuracy_mean", "accuracy_std", "accuracy", "removed_first"}
+COUNTERFACTUAL = {"file", "order", "repeats", "k", "accuracy_mean", "accuracy_std", "accuracy", "removed_first",
+                  "removed_per_repeat", "removed"}
 
 
 def _plain(value: object) -> bool:
@@ -81,8 +84,12 @@ def test_example_results_keep_their_json_keys(example_files: dict) -> None:  # n
     assert set(leak) == {"file", "estimator", "ranking", "one_per_source", "pairs", "planted", "fdr", "near_duplicate",
                          "evidence", "message", "remove", "flagged", "influence_only", "near_duplicate_only",
                          "planted_influence_only", "planted_pixel_only", "planted_top", "planted_feature_top",
-                         "features"} and _plain(leak)
+                         "features", "verdict", "copies", "pixel_evidence", "models_add", "scanned"} and _plain(leak)
     assert all(set(p) == PAIR for p in leak["pairs"] + leak["flagged"]) and set(leak["planted"]) == LEAK_SCORE
+    assert leak["verdict"] == "contamination" and leak["scanned"] == {"source_examples": 12, "target_test_images": 10}
+    assert [(c["source_id"], c["target"], c["kind"]) for c in leak["copies"]] == [("ex2", 4, "exact copy"),
+                                                                                   ("ex7", 1, "exact copy")]
+    assert all(set(c) == COPY for c in leak["copies"])
     mis = analyze.detect_mislabels(example_files["influence"], top=3).to_json()
     assert set(mis) == {"file", "estimator", "by", "candidates", "planted", "planted_top", "fdr", "evidence",
                         "message", "flagged"} and _plain(mis)
@@ -179,7 +186,8 @@ def test_text_formats_are_the_cli_lines() -> None:
     leak = LeakageReport("f.h5", "influence", "influence", False, (), planted=LeakageScore(0, 2, 0, None, 0.0, 0),
                          message="no evidence of leakage at FDR 5%", evidence="one-sided p-values")
     assert text.format_leakage(leak).splitlines() == [
-        "no evidence of leakage at FDR 5%", "evidence: one-sided p-values; near duplicate: pixel score >= 0.985",
+        "no evidence of leakage at FDR 5%", "source example ids to remove: none",
+        "evidence: one-sided p-values; near duplicate: pixel score >= 0.985",
         "top 0 pairs by influence (browsing):",
         "rank  source label  target label   influence  score  pixel   feat      p      q  category",
         "planted leaks:",

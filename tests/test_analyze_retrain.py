@@ -18,6 +18,7 @@ from dmtoolkit.errors import UserError
 from dmtoolkit.estimate import compute_influence
 from dmtoolkit.recipe import parse_recipe_dict
 from dmtoolkit.report.figures import counterfactual_figure
+from dmtoolkit.report.text import format_counterfactual
 from dmtoolkit.run.prepare import build_run_data
 from dmtoolkit.store import RunStore, create_store
 from tests.conftest import SMALL_RECIPE, write_recipe
@@ -153,6 +154,12 @@ def test_counterfactual_plan_and_save_without_training(real_files: dict, tmp_pat
     assert result.accuracy_mean == pytest.approx([0.6, 0.6, 0.6]) and result.removed_first == tuple(
         real_files["data"].source_class_names[k] for k in best[:4])
     assert [p.name for p in tmp_path.iterdir()] == ["cf.h5"]  # renamed into place, no temporary file left
+    names = [real_files["data"].source_class_names[k] for k in best[:4]]
+    lines = format_counterfactual(result).splitlines()
+    assert lines[0] == "order top (most positive mean influence first), 2 repeats:"
+    assert lines[4:] == ["classes removed:", "  k=0    none", f"  k=2    {', '.join(names[:2])}",
+                         f"  k=4    {', '.join(names)}"]
+    assert result.to_json()["removed"] == {"0": [[]], "2": [names[:2]], "4": [names]}
     curve = load_counterfactual(out)
     assert curve.order == "top" and curve.k == (0, 2, 4) and curve.mean == pytest.approx(result.accuracy_mean)
     with h5py.File(out) as f:
@@ -164,6 +171,21 @@ def test_counterfactual_plan_and_save_without_training(real_files: dict, tmp_pat
         bad = real_files["data"].__class__(**{**real_files["data"].__dict__,
                                               "source_class_names": tuple(reversed(real_files["data"].source_class_names))})
         plan_counterfactual(real_files["recipe"], real_files["influence"], tmp_path / "x.h5", data=bad)
+
+
+def test_random_counterfactual_lists_each_repeats_classes(real_files: dict, tmp_path: Path) -> None:
+    from dmtoolkit.analyze import plan_counterfactual, save_counterfactual
+
+    plan = plan_counterfactual(real_files["recipe"], real_files["influence"], tmp_path / "cf.h5",
+                               data=real_files["data"], order="random", ks="0,3", repeats=2)
+    result = save_counterfactual(plan, np.array([[0.5, 0.4], [0.6, 0.3]]))
+    names = real_files["data"].source_class_names
+    removed = [[names[k] for k in plan.removal[r][:3]] for r in range(2)]
+    assert removed[0] != removed[1]  # each repeat draws its own classes
+    lines = format_counterfactual(result).splitlines()
+    assert lines[0] == "order random (a random order per repeat), 2 repeats:"
+    assert lines[3:] == ["classes removed:", "  k=0    none", f"  k=3    repeat 1: {', '.join(removed[0])}",
+                         f"  k=3    repeat 2: {', '.join(removed[1])}"]
 
 
 def test_retraining_goes_through_an_executor_and_matches_a_direct_computation(real_files: dict) -> None:

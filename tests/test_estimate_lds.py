@@ -183,3 +183,76 @@ def test_lds_interval_matches_re_ranking_every_resample() -> None:
     reference = np.quantile(means, [0.025, 0.975])
     low, high = bootstrap_lds_interval(predicted, actual, units, draws=2000)
     np.testing.assert_allclose([low, high], reference, atol=0.015)
+
+
+# the verdict ---------------------------------------------------------------------------------------------
+def _influence_store(tmp_path: Path, name: str, units: int, targets: int, scale: float, models: int) -> tuple[Path, Path]:
+    """Margins = masks @ effects (normal, sd `scale`) + noise (sd 0.8); influence with 20% of the models held out."""
+    rng = np.random.default_rng(1)
+    masks = make_masks(1, models, units, 0.5)
+    margins = (masks @ rng.normal(0, scale, (units, targets)) + rng.normal(0, 0.8, (models, targets))).astype(np.float32)
+    store = synthetic_store(tmp_path / f"{name}.h5", margins, masks)
+    compute_influence(store, tmp_path / f"{name}-influence.h5", holdout_frac=0.2, seed=4, device="cpu")
+    return store, tmp_path / f"{name}-influence.h5"
+
+
+def test_lds_no_better_than_chance_says_so_first(tmp_path: Path) -> None:
+    """Margins that are pure noise: the LDS is about 0, the first line says "no better than chance", and the curve
+    (refit on half the models) cannot tell how many models would help."""
+    from click.testing import CliRunner
+
+    from dmtoolkit.cli import cli
+
+    store, estimate = _influence_store(tmp_path, "noise", 10, 5, 0.0, 150)
+    result = evaluate(store, estimate)
+    assert result.lds_mean < 0 and result.lds_interval[0] < 0 < result.lds_interval[1]
+    curve = result.curve
+    assert (curve.half_models, curve.full_models) == (60, 120) and curve.full_lds == pytest.approx(result.lds_mean)
+    assert not curve.rising and curve.needed == {"0.1": None, "0.3": None}
+    out = CliRunner().invoke(cli, ["evaluate", str(store), "--estimate", str(estimate)])
+    assert out.exit_code == 0, out.output
+    lines = out.output.splitlines()
+    low, high = result.lds_interval
+    assert lines[0] == (f"verdict: no better than chance (LDS {result.lds_mean:.3f} [{low:.3f}, {high:.3f}]): its "
+                        "rankings are not evidence; this store cannot tell how many models would be needed (LDS did "
+                        "not clearly rise from 60 to 120 fitting models): train several times more")
+    assert lines[1].startswith("difference-of-means LDS on 30 held-out models")
+    assert lines[2].startswith("curve: refitted on half the fitting models (60 of 120, whole sampling units)")
+    data = json.loads(CliRunner().invoke(cli, ["evaluate", str(store), "--estimate", str(estimate), "--json"]).output)
+    assert data["verdict"] == lines[0] and data["curve"]["half_models"] == 60
+    assert data["curve"]["gain_per_doubling"] == pytest.approx((curve.full_lds - curve.half_lds) / 1.0)
+
+
+def test_lds_curve_extrapolates_when_it_rises(tmp_path: Path) -> None:
+    """A moderate estimate whose LDS clearly rises from half to all fitting models: the models needed for 0.3
+    follow the log-linear rule from the two points, and the half point is the estimator fitted on half the rows."""
+    from dmtoolkit.estimate.fit import store_units
+    from dmtoolkit.estimate.influence import influence_from_arrays
+    from dmtoolkit.estimate.splits import split_rows
+
+    store, estimate = _influence_store(tmp_path, "rising", 40, 20, 0.1, 200)
+    result = evaluate(store, estimate)
+    curve = result.curve
+    assert 0.1 <= result.lds_mean < 0.3 and curve.rising
+    full = curve.full_models
+    assert curve.needed["0.3"] == pytest.approx(full * 2 ** ((0.3 - curve.full_lds) / curve.gain))
+    assert curve.needed["0.1"] == full  # already reached
+    assert result.verdict.startswith(f"verdict: moderate (LDS {result.lds_mean:.3f}")
+    assert result.verdict.endswith(f"about {int(np.ceil(curve.needed['0.3'])):,} for 0.3")
+    with h5py.File(estimate) as f, RunStore(store) as run:  # the half point, recomputed independently
+        rows = np.union1d(f["rows/fit"][()], f["rows/selection"][()])
+        half, _ = split_rows(rows, 0.5, 1, store_units(run).ids)
+        masks, margins = run.read_rows(half)
+        test_masks, test_margins = run.read_rows(f["rows/test"][()])
+    fit = influence_from_arrays(masks, margins, device="cpu", errors=False)
+    expected = np.mean([spearmanr(p, a).statistic for p, a in zip(fit.predict(test_masks).T, test_margins.T)])
+    assert curve.half_models == len(half) and curve.half_lds == pytest.approx(expected, abs=1e-6)
+
+
+def test_useful_lds_needs_no_curve(store: Path, tmp_path: Path) -> None:
+    out = tmp_path / "infl.h5"
+    compute_influence(store, out, holdout_frac=0.2, seed=4, device="cpu")
+    result = evaluate(store, out)
+    assert result.curve is None and result.verdict.startswith("verdict: useful (LDS ")
+    forced = evaluate(store, out, curve=True)
+    assert forced.curve is not None and forced.lds_mean == result.lds_mean

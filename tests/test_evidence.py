@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import json
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ from scipy import stats
 
 from dmtoolkit.analyze import detect_leakage, detect_mislabels
 from dmtoolkit.analyze.evidence import benjamini_hochberg, bh_adjusted, check_fdr, one_sided_pvalues, simes
+from dmtoolkit.analyze.examples import find_copies, near_duplicate_matrix
 from dmtoolkit.cli import cli
 from dmtoolkit.errors import UserError
 from dmtoolkit.estimate import compute_influence, fit_datamodels
@@ -23,6 +25,7 @@ from dmtoolkit.estimate.registry import make_estimator
 from dmtoolkit.estimate.splits import design_units
 from dmtoolkit.masks import make_masks
 from dmtoolkit.recipe import parse_recipe_dict
+from dmtoolkit.report import text
 from dmtoolkit.store import Planted, RunStore, create_store
 from tests.synthetic import synthetic_data
 
@@ -171,15 +174,117 @@ def null(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {"store": store, "influence": tmp / "influence.h5"}
 
 
+def _copied_only_store(path: Path) -> Path:
+    """Nothing planted in the margins (pure noise), but ex2 is an exact copy of target test image 4 and ex9 a near
+    copy of target 6 (half the contrast, brighter): contamination the estimate has no evidence of."""
+    data = synthetic_data(N, T, per_class=1, seed=1)
+    images = data.source_pool.images.copy()
+    images[2] = data.target_test.images[4]
+    images[9] = (data.target_test.images[6] // 2 + 60).astype(np.uint8)
+    data = dataclasses.replace(data, source_pool=dataclasses.replace(data.source_pool, images=images))
+    recipe = parse_recipe_dict({"name": "synthetic", "source": {"dataset": "synthetic"},
+                                "target": {"dataset": "synthetic"},
+                                "subsets": {"kind": "example", "alpha": 0.5, "models": M, "seed": 4}})
+    create_store(path, recipe, data)
+    rng = np.random.default_rng(5)
+    with RunStore(path, writable=True) as run:
+        for i in range(M):
+            run.write_row(i, rng.normal(0, 0.3, T), seed=i, source_accuracy=0.8, target_accuracy=0.5, seconds=0.1)
+    return path
+
+
+def test_copies_lead_every_output_when_the_estimate_has_no_evidence(tmp_path: Path) -> None:
+    """The copies are contamination whatever the models say: text, JSON, HTML and CSV lead with them by source id
+    and target index, the ids to remove include them, and none says "no evidence"."""
+    store = _copied_only_store(tmp_path / "runs.h5")
+    compute_influence(store, tmp_path / "influence.h5", device="cpu", holdout_frac=0.0)
+    result = detect_leakage(tmp_path / "influence.h5", features=False)
+    assert result.flagged == () and result.thresholded  # the influence evidence flags neither copy
+    assert [(c.source_id, c.target, c.kind, c.confirmed) for c in result.copies] == [
+        ("ex2", 4, "exact copy", False), ("ex9", 6, "near copy", False)]
+    assert result.copies[1].pixel_score > 0.985 and result.removal_ids == ["ex2", "ex9"]
+    html, table = tmp_path / "leaks.html", tmp_path / "leaks.csv"
+    out = CliRunner().invoke(cli, ["leakage", str(tmp_path / "influence.h5"), "--no-features", "--html", str(html),
+                                   "--csv", str(table)])
+    assert out.exit_code == 0, out.output
+    lines = out.output.splitlines()
+    assert lines[0] == ("contamination: 2 source examples copy target test images (1 exact, 1 near): ex2 = target 4 "
+                        "(exact copy), ex9 = target 6 (near copy); pixel evidence, no models needed; influence "
+                        "confirms 0 of 2 at FDR 5%")
+    assert lines[1] == "copies of target test images (2), from pixels:"
+    assert lines[3].split()[:5] == ["ex2", "c2", "4", lines[3].split()[3], "1.000"] and "exact copy" in lines[3]
+    assert lines[4].split()[:3] == ["ex9", "c9", "6"] and "near copy" in lines[4] and "do not confirm" in lines[4]
+    assert lines[5] == "source example ids to remove: ex2, ex9"
+    assert lines[6].startswith("pixel evidence needs no models: all 12 source examples were compared with all 10 "
+                               "target test images")
+    assert lines[7].startswith("what the models add: influence evidence at FDR 5% confirms 0 of 2 copies")
+    assert "no evidence" not in out.output
+    data = json.loads(CliRunner().invoke(cli, ["leakage", str(tmp_path / "influence.h5"), "--no-features",
+                                               "--json"]).output)
+    assert data["verdict"] == "contamination" and data["remove"] == ["ex2", "ex9"]
+    assert [(c["source_id"], c["target"], c["kind"], c["exact"]) for c in data["copies"]] == [
+        ("ex2", 4, "exact copy", True), ("ex9", 6, "near copy", False)]
+    assert data["message"] == lines[0] and "no evidence" not in json.dumps(data)
+    with open(table, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["category"], r["source_id"], r["target"], r["remove"]) for r in rows[:2]] == [
+        ("exact copy", "ex2", "4", "True"), ("near copy", "ex9", "6", "True")]
+    page = html.read_text(encoding="utf-8")
+    assert "no evidence" not in page and "Source example ids to remove: ex2, ex9" in page
+    assert page.index("contamination: 2 source examples") < page.index("Copies of target test images, from pixels (2)")
+    assert page.index("Copies of target test images") < page.index("Influence evidence")
+    assert page.count("data:image/png;base64") == 4  # both copies side by side, nothing else has evidence
+
+
+def test_datamodels_lead_with_copies_outside_their_targets(planted: dict[str, Path]) -> None:
+    """Datamodels (no standard errors) fitted on targets 0:4: ex2 copies target 4, outside the estimate, and is
+    still found, since the pixel scan covers every target test image."""
+    result = detect_leakage(planted["datamodels"], features=False)
+    assert [(c.source, c.target, c.confirmed) for c in result.copies] == [(2, 4, None), (7, 1, None)]
+    assert result.copies[0].influence is None and result.copies[1].influence is not None
+    assert result.verdict == "contamination" and "no evidence" not in text.format_leakage(result)
+    assert "the estimate covers 4 of the 10 target test images" in result.models_add
+
+
+def test_copy_scan_is_exhaustive_and_matches_the_pixel_score() -> None:
+    """find_copies against near_duplicate_matrix on every pair, with blocks far smaller than the data (so block
+    boundaries are crossed), thresholds that keep many pairs, shifted copies and a constant exact copy."""
+    rng = np.random.default_rng(0)
+    source = rng.integers(0, 256, (90, 10, 10, 1), dtype=np.uint8)
+    target = rng.integers(0, 256, (37, 10, 10, 1), dtype=np.uint8)
+    source[3] = target[5]                                                  # exact
+    source[10, 1:] = target[7, :-1]                                        # moved one pixel down
+    source[10, 0] = 0
+    source[11] = target[8] // 2 + 10                                       # contrast and brightness
+    source[20], target[9] = 0, 0                                           # constant: scores 0, still identical
+    matrix = near_duplicate_matrix(source, target)
+    for threshold in (0.985, 0.4):
+        for block in (64, 1 << 22):
+            scan = find_copies(source, target, threshold=threshold, block=block)
+            expected = set(zip(*map(np.ndarray.tolist, np.nonzero(matrix >= threshold)))) | {(20, 9)}
+            assert set(zip(scan.source.tolist(), scan.target.tolist())) == expected
+            np.testing.assert_allclose(scan.score, matrix[scan.source, scan.target], atol=1e-6)  # float32 scan
+    scan = find_copies(source, target, threshold=0.985)
+    assert list(zip(scan.source.tolist(), scan.target.tolist(), scan.exact.tolist())) == [
+        (3, 5, True), (20, 9, True), (11, 8, False)]  # exact first; the moved copy lost a row of 10
+    low = find_copies(source, target, threshold=0.8)
+    assert 0.8 < matrix[10, 7] < 0.985 and (10, 7) in set(zip(low.source.tolist(), low.target.tolist()))
+
+
 def test_nothing_planted_says_nothing_here(null: dict[str, Path]) -> None:
     leaks = detect_leakage(null["influence"])
+    assert leaks.copies == () and leaks.verdict == "no evidence" and leaks.removal_ids == []
     assert leaks.flagged == () and leaks.message.startswith("no evidence of leakage at FDR 5%")
     assert len(leaks.pairs) == N  # browsing still lists the top pairs, one per source
     assert all(not p.flagged and p.p_value is not None for p in leaks.pairs)
     flips = detect_mislabels(null["influence"])
     assert flips.flagged == () and flips.message == "no evidence of mislabelled source examples at FDR 5%"
     out = CliRunner().invoke(cli, ["leakage", str(null["influence"])])
-    assert out.exit_code == 0 and out.output.splitlines()[0].startswith("no evidence of leakage at FDR 5%")
+    assert out.exit_code == 0 and out.output.splitlines()[0] == (
+        "no evidence of leakage at FDR 5%: none of the 12 source examples copies one of the 10 target test images "
+        "(pixels), and none has significant influence on one")
+    assert out.output.splitlines()[1] == "source example ids to remove: none"
+    assert "copies of target test images" not in out.output
     out = CliRunner().invoke(cli, ["mislabels", str(null["influence"]), "--fdr", "0.1"])
     assert out.exit_code == 0 and out.output.splitlines()[0] == "no evidence of mislabelled source examples at FDR 10%"
 
@@ -191,11 +296,15 @@ def test_copies_are_flagged_and_look_alikes_are_not(planted: dict[str, Path]) ->
     look_alikes = {(p.source, p.target) for p in result.influence_only}
     assert LOOK_ALIKE in look_alikes and 5 not in {p.source for p in result.flagged}
     assert result.planted.precision_at_k == 1.0 and result.planted.recall_at_k == 1.0 and result.planted.decoys_flagged == 0
-    assert result.message.startswith("2 likely copies of target test images at FDR 5%")
+    assert result.message.startswith("contamination: 2 source examples copy target test images (2 exact, 0 near)")
+    assert "influence confirms 2 of 2 at FDR 5%" in result.message and "3 more source examples" in result.message
     assert sorted(result.removal_ids) == ["ex2", "ex7"]
-    # a stricter pixel threshold than any score cannot flag: copies become influence only
-    strict = detect_leakage(planted["influence"], near_duplicate=1.0 + 1e-9)
-    assert strict.flagged == () and set(LEAKS.items()) <= {(p.source, p.target) for p in strict.influence_only}
+    assert {(c.source, c.target) for c in result.copies} == set(LEAKS.items())
+    assert all(c.exact and c.confirmed and c.pixel_score == pytest.approx(1.0) for c in result.copies)
+    # a stricter pixel threshold than any score: exact copies are still copies (identical pixels, whatever the
+    # threshold); with an image changed by one grey level they would be influence only
+    strict = detect_leakage(planted["influence"], near_duplicate=1.0)
+    assert {(c.source, c.target, c.exact) for c in strict.copies} == {(s, t, True) for s, t in LEAKS.items()}
 
 
 def test_mislabels_need_harm_to_the_source_task(planted: dict[str, Path]) -> None:
@@ -211,7 +320,7 @@ def test_mislabels_need_harm_to_the_source_task(planted: dict[str, Path]) -> Non
 
 def test_datamodels_have_no_threshold(planted: dict[str, Path]) -> None:
     leaks = detect_leakage(planted["datamodels"])
-    assert leaks.flagged == () and leaks.message.startswith("no evidence threshold: the estimate has no standard errors")
+    assert leaks.flagged == () and not leaks.thresholded and leaks.message.startswith("contamination: ")
     assert all(p.p_value is None for p in leaks.pairs) and leaks.pairs
     flips = detect_mislabels(planted["datamodels"])
     assert flips.flagged == () and flips.message.startswith("no evidence threshold")
@@ -223,12 +332,15 @@ def test_leakage_files_reopened_and_overwrite_refused(planted: dict[str, Path], 
     assert out.exit_code == 0, out.output
     with open(table, newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
-    flagged = [(int(r["source"]), int(r["target"])) for r in rows if r["flagged"] == "True"]
-    assert sorted(flagged) == sorted(LEAKS.items()) and rows[0]["category"] == "likely copy"
+    removed = [(int(r["source"]), int(r["target"])) for r in rows if r["remove"] == "True"]
+    assert sorted(removed) == sorted(LEAKS.items()) and rows[0]["category"] == "exact copy"
+    assert [r["category"] for r in rows[:2]] == ["exact copy"] * 2
+    assert all(r["significant_influence"] == "True" for r in rows[:2])  # the models confirm both copies
     assert (6, 7) in [(int(r["source"]), int(r["target"])) for r in rows if r["category"] == "influence only"]
-    assert all(float(r["q_value"]) <= 0.05 for r in rows if r["category"] != "near duplicate only")
+    assert all(float(r["q_value"]) <= 0.05 for r in rows)
     page = html.read_text(encoding="utf-8")
-    assert "Source example ids to remove: ex2, ex7" in page or "Source example ids to remove: ex7, ex2" in page
+    assert "Source example ids to remove: ex2, ex7" in page
+    assert page.index("Copies of target test images, from pixels (2)") < page.index("Influence evidence")
     assert page.count("data:image/png;base64") >= 2 * len(rows)
     # existing outputs are not overwritten without --force, and nothing is computed
     table.write_text("keep me", encoding="utf-8")
@@ -236,7 +348,7 @@ def test_leakage_files_reopened_and_overwrite_refused(planted: dict[str, Path], 
     assert out.exit_code == 1 and "already exists; pass --force" in out.output and "Traceback" not in out.output
     assert table.read_text(encoding="utf-8") == "keep me"
     out = CliRunner().invoke(cli, ["leakage", str(planted["influence"]), "--csv", str(table), "--force"])
-    assert out.exit_code == 0 and table.read_text(encoding="utf-8").startswith("category,flagged,")
+    assert out.exit_code == 0 and table.read_text(encoding="utf-8").startswith("category,remove,")
 
 
 @pytest.mark.parametrize("fdr", ["0", "1", "1.5"])

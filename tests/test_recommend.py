@@ -185,3 +185,45 @@ def test_cli_text_json_and_errors(estimates: dict[str, Path], tmp_path: Path) ->
         assert bad.exit_code != 0 and message in bad.output and "Traceback" not in bad.output
     missing = runner.invoke(cli, ["recommend", str(tmp_path / "nope.h5")])
     assert missing.exit_code != 0 and "Traceback" not in missing.output
+
+
+def test_remove_nothing_says_why(estimates: dict[str, Path]) -> None:
+    """"faint": classes 2 and 5 hurt a little under heavy noise. No class has evidence of harm, so nothing is
+    removed; the output names the most negative class and its q-value, and says explicitly that the rows whose
+    margin-change interval lies above 0 were kept out by the evidence gate."""
+    rec = recommend_removal(estimates["faint"], fdr=0.05)
+    assert rec.chosen.k == 0 and rec.harmful == 0
+    first = rec.removal_evidence[0]
+    est = load_estimate(estimates["faint"])
+    assert first.index == removal_ranking(est.matrix, np.array(rec.validation_columns))[0]
+    assert not first.significant and first.q_value > 0.05
+    blocked = [c for c in rec.candidates if c.evidence is False and c.margin_change_low > 0]
+    assert blocked  # the point of this fixture: a set predicted to help without each class's evidence
+    out = CliRunner().invoke(cli, ["recommend", str(estimates["faint"])])
+    assert out.exit_code == 0, out.output
+    lines = out.output.splitlines()
+    assert lines[0] == "remove nothing: no source class has evidence of harm on the validation targets at FDR 5%"
+    assert lines[1] == ("why nothing: only classes with evidence of harm (mean validation influence below 0 at FDR 5%) "
+                        f"may be removed, and no class has it; the most negative class on the validation targets, "
+                        f"{first.name}, has mean influence {first.influence:+.4f} with q = {first.q_value:.2g}")
+    rows = ", ".join(f"k = {c.k}: {c.predicted_margin_change:+.2f} [{c.margin_change_low:+.2f}, "
+                     f"{c.margin_change_high:+.2f}]" for c in blocked)
+    assert lines[2].startswith(f"not chosen although the mean margin change's interval excludes 0 ({rows}): as a set")
+    assert "not every one of them has evidence of harm at FDR 5% (only the first 0" in lines[2]
+    table = [line for line in lines if line[:1] in " *" and line[1:5].strip().isdigit()]
+    assert [line.split()[-1] for line in table] == ["yes" if c.evidence else "no" for c in rec.candidates]
+    data = json.loads(CliRunner().invoke(cli, ["recommend", str(estimates["faint"]), "--json"]).output)
+    assert data["explanation"] == lines[1:3] and data["removal_evidence"][0]["name"] == first.name
+
+
+def test_remove_nothing_because_no_gain_is_predicted() -> None:
+    from dmtoolkit.analyze.results import Recommendation, RemovalCandidate
+
+    keep = RemovalCandidate(0, (), 0.0, 0.0, 0.0, 0.7, 0.0, evidence=True)
+    worse = RemovalCandidate(1, ("c3",), -0.2, -0.3, -0.1, 0.65, -0.05, evidence=True)
+    rec = Recommendation("f.h5", "difference-of-means", 0.5, 1, (0, 1), (2, 3), 0.7, (keep, worse), keep, level=0.9,
+                         fdr=0.05, harmful=1)
+    assert rec.message.startswith("remove nothing: no removal")
+    assert rec.explanation == ["why nothing: no removal among the 1 most negative classes with evidence of harm at "
+                               "FDR 5% is predicted to raise validation accuracy above the full source's 0.700 "
+                               "(best: k = 1, -0.050)"]

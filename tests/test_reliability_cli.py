@@ -246,9 +246,54 @@ def test_mismatched_stores_are_refused_in_one_line(tmp_path: Path) -> None:
     _one_line_error(run("reliability", a, targets), "different target sets", "(45 vs 30")
 
 
-def test_example_level_and_unfinished_stores_are_refused_in_one_line(tmp_path: Path) -> None:
+def test_example_level_stores_get_the_same_answers_cheaply(tmp_path: Path) -> None:
+    """An example-level store: the ranking of source examples by mean influence and the example × target-class
+    matrix, fitted on 1 + C reduced margin columns, equal the answers of the full (P, T) influence."""
     example = simulated_store(tmp_path / "examples.h5", true_effects(), kind="example")
-    _one_line_error(run("reliability", example), "needs a class-level run store", "an example-level run store")
+    report = reliability_report(example, seeds=range(4))
+    store = report.stores[0]
+    assert store.kind == "example" and store.models == 160
+    with RunStore(example) as opened:
+        masks, margins = opened.read_rows(opened.completed_rows())
+        labels = opened.target_labels
+    units = np.arange(160) // 2  # antithetic pairs
+    ranking, matrix = split_half_agreements(masks, margins, units, labels, 3, seeds=range(4))
+    np.testing.assert_allclose(store.ranking.split.values, ranking.values, atol=1e-6)
+    np.testing.assert_allclose(store.matrix.split.values, matrix.values, atol=1e-6)
+    result = run("reliability", example)
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    within = store.ranking
+    full = reliability_report(example).stores[0].ranking
+    assert lines[0].startswith("verdict: the example ranking is ")
+    assert f"(split-half {full.split.mean:+.2f} ± {full.split.sd:.2f}, 160 models ≈ {full.full:.2f})" in lines[0]
+    assert lines[0].endswith(f"about {int(np.ceil(full.needed['0.8'])):,} models needed for 0.8")
+    assert "reliability of difference-of-means example influence" in lines and within.split.mean is not None
+    assert any(line.strip().startswith("example ranking") for line in lines)
+    data = json.loads(run("reliability", example, "--json").stdout)
+    assert data["stores"][0]["kind"] == "example" and data["verdicts"] == [lines[0].removeprefix("verdict: ")]
+    assert set(data["stores"][0]["verdicts"]) == {"ranking", "matrix"}
+
+
+def test_verdict_says_when_a_ranking_is_not_reproducible(tmp_path: Path) -> None:
+    """Much noise and few models: a split-half at or below 0 says so, and that no number of models can be
+    extrapolated from it; with little noise the ranking is reproducible."""
+    from dmtoolkit.reliability import reliability_verdict
+
+    noisy = simulated_store(tmp_path / "noisy.h5", true_effects(), models=64, noise=30.0)
+    within = reliability_report(noisy).stores[0].ranking
+    assert within.split.mean <= 0  # this seed's halves disagree
+    line = reliability_verdict("class ranking", within)
+    assert line == (f"the class ranking is not reproducible at this store size (split-half {within.split.mean:+.2f} ± "
+                    f"{within.split.sd:.2f}); a split-half at or below 0 cannot be extrapolated to the models needed: "
+                    "train several times more models and rerun")
+    assert run("reliability", noisy).stdout.splitlines()[0] == f"verdict: {line}"
+    quiet = reliability_report(simulated_store(tmp_path / "quiet.h5", true_effects(), models=400, noise=0.2),
+                               estimator="regression").stores[0]
+    assert quiet.ranking.full >= 0.9 and quiet.verdicts["ranking"].startswith("the class ranking is highly reproducible")
+
+
+def test_unfinished_stores_are_refused_in_one_line(tmp_path: Path) -> None:
     a = simulated_store(tmp_path / "a.h5", true_effects())
     with h5py.File(a, "r+") as f:
         f["completed"][3:] = False

@@ -6,7 +6,9 @@ images); planted ground truth is read afterwards, only to score what the detecto
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +38,7 @@ from dmtoolkit.analyze.results import (
     MislabelCandidate,
     MislabelReport,
     MislabelScore,
+    SourceCopy,
 )
 from dmtoolkit.errors import UserError
 from dmtoolkit.estimate.refit import refit_on_values
@@ -89,6 +92,100 @@ def near_duplicate_scores(a: np.ndarray, b: np.ndarray, *, shift: int = SHIFT) -
     if len(a) == 0:
         return np.zeros(0)
     return np.array([near_duplicate_matrix(a[i: i + 1], b[i: i + 1], shift=shift)[0, 0] for i in range(len(a))])
+
+
+SCAN_BLOCK = 1 << 22
+"""Floats per block of the copy scan (each operand and each score block at most about this many)."""
+
+SCAN_SLACK = 1e-4
+"""The float32 scan keeps pairs within this of the threshold; each is then rescored exactly (float64)."""
+
+
+@dataclass(frozen=True)
+class CopyScan:
+    """Every (source, target) pair of an exhaustive copy scan: pixel score ≥ the threshold, or byte-identical.
+
+    source / target: indices into the scanned arrays; score: `near_duplicate_matrix` of the pair (exact, float64,
+    for identical pairs and near the threshold; to float32 precision, about 1e-6, elsewhere);
+    exact: the two images are identical (same shape, max abs pixel difference 0). Exact pairs first (by source,
+    then target index), then near pairs by score (highest first), then by source and target index.
+    """
+
+    source: np.ndarray
+    target: np.ndarray
+    score: np.ndarray
+    exact: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+
+def _exact_pairs(source: np.ndarray, target: np.ndarray) -> set[tuple[int, int]]:
+    """(source, target) index pairs whose images are byte-identical, by hashing every image once."""
+    if source.shape[1:] != target.shape[1:]:
+        return set()
+    by_bytes: dict[bytes, list[int]] = {}
+    for j in range(len(target)):
+        by_bytes.setdefault(hashlib.sha256(np.ascontiguousarray(target[j]).tobytes()).digest(), []).append(j)
+    pairs = set()
+    for i in range(len(source)):
+        for j in by_bytes.get(hashlib.sha256(np.ascontiguousarray(source[i]).tobytes()).digest(), ()):
+            if np.array_equal(source[i], target[j]):
+                pairs.add((i, j))
+    return pairs
+
+
+def find_copies(source: np.ndarray, target: np.ndarray, *, threshold: float, shift: int = SHIFT,
+                block: int = SCAN_BLOCK) -> CopyScan:
+    """Every source image that copies a target image: pixel score ≥ `threshold` or identical pixels.
+
+    Exhaustive (every source against every target) and blocked: the grey images, normalised to zero mean and
+    unit norm, become matrices whose products are the correlations; a source block is shifted by up to `shift`
+    pixels (as `near_duplicate_matrix`), each shift multiplied by each target block in float32 (at most about
+    `block` floats per operand and per score block; the normalised targets are kept between source blocks
+    when they take at most 16 blocks, else recomputed), the best shift kept. Pairs within SCAN_SLACK of the
+    threshold are rescored in float64 by `near_duplicate_matrix` itself, so whether a pair is kept does not
+    depend on float32 rounding. Byte-identical pairs are found by hashing and kept whatever their score (a
+    constant image scores 0 but is still a copy).
+    """
+    source, target = np.asarray(source), np.asarray(target)
+    rows, cols, scores = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)], [np.zeros(0)]
+    if len(source) and len(target):
+        size = tuple(_grey(source[:1], None).shape[-2:])
+        pixels = size[0] * size[1]
+        per_target = max(1, min(len(target), block // pixels))
+        per_source = max(1, min(len(source), block // max(pixels, per_target)))
+        starts = range(0, len(target), per_target)
+        prepare = lambda t: _unit_rows(_grey(target[t: t + per_target], size)).float()  # noqa: E731
+        kept = [prepare(t) for t in starts] if len(target) * pixels <= 16 * block else None  # else: per source block
+        for s in range(0, len(source), per_source):
+            moved = [_unit_rows(m).float() for m in _shifted(_grey(source[s: s + per_source], None), shift)]
+            offset = 0
+            for tgt in kept if kept is not None else map(prepare, starts):
+                best = moved[0] @ tgt.T
+                for m in moved[1:]:
+                    torch.maximum(best, m @ tgt.T, out=best)
+                i, j = torch.nonzero(best >= threshold - SCAN_SLACK, as_tuple=True)
+                rows.append(i.numpy() + s)
+                cols.append(j.numpy() + offset)
+                scores.append(best[i, j].double().numpy())
+                offset += len(tgt)
+    i, j, score = (np.concatenate(x) for x in (rows, cols, scores))
+    exact_pairs = _exact_pairs(source, target)
+    missing = sorted(exact_pairs - set(zip(i.tolist(), j.tolist())))
+    if missing:
+        extra_i, extra_j = (np.array(x, np.int64) for x in zip(*missing))
+        i, j = np.concatenate([i, extra_i]), np.concatenate([j, extra_j])
+        score = np.concatenate([score, np.full(len(missing), np.nan)])
+    exact = np.array([(a, b) in exact_pairs for a, b in zip(i.tolist(), j.tolist())], bool)
+    band = exact | ~(score >= threshold + SCAN_SLACK)  # exact, near the threshold or not scored: rescore in float64
+    if band.any():
+        score[band] = near_duplicate_scores(source[i[band]], target[j[band]], shift=shift)
+    score = np.clip(score, -1.0, 1.0)  # rounding can put a copy's correlation a hair above 1
+    keep = exact | (score >= threshold)
+    i, j, score, exact = i[keep], j[keep], score[keep], exact[keep]
+    order = np.lexsort((j, i, np.where(exact, 0.0, -score), ~exact))
+    return CopyScan(i[order], j[order], score[order], exact[order])
 
 
 def per_target_z(matrix: np.ndarray) -> np.ndarray:
@@ -169,18 +266,22 @@ def detect_leakage(path: str | Path, *, fdr: float = DETECT_FDR, top: int = DETE
                    store: str | Path | None = None, ranking: str = LEAK_RANKINGS[0], all_pairs: bool = False,
                    near_duplicate: float = NEAR_DUPLICATE, features: bool = True,
                    device: str | None = None) -> LeakageReport:
-    """Source examples that copy a target test image: significant influence on it *and* near-duplicate pixels.
+    """Source examples that copy a target test image: by their pixels, and by their influence on it.
 
-    Influence evidence: one-sided p-values of influence > 0 from the estimate's design-valid standard errors,
-    Benjamini–Hochberg over every (source, target) pair at `fdr`. Content evidence: the pixel near-duplicate
-    score of every pair (`near_duplicate_matrix`) against `near_duplicate`. A pair with both is a likely copy
-    and is flagged (one per source example, its most significant); significant pairs without near-duplicate
-    content are listed as influence only (look-alikes), near duplicates without significant influence as
-    near duplicate only. Besides, the `top` pairs by `ranking` are listed for browsing (each source once
-    unless `all_pairs`). Planted ground truth, when the store has it, is read after detection to score the
-    flagged set and, beside it, the influence-only and pixel-only detectors and the top-k list.
-    With `features`, every pair also gets a feature-space similarity from one model trained on the whole pool
-    with the run's recipe (`feature_similarity`, a few seconds on `device`); it is shown, not used to flag.
+    Pixel evidence first, and without models: every source example is compared with every target test image
+    of the run store (`find_copies`: identical pixels, or pixel score ≥ `near_duplicate`, a shift-tolerant
+    correlation); each such pair is a copy (`LeakageReport.copies`), contamination whatever the estimate says,
+    and its source is among the ids to remove. Influence evidence: one-sided p-values of influence > 0 from
+    the estimate's design-valid standard errors, Benjamini–Hochberg over every (source, covered target) pair at
+    `fdr`. It confirms copies the models learned from (`SourceCopy.confirmed`); a pair with both is a likely
+    copy and is flagged (one per source example, its most significant); significant pairs without
+    near-duplicate content are listed as influence only (look-alikes, or altered copies pixels miss), near
+    duplicates without significant influence as near duplicate only. Besides, the `top` pairs by `ranking` are
+    listed for browsing (each source once unless `all_pairs`). Planted ground truth, when the store has it, is
+    read after detection to score the flagged set and, beside it, the influence-only and pixel-only detectors
+    and the top-k list. With `features`, every listed pair also gets a feature-space similarity from one model
+    trained on the whole pool with the run's recipe (`feature_similarity`, a few seconds on `device`); it is
+    shown, not used to flag.
     """
     if top < 1:
         raise UserError(f"top={top} must be at least 1")
@@ -192,7 +293,8 @@ def detect_leakage(path: str | Path, *, fdr: float = DETECT_FDR, top: int = DETE
     scores = np.where(defined, LEAK_SCORERS[ranking](est.matrix), np.nan)
     p, evidence = _influence_pvalues(est, "greater")
     with open_source_store(est, store) as run:
-        pool, targets_all = run.source_images(np.arange(est.matrix.shape[0])), run.target_images(est.target_index)
+        pool = run.source_images(np.arange(est.matrix.shape[0]))
+        target_test = run.target_images(np.arange(run.num_targets))
         src_labels, tgt_labels = run.source_labels, run.target_labels
         src_names, tgt_names = run.source_class_names, run.target_class_names
         feature, feature_note = None, "feature similarity not computed (features=False)"
@@ -206,14 +308,25 @@ def detect_leakage(path: str | Path, *, fdr: float = DETECT_FDR, top: int = DETE
             feature_note = (f"feature similarity: cosine of standardised {similarity.layer} features of one model "
                             f"trained on the whole pool (seed {similarity.seed}, {similarity.seconds:.0f} s)")
         planted = run.planted()  # scoring only: read after detection
-    pixel = near_duplicate_matrix(pool, targets_all)
-    copy = (pixel >= near_duplicate) & defined
+    targets_all = target_test[est.target_index]
+    scan = find_copies(pool, target_test, threshold=near_duplicate)
+    column_of = {int(j): c for c, j in enumerate(est.target_index)}
+    covered = np.array([int(j) in column_of for j in scan.target], bool)
+    scan_columns = np.array([column_of.get(int(j), -1) for j in scan.target], np.int64)
+    pixel = np.full(est.matrix.shape, -np.inf)  # scores of copy pairs only; any other pair is scored on demand
+    pixel[scan.source[covered], scan_columns[covered]] = scan.score[covered]
+    copy = np.isfinite(pixel) & defined  # copies the influence lists below can speak about
     if p is not None:
         q = bh_adjusted(np.where(defined, p, 1.0))
         significant = (q <= fdr) & defined
     else:
         q, significant = None, np.zeros_like(defined)
     significance = -np.log(np.maximum(p, 1e-300)) if p is not None else scores
+
+    def pixel_of(i: int, c: int) -> float:
+        if np.isfinite(pixel[i, c]):
+            return float(pixel[i, c])
+        return float(near_duplicate_scores(pool[i: i + 1], targets_all[c: c + 1])[0])
 
     def pair(rank: int, i: int, c: int, category: str | None = None) -> LeakPair:
         if category is None:
@@ -222,7 +335,7 @@ def detect_leakage(path: str | Path, *, fdr: float = DETECT_FDR, top: int = DETE
         j = int(est.target_index[c])
         return LeakPair(rank=rank, source=int(i), source_id=est.unit_names[i], source_label=src_names[src_labels[i]],
                         target=j, target_label=tgt_names[tgt_labels[j]], influence=float(est.matrix[i, c]),
-                        ranking_score=float(scores[i, c]), pixel_score=float(pixel[i, c]),
+                        ranking_score=float(scores[i, c]), pixel_score=pixel_of(i, c),
                         p_value=None if p is None else float(p[i, c]), q_value=None if q is None else float(q[i, c]),
                         category=category, flagged=category == "likely copy",
                         feature_score=None if feature is None else float(feature[i, c]))
@@ -231,6 +344,17 @@ def detect_leakage(path: str | Path, *, fdr: float = DETECT_FDR, top: int = DETE
         order = np.argsort(-order_by[rows, columns], kind="stable")
         return tuple(pair(r + 1, rows[k], columns[k], category) for r, k in enumerate(order))
 
+    def source_copy(k: int) -> SourceCopy:
+        i, j, c = int(scan.source[k]), int(scan.target[k]), int(scan_columns[k])
+        known = c >= 0 and bool(defined[i, c])
+        return SourceCopy(source=i, source_id=est.unit_names[i], source_label=src_names[src_labels[i]], target=j,
+                          target_label=tgt_names[tgt_labels[j]], pixel_score=float(scan.score[k]),
+                          exact=bool(scan.exact[k]), influence=float(est.matrix[i, c]) if known else None,
+                          p_value=float(p[i, c]) if known and p is not None else None,
+                          q_value=float(q[i, c]) if known and q is not None else None,
+                          confirmed=bool(significant[i, c]) if known and p is not None else None)
+
+    copies = tuple(source_copy(k) for k in range(len(scan)))
     flagged = listed(*_best(significance, significant & copy), significance, "likely copy")
     influence_only = listed(*_best(significance, significant & ~copy), significance, "influence only")
     influence_only = tuple(x for x in influence_only if x.source not in {f.source for f in flagged})
@@ -238,7 +362,13 @@ def detect_leakage(path: str | Path, *, fdr: float = DETECT_FDR, top: int = DETE
     near_only = tuple(x for x in near_only if x.source not in {f.source for f in flagged})
     units, columns = top_pairs(scores, top, one_per_source=not all_pairs)
     pairs = tuple(pair(r + 1, i, c) for r, (i, c) in enumerate(zip(units, columns)))
-    message = _leak_message(len(flagged), len(influence_only), fdr, p is not None)
+    message = _leak_message(copies, len(influence_only), fdr, p is not None, pool.shape[0], target_test.shape[0])
+    pixel_evidence = (f"pixel evidence needs no models: all {len(pool)} source examples were compared with all "
+                      f"{len(target_test)} target test images; an exact copy has identical pixels, a near copy a "
+                      f"pixel score >= {near_duplicate} (correlation of the grey images, up to a one-pixel shift, "
+                      "brightness and contrast)")
+    models_add = _models_add(copies, len(influence_only), fdr, p is not None, len(est.target_index),
+                             len(target_test))
     kwargs = {}
     if planted is not None:
         score = lambda rows, cols: score_leakage(rows, est.target_index[cols], planted.leak_target,  # noqa: E731
@@ -252,22 +382,61 @@ def detect_leakage(path: str | Path, *, fdr: float = DETECT_FDR, top: int = DETE
                   "planted_top": score(units, columns)}
     return LeakageReport(file=str(est.path), estimator=est.estimator, ranking=ranking, one_per_source=not all_pairs,
                          pairs=pairs, fdr=fdr, near_duplicate=near_duplicate, evidence=evidence, message=message,
-                         features=feature_note,
+                         features=feature_note, copies=copies, pixel_evidence=pixel_evidence, models_add=models_add,
+                         scanned=(len(pool), len(target_test)), thresholded=p is not None,
                          flagged=flagged, influence_only=influence_only, near_duplicate_only=near_only,
                          source_images=pool[units], target_images=targets_all[columns],
                          pool_images=pool, covered_target_images=targets_all, target_index=est.target_index,
-                         **kwargs)
+                         target_test_images=target_test, **kwargs)
 
 
-def _leak_message(flagged: int, look_alikes: int, fdr: float, has_evidence: bool) -> str:
+def _plural(n: int, one: str, many: str) -> str:
+    return f"{n} {one if n == 1 else many}"
+
+
+def _leak_message(copies: tuple[SourceCopy, ...], look_alikes: int, fdr: float, has_evidence: bool,
+                  sources: int, targets: int) -> str:
+    """The one-line answer: pixel copies first (by id), then what influence found; "no evidence of leakage" only
+    when there is neither a copy nor an influence flag."""
+    if copies:
+        exact = sum(c.exact for c in copies)
+        ids = list(dict.fromkeys(c.source_id for c in copies))
+        shown = ", ".join(f"{c.source_id} = target {c.target} ({c.kind})" for c in copies[:5])
+        more = f" and {len(copies) - 5} more" if len(copies) > 5 else ""
+        line = (f"contamination: {_plural(len(ids), 'source example copies', 'source examples copy')} target test "
+                f"images ({exact} exact, {len(copies) - exact} near): {shown}{more}; pixel evidence, no models needed")
+        if has_evidence:
+            confirmed = sum(bool(c.confirmed) for c in copies)
+            line += f"; influence confirms {confirmed} of {len(copies)} at {fdr_phrase(fdr)}"
+        if look_alikes:
+            line += f"; {_plural(look_alikes, 'more source example', 'more source examples')} with significant influence"
+            line += " but no near-duplicate pixels (look-alikes or altered copies)"
+        return line
+    if has_evidence and look_alikes:
+        return (f"no pixel copies of target test images; {_plural(look_alikes, 'source example', 'source examples')} "
+                f"with significant influence on a target test image at {fdr_phrase(fdr)} but no near-duplicate "
+                "pixels (look-alikes or altered copies: check them by eye)")
+    if has_evidence:
+        return (f"no evidence of leakage at {fdr_phrase(fdr)}: none of the {sources} source examples copies one of "
+                f"the {targets} target test images (pixels), and none has significant influence on one")
+    return (f"no pixel copies of target test images among {sources} source examples; no influence threshold: the "
+            "estimate has no standard errors (pairs below are for browsing only)")
+
+
+def _models_add(copies: tuple[SourceCopy, ...], look_alikes: int, fdr: float, has_evidence: bool,
+                covered: int, targets: int) -> str:
+    """What the influence evidence adds to the pixel scan, or why it cannot add anything."""
+    scope = "" if covered == targets else f" (the estimate covers {covered} of the {targets} target test images)"
     if not has_evidence:
-        return "no evidence threshold: the estimate has no standard errors (pairs below are for browsing only)"
-    also = (f"; {look_alikes} source example{'s' if look_alikes != 1 else ''} with significant influence but no "
-            "near-duplicate content (look-alikes, not copies)") if look_alikes else ""
-    if flagged == 0:
-        return f"no evidence of leakage at {fdr_phrase(fdr)}{also}"
-    return (f"{flagged} likely cop{'ies' if flagged != 1 else 'y'} of target test images at {fdr_phrase(fdr)} "
-            f"(significant influence and near-duplicate pixels){also}")
+        return ("what the models add: nothing here, the estimate has no standard errors, so it can neither confirm "
+                "which copies the models learned from nor flag look-alikes and altered copies that pixels miss; fit "
+                f"`dmtoolkit influence` (difference of means or regression) for that{scope}")
+    confirmed = sum(bool(c.confirmed) for c in copies)
+    return (f"what the models add: influence evidence at {fdr_phrase(fdr)} confirms {confirmed} of "
+            f"{_plural(len(copies), 'copy', 'copies')} (the models learned from them) and flags "
+            f"{_plural(look_alikes, 'more source example', 'more source examples')} with significant influence but "
+            f"no near-duplicate pixels: look-alikes, or non-identical leaks (augmented, re-rendered) that pixels "
+            f"miss{scope}")
 
 
 def score_leakage(units: np.ndarray, targets: np.ndarray, leak: np.ndarray, decoy: np.ndarray,

@@ -38,9 +38,9 @@ import numpy as np
 
 from dmtoolkit.analyze.classes import check_level, interval_bounds, mean_influence_refit, percent
 from dmtoolkit.analyze.estimates import Estimate, load_estimate, open_source_store, require_kind
-from dmtoolkit.analyze.evidence import benjamini_hochberg, check_fdr, fdr_phrase, one_sided_pvalues
+from dmtoolkit.analyze.evidence import benjamini_hochberg, bh_adjusted, check_fdr, fdr_phrase, one_sided_pvalues
 from dmtoolkit.analyze.options import DETECT_FDR, INTERVAL_LEVEL, RECOMMEND_SPLIT_SEED, RECOMMEND_VALIDATION_FRACTION
-from dmtoolkit.analyze.results import NO_STDERR, Recommendation, RemovalCandidate
+from dmtoolkit.analyze.results import NO_STDERR, ClassEvidence, Recommendation, RemovalCandidate
 from dmtoolkit.analyze.retrain import check_ks, parse_ks
 from dmtoolkit.errors import UserError
 
@@ -140,6 +140,14 @@ def recommend_removal(path: str | Path, *, ks: list[int] | str | None = None,
         ks = sorted(set(parse_ks(ks, num_units) if isinstance(ks, str) else check_ks(list(ks), num_units)) | {0})
     order = removal_ranking(est.matrix, validation)
     harmful = None if stderr is None else harmful_prefix(order, mean_coef, stderr, dof, fdr)
+    evidence = ()
+    if stderr is not None:
+        p = one_sided_pvalues(mean_coef, stderr, dof, "less")
+        q = bh_adjusted(p)
+        shown = order[:min(max(ks) + 1, num_units)]
+        evidence = tuple(ClassEvidence(index=int(k), name=est.unit_names[k], influence=float(mean_coef[k]),
+                                       p_value=float(p[k]), q_value=float(q[k]), significant=bool(q[k] <= fdr))
+                         for k in shown)
     candidates = []
     full_accuracy = 0.0
     for k in ks:
@@ -167,4 +175,4 @@ def recommend_removal(path: str | Path, *, ks: list[int] | str | None = None,
         validation_columns=tuple(int(j) for j in validation), test_columns=tuple(int(j) for j in test),
         full_predicted_accuracy=full_accuracy, candidates=tuple(candidates), chosen=best,
         level=level if stderr is not None else None, interval_note=note,
-        fdr=fdr if stderr is not None else None, harmful=harmful)
+        fdr=fdr if stderr is not None else None, harmful=harmful, removal_evidence=evidence)

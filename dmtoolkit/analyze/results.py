@@ -215,7 +215,9 @@ class CounterfactualResult(Displayable):
     """Counterfactual retraining (`counterfactual`): accuracy with the first k classes of `order` removed.
 
     file: OUT.h5 written; accuracy: (repeats, len(k)) per retrained model; accuracy_mean / accuracy_std: over
-    repeats per k; removed_first: names of the classes the first repeat removes, in removal order (max k).
+    repeats per k; removed_first: names of the classes the first repeat removes, in removal order (max k);
+    removed_per_repeat: the same for every repeat (one order for bottom and top, its own for each random repeat);
+    at k the first k of a repeat's names are removed (`removed_at`).
     """
 
     file: str
@@ -226,6 +228,13 @@ class CounterfactualResult(Displayable):
     accuracy_std: tuple[float, ...]
     accuracy: tuple[tuple[float, ...], ...]
     removed_first: tuple[str, ...]
+    removed_per_repeat: tuple[tuple[str, ...], ...] = ()
+
+    def removed_at(self, k: int) -> tuple[tuple[str, ...], ...]:
+        """The classes removed at `k`, one tuple per repeat (one tuple in all when every repeat removes the same)."""
+        orders = self.removed_per_repeat or (self.removed_first,)
+        removed = tuple(order[:k] for order in orders)
+        return removed[:1] if len(set(removed)) == 1 else removed
 
     @property
     def curve(self) -> CounterfactualCurve:
@@ -238,7 +247,9 @@ class CounterfactualResult(Displayable):
     def to_json(self) -> dict[str, Any]:
         return {"file": self.file, "order": self.order, "repeats": self.repeats, "k": list(self.k),
                 "accuracy_mean": list(self.accuracy_mean), "accuracy_std": list(self.accuracy_std),
-                "accuracy": [list(row) for row in self.accuracy], "removed_first": list(self.removed_first)}
+                "accuracy": [list(row) for row in self.accuracy], "removed_first": list(self.removed_first),
+                "removed_per_repeat": [list(order) for order in self.removed_per_repeat],
+                "removed": {str(k): [list(r) for r in self.removed_at(k)] for k in self.k}}
 
 
 LEAK_CATEGORIES = ("likely copy", "influence only", "near duplicate only", "not significant")
@@ -299,6 +310,41 @@ class Recommendation(Displayable):
     interval_note: str = NO_STDERR
     fdr: float | None = None
     harmful: int | None = None
+    removal_evidence: tuple[ClassEvidence, ...] = ()
+
+    @property
+    def explanation(self) -> list[str]:
+        """Lines that say why: why nothing is removed (no class with evidence of harm, naming the most negative one
+        and its q-value; or no eligible removal predicted to gain), and every candidate whose mean margin change
+        has an interval above 0 but whose classes did not all pass the evidence gate."""
+        lines, chosen = [], self.chosen
+        phrase = f"FDR {100 * (self.fdr or 0):g}%"
+        if chosen.k == 0 and self.harmful == 0:
+            first = self.removal_evidence[0] if self.removal_evidence else None
+            detail = "" if first is None or first.q_value is None else (
+                f"; the most negative class on the validation targets, {first.name}, has mean influence "
+                f"{first.influence:+.4f} with q = {first.q_value:.2g}")
+            lines.append(f"why nothing: only classes with evidence of harm (mean validation influence below 0 at "
+                         f"{phrase}) may be removed, and no class has it{detail}")
+        elif chosen.k == 0:
+            others = [c for c in self.candidates if c.k > 0 and c.evidence is not False]
+            best = max(others, key=lambda c: (c.predicted_accuracy, -c.k)) if others else None
+            gate = ("" if self.harmful is None else
+                    f" among the {self.harmful} most negative classes with evidence of harm at {phrase}")
+            lines.append(f"why nothing: no removal{gate} is predicted to raise validation accuracy above the full "
+                         f"source's {self.full_predicted_accuracy:.3f}" + (
+                             "" if best is None else f" (best: k = {best.k}, {best.predicted_accuracy_change:+.3f})"))
+        blocked = [c for c in self.candidates if c.evidence is False and c.margin_change_low is not None
+                   and c.margin_change_low > 0]
+        if blocked:
+            rows = ", ".join(f"k = {c.k}: {c.predicted_margin_change:+.2f} [{c.margin_change_low:+.2f}, "
+                             f"{c.margin_change_high:+.2f}]" for c in blocked[:3])
+            more = f" and {len(blocked) - 3} more" if len(blocked) > 3 else ""
+            lines.append(f"not chosen although the mean margin change's interval excludes 0 ({rows}{more}): as a set "
+                         f"these classes are predicted to help, but not every one of them has evidence of harm at "
+                         f"{phrase} (only the first {self.harmful} in the table's order do), which the rule requires; "
+                         "retrain without them before acting on it")
+        return lines
 
     @property
     def message(self) -> str:
@@ -334,7 +380,8 @@ class Recommendation(Displayable):
                 "test_targets": len(self.test_columns), "validation_columns": list(self.validation_columns),
                 "test_columns": list(self.test_columns), "full_predicted_accuracy": self.full_predicted_accuracy,
                 "level": self.level, "interval_note": self.interval_note, "fdr": self.fdr,
-                "harmful": self.harmful, "message": self.message, "chosen": self.chosen.to_json(),
+                "harmful": self.harmful, "message": self.message, "explanation": self.explanation,
+                "removal_evidence": [e.to_json() for e in self.removal_evidence], "chosen": self.chosen.to_json(),
                 "candidates": [c.to_json() for c in self.candidates]}
 
 
@@ -376,6 +423,43 @@ class LeakPair:
 
 
 @dataclass(frozen=True)
+class SourceCopy:
+    """A source example that copies a target test image, found from pixels alone (no models needed).
+
+    source / source_id / source_label: pool index, example id and class name of the source example;
+    target / target_label: target test index and class; pixel_score: `near_duplicate_matrix` of the two images;
+    exact: identical pixels (same shape, max abs difference 0), else a near copy (pixel score ≥ the report's
+    `near_duplicate`, up to a one-pixel shift, brightness and contrast); influence / p_value / q_value: the
+    estimate's entry for the pair and its evidence (None when the estimate does not cover that target or has
+    no standard errors); confirmed: the influence is significant at the report's FDR (the models learned from
+    the copy), None when the estimate cannot tell (no standard errors, or target not covered).
+    """
+
+    source: int
+    source_id: str
+    source_label: str
+    target: int
+    target_label: str
+    pixel_score: float
+    exact: bool
+    influence: float | None = None
+    p_value: float | None = None
+    q_value: float | None = None
+    confirmed: bool | None = None
+
+    @property
+    def kind(self) -> str:
+        """"exact copy" or "near copy"."""
+        return "exact copy" if self.exact else "near copy"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"source": self.source, "source_id": self.source_id, "source_label": self.source_label,
+                "target": self.target, "target_label": self.target_label, "kind": self.kind,
+                "exact": self.exact, "pixel_score": self.pixel_score, "influence": self.influence,
+                "p_value": self.p_value, "q_value": self.q_value, "confirmed": self.confirmed}
+
+
+@dataclass(frozen=True)
 class LeakageScore:
     """Pairs scored against planted leaks: k pairs, planted_leaks findable (their target is covered by the
     estimate), hits (exact pairs), precision and recall (None when undefined; precision@k / recall@k for a
@@ -398,7 +482,11 @@ class LeakageScore:
 class LeakageReport(Displayable):
     """Leakage evidence (`detect_leakage`).
 
-    flagged: likely copies at `fdr` (significant influence and pixel score ≥ `near_duplicate`), most
+    copies: every source example that copies a target test image by its pixels (exact or near, see
+    `SourceCopy`), from a scan of all source examples against all target test images; contamination whatever
+    the models say, and what every rendering leads with. pixel_evidence: how the scan was made; models_add:
+    what the influence evidence adds to it (or why it cannot); scanned: (source examples, target test images)
+    compared; thresholded: the estimate has standard errors, so influence can flag pairs. flagged: likely copies at `fdr` (significant influence and pixel score ≥ `near_duplicate`), most
     significant first, one per source example; influence_only: significant pairs that are not near duplicates
     (look-alikes), near_duplicate_only: near duplicates without significant influence (both one per source);
     pairs: the `top` pairs by `ranking`, for browsing; evidence: how p-values were made, or why there are
@@ -427,23 +515,42 @@ class LeakageReport(Displayable):
     planted_top: LeakageScore | None = None
     planted_feature_top: LeakageScore | None = None
     features: str = ""
+    copies: tuple[SourceCopy, ...] = ()
+    pixel_evidence: str = ""
+    models_add: str = ""
+    scanned: tuple[int, int] = (0, 0)
+    thresholded: bool = True
     source_images: Any = field(default=None, compare=False, repr=False)
     target_images: Any = field(default=None, compare=False, repr=False)
     pool_images: Any = field(default=None, compare=False, repr=False)
     covered_target_images: Any = field(default=None, compare=False, repr=False)
     target_index: Any = field(default=None, compare=False, repr=False)
+    target_test_images: Any = field(default=None, compare=False, repr=False)
 
-    def images_of(self, pair: LeakPair) -> tuple[Any, Any]:
-        """(source image, target image) of any pair of this report (from the images it read)."""
+    def images_of(self, pair: LeakPair | SourceCopy) -> tuple[Any, Any]:
+        """(source image, target image) of any pair or copy of this report (from the images it read)."""
         import numpy as np
 
+        if self.target_test_images is not None:
+            return self.pool_images[pair.source], self.target_test_images[pair.target]
         column = int(np.searchsorted(self.target_index, pair.target))
         return self.pool_images[pair.source], self.covered_target_images[column]
 
     @property
     def removal_ids(self) -> list[str]:
-        """Source example ids of the flagged pairs: what to remove."""
-        return [p.source_id for p in self.flagged]
+        """Source example ids to remove: every pixel copy of a target test image, then any other flagged pair's
+        source (each id once)."""
+        return list(dict.fromkeys([c.source_id for c in self.copies] + [p.source_id for p in self.flagged]))
+
+    @property
+    def verdict(self) -> str:
+        """"contamination" (pixel copies), "influence only" (significant influence, no copies), "no evidence"
+        (neither, with evidence thresholds) or "no copies; no threshold" (no copies, estimate cannot flag)."""
+        if self.copies:
+            return "contamination"
+        if self.flagged or self.influence_only:
+            return "influence only"
+        return "no evidence" if self.thresholded else "no copies; no threshold"
 
     def _table(self) -> tuple[tuple[str, ...], list[tuple[Any, ...]]]:
         """Flagged copies, near duplicates and influence-only look-alikes first, then the browsing pairs (each
@@ -462,6 +569,9 @@ class LeakageReport(Displayable):
         data = {"file": self.file, "estimator": self.estimator, "ranking": self.ranking,
                 "one_per_source": self.one_per_source, "fdr": self.fdr, "near_duplicate": self.near_duplicate,
                 "evidence": self.evidence, "features": self.features, "message": self.message,
+                "verdict": self.verdict, "copies": [c.to_json() for c in self.copies],
+                "pixel_evidence": self.pixel_evidence, "models_add": self.models_add,
+                "scanned": {"source_examples": self.scanned[0], "target_test_images": self.scanned[1]},
                 "remove": self.removal_ids,
                 "flagged": [p.to_json() for p in self.flagged],
                 "influence_only": [p.to_json() for p in self.influence_only],

@@ -287,7 +287,8 @@ def save_counterfactual(plan: CounterfactualPlan, accuracy: np.ndarray) -> Count
         file=str(plan.out), order=plan.order, repeats=plan.repeats, k=plan.k,
         accuracy_mean=tuple(mean.tolist()), accuracy_std=tuple(std.tolist()),
         accuracy=tuple(tuple(row) for row in accuracy.tolist()),
-        removed_first=tuple(plan.class_names[k] for k in plan.removal[0][:max(plan.k)]))
+        removed_first=tuple(plan.class_names[k] for k in plan.removal[0][:max(plan.k)]),
+        removed_per_repeat=tuple(tuple(plan.class_names[k] for k in order[:max(plan.k)]) for order in plan.removal))
 
 
 def counterfactual(recipe: Recipe, influence_path: str | Path, out: str | Path, *, order: str = ORDERS[0],

@@ -21,6 +21,7 @@ itself is held fixed). Fewer than 3 held-out units give no interval.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,12 +30,21 @@ import numpy as np
 from scipy.stats import rankdata
 
 from dmtoolkit.display import Displayable
-from dmtoolkit.errors import StoreError
+from dmtoolkit.errors import StoreError, UserError
 from dmtoolkit.estimate.base import linear_prediction
 from dmtoolkit.estimate.blocks import TargetColumns, row_blocks
 from dmtoolkit.estimate.files import load_estimate
 from dmtoolkit.estimate.fit import store_units
+from dmtoolkit.estimate.splits import split_rows
 from dmtoolkit.store import RunStore
+
+LDS_WEAK = 0.1
+"""Below this mean LDS an estimate better than chance still predicts little: "weak"."""
+LDS_USEFUL = 0.3
+"""From this mean LDS an estimate is called useful (docs/signal.md's goal for example-level datamodels)."""
+LDS_GOALS = (LDS_WEAK, LDS_USEFUL)
+CURVE_SEED = 1
+"""Seed of the split of the fitting models in two halves for the LDS curve."""
 
 HISTOGRAM_EDGES = np.round(np.linspace(-1, 1, 21), 10)
 BOOTSTRAP_DRAWS = 400
@@ -55,6 +65,72 @@ def lds_per_target(predicted: np.ndarray, actual: np.ndarray) -> np.ndarray:
     lds = spearman_columns(predicted, actual)
     lds[(np.ptp(predicted, axis=0) == 0) & (np.ptp(actual, axis=0) > 0)] = 0.0
     return lds
+
+
+@dataclass(frozen=True)
+class LdsCurve:
+    """How LDS grows with models in this store: the estimator refitted, with the estimate's settings, on half of
+    its fitting models (whole sampling units), scored on the same test models as the estimate itself.
+
+    half_models / full_models: fitting models of the refit and of the estimate; half_lds / full_lds: their mean
+    LDS; gain: LDS gained per doubling of models, (full − half) / log2(full_models / half_models), with a paired
+    bootstrap interval over the test models' sampling units (`gain_interval`, same level as the LDS interval);
+    needed: for each goal in LDS_GOALS, the fitting models a log-linear extrapolation of the two points needs
+    (full_models when already reached; None when the gain's interval does not exclude 0, so the store cannot
+    tell). Two points of a curve that bends: read `needed` as an order of magnitude.
+    """
+
+    half_models: int
+    full_models: int
+    half_lds: float | None
+    full_lds: float | None
+    gain: float | None
+    gain_interval: tuple[float, float] | None
+    needed: dict[str, float | None]
+
+    @property
+    def rising(self) -> bool:
+        """The gain's interval lies above 0: more models measurably helped in this store."""
+        return self.gain_interval is not None and self.gain_interval[0] > 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"method": "estimator refitted on half the fitting models (whole sampling units), LDS on the same "
+                          "test models, log-linear extrapolation",
+                "half_models": self.half_models, "full_models": self.full_models, "half_lds": self.half_lds,
+                "full_lds": self.full_lds, "gain_per_doubling": self.gain,
+                "gain_interval": None if self.gain_interval is None else list(self.gain_interval),
+                "needed": self.needed}
+
+
+def _models(value: float) -> str:
+    return f"{int(-(-value // 1)):,}"
+
+
+def lds_verdict(mean: float | None, interval: tuple[float, float] | None, curve: LdsCurve | None,
+                curve_note: str = "") -> str:
+    """One line a practitioner can read: is the LDS better than chance, weak, moderate or useful, and (when it is
+    not useful) how many models this store's own curve says would be needed, or why it cannot tell."""
+    if mean is None:
+        return "verdict: LDS undefined (every held-out target has constant margins): nothing to judge"
+    shown = f"LDS {mean:.3f}" + ("" if interval is None else f" [{interval[0]:.3f}, {interval[1]:.3f}]")
+    if interval is None:
+        shown += ", no interval (fewer than 3 held-out sampling units)"
+    if mean <= 0 or (interval is not None and interval[0] <= 0):
+        head = f"verdict: no better than chance ({shown}): its rankings are not evidence"
+    elif mean < LDS_WEAK:
+        head = f"verdict: weak ({shown}): better than chance but predicts little; treat rankings as leads"
+    elif mean < LDS_USEFUL:
+        head = f"verdict: moderate ({shown}): predicts held-out margins in part"
+    else:
+        return f"verdict: useful ({shown}): predicts held-out margins (goal {LDS_USEFUL}, docs/signal.md)"
+    if curve is None:
+        return head + (f"; {curve_note}" if curve_note else "")
+    if not curve.rising:
+        return (f"{head}; this store cannot tell how many models would be needed (LDS did not clearly rise from "
+                f"{curve.half_models:,} to {curve.full_models:,} fitting models): train several times more")
+    wanted = " and ".join(f"about {_models(n)} for {goal}" for goal, n in
+                          ((goal, curve.needed[str(goal)]) for goal in LDS_GOALS if goal > mean) if n is not None)
+    return (f"{head}; fitting models needed by this store's curve (a rough log-linear extrapolation): {wanted}")
 
 
 @dataclass(frozen=True, repr=False)
@@ -78,6 +154,13 @@ class LdsResult(Displayable):
     histogram_counts: tuple[int, ...]
     lds_interval: tuple[float, float] | None = None  # 95% bootstrap over held-out sampling units
     heldout_units: int = 0                            # held-out sampling units resampled
+    curve: LdsCurve | None = None                     # LDS at half the fitting models (when computed)
+    curve_note: str = ""                              # why there is no curve, when there is none
+
+    @property
+    def verdict(self) -> str:
+        """The one-line reading of the LDS (`lds_verdict`)."""
+        return lds_verdict(self.lds_mean, self.lds_interval, self.curve, self.curve_note)
 
     def _table(self) -> tuple[tuple[str, ...], list[tuple[Any, ...]]]:
         """LDS of each target example (None where its held-out margins are constant)."""
@@ -91,6 +174,8 @@ class LdsResult(Displayable):
             "lds_interval": None if self.lds_interval is None else list(self.lds_interval),
             "heldout_units": self.heldout_units,
             "undefined_targets": self.undefined_targets, "constant_predictions": self.constant_predictions,
+            "verdict": self.verdict, "curve": None if self.curve is None else self.curve.to_json(),
+            "curve_note": self.curve_note,
             "lds_per_target": list(self.lds_per_target),
             "histogram": {"edges": list(self.histogram_edges), "counts": list(self.histogram_counts)},
         }
@@ -115,6 +200,18 @@ def bootstrap_lds_interval(predicted: np.ndarray, actual: np.ndarray, units: np.
     so a draw's score per target is the weighted correlation of those ranks (all draws in a few matrix
     products; re-ranking every resample gives the same interval to about 0.01, at a hundred times the cost).
     """
+    means = bootstrap_lds_means(predicted, actual, units, draws=draws, seed=seed)
+    if means is None:
+        return None
+    tail = (1 - level) / 2
+    return float(np.quantile(means, tail)), float(np.quantile(means, 1 - tail))
+
+
+def bootstrap_lds_means(predicted: np.ndarray, actual: np.ndarray, units: np.ndarray, *,
+                        draws: int = BOOTSTRAP_DRAWS, seed: int = 0) -> np.ndarray | None:
+    """The mean LDS of each bootstrap draw (`bootstrap_lds_interval`), (draws,); None with fewer than 3 units or no
+    defined mean. The draws depend only on `units`, `draws` and `seed`, so two predictions of the same test
+    models resampled with the same arguments are paired draw by draw."""
     ids, members = np.unique(units, return_inverse=True)
     if len(ids) < 3:
         return None
@@ -138,14 +235,57 @@ def bootstrap_lds_interval(predicted: np.ndarray, actual: np.ndarray, units: np.
         corr = np.where((var_a > 0) & (var_b > 0), cov / np.sqrt(var_a * var_b), np.nan)
     scores = np.full((draws, int(defined.sum())), 0.0)
     scores[:, ranked[defined]] = corr
-    means = np.nanmean(scores, axis=1)
-    tail = (1 - level) / 2
-    return float(np.quantile(means, tail)), float(np.quantile(means, 1 - tail))
+    return np.nanmean(scores, axis=1)
+
+
+def _needed(full_models: int, full: float, gain: float, goal: float) -> float:
+    return float(full_models) if full >= goal else float(full_models * 2 ** ((goal - full) / gain))
+
+
+def lds_curve(est: Any, store: RunStore, masks: np.ndarray, actual: np.ndarray, units: np.ndarray,
+              full_predicted: np.ndarray, *, draws: int = BOOTSTRAP_DRAWS, level: float = INTERVAL_LEVEL,
+              seed: int = CURVE_SEED) -> LdsCurve:
+    """`LdsCurve` of an estimate: its estimator refitted on half its fitting (and selection) models, whole
+    sampling units (`split_rows` with `seed`), scored on the test models (`masks`, `actual`, their `units`)
+    beside the estimate's own prediction `full_predicted`."""
+    from dmtoolkit.estimate.refit import refit_on_rows
+
+    rows = np.union1d(est.fit_rows, est.selection_rows)
+    half, _ = split_rows(rows, 0.5, seed, store_units(store).ids)
+    values = store.margins if est.columns == slice(0, store.num_targets) else TargetColumns(store.margins, est.columns)
+    with warnings.catch_warnings():  # the half fit's own warnings (undefined units, λ paths) are not the user's
+        warnings.simplefilter("ignore")
+        refit = refit_on_rows(est, store, values, half)
+    half_predicted = linear_prediction(masks, refit.coef_, refit.intercept_)
+    half_lds, full_lds = summarise_lds(half_predicted, actual)[1], summarise_lds(full_predicted, actual)[1]
+    doublings = float(np.log2(len(rows) / len(half))) if len(half) else 0.0
+    gain = interval = None
+    needed: dict[str, float | None] = {str(goal): None for goal in LDS_GOALS}
+    if half_lds is not None and full_lds is not None and doublings > 0:
+        gain = (full_lds - half_lds) / doublings
+        a = bootstrap_lds_means(half_predicted, actual, units, draws=draws)
+        b = bootstrap_lds_means(full_predicted, actual, units, draws=draws)
+        if a is not None and b is not None:
+            tail = (1 - level) / 2
+            difference = (b - a) / doublings
+            interval = (float(np.quantile(difference, tail)), float(np.quantile(difference, 1 - tail)))
+            if interval[0] > 0:
+                needed = {str(goal): _needed(len(rows), full_lds, gain, goal) for goal in LDS_GOALS}
+    return LdsCurve(half_models=len(half), full_models=len(rows), half_lds=half_lds, full_lds=full_lds, gain=gain,
+                    gain_interval=interval, needed=needed)
 
 
 def evaluate(store_path: str | Path, estimate_path: str | Path, *, block_rows: int = 1024,
-             draws: int = BOOTSTRAP_DRAWS) -> LdsResult:
-    """LDS of an ESTIMATE.h5 on its test rows: mean, median, per target, histogram."""
+             draws: int = BOOTSTRAP_DRAWS, curve: bool | None = None) -> LdsResult:
+    """LDS of an ESTIMATE.h5 on its test rows: mean, median, per target, histogram, and a verdict.
+
+    `curve`: also refit the estimator on half its fitting models to see how LDS grows with models here
+    (`lds_curve`, one refit at half the cost of the original fit); None (default) does so only when the verdict
+    is not "useful" (mean LDS below LDS_USEFUL, or its interval reaching 0), where the models needed matter.
+    Estimators that retrain networks (gradient) are never refitted; the verdict says so.
+    """
+    from dmtoolkit.estimate.registry import estimator_entry
+
     est = load_estimate(estimate_path)
     rows = est.test_rows
     if len(rows) < 3:
@@ -155,12 +295,29 @@ def evaluate(store_path: str | Path, estimate_path: str | Path, *, block_rows: i
         est.check_store(store)
         units = store_units(store).ids[rows]  # the draws: a pair's or a block's models are one
         margins = TargetColumns(store.margins, est.columns)
-        predicted, actual = [], []
+        predicted, actual, test_masks = [], [], []
         for _, (masks, block) in row_blocks([store.masks, margins], rows, block_rows):
             predicted.append(linear_prediction(masks, est.matrix, est.intercept))
             actual.append(block)
-    predicted, actual = np.concatenate(predicted), np.concatenate(actual)
-    lds, mean, median = summarise_lds(predicted, actual)
+            test_masks.append(np.asarray(masks, bool))
+        predicted, actual = np.concatenate(predicted), np.concatenate(actual)
+        lds, mean, median = summarise_lds(predicted, actual)
+        interval = bootstrap_lds_interval(predicted, actual, units, draws=draws) if mean is not None else None
+        weak = mean is not None and (mean < LDS_USEFUL or interval is None or interval[0] <= 0)
+        fitted = len(np.union1d(est.fit_rows, est.selection_rows))
+        found, note = None, ""
+        if curve is False or (curve is None and not weak):
+            note = "" if curve is None else "curve not computed"
+        elif estimator_entry(est.estimator).retrains:
+            note = (f"how many models would help is not estimated here: {est.estimator} estimates retrain networks, "
+                    "so refitting on half the models is not cheap (see docs/signal.md for its curve)")
+        elif fitted < 4:
+            note = f"too few fitting models ({fitted}) to refit on half of them and see how LDS grows"
+        else:
+            try:
+                found = lds_curve(est, store, np.concatenate(test_masks), actual, units, predicted, draws=draws)
+            except (UserError, ValueError) as error:  # e.g. too few models left to choose λ on half of them
+                note = f"the estimator could not be refitted on half its {fitted} fitting models ({error})"
     finite = lds[np.isfinite(lds)]
     counts, edges = np.histogram(finite, bins=HISTOGRAM_EDGES)
     return LdsResult(
@@ -170,6 +327,5 @@ def evaluate(store_path: str | Path, estimate_path: str | Path, *, block_rows: i
         constant_predictions=int((np.ptp(predicted, axis=0) == 0).sum()),
         lds_per_target=tuple(float(v) if np.isfinite(v) else None for v in lds),
         histogram_edges=tuple(edges.tolist()), histogram_counts=tuple(int(c) for c in counts),
-        lds_interval=bootstrap_lds_interval(predicted, actual, units, draws=draws) if mean is not None else None,
-        heldout_units=len(np.unique(units)),
+        lds_interval=interval, heldout_units=len(np.unique(units)), curve=found, curve_note=note,
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import json
+from typing import Any
 
 import numpy as np
 
@@ -29,10 +30,19 @@ def refit_on_values(estimate: Estimate, store: RunStore, values: np.ndarray, *, 
         values = values[:, None]
     if len(values) != store.num_models:
         raise UserError(f"{len(values)} values for a store of {store.num_models} models")
+    return refit_on_rows(estimate, store, values, estimate.fit_rows, device=device, masks=store.masks[()])
+
+
+def refit_on_rows(estimate: Estimate, store: RunStore, values: Any, rows: np.ndarray, *, device: str | None = "cpu",
+                  masks: Any = None) -> Estimator:
+    """A new estimator of the estimate's kind, with its recorded settings, fitted on `values` (any (m, k)
+    row-sliceable array, one row per store row, e.g. the store's margins) over `rows` and the store's sampling
+    units (`masks`: the store's masks unless given)."""
     recorded = json.loads(estimate.attrs.get("settings", "{}") or "{}")
     entry = make_estimator(estimate.estimator)
     accepted = inspect.signature(type(entry).__init__).parameters
     estimator = make_estimator(estimate.estimator, **{k: v for k, v in recorded.items() if k in accepted and k != "device"},
                                device=device)
-    estimator.fit(store.masks[()], values, estimate.fit_rows, unit_names=store.unit_names, units=store_units(store))
+    estimator.fit(store.masks if masks is None else masks, values, rows, unit_names=store.unit_names,
+                  units=store_units(store))
     return estimator

@@ -20,6 +20,7 @@ from dmtoolkit.analyze.results import (
     LeakPair,
     MislabelReport,
     Recommendation,
+    SourceCopy,
     Subpopulation,
 )
 from dmtoolkit.display import register_text, type_name
@@ -129,11 +130,23 @@ def format_explanation(explanation: Explanation, top: int | None = None) -> str:
     return "\n".join(lines)
 
 
+ORDER_MEANING = {"bottom": "most negative mean influence first", "top": "most positive mean influence first",
+                 "random": "a random order per repeat"}
+
+
 def format_counterfactual(result: CounterfactualResult) -> str:
-    """Target accuracy (mean ± std over repeats) per number of classes removed."""
-    lines = [f"order {result.order}, {result.repeats} repeats:"]
+    """Target accuracy (mean ± std over repeats) per number of classes removed, then the classes removed at each k
+    (per repeat when the repeats remove different classes)."""
+    lines = [f"order {result.order} ({ORDER_MEANING.get(result.order, result.order)}), {result.repeats} repeats:"]
     lines += [f"  k={k:<4d} target accuracy {mean:.4f} ± {std:.4f}"
               for k, mean, std in zip(result.k, result.accuracy_mean, result.accuracy_std)]
+    lines.append("classes removed:")
+    for k in result.k:
+        removed = result.removed_at(k)
+        if len(removed) == 1:
+            lines.append(f"  k={k:<4d} {', '.join(removed[0]) or 'none'}")
+        else:
+            lines += [f"  k={k:<4d} repeat {r}: {', '.join(names) or 'none'}" for r, names in enumerate(removed, 1)]
     return "\n".join(lines)
 
 
@@ -161,14 +174,36 @@ def _leak_score(name: str, s: LeakageScore | None) -> str | None:
             f"({s.hits} of {s.planted_leaks} planted leaks), decoys {s.decoys_flagged}")
 
 
-def format_leakage(report: LeakageReport) -> str:
-    """The one-line answer, the flagged pairs, the browsing list and, with planted ground truth, how the flagged
-    set and the influence-only, pixel-only and top-k detectors score."""
-    lines = [report.message, f"evidence: {report.evidence}; near duplicate: pixel score >= {report.near_duplicate}"]
+def _copy_table(copies: tuple[SourceCopy, ...], thresholded: bool) -> list[str]:
+    width = max([len(c.source_id) for c in copies] + [6])
+    lines = [f"  {'source':<{width}} {'label':<6} {'target':>6} {'label':<6} {'pixel':>6}  {'kind':<10} "
+             f"{'influence':>10} {'q':>6}  models"]
+    for c in copies:
+        influence = "         -" if c.influence is None else f"{c.influence:>+10.4f}"
+        models = ("confirm (significant influence)" if c.confirmed else "do not confirm" if c.confirmed is False
+                  else "cannot tell (target not in the estimate)" if thresholded else "cannot tell (no standard errors)")
+        lines.append(f"  {c.source_id:<{width}} {c.source_label:<6} {c.target:>6} {c.target_label:<6} "
+                     f"{c.pixel_score:>6.3f}  {c.kind:<10} {influence} {_p(c.q_value)}  {models}")
+    return lines
+
+
+def format_leakage(report: LeakageReport, copies_shown: int = 50) -> str:
+    """The one-line answer; the pixel copies of target test images (at most `copies_shown` rows) with the ids to
+    remove, before any influence evidence; what the models add; the flagged pairs, the browsing list and, with
+    planted ground truth, how the flagged set and the influence-only, pixel-only and top-k detectors score."""
+    lines = [report.message]
+    if report.copies:
+        lines.append(f"copies of target test images ({len(report.copies)}), from pixels:")
+        lines += _copy_table(report.copies[:copies_shown], report.thresholded)
+        if len(report.copies) > copies_shown:
+            lines.append(f"  ... and {len(report.copies) - copies_shown} more (--json or --csv lists every copy)")
+    lines.append("source example ids to remove: " + (", ".join(report.removal_ids) or "none"))
+    lines += [line for line in (report.pixel_evidence, report.models_add) if line]
+    lines.append(f"evidence: {report.evidence}; near duplicate: pixel score >= {report.near_duplicate}")
     if report.features:
         lines.append(report.features)
     if report.flagged:
-        lines += ["flagged (remove these source examples: " + ", ".join(report.removal_ids) + "):"]
+        lines += ["flagged by influence and pixels (likely copies the models learned from):"]
         lines += _leak_table(report.flagged, report.ranking != "influence")
     lines += [f"top {len(report.pairs)} pairs by {report.ranking} (browsing):"]
     lines += _leak_table(report.pairs, report.ranking != "influence")
@@ -220,15 +255,25 @@ def format_demo(summary: DemoSummary) -> str:
 
 
 def format_lds(result: LdsResult) -> str:
-    """LDS summary line and a text histogram of the per-target scores."""
+    """The verdict first, then the LDS summary line, the curve (LDS at half the fitting models) when computed, and
+    a text histogram of the per-target scores."""
     if result.lds_mean is None:
         return f"LDS undefined on all {result.heldout_models} held-out models (constant margins)"
     first, stop = result.targets
     interval = ("" if result.lds_interval is None else
                 f" [{result.lds_interval[0]:.3f}, {result.lds_interval[1]:.3f}] (95% bootstrap over "
                 f"{result.heldout_units} held-out draws)")
-    lines = [f"{result.estimator} LDS on {result.heldout_models} held-out models, targets {first}:{stop}: "
+    lines = [result.verdict,
+             f"{result.estimator} LDS on {result.heldout_models} held-out models, targets {first}:{stop}: "
              f"mean {result.lds_mean:.3f}{interval}, median {result.lds_median:.3f}"]
+    curve = result.curve
+    if curve is not None:
+        gain = ("" if curve.gain is None else f"; {curve.gain:+.3f} per doubling of models" + (
+            "" if curve.gain_interval is None else
+            f" [{curve.gain_interval[0]:+.3f}, {curve.gain_interval[1]:+.3f}]"))
+        lines.append(f"curve: refitted on half the fitting models ({curve.half_models:,} of {curve.full_models:,}, "
+                     f"whole sampling units), LDS {_value(curve.half_lds)} vs {_value(curve.full_lds)} on the same "
+                     f"held-out models{gain}")
     counts, edges = result.histogram_counts, result.histogram_edges
     scale = 40 / max(max(counts), 1)
     for count, low, high in zip(counts, edges, edges[1:]):
@@ -238,26 +283,31 @@ def format_lds(result: LdsResult) -> str:
 
 
 def format_recommendation(rec: Recommendation) -> str:
-    """The recommendation in one line, then every candidate k with its predicted changes."""
-    lines = [rec.message,
+    """The recommendation in one line, why (for "remove nothing", and for rows the evidence gate kept out), then
+    every candidate k with its predicted changes and whether all its classes have evidence of harm."""
+    gate = rec.harmful is not None
+    lines = [rec.message, *rec.explanation,
              f"chosen on {len(rec.validation_columns)} validation targets (split seed {rec.split_seed}); the other "
              f"{len(rec.test_columns)} are left for verification. {rec.interval_note}",
              f"  {'k':>3}  {'pred. accuracy':>14}  {'change':>7}  {'mean margin change':>18}  "
-             f"{_level_heading(rec.level) if rec.level is not None else ''}".rstrip()]
+             f"{_level_heading(rec.level) if rec.level is not None else ''}"
+             f"{'  all harmful' if gate else ''}".rstrip()]
     for c in rec.candidates:
         mark = "*" if c.k == rec.chosen.k else " "
         text = (f"{mark} {c.k:>3}  {c.predicted_accuracy:>14.3f}  {c.predicted_accuracy_change:>+7.3f}  "
                 f"{signed(c.predicted_margin_change):>18}")
         if rec.level is not None:
             text += f"  {interval(c.margin_change_low, c.margin_change_high)}"
+        if gate:
+            text += f"  {'yes' if c.evidence else 'no':>11}"
         lines.append(text)
+    if gate:
+        lines.append(f"all harmful: every removed class has evidence of harm at FDR {100 * (rec.fdr or 0):g}% "
+                     "(only such rows may be chosen)")
     return "\n".join(lines)
 
 
 # reliability ---------------------------------------------------------------------------------------------
-ANSWERS = (("ranking", "class ranking"), ("matrix", "class x target class"))
-
-
 def _value(value: float | None, digits: int = 3) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
@@ -271,36 +321,43 @@ def _store_block(store: StoreReliability) -> list[str]:
     seed = lambda v: "unknown" if v is None else str(v)  # noqa: E731
     lines = [f"{store.path}: {store.models} models, mask seed {seed(store.mask_seed)}, training seed "
              f"{seed(store.training_seed)} ({store.randomness} randomness)",
-             f"  {'answer':<22}{'split-half':>16}{'full':>8}{'for 0.8':>10}{'for 0.9':>10}"]
-    for attr, label in ANSWERS:
+             f"  {'answer':<24}{'split-half':>16}{'full':>8}{'for 0.8':>10}{'for 0.9':>10}"]
+    for attr, label in store.answers:
         within = getattr(store, attr)
         split = within.split
         half = "-" if split.mean is None else f"{split.mean:.3f} ± {split.sd:.3f}"
-        lines.append(f"  {label:<22}{half:>16}{_value(within.full):>8}{_models(within.needed['0.8']):>10}"
+        lines.append(f"  {label:<24}{half:>16}{_value(within.full):>8}{_models(within.needed['0.8']):>10}"
                      f"{_models(within.needed['0.9']):>10}")
+    lines.append(f"  {store.verdicts['matrix']}")
     return lines
 
 
 def _cross_block(report: ReliabilityReport) -> list[str]:
     first, second = report.stores
-    crosses: list[tuple[str, CrossRun | None]] = [(label, getattr(report, attr)) for attr, label in ANSWERS]
+    crosses: list[tuple[str, CrossRun | None]] = [(label, getattr(report, attr)) for attr, label in first.answers]
     models = crosses[0][1].models if crosses[0][1] is not None else 0
     lines = [f"cross-run agreement of {first.path} and {second.path} (as one run of {models:,.0f} models)",
-             f"  {'answer':<22}{'Spearman':>10}{'predicted':>11}{'for 0.8':>10}{'for 0.9':>10}"]
+             f"  {'answer':<24}{'Spearman':>10}{'predicted':>11}{'for 0.8':>10}{'for 0.9':>10}"]
     for label, cross in crosses:
         if cross is not None:
-            lines.append(f"  {label:<22}{_value(cross.correlation):>10}{_value(cross.predicted):>11}"
+            lines.append(f"  {label:<24}{_value(cross.correlation):>10}{_value(cross.predicted):>11}"
                          f"{_models(cross.needed['0.8']):>10}{_models(cross.needed['0.9']):>10}")
     return lines
 
 
 def format_reliability(report: ReliabilityReport) -> str:
-    """Each store's split-half table and, for two stores, their agreement; warnings are the CLI's to print."""
+    """The verdict lines first, then each store's split-half table and, for two stores, their agreement; warnings
+    are the CLI's to print."""
     splits = len(report.stores[0].ranking.split.seeds)
-    lines = [f"reliability of {report.estimator} class influence",
-             f"  split-half: Spearman between halves of whole sampling units (mean ± sd over {splits} splits)",
-             "  full: Spearman-Brown to all models; for 0.8 / 0.9: models one run needs to agree that well with "
-             "another such run"]
+    kind = report.stores[0].kind
+    lines = [f"verdict: {line}" for line in report.verdicts]
+    lines += [f"reliability of {report.estimator} {kind} influence",
+              f"  split-half: Spearman between halves of whole sampling units (mean ± sd over {splits} splits)",
+              "  full: Spearman-Brown to all models; for 0.8 / 0.9: models one run needs to agree that well with "
+              "another such run"]
+    if kind == "example":
+        lines.append("  example ranking: source examples by mean influence over all targets; example x target "
+                     "class: mean influence on each target class's examples")
     for store in report.stores:
         lines += _store_block(store)
     if len(report.stores) == 2:
