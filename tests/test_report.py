@@ -248,7 +248,7 @@ SCREEN = """<script>
 window.addEventListener("load", function () {
   setTimeout(function () {
     var box = function (el) { var r = el.getBoundingClientRect(); return {top: r.top, bottom: r.bottom}; };
-    var cards = Array.prototype.map.call(document.querySelectorAll("#summary .card"), function (card) {
+    var cards = Array.prototype.map.call(document.querySelectorAll("#summary .card.answer"), function (card) {
       return {id: card.id, heading: box(card.querySelector("h3")), verdict: box(card.querySelector(".verdict"))};
     });
     // sort the all-classes table by influence, as a click on its heading does

@@ -306,8 +306,9 @@ def _summary(estimates: list[EstimateSection], counterfactuals: list[Counterfact
     ]
 
 
-def _sort_key(e: EstimateSection) -> tuple[int, str]:
-    return (0 if e.kind == "class" else 1, e.file)
+def _sort_key(e: EstimateSection) -> tuple[int, int, str]:
+    """Class level first; within a level, estimates with standard errors (the ones that can flag) first."""
+    return (0 if e.kind == "class" else 1, 1 if e.estimator == "datamodels" else 0, e.file)
 
 
 def build_report(directory: str | Path, out_dir: str | Path, *, top: int = 10, subpops: int = 3) -> Path:

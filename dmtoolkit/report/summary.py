@@ -179,12 +179,16 @@ def removal_answer(rec: Recommendation | None, curves: Sequence[CounterfactualCu
         ks = ",".join(str(k) for k in sorted({0, chosen.k}))
         caveats.append(f"Not retrained: verify with `dmtoolkit counterfactual RECIPE.yaml --influence {file} "
                        f"--order bottom --k {ks}`.")
-    if chosen.k == 0:
-        best = max(rec.candidates, key=lambda c: c.predicted_accuracy)
-        if best.k and best.evidence is False:
-            caveats.append(f"Removing {best.k} would be predicted to change validation accuracy by "
-                           f"{signed(best.predicted_accuracy_change)}, but not all of those classes have evidence "
-                           "of harm; the prediction alone is no reason to remove them.")
+    removals = [c for c in rec.candidates if c.k]
+    if chosen.k == 0 and removals:
+        best = max(removals, key=lambda c: (c.predicted_accuracy, -c.k))
+        if best.evidence is False and best.predicted_accuracy_change > 0:
+            margin = signed(best.predicted_margin_change) + (
+                f" {bracket(best.margin_change_low, best.margin_change_high)}"
+                if best.margin_change_low is not None else "")
+            caveats.append(f"Removing the {best.k} most negative would be predicted to change validation accuracy "
+                           f"by {signed(best.predicted_accuracy_change)} (mean margin {margin}), but not all of "
+                           "them have evidence of harm: a prediction alone is no reason to remove them.")
     return Answer("removal", question, verdict, tone, header, tuple(rows), tuple(tones), tuple(evidence),
                   tuple(caveats), (note(rec.interval_note),))
 
