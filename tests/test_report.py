@@ -21,7 +21,7 @@ from dmtoolkit.estimate import compute_influence, fit_datamodels
 from dmtoolkit.estimate.lds import evaluate
 from dmtoolkit.reliability import reliability_report
 from dmtoolkit.report import build_report
-from dmtoolkit.report.summary import classes_answer, negative_heading
+from dmtoolkit.report.summary import EstimateTrust, StoreTrust, classes_answer, negative_heading, trust_answer
 from dmtoolkit.store_import import import_arrays
 from tests.test_analyze import class_files, example_files  # noqa: F401  (module-scoped fixtures)
 
@@ -289,3 +289,27 @@ def test_summary_is_on_the_first_screen(report_page: Path, tmp_path: Path, size:
     for card in result["cards"]:
         assert 0 <= card["heading"]["top"] and card["verdict"]["bottom"] <= result["height"], (size, card)
     assert len(result["sorted"]) == 6 and result["sorted"] == sorted(result["sorted"])
+
+
+def test_trust_answer_says_what_a_small_store_needs() -> None:
+    """Pure: a class store below 0.8 names its reliability and the models for 0.8; an example-level estimate with
+    LDS <= 0 is called no better than chance and told to train more; a good store is trusted."""
+    small = StoreTrust("runs.h5", "class", 48, 0.01, 0.025, {"0.8": 7627.4, "0.9": 17159.0})
+    answer = trust_answer([small], [EstimateTrust("influence.h5", "class", "influence", "runs.h5", 0.17,
+                                                  (0.16, 0.21), 6)])
+    assert answer.tone == "warn"
+    assert answer.verdict == ("Not yet: runs.h5's class ranking has reliability +0.03 at 48 models, about 7,627 "
+                              "needed for 0.8.")
+    assert any("about 7,627 for a reproducible class ranking (0.8), 17,159 for 0.9" in c for c in answer.caveats)
+    example = StoreTrust("ex.h5", "example", 32)
+    answer = trust_answer([example], [EstimateTrust("ex-influence.h5", "example", "influence", "ex.h5", -0.064,
+                                                    (-0.1, 0.0), 8)])
+    assert answer.tone == "bad" and "no better than chance" in answer.verdict
+    assert answer.caveats == ("ex-influence.h5: LDS -0.064 ≤ 0 — it predicts held-out models no better than chance; "
+                              "do not act on its flags. To answer: ex.h5 has 32 models; train more and refit (split "
+                              "halves, which say how many, are measured on class-level stores only).",)
+    good = StoreTrust("runs.h5", "class", 1024, 0.75, 0.86, {"0.8": 700.0, "0.9": 1500.0})
+    answer = trust_answer([good], [EstimateTrust("influence.h5", "class", "influence", "runs.h5", 0.31,
+                                                 (0.25, 0.37), 200)])
+    assert answer.tone == "good" and answer.caveats == ()
+    assert ("influence.h5: LDS (influence)", "+0.31 [+0.25, +0.37]", "200 held-out models") in answer.rows

@@ -280,6 +280,9 @@ def mislabel_answer(report: MislabelReport | None, file: str | None, note: Note)
 def _needed_text(store: StoreTrust | None) -> str:
     if store is None:
         return "train more models (a larger store), then refit"
+    if store.kind != "class":
+        return (f"{store.name} has {store.models:,} models; train more and refit (split halves, which say how many, "
+                "are measured on class-level stores only)")
     n8, n9 = store.needed.get("0.8"), store.needed.get("0.9")
     if n8 is None:
         return (f"{store.name} has {store.models} models, too few for its split halves to agree at all; train "
