@@ -15,13 +15,20 @@ import pytest
 from click.testing import CliRunner
 
 from dmtoolkit.analyze import load_estimate
-from dmtoolkit.analyze.results import ClassEffect, ClassRanking
+from dmtoolkit.analyze.results import ClassEffect, ClassRanking, LeakageReport, LeakPair
 from dmtoolkit.cli import cli
 from dmtoolkit.estimate import compute_influence, fit_datamodels
 from dmtoolkit.estimate.lds import evaluate
 from dmtoolkit.reliability import reliability_report
 from dmtoolkit.report import build_report
-from dmtoolkit.report.summary import EstimateTrust, StoreTrust, classes_answer, negative_heading, trust_answer
+from dmtoolkit.report.summary import (
+    EstimateTrust,
+    StoreTrust,
+    classes_answer,
+    leakage_answer,
+    negative_heading,
+    trust_answer,
+)
 from dmtoolkit.store_import import import_arrays
 from tests.test_analyze import class_files, example_files  # noqa: F401  (module-scoped fixtures)
 
@@ -313,3 +320,20 @@ def test_trust_answer_says_what_a_small_store_needs() -> None:
                                                  (0.25, 0.37), 200)])
     assert answer.tone == "good" and answer.caveats == ()
     assert ("influence.h5: LDS (influence)", "+0.31 [+0.25, +0.37]", "200 held-out models") in answer.rows
+
+
+def test_copies_lead_even_when_influence_finds_no_evidence() -> None:
+    """The trial's case: leakage says "no evidence" while two source images are pixel copies of test images; the
+    summary calls it contamination and names them first."""
+    def pair(source: int, target: int, pixel: float) -> LeakPair:
+        return LeakPair(1, source, f"src/{source}", "6", target, "6", 0.01, 0.01, pixel, 0.4, 0.9,
+                        "near duplicate only" if pixel >= 0.985 else "not significant")
+
+    report = LeakageReport("ex.h5", "influence", "influence", True, (pair(15, 625, 1.0),), message=
+                           "no evidence of leakage at FDR 5%", evidence="one-sided p-values",
+                           near_duplicate_only=(pair(15, 625, 1.0), pair(1, 16, 0.999), pair(3, 7, 0.5)))
+    answer = leakage_answer(report, "ex.h5", lambda text: 1)
+    assert answer.tone == "bad"
+    assert answer.verdict == "Contamination: 2 source images copy a target test image. Remove src/15, src/1."
+    assert answer.rows == (("src/15", "6", "625", "6", "1.000", "no"), ("src/1", "6", "16", "6", "0.999", "no"))
+    assert "What the models say (ex.h5): no evidence of leakage at FDR 5%." in answer.evidence

@@ -203,23 +203,23 @@ class Copy:
     target_label: str
     pixel_score: float
     kind: str
-    influence: str  # what the models say about it
+    influence: str  # do the models confirm it (significant influence on that target): yes | no | – (cannot tell)
 
 
 def copies_of(report: LeakageReport) -> list[Copy]:
-    """The source images that copy target test images: the result's `copies` (pixel scan over every pair)
-    when it has them, else every pair whose pixel score reaches the near-duplicate threshold (flagged, or
-    near duplicate without significant influence), each source once."""
+    """The source images that copy target test images: the result's `copies` (a pixel scan over every pair, in
+    results that have it) when there are any, else every listed pair whose pixel score reaches the near-duplicate
+    threshold (flagged, or near duplicate without significant influence), each source once."""
     found = getattr(report, "copies", None)
-    if found is not None:
+    if found:  # the pixel scan's copies (empty or absent: the pairs below are all there is)
         return [Copy(c.source_id, c.source_label, c.target, c.target_label, c.pixel_score, c.kind,
-                     "significant" if c.confirmed else "not significant" if c.confirmed is False else "cannot tell")
+                     "yes" if c.confirmed else "no" if c.confirmed is False else "–")
                 for c in found]
     out: dict[str, Copy] = {}
     for p in (*report.flagged, *report.near_duplicate_only):
         if p.pixel_score >= report.near_duplicate and p.source_id not in out:
             out[p.source_id] = Copy(p.source_id, p.source_label, p.target, p.target_label, p.pixel_score,
-                                    "near duplicate", "significant" if p.flagged else "not significant")
+                                    "near duplicate", "yes" if p.flagged else "no")
     return list(out.values())
 
 
@@ -240,8 +240,8 @@ def leakage_answer(report: LeakageReport | None, file: str | None, note: Note) -
         tone = "bad"
     else:
         verdict = report.message[:1].upper() + report.message[1:] + "."
-        tone = "warn" if report.flagged or report.influence_only else "good"
-    header = ("source", "label", "target test #", "label", "pixel score", "influence") if copies else ()
+        tone = "warn" if report.flagged or report.influence_only else "info"
+    header = ("source", "label", "target test #", "label", "pixel score", "models confirm") if copies else ()
     rows = tuple((c.source_id, c.source_label, str(c.target), c.target_label, f"{c.pixel_score:.3f}", c.influence)
                  for c in copies[:SHOWN])
     caveats = []
@@ -273,7 +273,7 @@ def mislabel_answer(report: MislabelReport | None, file: str | None, note: Note)
     if report.planted is not None and report.planted.auc is not None:
         caveats.append(f"Against the planted flips in this store the ranking has AUC {report.planted.auc:.2f}.")
     evidence = (f"From {file}: {report.evidence}.",)
-    return Answer("mislabels", question, verdict, "warn" if report.flagged else "good", header, rows, tones,
+    return Answer("mislabels", question, verdict, "warn" if report.flagged else "info", header, rows, tones,
                   evidence, tuple(caveats))
 
 
