@@ -10,12 +10,26 @@ import subprocess
 from pathlib import Path
 
 import h5py
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from dmtoolkit.analyze import load_estimate
+from dmtoolkit.analyze.results import ClassEffect, ClassRanking, LeakageReport, SourceCopy
 from dmtoolkit.cli import cli
 from dmtoolkit.estimate import compute_influence, fit_datamodels
+from dmtoolkit.estimate.lds import evaluate
+from dmtoolkit.reliability import reliability_report
 from dmtoolkit.report import build_report
+from dmtoolkit.report.summary import (
+    EstimateTrust,
+    StoreTrust,
+    classes_answer,
+    leakage_answer,
+    negative_heading,
+    trust_answer,
+)
+from dmtoolkit.store_import import import_arrays
 from tests.test_analyze import class_files, example_files  # noqa: F401  (module-scoped fixtures)
 
 
@@ -39,8 +53,21 @@ def report_dir(class_files, example_files, tmp_path_factory: pytest.TempPathFact
     return folder
 
 
-def test_report_contents(report_dir: Path, tmp_path: Path) -> None:
-    page = build_report(report_dir, tmp_path / "rep")
+@pytest.fixture(scope="module")
+def report_page(report_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The report of `report_dir`, built once for the tests that only read it."""
+    return build_report(report_dir, tmp_path_factory.mktemp("rep") / "rep")
+
+
+def summary_of(html: str) -> str:
+    """The first-screen answers: the HTML of the summary section."""
+    start = html.index('<section id="summary"')
+    return html[start:html.index("</section>", start)]
+
+
+def test_report_contents(report_page: Path) -> None:
+    page = report_page
+    tmp_path = page.parent.parent
     html = page.read_text()
     assert html.count("<img ") >= 8 and 'src="data:image/png;base64,' in html
     assert not re.search(r'src="(?!data:)', html)  # self-contained: no external images or scripts
@@ -61,6 +88,91 @@ def test_report_contents(report_dir: Path, tmp_path: Path) -> None:
     assert by_file["influence.h5"]["lds"]["heldout_models"] == 12
     for name in ("c1", "Leakage", "Mislabels", "no evidence of", "LDS", "Run health", "Detection scores"):
         assert name in html
+    # the answers come first, then class level, then example level; every note is said once
+    order = [html.index(f'<section id="{name}"') for name in ("summary", "class-level", "example-level", "notes")]
+    assert order == sorted(order)
+    assert html.index('<section id="summary"') < html.index("<img ")
+    assert html.count(rank["interval_note"]) == 1
+    for note in data["notes"]:
+        assert html.count(f'id="note-{note["number"]}"') == 1
+
+
+def test_summary_names_classes_with_intervals(report_page: Path) -> None:
+    """The summary names the most helpful and the most harmful class, each with its interval, as rank gives them."""
+    summary = summary_of(report_page.read_text())
+    data = json.loads((report_page.parent / "report.json").read_text())
+    by_file = {e["file"]: e for e in data["estimates"]}
+    ranking = by_file["influence.h5"]["rank"]
+    best, worst = ranking["top"][0], ranking["bottom"][0]
+    assert best["name"] == "c1" and worst["name"] == "c4" and worst["high"] < 0  # the fixture's planted effects
+    assert "Helps most: c1. Hurts most: c4." in summary
+    for e in (best, worst):
+        assert f"{e['influence']:+.3f} [{e['low']:+.3f}, {e['high']:+.3f}]" in summary
+    assert "90% interval" in summary
+    answers = {a["key"]: a for a in data["summary"]}
+    assert list(answers) == ["classes", "removal", "leakage", "mislabels", "trust"]
+    # removal: the recommendation, then the retrained check from the counterfactual file in the folder
+    rec = by_file["influence.h5"]["recommend"]
+    assert rec["message"][:1].upper() + rec["message"][1:] in summary
+    assert ["2 most negative", "0.850", "0.020", "2"] in answers["removal"]["rows"]
+    # leakage: the planted copies (source 2 -> target 4, 7 -> target 1) named first, as contamination
+    assert answers["leakage"]["tone"] == "bad" and "Contamination" in answers["leakage"]["verdict"]
+    assert {r[0]: r[2] for r in answers["leakage"]["rows"]} == {"ex2": "4", "ex7": "1"}
+    # trust: the class store's reliability and every estimate's LDS with its interval
+    trust = answers["trust"]
+    lds = by_file["influence.h5"]["lds"]
+    assert any(r[0] == "influence.h5: LDS (difference-of-means)" and
+               r[1] == f"{lds['lds_mean']:+.2f} [{lds['lds_interval'][0]:+.2f}, {lds['lds_interval'][1]:+.2f}]"
+               for r in trust["rows"])
+
+
+def _effects(values: list[float]) -> tuple[ClassEffect, ...]:
+    return tuple(ClassEffect(i, f"k{i}", v, v - 0.1, v + 0.1) for i, v in enumerate(values))
+
+
+def test_most_negative_column_is_labelled_honestly() -> None:
+    assert negative_heading(_effects([-0.3, -0.2])) == "most negative"
+    assert negative_heading(_effects([0.01, 0.2])) == "least positive (none negative)"
+    assert negative_heading(_effects([-0.3, 0.2])) == "most negative first (≥ 0: helps least)"
+    top, bottom = _effects([0.9, 0.5]), _effects([0.02, 0.05])
+    ranking = ClassRanking("f.h5", "influence", None, 10, top + bottom, (), top, bottom, bottom, 0.9, "note")
+    answer = classes_answer(ranking, "f.h5", lambda text: 1)
+    assert answer.verdict == "Helps most: k0. No class hurts on average: every mean influence is positive."
+    assert ("least positive (none negative)", "k0", "+0.020 [-0.080, +0.120]") in answer.rows
+
+
+def test_negative_lds_warns_with_the_models_needed(tmp_path: Path) -> None:
+    """A store whose held-out models behave opposite to the fitted ones: LDS < 0, and the summary says so,
+    with the models the store's own split halves ask for."""
+    rng = np.random.default_rng(3)
+    m, P, T = 96, 6, 8
+    masks = rng.random((m, P)) < 0.5
+    signal = masks @ rng.normal(size=(P, T))
+    names = [f"k{i}" for i in range(P)]
+    first = import_arrays(tmp_path / "probe.h5", masks, signal, unit_names=names, target_labels=np.arange(T) % 2)
+    compute_influence(first, tmp_path / "probe-influence.h5", device="cpu", holdout_frac=0.25)
+    held = load_estimate(tmp_path / "probe-influence.h5").test_rows
+    margins = signal + 0.1 * rng.normal(size=(m, T))
+    margins[held] = -signal[held]  # held-out models: every effect reversed
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    store = import_arrays(folder / "runs.h5", masks, margins.astype(np.float32), unit_names=names,
+                          target_labels=np.arange(T) % 2)
+    compute_influence(store, folder / "influence.h5", device="cpu", holdout_frac=0.25)
+    assert np.array_equal(load_estimate(folder / "influence.h5").test_rows, held)
+    lds = evaluate(store, folder / "influence.h5")
+    assert lds.lds_mean is not None and lds.lds_mean < 0
+    needed = reliability_report(store).stores[0].ranking.needed["0.8"]
+
+    html = build_report(folder, tmp_path / "rep").read_text()
+    summary = summary_of(html)
+    trust = {a["key"]: a for a in json.loads((tmp_path / "rep" / "report.json").read_text())["summary"]}["trust"]
+    assert trust["tone"] == "bad" and "no better than chance" in trust["verdict"]
+    assert f"influence.h5: LDS {lds.lds_mean:+.3f} ≤ 0" in summary
+    expected = (f"about {round(needed):,} for a reproducible class ranking" if needed is not None
+                else "too few for its split halves to agree at all")
+    assert expected in summary and "runs.h5 has 96 models" in summary
+    assert 'role="alert"' in summary and summary.index('role="alert"') < summary.index('class="cards"')
 
 
 def test_report_cli_and_errors(report_dir: Path, tmp_path: Path) -> None:
@@ -101,12 +213,11 @@ NEEDS_CHROMIUM = pytest.mark.skipif(_chromium() is None and not os.environ.get("
 
 
 @NEEDS_CHROMIUM
-def test_report_renders_in_headless_chromium(report_dir: Path, tmp_path: Path) -> None:
+def test_report_renders_in_headless_chromium(report_page: Path, tmp_path: Path) -> None:
     browser = _chromium()
     assert browser, "chromium is required in CI: apt-get install -y chromium"
-    page = build_report(report_dir, tmp_path / "rep")
-    html = page.read_text()
-    checked = tmp_path / "rep" / "checked.html"
+    html = report_page.read_text()
+    checked = tmp_path / "checked.html"
     checked.write_text(html.replace("<head>", "<head>\n" + CHECK, 1))
     profile = tmp_path / "profile"
     cmd = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -138,3 +249,89 @@ def test_broken_image_is_detected(tmp_path: Path) -> None:
     result = json.loads(re.search(r"RESULT (\{.*?\})\s*</pre>", proc.stdout.replace("&quot;", '"')).group(1))
     assert result["broken"] == 1
     assert any("ReferenceError" in e for e in result["errors"]), result
+
+
+SCREEN = """<script>
+window.addEventListener("load", function () {
+  setTimeout(function () {
+    var box = function (el) { var r = el.getBoundingClientRect(); return {top: r.top, bottom: r.bottom}; };
+    var cards = Array.prototype.map.call(document.querySelectorAll("#summary .card.answer"), function (card) {
+      return {id: card.id, heading: box(card.querySelector("h3")), verdict: box(card.querySelector(".verdict"))};
+    });
+    // sort the all-classes table by influence, as a click on its heading does
+    var table = document.querySelector("#class-level details table.sortable");
+    table.querySelectorAll("thead th")[2].click();
+    var sorted = Array.prototype.map.call(table.tBodies[0].rows, function (r) { return parseFloat(r.cells[2].getAttribute("data-v")); });
+    var out = document.createElement("pre");
+    out.id = "screen-check";
+    out.textContent = "SCREEN " + JSON.stringify({height: window.innerHeight, width: window.innerWidth,
+      first: document.querySelector("main").firstElementChild.id, cards: cards, sorted: sorted});
+    document.body.appendChild(out);
+  }, 0);
+});
+</script>"""
+
+
+@NEEDS_CHROMIUM
+@pytest.mark.parametrize("size", [(1440, 900), (1280, 720)])
+def test_summary_is_on_the_first_screen(report_page: Path, tmp_path: Path, size: tuple[int, int]) -> None:
+    """At desktop and laptop sizes every answer's question and verdict are visible without scrolling; the
+    page opens with the summary; a click on a heading sorts a table."""
+    browser = _chromium()
+    assert browser, "chromium is required in CI: apt-get install -y chromium"
+    checked = tmp_path / "screen.html"
+    checked.write_text(report_page.read_text().replace("<head>", "<head>\n" + SCREEN, 1))
+    cmd = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+           "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
+           "--hide-scrollbars", f"--user-data-dir={tmp_path / 'profile'}", f"--window-size={size[0]},{size[1]}",
+           "--virtual-time-budget=5000", "--dump-dom", checked.as_uri()]
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=120)
+    match = re.search(r"SCREEN (\{.*?\})\s*</pre>", proc.stdout.replace("&quot;", '"'))
+    assert match, f"no check result in Chromium's DOM (exit {proc.returncode}): {proc.stderr[-2000:]}"
+    result = json.loads(match.group(1))
+    assert result["first"] == "summary"
+    assert result["width"] == size[0] and 0 < result["height"] <= size[1]
+    assert [c["id"] for c in result["cards"]] == [f"answer-{k}" for k in
+                                                  ("classes", "removal", "leakage", "mislabels", "trust")]
+    for card in result["cards"]:
+        assert 0 <= card["heading"]["top"] and card["verdict"]["bottom"] <= result["height"], (size, card)
+    assert len(result["sorted"]) == 6 and result["sorted"] == sorted(result["sorted"])
+
+
+def test_trust_answer_says_what_a_small_store_needs() -> None:
+    """Pure: a class store below 0.8 names its reliability and the models for 0.8; an example-level estimate with
+    LDS <= 0 is called no better than chance and told to train more; a good store is trusted."""
+    small = StoreTrust("runs.h5", "class", 48, 0.01, 0.025, {"0.8": 7627.4, "0.9": 17159.0})
+    answer = trust_answer([small], [EstimateTrust("influence.h5", "class", "influence", "runs.h5", 0.17,
+                                                  (0.16, 0.21), 6)])
+    assert answer.tone == "warn"
+    assert answer.verdict == ("Not yet: runs.h5's class ranking has reliability +0.03 at 48 models, about 7,627 "
+                              "needed for 0.8.")
+    assert any("about 7,627 for a reproducible class ranking (0.8), 17,159 for 0.9" in c for c in answer.caveats)
+    example = StoreTrust("ex.h5", "example", 32)
+    answer = trust_answer([example], [EstimateTrust("ex-influence.h5", "example", "influence", "ex.h5", -0.064,
+                                                    (-0.1, 0.0), 8)])
+    assert answer.tone == "bad" and "no better than chance" in answer.verdict
+    assert answer.caveats == ("ex-influence.h5: LDS -0.064 ≤ 0 — it predicts held-out models no better than chance; "
+                              "do not act on its flags. To answer: ex.h5 has 32 models; train more and refit (split "
+                              "halves, which say how many, are measured on class-level stores only).",)
+    good = StoreTrust("runs.h5", "class", 1024, 0.75, 0.86, {"0.8": 700.0, "0.9": 1500.0})
+    answer = trust_answer([good], [EstimateTrust("influence.h5", "class", "influence", "runs.h5", 0.31,
+                                                 (0.25, 0.37), 200)])
+    assert answer.tone == "good" and answer.caveats == ()
+    assert ("influence.h5: LDS (influence)", "+0.31 [+0.25, +0.37]", "200 held-out models") in answer.rows
+
+
+def test_copies_lead_even_when_influence_finds_no_evidence() -> None:
+    """The trial's case: influence finds no evidence while two source images are pixel copies of test images; the
+    summary calls it contamination and names them first, the models' reading after."""
+    copies = (SourceCopy(15, "src/15", "6", 625, "6", 1.0, True, 0.01, 0.4, 0.9, False),
+              SourceCopy(1, "src/1", "6", 16, "6", 0.999, False, 0.01, 0.4, 0.9, False))
+    report = LeakageReport("ex.h5", "influence", "influence", True, (), message="contamination: 2 source examples "
+                           "copy target test images", evidence="one-sided p-values", copies=copies,
+                           models_add="what the models add: influence confirms 0 of 2 at FDR 5%")
+    answer = leakage_answer(report, "ex.h5", lambda text: 1)
+    assert answer.tone == "bad"
+    assert answer.verdict == "Contamination: 2 source images copy a target test image. Remove src/15, src/1."
+    assert answer.rows == (("src/15", "6", "625", "6", "1.000", "no"), ("src/1", "6", "16", "6", "0.999", "no"))
+    assert "What the models add: influence confirms 0 of 2 at FDR 5% (ex.h5)." in answer.evidence

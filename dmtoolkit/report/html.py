@@ -1,12 +1,16 @@
 """`dmtoolkit report`: one self-contained HTML page from whatever run stores and estimates a folder holds.
 
-Sections hold the analyses' typed results; the template reads their attributes (undefined ones are an
-error, not an empty cell) and report.json holds their `to_json()`.
+The page answers first (`dmtoolkit.report.summary`: which classes help and hurt, what removing them would
+do, leakage, mislabels, how far to trust it), then gives the class level, the example level, trust
+(LDS, reliability), the runs and, once each, the notes. Sections hold the analyses' typed results; the
+template reads their attributes (undefined ones are an error, not an empty cell) and report.json holds
+their `to_json()`.
 """
 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import time
 from collections.abc import Callable
@@ -24,13 +28,15 @@ from dmtoolkit.analyze.results import (
     LeakageScore,
     MislabelReport,
     MislabelScore,
+    Recommendation,
 )
 from dmtoolkit.analyze.retrain import SCHEMA_NAME as COUNTERFACTUAL_SCHEMA
 from dmtoolkit.errors import UserError
 from dmtoolkit.estimate.files import SCHEMA_NAME as ESTIMATE_SCHEMA
+from dmtoolkit.report.summary import Answer, StoreTrust
 from dmtoolkit.store import SCHEMA_NAME as RUN_SCHEMA
 
-LDS_KEYS = ("lds_mean", "lds_median", "heldout_models", "undefined_targets")
+LDS_KEYS = ("lds_mean", "lds_median", "heldout_models", "undefined_targets", "lds_interval", "heldout_units")
 
 T = TypeVar("T")
 
@@ -87,11 +93,14 @@ class EstimateSection:
     shape: tuple[int, int]
     store: str
     rank: ClassRanking | None = None
+    recommend: Recommendation | None = None
     leakage: LeakageReport | None = None
     mislabels: MislabelReport | None = None
     lds: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
     images: list[tuple[str, str]] = field(default_factory=list)  # (caption, data URI)
+    note_refs: list[int] = field(default_factory=list)  # numbers of this section's notes on the page
+    store_name: str = ""  # file name of the run store found for it (to match its reliability)
 
     def attempt(self, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T | None:
         """Run one analysis; a failure becomes a note in the report instead of stopping it."""
@@ -109,7 +118,8 @@ class EstimateSection:
                                 "shape": list(self.shape), "store": self.store}
         if self.notes:
             data["notes"] = list(self.notes)
-        for name, result in (("rank", self.rank), ("leakage", self.leakage), ("mislabels", self.mislabels)):
+        for name, result in (("rank", self.rank), ("recommend", self.recommend), ("leakage", self.leakage),
+                             ("mislabels", self.mislabels)):
             if result is not None:
                 data[name] = result.to_json()
         if self.lds is not None:
@@ -165,7 +175,14 @@ class DetectionRow:
 
 
 def _estimate_section(path: Path, runs: list[Path], top: int, subpops: int) -> EstimateSection:
-    from dmtoolkit.analyze import detect_leakage, detect_mislabels, load_estimate, rank_classes, subpopulation
+    from dmtoolkit.analyze import (
+        detect_leakage,
+        detect_mislabels,
+        load_estimate,
+        rank_classes,
+        recommend_removal,
+        subpopulation,
+    )
     from dmtoolkit.estimate.lds import evaluate
     from dmtoolkit.report.figures import lds_figure, leakage_figure, rank_figure, subpop_figure
 
@@ -177,8 +194,9 @@ def _estimate_section(path: Path, runs: list[Path], top: int, subpops: int) -> E
         store = next((r for r in runs if est.store_path is not None and r.name == est.store_path.name), None)
     if est.kind == "class":
         # the store the estimate names is found by rank itself (no intervals, with a note, if it changed since)
-        section.rank = section.attempt("rank", rank_classes, path, top=top,
-                                       store=None if store == est.store_path else store)
+        moved = None if store == est.store_path else store
+        section.rank = section.attempt("rank", rank_classes, path, top=top, store=moved)
+        section.recommend = section.attempt("recommend", recommend_removal, path, store=moved)
         if section.rank:
             section.figure("Source classes by mean influence", rank_figure(section.rank))
             if store is not None:
@@ -199,6 +217,7 @@ def _estimate_section(path: Path, runs: list[Path], top: int, subpops: int) -> E
                 lds.histogram_edges, lds.histogram_counts, lds.heldout_models))
     else:
         section.notes.append(f"run store {est.store_path} not found: no images, leakage or LDS")
+    section.store_name = store.name if store is not None else Path(section.store).name
     return section
 
 
@@ -220,8 +239,81 @@ def _detection(estimates: list[EstimateSection]) -> list[DetectionRow]:
     return rows
 
 
+class Notes:
+    """Notes said once: each distinct text gets one number, and the files it applies to are listed beside it."""
+
+    def __init__(self) -> None:
+        self.items: dict[str, tuple[int, list[str]]] = {}
+
+    def add(self, text: str, where: str | None = None) -> int:
+        number, files = self.items.setdefault(text, (len(self.items) + 1, []))
+        if where is not None and where not in files:
+            files.append(where)
+        return number
+
+    def listed(self) -> list[dict[str, Any]]:
+        return [{"number": n, "text": text, "files": files} for text, (n, files) in self.items.items()]
+
+
+def _reliability(path: Path, summary: dict[str, Any], notes: Notes) -> StoreTrust:
+    """What the trust answer reads about a run store: for a class-level store, `reliability_report`'s
+    split-half of the class ranking, its full-store value and the models needed."""
+    from dmtoolkit.reliability import reliability_report
+
+    completed = int(summary["models"]["completed"])
+    if summary.get("kind") != "class":
+        return StoreTrust(path.name, str(summary.get("kind")), completed)
+    try:
+        store = reliability_report(path).stores[0]
+    except UserError as error:
+        notes.add(f"reliability: {error}", path.name)
+        return StoreTrust(path.name, "class", completed)
+    return StoreTrust(path.name, "class", store.models, store.ranking.split.mean, store.ranking.full,
+                      dict(store.ranking.needed))
+
+
+def _primary(sections: list[EstimateSection], attr: str) -> EstimateSection | None:
+    """The section whose `attr` result the summary answers from: the first with intervals (standard errors),
+    else the first that has one at all."""
+    having = [e for e in sections if getattr(e, attr) is not None]
+    with_errors = [e for e in having if e.estimator != "datamodels" and "no standard errors" not in
+                   str(getattr(getattr(e, attr), "interval_note", getattr(getattr(e, attr), "evidence", "")))]
+    return (with_errors or having or [None])[0]
+
+
+def _summary(estimates: list[EstimateSection], counterfactuals: list[CounterfactualSection],
+             stores: list[StoreTrust], notes: Notes) -> list[Answer]:
+    from dmtoolkit.report import summary as s
+
+    ranked, recommended = _primary(estimates, "rank"), _primary(estimates, "recommend")
+    leaked, mislabelled = _primary(estimates, "leakage"), _primary(estimates, "mislabels")
+
+    def noter(section: EstimateSection | None) -> Callable[[str], int]:
+        return lambda text: notes.add(text, section.file if section else None)
+
+    trust = [s.EstimateTrust(e.file, e.kind, e.estimator, e.store_name, e.lds["lds_mean"] if e.lds else None,
+                             tuple(e.lds["lds_interval"]) if e.lds and e.lds["lds_interval"] else None,
+                             e.lds["heldout_models"] if e.lds else 0, evaluated=e.lds is not None)
+             for e in estimates]
+    return [
+        s.classes_answer(ranked.rank if ranked else None, ranked.file if ranked else None, noter(ranked)),
+        s.removal_answer(recommended.recommend if recommended else None, [c.curve for c in counterfactuals],
+                         recommended.file if recommended else None, noter(recommended)),
+        s.leakage_answer(leaked.leakage if leaked else None, leaked.file if leaked else None, noter(leaked)),
+        s.mislabel_answer(mislabelled.mislabels if mislabelled else None,
+                          mislabelled.file if mislabelled else None, noter(mislabelled)),
+        s.trust_answer(stores, trust),
+    ]
+
+
+def _sort_key(e: EstimateSection) -> tuple[int, int, str]:
+    """Class level first; within a level, estimates with standard errors (the ones that can flag) first."""
+    return (0 if e.kind == "class" else 1, 1 if e.estimator == "datamodels" else 0, e.file)
+
+
 def build_report(directory: str | Path, out_dir: str | Path, *, top: int = 10, subpops: int = 3) -> Path:
     """Write OUT_DIR/index.html (images inline) and OUT_DIR/report.json; returns the HTML path."""
+    from dmtoolkit.report.summary import negative_heading
     from dmtoolkit.store_checks import store_summary
 
     directory, out_dir = Path(directory), Path(out_dir)
@@ -230,9 +322,17 @@ def build_report(directory: str | Path, out_dir: str | Path, *, top: int = 10, s
     found = scan(directory)
     if not any(found.values()):
         raise UserError(f"{directory}: holds no dmtoolkit HDF5 files (run stores, influence, datamodels)")
+    notes = Notes()
     runs = [store_summary(p) for p in found["runs"]]
-    estimates = [_estimate_section(p, found["runs"], top, subpops) for p in found["estimates"]]
+    stores = [_reliability(p, r, notes) for p, r in zip(found["runs"], runs)]
+    estimates = sorted((_estimate_section(p, found["runs"], top, subpops) for p in found["estimates"]), key=_sort_key)
     counterfactuals = [_counterfactual_section(p) for p in found["counterfactuals"]]
+    answers = _summary(estimates, counterfactuals, stores, notes)
+    for e in estimates:  # every note once, in one list; sections point to it
+        for text in e.notes:
+            e.note_refs.append(notes.add(text, e.file))
+        if e.rank is not None:
+            e.note_refs.append(notes.add(e.rank.interval_note, e.file))
     combined = None
     if len(counterfactuals) > 1:  # paper Fig. 2a: the orders side by side
         from dmtoolkit.report.figures import counterfactual_figure
@@ -244,14 +344,19 @@ def build_report(directory: str | Path, out_dir: str | Path, *, top: int = 10, s
     env.filters["num"] = lambda v, d=3: "–" if v is None else f"{v:.{d}f}"
     env.filters["pval"] = format_p
     env.filters["interval"] = format_interval
+    env.globals["negative_heading"] = negative_heading
     html = env.get_template("report.html.j2").render(
         directory=str(directory), created=time.strftime("%Y-%m-%d %H:%M:%S"), runs=runs, estimates=estimates,
-        counterfactuals=counterfactuals, combined_counterfactual=combined, detection=detection, top=top)
+        class_estimates=[e for e in estimates if e.kind == "class"],
+        example_estimates=[e for e in estimates if e.kind != "class"], stores=stores, answers=answers,
+        counterfactuals=counterfactuals, combined_counterfactual=combined, detection=detection, top=top,
+        notes=notes.listed())
     out_dir.mkdir(parents=True, exist_ok=True)
     page = out_dir / "index.html"
     page.write_text(html, encoding="utf-8")
     (out_dir / "report.json").write_text(json.dumps(
-        {"runs": runs, "estimates": [e.to_json() for e in estimates],
+        {"summary": [a.to_json() for a in answers], "runs": runs, "estimates": [e.to_json() for e in estimates],
+         "reliability": [dataclasses.asdict(s) for s in stores],
          "counterfactuals": [c.to_json() for c in counterfactuals],
-         "detection": [d.to_json() for d in detection]}, indent=2, default=str))
+         "detection": [d.to_json() for d in detection], "notes": notes.listed()}, indent=2, default=str))
     return page
