@@ -130,7 +130,15 @@ def bootstrap_lds_interval(predicted: np.ndarray, actual: np.ndarray, units: np.
         corr = np.where((var_a > 0) & (var_b > 0), cov / np.sqrt(var_a * var_b), np.nan)
     scores = np.full((draws, int(defined.sum())), 0.0)
     scores[:, ranked[defined]] = corr
-    means = np.nanmean(scores, axis=1)
+    # a draw of one repeated unit (likely with few units: 3 units give 1 draw in 9) has no rank variance, so no
+    # target's correlation and no mean is defined in it: such draws are left out of the percentiles (they were
+    # NaN, which made the whole interval NaN with a "Mean of empty slice" warning)
+    defined_scores = np.isfinite(scores)
+    per_draw = defined_scores.sum(axis=1)
+    keep = per_draw > 0
+    if keep.sum() < draws / 2:
+        return None
+    means = np.where(defined_scores, scores, 0.0)[keep].sum(axis=1) / per_draw[keep]
     tail = (1 - level) / 2
     return float(np.quantile(means, tail)), float(np.quantile(means, 1 - tail))
 

@@ -26,6 +26,7 @@ from dmtoolkit.analyze.results import (
     MislabelScore,
 )
 from dmtoolkit.analyze.retrain import SCHEMA_NAME as COUNTERFACTUAL_SCHEMA
+from dmtoolkit.atomic import check_output, write_text_atomic
 from dmtoolkit.errors import UserError
 from dmtoolkit.estimate.files import SCHEMA_NAME as ESTIMATE_SCHEMA
 from dmtoolkit.store import SCHEMA_NAME as RUN_SCHEMA
@@ -65,7 +66,7 @@ def scan(directory: Path) -> dict[str, list[Path]]:
     """HDF5 files under `directory` (recursively) grouped by what they are."""
     found: dict[str, list[Path]] = {"runs": [], "estimates": [], "counterfactuals": []}
     for path in sorted(directory.rglob("*.h5")):
-        if path.name.startswith("."):
+        if path.name.startswith(".") or not path.is_file():  # temporaries; a FIFO would block the read
             continue
         schema = _schema(path)
         if schema == RUN_SCHEMA:
@@ -220,8 +221,11 @@ def _detection(estimates: list[EstimateSection]) -> list[DetectionRow]:
     return rows
 
 
-def build_report(directory: str | Path, out_dir: str | Path, *, top: int = 10, subpops: int = 3) -> Path:
-    """Write OUT_DIR/index.html (images inline) and OUT_DIR/report.json; returns the HTML path."""
+def build_report(directory: str | Path, out_dir: str | Path, *, top: int = 10, subpops: int = 3,
+                 force: bool = False) -> Path:
+    """Write OUT_DIR/index.html (images inline) and OUT_DIR/report.json; returns the HTML path.
+
+    Both go through the output guard: existing ones are replaced only with `force`, never an input file."""
     from dmtoolkit.store_checks import store_summary
 
     directory, out_dir = Path(directory), Path(out_dir)
@@ -230,6 +234,10 @@ def build_report(directory: str | Path, out_dir: str | Path, *, top: int = 10, s
     found = scan(directory)
     if not any(found.values()):
         raise UserError(f"{directory}: holds no dmtoolkit HDF5 files (run stores, influence, datamodels)")
+    inputs = [p for paths in found.values() for p in paths]
+    page, summary = Path(out_dir) / "index.html", Path(out_dir) / "report.json"
+    for out in (page, summary):
+        check_output(out, force=force, inputs=inputs)
     runs = [store_summary(p) for p in found["runs"]]
     estimates = [_estimate_section(p, found["runs"], top, subpops) for p in found["estimates"]]
     counterfactuals = [_counterfactual_section(p) for p in found["counterfactuals"]]
@@ -247,11 +255,9 @@ def build_report(directory: str | Path, out_dir: str | Path, *, top: int = 10, s
     html = env.get_template("report.html.j2").render(
         directory=str(directory), created=time.strftime("%Y-%m-%d %H:%M:%S"), runs=runs, estimates=estimates,
         counterfactuals=counterfactuals, combined_counterfactual=combined, detection=detection, top=top)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    page = out_dir / "index.html"
-    page.write_text(html, encoding="utf-8")
-    (out_dir / "report.json").write_text(json.dumps(
+    write_text_atomic(page, html, force=force, inputs=inputs)
+    write_text_atomic(summary, json.dumps(
         {"runs": runs, "estimates": [e.to_json() for e in estimates],
          "counterfactuals": [c.to_json() for c in counterfactuals],
-         "detection": [d.to_json() for d in detection]}, indent=2, default=str))
+         "detection": [d.to_json() for d in detection]}, indent=2, default=str), force=force, inputs=inputs)
     return page

@@ -60,9 +60,10 @@ def evidence_rows(report: LeakageReport) -> list[LeakPair]:
     return [*report.flagged, *report.influence_only, *report.near_duplicate_only]
 
 
-def write_leakage_csv(report: LeakageReport, out: str | Path, *, force: bool = False) -> Path:
-    """One row per pair with evidence (`evidence_rows`), columns CSV_COLUMNS."""
-    with replacing(out, force=force) as tmp:
+def write_leakage_csv(report: LeakageReport, out: str | Path, *, force: bool = False,
+                      inputs: tuple[str | Path | None, ...] = ()) -> Path:
+    """One row per pair with evidence (`evidence_rows`), columns CSV_COLUMNS (through the output guard)."""
+    with replacing(out, force=force, inputs=inputs) as tmp:
         with open(tmp, "w", newline="", encoding="utf-8") as f:
             writer = csv.writer(f)
             writer.writerow(CSV_COLUMNS)
@@ -71,7 +72,8 @@ def write_leakage_csv(report: LeakageReport, out: str | Path, *, force: bool = F
     return Path(out)
 
 
-def write_leakage_html(report: LeakageReport, out: str | Path, *, force: bool = False, limit: int = 50) -> Path:
+def write_leakage_html(report: LeakageReport, out: str | Path, *, force: bool = False, limit: int = 50,
+                       inputs: tuple[str | Path | None, ...] = ()) -> Path:
     """The page: each group's pairs (at most `limit` per group) as thumbnails with their evidence."""
     groups = []
     for title, pairs in (("Likely copies (flagged)", report.flagged),
@@ -79,6 +81,6 @@ def write_leakage_html(report: LeakageReport, out: str | Path, *, force: bool = 
                          ("Near duplicates whose influence is not significant", report.near_duplicate_only)):
         groups.append((title, [(p, *map(_thumbnail, report.images_of(p))) for p in pairs[:limit]]))
     html = PAGE.render(r=report, groups=groups, pval=format_p)
-    with replacing(out, force=force) as tmp:
+    with replacing(out, force=force, inputs=inputs) as tmp:
         Path(tmp).write_text(html, encoding="utf-8")
     return Path(out)
