@@ -144,6 +144,9 @@ def check_output(out: PathLike, *, force: bool, inputs: Iterable[PathLike | None
     out = Path(out)
     target = _target(out)
     _check_not_input(out, target, inputs)
+    folder = next((p for p in (target.parent, *target.parent.parents) if p.exists()), None)
+    if folder is not None and not os.access(folder, os.W_OK | os.X_OK):
+        raise OutputError(f"{out}: the folder {folder} is not writable; choose another -o path")
     if target.exists():
         if not force:
             raise OutputError(already_exists(out))

@@ -364,7 +364,7 @@ class RunStore:
             now = None
         if now == self._inode:
             return
-        what = "deleted" if now is None else "replaced by another file"
+        what = "moved or deleted" if now is None else "replaced by another file"
         written = f"{self.rows_written} row{'s' * (self.rows_written != 1)} written by this run"
         if os.fstat(self._fd()).st_nlink > 0:
             where = (f"the open file still exists under another name (moved or linked), with {written} and every "

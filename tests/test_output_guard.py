@@ -411,7 +411,7 @@ def test_a_replaced_store_stops_the_writer_and_its_rows_are_rescued(tmp_path: Pa
 
 def test_a_moved_store_is_reported_at_the_end_of_the_run(tmp_path: Path) -> None:
     path = _pending_store(tmp_path)
-    with pytest.raises(StoreError, match="was deleted while training; stopped writing: the open file still exists "
+    with pytest.raises(StoreError, match="was moved or deleted while training; stopped writing: the open file still exists "
                                          "under another name"):
         with RunStore(path, writable=True) as store:
             _row(store, 2)
