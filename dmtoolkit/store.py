@@ -371,7 +371,8 @@ class RunStore:
                      "row completed before; nothing was deleted")
         else:
             rescued = self._rescue()
-            where = (f"{written} and every row completed before are kept in {rescued}" if rescued else
+            where = (f"{written} and every row completed before are kept in {rescued} (move it back to "
+                     f"{self.path} and rerun `dmtoolkit train` to resume)" if rescued else
                      f"{written} are lost with it (no copy could be made beside it)")
         raise StoreError(f"{self.path}: was {what} while training; stopped writing: {where}")
 

@@ -455,3 +455,15 @@ def test_train_cli_fails_in_one_line_when_its_store_is_replaced(tmp_path: Path, 
     assert "1 row written by this run" in line and calls == [2]
     assert path.read_bytes() == b"not the store"
     assert driver is not None
+
+
+def test_the_lock_is_the_files_whichever_link_names_it(case: dict[str, Path], tmp_path: Path) -> None:
+    real = tmp_path / "real.h5"
+    shutil.copy(case["store"], real)
+    link = tmp_path / "latest.h5"
+    link.symlink_to(real)
+    before = _digest(real)
+    _fails(["influence", case["store"], "-o", real, "--force"], LOCK_MESSAGE, lock=link)  # trained as latest.h5
+    _fails(["store", "import", "-o", link, "--masks", case["masks"], "--margins", case["margins"], "--force"],
+           LOCK_MESSAGE, lock=real)
+    assert _digest(real) == before and link.is_symlink()
