@@ -127,14 +127,19 @@ def _lock_probe(target: Path) -> None:
 @contextmanager
 def _output_lock(target: Path) -> Iterator[None]:
     """Hold `WriterLock(target)` (the lock a training run holds); a lock file made only for this is removed
-    again while still held, so the output's folder keeps no stray `.lock` beside estimates and pages."""
-    existed = lock_path_for(target).exists()
-    lock = WriterLock(target).acquire()
+    again while still held, so the output's folder keeps no stray `.lock` beside estimates and pages.
+
+    (Removing it while held means a process that opened it just before and locks it just after, racing a third
+    process that creates a new one, could see two lock files: a window of microseconds between three
+    processes, accepted for outputs no training run was using.)"""
+    lock = WriterLock(target)
+    existed = lock.lock_path.exists()
+    lock.acquire()
     try:
         yield
     finally:
         if not existed:
-            lock_path_for(target).unlink(missing_ok=True)
+            lock.lock_path.unlink(missing_ok=True)
         lock.release()
 
 
