@@ -251,11 +251,11 @@ def import_store(out_path: str | Path, arrays: ImportArrays, *, kind: str = "cla
     dims = {"m": m, "P": P, "T": T}
     with replacing(out_path, force=force, inputs=inputs, fsync=True) as tmp:
         with h5py.File(tmp, "w", track_order=True) as f:
-            kept = _write_rows(f, arrays, completed, dims, kind, antithetic)
+            kept, kept_completed = _write_rows(f, arrays, completed, dims, kind, antithetic)
             if alpha is None:
                 alpha = round(kept / (m * P), 6)
-            else:
-                _check_alpha(alpha, kept, m * P)
+            else:  # against the rows that ran (a writer may leave the masks of the others blank)
+                _check_alpha(alpha, kept_completed, int(completed.sum()) * P)
             if not 0 < alpha < 1:
                 _fail(f"the masks keep a fraction {alpha} of the units; subsets must keep some units and drop some")
             record["alpha"] = alpha
@@ -281,21 +281,22 @@ def alpha_tolerance(alpha: float, entries: int) -> float:
 def _check_alpha(alpha: float, kept: int, entries: int) -> None:
     mean, tolerance = kept / entries, alpha_tolerance(alpha, entries)
     if abs(alpha - mean) > tolerance:
-        _fail(f"--alpha {alpha:g} disagrees with the masks, which keep a fraction {mean:.4f} of the units "
+        _fail(f"--alpha {alpha:g} disagrees with the masks, whose completed rows keep a fraction {mean:.4f} of the units "
               f"(more than the allowed {tolerance:.3f}: 3 binomial standard errors + 0.05); give the alpha the "
               "masks were drawn with, or omit --alpha to use their mean")
 
 
 def _write_rows(f: h5py.File, a: ImportArrays, completed: np.ndarray, dims: dict[str, int], kind: str,
-                antithetic: bool) -> int:
-    """Masks, margins and the per-model columns, in row blocks; returns the number of kept units over all rows."""
+                antithetic: bool) -> tuple[int, int]:
+    """Masks, margins and the per-model columns, in row blocks; returns the number of kept units over all rows
+    and over the completed rows."""
     m, P, T = dims["m"], dims["P"], dims["T"]
     chunk = min(m, ROW_CHUNK)
     masks = _new_dataset(f, "masks", (m, P), kind, chunks=(chunk, P), compression="gzip", shuffle=True)
     margins = _new_dataset(f, "margins", (m, T), kind, chunks=(chunk, T), fillvalue=np.nan)
     predictions = _new_dataset(f, "predictions", (m, T), kind, chunks=(chunk, T), fillvalue=-1)
     accuracy = np.full(m, np.nan, np.float32)
-    kept = 0
+    kept = kept_completed = 0
     step = _block_rows(m, max(P, T))
     for start in range(0, m, step):
         stop = min(m, start + step)
@@ -312,6 +313,7 @@ def _write_rows(f: h5py.File, a: ImportArrays, completed: np.ndarray, dims: dict
                 _fail(f"design antithetic: rows {bad} and {bad + 1} are not complementary masks; "
                       "import with --design random")
         kept += int(block.sum())
+        kept_completed += int(block[completed[start:stop]].sum())
         masks[start:stop] = block
         done = completed[start:stop]
         values = np.array(a.margins[start:stop], dtype=np.float32)  # a copy: the input may be a read-only memmap
@@ -329,7 +331,7 @@ def _write_rows(f: h5py.File, a: ImportArrays, completed: np.ndarray, dims: dict
                         ("seconds", np.full(m, np.nan, np.float32))):
         ds = _new_dataset(f, name, (m,), kind, chunks=(chunk,), fillvalue=DATASETS_BY_NAME[name].fill)
         ds[...] = value
-    return kept
+    return kept, kept_completed
 
 
 def _write_data(f: h5py.File, kind: str, unit_names: list[str], labels: np.ndarray, target_classes: list[str],
