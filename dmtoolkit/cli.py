@@ -74,16 +74,16 @@ def init(recipe_path: Path, store_path: Path, models: int | None, seed: int | No
     Example:
       dmtoolkit init recipes/glyphs-to-mnist.yaml stores/runs.h5 --models 512 --seed 1
     """
+    from dmtoolkit.atomic import check_output
     from dmtoolkit.masks import design_warnings
     from dmtoolkit.recipe import load_recipe
     from dmtoolkit.run.prepare import build_run_data, describe_run_data
     from dmtoolkit.store import create_store
 
     recipe = load_recipe(recipe_path).with_overrides(models=models, seed=seed)
-    if store_path.exists() and not force:
-        raise UserError(f"{store_path}: already exists; pass --force to overwrite it, or choose another path")
+    check_output(store_path, force=force, inputs=(recipe_path,))
     data = build_run_data(recipe)
-    create_store(store_path, recipe, data, force=force)
+    create_store(store_path, recipe, data, force=force, inputs=(recipe_path,))
     sub = recipe.subsets
     for line in describe_run_data(recipe, data):
         click.echo(line)
@@ -503,13 +503,13 @@ def data_write_beton(dataset: str, out: Path, split: str, image_field: str, forc
     A sidecar OUT.beton.json keeps class names and example ids. Name the betons in a recipe's
     source/target as beton_train and beton_test. Needs pip install 'dmtoolkit[ffcv]'.
     """
+    from dmtoolkit.atomic import check_output
     from dmtoolkit.data import load_dataset
     from dmtoolkit.data.beton import write_beton
 
-    if out.exists() and not force:
-        raise UserError(f"{out}: already exists; pass --force to overwrite it, or choose another path")
+    check_output(out, force=force)
     ds = load_dataset(dataset, split)
-    write_beton(ds, out, image_field=image_field)
+    write_beton(ds, out, image_field=image_field, force=force)
     click.echo(f"wrote {out}: {len(ds)} {split} images {'x'.join(map(str, ds.images.shape[1:]))}, "
                f"{len(ds.class_names)} classes ({image_field})")
 
@@ -551,6 +551,32 @@ LEVEL_OPTION = click.option("--level", type=click.FloatRange(0, 1, min_open=True
                             help="Nominal coverage of the intervals shown beside every influence.")
 
 
+def _analysis_inputs(estimate_path: Path, store_path: Path | None) -> tuple[Path, ...]:
+    """An analysis's input files for the output guard: the estimate and its run store (given, or recorded)."""
+    if store_path is None and estimate_path.is_file():  # (a FIFO would block the read)
+        import h5py
+
+        try:
+            with h5py.File(estimate_path, "r", locking=False) as f:
+                recorded = f.attrs.get("source_store")
+            store_path = Path(str(recorded)) if recorded else None
+        except Exception:  # noqa: BLE001 - an unreadable estimate is reported by the analysis itself
+            store_path = None
+    return (estimate_path,) if store_path is None else (estimate_path, store_path)
+
+
+def _check_outputs(*outputs: Path | None, force: bool, inputs: tuple[Path, ...]) -> None:
+    """Every output through the guard before the work; two outputs may not be one file either."""
+    from dmtoolkit.atomic import check_output
+
+    given = [out for out in outputs if out is not None]
+    for k, out in enumerate(given):
+        check_output(out, force=force, inputs=inputs)
+        for other in given[k + 1:]:
+            if os.path.realpath(out) == os.path.realpath(other):
+                raise UserError(f"{out}: given for two outputs of this command; choose a path for each")
+
+
 def _progress(message: str) -> None:
     """Progress of long analyses: one line on stderr."""
     click.echo(message, err=True)
@@ -571,8 +597,9 @@ def _echo_text(text: str) -> None:
 @STORE_OPTION
 @JSON_OPTION
 @PNG_OPTION
+@FORCE_OPTION
 def rank(estimate_path: Path, top: int, target_class: str | None, level: float, store_path: Path | None,
-         as_json: bool, png: Path | None) -> None:
+         as_json: bool, png: Path | None, force: bool) -> None:
     """Rank source classes by mean influence over the target examples (most positive and most negative).
 
     Each mean has an interval (--level) whose standard error comes from refitting the estimator on the
@@ -586,10 +613,13 @@ def rank(estimate_path: Path, top: int, target_class: str | None, level: float, 
     from dmtoolkit.analyze import rank_classes
     from dmtoolkit.report.text import format_ranking
 
+    inputs = _analysis_inputs(estimate_path, store_path)
+    _check_outputs(png, force=force, inputs=inputs)
     result = rank_classes(estimate_path, top=top, target_class=target_class, level=level, store=store_path)
     if png:
+        from dmtoolkit.atomic import write_bytes_atomic
         from dmtoolkit.report.figures import rank_figure
-        rank_figure(result, png)
+        write_bytes_atomic(png, rank_figure(result), force=force, inputs=inputs)
     if as_json:
         _echo_json(result.to_json())
         return
@@ -648,8 +678,9 @@ def recommend(estimate_path: Path, ks: str | None, validation_fraction: float, s
 @STORE_OPTION
 @JSON_OPTION
 @PNG_OPTION
+@FORCE_OPTION
 def subpop(estimate_path: Path, class_name: str, n: int, level: float, store_path: Path | None, as_json: bool,
-           png: Path | None) -> None:
+           png: Path | None, force: bool) -> None:
     """Target images most positively influenced by one source class (an image grid with --png).
 
     \b
@@ -659,10 +690,13 @@ def subpop(estimate_path: Path, class_name: str, n: int, level: float, store_pat
     from dmtoolkit.analyze import subpopulation
     from dmtoolkit.report.text import format_subpopulation
 
+    inputs = _analysis_inputs(estimate_path, store_path)
+    _check_outputs(png, force=force, inputs=inputs)
     result = subpopulation(estimate_path, class_name, n=n, store=store_path, with_images=png is not None, level=level)
     if png:
+        from dmtoolkit.atomic import write_bytes_atomic
         from dmtoolkit.report.figures import subpop_figure
-        subpop_figure(result, png)
+        write_bytes_atomic(png, subpop_figure(result), force=force, inputs=inputs)
     if as_json:
         _echo_json(result.to_json())
         return
@@ -743,6 +777,8 @@ def counterfactual_cmd(recipe_path: Path, influence_path: Path, order: str, ks: 
 
     if address and executor != "ray":
         raise click.UsageError("--address needs --executor ray")
+    inputs = (recipe_path, *_analysis_inputs(influence_path, None))
+    _check_outputs(output, png, force=force, inputs=inputs)
 
     def make() -> object:
         from dmtoolkit.run.executors import make_executor
@@ -752,8 +788,9 @@ def counterfactual_cmd(recipe_path: Path, influence_path: Path, order: str, ks: 
     result = counterfactual(load_recipe(recipe_path), influence_path, output, order=order, ks=ks, repeats=repeats,
                             force=force, device=_device(device), progress=_progress, executor=make)
     if png:
+        from dmtoolkit.atomic import write_bytes_atomic
         from dmtoolkit.report.figures import counterfactual_figure
-        counterfactual_figure(result.curve, png)
+        write_bytes_atomic(png, counterfactual_figure(result.curve), force=force, inputs=(*inputs, output))
     if as_json:
         _echo_json(result.to_json())
         return
@@ -809,23 +846,22 @@ def leakage(estimate_path: Path, fdr: float, near_duplicate: float, top: int, ra
       dmtoolkit leakage stores/influence.h5 --html stores/leakage.html --csv stores/leakage.csv
     """
     from dmtoolkit.analyze import detect_leakage
-    from dmtoolkit.atomic import refuse_overwrite
     from dmtoolkit.report.text import format_leakage
 
-    for out in (png, html_out, csv_out):
-        if out is not None:
-            refuse_overwrite(out, force)
+    inputs = _analysis_inputs(estimate_path, store_path)
+    _check_outputs(png, html_out, csv_out, force=force, inputs=inputs)
     result = detect_leakage(estimate_path, fdr=fdr, top=top, store=store_path, ranking=ranking, all_pairs=all_pairs,
                             near_duplicate=near_duplicate, features=features, device=_device(device))
     if png:
+        from dmtoolkit.atomic import write_bytes_atomic
         from dmtoolkit.report.figures import leakage_figure
-        leakage_figure(result, png)
+        write_bytes_atomic(png, leakage_figure(result), force=force, inputs=inputs)
     if html_out:
         from dmtoolkit.report.leakage_page import write_leakage_html
-        write_leakage_html(result, html_out, force=force)
+        write_leakage_html(result, html_out, force=force, inputs=inputs)
     if csv_out:
         from dmtoolkit.report.leakage_page import write_leakage_csv
-        write_leakage_csv(result, csv_out, force=force)
+        write_leakage_csv(result, csv_out, force=force, inputs=inputs)
     _echo_json(result.to_json()) if as_json else _echo_text(format_leakage(result))
 
 
@@ -865,7 +901,8 @@ def mislabels(estimate_path: Path, fdr: float, top: int, by: str, store_path: Pa
 @click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Folder for index.html and report.json.")
 @click.option("--top", type=click.IntRange(min=1), default=10, show_default=True, help="Rows per table.")
-def report(directory: Path, output: Path, top: int) -> None:
+@click.option("--force", is_flag=True, help="Overwrite an existing index.html and report.json in the folder.")
+def report(directory: Path, output: Path, top: int, force: bool) -> None:
     """One self-contained HTML page from the run stores, influences and datamodels in DIR.
 
     \b
@@ -874,7 +911,7 @@ def report(directory: Path, output: Path, top: int) -> None:
     """
     from dmtoolkit.report import build_report
 
-    click.echo(str(build_report(directory, output, top=top)))
+    click.echo(str(build_report(directory, output, top=top, force=force)))
 
 
 def main() -> None:

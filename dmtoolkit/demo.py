@@ -119,4 +119,4 @@ def run_demo(out: Path, *, scale: str = "default", workers: int = 2, device: str
     leakage, mislabels = detect_leakage(example_influence).planted, detect_mislabels(example_influence).planted
     return DemoSummary(out=str(out), scale=scale, class_models=size.class_models, example_models=size.example_models,
                        lds=lds, digit_ranks=digit_ranks, counterfactual=retrained, leakage=leakage,
-                       mislabels=mislabels, report=str(build_report(out, out / "report")))
+                       mislabels=mislabels, report=str(build_report(out, out / "report", force=True)))

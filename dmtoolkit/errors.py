@@ -29,3 +29,8 @@ class ParameterError(UserError, ValueError):
 
 class TrainerError(UserError):
     """A recipe's trainer that cannot be imported, raised, or returned something other than T finite margins."""
+
+
+class OutputError(StoreError):
+    """An output path that may not be written: not a regular file, one of the inputs, existing without
+    --force, or held by a writer."""

@@ -26,7 +26,7 @@ class WriterLock:
 
     def __init__(self, path: str | Path) -> None:
         self.store_path = Path(path)
-        self.lock_path = lock_path_for(path)
+        self.lock_path = lock_path_for(os.path.realpath(path))  # one lock per file, whichever link names it
         self._fd: int | None = None
         self.recovered_stale = False
 

@@ -17,7 +17,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -26,7 +26,7 @@ import h5py
 import numpy as np
 
 from dmtoolkit import __version__
-from dmtoolkit.atomic import replacing
+from dmtoolkit.atomic import check_output, describe_file, replacing
 from dmtoolkit.errors import StoreError
 from dmtoolkit.lock import WriterLock
 from dmtoolkit.masks import make_masks
@@ -202,15 +202,15 @@ def _dataset_values(data: RunData, masks: np.ndarray, units: tuple[str, ...]) ->
 
 
 def create_store(path: str | Path, recipe: Recipe, data: RunData, *, force: bool = False,
-                 masks: np.ndarray | None = None) -> Path:
+                 masks: np.ndarray | None = None, inputs: Iterable[str | Path | None] = ()) -> Path:
     """Write a new run store atomically (temp file, then rename), its masks drawn from the recipe's seed or,
-    given `masks` (m, P), exactly those (recorded as explicit, e.g. a counterfactual's removal sets)."""
+    given `masks` (m, P), exactly those (recorded as explicit, e.g. a counterfactual's removal sets).
+
+    The output guard (`dmtoolkit.atomic.check_output`) refuses a path that is not a regular file, one of
+    `inputs`, an existing store without `force`, or one a live writer holds."""
     path = Path(path)
-    if path.exists() and not force:
-        raise StoreError(f"{path}: already exists; pass --force to overwrite it, or choose another path")
-    if path.exists():
-        with WriterLock(path):
-            pass  # refuse to overwrite a store that a live writer holds
+    inputs = tuple(inputs)
+    check_output(path, force=force, inputs=inputs)
     kind, sub = recipe.subsets.kind, recipe.subsets
     num_units = data.num_units(kind)
     if num_units < 2:
@@ -231,7 +231,7 @@ def create_store(path: str | Path, recipe: Recipe, data: RunData, *, force: bool
     dims = {"m": m, "P": num_units, "T": T}
     # a recipe's trainer is imported now, so `init` refuses one that cannot be imported; its source is hashed
     trainer_digest = source_sha256(load_function(recipe.trainer.function)) if recipe.trainer else None
-    with replacing(path, force=True, fsync=True) as tmp:  # refusal to overwrite was checked above
+    with replacing(path, force=force, inputs=inputs, fsync=True) as tmp:
         with h5py.File(tmp, "w", track_order=True) as f:
             _write_attributes(f, recipe, data, num_units, trainer_digest)
             f.attrs["masks_origin"] = "explicit" if explicit else "recipe seed"
@@ -272,6 +272,8 @@ def _write_attributes(f: h5py.File, recipe: Recipe, data: RunData, num_units: in
 def _open_h5(path: Path, mode: str) -> h5py.File:
     if not path.exists():
         raise StoreError(f"{path}: no such store; create one with `dmtoolkit init RECIPE.yaml {path}`")
+    if not path.is_file():  # a FIFO would block the read below; a device is no store
+        raise StoreError(f"{path}: is {describe_file(path.stat().st_mode)}, not a regular file; give a run store")
     if not h5py.is_hdf5(path):
         raise StoreError(f"{path}: not an HDF5 file (corrupt or another format); recreate it with `dmtoolkit init`")
     try:
@@ -309,6 +311,8 @@ class RunStore:
                 self._check_recipe_hash()
                 self.file.close()
                 self.file = _open_h5(self.path, "r+")
+                self._inode = _file_identity(os.fstat(self._fd()))
+                self.rows_written = 0
         except BaseException:
             if getattr(self, "file", None):
                 self.file.close()
@@ -363,8 +367,64 @@ class RunStore:
     def __enter__(self) -> "RunStore":
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        try:
+            if exc_type is None and self._lock is not None and self.file:
+                self.check_still_at_path()  # the end of a writer: its rows are where the path says
+        finally:
+            self.close()
+
+    def _fd(self) -> int:
+        return int(self.file.id.get_vfd_handle())
+
+    def check_still_at_path(self) -> None:
+        """A writer's check (before each row and at the end): the open file is still the file at `self.path`.
+
+        If the path was replaced (e.g. `mv`, or another tool's rename) or deleted, rows written now would go to a
+        file nobody can reach: raise one line instead. When the open file has no name left, its content (every
+        completed row, this run's included) is first copied to `STORE.h5.rescued-TIME.h5` beside the path.
+        """
+        if self._lock is None:
+            return
+        try:
+            now = _file_identity(os.stat(self.path))
+        except OSError:
+            now = None
+        if now == self._inode:
+            return
+        what = "moved or deleted" if now is None else "replaced by another file"
+        written = f"{self.rows_written} row{'s' * (self.rows_written != 1)} written by this run"
+        if os.fstat(self._fd()).st_nlink > 0:
+            where = (f"the open file still exists under another name (moved or linked), with {written} and every "
+                     "row completed before; nothing was deleted")
+        else:
+            rescued = self._rescue()
+            where = (f"{written} and every row completed before are kept in {rescued} (move it back to "
+                     f"{self.path} and rerun `dmtoolkit train` to resume)" if rescued else
+                     f"{written} are lost with it (no copy could be made beside it)")
+        raise StoreError(f"{self.path}: was {what} while training; stopped writing: {where}")
+
+    def _rescue(self) -> Path | None:
+        """Copy the open (deleted) file beside its old path, never over a file; its path, or None."""
+        self.file.flush()
+        fd = self._fd()
+        rescued = self.path.with_name(f"{self.path.name}.rescued-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.h5")
+        try:
+            out = os.open(rescued, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except OSError:
+            return None
+        try:
+            offset = 0
+            while chunk := os.pread(fd, 1 << 24, offset):
+                os.write(out, chunk)
+                offset += len(chunk)
+            os.fsync(out)
+        except OSError:
+            os.close(out)
+            rescued.unlink(missing_ok=True)
+            return None
+        os.close(out)
+        return rescued
 
     # metadata -----------------------------------------------------------------------------------
     @property
@@ -641,6 +701,7 @@ class RunStore:
         """Write one model's results, durably, then mark it completed (see module docstring)."""
         if self._lock is None:
             raise StoreError(f"{self.path}: opened read-only; open it writable to add rows")
+        self.check_still_at_path()
         margins = np.asarray(margins, dtype=np.float32)
         if margins.shape != (self.num_targets,):
             raise StoreError(f"{self.path}: row {index} has {margins.shape} margins, expected ({self.num_targets},)")
@@ -656,14 +717,11 @@ class RunStore:
         self._sync()
         f["completed"][index] = True
         self._sync()
+        self.rows_written += 1
 
     def _sync(self) -> None:
         self.file.flush()
-        fd = os.open(self.path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        os.fsync(self._fd())  # the open file itself, whatever is at the path now
 
     def content_hash(self) -> str:
         """SHA-256 over the recipe hash, masks, completion flags and completed margins: what estimates depend on."""
@@ -692,6 +750,10 @@ class RunStore:
         if self._lock is None:
             self._scanned = result
         return result
+
+
+def _file_identity(st: os.stat_result) -> tuple[int, int]:
+    return st.st_dev, st.st_ino
 
 
 def open_store(path: str | Path, *, writable: bool = False) -> RunStore:

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import stat
 import time
 import zipfile
 from dataclasses import dataclass, field
@@ -26,7 +28,7 @@ import h5py
 import numpy as np
 
 from dmtoolkit import __version__
-from dmtoolkit.atomic import refuse_overwrite, replacing
+from dmtoolkit.atomic import check_output, describe_file, replacing
 from dmtoolkit.errors import UserError
 from dmtoolkit.store import DATASETS_BY_NAME, ROW_CHUNK, RUN_DATASETS, SCHEMA_NAME, SCHEMA_VERSION, _create_dataset
 from dmtoolkit.text_input import read_text_input
@@ -63,34 +65,46 @@ def _fail(message: str) -> None:
     raise ImportInputError(message)
 
 
+def _input_file(path: Path, what: str) -> None:
+    """A one-line error unless `path` is a non-empty regular file (a link to one is fine): says what it is."""
+    if not os.path.lexists(path):
+        _fail(f"{path}: no such file ({what})")
+    try:
+        st = os.stat(path)
+    except OSError:
+        _fail(f"{path}: is a dangling symbolic link (to {os.readlink(path)}), not a file ({what})")
+    if not stat.S_ISREG(st.st_mode):
+        link = f"is a symbolic link to {os.path.realpath(path)}, " if os.path.islink(path) else "is "
+        _fail(f"{path}: {link}{describe_file(st.st_mode)}, not a regular file ({what})")
+    if st.st_size == 0:
+        _fail(f"{path}: empty file (0 bytes); expected {what}")
+
+
 def read_npy(path: str | Path, role: str) -> np.ndarray:
-    """One `.npy` array, memory-mapped (never unpickled); a one-line error for a missing or foreign file."""
+    """One `.npy` array, memory-mapped (never unpickled); a one-line error for a missing, empty or foreign file."""
     path = Path(path)
-    if not path.is_file():
-        _fail(f"{path}: no such file (the {role} array)")
+    _input_file(path, f"the {role} array, a .npy file")
     try:
         return np.load(path, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError) as error:
-        _fail(f"{path}: not a readable .npy array for {role} ({str(error).splitlines()[0]})")
+    except (ValueError, OSError, EOFError) as error:  # EOFError: a truncated header (click would say "Aborted!")
+        _fail(f"{path}: not a readable .npy array for {role} ({(str(error) or type(error).__name__).splitlines()[0]})")
 
 
 def read_unit_names(path: str | Path) -> list[str]:
     """Unit names from a text file, one a line (a trailing empty line is ignored)."""
     path = Path(path)
-    if not path.exists():
-        _fail(f"{path}: no such file (the unit names)")
+    _input_file(path, "the unit names, one a line")
     return read_text_input(path, "unit names file", limit=MAX_UNIT_NAMES_BYTES, error=ImportInputError).splitlines()
 
 
 def read_npz(path: str | Path) -> ImportArrays:
     """The arrays of one `.npz` named as in `NPZ_KEYS` (`masks` and `margins` required; other names refused)."""
     path = Path(path)
-    if not path.is_file():
-        _fail(f"{path}: no such file (the .npz to import)")
+    _input_file(path, "the .npz to import")
     try:
         npz = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, zipfile.BadZipFile) as error:
-        _fail(f"{path}: not a readable .npz archive ({str(error).splitlines()[0]})")
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as error:
+        _fail(f"{path}: not a readable .npz archive ({(str(error) or type(error).__name__).splitlines()[0]})")
     if not isinstance(npz, np.lib.npyio.NpzFile):
         _fail(f"{path}: holds one array, not an .npz archive of named arrays; use --masks/--margins for .npy files")
     with npz:
@@ -119,7 +133,7 @@ def read_folder(path: str | Path) -> ImportArrays:
     arrays, sources = {}, {}
     for role, name in FOLDER_FILES.items():
         file = path / name
-        if not file.exists():
+        if not os.path.lexists(file):
             if role == "completed":
                 continue
             _fail(f"{path}: no {name} in the folder (it needs masks.npy and margins.npy, optionally _completed.npy)")
@@ -215,7 +229,8 @@ def import_store(out_path: str | Path, arrays: ImportArrays, *, kind: str = "cla
     a subset keeps) defaults to the masks' mean fraction.
     """
     out_path = Path(out_path)
-    refuse_overwrite(out_path, force)
+    inputs = tuple(arrays.sources.values())
+    check_output(out_path, force=force, inputs=inputs)
     if design not in IMPORT_DESIGNS:
         _fail(f"design {design!r} is not one of {', '.join(IMPORT_DESIGNS)}")
     if alpha is not None and not 0 < alpha < 1:
@@ -239,11 +254,13 @@ def import_store(out_path: str | Path, arrays: ImportArrays, *, kind: str = "cla
                   for role, p in sorted(arrays.sources.items())},
     }
     dims = {"m": m, "P": P, "T": T}
-    with replacing(out_path, force=True, fsync=True) as tmp:  # refusal to overwrite was checked above
+    with replacing(out_path, force=force, inputs=inputs, fsync=True) as tmp:
         with h5py.File(tmp, "w", track_order=True) as f:
-            kept = _write_rows(f, arrays, completed, dims, kind, antithetic)
+            kept, kept_completed = _write_rows(f, arrays, completed, dims, kind, antithetic)
             if alpha is None:
                 alpha = round(kept / (m * P), 6)
+            else:  # against the rows that ran (a writer may leave the masks of the others blank)
+                _check_alpha(alpha, kept_completed, int(completed.sum()) * P)
             if not 0 < alpha < 1:
                 _fail(f"the masks keep a fraction {alpha} of the units; subsets must keep some units and drop some")
             record["alpha"] = alpha
@@ -260,16 +277,31 @@ def import_store(out_path: str | Path, arrays: ImportArrays, *, kind: str = "cla
     return out_path
 
 
+def alpha_tolerance(alpha: float, entries: int) -> float:
+    """How far a given alpha may lie from the masks' mean fraction: 3 binomial standard errors of a mean of
+    `entries` Bernoulli(alpha) draws, plus 0.05 (masks drawn with exactly alpha*P units per row vary less)."""
+    return 3 * float(np.sqrt(alpha * (1 - alpha) / max(entries, 1))) + 0.05
+
+
+def _check_alpha(alpha: float, kept: int, entries: int) -> None:
+    mean, tolerance = kept / entries, alpha_tolerance(alpha, entries)
+    if abs(alpha - mean) > tolerance:
+        _fail(f"--alpha {alpha:g} disagrees with the masks, whose completed rows keep a fraction {mean:.4f} of the units "
+              f"(more than the allowed {tolerance:.3f}: 3 binomial standard errors + 0.05); give the alpha the "
+              "masks were drawn with, or omit --alpha to use their mean")
+
+
 def _write_rows(f: h5py.File, a: ImportArrays, completed: np.ndarray, dims: dict[str, int], kind: str,
-                antithetic: bool) -> int:
-    """Masks, margins and the per-model columns, in row blocks; returns the number of kept units over all rows."""
+                antithetic: bool) -> tuple[int, int]:
+    """Masks, margins and the per-model columns, in row blocks; returns the number of kept units over all rows
+    and over the completed rows."""
     m, P, T = dims["m"], dims["P"], dims["T"]
     chunk = min(m, ROW_CHUNK)
     masks = _new_dataset(f, "masks", (m, P), kind, chunks=(chunk, P), compression="gzip", shuffle=True)
     margins = _new_dataset(f, "margins", (m, T), kind, chunks=(chunk, T), fillvalue=np.nan)
     predictions = _new_dataset(f, "predictions", (m, T), kind, chunks=(chunk, T), fillvalue=-1)
     accuracy = np.full(m, np.nan, np.float32)
-    kept = 0
+    kept = kept_completed = 0
     step = _block_rows(m, max(P, T))
     for start in range(0, m, step):
         stop = min(m, start + step)
@@ -286,6 +318,7 @@ def _write_rows(f: h5py.File, a: ImportArrays, completed: np.ndarray, dims: dict
                 _fail(f"design antithetic: rows {bad} and {bad + 1} are not complementary masks; "
                       "import with --design random")
         kept += int(block.sum())
+        kept_completed += int(block[completed[start:stop]].sum())
         masks[start:stop] = block
         done = completed[start:stop]
         values = np.array(a.margins[start:stop], dtype=np.float32)  # a copy: the input may be a read-only memmap
@@ -303,7 +336,7 @@ def _write_rows(f: h5py.File, a: ImportArrays, completed: np.ndarray, dims: dict
                         ("seconds", np.full(m, np.nan, np.float32))):
         ds = _new_dataset(f, name, (m,), kind, chunks=(chunk,), fillvalue=DATASETS_BY_NAME[name].fill)
         ds[...] = value
-    return kept
+    return kept, kept_completed
 
 
 def _write_data(f: h5py.File, kind: str, unit_names: list[str], labels: np.ndarray, target_classes: list[str],

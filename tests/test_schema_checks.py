@@ -344,7 +344,7 @@ def test_non_utf8_or_device_unit_names_are_one_line(tmp_path: Path) -> None:
     (tmp_path / "zero.txt").symlink_to("/dev/zero")
     args = ["store", "import", "-o", "{d}/out.h5", "--npz", "{d}/in.npz", "--unit-names"]
     _refused(tmp_path, [*args, "{d}/names.txt"], "names.txt: not UTF-8 text (byte 0xff at line 3)")
-    _refused(tmp_path, [*args, "{d}/zero.txt"], "zero.txt: not a regular file (the unit names file)")
+    _refused(tmp_path, [*args, "{d}/zero.txt"], "zero.txt: is a symbolic link to /dev/zero, a character device, not a regular file")
     (tmp_path / "names.txt").write_text("a\nb\nc\n")
     _refused(tmp_path, [*args, "{d}/names.txt"], "3 unit names for 4 units")
 

@@ -24,7 +24,7 @@ from dmtoolkit.analyze.classes import explain_target, rank_classes
 from dmtoolkit.analyze.estimates import Estimate, load_estimate, open_source_store, require_kind
 from dmtoolkit.analyze.options import COUNTERFACTUAL_KS, COUNTERFACTUAL_REPEATS, DETECT_FDR, INTERVAL_LEVEL, ORDERS
 from dmtoolkit.analyze.results import ClassRanking, CounterfactualCurve, CounterfactualResult, Explanation, Verification
-from dmtoolkit.atomic import refuse_overwrite, write_atomic
+from dmtoolkit.atomic import check_output, write_atomic
 from dmtoolkit.errors import StoreError, UserError
 from dmtoolkit.recipe import Recipe
 from dmtoolkit.store import RunData, RunStore
@@ -202,13 +202,14 @@ def check_counterfactual(recipe: Recipe, influence_path: str | Path, out: str | 
                          repeats: int = COUNTERFACTUAL_REPEATS, force: bool = False) -> Estimate:
     """The checks that need no data (output free, repeats, order, class-level estimate and recipe), so a
     request can fail before its data are built; returns the estimate."""
-    refuse_overwrite(out, force)
+    check_output(out, force=force, inputs=(influence_path,))
     if repeats < 1:
         raise UserError(f"repeats={repeats} must be at least 1")
     if order not in ORDERS:
         raise UserError(f"order {order!r} must be one of {', '.join(ORDERS)}")
     est = load_estimate(influence_path)
     require_kind(est, "class", "counterfactual")
+    check_output(out, force=force, inputs=(influence_path, est.store_path))
     if est.store_path is not None and est.store_path.exists():
         with RunStore(est.store_path) as run:
             if run.imported:
@@ -282,7 +283,7 @@ def save_counterfactual(plan: CounterfactualPlan, accuracy: np.ndarray) -> Count
             ds.attrs.update({"meaning": meaning, "axes": axes})
         f.create_dataset("class_names", data=list(plan.class_names), dtype=h5py.string_dtype())
 
-    write_atomic(plan.out, fill, force=plan.force)
+    write_atomic(plan.out, fill, force=plan.force, inputs=(plan.influence_file,))
     return CounterfactualResult(
         file=str(plan.out), order=plan.order, repeats=plan.repeats, k=plan.k,
         accuracy_mean=tuple(mean.tolist()), accuracy_std=tuple(std.tolist()),

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from dmtoolkit.atomic import replacing
+from dmtoolkit.atomic import replacing, write_text_atomic
 from dmtoolkit.data.base import ImageDataset
 from dmtoolkit.errors import DataError
 from dmtoolkit.recipe import DataSpec
@@ -69,8 +69,10 @@ class _Rows:
         return np.ascontiguousarray(image), int(self.labels[i]), int(i)
 
 
-def write_beton(dataset: ImageDataset, out: str | Path, *, image_field: str = "ndarray", workers: int = 1) -> Path:
-    """Write `dataset` to the beton `out` (plus its JSON sidecar), atomically (temporary file, then rename)."""
+def write_beton(dataset: ImageDataset, out: str | Path, *, image_field: str = "ndarray", workers: int = 1,
+                force: bool = True) -> Path:
+    """Write `dataset` to the beton `out` (plus its JSON sidecar), atomically (temporary file, then rename),
+    through the output guard (`force=False` refuses an existing beton)."""
     if image_field not in IMAGE_FIELDS:
         raise DataError(f"unknown image field {image_field!r}; use one of {', '.join(IMAGE_FIELDS)}")
     if len(dataset) == 0:
@@ -83,7 +85,7 @@ def write_beton(dataset: ImageDataset, out: str | Path, *, image_field: str = "n
         image = fields.NDArrayField(dtype=np.dtype("uint8"), shape=(height, width, channels))
     else:
         image = fields.RGBImageField(write_mode="raw" if image_field == "rgb-raw" else "jpg")
-    with replacing(out, force=True) as tmp:  # the caller decided about overwriting
+    with replacing(out, force=force) as tmp:
         w = writer.DatasetWriter(str(tmp), {"image": image, "label": fields.IntField(), "index": fields.IntField()},
                                  num_workers=workers)
         w.from_indexed_dataset(_Rows(dataset.images, dataset.labels, rgb=image_field != "ndarray"))
@@ -92,7 +94,7 @@ def write_beton(dataset: ImageDataset, out: str | Path, *, image_field: str = "n
         "shape": [height, width, channels], "class_names": list(dataset.class_names),
         "example_ids": list(dataset.example_ids), "fingerprint": dataset.fingerprint,
     }
-    sidecar_path(out).write_text(json.dumps(sidecar))
+    write_text_atomic(sidecar_path(out), json.dumps(sidecar), force=True)  # belongs to the beton just written
     return out
 
 

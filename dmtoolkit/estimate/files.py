@@ -139,8 +139,9 @@ def _put(group: h5py.Group, name: str, data: Any, meaning: str, axes: str, units
 
 def save_estimate(out_path: str | Path, estimator: Estimator, *, provenance: Provenance, split: RowSplit,
                   unit_names: list[str], target_names: list[str], columns: slice, summary: str,
-                  force: bool = False) -> Path:
-    """Write a fitted estimator to ESTIMATE.h5 atomically (refusing to overwrite unless `force`)."""
+                  force: bool = False, inputs: tuple[str | Path, ...] = ()) -> Path:
+    """Write a fitted estimator to ESTIMATE.h5 atomically through the output guard (`inputs`: files it was
+    computed from, never overwritten; an existing output only with `force`, and not while a writer holds it)."""
     unit = f"{provenance.kind} unit"
 
     def fill(f: h5py.File) -> None:
@@ -173,7 +174,7 @@ def save_estimate(out_path: str | Path, estimator: Estimator, *, provenance: Pro
         for extra in estimator.extra_datasets():
             _put(f, extra.name, extra.data, extra.meaning, extra.axes, extra.units)
 
-    return write_atomic(out_path, fill, force=force)
+    return write_atomic(out_path, fill, force=force, inputs=inputs)
 
 
 def _strings(f: h5py.File, name: str) -> list[str]:

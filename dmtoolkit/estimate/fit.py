@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dmtoolkit.atomic import refuse_overwrite
+from dmtoolkit.atomic import check_output
 from dmtoolkit.errors import StoreError, UserError
 from dmtoolkit.estimate.base import Estimator
 from dmtoolkit.estimate.blocks import TargetColumns
@@ -87,7 +87,7 @@ def fit_store(store_path: str | Path, out_path: str | Path, estimator: Estimator
     """
     if not 0 <= test_fraction < 1:
         raise UserError(f"test fraction {test_fraction} must be in [0, 1)")
-    refuse_overwrite(out_path, force)
+    check_output(out_path, force=force, inputs=(store_path,))
     with RunStore(store_path) as store:
         rows = completed_rows(store)
         columns = parse_targets(targets, store.num_targets)
@@ -110,5 +110,6 @@ def fit_store(store_path: str | Path, out_path: str | Path, estimator: Estimator
     split = RowSplit(fit=estimator.fit_rows_, selection=estimator.selection_rows_, test=test_rows, seed=seed,
                      test_fraction=test_fraction, units_design=units.design)
     save_estimate(out_path, estimator, provenance=provenance, split=split, unit_names=unit_names,
-                  target_names=target_names, columns=columns, summary=ESTIMATORS[estimator.name].summary, force=force)
+                  target_names=target_names, columns=columns, summary=ESTIMATORS[estimator.name].summary, force=force,
+                  inputs=(store_path,))
     return estimator

@@ -203,6 +203,9 @@ def bootstrap_lds_interval(predicted: np.ndarray, actual: np.ndarray, units: np.
     means = bootstrap_lds_means(predicted, actual, units, draws=draws, seed=seed)
     if means is None:
         return None
+    means = means[np.isfinite(means)]  # draws of one repeated unit define no correlation
+    if len(means) < draws / 2:
+        return None
     tail = (1 - level) / 2
     return float(np.quantile(means, tail)), float(np.quantile(means, 1 - tail))
 
@@ -235,7 +238,12 @@ def bootstrap_lds_means(predicted: np.ndarray, actual: np.ndarray, units: np.nda
         corr = np.where((var_a > 0) & (var_b > 0), cov / np.sqrt(var_a * var_b), np.nan)
     scores = np.full((draws, int(defined.sum())), 0.0)
     scores[:, ranked[defined]] = corr
-    return np.nanmean(scores, axis=1)
+    # a draw of one repeated unit (likely with few units: 3 units give 1 draw in 9) has no rank variance, so no
+    # target's correlation is defined in it: its mean is NaN (no warning), and the callers leave such draws out
+    defined_scores = np.isfinite(scores)
+    per_draw = defined_scores.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(per_draw > 0, np.where(defined_scores, scores, 0.0).sum(axis=1) / per_draw, np.nan)
 
 
 def _needed(full_models: int, full: float, gain: float, goal: float) -> float:
@@ -267,9 +275,10 @@ def lds_curve(est: Any, store: RunStore, masks: np.ndarray, actual: np.ndarray, 
         b = bootstrap_lds_means(full_predicted, actual, units, draws=draws)
         if a is not None and b is not None:
             tail = (1 - level) / 2
-            difference = (b - a) / doublings
-            interval = (float(np.quantile(difference, tail)), float(np.quantile(difference, 1 - tail)))
-            if interval[0] > 0:
+            difference = ((b - a) / doublings)[np.isfinite(a) & np.isfinite(b)]  # paired draws defined in both
+            if len(difference) >= draws / 2:
+                interval = (float(np.quantile(difference, tail)), float(np.quantile(difference, 1 - tail)))
+            if interval is not None and interval[0] > 0:
                 needed = {str(goal): _needed(len(rows), full_lds, gain, goal) for goal in LDS_GOALS}
     return LdsCurve(half_models=len(half), full_models=len(rows), half_lds=half_lds, full_lds=full_lds, gain=gain,
                     gain_interval=interval, needed=needed)

@@ -31,6 +31,7 @@ from dmtoolkit.analyze.results import (
     Recommendation,
 )
 from dmtoolkit.analyze.retrain import SCHEMA_NAME as COUNTERFACTUAL_SCHEMA
+from dmtoolkit.atomic import check_output, write_text_atomic
 from dmtoolkit.errors import UserError
 from dmtoolkit.estimate.files import SCHEMA_NAME as ESTIMATE_SCHEMA
 from dmtoolkit.report.summary import Answer, StoreTrust
@@ -71,7 +72,7 @@ def scan(directory: Path) -> dict[str, list[Path]]:
     """HDF5 files under `directory` (recursively) grouped by what they are."""
     found: dict[str, list[Path]] = {"runs": [], "estimates": [], "counterfactuals": []}
     for path in sorted(directory.rglob("*.h5")):
-        if path.name.startswith("."):
+        if path.name.startswith(".") or not path.is_file():  # temporaries; a FIFO would block the read
             continue
         schema = _schema(path)
         if schema == RUN_SCHEMA:
@@ -311,8 +312,11 @@ def _sort_key(e: EstimateSection) -> tuple[int, int, str]:
     return (0 if e.kind == "class" else 1, 1 if e.estimator == "datamodels" else 0, e.file)
 
 
-def build_report(directory: str | Path, out_dir: str | Path, *, top: int = 10, subpops: int = 3) -> Path:
-    """Write OUT_DIR/index.html (images inline) and OUT_DIR/report.json; returns the HTML path."""
+def build_report(directory: str | Path, out_dir: str | Path, *, top: int = 10, subpops: int = 3,
+                 force: bool = False) -> Path:
+    """Write OUT_DIR/index.html (images inline) and OUT_DIR/report.json; returns the HTML path.
+
+    Both go through the output guard: existing ones are replaced only with `force`, never an input file."""
     from dmtoolkit.report.summary import negative_heading
     from dmtoolkit.store_checks import store_summary
 
@@ -322,6 +326,10 @@ def build_report(directory: str | Path, out_dir: str | Path, *, top: int = 10, s
     found = scan(directory)
     if not any(found.values()):
         raise UserError(f"{directory}: holds no dmtoolkit HDF5 files (run stores, influence, datamodels)")
+    inputs = [p for paths in found.values() for p in paths]
+    page, page_json = Path(out_dir) / "index.html", Path(out_dir) / "report.json"
+    for out in (page, page_json):
+        check_output(out, force=force, inputs=inputs)
     notes = Notes()
     runs = [store_summary(p) for p in found["runs"]]
     stores = [_reliability(p, r, notes) for p, r in zip(found["runs"], runs)]
@@ -351,12 +359,11 @@ def build_report(directory: str | Path, out_dir: str | Path, *, top: int = 10, s
         example_estimates=[e for e in estimates if e.kind != "class"], stores=stores, answers=answers,
         counterfactuals=counterfactuals, combined_counterfactual=combined, detection=detection, top=top,
         notes=notes.listed())
-    out_dir.mkdir(parents=True, exist_ok=True)
-    page = out_dir / "index.html"
-    page.write_text(html, encoding="utf-8")
-    (out_dir / "report.json").write_text(json.dumps(
+    write_text_atomic(page, html, force=force, inputs=inputs)
+    write_text_atomic(page_json, json.dumps(
         {"summary": [a.to_json() for a in answers], "runs": runs, "estimates": [e.to_json() for e in estimates],
          "reliability": [dataclasses.asdict(s) for s in stores],
          "counterfactuals": [c.to_json() for c in counterfactuals],
-         "detection": [d.to_json() for d in detection], "notes": notes.listed()}, indent=2, default=str))
+         "detection": [d.to_json() for d in detection], "notes": notes.listed()}, indent=2, default=str),
+        force=force, inputs=inputs)
     return page

@@ -87,9 +87,11 @@ def _csv_row(row: SourceCopy | LeakPair) -> list[object]:
             row.feature_score]
 
 
-def write_leakage_csv(report: LeakageReport, out: str | Path, *, force: bool = False) -> Path:
-    """One row per copy or pair with evidence (`evidence_rows`), columns CSV_COLUMNS (empty: not known)."""
-    with replacing(out, force=force) as tmp:
+def write_leakage_csv(report: LeakageReport, out: str | Path, *, force: bool = False,
+                      inputs: tuple[str | Path | None, ...] = ()) -> Path:
+    """One row per copy or pair with evidence (`evidence_rows`), columns CSV_COLUMNS (empty: not known), through
+    the output guard."""
+    with replacing(out, force=force, inputs=inputs) as tmp:
         with open(tmp, "w", newline="", encoding="utf-8") as f:
             writer = csv.writer(f)
             writer.writerow(CSV_COLUMNS)
@@ -98,7 +100,8 @@ def write_leakage_csv(report: LeakageReport, out: str | Path, *, force: bool = F
     return Path(out)
 
 
-def write_leakage_html(report: LeakageReport, out: str | Path, *, force: bool = False, limit: int = 50) -> Path:
+def write_leakage_html(report: LeakageReport, out: str | Path, *, force: bool = False, limit: int = 50,
+                       inputs: tuple[str | Path | None, ...] = ()) -> Path:
     """The page: the pixel copies, then each influence group's pairs (at most `limit` per group) as thumbnails
     with their evidence."""
     copies = [(c, *map(_thumbnail, report.images_of(c))) for c in report.copies[:limit]]
@@ -108,6 +111,6 @@ def write_leakage_html(report: LeakageReport, out: str | Path, *, force: bool = 
                           report.influence_only)):
         groups.append((title, [(p, *map(_thumbnail, report.images_of(p))) for p in pairs[:limit]]))
     html = PAGE.render(r=report, copies=copies, groups=groups, pval=format_p)
-    with replacing(out, force=force) as tmp:
+    with replacing(out, force=force, inputs=inputs) as tmp:
         Path(tmp).write_text(html, encoding="utf-8")
     return Path(out)

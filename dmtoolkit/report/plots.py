@@ -19,9 +19,10 @@ def _save(fig: plt.Figure, out: str | Path | None) -> bytes:
     fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
     plt.close(fig)
     data = buffer.getvalue()
-    if out is not None:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_bytes(data)
+    if out is not None:  # the library call asked for this path: replaced, but only if it is a regular file
+        from dmtoolkit.atomic import write_bytes_atomic
+
+        write_bytes_atomic(out, data, force=True)
     return data
 
 

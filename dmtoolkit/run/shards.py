@@ -12,14 +12,15 @@ and writes the result through `RunStore.write_row` into a temporary file renamed
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from dmtoolkit.atomic import replacing
+from dmtoolkit.atomic import check_output, replacing
 from dmtoolkit.errors import StoreError, UserError
-from dmtoolkit.lock import WriterLock, lock_path_for
+from dmtoolkit.lock import lock_path_for
 from dmtoolkit.store import RunStore, create_store
 
 DUPLICATE_TOLERANCE = 1e-5
@@ -58,9 +59,10 @@ def open_shard(store_path: str | Path, shard_path: str | Path) -> Path:
     store_path, shard_path = Path(store_path), Path(shard_path)
     if store_path.resolve() == shard_path.resolve():
         raise UserError(f"{shard_path}: the shard file must differ from the store it comes from")
+    check_output(shard_path, force=True, inputs=(store_path,))  # a regular file (resumed) or absent (created)
     with RunStore(store_path) as parent:
-        if not shard_path.exists():
-            create_store(shard_path, parent.recipe, parent.run_data())
+        if not os.path.lexists(shard_path):
+            create_store(shard_path, parent.recipe, parent.run_data(), inputs=(store_path,))
         with RunStore(shard_path) as shard:
             problem = _same_run_problem(parent, shard)
     if problem:
@@ -98,8 +100,7 @@ def merge_stores(inputs: list[str | Path], output: str | Path, *, force: bool = 
     inputs, output = [Path(p) for p in inputs], Path(output)
     if not inputs:
         raise UserError("store merge: give at least one input store")
-    if output.exists() and not force:
-        raise StoreError(f"{output}: already exists; pass --force to overwrite it, or choose another -o path")
+    check_output(output, force=force, inputs=inputs)
     stores: list[RunStore] = []
     try:
         for path in inputs:
@@ -110,8 +111,7 @@ def merge_stores(inputs: list[str | Path], output: str | Path, *, force: bool = 
             if problem:
                 raise StoreError(f"{store.path}: not the same run as {first.path} ({problem}); refusing to merge")
         owner, duplicates = _owners_checked(stores)
-        with WriterLock(output):  # refuse while a live writer holds the output
-            summary = _write_merged(stores, owner, output)
+        summary = _write_merged(stores, owner, output, force=force, inputs=inputs)
     finally:
         for store in stores:
             store.close()
@@ -145,9 +145,10 @@ def _owners_checked(stores: list[RunStore]) -> tuple[np.ndarray, int]:
     return owner, duplicates
 
 
-def _write_merged(stores: list[RunStore], owner: np.ndarray, output: Path) -> MergeSummary:
+def _write_merged(stores: list[RunStore], owner: np.ndarray, output: Path, *, force: bool,
+                  inputs: list[Path]) -> MergeSummary:
     first = stores[0]
-    with replacing(output, force=True, suffix=".merge.h5") as tmp:  # refusal to overwrite was checked above
+    with replacing(output, force=force, inputs=inputs, suffix=".merge.h5") as tmp:  # locks an existing output
         try:
             create_store(tmp, first.recipe, first.run_data(), force=True)
             with RunStore(tmp, writable=True) as merged:
