@@ -30,6 +30,7 @@ from dmtoolkit.atomic import replacing
 from dmtoolkit.errors import StoreError
 from dmtoolkit.lock import WriterLock
 from dmtoolkit.masks import make_masks
+from dmtoolkit.paths import check_input_file
 from dmtoolkit.plugins import load_function, source_sha256
 from dmtoolkit.recipe import Recipe, parse_recipe_text
 
@@ -269,8 +270,7 @@ def _write_attributes(f: h5py.File, recipe: Recipe, data: RunData, num_units: in
 
 
 def _open_h5(path: Path, mode: str) -> h5py.File:
-    if not path.exists():
-        raise StoreError(f"{path}: no such store; create one with `dmtoolkit init RECIPE.yaml {path}`")
+    check_input_file(path, "store", f"create one with `dmtoolkit init RECIPE.yaml {path}`", error=StoreError)
     if not h5py.is_hdf5(path):
         raise StoreError(f"{path}: not an HDF5 file (corrupt or another format); recreate it with `dmtoolkit init`")
     try:

@@ -26,6 +26,7 @@ import numpy as np
 from dmtoolkit import __version__
 from dmtoolkit.atomic import write_atomic
 from dmtoolkit.errors import StoreError
+from dmtoolkit.paths import check_input_file
 
 if TYPE_CHECKING:
     from dmtoolkit.estimate.base import Estimator
@@ -159,9 +160,7 @@ def _strings(f: h5py.File, name: str) -> list[str]:
 
 def load_estimate(path: str | Path) -> Estimate:
     """Open an estimate file; anything else (missing, foreign, truncated, old) is a one-line StoreError."""
-    path = Path(path)
-    if not path.exists():
-        raise StoreError(f"{path}: no such estimate file; {MAKE_ONE}")
+    path = check_input_file(path, "estimate file", MAKE_ONE, error=StoreError)
     if not h5py.is_hdf5(path):
         raise StoreError(f"{path}: not an HDF5 file; give an estimate file ({MAKE_ONE})")
     try:

@@ -26,8 +26,9 @@ from dmtoolkit.analyze.results import (
     MislabelScore,
 )
 from dmtoolkit.analyze.retrain import SCHEMA_NAME as COUNTERFACTUAL_SCHEMA
-from dmtoolkit.errors import UserError
+from dmtoolkit.errors import StoreError, UserError
 from dmtoolkit.estimate.files import SCHEMA_NAME as ESTIMATE_SCHEMA
+from dmtoolkit.paths import check_input_file
 from dmtoolkit.store import SCHEMA_NAME as RUN_SCHEMA
 
 LDS_KEYS = ("lds_mean", "lds_median", "heldout_models", "undefined_targets")
@@ -51,6 +52,8 @@ def _data_uri(png: bytes) -> str:
 
 
 def _schema(path: Path) -> str | None:
+    """The schema attribute of an HDF5 file (None for other files); a FIFO, device or empty .h5 is an error."""
+    check_input_file(path, "HDF5 file", "move it out of the report's folder or recreate it", error=StoreError)
     try:
         if not h5py.is_hdf5(path):
             return None
