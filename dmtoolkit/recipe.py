@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from dmtoolkit.errors import RecipeError
+from dmtoolkit.text_input import read_text_input, size_text
 
 
 class _Section(BaseModel):
@@ -334,8 +335,24 @@ def parse_recipe_dict(data: object, origin: str = "recipe") -> Recipe:
         raise RecipeError(_describe(error, origin)) from None
 
 
+MAX_RECIPE_BYTES = 1 << 20
+"""Largest recipe file read (1 MiB; the shipped recipes are a few KiB)."""
+
+
+class _AliasRefused(yaml.YAMLError):
+    def __init__(self, line: int) -> None:
+        super().__init__(f"YAML aliases are not allowed in recipes (line {line})")
+
+
 class _RecipeLoader(yaml.SafeLoader):
-    """SafeLoader that also reads `5e-5` as a float (YAML 1.1 would read it as a string)."""
+    """SafeLoader that also reads `5e-5` as a float (YAML 1.1 would read it as a string) and refuses aliases
+    (`*name`, also in `<<: *name` merges): a few lines of nested aliases expand to gigabytes (a "billion
+    laughs" bomb), and a recipe never needs them. Anchors alone are harmless and left alone."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            raise _AliasRefused(self.peek_event().start_mark.line + 1)
+        return super().compose_node(parent, index)
 
 
 _RecipeLoader.add_implicit_resolver(
@@ -346,8 +363,16 @@ _RecipeLoader.add_implicit_resolver(
 
 
 def parse_recipe_text(text: str, origin: str = "recipe") -> Recipe:
+    """Parse and validate recipe YAML (at most `MAX_RECIPE_BYTES`, no aliases); errors are one line."""
+    if len(text) > MAX_RECIPE_BYTES:
+        raise RecipeError(f"{origin}: {len(text):,} characters, larger than the {size_text(MAX_RECIPE_BYTES)} a "
+                          "recipe may be; give the recipe file itself (a few KiB)")
     try:
         data = yaml.load(text, Loader=_RecipeLoader)
+    except _AliasRefused as error:
+        raise RecipeError(f"{origin}: {error}; write the values out in full") from None
+    except RecursionError:
+        raise RecipeError(f"{origin}: YAML nested too deeply to be a recipe") from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -373,10 +398,11 @@ def load_recipe(path: str | Path) -> Recipe:
     """Read and validate a recipe file; a missing `recipes/NAME.yaml` (or bare NAME) is the shipped recipe,
     so README commands work from any directory with an installed wheel."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():  # (a device or FIFO is refused by name below, not taken for a missing file)
         shipped = shipped_recipe(path)
         if shipped is None:
             names = ", ".join(sorted(p.stem for p in RECIPES_DIR.glob("*.yaml")))
             raise RecipeError(f"{path}: recipe file not found (shipped recipes: {names})")
         path = shipped
-    return parse_recipe_text(path.read_text(), origin=str(path))
+    return parse_recipe_text(read_text_input(path, "recipe", limit=MAX_RECIPE_BYTES, error=RecipeError),
+                             origin=str(path))

@@ -279,10 +279,22 @@ def _open_h5(path: Path, mode: str) -> h5py.File:
         raise StoreError(f"{path}: HDF5 file cannot be opened ({error.args[0] if error.args else error}); it may be corrupt") from None
 
 
+# attributes read by name when a store is open (the rest have defaults)
+REQUIRED_ATTRIBUTES = ("kind", "alpha", "seed", "randomness", "recipe", "recipe_hash", "fingerprints", "package_version")
+RECREATE = "recreate it with `dmtoolkit init` (or `dmtoolkit store import`) and train again"
+
+
+def _more(count: int) -> str:
+    return f" (+{count} more problem{'s' * (count > 1)})" if count else ""
+
+
 class RunStore:
     """An open run store. Read-only by default; `writable=True` takes the single-writer lock."""
 
-    def __init__(self, path: str | Path, *, writable: bool = False) -> None:
+    def __init__(self, path: str | Path, *, writable: bool = False, check_datasets: bool = True) -> None:
+        """Open (and with `writable`, lock) the store, refusing in one line a file that is not a run store of this
+        schema, lacks a required attribute or (unless `check_datasets` is False, as `store validate` opens it to
+        list every problem) any dataset of `RUN_DATASETS` with its dtype and shape: metadata only, no data read."""
         self.path = Path(path)
         if not self.path.exists():  # before locking: no stray STORE.lock, no traceback for a missing folder
             _open_h5(self.path, "r")
@@ -290,6 +302,8 @@ class RunStore:
         try:
             self.file = _open_h5(self.path, "r")
             self._check_schema()
+            if check_datasets:
+                self.check_datasets()
             if writable:  # checked read-only first: a refused writer leaves the file untouched (even its mtime)
                 self._check_recipe_hash()
                 self.file.close()
@@ -313,6 +327,19 @@ class RunStore:
                 f"{self.path}: run store schema version {version}, this dmtoolkit reads version {SCHEMA_VERSION}; "
                 "use the matching dmtoolkit version or recreate the store"
             )
+        missing = [name for name in REQUIRED_ATTRIBUTES if name not in self.file.attrs]
+        if missing:
+            self.file.close()
+            raise StoreError(f"{self.path}: damaged run store: attribute {missing[0]!r} is missing"
+                             f"{_more(len(missing) - 1)}; {RECREATE}")
+
+    def check_datasets(self) -> None:
+        """Refuse, in one line, a store whose datasets do not match `RUN_DATASETS` (missing, renamed, another
+        dtype or shape): what every command that opens a store relies on. Metadata only."""
+        problems = self.schema_problems()
+        if problems:
+            raise StoreError(f"{self.path}: damaged run store: {problems[0]}{_more(len(problems) - 1)}; "
+                             f"`dmtoolkit store validate {self.path}` lists every problem; {RECREATE}")
 
     def _check_recipe_hash(self) -> None:
         """A writer must not add rows made by a recipe other than the one the store's rows came from."""

@@ -98,7 +98,7 @@ def format_summary(summary: dict[str, Any]) -> str:
 def validate_store(path: str | Path) -> list[str]:
     """Every problem found (empty when valid): schema, shapes, dtypes, masks re-derived, finite completed rows."""
     problems: list[str] = []
-    with RunStore(path) as store:
+    with RunStore(path, check_datasets=False) as store:  # lists every dataset problem instead of the first
         if store.imported:
             return _imported_problems(store)
         try:

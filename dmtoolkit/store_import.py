@@ -29,6 +29,7 @@ from dmtoolkit import __version__
 from dmtoolkit.atomic import refuse_overwrite, replacing
 from dmtoolkit.errors import UserError
 from dmtoolkit.store import DATASETS_BY_NAME, ROW_CHUNK, RUN_DATASETS, SCHEMA_NAME, SCHEMA_VERSION, _create_dataset
+from dmtoolkit.text_input import read_text_input
 
 __all__ = ["IMPORT_DESIGNS", "NPZ_KEYS", "ImportArrays", "import_arrays", "import_store", "read_folder", "read_npy", "read_npz",
            "read_unit_names"]
@@ -37,6 +38,8 @@ NPZ_KEYS = ("masks", "margins", "completed", "unit_names", "target_labels")
 FOLDER_FILES = {"masks": "masks.npy", "margins": "margins.npy", "completed": "_completed.npy"}
 IMPORT_DESIGNS = ("random", "antithetic")
 UNKNOWN_CLASS = "(unknown)"
+MAX_TARGET_CLASSES = 10_000  # a target label's class index must be below this (each class gets a stored name)
+MAX_UNIT_NAMES_BYTES = 256 << 20  # largest --unit-names file read (a million 250-byte names)
 BLOCK_ELEMENTS = 1 << 24  # about 16M values per block read from the inputs (64 MiB of float32)
 
 
@@ -74,10 +77,9 @@ def read_npy(path: str | Path, role: str) -> np.ndarray:
 def read_unit_names(path: str | Path) -> list[str]:
     """Unit names from a text file, one a line (a trailing empty line is ignored)."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         _fail(f"{path}: no such file (the unit names)")
-    names = path.read_text(encoding="utf-8").splitlines()
-    return names
+    return read_text_input(path, "unit names file", limit=MAX_UNIT_NAMES_BYTES, error=ImportInputError).splitlines()
 
 
 def read_npz(path: str | Path) -> ImportArrays:
@@ -183,6 +185,9 @@ def _check_shapes(a: ImportArrays, kind: str) -> tuple[int, int, int]:
             _fail(f"target labels have dtype {t.dtype}; expected integer class indices")
         if len(t) and t.min() < 0:
             _fail("target labels hold negative values; expected class indices 0, 1, ...")
+        if len(t) and t.max() >= MAX_TARGET_CLASSES:
+            _fail(f"target labels hold class index {t.max():.0f}; expected class indices 0..K-1 with at most "
+                  f"{MAX_TARGET_CLASSES:,} classes (K), one per target class")
     if kind not in ("class", "example"):
         _fail(f"kind {kind!r} is not one of class, example")
     return m, P, T

@@ -39,7 +39,7 @@ from dmtoolkit.analyze.results import (
     Subpopulation,
     TargetEffect,
 )
-from dmtoolkit.errors import StoreError, UserError
+from dmtoolkit.errors import UserError
 from dmtoolkit.estimate.calibration import interval_quantile
 from dmtoolkit.estimate.difference_of_means import UndefinedInfluenceWarning
 from dmtoolkit.estimate.refit import refit_on_values
@@ -121,22 +121,15 @@ def mean_influence_refit(est: Estimate, run: RunStore, columns: np.ndarray) -> t
 
 
 def _rank_intervals(est: Estimate, columns: np.ndarray, overall: np.ndarray, level: float,
-                    store: str | Path | None) -> tuple[np.ndarray | None, np.ndarray | None, str]:
-    """Bounds of the mean influences' intervals and how they were made, or (None, None, why there are none)."""
+                    run: RunStore | None) -> tuple[np.ndarray | None, np.ndarray | None, str]:
+    """Bounds of the mean influences' intervals and how they were made, or (None, None, why there are none);
+    `run` is the estimate's run store checked by `open_source_store` (None: not there)."""
     if est.stderr is None:
         return None, None, NO_STDERR
-    path = Path(store) if store is not None else est.store_path
-    if store is None and (path is None or not path.exists()):
-        return None, None, (f"no interval (the run store {path} is not there to refit the mean over targets; "
-                            "pass --store STORE.h5)")
-    try:
-        run = open_source_store(est, store)
-    except StoreError as error:
-        if store is not None:  # the store asked for is not this estimate's: say so
-            raise
-        return None, None, f"no interval (the mean over targets needs the estimate's run store: {error})"
-    with run:
-        coef, stderr, dof = mean_influence_refit(est, run, columns)
+    if run is None:
+        return None, None, (f"no interval (the run store {est.store_path} is not there to refit the mean over "
+                            "targets; pass --store STORE.h5)")
+    coef, stderr, dof = mean_influence_refit(est, run, columns)
     if stderr is None:
         return None, None, NO_STDERR
     complete = np.isfinite(est.matrix[:, columns]).all(1) & np.isfinite(coef)
@@ -159,8 +152,9 @@ def rank_classes(path: str | Path, *, top: int = RANK_TOP, target_class: str | N
     the ranking (listed in `undefined`). Each mean gets a `level` interval (None: no intervals, e.g. when only
     the order is needed) whose standard error comes from refitting the estimator on the per-model mean margin
     over those targets, read from the run store (the one the estimate names, or `store`); without standard
-    errors, or when the store it names is gone or has changed since, the ranking says why it has no intervals
-    (a `store` given explicitly that is not the estimate's is an error).
+    errors, or when the store it names is gone, the ranking says why it has no intervals. A store that is there
+    but is not the one the estimate was computed from, in its current state (another run, or more models trained
+    since: a stale estimate), is refused (`open_source_store`), with or without intervals.
     """
     if top < 1:
         raise UserError(f"top={top} must be at least 1")
@@ -178,8 +172,13 @@ def rank_classes(path: str | Path, *, top: int = RANK_TOP, target_class: str | N
     overall = _nanmean(est.matrix[:, columns], axis=1)
     low = high = None
     note = "no interval (not asked for)"
-    if level is not None:
-        low, high, note = _rank_intervals(est, columns, overall, level, store)
+    run = open_source_store(est, store, required=False)  # a stale estimate is refused here, as everywhere
+    try:
+        if level is not None:
+            low, high, note = _rank_intervals(est, columns, overall, level, run)
+    finally:
+        if run is not None:
+            run.close()
     defined = np.flatnonzero(np.isfinite(overall))
     ranked = _effects(est, defined[np.argsort(-overall[defined], kind="stable")], overall, low, high)  # ties: lower first
     worst = _effects(est, defined[np.argsort(overall[defined], kind="stable")], overall, low, high)
@@ -217,9 +216,11 @@ def subpopulation(path: str | Path, class_name: str, *, n: int = SUBPOP_SIZE, st
     targets = tuple(TargetEffect(int(est.target_index[j]), est.target_names[j], float(row[j]), _opt(low[j]),
                                  _opt(high[j])) for j in order)
     images = None
-    if with_images:
-        with open_source_store(est, store) as run:
-            images = run.target_images([t.target for t in targets])
+    run = open_source_store(est, store, required=with_images)  # a stale estimate is refused here, as everywhere
+    if run is not None:
+        with run:
+            if with_images:
+                images = run.target_images([t.target for t in targets])
     return Subpopulation(file=str(est.path), class_name=class_name, targets=targets, images=images,
                          level=shown_level, interval_note=note)
 

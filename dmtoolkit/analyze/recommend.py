@@ -42,7 +42,7 @@ from dmtoolkit.analyze.evidence import benjamini_hochberg, check_fdr, fdr_phrase
 from dmtoolkit.analyze.options import DETECT_FDR, INTERVAL_LEVEL, RECOMMEND_SPLIT_SEED, RECOMMEND_VALIDATION_FRACTION
 from dmtoolkit.analyze.results import NO_STDERR, Recommendation, RemovalCandidate
 from dmtoolkit.analyze.retrain import check_ks, parse_ks
-from dmtoolkit.errors import StoreError, UserError
+from dmtoolkit.errors import UserError
 
 
 def split_targets(num_targets: int, validation_fraction: float = RECOMMEND_VALIDATION_FRACTION,
@@ -93,15 +93,10 @@ def _from_store(est: Estimate, columns: np.ndarray, store: str | Path | None) ->
     """(α, per-class mean influence over `columns` refitted on the mean margin, its standard error, dof, why there
     is none) read from the estimate's run store (α: mean share of classes kept over the fitted rows); Nones and a
     reason without it."""
-    path = Path(store) if store is not None else est.store_path
-    if store is None and (path is None or not path.exists()):
-        return None, None, None, None, f"no interval (the run store {path} is not there; pass --store STORE.h5)"
-    try:
-        run = open_source_store(est, store)
-    except StoreError as error:
-        if store is not None:
-            raise
-        return None, None, None, None, f"no interval (the margin change needs the estimate's run store: {error})"
+    run = open_source_store(est, store, required=False)  # a stale estimate is refused here, as everywhere
+    if run is None:
+        return None, None, None, None, (f"no interval (the run store {est.store_path} is not there; "
+                                        "pass --store STORE.h5)")
     with run:
         rows = np.sort(est.fit_rows)
         alpha = float(np.asarray(run.masks[rows] if len(rows) else run.masks[()], bool).mean())

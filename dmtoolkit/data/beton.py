@@ -31,6 +31,7 @@ from dmtoolkit.atomic import replacing
 from dmtoolkit.data.base import ImageDataset
 from dmtoolkit.errors import DataError
 from dmtoolkit.recipe import DataSpec
+from dmtoolkit.text_input import read_text_input
 
 IMAGE_FIELDS = ("ndarray", "rgb-raw", "rgb-jpg")
 SIDECAR_FORMAT = "dmtoolkit.beton"
@@ -126,7 +127,14 @@ def beton_info(path: str | Path) -> BetonInfo:
     field_name = type(reader.handlers["image"]).__name__
     sidecar = sidecar_path(path)
     if sidecar.is_file():
-        meta = json.loads(sidecar.read_text())
+        try:
+            meta = json.loads(read_text_input(sidecar, "beton sidecar", limit=1 << 30, error=DataError))
+            if not isinstance(meta, dict):
+                raise ValueError
+            _ = meta["example_ids"], meta["image_field"], meta["shape"][2], meta["class_names"]
+        except (ValueError, KeyError, IndexError, TypeError):
+            raise DataError(f"{sidecar}: not a beton sidecar (JSON with format, example_ids, image_field, shape, "
+                            "class_names); delete it or rewrite the beton") from None
         if meta.get("format") != SIDECAR_FORMAT or len(meta["example_ids"]) != size:
             raise DataError(f"{sidecar}: does not describe {path} (other format or size); delete it or rewrite the beton")
         return BetonInfo(path, size, meta["image_field"], int(meta["shape"][2]), tuple(meta["class_names"]),

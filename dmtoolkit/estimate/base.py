@@ -82,6 +82,11 @@ class Estimator(ABC):
         """Fitted outputs saved beside coef_ and intercept_ (e.g. standard errors, counts, the λ path)."""
         return []
 
+    def memory_bytes(self, num_units: int, num_targets: int) -> int:
+        """A floor on the bytes the fit holds at once for P units and T targets (checked before fitting by
+        `fit_store`): by default a float64 accumulator and float32 coefficients and errors per entry."""
+        return 16 * num_units * num_targets
+
 
 
 class InfluenceEstimator(Estimator):

@@ -94,13 +94,36 @@ class Estimate:
         return slice(int(self.target_index[0]), int(self.target_index[-1]) + 1) if len(self.target_index) else slice(0, 0)
 
     def check_store(self, store: RunStore) -> None:
-        """Refuse a run store other than (or in another state than) the one this estimate was computed from."""
-        current = store.content_hash()
-        if current != self.store_hash:
-            raise StoreError(
-                f"{self.path} was not computed from {store.path} in its current state (content hash "
-                f"{self.store_hash[:12]}… recorded, {current[:12]}… now: another run, or more models finished "
-                "since); recompute the estimate or pass the run store it came from")
+        """The one check that this estimate belongs to `store` as it is now; every analysis goes through it.
+
+        First its shapes (units P, target columns within T, `rows/*` within the m models: cheap, metadata only),
+        then the store's content hash against the one recorded when the estimate was fitted: a store from
+        another run, or one into which more models were trained since (a stale estimate), is refused with
+        `stale_estimate_message`.
+        """
+        m, P, T = store.num_models, store.num_units, store.num_targets
+        fit = self.fit_rows
+        if self.matrix.shape[0] != P:
+            why = f"the estimate has {self.matrix.shape[0]} units, the store {P}"
+        elif self.columns.stop > T:
+            why = f"the estimate covers target columns {self.columns.start}..{self.columns.stop - 1}, the store has {T}"
+        elif any(len(rows) and (rows.min() < 0 or rows.max() >= m)
+                 for rows in (fit, self.selection_rows, self.test_rows)):
+            why = f"the estimate names rows the store's {m} models do not have"
+        else:
+            current = store.content_hash()
+            if current == self.store_hash:
+                return
+            why = (f"content hash {self.store_hash[:12]}… recorded, {current[:12]}… now: another run, or more models "
+                   "finished since")
+        raise StoreError(stale_estimate_message(self.path, store.path, why))
+
+
+def stale_estimate_message(estimate: Path, store: Path, why: str) -> str:
+    """The one message for an estimate whose run store is not (or no longer) the one it was computed from."""
+    return (f"{estimate} was not computed from {store} in its current state ({why}); recompute the estimate from the "
+            f"store as it is now (e.g. `dmtoolkit influence {store} -o {estimate} --force`; or datamodels, gradient) "
+            "or pass the run store it came from")
 
 
 def _put(group: h5py.Group, name: str, data: Any, meaning: str, axes: str, units: str) -> None:
@@ -158,6 +181,34 @@ def _strings(f: h5py.File, name: str) -> list[str]:
     return [v.decode() if isinstance(v, bytes) else str(v) for v in f[name][()]]
 
 
+def _check_shapes(f: h5py.File, path: Path) -> None:
+    """The core datasets' shapes and dtypes agree with each other (metadata only, no data read): coef (P, T)
+    numbers; intercept (T,); stderr, when present, (P, T); unit_names (P,); target_names (T,); `rows/*` 1-D
+    integer row indices; the recorded target columns span T."""
+    def bad(name: str, what: str) -> StoreError:
+        return StoreError(f"{path}: damaged estimate file ({name} {what}); recompute it ({MAKE_ONE})")
+
+    for name in (*CORE_DATASETS, "stderr"):
+        if name in f and not isinstance(f[name], h5py.Dataset):
+            raise bad(name, "is not a dataset")
+    coef = f["coef"]
+    if coef.ndim != 2 or coef.dtype.kind not in "fiu":
+        raise bad("coef", f"is {coef.dtype} {coef.shape}, expected numbers (units, targets)")
+    P, T = coef.shape
+    expected = {"intercept": ((T,), "fiu"), "stderr": ((P, T), "fiu"), "unit_names": ((P,), "SOU"),
+                "target_names": ((T,), "SOU")}
+    for name, (shape, kinds) in expected.items():
+        if name in f and (f[name].shape != shape or f[name].dtype.kind not in kinds):
+            raise StoreError(f"{path}: damaged estimate file (coef is {coef.shape} but {name} is {f[name].dtype} "
+                             f"{f[name].shape}; they must agree: {name} {shape}); recompute it ({MAKE_ONE})")
+    for name in ("rows/fit", "rows/selection", "rows/test"):
+        if f[name].ndim != 1 or (f[name].shape[0] and f[name].dtype.kind not in "iu"):
+            raise bad(name, f"is {f[name].dtype} {f[name].shape}, expected integer row indices (n,)")
+    start, stop = f.attrs.get("target_start"), f.attrs.get("target_stop")
+    if start is not None and stop is not None and int(stop) - int(start) != T:
+        raise bad("coef", f"has {T} target columns, the file records columns {int(start)}..{int(stop) - 1}")
+
+
 def load_estimate(path: str | Path) -> Estimate:
     """Open an estimate file; anything else (missing, foreign, truncated, old) is a one-line StoreError."""
     path = check_input_file(path, "estimate file", MAKE_ONE, error=StoreError)
@@ -181,6 +232,7 @@ def load_estimate(path: str | Path) -> Estimate:
         missing = [name for name in CORE_DATASETS if name not in f]
         if missing:
             raise StoreError(f"{path}: incomplete estimate file (no {missing[0]!r}); recompute it ({MAKE_ONE})")
+        _check_shapes(f, path)
         try:
             matrix = f["coef"][()].astype(np.float64)
             start = int(f.attrs["target_start"])

@@ -17,6 +17,7 @@ from dmtoolkit.estimate.blocks import TargetColumns
 from dmtoolkit.estimate.files import Provenance, save_estimate
 from dmtoolkit.estimate.registry import ESTIMATORS
 from dmtoolkit.estimate.splits import RowSplit, SamplingUnits, design_units, detect_units, split_rows
+from dmtoolkit.resources import require_memory
 from dmtoolkit.store import RunStore
 
 
@@ -70,6 +71,10 @@ def parse_targets(spec: str | slice | None, num_targets: int) -> slice:
     return slice(start, stop)
 
 
+def _device_name(device: object) -> str | None:
+    return None if device is None else str(device)
+
+
 def fit_store(store_path: str | Path, out_path: str | Path, estimator: Estimator, *, test_fraction: float = 0.1,
               seed: int = 0, targets: str | slice | None = None, force: bool = False) -> Estimator:
     """Fit `estimator` on the store's completed models less a held-out test fraction; write ESTIMATE.h5.
@@ -86,6 +91,13 @@ def fit_store(store_path: str | Path, out_path: str | Path, estimator: Estimator
     with RunStore(store_path) as store:
         rows = completed_rows(store)
         columns = parse_targets(targets, store.num_targets)
+        width, P = columns.stop - columns.start, store.num_units
+        device = _device_name(getattr(estimator, "device", None))
+        require_memory(estimator.memory_bytes(P, 1), what=f"{estimator.name} with {P:,} units",
+                       flag="use a class-level store, or the difference-of-means estimator (`dmtoolkit influence`)",
+                       device=device)
+        require_memory(estimator.memory_bytes(P, width), what=f"{estimator.name}: the {P:,} × {width:,} unit × "
+                       "target matrices", flag="fit fewer target examples at a time with --targets A:B", device=device)
         units = store_units(store)
         fit_rows, test_rows = split_rows(rows, test_fraction, seed, units.ids)
         if len(fit_rows) < 2:

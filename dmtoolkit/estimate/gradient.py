@@ -123,6 +123,22 @@ class Projector:
         return out
 
 
+def gradient_memory_bytes(proj_dim: int, num_params: int, pool: int, targets: int) -> int:
+    """Bytes the gradient estimator holds at once for one network, k = `proj_dim` (`num_params` for 0): the
+    projection (kept whole when small, else one block of rows), the projected source features and target
+    gradients (float32, then float64 copies), the k × k kernel and its identity (float64), the solve (k × T)
+    and the scores (pool × targets)."""
+    k = proj_dim or num_params
+    if proj_dim == 0:
+        projection = 0
+    elif num_params * k * 4 <= PROJECTION_CACHE_BYTES:
+        projection = num_params * k * 4
+    else:
+        projection = min(PROJECTION_BLOCK, num_params) * k * 4
+    features = 4 * k * (pool + targets) + 8 * k * (2 * pool + targets)
+    return int(projection + features + 16 * k * k + 8 * k * targets + 12 * pool * targets)
+
+
 # --- per-example gradients through a G=1 batched network ----------------------------------------------
 class _Layer(nn.Module):
     """`model.features(x, layer)` as a module's forward, so `functional_call` can run it with given parameters."""
@@ -434,6 +450,7 @@ class GradientEstimator(Estimator):
         chosen = np.sort(np.random.default_rng(self.row_seed).permutation(rows)[:self.models])
         context = self._context()
         trainer = context.trainer
+        self._check_memory(context, int(margins.shape[1]))
         training_seed = context.recipe.seeding[0]
         jobs = [context.job(int(r)) for r in chosen]
         for job in jobs:
@@ -465,6 +482,26 @@ class GradientEstimator(Estimator):
         self.intercept_ = (all_margins[rows].mean(0) - fit_masks.mean(0) @ coef.astype(np.float64)).astype(np.float32)
         self.fit_rows_ = np.sort(rows)
         return self
+
+    def _check_memory(self, context: Any, targets: int) -> None:
+        """Refuse a projection dimension whose arrays would not fit in memory, before any network is trained
+        (`gradient_memory_bytes` for this store's pool, targets and network)."""
+        from dmtoolkit.resources import require_memory
+        from dmtoolkit.train.models import build_model
+
+        spec = context.recipe.model
+        with torch.device("meta"):  # shapes only: nothing allocated
+            net = build_model(spec.arch, 1, context.trainer.channels, context.trainer.num_source_classes,
+                              spec.resolution, spec.width, spec.hidden, spec.downsample, spec.norm)
+        num_params = sum(p.numel() for p in net.parameters())
+        pool = len(context.data.source_pool.labels)
+        needed = gradient_memory_bytes(self.proj_dim, num_params, pool, targets)
+        k = self.proj_dim or num_params
+        require_memory(needed, what=f"gradient: projection dimension {k:,}"
+                       f"{'' if self.proj_dim else ' (--proj-dim 0: every one of the network’s parameters)'} "
+                       f"with {pool:,} pool examples and {targets:,} targets",
+                       flag=f"lower --proj-dim (default {GRADIENT_PROJ_DIM})",
+                       device=str(context.trainer.device))
 
     def _row_network(self, context: Any, job: Any) -> Callable[[], nn.Module]:
         """How to retrain row `job.index`'s source network: with its whole group of rows, as the driver trained

@@ -225,6 +225,10 @@ class LassoPath(Estimator):
     coef_meaning = "change in predicted margin when the unit is in the subset (mask units)"
     objective = "(1/(2n)) * ||y - Xs w - b||^2 + lambda * ||w||_1 with Xs = (masks - mask_mean) / mask_scale"
 
+    def memory_bytes(self, num_units: int, num_targets: int) -> int:
+        """The P × P Gram matrix and its standardised copy (float32), X'y (float64) and five (T, P) float32 iterates."""
+        return 8 * num_units * num_units + 28 * num_units * num_targets
+
     def __init__(self, n_lambdas: int = N_LAMBDAS, eps: float = EPS, *, tol: float = 1e-4, max_iter: int = 2000,
                  patience: int | None = 5, val_frac: float = VAL_FRACTION, seed: int = 0,
                  block_rows: int = DATAMODELS_BLOCK_ROWS,

@@ -98,6 +98,10 @@ class Regression(InfluenceEstimator):
     name = "regression"
     coef_meaning = "least-squares coefficient of the unit in the margin's regression on all masks"
 
+    def memory_bytes(self, num_units: int, num_targets: int) -> int:
+        """The (P+1) × (P+1) float64 Gram matrix and its inverse, X'y (float64), coefficients and errors."""
+        return 16 * (num_units + 1) ** 2 + 16 * num_units * num_targets
+
     def fit(self, masks: Any, margins: Any, rows: np.ndarray | None = None, *,
             unit_names: list[str] | None = None, units: SamplingUnits | None = None) -> Self:
         device = resolve_device(self.device)

@@ -1,0 +1,33 @@
+"""Text files a user gives (recipes, unit names): bounded in size and decoded as UTF-8, or refused in one line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from dmtoolkit.errors import UserError
+
+
+def size_text(limit: int) -> str:
+    return f"{limit / (1 << 20):g} MiB" if limit >= 1 << 20 else f"{limit / 1024:g} KiB"
+
+
+def read_text_input(path: str | Path, what: str, *, limit: int, error: type[Exception] = UserError) -> str:
+    """A user's text file (a recipe, a list of names) decoded as UTF-8, read only up to `limit` bytes: a file that
+    is not a regular file, larger than `limit` or not UTF-8 is refused in one line (`error`) naming the first bad
+    byte's line."""
+    path = Path(path)
+    if path.exists() and not path.is_file():
+        raise error(f"{path}: not a regular file (the {what}); give a text file")
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read(limit + 1)
+    except OSError as failure:
+        raise error(f"{path}: cannot read the {what} ({failure.strerror or failure})") from None
+    if len(raw) > limit:
+        raise error(f"{path}: larger than the {size_text(limit)} a {what} may be; give the {what} itself")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as failure:
+        line = raw[: failure.start].count(b"\n") + 1
+        raise error(f"{path}: not UTF-8 text (byte 0x{raw[failure.start]:02x} at line {line}); save the {what} as "
+                    "UTF-8") from None
