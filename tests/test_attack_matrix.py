@@ -53,7 +53,8 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     done[-4:] = False
     synthetic_store(folder / "runs.h5", rng.normal(size=(M, T)).astype(np.float32), completed=done, antithetic=True)
     xmasks = rng.random((M, 8)) < 0.5
-    synthetic_store(folder / "xruns.h5", rng.normal(size=(M, T)).astype(np.float32), masks=xmasks, kind="example")
+    synthetic_store(folder / "xruns.h5", rng.normal(size=(M, T)).astype(np.float32), masks=xmasks, kind="example",
+                    completed=done)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         compute_influence(folder / "runs.h5", folder / "inf.h5", device="cpu", holdout_frac=0.25)
@@ -128,13 +129,14 @@ class Corruption:
     change: Callable[[Path], None]
     message: str  # words the one error line must contain
     code: int = 1
+    listed: str = ""  # words `store validate` lists the problem with, where they differ
 
 
 STORE_CORRUPTIONS = [
     Corruption("masks-renamed", _rename("masks"), "masks"),
     Corruption("margins-renamed", _rename("margins"), "margins"),
-    Corruption("margins-short", _reshape("margins", cols=T - 1), "margins"),
-    Corruption("completed-short", _reshape("completed", rows=M - 3), "completed"),
+    Corruption("margins-short", _reshape("margins", cols=T - 1), "damaged run store", listed="found int16 (16, 5)"),
+    Corruption("completed-short", _reshape("completed", rows=M - 3), "damaged run store", listed="completed: expected"),
     Corruption("masks-float", _retype("masks", "float32"), "masks"),
     Corruption("zero-bytes", _zero_bytes, "empty"),
     Corruption("fifo", _fifo, "not a regular file"),
@@ -198,7 +200,7 @@ def _store_attacks() -> list[Attack]:
         for c in STORE_CORRUPTIONS:
             if name == "report" and c.id == "directory":
                 continue  # a folder named runs.h5 inside the report's input folder is not an input file
-            message = c.message
+            message = c.listed if name == "store-validate" and c.listed else c.message
             code = c.code
             if name == "report" and c.code == 2:
                 code = 1
@@ -218,8 +220,10 @@ def _estimate_attacks() -> list[Attack]:
         store = "xruns.h5" if example else "runs.h5"
         if name == "report":
             continue  # the report of a folder with a stale estimate renders the rest and says so (tested elsewhere)
-        attacks.append(Attack(f"{name}/estimate-stale", _fill(args, estimate), "changed since", target=store,
-                              change=_stale(estimate)))
+        # the copied estimate names the base folder's store: point it at this folder's (stale) one
+        where = [] if name == "evaluate" else ["--store", "{d}/" + store]
+        attacks.append(Attack(f"{name}/estimate-stale", [*_fill(args, estimate), *where],
+                              "was not computed from", target=store, change=_stale(estimate)))
     return attacks
 
 
@@ -283,6 +287,8 @@ def _fingerprint(folder: Path) -> dict[str, tuple[str, bytes, int]]:
     """Every entry below `folder` (not following links): its kind, bytes (regular files) and mtime."""
     prints = {}
     for p in sorted(folder.rglob("*")):
+        if p.name.endswith(".lock"):
+            continue  # a writer's lock file: taken and released (emptied) by every writer, checked below
         st = p.lstat()
         kind = stat.S_IFMT(st.st_mode)
         data = p.read_bytes() if stat.S_ISREG(st.st_mode) else os.readlink(p).encode() if p.is_symlink() else b""
@@ -319,18 +325,22 @@ def test_attack(attack: Attack, base: Path, tmp_path: Path) -> None:
         code, out, err = _run(attack, folder)
     print(f"{attack.id}: exit {code}\nstdout: {out}\nstderr: {err}")
     lines = [line for line in err.splitlines() if line.strip()]
+    words = lines[-1] if lines else ""
+    if attack.args[:2] == ["store", "validate"] and code == 1:  # it lists every problem on a line of its own first
+        assert all(line.startswith("problem: ") for line in lines[:-1]), err
+        words, lines = err, lines[-1:]
     assert code == attack.code, err
     assert "Traceback" not in out + err
     if code == 1:
         assert len(lines) == 1 and lines[0].startswith("error: "), err
     else:  # a usage error: click's usage lines, then one "Error:" line
         assert lines[-1].startswith("Error: "), err
-    assert attack.message in lines[-1], err
+    assert attack.message in words, err
     after = _fingerprint(folder)
     for name, print_ in before.items():
         assert after.get(name) == print_, f"{name} was changed or removed"
-    new = set(after) - set(before)
-    assert all(name.endswith(".lock") and not after[name][1] for name in new), f"new files: {new}"
+    assert not set(after) - set(before), f"new files: {set(after) - set(before)}"
+    assert all(lock.stat().st_size == 0 for lock in folder.rglob("*.lock")), "a lock file was left holding a name"
 
 
 def test_matrix_covers_every_reader_and_writer() -> None:
