@@ -34,8 +34,9 @@ import h5py
 
 from dmtoolkit.errors import OutputError
 from dmtoolkit.lock import WriterLock, lock_path_for
+from dmtoolkit.paths import describe_file
 
-__all__ = ["STALE_AFTER_SECONDS", "TEMP_MARK", "already_exists", "check_output", "describe_file", "refuse_overwrite",
+__all__ = ["STALE_AFTER_SECONDS", "TEMP_MARK", "already_exists", "check_output", "refuse_overwrite",
            "remove_stale_temps", "replacing", "temp_path_for", "write_atomic", "write_bytes_atomic",
            "write_text_atomic"]
 
@@ -47,16 +48,6 @@ PathLike = str | Path
 def already_exists(out: PathLike) -> str:
     """The message for an existing output written without --force (its one home)."""
     return f"{out}: already exists; pass --force to overwrite it, or choose another -o path"
-
-
-def describe_file(mode: int) -> str:
-    """What a file of this st_mode is, for messages ("a named pipe (FIFO)", "a directory", ...)."""
-    for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a named pipe (FIFO)"),
-                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
-                       (stat.S_ISSOCK, "a socket"), (stat.S_ISREG, "a regular file")):
-        if test(mode):
-            return name
-    return "not a regular file"
 
 
 def _host() -> str:

@@ -26,10 +26,11 @@ import h5py
 import numpy as np
 
 from dmtoolkit import __version__
-from dmtoolkit.atomic import check_output, describe_file, replacing
+from dmtoolkit.atomic import check_output, replacing
 from dmtoolkit.errors import StoreError
 from dmtoolkit.lock import WriterLock
 from dmtoolkit.masks import make_masks
+from dmtoolkit.paths import check_input_file
 from dmtoolkit.plugins import load_function, source_sha256
 from dmtoolkit.recipe import Recipe, parse_recipe_text
 
@@ -270,10 +271,8 @@ def _write_attributes(f: h5py.File, recipe: Recipe, data: RunData, num_units: in
 
 
 def _open_h5(path: Path, mode: str) -> h5py.File:
-    if not path.exists():
-        raise StoreError(f"{path}: no such store; create one with `dmtoolkit init RECIPE.yaml {path}`")
-    if not path.is_file():  # a FIFO would block the read below; a device is no store
-        raise StoreError(f"{path}: is {describe_file(path.stat().st_mode)}, not a regular file; give a run store")
+    check_input_file(path, "a run store", missing=f"{path}: no such store; create one with `dmtoolkit init "
+                     f"RECIPE.yaml {path}`", error=StoreError)
     if not h5py.is_hdf5(path):
         raise StoreError(f"{path}: not an HDF5 file (corrupt or another format); recreate it with `dmtoolkit init`")
     try:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import stat
 import time
 import zipfile
 from dataclasses import dataclass, field
@@ -28,8 +27,9 @@ import h5py
 import numpy as np
 
 from dmtoolkit import __version__
-from dmtoolkit.atomic import check_output, describe_file, replacing
+from dmtoolkit.atomic import check_output, replacing
 from dmtoolkit.errors import UserError
+from dmtoolkit.paths import check_input_file
 from dmtoolkit.store import DATASETS_BY_NAME, ROW_CHUNK, RUN_DATASETS, SCHEMA_NAME, SCHEMA_VERSION, _create_dataset
 from dmtoolkit.text_input import read_text_input
 
@@ -67,17 +67,7 @@ def _fail(message: str) -> None:
 
 def _input_file(path: Path, what: str) -> None:
     """A one-line error unless `path` is a non-empty regular file (a link to one is fine): says what it is."""
-    if not os.path.lexists(path):
-        _fail(f"{path}: no such file ({what})")
-    try:
-        st = os.stat(path)
-    except OSError:
-        _fail(f"{path}: is a dangling symbolic link (to {os.readlink(path)}), not a file ({what})")
-    if not stat.S_ISREG(st.st_mode):
-        link = f"is a symbolic link to {os.path.realpath(path)}, " if os.path.islink(path) else "is "
-        _fail(f"{path}: {link}{describe_file(st.st_mode)}, not a regular file ({what})")
-    if st.st_size == 0:
-        _fail(f"{path}: empty file (0 bytes); expected {what}")
+    check_input_file(path, what, error=ImportInputError)
 
 
 def read_npy(path: str | Path, role: str) -> np.ndarray:

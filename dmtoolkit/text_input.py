@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from dmtoolkit.errors import UserError
+from dmtoolkit.paths import check_input_file
 
 
 def size_text(limit: int) -> str:
@@ -16,8 +18,8 @@ def read_text_input(path: str | Path, what: str, *, limit: int, error: type[Exce
     is not a regular file, larger than `limit` or not UTF-8 is refused in one line (`error`) naming the first bad
     byte's line."""
     path = Path(path)
-    if path.exists() and not path.is_file():
-        raise error(f"{path}: not a regular file (the {what}); give a text file")
+    if os.path.lexists(path):  # a missing file is the caller's to word (e.g. "recipe file not found")
+        check_input_file(path, f"the {what}, a text file", allow_empty=True, error=error)
     try:
         with open(path, "rb") as handle:
             raw = handle.read(limit + 1)

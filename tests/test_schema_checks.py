@@ -303,7 +303,7 @@ def test_non_utf8_and_oversized_recipes_are_one_line(tmp_path: Path, content: by
 
 def test_a_recipe_that_is_a_device_is_named_so(tmp_path: Path) -> None:
     (tmp_path / "r.yaml").symlink_to("/dev/zero")
-    with pytest.raises(RecipeError, match="r.yaml: not a regular file"):
+    with pytest.raises(RecipeError, match="r.yaml: is a symbolic link to /dev/zero, a character device, not a regular file"):
         load_recipe(tmp_path / "r.yaml")
 
 

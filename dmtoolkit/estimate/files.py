@@ -26,6 +26,7 @@ import numpy as np
 from dmtoolkit import __version__
 from dmtoolkit.atomic import write_atomic
 from dmtoolkit.errors import StoreError
+from dmtoolkit.paths import check_input_file
 
 if TYPE_CHECKING:
     from dmtoolkit.estimate.base import Estimator
@@ -211,9 +212,8 @@ def _check_shapes(f: h5py.File, path: Path) -> None:
 
 def load_estimate(path: str | Path) -> Estimate:
     """Open an estimate file; anything else (missing, foreign, truncated, old) is a one-line StoreError."""
-    path = Path(path)
-    if not path.exists():
-        raise StoreError(f"{path}: no such estimate file; {MAKE_ONE}")
+    path = check_input_file(path, "an estimate file", missing=f"{path}: no such estimate file; {MAKE_ONE}",
+                            error=StoreError)
     if not h5py.is_hdf5(path):
         raise StoreError(f"{path}: not an HDF5 file; give an estimate file ({MAKE_ONE})")
     try:

@@ -32,8 +32,9 @@ from dmtoolkit.analyze.results import (
 )
 from dmtoolkit.analyze.retrain import SCHEMA_NAME as COUNTERFACTUAL_SCHEMA
 from dmtoolkit.atomic import check_output, write_text_atomic
-from dmtoolkit.errors import UserError
+from dmtoolkit.errors import StoreError, UserError
 from dmtoolkit.estimate.files import SCHEMA_NAME as ESTIMATE_SCHEMA
+from dmtoolkit.paths import check_input_file
 from dmtoolkit.report.summary import Answer, StoreTrust
 from dmtoolkit.store import SCHEMA_NAME as RUN_SCHEMA
 
@@ -58,6 +59,8 @@ def _data_uri(png: bytes) -> str:
 
 
 def _schema(path: Path) -> str | None:
+    """The schema attribute of an HDF5 file (None for other files); a FIFO, device or empty .h5 is an error."""
+    check_input_file(path, "an HDF5 file of the report's folder: move it out or recreate it", error=StoreError)
     try:
         if not h5py.is_hdf5(path):
             return None
@@ -72,7 +75,7 @@ def scan(directory: Path) -> dict[str, list[Path]]:
     """HDF5 files under `directory` (recursively) grouped by what they are."""
     found: dict[str, list[Path]] = {"runs": [], "estimates": [], "counterfactuals": []}
     for path in sorted(directory.rglob("*.h5")):
-        if path.name.startswith(".") or not path.is_file():  # temporaries; a FIFO would block the read
+        if path.name.startswith("."):  # temporaries (a FIFO, device or empty .h5 is refused by `_schema`)
             continue
         schema = _schema(path)
         if schema == RUN_SCHEMA:
