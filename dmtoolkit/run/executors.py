@@ -22,9 +22,10 @@ import os
 import signal
 import sys
 import time
-from multiprocessing import get_context
+from multiprocessing import get_all_start_methods, get_context
 from multiprocessing.connection import Connection
 from multiprocessing.connection import wait as wait_for
+from multiprocessing.context import BaseContext
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -75,10 +76,19 @@ _WORKER_CONTEXT: RunContext | None = None
 _WORKER_ERROR: str | None = None  # why the context could not be built (e.g. the trainer's import failed)
 
 
-def _init_worker(store_path: str, device: str | None, cwd: str) -> None:
+def _init_worker(store_path: str, device: str | None, cwd: str, path: list[str] | None = None,
+                 environ: dict[str, str] | None = None) -> None:
+    """Make this process see what the driver sees now (working directory, import path, environment: a
+    forkserver child starts from the server's), then build the run context."""
     global _WORKER_CONTEXT, _WORKER_ERROR
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver handles Ctrl-C and stops the workers
     torch.set_num_threads(1)
+    if environ is not None:
+        os.environ.clear()
+        os.environ.update(environ)
+    os.chdir(cwd)
+    if path is not None:
+        sys.path[:] = path
     if cwd not in sys.path:  # a recipe's trainer imports from the driver's working directory too
         sys.path.insert(0, cwd)
     try:
@@ -95,10 +105,11 @@ def _worker_compute(group: int) -> GroupOutcome:
     return compute_outcome(_WORKER_CONTEXT, group)
 
 
-def _worker_main(conn: Connection, store_path: str, device: str | None, cwd: str) -> None:
+def _worker_main(conn: Connection, store_path: str, device: str | None, cwd: str, path: list[str],
+                 environ: dict[str, str]) -> None:
     """A worker process: build the run context, then for each group sent answer ("started", g) and
     ("done", outcome); a closed pipe or None ends it."""
-    _init_worker(store_path, device, cwd)
+    _init_worker(store_path, device, cwd, path, environ)
     while True:
         try:
             group = conn.recv()
@@ -110,14 +121,26 @@ def _worker_main(conn: Connection, store_path: str, device: str | None, cwd: str
         conn.send(("done", _worker_compute(group)))
 
 
+def _process_context() -> BaseContext:
+    """Where worker processes come from: a fork server that has imported this module (and torch) once,
+    so a worker starts in well under a second, replacing one that died included; spawn where there is
+    no fork server (Windows). Neither inherits the driver's threads or open store."""
+    if "forkserver" not in get_all_start_methods():
+        return get_context("spawn")
+    context = get_context("forkserver")
+    context.set_forkserver_preload([__name__, "torch._dynamo"])  # torch.optim imports it on its first step
+    return context
+
+
 class _Worker:
     """One worker process, its pipe, and the group it is computing (`started`: when it began, monotonic)."""
 
     def __init__(self, store_path: Path, device: str | None) -> None:
-        context = get_context("spawn")
+        context = _process_context()
         self.conn, child = context.Pipe()
-        self.process = context.Process(target=_worker_main, args=(child, str(store_path), device, os.getcwd()),
-                                       name="dmtoolkit-worker")
+        self.process = context.Process(target=_worker_main, name="dmtoolkit-worker",
+                                       args=(child, str(store_path), device, os.getcwd(), list(sys.path),
+                                             dict(os.environ)))
         self.process.start()
         child.close()
         self.group: int | None = None
