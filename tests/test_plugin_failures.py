@@ -234,3 +234,21 @@ def test_timeout_recipe_key_keeps_old_hashes_and_is_checked() -> None:
     assert builtin.timeout == 1.5
     with pytest.raises(RecipeError, match="trainer.timeout: Input should be greater than 0"):
         parse_recipe_dict({**base, "trainer": {"function": "m:f", "timeout": 0}})
+
+
+def test_retraining_for_counterfactuals_honours_the_timeout(project: Path) -> None:
+    """`counterfactual` / `explain --verify` retrain through the same executor: a hang there is timed out too."""
+    from dmtoolkit.analyze.retrain import train_masks
+    from dmtoolkit.run.driver import TrainingFailed
+    from dmtoolkit.run.executors import make_executor
+
+    with RunStore(_init(project, "hangs")) as s:
+        recipe, data, masks = s.recipe, s.run_data(), s.masks[:3].astype(bool)
+    with pytest.raises(TrainingFailed) as info:
+        train_masks(recipe, data, masks, seed=0, executor=lambda: make_executor("local", 1, "cpu", timeout=1))
+    assert str(info.value) == ("retraining 3 models of recipe 'deaths' failed (trainer deaths:hangs timed out on row 2 "
+                               "after 1 s (timeout 1 s per model); its worker process was killed); nothing was "
+                               "saved, run the command again to retry")
+    (project / "POISON").unlink()
+    results = train_masks(recipe, data, masks, seed=0, executor=lambda: make_executor("local", 1, "cpu", timeout=30))
+    np.testing.assert_allclose(results[2].margins, masks[2, :5] - 0.5 + 0.02, atol=1e-6)

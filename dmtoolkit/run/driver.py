@@ -25,7 +25,13 @@ from dmtoolkit.train.job import group_size as group_size_of
 
 
 class TrainingFailed(UserError):
-    """Some models failed (twice, or timed out once); the message names their rows, trainer and error."""
+    """Some models failed (twice, or timed out once); the message names their rows, trainer and error.
+
+    `reason`: the first failure's own line ("trainer m:f died on row 3: ..."), for callers that reword it."""
+
+    def __init__(self, message: str, reason: str = "") -> None:
+        super().__init__(message)
+        self.reason = reason or message
 
 
 @dataclass
@@ -122,5 +128,6 @@ def train_store(path: str | Path, executor: Executor, *, limit: int | None = Non
         twice = " twice" if attempts[first_group] > 1 else ""
         longer = " with a longer --timeout" if timed_out else ""
         raise TrainingFailed(f"{path}: models in row{'s' * (len(failed) > 1)} {rows} failed{twice} ({first}); "
-                             f"{summary.written} rows were written and kept; rerun `dmtoolkit train`{longer} to retry")
+                             f"{summary.written} rows were written and kept; rerun `dmtoolkit train`{longer} to retry",
+                             reason=first)
     return summary

@@ -132,6 +132,10 @@ def _process_context() -> BaseContext:
     return context
 
 
+STARTUP_SECONDS = 120.0
+"""With a timeout, how long a worker may take to start (load the run, import the trainer) on top of it."""
+
+
 class _Worker:
     """One worker process, its pipe, and the group it is computing (`started`: when it began, monotonic)."""
 
@@ -144,11 +148,17 @@ class _Worker:
         self.process.start()
         child.close()
         self.group: int | None = None
+        self.sent: float = 0.0  # when the group was sent (monotonic)
         self.started: float | None = None
 
     def send(self, group: int) -> None:
-        self.group, self.started = group, None
+        self.group, self.sent, self.started = group, time.monotonic(), None
         self.conn.send(group)
+
+    def deadline(self, seconds: float) -> float:
+        """When a group allowed `seconds` must be done: from its start, or for a worker still starting (loading
+        the run and importing the trainer) `STARTUP_SECONDS` more from when the group was sent."""
+        return self.started + seconds if self.started is not None else self.sent + STARTUP_SECONDS + seconds
 
     def receive(self) -> GroupOutcome | None:
         """Read what the worker has sent: its outcome when it finished its group, else None (raises
@@ -221,33 +231,31 @@ class LocalExecutor:
                         continue
                     queue.pop(0)
                 busy = [w for w in workers if w.group is not None]
-                deadlines = [w.started + names.deadline(w.group, timeout) for w in busy
-                             if timeout is not None and w.started is not None]
-                wait_seconds = None if not deadlines else max(0.0, min(deadlines) - time.monotonic())
-                if timeout is not None and any(w.started is None for w in busy):
-                    # a worker still loading the run has not said "started": look again soon
-                    wait_seconds = 0.2 if wait_seconds is None else min(wait_seconds, 0.2)
+                wait_seconds = None
+                if timeout is not None:
+                    wait_seconds = max(0.0, min(w.deadline(names.deadline(w.group, timeout)) for w in busy)
+                                       - time.monotonic())
                 ready = set(wait_for([w.conn for w in busy] + [w.process.sentinel for w in busy], wait_seconds))
                 for worker in busy:
                     if worker.conn not in ready and worker.process.sentinel not in ready:
                         continue
-                    group, starting = worker.group, worker.started is None
+                    group, starting, closed = worker.group, worker.started is None, False
                     try:
                         outcome = worker.receive()
-                    except (EOFError, OSError):  # its pipe closed: the process is gone
-                        outcome = None
+                    except (EOFError, OSError):  # its pipe closed: the process is gone (or going)
+                        outcome, closed = None, True
                         worker.process.join(timeout=5)
                     if outcome is not None:
                         yield outcome
-                    elif not worker.process.is_alive():
+                    elif closed or not worker.process.is_alive():
                         starting = starting and worker.started is None
                         discard(worker)
                         yield names.died(group, exit_description(worker.process.exitcode), starting=starting)
                 if timeout is None:
                     continue
                 now = time.monotonic()
-                for worker in [w for w in workers if w.group is not None and w.started is not None]:
-                    if now >= worker.started + names.deadline(worker.group, timeout):
+                for worker in [w for w in workers if w.group is not None]:
+                    if now >= worker.deadline(names.deadline(worker.group, timeout)):
                         group = worker.group
                         discard(worker)
                         yield names.timed_out(group, timeout)
