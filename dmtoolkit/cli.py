@@ -20,6 +20,12 @@ DEVICE = click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), de
                       help="Where to compute (auto: cuda if available).")
 
 
+TIMEOUT_OPTION = click.option(
+    "--timeout", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
+    help="Seconds one model may take before its worker is killed and its rows reported (a group of G models gets "
+         "G times this; not retried); default: the recipe's training.timeout / trainer.timeout, else no limit.")
+
+
 def _device(name: str) -> str | None:
     return None if name == "auto" else name
 
@@ -106,9 +112,10 @@ def init(recipe_path: Path, store_path: Path, models: int | None, seed: int | No
 @click.option("-o", "--output", "shard_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Shard file for --shard (created from STORE.h5, resumed if it exists).")
 @DEVICE
+@TIMEOUT_OPTION
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def train(store_path: Path, workers: int, limit: int | None, executor: str, address: str | None,
-          shard: str | None, shard_path: Path | None, device: str, quiet: bool) -> None:
+          shard: str | None, shard_path: Path | None, device: str, timeout: float | None, quiet: bool) -> None:
     """Train, transfer and score the pending models of a store; resumable, one writer at a time.
 
     \b
@@ -131,7 +138,7 @@ def train(store_path: Path, workers: int, limit: int | None, executor: str, addr
         resolve_device(_device(device))
     share = parse_shard(shard) if shard else None
     target = open_shard(store_path, shard_path) if share else store_path
-    summary = train_store(target, make_executor(executor, workers, _device(device), address), limit=limit,
+    summary = train_store(target, make_executor(executor, workers, _device(device), address, timeout), limit=limit,
                           progress=not quiet, shard=share)
     click.echo(f"{target}: wrote {summary.written} models; "
                f"{summary.already_done + summary.written} completed, {summary.remaining} pending"
@@ -717,8 +724,9 @@ def subpop(estimate_path: Path, class_name: str, n: int, level: float, store_pat
 @STORE_OPTION
 @JSON_OPTION
 @DEVICE
+@TIMEOUT_OPTION
 def explain(estimate_path: Path, target: int, top: int, verify: int | None, level: float, fdr: float,
-            store_path: Path | None, as_json: bool, device: str) -> None:
+            store_path: Path | None, as_json: bool, device: str, timeout: float | None) -> None:
     """Why target J is (mis)classified: its labels and its most negative / positive source classes.
 
     Each listed class has an interval (--level) and a one-sided p-value (influence < 0 for the most negative,
@@ -734,8 +742,13 @@ def explain(estimate_path: Path, target: int, top: int, verify: int | None, leve
     from dmtoolkit.report.text import format_explanation
 
     if verify:
+        def make() -> object:
+            from dmtoolkit.run.executors import make_executor
+
+            return make_executor("local", 1, _device(device), timeout=timeout)
+
         result = verify_explanation(estimate_path, target, verify, store=store_path, device=_device(device),
-                                    progress=_progress, level=level, fdr=fdr)
+                                    progress=_progress, level=level, fdr=fdr, executor=make)
     else:
         result = explain_target(estimate_path, target, top=top, store=store_path, level=level, fdr=fdr)
     _echo_json(result.to_json()) if as_json else _echo_text(format_explanation(result, top=top))
@@ -761,9 +774,10 @@ def explain(estimate_path: Path, target: int, top: int, verify: int | None, leve
 @click.option("--executor", type=click.Choice(run_options.EXECUTOR_NAMES), default=run_options.DEFAULT_EXECUTOR,
               show_default=True, help="Where the retrained models are computed (as `dmtoolkit train`).")
 @click.option("--address", help="Ray cluster to join with --executor ray.")
+@TIMEOUT_OPTION
 def counterfactual_cmd(recipe_path: Path, influence_path: Path, order: str, ks: str, repeats: int, output: Path,
                        png: Path | None, force: bool, as_json: bool, device: str, workers: int, executor: str,
-                       address: str | None) -> None:
+                       address: str | None, timeout: float | None) -> None:
     """Retrain without the k most negative / positive / random classes; target accuracy per k.
 
     \b
@@ -783,7 +797,7 @@ def counterfactual_cmd(recipe_path: Path, influence_path: Path, order: str, ks: 
     def make() -> object:
         from dmtoolkit.run.executors import make_executor
 
-        return make_executor(executor, workers, _device(device), address)
+        return make_executor(executor, workers, _device(device), address, timeout)
 
     result = counterfactual(load_recipe(recipe_path), influence_path, output, order=order, ks=ks, repeats=repeats,
                             force=force, device=_device(device), progress=_progress, executor=make)

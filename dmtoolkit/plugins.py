@@ -42,7 +42,9 @@ def load_function(name: str) -> Callable[..., Any]:
         hint = "" if error.name and not module_name.startswith(error.name) else \
             "; run from the folder that holds it or add that folder to PYTHONPATH"
         raise TrainerError(f"trainer {name}: cannot import {module_name} ({error_line(error)}){hint}") from None
-    except Exception as error:  # the user's module itself failed while importing
+    except KeyboardInterrupt:
+        raise
+    except BaseException as error:  # the user's module itself failed while importing (sys.exit too)
         raise TrainerError(f"trainer {name}: importing {module_name} failed ({error_line(error)})") from None
     function = getattr(module, attribute, None)
     if not callable(function):

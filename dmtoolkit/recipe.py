@@ -43,12 +43,17 @@ ADDED_KEYS: dict[tuple[str | None, str], object] = {
     (None, "own_data"): None,
     ("training", "seed_blocks"): 4,
     ("trainer", "seed_blocks"): 4,
+    ("training", "timeout"): None,
+    ("trainer", "timeout"): None,
 }
 """(section, key) -> the value with which a recipe behaves as it did before the key existed (section None: a
 top-level key)."""
 
 BUILTIN_SECTIONS = ("model", "training", "transfer")
 """The sections of the built-in pipeline, which a recipe naming a `trainer` leaves out."""
+
+TIMEOUT_HELP = ("seconds one model may take before its worker is killed and its rows reported as timed out "
+                "(a group of G models gets G times this; `dmtoolkit train --timeout` overrides it); default: no limit")
 
 TRAINER_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$"
 
@@ -129,6 +134,7 @@ class TrainSpec(_Section):
     seed: int = Field(default=0, description="training seed (init, data order); with shared randomness the "
                                              "answers are conditioned on it")
     models_per_batch: int = Field(default=8, ge=1, description="models trained at once as one batched network")
+    timeout: float | None = Field(default=None, gt=0, description=TIMEOUT_HELP)
     order: Literal["shuffle", "slots"] = Field(
         default="shuffle",
         description="shuffle: each epoch walks the subset in random order; slots: every pool example has a "
@@ -169,6 +175,7 @@ class TrainerSpec(_Section):
     randomness: Randomness = Field(default="shared", description=RANDOMNESS_HELP)
     seed_blocks: int = Field(default=4, ge=2, description="seed-blocks randomness: how many training seeds")
     options: dict[str, Any] = Field(default_factory=dict, description="passed to the function as job.options")
+    timeout: float | None = Field(default=None, gt=0, description=TIMEOUT_HELP)
 
 
 class OwnDataSpec(_Section):
@@ -239,6 +246,11 @@ class Recipe(_Section):
     def seed_blocks(self) -> int:
         """Number of training seeds under seed-blocks randomness (the trainer's, else `training`'s)."""
         return (self.trainer or self.training).seed_blocks
+
+    @property
+    def timeout(self) -> float | None:
+        """Seconds one model may take (the trainer's, else `training`'s `timeout`); None: no limit."""
+        return (self.trainer or self.training).timeout
 
     @model_validator(mode="after")
     def _consistent(self) -> "Recipe":

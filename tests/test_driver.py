@@ -99,8 +99,11 @@ def test_executor_registry_builds_each_executor_by_name() -> None:
     from dmtoolkit.run.executors import LocalExecutor, SerialExecutor
 
     assert EXECUTOR_NAMES == ("local", "ray")
-    assert isinstance(make_executor("local", 1, "cpu"), SerialExecutor)
-    assert isinstance(make_executor("local", 2, "cpu"), LocalExecutor)
+    # one local worker computes the built-in trainer in this process (SerialExecutor) and a recipe's own
+    # trainer in a worker process, decided per store when it runs
+    assert isinstance(make_executor("local", 1, "cpu"), LocalExecutor)
+    assert isinstance(make_executor("local", 2, "cpu", timeout=5), LocalExecutor)
+    assert make_executor("local", 2, "cpu", timeout=5).timeout == 5 and SerialExecutor("cpu").device == "cpu"
     assert executor_class("local") is LocalExecutor
     with pytest.raises(ValueError, match="unknown executor 'slurm'; choose one of local, ray"):
         make_executor("slurm", 1, "cpu")

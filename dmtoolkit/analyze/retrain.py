@@ -60,7 +60,7 @@ def train_masks(recipe: Recipe, data: RunData, masks: np.ndarray, *, seed: int, 
     repeat shares the repeat's seed, as the two halves of a pair do.
     """
     from dmtoolkit.recipe_overrides import apply_overrides
-    from dmtoolkit.run.driver import train_store
+    from dmtoolkit.run.driver import TrainingFailed, train_store
     from dmtoolkit.run.executors import make_executor
     from dmtoolkit.store import create_store
 
@@ -79,7 +79,12 @@ def train_masks(recipe: Recipe, data: RunData, masks: np.ndarray, *, seed: int, 
     retrain = apply_overrides(recipe, overrides, origin=f"retraining of recipe {recipe.name!r}")
     with tempfile.TemporaryDirectory(prefix="dmtoolkit-retrain-") as tmp:
         path = create_store(Path(tmp) / "retrain.h5", retrain, data, masks=padded)
-        train_store(path, executor() if executor else make_executor("local", 1, device), progress=False)
+        try:
+            train_store(path, executor() if executor else make_executor("local", 1, device), progress=False)
+        except TrainingFailed as error:  # its store is temporary: say what failed, not how to resume it
+            raise TrainingFailed(f"retraining {rows} model{'s' * (rows > 1)} of recipe {recipe.name!r} failed "
+                                 f"({error.reason}); nothing was saved, run the command again to retry",
+                                 reason=error.reason) from None
         with RunStore(path) as store:
             margins, values = store.margins[:rows], store.row_values(np.arange(rows))
     return [ModelResult(i, margins[i], int(values["seed"][i]), float(values["source_accuracy"][i]),

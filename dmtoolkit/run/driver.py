@@ -1,8 +1,10 @@
 """The driver: picks the pending groups of a store, hands them to an executor, writes rows as they arrive.
 
 It is the only writer (it holds the store's lock). Completed rows are durable the moment they are
-written, so Ctrl-C or a kill loses at most the groups in flight. A failed group is retried once;
-failing twice, it is reported by row number, never skipped silently.
+written, so Ctrl-C or a kill loses at most the groups in flight. A failed group (the trainer raised,
+or its worker process died) is retried once; failing twice, it is reported by row number, never
+skipped silently. A group that timed out is reported at once, not retried (a hang retried would double
+the wait). Every other group is still computed and written first, so a rerun resumes with the failures.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import numpy as np
 from tqdm import tqdm
 
 from dmtoolkit.errors import UserError
-from dmtoolkit.run.base import Executor
+from dmtoolkit.run.base import Executor, row_ranges
 from dmtoolkit.store import RunStore
 from dmtoolkit.train.contract import load_function, source_sha256
 from dmtoolkit.train.job import group_of
@@ -23,7 +25,13 @@ from dmtoolkit.train.job import group_size as group_size_of
 
 
 class TrainingFailed(UserError):
-    """Some models failed twice; the message names their rows and the error."""
+    """Some models failed (twice, or timed out once); the message names their rows, trainer and error.
+
+    `reason`: the first failure's own line ("trainer m:f died on row 3: ..."), for callers that reword it."""
+
+    def __init__(self, message: str, reason: str = "") -> None:
+        super().__init__(message)
+        self.reason = reason or message
 
 
 @dataclass
@@ -34,11 +42,7 @@ class TrainSummary:
     failures: dict[int, str] = field(default_factory=dict)
 
 
-def row_ranges(rows: np.ndarray) -> str:
-    """[0, 1, 2, 5, 7, 8] -> "0-2, 5, 7-8"."""
-    breaks = np.flatnonzero(np.diff(rows) != 1)
-    starts, ends = np.concatenate([rows[:1], rows[breaks + 1]]), np.concatenate([rows[breaks], rows[-1:]])
-    return ", ".join(f"{a}-{b}" if b > a else f"{a}" for a, b in zip(starts, ends))
+__all__ = ["TrainSummary", "TrainingFailed", "pending_groups", "row_ranges", "train_store"]
 
 
 def pending_groups(store: RunStore, group_size: int, limit: int | None,
@@ -81,6 +85,7 @@ def train_store(path: str | Path, executor: Executor, *, limit: int | None = Non
         groups = pending_groups(store, group_size, limit, shard)
         todo = sum(int((~completed[g * group_size:(g + 1) * group_size]).sum()) for g in groups)
         attempts: dict[int, int] = {}
+        timed_out = False
         bar = tqdm(total=todo, desc="models", unit="model", file=sys.stderr, disable=not progress,
                    dynamic_ncols=True)
         try:
@@ -90,10 +95,11 @@ def train_store(path: str | Path, executor: Executor, *, limit: int | None = Non
                 for outcome in executor.run(path, queue):
                     attempts[outcome.group] = attempts.get(outcome.group, 0) + 1
                     if outcome.error is not None:
-                        if attempts[outcome.group] < 2:
+                        if attempts[outcome.group] < 2 and getattr(outcome, "retry", True):
                             retry.append(outcome.group)
                         else:
                             summary.failures[outcome.group] = outcome.error
+                            timed_out = timed_out or not getattr(outcome, "retry", True)
                         continue
                     for result in outcome.results or []:
                         if completed[result.index]:
@@ -117,7 +123,11 @@ def train_store(path: str | Path, executor: Executor, *, limit: int | None = Non
         failed = np.concatenate([np.arange(g * group_size, min((g + 1) * group_size, len(completed)))
                                  for g in sorted(summary.failures)])
         rows = row_ranges(failed)
-        first = next(iter(summary.failures.values()))
-        raise TrainingFailed(f"{path}: models in row{'s' * (len(failed) > 1)} {rows} failed twice ({first}); "
-                             f"{summary.written} rows were written and kept; rerun `dmtoolkit train` to retry")
+        first_group = next(iter(summary.failures))
+        first = summary.failures[first_group]
+        twice = " twice" if attempts[first_group] > 1 else ""
+        longer = " with a longer --timeout" if timed_out else ""
+        raise TrainingFailed(f"{path}: models in row{'s' * (len(failed) > 1)} {rows} failed{twice} ({first}); "
+                             f"{summary.written} rows were written and kept; rerun `dmtoolkit train`{longer} to retry",
+                             reason=first)
     return summary

@@ -4,8 +4,12 @@ The driver reads the store once and puts the run (recipe, masks, data) into Ray'
 workers need no shared filesystem and no copy of the store. Each worker process builds its
 `RunContext` (tensors on its device) once per run and caches it at module level; later tasks of the
 same run reuse it. A task that raises returns the error as a `GroupOutcome` (the driver retries it
-once more); a worker that dies is retried by Ray (`max_retries`) and then reported. Ctrl-C (or any
-exit of the generator) cancels every task still pending or running; rows already written stay.
+once more); a worker that dies is retried by Ray (`max_retries`) and then reported ("trainer T died on
+row R: its Ray worker ..."). With a timeout (per model, `timeout` or the recipe's) one task per slot is
+in flight and a task still unfinished `timeout x models` after it was submitted is cancelled (its worker
+killed) and reported as timed out, not retried; on Ray that time includes the worker's start-up, so
+give first runs some slack. Ctrl-C (or any exit of the generator) cancels every task still pending or
+running; rows already written stay.
 
 `address=None` starts a private local Ray (`num_cpus=workers`, no dashboard) and shuts it down on
 `close()`; an address ("auto", "ray://host:10001", "host:6379") joins an existing cluster, which is
@@ -16,12 +20,13 @@ A recipe whose source names ffcv betons trains from them on the workers (they ne
 from __future__ import annotations
 
 import os
+import time
 import warnings
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from dmtoolkit.errors import UserError
-from dmtoolkit.run.base import Executor, GroupOutcome, compute_outcome, error_text
+from dmtoolkit.run.base import Executor, GroupOutcome, RunNames, compute_outcome, error_text
 from dmtoolkit.train.job import RunContext, RunInputs
 
 RAY_MISSING = "the Ray executor needs Ray: pip install 'dmtoolkit[ray]'"
@@ -96,17 +101,18 @@ class RayExecutor:
     """Groups as Ray tasks on a local Ray (started here) or an existing cluster (`address`)."""
 
     def __init__(self, workers: int, device: str | None = None, address: str | None = None,
-                 max_retries: int = 1, in_flight_per_slot: int = 2) -> None:
+                 max_retries: int = 1, in_flight_per_slot: int = 2, timeout: float | None = None) -> None:
         self.ray = import_ray()
-        self.workers, self.device, self.address = workers, device, address
+        self.workers, self.device, self.address, self.timeout = workers, device, address, timeout
         self.max_retries, self.in_flight_per_slot = max_retries, in_flight_per_slot
         self._started = False
         self._payload: tuple[str, Any] | None = None  # (run key, ObjectRef of the payload)
 
     @classmethod
-    def from_options(cls, workers: int, device: str | None, address: str | None = None) -> Executor:
+    def from_options(cls, workers: int, device: str | None, address: str | None = None,
+                     timeout: float | None = None) -> Executor:
         """The registry's constructor (`address`: a Ray cluster to join; None starts a local Ray)."""
-        return cls(workers, device, address)
+        return cls(workers, device, address, timeout=timeout)
 
     # ray lifecycle ------------------------------------------------------------------------------
     def _ensure_ray(self) -> None:
@@ -146,23 +152,44 @@ class RayExecutor:
             self._payload = (key, ray.put(_load_payload(store_path)))
         box = [self._payload[1]]  # boxed so Ray does not resolve it per task; workers ray.get it once
         task = ray.remote(num_cpus=1, num_gpus=gpus, max_retries=self.max_retries)(_compute_group)
-        window = self.in_flight_per_slot * self._slots(gpus)
+        names = RunNames.from_store(store_path)
+        timeout = self.timeout if self.timeout is not None else names.timeout
+        window = (1 if timeout is not None else self.in_flight_per_slot) * self._slots(gpus)
         queue = list(groups)
         pending: dict[Any, int] = {}
+        submitted: dict[Any, float] = {}
         try:
             while queue or pending:
                 while queue and len(pending) < window:
                     group = queue.pop(0)
-                    pending[task.remote(key, box, device, group)] = group
-                done, _ = ray.wait(list(pending), num_returns=1)
+                    ref = task.remote(key, box, device, group)
+                    pending[ref], submitted[ref] = group, time.monotonic()
+                wait_seconds = None
+                if timeout is not None:
+                    wait_seconds = max(0.0, min(submitted[r] + names.deadline(g, timeout) for r, g in pending.items())
+                                       - time.monotonic())
+                done, _ = ray.wait(list(pending), num_returns=1, timeout=wait_seconds)
                 for ref in done:
                     group = pending.pop(ref)
+                    submitted.pop(ref)
                     try:
                         outcome = ray.get(ref)
                     except Exception as error:  # worker died after Ray's own retries, or task cancelled
                         first_line = (str(error).strip().splitlines() or [""])[0][:200]
-                        outcome = GroupOutcome(group, error=f"Ray task failed ({type(error).__name__}: {first_line})")
+                        outcome = names.died(group, f"died ({type(error).__name__}: {first_line})")
+                        outcome = GroupOutcome(group, error=outcome.error.replace("worker process", "Ray worker"))
                     yield outcome
+                if timeout is None:
+                    continue
+                now = time.monotonic()
+                for ref, group in list(pending.items()):
+                    if now >= submitted[ref] + names.deadline(group, timeout):
+                        try:
+                            ray.cancel(ref, force=True)
+                        except Exception:
+                            pass
+                        del pending[ref], submitted[ref]
+                        yield names.timed_out(group, timeout, what="Ray task")
         finally:
             for ref in pending:  # Ctrl-C or an early stop: cancel what is left, keep what is written
                 try:
