@@ -147,7 +147,7 @@ def test_text_formats_are_the_cli_lines() -> None:
     assert text.format_ranking(bounded).splitlines() == [
         "mean influence over 4 target examples (target class 3)", "90% intervals; ...",
         "       class                   mean  90% interval", "most positive:",
-        "    1. c1                   +0.5000  [+0.2500, +0.7500]", "most negative:",
+        "    1. c1                   +0.5000  [+0.2500, +0.7500]", "least positive (none negative):",
         "    1. c1                   +0.5000  [+0.2500, +0.7500]"]
     explanation = Explanation("f.h5", 5, "t0", None, 60, None, bottom, top, Verification("c4", 3, 2, 1, 2 / 3, 1 / 3))
     assert text.format_explanation(explanation, top=1).splitlines() == [

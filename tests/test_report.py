@@ -168,8 +168,8 @@ def test_negative_lds_warns_with_the_models_needed(tmp_path: Path) -> None:
     summary = summary_of(html)
     trust = {a["key"]: a for a in json.loads((tmp_path / "rep" / "report.json").read_text())["summary"]}["trust"]
     assert trust["tone"] == "bad" and "no better than chance" in trust["verdict"]
-    assert f"influence.h5: LDS {lds.lds_mean:+.3f} ≤ 0" in summary
-    expected = (f"about {round(needed):,} for a reproducible class ranking" if needed is not None
+    assert f"influence.h5: {lds.verdict.removeprefix('verdict: ')}. Do not act on its ranking alone" in summary
+    expected = (f"about {-(-needed // 1):,.0f} for a reproducible class ranking" if needed is not None
                 else "too few for its split halves to agree at all")
     assert expected in summary and "runs.h5 has 96 models" in summary
     assert 'role="alert"' in summary and summary.index('role="alert"') < summary.index('class="cards"')
@@ -305,16 +305,16 @@ def test_trust_answer_says_what_a_small_store_needs() -> None:
     answer = trust_answer([small], [EstimateTrust("influence.h5", "class", "influence", "runs.h5", 0.17,
                                                   (0.16, 0.21), 6)])
     assert answer.tone == "warn"
-    assert answer.verdict == ("Not yet: runs.h5's class ranking has reliability +0.03 at 48 models, about 7,627 "
+    assert answer.verdict == ("Not yet: runs.h5's class ranking has reliability +0.03 at 48 models, about 7,628 "
                               "needed for 0.8.")
-    assert any("about 7,627 for a reproducible class ranking (0.8), 17,159 for 0.9" in c for c in answer.caveats)
+    assert any("about 7,628 for a reproducible class ranking (0.8), 17,159 for 0.9" in c for c in answer.caveats)
     example = StoreTrust("ex.h5", "example", 32)
     answer = trust_answer([example], [EstimateTrust("ex-influence.h5", "example", "influence", "ex.h5", -0.064,
                                                     (-0.1, 0.0), 8)])
     assert answer.tone == "bad" and "no better than chance" in answer.verdict
-    assert answer.caveats == ("ex-influence.h5: LDS -0.064 ≤ 0 — it predicts held-out models no better than chance; "
-                              "do not act on its flags. To answer: ex.h5 has 32 models; train more and refit (split "
-                              "halves, which say how many, are measured on class-level stores only).",)
+    assert answer.caveats == ("ex-influence.h5: LDS -0.064: no better than chance. Do not act on its flags alone; to "
+                              "answer: ex.h5 has 32 models; train more and refit (split halves, which say how many, "
+                              "are measured on class-level stores only).",)
     good = StoreTrust("runs.h5", "class", 1024, 0.75, 0.86, {"0.8": 700.0, "0.9": 1500.0})
     answer = trust_answer([good], [EstimateTrust("influence.h5", "class", "influence", "runs.h5", 0.31,
                                                  (0.25, 0.37), 200)])

@@ -38,7 +38,7 @@ from dmtoolkit.paths import check_input_file
 from dmtoolkit.report.summary import Answer, StoreTrust
 from dmtoolkit.store import SCHEMA_NAME as RUN_SCHEMA
 
-LDS_KEYS = ("lds_mean", "lds_median", "heldout_models", "undefined_targets", "lds_interval", "heldout_units")
+LDS_KEYS = ("lds_mean", "lds_median", "heldout_models", "undefined_targets", "lds_interval", "heldout_units", "verdict")
 
 T = TypeVar("T")
 
@@ -297,7 +297,8 @@ def _summary(estimates: list[EstimateSection], counterfactuals: list[Counterfact
 
     trust = [s.EstimateTrust(e.file, e.kind, e.estimator, e.store_name, e.lds["lds_mean"] if e.lds else None,
                              tuple(e.lds["lds_interval"]) if e.lds and e.lds["lds_interval"] else None,
-                             e.lds["heldout_models"] if e.lds else 0, evaluated=e.lds is not None)
+                             e.lds["heldout_models"] if e.lds else 0, evaluated=e.lds is not None,
+                             verdict=e.lds.get("verdict", "") if e.lds else "")
              for e in estimates]
     return [
         s.classes_answer(ranked.rank if ranked else None, ranked.file if ranked else None, noter(ranked)),

@@ -52,6 +52,7 @@ class EstimateTrust:
     interval: tuple[float, float] | None
     heldout_models: int
     evaluated: bool = True       # False: LDS could not be computed (see the notes)
+    verdict: str = ""            # `evaluate`'s one-line reading of the LDS (`LdsResult.verdict`)
 
 
 @dataclass(frozen=True)
@@ -86,7 +87,8 @@ def bracket(low: float | None, high: float | None, digits: int = 3) -> str:
 
 
 def models(value: float | None) -> str:
-    return "–" if value is None else f"{int(round(value)):,}"
+    """A number of models, rounded up as the CLI prints it (`dmtoolkit reliability`)."""
+    return "–" if value is None else f"{int(-(-value // 1)):,}"
 
 
 def negative_heading(effects: Sequence[ClassEffect]) -> str:
@@ -226,7 +228,8 @@ def leakage_answer(report: LeakageReport | None, file: str | None, note: Note) -
         ids = ", ".join(c.source_id for c in copies[:SHOWN]) + (f" and {len(copies) - SHOWN} more"
                                                                  if len(copies) > SHOWN else "")
         noun = "image copies" if len(copies) == 1 else "images copy"
-        verdict = f"Contamination: {len(copies)} source {noun} a target test image. Remove {ids}."
+        verdict = f"Contamination: {len(copies)} source {noun} a target test image. " + (
+            f"Remove {ids}." if len(ids) <= 80 else f"Remove {'it' if len(copies) == 1 else 'them'} (ids below).")
         tone = "bad"
     else:
         verdict = report.message[:1].upper() + report.message[1:] + "."
@@ -300,22 +303,22 @@ def trust_answer(stores: Sequence[StoreTrust], estimates: Sequence[EstimateTrust
     for e in estimates:
         if not e.evaluated:
             continue
-        bad = e.lds is None or e.lds <= 0
+        bad = e.lds is None or e.lds <= 0 or (e.interval is not None and e.interval[0] <= 0)  # as `evaluate` reads it
         rows.append((f"{e.file}: LDS ({e.estimator})", signed(e.lds, 2) + (f" {bracket(*e.interval, 2)}"
                                                                           if e.interval else ""),
                      f"{e.heldout_models} held-out models"))
         tones.append("bad" if bad else "")
         if bad:
             weak.append(e.file)
-            caveats.append(f"{e.file}: LDS {signed(e.lds, 3)} ≤ 0 — it predicts held-out models no better than "
-                           f"chance; do not act on its {'ranking' if e.kind == 'class' else 'flags'}. "
-                           f"To answer: {_needed_text(by_name.get(e.store or ''))}.")
+            reading = e.verdict.removeprefix("verdict: ") or (f"LDS {signed(e.lds, 3)}: no better than chance")
+            caveats.append(f"{e.file}: {reading}. Do not act on its {'ranking' if e.kind == 'class' else 'flags'} "
+                           f"alone; to answer: {_needed_text(by_name.get(e.store or ''))}.")
     if not rows:
         return Answer("trust", question, "Not measured: no class-level store for reliability and no estimate with "
                       "held-out models for LDS.", "none")
     if weak:
         verdict = f"Low: {', '.join(weak)} {'predicts' if len(weak) == 1 else 'predict'} held-out models no " \
-                  "better than chance (LDS ≤ 0)."
+                  "better than chance (LDS ≤ 0, or its interval reaches 0)."
         tone = "bad"
     elif caveats:
         small = [st for st in stores if st.kind == "class" and (st.full is None or st.full < GOAL)]

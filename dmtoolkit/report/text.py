@@ -65,7 +65,9 @@ def format_ranking(ranking: ClassRanking) -> str:
 
     lines.append("most positive:")
     lines += [row(i, e) for i, e in enumerate(ranking.top, 1)]
-    lines.append("most negative:")
+    from dmtoolkit.report.summary import negative_heading
+
+    lines.append(f"{negative_heading(ranking.bottom)}:")  # says so when the list holds classes that help
     lines += [row(i, e) for i, e in enumerate(ranking.bottom, 1)]
     return "\n".join(lines)
 
