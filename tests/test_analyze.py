@@ -134,7 +134,7 @@ def test_rank_cli_json_and_errors(class_files: tuple[Path, Path], tmp_path: Path
     assert data["top"][0]["name"] == "c1" and len(data["bottom"]) == 3
     assert (tmp_path / "r.png").exists()
     text = runner.invoke(cli, ["rank", str(infl)])
-    assert text.exit_code == 0 and "most negative:" in text.output and "c4" in text.output
+    assert text.exit_code == 0 and "most negative first (≥ 0: helps least):" in text.output and "c4" in text.output
     bad = runner.invoke(cli, ["rank", str(infl), "--target-class", "nope"])
     assert bad.exit_code == 1 and "target class 'nope' has no target examples" in bad.output
     missing = runner.invoke(cli, ["rank", str(tmp_path / "none.h5")])
