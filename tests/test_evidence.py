@@ -24,7 +24,7 @@ from dmtoolkit.estimate import compute_influence, fit_datamodels
 from dmtoolkit.estimate.registry import make_estimator
 from dmtoolkit.estimate.splits import design_units
 from dmtoolkit.masks import make_masks
-from dmtoolkit.recipe import parse_recipe_dict
+from dmtoolkit.recipe import Recipe, parse_recipe_dict
 from dmtoolkit.report import text
 from dmtoolkit.store import Planted, RunStore, create_store
 from tests.synthetic import synthetic_data
@@ -136,10 +136,7 @@ def _example_store(path: Path, *, planted_effects: bool) -> Path:
         flipped[list(FLIPS)] = True
     planted = Planted(leak, decoy, np.zeros(N, bool), flipped, data.source_pool.labels.copy())
     data = dataclasses.replace(data, source_pool=dataclasses.replace(data.source_pool, images=images), planted=planted)
-    recipe = parse_recipe_dict({"name": "synthetic", "source": {"dataset": "synthetic"},
-                                "target": {"dataset": "synthetic"},
-                                "subsets": {"kind": "example", "alpha": 0.5, "models": M, "seed": 4}})
-    create_store(path, recipe, data)
+    create_store(path, _example_recipe(), data)
     rng = np.random.default_rng(5)
     with RunStore(path, writable=True) as run:
         masks = run.file["masks"][()].astype(np.float64)
@@ -174,6 +171,12 @@ def null(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {"store": store, "influence": tmp / "influence.h5"}
 
 
+def _example_recipe() -> Recipe:
+    return parse_recipe_dict({"name": "synthetic", "source": {"dataset": "synthetic"},
+                              "target": {"dataset": "synthetic"},
+                              "subsets": {"kind": "example", "alpha": 0.5, "models": M, "seed": 4}})
+
+
 def _copied_only_store(path: Path) -> Path:
     """Nothing planted in the margins (pure noise), but ex2 is an exact copy of target test image 4 and ex9 a near
     copy of target 6 (half the contrast, brighter): contamination the estimate has no evidence of."""
@@ -182,10 +185,7 @@ def _copied_only_store(path: Path) -> Path:
     images[2] = data.target_test.images[4]
     images[9] = (data.target_test.images[6] // 2 + 60).astype(np.uint8)
     data = dataclasses.replace(data, source_pool=dataclasses.replace(data.source_pool, images=images))
-    recipe = parse_recipe_dict({"name": "synthetic", "source": {"dataset": "synthetic"},
-                                "target": {"dataset": "synthetic"},
-                                "subsets": {"kind": "example", "alpha": 0.5, "models": M, "seed": 4}})
-    create_store(path, recipe, data)
+    create_store(path, _example_recipe(), data)
     rng = np.random.default_rng(5)
     with RunStore(path, writable=True) as run:
         for i in range(M):
