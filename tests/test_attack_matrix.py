@@ -20,6 +20,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -300,10 +301,13 @@ def _run(attack: Attack, folder: Path) -> tuple[int, str, str]:
         done = subprocess.run([sys.executable, str(ROOT / "cli.py"), *args], cwd=folder, capture_output=True,
                               text=True, timeout=120)
         return done.returncode, done.stdout, done.stderr
-    result = CliRunner().invoke(cli, args)
+    with warnings.catch_warnings(record=True) as caught:  # a user would see each as a line on stderr
+        warnings.simplefilter("always")
+        result = CliRunner().invoke(cli, args)
     assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit), \
         repr(result.exception)
-    return result.exit_code, result.stdout, result.stderr
+    shown = [f"{w.category.__name__}: {w.message}" for w in caught if not issubclass(w.category, DeprecationWarning)]
+    return result.exit_code, result.stdout, result.stderr + "".join(f"{line}\n" for line in shown)
 
 
 @pytest.mark.timeout(60)

@@ -7,6 +7,7 @@ images); planted ground truth is read afterwards, only to score what the detecto
 from __future__ import annotations
 
 import hashlib
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -194,7 +195,8 @@ def per_target_z(matrix: np.ndarray) -> np.ndarray:
     Targets whose margins vary a lot get large influences everywhere; ranking z-scores asks instead which
     source example stands out *for that target*, as a copy of it should.
     """
-    with np.errstate(invalid="ignore", divide="ignore"):
+    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN (undefined) column: NaN, scored 0 below
         mean, std = np.nanmean(matrix, axis=0), np.nanstd(matrix, axis=0)
         return np.where(std > 0, (matrix - mean) / np.where(std > 0, std, 1), 0.0)
 
@@ -289,10 +291,10 @@ def detect_leakage(path: str | Path, *, fdr: float = DETECT_FDR, top: int = DETE
         raise UserError(f"ranking {ranking!r} is not one of {', '.join(LEAK_RANKINGS)}")
     check_fdr(fdr)
     est = _example_estimate(path, "leakage")
-    defined = np.isfinite(est.matrix)
-    scores = np.where(defined, LEAK_SCORERS[ranking](est.matrix), np.nan)
-    p, evidence = _influence_pvalues(est, "greater")
-    with open_source_store(est, store) as run:
+    with open_source_store(est, store) as run:  # a stale or foreign store is refused before any arithmetic
+        defined = np.isfinite(est.matrix)
+        scores = np.where(defined, LEAK_SCORERS[ranking](est.matrix), np.nan)
+        p, evidence = _influence_pvalues(est, "greater")
         pool = run.source_images(np.arange(est.matrix.shape[0]))
         target_test = run.target_images(np.arange(run.num_targets))
         src_labels, tgt_labels = run.source_labels, run.target_labels
