@@ -34,6 +34,7 @@ from dmtoolkit.cli import cli
 from dmtoolkit.lock import WriterLock
 from dmtoolkit.store import RunStore
 
+from .corpus import BOMB, TRAINER_SOURCE
 from .synthetic import synthetic_store
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -188,6 +189,7 @@ class Attack:
     locked: str = ""  # file whose writer lock a live writer holds during the run
     subprocess: bool = False  # run as `python cli.py …` (the attack could kill the test process)
     setup: Callable[[Path], None] | None = None  # extra files
+    trains: str = ""  # a store the command may add rows to: its completed rows must stay, bytes may change
 
 
 def _fill(args: list[str], estimate: str) -> list[str]:
@@ -279,7 +281,42 @@ def _writer_attacks() -> list[Attack]:
     return attacks
 
 
-ATTACKS = _store_attacks() + _estimate_attacks() + _writer_attacks()
+def _alias_bomb(folder: Path) -> None:
+    (folder / "bomb.yaml").write_text(BOMB)
+
+
+def _huge_labels(folder: Path) -> None:
+    np.savez(folder / "in.npz", masks=np.load(folder / "masks.npy"), margins=np.load(folder / "margins.npy"),
+             target_labels=np.array([0, 1, 10**9, 1, 0]))
+
+
+def _dying_trainer(folder: Path) -> None:
+    """A plug-in trainer that kills its own process (os._exit(0)) on row 2, and a store of 4 rows for it."""
+    import yaml
+
+    (folder / "deaths.py").write_text(TRAINER_SOURCE)
+    (folder / "POISON").write_text("")
+    recipe = {"name": "deaths", "trainer": {"function": "deaths:os_exits", "options": {"dies_on": 2}},
+              "subsets": {"kind": "class", "alpha": 0.5, "models": 4, "seed": 1},
+              "own_data": {"unit_names": list("abcdef"), "target_labels": [0, 1, 1, 0, 1]}}
+    (folder / "deaths.yaml").write_text(yaml.safe_dump(recipe))
+    done = subprocess.run([sys.executable, str(ROOT / "cli.py"), "init", "deaths.yaml", "dies.h5"], cwd=folder,
+                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr
+
+
+# inputs that are costly to read or run: each its own row
+SPECIAL = [
+    Attack("init/alias-bomb", ["init", "{d}/bomb.yaml", "{d}/new.h5"], "YAML aliases are not allowed in recipes",
+           setup=_alias_bomb),
+    Attack("store-import/huge-label", ["store", "import", "-o", "{d}/new.h5", "--npz", "{d}/in.npz"],
+           "target labels hold class index 1000000000", setup=_huge_labels),
+    Attack("train/trainer-exits", ["train", "{d}/dies.h5", "--workers", "1", "--quiet"],
+           "died on row 2: its worker process exited with code 0", subprocess=True, setup=_dying_trainer,
+           trains="dies.h5"),
+]
+
+ATTACKS = _store_attacks() + _estimate_attacks() + _writer_attacks() + SPECIAL
 
 
 def _fingerprint(folder: Path) -> dict[str, tuple[str, bytes, int]]:
@@ -299,7 +336,7 @@ def _run(attack: Attack, folder: Path) -> tuple[int, str, str]:
     args = [a.format(d=folder) for a in attack.args]
     if attack.subprocess:
         done = subprocess.run([sys.executable, str(ROOT / "cli.py"), *args], cwd=folder, capture_output=True,
-                              text=True, timeout=120)
+                              text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
         return done.returncode, done.stdout, done.stderr
     with warnings.catch_warnings(record=True) as caught:  # a user would see each as a line on stderr
         warnings.simplefilter("always")
@@ -320,6 +357,9 @@ def test_attack(attack: Attack, base: Path, tmp_path: Path) -> None:
     if attack.change:
         attack.change(folder / attack.target)
     before = _fingerprint(folder)
+    trained = RunStore(folder / attack.trains).completed_mask() if attack.trains else None
+    if attack.trains:
+        del before[attack.trains]
     if attack.locked:
         with WriterLock(folder / attack.locked):
             code, out, err = _run(attack, folder)
@@ -339,6 +379,11 @@ def test_attack(attack: Attack, base: Path, tmp_path: Path) -> None:
         assert lines[-1].startswith("Error: "), err
     assert attack.message in words, err
     after = _fingerprint(folder)
+    if attack.trains:  # rows computed before the failure are kept; the failed one stays pending
+        with RunStore(folder / attack.trains) as store:
+            now = store.completed_mask()
+        assert (now >= trained).all() and now.sum() > trained.sum() and not now.all(), now
+        del after[attack.trains]
     for name, print_ in before.items():
         assert after.get(name) == print_, f"{name} was changed or removed"
     assert not set(after) - set(before), f"new files: {set(after) - set(before)}"

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -25,55 +24,11 @@ from dmtoolkit.recipe import parse_recipe_dict
 from dmtoolkit.run.base import GroupOutcome, RunNames, exception_text, exit_description
 from dmtoolkit.store import RunStore
 
+from .corpus import TRAINER_SOURCE
+
 ROOT = Path(__file__).resolve().parent.parent
 MODELS, DIES_ON = 4, 2
 
-TRAINER_SOURCE = textwrap.dedent('''
-    import os
-    import signal
-    import sys
-    import time
-
-    import numpy as np
-
-
-    def fine(job):
-        return job.mask[:5].astype(float) - 0.5 + 0.01 * job.index
-
-
-    def _poisoned(job):
-        return job.index == job.options["dies_on"] and os.path.exists("POISON")
-
-
-    def raises(job):
-        if _poisoned(job):
-            raise ValueError("the loss exploded")
-        return fine(job)
-
-
-    def exits(job):
-        if _poisoned(job):
-            sys.exit(3)
-        return fine(job)
-
-
-    def os_exits(job):
-        if _poisoned(job):
-            os._exit(0)
-        return fine(job)
-
-
-    def segfaults(job):
-        if _poisoned(job):
-            os.kill(os.getpid(), signal.SIGSEGV)
-        return fine(job)
-
-
-    def hangs(job):
-        if _poisoned(job):
-            time.sleep(1000)
-        return fine(job)
-''')
 
 DEATHS = {  # function -> what the line says about how it died, and whether the group was retried
     "raises": ("trainer deaths:raises failed on row 2: ValueError: the loss exploded", True),

@@ -31,6 +31,7 @@ from dmtoolkit.store import RunStore, create_store
 from dmtoolkit.store_import import MAX_TARGET_CLASSES, import_arrays
 
 from .conftest import SMALL_RECIPE
+from .corpus import BOMB
 from .synthetic import synthetic_data, synthetic_store
 
 M, T = 40, 5
@@ -256,22 +257,6 @@ def test_fresh_estimates_still_answer_and_a_moved_store_only_loses_intervals(ori
 
 
 # --- item 4 and the non-UTF-8 part of item 7: recipes -----------------------------------------------------------
-BOMB = """name: bomb
-source: {dataset: glyphs}
-target: {dataset: mnist5k}
-trainer:
-  function: os:getcwd
-  options:
-    a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]
-    b: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]
-    c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]
-    d: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c]
-    e: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d]
-    f: &f [*e, *e, *e, *e, *e, *e, *e, *e, *e]
-    g: &g [*f, *f, *f, *f, *f, *f, *f, *f, *f]
-    h: &h [*g, *g, *g, *g, *g, *g, *g, *g, *g]
-    i: &i [*h, *h, *h, *h, *h, *h, *h, *h, *h]
-"""
 
 
 def test_an_alias_bomb_recipe_is_refused_at_once(tmp_path: Path) -> None:
