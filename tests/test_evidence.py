@@ -271,6 +271,20 @@ def test_copy_scan_is_exhaustive_and_matches_the_pixel_score() -> None:
     assert 0.8 < matrix[10, 7] < 0.985 and (10, 7) in set(zip(low.source.tolist(), low.target.tolist()))
 
 
+def test_a_grey_copy_stored_as_rgb_is_an_exact_copy() -> None:
+    """A source folder read as 3 channels (one colour image among grey ones) keeps a copied grey test image as
+    R = G = B: still the same picture, so an exact copy; a tinted one is only a near copy."""
+    rng = np.random.default_rng(1)
+    target = rng.integers(0, 256, (6, 9, 9, 1), dtype=np.uint8)
+    source = rng.integers(0, 256, (8, 9, 9, 3), dtype=np.uint8)
+    source[2] = np.repeat(target[4], 3, axis=-1)
+    source[5] = np.repeat(target[1], 3, axis=-1)
+    source[5, ..., 0] = np.minimum(source[5, ..., 0].astype(int) + 1, 255).astype(np.uint8)  # a faint red tint
+    scan = find_copies(source, target, threshold=0.985)
+    found = {(s, t): e for s, t, e in zip(scan.source.tolist(), scan.target.tolist(), scan.exact.tolist())}
+    assert found == {(2, 4): True, (5, 1): False}
+
+
 def test_nothing_planted_says_nothing_here(null: dict[str, Path]) -> None:
     leaks = detect_leakage(null["influence"])
     assert leaks.copies == () and leaks.verdict == "no evidence" and leaks.removal_ids == []

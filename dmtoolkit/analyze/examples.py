@@ -121,17 +121,31 @@ class CopyScan:
         return len(self.source)
 
 
+def _canonical(image: np.ndarray) -> np.ndarray:
+    """An H×W×C image with its colour channels folded to one when they are all equal: a grey image stored as RGB
+    (as a folder read as 3 channels keeps it) is the same picture as the grey original."""
+    if image.ndim == 3 and image.shape[-1] > 1 and (image == image[..., :1]).all():
+        return image[..., :1]
+    return image
+
+
+def _digest(image: np.ndarray) -> bytes:
+    image = np.ascontiguousarray(_canonical(image))
+    return hashlib.sha256(repr(image.shape).encode() + image.tobytes()).digest()
+
+
 def _exact_pairs(source: np.ndarray, target: np.ndarray) -> set[tuple[int, int]]:
-    """(source, target) index pairs whose images are byte-identical, by hashing every image once."""
-    if source.shape[1:] != target.shape[1:]:
+    """(source, target) index pairs whose images are identical pixel for pixel (after folding equal colour
+    channels, `_canonical`), by hashing every image once."""
+    if source.shape[1:3] != target.shape[1:3]:
         return set()
     by_bytes: dict[bytes, list[int]] = {}
     for j in range(len(target)):
-        by_bytes.setdefault(hashlib.sha256(np.ascontiguousarray(target[j]).tobytes()).digest(), []).append(j)
+        by_bytes.setdefault(_digest(target[j]), []).append(j)
     pairs = set()
     for i in range(len(source)):
-        for j in by_bytes.get(hashlib.sha256(np.ascontiguousarray(source[i]).tobytes()).digest(), ()):
-            if np.array_equal(source[i], target[j]):
+        for j in by_bytes.get(_digest(source[i]), ()):
+            if np.array_equal(_canonical(source[i]), _canonical(target[j])):
                 pairs.add((i, j))
     return pairs
 
