@@ -312,9 +312,11 @@ def test_trust_answer_says_what_a_small_store_needs() -> None:
     answer = trust_answer([example], [EstimateTrust("ex-influence.h5", "example", "influence", "ex.h5", -0.064,
                                                     (-0.1, 0.0), 8)])
     assert answer.tone == "bad" and "no better than chance" in answer.verdict
-    assert answer.caveats == ("ex-influence.h5: LDS -0.064: no better than chance. Do not act on its flags alone; to "
-                              "answer: ex.h5 has 32 models; train more and refit (split halves, which say how many, "
-                              "are measured on class-level stores only).",)
+    assert answer.caveats == (
+        "Too small to answer reliably: ex.h5 has 32 models, too few for its split halves to agree at all; train "
+        "several times more.",
+        "ex-influence.h5: LDS -0.064: no better than chance. Do not act on its flags alone; to answer: ex.h5 has 32 "
+        "models, too few for its split halves to agree at all; train several times more.")
     good = StoreTrust("runs.h5", "class", 1024, 0.75, 0.86, {"0.8": 700.0, "0.9": 1500.0})
     answer = trust_answer([good], [EstimateTrust("influence.h5", "class", "influence", "runs.h5", 0.31,
                                                  (0.25, 0.37), 200)])

@@ -260,19 +260,17 @@ class Notes:
 
 
 def _reliability(path: Path, summary: dict[str, Any], notes: Notes) -> StoreTrust:
-    """What the trust answer reads about a run store: for a class-level store, `reliability_report`'s
-    split-half of the class ranking, its full-store value and the models needed."""
+    """What the trust answer reads about a run store: `reliability_report`'s split-half of its ranking (of
+    classes, or of examples at the example level), its full-store value and the models needed."""
     from dmtoolkit.reliability import reliability_report
 
-    completed = int(summary["models"]["completed"])
-    if summary.get("kind") != "class":
-        return StoreTrust(path.name, str(summary.get("kind")), completed)
+    completed, kind = int(summary["models"]["completed"]), str(summary.get("kind"))
     try:
         store = reliability_report(path).stores[0]
     except UserError as error:
         notes.add(f"reliability: {error}", path.name)
-        return StoreTrust(path.name, "class", completed)
-    return StoreTrust(path.name, "class", store.models, store.ranking.split.mean, store.ranking.full,
+        return StoreTrust(path.name, kind, completed)
+    return StoreTrust(path.name, store.kind, store.models, store.ranking.split.mean, store.ranking.full,
                       dict(store.ranking.needed))
 
 

@@ -273,15 +273,12 @@ def mislabel_answer(report: MislabelReport | None, file: str | None, note: Note)
 def _needed_text(store: StoreTrust | None) -> str:
     if store is None:
         return "train more models (a larger store), then refit"
-    if store.kind != "class":
-        return (f"{store.name} has {store.models:,} models; train more and refit (split halves, which say how many, "
-                "are measured on class-level stores only)")
     n8, n9 = store.needed.get("0.8"), store.needed.get("0.9")
     if n8 is None:
         return (f"{store.name} has {store.models} models, too few for its split halves to agree at all; train "
                 "several times more")
     return (f"{store.name} has {store.models} models; its split halves say about {models(n8)} for a reproducible "
-            f"class ranking (0.8), {models(n9)} for 0.9")
+            f"{store.kind} ranking (0.8), {models(n9)} for 0.9")
 
 
 def trust_answer(stores: Sequence[StoreTrust], estimates: Sequence[EstimateTrust]) -> Answer:
@@ -291,10 +288,8 @@ def trust_answer(stores: Sequence[StoreTrust], estimates: Sequence[EstimateTrust
     by_name = {s.name: s for s in stores}
     rows, tones, caveats = [], [], []
     for s in stores:
-        if s.kind != "class":
-            continue
         ok = s.full is not None and s.full >= GOAL
-        rows.append((f"{s.name}: class ranking reliability", signed(s.full, 2) if s.full is not None else "–",
+        rows.append((f"{s.name}: {s.kind} ranking reliability", signed(s.full, 2) if s.full is not None else "–",
                      f"{s.models:,} models; 0.8 at {models(s.needed.get('0.8'))}"))
         tones.append("" if ok else "bad" if s.full is None or s.full <= 0 else "warn")
         if not ok:
@@ -314,23 +309,23 @@ def trust_answer(stores: Sequence[StoreTrust], estimates: Sequence[EstimateTrust
             caveats.append(f"{e.file}: {reading}. Do not act on its {'ranking' if e.kind == 'class' else 'flags'} "
                            f"alone; to answer: {_needed_text(by_name.get(e.store or ''))}.")
     if not rows:
-        return Answer("trust", question, "Not measured: no class-level store for reliability and no estimate with "
+        return Answer("trust", question, "Not measured: no run store for reliability and no estimate with "
                       "held-out models for LDS.", "none")
     if weak:
         verdict = f"Low: {', '.join(weak)} {'predicts' if len(weak) == 1 else 'predict'} held-out models no " \
                   "better than chance (LDS ≤ 0, or its interval reaches 0)."
         tone = "bad"
     elif caveats:
-        small = [st for st in stores if st.kind == "class" and (st.full is None or st.full < GOAL)]
+        small = [st for st in stores if st.full is None or st.full < GOAL]
         verdict = "Not yet: " + "; ".join(
-            f"{st.name}'s class ranking has reliability {signed(st.full, 2)} at {st.models:,} models"
+            f"{st.name}'s {st.kind} ranking has reliability {signed(st.full, 2)} at {st.models:,} models"
             + (f", about {models(st.needed.get('0.8'))} needed for 0.8" if st.needed.get("0.8") else "")
             for st in small) + "."
         tone = "warn"
     else:
-        verdict = "Reasonably: the class ranking reproduces and every estimate predicts held-out models."
+        verdict = "Reasonably: every ranking reproduces and every estimate predicts held-out models."
         tone = "good"
-    evidence = ("Reliability: how well two halves of the models agree on the class ranking, taken to the full "
+    evidence = ("Reliability: how well two halves of the models agree on the ranking, taken to the full "
                 "store. LDS: how well the estimate predicts models held out from fitting (0 = chance), with its 95% "
                 "bootstrap interval.",)
     return Answer("trust", question, verdict, tone, ("measure", "value", "from"), tuple(rows), tuple(tones),
