@@ -313,8 +313,9 @@ def test_trust_answer_says_what_a_small_store_needs() -> None:
                                                     (-0.1, 0.0), 8)])
     assert answer.tone == "bad" and "no better than chance" in answer.verdict
     assert answer.caveats == (
-        "Too small to answer reliably: ex.h5 has 32 models, too few for its split halves to agree at all; train "
-        "several times more.",
+        "ex.h5: the ranking of source examples by mean influence is not yet reproducible (ex.h5 has 32 models, too "
+        "few for its split halves to agree at all; train several times more); flagged copies and mislabels rest on "
+        "their own evidence (FDR).",
         "ex-influence.h5: LDS -0.064: no better than chance. Do not act on its flags alone; to answer: ex.h5 has 32 "
         "models, too few for its split halves to agree at all; train several times more.")
     good = StoreTrust("runs.h5", "class", 1024, 0.75, 0.86, {"0.8": 700.0, "0.9": 1500.0})

@@ -292,8 +292,11 @@ def trust_answer(stores: Sequence[StoreTrust], estimates: Sequence[EstimateTrust
         rows.append((f"{s.name}: {s.kind} ranking reliability", signed(s.full, 2) if s.full is not None else "–",
                      f"{s.models:,} models; 0.8 at {models(s.needed.get('0.8'))}"))
         tones.append("" if ok else "bad" if s.full is None or s.full <= 0 else "warn")
-        if not ok:
+        if not ok and s.kind == "class":
             caveats.append(f"Too small to answer reliably: {_needed_text(s)}.")
+        elif not ok:  # leakage and mislabels flag per pair at their FDR; the mean ranking is for browsing
+            caveats.append(f"{s.name}: the ranking of source examples by mean influence is not yet reproducible "
+                           f"({_needed_text(s)}); flagged copies and mislabels rest on their own evidence (FDR).")
     weak = []
     for e in estimates:
         if not e.evaluated:
@@ -315,15 +318,16 @@ def trust_answer(stores: Sequence[StoreTrust], estimates: Sequence[EstimateTrust
         verdict = f"Low: {', '.join(weak)} {'predicts' if len(weak) == 1 else 'predict'} held-out models no " \
                   "better than chance (LDS ≤ 0, or its interval reaches 0)."
         tone = "bad"
-    elif caveats:
-        small = [st for st in stores if st.full is None or st.full < GOAL]
+    elif any(st.kind == "class" and (st.full is None or st.full < GOAL) for st in stores):
+        small = [st for st in stores if st.kind == "class" and (st.full is None or st.full < GOAL)]
         verdict = "Not yet: " + "; ".join(
             f"{st.name}'s {st.kind} ranking has reliability {signed(st.full, 2)} at {st.models:,} models"
             + (f", about {models(st.needed.get('0.8'))} needed for 0.8" if st.needed.get("0.8") else "")
             for st in small) + "."
         tone = "warn"
     else:
-        verdict = "Reasonably: every ranking reproduces and every estimate predicts held-out models."
+        verdict = "Reasonably: " + ("the class ranking reproduces and " if any(st.kind == "class" for st in stores)
+                                    else "") + "every estimate predicts held-out models."
         tone = "good"
     evidence = ("Reliability: how well two halves of the models agree on the ranking, taken to the full "
                 "store. LDS: how well the estimate predicts models held out from fitting (0 = chance), with its 95% "
