@@ -15,3 +15,5 @@ GRADIENT_LAMBDA = 0.1  # its kernel ridge, as a fraction of the kernel's mean ei
 GRADIENT_PROJECTIONS = ("gaussian", "rademacher")  # entries of its random projection
 GRADIENT_HEADS = ("fixed", "differentiated")  # transfer head held fixed, or differentiated (ridge heads)
 GRADIENT_KERNELS = ("trak", "gauss-newton")  # unweighted gradient kernel, or weighted by q(1 - q)
+REPLAY_POINTS = ("pool", "centre")  # linearisation points of the replay estimator (also "row:N")
+REPLAY_TARGET_CHUNK = 16  # target examples whose adjoints share one backward sweep of the replay
