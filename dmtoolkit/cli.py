@@ -414,18 +414,21 @@ def gradient(store_path: Path, out_path: Path, device: str, targets: str | None,
 @TARGETS_OPTION
 @click.option("--point", default="centre", show_default=True,
               help="Linearisation point: pool (every weight 1), centre (every weight alpha) or row:N (row N's mask).")
+@click.option("--mode", type=click.Choice(estimate_options.REPLAY_MODES), default="auto", show_default=True,
+              help="Reverse mode (one adjoint per target) or forward mode (one tangent per source example); "
+                   "auto takes the fewer.")
 @click.option("--double", is_flag=True, help="Replay in float64 (about twice the time; float32 otherwise).")
 @click.option("--chunk", type=click.IntRange(min=1), default=estimate_options.REPLAY_TARGET_CHUNK, show_default=True,
-              help="Target examples sharing one backward sweep (memory grows with it).")
+              help="Targets (reverse) or source examples (forward) sharing one sweep (memory grows with it).")
 @HOLDOUT_OPTION
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the held-out split.")
 @click.option("--force", is_flag=True, help="Overwrite an existing output.")
-def replay(store_path: Path, out_path: Path, device: str, targets: str | None, point: str, double: bool, chunk: int,
-           holdout_frac: float, seed: int, force: bool) -> None:
+def replay(store_path: Path, out_path: Path, device: str, targets: str | None, point: str, mode: str, double: bool,
+           chunk: int, holdout_frac: float, seed: int, force: bool) -> None:
     """Exact derivative of every transferred margin w.r.t. every source example's weight (example-level stores).
 
     Replays the built-in source training with per-example loss weights, step by step, through feature
-    extraction and the closed-form ridge head, and differentiates the whole pipeline (reverse mode). Needs a
+    extraction and the closed-form ridge head, and differentiates the whole pipeline (reverse or forward mode). Needs a
     store made by the built-in trainer; deterministic only with `randomness: shared`. See docs/gradient.md.
 
     \b
@@ -435,12 +438,12 @@ def replay(store_path: Path, out_path: Path, device: str, targets: str | None, p
     """
     from dmtoolkit.estimate.replay import fit_replay
 
-    model = fit_replay(store_path, out_path, point=point, double=double, chunk=chunk, device=_device(device),
+    model = fit_replay(store_path, out_path, point=point, mode=mode, double=double, chunk=chunk, device=_device(device),
                        targets=targets, holdout_frac=holdout_frac, seed=seed, force=force,
                        progress=lambda message: click.echo(message, err=True))
     for warning in model.warnings_:
         click.echo(f"warning: {warning}", err=True)
-    click.echo(f"wrote {out_path}: derivatives {tuple(model.coef_.shape)} at w0 = {point} "
+    click.echo(f"wrote {out_path}: derivatives {tuple(model.coef_.shape)} at w0 = {point}, {model.mode_} mode "
                f"({model.cpu_seconds_ / 60:.1f} CPU-minutes; one training {model.train_cpu_seconds_:.1f} CPU-s)")
 
 

@@ -20,7 +20,9 @@ from dmtoolkit.estimate.lds import evaluate
 from dmtoolkit.estimate.replay import (
     ReplayEstimator,
     check_replayable,
+    choose_mode,
     fit_replay,
+    forward_gradient,
     pipeline_margins,
     problem_from_trainer,
     replay_gradient,
@@ -91,13 +93,14 @@ def test_with_slots_the_replay_at_a_mask_is_the_trainer_on_that_subset(tmp_path:
     torch.testing.assert_close(replayed, _trainer_margins(context, np.flatnonzero(mask), seed), rtol=0, atol=2e-6)
 
 
-@pytest.mark.parametrize("order", ["shuffle", "slots"])
-def test_the_derivative_is_exact_against_central_differences(tmp_path: Path, order: str) -> None:
+@pytest.mark.parametrize(("order", "mode"), [("shuffle", "reverse"), ("slots", "reverse"), ("shuffle", "forward")])
+def test_the_derivative_is_exact_against_central_differences(tmp_path: Path, order: str, mode: str) -> None:
     context = _context(tmp_path, order=order)
     problem, _, _ = problem_from_trainer(context.trainer, context.job(0).seed, 9, torch.float64)
     w0 = torch.full((18,), 0.5, dtype=torch.float64)
     columns = slice(2, 7)
-    derivative, margins = replay_gradient(problem, w0, columns, chunk=3)  # two chunks of targets
+    differentiate = replay_gradient if mode == "reverse" else forward_gradient
+    derivative, margins = differentiate(problem, w0, columns, chunk=7)  # chunks of 7 targets / source examples
     torch.testing.assert_close(margins, pipeline_margins(problem, w0, columns), rtol=0, atol=1e-12)
     h, fd = 1e-5, torch.zeros(18, 5, dtype=torch.float64)
     for i in range(18):
@@ -167,7 +170,8 @@ def test_end_to_end_on_an_example_store(trained_store: Path, tmp_path: Path, poi
     assert attrs["replay_steps_per_epoch"] == 2  # ceil(9 / 6) steps per epoch, 2 epochs
     assert attrs["replay_randomness"] == "shared" and attrs["replay_order"] == "shuffle"
     assert attrs["replay_state_bytes"] == 5 * attrs["replay_state_numel"] * 4
-    assert json.loads(attrs["settings"]) == {"point": point, "double": False, "chunk": 10}
+    assert json.loads(attrs["settings"]) == {"point": point, "mode": "auto", "double": False, "chunk": 10}
+    assert attrs["replay_mode"] == "reverse"  # 16 targets, 18 source examples
     result = evaluate(trained_store, out)
     assert result.estimator == "replay" and result.heldout_models == len(est.test_rows)
     for command in (["leakage", str(out), "--json", "--no-features"], ["mislabels", str(out), "--json"]):
@@ -181,15 +185,17 @@ def test_cli_replay_then_evaluate(trained_store: Path, tmp_path: Path) -> None:
     result = runner.invoke(cli, ["replay", str(trained_store), "-o", str(out), "--point", "pool", "--targets", "2:7",
                                  "--double", "--device", "cpu", "--holdout-frac", "0.3"])
     assert result.exit_code == 0, result.output
-    assert "wrote" in result.output and "derivatives (18, 5) at w0 = pool" in result.output
+    assert "wrote" in result.output and "derivatives (18, 5) at w0 = pool, reverse mode" in result.output
     est = load_estimate(out)
     assert est.columns == slice(2, 7) and est.attrs["replay_dtype"] == "float64"
     # the same columns from the float32 replay of the whole target set agree to float precision
-    whole = ReplayEstimator(trained_store, point="pool")
+    assert choose_mode("auto", 18, 16) == "reverse" and choose_mode("auto", 18, 19) == "forward"
+    whole = ReplayEstimator(trained_store, point="pool", mode="forward")
     with h5py.File(trained_store, "r") as f:
         masks, margins = f["masks"][()], f["margins"][()]
     whole.fit(masks, margins, est.fit_rows)
     np.testing.assert_allclose(whole.coef_[:, 2:7], est.matrix, atol=1e-4 * np.abs(est.matrix).max())
+    assert whole.mode_ == "forward"
     result = runner.invoke(cli, ["evaluate", str(trained_store), "--estimate", str(out), "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["estimator"] == "replay"

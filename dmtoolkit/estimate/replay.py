@@ -52,7 +52,7 @@ import torch.nn.functional as F
 
 from dmtoolkit.errors import UserError
 from dmtoolkit.estimate.base import Estimator, ExtraDataset
-from dmtoolkit.estimate.options import REPLAY_POINTS, REPLAY_TARGET_CHUNK
+from dmtoolkit.estimate.options import REPLAY_MODES, REPLAY_POINTS, REPLAY_TARGET_CHUNK
 
 if TYPE_CHECKING:
     from dmtoolkit.estimate.splits import SamplingUnits
@@ -177,18 +177,22 @@ class ReplayProblem:
         return len(self.pool_y)
 
 
-def sgd_step(problem: ReplayProblem, state: State, w: torch.Tensor, step: int, create_graph: bool = False) -> State:
-    """One step of `train_models` for weights w: weighted loss / batch size, SGD with momentum and weight decay."""
+def _step_loss(problem: ReplayProblem, params: dict[str, torch.Tensor], stats: dict[str, torch.Tensor],
+               w: torch.Tensor, step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Step `step`'s training loss for weights w (Σ weight · loss / batch size, as `train_models`) and the
+    BatchNorm running statistics its forward pass leaves."""
     idx = problem.index[step]
     weights = problem.base[step] * w[idx]
-    params = state.params
-    logits, new_stats = network_features(params, state.stats, problem.pool_x[idx], "logits", problem.arch, weights)
+    logits, new_stats = network_features(params, stats, problem.pool_x[idx], "logits", problem.arch, weights)
     losses = F.cross_entropy(logits, problem.pool_y[idx], label_smoothing=problem.label_smoothing, reduction="none")
-    loss = (losses * weights).sum() / problem.batch_size
-    names = list(params)
-    grads = torch.autograd.grad(loss, [params[n] for n in names], create_graph=create_graph)
-    lr, new_params, new_momentum = problem.lrs[step], {}, {}
-    for name, g in zip(names, grads):
+    return (losses * weights).sum() / problem.batch_size, new_stats
+
+
+def _sgd_update(problem: ReplayProblem, state: State, grads: dict[str, torch.Tensor],
+                new_stats: dict[str, torch.Tensor], step: int) -> State:
+    """`torch.optim.SGD` (momentum, no dampening, weight decay added to the gradient) at step `step`'s lr."""
+    params, lr, new_params, new_momentum = state.params, problem.lrs[step], {}, {}
+    for name, g in grads.items():
         d = g + problem.weight_decay * params[name] if problem.weight_decay else g
         if problem.momentum:
             d = d if step == 0 else problem.momentum * state.momentum[name] + d
@@ -198,6 +202,22 @@ def sgd_step(problem: ReplayProblem, state: State, w: torch.Tensor, step: int, c
         new_momentum = dict(state.momentum)
     stats = {name: new_stats.get(name, value) for name, value in state.stats.items()}
     return State(new_params, new_momentum, stats)
+
+
+def sgd_step(problem: ReplayProblem, state: State, w: torch.Tensor, step: int, create_graph: bool = False) -> State:
+    """One step of `train_models` for weights w (autograd; `create_graph` to differentiate the step itself)."""
+    loss, new_stats = _step_loss(problem, state.params, state.stats, w, step)
+    names = list(state.params)
+    grads = torch.autograd.grad(loss, [state.params[n] for n in names], create_graph=create_graph)
+    return _sgd_update(problem, state, dict(zip(names, grads)), new_stats, step)
+
+
+def sgd_step_functional(problem: ReplayProblem, state: State, w: torch.Tensor, step: int) -> State:
+    """`sgd_step` written with `torch.func.grad`, so forward mode (`torch.func.jvp`, `vmap`) can go through it."""
+    from torch.func import grad
+
+    grads, new_stats = grad(lambda p: _step_loss(problem, p, state.stats, w, step), has_aux=True)(state.params)
+    return _sgd_update(problem, state, grads, new_stats, step)
 
 
 def transferred_margins(problem: ReplayProblem, state: State, columns: slice | None = None) -> torch.Tensor:
@@ -280,6 +300,53 @@ def replay_gradient(problem: ReplayProblem, w: torch.Tensor, columns: slice | No
         if progress is not None:
             progress(f"replay: targets {cols.start}-{cols.stop - 1} done")
     return out, margins
+
+
+def forward_gradient(problem: ReplayProblem, w: torch.Tensor, columns: slice | None = None,
+                     chunk: int = REPLAY_TARGET_CHUNK,
+                     progress: Callable[[str], None] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """`replay_gradient` in forward mode: `chunk` source examples' tangents (e_i) are pushed through every step
+    together (`vmap` of `torch.func.jvp`), then through the transfer to every target at once. Cheaper than
+    reverse mode when source examples are fewer than targets; memory is one step's activations × chunk and
+    the state's tangents × chunk (no stored states)."""
+    from torch.func import jvp, vmap
+
+    columns = columns or slice(0, len(problem.test_y))
+    w = w.detach()
+    names = problem.init
+    num_targets = len(range(*columns.indices(len(problem.test_y))))
+    out = torch.zeros(problem.num_examples, num_targets, dtype=w.dtype, device=w.device)
+    margins = None
+    for start in range(0, problem.num_examples, chunk):
+        units = torch.arange(start, min(start + chunk, problem.num_examples), device=w.device)
+        w_dot = torch.zeros(len(units), problem.num_examples, dtype=w.dtype, device=w.device)
+        w_dot[torch.arange(len(units)), units] = 1.0
+        z = problem.init.flat()
+        z_dot = tuple(torch.zeros(len(units), *t.shape, dtype=t.dtype, device=t.device) for t in z)
+        for step in range(problem.steps):
+            def push(zt: tuple[torch.Tensor, ...], wt: torch.Tensor, z=z, step=step) -> tuple[Any, Any]:
+                return jvp(lambda zz, ww: sgd_step_functional(problem, names.like(zz), ww, step).flat(),
+                           (z, w), (zt, wt))
+            primal, z_dot = vmap(push, out_dims=(None, 0), randomness="error")(z_dot, w_dot)
+            z = tuple(t.detach() for t in primal)
+            z_dot = tuple(t.detach() for t in z_dot)
+
+        def through_transfer(zt: tuple[torch.Tensor, ...], z=z) -> tuple[torch.Tensor, torch.Tensor]:
+            return jvp(lambda zz: transferred_margins(problem, names.like(zz), columns), (z,), (zt,))
+        m, m_dot = vmap(through_transfer, out_dims=(None, 0))(z_dot)
+        out[units] = m_dot.detach()
+        margins = m.detach()
+        if progress is not None:
+            progress(f"replay: source examples {int(units[0])}-{int(units[-1])} done")
+    return out, margins
+
+
+def choose_mode(mode: str, num_examples: int, num_targets: int) -> str:
+    """"auto": forward mode when there are fewer source examples than targets (one tangent per example against
+    one adjoint per target; each costs about the same per step), else reverse mode."""
+    if mode != "auto":
+        return mode
+    return "forward" if num_examples < num_targets else "reverse"
 
 
 def state_bytes(problem: ReplayProblem) -> int:
@@ -394,16 +461,19 @@ class ReplayEstimator(Estimator):
                     "training, at the linearisation point (change in margin when the unit is in the subset, "
                     "to first order)")
 
-    def __init__(self, store_path: str | Path, *, point: str = "centre", double: bool = False,
+    def __init__(self, store_path: str | Path, *, point: str = "centre", mode: str = "auto", double: bool = False,
                  chunk: int = REPLAY_TARGET_CHUNK, device: str | None = None,
                  progress: Callable[[str], None] | None = None) -> None:
         self.store_path = Path(store_path)
-        self.point, self.double, self.chunk, self.device, self.progress = point, double, chunk, device, progress
+        self.point, self.mode, self.double, self.chunk = point, mode, double, chunk
+        self.device, self.progress = device, progress
 
     def settings(self) -> dict[str, Any]:
-        return {"point": self.point, "double": self.double, "chunk": self.chunk}
+        return {"point": self.point, "mode": self.mode, "double": self.double, "chunk": self.chunk}
 
     def check_settings(self) -> None:
+        if self.mode not in REPLAY_MODES:
+            raise UserError(f"mode {self.mode!r} must be one of {', '.join(REPLAY_MODES)}")
         if self.chunk < 1:
             raise UserError(f"target chunk {self.chunk} must be ≥ 1")
         if self.point not in REPLAY_POINTS and not (self.point.startswith("row:") and self.point[4:].isdigit()):
@@ -449,8 +519,11 @@ class ReplayEstimator(Estimator):
         pipeline_margins(problem, torch.as_tensor(w0, dtype=dtype, device=problem.pool_x.device), slice(0, 1))
         self.train_cpu_seconds_ = time.process_time() - plain
         started, wall = time.process_time(), time.perf_counter()
-        coef, at_point = replay_gradient(problem, torch.as_tensor(w0, dtype=dtype, device=problem.pool_x.device),
-                                         columns, self.chunk, self.progress)
+        num_targets = len(range(*columns.indices(int(margins.shape[1]))))
+        self.mode_ = choose_mode(self.mode, problem.num_examples, num_targets)
+        differentiate = forward_gradient if self.mode_ == "forward" else replay_gradient
+        coef, at_point = differentiate(problem, torch.as_tensor(w0, dtype=dtype, device=problem.pool_x.device),
+                                       columns, self.chunk, self.progress)
         self.cpu_seconds_ = time.process_time() - started
         self.seconds_ = time.perf_counter() - wall
         coef64 = coef.double().cpu().numpy()
@@ -486,8 +559,11 @@ class ReplayEstimator(Estimator):
             "replay_cpu_seconds": self.cpu_seconds_,
             "replay_seconds": self.seconds_,
             "replay_train_cpu_seconds": self.train_cpu_seconds_,
-            "replay_mode": "reverse (states stored per step, each step recomputed in the backward sweep)",
-            "replay_target_chunk": self.chunk,
+            "replay_mode": self.mode_,
+            "replay_mode_meaning": ("forward: vmap of jvp, `chunk` source examples' tangents per sweep through "
+                                    "training" if self.mode_ == "forward" else "reverse: states stored per step, "
+                                    "each step recomputed in the backward sweep, `chunk` targets' adjoints per sweep"),
+            "replay_chunk": self.chunk,
         }
 
     def extra_datasets(self) -> list[ExtraDataset]:
@@ -499,7 +575,8 @@ class ReplayEstimator(Estimator):
         ]
 
 
-def fit_replay(store_path: str | Path, out_path: str | Path, *, point: str = "centre", double: bool = False,
+def fit_replay(store_path: str | Path, out_path: str | Path, *, point: str = "centre", mode: str = "auto",
+               double: bool = False,
                chunk: int = REPLAY_TARGET_CHUNK, device: str | None = None, targets: str | slice | None = None,
                holdout_frac: float = 0.1, seed: int = 0, force: bool = False,
                progress: Callable[[str], None] | None = None) -> ReplayEstimator:
@@ -509,6 +586,6 @@ def fit_replay(store_path: str | Path, out_path: str | Path, *, point: str = "ce
     from dmtoolkit.estimate.fit import fit_store
 
     resolve_device(device)
-    model = ReplayEstimator(store_path, point=point, double=double, chunk=chunk, device=device, progress=progress)
+    model = ReplayEstimator(store_path, point=point, mode=mode, double=double, chunk=chunk, device=device, progress=progress)
     model.check_settings()
     return fit_store(store_path, out_path, model, test_fraction=holdout_frac, seed=seed, targets=targets, force=force)
