@@ -415,8 +415,49 @@ def gradient(store_path: Path, out_path: Path, device: str, targets: str | None,
 
 @cli.command()
 @click.argument("store_path", metavar="RUNS.h5", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("-o", "--output", "out_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="REPLAY.h5 to write.")
+@DEVICE
+@TARGETS_OPTION
+@click.option("--point", default="centre", show_default=True,
+              help="Linearisation point: pool (every weight 1), centre (every weight alpha) or row:N (row N's mask).")
+@click.option("--mode", type=click.Choice(estimate_options.REPLAY_MODES), default="auto", show_default=True,
+              help="Reverse mode (one adjoint per target) or forward mode (one tangent per source example); "
+                   "auto takes the fewer.")
+@click.option("--double", is_flag=True, help="Replay in float64 (about twice the time; float32 otherwise).")
+@click.option("--chunk", type=click.IntRange(min=1), default=estimate_options.REPLAY_TARGET_CHUNK, show_default=True,
+              help="Targets (reverse) or source examples (forward) sharing one sweep (memory grows with it).")
+@HOLDOUT_OPTION
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the held-out split.")
+@click.option("--force", is_flag=True, help="Overwrite an existing output.")
+def replay(store_path: Path, out_path: Path, device: str, targets: str | None, point: str, mode: str, double: bool,
+           chunk: int, holdout_frac: float, seed: int, force: bool) -> None:
+    """Exact derivative of every transferred margin w.r.t. every source example's weight (example-level stores).
+
+    Replays the built-in source training with per-example loss weights, step by step, through feature
+    extraction and the closed-form ridge head, and differentiates the whole pipeline (reverse or forward mode). Needs a
+    store made by the built-in trainer; deterministic only with `randomness: shared`. See docs/gradient.md.
+
+    \b
+    Example:
+      dmtoolkit replay stores/runs-examples.h5 -o stores/replay.h5 --point centre --targets 0:64
+      dmtoolkit evaluate stores/runs-examples.h5 --estimate stores/replay.h5
+    """
+    from dmtoolkit.estimate.replay import fit_replay
+
+    model = fit_replay(store_path, out_path, point=point, mode=mode, double=double, chunk=chunk, device=_device(device),
+                       targets=targets, holdout_frac=holdout_frac, seed=seed, force=force,
+                       progress=lambda message: click.echo(message, err=True))
+    for warning in model.warnings_:
+        click.echo(f"warning: {warning}", err=True)
+    click.echo(f"wrote {out_path}: derivatives {tuple(model.coef_.shape)} at w0 = {point}, {model.mode_} mode "
+               f"({model.cpu_seconds_ / 60:.1f} CPU-minutes; one training {model.train_cpu_seconds_:.1f} CPU-s)")
+
+
+@cli.command()
+@click.argument("store_path", metavar="RUNS.h5", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--estimate", "estimate_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="ESTIMATE.h5 made from RUNS.h5 by `dmtoolkit influence`, `datamodels` or `gradient`.")
+              help="ESTIMATE.h5 made from RUNS.h5 by `dmtoolkit influence`, `datamodels`, `gradient` or `replay`.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def evaluate(store_path: Path, estimate_path: Path, as_json: bool) -> None:
     """LDS: per target example, Spearman correlation of predicted and true margins on held-out test models.

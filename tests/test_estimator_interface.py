@@ -39,13 +39,14 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndarray, n
 
 
 def test_every_registry_entry_is_an_estimator_of_that_name() -> None:
-    # estimators that retrain networks from a store (gradient) are checked end to end in test_gradient.py
+    # estimators that retrain networks from a store (gradient, replay) are checked end to end in
+    # test_gradient.py and test_replay.py
     assert set(SETTINGS) == set(registry.estimator_names(from_arrays=True))
-    assert set(registry.estimator_names()) - set(SETTINGS) == {"gradient"}
+    assert set(registry.estimator_names()) - set(SETTINGS) == {"gradient", "replay"}
     for name, entry in registry.ESTIMATORS.items():
         cls = entry.load()
         assert issubclass(cls, Estimator) and cls.name == name
-        assert entry.command in ("influence", "datamodels", "gradient")
+        assert entry.command in ("influence", "datamodels", "gradient", "replay")
 
 
 @pytest.mark.parametrize("name", sorted(SETTINGS))

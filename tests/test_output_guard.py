@@ -230,7 +230,7 @@ def test_store_import_refuses_a_fifo_and_a_device_link(case: dict[str, Path], tm
     assert not [p for p in tmp_path.iterdir() if atomic.TEMP_MARK in p.name]
 
 
-@pytest.mark.parametrize("command", ["influence", "datamodels", "gradient"])
+@pytest.mark.parametrize("command", ["influence", "datamodels", "gradient", "replay"])
 def test_an_estimator_never_overwrites_its_run_store(case: dict[str, Path], command: str) -> None:
     store = case["store"]
     before = _digest(store)

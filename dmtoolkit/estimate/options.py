@@ -15,3 +15,6 @@ GRADIENT_LAMBDA = 0.1  # its kernel ridge, as a fraction of the kernel's mean ei
 GRADIENT_PROJECTIONS = ("gaussian", "rademacher")  # entries of its random projection
 GRADIENT_HEADS = ("fixed", "differentiated")  # transfer head held fixed, or differentiated (ridge heads)
 GRADIENT_KERNELS = ("trak", "gauss-newton")  # unweighted gradient kernel, or weighted by q(1 - q)
+REPLAY_POINTS = ("pool", "centre")  # linearisation points of the replay estimator (also "row:N")
+REPLAY_TARGET_CHUNK = 16  # targets (reverse mode) or source examples (forward) sharing one sweep of the replay
+REPLAY_MODES = ("auto", "reverse", "forward")  # auto: forward when source examples are fewer than targets

@@ -46,6 +46,9 @@ ESTIMATORS: dict[str, EstimatorEntry] = {e.name: e for e in (
     EstimatorEntry("gradient", "dmtoolkit.estimate.gradient:GradientEstimator", "gradient",
                    "TRAK-style gradients of a few retrained source networks, through the transfer (example level)",
                    retrains=True),
+    EstimatorEntry("replay", "dmtoolkit.estimate.replay:ReplayEstimator", "replay",
+                   "exact derivative of each transferred margin w.r.t. each source example's training weight, "
+                   "through the replayed built-in training and the ridge head (example level)", retrains=True),
 )}
 
 

@@ -71,7 +71,8 @@ def fit_ridge_heads(train_feats: torch.Tensor, train_labels: torch.Tensor, num_c
     bias = onehot.mean(dim=0).expand(G, 1, num_classes)
     gram = x.transpose(1, 2) @ x + spec.ridge * n * torch.eye(d, dtype=x.dtype, device=x.device)
     weight = torch.linalg.solve(gram, x.transpose(1, 2) @ (onehot - bias))
-    return weight.float(), bias.float(), mean, std
+    dtype = train_feats.dtype  # float32 for the trainer's features; float64 kept for exact derivative tests
+    return weight.to(dtype), bias.to(dtype), mean, std
 
 
 def fit_head(train_feats: torch.Tensor, train_labels: torch.Tensor, num_classes: int, spec: TransferSpec,

@@ -1,0 +1,222 @@
+"""The replay estimator (issue 33): the replayed training is the built-in trainer's, its derivative is exact
+(central finite differences of the deterministic pipeline, float64), the linear prediction tracks exact
+retraining for small removals, and the estimate file is read by evaluate, leakage and mislabels unchanged."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from dmtoolkit.cli import cli
+from dmtoolkit.errors import UserError
+from dmtoolkit.estimate.files import load_estimate
+from dmtoolkit.estimate.lds import evaluate
+from dmtoolkit.estimate.replay import (
+    ReplayEstimator,
+    check_replayable,
+    choose_mode,
+    fit_replay,
+    forward_gradient,
+    pipeline_margins,
+    problem_from_trainer,
+    replay_gradient,
+    replay_plan,
+)
+from dmtoolkit.recipe import parse_recipe_dict
+from dmtoolkit.run.driver import train_store
+from dmtoolkit.run.executors import make_executor
+from dmtoolkit.store import create_store
+from dmtoolkit.train.fit import LoopSettings, batch_indices, margins_from_logits
+from dmtoolkit.train.job import RunContext
+from dmtoolkit.train.transfer import transfer_fixed_feature
+
+from .synthetic import synthetic_data, synthetic_store
+
+torch.set_num_threads(1)
+
+
+def _recipe(models: int = 4, **training: object) -> dict:
+    model = {"width": 2, "hidden": 4, "resolution": 8}
+    if training.get("order") == "slots":
+        model["norm"] = "none"
+    return {
+        "name": "tiny-replay", "source": {"dataset": "synthetic"}, "target": {"dataset": "synthetic"},
+        "subsets": {"kind": "example", "alpha": 0.5, "models": models, "seed": 1, "antithetic": True},
+        "model": model,
+        "training": {"epochs": 2, "batch_size": 6, "lr": 0.05, "models_per_batch": 1, "randomness": "shared",
+                     "weight_decay": 1e-3, "label_smoothing": 0.1, **training},
+        "transfer": {"head": "ridge", "ridge": 1.0},
+    }
+
+
+def _context(tmp_path: Path, **training: object) -> RunContext:
+    """An untrained store (18 pool images, 16 targets) and its built-in trainer: what the replay reads."""
+    path = tmp_path / "runs.h5"
+    create_store(path, parse_recipe_dict(_recipe(**training)), synthetic_data(3, 16, per_class=6, seed=5))
+    return RunContext.from_store(path, "cpu")
+
+
+def _trainer_margins(context: RunContext, subset: np.ndarray, seed: int) -> torch.Tensor:
+    trainer, spec = context.trainer, context.recipe.transfer
+    net = trainer.train_source_models([subset], [seed])
+    logits = transfer_fixed_feature(net, trainer.target_train_x, trainer.target_train_y, trainer.target_test_x,
+                                    trainer.num_target_classes, spec, [seed + 2])
+    return margins_from_logits(logits, trainer.target_test_y)[0]
+
+
+def test_the_replay_at_the_full_pool_is_the_trainer(tmp_path: Path) -> None:
+    # 18 images in batches of 6: the trainer cuts the full pool into the replay's contiguous slots exactly
+    context = _context(tmp_path)
+    seed, pool = context.job(0).seed, np.arange(18)
+    settings = LoopSettings(epochs=2, batch_size=6, lr=0.05, momentum=0.9, weight_decay=0.0)
+    index, base, per_epoch, steps = replay_plan(18, 18, seed + 1, settings)
+    assert (per_epoch, steps) == (3, 6) and base.min() == 1
+    np.testing.assert_array_equal(index, batch_indices(pool, 18, seed + 1, 6, 6))  # the trainer's own batches
+    problem, _, _ = problem_from_trainer(context.trainer, seed, 18)
+    replayed = pipeline_margins(problem, torch.ones(18))
+    expected = _trainer_margins(context, pool, seed)
+    assert expected.abs().max() > 0.05
+    torch.testing.assert_close(replayed, expected, rtol=0, atol=2e-6)
+
+
+def test_with_slots_the_replay_at_a_mask_is_the_trainer_on_that_subset(tmp_path: Path) -> None:
+    context = _context(tmp_path, order="slots")
+    seed, mask = context.job(0).seed, context.masks[0]
+    problem, _, _ = problem_from_trainer(context.trainer, seed, int(mask.sum()))
+    replayed = pipeline_margins(problem, torch.as_tensor(mask, dtype=torch.float32))
+    torch.testing.assert_close(replayed, _trainer_margins(context, np.flatnonzero(mask), seed), rtol=0, atol=2e-6)
+
+
+@pytest.mark.parametrize(("order", "mode"), [("shuffle", "reverse"), ("slots", "reverse"), ("shuffle", "forward")])
+def test_the_derivative_is_exact_against_central_differences(tmp_path: Path, order: str, mode: str) -> None:
+    context = _context(tmp_path, order=order)
+    problem, _, _ = problem_from_trainer(context.trainer, context.job(0).seed, 9, torch.float64)
+    w0 = torch.full((18,), 0.5, dtype=torch.float64)
+    columns = slice(2, 7)
+    differentiate = replay_gradient if mode == "reverse" else forward_gradient
+    derivative, margins = differentiate(problem, w0, columns, chunk=7)  # chunks of 7 targets / source examples
+    torch.testing.assert_close(margins, pipeline_margins(problem, w0, columns), rtol=0, atol=1e-12)
+    h, fd = 1e-5, torch.zeros(18, 5, dtype=torch.float64)
+    for i in range(18):
+        e = torch.zeros(18, dtype=torch.float64)
+        e[i] = h
+        fd[i] = (pipeline_margins(problem, w0 + e, columns) - pipeline_margins(problem, w0 - e, columns)) / (2 * h)
+    assert fd.abs().max() > 1e-3
+    assert float((derivative - fd).abs().max() / fd.abs().max()) < 1e-6
+
+
+def test_the_linear_prediction_tracks_exact_retraining_for_small_removals(tmp_path: Path) -> None:
+    context = _context(tmp_path)
+    problem, _, _ = problem_from_trainer(context.trainer, context.job(0).seed, 18, torch.float64)
+    one = torch.ones(18, dtype=torch.float64)
+    derivative, margins = replay_gradient(problem, one)
+    correlations = []
+    for removed in ([5], [3, 11], [0], [7, 8], [1], [12, 13]):
+        # down-weighting by ε: the first-order prediction's error is O(ε²), so its relative error halves with ε
+        # (the pipeline is only piecewise smooth — ReLU, max-pooling, the margin's max, the std floor — and
+        # for some examples a kink lies within ε ≈ 0.01–0.02 of w = 1, so ε stays below that)
+        errors = []
+        for eps in (0.002, 0.001):
+            w = one.clone()
+            w[removed] = 1 - eps
+            actual = pipeline_margins(problem, w) - margins
+            errors.append(float((actual + eps * derivative[removed].sum(0)).norm() / actual.norm()))
+        assert errors[1] < 3e-3 and 1.8 < errors[0] / errors[1] < 2.2
+        # removing the examples outright (retraining without them): the prediction keeps the direction
+        w = one.clone()
+        w[removed] = 0
+        actual = (pipeline_margins(problem, w) - margins).numpy()
+        correlations.append(np.corrcoef(actual, -derivative[removed].sum(0).numpy())[0, 1])
+    # measured 0.97, 0.73, 0.77, 0.86, 0.79, 0.43: kinks between w = 1 and the removal cost accuracy
+    assert min(correlations) > 0.3 and np.mean(correlations) > 0.7
+
+
+# --- the estimator on a trained store ----------------------------------------------------------------
+@pytest.fixture(scope="module")
+def trained_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("replay") / "runs.h5"
+    create_store(path, parse_recipe_dict(_recipe(models=12)), synthetic_data(3, 16, per_class=6, seed=5))
+    train_store(path, make_executor("local", 1, "cpu"), progress=False)
+    return path
+
+
+@pytest.mark.parametrize("point", ["centre", "pool", "row:3"])
+def test_end_to_end_on_an_example_store(trained_store: Path, tmp_path: Path, point: str) -> None:
+    out = tmp_path / "replay.h5"
+    messages: list[str] = []
+    model = fit_replay(trained_store, out, point=point, chunk=10, holdout_frac=0.3, seed=0,
+                       progress=messages.append)
+    assert messages == ["replay: targets 0-9 done", "replay: targets 10-15 done"]
+    est = load_estimate(out)
+    assert est.estimator == "replay" and est.kind == "example"
+    assert est.matrix.shape == (18, 16) and np.isfinite(est.matrix).all() and np.abs(est.matrix).max() > 0
+    np.testing.assert_array_equal(est.matrix, model.coef_)
+    with h5py.File(trained_store, "r") as f:
+        masks = f["masks"][()]
+    with h5py.File(out, "r") as f:
+        w0, at_point = f["replay/point"][()], f["replay/margin_at_point"][()]
+    expected_w0 = {"centre": np.full(18, 0.5), "pool": np.ones(18), "row:3": masks[3].astype(float)}[point]
+    np.testing.assert_array_equal(w0, expected_w0)
+    # the predictor is the Taylor expansion at w0: it gives back the replayed margins there
+    np.testing.assert_allclose(model.predict(w0[None])[0], at_point, atol=1e-4)
+    attrs = est.attrs
+    assert attrs["replay_point"] == point and attrs["replay_steps"] == 4 and attrs["replay_subset_size"] == 9
+    assert attrs["replay_steps_per_epoch"] == 2  # ceil(9 / 6) steps per epoch, 2 epochs
+    assert attrs["replay_randomness"] == "shared" and attrs["replay_order"] == "shuffle"
+    assert attrs["replay_state_bytes"] == 5 * attrs["replay_state_numel"] * 4
+    assert json.loads(attrs["settings"]) == {"point": point, "mode": "auto", "double": False, "chunk": 10}
+    assert attrs["replay_mode"] == "reverse"  # 16 targets, 18 source examples
+    result = evaluate(trained_store, out)
+    assert result.estimator == "replay" and result.heldout_models == len(est.test_rows)
+    for command in (["leakage", str(out), "--json", "--no-features"], ["mislabels", str(out), "--json"]):
+        result = CliRunner().invoke(cli, command)
+        assert result.exit_code == 0, (command, result.output)
+
+
+def test_cli_replay_then_evaluate(trained_store: Path, tmp_path: Path) -> None:
+    out = tmp_path / "cli.h5"
+    runner = CliRunner()
+    result = runner.invoke(cli, ["replay", str(trained_store), "-o", str(out), "--point", "pool", "--targets", "2:7",
+                                 "--double", "--device", "cpu", "--holdout-frac", "0.3"])
+    assert result.exit_code == 0, result.output
+    assert "wrote" in result.output and "derivatives (18, 5) at w0 = pool, reverse mode" in result.output
+    est = load_estimate(out)
+    assert est.columns == slice(2, 7) and est.attrs["replay_dtype"] == "float64"
+    # the same columns from the float32 replay of the whole target set agree to float precision
+    assert choose_mode("auto", 18, 16) == "reverse" and choose_mode("auto", 18, 19) == "forward"
+    whole = ReplayEstimator(trained_store, point="pool", mode="forward")
+    with h5py.File(trained_store, "r") as f:
+        masks, margins = f["masks"][()], f["margins"][()]
+    whole.fit(masks, margins, est.fit_rows)
+    np.testing.assert_allclose(whole.coef_[:, 2:7], est.matrix, atol=1e-4 * np.abs(est.matrix).max())
+    assert whole.mode_ == "forward"
+    result = runner.invoke(cli, ["evaluate", str(trained_store), "--estimate", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["estimator"] == "replay"
+
+
+def test_refuses_what_it_cannot_differentiate(tmp_path: Path, trained_store: Path) -> None:
+    base = {k: v for k, v in _recipe().items() if k not in ("model", "training", "transfer")}
+    user = parse_recipe_dict({**base, "trainer": "mytrainer:train"})
+    with pytest.raises(UserError, match=r"^x.h5: made by trainer mytrainer:train; the replay estimator differentiates "
+                                        r"the built-in training code step by step"):
+        check_replayable(user, "x.h5")
+    linear = parse_recipe_dict({**_recipe(), "transfer": {"head": "logistic"}})
+    with pytest.raises(UserError, match="closed-form ridge head"):
+        check_replayable(linear, "x.h5")
+    store = synthetic_store(tmp_path / "class.h5", np.zeros((6, 4), np.float32))
+    result = CliRunner().invoke(cli, ["replay", str(store), "-o", str(tmp_path / "r.h5"), "--holdout-frac", "0.2"])
+    assert result.exit_code == 1 and "example-level" in result.output and "Traceback" not in result.output
+    result = CliRunner().invoke(cli, ["replay", str(trained_store), "-o", str(tmp_path / "r.h5"), "--point", "edge"])
+    assert result.exit_code == 1 and "must be pool, centre or row:N" in result.output
+    with h5py.File(trained_store, "r") as f:
+        masks, margins = f["masks"][()], f["margins"][()]
+    with pytest.raises(UserError, match="not those of"):
+        ReplayEstimator(trained_store).fit(~masks, margins)
+    assert not (tmp_path / "r.h5").exists()
