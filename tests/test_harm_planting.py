@@ -137,7 +137,7 @@ def test_recipe_key_is_validated_and_leaves_old_hashes_alone() -> None:
     plain = parse_recipe_dict(base)
     assert "harmful" not in json.loads(plain.canonical_json())["planting"]
     planted = parse_recipe_dict({**base, "planting": {**base["planting"], "harmful": {"kinds": ["noise"]}}})
-    assert json.loads(planted.canonical_json())["planting"]["harmful"] == {"kinds": ["noise"], "images": 200,
+    assert json.loads(planted.canonical_json())["planting"]["harmful"] == {"kinds": ["noise"], "images": 2000,
                                                                             "conflict_classes": None, "noise_sd": 96.0}
     assert planted.hash() != plain.hash()
     with pytest.raises(RecipeError, match=r"planting\.harmful\.kinds\.0: Input should be 'conflict', 'noise', "):
@@ -175,3 +175,20 @@ def test_store_records_harmful_classes_and_validates(tmp_path: Path) -> None:
     with h5py.File(path, "r+") as f:
         del f["source/planted_harm"]
     assert validate_store(path) == ["dataset 'source/planted_harm' is missing"]
+
+
+def test_several_conflict_classes_merge_disjoint_target_classes() -> None:
+    digits = tuple("123456")
+    source = _dataset("src6", 80, (12, 12, 1), ("a", *digits, "b"), seed=5)
+    train = _dataset("tgt6", 120, (8, 8, 1), digits, seed=6)
+    test = _dataset("tgt6-test", 12, (8, 8, 1), digits, seed=7, low=230, high=256)
+    for seed in range(4):
+        planted = plant(source, train, test, PlantingSpec(seed=seed, harmful={
+            "kinds": ["conflict", "conflict"], "images": 30, "conflict_classes": 2}))
+        merged = []
+        for number, victim in enumerate(_kind_classes(planted, "conflict")):
+            added = [int(e.rsplit("/", 1)[1]) for e in planted.dataset.example_ids
+                     if e.startswith("planted/conflict/") and planted.dataset.labels[
+                         planted.dataset.example_ids.index(e)] == victim]
+            merged.append({source.class_names[victim], *(digits[c] for c in set(train.labels[added].tolist()))})
+        assert len(merged) == 2 and all(len(m) == 3 for m in merged) and not merged[0] & merged[1], merged

@@ -15,7 +15,8 @@ class:
 - conflict: target TRAIN images (never test) of other target classes are added to the source class that
   stands for a target class c (same name, or index with `copy_labels: by-index`): with `conflict_classes: 1`
   a glyph "7" class that also holds MNIST 1s, so features that separate the source classes must merge target
-  1s and 7s; by default images of every other target class, so they must merge all target-like images;
+  1s and 7s; by default images of every other target class, so they must merge all target-like images.
+  Several conflict classes merge disjoint sets of target classes while there are enough of them;
 - noise: every image of a source class gets Gaussian noise of `noise_sd` grey levels;
 - shuffled: a source class's images are replaced by images drawn from the other classes, so its label
   means nothing;
@@ -193,6 +194,7 @@ def plant_harm(planted: PlantedSource, target_train: ImageDataset, config: Plant
     labels_present = set(np.unique(target_train.labels).tolist())
     original = (planted.leak_target < 0) & (planted.decoy_target < 0)  # leak and decoy copies stay as they are
     taken: set[int] = set()
+    involved: set[int] = set()  # target classes an earlier conflict class merged
 
     def pick(candidates: list[int], what: str) -> int:
         free = [k for k in candidates if k not in taken]
@@ -216,10 +218,19 @@ def plant_harm(planted: PlantedSource, target_train: ImageDataset, config: Plant
             if len(usable) < 2:
                 raise DataError("bad planting config: a conflict class needs two target classes with a source "
                                 "counterpart (same-named classes, or copy_labels: by-index)")
-            victim = pick([counterparts[c] for c in usable], kind)
-            others = [c for c in usable if counterparts[c] != victim]
+            # target classes no earlier conflict class involves come first, so conflicts merge disjoint sets
+            fresh = [c for c in usable if c not in involved and counterparts[c] not in taken] or usable
+            victim = pick([counterparts[c] for c in fresh], kind)
+            own = next(c for c in usable if counterparts[c] == victim)
+            others = [c for c in usable if c != own]
             count = len(others) if spec.conflict_classes is None else min(spec.conflict_classes, len(others))
-            sources = sorted(int(c) for c in rng.choice(others, count, replace=False))
+            unused = [c for c in others if c not in involved]
+            sources = [int(c) for c in rng.choice(unused, min(count, len(unused)), replace=False)] if unused else []
+            if len(sources) < count:
+                rest = [c for c in others if c not in sources]
+                sources += [int(c) for c in rng.choice(rest, count - len(sources), replace=False)]
+            sources.sort()
+            involved.update([own, *sources])
             shares = [spec.images // count + (i < spec.images % count) for i in range(count)]
             chosen = np.concatenate([rng.choice(pool, min(share, len(pool)), replace=False) for c, share
                                      in zip(sources, shares) if len(pool := np.flatnonzero(target_train.labels == c))])
