@@ -25,10 +25,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Any
 
+import h5py
 import numpy as np
 from scipy import stats
 
@@ -118,6 +120,18 @@ def check(out: Path, repeats: int, kinds: list[str], extra: dict[str, Any], work
 
 
 # --- power -----------------------------------------------------------------------------------------
+def snapshot(store: Path, count: int, scratch: Path) -> Path:
+    """`store` as it was with its first `count` rows completed (a copy with the later completion flags cleared),
+    so an estimate fitted then still matches the store's content hash; `store` itself when it has no more."""
+    with RunStore(store) as run:
+        if len(run.completed_rows()) <= count:
+            return store
+    shutil.copyfile(store, scratch)
+    with h5py.File(scratch, "r+") as f:
+        f["completed"][count:] = False
+    return scratch
+
+
 def store_paths(out: Path, target: str, seed: int) -> tuple[Path, Path]:
     tag = "" if target == "mnist5k" else f"-{target}"
     return out / f"power{tag}-seed{seed}-runs.h5", out / f"power{tag}-seed{seed}"
@@ -140,16 +154,18 @@ def power(out: Path, seeds: list[int], counts: list[int], kinds: list[str], extr
                 train_store(store, make_executor("local", workers, "cpu"), limit=missing, progress=False)
             with RunStore(store) as run:
                 done = run.completed_rows()
+                done = done[done < count]  # (a later run re-analyses a grown store as it was at `count` models)
                 cpu_minutes = float(np.nansum(run.column("seconds")[done])) / 60
                 planted = run.planted()
                 names = run.source_class_names
             assert planted is not None and len(done) >= count
             estimate = Path(f"{prefix}-{count}-influence.h5")
             if not estimate.exists():
-                compute_influence(store, estimate, device="cpu")  # the CLI default, as a user runs it
-            rec = recommend_removal(estimate, store=store)
+                compute_influence(store, estimate, device="cpu", holdout_frac=0.0)  # (held-out rows are whole blocks)
+            rec = recommend_removal(estimate, store=snapshot(store, count, out / "snapshot.h5"))
             harmful = set(planted.harmful_classes.tolist())
             flagged = {e.index for e in rec.removal_evidence if e.significant}
+            q = {e.index: e.q_value for e in rec.removal_evidence}
             order = removal_ranking(load_estimate(estimate).matrix, np.array(rec.validation_columns)).tolist()
             ranks = sorted(order.index(k) + 1 for k in harmful)
             chosen = {names.index(n) for n in rec.chosen.removed}
@@ -159,11 +175,14 @@ def power(out: Path, seeds: list[int], counts: list[int], kinds: list[str], extr
                    "flagged": sorted(names[k] for k in flagged),
                    "recall": len(flagged & harmful) / len(harmful),
                    "clean_flagged": sorted(names[k] for k in flagged - harmful),
+                   "planted_q": [q.get(k) for k in sorted(harmful)],
+                   "clean_min_q": min((v for k, v in q.items() if k not in harmful and v is not None), default=None),
                    "chosen": sorted(rec.chosen.removed), "chosen_recall": len(chosen & harmful) / len(harmful),
                    "chosen_clean": len(chosen - harmful)}
             rows.append(row)
             print(f"{target} seed {seed}, {row['models']} models ({cpu_minutes:.1f} CPU-min): planted ranks "
-                  f"{ranks}; flagged recall {row['recall']:.2f}, clean flagged {row['clean_flagged'] or 'none'}; "
+                  f"{ranks}, q {['%.3g' % v for v in row['planted_q'] if v is not None]}; flagged recall {row['recall']:.2f}, "
+                  f"smallest clean q {row['clean_min_q'] if row['clean_min_q'] is None else round(row['clean_min_q'], 3)}, clean flagged {row['clean_flagged'] or 'none'}; "
                   f"recommend removes {row['chosen']}", flush=True)
     summary = []
     for count in sorted(counts):
