@@ -75,14 +75,15 @@ def ci(x: dict[str, float]) -> str:
 
 
 def retrain(recipe: Recipe, data: RunData, masks: np.ndarray, repeat: int, columns: np.ndarray | None = None,
-            workers: int = 1) -> np.ndarray:
-    """Target accuracy (on `columns`, default all) of one model per mask row, repeat `repeat`'s training seed."""
+            workers: int = 1, margins_too: bool = False) -> Any:
+    """Target accuracy (on `columns`, default all) of one model per mask row, repeat `repeat`'s training seed
+    (with `margins_too`, also the mean margin per row)."""
     results = train_masks(recipe, data, masks, seed=recipe.subsets.seed + 1000 + repeat, repeat=repeat + 1,
                           device="cpu", executor=lambda: make_executor("local", workers, "cpu"))
     margins = np.stack([r.margins for r in results])
     if columns is not None:
         margins = margins[:, columns]
-    return (margins > 0).mean(1)
+    return ((margins > 0).mean(1), margins.mean(1)) if margins_too else (margins > 0).mean(1)
 
 
 # --- check -----------------------------------------------------------------------------------------
@@ -227,14 +228,16 @@ def loop(out: Path, seeds: list[int], count: int, repeats: int, target: str, wor
             continue
         rng = np.random.default_rng([seed, 7])
         started = time.perf_counter()
-        acc = []
+        acc, margin = [], []
         for r in range(repeats):
             masks = np.ones((4, P), bool)
             masks[1, chosen] = False
             masks[2, rng.choice(P, k, replace=False)] = False
             masks[3, sorted(harmful)] = False  # the oracle: every planted class removed
-            acc.append(retrain(recipe, data, masks, r, columns=test, workers=workers))
-        acc = np.array(acc)
+            a, m = retrain(recipe, data, masks, r, columns=test, workers=workers, margins_too=True)
+            acc.append(a)
+            margin.append(m)
+        acc, margin = np.array(acc), np.array(margin)
         predicted = predicted_removal_change(est.matrix, est.intercept, chosen, test)
         row = {"seed": seed, "k": k, "removed": sorted(rec.chosen.removed),
                "planted_in_chosen": len(set(chosen.tolist()) & harmful), "planted": len(harmful),
@@ -243,13 +246,22 @@ def loop(out: Path, seeds: list[int], count: int, repeats: int, target: str, wor
                "oracle_gain": interval(acc[:, 3] - acc[:, 0]),
                "predicted_validation_gain": rec.chosen.predicted_accuracy_change,
                "predicted_test_gain": predicted[1] - predicted[2],
+               "predicted_margin_change": predicted[0], "margin_change": interval(margin[:, 1] - margin[:, 0]),
+               "oracle_margin_change": interval(margin[:, 3] - margin[:, 0]),
+               "predicted_oracle_margin_change": predicted_removal_change(
+                   est.matrix, est.intercept, np.array(sorted(harmful)), test)[0],
+               "predicted_oracle_gain": float(np.subtract(*predicted_removal_change(
+                   est.matrix, est.intercept, np.array(sorted(harmful)), test)[1:])),
                "minutes": (time.perf_counter() - started) / 60}
         row["gain_over_2se"] = row["gain"]["mean"] > 2 * row["gain"]["se"]
         rows.append(row)
         print(f"{target} seed {seed}: recommend removes {k} ({row['planted_in_chosen']}/{len(harmful)} planted); "
               f"predicted test gain {row['predicted_test_gain']:+.4f}; retrained gain {ci(row['gain'])} "
-              f"({'>' if row['gain_over_2se'] else '<='} 2 SE); random {k}: {ci(row['random_gain'])}; "
-              f"all planted removed: {ci(row['oracle_gain'])}", flush=True)
+              f"({'>' if row['gain_over_2se'] else '<='} 2 SE); mean margin predicted {row['predicted_margin_change']:+.4f}, "
+              f"retrained {ci(row['margin_change'])}; random {k}: {ci(row['random_gain'])}; "
+              f"all planted removed: predicted {row['predicted_oracle_gain']:+.4f}, retrained {ci(row['oracle_gain'])} "
+              f"(mean margin predicted {row['predicted_oracle_margin_change']:+.4f}, retrained "
+              f"{ci(row['oracle_margin_change'])})", flush=True)
     return {"target": target, "models": count, "repeats": repeats, "rows": rows}
 
 
