@@ -106,7 +106,7 @@ def check(out: Path, repeats: int, kinds: list[str], extra: dict[str, Any], work
     for i, k in enumerate(harmful):
         gain = interval(acc[:, 1 + i] - acc[:, 0])
         result["removed"].append({"class": names[k], "kind": data.planted.harm_kind[k], "gain": gain,
-                                  "hurts": gain["low"] > 0})
+                                  "hurts": bool(gain["low"] > 0)})
     result["all_removed"] = interval(acc[:, -1] - acc[:, 0])
     result["mean_single_removal"] = interval(acc[:, 1:-1].mean(1) - acc[:, 0])  # per repeat, over planted classes
     result["accuracy"] = acc.tolist()
@@ -253,7 +253,7 @@ def loop(out: Path, seeds: list[int], count: int, repeats: int, target: str, wor
                "predicted_oracle_gain": float(np.subtract(*predicted_removal_change(
                    est.matrix, est.intercept, np.array(sorted(harmful)), test)[1:])),
                "minutes": (time.perf_counter() - started) / 60}
-        row["gain_over_2se"] = row["gain"]["mean"] > 2 * row["gain"]["se"]
+        row["gain_over_2se"] = bool(row["gain"]["mean"] > 2 * row["gain"]["se"])
         rows.append(row)
         print(f"{target} seed {seed}: recommend removes {k} ({row['planted_in_chosen']}/{len(harmful)} planted); "
               f"predicted test gain {row['predicted_test_gain']:+.4f}; retrained gain {ci(row['gain'])} "
