@@ -18,7 +18,7 @@ loop    On the same fresh stores at the largest count: `recommend`'s chosen set 
     nice -n 5 .venv/bin/python benchmarks/harm_study.py check --out /work/runs/harm --repeats 10
     nice -n 5 .venv/bin/python benchmarks/harm_study.py power --out /work/runs/harm --seeds 1,2,3 --models 128,256,512
     nice -n 5 .venv/bin/python benchmarks/harm_study.py loop --out /work/runs/harm --seeds 1,2,3 --repeats 10
-    (add --target fashion-mnist to power and loop for the fashion-mnist target)
+    (add --target fashion-mnist to any step for the fashion-mnist target)
 """
 
 from __future__ import annotations
@@ -87,8 +87,8 @@ def retrain(recipe: Recipe, data: RunData, masks: np.ndarray, repeat: int, colum
 
 
 # --- check -----------------------------------------------------------------------------------------
-def check(out: Path, repeats: int, kinds: list[str], extra: dict[str, Any], workers: int) -> dict[str, Any]:
-    recipe = study_recipe(DEV_SEED, kinds, extra=extra)
+def check(repeats: int, kinds: list[str], extra: dict[str, Any], target: str, workers: int) -> dict[str, Any]:
+    recipe = study_recipe(DEV_SEED, kinds, target, extra=extra)
     data = build_run_data(recipe)
     assert data.planted is not None
     harmful = data.planted.harmful_classes
@@ -101,7 +101,7 @@ def check(out: Path, repeats: int, kinds: list[str], extra: dict[str, Any], work
     started = time.perf_counter()
     acc = np.stack([retrain(recipe, data, rows, r, workers=workers) for r in range(repeats)])
     minutes = (time.perf_counter() - started) / 60
-    result = {"seed": DEV_SEED, "repeats": repeats, "overrides": extra, "full": interval(acc[:, 0]),
+    result = {"seed": DEV_SEED, "target": target, "repeats": repeats, "overrides": extra, "full": interval(acc[:, 0]),
               "minutes": minutes, "removed": []}
     for i, k in enumerate(harmful):
         gain = interval(acc[:, 1 + i] - acc[:, 0])
@@ -110,7 +110,7 @@ def check(out: Path, repeats: int, kinds: list[str], extra: dict[str, Any], work
     result["all_removed"] = interval(acc[:, -1] - acc[:, 0])
     result["mean_single_removal"] = interval(acc[:, 1:-1].mean(1) - acc[:, 0])  # per repeat, over planted classes
     result["accuracy"] = acc.tolist()
-    print(f"check (development seed {DEV_SEED}, {repeats} repeats, {minutes:.1f} min): full planted source "
+    print(f"check ({target}, development seed {DEV_SEED}, {repeats} repeats, {minutes:.1f} min): full planted source "
           f"{ci(result['full'])}")
     for row in result["removed"]:
         print(f"  without {row['class']:>4} ({row['kind']:>9}): gain {ci(row['gain'])} "
@@ -286,7 +286,7 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",") if s]
     counts = [int(c) for c in args.models.split(",") if c]
     if args.step == "check":
-        result = check(args.out, args.repeats, kinds, extra, args.workers)
+        result = check(args.repeats, kinds, extra, args.target, args.workers)
     elif args.step == "power":
         result = power(args.out, seeds, counts, kinds, extra, args.target, args.workers)
     else:
