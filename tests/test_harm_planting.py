@@ -168,6 +168,14 @@ def test_store_records_harmful_classes_and_validates(tmp_path: Path) -> None:
         assert names[-1].endswith("~") and planted.harm_kind[-1] == "duplicate"
     summary = format_summary(store_summary(path))
     assert f"2 harmful classes: {names[conflict]} (conflict), {names[-1]} (duplicate)" in summary
+    from click.testing import CliRunner
+
+    from dmtoolkit.cli import cli
+
+    for command in (["store", "validate", str(path)], ["store", "info", str(path)]):
+        out = CliRunner().invoke(cli, command)
+        assert out.exit_code == 0, out.output
+    assert f"2 harmful classes: {names[conflict]} (conflict)" in out.output
     # target test images are stored untouched and none is in the pool
     with h5py.File(path, "r") as f:
         pool = {img.tobytes() for img in f["source/images"][()]}
@@ -192,3 +200,16 @@ def test_several_conflict_classes_merge_disjoint_target_classes() -> None:
                          planted.dataset.example_ids.index(e)] == victim]
             merged.append({source.class_names[victim], *(digits[c] for c in set(train.labels[added].tolist()))})
         assert len(merged) == 2 and all(len(m) == 3 for m in merged) and not merged[0] & merged[1], merged
+
+
+def test_harmful_classes_are_refused_for_a_beton_source_and_own_data() -> None:
+    from dmtoolkit.run.prepare import build_run_data
+
+    recipe = parse_recipe_dict({**SMALL_RECIPE, "source": {"dataset": "glyphs", "beton_train": "x.beton"},
+                                "planting": {"harmful": {"kinds": ["noise"]}}})
+    with pytest.raises(DataError, match="planting adds or relabels images a source beton does not hold"):
+        build_run_data(recipe)
+    with pytest.raises(RecipeError, match="a trainer's own data cannot be planted"):
+        parse_recipe_dict({"name": "own", "trainer": "examples.digits_mlp:train",
+                           "own_data": {"num_units": 3, "target_labels": [0, 1]},
+                           "planting": {"harmful": {"kinds": ["noise"]}}})
