@@ -39,6 +39,7 @@ class DataSpec(_Section):
 
 ADDED_KEYS: dict[tuple[str | None, str], object] = {
     ("planting", "copy_labels"): "same-name",
+    ("planting", "harmful"): None,
     (None, "trainer"): None,
     (None, "own_data"): None,
     ("training", "seed_blocks"): 4,
@@ -58,6 +59,32 @@ TIMEOUT_HELP = ("seconds one model may take before its worker is killed and its 
 TRAINER_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$"
 
 
+HarmKind = Literal["conflict", "noise", "shuffled", "duplicate"]
+
+
+class HarmfulSpec(_Section):
+    """Source classes planted to hurt the target (`planting.harmful`), one per entry of `kinds`.
+
+    conflict: `images` target TRAIN images of `conflict_classes` other target classes (default: all) are added
+    to the source class of a target class (with 1: a glyph "7" class that also holds MNIST 1s), so the features
+    must merge those target classes (only the default, all of them, was measured to hurt: benchmarks/harm_study.py,
+    docs/signal.md; merging a few helps, as the added target-like images outweigh the merge);
+    noise: a source class's images get Gaussian noise of `noise_sd` grey levels; shuffled: a source class's
+    images are replaced by images of the other classes (its label no longer means anything); duplicate: a
+    new class holds a copy of another class's images under another name. See `dmtoolkit.data.planting`.
+    On the development seed (glyphs -> MNIST) only conflict was shown to hurt (+0.018 [+0.012, +0.023] accuracy
+    from removing it); noise (sd 96 or 128), shuffled and duplicate classes were not (gains within ±0.005 of 0),
+    so they are no ground truth of harm there.
+    """
+
+    kinds: list[HarmKind] = Field(min_length=1, max_length=64, description="one planted class per entry")
+    images: int = Field(default=2000, gt=0, description="conflict: target train images added to the class (2,000: "
+                                                        "the strength measured to hurt on the development seed)")
+    conflict_classes: int | None = Field(default=None, gt=0, description="conflict: how many other target classes "
+                                                                          "the images come from (default: all)")
+    noise_sd: float = Field(default=96.0, gt=0, description="noise: Gaussian noise, in grey levels")
+
+
 class PlantingSpec(_Section):
     """Ground truth planted into the source so detectors can be scored (never read by estimators).
 
@@ -75,6 +102,14 @@ class PlantingSpec(_Section):
         description="source class a copied target image is filed under: the same-named class (MNIST '3' -> "
                     "glyph '3'), or by index (target class k -> source class k) for targets whose class names "
                     "the source does not have (fashion-mnist)")
+    harmful: HarmfulSpec | None = Field(
+        default=None, description="source classes planted to hurt the target (kinds: conflict, noise, shuffled, "
+                                  "duplicate), ground truth for `recommend`")
+
+    @property
+    def active(self) -> bool:
+        """Whether anything is planted."""
+        return bool(self.leaks or self.decoys or self.flip_fraction or self.harmful)
 
     @model_validator(mode="after")
     def _near_copies_are_leaks(self) -> "PlantingSpec":
@@ -272,8 +307,7 @@ class Recipe(_Section):
             if has_data != (True, True) and (any(has_data) or self.own_data is None):
                 raise ValueError("own_data: a trainer recipe names both source and target data, or neither and "
                                  "then own_data (num_units or unit_names, target_labels)")
-            if self.own_data is not None and any((self.planting.leaks, self.planting.decoys,
-                                                  self.planting.flip_fraction)):
+            if self.own_data is not None and self.planting.active:
                 raise ValueError("planting: needs source and target data (a trainer's own data cannot be planted)")
         if self.training.order == "slots" and self.model.norm == "batch":
             raise ValueError("training.order slots needs model.norm none (BatchNorm would mix padded batches)")

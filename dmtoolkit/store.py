@@ -51,7 +51,8 @@ class DatasetSpec:
     overwritten row by row in place (the crash-safety rule); "masks" is written whole at creation,
     chunked by rows and compressed; "data" is written whole and compressed when large. `column`
     marks the per-model results a row carries (`RunStore.write_row`, merge); `planted` datasets exist
-    only when ground truth was planted. `meaning` may name `{kind}` (class or example).
+    only when ground truth was planted, `harm` ones (planted too) only when harmful classes were (the store's
+    `planted_harm` attribute). `meaning` may name `{kind}` (class or example).
     """
 
     name: str
@@ -63,6 +64,7 @@ class DatasetSpec:
     fill: object = None
     column: bool = False
     planted: bool = False
+    harm: bool = False
     image: bool = False  # pixels: absent from imported stores (`dmtoolkit store import` brings none)
 
     def shape_text(self, dims: dict[str, int]) -> str:
@@ -116,6 +118,12 @@ RUN_DATASETS: tuple[DatasetSpec, ...] = (
                 "true when the planted copy is a near copy (shift or noise)", planted=True),
     DatasetSpec("source/planted_flip", "bool", ("N",), "example", "true when the example's label was flipped", planted=True),
     DatasetSpec("source/original_labels", "int64", ("N",), "example", "label before flipping", planted=True),
+    DatasetSpec("source/planted_harm", "str", ("K",), "class",
+                "harm planted in each source class (conflict, noise, shuffled, duplicate), '' if none",
+                planted=True, harm=True),
+    DatasetSpec("source/planted_harm_from", "int64", ("K",), "class",
+                "conflict: the target class whose train images were added (-1 when several); duplicate: the source class copied; "
+                "else -1", planted=True, harm=True),
 )
 DATASETS_BY_NAME = {spec.name: spec for spec in RUN_DATASETS}
 ROW_COLUMNS: tuple[str, ...] = tuple(spec.name for spec in RUN_DATASETS if spec.column)
@@ -141,6 +149,13 @@ class Planted:
     near_copy: np.ndarray
     flipped: np.ndarray
     original_labels: np.ndarray
+    harm_kind: tuple[str, ...] | None = None  # per source class, "" where none; None: no harmful classes planted
+    harm_from: np.ndarray | None = None
+
+    @property
+    def harmful_classes(self) -> np.ndarray:
+        """Indices of the source classes planted to hurt the target (empty when none were)."""
+        return np.flatnonzero([bool(k) for k in self.harm_kind or ()]).astype(np.int64)
 
 
 @dataclass(frozen=True)
@@ -199,6 +214,8 @@ def _dataset_values(data: RunData, masks: np.ndarray, units: tuple[str, ...]) ->
         values.update({"source/planted_leak": p.leak_target, "source/planted_decoy": p.decoy_target,
                        "source/planted_near_copy": p.near_copy, "source/planted_flip": p.flipped,
                        "source/original_labels": p.original_labels})
+        if p.harm_kind is not None:
+            values.update({"source/planted_harm": p.harm_kind, "source/planted_harm_from": p.harm_from})
     return values
 
 
@@ -237,10 +254,14 @@ def create_store(path: str | Path, recipe: Recipe, data: RunData, *, force: bool
             _write_attributes(f, recipe, data, num_units, trainer_digest)
             f.attrs["masks_origin"] = "explicit" if explicit else "recipe seed"
             for spec in RUN_DATASETS:
-                if spec.planted and data.planted is None:
+                if spec.planted and data.planted is None or spec.harm and not _has_harm(data):
                     continue
                 _create_dataset(f, spec, values.get(spec.name), dims, kind)
     return path
+
+
+def _has_harm(data: RunData) -> bool:
+    return data.planted is not None and data.planted.harm_kind is not None
 
 
 def _write_attributes(f: h5py.File, recipe: Recipe, data: RunData, num_units: int,
@@ -261,6 +282,7 @@ def _write_attributes(f: h5py.File, recipe: Recipe, data: RunData, num_units: in
         "recipe_hash": recipe.hash(),
         "fingerprints": json.dumps(data.fingerprints, sort_keys=True),
         "planted": data.planted is not None,
+        **({"planted_harm": True} if _has_harm(data) else {}),  # (absent, not False: older stores' attributes)
         "package_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     })
@@ -502,6 +524,11 @@ class RunStore:
     def has_planted(self) -> bool:
         return bool(self.file.attrs.get("planted", False))
 
+    @property
+    def has_planted_harm(self) -> bool:
+        """Whether harmful source classes were planted (`planting.harmful`)."""
+        return self.has_planted and bool(self.file.attrs.get("planted_harm", False))
+
     def strings(self, name: str) -> list[str]:
         return list(self.file[name].asstr()[()])
 
@@ -513,7 +540,8 @@ class RunStore:
         """
         f, problems, dims = self.file, [], {}
         for spec in RUN_DATASETS:
-            if (spec.planted and not self.has_planted) or (spec.image and not self.has_images):
+            if ((spec.planted and not self.has_planted) or (spec.harm and not self.has_planted_harm)
+                    or (spec.image and not self.has_images)):
                 continue
             if spec.name not in f or not isinstance(f[spec.name], h5py.Dataset):
                 problems.append(f"dataset {spec.name!r} is missing")
@@ -644,8 +672,11 @@ class RunStore:
         if not self.has_planted:
             return None
         f = self.file
+        harm = ((tuple(self.strings("source/planted_harm")), f["source/planted_harm_from"][()])
+                if self.has_planted_harm else (None, None))
         return Planted(*(f[f"source/{n}"][()] for n in
-                         ("planted_leak", "planted_decoy", "planted_near_copy", "planted_flip", "original_labels")))
+                         ("planted_leak", "planted_decoy", "planted_near_copy", "planted_flip", "original_labels")),
+                       *harm)
 
     def run_data(self) -> RunData:
         """The stored data, as workers need it to train and transfer any model of the run (a trainer that brings

@@ -62,6 +62,9 @@ def store_summary(path: str | Path) -> dict[str, Any]:
                 "near_copy_leaks": int((leaks & planted.near_copy).sum()),
                 "flipped": int(planted.flipped.sum()),
             }
+            if planted.harm_kind is not None:
+                names = store.source_class_names
+                summary["planted"]["harmful"] = {names[k]: planted.harm_kind[k] for k in planted.harmful_classes}
     return summary
 
 
@@ -92,6 +95,9 @@ def format_summary(summary: dict[str, Any]) -> str:
     if "planted" in summary:
         p = summary["planted"]
         lines.append(f"planted     {p['leaks']} leaks ({p['near_copy_leaks']} near copies), {p['decoys']} decoys, {p['flipped']} flipped labels")
+        if "harmful" in p:
+            classes = ", ".join(f"{name} ({kind})" for name, kind in p["harmful"].items())
+            lines.append(f"            {len(p['harmful'])} harmful classes: {classes}")
     return "\n".join(lines)
 
 

@@ -7,6 +7,24 @@ does not by itself give a leak away. Some copies are near copies (1-px shift or 
 get near copies in the same proportion as leaks for the same reason. Copies are appended in a
 shuffled order after the original examples. Finally a fraction of the original source examples get
 their label flipped to another random class; copies are never flipped.
+
+Harmful classes (`planting.harmful`, issue 34) are planted last, with their own random stream (so adding them
+leaves the leaks, decoys and flips of a seed as they were), one per listed kind, each on a distinct source
+class:
+
+- conflict: target TRAIN images (never test) of other target classes are added to the source class that
+  stands for a target class c (same name, or index with `copy_labels: by-index`): with `conflict_classes: 1`
+  a glyph "7" class that also holds MNIST 1s, so features that separate the source classes must merge target
+  1s and 7s; by default images of every other target class, so they must merge all target-like images.
+  Several conflict classes merge disjoint sets of target classes while there are enough of them;
+- noise: every image of a source class gets Gaussian noise of `noise_sd` grey levels;
+- shuffled: a source class's images are replaced by images drawn from the other classes, so its label
+  means nothing;
+- duplicate: a new source class (named after the one it copies, with a trailing "~") holds a copy of
+  another class's images.
+
+The store records per class the kind planted ("" for a clean class) and where it came from (`harm_from`:
+conflict: the target class whose images were added, when one; duplicate: the source class copied; else -1).
 """
 
 from __future__ import annotations
@@ -33,6 +51,8 @@ class PlantedSource:
     near_copy: np.ndarray  # bool (N,): a leak or decoy that is a near copy
     flipped: np.ndarray  # bool (N,): label flipped
     original_labels: np.ndarray  # int64 (N,): label before flipping
+    harm_kind: tuple[str, ...] | None = None  # per source class: the harm planted in it, "" for none
+    harm_from: np.ndarray | None = None  # int64 (K,): conflict: target class added; duplicate: class copied; else -1
 
 
 def to_format(images: np.ndarray, height: int, width: int, channels: int) -> np.ndarray:
@@ -90,11 +110,23 @@ def _check(source: ImageDataset, target_train: ImageDataset, target_test: ImageD
 
 
 def plant(
+    source: ImageDataset, target_train: ImageDataset, target_test: ImageDataset, config: PlantingSpec,
+    harm_pool: ImageDataset | None = None,
+) -> PlantedSource:
+    """Copy target images into `source`, flip source labels and plant harmful classes as `config` (the recipe's
+    `planting` section) says; deterministic in config.seed. Conflict classes draw from `harm_pool` (target
+    train images; default `target_train`), never from `target_test`."""
+    _check(source, target_train, target_test, config)
+    result = _plant_copies(source, target_train, target_test, config)
+    if config.harmful is None:
+        return result
+    return plant_harm(result, harm_pool if harm_pool is not None else target_train, config)
+
+
+def _plant_copies(
     source: ImageDataset, target_train: ImageDataset, target_test: ImageDataset, config: PlantingSpec
 ) -> PlantedSource:
-    """Copy target images into `source` and flip source labels as `config` (the recipe's `planting`
-    section) says; deterministic in config.seed."""
-    _check(source, target_train, target_test, config)
+    """Leaks, decoys and label flips (see the module docstring)."""
     rng = np.random.default_rng(config.seed)
     leaks = rng.choice(len(target_test), config.leaks, replace=False)
     decoys = rng.choice(len(target_train), config.decoys, replace=False)
@@ -140,3 +172,110 @@ def plant(
         flipped=flipped,
         original_labels=original,
     )
+
+
+def _counterparts(source: ImageDataset, target: ImageDataset, copy_labels: str) -> dict[int, int]:
+    """Target class index -> the source class index standing for it (same name, or same index with by-index)."""
+    if copy_labels == "by-index":
+        return {c: c for c in range(min(len(target.class_names), len(source.class_names)))}
+    return {c: source.class_names.index(name) for c, name in enumerate(target.class_names)
+            if name in source.class_names}
+
+
+def plant_harm(planted: PlantedSource, target_train: ImageDataset, config: PlantingSpec) -> PlantedSource:
+    """Plant `config.harmful`'s classes into an already planted source (see the module docstring); its own random
+    stream (seed, 34), so the leaks, decoys and flips of `planted` are left as they were."""
+    spec = config.harmful
+    assert spec is not None
+    source = planted.dataset
+    rng = np.random.default_rng([config.seed, 34])
+    K = len(source.class_names)
+    counterparts = _counterparts(source, target_train, config.copy_labels)
+    labels_present = set(np.unique(target_train.labels).tolist())
+    original = (planted.leak_target < 0) & (planted.decoy_target < 0)  # leak and decoy copies stay as they are
+    taken: set[int] = set()
+    involved: set[int] = set()  # target classes an earlier conflict class merged
+
+    def pick(candidates: list[int], what: str) -> int:
+        free = [k for k in candidates if k not in taken]
+        if not free:
+            raise DataError(f"bad planting config: no source class left for a planted {what} class "
+                            f"({len(spec.kinds)} harmful classes in {K} source classes)")
+        choice = int(free[rng.integers(len(free))])
+        taken.add(choice)
+        return choice
+
+    _, height, width, channels = source.images.shape
+    images, labels = source.images.copy(), source.labels.copy()
+    ids = list(source.example_ids)
+    names = list(source.class_names)
+    kinds = [""] * K
+    origin = [-1] * K
+    added_images, added_labels, added_ids = [], [], []
+    for number, kind in enumerate(spec.kinds):
+        if kind == "conflict":
+            usable = [c for c in counterparts if c in labels_present]
+            if len(usable) < 2:
+                raise DataError("bad planting config: a conflict class needs two target classes with a source "
+                                "counterpart (same-named classes, or copy_labels: by-index)")
+            # target classes no earlier conflict class involves come first, so conflicts merge disjoint sets
+            fresh = [c for c in usable if c not in involved and counterparts[c] not in taken] or usable
+            victim = pick([counterparts[c] for c in fresh], kind)
+            own = next(c for c in usable if counterparts[c] == victim)
+            others = [c for c in usable if c != own]
+            count = len(others) if spec.conflict_classes is None else min(spec.conflict_classes, len(others))
+            unused = [c for c in others if c not in involved]
+            sources = [int(c) for c in rng.choice(unused, min(count, len(unused)), replace=False)] if unused else []
+            if len(sources) < count:
+                rest = [c for c in others if c not in sources]
+                sources += [int(c) for c in rng.choice(rest, count - len(sources), replace=False)]
+            sources.sort()
+            involved.update([own, *sources])
+            shares = [spec.images // count + (i < spec.images % count) for i in range(count)]
+            chosen = np.concatenate([rng.choice(pool, min(share, len(pool)), replace=False) for c, share
+                                     in zip(sources, shares) if len(pool := np.flatnonzero(target_train.labels == c))])
+            chosen = np.sort(chosen.astype(np.int64))
+            added_images.append(to_format(target_train.images[chosen], height, width, channels))
+            added_labels.append(np.full(len(chosen), victim, np.int64))
+            added_ids += [f"planted/conflict/{number}/{int(j)}" for j in chosen]
+            added = sources[0] if count == 1 else -1
+            kinds[victim], origin[victim] = kind, added
+        elif kind in ("noise", "shuffled"):
+            victim = pick(list(range(K)), kind)
+            rows = np.flatnonzero((labels == victim) & original)
+            if kind == "noise":
+                noisy = images[rows].astype(np.float64) + rng.normal(0, spec.noise_sd, images[rows].shape)
+                images[rows] = np.clip(np.round(noisy), 0, 255).astype(np.uint8)
+            else:
+                others = np.flatnonzero((labels != victim) & original)
+                images[rows] = source.images[rng.choice(others, len(rows), replace=len(others) < len(rows))]
+            for i in rows:
+                ids[i] = f"planted/{kind}/{ids[i]}"
+            kinds[victim] = kind
+        else:  # duplicate
+            copied = pick(list(range(K)), kind)  # stays clean, and is not chosen again
+            rows = np.flatnonzero((labels[: len(source)] == copied) & original)
+            new = len(names)
+            name = f"{names[copied]}~"
+            while name in names:
+                name += "~"
+            names.append(name)
+            kinds.append(kind)
+            origin.append(copied)
+            taken.add(new)
+            added_images.append(images[rows].copy())
+            added_labels.append(np.full(len(rows), new, np.int64))
+            added_ids += [f"planted/duplicate/{number}/{ids[i]}" for i in rows]
+    n_added = sum(len(a) for a in added_labels)
+    if n_added:
+        images = np.concatenate([images, *added_images])
+        labels = np.concatenate([labels, *added_labels])
+    dataset = ImageDataset(name=source.name if source.name.endswith("+planted") else f"{source.name}+planted",
+                           images=images, labels=labels, class_names=tuple(names),
+                           example_ids=tuple(ids) + tuple(added_ids))
+    extend = lambda a, fill: np.concatenate([a, np.full(n_added, fill, a.dtype)])  # noqa: E731
+    return PlantedSource(
+        dataset=dataset, leak_target=extend(planted.leak_target, -1), decoy_target=extend(planted.decoy_target, -1),
+        near_copy=extend(planted.near_copy, False), flipped=extend(planted.flipped, False),
+        original_labels=np.concatenate([planted.original_labels, labels[len(source):]]).astype(np.int64),
+        harm_kind=tuple(kinds), harm_from=np.array(origin, np.int64))

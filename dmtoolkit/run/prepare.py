@@ -125,9 +125,10 @@ def build_run_data(recipe: Recipe) -> RunData:
     src, tgt = recipe.source, recipe.target
     assert src is not None and tgt is not None  # the recipe validator requires them without own_data
     planting = recipe.planting
-    if src.beton_train and (planting.leaks or planting.decoys or planting.flip_fraction):
+    if src.beton_train and planting.active:
         raise DataError("source: planting adds or relabels images a source beton does not hold; "
-                        "set planting leaks, decoys and flip_fraction to 0 with beton_train, or plant before writing the beton")
+                        "set planting leaks, decoys and flip_fraction to 0 and leave out planting.harmful with "
+                        "beton_train, or plant before writing the beton")
     source_train, source_test = _load(src, "source")
     target_train, target_test = _load(tgt, "target")
     pool = _cap(_cap_per_class(source_train, src.max_per_class, src.seed), src.train_size, src.seed, 2)
@@ -139,11 +140,12 @@ def build_run_data(recipe: Recipe) -> RunData:
         "target_train": target_train.fingerprint, "target_test": target_test.fingerprint,
     }
     planted = None
-    if planting.leaks or planting.decoys or planting.flip_fraction:
-        result = plant(pool, target_train_used, target_test_used, planting)
+    if planting.active:
+        # conflict classes draw from the whole target train split (never test): the head's share is too small
+        result = plant(pool, target_train_used, target_test_used, planting, harm_pool=target_train)
         pool = result.dataset
         planted = Planted(result.leak_target, result.decoy_target, result.near_copy, result.flipped,
-                          result.original_labels)
+                          result.original_labels, result.harm_kind, result.harm_from)
     fingerprints["source_pool"] = pool.fingerprint
     notes = (conversion_notes("source", source_train, source_test) + conversion_notes("target", target_train, target_test)
              + trainer_notes(recipe, source_train, target_test))

@@ -1,0 +1,301 @@
+"""Planted harmful source classes (issue 34): do they hurt, does `recommend` find them, does removing them pay?
+
+Three steps, each calling the library (recipe overrides, `build_run_data`, `train_masks`, `train_store`,
+`compute_influence`, `recommend_removal`); every figure is printed and written to OUT/harm-STEP.json.
+
+check   On the DEVELOPMENT seed (planting seed 0), retrain the full planted source and the source without each
+        planted class (and without all of them), R repeats (training seed = recipe's + 1 + r, the same for every
+        row of a repeat, so each difference is paired); the accuracy change on the whole target test set with
+        its 95% t interval. A kind is used as ground truth only if removing it gains (interval above 0).
+power   On FRESH seeds (planting, subset and training seed all = s, s >= 1): one influence store with the
+        shipped recipe's design plus the planting, trained in steps to each model count; at each count the class
+        influences (difference of means) and `recommend_removal` (validation half, evidence gate at FDR 5%):
+        where the planted classes rank, recall of the flagged classes, clean classes flagged, CPU-minutes.
+loop    On the same fresh stores at the largest count: `recommend`'s chosen set retrained against the full
+        source and against removing as many random classes (fresh per repeat), R repeats; the gain on the test
+        half (never used by `recommend`) with its 95% interval, beside the gain `recommend` predicted.
+
+    nice -n 5 .venv/bin/python benchmarks/harm_study.py check --out /work/runs/harm --repeats 10
+    nice -n 5 .venv/bin/python benchmarks/harm_study.py power --out /work/runs/harm --seeds 1,2,3 --models 128,256,512
+    nice -n 5 .venv/bin/python benchmarks/harm_study.py loop --out /work/runs/harm --seeds 1,2,3 --repeats 10
+    (add --target fashion-mnist to any step for the fashion-mnist target)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+from scipy import stats
+
+from dmtoolkit.analyze.recommend import predicted_removal_change, recommend_removal, removal_ranking
+from dmtoolkit.analyze.retrain import train_masks
+from dmtoolkit.estimate import compute_influence
+from dmtoolkit.estimate.files import load_estimate
+from dmtoolkit.recipe import RECIPES_DIR, Recipe, load_recipe
+from dmtoolkit.recipe_overrides import apply_overrides
+from dmtoolkit.run.driver import train_store
+from dmtoolkit.run.executors import make_executor
+from dmtoolkit.run.prepare import build_run_data
+from dmtoolkit.store import RunData, RunStore, create_store
+
+KINDS = ["conflict", "noise", "shuffled", "duplicate"]
+DEV_SEED = 0
+
+
+def study_recipe(seed: int, kinds: list[str], target: str = "mnist5k", models: int | None = None,
+                 extra: dict[str, Any] | None = None) -> Recipe:
+    """The shipped recipe plus harmful classes planted with `seed` (also the subset and training seed)."""
+    overrides: dict[str, Any] = {"planting.seed": seed, "planting.harmful": {"kinds": kinds, **(extra or {})},
+                                 "subsets.seed": seed, "training.seed": seed}
+    if target != "mnist5k":
+        overrides.update({"target.dataset": target, "planting.copy_labels": "by-index"})
+    if models is not None:
+        overrides["subsets.models"] = models
+    return apply_overrides(load_recipe(RECIPES_DIR / "glyphs-to-mnist.yaml"), overrides, origin="harm study")
+
+
+def interval(values: np.ndarray) -> dict[str, float]:
+    """Mean, sd, standard error and 95% t interval over repeats."""
+    values = np.asarray(values, np.float64)
+    n = len(values)
+    mean, sd = float(values.mean()), float(values.std(ddof=1)) if n > 1 else 0.0
+    half = float(stats.t.ppf(0.975, n - 1) * sd / np.sqrt(n)) if n > 1 else float("nan")
+    return {"mean": mean, "sd": sd, "se": sd / np.sqrt(n), "low": mean - half, "high": mean + half}
+
+
+def ci(x: dict[str, float]) -> str:
+    return f"{x['mean']:+.4f} [{x['low']:+.4f}, {x['high']:+.4f}]"
+
+
+def retrain(recipe: Recipe, data: RunData, masks: np.ndarray, repeat: int, columns: np.ndarray | None = None,
+            workers: int = 1, margins_too: bool = False) -> Any:
+    """Target accuracy (on `columns`, default all) of one model per mask row, repeat `repeat`'s training seed
+    (with `margins_too`, also the mean margin per row)."""
+    results = train_masks(recipe, data, masks, seed=recipe.subsets.seed + 1000 + repeat, repeat=repeat + 1,
+                          device="cpu", executor=lambda: make_executor("local", workers, "cpu"))
+    margins = np.stack([r.margins for r in results])
+    if columns is not None:
+        margins = margins[:, columns]
+    return ((margins > 0).mean(1), margins.mean(1)) if margins_too else (margins > 0).mean(1)
+
+
+# --- check -----------------------------------------------------------------------------------------
+def check(repeats: int, kinds: list[str], extra: dict[str, Any], target: str, workers: int) -> dict[str, Any]:
+    recipe = study_recipe(DEV_SEED, kinds, target, extra=extra)
+    data = build_run_data(recipe)
+    assert data.planted is not None
+    harmful = data.planted.harmful_classes
+    names = data.source_class_names
+    P = len(names)
+    rows = np.ones((len(harmful) + 2, P), bool)  # full, without each planted class, without all of them
+    for i, k in enumerate(harmful):
+        rows[1 + i, k] = False
+    rows[-1, harmful] = False
+    started = time.perf_counter()
+    acc = np.stack([retrain(recipe, data, rows, r, workers=workers) for r in range(repeats)])
+    minutes = (time.perf_counter() - started) / 60
+    result = {"seed": DEV_SEED, "target": target, "repeats": repeats, "overrides": extra, "full": interval(acc[:, 0]),
+              "minutes": minutes, "removed": []}
+    for i, k in enumerate(harmful):
+        gain = interval(acc[:, 1 + i] - acc[:, 0])
+        result["removed"].append({"class": names[k], "kind": data.planted.harm_kind[k], "gain": gain,
+                                  "hurts": bool(gain["low"] > 0)})
+    result["all_removed"] = interval(acc[:, -1] - acc[:, 0])
+    result["mean_single_removal"] = interval(acc[:, 1:-1].mean(1) - acc[:, 0])  # per repeat, over planted classes
+    result["accuracy"] = acc.tolist()
+    print(f"check ({target}, development seed {DEV_SEED}, {repeats} repeats, {minutes:.1f} min): full planted source "
+          f"{ci(result['full'])}")
+    for row in result["removed"]:
+        print(f"  without {row['class']:>4} ({row['kind']:>9}): gain {ci(row['gain'])} "
+              f"{'HURTS' if row['hurts'] else 'not shown to hurt'}")
+    print(f"  without one planted class, mean over them: gain {ci(result['mean_single_removal'])}")
+    print(f"  without all planted: gain {ci(result['all_removed'])}")
+    return result
+
+
+# --- power -----------------------------------------------------------------------------------------
+def snapshot(store: Path, count: int, scratch: Path) -> Path:
+    """`store` as it was with its first `count` rows completed (a copy with the later completion flags cleared),
+    so an estimate fitted then still matches the store's content hash; `store` itself when it has no more."""
+    with RunStore(store) as run:
+        if len(run.completed_rows()) <= count:
+            return store
+    shutil.copyfile(store, scratch)
+    with h5py.File(scratch, "r+") as f:
+        f["completed"][count:] = False
+    return scratch
+
+
+def store_paths(out: Path, target: str, seed: int) -> tuple[Path, Path]:
+    tag = "" if target == "mnist5k" else f"-{target}"
+    return out / f"power{tag}-seed{seed}-runs.h5", out / f"power{tag}-seed{seed}"
+
+
+def power(out: Path, seeds: list[int], counts: list[int], kinds: list[str], extra: dict[str, Any], target: str,
+          workers: int) -> dict[str, Any]:
+    rows: list[dict[str, Any]] = []
+    for seed in seeds:
+        if seed == DEV_SEED:
+            raise SystemExit("power and loop use fresh seeds; seed 0 is the development seed")
+        recipe = study_recipe(seed, kinds, target, models=max(counts), extra=extra)
+        store, prefix = store_paths(out, target, seed)
+        if not store.exists():
+            create_store(store, recipe, build_run_data(recipe))
+        for count in sorted(counts):
+            with RunStore(store) as run:
+                missing = count - len(run.completed_rows())
+            if missing > 0:  # (limit counts rows to add, in whole groups, first pending first)
+                train_store(store, make_executor("local", workers, "cpu"), limit=missing, progress=False)
+            with RunStore(store) as run:
+                done = run.completed_rows()
+                done = done[done < count]  # (a later run re-analyses a grown store as it was at `count` models)
+                cpu_minutes = float(np.nansum(run.column("seconds")[done])) / 60
+                planted = run.planted()
+                names = run.source_class_names
+            assert planted is not None and len(done) >= count
+            estimate = Path(f"{prefix}-{count}-influence.h5")
+            if not estimate.exists():
+                compute_influence(store, estimate, device="cpu", holdout_frac=0.0)  # (held-out rows are whole blocks)
+            rec = recommend_removal(estimate, store=snapshot(store, count, out / "snapshot.h5"))
+            harmful = set(planted.harmful_classes.tolist())
+            flagged = {e.index for e in rec.removal_evidence if e.significant}
+            q = {e.index: e.q_value for e in rec.removal_evidence}
+            order = removal_ranking(load_estimate(estimate).matrix, np.array(rec.validation_columns)).tolist()
+            ranks = sorted(order.index(k) + 1 for k in harmful)
+            chosen = {names.index(n) for n in rec.chosen.removed}
+            row = {"seed": seed, "models": len(done), "cpu_minutes": cpu_minutes,
+                   "planted": {names[k]: planted.harm_kind[k] for k in sorted(harmful)},
+                   "ranks": ranks, "at_bottom": sum(r <= len(harmful) for r in ranks),
+                   "flagged": sorted(names[k] for k in flagged),
+                   "recall": len(flagged & harmful) / len(harmful),
+                   "clean_flagged": sorted(names[k] for k in flagged - harmful),
+                   "planted_q": [q.get(k) for k in sorted(harmful)],
+                   "clean_min_q": min((v for k, v in q.items() if k not in harmful and v is not None), default=None),
+                   "chosen": sorted(rec.chosen.removed), "chosen_recall": len(chosen & harmful) / len(harmful),
+                   "chosen_clean": len(chosen - harmful)}
+            rows.append(row)
+            print(f"{target} seed {seed}, {row['models']} models ({cpu_minutes:.1f} CPU-min): planted ranks "
+                  f"{ranks}, q {['%.3g' % v for v in row['planted_q'] if v is not None]}; flagged recall {row['recall']:.2f}, "
+                  f"smallest clean q {row['clean_min_q'] if row['clean_min_q'] is None else round(row['clean_min_q'], 3)}, clean flagged {row['clean_flagged'] or 'none'}; "
+                  f"recommend removes {row['chosen']}", flush=True)
+    summary = []
+    for count in sorted(counts):
+        at = [r for r in rows if r["models"] == count]
+        recall = np.array([r["recall"] for r in at])
+        summary.append({"models": count, "seeds": len(at),
+                        "cpu_minutes": float(np.mean([r["cpu_minutes"] for r in at])),
+                        "recall_mean": float(recall.mean()), "recall_min": float(recall.min()),
+                        "recall_max": float(recall.max()),
+                        "seeds_no_clean_flagged": sum(not r["clean_flagged"] for r in at),
+                        "seeds_goal_met": sum(r["recall"] >= 0.8 and not r["clean_flagged"] for r in at),
+                        "planted_in_bottom": float(np.mean([r["at_bottom"] / len(r["ranks"]) for r in at]))})
+        s = summary[-1]
+        print(f"{target} {count} models ({s['cpu_minutes']:.1f} CPU-min/seed): recall {s['recall_mean']:.2f} "
+              f"(min {s['recall_min']:.2f}, max {s['recall_max']:.2f}); no clean class flagged in "
+              f"{s['seeds_no_clean_flagged']}/{s['seeds']} seeds; goal met in {s['seeds_goal_met']}/{s['seeds']}; "
+              f"planted classes in the bottom {len(kinds)}: {s['planted_in_bottom']:.2f}")
+    return {"target": target, "kinds": kinds, "overrides": extra, "rows": rows, "summary": summary}
+
+
+# --- loop ------------------------------------------------------------------------------------------
+def loop(out: Path, seeds: list[int], count: int, repeats: int, target: str, workers: int) -> dict[str, Any]:
+    rows = []
+    for seed in seeds:
+        store, prefix = store_paths(out, target, seed)
+        estimate = Path(f"{prefix}-{count}-influence.h5")
+        if not estimate.exists():
+            raise SystemExit(f"{estimate} is missing: run `power` for seed {seed} with {count} models first")
+        rec = recommend_removal(estimate, store=store)
+        est = load_estimate(estimate)
+        with RunStore(store) as run:
+            recipe, data = run.recipe, run.run_data()
+            names = run.source_class_names
+        assert data.planted is not None
+        harmful = set(data.planted.harmful_classes.tolist())
+        chosen = np.array(sorted(names.index(n) for n in rec.chosen.removed), int)
+        k, P = len(chosen), len(names)
+        test = np.array(rec.test_columns)
+        if k == 0:
+            print(f"{target} seed {seed}: recommend removes nothing; no retraining")
+            rows.append({"seed": seed, "k": 0})
+            continue
+        rng = np.random.default_rng([seed, 7])
+        started = time.perf_counter()
+        acc, margin = [], []
+        for r in range(repeats):
+            masks = np.ones((4, P), bool)
+            masks[1, chosen] = False
+            masks[2, rng.choice(P, k, replace=False)] = False
+            masks[3, sorted(harmful)] = False  # the oracle: every planted class removed
+            a, m = retrain(recipe, data, masks, r, columns=test, workers=workers, margins_too=True)
+            acc.append(a)
+            margin.append(m)
+        acc, margin = np.array(acc), np.array(margin)
+        predicted = predicted_removal_change(est.matrix, est.intercept, chosen, test)
+        row = {"seed": seed, "k": k, "removed": sorted(rec.chosen.removed),
+               "planted_in_chosen": len(set(chosen.tolist()) & harmful), "planted": len(harmful),
+               "full": interval(acc[:, 0]), "gain": interval(acc[:, 1] - acc[:, 0]),
+               "random_gain": interval(acc[:, 2] - acc[:, 0]), "vs_random": interval(acc[:, 1] - acc[:, 2]),
+               "oracle_gain": interval(acc[:, 3] - acc[:, 0]),
+               "predicted_validation_gain": rec.chosen.predicted_accuracy_change,
+               "predicted_test_gain": predicted[1] - predicted[2],
+               "predicted_margin_change": predicted[0], "margin_change": interval(margin[:, 1] - margin[:, 0]),
+               "oracle_margin_change": interval(margin[:, 3] - margin[:, 0]),
+               "predicted_oracle_margin_change": predicted_removal_change(
+                   est.matrix, est.intercept, np.array(sorted(harmful)), test)[0],
+               "predicted_oracle_gain": float(np.subtract(*predicted_removal_change(
+                   est.matrix, est.intercept, np.array(sorted(harmful)), test)[1:])),
+               "minutes": (time.perf_counter() - started) / 60}
+        row["gain_over_2se"] = bool(row["gain"]["mean"] > 2 * row["gain"]["se"])
+        rows.append(row)
+        print(f"{target} seed {seed}: recommend removes {k} ({row['planted_in_chosen']}/{len(harmful)} planted); "
+              f"predicted test gain {row['predicted_test_gain']:+.4f}; retrained gain {ci(row['gain'])} "
+              f"({'>' if row['gain_over_2se'] else '<='} 2 SE); mean margin predicted {row['predicted_margin_change']:+.4f}, "
+              f"retrained {ci(row['margin_change'])}; random {k}: {ci(row['random_gain'])}; "
+              f"all planted removed: predicted {row['predicted_oracle_gain']:+.4f}, retrained {ci(row['oracle_gain'])} "
+              f"(mean margin predicted {row['predicted_oracle_margin_change']:+.4f}, retrained "
+              f"{ci(row['oracle_margin_change'])})", flush=True)
+    return {"target": target, "models": count, "repeats": repeats, "rows": rows}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("step", choices=("check", "power", "loop"))
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--seeds", default="1,2,3")
+    parser.add_argument("--models", default="128,256,512", help="power: model counts; loop: the largest is used")
+    parser.add_argument("--kinds", default=",".join(KINDS))
+    parser.add_argument("--images", type=int, default=None, help="planting.harmful.images (conflict strength)")
+    parser.add_argument("--noise-sd", type=float, default=None, help="planting.harmful.noise_sd")
+    parser.add_argument("--conflict-classes", type=int, default=None, help="planting.harmful.conflict_classes")
+    parser.add_argument("--target", default="mnist5k")
+    parser.add_argument("--workers", type=int, default=1)
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    kinds = [k for k in args.kinds.split(",") if k]
+    extra = {key: value for key, value in (("images", args.images), ("noise_sd", args.noise_sd),
+                                           ("conflict_classes", args.conflict_classes)) if value is not None}
+    seeds = [int(s) for s in args.seeds.split(",") if s]
+    counts = [int(c) for c in args.models.split(",") if c]
+    if args.step == "check":
+        result = check(args.repeats, kinds, extra, args.target, args.workers)
+    elif args.step == "power":
+        result = power(args.out, seeds, counts, kinds, extra, args.target, args.workers)
+    else:
+        result = loop(args.out, seeds, max(counts), args.repeats, args.target, args.workers)
+    tag = "" if args.target == "mnist5k" else f"-{args.target}"
+    path = args.out / f"harm-{args.step}{tag}.json"
+    previous = json.loads(path.read_text()) if path.exists() else []
+    path.write_text(json.dumps((previous if isinstance(previous, list) else [previous]) + [result], indent=2))
+
+
+if __name__ == "__main__":
+    main()
