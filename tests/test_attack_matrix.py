@@ -305,12 +305,21 @@ def _dying_trainer(folder: Path) -> None:
     assert done.returncode == 0, done.stderr
 
 
+def _imported_example_store(folder: Path) -> None:
+    from dmtoolkit.store_import import ImportArrays, import_store
+
+    import_store(folder / "imp.h5", ImportArrays(masks=np.load(folder / "masks.npy"),
+                                                 margins=np.load(folder / "margins.npy")), kind="example")
+
+
 # inputs that are costly to read or run: each its own row
 SPECIAL = [
     Attack("init/alias-bomb", ["init", "{d}/bomb.yaml", "{d}/new.h5"], "YAML aliases are not allowed in recipes",
            setup=_alias_bomb),
     Attack("store-import/huge-label", ["store", "import", "-o", "{d}/new.h5", "--npz", "{d}/in.npz"],
            "target labels hold class index 1000000000", setup=_huge_labels),
+    *(Attack(f"{name}/imported-store", [name, "{d}/imp.h5", "-o", "{d}/new.h5"], "an imported store has no recipe",
+             setup=_imported_example_store) for name in ("gradient", "replay")),
     Attack("train/trainer-exits", ["train", "{d}/dies.h5", "--workers", "1", "--quiet"],
            "died on row 2: its worker process exited with code 0", subprocess=True, setup=_dying_trainer,
            trains="dies.h5"),

@@ -419,10 +419,7 @@ class GradientEstimator(Estimator):
         from dmtoolkit.train.job import BuiltinTrainer, RunContext
 
         with RunStore(self.store_path) as store:
-            if store.imported:
-                raise UserError(f"{self.store_path}: an imported store has no recipe or images to retrain source "
-                                "networks from; the gradient estimator needs a store made by `dmtoolkit init`")
-            recipe = store.recipe
+            recipe = store.recipe  # an imported store (no recipe, no images) is refused here, in one line
         if recipe.subsets.kind != "example":
             raise UserError(f"{self.store_path}: the gradient estimator needs an example-level run store "
                             f"(this one is {recipe.subsets.kind}-level)")

@@ -490,10 +490,7 @@ class ReplayEstimator(Estimator):
         from dmtoolkit.train.job import RunContext
 
         with RunStore(self.store_path) as store:
-            if store.imported:
-                raise UserError(f"{self.store_path}: an imported store has no recipe or images to replay training "
-                                "from; the replay estimator needs a store made by `dmtoolkit init`")
-            recipe = store.recipe
+            recipe = store.recipe  # an imported store (no recipe, no images) is refused here, in one line
         check_replayable(recipe, str(self.store_path))
         return RunContext.from_store(self.store_path, self.device)
 
