@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -291,12 +292,19 @@ HOLDOUT_OPTION = click.option("--holdout-frac", type=click.FloatRange(min=0, max
                               show_default=True, help="Fraction of completed models held out from fitting and "
                               "from choosing any setting; `dmtoolkit evaluate` scores them.")
 TARGETS_OPTION = click.option("--targets", help="Fit only target examples A:B (split big jobs across processes).")
+RUNS_ARGUMENT = click.argument("store_path", metavar="RUNS.h5", type=click.Path(dir_okay=False, path_type=Path))
+OVERWRITE_OPTION = click.option("--force", is_flag=True, help="Overwrite an existing output.")
+
+
+def estimate_output(name: str) -> Callable:
+    """The `-o ESTIMATE.h5` option every estimator command takes."""
+    return click.option("-o", "--output", "out_path", required=True,
+                        type=click.Path(dir_okay=False, path_type=Path), help=f"{name} to write.")
 
 
 @cli.command()
-@click.argument("store_path", metavar="RUNS.h5", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("-o", "--output", "out_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="INFLUENCE.h5 to write.")
+@RUNS_ARGUMENT
+@estimate_output("INFLUENCE.h5")
 @DEVICE
 @click.option("--block-rows", type=click.IntRange(min=1), default=estimate_options.BLOCK_ROWS, show_default=True,
               help="Models read per block (stores larger than memory stream through).")
@@ -308,7 +316,7 @@ TARGETS_OPTION = click.option("--targets", help="Fit only target examples A:B (s
 @click.option("--errors/--no-errors", default=True, show_default=True,
               help="Standard errors per entry (--no-errors halves the arithmetic; no `stderr` dataset).")
 @TARGETS_OPTION
-@click.option("--force", is_flag=True, help="Overwrite an existing output.")
+@OVERWRITE_OPTION
 def influence(store_path: Path, out_path: Path, device: str, block_rows: int, holdout_frac: float, seed: int,
               estimator: str, errors: bool, targets: str | None, force: bool) -> None:
     """Influence of every unit (class or example) on every target example (difference of means by default).
@@ -330,9 +338,8 @@ def influence(store_path: Path, out_path: Path, device: str, block_rows: int, ho
 
 
 @cli.command()
-@click.argument("store_path", metavar="RUNS.h5", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("-o", "--output", "out_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="DATAMODELS.h5 to write.")
+@RUNS_ARGUMENT
+@estimate_output("DATAMODELS.h5")
 @DEVICE
 @TARGETS_OPTION
 @click.option("--lambdas", type=click.IntRange(min=1), default=estimate_options.N_LAMBDAS, show_default=True,
@@ -346,7 +353,7 @@ def influence(store_path: Path, out_path: Path, device: str, block_rows: int, ho
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the test and validation splits.")
 @click.option("--block-rows", type=click.IntRange(min=1), default=estimate_options.DATAMODELS_BLOCK_ROWS,
               show_default=True, help="Models read per pass of the lasso's sufficient statistics.")
-@click.option("--force", is_flag=True, help="Overwrite an existing output.")
+@OVERWRITE_OPTION
 def datamodels(store_path: Path, out_path: Path, device: str, targets: str | None, lambdas: int, eps: float,
                val_frac: float, holdout_frac: float, seed: int, block_rows: int, force: bool) -> None:
     """Sparse linear datamodels (lasso path, λ chosen on held-out models) for every target example.
@@ -364,9 +371,8 @@ def datamodels(store_path: Path, out_path: Path, device: str, targets: str | Non
 
 
 @cli.command()
-@click.argument("store_path", metavar="RUNS.h5", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("-o", "--output", "out_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="GRADIENT.h5 to write.")
+@RUNS_ARGUMENT
+@estimate_output("GRADIENT.h5")
 @DEVICE
 @TARGETS_OPTION
 @click.option("--models", type=click.IntRange(min=0), default=estimate_options.GRADIENT_MODELS, show_default=True,
@@ -389,7 +395,7 @@ def datamodels(store_path: Path, out_path: Path, device: str, targets: str | Non
                    "models_per_batch x the training), or alone (faster; float differences can grow in long training).")
 @HOLDOUT_OPTION
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the held-out split and of the rows drawn.")
-@click.option("--force", is_flag=True, help="Overwrite an existing output.")
+@OVERWRITE_OPTION
 def gradient(store_path: Path, out_path: Path, device: str, targets: str | None, models: int, full_models: int,
              proj_dim: int, projection: str, proj_seed: int, lam: float, head: str, kernel: str, whole_groups: bool,
              holdout_frac: float, seed: int, force: bool) -> None:
@@ -414,9 +420,8 @@ def gradient(store_path: Path, out_path: Path, device: str, targets: str | None,
 
 
 @cli.command()
-@click.argument("store_path", metavar="RUNS.h5", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("-o", "--output", "out_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="REPLAY.h5 to write.")
+@RUNS_ARGUMENT
+@estimate_output("REPLAY.h5")
 @DEVICE
 @TARGETS_OPTION
 @click.option("--point", default="centre", show_default=True,
@@ -429,7 +434,7 @@ def gradient(store_path: Path, out_path: Path, device: str, targets: str | None,
               help="Targets (reverse) or source examples (forward) sharing one sweep (memory grows with it).")
 @HOLDOUT_OPTION
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the held-out split.")
-@click.option("--force", is_flag=True, help="Overwrite an existing output.")
+@OVERWRITE_OPTION
 def replay(store_path: Path, out_path: Path, device: str, targets: str | None, point: str, mode: str, double: bool,
            chunk: int, holdout_frac: float, seed: int, force: bool) -> None:
     """Exact derivative of every transferred margin w.r.t. every source example's weight (example-level stores).
