@@ -7,10 +7,7 @@ from pathlib import Path
 
 from dmtoolkit.errors import UserError
 from dmtoolkit.paths import check_input_file
-
-
-def size_text(limit: int) -> str:
-    return f"{limit / (1 << 20):g} MiB" if limit >= 1 << 20 else f"{limit / 1024:g} KiB"
+from dmtoolkit.resources import format_bytes
 
 
 def read_text_input(path: str | Path, what: str, *, limit: int, error: type[Exception] = UserError) -> str:
@@ -26,7 +23,7 @@ def read_text_input(path: str | Path, what: str, *, limit: int, error: type[Exce
     except OSError as failure:
         raise error(f"{path}: cannot read the {what} ({failure.strerror or failure})") from None
     if len(raw) > limit:
-        raise error(f"{path}: larger than the {size_text(limit)} a {what} may be; give the {what} itself")
+        raise error(f"{path}: larger than the {format_bytes(limit)} a {what} may be; give the {what} itself")
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as failure:

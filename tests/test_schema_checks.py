@@ -279,7 +279,7 @@ def test_anchors_without_aliases_and_ordinary_recipes_still_load(tmp_path: Path)
 
 @pytest.mark.parametrize(("content", "message"), [
     ("name: caf\u00e9\n".encode("latin-1"), "r.yaml: not UTF-8 text (byte 0xe9 at line 1); save the recipe as UTF-8"),
-    (b"name: x\n" + b"#" * MAX_RECIPE_BYTES, "r.yaml: larger than the 1 MiB a recipe may be"),
+    (b"name: x\n" + b"#" * MAX_RECIPE_BYTES, "r.yaml: larger than the 64 MiB a recipe may be"),
 ])
 def test_non_utf8_and_oversized_recipes_are_one_line(tmp_path: Path, content: bytes, message: str) -> None:
     (tmp_path / "r.yaml").write_bytes(content)
@@ -449,3 +449,16 @@ def test_datamodels_refuses_units_squared_beyond_memory(originals: Path, tmp_pat
     _refused(folder, ["datamodels", "{d}/runs.h5", "-o", "{d}/new.h5", "--targets", "0:1"],
              "datamodels with 6 units needs about 456 B of memory, more than the 400 B available; use a "
              "class-level store, or the difference-of-means estimator (`dmtoolkit influence`)")
+
+
+def test_a_large_own_data_recipe_parses_from_a_store() -> None:
+    """A trainer's own data may name 200,000 units (a 2.5 MB recipe): the store's own recipe text is parsed whatever
+    its size (files are bounded where they are read, at 64 MiB)."""
+    import yaml
+
+    names = [f"example-{i:06d}" for i in range(200_000)]
+    text = yaml.safe_dump({"name": "big", "trainer": "mymod:train",
+                           "subsets": {"kind": "example", "alpha": 0.5, "models": 4, "seed": 0},
+                           "own_data": {"unit_names": names, "target_labels": [0, 1]}})
+    assert len(text) > 2 << 20
+    assert parse_recipe_text(text, origin="store").own_data.unit_names[-1] == "example-199999"
