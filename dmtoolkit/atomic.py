@@ -32,11 +32,11 @@ from pathlib import Path
 
 import h5py
 
-from dmtoolkit.errors import OutputError
+from dmtoolkit.errors import LockError, OutputError
 from dmtoolkit.lock import WriterLock, lock_path_for
 from dmtoolkit.paths import describe_file
 
-__all__ = ["STALE_AFTER_SECONDS", "TEMP_MARK", "already_exists", "check_output", "refuse_overwrite",
+__all__ = ["STALE_AFTER_SECONDS", "TEMP_MARK", "already_exists", "check_output",
            "remove_stale_temps", "replacing", "temp_path_for", "write_atomic", "write_bytes_atomic",
            "write_text_atomic"]
 
@@ -125,7 +125,14 @@ def _output_lock(target: Path) -> Iterator[None]:
     processes, accepted for outputs no training run was using.)"""
     lock = WriterLock(target)
     existed = lock.lock_path.exists()
-    lock.acquire()
+    try:
+        lock.acquire()
+    except LockError as error:
+        if target.suffix == ".h5":  # a run store a training run holds: the lock's own words say so
+            raise
+        holder = str(error).partition("(")[2].rpartition(")")[0] or "another process"
+        raise OutputError(f"{target}: another dmtoolkit process is writing it ({holder}); wait for it to finish "
+                          "or stop it, then retry") from None
     try:
         yield
     finally:
@@ -150,11 +157,6 @@ def check_output(out: PathLike, *, force: bool, inputs: Iterable[PathLike | None
     return target
 
 
-def refuse_overwrite(out_path: PathLike, force: bool) -> None:
-    """`check_output` without inputs (kept for callers that have none)."""
-    check_output(out_path, force=force)
-
-
 def temp_path_for(target: Path, suffix: str = ".tmp") -> Path:
     """The temporary beside `target` this process writes: `.NAME.dmtoolkit-tmp.HOST.PID.SUFFIX`."""
     return target.with_name(f".{target.name}.{TEMP_MARK}.{_host()}.{os.getpid()}{suffix}")
@@ -175,7 +177,8 @@ def remove_stale_temps(target: PathLike, *, now: float | None = None) -> list[Pa
 
     A temporary `.NAME.dmtoolkit-tmp.HOST.PID.SUFFIX` is stale when HOST is this host and PID no longer runs,
     or (any host) when it was last modified more than `STALE_AFTER_SECONDS` ago. Temporaries of earlier
-    versions (`.NAME.PID.tmp`, `.NAME.PID.tmp.npz`, `.NAME.PID.merge.h5`) follow the PID rule.
+    versions (`.NAME.PID.tmp`, `.NAME.PID.tmp.npz`, `.NAME.PID.merge.h5`) name no host, so only the age rule
+    removes them (their PID may be a live process on another host sharing the folder).
     """
     target = Path(target)
     folder = target.parent if str(target.parent) else Path(".")
@@ -198,10 +201,10 @@ def remove_stale_temps(target: PathLike, *, now: float | None = None) -> list[Pa
             continue
         if not stat.S_ISREG(st.st_mode):
             continue
-        host, pid = match["host"] or _host(), int(match["pid"] or match["old"])
+        host, pid = match["host"], int(match["pid"] or match["old"])
         if pid == os.getpid() and host == _host():
             continue
-        dead = host == _host() and not _alive(pid)
+        dead = host == _host() and not _alive(pid)  # host None (an old name): never judged by its PID
         if dead or now - st.st_mtime > STALE_AFTER_SECONDS:
             path.unlink(missing_ok=True)
             lock_path_for(path).unlink(missing_ok=True)  # a temporary run store may have had its lock file

@@ -181,14 +181,17 @@ def test_stale_temporaries_are_removed_and_live_ones_kept(tmp_path: Path) -> Non
     live = tmp_path / f".runs.h5.{atomic.TEMP_MARK}.{host}.{os.getppid()}.tmp"
     old_elsewhere = tmp_path / f".runs.h5.{atomic.TEMP_MARK}.otherhost.1.tmp"
     fresh_elsewhere = tmp_path / f".runs.h5.{atomic.TEMP_MARK}.otherhost.2.tmp"
-    legacy = tmp_path / f".runs.h5.{_dead_pid()}.tmp"
+    legacy = tmp_path / f".runs.h5.{_dead_pid()}.tmp"          # an earlier version's name: no host in it
+    old_legacy = tmp_path / f".runs.h5.{_dead_pid()}.merge.h5"
     unrelated = tmp_path / ".other.h5.dmtoolkit-tmp.x.1.tmp"
-    for path in (dead, live, old_elsewhere, fresh_elsewhere, legacy, unrelated):
+    for path in (dead, live, old_elsewhere, fresh_elsewhere, legacy, old_legacy, unrelated):
         path.write_bytes(b"x" * 10)
     day_ago = time.time() - STALE_AFTER_SECONDS - 60
     os.utime(old_elsewhere, (day_ago, day_ago))
-    assert sorted(remove_stale_temps(out)) == sorted([dead, old_elsewhere, legacy])
-    assert live.exists() and fresh_elsewhere.exists() and unrelated.exists()
+    os.utime(old_legacy, (day_ago, day_ago))
+    assert sorted(remove_stale_temps(out)) == sorted([dead, old_elsewhere, old_legacy])
+    # a fresh host-less temporary may belong to a live writer on another host sharing the folder: kept
+    assert live.exists() and fresh_elsewhere.exists() and legacy.exists() and unrelated.exists()
 
 
 def test_a_kill_9_during_store_import_leaves_a_temporary_the_next_import_removes(
@@ -467,3 +470,13 @@ def test_the_lock_is_the_files_whichever_link_names_it(case: dict[str, Path], tm
     _fails(["store", "import", "-o", link, "--masks", case["masks"], "--margins", case["margins"], "--force"],
            LOCK_MESSAGE, lock=real)
     assert _digest(real) == before and link.is_symlink()
+
+
+def test_a_locked_output_that_is_not_a_store_is_named_as_a_file_being_written(tmp_path: Path) -> None:
+    """--force on a page another process is writing: the line speaks of that file, not of a store."""
+    out = tmp_path / "page.html"
+    out.write_text("old")
+    with WriterLock(out), pytest.raises(OutputError, match=r"page.html: another dmtoolkit process is writing it "
+                                                           r"\(pid \d+ on host"):
+        atomic.write_text_atomic(out, "new", force=True)
+    assert out.read_text() == "old"
