@@ -312,7 +312,8 @@ def evaluate(store_path: str | Path, estimate_path: str | Path, *, block_rows: i
         predicted, actual = np.concatenate(predicted), np.concatenate(actual)
         lds, mean, median = summarise_lds(predicted, actual)
         interval = bootstrap_lds_interval(predicted, actual, units, draws=draws) if mean is not None else None
-        weak = mean is not None and (mean < LDS_USEFUL or interval is None or interval[0] <= 0)
+        # no interval means fewer than 3 held-out units: a curve's paired gain could not be judged either
+        weak = mean is not None and interval is not None and (mean < LDS_USEFUL or interval[0] <= 0)
         fitted = len(np.union1d(est.fit_rows, est.selection_rows))
         found, note = None, ""
         if curve is False or (curve is None and not weak):
