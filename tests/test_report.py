@@ -323,6 +323,11 @@ def test_trust_answer_says_what_a_small_store_needs() -> None:
                                                  (0.25, 0.37), 200)])
     assert answer.tone == "good" and answer.caveats == ()
     assert ("influence.h5: LDS (influence)", "+0.31 [+0.25, +0.37]", "200 held-out models") in answer.rows
+    faint = EstimateTrust("ex.h5", "example", "influence", "runs.h5", 0.06, (0.02, 0.10), 40,
+                          verdict="verdict: weak (LDS 0.060 [0.020, 0.100]): better than chance but predicts little")
+    answer = trust_answer([good], [faint])
+    assert answer.tone == "warn" and answer.verdict.startswith("Partly: ex.h5 predicts held-out models only weakly")
+    assert answer.caveats == ("ex.h5: weak (LDS 0.060 [0.020, 0.100]): better than chance but predicts little.",)
 
 
 def test_copies_lead_even_when_influence_finds_no_evidence() -> None:

@@ -105,6 +105,7 @@ class EstimateSection:
     images: list[tuple[str, str]] = field(default_factory=list)  # (caption, data URI)
     note_refs: list[int] = field(default_factory=list)  # numbers of this section's notes on the page
     store_name: str = ""  # file name of the run store found for it (to match its reliability)
+    has_errors: bool = False  # the estimate carries standard errors (its analyses can give intervals and flag)
 
     def attempt(self, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T | None:
         """Run one analysis; a failure becomes a note in the report instead of stopping it."""
@@ -192,12 +193,13 @@ def _estimate_section(path: Path, runs: list[Path], top: int, subpops: int) -> E
 
     est = load_estimate(path)
     section = EstimateSection(file=path.name, estimator=est.estimator, kind=est.kind,
-                              shape=tuple(est.matrix.shape), store=str(est.store_path))
+                              shape=tuple(est.matrix.shape), store=str(est.store_path),
+                              has_errors=est.stderr is not None)
     store = est.store_path if est.store_path is not None and est.store_path.exists() else None
     if store is None:  # the store may have moved together with the folder: match by name
         store = next((r for r in runs if est.store_path is not None and r.name == est.store_path.name), None)
     if est.kind == "class":
-        # the store the estimate names is found by rank itself (no intervals, with a note, if it changed since)
+        # the store the estimate names is found by rank itself (a stale estimate is refused, with a note)
         moved = None if store == est.store_path else store
         section.rank = section.attempt("rank", rank_classes, path, top=top, store=moved)
         section.recommend = section.attempt("recommend", recommend_removal, path, store=moved)
@@ -278,9 +280,7 @@ def _primary(sections: list[EstimateSection], attr: str) -> EstimateSection | No
     """The section whose `attr` result the summary answers from: the first with intervals (standard errors),
     else the first that has one at all."""
     having = [e for e in sections if getattr(e, attr) is not None]
-    with_errors = [e for e in having if e.estimator != "datamodels" and "no standard errors" not in
-                   str(getattr(getattr(e, attr), "interval_note", getattr(getattr(e, attr), "evidence", "")))]
-    return (with_errors or having or [None])[0]
+    return ([e for e in having if e.has_errors] or having or [None])[0]
 
 
 def _summary(estimates: list[EstimateSection], counterfactuals: list[CounterfactualSection],
@@ -311,7 +311,7 @@ def _summary(estimates: list[EstimateSection], counterfactuals: list[Counterfact
 
 def _sort_key(e: EstimateSection) -> tuple[int, int, str]:
     """Class level first; within a level, estimates with standard errors (the ones that can flag) first."""
-    return (0 if e.kind == "class" else 1, 1 if e.estimator == "datamodels" else 0, e.file)
+    return (0 if e.kind == "class" else 1, 0 if e.has_errors else 1, e.file)
 
 
 def build_report(directory: str | Path, out_dir: str | Path, *, top: int = 10, subpops: int = 3,

@@ -75,7 +75,7 @@ class Answer:
     def to_json(self) -> dict[str, Any]:
         return {"key": self.key, "question": self.question, "verdict": self.verdict, "tone": self.tone,
                 "header": list(self.header), "rows": [list(r) for r in self.rows], "evidence": list(self.evidence),
-                "caveats": list(self.caveats)}
+                "caveats": list(self.caveats), "notes": list(self.notes)}
 
 
 def signed(value: float | None, digits: int = 3) -> str:
@@ -297,7 +297,7 @@ def trust_answer(stores: Sequence[StoreTrust], estimates: Sequence[EstimateTrust
         elif not ok:  # leakage and mislabels flag per pair at their FDR; the mean ranking is for browsing
             caveats.append(f"{s.name}: the ranking of source examples by mean influence is not yet reproducible "
                            f"({_needed_text(s)}); flagged copies and mislabels rest on their own evidence (FDR).")
-    weak = []
+    weak, faint = [], []
     for e in estimates:
         if not e.evaluated:
             continue
@@ -305,7 +305,11 @@ def trust_answer(stores: Sequence[StoreTrust], estimates: Sequence[EstimateTrust
         rows.append((f"{e.file}: LDS ({e.estimator})", signed(e.lds, 2) + (f" {bracket(*e.interval, 2)}"
                                                                           if e.interval else ""),
                      f"{e.heldout_models} held-out models"))
-        tones.append("bad" if bad else "")
+        thin = not bad and e.verdict.startswith("verdict: weak")  # `evaluate`'s reading: better than chance, barely
+        tones.append("bad" if bad else "warn" if thin else "")
+        if thin:
+            faint.append(e.file)
+            caveats.append(f"{e.file}: {e.verdict.removeprefix('verdict: ')}.")
         if bad:
             weak.append(e.file)
             reading = e.verdict.removeprefix("verdict: ") or (f"LDS {signed(e.lds, 3)}: no better than chance")
@@ -325,9 +329,13 @@ def trust_answer(stores: Sequence[StoreTrust], estimates: Sequence[EstimateTrust
             + (f", about {models(st.needed.get('0.8'))} needed for 0.8" if st.needed.get("0.8") else "")
             for st in small) + "."
         tone = "warn"
+    elif faint:
+        verdict = (f"Partly: {', '.join(faint)} {'predicts' if len(faint) == 1 else 'predict'} held-out models only "
+                   "weakly; treat what rests on it as leads to check.")
+        tone = "warn"
     else:
         verdict = "Reasonably: " + ("the class ranking reproduces and " if any(st.kind == "class" for st in stores)
-                                    else "") + "every estimate predicts held-out models."
+                                    else "") + "every evaluated estimate predicts held-out models."
         tone = "good"
     evidence = ("Reliability: how well two halves of the models agree on the ranking, taken to the full "
                 "store. LDS: how well the estimate predicts models held out from fitting (0 = chance), with its 95% "
