@@ -462,3 +462,15 @@ def test_a_large_own_data_recipe_parses_from_a_store() -> None:
                            "own_data": {"unit_names": names, "target_labels": [0, 1]}})
     assert len(text) > 2 << 20
     assert parse_recipe_text(text, origin="store").own_data.unit_names[-1] == "example-199999"
+
+
+def test_the_stale_message_suggests_the_command_that_made_the_estimate() -> None:
+    from dmtoolkit.estimate.files import stale_estimate_message
+
+    def suggested(estimator: str) -> str:
+        return stale_estimate_message(Path("e.h5"), Path("r.h5"), "why", estimator).split("`")[1]
+
+    assert suggested("datamodels") == "dmtoolkit datamodels r.h5 -o e.h5 --force"
+    assert suggested("replay") == "dmtoolkit replay r.h5 -o e.h5 --force"
+    assert suggested("regression") == "dmtoolkit influence r.h5 -o e.h5 --estimator regression --force"
+    assert suggested("difference-of-means") == "dmtoolkit influence r.h5 -o e.h5 --force"

@@ -116,14 +116,20 @@ class Estimate:
                 return
             why = (f"content hash {self.store_hash[:12]}… recorded, {current[:12]}… now: another run, or more models "
                    "finished since")
-        raise StoreError(stale_estimate_message(self.path, store.path, why))
+        raise StoreError(stale_estimate_message(self.path, store.path, why, self.estimator))
 
 
-def stale_estimate_message(estimate: Path, store: Path, why: str) -> str:
-    """The one message for an estimate whose run store is not (or no longer) the one it was computed from."""
+def stale_estimate_message(estimate: Path, store: Path, why: str, estimator: str = "difference-of-means") -> str:
+    """The one message for an estimate whose run store is not (or no longer) the one it was computed from; the
+    command it suggests is the one that made this kind of estimate (so copying it keeps the estimator)."""
+    from dmtoolkit.estimate.registry import ESTIMATORS
+
+    entry = ESTIMATORS.get(estimator)
+    command = entry.command if entry else "influence"
+    chosen = f" --estimator {estimator}" if command == "influence" and estimator != "difference-of-means" else ""
     return (f"{estimate} was not computed from {store} in its current state ({why}); recompute the estimate from the "
-            f"store as it is now (e.g. `dmtoolkit influence {store} -o {estimate} --force`; or datamodels, gradient) "
-            "or pass the run store it came from")
+            f"store as it is now (`dmtoolkit {command} {store} -o {estimate}{chosen} --force`, with the settings you "
+            "used) or pass the run store it came from")
 
 
 def _put(group: h5py.Group, name: str, data: Any, meaning: str, axes: str, units: str) -> None:
