@@ -224,7 +224,7 @@ def test_leakage_finds_planted_pairs(example_files: dict, tmp_path: Path) -> Non
     # the evidence: both copies have significant influence and identical pixels, so both are flagged
     assert {(p.source, p.target) for p in result.flagged} == {(2, 4), (7, 1)}
     assert result.message.startswith("contamination: 2 source examples copy target test images (2 exact, 0 near)")
-    assert "influence confirms 2 of 2 at FDR 5%" in result.message
+    assert "influence confirms 2 of the 2 it covers at FDR 5%" in result.message
     leakage_figure(result, tmp_path / "pairs.png")
     assert (tmp_path / "pairs.png").read_bytes()[:4] == b"\x89PNG"
 

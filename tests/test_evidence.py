@@ -210,14 +210,14 @@ def test_copies_lead_every_output_when_the_estimate_has_no_evidence(tmp_path: Pa
     lines = out.output.splitlines()
     assert lines[0] == ("contamination: 2 source examples copy target test images (1 exact, 1 near): ex2 = target 4 "
                         "(exact copy), ex9 = target 6 (near copy); pixel evidence, no models needed; influence "
-                        "confirms 0 of 2 at FDR 5%")
+                        "confirms 0 of the 2 it covers at FDR 5%")
     assert lines[1] == "copies of target test images (2), from pixels:"
     assert lines[3].split()[:5] == ["ex2", "c2", "4", lines[3].split()[3], "1.000"] and "exact copy" in lines[3]
     assert lines[4].split()[:3] == ["ex9", "c9", "6"] and "near copy" in lines[4] and "do not confirm" in lines[4]
     assert lines[5] == "source example ids to remove: ex2, ex9"
     assert lines[6].startswith("pixel evidence needs no models: all 12 source examples were compared with all 10 "
                                "target test images")
-    assert lines[7].startswith("what the models add: influence evidence at FDR 5% confirms 0 of 2 copies")
+    assert lines[7].startswith("what the models add: influence evidence at FDR 5% confirms 0 of the 2 copies it can judge")
     assert "no evidence" not in out.output
     data = json.loads(CliRunner().invoke(cli, ["leakage", str(tmp_path / "influence.h5"), "--no-features",
                                                "--json"]).output)
@@ -311,7 +311,7 @@ def test_copies_are_flagged_and_look_alikes_are_not(planted: dict[str, Path]) ->
     assert LOOK_ALIKE in look_alikes and 5 not in {p.source for p in result.flagged}
     assert result.planted.precision_at_k == 1.0 and result.planted.recall_at_k == 1.0 and result.planted.decoys_flagged == 0
     assert result.message.startswith("contamination: 2 source examples copy target test images (2 exact, 0 near)")
-    assert "influence confirms 2 of 2 at FDR 5%" in result.message and "3 more source examples" in result.message
+    assert "influence confirms 2 of the 2 it covers at FDR 5%" in result.message and "3 more source examples" in result.message
     assert sorted(result.removal_ids) == ["ex2", "ex7"]
     assert {(c.source, c.target) for c in result.copies} == set(LEAKS.items())
     assert all(c.exact and c.confirmed and c.pixel_score == pytest.approx(1.0) for c in result.copies)

@@ -419,11 +419,14 @@ def _leak_message(copies: tuple[SourceCopy, ...], look_alikes: int, fdr: float, 
         ids = list(dict.fromkeys(c.source_id for c in copies))
         shown = ", ".join(f"{c.source_id} = target {c.target} ({c.kind})" for c in copies[:5])
         more = f" and {len(copies) - 5} more" if len(copies) > 5 else ""
+        pairs = "" if len(ids) == len(copies) else f" in {len(copies)} pairs"
         line = (f"contamination: {_plural(len(ids), 'source example copies', 'source examples copy')} target test "
-                f"images ({exact} exact, {len(copies) - exact} near): {shown}{more}; pixel evidence, no models needed")
-        if has_evidence:
-            confirmed = sum(bool(c.confirmed) for c in copies)
-            line += f"; influence confirms {confirmed} of {len(copies)} at {fdr_phrase(fdr)}"
+                f"images{pairs} ({exact} exact, {len(copies) - exact} near): {shown}{more}; pixel evidence, no models "
+                "needed")
+        judged = [c for c in copies if c.confirmed is not None]  # pairs the estimate covers with a defined entry
+        if has_evidence and judged:
+            confirmed = sum(bool(c.confirmed) for c in judged)
+            line += f"; influence confirms {confirmed} of the {len(judged)} it covers at {fdr_phrase(fdr)}"
         if look_alikes:
             line += f"; {_plural(look_alikes, 'more source example', 'more source examples')} with significant influence"
             line += " but no near-duplicate pixels (look-alikes or altered copies)"
@@ -447,9 +450,10 @@ def _models_add(copies: tuple[SourceCopy, ...], look_alikes: int, fdr: float, ha
         return ("what the models add: nothing here, the estimate has no standard errors, so it can neither confirm "
                 "which copies the models learned from nor flag look-alikes and altered copies that pixels miss; fit "
                 f"`dmtoolkit influence` (difference of means or regression) for that{scope}")
-    confirmed = sum(bool(c.confirmed) for c in copies)
-    return (f"what the models add: influence evidence at {fdr_phrase(fdr)} confirms {confirmed} of "
-            f"{_plural(len(copies), 'copy', 'copies')} (the models learned from them) and flags "
+    judged = [c for c in copies if c.confirmed is not None]
+    confirmed = sum(bool(c.confirmed) for c in judged)
+    return (f"what the models add: influence evidence at {fdr_phrase(fdr)} confirms {confirmed} of the "
+            f"{_plural(len(judged), 'copy', 'copies')} it can judge (the models learned from them) and flags "
             f"{_plural(look_alikes, 'more source example', 'more source examples')} with significant influence but "
             f"no near-duplicate pixels: look-alikes, or non-identical leaks (augmented, re-rendered) that pixels "
             f"miss{scope}")

@@ -183,7 +183,7 @@ def _copy_table(copies: tuple[SourceCopy, ...], thresholded: bool) -> list[str]:
     for c in copies:
         influence = "         -" if c.influence is None else f"{c.influence:>+10.4f}"
         models = ("confirm (significant influence)" if c.confirmed else "do not confirm" if c.confirmed is False
-                  else "cannot tell (target not in the estimate)" if thresholded else "cannot tell (no standard errors)")
+                  else "cannot tell (no influence for this pair)" if thresholded else "cannot tell (no standard errors)")
         lines.append(f"  {c.source_id:<{width}} {c.source_label:<6} {c.target:>6} {c.target_label:<6} "
                      f"{c.pixel_score:>6.3f}  {c.kind:<10} {influence} {_p(c.q_value)}  {models}")
     return lines
