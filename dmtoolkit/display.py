@@ -116,3 +116,8 @@ def rows_of(entries: Sequence[Any], columns: Sequence[str], **extra: Any) -> lis
         data = entry.to_json()
         rows.append(tuple(extra.values()) + tuple(data[c] for c in columns))
     return rows
+
+
+def count_up(value: float) -> str:
+    """A number of models (or other whole things) needed, rounded up and grouped: 7627.4 -> "7,628"."""
+    return f"{int(-(-value // 1)):,}"

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from dmtoolkit.display import Displayable
+from dmtoolkit.display import Displayable, count_up
 from dmtoolkit.errors import UserError
 from dmtoolkit.estimate.fit import completed_rows, store_units
 from dmtoolkit.estimate.influence import UndefinedInfluenceWarning, influence_from_arrays
@@ -435,10 +435,6 @@ class StoreReliability:
                 "ranking": self.ranking.to_json(), "matrix": self.matrix.to_json(), "verdicts": self.verdicts}
 
 
-def _count(value: float) -> str:
-    return f"{int(-(-value // 1)):,}"
-
-
 def reliability_verdict(label: str, within: WithinStore) -> str:
     """Is `label` (e.g. "class ranking") reproducible at this store's size, and how many models would make it so.
 
@@ -465,7 +461,7 @@ def reliability_verdict(label: str, within: WithinStore) -> str:
     else:
         return f"the {label} is highly reproducible ({shown})"
     goal = "0.8" if full < TARGET_RELIABILITY else "0.9"
-    return verdict + ("" if needed[goal] is None else f"; about {_count(needed[goal])} models needed for {goal}")
+    return verdict + ("" if needed[goal] is None else f"; about {count_up(needed[goal])} models needed for {goal}")
 
 
 @dataclass(frozen=True)
@@ -511,7 +507,7 @@ def cross_verdict(label: str, cross: CrossRun) -> str:
     if cross.correlation <= 0:
         return agree + ": not reproducible, and too little agreement to extrapolate the models needed"
     goal = "0.8" if cross.correlation < TARGET_RELIABILITY else "0.9"
-    return agree + ("" if needed[goal] is None else f"; about {_count(needed[goal])} models per run needed for {goal}")
+    return agree + ("" if needed[goal] is None else f"; about {count_up(needed[goal])} models per run needed for {goal}")
 
 
 @dataclass(frozen=True, repr=False)

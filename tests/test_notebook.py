@@ -262,3 +262,13 @@ def test_dm_train_refuses_bad_arguments_in_one_line(folder_project: Path) -> Non
         dm.train("runs.h5", executor="slurm")
     with pytest.raises(dm.UserError, match="no such store"):
         dm.train("runs.h5", workers=1, progress=False)
+
+
+def test_dm_train_refuses_bad_settings_in_one_line(tmp_path: Path) -> None:
+    from dmtoolkit.errors import ParameterError
+
+    for settings, message in (({"timeout": 0}, "timeout must be a number of seconds > 0"),
+                              ({"address": "auto"}, "address needs executor='ray'"),
+                              ({"workers": 0}, "workers must be a whole number >= 1")):
+        with pytest.raises(ParameterError, match=message):
+            dm.train(tmp_path / "never-opened.h5", **settings)

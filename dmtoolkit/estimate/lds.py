@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 from scipy.stats import rankdata
 
-from dmtoolkit.display import Displayable
+from dmtoolkit.display import Displayable, count_up
 from dmtoolkit.errors import StoreError, UserError
 from dmtoolkit.estimate.base import linear_prediction
 from dmtoolkit.estimate.blocks import TargetColumns, row_blocks
@@ -102,10 +102,6 @@ class LdsCurve:
                 "needed": self.needed}
 
 
-def _models(value: float) -> str:
-    return f"{int(-(-value // 1)):,}"
-
-
 def lds_verdict(mean: float | None, interval: tuple[float, float] | None, curve: LdsCurve | None,
                 curve_note: str = "") -> str:
     """One line a practitioner can read: is the LDS better than chance, weak, moderate or useful, and (when it is
@@ -128,7 +124,7 @@ def lds_verdict(mean: float | None, interval: tuple[float, float] | None, curve:
     if not curve.rising:
         return (f"{head}; this store cannot tell how many models would be needed (LDS did not clearly rise from "
                 f"{curve.half_models:,} to {curve.full_models:,} fitting models): train several times more")
-    wanted = " and ".join(f"about {_models(n)} for {goal}" for goal, n in
+    wanted = " and ".join(f"about {count_up(n)} for {goal}" for goal, n in
                           ((goal, curve.needed[str(goal)]) for goal in LDS_GOALS if goal > mean) if n is not None)
     return (f"{head}; fitting models needed by this store's curve (a rough log-linear extrapolation): {wanted}")
 

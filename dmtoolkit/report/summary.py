@@ -19,6 +19,7 @@ from dmtoolkit.analyze.results import (
     MislabelReport,
     Recommendation,
 )
+from dmtoolkit.display import count_up
 
 SHOWN = 3  # classes each way, copies and mislabels listed on the first screen
 GOAL = 0.8  # the reliability the trust answer asks of a class ranking (the toolkit's goal, docs/signal.md)
@@ -88,7 +89,7 @@ def bracket(low: float | None, high: float | None, digits: int = 3) -> str:
 
 def models(value: float | None) -> str:
     """A number of models, rounded up as the CLI prints it (`dmtoolkit reliability`)."""
-    return "–" if value is None else f"{int(-(-value // 1)):,}"
+    return "–" if value is None else count_up(value)
 
 
 def negative_heading(effects: Sequence[ClassEffect]) -> str:

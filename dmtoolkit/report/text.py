@@ -23,7 +23,7 @@ from dmtoolkit.analyze.results import (
     SourceCopy,
     Subpopulation,
 )
-from dmtoolkit.display import register_text, type_name
+from dmtoolkit.display import count_up, register_text, type_name
 
 if TYPE_CHECKING:
     from dmtoolkit.estimate.lds import LdsResult
@@ -316,7 +316,7 @@ def _value(value: float | None, digits: int = 3) -> str:
 
 def _models(value: float | None) -> str:
     """Models needed, rounded up; "-" when no positive reliability allows an extrapolation."""
-    return "-" if value is None else f"{int(-(-value // 1)):,}"
+    return "-" if value is None else count_up(value)
 
 
 def _store_block(store: StoreReliability) -> list[str]:

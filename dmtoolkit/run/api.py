@@ -21,18 +21,23 @@ from dmtoolkit.store import RunStore
 
 def train(store: str | Path | RunStore, *, workers: int | None = None, limit: int | None = None,
           device: str | None = None, progress: bool = True, executor: str = DEFAULT_EXECUTOR,
-          address: str | None = None) -> TrainSummary:
+          address: str | None = None, timeout: float | None = None) -> TrainSummary:
     """Train, transfer and score the pending models of `store` (a path, or a `RunStore` whose path is used).
 
     workers: worker processes (default: the number of CPUs, as the CLI; 1 computes in this process);
     limit: stop after at least this many new models (whole batched groups); device: "cpu", "cuda", "cuda:1"
     or None / "auto"; progress: a progress bar on stderr; executor / address: as `dmtoolkit train
-    --executor --address` (e.g. "ray", "auto"). Returns the `TrainSummary` (written, already_done, remaining).
+    --executor --address` (e.g. "ray", "auto"); timeout: seconds per model before a worker is stopped, as
+    `--timeout` (None: the recipe's, if any). Returns the `TrainSummary` (written, already_done, remaining).
     Interrupting keeps the completed rows; calling it again resumes.
     """
     for name, value in (("workers", workers), ("limit", limit)):
         if value is not None and (not isinstance(value, int) or value < 1):
             raise ParameterError(f"{name} must be a whole number >= 1, got {value!r}")
+    if timeout is not None and not timeout > 0:
+        raise ParameterError(f"timeout must be a number of seconds > 0, got {timeout!r}")
+    if address and executor != "ray":
+        raise ParameterError("address needs executor='ray'")
     if executor not in EXECUTOR_NAMES:
         raise ParameterError(f"unknown executor {executor!r}; use one of: {', '.join(EXECUTOR_NAMES)}")
     path = Path(store.path if isinstance(store, RunStore) else store)
@@ -40,4 +45,5 @@ def train(store: str | Path | RunStore, *, workers: int | None = None, limit: in
     if executor != "ray" or not address:  # on a Ray cluster the workers' devices count, not the driver's
         resolve_device(device)
     workers = (os.cpu_count() or 1) if workers is None else workers
-    return train_store(path, make_executor(executor, workers, device, address), limit=limit, progress=progress)
+    return train_store(path, make_executor(executor, workers, device, address, timeout=timeout), limit=limit,
+                       progress=progress)

@@ -187,6 +187,4 @@ def make_executor(name: str, workers: int, device: str | None, address: str | No
                   timeout: float | None = None) -> Executor:
     """The executor registered as `name`, with `workers` slots on `device` (`address`: a cluster to join;
     `timeout`: seconds per model, in place of the recipe's `timeout`)."""
-    if timeout is None:  # an executor that knows no timeouts is built as before
-        return executor_class(name).from_options(workers, device, address)
     return executor_class(name).from_options(workers, device, address, timeout=timeout)

@@ -95,11 +95,11 @@ def train_store(path: str | Path, executor: Executor, *, limit: int | None = Non
                 for outcome in executor.run(path, queue):
                     attempts[outcome.group] = attempts.get(outcome.group, 0) + 1
                     if outcome.error is not None:
-                        if attempts[outcome.group] < 2 and getattr(outcome, "retry", True):
+                        if attempts[outcome.group] < 2 and outcome.retry:
                             retry.append(outcome.group)
                         else:
                             summary.failures[outcome.group] = outcome.error
-                            timed_out = timed_out or not getattr(outcome, "retry", True)
+                            timed_out = timed_out or not outcome.retry
                         continue
                     for result in outcome.results or []:
                         if completed[result.index]:
