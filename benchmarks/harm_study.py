@@ -32,11 +32,11 @@ from typing import Any
 
 import h5py
 import numpy as np
-from scipy import stats
 
 from dmtoolkit.analyze.recommend import predicted_removal_change, recommend_removal, removal_ranking
 from dmtoolkit.analyze.retrain import train_masks
 from dmtoolkit.estimate import compute_influence
+from dmtoolkit.estimate.calibration import interval_quantile
 from dmtoolkit.estimate.files import load_estimate
 from dmtoolkit.recipe import RECIPES_DIR, Recipe, load_recipe
 from dmtoolkit.recipe_overrides import apply_overrides
@@ -66,7 +66,7 @@ def interval(values: np.ndarray) -> dict[str, float]:
     values = np.asarray(values, np.float64)
     n = len(values)
     mean, sd = float(values.mean()), float(values.std(ddof=1)) if n > 1 else 0.0
-    half = float(stats.t.ppf(0.975, n - 1) * sd / np.sqrt(n)) if n > 1 else float("nan")
+    half = float(interval_quantile(0.95, n - 1) * sd / np.sqrt(n)) if n > 1 else float("nan")
     return {"mean": mean, "sd": sd, "se": sd / np.sqrt(n), "low": mean - half, "high": mean + half}
 
 

@@ -24,9 +24,9 @@ import json
 import h5py
 import numpy as np
 import torch
-from scipy.stats import spearmanr
 
 from dmtoolkit.estimate.files import load_estimate
+from dmtoolkit.estimate.lds import lds_per_target
 from dmtoolkit.estimate.replay import pipeline_margins, problem_from_trainer
 from dmtoolkit.train.job import RunContext
 
@@ -40,7 +40,8 @@ def _problem(store: str, est, dtype: torch.dtype):
 
 
 def _per_target_spearman(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.nanmean([spearmanr(a[:, j], b[:, j])[0] for j in range(a.shape[1])]))
+    """Mean LDS of prediction `a` against truth `b` (models x targets), as `dmtoolkit evaluate` scores it."""
+    return float(np.nanmean(lds_per_target(a, b)))
 
 
 def curve(store: str, path: str, draws: int, seed: int) -> dict:
