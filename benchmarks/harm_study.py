@@ -212,7 +212,8 @@ def loop(out: Path, seeds: list[int], count: int, repeats: int, target: str, wor
         estimate = Path(f"{prefix}-{count}-influence.h5")
         if not estimate.exists():
             raise SystemExit(f"{estimate} is missing: run `power` for seed {seed} with {count} models first")
-        rec = recommend_removal(estimate, store=store)
+        # the store as the estimate saw it (a later `power` run may have grown it past `count`)
+        rec = recommend_removal(estimate, store=snapshot(store, count, out / f"snapshot-{target}-{seed}.h5"))
         est = load_estimate(estimate)
         with RunStore(store) as run:
             recipe, data = run.recipe, run.run_data()
@@ -239,6 +240,7 @@ def loop(out: Path, seeds: list[int], count: int, repeats: int, target: str, wor
             margin.append(m)
         acc, margin = np.array(acc), np.array(margin)
         predicted = predicted_removal_change(est.matrix, est.intercept, chosen, test)
+        oracle = predicted_removal_change(est.matrix, est.intercept, np.array(sorted(harmful)), test)
         row = {"seed": seed, "k": k, "removed": sorted(rec.chosen.removed),
                "planted_in_chosen": len(set(chosen.tolist()) & harmful), "planted": len(harmful),
                "full": interval(acc[:, 0]), "gain": interval(acc[:, 1] - acc[:, 0]),
@@ -248,10 +250,8 @@ def loop(out: Path, seeds: list[int], count: int, repeats: int, target: str, wor
                "predicted_test_gain": predicted[1] - predicted[2],
                "predicted_margin_change": predicted[0], "margin_change": interval(margin[:, 1] - margin[:, 0]),
                "oracle_margin_change": interval(margin[:, 3] - margin[:, 0]),
-               "predicted_oracle_margin_change": predicted_removal_change(
-                   est.matrix, est.intercept, np.array(sorted(harmful)), test)[0],
-               "predicted_oracle_gain": float(np.subtract(*predicted_removal_change(
-                   est.matrix, est.intercept, np.array(sorted(harmful)), test)[1:])),
+               "predicted_oracle_margin_change": oracle[0],
+               "predicted_oracle_gain": float(oracle[1] - oracle[2]),
                "minutes": (time.perf_counter() - started) / 60}
         row["gain_over_2se"] = bool(row["gain"]["mean"] > 2 * row["gain"]["se"])
         rows.append(row)
