@@ -7,6 +7,7 @@ images); planted ground truth is read afterwards, only to score what the detecto
 from __future__ import annotations
 
 import hashlib
+import os
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -148,6 +149,9 @@ def _exact_pairs(source: np.ndarray, target: np.ndarray) -> set[tuple[int, int]]
             if np.array_equal(_canonical(source[i]), _canonical(target[j])):
                 pairs.add((i, j))
     return pairs
+
+
+_COPY_SCANS: dict[tuple[int, int, int, int, float], CopyScan] = {}  # (store file identity, threshold) -> its scan
 
 
 def find_copies(source: np.ndarray, target: np.ndarray, *, threshold: float, shift: int = SHIFT,
@@ -324,8 +328,12 @@ def detect_leakage(path: str | Path, *, fdr: float = DETECT_FDR, top: int = DETE
             feature_note = (f"feature similarity: cosine of standardised {similarity.layer} features of one model "
                             f"trained on the whole pool (seed {similarity.seed}, {similarity.seconds:.0f} s)")
         planted = run.planted()  # scoring only: read after detection
+        st = os.stat(run.path)  # one scan per store file as it is now and threshold (the report asks several times)
+        key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, near_duplicate)
     targets_all = target_test[est.target_index]
-    scan = find_copies(pool, target_test, threshold=near_duplicate)
+    scan = _COPY_SCANS.get(key)
+    if scan is None:
+        scan = _COPY_SCANS[key] = find_copies(pool, target_test, threshold=near_duplicate)
     column_of = {int(j): c for c, j in enumerate(est.target_index)}
     covered = np.array([int(j) in column_of for j in scan.target], bool)
     scan_columns = np.array([column_of.get(int(j), -1) for j in scan.target], np.int64)
