@@ -143,3 +143,16 @@ def test_beton_pool_serves_each_models_subset_in_pool_order(tmp_path: Path) -> N
             assert torch.equal(y[g], pool_y[subset][nearest])
     with pytest.raises(DataError, match="not in the beton"):
         BetonPool(beton, ["no-such-example"], channels=1, resolution=8, device=torch.device("cpu"))
+
+
+def test_a_sidecar_path_that_is_a_folder_is_refused_before_the_beton_is_written(tmp_path: Path) -> None:
+    """The beton's JSON sidecar goes through the output guard first: no beton is left without its sidecar."""
+    from dmtoolkit.data import load_dataset
+    from dmtoolkit.data.beton import sidecar_path, write_beton
+    from dmtoolkit.errors import OutputError
+
+    out = tmp_path / "digits.beton"
+    sidecar_path(out).mkdir()
+    with pytest.raises(OutputError, match="is a directory, not a regular file"):
+        write_beton(load_dataset("digits", "test"), out)
+    assert not out.exists()

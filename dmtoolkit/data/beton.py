@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from dmtoolkit.atomic import replacing, write_text_atomic
+from dmtoolkit.atomic import check_output, replacing, write_text_atomic
 from dmtoolkit.data.base import ImageDataset
 from dmtoolkit.errors import DataError
 from dmtoolkit.recipe import DataSpec
@@ -70,15 +70,17 @@ class _Rows:
 
 
 def write_beton(dataset: ImageDataset, out: str | Path, *, image_field: str = "ndarray", workers: int = 1,
-                force: bool = True) -> Path:
+                force: bool = False) -> Path:
     """Write `dataset` to the beton `out` (plus its JSON sidecar), atomically (temporary file, then rename),
     through the output guard (`force=False` refuses an existing beton)."""
     if image_field not in IMAGE_FIELDS:
         raise DataError(f"unknown image field {image_field!r}; use one of {', '.join(IMAGE_FIELDS)}")
     if len(dataset) == 0:
         raise DataError(f"{dataset.name}: no examples to write")
-    fields, _, _, writer = _ffcv()
     out = Path(out)
+    check_output(out, force=force)
+    check_output(sidecar_path(out), force=True)  # a folder or FIFO where the sidecar goes: refused before the write
+    fields, _, _, writer = _ffcv()
     out.parent.mkdir(parents=True, exist_ok=True)
     height, width, channels = dataset.images.shape[1:]
     if image_field == "ndarray":
