@@ -16,6 +16,7 @@ from PIL import Image
 
 from dmtoolkit.data import ImageDataset, available_datasets, load_dataset, prepare_glyph_cache
 from dmtoolkit.data import glyphs as glyphs_module
+from dmtoolkit.data.base import DatasetSource
 from dmtoolkit.errors import DataError
 
 DIGITS = tuple(str(d) for d in range(10))
@@ -261,3 +262,82 @@ def test_recipe_classes_keep_and_relabel_in_given_order(tmp_path: Path) -> None:
         build_run_data(bad)
     listed = CliRunner().invoke(cli, ["data", "list", "digits"])
     assert listed.exit_code == 0 and listed.output.split() == list(full.class_names)
+
+
+# --- datasets joined with "+" (a source pool with distractors) ---------------------------------------
+def _fake_source(name: str, size: int, channels: int, classes: tuple[str, ...], n: int = 6) -> DatasetSource:
+    def load(_: str, split: str) -> ImageDataset:
+        rng = np.random.default_rng(len(split) + size)
+        return ImageDataset(name=f"{name}:{split}",
+                            images=rng.integers(1, 256, (n, size, size, channels), dtype=np.uint8),
+                            labels=np.arange(n, dtype=np.int64) % len(classes), class_names=classes,
+                            example_ids=tuple(f"{name}/{split}/{i}" for i in range(n)))
+    return DatasetSource(name, load)
+
+
+@pytest.fixture
+def fake_parts(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dmtoolkit.data import base
+
+    registry = dict(base._REGISTRY)
+    registry["big"] = _fake_source("big", 8, 1, ("0", "1"))
+    registry["small"] = _fake_source("small", 5, 1, ("0", "a", "b"))
+    registry["colour"] = _fake_source("colour", 8, 3, ("x", "y"))
+    monkeypatch.setattr(base, "_REGISTRY", registry)
+
+
+def test_joined_datasets_keep_every_image_centred_with_distinct_classes(fake_parts: None) -> None:
+    big, small = load_dataset("big", "test"), load_dataset("small", "test")
+    joined = load_dataset("big+small", "test")
+    assert joined.name == "big+small:test" and len(joined) == len(big) + len(small)
+    assert joined.class_names == ("0", "1", "small:0", "small:a", "small:b")
+    assert joined.example_ids == big.example_ids + small.example_ids
+    np.testing.assert_array_equal(joined.images[:6], big.images)
+    np.testing.assert_array_equal(joined.labels, np.concatenate([big.labels, small.labels + 2]))
+    padded = joined.images[6:]
+    assert padded.shape == (6, 8, 8, 1)
+    np.testing.assert_array_equal(padded[:, 1:6, 1:6], small.images)  # 5 -> 8: 1 dark row/column before, 2 after
+    outside = padded.copy()
+    outside[:, 1:6, 1:6] = 0
+    assert not outside.any()
+    assert [n.kind for n in joined.notes] == ["resize"] and "small images (5×5) padded" in joined.notes[0].text
+    for name, label in zip(joined.class_names, range(5), strict=True):  # every class is used by its own images
+        assert (joined.labels == label).any(), name
+
+
+def test_joined_grayscale_becomes_rgb_beside_colour(fake_parts: None) -> None:
+    joined = load_dataset("colour+big", "train")
+    assert joined.images.shape[1:] == (8, 8, 3)
+    gray = load_dataset("big", "train").images
+    np.testing.assert_array_equal(joined.images[6:], np.repeat(gray, 3, axis=3))
+    assert [n.kind for n in joined.notes] == ["channels"]
+
+
+def test_joined_dataset_errors(fake_parts: None) -> None:
+    with pytest.raises(DataError, match="empty part"):
+        load_dataset("big++small", "train")
+    with pytest.raises(DataError, match="names a dataset twice"):
+        load_dataset("big+big", "train")
+    with pytest.raises(DataError, match="unknown dataset 'nope'"):
+        load_dataset("big+nope", "train")
+
+
+def test_joined_spec_keeps_a_plus_inside_a_folder_path() -> None:
+    from dmtoolkit.data.base import dataset_parts
+
+    assert dataset_parts("glyphs+fashion-mnist") == ["glyphs", "fashion-mnist"]
+    assert dataset_parts("glyphs+imagefolder:/data/a+b") == ["glyphs", "imagefolder:/data/a+b"]
+    assert dataset_parts("imagefolder:/data/a+b") == ["imagefolder:/data/a+b"]
+
+
+def test_glyphs_with_fashion_distractors_reach_a_practitioners_pool() -> None:
+    """The built-in 50k-pool recipe's source: every glyph plus 2,500 Fashion-MNIST images per class."""
+    from dmtoolkit.recipe import load_recipe
+    from dmtoolkit.run.prepare import build_run_data
+
+    recipe = load_recipe(Path(__file__).parents[1] / "dmtoolkit/recipes/glyphs-fashion-pool-50k.yaml")
+    data = build_run_data(recipe)
+    fashion = np.array([c.startswith("fashion-mnist:") for c in data.source_class_names])
+    ids = np.array([i.startswith("fashion-mnist/") for i in data.source_example_ids])
+    assert len(data.source_example_ids) >= 50_000 and ids.sum() == 25_000
+    assert len(data.source_class_names) == 145 and fashion.sum() == 10

@@ -1,7 +1,9 @@
 """One interface for every image dataset: `ImageDataset`, a registry of loaders, `load_dataset`.
 
 Built-in datasets register themselves here (see the sibling modules); a spec is a registry name,
-optionally followed by `:ARGUMENT` (e.g. `imagefolder:/data/pets`).
+optionally followed by `:ARGUMENT` (e.g. `imagefolder:/data/pets`), or several specs joined by `+`
+(`glyphs+fashion-mnist`): one dataset of all their images, for a source pool with other real images as
+distractors (`combine_datasets`).
 """
 
 from __future__ import annotations
@@ -119,8 +121,42 @@ def available_datasets() -> list[str]:
     return sorted(source.usage for source in _REGISTRY.values())
 
 
+COMBINE = "+"
+
+
+def dataset_parts(spec: str) -> list[str]:
+    """The specs a `+`-joined spec names, in order (one for a plain spec).
+
+    A spec whose name takes an argument keeps its `+` (a folder path may contain one), so a folder goes last:
+    `glyphs+imagefolder:/data/a+b` is glyphs and the folder `/data/a+b`.
+    """
+    parts: list[str] = []
+    rest = spec
+    while COMBINE in rest:
+        name = rest.partition(":")[0]
+        source = _REGISTRY.get(name)
+        if source is not None and source.takes_argument:
+            break
+        head, _, rest = rest.partition(COMBINE)
+        parts.append(head)
+    parts.append(rest)
+    return parts
+
+
 def load_dataset(spec: str, split: str) -> ImageDataset:
-    """Load split "train" or "test" of the dataset named by `spec` (`name` or `name:ARGUMENT`)."""
+    """Load split "train" or "test" of the dataset named by `spec` (`name`, `name:ARGUMENT`, or `A+B+…`)."""
+    parts = dataset_parts(spec)
+    if len(parts) > 1:
+        if any(not part for part in parts):
+            raise DataError(f"dataset {spec!r} has an empty part; join dataset names with one '+', e.g. "
+                            "glyphs+fashion-mnist")
+        if len(set(parts)) < len(parts):
+            raise DataError(f"dataset {spec!r} names a dataset twice; name each once")
+        return combine_datasets(spec, [_load_one(part, split) for part in parts])
+    return _load_one(spec, split)
+
+
+def _load_one(spec: str, split: str) -> ImageDataset:
     name, _, argument = spec.partition(":")
     source = _REGISTRY.get(name)
     if source is None:
@@ -132,6 +168,45 @@ def load_dataset(spec: str, split: str) -> ImageDataset:
     if argument and not source.takes_argument:
         raise DataError(f"dataset {name!r} takes no argument; write it as {name!r}")
     return source.load(argument, split)
+
+
+def combine_datasets(name: str, parts: list[ImageDataset]) -> ImageDataset:
+    """One dataset of every part's images, in order: the first part's classes keep their names, later parts'
+    classes are named `PART:CLASS` (so "0" of glyphs and a later part's "0" stay two classes).
+
+    Images smaller than the largest are padded with dark pixels to its size, centred (the built-ins draw a
+    bright foreground on a dark background, so padding adds background); grayscale parts become RGB when
+    another part is in colour. Both conversions are noted (`DataNote`) for `init` to print.
+    """
+    height = max(p.images.shape[1] for p in parts)
+    width = max(p.images.shape[2] for p in parts)
+    channels = max(p.images.shape[3] for p in parts)
+    images, labels, class_names, example_ids, notes = [], [], [], [], []
+    for position, part in enumerate(parts):
+        part_name = part.name.partition(":")[0]
+        x = part.images
+        h, w = x.shape[1], x.shape[2]
+        if (h, w) != (height, width):
+            top, left = (height - h) // 2, (width - w) // 2
+            x = np.pad(x, ((0, 0), (top, height - h - top), (left, width - w - left), (0, 0)))
+            notes.append(DataNote("resize", f"{part_name} images ({h}×{w}) padded with dark pixels to "
+                                            f"{height}×{width} (centred) to join {parts[0].name.partition(':')[0]}"))
+        if x.shape[3] != channels:
+            x = np.repeat(x, channels, axis=3)
+            notes.append(DataNote("channels", f"grayscale {part_name} images converted to RGB ({channels} "
+                                              "channels) to join a dataset in colour"))
+        images.append(x)
+        labels.append(part.labels + len(class_names))
+        class_names += [c if position == 0 else f"{part_name}:{c}" for c in part.class_names]
+        example_ids += part.example_ids
+        notes += [n for n in part.notes if n not in notes]
+    if len(set(class_names)) < len(class_names):
+        raise DataError(f"dataset {name!r}: two parts give the same class name; combine different datasets")
+    if len(set(example_ids)) < len(example_ids):
+        raise DataError(f"dataset {name!r}: two parts share example ids; combine different datasets")
+    split = parts[0].name.rpartition(":")[2]
+    return ImageDataset(name=f"{name}:{split}", images=np.concatenate(images), labels=np.concatenate(labels),
+                        class_names=tuple(class_names), example_ids=tuple(example_ids), notes=tuple(notes))
 
 
 def cache_dir() -> Path:
