@@ -55,6 +55,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, jacrev, vmap
 
+from dmtoolkit.devices import training_threads
 from dmtoolkit.errors import UserError
 from dmtoolkit.estimate.base import Estimator, ExtraDataset
 from dmtoolkit.estimate.options import (
@@ -463,8 +464,9 @@ class GradientEstimator(Estimator):
         total, records = None, []
         for n, (row, seed, subset, network) in enumerate(plan):
             started = time.perf_counter()
-            scores, reproduced, record = self._one_model(trainer, context.recipe, row, seed, subset, network(),
-                                                         columns)
+            with training_threads():  # the driver's setting, or the network is not the stored row's
+                net = network()
+            scores, reproduced, record = self._one_model(trainer, context.recipe, row, seed, subset, net, columns)
             error = float(np.max(np.abs(reproduced - all_margins[row]))) if row >= 0 else float("nan")
             record = dataclasses.replace(record, margin_error=error, seconds=time.perf_counter() - started)
             records.append(record)
