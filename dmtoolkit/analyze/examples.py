@@ -44,6 +44,7 @@ from dmtoolkit.analyze.results import (
 )
 from dmtoolkit.errors import UserError
 from dmtoolkit.estimate.refit import refit_on_values
+from dmtoolkit.estimate.registry import estimator_entry
 
 SHIFT = 1
 """Pixels a source image may be shifted by (each way) when compared: a near copy may be moved by one pixel."""
@@ -260,6 +261,8 @@ def _influence_pvalues(est: Estimate, side: str) -> tuple[np.ndarray | None, str
     """One-sided p-values of every entry from the estimate's standard errors, and how they were made (or why
     there are none)."""
     if est.stderr is None:
+        if est.attrs.get("stderr_missing"):  # the estimator says why this estimate has none (e.g. one network)
+            return None, str(est.attrs["stderr_missing"])
         return None, (f"{est.estimator} estimates carry no standard errors, so no p-values and nothing is flagged; "
                       "for evidence thresholds fit `dmtoolkit influence` (difference of means or regression)")
     if not np.isfinite(est.stderr).any():
@@ -531,14 +534,18 @@ def detect_mislabels(path: str | Path, *, fdr: float = DETECT_FDR, top: int = DE
         labels, names = run.source_labels, run.source_class_names
         source_p = None
         accuracy = run.column("source_accuracy") if "source_accuracy" in run.file else None
-        if p_pairs is not None and accuracy is not None and np.isfinite(accuracy[est.fit_rows]).all():
+        refittable = not estimator_entry(est.estimator).retrains  # refitting would retrain its networks
+        if p_pairs is not None and refittable and accuracy is not None and np.isfinite(accuracy[est.fit_rows]).all():
             refit = refit_on_values(est, run, accuracy)
             source_p = one_sided_pvalues(refit.coef_[:, 0], refit.stderr_[:, 0], refit.stderr_dof_, "less")
         planted = run.planted()  # scoring only: read after detection
     p = q = target_p = None
     if p_pairs is not None:
         target_p = np.where(defined, simes(p_pairs, axis=1), 1.0)
-        if source_p is None:
+        if source_p is None and not refittable:
+            evidence += (f"; the {est.estimator} estimator scores target margins only (its influence on the source "
+                         "accuracy would need its networks again), so only harm to the targets is tested")
+        elif source_p is None:
             evidence += "; the store has no source accuracy, so only harm to the targets is tested"
         else:
             evidence += "; source accuracy refitted the same way; p = max(source, Simes over targets)"
