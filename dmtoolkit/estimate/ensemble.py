@@ -37,6 +37,7 @@ from dmtoolkit.atomic import write_atomic, write_text_atomic
 from dmtoolkit.errors import UserError
 
 PARTIAL_SUFFIX = ".partial"
+PLAN_KEY = "networks (store row, seed)"  # the entry of `meta` listing the planned networks, one per saved file
 REDUCE_BLOCK_BYTES = 64 * 2**20  # float64 bytes of one (P × block) array during the reduction
 
 
@@ -134,7 +135,7 @@ class NetworkSaver:
             self.folder.mkdir(parents=True, exist_ok=True)
             write_text_atomic(meta_path, json.dumps(self.meta, sort_keys=True, indent=1), force=True)
         done = {}
-        for index in range(len(self.meta.get("plan", []))):
+        for index in range(len(self.meta.get(PLAN_KEY, []))):
             path = self._file(index)
             if path.exists():
                 try:
@@ -199,7 +200,7 @@ class NetworkCalibration:
 
 
 def simulate_network_scores(replication: int, *, networks: int, units: int = 200, targets: int = 20,
-                            effects: float = 0.05, effect_size: float = 4.0, shared: float = 0.5,
+                            effects: float = 0.05, effect_size: float = 10.0, shared: float = 0.5,
                             tails: float | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(truth (P, T), per-network scores (N, P, T)) of one simulated run: a share `effects` of the entries are
     positive effects of `effect_size` noise standard deviations of the N-network mean, the rest are 0; network n's

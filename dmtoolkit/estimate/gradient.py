@@ -60,7 +60,7 @@ from torch.func import functional_call, grad, jacrev, vmap
 from dmtoolkit.devices import training_threads
 from dmtoolkit.errors import UserError
 from dmtoolkit.estimate.base import Estimator, ExtraDataset
-from dmtoolkit.estimate.ensemble import NetworkSaver, partial_folder, reduction_bytes
+from dmtoolkit.estimate.ensemble import PLAN_KEY, NetworkSaver, partial_folder, reduction_bytes
 from dmtoolkit.estimate.options import (
     GRADIENT_HEADS,
     GRADIENT_KERNELS,
@@ -426,7 +426,7 @@ class GradientEstimator(Estimator):
             content = store.content_hash()
         meta = {k: v for k, v in self.settings().items()}
         meta.update({"store content hash": content, "target columns": f"{columns.start}:{columns.stop}",
-                     "networks (store row, seed)": [list(x) for x in plan], "format": 1})
+                     PLAN_KEY: [list(x) for x in plan], "format": 1})
         return meta
 
     def _say(self, message: str) -> None:
