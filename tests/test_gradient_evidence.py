@@ -78,7 +78,7 @@ def test_memory_does_not_grow_with_networks_and_counts_the_reduction() -> None:
     P, T = 50_000, 10_000
     one_network = 4 * P * T
     reduction = reduction_bytes(P, T)
-    assert 2 * one_network <= reduction <= 2 * one_network + 64 * 2**20 * 28 // 8 + 1
+    assert 2 * one_network <= reduction <= 2 * one_network + 64 * 2**20 * 60 // 8  # outputs + one block
     assert gradient_memory_bytes(512, 40_020, P, T) >= 3 * one_network  # float64 scores + the float32 copy
 
 

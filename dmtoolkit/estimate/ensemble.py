@@ -39,6 +39,7 @@ from dmtoolkit.errors import UserError
 PARTIAL_SUFFIX = ".partial"
 PLAN_KEY = "networks (store row, seed)"  # the entry of `meta` listing the planned networks, one per saved file
 REDUCE_BLOCK_BYTES = 64 * 2**20  # float64 bytes of one (P × block) array during the reduction
+CHUNK_ROWS, CHUNK_COLUMNS = 1024, 256  # HDF5 chunks of the saved per-network scores
 
 
 def partial_folder(out_path: str | Path) -> Path:
@@ -57,16 +58,19 @@ class Moments:
 
     def add(self, x: np.ndarray) -> None:
         self.count += 1
-        delta = np.asarray(x, np.float64) - self.mean
+        x = np.array(x, np.float64)  # a copy, changed in place below
+        delta = x - self.mean
         self.mean += delta / self.count
-        delta *= np.asarray(x, np.float64) - self.mean
-        self.m2 += delta
+        x -= self.mean
+        x *= delta
+        self.m2 += x
 
     def stderr(self) -> np.ndarray | None:
         """Sample standard deviation / √count; None with fewer than two arrays (undefined)."""
         if self.count < 2:
             return None
-        return np.sqrt(self.m2 / (self.count - 1) / self.count)
+        out = self.m2 / ((self.count - 1) * self.count)
+        return np.sqrt(out, out=out)
 
 
 @dataclass(frozen=True)
@@ -93,15 +97,18 @@ def across_networks(scores: Iterable[np.ndarray]) -> AcrossNetworks:
 
 
 def reduce_block_columns(num_units: int, budget: int = REDUCE_BLOCK_BYTES) -> int:
-    """Target columns per block of the reduction: a (P × block) float64 array within `budget` bytes."""
-    return max(1, budget // (8 * max(1, num_units)))
+    """Target columns per block of the reduction: a (P × block) float64 array within `budget` bytes, rounded
+    down to whole chunks of the saved scores (CHUNK_COLUMNS) when it holds one, so each chunk is read once."""
+    block = max(1, budget // (8 * max(1, num_units)))
+    return block - block % CHUNK_COLUMNS if block >= CHUNK_COLUMNS else block
 
 
 def reduction_bytes(num_units: int, num_targets: int, budget: int = REDUCE_BLOCK_BYTES) -> int:
     """Bytes the reduction holds at once: the float32 mean and standard error (P × T) and, per block of
-    columns, the running mean, sum of squares and the block read (float64) and its float32 copy."""
+    columns, the block read (float32), its float64 copy, the running mean, sum of squares, the deviation and
+    temporaries (float64): 60 bytes per entry of the block, as measured by benchmarks/gradient_evidence.py."""
     block = min(num_targets, reduce_block_columns(num_units, budget))
-    return 8 * num_units * num_targets + 28 * num_units * block
+    return 8 * num_units * num_targets + 60 * num_units * block
 
 
 class NetworkSaver:
@@ -150,7 +157,7 @@ class NetworkSaver:
         def fill(f: h5py.File) -> None:
             shape = scores.shape
             f.create_dataset("scores", data=np.asarray(scores, np.float32),
-                             chunks=(min(shape[0], 1024), min(shape[1], 256)) if scores.size else None)
+                             chunks=(min(shape[0], CHUNK_ROWS), min(shape[1], CHUNK_COLUMNS)) if scores.size else None)
             f.attrs["record"] = json.dumps(record)
 
         write_atomic(self._file(index), fill, force=True)
