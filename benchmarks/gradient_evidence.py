@@ -3,6 +3,7 @@ simulation, and the peak memory of reducing many networks' saved scores.
 
     python benchmarks/gradient_evidence.py calibration [--replications 400]
     python benchmarks/gradient_evidence.py memory [--units 20000] [--targets 5000] [--networks 4]
+    python benchmarks/gradient_evidence.py networks STORE.h5 OUT.h5 [--networks 16]
 
 `calibration` prints, per number of networks, the coverage of nominal 95% t intervals (mean ± t·se, N − 1
 dof) and the false discovery proportion, power and flags of Benjamini–Hochberg at 5% on one-sided p-values
@@ -11,7 +12,12 @@ network noise (`dmtoolkit.estimate.ensemble.simulate_network_scores`: 200 units 
 real effects, a noise offset shared by every unit of a (network, target), a per-unit noise scale; Gaussian
 and Student t with 5 dof noise). `memory` saves `networks` random (units × targets) float32 score arrays
 through `NetworkSaver` and reduces them (`NetworkSaver.reduce`), printing the peak of NumPy allocations during
-the reduction (tracemalloc) against one network's array, and the bytes on disk.
+the reduction (tracemalloc) against one network's array, and the bytes on disk. `networks` fits the gradient
+estimator on a real example store (default settings, `--networks` retrained rows) keeping the per-network
+scores (OUT.h5.partial/, so an interrupted run continues), and checks the spread they give on the real networks:
+for each network k, is its score inside the 95% t prediction interval of the other N − 1 networks,
+mean ± t(N − 2)·sd·√(1 + 1/(N − 1))? That holds at 95% when networks are exchangeable draws with roughly
+normal scores per entry, the assumption behind the standard error.
 """
 
 from __future__ import annotations
@@ -58,6 +64,37 @@ def memory(units: int, targets: int, networks: int) -> None:
           f"{networks:.0f} x + the outputs); {disk / 2**20:,.0f} MiB on disk; {seconds:.1f} s")
 
 
+def networks_check(store: str, out: str, networks: int) -> None:
+    from scipy import stats
+
+    from dmtoolkit.estimate.ensemble import partial_folder
+    from dmtoolkit.estimate.fit import fit_store
+    from dmtoolkit.estimate.gradient import GradientEstimator
+
+    started = time.process_time()
+    if not Path(out).exists():
+        model = GradientEstimator(store, models=networks, device="cpu", partial=partial_folder(out), progress=print)
+        fit_store(store, out, model)
+    folder = partial_folder(out)
+    import h5py
+
+    scores = []
+    for n in range(networks):
+        with h5py.File(folder / f"network-{n:04d}.h5", "r") as f:
+            scores.append(f["scores"][()].astype(np.float64))
+    scores = np.array(scores)
+    inside = []
+    q = stats.t.ppf(0.975, networks - 2)
+    for k in range(networks):
+        rest = np.delete(scores, k, axis=0)
+        half = q * rest.std(0, ddof=1) * np.sqrt(1 + 1 / (networks - 1))
+        inside.append(np.mean(np.abs(scores[k] - rest.mean(0)) <= half))
+    se = scores.std(0, ddof=1) / np.sqrt(networks)
+    print(f"{networks} networks, {scores.shape[1]} x {scores.shape[2]} scores: held-out network inside the 95% t "
+          f"prediction interval of the others: {np.mean(inside):.4f} (per network {min(inside):.3f}-{max(inside):.3f}); "
+          f"median |mean| / se {np.median(np.abs(scores.mean(0)) / se):.2f}; CPU {time.process_time() - started:.0f} s")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -67,9 +104,15 @@ def main() -> None:
     mem.add_argument("--units", type=int, default=20_000)
     mem.add_argument("--targets", type=int, default=5_000)
     mem.add_argument("--networks", type=int, default=4)
+    net = sub.add_parser("networks")
+    net.add_argument("store")
+    net.add_argument("out")
+    net.add_argument("--networks", type=int, default=16)
     args = parser.parse_args()
     if args.command == "calibration":
         calibration(args.replications)
+    elif args.command == "networks":
+        networks_check(args.store, args.out, args.networks)
     else:
         memory(args.units, args.targets, args.networks)
 

@@ -34,7 +34,9 @@ in for the latter); the retrained weights are the final ones (one checkpoint per
 
 The one-step influence argument gives the sign: adding example i moves θ by ≈ −H⁻¹∇loss_i = H⁻¹ q_i φ_i,
 so τ > 0 means keeping example i raises target j's margin — the same sign convention as difference of
-means and datamodels. `coef_` (P, T) is τ averaged over the models, in mask units; `intercept_` is the mean
+means and datamodels. `coef_` (P, T) is τ averaged over the models, in mask units, and `stderr_` its standard
+error across the networks (N − 1 dof; None for one network), each network's τ saved as it finishes so an
+interrupted fit resumes (`dmtoolkit.estimate.ensemble`); `intercept_` is the mean
 fitting-row margin minus coef · (mean fitting-row mask), so `predict` is centred on the store's models
 (LDS, a rank correlation per target, does not depend on it).
 """
@@ -655,6 +657,8 @@ def fit_gradient(store_path: str | Path, out_path: str | Path, *, models: int = 
 
     The held-out test rows (`holdout_frac`, `seed`) are the same split every estimator uses, so `dmtoolkit
     evaluate` scores the result like a datamodels estimate; the retrained rows come from the fitting rows only.
+    Each finished network is saved in OUT.partial/ (`ensemble.partial_folder`): a rerun with the same settings
+    continues from it, one with other settings is refused; it is removed once the estimate is written.
     """
     from dmtoolkit.devices import resolve_device
     from dmtoolkit.estimate.fit import fit_store
