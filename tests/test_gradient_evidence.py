@@ -129,6 +129,7 @@ def test_the_estimate_carries_the_standard_error_of_its_saved_networks(store: Pa
     # leakage: p-values from that standard error, Student t with 2 dof, BH over every pair
     report = detect_leakage(out, features=False, fdr=0.5)
     assert report.thresholded and "Student t, 2 dof" in report.evidence
+    assert "only 3 networks, so every p-value rests on the same few networks" in report.evidence
     p = one_sided_pvalues(est.matrix, est.stderr, 2, "greater")
     q = bh_adjusted(p)
     for pair in report.pairs:
@@ -144,6 +145,10 @@ def test_the_estimate_carries_the_standard_error_of_its_saved_networks(store: Pa
         assert candidate.source_p is None and candidate.p_value == pytest.approx(target_p[candidate.source])
         assert candidate.flagged == (q[candidate.source] <= 0.5)
     assert {c.source for c in report.flagged} == set(np.flatnonzero(q <= 0.5).tolist())
+    # listed: the flagged first, then the rest by their worst influence (target p alone ranks flips poorly)
+    rest = [c for c in report.candidates if not c.flagged]
+    assert [c.flagged for c in report.candidates] == sorted((c.flagged for c in report.candidates), reverse=True)
+    assert [c.score for c in rest] == sorted(c.score for c in rest) and "then the rest by worst score" in report.evidence
 
 
 def test_one_network_says_why_nothing_is_flagged(store: Path, tmp_path: Path) -> None:
