@@ -30,6 +30,7 @@ from dmtoolkit.estimate.ensemble import (
 from dmtoolkit.estimate.files import load_estimate
 from dmtoolkit.estimate.fit import fit_store
 from dmtoolkit.estimate.gradient import GradientEstimator, fit_gradient, gradient_memory_bytes
+from dmtoolkit.resources import ResourceError
 
 from .test_gradient import _trained_example_store
 
@@ -72,6 +73,10 @@ def test_the_reduction_reads_blocks_of_columns_and_matches_the_whole(tmp_path: P
     np.testing.assert_array_equal(mean, whole_mean)
     np.testing.assert_array_equal(stderr, whole_stderr)
     assert NetworkSaver(tmp_path / "p", {PLAN_KEY: [[0, 1], [2, 3], [4, 5]]}).start() == {n: {"n": n} for n in range(3)}
+    saver.require_disk(2, (50, 37), free=2 * 4 * 50 * 37)
+    with pytest.raises(ResourceError, match=r"the scores of 3 networks \(50 × 37 each\) need about .* of disk, more "
+                                            r"than the .* free; free some space or fit fewer targets"):
+        saver.require_disk(3, (50, 37), free=2 * 4 * 50 * 37)
 
 
 def test_memory_does_not_grow_with_networks_and_counts_the_reduction() -> None:

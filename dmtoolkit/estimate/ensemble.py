@@ -152,6 +152,18 @@ class NetworkSaver:
                     path.unlink()  # unreadable (cannot happen through the atomic write): computed again
         return done
 
+    def require_disk(self, networks: int, shape: tuple[int, int], free: int | None = None) -> None:
+        """Refuse, before any training, when `networks` more float32 score arrays of `shape` would not fit on
+        the folder's disk."""
+        from dmtoolkit.resources import ResourceError, format_bytes
+
+        needed = networks * 4 * shape[0] * shape[1]
+        free = shutil.disk_usage(self.folder).free if free is None else free
+        if needed > free:
+            raise ResourceError(f"{self.folder}: the scores of {networks} networks ({shape[0]:,} × {shape[1]:,} each) "
+                                f"need about {format_bytes(needed)} of disk, more than the {format_bytes(free)} free; "
+                                "free some space or fit fewer targets at a time with --targets A:B")
+
     def save(self, index: int, scores: np.ndarray, record: dict[str, Any]) -> None:
         """Network `index`'s scores (P, T; kept as float32) and record, written atomically."""
         def fill(f: h5py.File) -> None:

@@ -487,6 +487,7 @@ class GradientEstimator(Estimator):
             folder = self.partial or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="dmtoolkit-gradient-")))
             saver = NetworkSaver(folder, self._saver_meta(columns, [(row, seed) for row, seed, _, _ in plan]))
             done = saver.start()
+            saver.require_disk(len(plan) - len(done), shape)
             if done:
                 self._say(f"gradient: continuing from {folder}: {len(done)} of {len(plan)} networks were saved there")
             for n, (row, seed, subset, network) in enumerate(plan):
@@ -498,9 +499,9 @@ class GradientEstimator(Estimator):
                 scores, reproduced, record = self._one_model(trainer, context.recipe, row, seed, subset, net, columns)
                 error = float(np.max(np.abs(reproduced - all_margins[row]))) if row >= 0 else float("nan")
                 record = dataclasses.replace(record, margin_error=error, seconds=time.perf_counter() - started)
-                saver.save(n, scores.cpu().numpy(), {**dataclasses.asdict(record), "num_params": self._num_params})
-                del scores  # one network's scores at a time (the reduction reads them back from the folder)
                 done[n] = {**dataclasses.asdict(record), "num_params": self._num_params}
+                saver.save(n, scores.cpu().numpy(), done[n])
+                del scores  # one network's scores at a time (the reduction reads them back from the folder)
                 self._say(f"gradient: {n + 1}/{len(plan)} networks ({'row ' + str(row) if row >= 0 else 'full pool'}, "
                           f"{record.seconds:.0f}s, reproduced margins within {error:.2g})")
             coef, self.stderr_ = saver.reduce(len(plan), shape)
