@@ -150,6 +150,8 @@ def test_the_estimate_carries_the_standard_error_of_its_saved_networks(store: Pa
         assert candidate.source_p is None and candidate.p_value == pytest.approx(target_p[candidate.source])
         assert candidate.flagged == (q[candidate.source] <= 0.5)
     assert {c.source for c in report.flagged} == set(np.flatnonzero(q <= 0.5).tolist())
+    assert report.flagged and report.message.startswith(f"{len(report.flagged)} source example")
+    assert "hurt a target at FDR 50%: mislabel candidates, not confirmed (harm to the source task" in report.message
     # listed: the flagged first, then the rest by their worst influence (target p alone ranks flips poorly)
     rest = [c for c in report.candidates if not c.flagged]
     assert [c.flagged for c in report.candidates] == sorted((c.flagged for c in report.candidates), reverse=True)

@@ -585,8 +585,12 @@ def detect_mislabels(path: str | Path, *, fdr: float = DETECT_FDR, top: int = DE
     elif not flagged:
         message = f"no evidence of mislabelled source examples at {fdr_phrase(fdr)}"
     else:
-        message = (f"{len(flagged)} source example{'s' if len(flagged) != 1 else ''} likely mislabelled at "
-                   f"{fdr_phrase(fdr)} (they hurt the source task and the target)")
+        many = 's' if len(flagged) != 1 else ''
+        message = (f"{len(flagged)} source example{many} likely mislabelled at {fdr_phrase(fdr)} (they hurt the "
+                   "source task and the target)" if source_p is not None else
+                   f"{len(flagged)} source example{many} hurt a target at {fdr_phrase(fdr)}: mislabel candidates, not "
+                   "confirmed (harm to the source task was not tested, so images that hurt a target for other reasons "
+                   "can be among them)")
     scored = scored_top = None
     if flipped is not None:
         ranking = np.full(len(score), -np.inf)  # the listing order (p-value, then score) as a score
