@@ -106,6 +106,18 @@ def networks_check(store: str, out: str, networks: int) -> None:
             beyond.append(np.mean(np.abs(a.mean(0) - b.mean(0)) > stats.t.ppf(0.975, dof) * np.sqrt(va + vb)))
         print(f"two disjoint sets of {half} networks: means differ beyond the 95% Welch t interval of their "
               f"standard errors for {np.mean(beyond):.4f} of the entries (0.05 if calibrated; 20 random splits)")
+    from dmtoolkit.analyze.evidence import one_sided_pvalues, simes
+    from dmtoolkit.analyze.examples import auc, mislabel_scores
+    from dmtoolkit.store import RunStore
+
+    with RunStore(store) as run:
+        planted = run.planted()
+    if planted is not None and planted.flipped.any():
+        mean = scores.mean(0)
+        target_p = simes(one_sided_pvalues(mean, se, networks - 1, "less"), axis=1)
+        flipped = planted.flipped.astype(bool)
+        print(f"planted flips ranked by worst influence: AUC {auc(-mislabel_scores(mean, 'worst'), flipped):.3f}; "
+              f"by target p-value (Simes over targets): AUC {auc(-target_p, flipped):.3f}")
 
 
 def main() -> None:
