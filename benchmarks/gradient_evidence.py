@@ -23,6 +23,7 @@ normal scores per entry, the assumption behind the standard error.
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 import time
 import tracemalloc
@@ -112,6 +113,20 @@ def networks_check(store: str, out: str, networks: int) -> None:
 
     with RunStore(store) as run:
         planted = run.planted()
+        plan = json.loads((folder / "meta.json").read_text())[PLAN_KEY]
+        full = np.ones(run.num_units, bool)
+        inside = np.array([run.masks[row] if row >= 0 else full for row, _ in plan], bool)[:, :, None]
+    n_in, n_out = inside.sum(0), (~inside).sum(0)
+    mean_in = np.where(inside, scores, 0).sum(0) / np.maximum(n_in, 1)
+    mean_out = np.where(~inside, scores, 0).sum(0) / np.maximum(n_out, 1)
+    var_in = np.where(inside, (scores - mean_in) ** 2, 0).sum(0) / np.maximum(n_in - 1, 1)
+    var_out = np.where(~inside, (scores - mean_out) ** 2, 0).sum(0) / np.maximum(n_out - 1, 1)
+    both = (n_in > 1) & (n_out > 1)
+    stratified = 0.5 * (mean_in + mean_out) / (0.5 * np.sqrt(var_in / np.maximum(n_in, 1) + var_out / np.maximum(n_out, 1)))
+    print(f"scores of example i from networks trained on it: mean |τ| {np.abs(mean_in).mean():.2g} (sd "
+          f"{np.sqrt(var_in).mean():.2g}); from networks not trained on it: {np.abs(mean_out).mean():.2g} (sd "
+          f"{np.sqrt(var_out).mean():.2g}); median |t| {np.median(np.abs(scores.mean(0) / se)):.2f} plain, "
+          f"{np.median(np.abs(stratified[np.broadcast_to(both, stratified.shape)])):.2f} stratified by inclusion")
     if planted is not None and planted.flipped.any():
         mean = scores.mean(0)
         target_p = simes(one_sided_pvalues(mean, se, networks - 1, "less"), axis=1)
