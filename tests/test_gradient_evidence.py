@@ -189,9 +189,12 @@ def test_an_interrupted_run_continues_from_its_saved_networks(store: Path, tmp_p
     reference = fit_gradient(store, tmp_path / "whole.h5", progress=whole, **settings)
     assert sum("networks (" in m for m in whole.messages) == 3
     out = tmp_path / "resumed.h5"
+    stop = _Stop(after=1)
     with pytest.raises(KeyboardInterrupt):
-        fit_gradient(store, out, progress=_Stop(after=1), **settings)
+        fit_gradient(store, out, progress=stop, **settings)
     folder = partial_folder(out)
+    assert stop.messages[-1] == (f"gradient: interrupted; 1 of 3 networks are saved in {folder}: rerun the same "
+                                 "command to continue from them")
     assert not out.exists() and sorted(p.name for p in folder.iterdir()) == ["meta.json", "network-0000.h5"]
     again = _Stop()
     resumed = fit_gradient(store, out, progress=again, **settings)

@@ -490,20 +490,26 @@ class GradientEstimator(Estimator):
             saver.require_disk(len(plan) - len(done), shape)
             if done:
                 self._say(f"gradient: continuing from {folder}: {len(done)} of {len(plan)} networks were saved there")
-            for n, (row, seed, subset, network) in enumerate(plan):
-                if n in done:
-                    continue
-                started = time.perf_counter()
-                with training_threads():  # the driver's setting, or the network is not the stored row's
-                    net = network()
-                scores, reproduced, record = self._one_model(trainer, context.recipe, row, seed, subset, net, columns)
-                error = float(np.max(np.abs(reproduced - all_margins[row]))) if row >= 0 else float("nan")
-                record = dataclasses.replace(record, margin_error=error, seconds=time.perf_counter() - started)
-                done[n] = {**dataclasses.asdict(record), "num_params": self._num_params}
-                saver.save(n, scores.cpu().numpy(), done[n])
-                del scores  # one network's scores at a time (the reduction reads them back from the folder)
-                self._say(f"gradient: {n + 1}/{len(plan)} networks ({'row ' + str(row) if row >= 0 else 'full pool'}, "
-                          f"{record.seconds:.0f}s, reproduced margins within {error:.2g})")
+            try:
+                for n, (row, seed, subset, network) in enumerate(plan):
+                    if n in done:
+                        continue
+                    started = time.perf_counter()
+                    with training_threads():  # the driver's setting, or the network is not the stored row's
+                        net = network()
+                    scores, reproduced, record = self._one_model(trainer, context.recipe, row, seed, subset, net, columns)
+                    error = float(np.max(np.abs(reproduced - all_margins[row]))) if row >= 0 else float("nan")
+                    record = dataclasses.replace(record, margin_error=error, seconds=time.perf_counter() - started)
+                    done[n] = {**dataclasses.asdict(record), "num_params": self._num_params}
+                    saver.save(n, scores.cpu().numpy(), done[n])
+                    del scores  # one network's scores at a time (the reduction reads them back from the folder)
+                    self._say(f"gradient: {n + 1}/{len(plan)} networks ({'row ' + str(row) if row >= 0 else 'full pool'}, "
+                              f"{record.seconds:.0f}s, reproduced margins within {error:.2g})")
+            except KeyboardInterrupt:
+                if self.partial is not None and done:
+                    self._say(f"gradient: interrupted; {len(done)} of {len(plan)} networks are saved in {folder}: "
+                              "rerun the same command to continue from them")
+                raise
             coef, self.stderr_ = saver.reduce(len(plan), shape)
         fields = [f.name for f in dataclasses.fields(ModelRecord)]
         self.records_ = tuple(ModelRecord(**{k: done[n][k] for k in fields}) for n in range(len(plan)))
