@@ -402,7 +402,10 @@ def gradient(store_path: Path, out_path: Path, device: str, targets: str | None,
     """Gradient (TRAK-style) influence of every source example through the transfer (example-level stores).
 
     Retrains a few of the store's fitting rows (and optionally full-pool networks) through the recipe's own
-    training code, and scores each source example by projected per-example gradients and a kernel.
+    training code, and scores each source example by projected per-example gradients and a kernel. With two or
+    more networks the estimate has standard errors (spread across networks), so leakage and mislabels flag
+    from it. Each finished network is saved in OUT.partial/; rerunning the same command after an interruption
+    continues from there (a rerun with other settings is refused); the folder is removed once OUT is written.
 
     \b
     Example:

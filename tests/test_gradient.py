@@ -366,3 +366,34 @@ def test_refuses_class_level_stores_and_bad_settings(tmp_path: Path, example_sto
         masks, margins = f["masks"][()], f["margins"][()]
     with pytest.raises(UserError, match="not those of"):
         GradientEstimator(example_store, models=2, proj_dim=8).fit(~masks, margins)
+
+
+# --- (4) reproducing the stored rows: the driver's thread setting ------------------------------------------
+@pytest.fixture(scope="module")
+def long_trained_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A store whose training is long enough (16 epochs of batches of 4, width 16) for two torch threads' float
+    differences to grow into another network: retrained at two threads its row's margins differ by 0.29."""
+    path = tmp_path_factory.mktemp("threads") / "runs.h5"
+    recipe = parse_recipe_dict({
+        "name": "long-examples", "source": {"dataset": "synthetic"}, "target": {"dataset": "synthetic"},
+        "subsets": {"kind": "example", "alpha": 0.5, "models": 4, "seed": 1, "antithetic": True},
+        "model": {"width": 16, "hidden": 32, "resolution": 8},
+        "training": {"epochs": 16, "batch_size": 4, "lr": 0.05, "models_per_batch": 4, "randomness": "shared"},
+        "transfer": {"head": "ridge", "ridge": 1.0},
+    })
+    create_store(path, recipe, synthetic_data(3, 16, per_class=20, seed=5))
+    train_store(path, make_executor("local", 1, "cpu"), progress=False)
+    return path
+
+
+def test_retrained_rows_reproduce_the_store_whatever_the_callers_threads(long_trained_store: Path,
+                                                                        tmp_path: Path) -> None:
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        fit_gradient(long_trained_store, tmp_path / "g.h5", models=1, proj_dim=16, holdout_frac=0.0, device="cpu")
+        assert torch.get_num_threads() == 2  # the caller's setting is restored
+    finally:
+        torch.set_num_threads(before)
+    with h5py.File(tmp_path / "g.h5", "r") as f:
+        assert f["gradient/margin_error"][0] < 1e-4

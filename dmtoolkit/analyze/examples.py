@@ -44,6 +44,7 @@ from dmtoolkit.analyze.results import (
 )
 from dmtoolkit.errors import UserError
 from dmtoolkit.estimate.refit import refit_on_values
+from dmtoolkit.estimate.registry import estimator_entry
 
 SHIFT = 1
 """Pixels a source image may be shifted by (each way) when compared: a near copy may be moved by one pixel."""
@@ -260,6 +261,8 @@ def _influence_pvalues(est: Estimate, side: str) -> tuple[np.ndarray | None, str
     """One-sided p-values of every entry from the estimate's standard errors, and how they were made (or why
     there are none)."""
     if est.stderr is None:
+        if est.attrs.get("stderr_missing"):  # the estimator says why this estimate has none (e.g. one network)
+            return None, str(est.attrs["stderr_missing"])
         return None, (f"{est.estimator} estimates carry no standard errors, so no p-values and nothing is flagged; "
                       "for evidence thresholds fit `dmtoolkit influence` (difference of means or regression)")
     if not np.isfinite(est.stderr).any():
@@ -269,7 +272,10 @@ def _influence_pvalues(est: Estimate, side: str) -> tuple[np.ndarray | None, str
     dof = est.stderr_dof
     law = f"Student t, {dof} dof" if dof else "normal"
     evidence = f"one-sided p-values from {method} ({law})"
-    if dof is not None and dof < MIN_EVIDENCE_DOF:
+    if dof is not None and dof < MIN_EVIDENCE_DOF and estimator_entry(est.estimator).retrains:
+        evidence += (f"; only {dof + 1} networks, so every p-value rests on the same few networks and the FDR is "
+                     "not guaranteed: fit more networks (--models)")
+    elif dof is not None and dof < MIN_EVIDENCE_DOF:
         evidence += (f"; only {dof + 1} sampling units, so every p-value rests on the same few unit means and the "
                      "FDR is not guaranteed: train more models (more pairs or blocks)")
     return one_sided_pvalues(est.matrix, est.stderr, dof, side), evidence
@@ -514,8 +520,11 @@ def detect_mislabels(path: str | Path, *, fdr: float = DETECT_FDR, top: int = DE
     refitted on that column with the estimate's fit rows and sampling units), and target_p, Simes'
     combination of its one-sided p-values of influence < 0 over the targets. Its p-value is the larger of the
     two (an intersection-union test of "hurts both"); Benjamini–Hochberg at `fdr` flags. Stores without
-    source accuracy use target_p alone (the evidence line says so). Candidates are listed by p-value (by
-    `by` score, see `mislabel_scores`, when the estimate has no standard errors). Planted label flips, when
+    source accuracy, and estimators that cannot be refitted on it (the gradient estimator), use target_p
+    alone (the evidence line says so). Candidates are listed by p-value (by `by` score, see
+    `mislabel_scores`, when the estimate has no standard errors; with target_p alone the flagged ones first,
+    then the rest by score: on the demo example store the gradient estimate's 16-network target_p ordered the
+    planted flips with AUC 0.67, its worst score with 0.95). Planted label flips, when
     the store has them, are read after detection to score the flagged set and the ranking's AUC.
     """
     if top < 1:
@@ -531,14 +540,18 @@ def detect_mislabels(path: str | Path, *, fdr: float = DETECT_FDR, top: int = DE
         labels, names = run.source_labels, run.source_class_names
         source_p = None
         accuracy = run.column("source_accuracy") if "source_accuracy" in run.file else None
-        if p_pairs is not None and accuracy is not None and np.isfinite(accuracy[est.fit_rows]).all():
+        refittable = not estimator_entry(est.estimator).retrains  # refitting would retrain its networks
+        if p_pairs is not None and refittable and accuracy is not None and np.isfinite(accuracy[est.fit_rows]).all():
             refit = refit_on_values(est, run, accuracy)
             source_p = one_sided_pvalues(refit.coef_[:, 0], refit.stderr_[:, 0], refit.stderr_dof_, "less")
         planted = run.planted()  # scoring only: read after detection
     p = q = target_p = None
     if p_pairs is not None:
         target_p = np.where(defined, simes(p_pairs, axis=1), 1.0)
-        if source_p is None:
+        if source_p is None and not refittable:
+            evidence += (f"; the {est.estimator} estimator scores target margins only (its influence on the source "
+                         "accuracy would need its networks again), so only harm to the targets is tested")
+        elif source_p is None:
             evidence += "; the store has no source accuracy, so only harm to the targets is tested"
         else:
             evidence += "; source accuracy refitted the same way; p = max(source, Simes over targets)"
@@ -547,6 +560,10 @@ def detect_mislabels(path: str | Path, *, fdr: float = DETECT_FDR, top: int = DE
         order = np.lexsort((score, p))  # most significant first, ties: most harmful
         order = order[defined[order]]
         flagged_rows = order[q[order] <= fdr]
+        if source_p is None:  # target harm alone: the rest by score, which ranks flips better than its noisy p
+            rest = np.flatnonzero(defined & (q > fdr))
+            order = np.concatenate([flagged_rows, rest[np.argsort(score[rest], kind="stable")]])
+            evidence += f"; listed: flagged first, then the rest by {by} score"
     else:
         order = np.flatnonzero(defined)[np.argsort(score[defined], kind="stable")]
         flagged_rows = order[:0]
@@ -568,8 +585,12 @@ def detect_mislabels(path: str | Path, *, fdr: float = DETECT_FDR, top: int = DE
     elif not flagged:
         message = f"no evidence of mislabelled source examples at {fdr_phrase(fdr)}"
     else:
-        message = (f"{len(flagged)} source example{'s' if len(flagged) != 1 else ''} likely mislabelled at "
-                   f"{fdr_phrase(fdr)} (they hurt the source task and the target)")
+        many = 's' if len(flagged) != 1 else ''
+        message = (f"{len(flagged)} source example{many} likely mislabelled at {fdr_phrase(fdr)} (they hurt the "
+                   "source task and the target)" if source_p is not None else
+                   f"{len(flagged)} source example{many} hurt a target at {fdr_phrase(fdr)}: mislabel candidates, not "
+                   "confirmed (harm to the source task was not tested, so images that hurt a target for other reasons "
+                   "can be among them)")
     scored = scored_top = None
     if flipped is not None:
         ranking = np.full(len(score), -np.inf)  # the listing order (p-value, then score) as a score

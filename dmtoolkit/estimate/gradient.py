@@ -34,16 +34,20 @@ in for the latter); the retrained weights are the final ones (one checkpoint per
 
 The one-step influence argument gives the sign: adding example i moves θ by ≈ −H⁻¹∇loss_i = H⁻¹ q_i φ_i,
 so τ > 0 means keeping example i raises target j's margin — the same sign convention as difference of
-means and datamodels. `coef_` (P, T) is τ averaged over the models, in mask units; `intercept_` is the mean
+means and datamodels. `coef_` (P, T) is τ averaged over the models, in mask units, and `stderr_` its standard
+error across the networks (N − 1 dof; None for one network), each network's τ saved as it finishes so an
+interrupted fit resumes (`dmtoolkit.estimate.ensemble`); `intercept_` is the mean
 fitting-row margin minus coef · (mean fitting-row mask), so `predict` is centred on the store's models
 (LDS, a rank correlation per target, does not depend on it).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -55,8 +59,10 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, jacrev, vmap
 
+from dmtoolkit.devices import training_threads
 from dmtoolkit.errors import UserError
 from dmtoolkit.estimate.base import Estimator, ExtraDataset
+from dmtoolkit.estimate.ensemble import PLAN_KEY, NetworkSaver, partial_folder, reduction_bytes
 from dmtoolkit.estimate.options import (
     GRADIENT_HEADS,
     GRADIENT_KERNELS,
@@ -127,7 +133,9 @@ def gradient_memory_bytes(proj_dim: int, num_params: int, pool: int, targets: in
     """Bytes the gradient estimator holds at once for one network, k = `proj_dim` (`num_params` for 0): the
     projection (kept whole when small, else one block of rows), the projected source features and target
     gradients (float32, then float64 copies), the k × k kernel and its identity (float64), the solve (k × T)
-    and the scores (pool × targets)."""
+    and the scores (pool × targets, float64 and the float32 copy saved); or, if more, the reduction across
+    networks (`ensemble.reduction_bytes`: the float32 mean and standard error and one block of columns). It
+    does not grow with the number of networks: their scores are saved to disk as each finishes."""
     k = proj_dim or num_params
     if proj_dim == 0:
         projection = 0
@@ -136,7 +144,8 @@ def gradient_memory_bytes(proj_dim: int, num_params: int, pool: int, targets: in
     else:
         projection = min(PROJECTION_BLOCK, num_params) * k * 4
     features = 4 * k * (pool + targets) + 8 * k * (2 * pool + targets)
-    return int(projection + features + 16 * k * k + 8 * k * targets + 12 * pool * targets)
+    scoring = projection + features + 16 * k * k + 8 * k * targets + 12 * pool * targets
+    return int(max(scoring, reduction_bytes(pool, targets)))
 
 
 # --- per-example gradients through a G=1 batched network ----------------------------------------------
@@ -302,7 +311,7 @@ def trak_scores(phi: torch.Tensor, q: torch.Tensor, train: np.ndarray | torch.Te
     weighted = phi_s if weights is None else phi_s * weights[:, None]
     gram = weighted.T @ phi_s + lam * torch.eye(phi.shape[1], dtype=phi.dtype, device=phi.device)
     solved = torch.linalg.solve(gram, g.T)  # (k, T)
-    return (phi @ solved) * q[:, None]
+    return (phi @ solved).mul_(q[:, None])  # in place: one (P, T) float64 array
 
 
 def relative_lambda(phi_s: torch.Tensor, lam: float, weights: torch.Tensor | None = None) -> float:
@@ -381,8 +390,10 @@ class GradientEstimator(Estimator):
                  proj_dim: int = GRADIENT_PROJ_DIM, projection: str = "gaussian", proj_seed: int = 0,
                  lam: float = GRADIENT_LAMBDA, head: str = "fixed",
                  kernel: str = "trak", row_seed: int = 0, device: str | None = None, chunk: int = 64,
-                 whole_groups: bool = True, progress: Callable[[str], None] | None = None) -> None:
+                 whole_groups: bool = True, progress: Callable[[str], None] | None = None,
+                 partial: str | Path | None = None) -> None:
         self.store_path = Path(store_path)
+        self.partial = None if partial is None else Path(partial)  # folder of per-network scores (ensemble.py)
         self.models, self.full_models = models, full_models
         self.proj_dim, self.projection, self.proj_seed = proj_dim, projection, proj_seed
         self.lam, self.head, self.kernel, self.row_seed = lam, head, kernel, row_seed
@@ -408,6 +419,17 @@ class GradientEstimator(Estimator):
                 "projection": self.projection, "proj_seed": self.proj_seed, "lambda_relative": self.lam,
                 "head": self.head, "kernel": self.kernel, "row_seed": self.row_seed,
                 "whole_groups": self.whole_groups}
+
+    def _saver_meta(self, columns: slice, plan: list[tuple[int, int]]) -> dict[str, Any]:
+        """What saved per-network scores depend on, checked when a rerun continues from them."""
+        from dmtoolkit.store import RunStore
+
+        with RunStore(self.store_path) as store:
+            content = store.content_hash()
+        meta = {k: v for k, v in self.settings().items()}
+        meta.update({"store content hash": content, "target columns": f"{columns.start}:{columns.stop}",
+                     PLAN_KEY: [list(x) for x in plan], "format": 1})
+        return meta
 
     def _say(self, message: str) -> None:
         if self.progress is not None:
@@ -460,21 +482,40 @@ class GradientEstimator(Estimator):
             seed = int(np.random.SeedSequence([training_seed, FULL_POOL_SALT, f]).generate_state(1)[0])
             plan.append((-1, seed, pool, lambda seed=seed: trainer.train_source_models([pool], [seed])))
         all_margins = np.asarray(margins[0:margins.shape[0]], dtype=np.float64)
-        total, records = None, []
-        for n, (row, seed, subset, network) in enumerate(plan):
-            started = time.perf_counter()
-            scores, reproduced, record = self._one_model(trainer, context.recipe, row, seed, subset, network(),
-                                                         columns)
-            error = float(np.max(np.abs(reproduced - all_margins[row]))) if row >= 0 else float("nan")
-            record = dataclasses.replace(record, margin_error=error, seconds=time.perf_counter() - started)
-            records.append(record)
-            total = scores if total is None else total + scores
-            self._say(f"gradient: {n + 1}/{len(plan)} networks ({'row ' + str(row) if row >= 0 else 'full pool'}, "
-                      f"{record.seconds:.0f}s, reproduced margins within {error:.2g})")
-        coef = (total / len(plan)).cpu().numpy().astype(np.float32)
+        shape = (masks.shape[1], columns.stop - columns.start)
+        with contextlib.ExitStack() as stack:  # without a folder for the per-network scores: a temporary one
+            folder = self.partial or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="dmtoolkit-gradient-")))
+            saver = NetworkSaver(folder, self._saver_meta(columns, [(row, seed) for row, seed, _, _ in plan]))
+            done = saver.start()
+            saver.require_disk(len(plan) - len(done), shape)
+            if done:
+                self._say(f"gradient: continuing from {folder}: {len(done)} of {len(plan)} networks were saved there")
+            try:
+                for n, (row, seed, subset, network) in enumerate(plan):
+                    if n in done:
+                        continue
+                    started = time.perf_counter()
+                    with training_threads():  # the driver's setting, or the network is not the stored row's
+                        net = network()
+                    scores, reproduced, record = self._one_model(trainer, context.recipe, row, seed, subset, net, columns)
+                    error = float(np.max(np.abs(reproduced - all_margins[row]))) if row >= 0 else float("nan")
+                    record = dataclasses.replace(record, margin_error=error, seconds=time.perf_counter() - started)
+                    done[n] = {**dataclasses.asdict(record), "num_params": self._num_params}
+                    saver.save(n, scores.cpu().numpy(), done[n])
+                    del scores  # one network's scores at a time (the reduction reads them back from the folder)
+                    self._say(f"gradient: {n + 1}/{len(plan)} networks ({'row ' + str(row) if row >= 0 else 'full pool'}, "
+                              f"{record.seconds:.0f}s, reproduced margins within {error:.2g})")
+            except KeyboardInterrupt:
+                if self.partial is not None and done:
+                    self._say(f"gradient: interrupted; {len(done)} of {len(plan)} networks are saved in {folder}: "
+                              "rerun the same command to continue from them")
+                raise
+            coef, self.stderr_ = saver.reduce(len(plan), shape)
+        fields = [f.name for f in dataclasses.fields(ModelRecord)]
+        self.records_ = tuple(ModelRecord(**{k: done[n][k] for k in fields}) for n in range(len(plan)))
+        self.num_params_ = int(done[0]["num_params"])
+        self.stderr_dof_ = len(plan) - 1 if self.stderr_ is not None else None
         self.coef_ = coef
-        self.records_ = tuple(records)
-        self.num_params_ = self._num_params
         fit_masks = np.asarray(masks[0:masks.shape[0]], dtype=np.float64)[rows]
         self.intercept_ = (all_margins[rows].mean(0) - fit_masks.mean(0) @ coef.astype(np.float64)).astype(np.float32)
         self.fit_rows_ = np.sort(rows)
@@ -576,11 +617,26 @@ class GradientEstimator(Estimator):
                                         "target: transferred margin z_y - max_{k!=y} z_k",
             "gradient_max_margin_error": max((r.margin_error for r in self.records_ if r.row >= 0),
                                              default=float("nan")),
+            **self._stderr_attributes(),
         }
+
+    def _stderr_attributes(self) -> dict[str, Any]:
+        n = len(self.records_)
+        if self.stderr_ is None:
+            return {"stderr_method": "none", "stderr_dof": -1,
+                    "stderr_missing": (f"the {self.name} estimate is from {n} network, so its standard error (the "
+                                       "spread of the scores across independently trained networks) is undefined: "
+                                       "nothing is flagged; fit 2 or more networks (--models) for evidence")}
+        return {"stderr_method": (f"spread across {n} independently trained networks (sd / √{n}) at fixed "
+                                  "projection, λ and store; not the linearisation's bias"),
+                "stderr_dof": int(self.stderr_dof_)}
 
     def extra_datasets(self) -> list[ExtraDataset]:
         r = self.records_
-        return [
+        errors = [] if self.stderr_ is None else [ExtraDataset(
+            "stderr", self.stderr_, "standard error of the coefficient: sd of the per-network scores / √networks "
+            "(Student t, networks − 1 dof)", "unit, target example", "margin per unit")]
+        return errors + [
             ExtraDataset("gradient/rows", np.array([x.row for x in r], np.int64),
                          "store row each network was retrained from (-1: trained on the full pool)", "network", "row"),
             ExtraDataset("gradient/seeds", np.array([x.seed for x in r], np.int64), "training seed of each network",
@@ -608,6 +664,8 @@ def fit_gradient(store_path: str | Path, out_path: str | Path, *, models: int = 
 
     The held-out test rows (`holdout_frac`, `seed`) are the same split every estimator uses, so `dmtoolkit
     evaluate` scores the result like a datamodels estimate; the retrained rows come from the fitting rows only.
+    Each finished network is saved in OUT.partial/ (`ensemble.partial_folder`): a rerun with the same settings
+    continues from it, one with other settings is refused; it is removed once the estimate is written.
     """
     from dmtoolkit.devices import resolve_device
     from dmtoolkit.estimate.fit import fit_store
@@ -616,6 +674,8 @@ def fit_gradient(store_path: str | Path, out_path: str | Path, *, models: int = 
     model = GradientEstimator(store_path, models=models, full_models=full_models, proj_dim=proj_dim,
                               projection=projection, proj_seed=proj_seed, lam=lam, head=head, kernel=kernel, row_seed=seed,
                               device=device, chunk=chunk, whole_groups=whole_groups,
-                              progress=progress)
+                              progress=progress, partial=partial_folder(out_path))
     model.check_settings()
-    return fit_store(store_path, out_path, model, test_fraction=holdout_frac, seed=seed, targets=targets, force=force)
+    fit_store(store_path, out_path, model, test_fraction=holdout_frac, seed=seed, targets=targets, force=force)
+    NetworkSaver(model.partial, {}).remove()  # the estimate is written: nothing left to resume
+    return model

@@ -33,6 +33,7 @@ from typing import Iterable, Iterator
 
 import torch
 
+from dmtoolkit.devices import TRAINING_THREADS, training_threads
 from dmtoolkit.run.base import (
     EXECUTOR_NAMES,
     EXECUTORS,
@@ -60,15 +61,11 @@ class SerialExecutor:
         self._context: RunContext | None = None
 
     def run(self, store_path: Path, groups: Iterable[int]) -> Iterator[GroupOutcome]:
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
+        with training_threads():
             if self._context is None:
                 self._context = RunContext.from_store(store_path, self.device)
             for group in groups:
                 yield compute_outcome(self._context, group)
-        finally:
-            torch.set_num_threads(threads)
 
     def close(self) -> None:
         self._context = None
@@ -84,7 +81,7 @@ def _init_worker(store_path: str, device: str | None, cwd: str, path: list[str] 
     forkserver child starts from the server's), then build the run context."""
     global _WORKER_CONTEXT, _WORKER_ERROR
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver handles Ctrl-C and stops the workers
-    torch.set_num_threads(1)
+    torch.set_num_threads(TRAINING_THREADS)
     if environ is not None:
         os.environ.clear()
         os.environ.update(environ)

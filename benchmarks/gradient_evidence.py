@@ -1,0 +1,161 @@
+"""The gradient estimator's evidence and memory: calibration of its across-network standard error by
+simulation, and the peak memory of reducing many networks' saved scores.
+
+    python benchmarks/gradient_evidence.py calibration [--replications 400]
+    python benchmarks/gradient_evidence.py memory [--units 20000] [--targets 5000] [--networks 4]
+    python benchmarks/gradient_evidence.py networks STORE.h5 OUT.h5 [--networks 16]
+
+`calibration` prints, per number of networks, the coverage of nominal 95% t intervals (mean ± t·se, N − 1
+dof) and the false discovery proportion, power and flags of Benjamini–Hochberg at 5% on one-sided p-values
+(as `dmtoolkit leakage` flags), over simulated runs where each network's scores are the true effect plus
+network noise (`dmtoolkit.estimate.ensemble.simulate_network_scores`: 200 units × 20 targets, 5% of entries
+real effects, a noise offset shared by every unit of a (network, target), a per-unit noise scale; Gaussian
+and Student t with 5 dof noise). `memory` saves `networks` random (units × targets) float32 score arrays
+through `NetworkSaver` and reduces them (`NetworkSaver.reduce`), printing the peak of NumPy allocations during
+the reduction (tracemalloc) against one network's array, and the bytes on disk. `networks` fits the gradient
+estimator on a real example store (default settings, `--networks` retrained rows) keeping the per-network
+scores (OUT.h5.partial/, so an interrupted run continues), and checks the spread they give on the real networks:
+for each network k, is its score inside the 95% t prediction interval of the other N − 1 networks,
+mean ± t(N − 2)·sd·√(1 + 1/(N − 1))? That holds at 95% when networks are exchangeable draws with roughly
+normal scores per entry, the assumption behind the standard error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+
+from dmtoolkit.estimate.ensemble import PLAN_KEY, NetworkSaver, network_calibration, reduction_bytes
+
+
+def calibration(replications: int) -> None:
+    print(f"nominal 95% intervals and BH at FDR 5%, {replications} simulated runs of 200 units x 20 targets")
+    print(f"{'noise':<10} {'networks':>8} {'coverage':>9} {'FDR':>7} {'power':>7} {'flags':>7}")
+    for tails, name in ((None, "gaussian"), (5.0, "t, 5 dof")):
+        for networks in (2, 3, 4, 8, 16):
+            r = network_calibration(networks, replications=replications, tails=tails)
+            print(f"{name:<10} {networks:>8} {r.coverage:>9.4f} {r.false_discovery_rate:>7.4f} {r.power:>7.3f} "
+                  f"{r.mean_flags:>7.1f}")
+
+
+def memory(units: int, targets: int, networks: int) -> None:
+    one = 4 * units * targets
+    with tempfile.TemporaryDirectory(prefix="gradient-memory-") as folder:
+        saver = NetworkSaver(Path(folder) / "p", {PLAN_KEY: [[n, n] for n in range(networks)]})
+        saver.start()
+        rng = np.random.default_rng(0)
+        for n in range(networks):
+            saver.save(n, rng.standard_normal((units, targets), dtype=np.float32), {"n": n})
+        disk = sum(p.stat().st_size for p in (Path(folder) / "p").iterdir())
+        tracemalloc.start()
+        started = time.perf_counter()
+        mean, stderr = saver.reduce(networks, (units, targets))
+        seconds = time.perf_counter() - started
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    print(f"{units:,} units x {targets:,} targets, {networks} networks: one network's float32 scores "
+          f"{one / 2**20:,.0f} MiB; reduction peak {peak / 2**20:,.0f} MiB = {peak / one:.2f} x one network "
+          f"(predicted {reduction_bytes(units, targets) / one:.2f} x; holding every network would be "
+          f"{networks:.0f} x + the outputs); {disk / 2**20:,.0f} MiB on disk; {seconds:.1f} s")
+
+
+def networks_check(store: str, out: str, networks: int) -> None:
+    from scipy import stats
+
+    from dmtoolkit.estimate.ensemble import partial_folder
+    from dmtoolkit.estimate.fit import fit_store
+    from dmtoolkit.estimate.gradient import GradientEstimator
+
+    started = time.process_time()
+    if not Path(out).exists():
+        model = GradientEstimator(store, models=networks, device="cpu", partial=partial_folder(out), progress=print)
+        fit_store(store, out, model)
+    folder = partial_folder(out)
+    import h5py
+
+    scores = []
+    for n in range(networks):
+        with h5py.File(folder / f"network-{n:04d}.h5", "r") as f:
+            scores.append(f["scores"][()].astype(np.float64))
+    scores = np.array(scores)
+    inside = []
+    q = stats.t.ppf(0.975, networks - 2)
+    for k in range(networks):
+        rest = np.delete(scores, k, axis=0)
+        half = q * rest.std(0, ddof=1) * np.sqrt(1 + 1 / (networks - 1))
+        inside.append(np.mean(np.abs(scores[k] - rest.mean(0)) <= half))
+    se = scores.std(0, ddof=1) / np.sqrt(networks)
+    print(f"{networks} networks, {scores.shape[1]} x {scores.shape[2]} scores: held-out network inside the 95% t "
+          f"prediction interval of the others: {np.mean(inside):.4f} (per network {min(inside):.3f}-{max(inside):.3f}); "
+          f"median |mean| / se {np.median(np.abs(scores.mean(0)) / se):.2f}; CPU {time.process_time() - started:.0f} s")
+    standardised = (scores - scores.mean(0)) / scores.std(0, ddof=1)
+    print(f"excess kurtosis of the standardised per-entry scores: {stats.kurtosis(standardised.ravel()):.2f}")
+    rng = np.random.default_rng(0)
+    for half in (networks // 4, networks // 2):
+        beyond = []
+        for _ in range(20):  # two disjoint random halves: their means differ beyond their 95% Welch interval?
+            order = rng.permutation(networks)
+            a, b = scores[order[:half]], scores[order[half:2 * half]]
+            va, vb = a.var(0, ddof=1) / half, b.var(0, ddof=1) / half
+            dof = (va + vb) ** 2 / ((va ** 2 + vb ** 2) / (half - 1))
+            beyond.append(np.mean(np.abs(a.mean(0) - b.mean(0)) > stats.t.ppf(0.975, dof) * np.sqrt(va + vb)))
+        print(f"two disjoint sets of {half} networks: means differ beyond the 95% Welch t interval of their "
+              f"standard errors for {np.mean(beyond):.4f} of the entries (0.05 if calibrated; 20 random splits)")
+    from dmtoolkit.analyze.evidence import one_sided_pvalues, simes
+    from dmtoolkit.analyze.examples import auc, mislabel_scores
+    from dmtoolkit.store import RunStore
+
+    with RunStore(store) as run:
+        planted = run.planted()
+        plan = json.loads((folder / "meta.json").read_text())[PLAN_KEY]
+        full = np.ones(run.num_units, bool)
+        inside = np.array([run.masks[row] if row >= 0 else full for row, _ in plan], bool)[:, :, None]
+    n_in, n_out = inside.sum(0), (~inside).sum(0)
+    mean_in = np.where(inside, scores, 0).sum(0) / np.maximum(n_in, 1)
+    mean_out = np.where(~inside, scores, 0).sum(0) / np.maximum(n_out, 1)
+    var_in = np.where(inside, (scores - mean_in) ** 2, 0).sum(0) / np.maximum(n_in - 1, 1)
+    var_out = np.where(~inside, (scores - mean_out) ** 2, 0).sum(0) / np.maximum(n_out - 1, 1)
+    both = (n_in > 1) & (n_out > 1)
+    stratified = 0.5 * (mean_in + mean_out) / (0.5 * np.sqrt(var_in / np.maximum(n_in, 1) + var_out / np.maximum(n_out, 1)))
+    print(f"scores of example i from networks trained on it: mean |τ| {np.abs(mean_in).mean():.2g} (sd "
+          f"{np.sqrt(var_in).mean():.2g}); from networks not trained on it: {np.abs(mean_out).mean():.2g} (sd "
+          f"{np.sqrt(var_out).mean():.2g}); median |t| {np.median(np.abs(scores.mean(0) / se)):.2f} plain, "
+          f"{np.median(np.abs(stratified[np.broadcast_to(both, stratified.shape)])):.2f} stratified by inclusion")
+    if planted is not None and planted.flipped.any():
+        mean = scores.mean(0)
+        target_p = simes(one_sided_pvalues(mean, se, networks - 1, "less"), axis=1)
+        flipped = planted.flipped.astype(bool)
+        print(f"planted flips ranked by worst influence: AUC {auc(-mislabel_scores(mean, 'worst'), flipped):.3f}; "
+              f"by target p-value (Simes over targets): AUC {auc(-target_p, flipped):.3f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    cal = sub.add_parser("calibration")
+    cal.add_argument("--replications", type=int, default=400)
+    mem = sub.add_parser("memory")
+    mem.add_argument("--units", type=int, default=20_000)
+    mem.add_argument("--targets", type=int, default=5_000)
+    mem.add_argument("--networks", type=int, default=4)
+    net = sub.add_parser("networks")
+    net.add_argument("store")
+    net.add_argument("out")
+    net.add_argument("--networks", type=int, default=16)
+    args = parser.parse_args()
+    if args.command == "calibration":
+        calibration(args.replications)
+    elif args.command == "networks":
+        networks_check(args.store, args.out, args.networks)
+    else:
+        memory(args.units, args.targets, args.networks)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,225 @@
+"""Evidence and resumption of the gradient estimator: the standard error across networks (against NumPy, and
+calibrated by simulation), leakage and mislabels flagging from it, and the per-network saver (an interrupted
+run continues to the same result; a changed rerun is refused)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from dmtoolkit.analyze.evidence import bh_adjusted, one_sided_pvalues, simes
+from dmtoolkit.analyze.examples import detect_leakage, detect_mislabels
+from dmtoolkit.cli import cli
+from dmtoolkit.errors import UserError
+from dmtoolkit.estimate.ensemble import (
+    PLAN_KEY,
+    Moments,
+    NetworkSaver,
+    across_networks,
+    network_calibration,
+    partial_folder,
+    reduction_bytes,
+    simulate_network_scores,
+)
+from dmtoolkit.estimate.files import load_estimate
+from dmtoolkit.estimate.fit import fit_store
+from dmtoolkit.estimate.gradient import GradientEstimator, fit_gradient, gradient_memory_bytes
+from dmtoolkit.resources import ResourceError
+
+from .test_gradient import _trained_example_store
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _trained_example_store(tmp_path_factory.mktemp("evidence") / "runs.h5")
+
+
+# --- the arithmetic -------------------------------------------------------------------------------------------
+def test_mean_and_stderr_across_networks_equal_numpy() -> None:
+    rng = np.random.default_rng(0)
+    scores = rng.normal(3.0, 2.0, (5, 7, 4)) * rng.uniform(0.1, 10, (1, 7, 1))
+    result = across_networks(iter(scores))
+    np.testing.assert_allclose(result.mean, scores.mean(0), rtol=1e-12)
+    np.testing.assert_allclose(result.stderr, scores.std(0, ddof=1) / np.sqrt(5), rtol=1e-10)
+    assert result.dof == 4 and result.networks == 5
+    one = across_networks([scores[0]])
+    assert one.stderr is None and one.dof is None
+    np.testing.assert_array_equal(one.mean, scores[0])
+    moments = Moments((2,))
+    moments.add(np.array([1e8 + 1, 1.0]))
+    moments.add(np.array([1e8 + 3, 1.0]))
+    np.testing.assert_allclose(moments.stderr(), [1.0, 0.0])  # no cancellation at a large mean
+
+
+def test_the_reduction_reads_blocks_of_columns_and_matches_the_whole(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    scores = rng.normal(0, 1, (3, 50, 37)).astype(np.float32)
+    saver = NetworkSaver(tmp_path / "p", {PLAN_KEY: [[0, 1], [2, 3], [4, 5]]})
+    assert saver.start() == {}
+    for n in range(3):
+        saver.save(n, scores[n], {"n": n})
+    mean, stderr = saver.reduce(3, (50, 37), budget=8 * 50 * 5)  # 5 columns per block: 8 blocks
+    np.testing.assert_allclose(mean, scores.astype(np.float64).mean(0), rtol=1e-6)
+    np.testing.assert_allclose(stderr, scores.astype(np.float64).std(0, ddof=1) / np.sqrt(3), rtol=1e-5)
+    whole_mean, whole_stderr = saver.reduce(3, (50, 37))
+    np.testing.assert_array_equal(mean, whole_mean)
+    np.testing.assert_array_equal(stderr, whole_stderr)
+    assert NetworkSaver(tmp_path / "p", {PLAN_KEY: [[0, 1], [2, 3], [4, 5]]}).start() == {n: {"n": n} for n in range(3)}
+    saver.require_disk(2, (50, 37), free=2 * 4 * 50 * 37)
+    with pytest.raises(ResourceError, match=r"the scores of 3 networks \(50 × 37 each\) need about .* of disk, more "
+                                            r"than the .* free; free some space or fit fewer targets"):
+        saver.require_disk(3, (50, 37), free=2 * 4 * 50 * 37)
+
+
+def test_memory_does_not_grow_with_networks_and_counts_the_reduction() -> None:
+    P, T = 50_000, 10_000
+    one_network = 4 * P * T
+    reduction = reduction_bytes(P, T)
+    assert 2 * one_network <= reduction <= 2 * one_network + 64 * 2**20 * 60 // 8  # outputs + one block
+    assert gradient_memory_bytes(512, 40_020, P, T) >= 3 * one_network  # float64 scores + the float32 copy
+
+
+# --- calibration by simulation --------------------------------------------------------------------------------
+@pytest.mark.parametrize("networks", [2, 4, 16])
+def test_intervals_cover_and_flags_keep_the_false_discovery_rate(networks: int) -> None:
+    result = network_calibration(networks, replications=60, level=0.95, fdr=0.05)
+    assert 0.935 <= result.coverage <= 0.965, result
+    if networks >= 4:  # (two networks flag almost nothing: a t with 1 dof has no power)
+        assert result.false_discovery_rate <= 0.06 and result.power > 0.5 and result.mean_flags > 50, result
+
+
+def test_normal_intervals_from_few_networks_would_undercover() -> None:
+    """The t law matters: with 3 networks normal quantiles cover far less than 95% (the check is not vacuous)."""
+    from scipy import stats
+
+    hits = []
+    for r in range(40):
+        truth, scores = simulate_network_scores(r, networks=3)
+        result = across_networks(scores)
+        hits.append(np.mean(np.abs(result.mean - truth) <= stats.norm.ppf(0.975) * result.stderr))
+    assert np.mean(hits) < 0.9
+
+
+def test_heavy_tailed_network_noise_stays_close_to_nominal() -> None:
+    result = network_calibration(8, replications=40, tails=5.0)
+    assert 0.93 <= result.coverage <= 0.97 and result.false_discovery_rate <= 0.07, result
+
+
+# --- end to end: the file, leakage and mislabels ----------------------------------------------------------------
+def test_the_estimate_carries_the_standard_error_of_its_saved_networks(store: Path, tmp_path: Path) -> None:
+    out = tmp_path / "g.h5"
+    model = GradientEstimator(store, models=3, proj_dim=32, lam=0.1, partial=partial_folder(out))
+    fit_store(store, out, model, test_fraction=0.3, seed=0)  # fit_store keeps the folder (fit_gradient removes it)
+    folder = partial_folder(out)
+    meta = json.loads((folder / "meta.json").read_text())
+    assert meta["proj_dim"] == 32 and meta["target columns"] == "0:16" and len(meta["networks (store row, seed)"]) == 3
+    per_network = []
+    for n in range(3):
+        with h5py.File(folder / f"network-{n:04d}.h5", "r") as f:
+            per_network.append(f["scores"][()].astype(np.float64))
+    per_network = np.array(per_network)
+    est = load_estimate(out)
+    np.testing.assert_allclose(est.matrix, per_network.mean(0), rtol=1e-5, atol=1e-7 * np.abs(per_network).max())
+    np.testing.assert_allclose(est.stderr, per_network.std(0, ddof=1) / np.sqrt(3), rtol=1e-4,
+                               atol=1e-7 * np.abs(per_network).max())
+    assert est.stderr_dof == 2 and "spread across 3 independently trained networks" in est.attrs["stderr_method"]
+    # leakage: p-values from that standard error, Student t with 2 dof, BH over every pair
+    report = detect_leakage(out, features=False, fdr=0.5)
+    assert report.thresholded and "Student t, 2 dof" in report.evidence
+    assert "only 3 networks, so every p-value rests on the same few networks" in report.evidence
+    p = one_sided_pvalues(est.matrix, est.stderr, 2, "greater")
+    q = bh_adjusted(p)
+    for pair in report.pairs:
+        c = int(np.searchsorted(est.target_index, pair.target))
+        assert pair.p_value == pytest.approx(p[pair.source, c]) and pair.q_value == pytest.approx(q[pair.source, c])
+        assert (pair.category in ("likely copy", "influence only")) == (q[pair.source, c] <= 0.5)
+    # mislabels: Simes over targets of the one-sided p-values (harm), no source-accuracy refit (it would retrain)
+    report = detect_mislabels(out, fdr=0.5)
+    assert "scores target margins only" in report.evidence and "Student t, 2 dof" in report.evidence
+    target_p = simes(one_sided_pvalues(est.matrix, est.stderr, 2, "less"), axis=1)
+    q = bh_adjusted(target_p)
+    for candidate in report.candidates:
+        assert candidate.source_p is None and candidate.p_value == pytest.approx(target_p[candidate.source])
+        assert candidate.flagged == (q[candidate.source] <= 0.5)
+    assert {c.source for c in report.flagged} == set(np.flatnonzero(q <= 0.5).tolist())
+    assert report.flagged and report.message.startswith(f"{len(report.flagged)} source example")
+    assert "hurt a target at FDR 50%: mislabel candidates, not confirmed (harm to the source task" in report.message
+    # listed: the flagged first, then the rest by their worst influence (target p alone ranks flips poorly)
+    rest = [c for c in report.candidates if not c.flagged]
+    assert [c.flagged for c in report.candidates] == sorted((c.flagged for c in report.candidates), reverse=True)
+    assert [c.score for c in rest] == sorted(c.score for c in rest) and "then the rest by worst score" in report.evidence
+
+
+def test_one_network_says_why_nothing_is_flagged(store: Path, tmp_path: Path) -> None:
+    out = tmp_path / "one.h5"
+    fit_gradient(store, out, models=1, proj_dim=16, holdout_frac=0.3)
+    assert load_estimate(out).stderr is None and not partial_folder(out).exists()
+    for command in (["leakage", str(out), "--json", "--no-features"], ["mislabels", str(out), "--json"]):
+        result = CliRunner().invoke(cli, command)
+        assert result.exit_code == 0, result.output
+        data = json.loads(result.output)
+        assert data["evidence"].startswith("the gradient estimate is from 1 network, so its standard error")
+        assert data["flagged"] == [] and len(data.get("pairs", data.get("candidates"))) > 0  # ranked for browsing
+
+
+# --- resuming ---------------------------------------------------------------------------------------------------
+class _Stop:
+    """A progress callback that interrupts the run (as Ctrl-C would) after `after` finished networks."""
+
+    def __init__(self, after: int | None = None) -> None:
+        self.after, self.messages = after, []
+
+    def __call__(self, message: str) -> None:
+        self.messages.append(message)
+        if self.after is not None and sum("networks (" in m for m in self.messages) >= self.after:
+            raise KeyboardInterrupt
+
+
+def test_an_interrupted_run_continues_from_its_saved_networks(store: Path, tmp_path: Path) -> None:
+    settings = {"models": 2, "full_models": 1, "proj_dim": 32, "lam": 0.1, "holdout_frac": 0.3}
+    whole = _Stop()
+    reference = fit_gradient(store, tmp_path / "whole.h5", progress=whole, **settings)
+    assert sum("networks (" in m for m in whole.messages) == 3
+    out = tmp_path / "resumed.h5"
+    stop = _Stop(after=1)
+    with pytest.raises(KeyboardInterrupt):
+        fit_gradient(store, out, progress=stop, **settings)
+    folder = partial_folder(out)
+    assert stop.messages[-1] == (f"gradient: interrupted; 1 of 3 networks are saved in {folder}: rerun the same "
+                                 "command to continue from them")
+    assert not out.exists() and sorted(p.name for p in folder.iterdir()) == ["meta.json", "network-0000.h5"]
+    again = _Stop()
+    resumed = fit_gradient(store, out, progress=again, **settings)
+    assert again.messages[0] == f"gradient: continuing from {folder}: 1 of 3 networks were saved there"
+    assert [m.split(" ")[1] for m in again.messages[1:]] == ["2/3", "3/3"]  # only the missing networks trained
+    np.testing.assert_array_equal(resumed.coef_, reference.coef_)
+    np.testing.assert_array_equal(resumed.stderr_, reference.stderr_)
+    np.testing.assert_array_equal(load_estimate(out).matrix, load_estimate(tmp_path / "whole.h5").matrix)
+    assert resumed.records_[0].row == reference.records_[0].row and resumed.records_[0].seconds > 0
+    assert not folder.exists()  # removed once the estimate is written
+
+
+def test_a_rerun_with_other_settings_is_refused_naming_what_differs(store: Path, tmp_path: Path) -> None:
+    out = tmp_path / "g.h5"
+    with pytest.raises(KeyboardInterrupt):
+        fit_gradient(store, out, models=2, proj_dim=32, holdout_frac=0.3, progress=_Stop(after=1))
+    folder = partial_folder(out)
+    saved = sorted(p.read_bytes() for p in folder.iterdir())
+    with pytest.raises(UserError, match=r"the networks saved there were computed with proj_dim = 32, this run has "
+                                        r"16; rerun with the same settings to continue, or remove .* to start over$"):
+        fit_gradient(store, out, models=2, proj_dim=16, holdout_frac=0.3)
+    result = CliRunner().invoke(cli, ["gradient", str(store), "-o", str(out), "--models", "2", "--proj-dim", "32",
+                                      "--holdout-frac", "0.3", "--targets", "0:8", "--device", "cpu"])
+    assert result.exit_code == 1 and result.output.startswith(f"error: {folder}: the networks saved there were "
+                                                              "computed with target columns = \"0:16\", this run has "
+                                                              "\"0:8\"")
+    assert len(result.output.strip().splitlines()) == 1
+    assert sorted(p.read_bytes() for p in folder.iterdir()) == saved and not out.exists()  # nothing lost
