@@ -324,9 +324,9 @@ def _batched(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x: torch.
 def score_network(network: Network, train: np.ndarray, columns: slice, *, proj_dim: int = GRADIENT_PROJ_DIM,
                   projection: str = "gaussian", proj_seed: int = 0, lam: float = GRADIENT_LAMBDA, kernel: str = "trak",
                   head: str = "fixed", chunk: int = 64,
-                  check_memory: bool = False) -> tuple[torch.Tensor, np.ndarray, float, int]:
+                  check_memory: bool = False) -> tuple[torch.Tensor, float, int, np.ndarray]:
     """τ (P, T) for one network (one checkpoint) on the target columns, with `train` the pool examples it was
-    trained on (the kernel's); also its transferred margins there (T,), the absolute λ and its parameter count.
+    trained on (the kernel's); also the absolute λ, its parameter count and its transferred margins there (T,).
 
     φ_i = Pᵀ∇θ `network.source_output` (TRAK's output of its source logits by default), q_i =
     `network.loss_weight`, g_j = Pᵀ∇θ `network.target_margin` (plus `network.head_gradients` under
@@ -345,6 +345,17 @@ def score_network(network: Network, train: np.ndarray, columns: slice, *, proj_d
                        f"{len(test_x):,} targets ({num_params:,} parameters)",
                        flag=f"lower --proj-dim (default {GRADIENT_PROJ_DIM})", device=str(pool.x.device))
     margins = _batched(lambda x, y: network.target_margin(params, x, y), test_x, test_y).float().cpu().numpy()
+    with torch.no_grad():  # torch.func's transforms still differentiate; tensors a function closes over (a
+        # user's head that requires grad) then build no autograd graph
+        return _scores(network, params, num_params, train, columns, test_x, test_y, proj_dim=proj_dim,
+                       projection=projection, proj_seed=proj_seed, lam=lam, kernel=kernel, head=head,
+                       chunk=chunk) + (margins,)
+
+
+def _scores(network: Network, params: dict[str, torch.Tensor], num_params: int, train: np.ndarray, columns: slice,
+            test_x: torch.Tensor, test_y: torch.Tensor, *, proj_dim: int, projection: str, proj_seed: int, lam: float,
+            kernel: str, head: str, chunk: int) -> tuple[torch.Tensor, float, int]:
+    pool = network.pool
     project = Projector(num_params, proj_dim, proj_seed, projection, pool.x.device)
     size = max(1, min(chunk, GRADIENT_MEMORY // (4 * num_params)))  # examples per vmap
     phi = _per_example(lambda p, xi, yi: network.source_output(p, xi[None], yi[None])[0], params, pool.x, pool.y,
@@ -359,7 +370,7 @@ def score_network(network: Network, train: np.ndarray, columns: slice, *, proj_d
         g = g + network.head_gradients(project, columns, chunk)
     train_index = torch.as_tensor(np.asarray(train), device=phi.device, dtype=torch.long)
     lam_absolute = relative_lambda(phi[train_index], lam, kernel_weights(q[train_index], kernel))
-    return trak_scores(phi, q, train, g, lam_absolute, kernel), margins, lam_absolute, num_params
+    return trak_scores(phi, q, train, g, lam_absolute, kernel), lam_absolute, num_params
 
 
 def score_checkpoints(networks: Sequence[Network], train: np.ndarray, columns: slice, *, blame: str | None = None,
@@ -378,7 +389,7 @@ def score_checkpoints(networks: Sequence[Network], train: np.ndarray, columns: s
     for network in networks:
         subset = train if network.train_indices is None else network.train_indices
         try:
-            scores, reproduced, lam, num_params = score_network(network, subset, columns, **settings)
+            scores, lam, num_params, reproduced = score_network(network, subset, columns, **settings)
         except UserError:
             raise
         except Exception as error:
@@ -452,7 +463,10 @@ def attribute(networks: Sequence[Network | Sequence[Network]], *, targets: slice
             if len(n.pool.x) != pool or len(n.targets.x) != total:
                 raise UserError(f"attribute: networks with {len(n.pool.x)} pool and {len(n.targets.x)} target "
                                 f"examples beside {pool} and {total}; every network scores the same examples")
-    columns = slice(0, total) if targets is None else slice(*targets.indices(total))
+    start, stop, step = (0, total, 1) if targets is None else targets.indices(total)
+    if step != 1 or start >= stop:
+        raise UserError(f"attribute: targets={targets} must be a non-empty contiguous slice of the {total} targets")
+    columns = slice(start, stop)
     settings = {"proj_dim": proj_dim, "projection": projection, "proj_seed": proj_seed, "lambda_relative": lam,
                 "kernel": kernel}
     if not lam > 0:
@@ -777,7 +791,7 @@ def fit_gradient(store_path: str | Path, out_path: str | Path, *, models: int = 
                  lam: float = GRADIENT_LAMBDA,
                  head: str = "fixed", kernel: str = "trak", device: str | None = None, targets: str | slice | None = None,
                  holdout_frac: float = 0.1, seed: int = 0, chunk: int = 64, whole_groups: bool = True,
-                 force: bool = False,
+                 checkpoints: int | tuple[int, ...] = 1, force: bool = False,
                  progress: Callable[[str], None] | None = None) -> GradientEstimator:
     """Fit the gradient estimator on an example-level store and write ESTIMATE.h5 (see the module docstring).
 
@@ -790,7 +804,7 @@ def fit_gradient(store_path: str | Path, out_path: str | Path, *, models: int = 
     resolve_device(device)
     model = GradientEstimator(store_path, models=models, full_models=full_models, proj_dim=proj_dim,
                               projection=projection, proj_seed=proj_seed, lam=lam, head=head, kernel=kernel, row_seed=seed,
-                              device=device, chunk=chunk, whole_groups=whole_groups,
+                              device=device, chunk=chunk, whole_groups=whole_groups, checkpoints=checkpoints,
                               progress=progress)
     model.check_settings()
     return fit_store(store_path, out_path, model, test_fraction=holdout_frac, seed=seed, targets=targets, force=force)

@@ -54,7 +54,7 @@ if TYPE_CHECKING:
     from dmtoolkit.train.contract import Job
 
 __all__ = ["HOOK", "BuiltinNetworks", "Examples", "GradientNetworks", "HookNetworks", "Network", "checkpoint_epochs",
-           "full_pool_job", "load_hook"]
+           "full_pool_job", "load_hook", "parse_checkpoints"]
 
 HOOK = "gradient_networks"
 """The function a trainer's module defines to give the gradient estimator its networks."""
@@ -226,6 +226,17 @@ def checkpoint_epochs(checkpoints: int | Sequence[int], epochs: float) -> tuple[
     if not chosen or chosen[0] < 1 or chosen[-1] > last:
         raise UserError(f"checkpoint epochs {list(checkpoints)} must be between 1 and the training's {last} epochs")
     return chosen
+
+
+def parse_checkpoints(text: str) -> int | tuple[int, ...]:
+    """`--checkpoints`: a count ("3": evenly spaced epochs ending with the last) or epochs ("10,20,30"; one
+    epoch alone is written with a comma, "10,")."""
+    try:
+        if "," in text:
+            return tuple(int(part) for part in text.split(",") if part.strip())
+        return int(text)
+    except ValueError:
+        raise UserError(f"--checkpoints {text!r}: a count (3) or comma-separated epochs (10,20,30)") from None
 
 
 class BuiltinNetworks:
