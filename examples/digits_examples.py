@@ -102,16 +102,13 @@ def train(job: Job) -> TrainerResult:
     return TrainerResult(margins=correct - other, source_accuracy=source_accuracy, predictions=logits.argmax(1))
 
 
-def _network(net: MLP, head: nn.Linear, job: Job, epoch: int, final: bool) -> Network:
-    assert job.data is not None
-    pool, targets = Examples(*inputs(job.data.source_pool)), Examples(*inputs(job.data.target_test))
-    return Network.from_module(net, lambda m, x: m(x), lambda m, x: head(m.trunk(x)), pool=pool, targets=targets,
-                               checkpoint=f"epoch {epoch}", final=final)
-
-
 def gradient_networks(job: Job) -> list[Network]:
     """The gradient hook: the job's network retrained as `train` trains it, after the options' `checkpoints`
     epochs and at the end (final weights last), each with its own fitted head held fixed."""
-    checkpoints = tuple(int(e) for e in job.options.get("checkpoints", ()))
-    trained = fit(job, checkpoints)
-    return [_network(net, head, job, epoch, final=k == len(trained) - 1) for k, (epoch, net, head) in enumerate(trained)]
+    checkpoints = tuple(int(e) for e in job.options.get("checkpoints", ()))   # e.g. [20, 40] of 60 epochs
+    trained = fit(job, checkpoints)                                         # [(epoch, net, head), …], final last
+    assert job.data is not None
+    pool, targets = Examples(*inputs(job.data.source_pool)), Examples(*inputs(job.data.target_test))
+    return [Network.from_module(net, lambda m, x: m(x), lambda m, x, head=head: head(m.trunk(x)), pool=pool,
+                                targets=targets, checkpoint=f"epoch {epoch}", final=k == len(trained) - 1)
+            for k, (epoch, net, head) in enumerate(trained)]

@@ -4,10 +4,15 @@ Difference of means and datamodels need many more models than source images; gra
 networks estimate the same counterfactual ("how does keeping source image i in pre-training change the
 transferred model's margin on target image j") from a handful of them (TRAK: Park et al., 2023). The
 store's masks and margins alone cannot give gradients, so the estimator *retrains* source networks
-through the library's own training code (`BuiltinTrainer.train_source_models`, the path every row of the
-store took): a chosen few fitting rows of the store, each with its own mask and training seed (the
-reproduced margins are compared with the stored ones and the difference is recorded), and optionally
-extra models trained on the full pool.
+through the store's own training code: a chosen few fitting rows of the store, each with its own mask and
+training seed (the reproduced margins are compared with the stored ones and the difference is recorded),
+and optionally extra models trained on the full pool. How a network is obtained and what of it is
+differentiated is the contract of `dmtoolkit.estimate.networks` (`Network`, `GradientNetworks`): the
+built-in networks retrain through `BuiltinTrainer.train_source_models` (the path every row of the store
+took; `BuiltinNetworks`), a user's trainer through the `gradient_networks(job)` its module defines. Each
+network may come as several checkpoints along training (TRAK's ensembling: `checkpoints` for the built-in
+networks, a list from a user's hook), each scored with its own kernel and the scores averaged.
+`attribute` scores networks given directly, without a store.
 
 For each network θ* (evaluation mode: BatchNorm uses its running statistics):
 
@@ -30,7 +35,7 @@ weights. Simplifications beyond the linearisation itself (which tests/test_gradi
 exact retraining of models small enough for it; not yet measured on the glyph stores): the networks are
 differentiated in evaluation mode (BatchNorm with running statistics, as TRAK does) though
 they trained in training mode; label smoothing and weight decay of source training are not in f (λ stands
-in for the latter); the retrained weights are the final ones (one checkpoint per network).
+in for the latter).
 
 The one-step influence argument gives the sign: adding example i moves θ by ≈ −H⁻¹∇loss_i = H⁻¹ q_i φ_i,
 so τ > 0 means keeping example i raises target j's margin — the same sign convention as difference of
