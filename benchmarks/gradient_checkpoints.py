@@ -3,7 +3,8 @@
 On one trained example-level store, for each seed in `--seeds` and each checkpoint setting in `--checkpoints`
 (a count: 1 = the final weights, 3 = epochs 10, 20, 30 of 30), `fit_gradient` retrains `--models` networks
 (the same rows, seeds and held-out split for every setting of a seed: the seed draws them) and `evaluate`
-scores the estimate on the store's held-out rows. The comparison is paired: at a seed the networks and test
+scores the estimate on the store's held-out rows. Seconds: the process CPU time of each fit (when it ran
+in this invocation) and the wall seconds the file records per network (`gradient/seconds`). The comparison is paired: at a seed the networks and test
 rows are the same, only the checkpoints scored differ. Estimates are kept in `--out` (a rerun reuses them).
 
     OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/gradient_checkpoints.py stores/example-runs.h5 \\
@@ -17,6 +18,7 @@ import json
 import time
 from pathlib import Path
 
+import h5py
 import numpy as np
 import torch
 
@@ -50,8 +52,11 @@ def main() -> None:
                 seconds = time.process_time() - started
             result = evaluate(args.store, path)
             attrs = load_estimate(path).attrs
+            with h5py.File(path, "r") as f:
+                network_seconds = float(f["gradient/seconds"][()].sum())
             rows.append({"seed": seed, "checkpoints": count, "lds": result.lds_mean, "interval": result.lds_interval,
                          "heldout_models": result.heldout_models, "cpu_seconds": seconds,
+                         "network_seconds": network_seconds,
                          "recorded": json.loads(attrs["gradient_checkpoints"])[0]})
             print(json.dumps(rows[-1]), flush=True)
     (args.out / "checkpoints.json").write_text(json.dumps(rows, indent=1))
