@@ -393,12 +393,15 @@ def datamodels(store_path: Path, out_path: Path, device: str, targets: str | Non
 @click.option("--whole-groups/--alone", default=True, show_default=True,
               help="Retrain a row with the rows it was trained beside (reproduces its stored margins exactly; "
                    "models_per_batch x the training), or alone (faster; float differences can grow in long training).")
+@click.option("--checkpoints", default="1", show_default=True,
+              help="Score each built-in network after this many evenly spaced epochs (3 of 30: 10,20,30) or after "
+                   "the given epochs (10,20,30), averaging the scores; 1: the final weights only.")
 @HOLDOUT_OPTION
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the held-out split and of the rows drawn.")
 @OVERWRITE_OPTION
 def gradient(store_path: Path, out_path: Path, device: str, targets: str | None, models: int, full_models: int,
              proj_dim: int, projection: str, proj_seed: int, lam: float, head: str, kernel: str, whole_groups: bool,
-             holdout_frac: float, seed: int, force: bool) -> None:
+             checkpoints: str, holdout_frac: float, seed: int, force: bool) -> None:
     """Gradient (TRAK-style) influence of every source example through the transfer (example-level stores).
 
     Retrains a few of the store's fitting rows (and optionally full-pool networks) through the recipe's own
@@ -406,6 +409,8 @@ def gradient(store_path: Path, out_path: Path, device: str, targets: str | None,
     more networks the estimate has standard errors (spread across networks), so leakage and mislabels flag
     from it. Each finished network is saved in OUT.partial/; rerunning the same command after an interruption
     continues from there (a rerun with other settings is refused); the folder is removed once OUT is written.
+    A store made by your own trainer is scored when its module also defines gradient_networks(job)
+    (docs/trainers.md).
 
     \b
     Example:
@@ -413,10 +418,11 @@ def gradient(store_path: Path, out_path: Path, device: str, targets: str | None,
       dmtoolkit evaluate stores/runs-examples.h5 --estimate stores/gradient.h5
     """
     from dmtoolkit.estimate.gradient import fit_gradient
+    from dmtoolkit.estimate.networks import parse_checkpoints
 
     model = fit_gradient(store_path, out_path, models=models, full_models=full_models, proj_dim=proj_dim,
                          projection=projection, proj_seed=proj_seed, lam=lam, head=head, kernel=kernel,
-                         whole_groups=whole_groups, device=_device(device),
+                         whole_groups=whole_groups, checkpoints=parse_checkpoints(checkpoints), device=_device(device),
                          targets=targets, holdout_frac=holdout_frac, seed=seed, force=force,
                          progress=lambda message: click.echo(message, err=True))
     click.echo(f"wrote {out_path}: scores {tuple(model.coef_.shape)} from {len(model.records_)} networks")

@@ -77,3 +77,36 @@ def test_image_finetune_example_on_an_imagefolder(tmp_path: Path) -> None:
     run("init", path, store, "--models", 6)
     run("train", store, "--workers", "1", "--quiet")
     check_store_and_influence(store, tmp_path, "examples.image_finetune:train", 8, 40)
+
+
+def test_digits_examples_gradient_hook_through_the_cli(tmp_path: Path) -> None:
+    """examples/digits_examples.py: a user's trainer whose module also defines gradient_networks(job) gets a
+    gradient estimate (with its own checkpoints), scored and read by evaluate, leakage and mislabels."""
+    import json
+
+    from dmtoolkit.estimate.files import load_estimate
+
+    store, out = tmp_path / "digit-examples.h5", tmp_path / "gradient.h5"
+    run("init", EXAMPLES / "digits-examples.yaml", store, "--models", 12)
+    run("train", store, "--workers", "1", "--quiet")
+    result = run("gradient", store, "-o", out, "--models", 3, "--full-models", 1, "--proj-dim", 128,
+                 "--holdout-frac", 0.25)
+    assert "scores (170, 100) from 4 networks" in result.output
+    est = load_estimate(out)
+    assert est.estimator == "gradient" and est.matrix.shape == (170, 100) and np.isfinite(est.matrix).all()
+    assert est.attrs["gradient_networks"] == "examples.digits_examples:gradient_networks"
+    # the options' checkpoints (20, 40) and the final weights, for each of the 4 networks
+    assert json.loads(est.attrs["gradient_checkpoints"]) == [["epoch 20", "epoch 40", "epoch 60"]] * 4
+    with h5py.File(out, "r") as f:
+        rows, errors = f["gradient/rows"][()], f["gradient/margin_error"][()]
+    # the hook retrains each row exactly as the trainer did: its final network reproduces the stored margins
+    assert list(rows[:3]) == sorted(rows[:3]) and rows[3] == -1 and set(rows[:3]) <= set(est.fit_rows.tolist())
+    assert np.all(errors[:3] < 1e-5) and np.isnan(errors[3])
+    evaluation = json.loads(run("evaluate", store, "--estimate", out, "--json").output)
+    assert evaluation["estimator"] == "gradient" and evaluation["heldout_models"] == len(est.test_rows) > 0
+    leakage = json.loads(run("leakage", out, "--json", "--no-features").output)
+    assert leakage["estimator"] == "gradient" and leakage["verdict"] == "contamination"
+    assert len(leakage["copies"]) == 5  # the recipe's 5 planted copies, from pixels (the store holds the images)
+    mislabels = json.loads(run("mislabels", out, "--json").output)
+    # the gradient ranking of the 8 planted label flips (measured AUC 0.95 on this seed; chance is 0.5)
+    assert mislabels["planted"]["flipped"] == 8 and mislabels["planted"]["auc"] > 0.8

@@ -4,10 +4,15 @@ Difference of means and datamodels need many more models than source images; gra
 networks estimate the same counterfactual ("how does keeping source image i in pre-training change the
 transferred model's margin on target image j") from a handful of them (TRAK: Park et al., 2023). The
 store's masks and margins alone cannot give gradients, so the estimator *retrains* source networks
-through the library's own training code (`BuiltinTrainer.train_source_models`, the path every row of the
-store took): a chosen few fitting rows of the store, each with its own mask and training seed (the
-reproduced margins are compared with the stored ones and the difference is recorded), and optionally
-extra models trained on the full pool.
+through the store's own training code: a chosen few fitting rows of the store, each with its own mask and
+training seed (the reproduced margins are compared with the stored ones and the difference is recorded),
+and optionally extra models trained on the full pool. How a network is obtained and what of it is
+differentiated is the contract of `dmtoolkit.estimate.networks` (`Network`, `GradientNetworks`): the
+built-in networks retrain through `BuiltinTrainer.train_source_models` (the path every row of the store
+took; `BuiltinNetworks`), a user's trainer through the `gradient_networks(job)` its module defines. Each
+network may come as several checkpoints along training (TRAK's ensembling: `checkpoints` for the built-in
+networks, a list from a user's hook), each scored with its own kernel and the scores averaged.
+`attribute` scores networks given directly, without a store.
 
 For each network θ* (evaluation mode: BatchNorm uses its running statistics):
 
@@ -30,7 +35,7 @@ weights. Simplifications beyond the linearisation itself (which tests/test_gradi
 exact retraining of models small enough for it; not yet measured on the glyph stores): the networks are
 differentiated in evaluation mode (BatchNorm with running statistics, as TRAK does) though
 they trained in training mode; label smoothing and weight decay of source training are not in f (λ stands
-in for the latter); the retrained weights are the final ones (one checkpoint per network).
+in for the latter).
 
 The one-step influence argument gives the sign: adding example i moves θ by ≈ −H⁻¹∇loss_i = H⁻¹ q_i φ_i,
 so τ > 0 means keeping example i raises target j's margin — the same sign convention as difference of
@@ -49,7 +54,7 @@ import json
 import math
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
@@ -73,6 +78,7 @@ from dmtoolkit.estimate.options import (
 )
 
 if TYPE_CHECKING:
+    from dmtoolkit.estimate.networks import Network
     from dmtoolkit.estimate.splits import SamplingUnits
     from dmtoolkit.recipe import TransferSpec
 
@@ -322,11 +328,182 @@ def relative_lambda(phi_s: torch.Tensor, lam: float, weights: torch.Tensor | Non
     return float(lam * squares.sum() / phi_s.shape[1])
 
 
+# --- scoring one trained network (any implementation of dmtoolkit.estimate.networks.Network) --------------
+def _batched(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch.Tensor,
+             size: int = 1024) -> torch.Tensor:
+    with torch.no_grad():
+        return torch.cat([fn(x[s:s + size], y[s:s + size]) for s in range(0, len(x), size)])
+
+
+def score_network(network: Network, train: np.ndarray, columns: slice, *, proj_dim: int = GRADIENT_PROJ_DIM,
+                  projection: str = "gaussian", proj_seed: int = 0, lam: float = GRADIENT_LAMBDA, kernel: str = "trak",
+                  head: str = "fixed", chunk: int = 64,
+                  check_memory: bool = False) -> tuple[torch.Tensor, float, int, np.ndarray]:
+    """τ (P, T) for one network (one checkpoint) on the target columns, with `train` the pool examples it was
+    trained on (the kernel's); also the absolute λ, its parameter count and its transferred margins there (T,).
+
+    φ_i = Pᵀ∇θ `network.source_output` (TRAK's output of its source logits by default), q_i =
+    `network.loss_weight`, g_j = Pᵀ∇θ `network.target_margin` (plus `network.head_gradients` under
+    `head="differentiated"`); see the module docstring for τ.
+    """
+    from dmtoolkit.resources import require_memory
+
+    params = dict(network.params)
+    num_params = sum(p.numel() for p in params.values())
+    pool, targets = network.pool, network.targets
+    test_x, test_y = targets.x[columns], targets.y[columns]
+    if check_memory:
+        k = proj_dim or num_params
+        require_memory(gradient_memory_bytes(proj_dim, num_params, len(pool.x), len(test_x)),
+                       what=f"gradient: projection dimension {k:,} with {len(pool.x):,} pool examples and "
+                       f"{len(test_x):,} targets ({num_params:,} parameters)",
+                       flag=f"lower --proj-dim (default {GRADIENT_PROJ_DIM})", device=str(pool.x.device))
+    margins = _batched(lambda x, y: network.target_margin(params, x, y), test_x, test_y).float().cpu().numpy()
+    with torch.no_grad():  # torch.func's transforms still differentiate; tensors a function closes over (a
+        # user's head that requires grad) then build no autograd graph
+        return _scores(network, params, num_params, train, columns, test_x, test_y, proj_dim=proj_dim,
+                       projection=projection, proj_seed=proj_seed, lam=lam, kernel=kernel, head=head,
+                       chunk=chunk) + (margins,)
+
+
+def _scores(network: Network, params: dict[str, torch.Tensor], num_params: int, train: np.ndarray, columns: slice,
+            test_x: torch.Tensor, test_y: torch.Tensor, *, proj_dim: int, projection: str, proj_seed: int, lam: float,
+            kernel: str, head: str, chunk: int) -> tuple[torch.Tensor, float, int]:
+    pool = network.pool
+    project = Projector(num_params, proj_dim, proj_seed, projection, pool.x.device)
+    size = max(1, min(chunk, GRADIENT_MEMORY // (4 * num_params)))  # examples per vmap
+    phi = _per_example(lambda p, xi, yi: network.source_output(p, xi[None], yi[None])[0], params, pool.x, pool.y,
+                       project, size)
+    q = _batched(lambda x, y: network.loss_weight(params, x, y), pool.x, pool.y).to(phi.dtype)
+    g = _per_example(lambda p, xi, yi: network.target_margin(p, xi[None], yi[None])[0], params, test_x, test_y,
+                     project, size)
+    if head == "differentiated":
+        if network.head_gradients is None:
+            raise UserError("--head differentiated needs the built-in ridge head; these networks are scored with "
+                            "their fitted head fixed (use --head fixed)")
+        g = g + network.head_gradients(project, columns, chunk)
+    train_index = torch.as_tensor(np.asarray(train), device=phi.device, dtype=torch.long)
+    lam_absolute = relative_lambda(phi[train_index], lam, kernel_weights(q[train_index], kernel))
+    return trak_scores(phi, q, train, g, lam_absolute, kernel), lam_absolute, num_params
+
+
+def score_checkpoints(networks: Sequence[Network], train: np.ndarray, columns: slice, *, blame: str | None = None,
+                      **settings: Any) -> tuple[torch.Tensor, np.ndarray, list[float], int]:
+    """The checkpoints of one trained network (`networks`, final weights last), each scored by `score_network`
+    with its own kernel, the scores averaged (TRAK's ensembling over checkpoints). Returns the mean scores, the
+    transferred margins of the checkpoint marked `final` (NaN without one), the λ of each and the parameter count.
+
+    `blame` names a user's hook: whatever its functions raise while differentiated, or non-finite margins,
+    become one `TrainerError` line naming it.
+    """
+    from dmtoolkit.errors import TrainerError
+    from dmtoolkit.plugins import error_line
+
+    total, lams, margins, num_params = None, [], None, 0
+    for network in networks:
+        subset = train if network.train_indices is None else network.train_indices
+        try:
+            scores, lam, num_params, reproduced = score_network(network, subset, columns, **settings)
+        except UserError:
+            raise
+        except Exception as error:
+            if blame is None:
+                raise
+            raise TrainerError(f"{blame}: differentiating its network ({network.checkpoint}) failed: "
+                               f"{error_line(error)}") from None
+        if blame is not None and not (np.isfinite(reproduced).all() and torch.isfinite(scores).all()):
+            raise TrainerError(f"{blame}: its network ({network.checkpoint}) gives non-finite target margins or scores")
+        total = scores if total is None else total + scores
+        lams.append(lam)
+        if network.final:
+            margins = reproduced
+    if margins is None:
+        margins = np.full(columns.stop - columns.start, np.nan, np.float32)
+    assert total is not None
+    return total / len(networks), margins, lams, num_params
+
+
+@dataclass(frozen=True, eq=False)
+class GradientScores:
+    """What `attribute` returns: `scores` (P, T) τ averaged over the networks (float32; rows: pool examples,
+    columns: target examples `columns`), λ and checkpoints of each network, and the settings used."""
+
+    scores: np.ndarray
+    columns: slice
+    lambda_absolute: tuple[float, ...]
+    checkpoints: tuple[tuple[str, ...], ...]
+    num_params: int
+    settings: dict[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"shape": list(self.scores.shape), "target_start": self.columns.start, "target_stop": self.columns.stop,
+                "networks": len(self.checkpoints), "checkpoints": [list(c) for c in self.checkpoints],
+                "lambda_absolute": list(self.lambda_absolute), "num_params": self.num_params, **self.settings}
+
+    def save(self, path: str | Path, force: bool = False) -> Path:
+        """Write the scores and their record to an .npz file (never over an existing file unless `force`)."""
+        path = Path(path)
+        if path.suffix != ".npz":
+            raise UserError(f"{path}: gradient scores are saved as .npz")
+        if path.exists() and not force:
+            raise UserError(f"{path} exists; choose another path (or pass force=True to replace it)")
+        temporary = path.with_name(path.name + ".partial.npz")
+        np.savez(temporary, scores=self.scores, record=np.array(json.dumps(self.to_json())))
+        temporary.replace(path)
+        return path
+
+
+def attribute(networks: Sequence[Network | Sequence[Network]], *, targets: slice | None = None,
+              proj_dim: int = GRADIENT_PROJ_DIM, projection: str = "gaussian", proj_seed: int = 0,
+              lam: float = GRADIENT_LAMBDA, kernel: str = "trak", chunk: int = 64) -> GradientScores:
+    """Score every pool example against every target example from your own trained networks, without a store.
+
+    `networks`: one entry per independently trained network, each a `dmtoolkit.estimate.networks.Network` or
+    a list of its checkpoints (final weights last; their scores are averaged). Each network's `pool` holds
+    every pool example (the rows of the scores) and `targets` the target examples (the columns; `targets=`
+    a slice of them); `train_indices` the pool examples it was trained on (None: all of them). τ(i, j) > 0
+    means that training on pool example i raised the transferred margin of target j (the sign of the
+    subset estimators), averaged over the networks. Settings as for `dmtoolkit gradient`.
+    """
+    from dmtoolkit.estimate.networks import Network
+
+    groups = [[n] if isinstance(n, Network) else list(n) for n in networks]
+    if not groups or not all(group and all(isinstance(n, Network) for n in group) for group in groups):
+        raise UserError("attribute: give a non-empty list of Networks (or of lists of checkpoints, each a Network)")
+    first = groups[0][0]
+    pool, total = len(first.pool.x), len(first.targets.x)
+    for group in groups:
+        for n in group:
+            if len(n.pool.x) != pool or len(n.targets.x) != total:
+                raise UserError(f"attribute: networks with {len(n.pool.x)} pool and {len(n.targets.x)} target "
+                                f"examples beside {pool} and {total}; every network scores the same examples")
+    start, stop, step = (0, total, 1) if targets is None else targets.indices(total)
+    if step != 1 or start >= stop:
+        raise UserError(f"attribute: targets={targets} must be a non-empty contiguous slice of the {total} targets")
+    columns = slice(start, stop)
+    settings = {"proj_dim": proj_dim, "projection": projection, "proj_seed": proj_seed, "lambda_relative": lam,
+                "kernel": kernel}
+    if not lam > 0:
+        raise UserError(f"λ = {lam} must be positive")
+    sum_scores, lams, checkpoints, num_params = None, [], [], 0
+    for n, group in enumerate(groups):
+        scores, _, group_lams, num_params = score_checkpoints(
+            group, np.arange(pool), columns, proj_dim=proj_dim, projection=projection, proj_seed=proj_seed, lam=lam,
+            kernel=kernel, chunk=chunk, check_memory=n == 0)
+        sum_scores = scores if sum_scores is None else sum_scores + scores
+        lams.append(float(np.mean(group_lams)))
+        checkpoints.append(tuple(c.checkpoint for c in group))
+    assert sum_scores is not None
+    mean = (sum_scores / len(groups)).cpu().numpy().astype(np.float32)
+    return GradientScores(mean, columns, tuple(lams), tuple(checkpoints), num_params, settings)
+
+
 # --- the estimator over a run store -------------------------------------------------------------------
 @dataclass(frozen=True)
 class ModelRecord:
-    """One network the scores were averaged over: its store row (-1: trained on the full pool), seed, λ used,
-    and how far its reproduced target margins are from the stored row's (NaN for full-pool models)."""
+    """One network the scores were averaged over: its store row (-1: trained on the full pool), seed, λ used
+    (the mean over its checkpoints), how far its reproduced target margins are from the stored row's (NaN for
+    full-pool models) and the checkpoints whose scores were averaged into its own."""
 
     row: int
     seed: int
@@ -335,6 +512,7 @@ class ModelRecord:
     margin_error: float
     source_accuracy: float
     seconds: float
+    checkpoints: tuple[str, ...] = ("final",)  # the checkpoints scored and averaged (one network's along training)
 
 
 def _fixed_head(model: nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, num_classes: int,
@@ -380,6 +558,9 @@ class GradientEstimator(Estimator):
     `store_path` is the run store the networks are retrained from (the one `fit` gets the masks and margins
     of); `models` of the fitting rows (a seeded draw, `row_seed`) are retrained with their own masks and
     seeds, and `full_models` extra networks are trained on the whole pool. `proj_dim` 0 means no projection.
+    The networks come from the store's trainer through the contract of `dmtoolkit.estimate.networks`: the
+    built-in networks (`BuiltinNetworks`; `checkpoints`: how many evenly spaced epochs, or which epochs, each
+    network is scored after, the scores averaged) or a user trainer's `gradient_networks(job)`.
     """
 
     name = "gradient"
@@ -390,10 +571,11 @@ class GradientEstimator(Estimator):
                  proj_dim: int = GRADIENT_PROJ_DIM, projection: str = "gaussian", proj_seed: int = 0,
                  lam: float = GRADIENT_LAMBDA, head: str = "fixed",
                  kernel: str = "trak", row_seed: int = 0, device: str | None = None, chunk: int = 64,
-                 whole_groups: bool = True, progress: Callable[[str], None] | None = None,
-                 partial: str | Path | None = None) -> None:
+                 whole_groups: bool = True, checkpoints: int | tuple[int, ...] = 1,
+                 progress: Callable[[str], None] | None = None, partial: str | Path | None = None) -> None:
         self.store_path = Path(store_path)
         self.partial = None if partial is None else Path(partial)  # folder of per-network scores (ensemble.py)
+        self.checkpoints = checkpoints if isinstance(checkpoints, int) else tuple(int(e) for e in checkpoints)
         self.models, self.full_models = models, full_models
         self.proj_dim, self.projection, self.proj_seed = proj_dim, projection, proj_seed
         self.lam, self.head, self.kernel, self.row_seed = lam, head, kernel, row_seed
@@ -413,12 +595,15 @@ class GradientEstimator(Estimator):
             raise UserError(f"head {self.head!r} must be one of {', '.join(HEADS)}")
         if self.kernel not in KERNELS:
             raise UserError(f"kernel {self.kernel!r} must be one of {', '.join(KERNELS)}")
+        if isinstance(self.checkpoints, int) and self.checkpoints < 1:
+            raise UserError(f"checkpoints={self.checkpoints}: need at least one (1: the final weights)")
 
     def settings(self) -> dict[str, Any]:
         return {"models": self.models, "full_models": self.full_models, "proj_dim": self.proj_dim,
                 "projection": self.projection, "proj_seed": self.proj_seed, "lambda_relative": self.lam,
                 "head": self.head, "kernel": self.kernel, "row_seed": self.row_seed,
-                "whole_groups": self.whole_groups}
+                "whole_groups": self.whole_groups,
+                "checkpoints": self.checkpoints if isinstance(self.checkpoints, int) else list(self.checkpoints)}
 
     def _saver_meta(self, columns: slice, plan: list[tuple[int, int]]) -> dict[str, Any]:
         """What saved per-network scores depend on, checked when a rerun continues from them."""
@@ -446,8 +631,7 @@ class GradientEstimator(Estimator):
             raise UserError(f"{self.store_path}: the gradient estimator needs an example-level run store "
                             f"(this one is {recipe.subsets.kind}-level)")
         if recipe.trainer is not None:
-            raise UserError(f"{self.store_path}: made by trainer {recipe.trainer.function}; the gradient estimator "
-                            "retrains the built-in networks only")
+            return self._user_context(recipe)
         if recipe.transfer.mode != "fixed-feature":
             raise UserError(f"{self.store_path}: transfer mode {recipe.transfer.mode!r}; the gradient estimator "
                             "differentiates through fixed-feature transfer only")
@@ -456,6 +640,35 @@ class GradientEstimator(Estimator):
                             "closed-form ridge head (use --head fixed)")
         context = RunContext.from_store(self.store_path, self.device)
         assert isinstance(context.trainer, BuiltinTrainer)
+        from dmtoolkit.estimate.networks import BuiltinNetworks, checkpoint_epochs
+
+        self._networks = BuiltinNetworks(context, whole_groups=self.whole_groups, head=self.head, chunk=self.chunk,
+                                         epochs=checkpoint_epochs(self.checkpoints, recipe.training.epochs))
+        self._networks_name, self._blame = recipe.trainer_name, None
+        return context
+
+    def _user_context(self, recipe: Any) -> Any:
+        """The context of a store made by a user's trainer, its networks from the trainer module's
+        `gradient_networks(job)` (refused in one line, saying what to add, when the module has none)."""
+        from dmtoolkit.estimate.networks import HOOK, HookNetworks, load_hook, missing_hook_message
+        from dmtoolkit.train.job import RunContext
+
+        name = recipe.trainer.function
+        hook = load_hook(name)
+        if hook is None:
+            raise UserError(missing_hook_message(self.store_path, name))
+        if self.head == "differentiated":
+            raise UserError(f"{self.store_path}: made by trainer {name}; --head differentiated needs the built-in "
+                            "ridge head (a trainer's networks are scored with their fitted head fixed: use --head fixed)")
+        if self.checkpoints != 1:
+            raise UserError(f"{self.store_path}: made by trainer {name}; --checkpoints chooses the built-in networks' "
+                            f"checkpoints (your {HOOK}(job) returns its own: a list of Networks, final weights last)")
+        context = RunContext.from_store(self.store_path, self.device)
+        module = name.partition(":")[0]
+        self._networks = HookNetworks(f"{module}:{HOOK}", hook, len(context.masks[0]),
+                                      np.asarray(context.data.target_test.labels))
+        self._networks_name = self._blame = f"{module}:{HOOK}"
+        self._memory_checked = False
         return context
 
     def fit(self, masks: Any, margins: Any, rows: np.ndarray | None = None, *,
@@ -468,7 +681,6 @@ class GradientEstimator(Estimator):
         columns = getattr(margins, "columns", slice(0, margins.shape[1]))
         chosen = np.sort(np.random.default_rng(self.row_seed).permutation(rows)[:self.models])
         context = self._context()
-        trainer = context.trainer
         self._check_memory(context, int(margins.shape[1]))
         training_seed = context.recipe.seeding[0]
         jobs = [context.job(int(r)) for r in chosen]
@@ -476,11 +688,11 @@ class GradientEstimator(Estimator):
             if not np.array_equal(np.asarray(masks[job.index:job.index + 1], bool)[0], job.mask):
                 raise UserError(f"row {job.index}: the masks given to fit are not those of {self.store_path}; fit the "
                                 "gradient estimator on the store it was made with (fit_store does)")
-        plan = [(job.index, job.seed, job.source_indices, self._row_network(context, job)) for job in jobs]
+        plan = [(job.index, job.seed, job.units, self._row_network(context, job)) for job in jobs]
         pool = np.arange(len(context.data.source_pool.labels))
         for f in range(self.full_models):
             seed = int(np.random.SeedSequence([training_seed, FULL_POOL_SALT, f]).generate_state(1)[0])
-            plan.append((-1, seed, pool, lambda seed=seed: trainer.train_source_models([pool], [seed])))
+            plan.append((-1, seed, pool, self._full_pool_network(context, seed)))
         all_margins = np.asarray(margins[0:margins.shape[0]], dtype=np.float64)
         shape = (masks.shape[1], columns.stop - columns.start)
         with contextlib.ExitStack() as stack:  # without a folder for the per-network scores: a temporary one
@@ -497,7 +709,7 @@ class GradientEstimator(Estimator):
                     started = time.perf_counter()
                     with training_threads():  # the driver's setting, or the network is not the stored row's
                         net = network()
-                    scores, reproduced, record = self._one_model(trainer, context.recipe, row, seed, subset, net, columns)
+                    scores, reproduced, record = self._one_model(row, seed, subset, net, columns)
                     error = float(np.max(np.abs(reproduced - all_margins[row]))) if row >= 0 else float("nan")
                     record = dataclasses.replace(record, margin_error=error, seconds=time.perf_counter() - started)
                     done[n] = {**dataclasses.asdict(record), "num_params": self._num_params}
@@ -527,6 +739,8 @@ class GradientEstimator(Estimator):
         from dmtoolkit.resources import require_memory
         from dmtoolkit.train.models import build_model
 
+        if context.recipe.trainer is not None:  # a user's networks: checked on the first one (`score_network`)
+            return
         spec = context.recipe.model
         with torch.device("meta"):  # shapes only: nothing allocated
             net = build_model(spec.arch, 1, context.trainer.channels, context.trainer.num_source_classes,
@@ -540,61 +754,40 @@ class GradientEstimator(Estimator):
                        f"with {pool:,} pool examples and {targets:,} targets",
                        flag=f"lower --proj-dim (default {GRADIENT_PROJ_DIM})",
                        device=str(context.trainer.device))
+        self._memory_checked = True
 
-    def _row_network(self, context: Any, job: Any) -> Callable[[], nn.Module]:
-        """How to retrain row `job.index`'s source network: with its whole group of rows, as the driver trained
-        it (`whole_groups`; G× the training, reproduces the stored margins to float precision), or alone (the
-        same network up to floating-point differences of the batched kernels, which long training can grow)."""
-        from dmtoolkit.train.job import group_of, group_rows
+    def _row_network(self, context: Any, job: Any) -> Callable[[], list[Any]]:
+        """How to obtain row `job.index`'s trained network(s) (its checkpoints, final weights last): from the
+        store's `GradientNetworks` (`_context` chose it). The built-in ones retrain the row with its whole
+        group of rows, as the driver trained it (`whole_groups`; G× the training, reproduces the stored
+        margins to float precision), or alone (the same network up to floating-point differences of the
+        batched kernels, which long training can grow)."""
+        return lambda: self._networks(job)
 
-        trainer = context.trainer
-        if not self.whole_groups or trainer.group_size == 1:
-            return lambda: trainer.train_source_models([job.source_indices], [job.seed])
-        rows = group_rows(group_of(job.index, trainer.group_size), trainer.group_size, len(context.masks))
-        mates = [context.job(r) for r in rows]
+    def _full_pool_network(self, context: Any, seed: int) -> Callable[[], list[Any]]:
+        """How to obtain a network trained on the whole pool from `seed` (a job keeping every pool example)."""
+        from dmtoolkit.estimate.networks import full_pool_job
 
-        def network() -> nn.Module:
-            model = trainer.train_source_models([m.source_indices for m in mates], [m.seed for m in mates])
-            return group_member(trainer, model, rows.index(job.index))
+        job = full_pool_job(context, seed)
+        return lambda: self._networks(job)
 
-        return network
-
-    def _one_model(self, trainer: Any, recipe: Any, row: int, seed: int, subset: np.ndarray, model: nn.Module,
+    def _one_model(self, row: int, seed: int, subset: np.ndarray, networks: list[Any],
                    columns: slice) -> tuple[torch.Tensor, np.ndarray, ModelRecord]:
-        """Transfer one retrained source network and score every pool example on the target columns.
+        """Score every pool example on the target columns from one trained network: each of its checkpoints
+        (`networks`, `dmtoolkit.estimate.networks.Network`s) scored with its own kernel, the scores averaged.
 
-        Returns the scores (P, T), the network's transferred margins on the target columns (to compare with the
-        store's row) and its record (margin error and time filled in by `fit`).
+        Returns the scores (P, T), the final checkpoint's transferred margins on the target columns (to compare
+        with the store's row; NaN when no checkpoint is the final weights) and the network's record (margin
+        error and time filled in by `fit`).
         """
-        from dmtoolkit.train.fit import margins_from_logits
-
-        model.eval()
-        for p in model.parameters():
-            p.requires_grad_(True)
-        source_acc = trainer.source_accuracy(model, [np.ones(1, bool)])[0]
-        spec = recipe.transfer
-        head, train_feats = _fixed_head(model, trainer.target_train_x, trainer.target_train_y,
-                                        trainer.num_target_classes, spec, seed)
-        test_x, test_y = trainer.target_test_x[columns], trainer.target_test_y[columns]
-        with torch.no_grad():
-            test_feats = torch.cat([model.features(test_x[s:s + 1024][None], spec.feature_layer)[0]
-                                    for s in range(0, len(test_x), 1024)])
-            margins = margins_from_logits(head.logits(test_feats), test_y).float().cpu().numpy()
-        self._num_params = sum(p.numel() for p in parameters_of(model).values())
-        project = Projector(self._num_params, self.proj_dim, self.proj_seed, self.projection, trainer.device)
-        chunk = max(1, min(self.chunk, GRADIENT_MEMORY // (4 * self._num_params)))  # examples per vmap
-        phi, q = source_features(model, trainer.pool_x, trainer.pool_y, project, chunk)
-        g = target_gradients(model, head, test_x, test_y, project, chunk)
-        if self.head == "differentiated":
-            jac = feature_jacobians(model, spec.feature_layer, trainer.target_train_x, project,
-                                    max(1, min(chunk, GRADIENT_MEMORY // (4 * self._num_params * head.weight.shape[0]))))
-            g = g + head_gradients(train_feats.detach(), trainer.target_train_y, test_feats, test_y,
-                                   trainer.num_target_classes, spec, jac, self.chunk)
-        train = torch.as_tensor(subset, device=phi.device, dtype=torch.long)
-        lam = relative_lambda(phi[train], self.lam, kernel_weights(q[train], self.kernel))
-        scores = trak_scores(phi, q, subset, g, lam, self.kernel)
-        record = ModelRecord(row=row, seed=seed, subset_size=len(subset), lambda_absolute=lam,
-                             margin_error=float("nan"), source_accuracy=float(source_acc), seconds=0.0)
+        scores, margins, lams, self._num_params = score_checkpoints(
+            networks, subset, columns, proj_dim=self.proj_dim, projection=self.projection, proj_seed=self.proj_seed,
+            lam=self.lam, kernel=self.kernel, head=self.head, chunk=self.chunk, blame=getattr(self, "_blame", None),
+            check_memory=not getattr(self, "_memory_checked", False))
+        self._memory_checked = True
+        record = ModelRecord(row=row, seed=seed, subset_size=len(subset), lambda_absolute=float(np.mean(lams)),
+                             margin_error=float("nan"), source_accuracy=float(networks[-1].source_accuracy),
+                             seconds=0.0, checkpoints=tuple(n.checkpoint for n in networks))
         return scores, margins, record
 
     def fitted_attributes(self) -> dict[str, Any]:
@@ -603,7 +796,8 @@ class GradientEstimator(Estimator):
             "gradient_rows": json.dumps([r.row for r in self.records_ if r.row >= 0]),
             "gradient_full_pool_models": len(full),
             "gradient_seeds": json.dumps([r.seed for r in self.records_]),
-            "gradient_checkpoints": "final weights of each retrained source network (one checkpoint per network)",
+            "gradient_checkpoints": json.dumps([list(r.checkpoints) for r in self.records_]),
+            "gradient_networks": getattr(self, "_networks_name", ""),
             "gradient_projection": "none (identity)" if self.proj_dim == 0 else self.projection,
             "gradient_proj_dim": self.proj_dim if self.proj_dim else self.num_params_,
             "gradient_proj_seed": self.proj_seed,
@@ -658,7 +852,7 @@ def fit_gradient(store_path: str | Path, out_path: str | Path, *, models: int = 
                  lam: float = GRADIENT_LAMBDA,
                  head: str = "fixed", kernel: str = "trak", device: str | None = None, targets: str | slice | None = None,
                  holdout_frac: float = 0.1, seed: int = 0, chunk: int = 64, whole_groups: bool = True,
-                 force: bool = False,
+                 checkpoints: int | tuple[int, ...] = 1, force: bool = False,
                  progress: Callable[[str], None] | None = None) -> GradientEstimator:
     """Fit the gradient estimator on an example-level store and write ESTIMATE.h5 (see the module docstring).
 
@@ -673,7 +867,7 @@ def fit_gradient(store_path: str | Path, out_path: str | Path, *, models: int = 
     resolve_device(device)
     model = GradientEstimator(store_path, models=models, full_models=full_models, proj_dim=proj_dim,
                               projection=projection, proj_seed=proj_seed, lam=lam, head=head, kernel=kernel, row_seed=seed,
-                              device=device, chunk=chunk, whole_groups=whole_groups,
+                              device=device, chunk=chunk, whole_groups=whole_groups, checkpoints=checkpoints,
                               progress=progress, partial=partial_folder(out_path))
     model.check_settings()
     fit_store(store_path, out_path, model, test_fraction=holdout_frac, seed=seed, targets=targets, force=force)

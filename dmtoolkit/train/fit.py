@@ -7,6 +7,7 @@ depends only on its own subset, seed and data — never on which other models sh
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -163,8 +164,12 @@ class MemoryPool:
         return MemoryBatches(self.images, self.labels, subsets, order_seeds, settings)
 
 
-def train_models(model: nn.Module, batches: BatchSource, settings: LoopSettings) -> None:
-    """Train the G models of `model` by SGD on their own batches (see `BatchSource`)."""
+def train_models(model: nn.Module, batches: BatchSource, settings: LoopSettings,
+                 after_epoch: Callable[[int], None] | None = None) -> None:
+    """Train the G models of `model` by SGD on their own batches (see `BatchSource`).
+
+    `after_epoch(e)` is called after the last step of each whole epoch e = 1, 2, … (checkpoints along
+    training: it may copy the model; it must not change it)."""
     optimizer = torch.optim.SGD(model.parameters(), lr=settings.lr, momentum=settings.momentum,
                                 weight_decay=settings.weight_decay)
     steps, peak = batches.steps, settings.peak_epoch * batches.steps_per_epoch
@@ -184,6 +189,8 @@ def train_models(model: nn.Module, batches: BatchSource, settings: LoopSettings)
         (loss.reshape(y.shape) * weight).sum(dim=1).div(settings.batch_size).sum().backward()
         optimizer.step()
         schedule.step()
+        if after_epoch is not None and (step + 1) % batches.steps_per_epoch == 0:
+            after_epoch((step + 1) // batches.steps_per_epoch)
 
 
 @torch.no_grad()

@@ -7,7 +7,7 @@ computed whole, so a row's result is the same whether it is computed first, last
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -157,9 +157,11 @@ class BuiltinTrainer:
         return [TrainerResult(margins[g], source_acc[g], float((margins[g] > 0).mean()), predictions[g])
                 for g in range(len(jobs))]
 
-    def train_source_models(self, subsets: list[np.ndarray], seeds: list[int]) -> torch.nn.Module:
+    def train_source_models(self, subsets: list[np.ndarray], seeds: list[int],
+                            after_epoch: Callable[[torch.nn.Module, int], None] | None = None) -> torch.nn.Module:
         """A group of len(seeds) source models, model g trained on pool examples `subsets[g]` from `seeds[g]`,
-        exactly as the run's rows are (the recipe's architecture and training loop)."""
+        exactly as the run's rows are (the recipe's architecture and training loop); `after_epoch(model, e)`
+        is called after each whole epoch e (the gradient estimator's checkpoints copy the model there)."""
         model_spec, train = self.recipe.model, self.recipe.training
         torch.manual_seed(seeds[0])
         model = build_model(model_spec.arch, len(seeds), self.channels, self.num_source_classes,
@@ -171,7 +173,8 @@ class BuiltinTrainer:
                                 momentum=train.momentum, weight_decay=train.weight_decay, schedule=train.schedule,
                                 peak_epoch=train.peak_epoch, label_smoothing=train.label_smoothing,
                                 start_resolution=model_spec.resolution, order=train.order)
-        train_models(model, self.batches(subsets, [s + 1 for s in seeds], settings), settings)
+        train_models(model, self.batches(subsets, [s + 1 for s in seeds], settings), settings,
+                     None if after_epoch is None else lambda epoch: after_epoch(model, epoch))
         return model
 
     @torch.no_grad()
