@@ -4,6 +4,7 @@ simulation, and the peak memory of reducing many networks' saved scores.
     python benchmarks/gradient_evidence.py calibration [--replications 400]
     python benchmarks/gradient_evidence.py memory [--units 20000] [--targets 5000] [--networks 4]
     python benchmarks/gradient_evidence.py networks STORE.h5 OUT.h5 [--networks 16]
+    python benchmarks/gradient_evidence.py features [--pool 52376] [--proj-dim 512]
 
 `calibration` prints, per number of networks, the coverage of nominal 95% t intervals (mean ± t·se, N − 1
 dof) and the false discovery proportion, power and flags of Benjamini–Hochberg at 5% on one-sided p-values
@@ -17,7 +18,10 @@ estimator on a real example store (default settings, `--networks` retrained rows
 scores (OUT.h5.partial/, so an interrupted run continues), and checks the spread they give on the real networks:
 for each network k, is its score inside the 95% t prediction interval of the other N − 1 networks,
 mean ± t(N − 2)·sd·√(1 + 1/(N − 1))? That holds at 95% when networks are exchangeable draws with roughly
-normal scores per entry, the assumption behind the standard error.
+normal scores per entry, the assumption behind the standard error. `features` computes the projected
+per-example source gradients (`dmtoolkit.estimate.gradient.source_features`) of the built-in tiny CNN for a
+pool of random images, twice in one process, and prints the growth of resident memory against the size of
+the features themselves (a pool-sized leak or heap fragmentation shows as a ratio in the tens or hundreds).
 """
 
 from __future__ import annotations
@@ -63,6 +67,30 @@ def memory(units: int, targets: int, networks: int) -> None:
           f"{one / 2**20:,.0f} MiB; reduction peak {peak / 2**20:,.0f} MiB = {peak / one:.2f} x one network "
           f"(predicted {reduction_bytes(units, targets) / one:.2f} x; holding every network would be "
           f"{networks:.0f} x + the outputs); {disk / 2**20:,.0f} MiB on disk; {seconds:.1f} s")
+
+
+def features(pool: int, proj_dim: int) -> None:
+    import torch
+
+    from dmtoolkit.estimate.gradient import Projector, parameters_of, source_features
+    from dmtoolkit.train.models import build_model
+
+    def resident() -> int:
+        return int(Path("/proc/self/statm").read_text().split()[1]) * 4096
+
+    torch.set_num_threads(1)
+    model = build_model("tiny-cnn", 1, 1, 145, 16, 16, 64).eval()
+    generator = torch.Generator().manual_seed(0)
+    x, y = torch.rand(pool, 1, 16, 16, generator=generator), torch.randint(0, 145, (pool,), generator=generator)
+    project = Projector(sum(p.numel() for p in parameters_of(model).values()), proj_dim)
+    before = resident()
+    for attempt in (1, 2):
+        started = time.process_time()
+        phi, _ = source_features(model, x, y, project)
+        grown = resident() - before
+        print(f"pass {attempt}: {pool:,} examples, features {phi.nbytes / 2**20:,.0f} MiB; resident memory grew "
+              f"{grown / 2**20:,.0f} MiB = {grown / phi.nbytes:.1f} x the features; {time.process_time() - started:.0f} CPU-s")
+        del phi
 
 
 def networks_check(store: str, out: str, networks: int) -> None:
@@ -148,11 +176,16 @@ def main() -> None:
     net.add_argument("store")
     net.add_argument("out")
     net.add_argument("--networks", type=int, default=16)
+    feat = sub.add_parser("features")
+    feat.add_argument("--pool", type=int, default=52_376)
+    feat.add_argument("--proj-dim", type=int, default=512)
     args = parser.parse_args()
     if args.command == "calibration":
         calibration(args.replications)
     elif args.command == "networks":
         networks_check(args.store, args.out, args.networks)
+    elif args.command == "features":
+        features(args.pool, args.proj_dim)
     else:
         memory(args.units, args.targets, args.networks)
 

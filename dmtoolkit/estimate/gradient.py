@@ -205,11 +205,13 @@ def _per_example(fn: Callable, params: dict[str, torch.Tensor], x: torch.Tensor,
                  project: Projector, chunk: int) -> torch.Tensor:
     """Projected per-example gradients of fn(params, x_i, y_i) (a scalar), (N, k), in chunks of `chunk`."""
     per_sample = vmap(grad(fn), in_dims=(None, 0, 0))
-    out = []
+    # one output array filled in place: chunks kept in a list between the large transient per-example gradients
+    # fragment the heap, and a 52k-image pool then held ~10 GB (benchmarks/gradient_evidence.py features)
+    out = torch.empty(len(x), project.dim, dtype=next(iter(params.values())).dtype, device=x.device)
     for start in range(0, len(x), chunk):
         xb, yb = x[start:start + chunk], y[start:start + chunk]
-        out.append(project(_flat(per_sample(params, xb, yb), len(xb))))
-    return torch.cat(out) if out else torch.zeros(0, project.dim, device=x.device)
+        out[start:start + len(xb)] = project(_flat(per_sample(params, xb, yb), len(xb)))
+    return out
 
 
 def source_features(model: nn.Module, x: torch.Tensor, y: torch.Tensor, project: Projector,
