@@ -354,6 +354,17 @@ class PredictionTrust:
         return f"how far to trust it: {where}; {figure}" + (f"; {self.studies}" if self.studies else "")
 
     @property
+    def brief(self) -> str:
+        """A few words for the report's removal card: near or far from the store's subsets, and from how many."""
+        if self.removed == 0:
+            return "nothing removed"
+        if self.kept_mean is None or self.reach is None:
+            return f"removing {self.removed} of {self.classes} classes, its distance from the store's subsets unknown"
+        return (f"{self.regime}: removing {self.removed} of {self.classes} classes goes {100 * self.reach:.0f}% of the "
+                f"way from the full source to the {self.kept_min}–{self.kept_max}-class subsets of the "
+                f"{self.models} models")
+
+    @property
     def confirm(self) -> str:
         """The line that says how to confirm the prediction by retraining."""
         if self.command is None:
@@ -368,7 +379,7 @@ class PredictionTrust:
                 "validation_targets": self.validation_targets, "flipped": self.flipped,
                 "margin_change": self.margin_change, "margin_low": self.margin_low, "margin_high": self.margin_high,
                 "command": self.command, "command_note": self.command_note, "studies": self.studies,
-                "statement": self.statement, "confirm": self.confirm}
+                "statement": self.statement, "brief": self.brief, "confirm": self.confirm}
 
 
 @dataclass(frozen=True, repr=False)

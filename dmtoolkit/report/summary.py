@@ -179,14 +179,12 @@ def removal_answer(rec: Recommendation | None, curves: Sequence[CounterfactualCu
         caveats.append("The retraining removes the classes most negative over all targets, which can differ "
                        "from the recommendation's validation-half choice.")
     elif chosen.k and rec.trust is not None and rec.trust.command is not None:
-        caveats.append(f"Not retrained: verify with `{rec.trust.command}` ({rec.trust.command_note}).")
+        caveats.append(f"Not retrained; the prediction is {rec.trust.brief} (how far to trust it: under Removal "
+                       f"candidates below). Verify with `{rec.trust.command}`.")
     elif chosen.k:
         ks = ",".join(str(k) for k in sorted({0, chosen.k}))
         caveats.append(f"Not retrained: verify with `dmtoolkit counterfactual RECIPE.yaml --influence {file} "
                        f"--order bottom --k {ks}`.")
-    if chosen.k and rec.trust is not None:
-        statement = rec.trust.statement.removeprefix("how far to trust it: ")
-        caveats.append(f"How far to trust the prediction: {statement}.")
     removals = [c for c in rec.candidates if c.k]
     if chosen.k == 0 and removals:
         best = max(removals, key=lambda c: (c.predicted_accuracy, -c.k))
