@@ -21,7 +21,9 @@ predicted margin by −Σ_{k∈R} coef_kj. `recommend_removal`:
    smaller k when no tied k has such an interval (`choose_removal`). Accuracy predicted on a few hundred targets
    often cannot tell a removal from the full source (+0 targets) even when the mean-margin gain is clear; before
    this tie rule a flagged planted harmful class with mean-margin gain +0.034 [+0.031, +0.038] was kept for that
-   reason (docs/signal.md, issue 34).
+   reason (docs/signal.md, issue 34). Chosen on the development seed only (`benchmarks/harm_study.py rule`: over
+   50 validation/test splits of seed 0's store the previous rule kept the full source on 2, this one removed the
+   planted class on all 50; widening "tie" to within 1 or 2 targets changed nothing, so ties are exact).
 6. says how far to trust the predicted gain (`PredictionTrust`): how far the removal lies from the subsets the
    store's models were trained on, how many targets the accuracy figure rests on, what the documented studies
    measured there, and the `dmtoolkit counterfactual` command that retrains it.
