@@ -333,13 +333,15 @@ def test_trust_states_the_stores_facts_and_the_exact_command(tie_estimates: dict
     assert trust.beyond == P - 1 - kept.max()
     assert trust.flipped == 0 and trust.validation_targets == len(rec.validation_columns)
     statement = trust.statement
+    more = "" if P - 1 - kept.max() <= 0 else f", {P - 1 - kept.max()} more than any model kept"
     assert statement.startswith(f"how far to trust it: the {len(est.fit_rows)} models behind it each kept {kept.min()}–{kept.max()} "
-                                f"of {P} classes (mean {kept.mean():.1f}), so the full source and the source without "
-                                f"1 class ({P - 1}) are both extrapolations of the linear model")
+                                f"of {P} classes (mean {kept.mean():.1f}), so both the full source ({P}) and the "
+                                f"source without 1 class ({P - 1}{more}) are extrapolations of the linear model")
     assert f"removing 1 goes {100 / (P - kept.mean()):.0f}% of the way from the full source to the mean subset (near)" \
         in statement
-    assert "the accuracy prediction rests on +0 of 20 validation targets" in statement
-    assert f"({rec.chosen.predicted_margin_change:+.3f} [{rec.chosen.margin_change_low:+.3f}, " in statement
+    assert (f"the predicted accuracy change is +0 of 20 validation targets; read the mean-margin change, "
+            f"{rec.chosen.predicted_margin_change:+.3f} [{rec.chosen.margin_change_low:+.3f}, "
+            f"{rec.chosen.margin_change_high:+.3f}], which uses all of them; ") in statement
     assert statement.endswith(DOCUMENTED_STUDIES["near"]) and DOCUMENTED_STUDIES["near"].startswith(
         "documented studies, not this store (docs/signal.md;")
     assert trust.command == (f"dmtoolkit counterfactual RECIPE.yaml --influence {est.path} --order bottom --k 0,1 "

@@ -341,16 +341,16 @@ class PredictionTrust:
         else:
             reach = self.reach
             beyond = self.beyond
+            more = "" if beyond is None or beyond <= 0 else f", {beyond} more than any model kept"
             where = (f"the {self.models} models behind it each kept {self.kept_min}–{self.kept_max} of {P} classes "
-                     f"(mean {self.kept_mean:.1f}), so the full source and the source without {k} {noun} "
-                     f"({P - k}) are both extrapolations of the linear model"
-                     + ("" if beyond is None or beyond <= 0 else f" ({beyond} beyond the largest subset)")
+                     f"(mean {self.kept_mean:.1f}), so both the full source ({P}) and the source without {k} {noun} "
+                     f"({P - k}{more}) are extrapolations of the linear model"
                      + ("" if reach is None else f"; removing {k} goes {100 * reach:.0f}% of the way from the full "
                         f"source to the mean subset ({self.regime})"))
         margin = (f"{self.margin_change:+.3f}" if self.margin_low is None or self.margin_high is None else
                   f"{self.margin_change:+.3f} [{self.margin_low:+.3f}, {self.margin_high:+.3f}]")
-        figure = (f"the accuracy prediction rests on {self.flipped:+d} of {self.validation_targets} validation "
-                  f"targets, the mean-margin prediction ({margin}) on all of them")
+        figure = (f"the predicted accuracy change is {self.flipped:+d} of {self.validation_targets} validation "
+                  f"targets; read the mean-margin change, {margin}, which uses all of them")
         return f"how far to trust it: {where}; {figure}" + (f"; {self.studies}" if self.studies else "")
 
     @property
