@@ -17,13 +17,15 @@ loop    On the same fresh stores at the largest count: `recommend`'s chosen set 
 rule    On the DEVELOPMENT store only (`power --development --seeds 0` builds it): over many validation/test splits,
         the set each variant of recommend's last step chooses (best predicted accuracy with ties to the smaller k,
         as before; ties decided by the mean-margin evidence at 0, 1 or 2 targets), each distinct set retrained
-        against the full source, and each choice's gain on its own split's test half. Used to choose the tie rule.
+        against the full source, and each choice's gain on its own split's test half. Used to choose the tie rule;
+        with --seeds, the same on fresh seeds' stores to check it.
 
     nice -n 5 .venv/bin/python benchmarks/harm_study.py check --out /work/runs/harm --repeats 10
     nice -n 5 .venv/bin/python benchmarks/harm_study.py power --out /work/runs/harm --seeds 1,2,3 --models 128,256,512
     nice -n 5 .venv/bin/python benchmarks/harm_study.py loop --out /work/runs/harm --seeds 1,2,3 --repeats 10
     nice -n 10 .venv/bin/python benchmarks/harm_study.py power --out /work/runs/harm --kinds conflict --seeds 0 --models 128,256,512 --development
     nice -n 10 .venv/bin/python benchmarks/harm_study.py rule --out /work/runs/harm --models 512 --splits 50 --repeats 10
+    nice -n 10 .venv/bin/python benchmarks/harm_study.py rule --out /work/runs/harm --models 512 --splits 50 --repeats 10 --seeds 6,7,8
     (add --target fashion-mnist to any step for the fashion-mnist target)
 """
 
@@ -285,15 +287,17 @@ def loop(out: Path, seeds: list[int], count: int, repeats: int, target: str, wor
 
 
 # --- rule (development seed only) ------------------------------------------------------------------
-def rule(out: Path, count: int, repeats: int, splits: int, target: str, workers: int) -> dict[str, Any]:
-    """Choose the zero-tie rule on the DEVELOPMENT store (seed 0, `power --development`): for `splits` validation/
-    test splits (recommend's split seed 0…splits−1) the set each rule variant chooses, every distinct set retrained
-    against the full source `repeats` times, and each choice's gain on its own split's test half."""
-    store, prefix = store_paths(out, target, DEV_SEED)
+def rule(out: Path, count: int, repeats: int, splits: int, target: str, workers: int,
+         seed: int = DEV_SEED) -> dict[str, Any]:
+    """Choose the zero-tie rule on the DEVELOPMENT store (seed 0, `power --development`), then check it on fresh
+    seeds' stores: for `splits` validation/test splits (recommend's split seed 0…splits−1) the set each rule
+    variant chooses, every distinct set retrained against the full source `repeats` times, and each choice's gain
+    on its own split's test half."""
+    store, prefix = store_paths(out, target, seed)
     estimate = Path(f"{prefix}-{count}-influence.h5")
     if not estimate.exists():
-        raise SystemExit(f"{estimate} is missing: run `power --development --seeds 0 --models {count}` first")
-    snap = snapshot(store, count, out / f"snapshot-{target}-dev.h5")
+        raise SystemExit(f"{estimate} is missing: run `power --seeds {seed} --models {count}` first")
+    snap = snapshot(store, count, out / f"snapshot-{target}-rule-{seed}.h5")
     with RunStore(store) as run:
         recipe, data = run.recipe, run.run_data()
         names = run.source_class_names
@@ -327,13 +331,14 @@ def rule(out: Path, count: int, repeats: int, splits: int, target: str, workers:
                               executor=lambda: make_executor("local", workers, "cpu"))
         correct.append(np.stack([res.margins for res in results]) > 0)
     correct = np.array(correct)
-    result: dict[str, Any] = {"seed": DEV_SEED, "target": target, "models": count, "repeats": repeats,
+    result: dict[str, Any] = {"seed": seed, "target": target, "models": count, "repeats": repeats,
                               "splits": splits, "planted": sorted(names[k] for k in harmful),
                               "sets": [list(c) for c in sets], "minutes": (time.perf_counter() - started) / 60,
                               "variants": {}}
     whole = {c: interval(correct[:, 1 + i].mean(1) - correct[:, 0].mean(1)) for i, c in enumerate(sets)}
     result["set_gain_all_targets"] = {", ".join(c): whole[c] for c in sets}
-    print(f"{target} development seed {DEV_SEED}, {count} models, {splits} splits, {repeats} repeats "
+    print(f"{target} {'development ' if seed == DEV_SEED else 'fresh '}seed {seed}, {count} models, {splits} splits, "
+          f"{repeats} repeats "
           f"({result['minutes']:.1f} min retraining); planted {result['planted']}")
     for c in sets:
         print(f"  without {', '.join(c)}: gain on all targets {ci(whole[c])}")
@@ -363,7 +368,7 @@ def main() -> None:
     parser.add_argument("step", choices=("check", "power", "loop", "rule"))
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--seeds", default="1,2,3")
+    parser.add_argument("--seeds", default=None, help="power/loop: default 1,2,3; rule: default the development seed 0")
     parser.add_argument("--models", default="128,256,512", help="power: model counts; loop: the largest is used")
     parser.add_argument("--kinds", default=",".join(KINDS))
     parser.add_argument("--images", type=int, default=None, help="planting.harmful.images (conflict strength)")
@@ -380,20 +385,22 @@ def main() -> None:
     kinds = [k for k in args.kinds.split(",") if k]
     extra = {key: value for key, value in (("images", args.images), ("noise_sd", args.noise_sd),
                                            ("conflict_classes", args.conflict_classes)) if value is not None}
-    seeds = [int(s) for s in args.seeds.split(",") if s]
+    seeds = [int(s) for s in (args.seeds or "1,2,3").split(",") if s]
     counts = [int(c) for c in args.models.split(",") if c]
     if args.step == "check":
         result = check(args.repeats, kinds, extra, args.target, args.workers)
     elif args.step == "power":
         result = power(args.out, seeds, counts, kinds, extra, args.target, args.workers, args.development)
-    elif args.step == "rule":
-        result = rule(args.out, max(counts), args.repeats, args.splits, args.target, args.workers)
+    elif args.step == "rule":  # (seed 0 chose the rule; fresh seeds check it, one result per seed)
+        result = [rule(args.out, max(counts), args.repeats, args.splits, args.target, args.workers, seed)
+                  for seed in (seeds if args.seeds else [DEV_SEED])]
     else:
         result = loop(args.out, seeds, max(counts), args.repeats, args.target, args.workers, args.development)
     tag = ("" if args.target == "mnist5k" else f"-{args.target}") + ("-development" if args.development else "")
     path = args.out / f"harm-{args.step}{tag}.json"
     previous = json.loads(path.read_text()) if path.exists() else []
-    path.write_text(json.dumps((previous if isinstance(previous, list) else [previous]) + [result], indent=2))
+    new = result if isinstance(result, list) else [result]
+    path.write_text(json.dumps((previous if isinstance(previous, list) else [previous]) + new, indent=2))
 
 
 if __name__ == "__main__":
