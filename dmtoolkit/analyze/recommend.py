@@ -100,8 +100,8 @@ models left out retrained to gains near or above the prediction, removals of 16�
 DOCUMENTED_STUDIES = {
     "near": ("documented studies, not this store (docs/signal.md; benchmarks/harm_study.py loop, "
              "benchmarks/removal_study.py): near removals retrained to more than predicted for planted harmful "
-             "classes (one class of 36: +0.010…+0.025 retrained, +0.004…+0.010 predicted) and to less once "
-             "(one class of 135: −0.001 retrained, +0.006 predicted)"),
+             "classes (1–2 of 36 classes, 7 fresh seeds: +0.010…+0.025 retrained, +0.004…+0.010 predicted) and to "
+             "less once (one class of 135: −0.001 retrained, +0.006 predicted)"),
     "far": ("documented study, not this store (docs/signal.md; benchmarks/removal_study.py): far removals "
             "retrained to less than predicted (18 of 36 classes: −0.009 retrained, +0.012 predicted); the "
             "prediction keeps rising with k where retraining peaks early"),
