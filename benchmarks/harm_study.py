@@ -1,6 +1,6 @@
 """Planted harmful source classes (issue 34): do they hurt, does `recommend` find them, does removing them pay?
 
-Three steps, each calling the library (recipe overrides, `build_run_data`, `train_masks`, `train_store`,
+Four steps, each calling the library (recipe overrides, `build_run_data`, `train_masks`, `train_store`,
 `compute_influence`, `recommend_removal`); every figure is printed and written to OUT/harm-STEP.json.
 
 check   On the DEVELOPMENT seed (planting seed 0), retrain the full planted source and the source without each
@@ -14,10 +14,18 @@ power   On FRESH seeds (planting, subset and training seed all = s, s >= 1): one
 loop    On the same fresh stores at the largest count: `recommend`'s chosen set retrained against the full
         source and against removing as many random classes (fresh per repeat), R repeats; the gain on the test
         half (never used by `recommend`) with its 95% interval, beside the gain `recommend` predicted.
+rule    On the DEVELOPMENT store only (`power --development --seeds 0` builds it): over many validation/test splits,
+        the set each variant of recommend's last step chooses (best predicted accuracy with ties to the smaller k,
+        as before; ties decided by the mean-margin evidence at 0, 1 or 2 targets), each distinct set retrained
+        against the full source, and each choice's gain on its own split's test half. Used to choose the tie rule;
+        with --seeds, the same on fresh seeds' stores to check it.
 
     nice -n 5 .venv/bin/python benchmarks/harm_study.py check --out /work/runs/harm --repeats 10
     nice -n 5 .venv/bin/python benchmarks/harm_study.py power --out /work/runs/harm --seeds 1,2,3 --models 128,256,512
     nice -n 5 .venv/bin/python benchmarks/harm_study.py loop --out /work/runs/harm --seeds 1,2,3 --repeats 10
+    nice -n 10 .venv/bin/python benchmarks/harm_study.py power --out /work/runs/harm --kinds conflict --seeds 0 --models 128,256,512 --development
+    nice -n 10 .venv/bin/python benchmarks/harm_study.py rule --out /work/runs/harm --models 512 --splits 50 --repeats 10
+    nice -n 10 .venv/bin/python benchmarks/harm_study.py rule --out /work/runs/harm --models 512 --splits 50 --repeats 10 --seeds 6,7,8
     (add --target fashion-mnist to any step for the fashion-mnist target)
 """
 
@@ -33,7 +41,12 @@ from typing import Any
 import h5py
 import numpy as np
 
-from dmtoolkit.analyze.recommend import predicted_removal_change, recommend_removal, removal_ranking
+from dmtoolkit.analyze.recommend import (
+    choose_removal,
+    predicted_removal_change,
+    recommend_removal,
+    removal_ranking,
+)
 from dmtoolkit.analyze.retrain import train_masks
 from dmtoolkit.estimate import compute_influence
 from dmtoolkit.estimate.calibration import interval_quantile
@@ -138,12 +151,18 @@ def store_paths(out: Path, target: str, seed: int) -> tuple[Path, Path]:
     return out / f"power{tag}-seed{seed}-runs.h5", out / f"power{tag}-seed{seed}"
 
 
+def fresh_or_development(seed: int, development: bool) -> None:
+    """Seed 0 is the development seed: power and loop run on it only when asked (--development), to choose a rule."""
+    if seed == DEV_SEED and not development:
+        raise SystemExit("power and loop use fresh seeds; seed 0 is the development seed (pass --development to "
+                         "build or read its store for choosing a rule, never for reporting)")
+
+
 def power(out: Path, seeds: list[int], counts: list[int], kinds: list[str], extra: dict[str, Any], target: str,
-          workers: int) -> dict[str, Any]:
+          workers: int, development: bool = False) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
     for seed in seeds:
-        if seed == DEV_SEED:
-            raise SystemExit("power and loop use fresh seeds; seed 0 is the development seed")
+        fresh_or_development(seed, development)
         recipe = study_recipe(seed, kinds, target, models=max(counts), extra=extra)
         store, prefix = store_paths(out, target, seed)
         if not store.exists():
@@ -205,9 +224,11 @@ def power(out: Path, seeds: list[int], counts: list[int], kinds: list[str], extr
 
 
 # --- loop ------------------------------------------------------------------------------------------
-def loop(out: Path, seeds: list[int], count: int, repeats: int, target: str, workers: int) -> dict[str, Any]:
+def loop(out: Path, seeds: list[int], count: int, repeats: int, target: str, workers: int,
+         development: bool = False) -> dict[str, Any]:
     rows = []
     for seed in seeds:
+        fresh_or_development(seed, development)
         store, prefix = store_paths(out, target, seed)
         estimate = Path(f"{prefix}-{count}-influence.h5")
         if not estimate.exists():
@@ -265,12 +286,89 @@ def loop(out: Path, seeds: list[int], count: int, repeats: int, target: str, wor
     return {"target": target, "models": count, "repeats": repeats, "rows": rows}
 
 
+# --- rule (development seed only) ------------------------------------------------------------------
+def rule(out: Path, count: int, repeats: int, splits: int, target: str, workers: int,
+         seed: int = DEV_SEED) -> dict[str, Any]:
+    """Choose the zero-tie rule on the DEVELOPMENT store (seed 0, `power --development`), then check it on fresh
+    seeds' stores: for `splits` validation/test splits (recommend's split seed 0…splits−1) the set each rule
+    variant chooses, every distinct set retrained against the full source `repeats` times, and each choice's gain
+    on its own split's test half."""
+    store, prefix = store_paths(out, target, seed)
+    estimate = Path(f"{prefix}-{count}-influence.h5")
+    if not estimate.exists():
+        raise SystemExit(f"{estimate} is missing: run `power --seeds {seed} --models {count}` first")
+    snap = snapshot(store, count, out / f"snapshot-{target}-rule-{seed}.h5")
+    with RunStore(store) as run:
+        recipe, data = run.recipe, run.run_data()
+        names = run.source_class_names
+    assert data.planted is not None
+    harmful = set(data.planted.harmful_classes.tolist())
+    variants = {"accuracy, ties to smaller k (before)": None, "ties at 0 targets to the margin (shipped)": 0,
+                "ties within 1 target to the margin": 1, "ties within 2 targets to the margin": 2}
+    choices: dict[str, list[tuple[str, ...]]] = {v: [] for v in variants}
+    splits_used = []
+    for split in range(splits):
+        rec = recommend_removal(estimate, store=snap, split_seed=split)
+        splits_used.append((np.array(rec.validation_columns), np.array(rec.test_columns)))
+        for name, tie in variants.items():
+            if tie is None:
+                eligible = [c for c in rec.candidates if c.evidence is not False]
+                chosen = max(eligible, key=lambda c: (c.predicted_accuracy, -c.k))
+            else:
+                chosen, _ = choose_removal(rec.candidates, validation_targets=len(rec.validation_columns),
+                                           full_accuracy=rec.full_predicted_accuracy, harmful=rec.harmful,
+                                           fdr=rec.fdr, tie_targets=tie)
+            choices[name].append(tuple(sorted(chosen.removed)))
+    sets = sorted({c for v in choices.values() for c in v if c}, key=lambda c: (len(c), c))
+    P = len(names)
+    masks = np.ones((1 + len(sets), P), bool)
+    for i, removed in enumerate(sets):
+        masks[1 + i, [names.index(n) for n in removed]] = False
+    started = time.perf_counter()
+    correct = []  # (repeats, rows, targets): target predicted correctly
+    for r in range(repeats):
+        results = train_masks(recipe, data, masks, seed=recipe.subsets.seed + 1000 + r, repeat=r + 1, device="cpu",
+                              executor=lambda: make_executor("local", workers, "cpu"))
+        correct.append(np.stack([res.margins for res in results]) > 0)
+    correct = np.array(correct)
+    result: dict[str, Any] = {"seed": seed, "target": target, "models": count, "repeats": repeats,
+                              "splits": splits, "planted": sorted(names[k] for k in harmful),
+                              "sets": [list(c) for c in sets], "minutes": (time.perf_counter() - started) / 60,
+                              "variants": {}}
+    whole = {c: interval(correct[:, 1 + i].mean(1) - correct[:, 0].mean(1)) for i, c in enumerate(sets)}
+    result["set_gain_all_targets"] = {", ".join(c): whole[c] for c in sets}
+    print(f"{target} {'development ' if seed == DEV_SEED else 'fresh '}seed {seed}, {count} models, {splits} splits, "
+          f"{repeats} repeats "
+          f"({result['minutes']:.1f} min retraining); planted {result['planted']}")
+    for c in sets:
+        print(f"  without {', '.join(c)}: gain on all targets {ci(whole[c])}")
+    for name in variants:
+        gains = []
+        for (_, test), chosen in zip(splits_used, choices[name]):
+            if not chosen:
+                gains.append(0.0)
+                continue
+            i = 1 + sets.index(chosen)
+            gains.append(float((correct[:, i][:, test].mean(1) - correct[:, 0][:, test].mean(1)).mean()))
+        kinds = {", ".join(c) or "nothing": choices[name].count(c) for c in set(choices[name])}
+        planted_recall = float(np.mean([len({names.index(n) for n in c} & harmful) / len(harmful)
+                                        for c in choices[name]]))
+        result["variants"][name] = {"choices": kinds, "mean_test_gain": float(np.mean(gains)),
+                                    "planted_recall": planted_recall,
+                                    "clean_removed": float(np.mean([len({names.index(n) for n in c} - harmful)
+                                                                    for c in choices[name]]))}
+        v = result["variants"][name]
+        print(f"  {name}: mean test-half gain over splits {v['mean_test_gain']:+.4f}; planted removed "
+              f"{planted_recall:.2f}; clean removed per split {v['clean_removed']:.2f}; choices {kinds}")
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("step", choices=("check", "power", "loop"))
+    parser.add_argument("step", choices=("check", "power", "loop", "rule"))
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--seeds", default="1,2,3")
+    parser.add_argument("--seeds", default=None, help="power/loop: default 1,2,3; rule: default the development seed 0")
     parser.add_argument("--models", default="128,256,512", help="power: model counts; loop: the largest is used")
     parser.add_argument("--kinds", default=",".join(KINDS))
     parser.add_argument("--images", type=int, default=None, help="planting.harmful.images (conflict strength)")
@@ -278,23 +376,31 @@ def main() -> None:
     parser.add_argument("--conflict-classes", type=int, default=None, help="planting.harmful.conflict_classes")
     parser.add_argument("--target", default="mnist5k")
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--splits", type=int, default=50, help="rule: validation/test splits (split seeds 0…N−1)")
+    parser.add_argument("--development", action="store_true",
+                        help="power/loop: allow the development seed 0 (for choosing a rule; results go to "
+                             "harm-STEP-development.json, never into the fresh-seed tables)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     kinds = [k for k in args.kinds.split(",") if k]
     extra = {key: value for key, value in (("images", args.images), ("noise_sd", args.noise_sd),
                                            ("conflict_classes", args.conflict_classes)) if value is not None}
-    seeds = [int(s) for s in args.seeds.split(",") if s]
+    seeds = [int(s) for s in (args.seeds or "1,2,3").split(",") if s]
     counts = [int(c) for c in args.models.split(",") if c]
     if args.step == "check":
         result = check(args.repeats, kinds, extra, args.target, args.workers)
     elif args.step == "power":
-        result = power(args.out, seeds, counts, kinds, extra, args.target, args.workers)
+        result = power(args.out, seeds, counts, kinds, extra, args.target, args.workers, args.development)
+    elif args.step == "rule":  # (seed 0 chose the rule; fresh seeds check it, one result per seed)
+        result = [rule(args.out, max(counts), args.repeats, args.splits, args.target, args.workers, seed)
+                  for seed in (seeds if args.seeds else [DEV_SEED])]
     else:
-        result = loop(args.out, seeds, max(counts), args.repeats, args.target, args.workers)
-    tag = "" if args.target == "mnist5k" else f"-{args.target}"
+        result = loop(args.out, seeds, max(counts), args.repeats, args.target, args.workers, args.development)
+    tag = ("" if args.target == "mnist5k" else f"-{args.target}") + ("-development" if args.development else "")
     path = args.out / f"harm-{args.step}{tag}.json"
     previous = json.loads(path.read_text()) if path.exists() else []
-    path.write_text(json.dumps((previous if isinstance(previous, list) else [previous]) + [result], indent=2))
+    new = result if isinstance(result, list) else [result]
+    path.write_text(json.dumps((previous if isinstance(previous, list) else [previous]) + new, indent=2))
 
 
 if __name__ == "__main__":

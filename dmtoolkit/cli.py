@@ -711,8 +711,9 @@ def recommend(estimate_path: Path, ks: str | None, validation_fraction: float, s
     For each k the linear predictor of the estimate gives the validation accuracy and the change of mean margin
     (with an interval) after removing the k classes with the most negative mean influence on the validation
     part. Only classes with evidence of harm (mean influence below zero, Benjamini–Hochberg at --fdr) may be
-    removed; among those k the highest predicted accuracy is proposed (k = 0: remove nothing). The test part is
-    left untouched so the proposal can be verified by retraining (`dmtoolkit counterfactual`).
+    removed; among those k the highest predicted accuracy is proposed (k = 0: remove nothing), ties decided by the
+    mean-margin evidence. It says why, and how far to trust the prediction, with the `dmtoolkit counterfactual`
+    command that retrains it; the test part is left untouched so the proposal can be verified that way.
 
     \b
     Example:

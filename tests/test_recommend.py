@@ -15,6 +15,8 @@ from scipy import stats
 
 from dmtoolkit.analyze import load_estimate, recommend_removal, removal_ranking, split_targets
 from dmtoolkit.analyze.classes import mean_influence_refit
+from dmtoolkit.analyze.recommend import DOCUMENTED_STUDIES, choose_removal, prediction_trust
+from dmtoolkit.analyze.results import Recommendation, RemovalCandidate
 from dmtoolkit.cli import cli
 from dmtoolkit.errors import UserError
 from dmtoolkit.estimate import compute_influence
@@ -132,6 +134,17 @@ def test_nothing_to_remove_says_so(estimates: dict[str, Path]) -> None:
     assert [c.k for c in rec.candidates] == list(range(0, P // 2 + 1))  # default: up to (1 − α)·P
 
 
+def _tie_rule_by_hand(eligible: list, targets: int) -> object:
+    """The rule's last step by a plain loop: the most validation targets predicted correct; among tied k, the one
+    with the largest mean-margin gain whose interval lies above 0, else the smallest k."""
+    best = max(round(c.predicted_accuracy * targets) for c in eligible)
+    tied = [c for c in eligible if round(c.predicted_accuracy * targets) == best]
+    supported = [c for c in tied if c.margin_change_low is not None and c.margin_change_low > 0]
+    if supported:
+        return sorted(supported, key=lambda c: (-c.predicted_margin_change, c.k))[0]
+    return sorted(tied, key=lambda c: c.k)[0]
+
+
 def _bh_by_hand(p: np.ndarray, fdr: float) -> np.ndarray:
     """Benjamini–Hochberg step-up by a plain loop: reject the m smallest, m the largest rank with p ≤ m·fdr/n."""
     n, order = len(p), sorted(range(len(p)), key=lambda i: p[i])
@@ -157,7 +170,7 @@ def test_only_classes_with_evidence_of_harm_may_be_removed(estimates: dict[str, 
     assert rec.harmful == prefix and rec.fdr == 0.05
     assert [c.evidence for c in rec.candidates] == [c.k <= prefix for c in rec.candidates]
     eligible = [c for c in rec.candidates if c.k <= prefix]
-    assert rec.chosen == max(eligible, key=lambda c: (c.predicted_accuracy, -c.k))
+    assert rec.chosen == _tie_rule_by_hand(eligible, len(validation))
     assert json.loads(json.dumps(rec.to_json()))["harmful"] == prefix
     if name == "harmful":
         assert prefix == 2 and rec.chosen.k == 2
@@ -217,13 +230,161 @@ def test_remove_nothing_says_why(estimates: dict[str, Path]) -> None:
 
 
 def test_remove_nothing_because_no_gain_is_predicted() -> None:
-    from dmtoolkit.analyze.results import Recommendation, RemovalCandidate
-
     keep = RemovalCandidate(0, (), 0.0, 0.0, 0.0, 0.7, 0.0, evidence=True)
     worse = RemovalCandidate(1, ("c3",), -0.2, -0.3, -0.1, 0.65, -0.05, evidence=True)
+    chosen, reason = choose_removal([keep, worse], validation_targets=20, full_accuracy=0.7, harmful=1, fdr=0.05)
+    assert chosen == keep
+    assert reason == ("why nothing: no removal among the 1 most negative classes with evidence of harm at FDR 5% is "
+                      "predicted to raise validation accuracy above the full source's 0.700 (best: k = 1, -0.050)")
     rec = Recommendation("f.h5", "difference-of-means", 0.5, 1, (0, 1), (2, 3), 0.7, (keep, worse), keep, level=0.9,
-                         fdr=0.05, harmful=1)
+                         fdr=0.05, harmful=1, reason=reason)
     assert rec.message.startswith("remove nothing: no removal")
-    assert rec.explanation == ["why nothing: no removal among the 1 most negative classes with evidence of harm at "
-                               "FDR 5% is predicted to raise validation accuracy above the full source's 0.700 "
-                               "(best: k = 1, -0.050)"]
+    assert rec.explanation == [reason]
+
+
+# --- the zero-tie rule: accuracy on a few hundred targets cannot resolve a removal; the margin evidence decides -----
+def test_a_tie_goes_to_the_margin_evidence_only_when_its_interval_is_above_zero() -> None:
+    keep = RemovalCandidate(0, (), 0.0, 0.0, 0.0, 0.9, 0.0, evidence=True)
+    clear = RemovalCandidate(1, ("c3",), 0.034, 0.031, 0.038, 0.9, 0.0, evidence=True)
+    vague = RemovalCandidate(1, ("c3",), 0.010, -0.002, 0.022, 0.9, 0.0, evidence=True)
+    more = RemovalCandidate(2, ("c3", "c1"), 0.050, 0.040, 0.060, 0.9, 0.0, evidence=True)
+    blocked = RemovalCandidate(3, ("c3", "c1", "c0"), 0.090, 0.080, 0.100, 0.9, 0.0, evidence=False)
+    args = dict(validation_targets=500, full_accuracy=0.9, harmful=2, fdr=0.05)
+    chosen, reason = choose_removal([keep, clear], **args)
+    assert chosen == clear
+    assert reason == ("why k = 1: among removals of classes with evidence of harm at FDR 5% (k ≤ 2), k = 0, 1 are "
+                      "predicted to give the same validation accuracy (+0 of 500 targets, a difference the accuracy "
+                      "of 500 targets cannot show), so the mean-margin evidence decides: k = 1 has the largest "
+                      "predicted gain whose interval lies above 0 (+0.034 [+0.031, +0.038])")
+    chosen, reason = choose_removal([keep, vague], **args)  # the margin interval includes 0: nothing decides the tie
+    assert chosen == keep and reason.startswith("why nothing: k = 0, 1 are predicted to give the same validation")
+    assert choose_removal([keep, clear, more, blocked], **args)[0] == more  # the largest supported gain, gate kept
+    better = RemovalCandidate(1, ("c3",), 0.034, 0.031, 0.038, 0.902, 0.002, evidence=True)
+    chosen, reason = choose_removal([keep, better, more], **args)  # no tie: accuracy decides, as before
+    assert chosen == better and reason.startswith("why k = 1: among removals of classes with evidence of harm at FDR "
+                                                  "5% (k ≤ 2), it has the best predicted validation accuracy (+0.002, "
+                                                  "+1 of 500 targets; mean margin +0.034 [+0.031, +0.038])")
+    assert choose_removal([keep, clear], **{**args, "harmful": None, "fdr": None})[1].startswith(
+        "why k = 1: among all k (no standard errors, so no evidence gate), k = 0, 1")
+
+
+def _far_from_zero_margins(masks: np.ndarray, rng: np.random.Generator, harm: float) -> np.ndarray:
+    """Class 3 lowers every target's margin by `harm`, every other class raises it by 0.05; the full source's margins
+    lie at ±(0.5…1.0), far from 0, so removing class 3 moves no target across 0: its predicted accuracy change is
+    exactly 0 while its mean-margin gain is `harm`."""
+    effect = np.full((P, T), 0.05)
+    effect[3] = -harm
+    full = np.where(np.arange(T) % 2 == 0, 1.0, -1.0) * np.linspace(0.5, 1.0, T)
+    return (masks @ effect + full - effect.sum(0) + rng.normal(0, 0.02, (len(masks), T))).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def tie_estimates(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    tmp = tmp_path_factory.mktemp("tie")
+    rng = np.random.default_rng(11)
+    out = {}
+    for name, harm in (("tie", 0.1), ("null", 0.0)):  # "null": no class has any effect beyond the common +0.05
+        masks = rng.random((M, P)) < 0.5
+        store = synthetic_store(tmp / f"{name}.h5", _far_from_zero_margins(masks, rng, harm), masks)
+        compute_influence(store, tmp / f"{name}-influence.h5", device="cpu")
+        out[name] = tmp / f"{name}-influence.h5"
+    return out
+
+
+def test_a_flagged_class_with_no_predicted_accuracy_change_but_a_clear_margin_gain_is_removed(
+        tie_estimates: dict[str, Path]) -> None:
+    rec = recommend_removal(tie_estimates["tie"], fdr=0.05)
+    assert rec.harmful == 1 and rec.removal_evidence[0].name == "c3" and rec.removal_evidence[0].significant
+    assert rec.chosen.k == 1 and rec.chosen.removed == ("c3",)
+    assert rec.chosen.predicted_accuracy_change == 0.0  # no target crosses 0 ...
+    assert rec.chosen.margin_change_low > 0.05 and rec.chosen.predicted_margin_change == pytest.approx(0.1, abs=0.02)
+    before = max((c for c in rec.candidates if c.evidence), key=lambda c: (c.predicted_accuracy, -c.k))
+    assert before.k == 0  # ... so the rule before the tie rule kept the full source
+    assert rec.reason.startswith("why k = 1: among removals of classes with evidence of harm at FDR 5% (k ≤ 1), "
+                                 "k = 0, 1 are predicted to give the same validation accuracy (+0 of 20 targets")
+    assert rec.message.startswith("remove 1 class (c3): predicted validation accuracy +0.000 (+0 of 20 targets)")
+    out = CliRunner().invoke(cli, ["recommend", str(tie_estimates["tie"])])
+    assert out.exit_code == 0, out.output
+    assert out.output.splitlines()[:2] == [rec.message, rec.reason]
+
+
+def test_a_store_where_nothing_has_evidence_removes_nothing(tie_estimates: dict[str, Path]) -> None:
+    rec = recommend_removal(tie_estimates["null"], fdr=0.05)
+    assert rec.harmful == 0 and not any(e.significant for e in rec.removal_evidence)
+    assert rec.chosen.k == 0 and rec.message.startswith("remove nothing: no source class has evidence of harm")
+    assert rec.reason.startswith("why nothing: only classes with evidence of harm")
+    assert rec.trust is not None and rec.trust.statement == ("how far to trust it: nothing is removed, so there is "
+                                                             "no predicted gain to trust")
+    assert rec.trust.command is None and rec.trust.confirm == ""
+
+
+# --- how far to trust the prediction ---------------------------------------------------------------------------
+def test_trust_states_the_stores_facts_and_the_exact_command(tie_estimates: dict[str, Path]) -> None:
+    infl = tie_estimates["tie"]
+    rec = recommend_removal(infl, fdr=0.05)
+    est = load_estimate(infl)
+    with RunStore(est.store_path) as run:
+        kept = np.asarray(run.masks[()], bool)[np.sort(est.fit_rows)].sum(1)  # classes each fitted model kept
+    trust = rec.trust
+    assert trust.models == len(est.fit_rows) and trust.classes == P and trust.removed == 1
+    assert (trust.kept_min, trust.kept_max) == (int(kept.min()), int(kept.max()))
+    assert trust.kept_mean == pytest.approx(kept.mean())
+    assert trust.reach == pytest.approx(1 / (P - kept.mean())) and trust.regime == "near"
+    assert trust.beyond == P - 1 - kept.max()
+    assert trust.flipped == 0 and trust.validation_targets == len(rec.validation_columns)
+    statement = trust.statement
+    more = "" if P - 1 - kept.max() <= 0 else f", {P - 1 - kept.max()} more than any model kept"
+    assert statement.startswith(f"how far to trust it: the {len(est.fit_rows)} models behind it each kept {kept.min()}–{kept.max()} "
+                                f"of {P} classes (mean {kept.mean():.1f}), so both the full source ({P}) and the "
+                                f"source without 1 class ({P - 1}{more}) are extrapolations of the linear model")
+    assert f"removing 1 goes {100 / (P - kept.mean()):.0f}% of the way from the full source to the mean subset (near)" \
+        in statement
+    assert (f"the predicted accuracy change is +0 of 20 validation targets; read the mean-margin change, "
+            f"{rec.chosen.predicted_margin_change:+.3f} [{rec.chosen.margin_change_low:+.3f}, "
+            f"{rec.chosen.margin_change_high:+.3f}], which uses all of them; ") in statement
+    assert statement.endswith(DOCUMENTED_STUDIES["near"]) and DOCUMENTED_STUDIES["near"].startswith(
+        "documented studies, not this store (docs/signal.md;")
+    assert trust.command == (f"dmtoolkit counterfactual RECIPE.yaml --influence {est.path} --order bottom --k 0,1 "
+                             "--repeats 10 -o counterfactual-k1.h5")
+    assert "its --order bottom removes the same 1" in trust.command_note and "'synthetic'" in trust.command_note
+    assert trust.confirm == f"confirm by retraining before acting: {trust.command} ({trust.command_note})"
+    lines = CliRunner().invoke(cli, ["recommend", str(infl)]).output.splitlines()
+    after = 1 + len(rec.explanation)  # the message, why (and what the gate kept out), then how far to trust it
+    assert lines[after:after + 2] == [statement, trust.confirm]
+    data = json.loads(CliRunner().invoke(cli, ["recommend", str(infl), "--json"]).output)
+    assert data["trust"]["statement"] == statement and data["trust"]["regime"] == "near"
+    assert data["reason"] == rec.reason
+
+
+def test_trust_of_a_far_removal_and_without_the_store(tie_estimates: dict[str, Path]) -> None:
+    est = load_estimate(tie_estimates["tie"])
+    far = RemovalCandidate(3, ("c3", "c1", "c0"), 0.1, 0.05, 0.15, 0.95, 0.05, evidence=True)
+    kept = np.array([3, 4, 5, 4])  # mean 4 of 8: removing 3 goes 3/4 of the way to the mean subset
+    trust = prediction_trust(est, far, 20, kept, "synthetic", True)
+    assert trust.regime == "far" and trust.reach == pytest.approx(0.75) and trust.beyond == 0
+    assert "removing 3 goes 75% of the way from the full source to the mean subset (far)" in trust.statement
+    assert trust.statement.endswith(DOCUMENTED_STUDIES["far"]) and "+1 of 20" in trust.statement
+    bottom = [est.unit_names[j] for j in removal_ranking(est.matrix, np.arange(T))[:3]]
+    assert bottom[0] == "c3" and set(bottom) != {"c3", "c1", "c0"}  # the command's order runs over all targets ...
+    assert f"removes the 3 most negative over all targets ({', '.join(bottom)}), not exactly the 3 chosen" in \
+        trust.command_note  # ... and the note says so when it differs from the chosen set
+    blind = prediction_trust(est, far, 20, None, None, False)
+    assert blind.regime == "unknown" and blind.command is None and blind.studies == ""
+    assert "the run store is not at hand, so how far this lies from the subsets the models were trained on is " \
+           "unknown" in blind.statement
+    assert blind.confirm.startswith("confirm by retraining: the run store behind")
+
+
+def test_the_reports_removal_card_says_near_or_far_and_the_command(tie_estimates: dict[str, Path]) -> None:
+    """Not retrained yet: the removal card's caveat says how near the prediction is to the store's subsets and
+    gives the exact counterfactual command; the full statement sits under the estimate's removal candidates."""
+    from dmtoolkit.report.summary import removal_answer
+
+    rec = recommend_removal(tie_estimates["tie"])
+    answer = removal_answer(rec, [], "tie-influence.h5", lambda text: 1)
+    assert answer.tone == "good" and answer.verdict.startswith("Remove 1 class (c3)")
+    trust = rec.trust
+    assert trust.brief == (f"near: removing 1 of {P} classes goes {100 * trust.reach:.0f}% of the way from the full "
+                           f"source to the {trust.kept_min}–{trust.kept_max}-class subsets of the {trust.models} models")
+    assert answer.caveats == (f"Not retrained; the prediction is {trust.brief} (how far to trust it: under Removal "
+                              f"candidates below). Verify with `{trust.command}`.",)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import re
@@ -115,6 +116,12 @@ def test_summary_names_classes_with_intervals(report_page: Path) -> None:
     rec = by_file["influence.h5"]["recommend"]
     assert rec["message"][:1].upper() + rec["message"][1:] in summary
     assert ["2 most negative", "0.850", "0.020", "2"] in answers["removal"]["rows"]
+    # why recommend chose what it chose, and how far to trust it, under its removal candidates (escaped as HTML)
+    page = html.unescape(report_page.read_text())
+    assert rec["chosen"]["k"] == 1 and rec["reason"].startswith("why k = 1: ") and rec["reason"] in page
+    assert rec["trust"]["statement"].startswith("how far to trust it: the ") and rec["trust"]["regime"] == "near"
+    assert rec["trust"]["statement"] in page and rec["trust"]["confirm"] in page
+    assert rec["trust"]["confirm"].startswith("confirm by retraining before acting: dmtoolkit counterfactual ")
     # leakage: the planted copies (source 2 -> target 4, 7 -> target 1) named first, as contamination
     assert answers["leakage"]["tone"] == "bad" and "Contamination" in answers["leakage"]["verdict"]
     assert {r[0]: r[2] for r in answers["leakage"]["rows"]} == {"ex2": "4", "ex7": "1"}

@@ -285,16 +285,115 @@ class RemovalCandidate:
                 "predicted_accuracy_change": self.predicted_accuracy_change, "evidence": self.evidence}
 
 
+@dataclass(frozen=True)
+class PredictionTrust:
+    """How far `recommend`'s predicted gain should be trusted, from facts about its store and the removal.
+
+    models: fitted models behind the estimate; classes: P; kept_mean / kept_min / kept_max: classes a fitted model
+    kept (None without the store); removed: k; reach: k / ((1 − α)·P), how far the removal moves from the full
+    source toward the store's mean subset (the linear model is fitted on subsets of about α·P classes, so the full
+    source and the removal are both extrapolations; 0: nothing removed, 1: down to the mean subset);
+    beyond: P − k − kept_max, how many classes the source after the removal holds beyond the largest subset a model
+    kept; regime: "near" (reach ≤ 1/2), "far" or "unknown" (no store); flipped / validation_targets: the predicted
+    accuracy change in targets; margin_change / margin_low / margin_high: the mean-margin prediction and interval;
+    command: a `dmtoolkit counterfactual` command that retrains the removal (None when nothing is removed or the
+    store cannot be retrained); command_note: what the command removes and which recipe it needs; studies: what
+    the documented studies measured, labelled as such (docs/signal.md, with their commands).
+    """
+
+    models: int
+    classes: int
+    removed: int
+    validation_targets: int
+    flipped: int
+    margin_change: float
+    margin_low: float | None = None
+    margin_high: float | None = None
+    kept_mean: float | None = None
+    kept_min: int | None = None
+    kept_max: int | None = None
+    regime: str = "unknown"
+    command: str | None = None
+    command_note: str = ""
+    studies: str = ""
+
+    @property
+    def reach(self) -> float | None:
+        if self.kept_mean is None or self.classes - self.kept_mean <= 0:
+            return None
+        return self.removed / (self.classes - self.kept_mean)
+
+    @property
+    def beyond(self) -> int | None:
+        return None if self.kept_max is None else self.classes - self.removed - self.kept_max
+
+    @property
+    def statement(self) -> str:
+        """One line: where the prediction sits relative to the store's subsets, what its accuracy figure rests on,
+        and what the documented studies found there."""
+        if self.removed == 0:
+            return "how far to trust it: nothing is removed, so there is no predicted gain to trust"
+        k, P = self.removed, self.classes
+        noun = "class" if k == 1 else "classes"
+        if self.kept_mean is None:
+            where = (f"removing {k} of {P} {noun}; the run store is not at hand, so how far this lies from the "
+                     "subsets the models were trained on is unknown")
+        else:
+            reach = self.reach
+            beyond = self.beyond
+            more = "" if beyond is None or beyond <= 0 else f", {beyond} more than any model kept"
+            where = (f"the {self.models} models behind it each kept {self.kept_min}–{self.kept_max} of {P} classes "
+                     f"(mean {self.kept_mean:.1f}), so both the full source ({P}) and the source without {k} {noun} "
+                     f"({P - k}{more}) are extrapolations of the linear model"
+                     + ("" if reach is None else f"; removing {k} goes {100 * reach:.0f}% of the way from the full "
+                        f"source to the mean subset ({self.regime})"))
+        margin = (f"{self.margin_change:+.3f}" if self.margin_low is None or self.margin_high is None else
+                  f"{self.margin_change:+.3f} [{self.margin_low:+.3f}, {self.margin_high:+.3f}]")
+        figure = (f"the predicted accuracy change is {self.flipped:+d} of {self.validation_targets} validation "
+                  f"targets; read the mean-margin change, {margin}, which uses all of them")
+        return f"how far to trust it: {where}; {figure}" + (f"; {self.studies}" if self.studies else "")
+
+    @property
+    def brief(self) -> str:
+        """A few words for the report's removal card: near or far from the store's subsets, and from how many."""
+        if self.removed == 0:
+            return "nothing removed"
+        if self.kept_mean is None or self.reach is None:
+            return f"removing {self.removed} of {self.classes} classes, its distance from the store's subsets unknown"
+        return (f"{self.regime}: removing {self.removed} of {self.classes} classes goes {100 * self.reach:.0f}% of the "
+                f"way from the full source to the {self.kept_min}–{self.kept_max}-class subsets of the "
+                f"{self.models} models")
+
+    @property
+    def confirm(self) -> str:
+        """The line that says how to confirm the prediction by retraining."""
+        if self.command is None:
+            return "" if self.removed == 0 else f"confirm by retraining: {self.command_note}"
+        return f"confirm by retraining before acting: {self.command}" + (
+            f" ({self.command_note})" if self.command_note else "")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"models": self.models, "classes": self.classes, "removed": self.removed,
+                "kept_mean": self.kept_mean, "kept_min": self.kept_min, "kept_max": self.kept_max,
+                "reach": self.reach, "beyond": self.beyond, "regime": self.regime,
+                "validation_targets": self.validation_targets, "flipped": self.flipped,
+                "margin_change": self.margin_change, "margin_low": self.margin_low, "margin_high": self.margin_high,
+                "command": self.command, "command_note": self.command_note, "studies": self.studies,
+                "statement": self.statement, "brief": self.brief, "confirm": self.confirm}
+
+
 @dataclass(frozen=True, repr=False)
 class Recommendation(Displayable):
     """Which classes to remove (`recommend_removal`): every candidate k and the chosen one.
 
     validation_columns / test_columns: the target columns k was chosen on / left untouched for verification
     (split by `split_seed`); full_predicted_accuracy: the linear predictor's validation accuracy of the full
-    source; chosen: the candidate with the best predicted validation accuracy (ties: smaller k) among those whose
-    classes all have evidence of harm; harmful: how many of the most negative classes in a row have that evidence
-    (Benjamini–Hochberg at `fdr` on one-sided p-values of the mean validation influence < 0), None when the
-    estimate has no standard errors and every candidate was eligible.
+    source; chosen: the candidate with the best predicted validation accuracy among those whose classes all have
+    evidence of harm, ties decided by the mean-margin evidence (`dmtoolkit.analyze.recommend.choose_removal`);
+    harmful: how many of the most negative classes in a row have that evidence (Benjamini–Hochberg at `fdr` on
+    one-sided p-values of the mean validation influence < 0), None when the estimate has no standard errors and
+    every candidate was eligible; reason: one line that says why `chosen` was chosen; trust: how far its predicted
+    gain should be trusted (`PredictionTrust`).
     """
 
     file: str
@@ -311,29 +410,15 @@ class Recommendation(Displayable):
     fdr: float | None = None
     harmful: int | None = None
     removal_evidence: tuple[ClassEvidence, ...] = ()
+    reason: str = ""
+    trust: PredictionTrust | None = None
 
     @property
     def explanation(self) -> list[str]:
-        """Lines that say why: why nothing is removed (no class with evidence of harm, naming the most negative one
-        and its q-value; or no eligible removal predicted to gain), and every candidate whose mean margin change
+        """Lines that say why: the rule's reason for `chosen` (`reason`), and every candidate whose mean margin change
         has an interval above 0 but whose classes did not all pass the evidence gate."""
-        lines, chosen = [], self.chosen
+        lines = [self.reason] if self.reason else []
         phrase = f"FDR {100 * (self.fdr or 0):g}%"
-        if chosen.k == 0 and self.harmful == 0:
-            first = self.removal_evidence[0] if self.removal_evidence else None
-            detail = "" if first is None or first.q_value is None else (
-                f"; the most negative class on the validation targets, {first.name}, has mean influence "
-                f"{first.influence:+.4f} with q = {first.q_value:.2g}")
-            lines.append(f"why nothing: only classes with evidence of harm (mean validation influence below 0 at "
-                         f"{phrase}) may be removed, and no class has it{detail}")
-        elif chosen.k == 0:
-            others = [c for c in self.candidates if c.k > 0 and c.evidence is not False]
-            best = max(others, key=lambda c: (c.predicted_accuracy, -c.k)) if others else None
-            gate = ("" if self.harmful is None else
-                    f" among the {self.harmful} most negative classes with evidence of harm at {phrase}")
-            lines.append(f"why nothing: no removal{gate} is predicted to raise validation accuracy above the full "
-                         f"source's {self.full_predicted_accuracy:.3f}" + (
-                             "" if best is None else f" (best: k = {best.k}, {best.predicted_accuracy_change:+.3f})"))
         blocked = [c for c in self.candidates if c.evidence is False and c.margin_change_low is not None
                    and c.margin_change_low > 0]
         if blocked:
@@ -382,7 +467,8 @@ class Recommendation(Displayable):
                 "level": self.level, "interval_note": self.interval_note, "fdr": self.fdr,
                 "harmful": self.harmful, "message": self.message, "explanation": self.explanation,
                 "removal_evidence": [e.to_json() for e in self.removal_evidence], "chosen": self.chosen.to_json(),
-                "candidates": [c.to_json() for c in self.candidates]}
+                "candidates": [c.to_json() for c in self.candidates], "reason": self.reason,
+                "trust": None if self.trust is None else self.trust.to_json()}
 
 
 @dataclass(frozen=True)

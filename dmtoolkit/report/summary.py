@@ -178,6 +178,9 @@ def removal_answer(rec: Recommendation | None, curves: Sequence[CounterfactualCu
     if bottom:
         caveats.append("The retraining removes the classes most negative over all targets, which can differ "
                        "from the recommendation's validation-half choice.")
+    elif chosen.k and rec.trust is not None and rec.trust.command is not None:
+        caveats.append(f"Not retrained; the prediction is {rec.trust.brief} (how far to trust it: under Removal "
+                       f"candidates below). Verify with `{rec.trust.command}`.")
     elif chosen.k:
         ks = ",".join(str(k) for k in sorted({0, chosen.k}))
         caveats.append(f"Not retrained: verify with `dmtoolkit counterfactual RECIPE.yaml --influence {file} "

@@ -288,7 +288,8 @@ def format_recommendation(rec: Recommendation) -> str:
     """The recommendation in one line, why (for "remove nothing", and for rows the evidence gate kept out), then
     every candidate k with its predicted changes and whether all its classes have evidence of harm."""
     gate = rec.harmful is not None
-    lines = [rec.message, *rec.explanation,
+    trust = [] if rec.trust is None or rec.chosen.k == 0 else [rec.trust.statement, rec.trust.confirm]
+    lines = [rec.message, *rec.explanation, *trust,
              f"chosen on {len(rec.validation_columns)} validation targets (split seed {rec.split_seed}); the other "
              f"{len(rec.test_columns)} are left for verification. {rec.interval_note}",
              f"  {'k':>3}  {'pred. accuracy':>14}  {'change':>7}  {'mean margin change':>18}  "
