@@ -26,7 +26,8 @@ transferred margin z_y − max_{k≠y} z_k for targets, and Q = 1 − p_y of the
 ours (0.1 × the mean eigenvalue of its own Φᵀ Φ, per model ID; `--trak-lambda` an absolute value instead).
 
 Options of ours beside the default (`--variants`): `pool-kernel` (the kernel over the whole pool, as TRAK's)
-and `mean-q` (τ weighted by q averaged over the networks and checkpoints, as TRAK's Q), and both.
+and `mean-q` (τ weighted by q averaged over the networks and checkpoints, as TRAK's Q), and both (what
+`dmtoolkit.estimate.gradient.attribute(networks, q="mean")` computes for these networks).
 
 CPU-minutes: process CPU time of the scoring only (both score the same networks; training them is reported
 once, shared). LDS [95%]: `dmtoolkit.estimate.lds` (`summarise_lds`, `bootstrap_lds_interval` over the held-out
@@ -190,10 +191,10 @@ def main() -> None:
             for v in variants:
                 train = job.units if v == "default" else np.arange(P)
                 started = time.process_time()
-                tau, _, _, _ = score_network(net, train, columns, **settings)
+                tau, _, _, _ = score_network(net, train, columns, own_q=False, **settings)  # g K⁻¹ φ, no q
                 if v == "default":
                     ours_seconds[-1].append(time.process_time() - started)
-                ours[v][-1].append((tau.numpy() / q[:, None]).astype(np.float32))
+                ours[v][-1].append(tau.numpy().astype(np.float32))
             if args.no_trak:
                 continue
             started = time.process_time()
