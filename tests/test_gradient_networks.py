@@ -128,6 +128,36 @@ def test_attribute_averages_networks_and_their_checkpoints_without_a_store(tmp_p
         attribute([first, small])
 
 
+def _q_numpy(model: nn.Module, network: Network) -> np.ndarray:
+    """1 − p_y of the source softmax, in NumPy."""
+    with torch.no_grad():
+        z = model(network.pool.x).numpy()
+    p = np.exp(z - z.max(1, keepdims=True))
+    return 1 - (p / p.sum(1, keepdims=True))[np.arange(len(z)), network.pool.y.numpy()]
+
+
+def test_attribute_with_q_averaged_over_networks_matches_a_numpy_reference() -> None:
+    """q="mean" (TRAK's Q): mean over networks of g K⁻¹ φ (checkpoints averaged first) times the mean q."""
+    (first, m1, h1), (second, m2, h2), (third, m3, h3) = (_user_network(seed) for seed in (1, 2, 3))
+    every = np.arange(12)
+    unweighted, qs = [], []
+    for network, model, head in ((first, m1, h1), (second, m2, h2), (third, m3, h3)):
+        q = _q_numpy(model, network)
+        unweighted.append(_finite_difference_scores(model, head, network, every, 0.5)[:, 1:4] / q[:, None])
+        qs.append(q)
+    mean_q = (qs[0] + (qs[1] + qs[2]) / 2) / 2
+    reference = (unweighted[0] + (unweighted[1] + unweighted[2]) / 2) / 2 * mean_q[:, None]
+    result = attribute([first, [second, third]], proj_dim=0, lam=0.5, targets=slice(1, 4), q="mean")
+    np.testing.assert_allclose(result.scores, reference, rtol=1e-4, atol=1e-7)
+    assert result.settings["q"] == "mean" and result.checkpoints == (("final",), ("final", "final"))
+    own = attribute([first, [second, third]], proj_dim=0, lam=0.5, targets=slice(1, 4))
+    assert not np.allclose(own.scores, result.scores, rtol=1e-3)  # the weighting changes the scores
+    alone = attribute([first], proj_dim=0, lam=0.5, q="mean").scores  # one network: its own q
+    np.testing.assert_allclose(alone, attribute([first], proj_dim=0, lam=0.5).scores, rtol=1e-5, atol=1e-8)
+    with pytest.raises(UserError, match="q='median' must be 'own'"):
+        attribute([first], q="median")
+
+
 # --- the built-in networks' checkpoints ----------------------------------------------------------------------
 def test_checkpoint_choices() -> None:
     assert parse_checkpoints("3") == 3 and parse_checkpoints("10,20,30") == (10, 20, 30)
