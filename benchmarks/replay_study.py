@@ -45,9 +45,16 @@ import numpy as np
 import torch
 
 from dmtoolkit.analyze import detect_leakage, detect_mislabels
+from dmtoolkit.estimate.base import linear_prediction
 from dmtoolkit.estimate.files import load_estimate, read_extra
 from dmtoolkit.estimate.fit import fit_store, store_units
-from dmtoolkit.estimate.lds import bootstrap_lds_interval, evaluate, lds_per_target, summarise_lds
+from dmtoolkit.estimate.lds import (
+    bootstrap_lds_interval,
+    bootstrap_lds_means,
+    evaluate,
+    lds_per_target,
+    summarise_lds,
+)
 from dmtoolkit.estimate.registry import make_estimator
 from dmtoolkit.estimate.replay import ReplayEstimator, pipeline_margins, problem_from_trainer
 from dmtoolkit.recipe import Recipe, load_recipe
@@ -294,8 +301,31 @@ def fresh(out: Path, name: str, models: int, targets: str, networks: int, forwar
                 row["network_averages"] = _network_averages(store, path)
             save()
         print(f"{name} {key}: " + json.dumps({k: row.get(k) for k in ("lds", "interval", "cpu_seconds")}), flush=True)
+    replayed = "replay-centre" if shared else f"replay-centre-{networks}net"
+    figures["paired"] = {f"{a} − {b}": paired_difference(store, out / f"{name}-{a}.h5", out / f"{name}-{b}.h5")
+                         for a, b in ((replayed, "difference-of-means"), (replayed, "datamodels"))}
+    save()
     return figures
 
+
+
+def paired_difference(store: Path, first: Path, second: Path, draws: int = 2000) -> dict[str, Any]:
+    """LDS(first) − LDS(second) on the same held-out models and targets, with a paired 95% bootstrap interval
+    (the same resampled sampling units for both, `bootstrap_lds_means`)."""
+    a, b = load_estimate(first), load_estimate(second)
+    if not (np.array_equal(a.test_rows, b.test_rows) and a.columns == b.columns):
+        raise SystemExit(f"{first} and {second}: not the same held-out rows and targets")
+    with RunStore(store) as run:
+        masks = np.asarray(run.masks[()])[a.test_rows]
+        actual = np.asarray(run.margins[()])[a.test_rows][:, a.columns]
+        units = store_units(run).ids[a.test_rows]
+    means = [bootstrap_lds_means(linear_prediction(masks, e.matrix, e.intercept), actual, units, draws=draws)
+             for e in (a, b)]
+    difference = means[0] - means[1]
+    difference = difference[np.isfinite(difference)]
+    observed = [summarise_lds(linear_prediction(masks, e.matrix, e.intercept), actual)[1] for e in (a, b)]
+    return {"difference": observed[0] - observed[1],
+            "interval": [float(np.quantile(difference, 0.025)), float(np.quantile(difference, 0.975))]}
 
 
 def _cost_minutes(figures: dict[str, Any], key: str) -> float | None:
@@ -360,6 +390,12 @@ def table(results: dict[str, Any]) -> str:
                          f"{row.get('leak_flagged')} | {row.get('flips')} | {_fmt(row.get('flip_mean_auc'), '.2f')} / "
                          f"{_fmt(row.get('flip_worst_auc'), '.2f')} | {_fmt(flips[0].get('precision_at_k'), '.2f')} / "
                          f"{_fmt(flips[1].get('precision_at_k'), '.2f')} |")
+    paired = [(name, f["paired"]) for name, f in results.items() if f.get("paired")]
+    if paired:
+        lines += ["", "| setting | LDS difference, same models and targets | [95% paired] |", "|---|---|---|"]
+        for name, pairs in paired:
+            lines += [f"| {name} | {label} | {p['difference']:+.3f} [{p['interval'][0]:+.3f}, {p['interval'][1]:+.3f}] |"
+                      for label, p in pairs.items()]
     for name, figures in results.items():
         for key in _estimators({name: figures}):
             averages = figures[key].get("network_averages") or []
