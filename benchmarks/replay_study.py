@@ -303,7 +303,8 @@ def fresh(out: Path, name: str, models: int, targets: str, networks: int, forwar
         print(f"{name} {key}: " + json.dumps({k: row.get(k) for k in ("lds", "interval", "cpu_seconds")}), flush=True)
     replayed = "replay-centre" if shared else f"replay-centre-{networks}net"
     figures["paired"] = {f"{a} − {b}": paired_difference(store, out / f"{name}-{a}.h5", out / f"{name}-{b}.h5")
-                         for a, b in ((replayed, "difference-of-means"), (replayed, "datamodels"))}
+                         for a, b in ((replayed, "difference-of-means"), (replayed, "datamodels"))
+                         + ((("replay-centre-all", "difference-of-means-all"),) if forward_all else ())}
     save()
     return figures
 
