@@ -11,24 +11,61 @@ deterministic training and transfer at other weights), so what is measured is th
   ceiling  the replayed pipeline at the store's held-out masks against the store's own margins (per-target
            Spearman): how well the relaxation itself stands for subset training.
 
+and, out of sample (issue 33; lr 0.02 and the centre point were chosen on seed 0's store, so that store's
+figures are development figures):
+
+  fresh    per setting (`--settings`, see SETTINGS: the example recipe at lr 0.02 with planting, source, mask and
+           training seeds all = s, shared or per-model training randomness), make and train the store
+           (`--models`), fit replay (centre, pool; `--networks` replayed seeds on per-model stores), difference
+           of means and datamodels on the same targets (`--targets`) and held-out models, and difference of
+           means on all targets; LDS [95%] (`evaluate`), CPU-minutes (process time, children included), and
+           the leakage / mislabel detectors on each estimate (flagged at their defaults, and ranking-based
+           precision/recall at the planted count, AUC). Resumable; results in OUT/fresh.json.
+  table    OUT/fresh.json as markdown tables, with mean ± SD over the fresh seeds.
+
     python benchmarks/replay_study.py curve STORE.h5 REPLAY.h5 -o curve.json
     python benchmarks/replay_study.py horizon STORE.h5 REPLAY.h5 -o horizon.json
     python benchmarks/replay_study.py ceiling STORE.h5 REPLAY.h5
+    python benchmarks/replay_study.py fresh --out runs/replay-fresh --settings seed-3,seed-6,seed-7
+    python benchmarks/replay_study.py fresh --out runs/replay-fresh --settings per-model-8 --networks 4
+    python benchmarks/replay_study.py table --out runs/replay-fresh
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import time
+from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
 import torch
 
-from dmtoolkit.estimate.files import load_estimate
-from dmtoolkit.estimate.lds import lds_per_target
-from dmtoolkit.estimate.replay import pipeline_margins, problem_from_trainer
+from dmtoolkit.analyze import detect_leakage, detect_mislabels
+from dmtoolkit.estimate.base import linear_prediction
+from dmtoolkit.estimate.files import load_estimate, read_extra
+from dmtoolkit.estimate.fit import fit_store, store_units
+from dmtoolkit.estimate.lds import (
+    bootstrap_lds_interval,
+    bootstrap_lds_means,
+    evaluate,
+    lds_per_target,
+    summarise_lds,
+)
+from dmtoolkit.estimate.registry import make_estimator
+from dmtoolkit.estimate.replay import ReplayEstimator, pipeline_margins, problem_from_trainer
+from dmtoolkit.recipe import Recipe, load_recipe
+from dmtoolkit.recipe_overrides import apply_overrides
+from dmtoolkit.run.driver import train_store
+from dmtoolkit.run.executors import make_executor
+from dmtoolkit.run.prepare import build_run_data
+from dmtoolkit.store import RunStore, create_store
 from dmtoolkit.train.job import RunContext
+
+EXAMPLE_RECIPE = Path(__file__).resolve().parent.parent / "dmtoolkit" / "recipes" / "glyphs-to-mnist-examples.yaml"
 
 
 def _problem(store: str, est, dtype: torch.dtype):
@@ -111,17 +148,297 @@ def ceiling(store: str, path: str) -> dict:
     return out
 
 
+# --- out of sample: fresh seeds, per-model seeds, planted leaks and flips --------------------------------
+SMOOTH = {"training.lr": 0.02}  # the learning rate the replay was developed at (seed 0; docs/gradient.md)
+
+
+def _seeds(seed: int) -> dict[str, Any]:
+    return {"planting.seed": seed, "source.seed": seed, "subsets.seed": seed, "training.seed": seed}
+
+
+# name -> overrides of the example recipe. seed 0 ("dev") is where lr 0.02 and the centre point were chosen;
+# 3, 6, 7 are the detector study's fresh seeds (no replay choice looked at them); 8 for per-model randomness.
+SETTINGS: dict[str, dict[str, Any]] = {
+    "dev": dict(SMOOTH),
+    **{f"seed-{s}": {**SMOOTH, **_seeds(s)} for s in (3, 6, 7)},
+    "per-model-8": {**SMOOTH, **_seeds(8), "training.randomness": "per-model"},
+}
+FRESH = ("seed-3", "seed-6", "seed-7")
+
+
+def _cpu() -> float:
+    """Process time of this process and its finished children (a worker's training included)."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+def setting_recipe(name: str, models: int) -> Recipe:
+    recipe = apply_overrides(load_recipe(EXAMPLE_RECIPE), SETTINGS[name], origin=f"replay study {name}")
+    return recipe.with_overrides(models=models)
+
+
+def _ensure_store(path: Path, recipe: Recipe) -> float | None:
+    """Create (or resume) and train the store; CPU seconds spent now (None when nothing was pending)."""
+    if path.exists():
+        with RunStore(path) as store:
+            if store.recipe.hash() != recipe.hash():
+                raise SystemExit(f"{path}: exists from another recipe; remove it or pass another --out")
+            if not len(store.pending_rows()):
+                return None
+    else:
+        create_store(path, recipe, build_run_data(recipe))
+    started = _cpu()
+    train_store(path, make_executor("local", 1, "cpu"), progress=False)
+    return _cpu() - started
+
+
+def _detectors(estimate: Path, store: Path) -> dict[str, Any]:
+    """Leakage and mislabel detectors at their defaults, and ranking-based scores at the planted count."""
+    with RunStore(store) as run:
+        planted = run.planted()
+    est = load_estimate(estimate)
+    covered = est.target_index
+    leaks = [(int(i), int(j)) for i, j in enumerate(planted.leak_target) if j >= 0 and j in set(covered.tolist())]
+    column = {int(j): c for c, j in enumerate(covered)}
+    matrix = np.where(np.isfinite(est.matrix), est.matrix, -np.inf)
+    # rank of the planted source among all sources by influence on its twin (1 = highest)
+    ranks = [int(1 + (matrix[:, column[j]] > matrix[i, column[j]]).sum()) for i, j in leaks]
+    row: dict[str, Any] = {"findable_leaks": len(leaks), "leak_ranks": ranks, "flips": int(planted.flipped.sum())}
+    leak = detect_leakage(estimate, store=store, features=False, top=max(len(leaks), 1))
+    row["leak_flagged"] = len(leak.flagged)
+    row["leak_flagged_score"] = None if leak.planted is None else leak.planted.to_json()
+    row["leak_top_at_planted"] = None if leak.planted_top is None else leak.planted_top.to_json()
+    row["leak_message"] = leak.message
+    for by in ("mean", "worst"):
+        flips = detect_mislabels(estimate, store=store, top=row["flips"], by=by)
+        row[f"flip_{by}_flagged"] = len(flips.flagged)
+        row[f"flip_{by}_top_at_planted"] = None if flips.planted_top is None else flips.planted_top.to_json()
+        row[f"flip_{by}_auc"] = None if flips.planted is None else flips.planted.auc
+        row["flip_message"] = flips.message
+    return row
+
+
+def _lds(store: Path, estimate: Path) -> dict[str, Any]:
+    result = evaluate(store, estimate, curve=False)
+    return {"lds": result.lds_mean, "interval": None if result.lds_interval is None else list(result.lds_interval),
+            "test_models": result.heldout_models, "targets": list(result.targets)}
+
+
+def _network_averages(store: Path, estimate: Path) -> list[dict[str, Any]]:
+    """LDS [95%] of the mean derivative of the first k replayed networks (k = 1, 2, 4, …), on the estimate's test
+    rows and columns, scored as `evaluate` scores (per-target Spearman, bootstrap over sampling units)."""
+    est = load_estimate(estimate)
+    coefs = read_extra(estimate, "replay/network_coef")
+    at_points = read_extra(estimate, "replay/network_margin_at_point")
+    w0 = read_extra(estimate, "replay/point").astype(np.float64)
+    if coefs is None:
+        return []
+    rows = est.test_rows
+    with RunStore(store) as run:
+        masks = np.asarray(run.masks[()])[rows].astype(np.float64)
+        actual = np.asarray(run.margins[()])[rows][:, est.columns].astype(np.float64)
+        units = store_units(run).ids[rows]
+    out = []
+    for k in sorted({1, 2, 4, 8, len(coefs)} & set(range(1, len(coefs) + 1))):
+        coef = coefs[:k].astype(np.float64).mean(0)
+        predicted = at_points[:k].astype(np.float64).mean(0) + (masks - w0) @ coef
+        _, mean, _ = summarise_lds(predicted, actual)
+        interval = bootstrap_lds_interval(predicted, actual, units)
+        out.append({"networks": k, "lds": mean, "interval": None if interval is None else list(interval)})
+    singles = []  # each network alone: the spread of one network's LDS over seeds
+    for n in range(len(coefs)):
+        predicted = at_points[n].astype(np.float64) + (masks - w0) @ coefs[n].astype(np.float64)
+        singles.append(summarise_lds(predicted, actual)[1])
+    return out + [{"single_networks": singles}]
+
+
+def fresh(out: Path, name: str, models: int, targets: str, networks: int, forward_all: bool) -> dict[str, Any]:
+    out.mkdir(parents=True, exist_ok=True)
+    results_path = out / "fresh.json"
+    results = json.loads(results_path.read_text()) if results_path.exists() else {}
+    figures = results.setdefault(name, {"overrides": SETTINGS[name]})
+
+    def save() -> None:
+        results_path.write_text(json.dumps(results, indent=1))
+
+    store = out / f"{name}.h5"
+    spent = _ensure_store(store, setting_recipe(name, models))
+    if spent is not None:
+        figures["train_cpu_seconds"] = spent
+        save()
+    with RunStore(store) as run:
+        figures["models"] = len(run.completed_rows())
+        figures["seconds_per_model"] = float(np.mean(run.column("seconds")))
+        randomness = run.recipe.seeding[1]
+    shared = randomness == "shared"
+    fits: list[tuple[str, Any, str | None]] = [
+        ("replay-centre" if shared else f"replay-centre-{networks}net",
+         lambda: ReplayEstimator(store, point="centre", chunk=32, networks=1 if shared else networks), targets)]
+    if shared:
+        fits.append(("replay-pool", lambda: ReplayEstimator(store, point="pool", chunk=32), targets))
+    fits += [("difference-of-means", lambda: make_estimator("difference-of-means", device="cpu"), targets),
+             ("datamodels", lambda: make_estimator("datamodels", device="cpu"), targets),
+             ("difference-of-means-all", lambda: make_estimator("difference-of-means", device="cpu"), None)]
+    if forward_all:
+        fits.append(("replay-centre-all", lambda: ReplayEstimator(store, point="centre", mode="forward", chunk=16),
+                     None))
+    for key, make, columns in fits:
+        path = out / f"{name}-{key}.h5"
+        row = figures.setdefault(key, {})
+        if not path.exists():
+            torch.set_num_threads(1)
+            started, wall = _cpu(), time.perf_counter()
+            fit_store(store, path, make(), targets=columns)
+            row.update(cpu_seconds=_cpu() - started, wall_seconds=time.perf_counter() - wall)
+            save()
+        if "lds" not in row:
+            row.update(_lds(store, path))
+            row.update(_detectors(path, store))
+            if key.startswith("replay"):
+                attrs = load_estimate(path).attrs
+                row["replay_cpu_seconds"] = float(attrs["replay_cpu_seconds"])
+                row["replay_train_cpu_seconds"] = float(attrs["replay_train_cpu_seconds"])
+                row["network_averages"] = _network_averages(store, path)
+            save()
+        print(f"{name} {key}: " + json.dumps({k: row.get(k) for k in ("lds", "interval", "cpu_seconds")}), flush=True)
+    replayed = "replay-centre" if shared else f"replay-centre-{networks}net"
+    figures["paired"] = {f"{a} − {b}": paired_difference(store, out / f"{name}-{a}.h5", out / f"{name}-{b}.h5")
+                         for a, b in ((replayed, "difference-of-means"), (replayed, "datamodels"))
+                         + ((("replay-centre-all", "difference-of-means-all"),) if forward_all else ())}
+    save()
+    return figures
+
+
+
+def paired_difference(store: Path, first: Path, second: Path, draws: int = 2000) -> dict[str, Any]:
+    """LDS(first) − LDS(second) on the same held-out models and targets, with a paired 95% bootstrap interval
+    (the same resampled sampling units for both, `bootstrap_lds_means`)."""
+    a, b = load_estimate(first), load_estimate(second)
+    if not (np.array_equal(a.test_rows, b.test_rows) and a.columns == b.columns):
+        raise SystemExit(f"{first} and {second}: not the same held-out rows and targets")
+    with RunStore(store) as run:
+        masks = np.asarray(run.masks[()])[a.test_rows]
+        actual = np.asarray(run.margins[()])[a.test_rows][:, a.columns]
+        units = store_units(run).ids[a.test_rows]
+    means = [bootstrap_lds_means(linear_prediction(masks, e.matrix, e.intercept), actual, units, draws=draws)
+             for e in (a, b)]
+    difference = means[0] - means[1]
+    difference = difference[np.isfinite(difference)]
+    observed = [summarise_lds(linear_prediction(masks, e.matrix, e.intercept), actual)[1] for e in (a, b)]
+    return {"difference": observed[0] - observed[1],
+            "interval": [float(np.quantile(difference, 0.025)), float(np.quantile(difference, 0.975))]}
+
+
+def _cost_minutes(figures: dict[str, Any], key: str) -> float | None:
+    """CPU-minutes an estimate cost: its fit, plus (subset estimators) the training of the models it fitted on."""
+    row = figures.get(key, {})
+    if "cpu_seconds" not in row:
+        return None
+    seconds = row["cpu_seconds"]
+    if not key.startswith("replay") and "train_cpu_seconds" in figures:
+        fitted = figures["models"] - row["test_models"]
+        seconds += figures["train_cpu_seconds"] * fitted / figures["models"]
+    return seconds / 60
+
+
+def _fmt(value: float | None, spec: str = ".3f") -> str:
+    return "–" if value is None else format(value, spec)
+
+
+def _interval(row: dict[str, Any]) -> str:
+    if row.get("lds") is None:
+        return "–"
+    low, high = row["interval"] or (None, None)
+    return f"{row['lds']:.3f} [{_fmt(low)}, {_fmt(high)}]"
+
+
+def _estimators(results: dict[str, Any]) -> list[str]:
+    keys: list[str] = []
+    for figures in results.values():
+        keys += [k for k, v in figures.items() if isinstance(v, dict) and "lds" in v and k not in keys]
+    return keys
+
+
+def table(results: dict[str, Any]) -> str:
+    """fresh.json as markdown: LDS and cost per setting and estimator, mean ± SD over the fresh seeds, the
+    detectors, and (per-model stores) the LDS of the mean derivative of k networks."""
+    lines = ["| setting | estimator | targets | LDS [95%] | CPU-minutes |", "|---|---|---|---|---|"]
+    for name, figures in results.items():
+        for key in _estimators({name: figures}):
+            row = figures[key]
+            lines.append(f"| {name} | {key} | {row['targets'][0]}:{row['targets'][1]} | {_interval(row)} | "
+                         f"{_fmt(_cost_minutes(figures, key), '.1f')} |")
+    fresh_runs = [results[n] for n in FRESH if n in results]
+    if fresh_runs:
+        lines += ["", f"Fresh seeds ({', '.join(n for n in FRESH if n in results)}): mean ± SD", "",
+                  "| estimator | LDS | CPU-minutes |", "|---|---|---|"]
+        for key in _estimators({n: results[n] for n in FRESH if n in results}):
+            lds = [f[key]["lds"] for f in fresh_runs if key in f and f[key].get("lds") is not None]
+            cost = [c for c in (_cost_minutes(f, key) for f in fresh_runs) if c is not None]
+            sd = lambda v: np.std(v, ddof=1) if len(v) > 1 else float("nan")  # noqa: E731
+            lines.append(f"| {key} (n={len(lds)}) | {np.mean(lds):.3f} ± {sd(lds):.3f} | "
+                         f"{np.mean(cost):.1f} ± {sd(cost):.1f} |")
+    lines += ["", "| setting | estimator | leaks findable | leak ranks on twin | leak P/R at planted count | "
+              "leaks flagged | flips | flip AUC (mean / worst) | flip precision at planted count (mean / worst) |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for name, figures in results.items():
+        for key in _estimators({name: figures}):
+            row = figures[key]
+            top = row.get("leak_top_at_planted") or {}
+            flips = [row.get(f"flip_{by}_top_at_planted") or {} for by in ("mean", "worst")]
+            lines.append(f"| {name} | {key} | {row.get('findable_leaks')} | {row.get('leak_ranks')} | "
+                         f"{_fmt(top.get('precision_at_k'), '.2f')} / {_fmt(top.get('recall_at_k'), '.2f')} | "
+                         f"{row.get('leak_flagged')} | {row.get('flips')} | {_fmt(row.get('flip_mean_auc'), '.2f')} / "
+                         f"{_fmt(row.get('flip_worst_auc'), '.2f')} | {_fmt(flips[0].get('precision_at_k'), '.2f')} / "
+                         f"{_fmt(flips[1].get('precision_at_k'), '.2f')} |")
+    paired = [(name, f["paired"]) for name, f in results.items() if f.get("paired")]
+    if paired:
+        lines += ["", "| setting | LDS difference, same models and targets | [95% paired] |", "|---|---|---|"]
+        for name, pairs in paired:
+            lines += [f"| {name} | {label} | {p['difference']:+.3f} [{p['interval'][0]:+.3f}, {p['interval'][1]:+.3f}] |"
+                      for label, p in pairs.items()]
+    for name, figures in results.items():
+        for key in _estimators({name: figures}):
+            averages = figures[key].get("network_averages") or []
+            if not averages:
+                continue
+            lines += ["", f"{name} {key}: mean derivative of the first k replayed networks", "",
+                      "| networks | LDS [95%] |", "|---|---|"]
+            lines += [f"| {a['networks']} | {_interval(a)} |" for a in averages if "networks" in a]
+            singles = [a["single_networks"] for a in averages if "single_networks" in a]
+            if singles:
+                lines.append(f"| each alone | {', '.join(_fmt(v) for v in singles[0])} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["curve", "horizon", "ceiling"])
-    parser.add_argument("store")
-    parser.add_argument("estimate")
+    parser.add_argument("what", choices=["curve", "horizon", "ceiling", "fresh", "table"])
+    parser.add_argument("store", nargs="?")
+    parser.add_argument("estimate", nargs="?")
     parser.add_argument("-o", "--output")
     parser.add_argument("--draws", type=int, default=12)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--examples", default="3,117,250")
+    parser.add_argument("--out", type=Path, help="fresh/table: the study's directory")
+    parser.add_argument("--settings", default=",".join(FRESH), help=f"fresh: any of {', '.join(SETTINGS)}")
+    parser.add_argument("--models", type=int, default=256)
+    parser.add_argument("--targets", default="0:64", help="fresh: targets of replay, and of the estimators beside it")
+    parser.add_argument("--networks", type=int, default=4, help="fresh: replayed networks on a per-model store")
+    parser.add_argument("--forward-all", action="store_true", help="fresh: also replay all targets (forward mode)")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    if args.what in ("fresh", "table"):
+        if args.out is None:
+            parser.error(f"{args.what} needs --out")
+        if args.what == "fresh":
+            for name in args.settings.split(","):
+                fresh(args.out, name, args.models, args.targets, args.networks, args.forward_all)
+        else:
+            print(table(json.loads((args.out / "fresh.json").read_text())))
+        return
+    if args.store is None or args.estimate is None:
+        parser.error(f"{args.what} needs STORE and ESTIMATE")
     if args.what == "curve":
         result = curve(args.store, args.estimate, args.draws, args.seed)
     elif args.what == "horizon":

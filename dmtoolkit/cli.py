@@ -441,11 +441,14 @@ def gradient(store_path: Path, out_path: Path, device: str, targets: str | None,
 @click.option("--double", is_flag=True, help="Replay in float64 (about twice the time; float32 otherwise).")
 @click.option("--chunk", type=click.IntRange(min=1), default=estimate_options.REPLAY_TARGET_CHUNK, show_default=True,
               help="Targets (reverse) or source examples (forward) sharing one sweep (memory grows with it).")
+@click.option("--networks", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Replay this many networks (the first fitting rows' training seeds) and average their derivatives; "
+                   "for stores trained from several seeds (randomness per-model).")
 @HOLDOUT_OPTION
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the held-out split.")
 @OVERWRITE_OPTION
 def replay(store_path: Path, out_path: Path, device: str, targets: str | None, point: str, mode: str, double: bool,
-           chunk: int, holdout_frac: float, seed: int, force: bool) -> None:
+           chunk: int, networks: int, holdout_frac: float, seed: int, force: bool) -> None:
     """Exact derivative of every transferred margin w.r.t. every source example's weight (example-level stores).
 
     Replays the built-in source training with per-example loss weights, step by step, through feature
@@ -459,13 +462,18 @@ def replay(store_path: Path, out_path: Path, device: str, targets: str | None, p
     """
     from dmtoolkit.estimate.replay import fit_replay
 
-    model = fit_replay(store_path, out_path, point=point, mode=mode, double=double, chunk=chunk, device=_device(device),
-                       targets=targets, holdout_frac=holdout_frac, seed=seed, force=force,
+    model = fit_replay(store_path, out_path, point=point, mode=mode, double=double, chunk=chunk, networks=networks,
+                       device=_device(device), targets=targets, holdout_frac=holdout_frac, seed=seed, force=force,
                        progress=lambda message: click.echo(message, err=True))
     for warning in model.warnings_:
         click.echo(f"warning: {warning}", err=True)
-    click.echo(f"wrote {out_path}: derivatives {tuple(model.coef_.shape)} at w0 = {point}, {model.mode_} mode "
-               f"({model.cpu_seconds_ / 60:.1f} CPU-minutes; one training {model.train_cpu_seconds_:.1f} CPU-s)")
+    import math
+
+    train = "" if math.isnan(model.train_cpu_seconds_) else \
+        f"; one training {model.train_cpu_seconds_:.1f} CPU-s"  # NaN in forward mode (no plain training is run)
+    averaged = f", mean of {networks} networks" if networks > 1 else ""
+    click.echo(f"wrote {out_path}: derivatives {tuple(model.coef_.shape)} at w0 = {point}{averaged}, {model.mode_} mode "
+               f"({model.cpu_seconds_ / 60:.1f} CPU-minutes{train})")
 
 
 @cli.command()

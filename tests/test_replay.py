@@ -170,8 +170,12 @@ def test_end_to_end_on_an_example_store(trained_store: Path, tmp_path: Path, poi
     assert attrs["replay_steps_per_epoch"] == 2  # ceil(9 / 6) steps per epoch, 2 epochs
     assert attrs["replay_randomness"] == "shared" and attrs["replay_order"] == "shuffle"
     assert attrs["replay_state_bytes"] == 5 * attrs["replay_state_numel"] * 4
-    assert json.loads(attrs["settings"]) == {"point": point, "mode": "auto", "double": False, "chunk": 10}
+    assert json.loads(attrs["settings"]) == {"point": point, "mode": "auto", "double": False, "chunk": 10,
+                                             "networks": 1}
     assert attrs["replay_mode"] == "reverse"  # 16 targets, 18 source examples
+    # one training's cost is timed inside the reverse sweep's own forward pass (no extra training for it)
+    assert 0 < attrs["replay_train_cpu_seconds"] < attrs["replay_cpu_seconds"]
+    assert attrs["replay_networks"] == 1 and json.loads(attrs["replay_seeds"]) == [attrs["replay_seed"]]
     result = evaluate(trained_store, out)
     assert result.estimator == "replay" and result.heldout_models == len(est.test_rows)
     for command in (["leakage", str(out), "--json", "--no-features"], ["mislabels", str(out), "--json"]):
@@ -195,7 +199,7 @@ def test_cli_replay_then_evaluate(trained_store: Path, tmp_path: Path) -> None:
         masks, margins = f["masks"][()], f["margins"][()]
     whole.fit(masks, margins, est.fit_rows)
     np.testing.assert_allclose(whole.coef_[:, 2:7], est.matrix, atol=1e-4 * np.abs(est.matrix).max())
-    assert whole.mode_ == "forward"
+    assert whole.mode_ == "forward" and np.isnan(whole.train_cpu_seconds_)  # forward mode trains only with tangents
     result = runner.invoke(cli, ["evaluate", str(trained_store), "--estimate", str(out), "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["estimator"] == "replay"
@@ -220,3 +224,37 @@ def test_refuses_what_it_cannot_differentiate(tmp_path: Path, trained_store: Pat
     with pytest.raises(UserError, match="not those of"):
         ReplayEstimator(trained_store).fit(~masks, margins)
     assert not (tmp_path / "r.h5").exists()
+
+
+def test_several_networks_average_the_derivatives_of_their_seeds(tmp_path: Path) -> None:
+    # per-model randomness: every row trained from its own seed; networks=3 replays the first three fitting rows'
+    # seeds, and the estimate is the mean of the three single-network derivatives (each the replay of that seed)
+    path = tmp_path / "per-model.h5"
+    create_store(path, parse_recipe_dict(_recipe(models=8, randomness="per-model")),
+                 synthetic_data(3, 16, per_class=6, seed=5))
+    train_store(path, make_executor("local", 1, "cpu"), progress=False)
+    with h5py.File(path, "r") as f:
+        masks, margins, seeds = f["masks"][()], f["margins"][()], f["seed"][()]
+    rows = np.array([1, 2, 4, 5, 6, 7])
+    model = ReplayEstimator(path, networks=3, chunk=16).fit(masks, margins, rows)
+    assert model.seeds_ == tuple(int(s) for s in seeds[[1, 2, 4]]) and len(set(model.seeds_)) == 3
+    assert any("6 seeds; 3 replayed networks" in w for w in model.warnings_)
+    context = RunContext.from_store(path, "cpu")
+    for k, seed in enumerate(model.seeds_):
+        problem, _, _ = problem_from_trainer(context.trainer, seed, int(round(masks[rows].sum(1).mean())))
+        alone, at_point = replay_gradient(problem, torch.full((18,), 0.5))
+        np.testing.assert_allclose(model.network_coef_[k], alone.numpy(), rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(model.network_margin_at_point_[k], at_point.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(model.coef_, model.network_coef_.mean(0), rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(model.predict(np.full((1, 18), 0.5))[0], model.network_margin_at_point_.mean(0),
+                               atol=1e-5)
+    with pytest.raises(UserError, match=r"^7 replayed networks need as many training seeds; the 6 fitting rows of .* "
+                                        r"trained from 6 \(training randomness 'per-model'\)$"):
+        ReplayEstimator(path, networks=7).fit(masks, margins, rows)
+
+
+def test_one_seed_cannot_give_several_networks(trained_store: Path, tmp_path: Path) -> None:
+    out = tmp_path / "r.h5"
+    result = CliRunner().invoke(cli, ["replay", str(trained_store), "-o", str(out), "--networks", "2"])
+    assert result.exit_code == 1 and "error: 2 replayed networks need as many training seeds" in result.output
+    assert "trained from 1 (training randomness 'shared')" in result.output and not out.exists()

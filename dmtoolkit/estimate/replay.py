@@ -40,12 +40,15 @@ or `row:N` (the mask of store row N).
 **What it predicts** (docs/gradient.md, "Replay measured"): the derivative is exact, but an unrolled ReLU/
 max-pool/BatchNorm training is only piecewise smooth, and at the example recipe's lr 0.1 it is rough at a
 scale of 1e-7 in one weight, so the first-order prediction is uncorrelated with retraining at any removal
-size (LDS ≈ 0). At lr 0.02 the same recipe gives LDS 0.35 from one replayed network, level with difference
-of means from 230 models. Check a replay estimate with `dmtoolkit evaluate` before using it.
+size (LDS ≈ 0). At lr 0.02 the same recipe gives LDS 0.35 from one replayed network on the development seed
+and 0.29 ± 0.04 on fresh seeds, level with or above difference of means from 230 models. With a training
+seed per model one network predicts little; `networks` averages the derivatives of several seeds. Check a
+replay estimate with `dmtoolkit evaluate` before using it.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -273,16 +276,20 @@ def _grads(outputs: tuple[torch.Tensor, ...], inputs: tuple[torch.Tensor, ...],
 
 
 def replay_gradient(problem: ReplayProblem, w: torch.Tensor, columns: slice | None = None,
-                    chunk: int = REPLAY_TARGET_CHUNK,
-                    progress: Callable[[str], None] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                    chunk: int = REPLAY_TARGET_CHUNK, progress: Callable[[str], None] | None = None,
+                    timing: dict[str, float] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(d margin_j / d w_i (P, T), margins (T,)) at w for the target test examples `columns`, exactly.
 
     Reverse mode with the states stored before every step and each step's graph recomputed during the backward
-    sweep; `chunk` targets share one sweep (their adjoints batched).
+    sweep; `chunk` targets share one sweep (their adjoints batched). The sweep's own forward pass is one training
+    (and the transfer of its first chunk of targets): its process time goes into `timing["train_cpu_seconds"]`,
+    the unit the derivative's cost is measured in, without training again for it.
     """
     columns = columns or slice(0, len(problem.test_y))
     w = w.detach()
+    started = time.process_time()
     final, states = train(problem, w, keep=True)
+    train_seconds = time.process_time() - started
     num_targets = len(range(*columns.indices(len(problem.test_y))))
     out = torch.zeros(problem.num_examples, num_targets, dtype=w.dtype, device=w.device)
     margins = torch.zeros(num_targets, dtype=w.dtype, device=w.device)
@@ -290,8 +297,12 @@ def replay_gradient(problem: ReplayProblem, w: torch.Tensor, columns: slice | No
         cols = slice(columns.start + start, columns.start + min(start + chunk, num_targets))
         c = cols.stop - cols.start
         z = tuple(t.detach().requires_grad_(True) for t in final.flat())
+        transfer_started = time.process_time()
         with torch.enable_grad():
             m = transferred_margins(problem, final.like(z), cols)
+        if start == 0 and timing is not None:  # one training and transfer (the transfer's graph included)
+            timing["train_cpu_seconds"] = train_seconds + time.process_time() - transfer_started
+        with torch.enable_grad():
             adjoint = _grads((m,), z, (torch.eye(c, dtype=m.dtype, device=m.device),))
         margins[start:start + c] = m.detach()
         dw = torch.zeros(c, problem.num_examples, dtype=w.dtype, device=w.device)
@@ -309,12 +320,14 @@ def replay_gradient(problem: ReplayProblem, w: torch.Tensor, columns: slice | No
 
 
 def forward_gradient(problem: ReplayProblem, w: torch.Tensor, columns: slice | None = None,
-                     chunk: int = REPLAY_TARGET_CHUNK,
-                     progress: Callable[[str], None] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                     chunk: int = REPLAY_TARGET_CHUNK, progress: Callable[[str], None] | None = None,
+                     timing: dict[str, float] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """`replay_gradient` in forward mode: `chunk` source examples' tangents (e_i) are pushed through every step
     together (`vmap` of `torch.func.jvp`), then through the transfer to every target at once. Cheaper than
     reverse mode when source examples are fewer than targets; memory is one step's activations × chunk and
-    the state's tangents × chunk (no stored states)."""
+    the state's tangents × chunk (no stored states). The primal training runs inside every sweep's jvp, so no
+    plain training is timed: `timing["sweep_cpu_seconds"]` gets the first sweep's process time (`chunk`
+    tangents through training and the transfer) instead."""
     from torch.func import jvp, vmap
 
     columns = columns or slice(0, len(problem.test_y))
@@ -324,6 +337,7 @@ def forward_gradient(problem: ReplayProblem, w: torch.Tensor, columns: slice | N
     out = torch.zeros(problem.num_examples, num_targets, dtype=w.dtype, device=w.device)
     margins = None
     for start in range(0, problem.num_examples, chunk):
+        started = time.process_time()
         units = torch.arange(start, min(start + chunk, problem.num_examples), device=w.device)
         w_dot = torch.zeros(len(units), problem.num_examples, dtype=w.dtype, device=w.device)
         w_dot[torch.arange(len(units)), units] = 1.0
@@ -342,6 +356,8 @@ def forward_gradient(problem: ReplayProblem, w: torch.Tensor, columns: slice | N
         m, m_dot = vmap(through_transfer, out_dims=(None, 0))(z_dot)
         out[units] = m_dot.detach()
         margins = m.detach()
+        if start == 0 and timing is not None:
+            timing["sweep_cpu_seconds"] = time.process_time() - started
         if progress is not None:
             progress(f"replay: source examples {int(units[0])}-{int(units[-1])} done")
     return out, margins
@@ -459,7 +475,10 @@ class ReplayEstimator(Estimator):
     """Exact d margin / d w through the replayed source training and the ridge transfer; see the module docstring.
 
     `store_path` is the run store whose recipe and data define the pipeline (the one `fit` gets masks and
-    margins of); `point` the linearisation point; `double` runs the replay in float64.
+    margins of); `point` the linearisation point; `double` runs the replay in float64. `networks` > 1 (stores
+    whose models trained from several seeds, e.g. `randomness: per-model`) replays that many networks, with the
+    training seeds of the first fitting rows, and averages their derivatives: the mean over seeds that one
+    network's derivative otherwise stands for (each network's is kept in `replay/network_coef`).
     """
 
     name = "replay"
@@ -468,20 +487,23 @@ class ReplayEstimator(Estimator):
                     "to first order)")
 
     def __init__(self, store_path: str | Path, *, point: str = "centre", mode: str = "auto", double: bool = False,
-                 chunk: int = REPLAY_TARGET_CHUNK, device: str | None = None,
+                 chunk: int = REPLAY_TARGET_CHUNK, networks: int = 1, device: str | None = None,
                  progress: Callable[[str], None] | None = None) -> None:
         self.store_path = Path(store_path)
-        self.point, self.mode, self.double, self.chunk = point, mode, double, chunk
+        self.point, self.mode, self.double, self.chunk, self.networks = point, mode, double, chunk, networks
         self.device, self.progress = device, progress
 
     def settings(self) -> dict[str, Any]:
-        return {"point": self.point, "mode": self.mode, "double": self.double, "chunk": self.chunk}
+        return {"point": self.point, "mode": self.mode, "double": self.double, "chunk": self.chunk,
+                "networks": self.networks}
 
     def check_settings(self) -> None:
         if self.mode not in REPLAY_MODES:
             raise UserError(f"mode {self.mode!r} must be one of {', '.join(REPLAY_MODES)}")
         if self.chunk < 1:
             raise UserError(f"target chunk {self.chunk} must be ≥ 1")
+        if self.networks < 1:
+            raise UserError(f"replayed networks {self.networks} must be ≥ 1")
         if self.point not in REPLAY_POINTS and not (self.point.startswith("row:") and self.point[4:].isdigit()):
             raise UserError(f"linearisation point {self.point!r} must be pool, centre or row:N")
 
@@ -507,34 +529,50 @@ class ReplayEstimator(Estimator):
             raise UserError(f"the masks given to fit are not those of {self.store_path}; fit the replay estimator "
                             "on the store it was made with (fit_store does)")
         training_seed, randomness = recipe.seeding
-        seeds = {model_seed(training_seed, recipe.subsets.seed, int(r), randomness, recipe.seed_blocks) for r in rows}
-        seed = model_seed(training_seed, recipe.subsets.seed, int(rows[0]), randomness, recipe.seed_blocks)
+        row_seeds = [model_seed(training_seed, recipe.subsets.seed, int(r), randomness, recipe.seed_blocks) for r in rows]
+        distinct = list(dict.fromkeys(row_seeds))  # the fitting rows' training seeds, in row order
+        if self.networks > len(distinct):
+            raise UserError(f"{self.networks} replayed networks need as many training seeds; the {len(rows)} fitting "
+                            f"rows of {self.store_path} trained from {len(distinct)} (training randomness "
+                            f"{randomness!r})")
+        seeds = distinct[:self.networks]
         warnings = []
-        if len(seeds) > 1:
-            warnings.append(f"training randomness {randomness!r}: the {len(seeds)} fitting rows trained from "
-                            f"{len(seeds)} seeds; one replayed network (row {int(rows[0])}'s seed) stands for all")
+        if len(distinct) > len(seeds):
+            warnings.append(f"training randomness {randomness!r}: the {len(rows)} fitting rows trained from "
+                            f"{len(distinct)} seeds; {len(seeds)} replayed network{'s' if len(seeds) > 1 else ''} (the first "
+                            "fitting rows' seeds) stand for all")
         subset_size = int(round(float(fit_masks[rows].sum(1).mean())))
         dtype = torch.float64 if self.double else torch.float32
-        problem, per_epoch, steps = problem_from_trainer(context.trainer, seed, subset_size, dtype)
-        w0 = linearisation_point(self.point, recipe.subsets.alpha, fit_masks, problem.num_examples)
         columns = getattr(margins, "columns", slice(0, margins.shape[1]))
-        plain = time.process_time()  # one training and transfer, the unit the derivative's cost is measured in
-        pipeline_margins(problem, torch.as_tensor(w0, dtype=dtype, device=problem.pool_x.device), slice(0, 1))
-        self.train_cpu_seconds_ = time.process_time() - plain
-        started, wall = time.process_time(), time.perf_counter()
         num_targets = len(range(*columns.indices(int(margins.shape[1]))))
-        self.mode_ = choose_mode(self.mode, problem.num_examples, num_targets)
+        self.mode_ = choose_mode(self.mode, context.trainer.pool_y.shape[0], num_targets)
         differentiate = forward_gradient if self.mode_ == "forward" else replay_gradient
-        coef, at_point = differentiate(problem, torch.as_tensor(w0, dtype=dtype, device=problem.pool_x.device),
-                                       columns, self.chunk, self.progress)
+        started, wall = time.process_time(), time.perf_counter()
+        coefs, at_points, timings = [], [], []
+        for seed in seeds:  # each network's derivative at w0; the estimate is their mean (the mean over seeds)
+            problem, per_epoch, steps = problem_from_trainer(context.trainer, seed, subset_size, dtype)
+            w0 = linearisation_point(self.point, recipe.subsets.alpha, fit_masks, problem.num_examples)
+            timing: dict[str, float] = {}
+            coef, at_point = differentiate(problem, torch.as_tensor(w0, dtype=dtype, device=problem.pool_x.device),
+                                           columns, self.chunk, self.progress, timing)
+            coefs.append(coef.double().cpu().numpy())
+            at_points.append(at_point.double().cpu().numpy())
+            timings.append(timing)
         self.cpu_seconds_ = time.process_time() - started
         self.seconds_ = time.perf_counter() - wall
-        coef64 = coef.double().cpu().numpy()
+        # one training and transfer, the unit the cost is counted in: measured in reverse mode's own forward pass;
+        # forward mode trains only inside its tangent sweeps, so it has none (NaN)
+        self.train_cpu_seconds_ = float(np.mean([t["train_cpu_seconds"] for t in timings])) \
+            if all("train_cpu_seconds" in t for t in timings) else float("nan")
+        coef64 = np.mean(coefs, axis=0)
         self.coef_ = coef64.astype(np.float32)
-        self.margin_at_point_ = at_point.double().cpu().numpy()
+        self.margin_at_point_ = np.mean(at_points, axis=0)
         self.intercept_ = (self.margin_at_point_ - w0 @ coef64).astype(np.float32)
+        self.network_coef_ = np.stack(coefs).astype(np.float32) if len(seeds) > 1 else None
+        self.network_margin_at_point_ = np.stack(at_points).astype(np.float32) if len(seeds) > 1 else None
         self.w0_ = w0
-        self.seed_, self.subset_size_, self.steps_, self.steps_per_epoch_ = seed, subset_size, steps, per_epoch
+        self.seeds_ = tuple(int(s) for s in seeds)
+        self.seed_, self.subset_size_, self.steps_, self.steps_per_epoch_ = seeds[0], subset_size, steps, per_epoch
         self.state_bytes_ = state_bytes(problem)
         self.num_state_ = problem.init.numel()
         self.order_, self.randomness_ = recipe.training.order, randomness
@@ -547,6 +585,8 @@ class ReplayEstimator(Estimator):
             "replay_point": self.point,
             "replay_point_mean_weight": float(np.mean(self.w0_)),
             "replay_seed": self.seed_,
+            "replay_seeds": json.dumps(list(self.seeds_)),
+            "replay_networks": len(self.seeds_),
             "replay_randomness": self.randomness_,
             "replay_order": self.order_,
             "replay_relaxation": ("weighted loss sum / batch size over the whole pool in "
@@ -570,7 +610,13 @@ class ReplayEstimator(Estimator):
         }
 
     def extra_datasets(self) -> list[ExtraDataset]:
-        return [
+        per_network = [] if self.network_coef_ is None else [
+            ExtraDataset("replay/network_coef", self.network_coef_, "each replayed network's derivative at w0 "
+                         "(coef is their mean); networks in the order of replay_seeds", "network, unit, target example",
+                         "margin per unit"),
+            ExtraDataset("replay/network_margin_at_point", self.network_margin_at_point_, "each replayed network's "
+                         "transferred margin at w0", "network, target example", "margin")]
+        return per_network + [
             ExtraDataset("replay/point", self.w0_.astype(np.float32), "linearisation point: each source example's "
                          "weight w0 in the replayed training loss", "unit", "weight"),
             ExtraDataset("replay/margin_at_point", self.margin_at_point_.astype(np.float32),
@@ -580,7 +626,8 @@ class ReplayEstimator(Estimator):
 
 def fit_replay(store_path: str | Path, out_path: str | Path, *, point: str = "centre", mode: str = "auto",
                double: bool = False,
-               chunk: int = REPLAY_TARGET_CHUNK, device: str | None = None, targets: str | slice | None = None,
+               chunk: int = REPLAY_TARGET_CHUNK, networks: int = 1, device: str | None = None,
+               targets: str | slice | None = None,
                holdout_frac: float = 0.1, seed: int = 0, force: bool = False,
                progress: Callable[[str], None] | None = None) -> ReplayEstimator:
     """Fit the replay estimator on an example-level store and write ESTIMATE.h5 (the same held-out split as every
@@ -589,6 +636,7 @@ def fit_replay(store_path: str | Path, out_path: str | Path, *, point: str = "ce
     from dmtoolkit.estimate.fit import fit_store
 
     resolve_device(device)
-    model = ReplayEstimator(store_path, point=point, mode=mode, double=double, chunk=chunk, device=device, progress=progress)
+    model = ReplayEstimator(store_path, point=point, mode=mode, double=double, chunk=chunk, networks=networks,
+                            device=device, progress=progress)
     model.check_settings()
     return fit_store(store_path, out_path, model, test_fraction=holdout_frac, seed=seed, targets=targets, force=force)
