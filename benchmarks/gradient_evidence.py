@@ -35,7 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
-from dmtoolkit.estimate.ensemble import PLAN_KEY, NetworkSaver, network_calibration, reduction_bytes
+from dmtoolkit.analyze.evidence import network_calibration
+from dmtoolkit.estimate.ensemble import PLAN_KEY, NetworkSaver, reduction_bytes
 
 
 def calibration(replications: int) -> None:

@@ -13,7 +13,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from dmtoolkit.analyze.evidence import bh_adjusted, one_sided_pvalues, simes
+from dmtoolkit.analyze.evidence import bh_adjusted, network_calibration, one_sided_pvalues, simes
 from dmtoolkit.analyze.examples import detect_leakage, detect_mislabels
 from dmtoolkit.cli import cli
 from dmtoolkit.errors import UserError
@@ -22,7 +22,6 @@ from dmtoolkit.estimate.ensemble import (
     Moments,
     NetworkSaver,
     across_networks,
-    network_calibration,
     partial_folder,
     reduction_bytes,
     simulate_network_scores,

@@ -152,7 +152,8 @@ def folder_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     import yaml
 
     source, target = image_folders(tmp_path)
-    code = re.findall(r"^```python\n(.*?)^```", TRAINERS_DOC.read_text(), flags=re.S | re.M)
+    blocks = re.findall(r"^```python\n(.*?)^```", TRAINERS_DOC.read_text(), flags=re.S | re.M)
+    code = [b for b in blocks if "\ndef train(job" in b]  # the trainer (the page's other blocks are its hooks)
     assert len(code) == 1
     (tmp_path / "mytrainer.py").write_text(code[0])
     recipe = {"name": "folders", "trainer": {"function": "mytrainer:train", "randomness": "per-model",

@@ -26,7 +26,7 @@ def test_shipped_recipes_load_by_their_readme_path_from_anywhere(tmp_path: Path,
     monkeypatch.chdir(tmp_path)  # no recipes/ here: the shipped copies are used
     for name in ("recipes/glyphs-to-mnist.yaml", "glyphs-to-mnist.yaml", "glyphs-to-mnist"):
         assert load_recipe(name).name == load_recipe(RECIPES_DIR / "glyphs-to-mnist.yaml").name
-    with pytest.raises(RecipeError, match="shipped recipes: glyphs-to-mnist"):
+    with pytest.raises(RecipeError, match=r"shipped recipes: [^)]*\bglyphs-to-mnist\b"):
         load_recipe("recipes/nope.yaml")
     with pytest.raises(RecipeError):
         load_recipe("elsewhere/dir/glyphs-to-mnist.yaml")  # a path to another folder is never replaced

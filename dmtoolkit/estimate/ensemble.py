@@ -203,19 +203,6 @@ def _short(value: Any) -> str:
 
 
 # --- calibration by simulation ---------------------------------------------------------------------------
-@dataclass(frozen=True)
-class NetworkCalibration:
-    """Coverage of the level intervals and the false discovery proportion of BH flags at `fdr`, over simulated
-    runs where each network's scores are the truth plus network noise."""
-
-    networks: int
-    replications: int
-    level: float
-    fdr: float
-    coverage: float
-    false_discovery_rate: float
-    power: float
-    mean_flags: float
 
 
 def simulate_network_scores(replication: int, *, networks: int, units: int = 200, targets: int = 20,
@@ -234,27 +221,3 @@ def simulate_network_scores(replication: int, *, networks: int, units: int = 200
     else:
         entry = rng.standard_t(tails, (networks, units, targets)) / math.sqrt(tails / (tails - 2))
     return truth, truth + scale * (offset + math.sqrt(1 - shared) * entry)
-
-
-def network_calibration(networks: int, *, replications: int = 200, level: float = 0.95, fdr: float = 0.05,
-                        **simulation: Any) -> NetworkCalibration:
-    """Coverage and FDR of the across-network standard error (`across_networks`) on `simulate_network_scores`:
-    the t intervals mean ± q·se and one-sided p-values (mean > 0) with Benjamini–Hochberg over all entries, as
-    `dmtoolkit leakage` flags."""
-    from dmtoolkit.analyze.evidence import bh_adjusted, one_sided_pvalues
-    from dmtoolkit.estimate.calibration import interval_quantile
-
-    hits, fdp, power, flags = [], [], [], []
-    for r in range(replications):
-        truth, scores = simulate_network_scores(r, networks=networks, **simulation)
-        result = across_networks(scores)
-        q = interval_quantile(level, result.dof)
-        hits.append(np.mean(np.abs(result.mean - truth) <= q * result.stderr))
-        flagged = bh_adjusted(one_sided_pvalues(result.mean, result.stderr, result.dof, "greater")) <= fdr
-        real = truth > 0
-        fdp.append(float((flagged & ~real).sum() / max(1, flagged.sum())))
-        power.append(float((flagged & real).sum() / max(1, real.sum())))
-        flags.append(int(flagged.sum()))
-    return NetworkCalibration(networks, replications, level, fdr, float(np.mean(hits)), float(np.mean(fdp)),
-                              float(np.mean(power)), float(np.mean(flags)))
-
