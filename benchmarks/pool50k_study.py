@@ -1,0 +1,240 @@
+"""The gradient estimator at a practitioner's pool size: 52,376 source images (issue 32, item 5).
+
+The store is `glyphs-fashion-pool-50k.yaml` (every glyph class plus 25,000 Fashion-MNIST distractors, 100
+planted leaks of which 20 near copies, 100 decoys, 522 flipped labels; 64 example-level models, 4 epochs)
+with planting, source, mask and training seeds all set to `--seed` (1 by default: fresh; seed 0 is the
+development store). It is trained (or resumed) as OUT/s{seed}.h5 unless `--runs` names an existing one.
+
+For every N in `--networks` (nested: the rows are a seeded draw from the fitting rows, and the 4 include the 1)
+the gradient estimator is fitted with the library (`fit_gradient`, the call `dmtoolkit gradient` makes), with
+`--holdout-frac` 0.5 so half the models (32) are held out for LDS, and whole groups by default (each network
+is retrained beside the rows it was trained with, `models_per_batch` x one training, so it reproduces the
+stored row; `--alone` trains it alone). Fits run one at a time, each in its own spawned process with one
+torch thread, which records its process CPU seconds and peak resident memory (`ru_maxrss`). An estimate that
+exists is reused; its timing is read from its sidecar OUT/s{seed}-g{N}.h5.json, or, for an estimate made by
+the CLI under `/usr/bin/time -v`, from that log (OUT/g{N}.log).
+
+Every estimate is scored the way the CLI scores it: `evaluate` (LDS [95%] on the held-out models),
+`detect_leakage` (features off; the planted leaks scored as flagged likely copies = significant influence
+and a pixel copy, as influence flags alone, as pixel copies alone — the pixel scan needs no models — and as
+the top-k ranking, k = planted leaks) and `detect_mislabels` (flagged at FDR 5%, AUC of the ranking, top-k
+precision with k = planted flips).
+
+    .venv/bin/python benchmarks/pool50k_study.py --out runs/pool50k --seed 1 --networks 1,4,16
+
+Writes OUT/pool50k.json and OUT/pool50k.md (one row per network count, and issue 32's goals).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import re
+import resource
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from detector_study import RECIPES, _num, _seeds, ensure_store  # benchmarks/ is on sys.path
+
+from dmtoolkit.analyze import detect_leakage, detect_mislabels
+from dmtoolkit.analyze.evidence import benjamini_hochberg
+from dmtoolkit.estimate.files import load_estimate, read_extra
+from dmtoolkit.estimate.lds import evaluate
+from dmtoolkit.recipe import Recipe, load_recipe
+from dmtoolkit.recipe_overrides import apply_overrides
+from dmtoolkit.store import RunStore
+
+RECIPE = "glyphs-fashion-pool-50k.yaml"
+# issue 32's goals at the >= 50,000-image pool
+GOAL_LEAK_RECALL, GOAL_LEAK_PRECISION, GOAL_LEAK_NETWORKS = 0.9, 0.9, 16
+GOAL_FLIP_RECALL, GOAL_FLIP_PRECISION = 0.5, 0.9
+
+
+def study_recipe(seed: int) -> Recipe:
+    return apply_overrides(load_recipe(RECIPES / RECIPE), _seeds(seed), origin=f"pool-50k study seed {seed}")
+
+
+def fit_job(job: dict[str, Any]) -> dict[str, Any]:
+    """Fit one estimate in this (spawned, one-thread) process; its CPU seconds and peak memory."""
+    import torch
+
+    from dmtoolkit.estimate.gradient import fit_gradient
+
+    torch.set_num_threads(1)
+    wall, cpu = time.perf_counter(), time.process_time()
+    fit_gradient(job["runs"], job["path"], models=job["networks"], whole_groups=job["whole_groups"], device="cpu",
+                 holdout_frac=job["holdout_frac"])
+    return {"wall_seconds": time.perf_counter() - wall, "cpu_seconds": time.process_time() - cpu,
+            "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "measured_by": "getrusage",
+            "job": job}
+
+
+def time_log(path: Path) -> dict[str, Any] | None:
+    """CPU seconds (user + system) and peak memory from a `/usr/bin/time -v` log, None without one."""
+    if not path.exists():
+        return None
+    text = path.read_text()
+    found = {key: re.search(rf"{key}: ([0-9.]+)", text)
+             for key in ("User time \\(seconds\\)", "System time \\(seconds\\)", "Maximum resident set size \\(kbytes\\)")}
+    if not all(found.values()):
+        return None
+    user, system, rss = (float(m.group(1)) for m in found.values())
+    return {"cpu_seconds": user + system, "peak_rss_bytes": int(rss) * 1024, "measured_by": f"/usr/bin/time -v ({path.name})"}
+
+
+def timing_of(path: Path, out: Path, networks: int) -> dict[str, Any] | None:
+    sidecar = Path(str(path) + ".json")
+    if sidecar.exists():
+        return json.loads(sidecar.read_text())
+    return time_log(out / f"g{networks}.log")
+
+
+def analyse(path: Path, runs: Path, timing: dict[str, Any], per_model_seconds: float,
+            planted: dict[str, int], leak_target: np.ndarray) -> dict[str, Any]:
+    networks = read_extra(path, "gradient/rows")
+    seconds = read_extra(path, "gradient/seconds")
+    n = len(networks)
+    row: dict[str, Any] = {
+        "file": path.name, "networks": n, "network_rows": networks.tolist(), "network_seconds": seconds.tolist(),
+        "margin_error": read_extra(path, "gradient/margin_error").tolist(),
+        "cpu_seconds": timing["cpu_seconds"], "cpu_minutes": timing["cpu_seconds"] / 60,
+        "peak_rss_gib": timing["peak_rss_bytes"] / 2 ** 30, "measured_by": timing["measured_by"],
+        "cpu_per_network_seconds": timing["cpu_seconds"] / n,
+        "cpu_per_network_over_one_training": timing["cpu_seconds"] / n / per_model_seconds,
+        "has_stderr": load_estimate(path).stderr is not None}
+    lds = evaluate(runs, path)
+    row.update(lds=lds.lds_mean, lds_interval=list(lds.lds_interval), test_models=lds.heldout_models)
+    leak = detect_leakage(path, store=runs, features=False, top=max(1, planted["leaks"]))
+    flips = detect_mislabels(path, store=runs, top=max(1, planted["flips"]))
+    row.update(leakage_message=leak.message, mislabels_message=flips.message, leaks_flagged=len(leak.flagged),
+               influence_only_flagged=len(leak.influence_only), flips_flagged=len(flips.flagged))
+    for key in ("planted", "planted_influence_only", "planted_pixel_only", "planted_top"):
+        score = getattr(leak, key)
+        row[f"leak_{key}"] = None if score is None else score.to_json()
+    for key in ("planted", "planted_top"):
+        score = getattr(flips, key)
+        row[f"flip_{key}"] = None if score is None else score.to_json()
+    row["leak_bh_over_copies"] = bh_over_copies(leak, leak_target, planted["leaks"])
+    return row
+
+
+def bh_over_copies(leak: Any, leak_target: np.ndarray, planted_leaks: int) -> dict[str, Any] | None:
+    """What testing only the pixel scan's copies would flag: Benjamini–Hochberg at the report's FDR over the
+    copies' influence p-values (one test per copy instead of one per (source, target) pair), scored against
+    the planted leaks. Valid as a family because the pixel scan does not look at the influence."""
+    tested = [c for c in leak.copies if c.p_value is not None]
+    if not tested:
+        return None
+    passed = benjamini_hochberg(np.array([c.p_value for c in tested]), leak.fdr)
+    hits = sum(int(leak_target[c.source] == c.target) for c, ok in zip(tested, passed) if ok)
+    flagged = int(passed.sum())
+    return {"copies_tested": len(tested), "flagged": flagged, "hits": hits,
+            "precision": hits / flagged if flagged else None,
+            "recall": hits / planted_leaks if planted_leaks else None,
+            "median_p": float(np.median([c.p_value for c in tested]))}
+
+
+def _get(row: dict[str, Any], key: str, field: str) -> float | None:
+    score = row.get(key)
+    return None if score is None else score.get(field)
+
+
+def _pr(row: dict[str, Any], key: str) -> str:
+    p, r = _get(row, key, "precision_at_k"), _get(row, key, "recall_at_k")
+    return f"{_num(p, '.2f')} / {_num(r, '.2f')}"
+
+
+def _bh(row: dict[str, Any]) -> str:
+    b = row.get("leak_bh_over_copies")
+    return "-" if b is None else f"{_num(b['precision'], '.2f')} / {_num(b['recall'], '.2f')}"
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    lines = ["| networks | CPU-min | CPU per network / one training | peak RSS (GiB) | LDS [95%] (held-out models) | "
+             "leaks: flagged likely copies P / R | influence flags P / R | BH over pixel copies only P / R | top-k ranking P / R (k = planted leaks) | pixel scan P / R | "
+             "flips flagged P / R (n) | flip AUC | flip top-k P |",
+             "|" + "---|" * 13]
+    for r in rows:
+        lo, hi = r["lds_interval"]
+        lines.append(
+            f"| {r['networks']} | {r['cpu_minutes']:.1f} | {r['cpu_per_network_seconds']:.0f} s / "
+            f"{r['cpu_per_network_seconds'] / r['cpu_per_network_over_one_training']:.1f} s = "
+            f"{r['cpu_per_network_over_one_training']:.0f}x | {r['peak_rss_gib']:.2f} | {r['lds']:.3f} [{lo:.3f}, {hi:.3f}] "
+            f"({r['test_models']}) | {_pr(r, 'leak_planted')} | {_pr(r, 'leak_planted_influence_only')} | {_bh(r)} | "
+            f"{_pr(r, 'leak_planted_top')} | {_pr(r, 'leak_planted_pixel_only')} | {_pr(r, 'flip_planted')} "
+            f"({r['flips_flagged']}) | {_num(_get(r, 'flip_planted', 'auc'))} | "
+            f"{_num(_get(r, 'flip_planted_top', 'precision_at_k'), '.2f')} |")
+    return "\n".join(lines)
+
+
+def goals(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Issue 32's goals at this pool, each estimate on its own: leaks by the flagged set or the influence flags."""
+    def leak_met(r: dict[str, Any]) -> bool:
+        return r["networks"] <= GOAL_LEAK_NETWORKS and any(
+            (_get(r, k, "recall_at_k") or 0) >= GOAL_LEAK_RECALL and (_get(r, k, "precision_at_k") or 0) >= GOAL_LEAK_PRECISION
+            for k in ("leak_planted", "leak_planted_influence_only"))
+
+    def flip_met(r: dict[str, Any]) -> bool:
+        return ((_get(r, "flip_planted", "recall_at_k") or 0) >= GOAL_FLIP_RECALL
+                and (_get(r, "flip_planted", "precision_at_k") or 0) >= GOAL_FLIP_PRECISION)
+
+    leaks, flips = [r["networks"] for r in rows if leak_met(r)], [r["networks"] for r in rows if flip_met(r)]
+    return {"leaks": f"flagged recall >= {GOAL_LEAK_RECALL} at precision >= {GOAL_LEAK_PRECISION} from <= "
+                     f"{GOAL_LEAK_NETWORKS} networks", "leaks_met_at": leaks, "leaks_met": bool(leaks),
+            "flips": f"flagged recall >= {GOAL_FLIP_RECALL} at precision >= {GOAL_FLIP_PRECISION}",
+            "flips_met_at": flips, "flips_met": bool(flips)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--seed", type=int, default=1, help="planting, source, mask and training seed (0: development)")
+    parser.add_argument("--runs", type=Path, help="an existing store of this recipe (default: OUT/s{seed}.h5, trained)")
+    parser.add_argument("--networks", default="1,4,16")
+    parser.add_argument("--holdout-frac", type=float, default=0.5)
+    parser.add_argument("--alone", action="store_true", help="retrain each network alone, not with its group")
+    parser.add_argument("--workers", type=int, default=2, help="store training processes")
+    parser.add_argument("--analyze-only", action="store_true", help="fit nothing; score the estimates that exist")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    runs = args.runs or args.out / f"s{args.seed}.h5"
+    if args.runs is None and not args.analyze_only:
+        ensure_store(runs, study_recipe(args.seed), args.workers)
+    with RunStore(runs) as store:
+        rows = store.completed_rows()
+        per_model_seconds = float(store.column("seconds")[rows].mean())
+        truth = store.planted()
+    planted = {"leaks": int((truth.leak_target >= 0).sum()) if truth is not None else 0,
+               "flips": int(truth.flipped.sum()) if truth is not None else 0}
+    stem = runs.stem
+    results = []
+    for n in sorted(int(x) for x in args.networks.split(",") if x):
+        path = args.out / f"{stem}-g{n}.h5"
+        if not path.exists() and not args.analyze_only:
+            job = {"runs": str(runs), "path": str(path), "networks": n, "whole_groups": not args.alone,
+                   "holdout_frac": args.holdout_frac}
+            with multiprocessing.get_context("spawn").Pool(1) as pool:  # one fit at a time, its own process
+                timing = pool.apply(fit_job, (job,))
+            Path(str(path) + ".json").write_text(json.dumps(timing, indent=2))
+        timing = timing_of(path, args.out, n) if path.exists() else None
+        if timing is None:
+            print(f"{path.name}: not fitted (or no timing), skipped", flush=True)
+            continue
+        row = analyse(path, runs, timing, per_model_seconds, planted, truth.leak_target)
+        results.append(row)
+        print(f"{n} networks: {row['cpu_minutes']:.1f} CPU-min, LDS {row['lds']:.3f}; {row['leakage_message']}; "
+              f"{row['mislabels_message']}", flush=True)
+    figures = {"store": str(runs), "models": int(len(rows)), "per_model_seconds": per_model_seconds,
+               "planted": planted, "holdout_frac": args.holdout_frac, "whole_groups": not args.alone,
+               "estimates": results, "goals": goals(results)}
+    (args.out / "pool50k.json").write_text(json.dumps(figures, indent=2, default=float))
+    text = table(results) + "\n\n" + json.dumps(figures["goals"], indent=2)
+    (args.out / "pool50k.md").write_text(text + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
