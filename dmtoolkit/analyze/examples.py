@@ -456,9 +456,9 @@ def _leak_message(copies: tuple[SourceCopy, ...], look_alikes: int, fdr: float, 
             "estimate has no standard errors (pairs below are for browsing only)")
 
 
-MANY_INFLUENCE_ONLY = 0.05
-"""Share of the pool above which influence-only flags are said to be evidence of an effect, not of copying: at
-52,376 pool images and 16 networks the gradient estimate flagged 65% of the pool (docs/gradient.md)."""
+MANY_INFLUENCE_ONLY = (0.05, 100)
+"""Share of the pool and count above which influence-only flags are said to be evidence of an effect, not of
+copying: at 52,376 pool images and 16 networks the gradient estimate flagged 65% of the pool (docs/gradient.md)."""
 
 
 def _models_add(copies: tuple[SourceCopy, ...], look_alikes: int, fdr: float, has_evidence: bool,
@@ -478,7 +478,8 @@ def _models_add(copies: tuple[SourceCopy, ...], look_alikes: int, fdr: float, ha
             f"miss{scope}" + (
                 f"; they are {_share(look_alikes, pool)} of the pool, more than leaks plausibly are: here a flag says "
                 "only that the influence is reliably non-zero (a real but ordinary effect), not that it is a copy; "
-                "trust the pixel copies above" if pool and look_alikes > MANY_INFLUENCE_ONLY * pool else ""))
+                "trust the pixel copies above" if look_alikes >= MANY_INFLUENCE_ONLY[1]
+                and look_alikes > MANY_INFLUENCE_ONLY[0] * pool else ""))
 
 
 def score_leakage(units: np.ndarray, targets: np.ndarray, leak: np.ndarray, decoy: np.ndarray,
@@ -598,9 +599,7 @@ def detect_mislabels(path: str | Path, *, fdr: float = DETECT_FDR, top: int = DE
                    "source task and the target)" if source_p is not None else
                    f"{len(flagged)} source example{many} ({_share(len(flagged), int(defined.sum()))} of the pool) hurt "
                    f"a target at {fdr_phrase(fdr)}: mislabel candidates, not confirmed (harm to the source task was not "
-                   "tested: a flag says only that the example's influence on some target is below 0 across the "
-                   "networks, which many ordinary images also meet once there are enough networks; read the list "
-                   "from the top, by score)")
+                   "tested; with many networks ordinary images pass this too: read the list by score)")
     scored = scored_top = None
     if flipped is not None:
         ranking = np.full(len(score), -np.inf)  # the listing order (p-value, then score) as a score
