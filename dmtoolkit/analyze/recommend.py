@@ -42,6 +42,7 @@ prediction without retraining is measured in docs/signal.md (benchmarks/removal_
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -203,21 +204,21 @@ def _default_ks(num_units: int, alpha: float | None) -> list[int]:
     return list(range(0, max(1, min(limit, num_units - 1)) + 1))
 
 
+@dataclass
 class _StoreFacts:
     """What `recommend_removal` reads from the estimate's run store: α (mean share of classes kept over the fitted
     rows), classes kept per fitted model, the recipe's name and whether its classes can be retrained, and the
     per-class mean influence over the validation columns refitted on the mean margin with its standard error and
     dof (or why there is none)."""
 
-    def __init__(self) -> None:
-        self.alpha: float | None = None
-        self.kept: np.ndarray | None = None
-        self.recipe_name: str | None = None
-        self.retrainable = False
-        self.coef: np.ndarray | None = None
-        self.stderr: np.ndarray | None = None
-        self.dof: int | None = None
-        self.note = ""
+    alpha: float | None = None
+    kept: np.ndarray | None = None
+    recipe_name: str | None = None
+    retrainable: bool = False
+    coef: np.ndarray | None = None
+    stderr: np.ndarray | None = None
+    dof: int | None = None
+    note: str = ""
 
 
 def _from_store(est: Estimate, columns: np.ndarray, store: str | Path | None) -> _StoreFacts:

@@ -495,50 +495,27 @@ def attribute(networks: Sequence[Network | Sequence[Network]], *, targets: slice
         raise UserError(f"λ = {lam} must be positive")
     if q not in ("own", "mean"):
         raise UserError(f"q={q!r} must be 'own' (each network's own q) or 'mean' (q averaged over networks)")
-    if q == "mean":
+    own = q == "own"
+    if not own:
         settings["q"] = "mean"
-        return _attribute_mean_q(groups, columns, settings, chunk)
-    sum_scores, lams, checkpoints, num_params = None, [], [], 0
+    sum_scores, sum_q, lams, checkpoints, num_params = None, None, [], [], 0
     for n, group in enumerate(groups):
         scores, _, group_lams, num_params = score_checkpoints(
             group, np.arange(pool), columns, proj_dim=proj_dim, projection=projection, proj_seed=proj_seed, lam=lam,
-            kernel=kernel, chunk=chunk, check_memory=n == 0)
+            kernel=kernel, chunk=chunk, check_memory=n == 0, own_q=own)
         sum_scores = scores if sum_scores is None else sum_scores + scores
+        if not own:  # TRAK's Q: q_i averaged over the networks (each network's checkpoints first)
+            weight = sum(_batched(lambda x, y, net=net: net.loss_weight(dict(net.params), x, y), net.pool.x,
+                                  net.pool.y).double() for net in group) / len(group)
+            sum_q = weight if sum_q is None else sum_q + weight
         lams.append(float(np.mean(group_lams)))
         checkpoints.append(tuple(c.checkpoint for c in group))
     assert sum_scores is not None
-    mean = (sum_scores / len(groups)).cpu().numpy().astype(np.float32)
-    return GradientScores(mean, columns, tuple(lams), tuple(checkpoints), num_params, settings)
-
-
-def _attribute_mean_q(groups: list[list[Network]], columns: slice, settings: dict[str, Any],
-                      chunk: int) -> GradientScores:
-    """`attribute` with q averaged over the networks: mean over networks of g_jᵀ K⁻¹ φ_i (each network's
-    checkpoints averaged first) times the mean over networks of q_i (likewise)."""
-    pool = len(groups[0][0].pool.x)
-    sum_scores, sum_q, lams, checkpoints, num_params = None, None, [], [], 0
-    for n, group in enumerate(groups):
-        group_scores, group_q, group_lams = None, None, []
-        for network in group:
-            train = np.arange(pool) if network.train_indices is None else network.train_indices
-            scores, lam, num_params, _ = score_network(
-                network, train, columns, proj_dim=settings["proj_dim"], projection=settings["projection"],
-                proj_seed=settings["proj_seed"], lam=settings["lambda_relative"], kernel=settings["kernel"],
-                chunk=chunk, check_memory=n == 0, own_q=False)
-            weight = _batched(lambda x, y, net=network: net.loss_weight(dict(net.params), x, y),
-                              network.pool.x, network.pool.y).double()
-            group_scores = scores if group_scores is None else group_scores + scores
-            group_q = weight if group_q is None else group_q + weight
-            group_lams.append(lam)
-        assert group_scores is not None and group_q is not None
-        group_scores, group_q = group_scores / len(group), group_q / len(group)
-        sum_scores = group_scores if sum_scores is None else sum_scores + group_scores
-        sum_q = group_q if sum_q is None else sum_q + group_q
-        lams.append(float(np.mean(group_lams)))
-        checkpoints.append(tuple(c.checkpoint for c in group))
-    assert sum_scores is not None and sum_q is not None
-    mean = (sum_scores / len(groups) * (sum_q / len(groups)).to(sum_scores)[:, None]).cpu().numpy()
-    return GradientScores(mean.astype(np.float32), columns, tuple(lams), tuple(checkpoints), num_params, settings)
+    mean = sum_scores / len(groups)
+    if sum_q is not None:
+        mean = mean * (sum_q / len(groups)).to(mean)[:, None]
+    return GradientScores(mean.cpu().numpy().astype(np.float32), columns, tuple(lams), tuple(checkpoints),
+                          num_params, settings)
 
 
 # --- the estimator over a run store -------------------------------------------------------------------
