@@ -297,8 +297,7 @@ class BuiltinNetworks:
         if self.head == "differentiated":
             def extra(project: Projector, columns: slice, chunk: int) -> torch.Tensor:
                 num_params = sum(p.numel() for p in model.parameters())
-                size = max(1, min(chunk, GRADIENT_MEMORY // (4 * num_params),
-                                  GRADIENT_MEMORY // (4 * num_params * head.weight.shape[0])))
+                size = max(1, min(chunk, GRADIENT_MEMORY // (4 * num_params * head.weight.shape[0])))
                 jac = feature_jacobians(model, layer, trainer.target_train_x, project, size)
                 test_x, test_y = trainer.target_test_x[columns], trainer.target_test_y[columns]
                 with torch.no_grad():
