@@ -159,19 +159,11 @@ class DetectionRow:
 def _estimate_section(path: Path, runs: list[Path], top: int, subpops: int) -> EstimateSection:
     """The analyses of one estimate (computed by `analyse_estimate`, its store matched among `runs` when it moved
     with the folder) and their figures."""
-    from dmtoolkit.report.figures import lds_figure, leakage_figure, rank_figure, subpop_figure
+    from dmtoolkit.report.figures import estimate_figures
 
     section = EstimateSection(analyse_estimate(path, top=top, subpops=subpops, stores=runs))
-    a = section.analyses
-    if a.rank is not None:
-        section.figure("Source classes by mean influence", rank_figure(a.rank))
-    for sub in a.subpopulations:
-        section.figure(f"Subpopulation of {sub.class_name}", subpop_figure(sub))
-    if a.leakage is not None:
-        section.figure("Leakage candidates, source | target", leakage_figure(a.leakage))
-    if a.lds is not None:
-        section.figure("LDS over target examples", lds_figure(a.lds.histogram_edges, a.lds.histogram_counts,
-                                                              a.lds.heldout_models))
+    for caption, png in estimate_figures(section.analyses):
+        section.figure(caption, png)
     return section
 
 
