@@ -393,6 +393,19 @@ def open_estimate(path: str | Path, store: str | Path | None = None) -> OpenedEs
     return OpenedEstimate.open(path, store)
 
 
+def recorded_store(path: Path) -> Path | None:
+    """The run store an estimate file records, read without checks (None for anything unreadable, which the
+    analysis itself then reports): for the output guard, before any analysis runs."""
+    if not path.is_file():  # (a FIFO would block the read)
+        return None
+    try:
+        with h5py.File(path, "r", locking=False) as f:
+            recorded = f.attrs.get("source_store")
+        return Path(str(recorded)) if recorded else None
+    except Exception:  # noqa: BLE001 - an unreadable estimate is reported by the analysis itself
+        return None
+
+
 def read_extra(path: str | Path, name: str) -> np.ndarray | None:
     """One estimator extra (e.g. "n_in", "path/val_mse") of an estimate file, or None if it has none."""
     with h5py.File(path, "r") as f:
