@@ -5,7 +5,7 @@ The Python API (`import dmtoolkit as dm`; walk-through in docs/python-api.md) is
 - run stores: `open_store`, `RunStore`, `create_store`, `load_recipe`, `build_run_data`, `train` (the pending
   rows, as `dmtoolkit train`), `import_arrays`, `import_store`, `validate_store`, `store_summary`
 - estimators: `make_estimator`, `estimator_names`, `ESTIMATORS`, `Estimator`, `influence_from_arrays`,
-  `fit_store`, `compute_influence`, `fit_datamodels`, `load_estimate`, `evaluate`
+  `fit_store`, `compute_influence`, `fit_datamodels`, `load_estimate`, `open_estimate`, `evaluate`
 - analyses (typed results with `to_json()`; `print()` shows the CLI's text, `to_frame()` a DataFrame): `rank_classes`, `subpopulation`, `explain_target`,
   `detect_leakage`, `detect_mislabels`, `counterfactual`, `recommend_removal`; how reproducible a store's class answers are:
   `reliability_report`; the HTML report: `build_report`
@@ -32,7 +32,7 @@ _EXPORTS = {  # public name -> module that defines it
     "make_estimator": "estimate.registry", "estimator_names": "estimate.registry", "ESTIMATORS": "estimate.registry",
     "Estimator": "estimate.base", "influence_from_arrays": "estimate.influence", "fit_store": "estimate.fit",
     "compute_influence": "estimate.influence", "fit_datamodels": "estimate.datamodels",
-    "load_estimate": "estimate.files", "evaluate": "estimate.lds",
+    "load_estimate": "estimate.files", "open_estimate": "estimate.files", "evaluate": "estimate.lds",
     "rank_classes": "analyze.classes", "subpopulation": "analyze.classes", "explain_target": "analyze.classes",
     "detect_leakage": "analyze.examples", "detect_mislabels": "analyze.examples", "counterfactual": "analyze.retrain",
     "recommend_removal": "analyze.recommend", "reliability_report": "reliability",

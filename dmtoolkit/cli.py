@@ -623,15 +623,10 @@ LEVEL_OPTION = click.option("--level", type=click.FloatRange(0, 1, min_open=True
 
 def _analysis_inputs(estimate_path: Path, store_path: Path | None) -> tuple[Path, ...]:
     """An analysis's input files for the output guard: the estimate and its run store (given, or recorded)."""
-    if store_path is None and estimate_path.is_file():  # (a FIFO would block the read)
-        import h5py
+    if store_path is None:
+        from dmtoolkit.estimate.files import recorded_store
 
-        try:
-            with h5py.File(estimate_path, "r", locking=False) as f:
-                recorded = f.attrs.get("source_store")
-            store_path = Path(str(recorded)) if recorded else None
-        except Exception:  # noqa: BLE001 - an unreadable estimate is reported by the analysis itself
-            store_path = None
+        store_path = recorded_store(estimate_path)
     return (estimate_path,) if store_path is None else (estimate_path, store_path)
 
 

@@ -195,6 +195,35 @@ def test_report_cli_and_errors(report_dir: Path, tmp_path: Path) -> None:
     assert res.exit_code == 1 and "not a folder" in res.output
 
 
+def _seconds_free(data: object) -> object:
+    """JSON with the one wall-clock figure (the feature model's training seconds) blanked out."""
+    if isinstance(data, dict):
+        return {k: re.sub(r", [0-9]+ s\)", ", N s)", v) if k == "features" and isinstance(v, str) else _seconds_free(v)
+                for k, v in data.items()}
+    return [_seconds_free(v) for v in data] if isinstance(data, list) else data
+
+
+def test_report_writes_the_numbers_the_commands_print(report_dir: Path, report_page: Path) -> None:
+    """Each analysis in report.json is what its command prints with --json (the report's --top, default 10)."""
+    shown = {e["file"]: e for e in json.loads((report_page.parent / "report.json").read_text())["estimates"]}
+    runner = CliRunner()
+
+    def printed(*args: str) -> dict:
+        res = runner.invoke(cli, [*args, "--json"])
+        assert res.exit_code == 0, res.output
+        return json.loads(res.stdout)
+
+    cls, ex = str(report_dir / "influence.h5"), str(report_dir / "ex-influence.h5")
+    assert shown["influence.h5"]["rank"] == printed("rank", cls)
+    assert shown["influence.h5"]["recommend"] == printed("recommend", cls)
+    assert _seconds_free(shown["ex-influence.h5"]["leakage"]) == _seconds_free(
+        printed("leakage", ex, "--top", "10", "--device", "cpu"))
+    assert shown["ex-influence.h5"]["mislabels"] == printed("mislabels", ex, "--top", "10")
+    lds = printed("evaluate", str(report_dir / "runs.h5"), "--estimate", cls)
+    assert shown["influence.h5"]["lds"] == {k: lds[k] for k in shown["influence.h5"]["lds"]}
+    assert shown["influence.h5"]["rank"]["top"][0]["name"] == "c1"  # the fixture's planted helper, not an empty match
+
+
 CHECK = """<script>
 window.__errors = [];
 window.addEventListener("error", function (e) { window.__errors.push(String(e.message || e.type)); }, true);

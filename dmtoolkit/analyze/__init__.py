@@ -1,5 +1,8 @@
 """Analyses over estimates: rank classes, subpopulations, explain, counterfactuals, leakage, mislabels.
 
+Each takes an estimate file's path or an `OpenedEstimate` (`open_estimate(path, store)`: its run store opened
+and hash-checked once for every analysis given it); `analyse_estimate` runs all that apply (the report's).
+
 Every analysis returns a typed result (see `dmtoolkit.analyze.results`); none draws, prints or imports
 click: `dmtoolkit.report` and the CLI render the results. Names are imported on first use, so
 `dmtoolkit.analyze.options` and `.results` stay cheap to import (no torch) for the CLI.
@@ -12,7 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 _EXPORTS = {  # name -> submodule that defines it
     "class_positions": "classes", "explain_target": "classes", "rank_classes": "classes", "subpopulation": "classes",
-    "Estimate": "estimates", "load_estimate": "estimates",
+    "Estimate": "estimates", "load_estimate": "estimates", "OpenedEstimate": "estimates", "open_estimate": "estimates",
+    "EstimateAnalyses": "overview", "analyse_estimate": "overview",
     "detect_leakage": "examples", "detect_mislabels": "examples", "near_duplicate_scores": "examples",
     "CounterfactualPlan": "retrain", "check_counterfactual": "retrain", "counterfactual": "retrain",
     "load_counterfactual": "retrain", "plan_counterfactual": "retrain", "save_counterfactual": "retrain",
@@ -22,7 +26,7 @@ _EXPORTS = {  # name -> submodule that defines it
 }
 
 __all__ = [
-    "CounterfactualPlan", "Estimate", "check_counterfactual", "class_positions", "counterfactual", "detect_leakage",
+    "CounterfactualPlan", "Estimate", "EstimateAnalyses", "OpenedEstimate", "analyse_estimate", "open_estimate", "check_counterfactual", "class_positions", "counterfactual", "detect_leakage",
     "detect_mislabels", "explain_target", "load_counterfactual", "load_estimate", "near_duplicate_scores",
     "plan_counterfactual", "predicted_removal_change", "rank_classes", "recommend_removal", "removal_ranking",
     "save_counterfactual", "split_targets", "subpopulation", "train_counterfactual",
@@ -31,8 +35,9 @@ __all__ = [
 
 if TYPE_CHECKING:
     from dmtoolkit.analyze.classes import class_positions, explain_target, rank_classes, subpopulation
-    from dmtoolkit.analyze.estimates import Estimate, load_estimate
+    from dmtoolkit.analyze.estimates import Estimate, OpenedEstimate, load_estimate, open_estimate
     from dmtoolkit.analyze.examples import detect_leakage, detect_mislabels, near_duplicate_scores
+    from dmtoolkit.analyze.overview import EstimateAnalyses, analyse_estimate
     from dmtoolkit.analyze.recommend import (
         predicted_removal_change,
         recommend_removal,

@@ -17,8 +17,8 @@ import numpy as np
 
 from dmtoolkit.analyze.estimates import (
     Estimate,
-    load_estimate,
-    open_source_store,
+    OpenedEstimate,
+    as_opened,
     require_kind,
 )
 from dmtoolkit.analyze.evidence import bh_adjusted, check_fdr, one_sided_pvalues
@@ -123,7 +123,7 @@ def mean_influence_refit(est: Estimate, run: RunStore, columns: np.ndarray) -> t
 def _rank_intervals(est: Estimate, columns: np.ndarray, overall: np.ndarray, level: float,
                     run: RunStore | None) -> tuple[np.ndarray | None, np.ndarray | None, str]:
     """Bounds of the mean influences' intervals and how they were made, or (None, None, why there are none);
-    `run` is the estimate's run store checked by `open_source_store` (None: not there)."""
+    `run` is the estimate's run store as `OpenedEstimate.run` checked it (None: not there)."""
     if est.stderr is None:
         return None, None, NO_STDERR
     if run is None:
@@ -144,7 +144,7 @@ def _rank_intervals(est: Estimate, columns: np.ndarray, overall: np.ndarray, lev
     return low, high, note
 
 
-def rank_classes(path: str | Path, *, top: int = RANK_TOP, target_class: str | None = None,
+def rank_classes(path: str | Path | OpenedEstimate, *, top: int = RANK_TOP, target_class: str | None = None,
                  level: float | None = INTERVAL_LEVEL, store: str | Path | None = None) -> ClassRanking:
     """Overall influence of each source class: mean over target examples (all, or one target class).
 
@@ -154,13 +154,15 @@ def rank_classes(path: str | Path, *, top: int = RANK_TOP, target_class: str | N
     over those targets, read from the run store (the one the estimate names, or `store`); without standard
     errors, or when the store it names is gone, the ranking says why it has no intervals. A store that is there
     but is not the one the estimate was computed from, in its current state (another run, or more models trained
-    since: a stale estimate), is refused (`open_source_store`), with or without intervals.
+    since: a stale estimate), is refused (`OpenedEstimate.run`), with or without intervals. `path`: an estimate
+    file, or an `OpenedEstimate` whose store is already open and checked (`store` is then chosen there).
     """
     if top < 1:
         raise UserError(f"top={top} must be at least 1")
     if level is not None:
         check_level(level)
-    est = load_estimate(path)
+    opened = as_opened(path, store)
+    est = opened.estimate
     require_kind(est, "class", "rank")
     columns = np.arange(est.matrix.shape[1])
     if target_class is not None:
@@ -172,13 +174,9 @@ def rank_classes(path: str | Path, *, top: int = RANK_TOP, target_class: str | N
     overall = _nanmean(est.matrix[:, columns], axis=1)
     low = high = None
     note = "no interval (not asked for)"
-    run = open_source_store(est, store, required=False)  # a stale estimate is refused here, as everywhere
-    try:
+    with opened.using_store(required=False) as run:  # a stale estimate is refused here, as everywhere
         if level is not None:
             low, high, note = _rank_intervals(est, columns, overall, level, run)
-    finally:
-        if run is not None:
-            run.close()
     defined = np.flatnonzero(np.isfinite(overall))
     ranked = _effects(est, defined[np.argsort(-overall[defined], kind="stable")], overall, low, high)  # ties: lower first
     worst = _effects(est, defined[np.argsort(overall[defined], kind="stable")], overall, low, high)
@@ -190,7 +188,7 @@ def rank_classes(path: str | Path, *, top: int = RANK_TOP, target_class: str | N
     )
 
 
-def subpopulation(path: str | Path, class_name: str, *, n: int = SUBPOP_SIZE, store: str | Path | None = None,
+def subpopulation(path: str | Path | OpenedEstimate, class_name: str, *, n: int = SUBPOP_SIZE, store: str | Path | None = None,
                   with_images: bool = False, level: float = INTERVAL_LEVEL) -> Subpopulation:
     """The `n` target examples most positively influenced by source class `class_name`, most first, each with
     its `level` interval from the estimate's standard errors (none without them).
@@ -200,7 +198,8 @@ def subpopulation(path: str | Path, class_name: str, *, n: int = SUBPOP_SIZE, st
     if n < 1:
         raise UserError(f"-n {n} must be at least 1")
     check_level(level)
-    est = load_estimate(path)
+    opened = as_opened(path, store)
+    est = opened.estimate
     require_kind(est, "class", "subpop")
     k = _class_index(est, class_name)
     row = est.matrix[k]
@@ -216,11 +215,9 @@ def subpopulation(path: str | Path, class_name: str, *, n: int = SUBPOP_SIZE, st
     targets = tuple(TargetEffect(int(est.target_index[j]), est.target_names[j], float(row[j]), _opt(low[j]),
                                  _opt(high[j])) for j in order)
     images = None
-    run = open_source_store(est, store, required=with_images)  # a stale estimate is refused here, as everywhere
-    if run is not None:
-        with run:
-            if with_images:
-                images = run.target_images([t.target for t in targets])
+    with opened.using_store(required=with_images) as run:  # a stale estimate is refused here, as everywhere
+        if run is not None and with_images:
+            images = run.target_images([t.target for t in targets])
     return Subpopulation(file=str(est.path), class_name=class_name, targets=targets, images=images,
                          level=shown_level, interval_note=note)
 
@@ -241,7 +238,7 @@ def _evidence(est: Estimate, units: np.ndarray, column: np.ndarray, low: np.ndar
                                float(p[k]), float(q[k]), bool(q[k] <= fdr)) for k in units)
 
 
-def explain_target(path: str | Path, target: int, *, top: int = EXPLAIN_TOP, store: str | Path | None = None,
+def explain_target(path: str | Path | OpenedEstimate, target: int, *, top: int = EXPLAIN_TOP, store: str | Path | None = None,
                    level: float = INTERVAL_LEVEL, fdr: float = DETECT_FDR) -> Explanation:
     """True and predicted label of target `target` and its most negative / positive source classes.
 
@@ -251,14 +248,15 @@ def explain_target(path: str | Path, target: int, *, top: int = EXPLAIN_TOP, sto
     """
     check_level(level)
     check_fdr(fdr)
-    est = load_estimate(path)
+    opened = as_opened(path, store)
+    est = opened.estimate
     require_kind(est, "class", "explain")
     columns = np.flatnonzero(est.target_index == target)
     if len(columns) == 0:
         raise UserError(f"target {target} is not covered by {est.path} "
                         f"(targets {est.target_index[0]}..{est.target_index[-1]})")
     column = est.matrix[:, columns[0]]
-    with open_source_store(est, store) as run:
+    with opened.using_store() as run:
         names = run.target_class_names
         true = int(run.target_labels[target])
         done = run.completed_rows()
@@ -289,11 +287,11 @@ def explain_target(path: str | Path, target: int, *, top: int = EXPLAIN_TOP, sto
     )
 
 
-def class_positions(path: str | Path, names: list[str], *, target_class: str | None = None) -> dict[str, int | None]:
+def class_positions(path: str | Path | OpenedEstimate, names: list[str], *, target_class: str | None = None) -> dict[str, int | None]:
     """1-based position of each named source class in `rank_classes` order (1 = most positive); None if undefined."""
     ranking = rank_classes(path, top=1, target_class=target_class, level=None)
     positions = {e.name: i + 1 for i, e in enumerate(ranking.overall)}
     missing = [n for n in names if n not in positions and n not in ranking.undefined]
     if missing:
-        raise UserError(f"{path}: no source class named {missing[0]!r}")
+        raise UserError(f"{ranking.file}: no source class named {missing[0]!r}")
     return {n: positions.get(n) for n in names}

@@ -19,8 +19,8 @@ import torch.nn.functional as F
 
 from dmtoolkit.analyze.estimates import (
     Estimate,
-    load_estimate,
-    open_source_store,
+    OpenedEstimate,
+    as_opened,
     require_kind,
 )
 from dmtoolkit.analyze.evidence import bh_adjusted, check_fdr, fdr_phrase, one_sided_pvalues, simes
@@ -235,10 +235,10 @@ LEAK_SCORERS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "two-way-z": two_way_z, "target-z": per_target_z, "influence": lambda m: m}
 
 
-def _example_estimate(path: str | Path, command: str) -> Estimate:
-    est = load_estimate(path)
-    require_kind(est, "example", command)
-    return est
+def _example_estimate(path: str | Path | OpenedEstimate, store: str | Path | None, command: str) -> OpenedEstimate:
+    opened = as_opened(path, store)
+    require_kind(opened.estimate, "example", command)
+    return opened
 
 
 def top_pairs(matrix: np.ndarray, n: int, one_per_source: bool = False) -> tuple[np.ndarray, np.ndarray]:
@@ -288,7 +288,7 @@ def _best(scores: np.ndarray, where: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return rows, columns
 
 
-def detect_leakage(path: str | Path, *, fdr: float = DETECT_FDR, top: int = DETECT_TOP,
+def detect_leakage(path: str | Path | OpenedEstimate, *, fdr: float = DETECT_FDR, top: int = DETECT_TOP,
                    store: str | Path | None = None, ranking: str = LEAK_RANKINGS[0], all_pairs: bool = False,
                    near_duplicate: float = NEAR_DUPLICATE, features: bool = True,
                    device: str | None = None) -> LeakageReport:
@@ -314,8 +314,9 @@ def detect_leakage(path: str | Path, *, fdr: float = DETECT_FDR, top: int = DETE
     if ranking not in LEAK_RANKINGS:
         raise UserError(f"ranking {ranking!r} is not one of {', '.join(LEAK_RANKINGS)}")
     check_fdr(fdr)
-    est = _example_estimate(path, "leakage")
-    with open_source_store(est, store) as run:  # a stale or foreign store is refused before any arithmetic
+    opened = _example_estimate(path, store, "leakage")
+    est = opened.estimate
+    with opened.using_store() as run:  # a stale or foreign store is refused before any arithmetic
         defined = np.isfinite(est.matrix)
         scores = np.where(defined, LEAK_SCORERS[ranking](est.matrix), np.nan)
         p, evidence = _influence_pvalues(est, "greater")
@@ -519,7 +520,7 @@ def mislabel_scores(matrix: np.ndarray, by: str) -> np.ndarray:
         return np.where(counts > 0, np.where(finite, matrix, 0).sum(1) / np.maximum(counts, 1), np.nan)
 
 
-def detect_mislabels(path: str | Path, *, fdr: float = DETECT_FDR, top: int = DETECT_TOP,
+def detect_mislabels(path: str | Path | OpenedEstimate, *, fdr: float = DETECT_FDR, top: int = DETECT_TOP,
                      store: str | Path | None = None, by: str = MISLABEL_SCORES[0]) -> MislabelReport:
     """Source examples with evidence that they are mislabelled: they hurt the source task itself *and* a target.
 
@@ -541,11 +542,12 @@ def detect_mislabels(path: str | Path, *, fdr: float = DETECT_FDR, top: int = DE
     if by not in MISLABEL_SCORES:
         raise UserError(f"by={by!r} is not one of {', '.join(MISLABEL_SCORES)}")
     check_fdr(fdr)
-    est = _example_estimate(path, "mislabels")
+    opened = _example_estimate(path, store, "mislabels")
+    est = opened.estimate
     score = mislabel_scores(est.matrix, by)
     defined = np.isfinite(score)
     p_pairs, evidence = _influence_pvalues(est, "less")
-    with open_source_store(est, store) as run:
+    with opened.using_store() as run:
         labels, names = run.source_labels, run.source_class_names
         source_p = None
         accuracy = run.column("source_accuracy") if "source_accuracy" in run.file else None

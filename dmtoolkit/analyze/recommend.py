@@ -48,7 +48,7 @@ from pathlib import Path
 import numpy as np
 
 from dmtoolkit.analyze.classes import check_level, interval_bounds, mean_influence_refit, percent
-from dmtoolkit.analyze.estimates import Estimate, load_estimate, open_source_store, require_kind
+from dmtoolkit.analyze.estimates import Estimate, OpenedEstimate, as_opened, require_kind
 from dmtoolkit.analyze.evidence import benjamini_hochberg, bh_adjusted, check_fdr, fdr_phrase, one_sided_pvalues
 from dmtoolkit.analyze.options import DETECT_FDR, INTERVAL_LEVEL, RECOMMEND_SPLIT_SEED, RECOMMEND_VALIDATION_FRACTION
 from dmtoolkit.analyze.results import NO_STDERR, ClassEvidence, PredictionTrust, Recommendation, RemovalCandidate
@@ -221,14 +221,13 @@ class _StoreFacts:
     note: str = ""
 
 
-def _from_store(est: Estimate, columns: np.ndarray, store: str | Path | None) -> _StoreFacts:
+def _from_store(opened: OpenedEstimate, columns: np.ndarray) -> _StoreFacts:
     """The store's facts (`_StoreFacts`); without the store, Nones and the reason there is no interval."""
-    facts = _StoreFacts()
-    run = open_source_store(est, store, required=False)  # a stale estimate is refused here, as everywhere
-    if run is None:
-        facts.note = f"no interval (the run store {est.store_path} is not there; pass --store STORE.h5)"
-        return facts
-    with run:
+    facts, est = _StoreFacts(), opened.estimate
+    with opened.using_store(required=False) as run:  # a stale estimate is refused here, as everywhere
+        if run is None:
+            facts.note = f"no interval (the run store {est.store_path} is not there; pass --store STORE.h5)"
+            return facts
         rows = np.sort(est.fit_rows)
         masks = np.asarray(run.masks[rows] if len(rows) else run.masks[()], bool)
         facts.alpha, facts.kept = float(masks.mean()), masks.sum(1)
@@ -253,7 +252,7 @@ def harmful_prefix(order: np.ndarray, coef: np.ndarray, stderr: np.ndarray, dof:
     return count
 
 
-def recommend_removal(path: str | Path, *, ks: list[int] | str | None = None,
+def recommend_removal(path: str | Path | OpenedEstimate, *, ks: list[int] | str | None = None,
                       validation_fraction: float = RECOMMEND_VALIDATION_FRACTION,
                       split_seed: int = RECOMMEND_SPLIT_SEED, level: float = INTERVAL_LEVEL,
                       fdr: float = DETECT_FDR, store: str | Path | None = None) -> Recommendation:
@@ -262,13 +261,14 @@ def recommend_removal(path: str | Path, *, ks: list[int] | str | None = None,
     docstring for the rule and its limits."""
     check_level(level)
     check_fdr(fdr)
-    est = load_estimate(path)
+    opened = as_opened(path, store)
+    est, store = opened.estimate, opened.store
     require_kind(est, "class", "recommend")
     num_units, num_targets = est.matrix.shape
     if num_units < 2:
         raise UserError(f"{est.path} has {num_units} source class; there is nothing to choose between")
     validation, test = split_targets(num_targets, validation_fraction, split_seed)
-    facts = _from_store(est, validation, store)
+    facts = _from_store(opened, validation)
     mean_coef, stderr, dof, note = facts.coef, facts.stderr, facts.dof, facts.note
     if ks is None:
         ks = _default_ks(num_units, facts.alpha)

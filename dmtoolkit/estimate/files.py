@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,7 +27,7 @@ import numpy as np
 
 from dmtoolkit import __version__
 from dmtoolkit.atomic import write_atomic
-from dmtoolkit.errors import StoreError
+from dmtoolkit.errors import StoreError, UserError
 from dmtoolkit.paths import check_input_file
 
 if TYPE_CHECKING:
@@ -258,6 +260,150 @@ def load_estimate(path: str | Path) -> Estimate:
             )
         except (KeyError, OSError) as error:
             raise StoreError(f"{path}: damaged estimate file ({error}); recompute it ({MAKE_ONE})") from None
+
+
+def open_checked_store(est: Estimate, store: str | Path | None = None, *,
+                       required: bool = True) -> RunStore | None:
+    """The run store an estimate came from (or `store` if given), opened read-only and checked to be that store
+    in its current state: every analysis opens it here (through `OpenedEstimate`), so each refuses a stale
+    estimate the same way.
+
+    A store of the same shape from another run would silently score the wrong images and planted truth, and
+    one into which more models were trained since gives other answers than the estimate, so its shapes and
+    content hash must match those the estimate recorded (`Estimate.check_store`). With `required=False`, None
+    when no `store` is given and the recorded one is not there (the caller says what it leaves out); a store
+    that is there is always checked. The caller closes it (use `with`).
+    """
+    from dmtoolkit.store import RunStore
+
+    path = Path(store) if store is not None else est.store_path
+    if path is None:
+        if not required:
+            return None
+        raise StoreError(f"{est.path}: does not name its run store; pass --store STORE.h5")
+    if not path.exists():
+        if not required and store is None:
+            return None
+        raise StoreError(f"{est.path}: its run store {path} does not exist (moved?); pass --store STORE.h5")
+    return _checked(est, RunStore(path))
+
+
+def _checked(est: Estimate, run: RunStore) -> RunStore:
+    try:
+        est.check_store(run)
+    except BaseException:
+        run.close()
+        raise
+    return run
+
+
+class OpenedEstimate:
+    """An estimate with its run store: what every analysis takes (a task object, not paths).
+
+    `estimate` is the loaded file; the run store it came from (or `store`, when given: one that moved) is opened
+    read-only and checked against the estimate (`Estimate.check_store`: shapes, then the content hash that scans
+    every completed row) once, on the first `using_store`, and kept for the next analyses; a failure to open or
+    check is kept too and raised again to each analysis that asks. Held as a context manager (`open_estimate`),
+    it closes the store at the end. Built by `as_opened` from a path for one analysis (`keep_open=False`), it
+    closes the store after that analysis, as the path-taking forms always did.
+
+    The store is read-only here, but another process may append rows to it meanwhile (readers take no lock), so
+    one object should live for one command, not longer: the check holds for the state it saw.
+    """
+
+    def __init__(self, estimate: Estimate, store: str | Path | None = None, *, run: RunStore | None = None,
+                 keep_open: bool = True) -> None:
+        """`run`: a store already opened by the caller (checked on first use, closed with this object)."""
+        self.estimate = estimate
+        self.store = Path(store) if store is not None else None
+        self.keep_open = keep_open
+        self._run = run
+        self._checked = False
+        self._failure: UserError | None = None
+
+    @classmethod
+    def open(cls, path: str | Path, store: str | Path | None = None) -> OpenedEstimate:
+        """Load the estimate file at `path` (its store is opened when an analysis first needs it)."""
+        return cls(load_estimate(path), store)
+
+    @property
+    def store_path(self) -> Path | None:
+        """The run store this reads: `store` if given, else the one the estimate records."""
+        return self.store if self.store is not None else self.estimate.store_path
+
+    @property
+    def has_store(self) -> bool:
+        """Whether that run store is there (it may still be refused as stale or foreign when opened)."""
+        return self.store_path is not None and self.store_path.exists()
+
+    def run(self, *, required: bool = True) -> RunStore | None:
+        """The checked run store, opened on first use; None when it is not there and not `required` (see
+        `open_checked_store` for the rules and messages)."""
+        if self._failure is not None:
+            raise self._failure.with_traceback(None)
+        if not self._checked:
+            try:
+                self._run = (_checked(self.estimate, self._run) if self._run is not None  # the caller's store
+                             else open_checked_store(self.estimate, self.store, required=False))
+            except UserError as error:
+                self._run, self._failure = None, error
+                raise
+            self._checked = True
+        if self._run is None and required:
+            open_checked_store(self.estimate, self.store, required=True)  # raises the one message of a missing store
+        return self._run
+
+    @contextmanager
+    def using_store(self, *, required: bool = True) -> Iterator[RunStore | None]:
+        """`run(required=...)` for one analysis's `with` block; closes the store at the end unless `keep_open`."""
+        try:
+            yield self.run(required=required)
+        finally:
+            if not self.keep_open:
+                self.close()
+
+    def close(self) -> None:
+        if self._run is not None:
+            self._run.close()
+            self._run = None
+        self._checked = False
+
+    def __enter__(self) -> OpenedEstimate:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def as_opened(source: str | Path | OpenedEstimate, store: str | Path | None = None) -> OpenedEstimate:
+    """What an analysis reads from `source`: the caller's OpenedEstimate itself (its store stays open for the next
+    analysis; `store` must then not be given, it was chosen when opening), or an estimate file's path loaded for
+    this one analysis (the store, `store` or the recorded one, is closed when the analysis is done)."""
+    if isinstance(source, OpenedEstimate):
+        if store is not None:
+            raise ValueError("give the run store when opening the estimate (open_estimate(path, store)), not to "
+                             "an analysis of an opened estimate")
+        return source
+    return OpenedEstimate(load_estimate(source), store, keep_open=False)
+
+
+def open_estimate(path: str | Path, store: str | Path | None = None) -> OpenedEstimate:
+    """An estimate file opened for several analyses: `with open_estimate(path) as opened: rank_classes(opened)`;
+    its run store (`store` if given, else the recorded one) is opened and hash-checked once, closed at the end."""
+    return OpenedEstimate.open(path, store)
+
+
+def recorded_store(path: Path) -> Path | None:
+    """The run store an estimate file records, read without checks (None for anything unreadable, which the
+    analysis itself then reports): for the output guard, before any analysis runs."""
+    if not path.is_file():  # (a FIFO would block the read)
+        return None
+    try:
+        with h5py.File(path, "r", locking=False) as f:
+            recorded = f.attrs.get("source_store")
+        return Path(str(recorded)) if recorded else None
+    except Exception:  # noqa: BLE001 - an unreadable estimate is reported by the analysis itself
+        return None
 
 
 def read_extra(path: str | Path, name: str) -> np.ndarray | None:

@@ -33,7 +33,7 @@ from dmtoolkit.display import Displayable, count_up
 from dmtoolkit.errors import StoreError, UserError
 from dmtoolkit.estimate.base import linear_prediction
 from dmtoolkit.estimate.blocks import TargetColumns, row_blocks
-from dmtoolkit.estimate.files import load_estimate
+from dmtoolkit.estimate.files import OpenedEstimate, load_estimate
 from dmtoolkit.estimate.fit import store_units
 from dmtoolkit.estimate.splits import split_rows
 from dmtoolkit.store import RunStore
@@ -280,7 +280,7 @@ def lds_curve(est: Any, store: RunStore, masks: np.ndarray, actual: np.ndarray, 
                     gain_interval=interval, needed=needed)
 
 
-def evaluate(store_path: str | Path, estimate_path: str | Path, *, block_rows: int = 1024,
+def evaluate(store_path: str | Path | None, estimate_path: str | Path | OpenedEstimate, *, block_rows: int = 1024,
              draws: int = BOOTSTRAP_DRAWS, curve: bool | None = None) -> LdsResult:
     """LDS of an ESTIMATE.h5 on its test rows: mean, median, per target, histogram, and a verdict.
 
@@ -288,16 +288,28 @@ def evaluate(store_path: str | Path, estimate_path: str | Path, *, block_rows: i
     (`lds_curve`, one refit at half the cost of the original fit); None (default) does so only when the verdict
     is not "useful" (mean LDS below LDS_USEFUL, or its interval reaching 0), where the models needed matter.
     Estimators that retrain networks (gradient) are never refitted; the verdict says so.
+
+    `estimate_path`: an estimate file, read with the run store at `store_path` (opened as given: a missing one is
+    "no such store"), or an `OpenedEstimate`, read with its already checked store (`store_path` None, or that
+    store's path).
     """
     from dmtoolkit.estimate.registry import estimator_entry
 
-    est = load_estimate(estimate_path)
+    opened = estimate_path if isinstance(estimate_path, OpenedEstimate) else None
+    if opened is not None and store_path is not None and Path(store_path).resolve() != (
+            opened.store_path.resolve() if opened.store_path is not None else None):
+        raise ValueError(f"evaluate: {store_path} is not the run store {estimate_path.estimate.path} was opened with "
+                         f"({opened.store_path})")
+    est = opened.estimate if opened is not None else load_estimate(estimate_path)
     rows = est.test_rows
     if len(rows) < 3:
         raise StoreError(f"{est.path}: only {len(rows)} held-out test models, LDS needs at least 3; "
                          "refit with a larger --holdout-frac or train more models")
-    with RunStore(store_path) as store:
-        est.check_store(store)
+    if opened is None:
+        if store_path is None:
+            raise ValueError("evaluate: give the run store of an estimate file (or an OpenedEstimate)")
+        opened = OpenedEstimate(est, store_path, run=RunStore(store_path), keep_open=False)
+    with opened.using_store() as store:
         units = store_units(store).ids[rows]  # the draws: a pair's or a block's models are one
         margins = TargetColumns(store.margins, est.columns)
         predicted, actual, test_masks = [], [], []
@@ -327,7 +339,7 @@ def evaluate(store_path: str | Path, estimate_path: str | Path, *, block_rows: i
     finite = lds[np.isfinite(lds)]
     counts, edges = np.histogram(finite, bins=HISTOGRAM_EDGES)
     return LdsResult(
-        estimator=est.estimator, estimate_file=est.path, store=Path(store_path), heldout_models=len(rows),
+        estimator=est.estimator, estimate_file=est.path, store=store.path, heldout_models=len(rows),
         targets=(est.columns.start, est.columns.stop), lds_mean=mean, lds_median=median,
         undefined_targets=int(len(lds) - len(finite)),
         constant_predictions=int((np.ptp(predicted, axis=0) == 0).sum()),

@@ -8,10 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dmtoolkit.analyze.options import LEAK_FIGURE_PAIRS
 from dmtoolkit.analyze.results import ClassRanking, CounterfactualCurve, LeakageReport, Subpopulation, TargetEffect
 from dmtoolkit.report import plots
+
+if TYPE_CHECKING:
+    from dmtoolkit.analyze.overview import EstimateAnalyses
 
 
 def rank_figure(ranking: ClassRanking, path: str | Path | None = None) -> bytes:
@@ -72,3 +76,18 @@ def lds_figure(edges: Sequence[float], counts: Sequence[int], heldout_models: in
                path: str | Path | None = None) -> bytes:
     """Histogram of per-target LDS (Spearman) over target examples."""
     return plots.histogram(edges, counts, "Spearman LDS", f"LDS ({heldout_models} held-out models)", path)
+
+
+def estimate_figures(analyses: EstimateAnalyses) -> list[tuple[str, bytes]]:
+    """The report's figures of one estimate's analyses, in page order, each with its caption."""
+    shown = []
+    if analyses.rank is not None:
+        shown.append(("Source classes by mean influence", rank_figure(analyses.rank)))
+    shown += [(f"Subpopulation of {sub.class_name}", subpop_figure(sub)) for sub in analyses.subpopulations]
+    if analyses.leakage is not None:
+        shown.append(("Leakage candidates, source | target", leakage_figure(analyses.leakage)))
+    if analyses.lds is not None:
+        lds = analyses.lds
+        shown.append(("LDS over target examples", lds_figure(lds.histogram_edges, lds.histogram_counts,
+                                                              lds.heldout_models)))
+    return shown

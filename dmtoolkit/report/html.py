@@ -16,19 +16,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import h5py
 import jinja2
 
+from dmtoolkit.analyze.overview import EstimateAnalyses, analyse_estimate
 from dmtoolkit.analyze.results import (
-    ClassRanking,
     CounterfactualCurve,
-    LeakageReport,
     LeakageScore,
-    MislabelReport,
     MislabelScore,
-    Recommendation,
 )
 from dmtoolkit.analyze.retrain import SCHEMA_NAME as COUNTERFACTUAL_SCHEMA
 from dmtoolkit.atomic import check_output, write_text_atomic
@@ -37,10 +34,6 @@ from dmtoolkit.estimate.files import SCHEMA_NAME as ESTIMATE_SCHEMA
 from dmtoolkit.paths import check_input_file
 from dmtoolkit.report.summary import Answer, StoreTrust
 from dmtoolkit.store import SCHEMA_NAME as RUN_SCHEMA
-
-LDS_KEYS = ("lds_mean", "lds_median", "heldout_models", "undefined_targets", "lds_interval", "heldout_units", "verdict")
-
-T = TypeVar("T")
 
 
 def format_p(value: float | None) -> str:
@@ -89,47 +82,31 @@ def scan(directory: Path) -> dict[str, list[Path]]:
 
 @dataclass
 class EstimateSection:
-    """One estimate file on the page: what it is, the analyses that apply to it, notes on those that failed."""
+    """One estimate file on the page: its analyses (`analyse_estimate`), their figures and note numbers; the
+    analyses' fields (rank, recommend, leakage, mislabels, notes, kind, ...) are read through it."""
 
-    file: str
-    estimator: str
-    kind: str
-    shape: tuple[int, int]
-    store: str
-    rank: ClassRanking | None = None
-    recommend: Recommendation | None = None
-    leakage: LeakageReport | None = None
-    mislabels: MislabelReport | None = None
-    lds: dict[str, Any] | None = None
-    notes: list[str] = field(default_factory=list)
+    analyses: EstimateAnalyses
     images: list[tuple[str, str]] = field(default_factory=list)  # (caption, data URI)
     note_refs: list[int] = field(default_factory=list)  # numbers of this section's notes on the page
-    store_name: str = ""  # file name of the run store found for it (to match its reliability)
-    has_errors: bool = False  # the estimate carries standard errors (its analyses can give intervals and flag)
+    lds: dict[str, Any] | None = None  # the LDS figures shown (`EstimateAnalyses.lds_summary`)
 
-    def attempt(self, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T | None:
-        """Run one analysis; a failure becomes a note in the report instead of stopping it."""
-        try:
-            return fn(*args, **kwargs)
-        except UserError as error:
-            self.notes.append(f"{what}: {error}")
-        return None
+    def __post_init__(self) -> None:
+        self.lds = self.analyses.lds_summary()
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or name == "analyses":
+            raise AttributeError(name)
+        return getattr(self.analyses, name)
+
+    @property
+    def file(self) -> str:
+        return self.analyses.file.name
 
     def figure(self, caption: str, png: bytes) -> None:
         self.images.append((caption, _data_uri(png)))
 
     def to_json(self) -> dict[str, Any]:
-        data: dict[str, Any] = {"file": self.file, "estimator": self.estimator, "kind": self.kind,
-                                "shape": list(self.shape), "store": self.store}
-        if self.notes:
-            data["notes"] = list(self.notes)
-        for name, result in (("rank", self.rank), ("recommend", self.recommend), ("leakage", self.leakage),
-                             ("mislabels", self.mislabels)):
-            if result is not None:
-                data[name] = result.to_json()
-        if self.lds is not None:
-            data["lds"] = self.lds
-        return data
+        return {**self.analyses.to_json(), "file": self.file}
 
 
 @dataclass(frozen=True)
@@ -180,50 +157,13 @@ class DetectionRow:
 
 
 def _estimate_section(path: Path, runs: list[Path], top: int, subpops: int) -> EstimateSection:
-    from dmtoolkit.analyze import (
-        detect_leakage,
-        detect_mislabels,
-        load_estimate,
-        rank_classes,
-        recommend_removal,
-        subpopulation,
-    )
-    from dmtoolkit.estimate.lds import evaluate
-    from dmtoolkit.report.figures import lds_figure, leakage_figure, rank_figure, subpop_figure
+    """The analyses of one estimate (computed by `analyse_estimate`, its store matched among `runs` when it moved
+    with the folder) and their figures."""
+    from dmtoolkit.report.figures import estimate_figures
 
-    est = load_estimate(path)
-    section = EstimateSection(file=path.name, estimator=est.estimator, kind=est.kind,
-                              shape=tuple(est.matrix.shape), store=str(est.store_path),
-                              has_errors=est.stderr is not None)
-    store = est.store_path if est.store_path is not None and est.store_path.exists() else None
-    if store is None:  # the store may have moved together with the folder: match by name
-        store = next((r for r in runs if est.store_path is not None and r.name == est.store_path.name), None)
-    if est.kind == "class":
-        # the store the estimate names is found by rank itself (a stale estimate is refused, with a note)
-        moved = None if store == est.store_path else store
-        section.rank = section.attempt("rank", rank_classes, path, top=top, store=moved)
-        section.recommend = section.attempt("recommend", recommend_removal, path, store=moved)
-        if section.rank:
-            section.figure("Source classes by mean influence", rank_figure(section.rank))
-            if store is not None:
-                for entry in section.rank.top[:subpops]:
-                    sub = section.attempt("subpop", subpopulation, path, entry.name, n=8, store=store, with_images=True)
-                    if sub:
-                        section.figure(f"Subpopulation of {entry.name}", subpop_figure(sub))
-    if est.kind == "example" and store is not None:
-        section.leakage = section.attempt("leakage", detect_leakage, path, top=top, store=store)
-        if section.leakage:
-            section.figure("Leakage candidates, source | target", leakage_figure(section.leakage))
-        section.mislabels = section.attempt("mislabels", detect_mislabels, path, top=top, store=store)
-    if store is not None:
-        lds = section.attempt("LDS", evaluate, store, path)
-        if lds:
-            section.lds = {k: getattr(lds, k) for k in LDS_KEYS}
-            section.figure("LDS over target examples", lds_figure(
-                lds.histogram_edges, lds.histogram_counts, lds.heldout_models))
-    else:
-        section.notes.append(f"run store {est.store_path} not found: no images, leakage or LDS")
-    section.store_name = store.name if store is not None else Path(section.store).name
+    section = EstimateSection(analyse_estimate(path, top=top, subpops=subpops, stores=runs))
+    for caption, png in estimate_figures(section.analyses):
+        section.figure(caption, png)
     return section
 
 

@@ -1,0 +1,140 @@
+"""Every analysis that applies to one estimate, computed in one place: what `dmtoolkit report` shows of it.
+
+`analyse_estimate` opens the estimate once (`OpenedEstimate`: its run store opened and hash-checked once for
+all of them), runs each analysis its level allows with the defaults the CLI commands use (`top` aside, the
+report's rows per table), and returns a typed `EstimateAnalyses`; an analysis that fails becomes a note saying
+why instead of stopping the others. The report only renders it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from dmtoolkit.analyze.estimates import OpenedEstimate, load_estimate
+from dmtoolkit.analyze.options import RANK_TOP
+from dmtoolkit.errors import UserError
+
+if TYPE_CHECKING:
+    from dmtoolkit.analyze.results import (
+        ClassRanking,
+        LeakageReport,
+        MislabelReport,
+        Recommendation,
+        Subpopulation,
+    )
+    from dmtoolkit.estimate.files import Estimate
+    from dmtoolkit.estimate.lds import LdsResult
+
+LDS_KEYS = ("lds_mean", "lds_median", "heldout_models", "undefined_targets", "lds_interval", "heldout_units", "verdict")
+"""The LDS figures the report keeps of an `LdsResult` (its per-target values stay out of report.json)."""
+OVERVIEW_SUBPOPS = 3
+"""Classes (the most positive first) whose subpopulation the report shows."""
+OVERVIEW_SUBPOP_SIZE = 8
+"""Target examples in each of those subpopulations (one row of images)."""
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class EstimateAnalyses:
+    """One estimate file and the results of every analysis that applies to it (None: not applicable, or failed:
+    `notes` says which and why, as "analysis: message")."""
+
+    file: Path
+    estimator: str
+    kind: str
+    shape: tuple[int, int]
+    store: str  # the run store the estimate records
+    store_name: str  # file name of the run store read (the recorded one, or one of its name that moved)
+    has_errors: bool  # the estimate carries standard errors (its analyses can give intervals and flag)
+    rank: ClassRanking | None = None
+    recommend: Recommendation | None = None
+    subpopulations: tuple[Subpopulation, ...] = ()
+    leakage: LeakageReport | None = None
+    mislabels: MislabelReport | None = None
+    lds: LdsResult | None = None
+    notes: tuple[str, ...] = ()
+
+    def lds_summary(self) -> dict[str, Any] | None:
+        """The LDS figures the report shows (`LDS_KEYS`), or None without an LDS."""
+        return None if self.lds is None else {k: getattr(self.lds, k) for k in LDS_KEYS}
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"file": str(self.file), "estimator": self.estimator, "kind": self.kind,
+                                "shape": list(self.shape), "store": self.store}
+        if self.notes:
+            data["notes"] = list(self.notes)
+        for name, result in (("rank", self.rank), ("recommend", self.recommend), ("leakage", self.leakage),
+                             ("mislabels", self.mislabels)):
+            if result is not None:
+                data[name] = result.to_json()
+        if self.lds is not None:
+            data["lds"] = self.lds_summary()
+        return data
+
+
+def moved_store(est: Estimate, stores: Sequence[Path]) -> Path | None:
+    """The run store to read instead of the one `est` records: None when that one is there (or none of `stores`
+    has its file name), else the one of `stores` with its name (it moved together with its folder)."""
+    if est.store_path is None or est.store_path.exists():
+        return None
+    return next((path for path in stores if path.name == est.store_path.name), None)
+
+
+def analyse_estimate(source: str | Path | OpenedEstimate, *, top: int = RANK_TOP, subpops: int = OVERVIEW_SUBPOPS,
+                     subpop_size: int = OVERVIEW_SUBPOP_SIZE, stores: Sequence[Path] = ()) -> EstimateAnalyses:
+    """Every analysis of one estimate: class level, rank (`top` each way), recommend and the subpopulations of
+    the `subpops` most positive classes; example level, leakage and mislabels (`top` listed); both, LDS. Those
+    that need the run store run only when it is there (a path's store: the recorded one, else one of `stores`
+    with its name). `source`: an estimate file, or an `OpenedEstimate` (its store chosen when it was opened).
+    """
+    if isinstance(source, OpenedEstimate):
+        return _analyse(source, top, subpops, subpop_size)
+    est = load_estimate(source)
+    with OpenedEstimate(est, moved_store(est, stores)) as opened:
+        return _analyse(opened, top, subpops, subpop_size)
+
+
+def _analyse(opened: OpenedEstimate, top: int, subpops: int, subpop_size: int) -> EstimateAnalyses:
+    from dmtoolkit.analyze.classes import rank_classes, subpopulation
+    from dmtoolkit.analyze.examples import detect_leakage, detect_mislabels
+    from dmtoolkit.analyze.recommend import recommend_removal
+    from dmtoolkit.estimate.lds import evaluate
+
+    est, notes = opened.estimate, []
+
+    def attempt(what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T | None:
+        """Run one analysis; a failure becomes a note instead of stopping the others."""
+        try:
+            return fn(*args, **kwargs)
+        except UserError as error:
+            notes.append(f"{what}: {error}")
+        return None
+
+    there = opened.has_store
+    rank = recommend = leakage = mislabels = lds = None
+    subs = []
+    if est.kind == "class":
+        rank = attempt("rank", rank_classes, opened, top=top)
+        recommend = attempt("recommend", recommend_removal, opened)
+        if rank is not None and there:
+            for entry in rank.top[:subpops]:
+                sub = attempt("subpop", subpopulation, opened, entry.name, n=subpop_size, with_images=True)
+                if sub is not None:
+                    subs.append(sub)
+    if est.kind == "example" and there:
+        leakage = attempt("leakage", detect_leakage, opened, top=top)
+        mislabels = attempt("mislabels", detect_mislabels, opened, top=top)
+    if there:
+        lds = attempt("LDS", evaluate, None, opened)
+    else:
+        notes.append(f"run store {est.store_path} not found: no images, leakage or LDS")
+    store = opened.store_path if there and opened.store_path is not None else Path(str(est.store_path))
+    return EstimateAnalyses(
+        file=est.path, estimator=est.estimator, kind=est.kind, shape=tuple(est.matrix.shape),
+        store=str(est.store_path), store_name=store.name, has_errors=est.stderr is not None, rank=rank,
+        recommend=recommend, subpopulations=tuple(subs), leakage=leakage, mislabels=mislabels, lds=lds,
+        notes=tuple(notes))
