@@ -30,14 +30,23 @@ from dmtoolkit.display import Displayable, count_up
 from dmtoolkit.errors import UserError
 from dmtoolkit.estimate.fit import completed_rows, store_units
 from dmtoolkit.estimate.influence import UndefinedInfluenceWarning, influence_from_arrays
-from dmtoolkit.estimate.lds import lds_per_target, spearman_columns
 from dmtoolkit.estimate.registry import estimator_names
 from dmtoolkit.estimate.splits import design_units, split_rows
 from dmtoolkit.recipe import Recipe, SubsetSpec
+from dmtoolkit.stats.correlation import (
+    MIN_DEFINED,
+    TARGET_RELIABILITY,
+    defined_spearman,
+    models_for_reliability,
+    models_needed,
+    projected_reliability,
+    spearman,
+)
+from dmtoolkit.stats.lds import lds_per_target
+from dmtoolkit.stats.ranking import nanmean_rows, rank_positions
 from dmtoolkit.store import RunStore
 
 DEFAULT_ESTIMATOR = "difference-of-means"
-TARGET_RELIABILITY = 0.8
 MIN_HELDOUT = 3  # as `dmtoolkit evaluate`: a Spearman over fewer held-out models says nothing
 
 
@@ -94,24 +103,6 @@ def holdout_split(units: Sequence[int] | np.ndarray, frac: float, seed: int = 0)
     return split_rows(np.arange(len(units)), frac, seed, units)
 
 
-# Spearman–Brown ---------------------------------------------------------------------------------------
-def spearman_brown(reliability: float, factor: float) -> float:
-    """Reliability of a measurement `factor` times as long (here: as many models): kρ / (1 + (k − 1)ρ)."""
-    if factor <= 0:
-        raise ValueError(f"length factor {factor} must be positive")
-    return factor * reliability / (1 + (factor - 1) * reliability)
-
-
-def models_for_reliability(reliability: float, models: float, goal: float = TARGET_RELIABILITY) -> float | None:
-    """Models needed for reliability `goal` when `models` give `reliability` (inverse Spearman–Brown);
-    None unless 0 < reliability < 1."""
-    if not 0 < goal < 1:
-        raise ValueError(f"goal reliability {goal} must be in (0, 1)")
-    if not 0 < reliability < 1:
-        return None
-    return models * (goal / (1 - goal)) / (reliability / (1 - reliability))
-
-
 # influence on arrays ------------------------------------------------------------------------------------
 def class_influence(masks: np.ndarray, margins: np.ndarray, *, estimator: str = DEFAULT_ESTIMATOR,
                     device: str = "cpu") -> np.ndarray | None:
@@ -123,21 +114,6 @@ def class_influence(masks: np.ndarray, margins: np.ndarray, *, estimator: str = 
             return influence_from_arrays(masks, margins, device=device, errors=False, estimator=estimator).coef_
         except UserError:
             return None
-
-
-def mean_influence(influence: np.ndarray, columns: np.ndarray | None = None) -> np.ndarray:
-    """Per-unit mean over target columns (all, or `columns`), NaNs ignored; NaN where none is defined."""
-    matrix = influence if columns is None else influence[:, columns]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows stay NaN
-        return np.nanmean(matrix, axis=1)
-
-
-def spearman(x: np.ndarray, y: np.ndarray) -> float | None:
-    """Spearman correlation of two vectors (average ranks for ties, as LDS); None when undefined (a NaN or a
-    constant vector)."""
-    value = float(spearman_columns(x[:, None], y[:, None])[0])
-    return value if np.isfinite(value) else None
 
 
 # split-half -----------------------------------------------------------------------------------------------
@@ -163,7 +139,7 @@ def split_half(masks: np.ndarray, margins: np.ndarray, units: Sequence[int] | np
         return SplitHalf(None, first, second)
     a = class_influence(masks[first], margins[first], estimator=estimator)
     b = class_influence(masks[second], margins[second], estimator=estimator)
-    correlation = None if a is None or b is None else spearman(mean_influence(a), mean_influence(b))
+    correlation = None if a is None or b is None else spearman(nanmean_rows(a), nanmean_rows(b))
     return SplitHalf(correlation, first, second)
 
 
@@ -247,19 +223,6 @@ def lds_from_arrays(masks: np.ndarray, margins: np.ndarray, *, units: Sequence[i
 
 
 # digit ranks ----------------------------------------------------------------------------------------------
-def rank_positions(influence: np.ndarray, columns: np.ndarray | None = None) -> tuple[int | None, ...]:
-    """1-based position of every unit when ranked by mean influence over `columns` (default: all), with
-    `dmtoolkit.analyze.classes.rank_classes`' rule: NaN means left out (None), the rest in a stable sort
-    of −mean (ties: lower index first)."""
-    overall = mean_influence(influence, columns)
-    defined = np.flatnonzero(np.isfinite(overall))
-    order = defined[np.argsort(-overall[defined], kind="stable")]
-    positions: list[int | None] = [None] * len(overall)
-    for position, k in enumerate(order, start=1):
-        positions[k] = position
-    return tuple(positions)
-
-
 @dataclass(frozen=True)
 class DigitRanks:
     """For each target class, the position (1 = most positive) of the source class of the same name among
@@ -288,14 +251,13 @@ def digit_ranks(influence: np.ndarray, source_names: Sequence[str], target_names
         if name not in source_names or len(columns) == 0:
             ranks.append(None)
             continue
-        ranks.append(rank_positions(influence, columns)[source_names.index(name)])
+        ranks.append(rank_positions(nanmean_rows(influence, columns))[source_names.index(name)])
     return DigitRanks(tuple(target_names), tuple(ranks))
 
 
 # store and cross-run reliability --------------------------------------------------------------------------
 # Agreement here is Spearman over the entries defined in both estimates (a unit in every model, or a target
-# class without test examples, is NaN and left out), None with fewer than MIN_DEFINED of them.
-MIN_DEFINED = 3
+# class without test examples, is NaN and left out), None with fewer than MIN_DEFINED of them (`defined_spearman`).
 GOALS = (0.8, 0.9)
 
 
@@ -303,28 +265,9 @@ def class_target_matrix(influence: np.ndarray, target_labels: np.ndarray, num_cl
     """(P, C) average influence of each source unit on the target examples of each target class (NaN for a
     class without examples): the per-class × per-target-class answer, less noisy than single targets."""
     labels = np.asarray(target_labels)
-    columns = [mean_influence(influence, np.flatnonzero(labels == c)) if (labels == c).any()
+    columns = [nanmean_rows(influence, np.flatnonzero(labels == c)) if (labels == c).any()
                else np.full(len(influence), np.nan) for c in range(num_classes)]
     return np.stack(columns, axis=1) if columns else np.empty((len(influence), 0))
-
-
-def defined_spearman(a: np.ndarray, b: np.ndarray) -> float | None:
-    """`spearman` of the entries of `a` and `b` (any shape, flattened) that are finite in both."""
-    a, b = np.asarray(a, dtype=np.float64).ravel(), np.asarray(b, dtype=np.float64).ravel()
-    keep = np.isfinite(a) & np.isfinite(b)
-    return spearman(a[keep], b[keep]) if keep.sum() >= MIN_DEFINED else None
-
-
-def _full_size(reliability: float | None, factor: float) -> float | None:
-    """Spearman–Brown to `factor` times the models; None unless 0 < reliability (a negative correlation is
-    no reliability to extrapolate)."""
-    return spearman_brown(reliability, factor) if reliability is not None and reliability > 0 and factor > 0 else None
-
-
-def _needed(reliability: float | None, models: float) -> dict[str, float | None]:
-    """Models one run needs for each of GOALS, from `reliability` at `models` (inverse Spearman–Brown)."""
-    return {str(goal): None if reliability is None else models_for_reliability(reliability, models, goal)
-            for goal in GOALS}
 
 
 @dataclass(frozen=True)
@@ -343,11 +286,12 @@ class WithinStore:
 
     @property
     def full(self) -> float | None:
-        return _full_size(self.split.mean, self.models / self.split.half_models if self.split.half_models else 0)
+        return projected_reliability(self.split.mean,
+                                     self.models / self.split.half_models if self.split.half_models else 0)
 
     @property
     def needed(self) -> dict[str, float | None]:
-        return _needed(self.split.mean, self.split.half_models)
+        return models_needed(self.split.mean, self.split.half_models, GOALS)
 
     def to_json(self) -> dict[str, Any]:
         return {"split_half": self.split.to_json(), "models": self.models, "full": self.full, "needed": self.needed}
@@ -396,7 +340,7 @@ def split_half_agreements(masks: np.ndarray, margins: np.ndarray, units: Sequenc
             (rank_a, matrix_a), (rank_b, matrix_b) = (answers_of_reduced(f, target_labels, num_classes) for f in fits)
         else:
             a, b = fits
-            rank_a, rank_b = mean_influence(a), mean_influence(b)
+            rank_a, rank_b = nanmean_rows(a), nanmean_rows(b)
             matrix_a, matrix_b = (class_target_matrix(f, target_labels, num_classes) for f in fits)
         ranking.append(defined_spearman(rank_a, rank_b))
         matrix.append(defined_spearman(matrix_a, matrix_b))
@@ -489,7 +433,7 @@ class CrossRun:
 
     @property
     def needed(self) -> dict[str, float | None]:
-        return _needed(self.correlation, self.models)
+        return models_needed(self.correlation, self.models, GOALS)
 
     def to_json(self) -> dict[str, Any]:
         return {"correlation": self.correlation, "models": self.models, "predicted": self.predicted,
@@ -596,7 +540,7 @@ def _read_store(path: str | Path, estimator: str, seeds: Sequence[int]) -> tuple
     if reduced:
         answers = _StoreAnswers(names, classes, labels, *answers_of_reduced(influence, labels, len(classes)))
     else:
-        answers = _StoreAnswers(names, classes, labels, mean_influence(influence),
+        answers = _StoreAnswers(names, classes, labels, nanmean_rows(influence),
                                 class_target_matrix(influence, labels, len(classes)))
     return report, answers
 

@@ -24,14 +24,13 @@ from dmtoolkit.reliability import (
     digit_ranks,
     holdout_split,
     lds_from_arrays,
-    models_for_reliability,
-    rank_positions,
     sampling_units,
-    spearman_brown,
     split_half,
     split_half_reliability,
     split_halves,
 )
+from dmtoolkit.stats.correlation import models_for_reliability, spearman_brown
+from dmtoolkit.stats.ranking import nanmean_rows, rank_positions
 from dmtoolkit.store import RunStore, create_store
 
 from .synthetic import synthetic_data
@@ -273,7 +272,7 @@ def test_digit_ranks_find_the_matching_class_with_rank_classes_ties() -> None:
     influence[1, labels == 2] = np.nan   # ...except row 1, undefined and left out
     ranks = digit_ranks(influence, ["b", "x", "a", "c"], ["a", "b", "c", "d"], labels)
     assert ranks.ranks == (1, 4, 3, None) and ranks.in_top(3) == 2
-    assert rank_positions(influence, np.flatnonzero(labels == 2)) == (1, None, 2, 3)
+    assert rank_positions(nanmean_rows(influence, np.flatnonzero(labels == 2))) == (1, None, 2, 3)
     influence[3, labels == 2] = np.nan   # its own class undefined: None (not first)
     assert digit_ranks(influence, ["b", "x", "a", "c"], ["a", "b", "c"], labels).ranks[2] is None
 
@@ -304,8 +303,8 @@ def test_digit_ranks_match_class_positions_on_an_influence_file(tmp_path: Path) 
         if (labels == targets.index(name)).any():
             assert rank == class_positions(out, [name], target_class=name)[name]
             ranking = rank_classes(out, target_class=name)
-            positions = rank_positions(influence, np.flatnonzero(labels == targets.index(name)))
+            positions = rank_positions(nanmean_rows(influence, np.flatnonzero(labels == targets.index(name))))
             assert [e.index for e in ranking.overall] == sorted(
                 (k for k in range(P) if positions[k] is not None), key=lambda k: positions[k])
             assert positions[5] is None
-    assert rank_positions(influence)[4] == rank_positions(influence)[1] + 1  # the tie, broken by index
+    assert rank_positions(nanmean_rows(influence))[4] == rank_positions(nanmean_rows(influence))[1] + 1  # the tie, broken by index
