@@ -40,14 +40,11 @@ from dmtoolkit.stats.correlation import (
     models_for_reliability,
     models_needed,
     projected_reliability,
-    spearman,
 )
-from dmtoolkit.stats.lds import lds_per_target
-from dmtoolkit.stats.ranking import nanmean_rows, rank_positions
+from dmtoolkit.stats.ranking import nanmean_rows
 from dmtoolkit.store import RunStore
 
 DEFAULT_ESTIMATOR = "difference-of-means"
-MIN_HELDOUT = 3  # as `dmtoolkit evaluate`: a Spearman over fewer held-out models says nothing
 
 
 # sampling units -----------------------------------------------------------------------------------------
@@ -118,32 +115,6 @@ def class_influence(masks: np.ndarray, margins: np.ndarray, *, estimator: str = 
 
 # split-half -----------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class SplitHalf:
-    """One split: Spearman of per-unit mean influence between the halves (None when undefined) and the
-    positions of the rows in each half."""
-
-    correlation: float | None
-    first: np.ndarray
-    second: np.ndarray
-
-    def to_json(self) -> dict[str, Any]:
-        return {"correlation": self.correlation, "first": self.first.tolist(), "second": self.second.tolist()}
-
-
-def split_half(masks: np.ndarray, margins: np.ndarray, units: Sequence[int] | np.ndarray, *,
-               count: int | None = None, seed: int = 0, estimator: str = DEFAULT_ESTIMATOR) -> SplitHalf:
-    """Split-half correlation of per-unit mean influence: `split_halves(units, count, seed)`, the
-    library's estimator on each half, Spearman (average ranks) of the two per-unit means."""
-    first, second = split_halves(units, count=count, seed=seed)
-    if len(first) < 2 or len(second) < 2:
-        return SplitHalf(None, first, second)
-    a = class_influence(masks[first], margins[first], estimator=estimator)
-    b = class_influence(masks[second], margins[second], estimator=estimator)
-    correlation = None if a is None or b is None else spearman(nanmean_rows(a), nanmean_rows(b))
-    return SplitHalf(correlation, first, second)
-
-
-@dataclass(frozen=True)
 class SplitHalfReliability:
     """Split-half correlations over several split seeds at one size."""
 
@@ -172,87 +143,6 @@ class SplitHalfReliability:
     def to_json(self) -> dict[str, Any]:
         return {"count": self.count, "seeds": list(self.seeds), "values": list(self.values),
                 "half_models": self.half_models, "mean": self.mean, "sd": self.sd}
-
-
-def split_half_reliability(masks: np.ndarray, margins: np.ndarray, units: Sequence[int] | np.ndarray, *,
-                           count: int | None = None, seeds: Sequence[int] = range(10),
-                           estimator: str = DEFAULT_ESTIMATOR) -> SplitHalfReliability:
-    """`split_half` for each of `seeds` at `count` rows (default: all)."""
-    splits = [split_half(masks, margins, units, count=count, seed=s, estimator=estimator) for s in seeds]
-    half = float(np.mean([(len(s.first) + len(s.second)) / 2 for s in splits])) if splits else 0.0
-    return SplitHalfReliability(count=len(masks) if count is None else count, seeds=tuple(seeds),
-                                values=tuple(s.correlation for s in splits), half_models=half)
-
-
-# LDS on arrays --------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class HeldOutLDS:
-    """LDS of class influence used as a linear predictor, fitted on `fit` rows and scored on `held` rows:
-    the mean over targets with a defined score (None when nothing could be scored) and each target's score."""
-
-    mean: float | None
-    per_target: np.ndarray
-    fit: np.ndarray
-    held: np.ndarray
-
-    def to_json(self) -> dict[str, Any]:
-        return {"mean": self.mean, "per_target": [float(v) if np.isfinite(v) else None for v in self.per_target],
-                "fit": self.fit.tolist(), "held": self.held.tolist()}
-
-
-def lds_from_arrays(masks: np.ndarray, margins: np.ndarray, *, units: Sequence[int] | np.ndarray | None = None,
-                    holdout_frac: float = 0.1, seed: int = 0, estimator: str = DEFAULT_ESTIMATOR) -> HeldOutLDS:
-    """Hold out whole sampling units (`holdout_split`; default: every row its own unit), fit the library's
-    `estimator` on the rest and score its linear prediction with `lds_per_target`. Needs MIN_HELDOUT held rows."""
-    units = np.arange(len(masks)) if units is None else np.asarray(units)
-    fit, held = holdout_split(units, holdout_frac, seed)
-    empty = np.full(margins.shape[1], np.nan)
-    if len(held) < MIN_HELDOUT or len(fit) < 2:
-        return HeldOutLDS(None, empty, fit, held)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UndefinedInfluenceWarning)
-        try:
-            fitted = influence_from_arrays(masks[fit], margins[fit], device="cpu", errors=False, estimator=estimator)
-        except UserError:
-            return HeldOutLDS(None, empty, fit, held)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        scores = lds_per_target(fitted.predict(masks[held]), margins[held])
-    finite = scores[np.isfinite(scores)]
-    return HeldOutLDS(float(finite.mean()) if len(finite) else None, scores, fit, held)
-
-
-# digit ranks ----------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class DigitRanks:
-    """For each target class, the position (1 = most positive) of the source class of the same name among
-    all source classes, by mean influence over that class's target examples; None when there is no such
-    source class, no such target example, or its influence is undefined."""
-
-    target_classes: tuple[str, ...]
-    ranks: tuple[int | None, ...]
-
-    def in_top(self, k: int) -> int:
-        """How many target classes have their own source class among the top `k`."""
-        return sum(1 for r in self.ranks if r is not None and r <= k)
-
-    def to_json(self) -> dict[str, Any]:
-        return dict(zip(self.target_classes, self.ranks))
-
-
-def digit_ranks(influence: np.ndarray, source_names: Sequence[str], target_names: Sequence[str],
-                target_labels: np.ndarray) -> DigitRanks:
-    """`DigitRanks` of an influence matrix (P source classes, T target examples with `target_labels`
-    indexing `target_names`); the same positions `class_positions(path, [name], target_class=name)` gives."""
-    source_names, labels = list(source_names), np.asarray(target_labels)
-    ranks: list[int | None] = []
-    for label, name in enumerate(target_names):
-        columns = np.flatnonzero(labels == label)
-        if name not in source_names or len(columns) == 0:
-            ranks.append(None)
-            continue
-        ranks.append(rank_positions(nanmean_rows(influence, columns))[source_names.index(name)])
-    return DigitRanks(tuple(target_names), tuple(ranks))
 
 
 # store and cross-run reliability --------------------------------------------------------------------------
