@@ -9,7 +9,7 @@ run's own randomness differs. Run 0 is the development run (the recipe's own see
 with run 0 on MNIST; the table's "fresh pairs" column (pairs of fresh runs only) and fashion-mnist confirm.
 
 For n in a grid (32, 64, 128, …, and `--models`) the study takes the first n rows of every store, cut back to
-whole sampling units (`dmtoolkit.reliability.sampling_units`: an antithetic pair or an orthogonal block is
+whole sampling units (`dmtoolkit.analyze.reliability.sampling_units`: an antithetic pair or an orthogonal block is
 never cut, so an orthogonal design with 36 classes has points only at multiples of its 128-model block), and
 for every influence estimator (`estimator_names("influence")`: difference-of-means, regression — estimators
 cost no training, so all are evaluated on the same stores) records:
@@ -61,10 +61,7 @@ from typing import Any
 
 import numpy as np
 
-from dmtoolkit.estimate.registry import estimator_names
-from dmtoolkit.recipe import RECIPES_DIR, Recipe, load_recipe
-from dmtoolkit.recipe_overrides import apply_overrides
-from dmtoolkit.reliability import (
+from dmtoolkit.analyze.reliability import (
     GOALS,
     CrossRun,
     WithinStore,
@@ -73,6 +70,9 @@ from dmtoolkit.reliability import (
     sampling_units,
     split_half_agreements,
 )
+from dmtoolkit.estimate.registry import estimator_names
+from dmtoolkit.recipe import RECIPES_DIR, Recipe, load_recipe
+from dmtoolkit.recipe_overrides import apply_overrides
 from dmtoolkit.run.driver import train_store
 from dmtoolkit.run.executors import make_executor
 from dmtoolkit.run.prepare import build_run_data

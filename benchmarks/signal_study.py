@@ -8,7 +8,7 @@ top 5 source classes, class-influence LDS on held-out models, target accuracy, C
 number of models that split-half 0.8 would need (Spearman-Brown from the measured value). `--seed-check
 LEVER` retrains that lever with another shared training seed and reports how far its ranking moves.
 
-Every statistic is built from the library's parts (`dmtoolkit.reliability`, `dmtoolkit.stats`): halves and
+Every statistic is built from the library's parts (`dmtoolkit.analyze.reliability`, `dmtoolkit.stats`): halves and
 held-out models are whole sampling units (an antithetic pair or an orthogonal block stays on one side), digit
 ranks follow `rank_classes`' order (`dmtoolkit.stats.ranking`), and training goes through `train_store`. The
 split-half at a given size, class LDS on arrays and digit ranks only this study reports are defined here
@@ -38,13 +38,7 @@ from typing import Any
 import numpy as np
 
 from dmtoolkit.analyze import detect_leakage, detect_mislabels
-from dmtoolkit.errors import UserError
-from dmtoolkit.estimate.datamodels import fit_datamodels
-from dmtoolkit.estimate.influence import UndefinedInfluenceWarning, compute_influence, influence_from_arrays
-from dmtoolkit.estimate.lds import evaluate
-from dmtoolkit.recipe import Recipe, load_recipe
-from dmtoolkit.recipe_overrides import apply_overrides
-from dmtoolkit.reliability import (
+from dmtoolkit.analyze.reliability import (
     DEFAULT_ESTIMATOR,
     SplitHalfReliability,
     class_influence,
@@ -52,6 +46,12 @@ from dmtoolkit.reliability import (
     sampling_units,
     split_halves,
 )
+from dmtoolkit.errors import UserError
+from dmtoolkit.estimate.datamodels import fit_datamodels
+from dmtoolkit.estimate.influence import UndefinedInfluenceWarning, compute_influence, influence_from_arrays
+from dmtoolkit.estimate.lds import evaluate
+from dmtoolkit.recipe import Recipe, load_recipe
+from dmtoolkit.recipe_overrides import apply_overrides
 from dmtoolkit.run.driver import train_store
 from dmtoolkit.run.executors import make_executor
 from dmtoolkit.run.prepare import build_run_data

@@ -1,4 +1,4 @@
-"""dmtoolkit.reliability on arrays with known answers, against independent references (brute force, plain
+"""dmtoolkit.analyze.reliability on arrays with known answers, against independent references (brute force, plain
 NumPy)."""
 
 from __future__ import annotations
@@ -10,15 +10,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dmtoolkit.estimate.splits import split_rows
-from dmtoolkit.masks import hadamard_order, make_masks
-from dmtoolkit.recipe import SubsetSpec, parse_recipe_dict
-from dmtoolkit.reliability import (
+from dmtoolkit.analyze.reliability import (
     class_influence,
     holdout_split,
     sampling_units,
     split_halves,
 )
+from dmtoolkit.estimate.splits import split_rows
+from dmtoolkit.masks import hadamard_order, make_masks
+from dmtoolkit.recipe import SubsetSpec, parse_recipe_dict
 from dmtoolkit.store import RunStore, create_store
 
 from .synthetic import difference_of_means_reference, linear_runs, synthetic_data

@@ -11,15 +11,15 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from dmtoolkit.cli import cli
-from dmtoolkit.errors import UserError
-from dmtoolkit.recipe import parse_recipe_dict
-from dmtoolkit.reliability import (
+from dmtoolkit.analyze.reliability import (
     class_influence,
     class_target_matrix,
     reliability_report,
     split_half_agreements,
 )
+from dmtoolkit.cli import cli
+from dmtoolkit.errors import UserError
+from dmtoolkit.recipe import parse_recipe_dict
 from dmtoolkit.stats.correlation import defined_spearman, models_for_reliability, spearman_brown
 from dmtoolkit.stats.ranking import nanmean_rows
 from dmtoolkit.store import RunStore, create_store
@@ -276,7 +276,7 @@ def test_example_level_stores_get_the_same_answers_cheaply(tmp_path: Path) -> No
 def test_verdict_says_when_a_ranking_is_not_reproducible(tmp_path: Path) -> None:
     """Much noise and few models: a split-half at or below 0 says so, and that no number of models can be
     extrapolated from it; with little noise the ranking is reproducible."""
-    from dmtoolkit.reliability import reliability_verdict
+    from dmtoolkit.analyze.reliability import reliability_verdict
 
     noisy = simulated_store(tmp_path / "noisy.h5", true_effects(), models=64, noise=30.0)
     within = reliability_report(noisy).stores[0].ranking

@@ -13,8 +13,8 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from scipy.stats import spearmanr
 
+from dmtoolkit.analyze.reliability import holdout_split, split_halves
 from dmtoolkit.masks import make_masks
-from dmtoolkit.reliability import holdout_split, split_halves
 from dmtoolkit.stats.correlation import models_for_reliability
 from dmtoolkit.stats.ranking import nanmean_rows, rank_positions
 

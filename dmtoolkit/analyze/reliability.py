@@ -1,5 +1,4 @@
-"""How reliable are influence estimates? Split halves that follow the mask design, Spearman–Brown, LDS on
-arrays and digit ranks, as pure functions on arrays.
+"""How reliable are influence estimates? Split halves that follow the mask design, read by Spearman–Brown.
 
 Rows drawn together are one *sampling unit*: an antithetic pair (a mask and its complement) or an
 orthogonal (Hadamard) block. Their estimates are not independent draws (a pair cancels shared noise, a
@@ -12,8 +11,8 @@ reliability of the ranking of the source units (classes, or examples) by mean in
 target-class matrix, with a verdict line each, and the agreement of two stores, which with different mask and training seeds measures what a user needs — whether another run
 would give the same answer (see `CrossRun` for the assumption behind its extrapolation).
 
-Influence comes from the library's estimator (`dmtoolkit.estimate.influence.influence_from_arrays`), the
-LDS predictor and score from `dmtoolkit.estimate.lds`; the class ranking is `rank_classes`' rule.
+Influence comes from the library's estimator (`dmtoolkit.estimate.influence.influence_from_arrays`); the mean
+over targets, Spearman and Spearman–Brown from `dmtoolkit.stats` (the per-unit mean is `rank_classes`' own).
 """
 
 from __future__ import annotations
