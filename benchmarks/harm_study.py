@@ -49,13 +49,13 @@ from dmtoolkit.analyze.recommend import (
 )
 from dmtoolkit.analyze.retrain import train_masks
 from dmtoolkit.estimate import compute_influence
-from dmtoolkit.estimate.calibration import interval_quantile
 from dmtoolkit.estimate.files import load_estimate
 from dmtoolkit.recipe import RECIPES_DIR, Recipe, load_recipe
 from dmtoolkit.recipe_overrides import apply_overrides
 from dmtoolkit.run.driver import train_store
 from dmtoolkit.run.executors import make_executor
 from dmtoolkit.run.prepare import build_run_data
+from dmtoolkit.stats.intervals import interval_quantile
 from dmtoolkit.store import RunData, RunStore, create_store
 
 KINDS = ["conflict", "noise", "shuffled", "duplicate"]

@@ -40,11 +40,11 @@ import numpy as np
 from detector_study import RECIPES, _num, _seeds, ensure_store  # benchmarks/ is on sys.path
 
 from dmtoolkit.analyze import detect_leakage, detect_mislabels
-from dmtoolkit.analyze.evidence import benjamini_hochberg
 from dmtoolkit.estimate.files import load_estimate, read_extra
 from dmtoolkit.estimate.lds import evaluate
 from dmtoolkit.recipe import Recipe, load_recipe
 from dmtoolkit.recipe_overrides import apply_overrides
+from dmtoolkit.stats.pvalues import benjamini_hochberg
 from dmtoolkit.store import RunStore
 
 RECIPE = "glyphs-fashion-pool-50k.yaml"

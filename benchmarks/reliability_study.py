@@ -9,12 +9,12 @@ run's own randomness differs. Run 0 is the development run (the recipe's own see
 with run 0 on MNIST; the table's "fresh pairs" column (pairs of fresh runs only) and fashion-mnist confirm.
 
 For n in a grid (32, 64, 128, …, and `--models`) the study takes the first n rows of every store, cut back to
-whole sampling units (`dmtoolkit.reliability.sampling_units`: an antithetic pair or an orthogonal block is
+whole sampling units (`dmtoolkit.analyze.reliability.sampling_units`: an antithetic pair or an orthogonal block is
 never cut, so an orthogonal design with 36 classes has points only at multiples of its 128-model block), and
 for every influence estimator (`estimator_names("influence")`: difference-of-means, regression — estimators
 cost no training, so all are evaluated on the same stores) records:
 
-- cross-run agreement of the per-class ranking: `defined_spearman` of `mean_influence` (mean over targets, the
+- cross-run agreement of the per-class ranking: `defined_spearman` of `nanmean_rows` (mean over targets, the
   rule `reliability_report` uses) for every pair of runs, mean and SD over pairs; the same for the class ×
   target-class matrix (`class_target_matrix`); and, per pair, the library's `CrossRun` (its `predicted` is the
   agreement the two stores' split-halves promise, so observed ≪ predicted says the split-halves are
@@ -61,22 +61,22 @@ from typing import Any
 
 import numpy as np
 
-from dmtoolkit.estimate.registry import estimator_names
-from dmtoolkit.recipe import RECIPES_DIR, Recipe, load_recipe
-from dmtoolkit.recipe_overrides import apply_overrides
-from dmtoolkit.reliability import (
+from dmtoolkit.analyze.reliability import (
     GOALS,
     CrossRun,
     WithinStore,
     class_influence,
     class_target_matrix,
-    mean_influence,
     sampling_units,
     split_half_agreements,
 )
+from dmtoolkit.estimate.registry import estimator_names
+from dmtoolkit.recipe import RECIPES_DIR, Recipe, load_recipe
+from dmtoolkit.recipe_overrides import apply_overrides
 from dmtoolkit.run.driver import train_store
 from dmtoolkit.run.executors import make_executor
 from dmtoolkit.run.prepare import build_run_data
+from dmtoolkit.stats.ranking import nanmean_rows
 from dmtoolkit.store import RunStore, create_store
 from dmtoolkit.train.baselines import transfer_baselines
 from dmtoolkit.train.job import RunContext
@@ -234,7 +234,7 @@ def point(runs: list[dict[str, Any]], rows: int, estimator: str) -> dict[str, An
             influence = np.full((masks.shape[1], margins.shape[1]), np.nan)
         ranking, matrix = split_half_agreements(masks, margins, units, run["labels"], run["classes"],
                                                 seeds=SPLIT_SEEDS, estimator=estimator)
-        answers.append((mean_influence(influence), class_target_matrix(influence, run["labels"], run["classes"])))
+        answers.append((nanmean_rows(influence), class_target_matrix(influence, run["labels"], run["classes"])))
         within.append((WithinStore(ranking, rows), WithinStore(matrix, rows)))
         cpu.append((float(run["seconds"][:rows].sum()) + fit_seconds) / 60)
     pairs = list(itertools.combinations(range(len(runs)), 2))

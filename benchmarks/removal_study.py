@@ -45,6 +45,7 @@ from dmtoolkit.recipe_overrides import apply_overrides
 from dmtoolkit.run.driver import train_store
 from dmtoolkit.run.executors import make_executor
 from dmtoolkit.run.prepare import build_run_data
+from dmtoolkit.stats.intervals import interval_quantile
 from dmtoolkit.store import RunData, RunStore, create_store
 from dmtoolkit.train.job import group_size as group_size_of
 
@@ -78,7 +79,7 @@ def interval(values: np.ndarray) -> dict[str, float]:
     values = np.asarray(values, np.float64)
     n = len(values)
     mean, sd = float(values.mean()), float(values.std(ddof=1)) if n > 1 else 0.0
-    half = float(stats.t.ppf(0.975, n - 1) * sd / np.sqrt(n)) if n > 1 else float("nan")
+    half = float(interval_quantile(0.95, n - 1) * sd / np.sqrt(n)) if n > 1 else float("nan")
     return {"mean": mean, "sd": sd, "low": mean - half, "high": mean + half, "se": sd / np.sqrt(n) if n else 0.0}
 
 

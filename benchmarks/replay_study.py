@@ -48,13 +48,7 @@ from dmtoolkit.analyze import detect_leakage, detect_mislabels
 from dmtoolkit.estimate.base import linear_prediction
 from dmtoolkit.estimate.files import load_estimate, read_extra
 from dmtoolkit.estimate.fit import fit_store, store_units
-from dmtoolkit.estimate.lds import (
-    bootstrap_lds_interval,
-    bootstrap_lds_means,
-    evaluate,
-    lds_per_target,
-    summarise_lds,
-)
+from dmtoolkit.estimate.lds import evaluate
 from dmtoolkit.estimate.registry import make_estimator
 from dmtoolkit.estimate.replay import ReplayEstimator, pipeline_margins, problem_from_trainer
 from dmtoolkit.recipe import Recipe, load_recipe
@@ -62,6 +56,7 @@ from dmtoolkit.recipe_overrides import apply_overrides
 from dmtoolkit.run.driver import train_store
 from dmtoolkit.run.executors import make_executor
 from dmtoolkit.run.prepare import build_run_data
+from dmtoolkit.stats.lds import bootstrap_lds_interval, bootstrap_lds_means, lds_per_target, summarise_lds
 from dmtoolkit.store import RunStore, create_store
 from dmtoolkit.train.job import RunContext
 

@@ -8,9 +8,11 @@ top 5 source classes, class-influence LDS on held-out models, target accuracy, C
 number of models that split-half 0.8 would need (Spearman-Brown from the measured value). `--seed-check
 LEVER` retrains that lever with another shared training seed and reports how far its ranking moves.
 
-Every statistic comes from the library (`dmtoolkit.reliability`): halves and held-out models are whole
-sampling units (an antithetic pair or an orthogonal block stays on one side), digit ranks follow
-`rank_classes`' order, and training goes through `train_store`.
+Every statistic is built from the library's parts (`dmtoolkit.analyze.reliability`, `dmtoolkit.stats`): halves and
+held-out models are whole sampling units (an antithetic pair or an orthogonal block stays on one side), digit
+ranks follow `rank_classes`' order (`dmtoolkit.stats.ranking`), and training goes through `train_store`. The
+split-half at a given size, class LDS on arrays and digit ranks only this study reports are defined here
+(tests/test_signal_study.py checks them against NumPy and scipy references).
 
     .venv/bin/python benchmarks/signal_study.py --models 256 --out runs/signal \\
         --levers default,logits-antithetic,ridge-logits-antithetic [--seed-check ridge-logits-antithetic]
@@ -28,31 +30,34 @@ import json
 import tempfile
 import time
 import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from dmtoolkit.analyze import detect_leakage, detect_mislabels
+from dmtoolkit.analyze.reliability import (
+    DEFAULT_ESTIMATOR,
+    SplitHalfReliability,
+    class_influence,
+    holdout_split,
+    sampling_units,
+    split_halves,
+)
 from dmtoolkit.errors import UserError
 from dmtoolkit.estimate.datamodels import fit_datamodels
-from dmtoolkit.estimate.influence import compute_influence
+from dmtoolkit.estimate.influence import UndefinedInfluenceWarning, compute_influence, influence_from_arrays
 from dmtoolkit.estimate.lds import evaluate
 from dmtoolkit.recipe import Recipe, load_recipe
 from dmtoolkit.recipe_overrides import apply_overrides
-from dmtoolkit.reliability import (
-    TARGET_RELIABILITY,
-    class_influence,
-    digit_ranks,
-    lds_from_arrays,
-    mean_influence,
-    sampling_units,
-    spearman,
-    split_half_reliability,
-)
 from dmtoolkit.run.driver import train_store
 from dmtoolkit.run.executors import make_executor
 from dmtoolkit.run.prepare import build_run_data
+from dmtoolkit.stats.correlation import TARGET_RELIABILITY, spearman
+from dmtoolkit.stats.lds import lds_per_target
+from dmtoolkit.stats.ranking import nanmean_rows, rank_positions
 from dmtoolkit.store import RunStore, create_store
 from dmtoolkit.train.baselines import transfer_baselines
 from dmtoolkit.train.job import RunContext
@@ -142,6 +147,120 @@ def train_lever(path: Path, recipe: Recipe, workers: int) -> float:
     return time.perf_counter() - started
 
 
+# Statistics only this study reports, built from the library's parts: halves of whole sampling units
+# (`split_halves`, `holdout_split`), its estimators (`class_influence`, `influence_from_arrays`), Spearman
+# and LDS (`dmtoolkit.stats`), and `rank_classes`' order (`dmtoolkit.stats.ranking`).
+MIN_HELDOUT = 3  # as `dmtoolkit evaluate`: a Spearman over fewer held-out models says nothing
+
+
+# split-half at a given size (this study only) -----------------------------------------------------------
+@dataclass(frozen=True)
+class SplitHalf:
+    """One split: Spearman of per-unit mean influence between the halves (None when undefined) and the
+    positions of the rows in each half."""
+
+    correlation: float | None
+    first: np.ndarray
+    second: np.ndarray
+
+    def to_json(self) -> dict[str, Any]:
+        return {"correlation": self.correlation, "first": self.first.tolist(), "second": self.second.tolist()}
+
+
+def split_half(masks: np.ndarray, margins: np.ndarray, units: Sequence[int] | np.ndarray, *,
+               count: int | None = None, seed: int = 0, estimator: str = DEFAULT_ESTIMATOR) -> SplitHalf:
+    """Split-half correlation of per-unit mean influence: `split_halves(units, count, seed)`, the
+    library's estimator on each half, Spearman (average ranks) of the two per-unit means."""
+    first, second = split_halves(units, count=count, seed=seed)
+    if len(first) < 2 or len(second) < 2:
+        return SplitHalf(None, first, second)
+    a = class_influence(masks[first], margins[first], estimator=estimator)
+    b = class_influence(masks[second], margins[second], estimator=estimator)
+    correlation = None if a is None or b is None else spearman(nanmean_rows(a), nanmean_rows(b))
+    return SplitHalf(correlation, first, second)
+
+
+def split_half_reliability(masks: np.ndarray, margins: np.ndarray, units: Sequence[int] | np.ndarray, *,
+                           count: int | None = None, seeds: Sequence[int] = range(10),
+                           estimator: str = DEFAULT_ESTIMATOR) -> SplitHalfReliability:
+    """`split_half` for each of `seeds` at `count` rows (default: all)."""
+    splits = [split_half(masks, margins, units, count=count, seed=s, estimator=estimator) for s in seeds]
+    half = float(np.mean([(len(s.first) + len(s.second)) / 2 for s in splits])) if splits else 0.0
+    return SplitHalfReliability(count=len(masks) if count is None else count, seeds=tuple(seeds),
+                                values=tuple(s.correlation for s in splits), half_models=half)
+
+
+# LDS on arrays --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class HeldOutLDS:
+    """LDS of class influence used as a linear predictor, fitted on `fit` rows and scored on `held` rows:
+    the mean over targets with a defined score (None when nothing could be scored) and each target's score."""
+
+    mean: float | None
+    per_target: np.ndarray
+    fit: np.ndarray
+    held: np.ndarray
+
+    def to_json(self) -> dict[str, Any]:
+        return {"mean": self.mean, "per_target": [float(v) if np.isfinite(v) else None for v in self.per_target],
+                "fit": self.fit.tolist(), "held": self.held.tolist()}
+
+
+def lds_from_arrays(masks: np.ndarray, margins: np.ndarray, *, units: Sequence[int] | np.ndarray | None = None,
+                    holdout_frac: float = 0.1, seed: int = 0, estimator: str = DEFAULT_ESTIMATOR) -> HeldOutLDS:
+    """Hold out whole sampling units (`holdout_split`; default: every row its own unit), fit the library's
+    `estimator` on the rest and score its linear prediction with `lds_per_target`. Needs MIN_HELDOUT held rows."""
+    units = np.arange(len(masks)) if units is None else np.asarray(units)
+    fit, held = holdout_split(units, holdout_frac, seed)
+    empty = np.full(margins.shape[1], np.nan)
+    if len(held) < MIN_HELDOUT or len(fit) < 2:
+        return HeldOutLDS(None, empty, fit, held)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UndefinedInfluenceWarning)
+        try:
+            fitted = influence_from_arrays(masks[fit], margins[fit], device="cpu", errors=False, estimator=estimator)
+        except UserError:
+            return HeldOutLDS(None, empty, fit, held)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        scores = lds_per_target(fitted.predict(masks[held]), margins[held])
+    finite = scores[np.isfinite(scores)]
+    return HeldOutLDS(float(finite.mean()) if len(finite) else None, scores, fit, held)
+
+
+# digit ranks ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DigitRanks:
+    """For each target class, the position (1 = most positive) of the source class of the same name among
+    all source classes, by mean influence over that class's target examples; None when there is no such
+    source class, no such target example, or its influence is undefined."""
+
+    target_classes: tuple[str, ...]
+    ranks: tuple[int | None, ...]
+
+    def in_top(self, k: int) -> int:
+        """How many target classes have their own source class among the top `k`."""
+        return sum(1 for r in self.ranks if r is not None and r <= k)
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(zip(self.target_classes, self.ranks))
+
+
+def digit_ranks(influence: np.ndarray, source_names: Sequence[str], target_names: Sequence[str],
+                target_labels: np.ndarray) -> DigitRanks:
+    """`DigitRanks` of an influence matrix (P source classes, T target examples with `target_labels`
+    indexing `target_names`); the same positions `class_positions(path, [name], target_class=name)` gives."""
+    source_names, labels = list(source_names), np.asarray(target_labels)
+    ranks: list[int | None] = []
+    for label, name in enumerate(target_names):
+        columns = np.flatnonzero(labels == label)
+        if name not in source_names or len(columns) == 0:
+            ranks.append(None)
+            continue
+        ranks.append(rank_positions(nanmean_rows(influence, columns))[source_names.index(name)])
+    return DigitRanks(tuple(target_names), tuple(ranks))
+
+
 ESTIMATORS = ("difference-of-means", "regression")
 
 
@@ -167,7 +286,7 @@ def estimator_reliability(masks: np.ndarray, margins: np.ndarray, units: np.ndar
     figures["digits_in_top5"] = 0 if ranks is None else ranks.in_top(5)
     lds = lds_from_arrays(masks, margins, units=units, holdout_frac=HOLDOUT_FRAC, estimator=estimator).mean
     figures["class_lds"] = None if lds is None else round(lds, 3)
-    figures["mean_class_influence"] = None if influence is None else mean_influence(influence).round(6).tolist()
+    figures["mean_class_influence"] = None if influence is None else nanmean_rows(influence).round(6).tolist()
     return figures
 
 

@@ -30,7 +30,7 @@ and `mean-q` (τ weighted by q averaged over the networks and checkpoints, as TR
 `dmtoolkit.estimate.gradient.attribute(networks, q="mean")` computes for these networks).
 
 CPU-minutes: process CPU time of the scoring only (both score the same networks; training them is reported
-once, shared). LDS [95%]: `dmtoolkit.estimate.lds` (`summarise_lds`, `bootstrap_lds_interval` over the held-out
+once, shared). LDS [95%]: `dmtoolkit.stats.lds` (`summarise_lds`, `bootstrap_lds_interval` over the held-out
 sampling units), the same functions `dmtoolkit evaluate` uses, on the same held-out models for both.
 
 Install TRAK (a benchmark extra, never a runtime dependency) beside the toolkit, without touching its venv:
@@ -103,7 +103,7 @@ def _trak_classes():  # noqa: ANN202 - imported late: traker is an optional benc
 
 
 def _lds(coef: np.ndarray, masks: np.ndarray, actual: np.ndarray, units: np.ndarray) -> tuple[float, tuple]:
-    from dmtoolkit.estimate.lds import bootstrap_lds_interval, summarise_lds
+    from dmtoolkit.stats.lds import bootstrap_lds_interval, summarise_lds
 
     predicted = masks.astype(np.float64) @ coef.astype(np.float64)
     _, mean, _ = summarise_lds(predicted, actual)

@@ -520,7 +520,7 @@ def reliability(store_path: Path, other_path: Path | None, estimator: str, as_js
       dmtoolkit reliability stores/runs.h5
       dmtoolkit reliability stores/runs-seed0.h5 stores/runs-seed1.h5 --json
     """
-    from dmtoolkit.reliability import reliability_report
+    from dmtoolkit.analyze.reliability import reliability_report
     from dmtoolkit.report.text import format_reliability
 
     result = reliability_report(store_path, other_path, estimator=estimator)

@@ -1,7 +1,7 @@
 """How a result shows itself in a notebook: `print(result)` gives the CLI's text, `result` a one-line repr,
 Jupyter an HTML table (`_repr_html_`), and `result.to_frame()` a pandas DataFrame.
 
-Result types (analyze/results.py, estimate/lds.py, reliability.py) inherit `Displayable`, are declared
+Result types (analyze/results.py, estimate/lds.py, analyze/reliability.py) inherit `Displayable`, are declared
 `@dataclass(frozen=True, repr=False)` (so the dataclass does not replace the short repr), and say what their
 table is in `_table()`: column names and one tuple per row. Everything else is here, once.
 

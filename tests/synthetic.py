@@ -54,3 +54,19 @@ def synthetic_store(path: Path, margins: np.ndarray, masks: np.ndarray | None = 
         for i in np.flatnonzero(done):
             store.write_row(int(i), margins[i], seed=int(i), source_accuracy=0.5, target_accuracy=0.5, seconds=0.1)
     return path
+
+
+def linear_runs(m: int, P: int, T: int, effect_sd: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(masks, margins) of m models over P units without a store: random half masks, one effect per unit shared by
+    all T targets, unit-variance noise (float32, as a store holds them)."""
+    rng = np.random.default_rng(seed)
+    masks = rng.random((m, P)) < 0.5
+    effects = rng.normal(0, effect_sd, size=P)
+    margins = (masks @ effects)[:, None] + rng.normal(size=(m, T))
+    return masks.astype(np.float32), margins.astype(np.float32)
+
+
+def difference_of_means_reference(masks: np.ndarray, margins: np.ndarray) -> np.ndarray:
+    """Plain NumPy reference: per unit, mean margin with it minus mean margin without it."""
+    m = masks.astype(bool)
+    return np.stack([margins[m[:, k]].mean(0) - margins[~m[:, k]].mean(0) for k in range(m.shape[1])])

@@ -14,8 +14,9 @@ from scipy.stats import ConstantInputWarning, spearmanr
 from dmtoolkit.errors import StoreError
 from dmtoolkit.estimate.datamodels import fit_datamodels
 from dmtoolkit.estimate.influence import compute_influence
-from dmtoolkit.estimate.lds import LdsResult, evaluate, spearman_columns
+from dmtoolkit.estimate.lds import LdsResult, evaluate
 from dmtoolkit.masks import make_masks
+from dmtoolkit.stats.correlation import spearman_columns
 from dmtoolkit.store import RunStore
 
 from .synthetic import synthetic_store
@@ -126,7 +127,7 @@ def test_refusals(store: Path, tmp_path: Path) -> None:
 def test_lds_interval_covers_the_expected_score_of_another_test_set() -> None:
     """Calibration by simulation: a fixed linear estimate, test sets of 40 models drawn afresh; the 95%
     bootstrap interval from one test set covers the mean LDS over many test sets about 95% of the time."""
-    from dmtoolkit.estimate.lds import bootstrap_lds_interval, summarise_lds
+    from dmtoolkit.stats.lds import bootstrap_lds_interval, summarise_lds
 
     rng = np.random.default_rng(0)
     units, targets, n = 12, 20, 40
@@ -149,7 +150,7 @@ def test_lds_interval_covers_the_expected_score_of_another_test_set() -> None:
 
 def test_lds_interval_resamples_antithetic_pairs_whole(tmp_path: Path) -> None:
     """An antithetic store's held-out pairs are the resampled draws; too few draws give no interval."""
-    from dmtoolkit.estimate.lds import bootstrap_lds_interval
+    from dmtoolkit.stats.lds import bootstrap_lds_interval
 
     rng = np.random.default_rng(3)
     masks = make_masks(2, 120, 10, 0.5, antithetic=True)
@@ -166,7 +167,7 @@ def test_lds_interval_resamples_antithetic_pairs_whole(tmp_path: Path) -> None:
 
 def test_lds_interval_matches_re_ranking_every_resample() -> None:
     """Reference: a plain loop that resamples pairs and re-ranks with scipy each time gives the same interval."""
-    from dmtoolkit.estimate.lds import bootstrap_lds_interval
+    from dmtoolkit.stats.lds import bootstrap_lds_interval
 
     rng = np.random.default_rng(5)
     n, targets = 60, 8

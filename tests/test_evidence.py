@@ -16,7 +16,6 @@ from hypothesis import strategies as st
 from scipy import stats
 
 from dmtoolkit.analyze import detect_leakage, detect_mislabels
-from dmtoolkit.analyze.evidence import benjamini_hochberg, bh_adjusted, check_fdr, one_sided_pvalues, simes
 from dmtoolkit.analyze.examples import find_copies, near_duplicate_matrix
 from dmtoolkit.cli import cli
 from dmtoolkit.errors import UserError
@@ -26,6 +25,7 @@ from dmtoolkit.estimate.splits import design_units
 from dmtoolkit.masks import make_masks
 from dmtoolkit.recipe import Recipe, parse_recipe_dict
 from dmtoolkit.report import text
+from dmtoolkit.stats.pvalues import benjamini_hochberg, bh_adjusted, check_fdr, one_sided_pvalues, simes
 from dmtoolkit.store import Planted, RunStore, create_store
 from tests.synthetic import synthetic_data
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from dmtoolkit.analyze.evidence import bh_adjusted, network_calibration, one_sided_pvalues, simes
+from dmtoolkit.analyze.evidence import network_calibration
 from dmtoolkit.analyze.examples import detect_leakage, detect_mislabels
 from dmtoolkit.cli import cli
 from dmtoolkit.errors import UserError
@@ -30,6 +30,7 @@ from dmtoolkit.estimate.files import load_estimate
 from dmtoolkit.estimate.fit import fit_store
 from dmtoolkit.estimate.gradient import GradientEstimator, fit_gradient, gradient_memory_bytes
 from dmtoolkit.resources import ResourceError
+from dmtoolkit.stats.pvalues import bh_adjusted, one_sided_pvalues, simes
 
 from .test_gradient import _trained_example_store
 

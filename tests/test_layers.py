@@ -1,7 +1,7 @@
 """Layers point one way: a module imports only its own layer and the ones below (any import, lazy ones too).
 
-foundation (errors, devices, lock, masks, recipe, atomic, store, ...) < data < train < run < estimate
-< analyze < report < demo, cli. `reliability` sits beside analyze (it reads estimates, renders nothing).
+foundation (errors, devices, lock, masks, recipe, atomic, store, stats, ...) < data < train < run < estimate
+< analyze < report < demo, cli.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "dmtoolkit"
-LAYERS = {"data": 1, "train": 2, "run": 3, "estimate": 4, "analyze": 5, "reliability": 5, "report": 6,
-          "demo": 7, "cli": 7, "__main__": 7}
+LAYERS = {"data": 1, "train": 2, "run": 3, "estimate": 4, "analyze": 5, "report": 6, "demo": 7, "cli": 7,
+          "__main__": 7}
 
 
 def layer_of(module: str) -> int:

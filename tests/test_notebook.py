@@ -96,9 +96,9 @@ def test_to_frame_without_pandas_names_the_extra(estimate: tuple[Path, Path], mo
 
 def test_every_displayable_result_has_a_formatter_a_table_and_the_short_repr() -> None:
     """Every result type the CLI prints inherits Displayable, has a registered formatter and keeps its repr."""
+    import dmtoolkit.analyze.reliability as reliability
     import dmtoolkit.analyze.results as results
     import dmtoolkit.estimate.lds as lds
-    import dmtoolkit.reliability as reliability
     import dmtoolkit.report.text  # noqa: F401 (registers the formatters; a result's str() does this itself)
     from dmtoolkit.display import _TEXT, type_name
 

@@ -11,19 +11,17 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from dmtoolkit.analyze.reliability import (
+    class_influence,
+    class_target_matrix,
+    reliability_report,
+    split_half_agreements,
+)
 from dmtoolkit.cli import cli
 from dmtoolkit.errors import UserError
 from dmtoolkit.recipe import parse_recipe_dict
-from dmtoolkit.reliability import (
-    class_influence,
-    class_target_matrix,
-    defined_spearman,
-    mean_influence,
-    models_for_reliability,
-    reliability_report,
-    spearman_brown,
-    split_half_agreements,
-)
+from dmtoolkit.stats.correlation import defined_spearman, models_for_reliability, spearman_brown
+from dmtoolkit.stats.ranking import nanmean_rows
 from dmtoolkit.store import RunStore, create_store
 from dmtoolkit.store_checks import validate_store
 
@@ -97,7 +95,7 @@ def test_agreement_is_high_with_little_noise_and_falls_with_more(tmp_path: Path)
         reports[noise] = reliability_report(a, b)
         with RunStore(a) as store:
             masks, margins = store.read_rows(store.completed_rows())
-        recovered = defined_spearman(mean_influence(class_influence(masks, margins)), effects.mean(1))
+        recovered = defined_spearman(nanmean_rows(class_influence(masks, margins)), effects.mean(1))
         assert (recovered > 0.85) if noise < 1 else (recovered < 0.7), (noise, recovered)  # the true ranking
     low, high = reports[0.2], reports[10.0]
     assert low.ranking.correlation > 0.85 and low.matrix.correlation > 0.85
@@ -142,7 +140,7 @@ def test_cross_run_numbers_follow_their_definitions(tmp_path: Path) -> None:
         labels = s.target_labels
     assert cross.correlation == pytest.approx(
         defined_spearman(class_target_matrix(x, labels, 3), class_target_matrix(y, labels, 3)))
-    assert report.ranking.correlation == pytest.approx(defined_spearman(mean_influence(x), mean_influence(y)))
+    assert report.ranking.correlation == pytest.approx(defined_spearman(nanmean_rows(x), nanmean_rows(y)))
 
 
 def test_regression_is_the_more_reliable_estimator_on_linear_margins(tmp_path: Path) -> None:
@@ -278,7 +276,7 @@ def test_example_level_stores_get_the_same_answers_cheaply(tmp_path: Path) -> No
 def test_verdict_says_when_a_ranking_is_not_reproducible(tmp_path: Path) -> None:
     """Much noise and few models: a split-half at or below 0 says so, and that no number of models can be
     extrapolated from it; with little noise the ranking is reproducible."""
-    from dmtoolkit.reliability import reliability_verdict
+    from dmtoolkit.analyze.reliability import reliability_verdict
 
     noisy = simulated_store(tmp_path / "noisy.h5", true_effects(), models=64, noise=30.0)
     within = reliability_report(noisy).stores[0].ranking

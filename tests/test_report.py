@@ -16,11 +16,11 @@ import pytest
 from click.testing import CliRunner
 
 from dmtoolkit.analyze import load_estimate
+from dmtoolkit.analyze.reliability import reliability_report
 from dmtoolkit.analyze.results import ClassEffect, ClassRanking, LeakageReport, SourceCopy
 from dmtoolkit.cli import cli
 from dmtoolkit.estimate import compute_influence, fit_datamodels
 from dmtoolkit.estimate.lds import evaluate
-from dmtoolkit.reliability import reliability_report
 from dmtoolkit.report import build_report
 from dmtoolkit.report.summary import (
     EstimateTrust,

@@ -21,7 +21,6 @@ from dmtoolkit.analyze.estimates import (
     as_opened,
     require_kind,
 )
-from dmtoolkit.analyze.evidence import bh_adjusted, check_fdr, one_sided_pvalues
 from dmtoolkit.analyze.options import (
     DETECT_FDR,
     EXPLAIN_TOP,
@@ -40,16 +39,12 @@ from dmtoolkit.analyze.results import (
     TargetEffect,
 )
 from dmtoolkit.errors import UserError
-from dmtoolkit.estimate.calibration import interval_quantile
 from dmtoolkit.estimate.difference_of_means import UndefinedInfluenceWarning
 from dmtoolkit.estimate.refit import refit_on_values
+from dmtoolkit.stats.intervals import interval_bounds
+from dmtoolkit.stats.pvalues import bh_adjusted, check_fdr, one_sided_pvalues
+from dmtoolkit.stats.ranking import nanmean_rows, rank_order
 from dmtoolkit.store import RunStore
-
-
-def _nanmean(matrix: np.ndarray, axis: int) -> np.ndarray:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows stay NaN
-        return np.nanmean(matrix, axis=axis)
 
 
 def _class_index(est: Estimate, name: str) -> int:
@@ -82,14 +77,6 @@ def _few_units(dof: int | None) -> str:
     if dof is not None and dof < MIN_EVIDENCE_DOF:
         return f"; only {dof + 1} sampling units, so intervals and p-values rest on few unit means: train more models"
     return ""
-
-
-def interval_bounds(values: np.ndarray, stderr: np.ndarray, level: float, dof: int | None) -> tuple[np.ndarray, np.ndarray]:
-    """values ∓ q·stderr with q the two-sided `level` quantile (Student t with `dof`, normal for None); NaN where
-    the value or its error is undefined."""
-    q = interval_quantile(level, dof)
-    values, stderr = np.asarray(values, np.float64), np.asarray(stderr, np.float64)
-    return values - q * stderr, values + q * stderr
 
 
 def _opt(value: float) -> float | None:
@@ -171,15 +158,14 @@ def rank_classes(path: str | Path | OpenedEstimate, *, top: int = RANK_TOP, targ
         if len(columns) == 0:
             raise UserError(f"target class {target_class!r} has no target examples in {est.path} "
                             f"(target classes: {', '.join(sorted(set(est.target_classes)))})")
-    overall = _nanmean(est.matrix[:, columns], axis=1)
+    overall = nanmean_rows(est.matrix, columns)
     low = high = None
     note = "no interval (not asked for)"
     with opened.using_store(required=False) as run:  # a stale estimate is refused here, as everywhere
         if level is not None:
             low, high, note = _rank_intervals(est, columns, overall, level, run)
-    defined = np.flatnonzero(np.isfinite(overall))
-    ranked = _effects(est, defined[np.argsort(-overall[defined], kind="stable")], overall, low, high)  # ties: lower first
-    worst = _effects(est, defined[np.argsort(overall[defined], kind="stable")], overall, low, high)
+    ranked = _effects(est, rank_order(overall), overall, low, high)  # ties: lower first; undefined left out
+    worst = _effects(est, rank_order(overall, descending=False), overall, low, high)
     return ClassRanking(
         file=str(est.path), estimator=est.estimator, target_class=target_class, targets=len(columns),
         overall=ranked, undefined=tuple(est.unit_names[k] for k in np.flatnonzero(~np.isfinite(overall))),
@@ -203,8 +189,7 @@ def subpopulation(path: str | Path | OpenedEstimate, class_name: str, *, n: int 
     require_kind(est, "class", "subpop")
     k = _class_index(est, class_name)
     row = est.matrix[k]
-    finite = np.flatnonzero(np.isfinite(row))
-    order = finite[np.argsort(-row[finite], kind="stable")][:n]
+    order = rank_order(row)[:n]
     if est.stderr is None:
         low = high = np.full(len(row), np.nan)
         note, shown_level = NO_STDERR, None
@@ -264,7 +249,7 @@ def explain_target(path: str | Path | OpenedEstimate, target: int, *, top: int =
         margins = run.margins[:, target][done] if len(done) else np.zeros(0, np.float32)
     predicted = majority_prediction(predictions.astype(np.int64))
     finite = np.flatnonzero(np.isfinite(column))
-    order = finite[np.argsort(column[finite], kind="stable")]
+    order = rank_order(column, descending=False)
     low = high = np.full(len(column), np.nan)
     p_less = q_less = p_greater = q_greater = None
     note, shown_level = NO_STDERR, None

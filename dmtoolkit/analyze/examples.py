@@ -23,7 +23,7 @@ from dmtoolkit.analyze.estimates import (
     as_opened,
     require_kind,
 )
-from dmtoolkit.analyze.evidence import bh_adjusted, check_fdr, fdr_phrase, one_sided_pvalues, simes
+from dmtoolkit.analyze.evidence import fdr_phrase
 from dmtoolkit.analyze.features import feature_similarity
 from dmtoolkit.analyze.options import (
     DETECT_FDR,
@@ -45,6 +45,8 @@ from dmtoolkit.analyze.results import (
 from dmtoolkit.errors import UserError
 from dmtoolkit.estimate.refit import refit_on_values
 from dmtoolkit.estimate.registry import estimator_entry
+from dmtoolkit.stats.pvalues import bh_adjusted, check_fdr, one_sided_pvalues, simes
+from dmtoolkit.stats.ranking import rank_order
 
 SHIFT = 1
 """Pixels a source image may be shifted by (each way) when compared: a near copy may be moved by one pixel."""
@@ -572,10 +574,10 @@ def detect_mislabels(path: str | Path | OpenedEstimate, *, fdr: float = DETECT_F
         order = order[defined[order]]
         flagged_rows = order[q[order] <= fdr]
         if source_p is None:  # target harm alone: listed by score, which ranks flips better than p or flags do
-            order = np.flatnonzero(defined)[np.argsort(score[defined], kind="stable")]
+            order = rank_order(score, descending=False)
             evidence += f"; listed by {by} score, flags marked (it ranks planted flips better: docs/gradient.md)"
     else:
-        order = np.flatnonzero(defined)[np.argsort(score[defined], kind="stable")]
+        order = rank_order(score, descending=False)
         flagged_rows = order[:0]
     flipped = planted.flipped.astype(bool) if planted is not None else None
 

@@ -41,19 +41,21 @@ prediction without retraining is measured in docs/signal.md (benchmarks/removal_
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from dmtoolkit.analyze.classes import check_level, interval_bounds, mean_influence_refit, percent
+from dmtoolkit.analyze.classes import check_level, mean_influence_refit, percent
 from dmtoolkit.analyze.estimates import Estimate, OpenedEstimate, as_opened, require_kind
-from dmtoolkit.analyze.evidence import benjamini_hochberg, bh_adjusted, check_fdr, fdr_phrase, one_sided_pvalues
+from dmtoolkit.analyze.evidence import fdr_phrase
 from dmtoolkit.analyze.options import DETECT_FDR, INTERVAL_LEVEL, RECOMMEND_SPLIT_SEED, RECOMMEND_VALIDATION_FRACTION
 from dmtoolkit.analyze.results import NO_STDERR, ClassEvidence, PredictionTrust, Recommendation, RemovalCandidate
 from dmtoolkit.analyze.retrain import check_ks, parse_ks
 from dmtoolkit.errors import UserError
+from dmtoolkit.stats.intervals import interval_bounds
+from dmtoolkit.stats.pvalues import benjamini_hochberg, bh_adjusted, check_fdr, one_sided_pvalues
+from dmtoolkit.stats.ranking import nanmean_rows, rank_order
 
 
 def split_targets(num_targets: int, validation_fraction: float = RECOMMEND_VALIDATION_FRACTION,
@@ -73,13 +75,7 @@ def split_targets(num_targets: int, validation_fraction: float = RECOMMEND_VALID
 def removal_ranking(coef: np.ndarray, columns: np.ndarray) -> np.ndarray:
     """Class indices by mean influence over target `columns`, most negative first (ties: lower index first);
     classes with no defined influence there come last."""
-    coef = np.asarray(coef, np.float64)[:, columns]
-    defined = np.isfinite(coef).any(1)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        mean = np.nanmean(coef, axis=1)
-    order = np.argsort(np.where(defined, mean, np.inf), kind="stable")
-    return order
+    return rank_order(nanmean_rows(np.asarray(coef, np.float64), columns), descending=False, undefined="last")
 
 
 def predicted_removal_change(coef: np.ndarray, intercept: np.ndarray, removed: np.ndarray,

@@ -12,18 +12,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats
 
 from dmtoolkit.estimate.registry import make_estimator
 from dmtoolkit.estimate.splits import SamplingUnits, design_units
 from dmtoolkit.masks import make_masks
+from dmtoolkit.stats.intervals import interval_quantile
 
 DESIGNS = ("random", "antithetic", "orthogonal", "orthogonal+antithetic")
-
-
-def interval_quantile(level: float, dof: int | None) -> float:
-    """Two-sided quantile for a `level` interval: Student t with `dof` degrees of freedom, normal for None."""
-    return float(stats.t.ppf((1 + level) / 2, dof) if dof else stats.norm.ppf((1 + level) / 2))
 
 
 @dataclass(frozen=True)

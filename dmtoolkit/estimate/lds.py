@@ -17,6 +17,9 @@ sampling units, by the estimators' own rule (`store_units`: an antithetic pair, 
 model; held-out splits keep them whole), are resampled with replacement and the mean LDS recomputed, so the
 interval says how much the score would move on another set of test models of the same size (the estimate
 itself is held fixed). Fewer than 3 held-out units give no interval.
+
+The arithmetic on arrays (per-target score, summary, bootstrap) is `dmtoolkit.stats.lds`; this module applies it to
+an estimate file and its run store and words the verdict.
 """
 
 from __future__ import annotations
@@ -27,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy.stats import rankdata
 
 from dmtoolkit.display import Displayable, count_up
 from dmtoolkit.errors import StoreError, UserError
@@ -36,6 +38,14 @@ from dmtoolkit.estimate.blocks import TargetColumns, row_blocks
 from dmtoolkit.estimate.files import OpenedEstimate, load_estimate
 from dmtoolkit.estimate.fit import store_units
 from dmtoolkit.estimate.splits import split_rows
+from dmtoolkit.stats.intervals import percentile_interval
+from dmtoolkit.stats.lds import (
+    BOOTSTRAP_DRAWS,
+    INTERVAL_LEVEL,
+    bootstrap_lds_interval,
+    bootstrap_lds_means,
+    summarise_lds,
+)
 from dmtoolkit.store import RunStore
 
 LDS_WEAK = 0.1
@@ -47,24 +57,6 @@ CURVE_SEED = 1
 """Seed of the split of the fitting models in two halves for the LDS curve."""
 
 HISTOGRAM_EDGES = np.round(np.linspace(-1, 1, 21), 10)
-BOOTSTRAP_DRAWS = 400
-INTERVAL_LEVEL = 0.95
-
-
-def spearman_columns(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Spearman correlation of each column of a with the same column of b (average ranks for ties); NaN if constant."""
-    ra, rb = rankdata(a, axis=0), rankdata(b, axis=0)
-    ra, rb = ra - ra.mean(0), rb - rb.mean(0)
-    denom = np.sqrt((ra * ra).sum(0) * (rb * rb).sum(0))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(denom > 0, (ra * rb).sum(0) / denom, np.nan)
-
-
-def lds_per_target(predicted: np.ndarray, actual: np.ndarray) -> np.ndarray:
-    """Spearman of each column; a constant prediction of a varying target scores 0 (abstaining earns nothing)."""
-    lds = spearman_columns(predicted, actual)
-    lds[(np.ptp(predicted, axis=0) == 0) & (np.ptp(actual, axis=0) > 0)] = 0.0
-    return lds
 
 
 @dataclass(frozen=True)
@@ -177,71 +169,6 @@ class LdsResult(Displayable):
         }
 
 
-def summarise_lds(predicted: np.ndarray, actual: np.ndarray) -> tuple[np.ndarray, float | None, float | None]:
-    """(per-target LDS, mean, median over defined targets) of predicted vs actual margins, (n, T) each."""
-    lds = lds_per_target(predicted, actual)
-    finite = lds[np.isfinite(lds)]
-    if not len(finite):
-        return lds, None, None
-    return lds, float(finite.mean()), float(np.median(finite))
-
-
-def bootstrap_lds_interval(predicted: np.ndarray, actual: np.ndarray, units: np.ndarray, *,
-                           draws: int = BOOTSTRAP_DRAWS, level: float = INTERVAL_LEVEL,
-                           seed: int = 0) -> tuple[float, float] | None:
-    """Percentile interval of the mean LDS when the test models' sampling units (`units`, one id per row of
-    predicted/actual (n, T)) are resampled with replacement; None with fewer than 3 units or no defined mean.
-
-    Ranks are taken once on the test set and a draw reweights its models by how often their unit was drawn,
-    so a draw's score per target is the weighted correlation of those ranks (all draws in a few matrix
-    products; re-ranking every resample gives the same interval to about 0.01, at a hundred times the cost).
-    """
-    means = bootstrap_lds_means(predicted, actual, units, draws=draws, seed=seed)
-    if means is None:
-        return None
-    means = means[np.isfinite(means)]  # draws of one repeated unit define no correlation
-    if len(means) < draws / 2:
-        return None
-    tail = (1 - level) / 2
-    return float(np.quantile(means, tail)), float(np.quantile(means, 1 - tail))
-
-
-def bootstrap_lds_means(predicted: np.ndarray, actual: np.ndarray, units: np.ndarray, *,
-                        draws: int = BOOTSTRAP_DRAWS, seed: int = 0) -> np.ndarray | None:
-    """The mean LDS of each bootstrap draw (`bootstrap_lds_interval`), (draws,); None with fewer than 3 units or no
-    defined mean. The draws depend only on `units`, `draws` and `seed`, so two predictions of the same test
-    models resampled with the same arguments are paired draw by draw."""
-    ids, members = np.unique(units, return_inverse=True)
-    if len(ids) < 3:
-        return None
-    lds = lds_per_target(predicted, actual)
-    defined = np.isfinite(lds)
-    if not defined.any():
-        return None
-    abstains = defined & (np.ptp(predicted, axis=0) == 0)  # constant prediction: scores 0 in every draw
-    ranked = defined & ~abstains
-    ra, rb = rankdata(predicted[:, ranked], axis=0), rankdata(actual[:, ranked], axis=0)
-    ra, rb = ra - ra.mean(0), rb - rb.mean(0)
-    rng = np.random.default_rng(seed)
-    counts = np.stack([np.bincount(rng.integers(0, len(ids), len(ids)), minlength=len(ids)) for _ in range(draws)])
-    weights = counts[:, members].astype(np.float64)  # (draws, n)
-    total = weights.sum(1, keepdims=True)
-    mean_a, mean_b = weights @ ra / total, weights @ rb / total
-    cov = weights @ (ra * rb) / total - mean_a * mean_b
-    var_a = weights @ (ra * ra) / total - mean_a**2
-    var_b = weights @ (rb * rb) / total - mean_b**2
-    with np.errstate(invalid="ignore", divide="ignore"):
-        corr = np.where((var_a > 0) & (var_b > 0), cov / np.sqrt(var_a * var_b), np.nan)
-    scores = np.full((draws, int(defined.sum())), 0.0)
-    scores[:, ranked[defined]] = corr
-    # a draw of one repeated unit (likely with few units: 3 units give 1 draw in 9) has no rank variance, so no
-    # target's correlation is defined in it: its mean is NaN (no warning), and the callers leave such draws out
-    defined_scores = np.isfinite(scores)
-    per_draw = defined_scores.sum(axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(per_draw > 0, np.where(defined_scores, scores, 0.0).sum(axis=1) / per_draw, np.nan)
-
-
 def _needed(full_models: int, full: float, gain: float, goal: float) -> float:
     return float(full_models) if full >= goal else float(full_models * 2 ** ((goal - full) / gain))
 
@@ -269,11 +196,8 @@ def lds_curve(est: Any, store: RunStore, masks: np.ndarray, actual: np.ndarray, 
         gain = (full_lds - half_lds) / doublings
         a = bootstrap_lds_means(half_predicted, actual, units, draws=draws)
         b = bootstrap_lds_means(full_predicted, actual, units, draws=draws)
-        if a is not None and b is not None:
-            tail = (1 - level) / 2
-            difference = ((b - a) / doublings)[np.isfinite(a) & np.isfinite(b)]  # paired draws defined in both
-            if len(difference) >= draws / 2:
-                interval = (float(np.quantile(difference, tail)), float(np.quantile(difference, 1 - tail)))
+        if a is not None and b is not None:  # paired draws; NaN where either is undefined
+            interval = percentile_interval((b - a) / doublings, level, draws / 2)
             if interval is not None and interval[0] > 0:
                 needed = {str(goal): _needed(len(rows), full_lds, gain, goal) for goal in LDS_GOALS}
     return LdsCurve(half_models=len(half), full_models=len(rows), half_lds=half_lds, full_lds=full_lds, gain=gain,

@@ -204,7 +204,7 @@ class Notes:
 def _reliability(path: Path, summary: dict[str, Any], notes: Notes) -> StoreTrust:
     """What the trust answer reads about a run store: `reliability_report`'s split-half of its ranking (of
     classes, or of examples at the example level), its full-store value and the models needed."""
-    from dmtoolkit.reliability import reliability_report
+    from dmtoolkit.analyze.reliability import reliability_report
 
     completed, kind = int(summary["models"]["completed"]), str(summary.get("kind"))
     try:

@@ -26,8 +26,8 @@ from dmtoolkit.analyze.results import (
 from dmtoolkit.display import count_up, register_text, type_name
 
 if TYPE_CHECKING:
+    from dmtoolkit.analyze.reliability import CrossRun, ReliabilityReport, StoreReliability
     from dmtoolkit.estimate.lds import LdsResult
-    from dmtoolkit.reliability import CrossRun, ReliabilityReport, StoreReliability
 
 
 def signed(value: float | None, digits: int = 4) -> str:
@@ -377,4 +377,4 @@ register_text({type_name(cls): formatter for cls, formatter in (
     (CounterfactualResult, format_counterfactual), (LeakageReport, format_leakage), (MislabelReport, format_mislabels),
     (DemoSummary, format_demo), (Recommendation, format_recommendation))})
 register_text({"dmtoolkit.estimate.lds.LdsResult": format_lds,
-               "dmtoolkit.reliability.ReliabilityReport": format_reliability})
+               "dmtoolkit.analyze.reliability.ReliabilityReport": format_reliability})

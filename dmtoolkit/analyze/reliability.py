@@ -1,5 +1,4 @@
-"""How reliable are influence estimates? Split halves that follow the mask design, Spearman–Brown, LDS on
-arrays and digit ranks, as pure functions on arrays.
+"""How reliable are influence estimates? Split halves that follow the mask design, read by Spearman–Brown.
 
 Rows drawn together are one *sampling unit*: an antithetic pair (a mask and its complement) or an
 orthogonal (Hadamard) block. Their estimates are not independent draws (a pair cancels shared noise, a
@@ -12,8 +11,8 @@ reliability of the ranking of the source units (classes, or examples) by mean in
 target-class matrix, with a verdict line each, and the agreement of two stores, which with different mask and training seeds measures what a user needs — whether another run
 would give the same answer (see `CrossRun` for the assumption behind its extrapolation).
 
-Influence comes from the library's estimator (`dmtoolkit.estimate.influence.influence_from_arrays`), the
-LDS predictor and score from `dmtoolkit.estimate.lds`; the class ranking is `rank_classes`' rule.
+Influence comes from the library's estimator (`dmtoolkit.estimate.influence.influence_from_arrays`); the mean
+over targets, Spearman and Spearman–Brown from `dmtoolkit.stats` (the per-unit mean is `rank_classes`' own).
 """
 
 from __future__ import annotations
@@ -30,15 +29,21 @@ from dmtoolkit.display import Displayable, count_up
 from dmtoolkit.errors import UserError
 from dmtoolkit.estimate.fit import completed_rows, store_units
 from dmtoolkit.estimate.influence import UndefinedInfluenceWarning, influence_from_arrays
-from dmtoolkit.estimate.lds import lds_per_target, spearman_columns
 from dmtoolkit.estimate.registry import estimator_names
 from dmtoolkit.estimate.splits import design_units, split_rows
 from dmtoolkit.recipe import Recipe, SubsetSpec
+from dmtoolkit.stats.correlation import (
+    MIN_DEFINED,
+    TARGET_RELIABILITY,
+    defined_spearman,
+    models_for_reliability,
+    models_needed,
+    projected_reliability,
+)
+from dmtoolkit.stats.ranking import nanmean_rows
 from dmtoolkit.store import RunStore
 
 DEFAULT_ESTIMATOR = "difference-of-means"
-TARGET_RELIABILITY = 0.8
-MIN_HELDOUT = 3  # as `dmtoolkit evaluate`: a Spearman over fewer held-out models says nothing
 
 
 # sampling units -----------------------------------------------------------------------------------------
@@ -94,24 +99,6 @@ def holdout_split(units: Sequence[int] | np.ndarray, frac: float, seed: int = 0)
     return split_rows(np.arange(len(units)), frac, seed, units)
 
 
-# Spearman–Brown ---------------------------------------------------------------------------------------
-def spearman_brown(reliability: float, factor: float) -> float:
-    """Reliability of a measurement `factor` times as long (here: as many models): kρ / (1 + (k − 1)ρ)."""
-    if factor <= 0:
-        raise ValueError(f"length factor {factor} must be positive")
-    return factor * reliability / (1 + (factor - 1) * reliability)
-
-
-def models_for_reliability(reliability: float, models: float, goal: float = TARGET_RELIABILITY) -> float | None:
-    """Models needed for reliability `goal` when `models` give `reliability` (inverse Spearman–Brown);
-    None unless 0 < reliability < 1."""
-    if not 0 < goal < 1:
-        raise ValueError(f"goal reliability {goal} must be in (0, 1)")
-    if not 0 < reliability < 1:
-        return None
-    return models * (goal / (1 - goal)) / (reliability / (1 - reliability))
-
-
 # influence on arrays ------------------------------------------------------------------------------------
 def class_influence(masks: np.ndarray, margins: np.ndarray, *, estimator: str = DEFAULT_ESTIMATOR,
                     device: str = "cpu") -> np.ndarray | None:
@@ -125,48 +112,7 @@ def class_influence(masks: np.ndarray, margins: np.ndarray, *, estimator: str = 
             return None
 
 
-def mean_influence(influence: np.ndarray, columns: np.ndarray | None = None) -> np.ndarray:
-    """Per-unit mean over target columns (all, or `columns`), NaNs ignored; NaN where none is defined."""
-    matrix = influence if columns is None else influence[:, columns]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows stay NaN
-        return np.nanmean(matrix, axis=1)
-
-
-def spearman(x: np.ndarray, y: np.ndarray) -> float | None:
-    """Spearman correlation of two vectors (average ranks for ties, as LDS); None when undefined (a NaN or a
-    constant vector)."""
-    value = float(spearman_columns(x[:, None], y[:, None])[0])
-    return value if np.isfinite(value) else None
-
-
 # split-half -----------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class SplitHalf:
-    """One split: Spearman of per-unit mean influence between the halves (None when undefined) and the
-    positions of the rows in each half."""
-
-    correlation: float | None
-    first: np.ndarray
-    second: np.ndarray
-
-    def to_json(self) -> dict[str, Any]:
-        return {"correlation": self.correlation, "first": self.first.tolist(), "second": self.second.tolist()}
-
-
-def split_half(masks: np.ndarray, margins: np.ndarray, units: Sequence[int] | np.ndarray, *,
-               count: int | None = None, seed: int = 0, estimator: str = DEFAULT_ESTIMATOR) -> SplitHalf:
-    """Split-half correlation of per-unit mean influence: `split_halves(units, count, seed)`, the
-    library's estimator on each half, Spearman (average ranks) of the two per-unit means."""
-    first, second = split_halves(units, count=count, seed=seed)
-    if len(first) < 2 or len(second) < 2:
-        return SplitHalf(None, first, second)
-    a = class_influence(masks[first], margins[first], estimator=estimator)
-    b = class_influence(masks[second], margins[second], estimator=estimator)
-    correlation = None if a is None or b is None else spearman(mean_influence(a), mean_influence(b))
-    return SplitHalf(correlation, first, second)
-
-
 @dataclass(frozen=True)
 class SplitHalfReliability:
     """Split-half correlations over several split seeds at one size."""
@@ -198,104 +144,9 @@ class SplitHalfReliability:
                 "half_models": self.half_models, "mean": self.mean, "sd": self.sd}
 
 
-def split_half_reliability(masks: np.ndarray, margins: np.ndarray, units: Sequence[int] | np.ndarray, *,
-                           count: int | None = None, seeds: Sequence[int] = range(10),
-                           estimator: str = DEFAULT_ESTIMATOR) -> SplitHalfReliability:
-    """`split_half` for each of `seeds` at `count` rows (default: all)."""
-    splits = [split_half(masks, margins, units, count=count, seed=s, estimator=estimator) for s in seeds]
-    half = float(np.mean([(len(s.first) + len(s.second)) / 2 for s in splits])) if splits else 0.0
-    return SplitHalfReliability(count=len(masks) if count is None else count, seeds=tuple(seeds),
-                                values=tuple(s.correlation for s in splits), half_models=half)
-
-
-# LDS on arrays --------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class HeldOutLDS:
-    """LDS of class influence used as a linear predictor, fitted on `fit` rows and scored on `held` rows:
-    the mean over targets with a defined score (None when nothing could be scored) and each target's score."""
-
-    mean: float | None
-    per_target: np.ndarray
-    fit: np.ndarray
-    held: np.ndarray
-
-    def to_json(self) -> dict[str, Any]:
-        return {"mean": self.mean, "per_target": [float(v) if np.isfinite(v) else None for v in self.per_target],
-                "fit": self.fit.tolist(), "held": self.held.tolist()}
-
-
-def lds_from_arrays(masks: np.ndarray, margins: np.ndarray, *, units: Sequence[int] | np.ndarray | None = None,
-                    holdout_frac: float = 0.1, seed: int = 0, estimator: str = DEFAULT_ESTIMATOR) -> HeldOutLDS:
-    """Hold out whole sampling units (`holdout_split`; default: every row its own unit), fit the library's
-    `estimator` on the rest and score its linear prediction with `lds_per_target`. Needs MIN_HELDOUT held rows."""
-    units = np.arange(len(masks)) if units is None else np.asarray(units)
-    fit, held = holdout_split(units, holdout_frac, seed)
-    empty = np.full(margins.shape[1], np.nan)
-    if len(held) < MIN_HELDOUT or len(fit) < 2:
-        return HeldOutLDS(None, empty, fit, held)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UndefinedInfluenceWarning)
-        try:
-            fitted = influence_from_arrays(masks[fit], margins[fit], device="cpu", errors=False, estimator=estimator)
-        except UserError:
-            return HeldOutLDS(None, empty, fit, held)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        scores = lds_per_target(fitted.predict(masks[held]), margins[held])
-    finite = scores[np.isfinite(scores)]
-    return HeldOutLDS(float(finite.mean()) if len(finite) else None, scores, fit, held)
-
-
-# digit ranks ----------------------------------------------------------------------------------------------
-def rank_positions(influence: np.ndarray, columns: np.ndarray | None = None) -> tuple[int | None, ...]:
-    """1-based position of every unit when ranked by mean influence over `columns` (default: all), with
-    `dmtoolkit.analyze.classes.rank_classes`' rule: NaN means left out (None), the rest in a stable sort
-    of −mean (ties: lower index first)."""
-    overall = mean_influence(influence, columns)
-    defined = np.flatnonzero(np.isfinite(overall))
-    order = defined[np.argsort(-overall[defined], kind="stable")]
-    positions: list[int | None] = [None] * len(overall)
-    for position, k in enumerate(order, start=1):
-        positions[k] = position
-    return tuple(positions)
-
-
-@dataclass(frozen=True)
-class DigitRanks:
-    """For each target class, the position (1 = most positive) of the source class of the same name among
-    all source classes, by mean influence over that class's target examples; None when there is no such
-    source class, no such target example, or its influence is undefined."""
-
-    target_classes: tuple[str, ...]
-    ranks: tuple[int | None, ...]
-
-    def in_top(self, k: int) -> int:
-        """How many target classes have their own source class among the top `k`."""
-        return sum(1 for r in self.ranks if r is not None and r <= k)
-
-    def to_json(self) -> dict[str, Any]:
-        return dict(zip(self.target_classes, self.ranks))
-
-
-def digit_ranks(influence: np.ndarray, source_names: Sequence[str], target_names: Sequence[str],
-                target_labels: np.ndarray) -> DigitRanks:
-    """`DigitRanks` of an influence matrix (P source classes, T target examples with `target_labels`
-    indexing `target_names`); the same positions `class_positions(path, [name], target_class=name)` gives."""
-    source_names, labels = list(source_names), np.asarray(target_labels)
-    ranks: list[int | None] = []
-    for label, name in enumerate(target_names):
-        columns = np.flatnonzero(labels == label)
-        if name not in source_names or len(columns) == 0:
-            ranks.append(None)
-            continue
-        ranks.append(rank_positions(influence, columns)[source_names.index(name)])
-    return DigitRanks(tuple(target_names), tuple(ranks))
-
-
 # store and cross-run reliability --------------------------------------------------------------------------
 # Agreement here is Spearman over the entries defined in both estimates (a unit in every model, or a target
-# class without test examples, is NaN and left out), None with fewer than MIN_DEFINED of them.
-MIN_DEFINED = 3
+# class without test examples, is NaN and left out), None with fewer than MIN_DEFINED of them (`defined_spearman`).
 GOALS = (0.8, 0.9)
 
 
@@ -303,28 +154,9 @@ def class_target_matrix(influence: np.ndarray, target_labels: np.ndarray, num_cl
     """(P, C) average influence of each source unit on the target examples of each target class (NaN for a
     class without examples): the per-class × per-target-class answer, less noisy than single targets."""
     labels = np.asarray(target_labels)
-    columns = [mean_influence(influence, np.flatnonzero(labels == c)) if (labels == c).any()
+    columns = [nanmean_rows(influence, np.flatnonzero(labels == c)) if (labels == c).any()
                else np.full(len(influence), np.nan) for c in range(num_classes)]
     return np.stack(columns, axis=1) if columns else np.empty((len(influence), 0))
-
-
-def defined_spearman(a: np.ndarray, b: np.ndarray) -> float | None:
-    """`spearman` of the entries of `a` and `b` (any shape, flattened) that are finite in both."""
-    a, b = np.asarray(a, dtype=np.float64).ravel(), np.asarray(b, dtype=np.float64).ravel()
-    keep = np.isfinite(a) & np.isfinite(b)
-    return spearman(a[keep], b[keep]) if keep.sum() >= MIN_DEFINED else None
-
-
-def _full_size(reliability: float | None, factor: float) -> float | None:
-    """Spearman–Brown to `factor` times the models; None unless 0 < reliability (a negative correlation is
-    no reliability to extrapolate)."""
-    return spearman_brown(reliability, factor) if reliability is not None and reliability > 0 and factor > 0 else None
-
-
-def _needed(reliability: float | None, models: float) -> dict[str, float | None]:
-    """Models one run needs for each of GOALS, from `reliability` at `models` (inverse Spearman–Brown)."""
-    return {str(goal): None if reliability is None else models_for_reliability(reliability, models, goal)
-            for goal in GOALS}
 
 
 @dataclass(frozen=True)
@@ -343,11 +175,12 @@ class WithinStore:
 
     @property
     def full(self) -> float | None:
-        return _full_size(self.split.mean, self.models / self.split.half_models if self.split.half_models else 0)
+        return projected_reliability(self.split.mean,
+                                     self.models / self.split.half_models if self.split.half_models else 0)
 
     @property
     def needed(self) -> dict[str, float | None]:
-        return _needed(self.split.mean, self.split.half_models)
+        return models_needed(self.split.mean, self.split.half_models, GOALS)
 
     def to_json(self) -> dict[str, Any]:
         return {"split_half": self.split.to_json(), "models": self.models, "full": self.full, "needed": self.needed}
@@ -396,7 +229,7 @@ def split_half_agreements(masks: np.ndarray, margins: np.ndarray, units: Sequenc
             (rank_a, matrix_a), (rank_b, matrix_b) = (answers_of_reduced(f, target_labels, num_classes) for f in fits)
         else:
             a, b = fits
-            rank_a, rank_b = mean_influence(a), mean_influence(b)
+            rank_a, rank_b = nanmean_rows(a), nanmean_rows(b)
             matrix_a, matrix_b = (class_target_matrix(f, target_labels, num_classes) for f in fits)
         ranking.append(defined_spearman(rank_a, rank_b))
         matrix.append(defined_spearman(matrix_a, matrix_b))
@@ -489,7 +322,7 @@ class CrossRun:
 
     @property
     def needed(self) -> dict[str, float | None]:
-        return _needed(self.correlation, self.models)
+        return models_needed(self.correlation, self.models, GOALS)
 
     def to_json(self) -> dict[str, Any]:
         return {"correlation": self.correlation, "models": self.models, "predicted": self.predicted,
@@ -596,7 +429,7 @@ def _read_store(path: str | Path, estimator: str, seeds: Sequence[int]) -> tuple
     if reduced:
         answers = _StoreAnswers(names, classes, labels, *answers_of_reduced(influence, labels, len(classes)))
     else:
-        answers = _StoreAnswers(names, classes, labels, mean_influence(influence),
+        answers = _StoreAnswers(names, classes, labels, nanmean_rows(influence),
                                 class_target_matrix(influence, labels, len(classes)))
     return report, answers
 
