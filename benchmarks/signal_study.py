@@ -2,14 +2,14 @@
 
 For every lever (a set of recipe overrides on the default class-level recipe) the study trains a store
 (resuming one that exists), then prints and saves: split-half Spearman of per-class mean influence at
-1/4, 1/2 and all of the models (two disjoint halves of whole sampling units from a seeded split; mean and
+1/4, 1/2 and all of the models (two disjoint halves of whole draws from a seeded split; mean and
 SD over 10 split seeds, and the seed-0 split alone), how many digits have their own glyph class in their
 top 5 source classes, class-influence LDS on held-out models, target accuracy, CPU-minutes, and the
 number of models that split-half 0.8 would need (Spearman-Brown from the measured value). `--seed-check
 LEVER` retrains that lever with another shared training seed and reports how far its ranking moves.
 
 Every statistic comes from the library (`dmtoolkit.reliability`): halves and held-out models are whole
-sampling units (an antithetic pair or an orthogonal block stays on one side), digit ranks follow
+draws (an antithetic pair or an orthogonal block stays on one side), digit ranks follow
 `rank_classes`' order, and training goes through `train_store`.
 
     .venv/bin/python benchmarks/signal_study.py --models 256 --out runs/signal \\
@@ -44,9 +44,9 @@ from dmtoolkit.reliability import (
     TARGET_RELIABILITY,
     class_influence,
     digit_ranks,
+    draw_ids,
     lds_from_arrays,
     mean_influence,
-    sampling_units,
     spearman,
     split_half_reliability,
 )
@@ -61,7 +61,7 @@ RECIPES = Path(__file__).resolve().parent.parent / "dmtoolkit" / "recipes"
 CLASS_RECIPE, EXAMPLE_RECIPE = "glyphs-to-mnist.yaml", "glyphs-to-mnist-examples.yaml"
 FRACTIONS = (0.25, 0.5, 1.0)
 SPLIT_SEEDS = 10
-HOLDOUT_FRAC = 0.1  # models (whole sampling units) held out for class LDS
+HOLDOUT_FRAC = 0.1  # models (whole draws) held out for class LDS
 
 # The levers were measured from the session-1 default (135 glyph classes, 100 per class, 2 epochs, logistic
 # head, random masks); ORIGINAL restores it on top of today's default recipe so each row is reproducible.
@@ -145,14 +145,14 @@ def train_lever(path: Path, recipe: Recipe, workers: int) -> float:
 ESTIMATORS = ("difference-of-means", "regression")
 
 
-def estimator_reliability(masks: np.ndarray, margins: np.ndarray, units: np.ndarray, seconds: np.ndarray,
+def estimator_reliability(masks: np.ndarray, margins: np.ndarray, draws: np.ndarray, seconds: np.ndarray,
                           estimator: str, names: tuple[list[str], list[str], np.ndarray]) -> dict[str, Any]:
     """Split-half at 1/4, 1/2 and all models, models needed for 0.8, digit ranks and LDS for one estimator."""
     m, figures = len(masks), {}
     split_halves = {}
     for frac in FRACTIONS:
         count = int(m * frac)
-        halves = split_half_reliability(masks, margins, units, count=count, seeds=range(SPLIT_SEEDS),
+        halves = split_half_reliability(masks, margins, draws, count=count, seeds=range(SPLIT_SEEDS),
                                         estimator=estimator)
         split_halves[frac] = halves
         seed0 = halves.values[0]
@@ -165,7 +165,7 @@ def estimator_reliability(masks: np.ndarray, margins: np.ndarray, units: np.ndar
     ranks = None if influence is None else digit_ranks(influence, *names)
     figures["digit_ranks"] = [] if ranks is None else list(ranks.ranks)
     figures["digits_in_top5"] = 0 if ranks is None else ranks.in_top(5)
-    lds = lds_from_arrays(masks, margins, units=units, holdout_frac=HOLDOUT_FRAC, estimator=estimator).mean
+    lds = lds_from_arrays(masks, margins, draws=draws, holdout_frac=HOLDOUT_FRAC, estimator=estimator).mean
     figures["class_lds"] = None if lds is None else round(lds, 3)
     figures["mean_class_influence"] = None if influence is None else mean_influence(influence).round(6).tolist()
     return figures
@@ -208,7 +208,7 @@ def analyse(path: Path) -> dict[str, Any]:
         rows = store.completed_rows()
         masks, margins = store.read_rows(rows)
         masks, margins = masks.astype(np.float32), margins.astype(np.float32)
-        units = sampling_units(store, store.num_models)[rows]
+        draws = draw_ids(store, store.num_models)[rows]
         names = (store.source_class_names, store.target_class_names, store.target_labels)
         seconds, accuracy = store.column("seconds")[rows], store.column("target_accuracy")[rows]
     m = len(rows)
@@ -217,7 +217,7 @@ def analyse(path: Path) -> dict[str, Any]:
     baselines = transfer_baselines(RunContext.from_store(path, "cpu"))
     result["baseline_accuracy"] = {name: round(value, 4) for name, value in baselines.items()}
     for estimator in ESTIMATORS:
-        result[estimator] = estimator_reliability(masks, margins, units, seconds, estimator, names)
+        result[estimator] = estimator_reliability(masks, margins, draws, seconds, estimator, names)
     return result
 
 

@@ -1,21 +1,29 @@
-"""Every split of rows by draw, pinned: the rows chosen for fixed inputs and seeds, as the code chose them before
-the splits got one home (issue 30), so moving them changes no estimate file, split-half or benchmark figure."""
+"""`dmtoolkit.stats.splits`, the one splitter over draws (groups of rows drawn together: an antithetic pair, an
+orthogonal block, a single model).
+
+The rows chosen for fixed inputs and seeds are pinned to what the five copies it replaced chose
+(`estimate.splits.split_rows`, `reliability.split_halves` and `holdout_split`, `benchmarks/reliability_study.
+whole_units`, `benchmarks/gradient_study.first_fitting_rows`; values computed from that code before the move),
+so the move changes no estimate file, split-half or benchmark figure. Properties (hypothesis) cover the rest."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Any
 
+import h5py
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from dmtoolkit.estimate.splits import split_rows
-from dmtoolkit.reliability import holdout_split, split_halves
+from dmtoolkit.estimate.fit import fit_store, store_draws
+from dmtoolkit.estimate.registry import make_estimator
+from dmtoolkit.stats.splits import draw_order, first_rows, holdout_split, split_halves, split_rows, whole_prefix
+from dmtoolkit.store import RunStore
 
-BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+from .synthetic import synthetic_store
+
+SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 PAIRS = np.arange(40) // 2                                                # antithetic pairs
 BLOCKS = np.repeat([0, 1, 2, 3], [8, 8, 8, 5])                            # orthogonal blocks, a partial last one
@@ -73,18 +81,6 @@ FIRST_ROWS = [
 ]
 
 
-def _benchmark(name: str) -> Any:
-    """A benchmark script as a module (it imports its neighbours from its own folder)."""
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(BENCHMARKS))
-    return module
-
-
 @pytest.mark.parametrize(("rows", "frac", "seed", "draws", "kept", "held"), SPLIT_ROWS)
 def test_split_rows_pinned(rows, frac, seed, draws, kept, held) -> None:
     got = split_rows(rows, frac, seed, draws)
@@ -103,14 +99,126 @@ def test_holdout_split_pinned(draws, frac, seed, fit, held) -> None:
 
 @pytest.mark.parametrize(("draws", "expected"), WHOLE_PREFIX)
 def test_whole_prefix_pinned(draws, expected) -> None:
-    whole_units = _benchmark("reliability_study").whole_units
-    assert [whole_units(draws, n) for n in PREFIX_N] == expected
+    assert [whole_prefix(draws, n) for n in PREFIX_N] == expected
 
 
 @pytest.mark.parametrize(("rows", "draws", "count", "expected"), FIRST_ROWS)
-def test_first_fitting_rows_pinned(rows, draws, count, expected) -> None:
-    seen = {}
-    estimator = SimpleNamespace(fit=lambda masks, margins, rows, **_: seen.update(rows=rows))
-    _benchmark("gradient_study").first_fitting_rows(estimator, count)
-    estimator.fit(None, None, rows, units=None if draws is None else SimpleNamespace(ids=draws))
-    assert seen["rows"].tolist() == expected
+def test_first_rows_pinned(rows, draws, count, expected) -> None:
+    assert first_rows(rows, count, draws).tolist() == expected
+
+
+# properties ------------------------------------------------------------------------------------------------
+def _draws(sizes: list[int], seed: int) -> np.ndarray:
+    """Draw ids in runs of consecutive rows, one run per size; ids distinct but in no particular order."""
+    ids = np.random.default_rng(seed).permutation(len(sizes)) * 5 + 2
+    return np.repeat(ids, sizes).astype(np.int64)
+
+
+SIZES = st.lists(st.integers(1, 6), min_size=0, max_size=30)
+
+
+def _whole(rows: np.ndarray, draws: np.ndarray, offered: np.ndarray) -> bool:
+    """Every draw met among `rows` has all its rows among `offered` in `rows`."""
+    return all(set(offered[draws[offered] == d]) <= set(rows) for d in set(draws[rows]))
+
+
+@SETTINGS
+@given(sizes=SIZES, drop=st.integers(0, 2**30), frac=st.floats(0, 0.95), seed=st.integers(0, 10_000),
+       id_seed=st.integers(0, 99))
+def test_split_rows_keeps_draws_whole_and_holds_out_enough(sizes: list[int], drop: int, frac: float, seed: int,
+                                                            id_seed: int) -> None:
+    draws = _draws(sizes, id_seed)
+    rows = np.flatnonzero(np.random.default_rng(drop).random(len(draws)) < 0.8)  # completed rows, whole draws or not
+    kept, held = split_rows(rows, frac, seed, draws)
+    assert np.array_equal(np.sort(np.r_[kept, held]), rows) and not set(kept) & set(held)
+    assert np.array_equal(kept, np.sort(kept)) and np.array_equal(held, np.sort(held))
+    assert not set(draws[kept]) & set(draws[held])                      # no draw on both sides
+    want = round(frac * len(rows))
+    largest = max(np.unique(draws[rows], return_counts=True)[1], default=0)
+    assert want <= len(held) < want + largest or want == len(held) == 0  # stops at the first draw that reaches it
+    again = split_rows(np.random.default_rng(seed).permutation(rows), frac, seed, draws)  # row order does not matter
+    assert np.array_equal(again[0], kept) and np.array_equal(again[1], held)
+
+
+@SETTINGS
+@given(m=st.integers(0, 60), frac=st.floats(0, 0.95), seed=st.integers(0, 10_000))
+def test_split_rows_without_draws_treats_every_row_as_one(m: int, frac: float, seed: int) -> None:
+    rows = np.arange(m)
+    alone = split_rows(rows, frac, seed)
+    assert all(np.array_equal(a, b) for a, b in zip(alone, split_rows(rows, frac, seed, np.arange(m))))
+    assert len(alone[1]) == round(frac * m)
+    assert all(np.array_equal(a, b) for a, b in zip(alone, holdout_split(np.arange(m), frac, seed)))
+
+
+@pytest.mark.parametrize("frac", [-0.1, 1.0, 1.5])
+def test_holdout_split_refuses_a_fraction_outside_0_1(frac: float) -> None:
+    with pytest.raises(ValueError, match=r"holdout fraction .* must be in \[0, 1\)"):
+        holdout_split(np.arange(10), frac)
+
+
+@SETTINGS
+@given(sizes=SIZES, count=st.none() | st.integers(-3, 120), seed=st.integers(0, 10_000), id_seed=st.integers(0, 99))
+def test_split_halves_are_equal_numbers_of_whole_draws(sizes: list[int], count: int | None, seed: int,
+                                                        id_seed: int) -> None:
+    draws = _draws(sizes, id_seed)
+    all_rows = np.arange(len(draws))
+    first, second = split_halves(draws, count=count, seed=seed)
+    a, b = set(draws[first]), set(draws[second])
+    assert not a & b and len(a) == len(b)
+    assert _whole(first, draws, all_rows) and _whole(second, draws, all_rows)
+    assert len(first) + len(second) <= (len(draws) if count is None else max(count, 0))
+    if count is None:  # every draw but one when their number is odd
+        assert len(a) + len(b) == len(sizes) - len(sizes) % 2
+    again = split_halves(draws, count=count, seed=seed)
+    assert np.array_equal(again[0], first) and np.array_equal(again[1], second)
+
+
+@SETTINGS
+@given(sizes=SIZES, n=st.integers(-2, 130), id_seed=st.integers(0, 99))
+def test_whole_prefix_is_the_longest_prefix_that_cuts_no_draw(sizes: list[int], n: int, id_seed: int) -> None:
+    draws = _draws(sizes, id_seed)
+    k = whole_prefix(draws, n)
+    ends = np.cumsum(sizes)                                             # where each draw ends
+    assert k == max([0, *[e for e in ends if e <= n]])                  # the last draw end within n rows
+    assert 0 <= k <= max(min(n, len(draws)), 0)
+
+
+@SETTINGS
+@given(sizes=SIZES, drop=st.integers(0, 2**30), count=st.integers(0, 130), id_seed=st.integers(0, 99))
+def test_first_rows_are_a_prefix_of_whole_draws(sizes: list[int], drop: int, count: int, id_seed: int) -> None:
+    draws = _draws(sizes, id_seed)
+    keep = np.random.default_rng(drop).random(len(sizes)) < 0.7        # offered rows: whole draws (as split_rows)
+    offered = np.flatnonzero(np.repeat(keep, sizes))
+    chosen = first_rows(np.random.default_rng(drop).permutation(offered), count, draws)
+    assert np.array_equal(chosen, offered[:len(chosen)]) and len(chosen) <= count
+    assert _whole(chosen, draws, offered)
+    rest = offered[len(chosen):]                                        # the next draw would pass `count`
+    assert len(rest) == 0 or len(chosen) + int((draws[offered] == draws[rest[0]]).sum()) > count
+
+
+def test_draw_order_is_first_appearance() -> None:
+    ids, sizes = draw_order([7, 7, 3, 9, 9, 9, 1])
+    assert ids.tolist() == [7, 3, 9, 1] and sizes.tolist() == [2, 1, 3, 1]
+
+
+# fit_store(fit_models=N): the learning-curve fits the gradient study makes --------------------------------
+@pytest.mark.parametrize("estimator", ["difference-of-means", "datamodels"])
+def test_fit_store_on_the_first_fitting_rows(tmp_path: Path, estimator: str) -> None:
+    rng = np.random.default_rng(0)
+    store = synthetic_store(tmp_path / "runs.h5", rng.normal(size=(80, 3)).astype(np.float32), antithetic=True)
+    full = tmp_path / "full.h5"
+    fit_store(store, full, make_estimator(estimator, device="cpu"), test_fraction=0.2, seed=3)
+    part = tmp_path / "part.h5"
+    fit_store(store, part, make_estimator(estimator, device="cpu"), test_fraction=0.2, seed=3, fit_models=31)
+    with h5py.File(full) as f, h5py.File(part) as g, RunStore(store) as run:
+        draws = store_draws(run).ids
+        offered = np.union1d(f["rows/fit"][()], f["rows/selection"][()])
+        used = np.union1d(g["rows/fit"][()], g["rows/selection"][()])
+        assert np.array_equal(g["rows/test"][()], f["rows/test"][()])  # the same test rows whatever the size
+        assert used.tolist() == offered[:30].tolist()                    # 31 rows cut back to 15 whole pairs
+        assert np.array_equal(used, first_rows(offered, 31, draws))
+        if estimator == "difference-of-means":                           # a normal fit on those rows
+            masks, margins = run.masks[()], run.margins[()]
+            direct = make_estimator(estimator, device="cpu").fit(masks, margins, used, draws=store_draws(run))
+            np.testing.assert_allclose(g["coef"][()], direct.coef_, rtol=1e-6)
+            np.testing.assert_allclose(g["stderr"][()], direct.stderr_, rtol=1e-6)

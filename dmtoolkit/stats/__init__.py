@@ -1,0 +1,1 @@
+"""Array-level statistics: one home per concept (see docs/architecture.md)."""
