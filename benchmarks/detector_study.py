@@ -91,7 +91,7 @@ def ensure_store(path: Path, recipe: Recipe, workers: int) -> float:
     return time.perf_counter() - started
 
 
-# the regression estimator needs more sampling units (complementary pairs count once) than source examples:
+# the regression estimator needs more draws (complementary pairs count once) than source examples:
 # 256 pairs for 400 examples cannot identify it, so it is not part of this study
 ESTIMATORS = ("difference-of-means", "datamodels")
 

@@ -9,11 +9,11 @@ Per setting one example-level store is trained (resumed when it exists; `train_s
   images) and fresh seeds (planting, source, masks, training: 11), so out of sample. Its few hundred subset
   models are ground truth: their held-out rows are the LDS test rows.
 
-On each store, with the library's held-out split (`fit_store`'s `split_rows`: `--holdout-frac` of the completed
+On each store, with the library's held-out split (`fit_store`'s `dmtoolkit.stats.splits.split_rows`: `--holdout-frac` of the completed
 rows, seed 0, whole antithetic pairs; the same test rows for every estimate of a setting, checked):
 
-- difference of means and datamodels (`make_estimator`, fitted by `fit_store`) on the *first N fitting rows*
-  (row order; whole pairs) for every N in `--dm-sizes` (a size above the fitting rows available is capped
+- difference of means and datamodels (`make_estimator`, fitted by `fit_store` with `fit_models=N`) on the
+  *first N fitting rows* (row order; whole pairs: `dmtoolkit.stats.splits.first_rows`) for every N in `--dm-sizes` (a size above the fitting rows available is capped
   at all of them, and the table gives the number actually used);
 - the gradient estimator (`fit_gradient`) from N retrained networks for every N in `--networks` (the rows are
   a seeded draw from the fitting rows, nested: the 4 networks include the 1), per `--head`.
@@ -75,12 +75,12 @@ from detector_study import EXAMPLE_RECIPE, RECIPES, _num, _seeds, ensure_store  
 from dmtoolkit.analyze import detect_leakage, detect_mislabels
 from dmtoolkit.errors import StoreError
 from dmtoolkit.estimate.files import load_estimate, read_extra
-from dmtoolkit.estimate.fit import completed_rows, store_units
+from dmtoolkit.estimate.fit import completed_rows, store_draws
 from dmtoolkit.estimate.lds import evaluate
 from dmtoolkit.estimate.options import GRADIENT_LAMBDA, GRADIENT_PROJ_DIM
-from dmtoolkit.estimate.splits import split_rows
 from dmtoolkit.recipe import Recipe, load_recipe
 from dmtoolkit.recipe_overrides import apply_overrides
+from dmtoolkit.stats.splits import split_rows
 from dmtoolkit.store import RunStore
 
 POOL_PER_CLASS = 140  # 36 classes × 140 + 20 leaks + 20 decoys = 5,080 pool images
@@ -109,29 +109,11 @@ def setting_recipe(name: str, models: int, per_class: int, epochs: float | None 
 
 
 def split_of(runs: Path, holdout_frac: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(fitting rows, test rows, unit id of every store row): the split `fit_store` makes, from the library."""
+    """(fitting rows, test rows, draw id of every store row): the split `fit_store` makes, from the library."""
     with RunStore(runs) as store:
-        rows, units = completed_rows(store), store_units(store)
-    fit, test = split_rows(rows, holdout_frac, SPLIT_SEED, units.ids)
-    return fit, test, units.ids
-
-
-def first_fitting_rows(estimator: Any, count: int) -> Any:
-    """The estimator, with `fit` given only the first `count` of the rows `fit_store` offers it (row order, whole
-    sampling units), so the held-out test rows stay the store's own whatever the size."""
-    fit = estimator.fit
-
-    def fit_first(masks: Any, margins: Any, rows: np.ndarray | None = None, *, unit_names: Any = None,
-                  units: Any = None) -> Any:
-        rows = np.sort(np.asarray(rows))
-        ids = rows if units is None else units.ids[rows]
-        kept = rows[:count]
-        if 0 < count < len(rows) and ids[count] == ids[count - 1]:  # a unit (antithetic pair) is never cut in two
-            kept = kept[ids[:count] != ids[count - 1]]
-        return fit(masks, margins, kept, unit_names=unit_names, units=units)
-
-    estimator.fit = fit_first
-    return estimator
+        rows, draws = completed_rows(store), store_draws(store)
+    fit, test = split_rows(rows, holdout_frac, SPLIT_SEED, draws.ids)
+    return fit, test, draws.ids
 
 
 # --- fitting (one-thread worker processes) -------------------------------------------------------------
@@ -152,8 +134,8 @@ def fit_job(job: dict[str, Any]) -> dict[str, Any]:
         from dmtoolkit.estimate.fit import fit_store
         from dmtoolkit.estimate.registry import make_estimator
 
-        estimator = first_fitting_rows(make_estimator(job["estimator"], device="cpu"), job["size"])
-        fit_store(job["runs"], tmp, estimator, test_fraction=job["holdout_frac"], seed=SPLIT_SEED, force=True)
+        fit_store(job["runs"], tmp, make_estimator(job["estimator"], device="cpu"), test_fraction=job["holdout_frac"],
+                  seed=SPLIT_SEED, force=True, fit_models=job["size"])
     timing = {"fit_wall_seconds": time.perf_counter() - wall, "fit_process_cpu_seconds": time.process_time() - cpu,
               "job": job}
     Path(job["path"] + ".json").write_text(json.dumps(timing, indent=2))

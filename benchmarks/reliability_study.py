@@ -9,8 +9,8 @@ run's own randomness differs. Run 0 is the development run (the recipe's own see
 with run 0 on MNIST; the table's "fresh pairs" column (pairs of fresh runs only) and fashion-mnist confirm.
 
 For n in a grid (32, 64, 128, …, and `--models`) the study takes the first n rows of every store, cut back to
-whole sampling units (`dmtoolkit.analyze.reliability.sampling_units`: an antithetic pair or an orthogonal block is
-never cut, so an orthogonal design with 36 classes has points only at multiples of its 128-model block), and
+whole draws (`dmtoolkit.analyze.reliability.draw_ids`, cut by `dmtoolkit.stats.splits.whole_prefix`: an antithetic
+pair or an orthogonal block is never cut, so an orthogonal design with 36 classes has points only at multiples of its 128-model block), and
 for every influence estimator (`estimator_names("influence")`: difference-of-means, regression — estimators
 cost no training, so all are evaluated on the same stores) records:
 
@@ -67,7 +67,7 @@ from dmtoolkit.analyze.reliability import (
     WithinStore,
     class_influence,
     class_target_matrix,
-    sampling_units,
+    draw_ids,
     split_half_agreements,
 )
 from dmtoolkit.estimate.registry import estimator_names
@@ -77,6 +77,7 @@ from dmtoolkit.run.driver import train_store
 from dmtoolkit.run.executors import make_executor
 from dmtoolkit.run.prepare import build_run_data
 from dmtoolkit.stats.ranking import nanmean_rows
+from dmtoolkit.stats.splits import whole_prefix
 from dmtoolkit.store import RunStore, create_store
 from dmtoolkit.train.baselines import transfer_baselines
 from dmtoolkit.train.job import RunContext
@@ -182,15 +183,6 @@ def ensure_store(path: Path, recipe: Recipe, workers: int) -> float:
 
 
 # analysis --------------------------------------------------------------------------------------------------
-def whole_units(units: np.ndarray, n: int) -> int:
-    """Rows in the longest prefix of at most n rows that cuts no sampling unit."""
-    if n >= len(units):
-        return len(units)
-    if n <= 0:
-        return 0
-    return n if units[n] != units[n - 1] else int(np.flatnonzero(units == units[n - 1])[0])
-
-
 def grid(models: int) -> list[int]:
     sizes, n = [], 32
     while n < models:
@@ -208,7 +200,7 @@ def read_run(path: Path, models: int) -> dict[str, Any]:
         values = store.row_values(rows)
         recipe = store.recipe
         return {"path": str(path), "masks": masks.astype(np.float32), "margins": margins.astype(np.float32),
-                "units": sampling_units(store, store.num_models)[:models], "seconds": values["seconds"],
+                "draws": draw_ids(store, store.num_models)[:models], "seconds": values["seconds"],
                 "target_accuracy": values["target_accuracy"], "labels": store.target_labels,
                 "classes": len(store.target_class_names), "unit_names": store.unit_names,
                 "mask_seed": recipe.subsets.seed, "training_seed": recipe.seeding[0],
@@ -223,16 +215,16 @@ def _stats(values: list[float | None]) -> dict[str, Any]:
 
 
 def point(runs: list[dict[str, Any]], rows: int, estimator: str) -> dict[str, Any]:
-    """Every figure at the first `rows` rows of each run (whole units) for one estimator."""
+    """Every figure at the first `rows` rows of each run (whole draws) for one estimator."""
     answers, within, cpu = [], [], []
     for run in runs:
-        masks, margins, units = run["masks"][:rows], run["margins"][:rows], run["units"][:rows]
+        masks, margins, draws = run["masks"][:rows], run["margins"][:rows], run["draws"][:rows]
         started = time.process_time()
         influence = class_influence(masks, margins, estimator=estimator)
         fit_seconds = time.process_time() - started
         if influence is None:
             influence = np.full((masks.shape[1], margins.shape[1]), np.nan)
-        ranking, matrix = split_half_agreements(masks, margins, units, run["labels"], run["classes"],
+        ranking, matrix = split_half_agreements(masks, margins, draws, run["labels"], run["classes"],
                                                 seeds=SPLIT_SEEDS, estimator=estimator)
         answers.append((nanmean_rows(influence), class_target_matrix(influence, run["labels"], run["classes"])))
         within.append((WithinStore(ranking, rows), WithinStore(matrix, rows)))
@@ -288,7 +280,7 @@ def analyse_lever(target: str, lever: str, out: Path, models: int, runs: int) ->
             raise SystemExit(f"{a['path']} and {b['path']} share a seed: not independent runs")
     baselines = transfer_baselines(RunContext.from_store(data[0]["path"], "cpu"))
     seconds = np.concatenate([d["seconds"] for d in data])
-    sizes = sorted({whole_units(data[0]["units"], n) for n in grid(models)} - {0})
+    sizes = sorted({whole_prefix(data[0]["draws"], n) for n in grid(models)} - {0})
     estimators: dict[str, Any] = {}
     for estimator in estimator_names("influence"):
         curve = [point(data, n, estimator) for n in sizes]

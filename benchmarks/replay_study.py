@@ -47,7 +47,7 @@ import torch
 from dmtoolkit.analyze import detect_leakage, detect_mislabels
 from dmtoolkit.estimate.base import linear_prediction
 from dmtoolkit.estimate.files import load_estimate, read_extra
-from dmtoolkit.estimate.fit import fit_store, store_units
+from dmtoolkit.estimate.fit import fit_store, store_draws
 from dmtoolkit.estimate.lds import evaluate
 from dmtoolkit.estimate.registry import make_estimator
 from dmtoolkit.estimate.replay import ReplayEstimator, pipeline_margins, problem_from_trainer
@@ -221,7 +221,7 @@ def _lds(store: Path, estimate: Path) -> dict[str, Any]:
 
 def _network_averages(store: Path, estimate: Path) -> list[dict[str, Any]]:
     """LDS [95%] of the mean derivative of the first k replayed networks (k = 1, 2, 4, …), on the estimate's test
-    rows and columns, scored as `evaluate` scores (per-target Spearman, bootstrap over sampling units)."""
+    rows and columns, scored as `evaluate` scores (per-target Spearman, bootstrap over draws)."""
     est = load_estimate(estimate)
     coefs = read_extra(estimate, "replay/network_coef")
     at_points = read_extra(estimate, "replay/network_margin_at_point")
@@ -232,7 +232,7 @@ def _network_averages(store: Path, estimate: Path) -> list[dict[str, Any]]:
     with RunStore(store) as run:
         masks = np.asarray(run.masks[()])[rows].astype(np.float64)
         actual = np.asarray(run.margins[()])[rows][:, est.columns].astype(np.float64)
-        units = store_units(run).ids[rows]
+        units = store_draws(run).ids[rows]
     out = []
     for k in sorted({1, 2, 4, 8, len(coefs)} & set(range(1, len(coefs) + 1))):
         coef = coefs[:k].astype(np.float64).mean(0)
@@ -307,14 +307,14 @@ def fresh(out: Path, name: str, models: int, targets: str, networks: int, forwar
 
 def paired_difference(store: Path, first: Path, second: Path, draws: int = 2000) -> dict[str, Any]:
     """LDS(first) − LDS(second) on the same held-out models and targets, with a paired 95% bootstrap interval
-    (the same resampled sampling units for both, `bootstrap_lds_means`)."""
+    (the same resampled draws for both, `bootstrap_lds_means`)."""
     a, b = load_estimate(first), load_estimate(second)
     if not (np.array_equal(a.test_rows, b.test_rows) and a.columns == b.columns):
         raise SystemExit(f"{first} and {second}: not the same held-out rows and targets")
     with RunStore(store) as run:
         masks = np.asarray(run.masks[()])[a.test_rows]
         actual = np.asarray(run.margins[()])[a.test_rows][:, a.columns]
-        units = store_units(run).ids[a.test_rows]
+        units = store_draws(run).ids[a.test_rows]
     means = [bootstrap_lds_means(linear_prediction(masks, e.matrix, e.intercept), actual, units, draws=draws)
              for e in (a, b)]
     difference = means[0] - means[1]

@@ -2,14 +2,14 @@
 
 For every lever (a set of recipe overrides on the default class-level recipe) the study trains a store
 (resuming one that exists), then prints and saves: split-half Spearman of per-class mean influence at
-1/4, 1/2 and all of the models (two disjoint halves of whole sampling units from a seeded split; mean and
+1/4, 1/2 and all of the models (two disjoint halves of whole draws from a seeded split; mean and
 SD over 10 split seeds, and the seed-0 split alone), how many digits have their own glyph class in their
 top 5 source classes, class-influence LDS on held-out models, target accuracy, CPU-minutes, and the
 number of models that split-half 0.8 would need (Spearman-Brown from the measured value). `--seed-check
 LEVER` retrains that lever with another shared training seed and reports how far its ranking moves.
 
 Every statistic is built from the library's parts (`dmtoolkit.analyze.reliability`, `dmtoolkit.stats`): halves and
-held-out models are whole sampling units (an antithetic pair or an orthogonal block stays on one side), digit
+held-out models are whole draws (an antithetic pair or an orthogonal block stays on one side), digit
 ranks follow `rank_classes`' order (`dmtoolkit.stats.ranking`), and training goes through `train_store`. The
 split-half at a given size, class LDS on arrays and digit ranks only this study reports are defined here
 (tests/test_signal_study.py checks them against NumPy and scipy references).
@@ -42,9 +42,7 @@ from dmtoolkit.analyze.reliability import (
     DEFAULT_ESTIMATOR,
     SplitHalfReliability,
     class_influence,
-    holdout_split,
-    sampling_units,
-    split_halves,
+    draw_ids,
 )
 from dmtoolkit.errors import UserError
 from dmtoolkit.estimate.datamodels import fit_datamodels
@@ -58,6 +56,7 @@ from dmtoolkit.run.prepare import build_run_data
 from dmtoolkit.stats.correlation import TARGET_RELIABILITY, spearman
 from dmtoolkit.stats.lds import lds_per_target
 from dmtoolkit.stats.ranking import nanmean_rows, rank_positions
+from dmtoolkit.stats.splits import holdout_split, split_halves
 from dmtoolkit.store import RunStore, create_store
 from dmtoolkit.train.baselines import transfer_baselines
 from dmtoolkit.train.job import RunContext
@@ -66,7 +65,7 @@ RECIPES = Path(__file__).resolve().parent.parent / "dmtoolkit" / "recipes"
 CLASS_RECIPE, EXAMPLE_RECIPE = "glyphs-to-mnist.yaml", "glyphs-to-mnist-examples.yaml"
 FRACTIONS = (0.25, 0.5, 1.0)
 SPLIT_SEEDS = 10
-HOLDOUT_FRAC = 0.1  # models (whole sampling units) held out for class LDS
+HOLDOUT_FRAC = 0.1  # models (whole draws) held out for class LDS
 
 # The levers were measured from the session-1 default (135 glyph classes, 100 per class, 2 epochs, logistic
 # head, random masks); ORIGINAL restores it on top of today's default recipe so each row is reproducible.
@@ -147,7 +146,7 @@ def train_lever(path: Path, recipe: Recipe, workers: int) -> float:
     return time.perf_counter() - started
 
 
-# Statistics only this study reports, built from the library's parts: halves of whole sampling units
+# Statistics only this study reports, built from the library's parts: halves of whole draws
 # (`split_halves`, `holdout_split`), its estimators (`class_influence`, `influence_from_arrays`), Spearman
 # and LDS (`dmtoolkit.stats`), and `rank_classes`' order (`dmtoolkit.stats.ranking`).
 MIN_HELDOUT = 3  # as `dmtoolkit evaluate`: a Spearman over fewer held-out models says nothing
@@ -167,11 +166,11 @@ class SplitHalf:
         return {"correlation": self.correlation, "first": self.first.tolist(), "second": self.second.tolist()}
 
 
-def split_half(masks: np.ndarray, margins: np.ndarray, units: Sequence[int] | np.ndarray, *,
+def split_half(masks: np.ndarray, margins: np.ndarray, draws: Sequence[int] | np.ndarray, *,
                count: int | None = None, seed: int = 0, estimator: str = DEFAULT_ESTIMATOR) -> SplitHalf:
-    """Split-half correlation of per-unit mean influence: `split_halves(units, count, seed)`, the
+    """Split-half correlation of per-unit mean influence: `split_halves(draws, count, seed)`, the
     library's estimator on each half, Spearman (average ranks) of the two per-unit means."""
-    first, second = split_halves(units, count=count, seed=seed)
+    first, second = split_halves(draws, count=count, seed=seed)
     if len(first) < 2 or len(second) < 2:
         return SplitHalf(None, first, second)
     a = class_influence(masks[first], margins[first], estimator=estimator)
@@ -180,11 +179,11 @@ def split_half(masks: np.ndarray, margins: np.ndarray, units: Sequence[int] | np
     return SplitHalf(correlation, first, second)
 
 
-def split_half_reliability(masks: np.ndarray, margins: np.ndarray, units: Sequence[int] | np.ndarray, *,
+def split_half_reliability(masks: np.ndarray, margins: np.ndarray, draws: Sequence[int] | np.ndarray, *,
                            count: int | None = None, seeds: Sequence[int] = range(10),
                            estimator: str = DEFAULT_ESTIMATOR) -> SplitHalfReliability:
     """`split_half` for each of `seeds` at `count` rows (default: all)."""
-    splits = [split_half(masks, margins, units, count=count, seed=s, estimator=estimator) for s in seeds]
+    splits = [split_half(masks, margins, draws, count=count, seed=s, estimator=estimator) for s in seeds]
     half = float(np.mean([(len(s.first) + len(s.second)) / 2 for s in splits])) if splits else 0.0
     return SplitHalfReliability(count=len(masks) if count is None else count, seeds=tuple(seeds),
                                 values=tuple(s.correlation for s in splits), half_models=half)
@@ -206,12 +205,12 @@ class HeldOutLDS:
                 "fit": self.fit.tolist(), "held": self.held.tolist()}
 
 
-def lds_from_arrays(masks: np.ndarray, margins: np.ndarray, *, units: Sequence[int] | np.ndarray | None = None,
+def lds_from_arrays(masks: np.ndarray, margins: np.ndarray, *, draws: Sequence[int] | np.ndarray | None = None,
                     holdout_frac: float = 0.1, seed: int = 0, estimator: str = DEFAULT_ESTIMATOR) -> HeldOutLDS:
-    """Hold out whole sampling units (`holdout_split`; default: every row its own unit), fit the library's
+    """Hold out whole draws (`holdout_split`; default: every row its own draw), fit the library's
     `estimator` on the rest and score its linear prediction with `lds_per_target`. Needs MIN_HELDOUT held rows."""
-    units = np.arange(len(masks)) if units is None else np.asarray(units)
-    fit, held = holdout_split(units, holdout_frac, seed)
+    draws = np.arange(len(masks)) if draws is None else np.asarray(draws)
+    fit, held = holdout_split(draws, holdout_frac, seed)
     empty = np.full(margins.shape[1], np.nan)
     if len(held) < MIN_HELDOUT or len(fit) < 2:
         return HeldOutLDS(None, empty, fit, held)
@@ -264,14 +263,14 @@ def digit_ranks(influence: np.ndarray, source_names: Sequence[str], target_names
 ESTIMATORS = ("difference-of-means", "regression")
 
 
-def estimator_reliability(masks: np.ndarray, margins: np.ndarray, units: np.ndarray, seconds: np.ndarray,
+def estimator_reliability(masks: np.ndarray, margins: np.ndarray, draws: np.ndarray, seconds: np.ndarray,
                           estimator: str, names: tuple[list[str], list[str], np.ndarray]) -> dict[str, Any]:
     """Split-half at 1/4, 1/2 and all models, models needed for 0.8, digit ranks and LDS for one estimator."""
     m, figures = len(masks), {}
     split_halves = {}
     for frac in FRACTIONS:
         count = int(m * frac)
-        halves = split_half_reliability(masks, margins, units, count=count, seeds=range(SPLIT_SEEDS),
+        halves = split_half_reliability(masks, margins, draws, count=count, seeds=range(SPLIT_SEEDS),
                                         estimator=estimator)
         split_halves[frac] = halves
         seed0 = halves.values[0]
@@ -284,7 +283,7 @@ def estimator_reliability(masks: np.ndarray, margins: np.ndarray, units: np.ndar
     ranks = None if influence is None else digit_ranks(influence, *names)
     figures["digit_ranks"] = [] if ranks is None else list(ranks.ranks)
     figures["digits_in_top5"] = 0 if ranks is None else ranks.in_top(5)
-    lds = lds_from_arrays(masks, margins, units=units, holdout_frac=HOLDOUT_FRAC, estimator=estimator).mean
+    lds = lds_from_arrays(masks, margins, draws=draws, holdout_frac=HOLDOUT_FRAC, estimator=estimator).mean
     figures["class_lds"] = None if lds is None else round(lds, 3)
     figures["mean_class_influence"] = None if influence is None else nanmean_rows(influence).round(6).tolist()
     return figures
@@ -327,7 +326,7 @@ def analyse(path: Path) -> dict[str, Any]:
         rows = store.completed_rows()
         masks, margins = store.read_rows(rows)
         masks, margins = masks.astype(np.float32), margins.astype(np.float32)
-        units = sampling_units(store, store.num_models)[rows]
+        draws = draw_ids(store, store.num_models)[rows]
         names = (store.source_class_names, store.target_class_names, store.target_labels)
         seconds, accuracy = store.column("seconds")[rows], store.column("target_accuracy")[rows]
     m = len(rows)
@@ -336,7 +335,7 @@ def analyse(path: Path) -> dict[str, Any]:
     baselines = transfer_baselines(RunContext.from_store(path, "cpu"))
     result["baseline_accuracy"] = {name: round(value, 4) for name, value in baselines.items()}
     for estimator in ESTIMATORS:
-        result[estimator] = estimator_reliability(masks, margins, units, seconds, estimator, names)
+        result[estimator] = estimator_reliability(masks, margins, draws, seconds, estimator, names)
     return result
 
 

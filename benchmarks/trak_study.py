@@ -31,7 +31,7 @@ and `mean-q` (τ weighted by q averaged over the networks and checkpoints, as TR
 
 CPU-minutes: process CPU time of the scoring only (both score the same networks; training them is reported
 once, shared). LDS [95%]: `dmtoolkit.stats.lds` (`summarise_lds`, `bootstrap_lds_interval` over the held-out
-sampling units), the same functions `dmtoolkit evaluate` uses, on the same held-out models for both.
+draws), the same functions `dmtoolkit evaluate` uses, on the same held-out models for both.
 
 Install TRAK (a benchmark extra, never a runtime dependency) beside the toolkit, without touching its venv:
 
@@ -125,22 +125,22 @@ def main() -> None:
     torch.set_num_threads(1)
 
     from dmtoolkit.devices import training_threads
-    from dmtoolkit.estimate.fit import completed_rows, store_units
+    from dmtoolkit.estimate.fit import completed_rows, store_draws
     from dmtoolkit.estimate.gradient import score_network
     from dmtoolkit.estimate.networks import BuiltinNetworks, checkpoint_epochs
     from dmtoolkit.estimate.options import GRADIENT_LAMBDA
-    from dmtoolkit.estimate.splits import split_rows
+    from dmtoolkit.stats.splits import split_rows
     from dmtoolkit.store import RunStore
     from dmtoolkit.train.job import RunContext
 
     counts = sorted(int(n) for n in args.networks.split(","))
     with RunStore(args.store) as store:
         rows = completed_rows(store)
-        units = store_units(store).ids
-        fit_rows, test_rows = split_rows(rows, 0.1, 0, units)
+        draws = store_draws(store).ids
+        fit_rows, test_rows = split_rows(rows, 0.1, 0, draws)
         masks = np.asarray(store.masks[()], bool)
         margins = np.asarray(store.margins[()], np.float64)
-    test_masks, actual, test_units = masks[test_rows], margins[test_rows], units[test_rows]
+    test_masks, actual, test_draws = masks[test_rows], margins[test_rows], draws[test_rows]
     drawn = np.random.default_rng(args.seed).permutation(fit_rows)[:counts[-1]]
 
     context = RunContext.from_store(args.store, "cpu")
@@ -234,7 +234,7 @@ def main() -> None:
                     coef = np.mean([ours[v][i][c] * (q_all[i][c] if weighting == "own-q" else q_mean)[:, None]
                                     for i in range(m) for c in used], axis=0)
                     name = "ours" if (v, weighting) == ("default", "own-q") else f"ours {v}/{weighting}"
-                    lds, interval = _lds(coef, test_masks, actual, test_units)
+                    lds, interval = _lds(coef, test_masks, actual, test_draws)
                     seconds = sum(ours_seconds[i][c] for i in range(m) for c in used)
                     results.append({"method": name, "networks": m, "checkpoints": ck, "lds": lds,
                                     "interval": interval, "cpu_minutes": seconds / 60 if name == "ours" else None})
@@ -243,7 +243,7 @@ def main() -> None:
                 scores = traker.finalize_scores(exp_name="targets", model_ids=[i * len(epochs) + c for i in range(m)
                                                                                 for c in used])
                 finish = time.process_time() - started
-                lds, interval = _lds(np.array(scores, dtype=np.float64), test_masks, actual, test_units)
+                lds, interval = _lds(np.array(scores, dtype=np.float64), test_masks, actual, test_draws)
                 seconds = sum(trak_seconds[i][c] for i in range(m) for c in used) + finish
                 results.append({"method": "TRAK", "networks": m, "checkpoints": ck, "lds": lds, "interval": interval,
                                 "cpu_minutes": seconds / 60})

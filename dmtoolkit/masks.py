@@ -27,14 +27,14 @@ def hadamard_order(num_units: int) -> int:
 
 
 def orthogonal_block_models(num_units: int, antithetic: bool) -> int:
-    """Models per orthogonal sampling unit: a Hadamard block of masks, twice that with complements."""
+    """Models per orthogonal draw: a Hadamard block of masks, twice that with complements."""
     return hadamard_order(num_units) * (2 if antithetic else 1)
 
 
 def design_warnings(num_models: int, num_units: int, design: str, antithetic: bool) -> tuple[str, ...]:
     """Why a run of `num_models` models will not give what its mask design promises (empty: nothing to say).
 
-    An orthogonal design's sampling unit is a whole block: units are orthogonal only over a whole block, and
+    An orthogonal design's draw is a whole block: units are orthogonal only over a whole block, and
     standard errors (Student's t with G − 1 degrees of freedom over G blocks) and split-half reliability
     need at least two of them.
     """

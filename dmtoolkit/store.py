@@ -476,7 +476,7 @@ class RunStore:
 
     @property
     def antithetic(self) -> bool:
-        """Rows 2i and 2i+1 are complementary masks (one sampling unit), as recorded at creation."""
+        """Rows 2i and 2i+1 are complementary masks (one draw), as recorded at creation."""
         return bool(self.file.attrs.get("antithetic", False))
 
     @property

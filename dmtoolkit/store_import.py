@@ -9,7 +9,7 @@ in for the recipe hash, so estimates made from it name exactly that import.
 Inputs are read through `np.load(..., mmap_mode="r")` and written in row blocks, so arrays larger than memory
 (the datamodels repo's `.npy` memmaps) import. Rows whose `completed` flag is unset keep their masks; their
 margins are stored as NaN (the contract's "not written yet"): the datamodels writer leaves zeros there.
-Sampling units: rows are independent draws unless `design="antithetic"` says rows 2i and 2i+1 are
+Draws: rows are independent draws unless `design="antithetic"` says rows 2i and 2i+1 are
 complementary (checked), which standard errors and held-out splits then respect.
 """
 

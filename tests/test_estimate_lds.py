@@ -218,7 +218,7 @@ def test_lds_no_better_than_chance_says_so_first(tmp_path: Path) -> None:
                         "rankings are not evidence; this store cannot tell how many models would be needed (LDS did "
                         "not clearly rise from 60 to 120 fitting models): train several times more")
     assert lines[1].startswith("difference-of-means LDS on 30 held-out models")
-    assert lines[2].startswith("curve: refitted on half the fitting models (60 of 120, whole sampling units)")
+    assert lines[2].startswith("curve: refitted on half the fitting models (60 of 120, whole draws)")
     data = json.loads(CliRunner().invoke(cli, ["evaluate", str(store), "--estimate", str(estimate), "--json"]).output)
     assert data["verdict"] == lines[0] and data["curve"]["half_models"] == 60
     assert data["curve"]["gain_per_doubling"] == pytest.approx((curve.full_lds - curve.half_lds) / 1.0)
@@ -227,9 +227,9 @@ def test_lds_no_better_than_chance_says_so_first(tmp_path: Path) -> None:
 def test_lds_curve_extrapolates_when_it_rises(tmp_path: Path) -> None:
     """A moderate estimate whose LDS clearly rises from half to all fitting models: the models needed for 0.3
     follow the log-linear rule from the two points, and the half point is the estimator fitted on half the rows."""
-    from dmtoolkit.estimate.fit import store_units
+    from dmtoolkit.estimate.fit import store_draws
     from dmtoolkit.estimate.influence import influence_from_arrays
-    from dmtoolkit.estimate.splits import split_rows
+    from dmtoolkit.stats.splits import split_rows
 
     store, estimate = _influence_store(tmp_path, "rising", 40, 20, 0.1, 200)
     result = evaluate(store, estimate)
@@ -242,7 +242,7 @@ def test_lds_curve_extrapolates_when_it_rises(tmp_path: Path) -> None:
     assert result.verdict.endswith(f"about {int(np.ceil(curve.needed['0.3'])):,} for 0.3")
     with h5py.File(estimate) as f, RunStore(store) as run:  # the half point, recomputed independently
         rows = np.union1d(f["rows/fit"][()], f["rows/selection"][()])
-        half, _ = split_rows(rows, 0.5, 1, store_units(run).ids)
+        half, _ = split_rows(rows, 0.5, 1, store_draws(run).ids)
         masks, margins = run.read_rows(half)
         test_masks, test_margins = run.read_rows(f["rows/test"][()])
     fit = influence_from_arrays(masks, margins, device="cpu", errors=False)

@@ -85,7 +85,7 @@ class MedianSplit(Estimator):
         self.device = device
 
     def fit(self, masks: Any, margins: Any, rows: np.ndarray | None = None, *,
-            unit_names: list[str] | None = None, units: Any = None) -> Self:
+            unit_names: list[str] | None = None, draws: Any = None) -> Self:
         rows = np.arange(masks.shape[0]) if rows is None else np.asarray(rows)
         X, Y = np.asarray(masks[:])[rows], np.asarray(margins[:])[rows]
         self.coef_ = np.stack([np.median(Y[X[:, k]], 0) - np.median(Y[~X[:, k]], 0) for k in range(X.shape[1])])

@@ -21,7 +21,7 @@ from dmtoolkit.cli import cli
 from dmtoolkit.errors import UserError
 from dmtoolkit.estimate import compute_influence, fit_datamodels
 from dmtoolkit.estimate.registry import make_estimator
-from dmtoolkit.estimate.splits import design_units
+from dmtoolkit.estimate.splits import design_draws
 from dmtoolkit.masks import make_masks
 from dmtoolkit.recipe import Recipe, parse_recipe_dict
 from dmtoolkit.report import text
@@ -92,7 +92,7 @@ def _simulated_pvalues(design: str, replication: int, effects: int, *, units: in
     beta.flat[rng.choice(beta.size, effects, replace=False)] = 1.5
     margins = (masks @ beta + rng.normal(0, 1, (models, targets))).astype(np.float32)
     fit = make_estimator("difference-of-means", device="cpu").fit(
-        masks, margins, units=design_units(models, units, antithetic=antithetic, design=layout))
+        masks, margins, draws=design_draws(models, units, antithetic=antithetic, design=layout))
     truth = beta if layout == "orthogonal" else beta - (beta.sum(0) - beta) / (units - 1)
     return one_sided_pvalues(fit.coef_, fit.stderr_, fit.stderr_dof_, "greater"), truth > 0
 
@@ -100,7 +100,7 @@ def _simulated_pvalues(design: str, replication: int, effects: int, *, units: in
 @pytest.mark.parametrize(("design", "models"), [("random", 256), ("antithetic", 256), ("orthogonal+antithetic", 512)])
 def test_bh_keeps_the_false_discovery_rate_under_each_design(design: str, models: int) -> None:
     """Orthogonal blocks need >= 4 blocks (3 dof): with 2 blocks every p-value rests on the same two block means
-    and BH overshoots (the detectors say so in their evidence line, see test_few_sampling_units_are_named)."""
+    and BH overshoots (the detectors say so in their evidence line, see test_few_draws_are_named)."""
     reps, fdr = 60, 0.1
     null_p, fdp, power = [], [], []
     for r in range(reps):
@@ -372,8 +372,8 @@ def test_cli_refuses_fdr_out_of_range(planted: dict[str, Path], fdr: str) -> Non
         assert out.exit_code == 2 and "--fdr" in out.output
 
 
-@pytest.mark.parametrize(("sources", "expected"), [(36, "only 2 sampling units"), (64, "standard errors are undefined")])
-def test_few_sampling_units_are_named(tmp_path: Path, sources: int, expected: str) -> None:
+@pytest.mark.parametrize(("sources", "expected"), [(36, "only 2 draws"), (64, "standard errors are undefined")])
+def test_few_draws_are_named(tmp_path: Path, sources: int, expected: str) -> None:
     """256 orthogonal+antithetic models are 2 blocks for 36 sources (1 dof: the evidence line warns that the FDR
     is not guaranteed) and 1 block for 64 (no standard errors: nothing can be flagged, and the line says why)."""
     data = synthetic_data(sources, 3, per_class=1, seed=2)

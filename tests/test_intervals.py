@@ -10,8 +10,9 @@ from hypothesis import strategies as st
 
 from dmtoolkit.estimate.calibration import interval_coverage
 from dmtoolkit.estimate.difference_of_means import DifferenceOfMeans
-from dmtoolkit.estimate.splits import SamplingUnits, design_units, detect_units, split_rows
+from dmtoolkit.estimate.splits import Draws, design_draws, detect_draws
 from dmtoolkit.masks import make_masks
+from dmtoolkit.stats.splits import split_rows
 
 
 def cluster_reference(masks: np.ndarray, margins: np.ndarray, ids: np.ndarray) -> np.ndarray:
@@ -52,7 +53,7 @@ def test_cluster_stderr_matches_a_plain_loop(seed: int, kind: str, block_rows: i
     masks[0], masks[1] = True, False  # every unit on both sides
     margins = (masks @ rng.normal(size=(P, T)) + rng.normal(size=(len(ids), T)) + 30).astype(np.float32)
     model = DifferenceOfMeans(block_rows=block_rows, device="cpu").fit(
-        masks, margins, units=SamplingUnits(ids, "test groups"))
+        masks, margins, draws=Draws(ids, "test groups"))
     np.testing.assert_allclose(model.stderr_, cluster_reference(masks, margins, ids), rtol=2e-4, atol=1e-5)
     assert model.stderr_dof_ == len(np.unique(ids)) - 1
 
@@ -86,14 +87,14 @@ def test_simulated_effects_are_what_difference_of_means_estimates() -> None:
 
 def test_splits_never_separate_a_pair_or_a_block() -> None:
     for antithetic, layout in ((True, "random"), (False, "orthogonal"), (True, "orthogonal")):
-        units = design_units(300, 20, antithetic=antithetic, design=layout)
+        draws = design_draws(300, 20, antithetic=antithetic, design=layout)
         rows = np.setdiff1d(np.arange(300), [5, 77])  # incomplete rows do not break the rule
-        kept, held = split_rows(rows, 0.3, 1, units.ids)
-        assert not set(units.ids[kept]) & set(units.ids[held]) and len(held) >= round(0.3 * len(rows))
+        kept, held = split_rows(rows, 0.3, 1, draws.ids)
+        assert not set(draws.ids[kept]) & set(draws.ids[held]) and len(held) >= round(0.3 * len(rows))
         assert sorted(np.r_[kept, held]) == rows.tolist()
 
 
 def test_complementary_pairs_made_elsewhere_are_detected() -> None:
     masks = make_masks(3, 40, 10, 0.5, antithetic=True)
-    assert detect_units(masks).ids.tolist() == (np.arange(40) // 2).tolist()
-    assert detect_units(make_masks(3, 40, 10, 0.5)).singletons
+    assert detect_draws(masks).ids.tolist() == (np.arange(40) // 2).tolist()
+    assert detect_draws(make_masks(3, 40, 10, 0.5)).singletons

@@ -10,15 +10,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dmtoolkit.analyze.reliability import (
-    class_influence,
-    holdout_split,
-    sampling_units,
-    split_halves,
-)
-from dmtoolkit.estimate.splits import split_rows
+from dmtoolkit.analyze.reliability import class_influence, draw_ids
 from dmtoolkit.masks import hadamard_order, make_masks
 from dmtoolkit.recipe import SubsetSpec, parse_recipe_dict
+from dmtoolkit.stats.splits import holdout_split, split_halves, split_rows
 from dmtoolkit.store import RunStore, create_store
 
 from .synthetic import difference_of_means_reference, linear_runs, synthetic_data
@@ -27,27 +22,27 @@ SETTINGS = settings(max_examples=40, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 
 
-# sampling units ------------------------------------------------------------------------------------------
-def test_sampling_units_follow_the_design() -> None:
+# draws ---------------------------------------------------------------------------------------------------
+def test_draw_ids_follow_the_design() -> None:
     P = 6  # Hadamard order 8
-    assert sampling_units(SubsetSpec(), 5).tolist() == [0, 1, 2, 3, 4]
-    assert sampling_units(SubsetSpec(antithetic=True), 6).tolist() == [0, 0, 1, 1, 2, 2]
-    assert sampling_units(SubsetSpec(design="orthogonal"), 20, num_units=P).tolist() == [0] * 8 + [1] * 8 + [2] * 4
+    assert draw_ids(SubsetSpec(), 5).tolist() == [0, 1, 2, 3, 4]
+    assert draw_ids(SubsetSpec(antithetic=True), 6).tolist() == [0, 0, 1, 1, 2, 2]
+    assert draw_ids(SubsetSpec(design="orthogonal"), 20, num_units=P).tolist() == [0] * 8 + [1] * 8 + [2] * 4
     both = SubsetSpec(design="orthogonal", antithetic=True)
-    assert sampling_units(both, 40, num_units=P).tolist() == [0] * 16 + [1] * 16 + [2] * 8
+    assert draw_ids(both, 40, num_units=P).tolist() == [0] * 16 + [1] * 16 + [2] * 8
     with pytest.raises(ValueError, match="num_units"):
-        sampling_units(SubsetSpec(design="orthogonal"), 8)
+        draw_ids(SubsetSpec(design="orthogonal"), 8)
 
 
-def test_sampling_units_of_a_store_read_its_recipe(tmp_path: Path) -> None:
+def test_draw_ids_of_a_store_read_its_recipe(tmp_path: Path) -> None:
     recipe = parse_recipe_dict({"name": "units", "source": {"dataset": "synthetic"}, "target": {"dataset": "synthetic"},
                                 "subsets": {"models": 32, "antithetic": True, "design": "orthogonal"}})
     path = create_store(tmp_path / "runs.h5", recipe, synthetic_data(5, 4))
     with RunStore(path) as store:
-        units = sampling_units(store, store.num_models)
+        draws = draw_ids(store, store.num_models)
         masks = store.masks[()]
-    assert units.tolist() == [0] * 16 + [1] * 16  # P = 5: blocks of 8 masks, each with its complement
-    assert units.tolist() == sampling_units(recipe, 32, num_units=5).tolist()
+    assert draws.tolist() == [0] * 16 + [1] * 16  # P = 5: blocks of 8 masks, each with its complement
+    assert draws.tolist() == draw_ids(recipe, 32, num_units=5).tolist()
     for block in (masks[:16], masks[16:]):
         signs = 2 * block.astype(int) - 1
         np.testing.assert_array_equal(signs.T @ signs, 16 * np.eye(5, dtype=int))
@@ -66,7 +61,7 @@ def test_split_halves_never_separate_a_complementary_pair(seed: int, pairs: int,
                                                           split_seed: int) -> None:
     masks = make_masks(seed, 2 * pairs, units, 0.5, antithetic=True)
     assert _has_complement_within(masks, np.arange(len(masks)))
-    first, second = split_halves(sampling_units(SubsetSpec(antithetic=True), len(masks)), count=count, seed=split_seed)
+    first, second = split_halves(draw_ids(SubsetSpec(antithetic=True), len(masks)), count=count, seed=split_seed)
     assert len(np.intersect1d(first, second)) == 0
     assert len(first) == len(second) and len(first) + len(second) <= max(count, 0)
     assert len(first) + len(second) >= min(count, len(masks)) - 3  # at most one pair (and one for evenness) lost
@@ -82,7 +77,7 @@ def test_split_halves_keep_hadamard_blocks_whole(seed: int, units: int, blocks: 
     size = hadamard_order(units) * (2 if antithetic else 1)
     masks = make_masks(seed, blocks * size, units, 0.5, antithetic=antithetic, design="orthogonal")
     design = SubsetSpec(design="orthogonal", antithetic=antithetic)
-    first, second = split_halves(sampling_units(design, len(masks), num_units=units), seed=split_seed)
+    first, second = split_halves(draw_ids(design, len(masks), num_units=units), seed=split_seed)
     assert len(first) == len(second) == blocks // 2 * size
     for half in (first, second):
         signs = 2 * masks[half].astype(int) - 1  # whole blocks: balanced, orthogonal columns (checked on the masks)
@@ -100,14 +95,14 @@ def test_split_halves_of_independent_rows_is_a_seeded_permutation_cut_in_two(m: 
 
 @SETTINGS
 @given(sizes=st.lists(st.integers(1, 5), min_size=0, max_size=25), count=st.integers(0, 100), seed=st.integers(0, 99))
-def test_split_halves_take_whole_units_of_any_size(sizes: list[int], count: int, seed: int) -> None:
-    units = np.repeat(np.arange(len(sizes)) * 7 + 3, sizes)  # ids need not be 0..n-1
-    first, second = split_halves(units, count=count, seed=seed)
+def test_split_halves_take_whole_draws_of_any_size(sizes: list[int], count: int, seed: int) -> None:
+    draws = np.repeat(np.arange(len(sizes)) * 7 + 3, sizes)  # ids need not be 0..n-1
+    first, second = split_halves(draws, count=count, seed=seed)
     assert len(first) + len(second) <= count
-    a, b = set(units[first]), set(units[second])
+    a, b = set(draws[first]), set(draws[second])
     assert not a & b and len(a) == len(b)
     for half, ids in ((first, a), (second, b)):
-        np.testing.assert_array_equal(half, np.flatnonzero(np.isin(units, list(ids))))  # every row of each unit
+        np.testing.assert_array_equal(half, np.flatnonzero(np.isin(draws, list(ids))))  # every row of each draw
 
 
 @SETTINGS
@@ -120,7 +115,7 @@ def test_holdout_split_of_independent_rows_is_split_rows(m: int, frac: float, se
 
 
 def test_holdout_split_holds_out_whole_pairs() -> None:
-    units = sampling_units(SubsetSpec(antithetic=True), 40)
+    units = draw_ids(SubsetSpec(antithetic=True), 40)
     fit, held = holdout_split(units, 0.2, seed=3)
     assert len(held) == 8 and not set(units[fit]) & set(units[held])
     assert sorted(np.concatenate([fit, held]).tolist()) == list(range(40))

@@ -13,10 +13,10 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from scipy.stats import spearmanr
 
-from dmtoolkit.analyze.reliability import holdout_split, split_halves
 from dmtoolkit.masks import make_masks
 from dmtoolkit.stats.correlation import models_for_reliability
 from dmtoolkit.stats.ranking import nanmean_rows, rank_positions
+from dmtoolkit.stats.splits import holdout_split, split_halves
 
 from .synthetic import difference_of_means_reference, linear_runs
 
@@ -96,7 +96,7 @@ def test_split_half_reliability_summarises_the_seeds() -> None:
 def test_lds_equals_a_numpy_and_scipy_reference() -> None:
     masks, margins = linear_runs(200, 8, 6, effect_sd=0.5, seed=5)
     units = np.arange(200) // 2
-    result = STUDY.lds_from_arrays(masks, margins, units=units, holdout_frac=0.2, seed=1)
+    result = STUDY.lds_from_arrays(masks, margins, draws=units, holdout_frac=0.2, seed=1)
     fit, held = holdout_split(units, 0.2, 1)
     np.testing.assert_array_equal(result.fit, fit)
     np.testing.assert_array_equal(result.held, held)
@@ -111,10 +111,10 @@ def test_lds_of_noise_free_linear_margins_is_one_and_too_few_held_out_is_none() 
     rng = np.random.default_rng(6)
     masks = make_masks(0, 400, 10, 0.5, antithetic=True).astype(np.float32)
     margins = masks @ rng.normal(size=(10, 3))
-    result = STUDY.lds_from_arrays(masks, margins, units=np.arange(400) // 2, estimator="regression")
+    result = STUDY.lds_from_arrays(masks, margins, draws=np.arange(400) // 2, estimator="regression")
     assert result.mean == pytest.approx(1.0, abs=1e-6)  # least squares recovers exact linear margins
     # difference of means does not
-    assert STUDY.lds_from_arrays(masks, margins, units=np.arange(400) // 2).mean < 0.999
+    assert STUDY.lds_from_arrays(masks, margins, draws=np.arange(400) // 2).mean < 0.999
     assert STUDY.lds_from_arrays(masks[:20], margins[:20], holdout_frac=0.1).mean is None  # 2 < MIN_HELDOUT held out
     assert STUDY.MIN_HELDOUT == 3
 

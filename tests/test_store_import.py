@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from dmtoolkit import store_import
 from dmtoolkit.cli import cli
 from dmtoolkit.estimate import load_estimate, make_estimator
-from dmtoolkit.estimate.fit import store_units
+from dmtoolkit.estimate.fit import store_draws
 from dmtoolkit.store import RunStore
 from dmtoolkit.store_checks import validate_store
 
@@ -155,13 +155,13 @@ def test_antithetic_design_is_checked_and_gives_pair_units(tmp_path: Path) -> No
                "--design", "antithetic").exit_code == 0
     assert validate_store(out) == []
     with RunStore(out) as store:
-        units = store_units(store)
-        np.testing.assert_array_equal(units.ids, np.arange(M) // 2)
+        draws = store_draws(store)
+        np.testing.assert_array_equal(draws.ids, np.arange(M) // 2)
     plain = tmp_path / "plain.h5"
     assert run("store", "import", "-o", plain, "--masks", tmp_path / "masks.npy", "--margins",
                tmp_path / "margins.npy").exit_code == 0
     with RunStore(plain) as store:  # complementary pairs are not assumed unless the user says so
-        assert store_units(store).singletons
+        assert store_draws(store).singletons
 
     masks[3] = masks[2]
     np.save(tmp_path / "masks.npy", masks)

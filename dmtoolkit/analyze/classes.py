@@ -75,7 +75,7 @@ def _method(est: Estimate) -> str:
 
 def _few_units(dof: int | None) -> str:
     if dof is not None and dof < MIN_EVIDENCE_DOF:
-        return f"; only {dof + 1} sampling units, so intervals and p-values rest on few unit means: train more models"
+        return f"; only {dof + 1} draws, so intervals and p-values rest on few draw means: train more models"
     return ""
 
 
@@ -93,7 +93,7 @@ def _effects(est: Estimate, units: np.ndarray, values: np.ndarray, low: np.ndarr
 def mean_influence_refit(est: Estimate, run: RunStore, columns: np.ndarray) -> tuple[np.ndarray, np.ndarray | None,
                                                                                        int | None]:
     """(coef, stderr, dof) of each unit's influence on the per-model mean margin over the estimate's `columns`:
-    the estimator refitted on that mean (its fit rows and sampling units), so the error counts the correlation
+    the estimator refitted on that mean (its fit rows and draws), so the error counts the correlation
     between targets. For an estimator linear in the margins coef equals the mean of the columns' coefficients."""
     values = np.zeros(run.num_models, np.float64)
     rows = np.sort(est.fit_rows)

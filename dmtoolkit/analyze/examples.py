@@ -268,7 +268,7 @@ def _influence_pvalues(est: Estimate, side: str) -> tuple[np.ndarray | None, str
         return None, (f"{est.estimator} estimates carry no standard errors, so no p-values and nothing is flagged; "
                       "for evidence thresholds fit `dmtoolkit influence` (difference of means or regression)")
     if not np.isfinite(est.stderr).any():
-        return None, ("the estimate's standard errors are undefined (fewer than 2 sampling units: one orthogonal "
+        return None, ("the estimate's standard errors are undefined (fewer than 2 draws: one orthogonal "
                       "block or pair), so no p-values and nothing is flagged; train more models")
     method = est.attrs.get("stderr_method", "standard errors")
     dof = est.stderr_dof
@@ -278,7 +278,7 @@ def _influence_pvalues(est: Estimate, side: str) -> tuple[np.ndarray | None, str
         evidence += (f"; only {dof + 1} networks, so every p-value rests on the same few networks and the FDR is "
                      "not guaranteed: fit more networks (--models)")
     elif dof is not None and dof < MIN_EVIDENCE_DOF:
-        evidence += (f"; only {dof + 1} sampling units, so every p-value rests on the same few unit means and the "
+        evidence += (f"; only {dof + 1} draws, so every p-value rests on the same few draw means and the "
                      "FDR is not guaranteed: train more models (more pairs or blocks)")
     return one_sided_pvalues(est.matrix, est.stderr, dof, side), evidence
 
@@ -529,7 +529,7 @@ def detect_mislabels(path: str | Path | OpenedEstimate, *, fdr: float = DETECT_F
     A mislabelled image teaches the source model a wrong label, so including it lowers source accuracy,
     which an ordinary image that merely does not help the target does not. Per source example: source_p,
     the one-sided p-value of its influence on the store's source accuracy < 0 (the estimate's estimator
-    refitted on that column with the estimate's fit rows and sampling units), and target_p, Simes'
+    refitted on that column with the estimate's fit rows and draws), and target_p, Simes'
     combination of its one-sided p-values of influence < 0 over the targets. Its p-value is the larger of the
     two (an intersection-union test of "hurts both"); Benjamini–Hochberg at `fdr` flags. Stores without
     source accuracy, and estimators that cannot be refitted on it (the gradient estimator), use target_p

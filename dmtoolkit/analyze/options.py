@@ -33,7 +33,7 @@ DETECT_TOP = 20
 DETECT_FDR = 0.05
 """False discovery rate at which `detect_leakage` and `detect_mislabels` flag candidates (Benjamini–Hochberg)."""
 MIN_EVIDENCE_DOF = 3
-"""Below this many degrees of freedom (sampling units − 1) the detectors warn that BH's FDR is not guaranteed:
+"""Below this many degrees of freedom (draws − 1) the detectors warn that BH's FDR is not guaranteed:
 simulated with 2 orthogonal blocks, BH at 10% kept 15% false discoveries; with 4 blocks 9%
 (tests/test_evidence.py)."""
 NEAR_DUPLICATE = 0.985

@@ -1,10 +1,10 @@
 """How reliable are influence estimates? Split halves that follow the mask design, read by Spearman–Brown.
 
-Rows drawn together are one *sampling unit*: an antithetic pair (a mask and its complement) or an
-orthogonal (Hadamard) block. Their estimates are not independent draws (a pair cancels shared noise, a
-block makes the units uncorrelated only when it is whole), so every split here — the two halves of a
-split-half, fit against held-out rows — keeps a sampling unit on one side. `sampling_units` gives the
-grouping for any store or recipe, so standard errors and other splits can use the same rule.
+Rows drawn together are one *draw*: an antithetic pair (a mask and its complement) or an orthogonal
+(Hadamard) block. Their estimates are not independent (a pair cancels shared noise, a block makes the
+units uncorrelated only when it is whole), so every split here — the two halves of a split-half, fit
+against held-out rows — keeps a draw on one side (`dmtoolkit.stats.splits`). `draw_ids` gives the draws
+of any store or recipe, so standard errors and other splits can use the same rule.
 
 `reliability_report` (what `dmtoolkit reliability` prints) applies this to run stores: the split-half
 reliability of the ranking of the source units (classes, or examples) by mean influence and of the unit ×
@@ -27,10 +27,10 @@ import numpy as np
 
 from dmtoolkit.display import Displayable, count_up
 from dmtoolkit.errors import UserError
-from dmtoolkit.estimate.fit import completed_rows, store_units
+from dmtoolkit.estimate.fit import completed_rows, store_draws
 from dmtoolkit.estimate.influence import UndefinedInfluenceWarning, influence_from_arrays
 from dmtoolkit.estimate.registry import estimator_names
-from dmtoolkit.estimate.splits import design_units, split_rows
+from dmtoolkit.estimate.splits import design_draws
 from dmtoolkit.recipe import Recipe, SubsetSpec
 from dmtoolkit.stats.correlation import (
     MIN_DEFINED,
@@ -41,62 +41,30 @@ from dmtoolkit.stats.correlation import (
     projected_reliability,
 )
 from dmtoolkit.stats.ranking import nanmean_rows
+from dmtoolkit.stats.splits import split_halves
 from dmtoolkit.store import RunStore
 
 DEFAULT_ESTIMATOR = "difference-of-means"
 
 
-# sampling units -----------------------------------------------------------------------------------------
-def sampling_units(design: SubsetSpec | Recipe | RunStore, num_models: int, *,
-                   num_units: int | None = None) -> np.ndarray:
-    """Sampling-unit id (int64, 0, 1, …) of each row 0..num_models-1; rows drawn together share an id.
+# draws --------------------------------------------------------------------------------------------------
+def draw_ids(design: SubsetSpec | Recipe | RunStore, num_models: int, *,
+             num_units: int | None = None) -> np.ndarray:
+    """Draw id (int64, 0, 1, …) of each row 0..num_models-1; rows drawn together share an id.
 
     `design` is a recipe's `subsets`, a recipe (`num_units`, P, is needed for an orthogonal design), or an
-    open run store. The rule is the estimators' own: `dmtoolkit.estimate.splits.design_units` for a design,
-    `dmtoolkit.estimate.fit.store_units` for a store (which detects pairs among explicit masks).
+    open run store. The rule is the estimators' own: `dmtoolkit.estimate.splits.design_draws` for a design,
+    `dmtoolkit.estimate.fit.store_draws` for a store (which detects pairs among explicit masks). The splits
+    over these ids (`split_halves`, `holdout_split`) are `dmtoolkit.stats.splits`.
     """
     if not isinstance(design, (Recipe, SubsetSpec)):  # a RunStore: its own rule (explicit masks are detected)
-        return store_units(design).ids[:num_models]
+        return store_draws(design).ids[:num_models]
     subsets = design.subsets if isinstance(design, Recipe) else design
     if num_models < 0:
         raise ValueError(f"num_models {num_models} must be non-negative")
     if subsets.design == "orthogonal" and num_units is None:
         raise ValueError("an orthogonal design's blocks depend on the number of units; pass num_units")
-    return design_units(num_models, num_units or 2, antithetic=subsets.antithetic, design=subsets.design).ids
-
-
-def _unit_order(units: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Distinct unit ids in order of first appearance and the number of rows of each."""
-    ids, first, counts = np.unique(units, return_index=True, return_counts=True)
-    order = np.argsort(first, kind="stable")
-    return ids[order], counts[order]
-
-
-def split_halves(units: Sequence[int] | np.ndarray, *, count: int | None = None,
-                 seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Positions (sorted) of two disjoint halves of whole sampling units, together at most `count` rows.
-
-    Units are shuffled with a NumPy generator seeded by `seed`; the longest prefix of at most `count` rows
-    (default: all) is cut to an even number of units, the first half of them forms one half and the rest
-    the other. When every row is its own unit this is a seeded permutation of the rows cut in two.
-    """
-    units = np.asarray(units).reshape(-1)
-    ids, sizes = _unit_order(units)
-    order = np.random.default_rng(seed).permutation(len(ids))
-    limit = len(units) if count is None else count
-    taken = int(np.searchsorted(np.cumsum(sizes[order]), limit, side="right"))
-    taken -= taken % 2
-    first, second = order[: taken // 2], order[taken // 2: taken]
-    return np.flatnonzero(np.isin(units, ids[first])), np.flatnonzero(np.isin(units, ids[second]))
-
-
-def holdout_split(units: Sequence[int] | np.ndarray, frac: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Positions (sorted) of (fit, held out): whole sampling units held out until round(frac · rows) rows,
-    by the rule every estimate file's test split uses (`dmtoolkit.estimate.splits.split_rows`)."""
-    if not 0 <= frac < 1:
-        raise ValueError(f"holdout fraction {frac} must be in [0, 1)")
-    units = np.asarray(units).reshape(-1)
-    return split_rows(np.arange(len(units)), frac, seed, units)
+    return design_draws(num_models, num_units or 2, antithetic=subsets.antithetic, design=subsets.design).ids
 
 
 # influence on arrays ------------------------------------------------------------------------------------
@@ -163,7 +131,7 @@ def class_target_matrix(influence: np.ndarray, target_labels: np.ndarray, num_cl
 class WithinStore:
     """Split-half reliability of one answer (the class ranking or the class × target-class matrix) in one store.
 
-    `split.values` are the Spearman correlations between two halves of whole sampling units, one per split
+    `split.values` are the Spearman correlations between two halves of whole draws, one per split
     seed; `full` is their mean taken by Spearman–Brown from `split.half_models` to all `models`, i.e. the
     expected agreement of this store with an independent store of the same size *if* the halves were as
     independent as two runs (they share the store's mask seed and training seed, so this can overstate it).
@@ -208,16 +176,16 @@ def answers_of_reduced(influence: np.ndarray, target_labels: np.ndarray,
     return np.asarray(influence[:, 0], dtype=np.float64), matrix
 
 
-def split_half_agreements(masks: np.ndarray, margins: np.ndarray, units: Sequence[int] | np.ndarray,
+def split_half_agreements(masks: np.ndarray, margins: np.ndarray, draws: Sequence[int] | np.ndarray,
                           target_labels: np.ndarray, num_classes: int, *, seeds: Sequence[int] = range(10),
                           estimator: str = DEFAULT_ESTIMATOR,
                           reduced: bool = False) -> tuple[SplitHalfReliability, SplitHalfReliability]:
     """Split-half reliability of the per-unit ranking and of the unit × target-class matrix over `seeds`,
-    from one influence fit per half (`split_halves`: whole sampling units on each side). With `reduced`,
+    from one influence fit per half (`split_halves`: whole draws on each side). With `reduced`,
     `margins` are `reduced_margins` (the same answers, fitted on 1 + C columns instead of T)."""
     ranking, matrix, halves = [], [], []
     for seed in seeds:
-        first, second = split_halves(units, seed=seed)
+        first, second = split_halves(draws, seed=seed)
         halves.append((len(first) + len(second)) / 2)
         fits = [class_influence(masks[rows], margins[rows], estimator=estimator) if len(rows) >= 2 else None
                 for rows in (first, second)]
@@ -249,7 +217,7 @@ class StoreReliability:
     randomness: str                  # shared | per-model | per-pair | seed-blocks | unknown
     ranking: WithinStore
     matrix: WithinStore
-    kind: str = "class"              # the store's sampling unit: class | example
+    kind: str = "class"              # the store's unit (mask column): class | example
 
     @property
     def answers(self) -> tuple[tuple[str, str], ...]:
@@ -413,13 +381,13 @@ def _read_store(path: str | Path, estimator: str, seeds: Sequence[int]) -> tuple
         kind = store.kind
         rows = completed_rows(store, minimum=4)
         masks, margins = store.read_rows(rows)
-        units = sampling_units(store, store.num_models)[rows]
+        draws = draw_ids(store, store.num_models)[rows]
         labels, classes = store.target_labels, store.target_class_names
         names, (mask_seed, training_seed), randomness = store.unit_names, _seeds(store), store.randomness
     reduced = kind == "example"
     if reduced:
         margins = reduced_margins(margins, labels, len(classes))
-    ranking, matrix = split_half_agreements(masks, margins, units, labels, len(classes), seeds=seeds,
+    ranking, matrix = split_half_agreements(masks, margins, draws, labels, len(classes), seeds=seeds,
                                             estimator=estimator, reduced=reduced)
     influence = class_influence(masks, margins, estimator=estimator)
     if influence is None:

@@ -25,7 +25,7 @@ import numpy as np
 from dmtoolkit.estimate.options import BLOCK_ROWS
 
 if TYPE_CHECKING:
-    from dmtoolkit.estimate.splits import SamplingUnits
+    from dmtoolkit.estimate.splits import Draws
 
 
 @dataclass(frozen=True)
@@ -58,11 +58,11 @@ class Estimator(ABC):
 
     @abstractmethod
     def fit(self, masks: Any, margins: Any, rows: np.ndarray | None = None, *,
-            unit_names: list[str] | None = None, units: SamplingUnits | None = None) -> Self:
+            unit_names: list[str] | None = None, draws: Draws | None = None) -> Self:
         """Fit on masks (m, P) 0/1 and margins (m, T), both sliceable by row ranges (arrays, h5py datasets).
 
         `rows` restricts the fit to those rows (default: all); `unit_names` only make messages readable;
-        `units` are the rows' sampling units (complementary pairs, orthogonal blocks; default: every row
+        `draws` are the rows' draws (complementary pairs, orthogonal blocks; default: every row
         independent), which standard errors and internal splits must respect. Returns self.
         """
 

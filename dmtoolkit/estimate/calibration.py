@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from dmtoolkit.estimate.registry import make_estimator
-from dmtoolkit.estimate.splits import SamplingUnits, design_units
+from dmtoolkit.estimate.splits import Draws, design_draws
 from dmtoolkit.masks import make_masks
 from dmtoolkit.stats.intervals import interval_quantile
 
@@ -23,13 +23,13 @@ DESIGNS = ("random", "antithetic", "orthogonal", "orthogonal+antithetic")
 
 @dataclass(frozen=True)
 class Simulation:
-    """One simulated run: masks (m, P), margins (m, T), the effects the estimators target, sampling units."""
+    """One simulated run: masks (m, P), margins (m, T), the effects the estimators target, its draws."""
 
     masks: np.ndarray
     margins: np.ndarray
     means_effect: np.ndarray
     regression_effect: np.ndarray
-    units: SamplingUnits
+    draws: Draws
 
 
 def simulate(design: str, replication: int, *, units: int = 36, models: int = 256, targets: int = 4,
@@ -49,7 +49,7 @@ def simulate(design: str, replication: int, *, units: int = 36, models: int = 25
         means_effect = beta - (beta.sum(0) - beta) / (units - 1)
         regression_effect = beta - beta.mean(0)
     return Simulation(masks, margins, means_effect, regression_effect,
-                      design_units(models, units, antithetic=antithetic, design=layout))
+                      design_draws(models, units, antithetic=antithetic, design=layout))
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,7 @@ def interval_coverage(estimator: str, design: str, *, models: int = 256, replica
     for r in range(replications):
         sim = simulate(design, r, models=models)
         model = make_estimator(estimator, device="cpu").fit(sim.masks, sim.margins,
-                                                             units=sim.units if design_aware else None)
+                                                             draws=sim.draws if design_aware else None)
         truth = sim.regression_effect if estimator == "regression" else sim.means_effect
         q = interval_quantile(level, model.stderr_dof_)
         hits.append(np.abs(model.coef_ - truth) <= q * model.stderr_)

@@ -27,7 +27,7 @@ from dmtoolkit.devices import resolve_device
 from dmtoolkit.errors import UserError
 from dmtoolkit.estimate.base import ExtraDataset, InfluenceEstimator
 from dmtoolkit.estimate.blocks import row_blocks, selected_rows
-from dmtoolkit.estimate.splits import SamplingUnits, check_contiguous
+from dmtoolkit.estimate.splits import Draws, check_contiguous
 
 
 class UndefinedInfluenceWarning(UserWarning):
@@ -53,10 +53,10 @@ class MeansAccumulator:
         self.shift: torch.Tensor | None = None
         self._carry: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
-    def add(self, masks: np.ndarray, margins: np.ndarray, units: np.ndarray | None = None) -> None:
-        """Add a block of models: masks (r, P) bool, margins (r, T), and their sampling-unit ids when grouped.
+    def add(self, masks: np.ndarray, margins: np.ndarray, draws: np.ndarray | None = None) -> None:
+        """Add a block of models: masks (r, P) bool, margins (r, T), and their draw ids when grouped.
 
-        Units are runs of consecutive rows; a run that may continue into the next block is carried over.
+        Draws are runs of consecutive rows; a run that may continue into the next block is carried over.
         """
         r, P, T = len(masks), self.num_units, self.num_targets
         if r == 0:
@@ -74,17 +74,17 @@ class MeansAccumulator:
         right[:, -1] = 1
         self.sums.add_(left.T @ right)
         if self.clusters is not None:
-            self._add_clusters(left[:, :P], right[:, :T], np.asarray(units))
+            self._add_clusters(left[:, :P], right[:, :T], np.asarray(draws))
 
-    def _add_clusters(self, masks: torch.Tensor, shifted: torch.Tensor, units: np.ndarray) -> None:
+    def _add_clusters(self, masks: torch.Tensor, shifted: torch.Tensor, draws: np.ndarray) -> None:
         if self._carry is not None:
-            carry_masks, carry_margins, carry_units = self._carry
+            carry_masks, carry_margins, carry_draws = self._carry
             masks, shifted = torch.cat([carry_masks, masks]), torch.cat([carry_margins, shifted])
-            units = np.concatenate([carry_units, units])
-        last = len(units) - int(np.argmax(units[::-1] != units[-1])) if (units != units[-1]).any() else 0
-        self._carry = (masks[last:], shifted[last:], units[last:])
+            draws = np.concatenate([carry_draws, draws])
+        last = len(draws) - int(np.argmax(draws[::-1] != draws[-1])) if (draws != draws[-1]).any() else 0
+        self._carry = (masks[last:], shifted[last:], draws[last:])
         if last:
-            self.clusters.add(masks[:last], shifted[:last], units[:last])
+            self.clusters.add(masks[:last], shifted[:last], draws[:last])
 
     def finish(self, estimator: DifferenceOfMeans, unit_names: list[str] | None) -> None:
         """Set the estimator's fitted attributes; NaN (with a warning) where undefined."""
@@ -141,19 +141,19 @@ class MeansAccumulator:
 
 
 class ClusterSums:
-    """Per-sampling-unit sums for a design-based (cluster) standard error of difference of means.
+    """Per-draw sums for a design-based (cluster) standard error of difference of means.
 
     Linearised, unit k's difference of means is Σ_i ψ_i with ψ_i = m_ik (f_i − μ_in)/n_in − (1 − m_ik)(f_i − μ_out)/n_out.
-    Draws are sampling units g (a complementary pair, an orthogonal block), so Var ≈ G/(G−1) Σ_g B_g² with
+    The draws g (a complementary pair, an orthogonal block) are the clusters, so Var ≈ G/(G−1) Σ_g B_g² with
     B_g = Σ_(i∈g) ψ_i. For a complementary pair this is exactly the paired-difference variance, for a
     balanced block the variance of the G block estimates over G; intervals use Student's t with G − 1
     degrees of freedom. With S_g = Σ_(i∈g) m_i f_i, c_g = Σ_(i∈g) m_i, t_g = Σ_(i∈g) f_i, n_g = |g|:
     B_g = a S_g − w t_g − c_g u + n_g v  (a = 1/n_in + 1/n_out, w = 1/n_out, u = μ_in/n_in + μ_out/n_out,
     v = μ_out/n_out), so one pass accumulating ΣS², ΣS·t, ΣcS, ΣnS, Σc·t, Σt², Σn·t, Σc², Σn·c, Σn² suffices.
-    S_g comes from one batched product per chunk of units (cost m·P·T, as the main product).
+    S_g comes from one batched product per chunk of draws (cost m·P·T, as the main product).
     """
 
-    CHUNK_ELEMENTS = 1 << 22  # units × P × T floats per batched product
+    CHUNK_ELEMENTS = 1 << 22  # draws × P × T floats per batched product
 
     def __init__(self, num_units: int, num_targets: int, device: torch.device) -> None:
         P, T = num_units, num_targets
@@ -164,18 +164,18 @@ class ClusterSums:
         self.nn = 0.0
         self.groups = 0
 
-    def add(self, masks: torch.Tensor, shifted: torch.Tensor, units: np.ndarray) -> None:
-        """Add complete sampling units: masks (r, P) 0/1 float, shifted margins (r, T), unit ids (r,) in runs."""
-        starts = np.flatnonzero(np.r_[True, units[1:] != units[:-1]])
-        sizes = np.diff(np.r_[starts, len(units)])
+    def add(self, masks: torch.Tensor, shifted: torch.Tensor, draws: np.ndarray) -> None:
+        """Add complete draws: masks (r, P) 0/1 float, shifted margins (r, T), draw ids (r,) in runs."""
+        starts = np.flatnonzero(np.r_[True, draws[1:] != draws[:-1]])
+        sizes = np.diff(np.r_[starts, len(draws)])
         G, L = len(starts), int(sizes.max())
         P, T = masks.shape[1], shifted.shape[1]
         group = torch.as_tensor(np.repeat(np.arange(G), sizes), device=masks.device)
-        slot = torch.as_tensor(np.arange(len(units)) - np.repeat(starts, sizes), device=masks.device)
+        slot = torch.as_tensor(np.arange(len(draws)) - np.repeat(starts, sizes), device=masks.device)
         chunk = max(1, self.CHUNK_ELEMENTS // max(1, L * (P + T) + P * T))
         for lo in range(0, G, chunk):
             hi = min(lo + chunk, G)
-            rows = slice(int(starts[lo]), int(starts[hi]) if hi < G else len(units))
+            rows = slice(int(starts[lo]), int(starts[hi]) if hi < G else len(draws))
             g, s = group[rows] - lo, slot[rows]
             padded_masks = torch.zeros(hi - lo, L, P, dtype=torch.float32, device=masks.device)
             padded_margins = torch.zeros(hi - lo, L, T, dtype=torch.float32, device=masks.device)
@@ -197,7 +197,7 @@ class ClusterSums:
             self.groups += hi - lo
 
     def stderr(self, n_in: torch.Tensor, n_out: torch.Tensor, s_in: torch.Tensor, s_out: torch.Tensor) -> np.ndarray:
-        """sqrt(G/(G−1) Σ_g B_g²) per (unit, target); NaN where a side is empty or there are fewer than 2 units."""
+        """sqrt(G/(G−1) Σ_g B_g²) per (unit, target); NaN where a side is empty or there are fewer than 2 draws."""
         G = self.groups
         defined = (n_in > 0) & (n_out > 0)
         if G < 2:
@@ -240,20 +240,20 @@ class DifferenceOfMeans(InfluenceEstimator):
     coef_meaning = "mean margin with the unit in the subset minus without it; NaN where undefined"
 
     def fit(self, masks: Any, margins: Any, rows: np.ndarray | None = None, *,
-            unit_names: list[str] | None = None, units: SamplingUnits | None = None) -> Self:
-        """See `Estimator.fit`; `units` are the rows' sampling units (default: independent rows), which the
+            unit_names: list[str] | None = None, draws: Draws | None = None) -> Self:
+        """See `Estimator.fit`; `draws` are the rows' draws (default: independent rows), which the
         standard errors respect: Welch's for independent rows, the cluster formula otherwise."""
         device = resolve_device(self.device)
         rows = selected_rows(masks, margins, rows)
-        grouped = units is not None and not units.singletons
+        grouped = draws is not None and not draws.singletons
         if grouped:
-            check_contiguous(units.ids)
+            check_contiguous(draws.ids)
         acc = MeansAccumulator(masks.shape[1], margins.shape[1], device, errors=self.errors, grouped=grouped)
         for block, (mask_block, margin_block) in row_blocks([masks, margins], rows, self.block_rows):
-            acc.add(mask_block, margin_block, units.ids[block] if grouped else None)
+            acc.add(mask_block, margin_block, draws.ids[block] if grouped else None)
         acc.finish(self, unit_names)
         self.fit_rows_ = rows
-        self.stderr_method_ = (("cluster over sampling units: " + units.design) if grouped else
+        self.stderr_method_ = (("cluster over draws: " + draws.design) if grouped else
                                "Welch, sqrt(var_in/n_in + var_out/n_out), independent rows" if self.errors else
                                "not computed (errors=False)")
         return self

@@ -164,7 +164,7 @@ def save_estimate(out_path: str | Path, estimator: Estimator, *, provenance: Pro
             "subset_fraction": provenance.subset_fraction,
             "split_seed": split.seed, "test_fraction": split.test_fraction,
             "target_start": columns.start, "target_stop": columns.stop,
-            "sampling_units": split.units_design,
+            "sampling_units": split.draw_design,  # what a draw is (the name files have always used)
             "warnings": "\n".join(estimator.warnings_),
             "package_version": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         })

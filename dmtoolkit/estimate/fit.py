@@ -16,8 +16,9 @@ from dmtoolkit.estimate.base import Estimator
 from dmtoolkit.estimate.blocks import TargetColumns
 from dmtoolkit.estimate.files import Provenance, save_estimate
 from dmtoolkit.estimate.registry import ESTIMATORS
-from dmtoolkit.estimate.splits import RowSplit, SamplingUnits, design_units, detect_units, split_rows
+from dmtoolkit.estimate.splits import Draws, RowSplit, design_draws, detect_draws
 from dmtoolkit.resources import require_memory
+from dmtoolkit.stats.splits import first_rows, split_rows
 from dmtoolkit.store import RunStore
 
 
@@ -37,16 +38,16 @@ def completed_rows(store: RunStore, minimum: int = 2) -> np.ndarray:
     return rows
 
 
-def store_units(store: RunStore) -> SamplingUnits:
-    """The sampling units of a store's rows: from the mask design its recipe names, or, for masks given
+def store_draws(store: RunStore) -> Draws:
+    """The draws of a store's rows: from the mask design its recipe names, or, for masks given
     explicitly, complementary pairs where every even row's complement follows it. An imported store's rows are
     independent unless its import said `--design antithetic` (checked then: rows 2i, 2i+1 complementary)."""
     if store.imported:
-        return design_units(store.num_models, store.num_units, antithetic=store.antithetic)
+        return design_draws(store.num_models, store.num_units, antithetic=store.antithetic)
     if store.explicit_masks:
-        return detect_units(store.masks[()])
+        return detect_draws(store.masks[()])
     sub = store.recipe.subsets
-    return design_units(store.num_models, store.num_units, antithetic=sub.antithetic, design=sub.design)
+    return design_draws(store.num_models, store.num_units, antithetic=sub.antithetic, design=sub.design)
 
 
 def parse_targets(spec: str | slice | None, num_targets: int) -> slice:
@@ -76,14 +77,17 @@ def _device_name(device: object) -> str | None:
 
 
 def fit_store(store_path: str | Path, out_path: str | Path, estimator: Estimator, *, test_fraction: float = 0.1,
-              seed: int = 0, targets: str | slice | None = None, force: bool = False) -> Estimator:
+              seed: int = 0, targets: str | slice | None = None, force: bool = False,
+              fit_models: int | None = None) -> Estimator:
     """Fit `estimator` on the store's completed models less a held-out test fraction; write ESTIMATE.h5.
 
     `test_fraction` of the completed rows (drawn with `seed`, recorded in the file) are left out for
-    `dmtoolkit evaluate`; 0 fits on all of them (evaluate then has nothing to score). Whole sampling units
-    (complementary pairs, orthogonal blocks) are held out, and the estimator is told the units so its
+    `dmtoolkit evaluate`; 0 fits on all of them (evaluate then has nothing to score). Whole draws
+    (complementary pairs, orthogonal blocks) are held out, and the estimator is told the draws so its
     standard errors follow the design. `targets` ("A:B")
-    fits a slice of the target columns, so a large job can be split across processes.
+    fits a slice of the target columns, so a large job can be split across processes. `fit_models`, for
+    learning curves, fits on only the first that many of the fitting rows (row order, whole draws:
+    `dmtoolkit.stats.splits.first_rows`) and leaves the test rows as they are.
     """
     if not 0 <= test_fraction < 1:
         raise UserError(f"test fraction {test_fraction} must be in [0, 1)")
@@ -98,17 +102,19 @@ def fit_store(store_path: str | Path, out_path: str | Path, estimator: Estimator
                        device=device)
         require_memory(estimator.memory_bytes(P, width), what=f"{estimator.name}: the {P:,} × {width:,} unit × "
                        "target matrices", flag="fit fewer target examples at a time with --targets A:B", device=device)
-        units = store_units(store)
-        fit_rows, test_rows = split_rows(rows, test_fraction, seed, units.ids)
+        draws = store_draws(store)
+        fit_rows, test_rows = split_rows(rows, test_fraction, seed, draws.ids)
         if len(fit_rows) < 2:
             raise UserError(f"{store.path}: holding out {len(test_rows)} of {len(rows)} completed models leaves "
                             f"{len(fit_rows)} to fit; lower the test fraction or train more models")
+        if fit_models is not None:
+            fit_rows = first_rows(fit_rows, fit_models, draws.ids)
         margins = store.margins if columns == slice(0, store.num_targets) else TargetColumns(store.margins, columns)
-        estimator.fit(store.masks, margins, fit_rows, unit_names=store.unit_names, units=units)
+        estimator.fit(store.masks, margins, fit_rows, unit_names=store.unit_names, draws=draws)
         provenance = Provenance.of(store)
         unit_names, target_names = store.unit_names, store.target_names[columns]
     split = RowSplit(fit=estimator.fit_rows_, selection=estimator.selection_rows_, test=test_rows, seed=seed,
-                     test_fraction=test_fraction, units_design=units.design)
+                     test_fraction=test_fraction, draw_design=draws.design)
     save_estimate(out_path, estimator, provenance=provenance, split=split, unit_names=unit_names,
                   target_names=target_names, columns=columns, summary=ESTIMATORS[estimator.name].summary, force=force,
                   inputs=(store_path,))

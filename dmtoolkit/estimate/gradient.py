@@ -79,7 +79,7 @@ from dmtoolkit.estimate.options import (
 
 if TYPE_CHECKING:
     from dmtoolkit.estimate.networks import Network
-    from dmtoolkit.estimate.splits import SamplingUnits
+    from dmtoolkit.estimate.splits import Draws
     from dmtoolkit.recipe import TransferSpec
 
 PROJECTIONS, HEADS, KERNELS = GRADIENT_PROJECTIONS, GRADIENT_HEADS, GRADIENT_KERNELS
@@ -692,7 +692,7 @@ class GradientEstimator(Estimator):
         return context
 
     def fit(self, masks: Any, margins: Any, rows: np.ndarray | None = None, *,
-            unit_names: list[str] | None = None, units: SamplingUnits | None = None) -> Self:
+            unit_names: list[str] | None = None, draws: Draws | None = None) -> Self:
         self.check_settings()
         rows = np.arange(masks.shape[0]) if rows is None else np.asarray(rows)
         if self.models > len(rows):

@@ -47,7 +47,8 @@ from dmtoolkit.errors import ParameterError
 from dmtoolkit.estimate.base import Estimator, ExtraDataset
 from dmtoolkit.estimate.blocks import row_blocks, selected_rows
 from dmtoolkit.estimate.options import DATAMODELS_BLOCK_ROWS, EPS, N_LAMBDAS, VAL_FRACTION
-from dmtoolkit.estimate.splits import SamplingUnits, split_rows
+from dmtoolkit.estimate.splits import Draws
+from dmtoolkit.stats.splits import split_rows
 
 
 class LassoConvergenceWarning(UserWarning):
@@ -259,18 +260,18 @@ class LassoPath(Estimator):
                                      "val_frac")
 
     def fit(self, X: Any, Y: Any, rows: np.ndarray | None = None, *,
-            unit_names: list[str] | None = None, units: SamplingUnits | None = None) -> Self:
+            unit_names: list[str] | None = None, draws: Draws | None = None) -> Self:
         """Fit on X (m,P) 0/1 masks and Y (m,T); both sliceable by row ranges (arrays or h5py datasets).
 
         `rows` restricts to those rows (e.g. a store's completed models); they are split into
-        training and validation sets with `seed` (whole sampling `units`), recorded as fit_rows_ and
+        training and validation sets with `seed` (whole `draws`), recorded as fit_rows_ and
         selection_rows_.
         """
         rows = selected_rows(X, Y, rows)
         self.check_settings(len(rows))
         device = resolve_device(self.device)
         self.fit_rows_, self.selection_rows_ = split_rows(rows, self.val_frac, self.seed,
-                                                          None if units is None else units.ids)
+                                                          None if draws is None else draws.ids)
         P, T = X.shape[1], Y.shape[1]
         stats = _Stats(P, T, device)
         for _, (xb, yb) in row_blocks([X, Y], self.fit_rows_, self.block_rows):

@@ -13,10 +13,10 @@ The estimate file must name this store's current content hash; otherwise the row
 mean something else, and `evaluate` refuses.
 
 The mean LDS carries a percentile bootstrap interval over the test models (`lds_interval`): the held-out
-sampling units, by the estimators' own rule (`store_units`: an antithetic pair, an orthogonal block, else a
+draws, by the estimators' own rule (`store_draws`: an antithetic pair, an orthogonal block, else a
 model; held-out splits keep them whole), are resampled with replacement and the mean LDS recomputed, so the
 interval says how much the score would move on another set of test models of the same size (the estimate
-itself is held fixed). Fewer than 3 held-out units give no interval.
+itself is held fixed). Fewer than 3 held-out draws give no interval.
 
 The arithmetic on arrays (per-target score, summary, bootstrap) is `dmtoolkit.stats.lds`; this module applies it to
 an estimate file and its run store and words the verdict.
@@ -36,8 +36,7 @@ from dmtoolkit.errors import StoreError, UserError
 from dmtoolkit.estimate.base import linear_prediction
 from dmtoolkit.estimate.blocks import TargetColumns, row_blocks
 from dmtoolkit.estimate.files import OpenedEstimate, load_estimate
-from dmtoolkit.estimate.fit import store_units
-from dmtoolkit.estimate.splits import split_rows
+from dmtoolkit.estimate.fit import store_draws
 from dmtoolkit.stats.intervals import percentile_interval
 from dmtoolkit.stats.lds import (
     BOOTSTRAP_DRAWS,
@@ -46,6 +45,7 @@ from dmtoolkit.stats.lds import (
     bootstrap_lds_means,
     summarise_lds,
 )
+from dmtoolkit.stats.splits import split_rows
 from dmtoolkit.store import RunStore
 
 LDS_WEAK = 0.1
@@ -62,11 +62,11 @@ HISTOGRAM_EDGES = np.round(np.linspace(-1, 1, 21), 10)
 @dataclass(frozen=True)
 class LdsCurve:
     """How LDS grows with models in this store: the estimator refitted, with the estimate's settings, on half of
-    its fitting models (whole sampling units), scored on the same test models as the estimate itself.
+    its fitting models (whole draws), scored on the same test models as the estimate itself.
 
     half_models / full_models: fitting models of the refit and of the estimate; half_lds / full_lds: their mean
     LDS; gain: LDS gained per doubling of models, (full − half) / log2(full_models / half_models), with a paired
-    bootstrap interval over the test models' sampling units (`gain_interval`, same level as the LDS interval);
+    bootstrap interval over the test models' draws (`gain_interval`, same level as the LDS interval);
     needed: for each goal in LDS_GOALS, the fitting models a log-linear extrapolation of the two points needs
     (full_models when already reached; None when the gain's interval does not exclude 0, so the store cannot
     tell). Two points of a curve that bends: read `needed` as an order of magnitude.
@@ -86,7 +86,7 @@ class LdsCurve:
         return self.gain_interval is not None and self.gain_interval[0] > 0
 
     def to_json(self) -> dict[str, Any]:
-        return {"method": "estimator refitted on half the fitting models (whole sampling units), LDS on the same "
+        return {"method": "estimator refitted on half the fitting models (whole draws), LDS on the same "
                           "test models, log-linear extrapolation",
                 "half_models": self.half_models, "full_models": self.full_models, "half_lds": self.half_lds,
                 "full_lds": self.full_lds, "gain_per_doubling": self.gain,
@@ -102,7 +102,7 @@ def lds_verdict(mean: float | None, interval: tuple[float, float] | None, curve:
         return "verdict: LDS undefined (every held-out target has constant margins): nothing to judge"
     shown = f"LDS {mean:.3f}" + ("" if interval is None else f" [{interval[0]:.3f}, {interval[1]:.3f}]")
     if interval is None:
-        shown += ", no interval (fewer than 3 held-out sampling units)"
+        shown += ", no interval (fewer than 3 held-out draws)"
     if mean <= 0 or (interval is not None and interval[0] <= 0):
         head = f"verdict: no better than chance ({shown}): its rankings are not evidence"
     elif mean < LDS_WEAK:
@@ -140,8 +140,8 @@ class LdsResult(Displayable):
     lds_per_target: tuple[float | None, ...]
     histogram_edges: tuple[float, ...]
     histogram_counts: tuple[int, ...]
-    lds_interval: tuple[float, float] | None = None  # 95% bootstrap over held-out sampling units
-    heldout_units: int = 0                            # held-out sampling units resampled
+    lds_interval: tuple[float, float] | None = None  # 95% bootstrap over held-out draws
+    heldout_units: int = 0                            # held-out draws resampled (JSON key kept)
     curve: LdsCurve | None = None                     # LDS at half the fitting models (when computed)
     curve_note: str = ""                              # why there is no curve, when there is none
 
@@ -177,12 +177,12 @@ def lds_curve(est: Any, store: RunStore, masks: np.ndarray, actual: np.ndarray, 
               full_predicted: np.ndarray, *, draws: int = BOOTSTRAP_DRAWS, level: float = INTERVAL_LEVEL,
               seed: int = CURVE_SEED) -> LdsCurve:
     """`LdsCurve` of an estimate: its estimator refitted on half its fitting (and selection) models, whole
-    sampling units (`split_rows` with `seed`), scored on the test models (`masks`, `actual`, their `units`)
+    draws (`split_rows` with `seed`), scored on the test models (`masks`, `actual`, their `units`)
     beside the estimate's own prediction `full_predicted`."""
     from dmtoolkit.estimate.refit import refit_on_rows
 
     rows = np.union1d(est.fit_rows, est.selection_rows)
-    half, _ = split_rows(rows, 0.5, seed, store_units(store).ids)
+    half, _ = split_rows(rows, 0.5, seed, store_draws(store).ids)
     values = store.margins if est.columns == slice(0, store.num_targets) else TargetColumns(store.margins, est.columns)
     with warnings.catch_warnings():  # the half fit's own warnings (undefined units, λ paths) are not the user's
         warnings.simplefilter("ignore")
@@ -234,7 +234,7 @@ def evaluate(store_path: str | Path | None, estimate_path: str | Path | OpenedEs
             raise ValueError("evaluate: give the run store of an estimate file (or an OpenedEstimate)")
         opened = OpenedEstimate(est, store_path, run=RunStore(store_path), keep_open=False)
     with opened.using_store() as store:
-        units = store_units(store).ids[rows]  # the draws: a pair's or a block's models are one
+        units = store_draws(store).ids[rows]  # the draws: a pair's or a block's models are one
         margins = TargetColumns(store.margins, est.columns)
         predicted, actual, test_masks = [], [], []
         for _, (masks, block) in row_blocks([store.masks, margins], rows, block_rows):

@@ -17,7 +17,7 @@ from dmtoolkit.devices import resolve_device
 from dmtoolkit.errors import UserError
 from dmtoolkit.estimate.base import ExtraDataset, InfluenceEstimator
 from dmtoolkit.estimate.blocks import row_blocks, selected_rows
-from dmtoolkit.estimate.splits import SamplingUnits
+from dmtoolkit.estimate.splits import Draws
 
 
 class RegressionAccumulator:
@@ -103,7 +103,7 @@ class Regression(InfluenceEstimator):
         return 16 * (num_units + 1) ** 2 + 16 * num_units * num_targets
 
     def fit(self, masks: Any, margins: Any, rows: np.ndarray | None = None, *,
-            unit_names: list[str] | None = None, units: SamplingUnits | None = None) -> Self:
+            unit_names: list[str] | None = None, draws: Draws | None = None) -> Self:
         device = resolve_device(self.device)
         rows = selected_rows(masks, margins, rows)
         acc = RegressionAccumulator(masks.shape[1], margins.shape[1], device)

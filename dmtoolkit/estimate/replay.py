@@ -64,7 +64,7 @@ from dmtoolkit.estimate.base import Estimator, ExtraDataset
 from dmtoolkit.estimate.options import REPLAY_MODES, REPLAY_POINTS, REPLAY_TARGET_CHUNK
 
 if TYPE_CHECKING:
-    from dmtoolkit.estimate.splits import SamplingUnits
+    from dmtoolkit.estimate.splits import Draws
     from dmtoolkit.recipe import TransferSpec
     from dmtoolkit.train.fit import LoopSettings
 
@@ -517,7 +517,7 @@ class ReplayEstimator(Estimator):
         return RunContext.from_store(self.store_path, self.device)
 
     def fit(self, masks: Any, margins: Any, rows: np.ndarray | None = None, *,
-            unit_names: list[str] | None = None, units: SamplingUnits | None = None) -> Self:
+            unit_names: list[str] | None = None, draws: Draws | None = None) -> Self:
         from dmtoolkit.train.job import model_seed
 
         self.check_settings()

@@ -274,7 +274,7 @@ def format_lds(result: LdsResult) -> str:
             "" if curve.gain_interval is None else
             f" [{curve.gain_interval[0]:+.3f}, {curve.gain_interval[1]:+.3f}]"))
         lines.append(f"curve: refitted on half the fitting models ({curve.half_models:,} of {curve.full_models:,}, "
-                     f"whole sampling units), LDS {_value(curve.half_lds)} vs {_value(curve.full_lds)} on the same "
+                     f"whole draws), LDS {_value(curve.half_lds)} vs {_value(curve.full_lds)} on the same "
                      f"held-out models{gain}")
     counts, edges = result.histogram_counts, result.histogram_edges
     scale = 40 / max(max(counts), 1)
@@ -355,7 +355,7 @@ def format_reliability(report: ReliabilityReport) -> str:
     kind = report.stores[0].kind
     lines = [f"verdict: {line}" for line in report.verdicts]
     lines += [f"reliability of {report.estimator} {kind} influence",
-              f"  split-half: Spearman between halves of whole sampling units (mean ± sd over {splits} splits)",
+              f"  split-half: Spearman between halves of whole draws (mean ± sd over {splits} splits)",
               "  full: Spearman-Brown to all models; for 0.8 / 0.9: models one run needs to agree that well with "
               "another such run"]
     if kind == "example":

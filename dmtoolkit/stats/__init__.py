@@ -5,7 +5,7 @@ here reads a store, an estimate file or a recipe, so every layer can use them).
   positions; the rule `rank_classes`, `removal_ranking` and reliability's rankings share.
 - `correlation`: Spearman (per column, of two vectors, over the entries defined in both), Spearman–Brown and
   its inverse (the models a reliability goal needs).
-- `lds`: the linear datamodeling score per target, its summary and its bootstrap interval over sampling draws.
+- `lds`: the linear datamodeling score per target, its summary and its bootstrap interval over draws.
 - `pvalues`: one-sided p-values from standard errors, Simes, Benjamini–Hochberg.
 - `intervals`: the two-sided t (or normal) quantile every interval uses, interval bounds, percentile intervals.
 - `splits`: splitting rows by the draws they were sampled in.
