@@ -39,6 +39,7 @@ from dmtoolkit.analyze.results import (
     Subpopulation,
     TargetEffect,
 )
+from dmtoolkit.capabilities import Capability
 from dmtoolkit.errors import UserError
 from dmtoolkit.estimate.calibration import interval_quantile
 from dmtoolkit.estimate.difference_of_means import UndefinedInfluenceWarning
@@ -220,6 +221,7 @@ def subpopulation(path: str | Path, class_name: str, *, n: int = SUBPOP_SIZE, st
     if run is not None:
         with run:
             if with_images:
+                run.require(Capability.IMAGES, "subpop --png")
                 images = run.target_images([t.target for t in targets])
     return Subpopulation(file=str(est.path), class_name=class_name, targets=targets, images=images,
                          level=shown_level, interval_note=note)
