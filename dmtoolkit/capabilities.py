@@ -51,8 +51,7 @@ class _Row:
     """One capability: how a store (or recipe) lacks it, and the parts of its one message."""
 
     lacks: Callable[[Any], str | None]  # the detail `lack` names ({why}), or None when present
-    lack: str                           # what the store lacks
-    verb: str                           # what the command cannot do without it
+    lack: str                           # what the store lacks, and why
     instead: str                        # what to do instead
     needs: tuple[str, ...] = ()         # capabilities checked first (by name)
 
@@ -61,18 +60,15 @@ _TABLE: dict[str, _Row] = {
     "RECIPE": _Row(
         _lacks_recipe,
         "an imported store has no recipe (made by `dmtoolkit store import`)",
-        "train models from it",
         "influence, datamodels and the analyses of masks and margins work on it; to train, make a store from a "
         "recipe with `dmtoolkit init`"),
     "IMAGES": _Row(
         _lacks_images,
         "this store has no images ({why})",
-        "show or compare them",
         "the analyses of masks and margins (rank, subpop without --png, mislabels, explain) work on it"),
     "BUILTIN_NETWORKS": _Row(
         _lacks_builtin_networks,
-        "this store's rows come from trainer {why}, not the built-in networks",
-        "differentiate their training or read their features",
+        "this store's rows come from trainer {why}, not the built-in networks (their training and features)",
         "`dmtoolkit gradient` (--head fixed, --checkpoints 1) scores a trainer's networks through its module's "
         "gradient_networks(job), and influence and datamodels work on any store",
         needs=("RECIPE",)),
@@ -103,11 +99,11 @@ class Capability(Enum):
         return self.missing(subject) is None
 
     def message(self, where: str | Path, command: str | None, why: str) -> str:
-        """The one line: `where` (the store) lacks this, so `dmtoolkit COMMAND` cannot do what it needs; what to
-        do instead. `command` None (a library call no command named) reads "the toolkit"."""
+        """The one line: `where` (the store) lacks this, which `dmtoolkit COMMAND` needs; what to do instead.
+        `command` None (a library call no command named) reads "this call"."""
         row = self._row
-        who = f"`dmtoolkit {command}`" if command else "the toolkit"
-        return f"{where}: {row.lack.format(why=why)}, so {who} cannot {row.verb}; {row.instead}"
+        who = f"`dmtoolkit {command}`" if command else "this call"
+        return f"{where}: {row.lack.format(why=why)}, which {who} needs; {row.instead}"
 
     def require(self, subject: Any, where: str | Path, command: str | None = None) -> None:
         """Refuse `subject` in one line (`StoreError`) when it lacks this capability or one it needs first."""

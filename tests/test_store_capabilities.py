@@ -30,17 +30,17 @@ PACKAGE = Path(__file__).resolve().parent.parent / "dmtoolkit"
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 
 # The one message per capability, written out here (not taken from the module) so a change of wording is seen.
-NO_RECIPE = ("{store}: an imported store has no recipe (made by `dmtoolkit store import`), so `dmtoolkit {command}` "
-             "cannot train models from it; influence, datamodels and the analyses of masks and margins work on it; "
-             "to train, make a store from a recipe with `dmtoolkit init`")
-NO_IMAGES = ("{store}: this store has no images ({why}), so `dmtoolkit {command}` cannot show or compare them; the "
-             "analyses of masks and margins (rank, subpop without --png, mislabels, explain) work on it")
+NO_RECIPE = ("{store}: an imported store has no recipe (made by `dmtoolkit store import`), which {command} needs; "
+             "influence, datamodels and the analyses of masks and margins work on it; to train, make a store from a "
+             "recipe with `dmtoolkit init`")
+NO_IMAGES = ("{store}: this store has no images ({why}), which {command} needs; the analyses of masks and margins "
+             "(rank, subpop without --png, mislabels, explain) work on it")
 IMPORTED = "`dmtoolkit store import` brings masks and margins only"
 OWN_DATA = "its recipe's trainer brings its own data"
-NO_BUILTIN = ("{store}: this store's rows come from trainer captrainer:train, not the built-in networks, so "
-              "`dmtoolkit {command}` cannot differentiate their training or read their features; `dmtoolkit "
-              "gradient` (--head fixed, --checkpoints 1) scores a trainer's networks through its module's "
-              "gradient_networks(job), and influence and datamodels work on any store")
+NO_BUILTIN = ("{store}: this store's rows come from trainer captrainer:train, not the built-in networks (their "
+              "training and features), which {command} needs; `dmtoolkit gradient` (--head fixed, --checkpoints 1) "
+              "scores a trainer's networks through its module's gradient_networks(job), and influence and "
+              "datamodels work on any store")
 
 M, P, T = 16, 6, 5
 TRAINER = textwrap.dedent('''
@@ -138,20 +138,22 @@ def test_no_recipe_refuses_every_command_that_trains(imported: dict[str, Path]) 
         "counterfactual": ["counterfactual", RECIPES / "glyphs-to-mnist.yaml", "--influence",
                            imported["infl-class"], "-o", folder / "cf.h5"],
         "explain --verify": ["explain", imported["infl-class"], "--target", 0, "--verify", 1],
+        "train --shard": ["train", store, "--shard", "0/2", "-o", folder / "shard.h5"],
+        "store merge": ["store", "merge", store, imported["example"], "-o", folder / "merged.h5"],
     }
     for command, args in cases.items():
-        refused(folder, args, NO_RECIPE.format(store=store, command=command))
+        refused(folder, args, NO_RECIPE.format(store=store, command=f"`dmtoolkit {command}`"))
 
 
 def test_no_images_refuses_the_commands_that_show_pixels(imported: dict[str, Path],
                                                          own_data: dict[str, Path]) -> None:
     folder = imported["class"].parent
     refused(folder, ["subpop", imported["infl-class"], "--class", "u0", "--png", folder / "s.png"],
-            NO_IMAGES.format(store=imported["class"], why=IMPORTED, command="subpop --png"))
+            NO_IMAGES.format(store=imported["class"], why=IMPORTED, command="`dmtoolkit subpop --png`"))
     refused(folder, ["leakage", imported["infl-example"]],
-            NO_IMAGES.format(store=imported["example"], why=IMPORTED, command="leakage"))
+            NO_IMAGES.format(store=imported["example"], why=IMPORTED, command="`dmtoolkit leakage`"))
     refused(folder, ["leakage", own_data["infl"]],
-            NO_IMAGES.format(store=own_data["store"], why=OWN_DATA, command="leakage"))
+            NO_IMAGES.format(store=own_data["store"], why=OWN_DATA, command="`dmtoolkit leakage`"))
     code, output = run(folder, "subpop", imported["infl-class"], "--class", "u0")  # no pixels asked: fine
     assert code == 0, output
 
@@ -164,24 +166,22 @@ def test_a_trainers_store_refuses_what_needs_the_builtin_networks(own_data: dict
         "gradient --checkpoints": ["gradient", store, "-o", folder / "g.h5", "--checkpoints", "2"],
     }
     for command, args in cases.items():
-        refused(folder, args, NO_BUILTIN.format(store=store, command=command))
+        refused(folder, args, NO_BUILTIN.format(store=store, command=f"`dmtoolkit {command}`"))
 
 
 def test_library_calls_read_the_same_line(imported: dict[str, Path], own_data: dict[str, Path]) -> None:
-    """Without a command (a library call), the line names "the toolkit"; the rest is the same."""
+    """Without a command (a library call), the line names "this call"; the rest is the same."""
     with RunStore(imported["class"]) as store, pytest.raises(StoreError) as error:
         store.recipe  # noqa: B018
-    assert str(error.value) == NO_RECIPE.format(store=imported["class"], command="").replace(
-        "`dmtoolkit `", "the toolkit")
+    assert str(error.value) == NO_RECIPE.format(store=imported["class"], command="this call")
     with RunStore(own_data["store"]) as store, pytest.raises(StoreError) as error:
         store.source_images([0])
-    assert str(error.value) == NO_IMAGES.format(store=own_data["store"], why=OWN_DATA, command="").replace(
-        "`dmtoolkit `", "the toolkit")
+    assert str(error.value) == NO_IMAGES.format(store=own_data["store"], why=OWN_DATA, command="this call")
     from dmtoolkit.analyze.features import feature_similarity
 
     with RunStore(own_data["store"]) as store, pytest.raises(StoreError) as error:
         feature_similarity(store)
-    assert str(error.value) == NO_BUILTIN.format(store=own_data["store"], command="leakage --features")
+    assert str(error.value) == NO_BUILTIN.format(store=own_data["store"], command="`dmtoolkit leakage --features`")
 
 
 # --- no hand-written refusals on store facts outside the capability's home ----------------------------------
