@@ -27,6 +27,7 @@ import numpy as np
 
 from dmtoolkit import __version__
 from dmtoolkit.atomic import check_output, replacing
+from dmtoolkit.capabilities import Capability
 from dmtoolkit.errors import StoreError
 from dmtoolkit.lock import WriterLock
 from dmtoolkit.masks import make_masks
@@ -453,10 +454,16 @@ class RunStore:
     # metadata -----------------------------------------------------------------------------------
     @property
     def recipe(self) -> Recipe:
-        if self.imported:
-            raise StoreError(f"{self.path}: an imported store has no recipe (made by `dmtoolkit store import`), "
-                             "so nothing can be trained or retrained from it")
+        self.require(Capability.RECIPE)
         return parse_recipe_text(self.file.attrs["recipe"], origin=f"{self.path} (stored recipe)")
+
+    def has(self, capability: Capability) -> bool:
+        """Whether this store supports what `capability` names (for code that chooses a path; see `require`)."""
+        return capability.present(self)
+
+    def require(self, capability: Capability, command: str | None = None) -> None:
+        """Refuse, in the capability's one line naming `dmtoolkit COMMAND`, a store that lacks it."""
+        capability.require(self, self.path, command)
 
     @property
     def imported(self) -> bool:
@@ -654,20 +661,14 @@ class RunStore:
     def target_class_names(self) -> list[str]:
         return self.strings("target/class_names")
 
-    def _require_images(self, what: str) -> None:
-        if not self.has_images:
-            how = ("`dmtoolkit store import` brings masks and margins only" if self.imported
-                   else "its recipe's trainer brings its own data")
-            raise StoreError(f"{self.path}: this store has no {what} images ({how})")
-
     def source_images(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
         """uint8 (n, H, W, C) images of the given source pool examples, in the given order."""
-        self._require_images("source")
+        self.require(Capability.IMAGES)
         return _take(self.file["source/images"], indices)
 
     def target_images(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
         """uint8 (n, H, W, C) images of the given target test examples, in the given order."""
-        self._require_images("target")
+        self.require(Capability.IMAGES)
         return _take(self.file["target/images"], indices)
 
     def planted(self) -> Planted | None:
@@ -685,7 +686,7 @@ class RunStore:
         """The stored data, as workers need it to train and transfer any model of the run (a trainer that brings
         its own data gets the blank placeholder splits its store holds)."""
         if self.imported:
-            self._require_images("source or target")
+            self.require(Capability.IMAGES)
         f = self.file
         split = lambda images, labels: Split(f[images][()], f[labels][()])  # noqa: E731
         planted = self.planted()

@@ -59,7 +59,7 @@ def test_digits_mlp_example(tmp_path: Path) -> None:
         assert not s.has_images  # the trainer brought its own data: no pixels to show or compare
     result = CliRunner().invoke(cli, ["subpop", str(tmp_path / "influence.h5"), "--class", recipe.own_data.unit_names[0]
                                       if recipe.own_data.unit_names else "0", "--png", str(tmp_path / "grid.png")])
-    assert result.exit_code == 1 and "this store has no target images (its recipe's trainer brings its own data)" \
+    assert result.exit_code == 1 and "this store has no images (its recipe's trainer brings its own data), which `dmtoolkit subpop --png` needs" \
         in result.output and not (tmp_path / "grid.png").exists()
 
 

@@ -274,9 +274,12 @@ def test_a_hook_whose_network_does_not_match_the_store_is_refused(user_store: Pa
 
 
 def test_user_stores_refuse_the_builtin_only_settings(user_store: Path, tmp_path: Path) -> None:
-    with pytest.raises(UserError, match="--checkpoints chooses the built-in networks' checkpoints"):
+    with pytest.raises(UserError, match=r"from trainer examples\.digits_examples:train, not the built-in networks "
+                                        r"\(their training and features\), which `dmtoolkit gradient --checkpoints` needs"):
         fit_gradient(user_store, tmp_path / "g.h5", models=1, checkpoints=3, holdout_frac=0.3)
-    with pytest.raises(UserError, match="--head differentiated needs the built-in ridge head"):
+    with pytest.raises(UserError, match=r"from trainer examples\.digits_examples:train, not the built-in networks "
+                                        r"\(their training and features\), which `dmtoolkit gradient --head "
+                                        r"differentiated` needs"):
         fit_gradient(user_store, tmp_path / "g.h5", models=1, head="differentiated", holdout_frac=0.3)
 
 

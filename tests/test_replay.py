@@ -208,8 +208,8 @@ def test_cli_replay_then_evaluate(trained_store: Path, tmp_path: Path) -> None:
 def test_refuses_what_it_cannot_differentiate(tmp_path: Path, trained_store: Path) -> None:
     base = {k: v for k, v in _recipe().items() if k not in ("model", "training", "transfer")}
     user = parse_recipe_dict({**base, "trainer": "mytrainer:train"})
-    with pytest.raises(UserError, match=r"^x.h5: made by trainer mytrainer:train; the replay estimator differentiates "
-                                        r"the built-in training code step by step"):
+    with pytest.raises(UserError, match=r"^x\.h5: this store's rows come from trainer mytrainer:train, not the "
+                                        r"built-in networks \(their training and features\), which `dmtoolkit replay` needs"):
         check_replayable(user, "x.h5")
     linear = parse_recipe_dict({**_recipe(), "transfer": {"head": "logistic"}})
     with pytest.raises(UserError, match="closed-form ridge head"):

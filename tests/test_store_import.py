@@ -224,11 +224,14 @@ def test_tools_that_need_a_recipe_or_images_say_so(npy: dict[str, Path], tmp_pat
     assert import_npy(npy, out).exit_code == 0
     assert run("influence", out, "-o", tmp_path / "infl.h5").exit_code == 0
     checks = [
-        (["train", out], "an imported store has no recipe"),
+        (["train", out], "an imported store has no recipe (made by `dmtoolkit store import`), which `dmtoolkit "
+                         "train` needs"),
         (["subpop", tmp_path / "infl.h5", "--class", "class-0", "--png", tmp_path / "s.png"],
-         "this store has no target images"),
+         "this store has no images (`dmtoolkit store import` brings masks and margins only), which `dmtoolkit "
+         "subpop --png` needs"),
         (["counterfactual", "recipes/glyphs-to-mnist.yaml", "--influence", tmp_path / "infl.h5",
-          "-o", tmp_path / "cf.h5"], "an imported store; it has no recipe or images"),
+          "-o", tmp_path / "cf.h5"], "an imported store has no recipe (made by `dmtoolkit store import`), "
+                                     "which `dmtoolkit counterfactual` needs"),
     ]
     for args, message in checks:
         result = run(*args)
@@ -249,11 +252,13 @@ def test_example_store_analyses_and_report(tmp_path: Path) -> None:
     assert run("datamodels", store, "-o", folder / "dm.h5").exit_code == 0
     assert run("evaluate", store, "--estimate", folder / "dm.h5").exit_code == 0
     result = run("leakage", folder / "infl.h5")
-    assert result.exit_code == 1 and "this store has no source images" in result.output
+    no_images = ("this store has no images (`dmtoolkit store import` brings masks and margins only), which `dmtoolkit "
+                 "leakage` needs")
+    assert result.exit_code == 1 and no_images in result.output
     assert run("mislabels", folder / "infl.h5").exit_code == 0
     result = run("report", folder, "-o", tmp_path / "report")
     assert result.exit_code == 0, result.output
     page = (tmp_path / "report" / "index.html").read_text()
-    assert "this store has no source images" in page  # leakage skipped with a note, the rest is there
+    assert no_images in page  # leakage skipped with a note, the rest is there
     report = json.loads((tmp_path / "report" / "report.json").read_text())
     assert report["estimates"]

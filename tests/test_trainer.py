@@ -326,4 +326,5 @@ def test_example_level_own_data_makes_a_valid_store(project: Path) -> None:
     assert run("influence", store, "-o", project / "i.h5").exit_code == 0
     result = run("leakage", project / "i.h5", "--html", project / "leaks.html")
     assert result.exit_code == 1 and not (project / "leaks.html").exists()
-    assert "this store has no source images (its recipe's trainer brings its own data)" in result.output
+    assert ("this store has no images (its recipe's trainer brings its own data), which `dmtoolkit leakage` "
+            "needs") in result.output

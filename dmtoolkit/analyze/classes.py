@@ -38,6 +38,7 @@ from dmtoolkit.analyze.results import (
     Subpopulation,
     TargetEffect,
 )
+from dmtoolkit.capabilities import Capability
 from dmtoolkit.errors import UserError
 from dmtoolkit.estimate.difference_of_means import UndefinedInfluenceWarning
 from dmtoolkit.estimate.refit import refit_on_values
@@ -202,6 +203,7 @@ def subpopulation(path: str | Path | OpenedEstimate, class_name: str, *, n: int 
     images = None
     with opened.using_store(required=with_images) as run:  # a stale estimate is refused here, as everywhere
         if run is not None and with_images:
+            run.require(Capability.IMAGES, "subpop --png")
             images = run.target_images([t.target for t in targets])
     return Subpopulation(file=str(est.path), class_name=class_name, targets=targets, images=images,
                          level=shown_level, interval_note=note)

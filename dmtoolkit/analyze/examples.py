@@ -42,6 +42,7 @@ from dmtoolkit.analyze.results import (
     MislabelScore,
     SourceCopy,
 )
+from dmtoolkit.capabilities import Capability
 from dmtoolkit.errors import UserError
 from dmtoolkit.estimate.refit import refit_on_values
 from dmtoolkit.estimate.registry import estimator_entry
@@ -319,6 +320,7 @@ def detect_leakage(path: str | Path | OpenedEstimate, *, fdr: float = DETECT_FDR
     opened = _example_estimate(path, store, "leakage")
     est = opened.estimate
     with opened.using_store() as run:  # a stale or foreign store is refused before any arithmetic
+        run.require(Capability.IMAGES, "leakage")
         defined = np.isfinite(est.matrix)
         scores = np.where(defined, LEAK_SCORERS[ranking](est.matrix), np.nan)
         p, evidence = _influence_pvalues(est, "greater")
@@ -327,10 +329,9 @@ def detect_leakage(path: str | Path | OpenedEstimate, *, fdr: float = DETECT_FDR
         src_labels, tgt_labels = run.source_labels, run.target_labels
         src_names, tgt_names = run.source_class_names, run.target_class_names
         feature, feature_note = None, "feature similarity not computed (features=False)"
-        trainer = run.recipe.trainer if not run.imported else None
-        if features and trainer is not None:
+        if features and not run.has(Capability.BUILTIN_NETWORKS):
             feature_note = (f"feature similarity not computed: this store's rows come from trainer "
-                            f"{trainer.function}, whose features the toolkit cannot read")
+                            f"{run.trainer}, whose features the toolkit cannot read")
         elif features:
             similarity = feature_similarity(run, device=device)
             feature = similarity.matrix[:, est.target_index]

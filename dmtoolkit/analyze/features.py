@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from dmtoolkit.errors import StoreError
+from dmtoolkit.capabilities import Capability
 from dmtoolkit.store import RunStore
 from dmtoolkit.train.fit import batched_outputs
 from dmtoolkit.train.job import RunContext
@@ -39,10 +39,8 @@ def feature_similarity(store: RunStore, *, device: str | None = "cpu", seed: int
     import time
 
     started = time.perf_counter()
+    store.require(Capability.BUILTIN_NETWORKS, "leakage --features")
     recipe, data = store.recipe, store.run_data()
-    if recipe.trainer is not None:
-        raise StoreError(f"{store.path}: feature similarity needs the built-in networks' features; this store's rows "
-                         f"come from trainer {recipe.trainer.function}")
     everything = np.ones((1, len(data.source_pool.labels)), bool)
     context = RunContext(recipe, everything, data, device)
     model = context.train_source_models([np.arange(everything.shape[1])], [seed])

@@ -52,6 +52,7 @@ from dmtoolkit.analyze.evidence import fdr_phrase
 from dmtoolkit.analyze.options import DETECT_FDR, INTERVAL_LEVEL, RECOMMEND_SPLIT_SEED, RECOMMEND_VALIDATION_FRACTION
 from dmtoolkit.analyze.results import NO_STDERR, ClassEvidence, PredictionTrust, Recommendation, RemovalCandidate
 from dmtoolkit.analyze.retrain import check_ks, parse_ks
+from dmtoolkit.capabilities import Capability
 from dmtoolkit.errors import UserError
 from dmtoolkit.stats.intervals import interval_bounds
 from dmtoolkit.stats.pvalues import benjamini_hochberg, bh_adjusted, check_fdr, one_sided_pvalues
@@ -227,7 +228,7 @@ def _from_store(opened: OpenedEstimate, columns: np.ndarray) -> _StoreFacts:
         rows = np.sort(est.fit_rows)
         masks = np.asarray(run.masks[rows] if len(rows) else run.masks[()], bool)
         facts.alpha, facts.kept = float(masks.mean()), masks.sum(1)
-        facts.retrainable = not run.imported
+        facts.retrainable = run.has(Capability.RECIPE)
         facts.recipe_name = run.recipe.name if facts.retrainable else None
         if est.stderr is None:
             facts.note = NO_STDERR

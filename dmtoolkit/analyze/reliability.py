@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from dmtoolkit.capabilities import Capability
 from dmtoolkit.display import Displayable, count_up
 from dmtoolkit.errors import UserError
 from dmtoolkit.estimate.fit import completed_rows, store_draws
@@ -363,7 +364,7 @@ class _StoreAnswers:
 
 def _seeds(store: RunStore) -> tuple[int | None, int | None]:
     """(mask seed, training seed) from the store's recipe; None for an imported store (not recorded)."""
-    if store.imported:
+    if not store.has(Capability.RECIPE):
         return None, None
     return store.recipe.subsets.seed, store.recipe.seeding[0]
 

@@ -25,6 +25,7 @@ from dmtoolkit.analyze.estimates import Estimate, load_estimate, open_source_sto
 from dmtoolkit.analyze.options import COUNTERFACTUAL_KS, COUNTERFACTUAL_REPEATS, DETECT_FDR, INTERVAL_LEVEL, ORDERS
 from dmtoolkit.analyze.results import ClassRanking, CounterfactualCurve, CounterfactualResult, Explanation, Verification
 from dmtoolkit.atomic import check_output, write_atomic
+from dmtoolkit.capabilities import Capability
 from dmtoolkit.errors import StoreError, UserError
 from dmtoolkit.recipe import Recipe
 from dmtoolkit.store import RunData, RunStore
@@ -111,6 +112,7 @@ def verify_explanation(path: str | Path, target: int, repeats: int, *, store: st
         raise UserError(f"{path}: target {target} has no defined influences to verify")
     worst = explanation.most_negative[0]
     with open_source_store(load_estimate(path), store) as run:
+        run.require(Capability.RECIPE, "explain --verify")
         recipe, data = run.recipe, run.run_data()
         num_units, base_seed = run.num_units, run.seed
     kept = np.ones((1, num_units), bool)
@@ -217,9 +219,7 @@ def check_counterfactual(recipe: Recipe, influence_path: str | Path, out: str | 
     check_output(out, force=force, inputs=(influence_path, est.store_path))
     if est.store_path is not None and est.store_path.exists():
         with RunStore(est.store_path) as run:
-            if run.imported:
-                raise UserError(f"{influence_path}: made from {est.store_path}, an imported store; it has no recipe "
-                                "or images, so its classes cannot be retrained (counterfactual needs a recipe's store)")
+            run.require(Capability.RECIPE, "counterfactual")
     if recipe.subsets.kind != "class":
         raise UserError(f"recipe {recipe.name!r} is {recipe.subsets.kind}-level; counterfactual removes classes, "
                         "give a class-level recipe")

@@ -64,6 +64,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, jacrev, vmap
 
+from dmtoolkit.capabilities import Capability
 from dmtoolkit.devices import training_threads
 from dmtoolkit.errors import UserError
 from dmtoolkit.estimate.base import Estimator, ExtraDataset
@@ -646,10 +647,15 @@ class GradientEstimator(Estimator):
         from dmtoolkit.train.job import BuiltinTrainer, RunContext
 
         with RunStore(self.store_path) as store:
-            recipe = store.recipe  # an imported store (no recipe, no images) is refused here, in one line
+            store.require(Capability.RECIPE, "gradient")
+            recipe = store.recipe
         if recipe.subsets.kind != "example":
             raise UserError(f"{self.store_path}: the gradient estimator needs an example-level run store "
                             f"(this one is {recipe.subsets.kind}-level)")
+        if self.head == "differentiated":  # the closed-form ridge head of the built-in networks
+            Capability.BUILTIN_NETWORKS.require(recipe, self.store_path, "gradient --head differentiated")
+        if self.checkpoints != 1:  # the built-in networks' checkpoints (a trainer's hook returns its own)
+            Capability.BUILTIN_NETWORKS.require(recipe, self.store_path, "gradient --checkpoints")
         if recipe.trainer is not None:
             return self._user_context(recipe)
         if recipe.transfer.mode != "fixed-feature":
@@ -677,12 +683,6 @@ class GradientEstimator(Estimator):
         hook = load_hook(name)
         if hook is None:
             raise UserError(missing_hook_message(self.store_path, name))
-        if self.head == "differentiated":
-            raise UserError(f"{self.store_path}: made by trainer {name}; --head differentiated needs the built-in "
-                            "ridge head (a trainer's networks are scored with their fitted head fixed: use --head fixed)")
-        if self.checkpoints != 1:
-            raise UserError(f"{self.store_path}: made by trainer {name}; --checkpoints chooses the built-in networks' "
-                            f"checkpoints (your {HOOK}(job) returns its own: a list of Networks, final weights last)")
         context = RunContext.from_store(self.store_path, self.device)
         module = name.partition(":")[0]
         self._networks = HookNetworks(f"{module}:{HOOK}", hook, len(context.masks[0]),

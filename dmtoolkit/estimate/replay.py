@@ -59,6 +59,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from dmtoolkit.capabilities import Capability
 from dmtoolkit.errors import UserError
 from dmtoolkit.estimate.base import Estimator, ExtraDataset
 from dmtoolkit.estimate.options import REPLAY_MODES, REPLAY_POINTS, REPLAY_TARGET_CHUNK
@@ -405,9 +406,7 @@ def replay_plan(num_examples: int, subset_size: int, order_seed: int, settings: 
 
 def check_replayable(recipe: Any, where: str) -> None:
     """Refuse, in one line, what the replay cannot differentiate."""
-    if recipe.trainer is not None:
-        raise UserError(f"{where}: made by trainer {recipe.trainer.function}; the replay estimator differentiates "
-                        "the built-in training code step by step, which a user's trainer does not expose")
+    Capability.BUILTIN_NETWORKS.require(recipe, where, "replay")  # its training code, step by step
     if recipe.subsets.kind != "example":
         raise UserError(f"{where}: the replay estimator needs an example-level run store "
                         f"(this one is {recipe.subsets.kind}-level)")
@@ -512,7 +511,8 @@ class ReplayEstimator(Estimator):
         from dmtoolkit.train.job import RunContext
 
         with RunStore(self.store_path) as store:
-            recipe = store.recipe  # an imported store (no recipe, no images) is refused here, in one line
+            store.require(Capability.RECIPE, "replay")
+            recipe = store.recipe
         check_replayable(recipe, str(self.store_path))
         return RunContext.from_store(self.store_path, self.device)
 

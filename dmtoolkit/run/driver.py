@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from dmtoolkit.capabilities import Capability
 from dmtoolkit.errors import UserError
 from dmtoolkit.run.base import Executor, row_ranges
 from dmtoolkit.store import RunStore
@@ -73,6 +74,7 @@ def train_store(path: str | Path, executor: Executor, *, limit: int | None = Non
     """
     path = Path(path)
     with RunStore(path, writable=True) as store:
+        store.require(Capability.RECIPE, "train")
         recipe = store.recipe
         if recipe.trainer is not None:  # an unimportable trainer is one line here, before any worker starts
             digest = source_sha256(load_function(recipe.trainer.function))

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from dmtoolkit.atomic import check_output, replacing
+from dmtoolkit.capabilities import Capability
 from dmtoolkit.errors import StoreError, UserError
 from dmtoolkit.lock import lock_path_for
 from dmtoolkit.store import RunStore, create_store
@@ -61,6 +62,7 @@ def open_shard(store_path: str | Path, shard_path: str | Path) -> Path:
         raise UserError(f"{shard_path}: the shard file must differ from the store it comes from")
     check_output(shard_path, force=True, inputs=(store_path,))  # a regular file (resumed) or absent (created)
     with RunStore(store_path) as parent:
+        parent.require(Capability.RECIPE, "train --shard")
         if not os.path.lexists(shard_path):
             create_store(shard_path, parent.recipe, parent.run_data(), inputs=(store_path,))
         with RunStore(shard_path) as shard:
@@ -106,6 +108,7 @@ def merge_stores(inputs: list[str | Path], output: str | Path, *, force: bool = 
         for path in inputs:
             stores.append(RunStore(path))
         first = stores[0]
+        first.require(Capability.RECIPE, "store merge")  # the merged store is created from its recipe and data
         for store in stores[1:]:
             problem = _same_run_problem(first, store)
             if problem:
