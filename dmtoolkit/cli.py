@@ -17,6 +17,50 @@ from dmtoolkit.errors import UserError
 from dmtoolkit.estimate import options as estimate_options
 from dmtoolkit.run import options as run_options
 
+
+class TargetRange(click.ParamType):
+    """`--targets A:B` → slice(A, B) of the target columns; either side may be empty (`64:` is slice(64, None),
+    to the last). Whether it fits the store is the library's check (`estimate.fit.check_targets`), which knows
+    how many targets there are."""
+
+    name = "A:B"
+
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> slice:
+        if isinstance(value, slice):
+            return value
+        parts = str(value).split(":")
+        try:
+            if len(parts) != 2:
+                raise ValueError
+            start, stop = (int(part) if part.strip() else None for part in parts)
+        except ValueError:
+            raise UserError(f"targets {value!r} is not of the form A:B; give e.g. 0:64 (either side may be "
+                            "empty)") from None
+        return slice(start, stop)
+
+
+class IntList(click.ParamType):
+    """`0,5,10` → [0, 5, 10], in the order given (blank parts are skipped). Which numbers are allowed (e.g.
+    fewer than the classes) is the library's check (`analyze.retrain.check_ks`)."""
+
+    name = "K,K,..."
+
+    def __init__(self, what: str, example: str = "0,5,10") -> None:
+        self.what, self.example = what, example
+
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> list[int]:
+        if isinstance(value, (list, tuple)):
+            return [int(number) for number in value]
+        try:
+            numbers = [int(part) for part in str(value).split(",") if part.strip()]
+        except ValueError:
+            raise UserError(f"{self.what} {value!r} is not a comma-separated list of integers, "
+                            f"e.g. {self.example}") from None
+        if not numbers:
+            raise UserError(f"{self.what} is empty; give e.g. {self.example}")
+        return numbers
+
+
 DEVICE = click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
                       help="Where to compute (auto: cuda if available).")
 
@@ -291,7 +335,7 @@ HOLDOUT_OPTION = click.option("--holdout-frac", type=click.FloatRange(min=0, max
                               default=estimate_options.TEST_FRACTION,
                               show_default=True, help="Fraction of completed models held out from fitting and "
                               "from choosing any setting; `dmtoolkit evaluate` scores them.")
-TARGETS_OPTION = click.option("--targets", help="Fit only target examples A:B (split big jobs across processes).")
+TARGETS_OPTION = click.option("--targets", type=TargetRange(), help="Fit only target examples A:B (split big jobs across processes).")
 RUNS_ARGUMENT = click.argument("store_path", metavar="RUNS.h5", type=click.Path(dir_okay=False, path_type=Path))
 OVERWRITE_OPTION = click.option("--force", is_flag=True, help="Overwrite an existing output.")
 
@@ -318,7 +362,7 @@ def estimate_output(name: str) -> Callable:
 @TARGETS_OPTION
 @OVERWRITE_OPTION
 def influence(store_path: Path, out_path: Path, device: str, block_rows: int, holdout_frac: float, seed: int,
-              estimator: str, errors: bool, targets: str | None, force: bool) -> None:
+              estimator: str, errors: bool, targets: slice | None, force: bool) -> None:
     """Influence of every unit (class or example) on every target example (difference of means by default).
 
     \b
@@ -354,7 +398,7 @@ def influence(store_path: Path, out_path: Path, device: str, block_rows: int, ho
 @click.option("--block-rows", type=click.IntRange(min=1), default=estimate_options.DATAMODELS_BLOCK_ROWS,
               show_default=True, help="Models read per pass of the lasso's sufficient statistics.")
 @OVERWRITE_OPTION
-def datamodels(store_path: Path, out_path: Path, device: str, targets: str | None, lambdas: int, eps: float,
+def datamodels(store_path: Path, out_path: Path, device: str, targets: slice | None, lambdas: int, eps: float,
                val_frac: float, holdout_frac: float, seed: int, block_rows: int, force: bool) -> None:
     """Sparse linear datamodels (lasso path, λ chosen on held-out models) for every target example.
 
@@ -399,7 +443,7 @@ def datamodels(store_path: Path, out_path: Path, device: str, targets: str | Non
 @HOLDOUT_OPTION
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the held-out split and of the rows drawn.")
 @OVERWRITE_OPTION
-def gradient(store_path: Path, out_path: Path, device: str, targets: str | None, models: int, full_models: int,
+def gradient(store_path: Path, out_path: Path, device: str, targets: slice | None, models: int, full_models: int,
              proj_dim: int, projection: str, proj_seed: int, lam: float, head: str, kernel: str, whole_groups: bool,
              checkpoints: str, holdout_frac: float, seed: int, force: bool) -> None:
     """Gradient (TRAK-style) influence of every source example through the transfer (example-level stores).
@@ -447,7 +491,7 @@ def gradient(store_path: Path, out_path: Path, device: str, targets: str | None,
 @HOLDOUT_OPTION
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the held-out split.")
 @OVERWRITE_OPTION
-def replay(store_path: Path, out_path: Path, device: str, targets: str | None, point: str, mode: str, double: bool,
+def replay(store_path: Path, out_path: Path, device: str, targets: slice | None, point: str, mode: str, double: bool,
            chunk: int, networks: int, holdout_frac: float, seed: int, force: bool) -> None:
     """Exact derivative of every transferred margin w.r.t. every source example's weight (example-level stores).
 
@@ -700,7 +744,7 @@ def rank(estimate_path: Path, top: int, target_class: str | None, level: float, 
 
 @cli.command()
 @ESTIMATE_FILE
-@click.option("--k", "ks", help="Numbers of classes to consider removing, e.g. 0,2,4,8 "
+@click.option("--k", "ks", type=IntList("k"), help="Numbers of classes to consider removing, e.g. 0,2,4,8 "
               "(default: 0 up to the share of classes the store's masks leave out).")
 @click.option("--validation-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True),
               default=analyze_options.RECOMMEND_VALIDATION_FRACTION, show_default=True,
@@ -712,7 +756,7 @@ def rank(estimate_path: Path, top: int, target_class: str | None, level: float, 
 @LEVEL_OPTION
 @STORE_OPTION
 @JSON_OPTION
-def recommend(estimate_path: Path, ks: str | None, validation_fraction: float, split_seed: int, fdr: float,
+def recommend(estimate_path: Path, ks: list[int] | None, validation_fraction: float, split_seed: int, fdr: float,
               level: float, store_path: Path | None, as_json: bool) -> None:
     """Propose source classes to remove: the k most negative classes on a validation part of the target data.
 
@@ -824,7 +868,8 @@ def explain(estimate_path: Path, target: int, top: int, verify: int | None, leve
               help="Class-level INFLUENCE.h5 giving the removal order.")
 @click.option("--order", type=click.Choice(analyze_options.ORDERS), default=analyze_options.ORDERS[0], show_default=True,
               help="Remove the most negative (bottom), most positive (top) or random classes.")
-@click.option("--k", "ks", default=analyze_options.COUNTERFACTUAL_KS, show_default=True,
+@click.option("--k", "ks", type=IntList("k"), default=",".join(map(str, analyze_options.COUNTERFACTUAL_KS)),
+              show_default=True,
               help="Comma-separated numbers of classes to remove.")
 @click.option("--repeats", type=click.IntRange(min=1), default=analyze_options.COUNTERFACTUAL_REPEATS, show_default=True,
               help="Retrainings per k.")
@@ -839,7 +884,7 @@ def explain(estimate_path: Path, target: int, top: int, verify: int | None, leve
               show_default=True, help="Where the retrained models are computed (as `dmtoolkit train`).")
 @click.option("--address", help="Ray cluster to join with --executor ray.")
 @TIMEOUT_OPTION
-def counterfactual_cmd(recipe_path: Path, influence_path: Path, order: str, ks: str, repeats: int, output: Path,
+def counterfactual_cmd(recipe_path: Path, influence_path: Path, order: str, ks: list[int], repeats: int, output: Path,
                        png: Path | None, force: bool, as_json: bool, device: str, workers: int, executor: str,
                        address: str | None, timeout: float | None) -> None:
     """Retrain without the k most negative / positive / random classes; target accuracy per k.
