@@ -61,14 +61,104 @@ class IntList(click.ParamType):
         return numbers
 
 
+# --- shared declarations (as Flask's cli.py): an option several commands take is declared once, here ------
+
+FILE = click.Path(dir_okay=False, path_type=Path)
+FOLDER = click.Path(file_okay=False, path_type=Path)
+UNIT_INTERVAL = click.FloatRange(0, 1, min_open=True, max_open=True)
+
+
+def path_argument(dest: str, metavar: str, **kwargs: object) -> Callable:
+    """A file argument: STORE.h5, RUNS.h5, RECIPE.yaml, INFLUENCE.h5, ..."""
+    return click.argument(dest, metavar=metavar, type=FILE, **kwargs)
+
+
+RECIPE_ARGUMENT = path_argument("recipe_path", "RECIPE.yaml")
+STORE_ARGUMENT = path_argument("store_path", "STORE.h5")
+RUNS_ARGUMENT = path_argument("store_path", "RUNS.h5")
+ESTIMATE_FILE = path_argument("estimate_path", "INFLUENCE.h5")
+ANY_ESTIMATE_FILE = path_argument("estimate_path", "INFLUENCE.h5|DATAMODELS.h5")
+
+
+def output_option(help: str, *, dest: str = "output", required: bool = True, type: click.Path = FILE) -> Callable:
+    """`-o/--output`: the file (or folder) a command writes."""
+    return click.option("-o", "--output", dest, type=type, required=required, help=help)
+
+
+def estimate_output(name: str) -> Callable:
+    """The `-o ESTIMATE.h5` option every estimator command takes."""
+    return output_option(f"{name} to write.", dest="out_path")
+
+
+def force_option(help: str = "Overwrite output files that exist.") -> Callable:
+    return click.option("--force", is_flag=True, help=help)
+
+
+def json_option(help: str = "Machine-readable output (JSON) on stdout.") -> Callable:
+    return click.option("--json", "as_json", is_flag=True, help=help)
+
+
+def top_option(default: int, help: str) -> Callable:
+    return click.option("--top", type=click.IntRange(min=1), default=default, show_default=True, help=help)
+
+
+def fdr_option(help: str) -> Callable:
+    return click.option("--fdr", type=UNIT_INTERVAL, default=analyze_options.DETECT_FDR, show_default=True, help=help)
+
+
+def seed_option(help: str) -> Callable:
+    """`--seed` of an estimator command's held-out split (and whatever else it draws)."""
+    return click.option("--seed", type=int, default=0, show_default=True, help=help)
+
+
+def block_rows_option(default: int, help: str) -> Callable:
+    return click.option("--block-rows", type=click.IntRange(min=1), default=default, show_default=True, help=help)
+
+
+def estimator_option(help: str) -> Callable:
+    """`--estimator`: an influence estimator from the registry (its names are torch-free)."""
+    from dmtoolkit.estimate.registry import estimator_names
+
+    return click.option("--estimator", type=click.Choice(estimator_names("influence")), default="difference-of-means",
+                        show_default=True, help=help)
+
+
+def workers_option(help: str, default: int | None = None) -> Callable:
+    """`--workers`: processes, one thread each; default: the number of CPUs."""
+    if default is None:
+        return click.option("--workers", type=click.IntRange(min=1), default=lambda: os.cpu_count() or 1,
+                            show_default="number of CPUs", help=help)
+    return click.option("--workers", type=click.IntRange(min=1), default=default, show_default=True, help=help)
+
+
+def executor_options(executor_help: str, address_help: str) -> Callable:
+    """`--executor` and `--address`: where models are computed (checked together by `_executor_factory`)."""
+    executor = click.option("--executor", type=click.Choice(run_options.EXECUTOR_NAMES),
+                            default=run_options.DEFAULT_EXECUTOR, show_default=True, help=executor_help)
+    address = click.option("--address", help=address_help)
+    return lambda command: executor(address(command))
+
+
 DEVICE = click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
                       help="Where to compute (auto: cuda if available).")
-
-
 TIMEOUT_OPTION = click.option(
     "--timeout", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
     help="Seconds one model may take before its worker is killed and its rows reported (a group of G models gets "
          "G times this; not retried); default: the recipe's training.timeout / trainer.timeout, else no limit.")
+HOLDOUT_OPTION = click.option("--holdout-frac", type=click.FloatRange(min=0, max=1, max_open=True),
+                              default=estimate_options.TEST_FRACTION,
+                              show_default=True, help="Fraction of completed models held out from fitting and "
+                              "from choosing any setting; `dmtoolkit evaluate` scores them.")
+TARGETS_OPTION = click.option("--targets", type=TargetRange(),
+                              help="Fit only target examples A:B (split big jobs across processes).")
+STORE_OPTION = click.option("--store", "store_path", type=FILE,
+                            help="Run store the estimate came from (default: the path recorded in the estimate).")
+LEVEL_OPTION = click.option("--level", type=UNIT_INTERVAL, default=analyze_options.INTERVAL_LEVEL, show_default=True,
+                            help="Nominal coverage of the intervals shown beside every influence.")
+DETECT_FDR_OPTION = fdr_option("False discovery rate at which candidates are flagged (Benjamini–Hochberg).")
+PNG_OPTION = click.option("--png", type=FILE, help="Also write a PNG figure here.")
+JSON_OPTION = json_option()
+FORCE_OPTION = force_option()
 
 
 def _device(name: str) -> str | None:
@@ -113,11 +203,11 @@ def cli() -> None:
 
 
 @cli.command()
-@click.argument("recipe_path", metavar="RECIPE.yaml", type=click.Path(dir_okay=False, path_type=Path))
-@click.argument("store_path", metavar="STORE.h5", type=click.Path(dir_okay=False, path_type=Path))
+@RECIPE_ARGUMENT
+@STORE_ARGUMENT
 @click.option("--models", type=click.IntRange(min=2), help="Number of models (rows); overrides the recipe.")
 @click.option("--seed", type=int, help="Mask seed; overrides the recipe.")
-@click.option("--force", is_flag=True, help="Overwrite an existing store.")
+@force_option("Overwrite an existing store.")
 def init(recipe_path: Path, store_path: Path, models: int | None, seed: int | None, force: bool) -> None:
     """Create a run store: load and plant the data, draw the masks, nothing trained yet.
 
@@ -145,17 +235,14 @@ def init(recipe_path: Path, store_path: Path, models: int | None, seed: int | No
 
 
 @cli.command()
-@click.argument("store_path", metavar="STORE.h5", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--workers", type=click.IntRange(min=1), default=lambda: os.cpu_count() or 1,
-              show_default="number of CPUs", help="Worker processes (1 thread each).")
+@STORE_ARGUMENT
+@workers_option("Worker processes (1 thread each).")
 @click.option("--limit", type=click.IntRange(min=1), help="Stop after at least this many new models (whole batched groups).")
-@click.option("--executor", type=click.Choice(run_options.EXECUTOR_NAMES), default=run_options.DEFAULT_EXECUTOR,
-              show_default=True,
-              help="Where models are computed: local processes, or Ray tasks (pip install 'dmtoolkit[ray]').")
-@click.option("--address", help="Ray cluster to join (e.g. auto, ray://head:10001); default: start a local Ray.")
+@executor_options("Where models are computed: local processes, or Ray tasks (pip install 'dmtoolkit[ray]').",
+                  "Ray cluster to join (e.g. auto, ray://head:10001); default: start a local Ray.")
 @click.option("--shard", metavar="I/N", help="Compute only groups g with g % N == I into the shard file -o.")
-@click.option("-o", "--output", "shard_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="Shard file for --shard (created from STORE.h5, resumed if it exists).")
+@output_option("Shard file for --shard (created from STORE.h5, resumed if it exists).", dest="shard_path",
+               required=False)
 @DEVICE
 @TIMEOUT_OPTION
 @click.option("--quiet", is_flag=True, help="No progress bar.")
@@ -196,8 +283,8 @@ def store() -> None:
 
 
 @store.command("info")
-@click.argument("store_path", metavar="STORE.h5", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@STORE_ARGUMENT
+@JSON_OPTION
 def store_info(store_path: Path, as_json: bool) -> None:
     """Summary: progress, accuracies, shapes, recipe, planted ground truth.
 
@@ -212,7 +299,7 @@ def store_info(store_path: Path, as_json: bool) -> None:
 
 
 @store.command("validate")
-@click.argument("store_path", metavar="STORE.h5", type=click.Path(dir_okay=False, path_type=Path))
+@STORE_ARGUMENT
 def store_validate(store_path: Path) -> None:
     """Check schema, shapes, dtypes, masks (re-derived from the seed) and completed rows; exit 1 on problems.
 
@@ -231,29 +318,28 @@ def store_validate(store_path: Path) -> None:
 
 
 @store.command("import")
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
-              help="Run store to write.")
-@click.option("--masks", "masks_path", type=click.Path(dir_okay=False, path_type=Path),
+@output_option("Run store to write.")
+@click.option("--masks", "masks_path", type=FILE,
               help="(m, P) 0/1 or bool .npy: which units each model's subset kept.")
-@click.option("--margins", "margins_path", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--margins", "margins_path", type=FILE,
               help="(m, T) .npy: each model's margin on each target example.")
-@click.option("--completed", "completed_path", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--completed", "completed_path", type=FILE,
               help="(m,) 0/1 .npy: rows that finished (default: all); others are kept, marked not completed.")
-@click.option("--npz", "npz_path", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--npz", "npz_path", type=FILE,
               help="One .npz with arrays masks, margins (optionally completed, unit_names, target_labels).")
-@click.option("--folder", "folder_path", type=click.Path(file_okay=False, path_type=Path),
+@click.option("--folder", "folder_path", type=FOLDER,
               help="A datamodels-style folder: masks.npy, margins.npy, _completed.npy.")
-@click.option("--unit-names", "names_path", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--unit-names", "names_path", type=FILE,
               help="Text file, one unit (mask column) name a line.")
-@click.option("--target-labels", "labels_path", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--target-labels", "labels_path", type=FILE,
               help="(T,) integer .npy: the true class of each target example.")
 @click.option("--kind", type=click.Choice(["class", "example"]), default="class", show_default=True,
               help="What a unit (mask column) is: a source class or a source example.")
-@click.option("--alpha", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+@click.option("--alpha", type=UNIT_INTERVAL,
               help="Fraction of units each subset kept (default: the masks' mean).")
 @click.option("--design", type=click.Choice(["random", "antithetic"]), default="random", show_default=True,
               help="How the masks were drawn: independent rows, or complementary pairs (rows 2i, 2i+1; checked).")
-@click.option("--force", is_flag=True, help="Overwrite the output if it exists.")
+@force_option("Overwrite the output if it exists.")
 def store_import(output: Path, masks_path: Path | None, margins_path: Path | None, completed_path: Path | None,
                  npz_path: Path | None, folder_path: Path | None, names_path: Path | None, labels_path: Path | None,
                  kind: str, alpha: float | None, design: str, force: bool) -> None:
@@ -304,11 +390,9 @@ def store_import(output: Path, masks_path: Path | None, margins_path: Path | Non
 
 
 @store.command("merge")
-@click.argument("inputs", metavar="SHARD.h5...", nargs=-1, required=True,
-                type=click.Path(dir_okay=False, path_type=Path))
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
-              help="Merged store to write.")
-@click.option("--force", is_flag=True, help="Overwrite the output if it exists.")
+@path_argument("inputs", "SHARD.h5...", nargs=-1, required=True)
+@output_option("Merged store to write.")
+@force_option("Overwrite the output if it exists.")
 def store_merge(inputs: tuple[Path, ...], output: Path, force: bool) -> None:
     """Merge shards of one run (same recipe hash, seed, masks) into one store; conflicting rows are refused.
 
@@ -325,42 +409,19 @@ def store_merge(inputs: tuple[Path, ...], output: Path, force: bool) -> None:
         click.echo(f"{len(summary.missing)} rows still missing: {summary.missing_text}", err=True)
 
 
-def _estimator_choice(command: str) -> click.Choice:
-    from dmtoolkit.estimate.registry import estimator_names
-
-    return click.Choice(estimator_names(command))
-
-
-HOLDOUT_OPTION = click.option("--holdout-frac", type=click.FloatRange(min=0, max=1, max_open=True),
-                              default=estimate_options.TEST_FRACTION,
-                              show_default=True, help="Fraction of completed models held out from fitting and "
-                              "from choosing any setting; `dmtoolkit evaluate` scores them.")
-TARGETS_OPTION = click.option("--targets", type=TargetRange(), help="Fit only target examples A:B (split big jobs across processes).")
-RUNS_ARGUMENT = click.argument("store_path", metavar="RUNS.h5", type=click.Path(dir_okay=False, path_type=Path))
-OVERWRITE_OPTION = click.option("--force", is_flag=True, help="Overwrite an existing output.")
-
-
-def estimate_output(name: str) -> Callable:
-    """The `-o ESTIMATE.h5` option every estimator command takes."""
-    return click.option("-o", "--output", "out_path", required=True,
-                        type=click.Path(dir_okay=False, path_type=Path), help=f"{name} to write.")
-
-
 @cli.command()
 @RUNS_ARGUMENT
 @estimate_output("INFLUENCE.h5")
 @DEVICE
-@click.option("--block-rows", type=click.IntRange(min=1), default=estimate_options.BLOCK_ROWS, show_default=True,
-              help="Models read per block (stores larger than memory stream through).")
+@block_rows_option(estimate_options.BLOCK_ROWS, "Models read per block (stores larger than memory stream through).")
 @HOLDOUT_OPTION
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the held-out split.")
-@click.option("--estimator", type=_estimator_choice("influence"), default="difference-of-means",
-              show_default=True, help="Difference of means (the paper's), or least squares on all masks at once "
-                                      "(needs more models than units).")
+@seed_option("Seed of the held-out split.")
+@estimator_option("Difference of means (the paper's), or least squares on all masks at once "
+                  "(needs more models than units).")
 @click.option("--errors/--no-errors", default=True, show_default=True,
               help="Standard errors per entry (--no-errors halves the arithmetic; no `stderr` dataset).")
 @TARGETS_OPTION
-@OVERWRITE_OPTION
+@FORCE_OPTION
 def influence(store_path: Path, out_path: Path, device: str, block_rows: int, holdout_frac: float, seed: int,
               estimator: str, errors: bool, targets: slice | None, force: bool) -> None:
     """Influence of every unit (class or example) on every target example (difference of means by default).
@@ -394,10 +455,9 @@ def influence(store_path: Path, out_path: Path, device: str, block_rows: int, ho
               default=estimate_options.VAL_FRACTION,
               show_default=True, help="Fraction of the fitting models held out to choose λ.")
 @HOLDOUT_OPTION
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the test and validation splits.")
-@click.option("--block-rows", type=click.IntRange(min=1), default=estimate_options.DATAMODELS_BLOCK_ROWS,
-              show_default=True, help="Models read per pass of the lasso's sufficient statistics.")
-@OVERWRITE_OPTION
+@seed_option("Seed of the test and validation splits.")
+@block_rows_option(estimate_options.DATAMODELS_BLOCK_ROWS, "Models read per pass of the lasso's sufficient statistics.")
+@FORCE_OPTION
 def datamodels(store_path: Path, out_path: Path, device: str, targets: slice | None, lambdas: int, eps: float,
                val_frac: float, holdout_frac: float, seed: int, block_rows: int, force: bool) -> None:
     """Sparse linear datamodels (lasso path, λ chosen on held-out models) for every target example.
@@ -441,8 +501,8 @@ def datamodels(store_path: Path, out_path: Path, device: str, targets: slice | N
               help="Score each built-in network after this many evenly spaced epochs (3 of 30: 10,20,30) or after "
                    "the given epochs (10,20,30), averaging the scores; 1: the final weights only.")
 @HOLDOUT_OPTION
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the held-out split and of the rows drawn.")
-@OVERWRITE_OPTION
+@seed_option("Seed of the held-out split and of the rows drawn.")
+@FORCE_OPTION
 def gradient(store_path: Path, out_path: Path, device: str, targets: slice | None, models: int, full_models: int,
              proj_dim: int, projection: str, proj_seed: int, lam: float, head: str, kernel: str, whole_groups: bool,
              checkpoints: str, holdout_frac: float, seed: int, force: bool) -> None:
@@ -489,8 +549,8 @@ def gradient(store_path: Path, out_path: Path, device: str, targets: slice | Non
               help="Replay this many networks (the first fitting rows' training seeds) and average their derivatives; "
                    "for stores trained from several seeds (randomness per-model).")
 @HOLDOUT_OPTION
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the held-out split.")
-@OVERWRITE_OPTION
+@seed_option("Seed of the held-out split.")
+@FORCE_OPTION
 def replay(store_path: Path, out_path: Path, device: str, targets: slice | None, point: str, mode: str, double: bool,
            chunk: int, networks: int, holdout_frac: float, seed: int, force: bool) -> None:
     """Exact derivative of every transferred margin w.r.t. every source example's weight (example-level stores).
@@ -521,10 +581,10 @@ def replay(store_path: Path, out_path: Path, device: str, targets: slice | None,
 
 
 @cli.command()
-@click.argument("store_path", metavar="RUNS.h5", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--estimate", "estimate_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
+@RUNS_ARGUMENT
+@click.option("--estimate", "estimate_path", required=True, type=FILE,
               help="ESTIMATE.h5 made from RUNS.h5 by `dmtoolkit influence`, `datamodels`, `gradient` or `replay`.")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@JSON_OPTION
 def evaluate(store_path: Path, estimate_path: Path, as_json: bool) -> None:
     """LDS: per target example, Spearman correlation of predicted and true margins on held-out test models.
 
@@ -545,11 +605,10 @@ def evaluate(store_path: Path, estimate_path: Path, as_json: bool) -> None:
 
 
 @cli.command()
-@click.argument("store_path", metavar="STORE.h5", type=click.Path(dir_okay=False, path_type=Path))
-@click.argument("other_path", metavar="[OTHER.h5]", required=False, type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--estimator", type=_estimator_choice("influence"), default="difference-of-means", show_default=True,
-              help="Influence estimator whose answers are compared.")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output (JSON) on stdout.")
+@STORE_ARGUMENT
+@path_argument("other_path", "[OTHER.h5]", required=False)
+@estimator_option("Influence estimator whose answers are compared.")
+@JSON_OPTION
 def reliability(store_path: Path, other_path: Path | None, estimator: str, as_json: bool) -> None:
     """How reproducible a store's answers are: the ranking of its source classes (or, for an example-level
     store, examples) by mean influence and the class (example) x target-class influences, each with a verdict.
@@ -592,7 +651,7 @@ def data_list(dataset: str | None) -> None:
 
 
 @data.command("prepare")
-@click.option("--force", is_flag=True, help="Rebuild caches that exist.")
+@force_option("Rebuild caches that exist.")
 def data_prepare(force: bool) -> None:
     """Build the caches of the built-in datasets (glyph rendering); run once at set-up."""
     from dmtoolkit.data import prepare_all
@@ -603,11 +662,11 @@ def data_prepare(force: bool) -> None:
 
 @data.command("write-beton")
 @click.argument("dataset")
-@click.argument("out", metavar="OUT.beton", type=click.Path(dir_okay=False, path_type=Path))
+@path_argument("out", "OUT.beton")
 @click.option("--split", type=click.Choice(["train", "test"]), default="train", show_default=True)
 @click.option("--image-field", type=click.Choice(["ndarray", "rgb-raw", "rgb-jpg"]), default="ndarray",
               show_default=True, help="ndarray: exact uint8, any channels; rgb-raw: exact RGB; rgb-jpg: lossy, small.")
-@click.option("--force", is_flag=True, help="Overwrite an existing beton.")
+@force_option("Overwrite an existing beton.")
 def data_write_beton(dataset: str, out: Path, split: str, image_field: str, force: bool) -> None:
     """Write a dataset (built-in name or imagefolder:PATH) to an ffcv beton (image, label, index).
 
@@ -631,12 +690,11 @@ def data_write_beton(dataset: str, out: Path, split: str, image_field: str, forc
 @cli.command()
 @click.option("--quick", "scale", flag_value="quick", help="A tiny run for smoke tests (about two minutes).")
 @click.option("--full", "scale", flag_value="full", help="The recipes' own scale, the one docs/signal.md measures (about 25 minutes, estimated).")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("stores/demo"),
+@click.option("--out", type=FOLDER, default=Path("stores/demo"),
               show_default=True, help="Folder for the demo's stores, estimates and report.")
-@click.option("--workers", type=click.IntRange(min=1), default=lambda: os.cpu_count() or 1,
-              show_default="number of CPUs")
+@workers_option("Worker processes (1 thread each).")
 @DEVICE
-@click.option("--json", "as_json", is_flag=True, help="All figures as JSON on stdout.")
+@json_option("All figures as JSON on stdout.")
 def demo(scale: str | None, out: Path, workers: int, device: str, as_json: bool) -> None:
     """The whole pipeline on built-in data: glyphs -> MNIST, class- and example-level, estimates, report.
 
@@ -653,17 +711,6 @@ def demo(scale: str | None, out: Path, workers: int, device: str, as_json: bool)
 
 
 # --- analyses and report (dmtoolkit.analyze, dmtoolkit.report) --------------------------------------
-
-ESTIMATE_FILE = click.argument("estimate_path", metavar="INFLUENCE.h5", type=click.Path(dir_okay=False, path_type=Path))
-STORE_OPTION = click.option("--store", "store_path", type=click.Path(dir_okay=False, path_type=Path),
-                            help="Run store the estimate came from (default: the path recorded in the estimate).")
-JSON_OPTION = click.option("--json", "as_json", is_flag=True, help="Machine-readable output (JSON) on stdout.")
-FORCE_OPTION = click.option("--force", is_flag=True, help="Overwrite output files that exist.")
-PNG_OPTION = click.option("--png", type=click.Path(dir_okay=False, path_type=Path), help="Also write a PNG figure here.")
-LEVEL_OPTION = click.option("--level", type=click.FloatRange(0, 1, min_open=True, max_open=True),
-                            default=analyze_options.INTERVAL_LEVEL, show_default=True,
-                            help="Nominal coverage of the intervals shown beside every influence.")
-
 
 def _analysis_inputs(estimate_path: Path, store_path: Path | None) -> tuple[Path, ...]:
     """An analysis's input files for the output guard: the estimate and its run store (given, or recorded)."""
@@ -704,8 +751,7 @@ def _echo_text(text: str) -> None:
 
 @cli.command()
 @ESTIMATE_FILE
-@click.option("--top", type=click.IntRange(min=1), default=analyze_options.RANK_TOP, show_default=True,
-              help="How many classes to list each way.")
+@top_option(analyze_options.RANK_TOP, "How many classes to list each way.")
 @click.option("--target-class", help="Average over the target examples of this class only (e.g. 3).")
 @LEVEL_OPTION
 @STORE_OPTION
@@ -746,13 +792,12 @@ def rank(estimate_path: Path, top: int, target_class: str | None, level: float, 
 @ESTIMATE_FILE
 @click.option("--k", "ks", type=IntList("k"), help="Numbers of classes to consider removing, e.g. 0,2,4,8 "
               "(default: 0 up to the share of classes the store's masks leave out).")
-@click.option("--validation-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+@click.option("--validation-fraction", type=UNIT_INTERVAL,
               default=analyze_options.RECOMMEND_VALIDATION_FRACTION, show_default=True,
               help="Share of the target examples k is chosen on; the rest are never read.")
 @click.option("--split-seed", type=int, default=analyze_options.RECOMMEND_SPLIT_SEED, show_default=True,
               help="Seed of the validation/test split of the target examples.")
-@click.option("--fdr", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=analyze_options.DETECT_FDR,
-              show_default=True, help="False discovery rate of the test for harm a removed class must pass.")
+@fdr_option("False discovery rate of the test for harm a removed class must pass.")
 @LEVEL_OPTION
 @STORE_OPTION
 @JSON_OPTION
@@ -823,12 +868,10 @@ def subpop(estimate_path: Path, class_name: str, n: int, level: float, store_pat
 @cli.command()
 @ESTIMATE_FILE
 @click.option("--target", type=click.IntRange(min=0), required=True, help="Target test example index.")
-@click.option("--top", type=click.IntRange(min=1), default=analyze_options.EXPLAIN_TOP, show_default=True,
-              help="Classes to list each way.")
+@top_option(analyze_options.EXPLAIN_TOP, "Classes to list each way.")
 @click.option("--verify", type=click.IntRange(min=1), help="Retrain R models without the most negative class and R with it.")
 @LEVEL_OPTION
-@click.option("--fdr", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=analyze_options.DETECT_FDR,
-              show_default=True, help="False discovery rate at which a listed class counts as really negative/positive.")
+@fdr_option("False discovery rate at which a listed class counts as really negative/positive.")
 @STORE_OPTION
 @JSON_OPTION
 @DEVICE
@@ -863,26 +906,23 @@ def explain(estimate_path: Path, target: int, top: int, verify: int | None, leve
 
 
 @cli.command("counterfactual")
-@click.argument("recipe_path", metavar="RECIPE.yaml", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--influence", "influence_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
+@RECIPE_ARGUMENT
+@click.option("--influence", "influence_path", required=True, type=FILE,
               help="Class-level INFLUENCE.h5 giving the removal order.")
 @click.option("--order", type=click.Choice(analyze_options.ORDERS), default=analyze_options.ORDERS[0], show_default=True,
               help="Remove the most negative (bottom), most positive (top) or random classes.")
-@click.option("--k", "ks", type=IntList("k"), default=",".join(map(str, analyze_options.COUNTERFACTUAL_KS)),
-              show_default=True,
+@click.option("--k", "ks", type=IntList("k"), default=analyze_options.COUNTERFACTUAL_KS, show_default=True,
               help="Comma-separated numbers of classes to remove.")
 @click.option("--repeats", type=click.IntRange(min=1), default=analyze_options.COUNTERFACTUAL_REPEATS, show_default=True,
               help="Retrainings per k.")
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True, help="OUT.h5")
+@output_option("OUT.h5")
 @PNG_OPTION
-@click.option("--force", is_flag=True, help="Overwrite OUT.h5.")
+@force_option("Overwrite OUT.h5.")
 @JSON_OPTION
 @DEVICE
-@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Worker processes per retraining (as `dmtoolkit train`).")
-@click.option("--executor", type=click.Choice(run_options.EXECUTOR_NAMES), default=run_options.DEFAULT_EXECUTOR,
-              show_default=True, help="Where the retrained models are computed (as `dmtoolkit train`).")
-@click.option("--address", help="Ray cluster to join with --executor ray.")
+@workers_option("Worker processes per retraining (as `dmtoolkit train`).", default=1)
+@executor_options("Where the retrained models are computed (as `dmtoolkit train`).",
+                  "Ray cluster to join with --executor ray.")
 @TIMEOUT_OPTION
 def counterfactual_cmd(recipe_path: Path, influence_path: Path, order: str, ks: list[int], repeats: int, output: Path,
                        png: Path | None, force: bool, as_json: bool, device: str, workers: int, executor: str,
@@ -921,18 +961,12 @@ def counterfactual_cmd(recipe_path: Path, influence_path: Path, order: str, ks: 
     click.echo(f"wrote {output}", err=True)
 
 
-FDR_OPTION = click.option("--fdr", type=click.FloatRange(0, 1, min_open=True, max_open=True),
-                          default=analyze_options.DETECT_FDR, show_default=True,
-                          help="False discovery rate at which candidates are flagged (Benjamini–Hochberg).")
-
-
 @cli.command()
-@click.argument("estimate_path", metavar="INFLUENCE.h5|DATAMODELS.h5", type=click.Path(dir_okay=False, path_type=Path))
-@FDR_OPTION
+@ANY_ESTIMATE_FILE
+@DETECT_FDR_OPTION
 @click.option("--near-duplicate", type=click.FloatRange(-1, 1), default=analyze_options.NEAR_DUPLICATE,
               show_default=True, help="Pixel score from which a pair counts as a copy.")
-@click.option("--top", type=click.IntRange(min=1), default=analyze_options.DETECT_TOP, show_default=True,
-              help="Pairs listed for browsing beside the flagged ones.")
+@top_option(analyze_options.DETECT_TOP, "Pairs listed for browsing beside the flagged ones.")
 @click.option("--ranking", type=click.Choice(analyze_options.LEAK_RANKINGS), default=analyze_options.LEAK_RANKINGS[0],
               show_default=True, help="Browsing order: influence standardised within its target and its source "
               "(two-way-z), within its target only, or raw influence.")
@@ -940,9 +974,9 @@ FDR_OPTION = click.option("--fdr", type=click.FloatRange(0, 1, min_open=True, ma
 @STORE_OPTION
 @JSON_OPTION
 @PNG_OPTION
-@click.option("--html", "html_out", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--html", "html_out", type=FILE,
               help="Also write a leakage page: flagged pairs side by side with their evidence and the ids to remove.")
-@click.option("--csv", "csv_out", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--csv", "csv_out", type=FILE,
               help="Also write every pair with evidence as CSV.")
 @click.option("--features/--no-features", default=True, show_default=True,
               help="Also score each pair's feature similarity in one model trained on the whole pool (seconds).")
@@ -989,10 +1023,9 @@ def leakage(estimate_path: Path, fdr: float, near_duplicate: float, top: int, ra
 
 
 @cli.command()
-@click.argument("estimate_path", metavar="INFLUENCE.h5|DATAMODELS.h5", type=click.Path(dir_okay=False, path_type=Path))
-@FDR_OPTION
-@click.option("--top", type=click.IntRange(min=1), default=analyze_options.DETECT_TOP, show_default=True,
-              help="Candidates listed (flagged or not).")
+@ANY_ESTIMATE_FILE
+@DETECT_FDR_OPTION
+@top_option(analyze_options.DETECT_TOP, "Candidates listed (flagged or not).")
 @click.option("--by", type=click.Choice(analyze_options.MISLABEL_SCORES), default=analyze_options.MISLABEL_SCORES[0],
               show_default=True,
               help="Browsing score: a source example's most negative influence on any target, or its mean.")
@@ -1020,11 +1053,10 @@ def mislabels(estimate_path: Path, fdr: float, top: int, by: str, store_path: Pa
 
 
 @cli.command()
-@click.argument("directory", metavar="DIR", type=click.Path(file_okay=False, path_type=Path))
-@click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path), required=True,
-              help="Folder for index.html and report.json.")
-@click.option("--top", type=click.IntRange(min=1), default=10, show_default=True, help="Rows per table.")
-@click.option("--force", is_flag=True, help="Overwrite an existing index.html and report.json in the folder.")
+@click.argument("directory", metavar="DIR", type=FOLDER)
+@output_option("Folder for index.html and report.json.", type=FOLDER)
+@top_option(10, "Rows per table.")
+@force_option("Overwrite an existing index.html and report.json in the folder.")
 def report(directory: Path, output: Path, top: int, force: bool) -> None:
     """One self-contained HTML page from the run stores, influences and datamodels in DIR.
 
