@@ -9,6 +9,7 @@ import os
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -66,6 +67,16 @@ class IntList(click.ParamType):
 FILE = click.Path(dir_okay=False, path_type=Path)
 FOLDER = click.Path(file_okay=False, path_type=Path)
 UNIT_INTERVAL = click.FloatRange(0, 1, min_open=True, max_open=True)
+
+
+def stacked(*decorators: Callable) -> Callable:
+    """Several option decorators as one, listed in help in the order given."""
+    def decorate(command: Callable) -> Callable:
+        for decorator in reversed(decorators):
+            command = decorator(command)
+        return command
+
+    return decorate
 
 
 def path_argument(dest: str, metavar: str, **kwargs: object) -> Callable:
@@ -133,10 +144,9 @@ def workers_option(help: str, default: int | None = None) -> Callable:
 
 def executor_options(executor_help: str, address_help: str) -> Callable:
     """`--executor` and `--address`: where models are computed (checked together by `_executor_factory`)."""
-    executor = click.option("--executor", type=click.Choice(run_options.EXECUTOR_NAMES),
-                            default=run_options.DEFAULT_EXECUTOR, show_default=True, help=executor_help)
-    address = click.option("--address", help=address_help)
-    return lambda command: executor(address(command))
+    return stacked(click.option("--executor", type=click.Choice(run_options.EXECUTOR_NAMES),
+                                default=run_options.DEFAULT_EXECUTOR, show_default=True, help=executor_help),
+                   click.option("--address", help=address_help))
 
 
 DEVICE = click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
@@ -155,6 +165,13 @@ STORE_OPTION = click.option("--store", "store_path", type=FILE,
                             help="Run store the estimate came from (default: the path recorded in the estimate).")
 LEVEL_OPTION = click.option("--level", type=UNIT_INTERVAL, default=analyze_options.INTERVAL_LEVEL, show_default=True,
                             help="Nominal coverage of the intervals shown beside every influence.")
+
+
+def estimate_io(name: str) -> Callable:
+    """RUNS.h5, -o NAME, --device and --targets: what every estimator command but `influence` takes first."""
+    return stacked(RUNS_ARGUMENT, estimate_output(name), DEVICE, TARGETS_OPTION)
+
+
 DETECT_FDR_OPTION = fdr_option("False discovery rate at which candidates are flagged (Benjamini–Hochberg).")
 PNG_OPTION = click.option("--png", type=FILE, help="Also write a PNG figure here.")
 JSON_OPTION = json_option()
@@ -163,6 +180,21 @@ FORCE_OPTION = force_option()
 
 def _device(name: str) -> str | None:
     return None if name == "auto" else name
+
+
+def _executor_factory(executor: str, workers: int, device: str, address: str | None,
+                      timeout: float | None) -> Callable[[], object]:
+    """What --executor, --address, --workers, --device and --timeout ask for, as the factory the library calls
+    when it has models to compute (Ray is imported only then); --address goes with --executor ray only."""
+    if address and executor != "ray":
+        raise click.UsageError("--address needs --executor ray")
+
+    def make() -> object:
+        from dmtoolkit.run.executors import make_executor
+
+        return make_executor(executor, workers, _device(device), address, timeout)
+
+    return make
 
 
 def _echo_json(data: object) -> None:
@@ -259,19 +291,16 @@ def train(store_path: Path, workers: int, limit: int | None, executor: str, addr
     """
     from dmtoolkit.devices import resolve_device
     from dmtoolkit.run.driver import train_store
-    from dmtoolkit.run.executors import make_executor
     from dmtoolkit.run.shards import open_shard, parse_shard
 
-    if address and executor != "ray":
-        raise click.UsageError("--address needs --executor ray")
+    make_executor = _executor_factory(executor, workers, device, address, timeout)
     if (shard is None) != (shard_path is None):
         raise click.UsageError("--shard I/N and -o SHARD.h5 go together")
     if executor != "ray" or not address:  # on a Ray cluster the workers' devices count, not the driver's
         resolve_device(_device(device))
     share = parse_shard(shard) if shard else None
     target = open_shard(store_path, shard_path) if share else store_path
-    summary = train_store(target, make_executor(executor, workers, _device(device), address, timeout), limit=limit,
-                          progress=not quiet, shard=share)
+    summary = train_store(target, make_executor(), limit=limit, progress=not quiet, shard=share)
     click.echo(f"{target}: wrote {summary.written} models; "
                f"{summary.already_done + summary.written} completed, {summary.remaining} pending"
                + (f" in shard {shard}" if shard else ""))
@@ -319,24 +348,20 @@ def store_validate(store_path: Path) -> None:
 
 @store.command("import")
 @output_option("Run store to write.")
-@click.option("--masks", "masks_path", type=FILE,
-              help="(m, P) 0/1 or bool .npy: which units each model's subset kept.")
-@click.option("--margins", "margins_path", type=FILE,
-              help="(m, T) .npy: each model's margin on each target example.")
+@click.option("--masks", "masks_path", type=FILE, help="(m, P) 0/1 or bool .npy: which units each model's subset kept.")
+@click.option("--margins", "margins_path", type=FILE, help="(m, T) .npy: each model's margin on each target example.")
 @click.option("--completed", "completed_path", type=FILE,
               help="(m,) 0/1 .npy: rows that finished (default: all); others are kept, marked not completed.")
 @click.option("--npz", "npz_path", type=FILE,
               help="One .npz with arrays masks, margins (optionally completed, unit_names, target_labels).")
 @click.option("--folder", "folder_path", type=FOLDER,
               help="A datamodels-style folder: masks.npy, margins.npy, _completed.npy.")
-@click.option("--unit-names", "names_path", type=FILE,
-              help="Text file, one unit (mask column) name a line.")
+@click.option("--unit-names", "names_path", type=FILE, help="Text file, one unit (mask column) name a line.")
 @click.option("--target-labels", "labels_path", type=FILE,
               help="(T,) integer .npy: the true class of each target example.")
 @click.option("--kind", type=click.Choice(["class", "example"]), default="class", show_default=True,
               help="What a unit (mask column) is: a source class or a source example.")
-@click.option("--alpha", type=UNIT_INTERVAL,
-              help="Fraction of units each subset kept (default: the masks' mean).")
+@click.option("--alpha", type=UNIT_INTERVAL, help="Fraction of units each subset kept (default: the masks' mean).")
 @click.option("--design", type=click.Choice(["random", "antithetic"]), default="random", show_default=True,
               help="How the masks were drawn: independent rows, or complementary pairs (rows 2i, 2i+1; checked).")
 @force_option("Overwrite the output if it exists.")
@@ -443,10 +468,7 @@ def influence(store_path: Path, out_path: Path, device: str, block_rows: int, ho
 
 
 @cli.command()
-@RUNS_ARGUMENT
-@estimate_output("DATAMODELS.h5")
-@DEVICE
-@TARGETS_OPTION
+@estimate_io("DATAMODELS.h5")
 @click.option("--lambdas", type=click.IntRange(min=1), default=estimate_options.N_LAMBDAS, show_default=True,
               help="Steps of the λ path.")
 @click.option("--eps", type=click.FloatRange(min=0, min_open=True, max=1, max_open=True), default=estimate_options.EPS,
@@ -475,10 +497,7 @@ def datamodels(store_path: Path, out_path: Path, device: str, targets: slice | N
 
 
 @cli.command()
-@RUNS_ARGUMENT
-@estimate_output("GRADIENT.h5")
-@DEVICE
-@TARGETS_OPTION
+@estimate_io("GRADIENT.h5")
 @click.option("--models", type=click.IntRange(min=0), default=estimate_options.GRADIENT_MODELS, show_default=True,
               help="Fitting rows of the store to retrain (each with its own mask and seed) and differentiate.")
 @click.option("--full-models", type=click.IntRange(min=0), default=0, show_default=True,
@@ -533,10 +552,7 @@ def gradient(store_path: Path, out_path: Path, device: str, targets: slice | Non
 
 
 @cli.command()
-@RUNS_ARGUMENT
-@estimate_output("REPLAY.h5")
-@DEVICE
-@TARGETS_OPTION
+@estimate_io("REPLAY.h5")
 @click.option("--point", default="centre", show_default=True,
               help="Linearisation point: pool (every weight 1), centre (every weight alpha) or row:N (row N's mask).")
 @click.option("--mode", type=click.Choice(estimate_options.REPLAY_MODES), default="auto", show_default=True,
@@ -707,7 +723,7 @@ def demo(scale: str | None, out: Path, workers: int, device: str, as_json: bool)
     from dmtoolkit.report.text import format_demo
 
     summary = run_demo(out, scale=scale or "default", workers=workers, device=_device(device), progress=_progress)
-    _echo_json(summary.to_json()) if as_json else _echo_text(format_demo(summary))
+    _show(summary, format_demo, as_json)
 
 
 # --- analyses and report (dmtoolkit.analyze, dmtoolkit.report) --------------------------------------
@@ -749,6 +765,27 @@ def _echo_text(text: str) -> None:
         click.echo(text)
 
 
+def _show(result: Any, format_text: Callable[[Any], str], as_json: bool, *, wrote: Path | None = None) -> None:
+    """A result on stdout: its JSON with --json, else its text and then, on stderr, which file was written."""
+    if as_json:
+        _echo_json(result.to_json())
+        return
+    _echo_text(format_text(result))
+    if wrote:
+        click.echo(f"wrote {wrote}", err=True)
+
+
+def _write_png(png: Path | None, figure: str, result: Any, *, force: bool, inputs: tuple[Path, ...]) -> None:
+    """--png: `figure` (a function of dmtoolkit.report.figures, imported only when a PNG is asked for) of
+    `result`, written through the output guard."""
+    if png is None:
+        return
+    from dmtoolkit.atomic import write_bytes_atomic
+    from dmtoolkit.report import figures
+
+    write_bytes_atomic(png, getattr(figures, figure)(result), force=force, inputs=inputs)
+
+
 @cli.command()
 @ESTIMATE_FILE
 @top_option(analyze_options.RANK_TOP, "How many classes to list each way.")
@@ -776,16 +813,8 @@ def rank(estimate_path: Path, top: int, target_class: str | None, level: float, 
     inputs = _analysis_inputs(estimate_path, store_path)
     _check_outputs(png, force=force, inputs=inputs)
     result = rank_classes(estimate_path, top=top, target_class=target_class, level=level, store=store_path)
-    if png:
-        from dmtoolkit.atomic import write_bytes_atomic
-        from dmtoolkit.report.figures import rank_figure
-        write_bytes_atomic(png, rank_figure(result), force=force, inputs=inputs)
-    if as_json:
-        _echo_json(result.to_json())
-        return
-    _echo_text(format_ranking(result))
-    if png:
-        click.echo(f"wrote {png}", err=True)
+    _write_png(png, "rank_figure", result, force=force, inputs=inputs)
+    _show(result, format_ranking, as_json, wrote=png)
 
 
 @cli.command()
@@ -823,10 +852,7 @@ def recommend(estimate_path: Path, ks: list[int] | None, validation_fraction: fl
     result = recommend_removal(estimate_path, ks=ks,
                                validation_fraction=validation_fraction, split_seed=split_seed, level=level,
                                fdr=fdr, store=store_path)
-    if as_json:
-        _echo_json(result.to_json())
-        return
-    _echo_text(format_recommendation(result))
+    _show(result, format_recommendation, as_json)
 
 
 @cli.command()
@@ -853,16 +879,8 @@ def subpop(estimate_path: Path, class_name: str, n: int, level: float, store_pat
     inputs = _analysis_inputs(estimate_path, store_path)
     _check_outputs(png, force=force, inputs=inputs)
     result = subpopulation(estimate_path, class_name, n=n, store=store_path, with_images=png is not None, level=level)
-    if png:
-        from dmtoolkit.atomic import write_bytes_atomic
-        from dmtoolkit.report.figures import subpop_figure
-        write_bytes_atomic(png, subpop_figure(result), force=force, inputs=inputs)
-    if as_json:
-        _echo_json(result.to_json())
-        return
-    _echo_text(format_subpopulation(result))
-    if png:
-        click.echo(f"wrote {png}", err=True)
+    _write_png(png, "subpop_figure", result, force=force, inputs=inputs)
+    _show(result, format_subpopulation, as_json, wrote=png)
 
 
 @cli.command()
@@ -893,16 +911,12 @@ def explain(estimate_path: Path, target: int, top: int, verify: int | None, leve
     from dmtoolkit.report.text import format_explanation
 
     if verify:
-        def make() -> object:
-            from dmtoolkit.run.executors import make_executor
-
-            return make_executor("local", 1, _device(device), timeout=timeout)
-
         result = verify_explanation(estimate_path, target, verify, store=store_path, device=_device(device),
-                                    progress=_progress, level=level, fdr=fdr, executor=make)
+                                    progress=_progress, level=level, fdr=fdr,
+                                    executor=_executor_factory("local", 1, device, None, timeout))
     else:
         result = explain_target(estimate_path, target, top=top, store=store_path, level=level, fdr=fdr)
-    _echo_json(result.to_json()) if as_json else _echo_text(format_explanation(result, top=top))
+    _show(result, lambda r: format_explanation(r, top=top), as_json)
 
 
 @cli.command("counterfactual")
@@ -938,27 +952,13 @@ def counterfactual_cmd(recipe_path: Path, influence_path: Path, order: str, ks: 
     from dmtoolkit.recipe import load_recipe
     from dmtoolkit.report.text import format_counterfactual
 
-    if address and executor != "ray":
-        raise click.UsageError("--address needs --executor ray")
+    make = _executor_factory(executor, workers, device, address, timeout)
     inputs = (recipe_path, *_analysis_inputs(influence_path, None))
     _check_outputs(output, png, force=force, inputs=inputs)
-
-    def make() -> object:
-        from dmtoolkit.run.executors import make_executor
-
-        return make_executor(executor, workers, _device(device), address, timeout)
-
     result = counterfactual(load_recipe(recipe_path), influence_path, output, order=order, ks=ks, repeats=repeats,
                             force=force, device=_device(device), progress=_progress, executor=make)
-    if png:
-        from dmtoolkit.atomic import write_bytes_atomic
-        from dmtoolkit.report.figures import counterfactual_figure
-        write_bytes_atomic(png, counterfactual_figure(result.curve), force=force, inputs=(*inputs, output))
-    if as_json:
-        _echo_json(result.to_json())
-        return
-    _echo_text(format_counterfactual(result))
-    click.echo(f"wrote {output}", err=True)
+    _write_png(png, "counterfactual_figure", result.curve, force=force, inputs=(*inputs, output))
+    _show(result, format_counterfactual, as_json, wrote=output)
 
 
 @cli.command()
@@ -1009,17 +1009,14 @@ def leakage(estimate_path: Path, fdr: float, near_duplicate: float, top: int, ra
     _check_outputs(png, html_out, csv_out, force=force, inputs=inputs)
     result = detect_leakage(estimate_path, fdr=fdr, top=top, store=store_path, ranking=ranking, all_pairs=all_pairs,
                             near_duplicate=near_duplicate, features=features, device=_device(device))
-    if png:
-        from dmtoolkit.atomic import write_bytes_atomic
-        from dmtoolkit.report.figures import leakage_figure
-        write_bytes_atomic(png, leakage_figure(result), force=force, inputs=inputs)
+    _write_png(png, "leakage_figure", result, force=force, inputs=inputs)
     if html_out:
         from dmtoolkit.report.leakage_page import write_leakage_html
         write_leakage_html(result, html_out, force=force, inputs=inputs)
     if csv_out:
         from dmtoolkit.report.leakage_page import write_leakage_csv
         write_leakage_csv(result, csv_out, force=force, inputs=inputs)
-    _echo_json(result.to_json()) if as_json else _echo_text(format_leakage(result))
+    _show(result, format_leakage, as_json)
 
 
 @cli.command()
@@ -1049,7 +1046,7 @@ def mislabels(estimate_path: Path, fdr: float, top: int, by: str, store_path: Pa
     from dmtoolkit.report.text import format_mislabels
 
     result = detect_mislabels(estimate_path, fdr=fdr, top=top, store=store_path, by=by)
-    _echo_json(result.to_json()) if as_json else _echo_text(format_mislabels(result))
+    _show(result, format_mislabels, as_json)
 
 
 @cli.command()
