@@ -62,6 +62,34 @@ class IntList(click.ParamType):
         return numbers
 
 
+class ShardSpec(click.ParamType):
+    """`--shard I/N` → (I, N) with 0 <= I < N, by `run.shards.parse_shard` (imported when a command runs)."""
+
+    name = "I/N"
+
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> tuple[int, int]:
+        if isinstance(value, tuple):
+            return value
+        from dmtoolkit.run.shards import parse_shard
+
+        return parse_shard(str(value))
+
+
+class Checkpoints(click.ParamType):
+    """`--checkpoints 3` (a count of evenly spaced epochs) or `10,20,30` (the epochs) → 3 or (10, 20, 30), by
+    `estimate.networks.parse_checkpoints` (imported, with torch, only when `gradient` runs: never for --help)."""
+
+    name = "N|E,E,..."
+
+    def convert(self, value: object, param: click.Parameter | None,
+                ctx: click.Context | None) -> int | tuple[int, ...]:
+        if isinstance(value, (int, tuple)):
+            return value
+        from dmtoolkit.estimate.networks import parse_checkpoints
+
+        return parse_checkpoints(str(value))
+
+
 # --- shared declarations (as Flask's cli.py): an option several commands take is declared once, here ------
 
 FILE = click.Path(dir_okay=False, path_type=Path)
@@ -272,14 +300,14 @@ def init(recipe_path: Path, store_path: Path, models: int | None, seed: int | No
 @click.option("--limit", type=click.IntRange(min=1), help="Stop after at least this many new models (whole batched groups).")
 @executor_options("Where models are computed: local processes, or Ray tasks (pip install 'dmtoolkit[ray]').",
                   "Ray cluster to join (e.g. auto, ray://head:10001); default: start a local Ray.")
-@click.option("--shard", metavar="I/N", help="Compute only groups g with g % N == I into the shard file -o.")
+@click.option("--shard", type=ShardSpec(), help="Compute only groups g with g % N == I into the shard file -o.")
 @output_option("Shard file for --shard (created from STORE.h5, resumed if it exists).", dest="shard_path",
                required=False)
 @DEVICE
 @TIMEOUT_OPTION
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def train(store_path: Path, workers: int, limit: int | None, executor: str, address: str | None,
-          shard: str | None, shard_path: Path | None, device: str, timeout: float | None, quiet: bool) -> None:
+          shard: tuple[int, int] | None, shard_path: Path | None, device: str, timeout: float | None, quiet: bool) -> None:
     """Train, transfer and score the pending models of a store; resumable, one writer at a time.
 
     \b
@@ -291,19 +319,18 @@ def train(store_path: Path, workers: int, limit: int | None, executor: str, addr
     """
     from dmtoolkit.devices import resolve_device
     from dmtoolkit.run.driver import train_store
-    from dmtoolkit.run.shards import open_shard, parse_shard
+    from dmtoolkit.run.shards import open_shard
 
     make_executor = _executor_factory(executor, workers, device, address, timeout)
     if (shard is None) != (shard_path is None):
         raise click.UsageError("--shard I/N and -o SHARD.h5 go together")
     if executor != "ray" or not address:  # on a Ray cluster the workers' devices count, not the driver's
         resolve_device(_device(device))
-    share = parse_shard(shard) if shard else None
-    target = open_shard(store_path, shard_path) if share else store_path
-    summary = train_store(target, make_executor(), limit=limit, progress=not quiet, shard=share)
+    target = open_shard(store_path, shard_path) if shard else store_path
+    summary = train_store(target, make_executor(), limit=limit, progress=not quiet, shard=shard)
     click.echo(f"{target}: wrote {summary.written} models; "
                f"{summary.already_done + summary.written} completed, {summary.remaining} pending"
-               + (f" in shard {shard}" if shard else ""))
+               + (f" in shard {shard[0]}/{shard[1]}" if shard else ""))
 
 
 @cli.group()
@@ -516,7 +543,7 @@ def datamodels(store_path: Path, out_path: Path, device: str, targets: slice | N
 @click.option("--whole-groups/--alone", default=True, show_default=True,
               help="Retrain a row with the rows it was trained beside (reproduces its stored margins exactly; "
                    "models_per_batch x the training), or alone (faster; float differences can grow in long training).")
-@click.option("--checkpoints", default="1", show_default=True,
+@click.option("--checkpoints", type=Checkpoints(), default="1", show_default=True,
               help="Score each built-in network after this many evenly spaced epochs (3 of 30: 10,20,30) or after "
                    "the given epochs (10,20,30), averaging the scores; 1: the final weights only.")
 @HOLDOUT_OPTION
@@ -524,7 +551,7 @@ def datamodels(store_path: Path, out_path: Path, device: str, targets: slice | N
 @FORCE_OPTION
 def gradient(store_path: Path, out_path: Path, device: str, targets: slice | None, models: int, full_models: int,
              proj_dim: int, projection: str, proj_seed: int, lam: float, head: str, kernel: str, whole_groups: bool,
-             checkpoints: str, holdout_frac: float, seed: int, force: bool) -> None:
+             checkpoints: int | tuple[int, ...], holdout_frac: float, seed: int, force: bool) -> None:
     """Gradient (TRAK-style) influence of every source example through the transfer (example-level stores).
 
     Retrains a few of the store's fitting rows (and optionally full-pool networks) through the recipe's own
@@ -541,11 +568,10 @@ def gradient(store_path: Path, out_path: Path, device: str, targets: slice | Non
       dmtoolkit evaluate stores/runs-examples.h5 --estimate stores/gradient.h5
     """
     from dmtoolkit.estimate.gradient import fit_gradient
-    from dmtoolkit.estimate.networks import parse_checkpoints
 
     model = fit_gradient(store_path, out_path, models=models, full_models=full_models, proj_dim=proj_dim,
                          projection=projection, proj_seed=proj_seed, lam=lam, head=head, kernel=kernel,
-                         whole_groups=whole_groups, checkpoints=parse_checkpoints(checkpoints), device=_device(device),
+                         whole_groups=whole_groups, checkpoints=checkpoints, device=_device(device),
                          targets=targets, holdout_frac=holdout_frac, seed=seed, force=force,
                          progress=lambda message: click.echo(message, err=True))
     click.echo(f"wrote {out_path}: scores {tuple(model.coef_.shape)} from {len(model.records_)} networks")

@@ -9,6 +9,8 @@ library's check, tested in test_estimate_datamodels.py and test_recommend.py.
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,9 +20,10 @@ from hypothesis import strategies as st
 
 from dmtoolkit.analyze.options import COUNTERFACTUAL_KS
 from dmtoolkit.analyze.retrain import check_ks
-from dmtoolkit.cli import IntList, TargetRange, cli
+from dmtoolkit.cli import Checkpoints, IntList, ShardSpec, TargetRange, cli
 from dmtoolkit.errors import UserError
 
+ROOT = Path(__file__).resolve().parent.parent
 SIDE = r"\s*(-?\d+)?\s*"
 ends = st.one_of(st.none(), st.integers(-10**6, 10**6))
 
@@ -92,9 +95,28 @@ def test_the_library_takes_typed_values_only() -> None:
      "error: k '0,two' is not a comma-separated list of integers, e.g. 0,5,10"),
     (["counterfactual", "{tmp}/missing.yaml", "--influence", "{tmp}/missing.h5", "--k", " , ", "-o", "{tmp}/c.h5"],
      "error: k is empty; give e.g. 0,5,10"),
+    (["train", "{tmp}/missing.h5", "--shard", "3/3", "-o", "{tmp}/s.h5"],
+     "error: --shard '3/3': write it as I/N with 0 <= I < N, e.g. --shard 3/16"),
+    (["gradient", "{tmp}/missing.h5", "-o", "{tmp}/g.h5", "--checkpoints", "ten"],
+     "error: --checkpoints 'ten': a count (3) or comma-separated epochs (10,20,30)"),
 ])
 def test_a_malformed_value_is_one_line_before_any_file_is_read(tmp_path: Path, args: list[str], message: str) -> None:
     """The inputs do not exist: the value is refused as it is parsed, before the command opens anything."""
     result = CliRunner().invoke(cli, [a.format(tmp=tmp_path) for a in args])
     assert result.exit_code == 1 and result.output == message + "\n"
     assert list(tmp_path.iterdir()) == []
+
+
+def test_shard_and_checkpoints_values_reach_the_command_typed() -> None:
+    assert ShardSpec().convert("2/5", None, None) == (2, 5)
+    assert Checkpoints().convert("3", None, None) == 3 and Checkpoints().convert("10,20,30", None, None) == (10, 20, 30)
+
+
+def test_help_of_every_command_with_a_parameter_type_stays_torch_free() -> None:
+    """The types import their library parsers (torch, for --checkpoints) only when a command runs."""
+    code = ("import sys; from click.testing import CliRunner; from dmtoolkit.cli import cli; "
+            "codes = [CliRunner().invoke(cli, [c, '--help']).exit_code for c in "
+            "('gradient', 'train', 'datamodels', 'recommend', 'counterfactual')]; "
+            "print(codes, sorted(m for m in ('torch', 'numpy', 'h5py') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[0, 0, 0, 0, 0] []", out.stdout + out.stderr
