@@ -1,6 +1,8 @@
 """The `dmtoolkit` command line: wiring only. Every command parses its options, calls a library function that
 tests call too, and prints the result as JSON or through `dmtoolkit.report.text`; choices and defaults come
-from the library's torch-free `options` modules."""
+from the library's torch-free `options` modules. Parameter types turn strings into the typed values the
+library takes (a slice, a list of ints) as they are parsed; options several commands take are declared once,
+below them."""
 
 from __future__ import annotations
 
@@ -164,10 +166,8 @@ def estimator_option(help: str) -> Callable:
 
 def workers_option(help: str, default: int | None = None) -> Callable:
     """`--workers`: processes, one thread each; default: the number of CPUs."""
-    if default is None:
-        return click.option("--workers", type=click.IntRange(min=1), default=lambda: os.cpu_count() or 1,
-                            show_default="number of CPUs", help=help)
-    return click.option("--workers", type=click.IntRange(min=1), default=default, show_default=True, help=help)
+    return click.option("--workers", type=click.IntRange(min=1), default=default or (lambda: os.cpu_count() or 1),
+                        show_default=True if default else "number of CPUs", help=help)
 
 
 def executor_options(executor_help: str, address_help: str) -> Callable:

@@ -13,6 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import h5py
+import numpy as np
 import pytest
 from click.testing import CliRunner
 from hypothesis import given
@@ -22,6 +24,7 @@ from dmtoolkit.analyze.options import COUNTERFACTUAL_KS
 from dmtoolkit.analyze.retrain import check_ks
 from dmtoolkit.cli import Checkpoints, IntList, ShardSpec, TargetRange, cli
 from dmtoolkit.errors import UserError
+from tests.synthetic import synthetic_store
 
 ROOT = Path(__file__).resolve().parent.parent
 SIDE = r"\s*(-?\d+)?\s*"
@@ -120,3 +123,15 @@ def test_help_of_every_command_with_a_parameter_type_stays_torch_free() -> None:
             "print(codes, sorted(m for m in ('torch', 'numpy', 'h5py') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[0, 0, 0, 0, 0] []", out.stdout + out.stderr
+
+
+@pytest.mark.parametrize("spec, columns", [("4:", (4, 7)), (":3", (0, 3)), ("2:5", (2, 5))])
+def test_an_open_ended_range_is_completed_by_the_store(tmp_path: Path, spec: str, columns: tuple[int, int]) -> None:
+    """`--targets 4:` parses to slice(4, None); the library fills in the store's 7 targets."""
+    store = synthetic_store(tmp_path / "runs.h5", np.random.default_rng(0).normal(size=(16, 7)).astype(np.float32))
+    out = tmp_path / "influence.h5"
+    result = CliRunner().invoke(cli, ["influence", str(store), "-o", str(out), "--targets", spec, "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    with h5py.File(out, "r") as f:
+        assert (int(f.attrs["target_start"]), int(f.attrs["target_stop"])) == columns
+        assert f["coef"].shape == (6, columns[1] - columns[0])
