@@ -92,6 +92,17 @@ class Checkpoints(click.ParamType):
         return parse_checkpoints(str(value))
 
 
+class Device(click.Choice):
+    """`--device auto|cpu|cuda` → None (auto: the library takes cuda when there is one), "cpu" or "cuda"."""
+
+    def __init__(self) -> None:
+        super().__init__(["auto", "cpu", "cuda"])
+
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> str | None:
+        choice = super().convert(value, param, ctx)
+        return None if choice == "auto" else choice
+
+
 # --- shared declarations (as Flask's cli.py): an option several commands take is declared once, here ------
 
 FILE = click.Path(dir_okay=False, path_type=Path)
@@ -177,7 +188,7 @@ def executor_options(executor_help: str, address_help: str) -> Callable:
                    click.option("--address", help=address_help))
 
 
-DEVICE = click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+DEVICE = click.option("--device", type=Device(), default="auto", show_default=True,
                       help="Where to compute (auto: cuda if available).")
 TIMEOUT_OPTION = click.option(
     "--timeout", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
@@ -206,11 +217,7 @@ JSON_OPTION = json_option()
 FORCE_OPTION = force_option()
 
 
-def _device(name: str) -> str | None:
-    return None if name == "auto" else name
-
-
-def _executor_factory(executor: str, workers: int, device: str, address: str | None,
+def _executor_factory(executor: str, workers: int, device: str | None, address: str | None,
                       timeout: float | None) -> Callable[[], object]:
     """What --executor, --address, --workers, --device and --timeout ask for, as the factory the library calls
     when it has models to compute (Ray is imported only then); --address goes with --executor ray only."""
@@ -220,7 +227,7 @@ def _executor_factory(executor: str, workers: int, device: str, address: str | N
     def make() -> object:
         from dmtoolkit.run.executors import make_executor
 
-        return make_executor(executor, workers, _device(device), address, timeout)
+        return make_executor(executor, workers, device, address, timeout)
 
     return make
 
@@ -307,7 +314,7 @@ def init(recipe_path: Path, store_path: Path, models: int | None, seed: int | No
 @TIMEOUT_OPTION
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def train(store_path: Path, workers: int, limit: int | None, executor: str, address: str | None,
-          shard: tuple[int, int] | None, shard_path: Path | None, device: str, timeout: float | None, quiet: bool) -> None:
+          shard: tuple[int, int] | None, shard_path: Path | None, device: str | None, timeout: float | None, quiet: bool) -> None:
     """Train, transfer and score the pending models of a store; resumable, one writer at a time.
 
     \b
@@ -325,7 +332,7 @@ def train(store_path: Path, workers: int, limit: int | None, executor: str, addr
     if (shard is None) != (shard_path is None):
         raise click.UsageError("--shard I/N and -o SHARD.h5 go together")
     if executor != "ray" or not address:  # on a Ray cluster the workers' devices count, not the driver's
-        resolve_device(_device(device))
+        resolve_device(device)
     target = open_shard(store_path, shard_path) if shard else store_path
     summary = train_store(target, make_executor(), limit=limit, progress=not quiet, shard=shard)
     click.echo(f"{target}: wrote {summary.written} models; "
@@ -474,7 +481,7 @@ def store_merge(inputs: tuple[Path, ...], output: Path, force: bool) -> None:
               help="Standard errors per entry (--no-errors halves the arithmetic; no `stderr` dataset).")
 @TARGETS_OPTION
 @FORCE_OPTION
-def influence(store_path: Path, out_path: Path, device: str, block_rows: int, holdout_frac: float, seed: int,
+def influence(store_path: Path, out_path: Path, device: str | None, block_rows: int, holdout_frac: float, seed: int,
               estimator: str, errors: bool, targets: slice | None, force: bool) -> None:
     """Influence of every unit (class or example) on every target example (difference of means by default).
 
@@ -486,7 +493,7 @@ def influence(store_path: Path, out_path: Path, device: str, block_rows: int, ho
 
     with warnings.catch_warnings():  # reported below, one line each
         warnings.simplefilter("ignore", UndefinedInfluenceWarning)
-        model = compute_influence(store_path, out_path, device=_device(device), block_rows=block_rows,
+        model = compute_influence(store_path, out_path, device=device, block_rows=block_rows,
                                   holdout_frac=holdout_frac, seed=seed, force=force, errors=errors,
                                   estimator=estimator, targets=targets)
     for warning in model.warnings_:
@@ -507,7 +514,7 @@ def influence(store_path: Path, out_path: Path, device: str, block_rows: int, ho
 @seed_option("Seed of the test and validation splits.")
 @block_rows_option(estimate_options.DATAMODELS_BLOCK_ROWS, "Models read per pass of the lasso's sufficient statistics.")
 @FORCE_OPTION
-def datamodels(store_path: Path, out_path: Path, device: str, targets: slice | None, lambdas: int, eps: float,
+def datamodels(store_path: Path, out_path: Path, device: str | None, targets: slice | None, lambdas: int, eps: float,
                val_frac: float, holdout_frac: float, seed: int, block_rows: int, force: bool) -> None:
     """Sparse linear datamodels (lasso path, λ chosen on held-out models) for every target example.
 
@@ -517,7 +524,7 @@ def datamodels(store_path: Path, out_path: Path, device: str, targets: slice | N
     """
     from dmtoolkit.estimate.datamodels import fit_datamodels
 
-    model = fit_datamodels(store_path, out_path, device=_device(device), targets=targets, n_lambdas=lambdas,
+    model = fit_datamodels(store_path, out_path, device=device, targets=targets, n_lambdas=lambdas,
                            eps=eps, val_frac=val_frac, holdout_frac=holdout_frac, seed=seed, block_rows=block_rows,
                            force=force)
     click.echo(f"wrote {out_path}: weights {tuple(model.coef_.shape)}")
@@ -549,7 +556,7 @@ def datamodels(store_path: Path, out_path: Path, device: str, targets: slice | N
 @HOLDOUT_OPTION
 @seed_option("Seed of the held-out split and of the rows drawn.")
 @FORCE_OPTION
-def gradient(store_path: Path, out_path: Path, device: str, targets: slice | None, models: int, full_models: int,
+def gradient(store_path: Path, out_path: Path, device: str | None, targets: slice | None, models: int, full_models: int,
              proj_dim: int, projection: str, proj_seed: int, lam: float, head: str, kernel: str, whole_groups: bool,
              checkpoints: int | tuple[int, ...], holdout_frac: float, seed: int, force: bool) -> None:
     """Gradient (TRAK-style) influence of every source example through the transfer (example-level stores).
@@ -571,7 +578,7 @@ def gradient(store_path: Path, out_path: Path, device: str, targets: slice | Non
 
     model = fit_gradient(store_path, out_path, models=models, full_models=full_models, proj_dim=proj_dim,
                          projection=projection, proj_seed=proj_seed, lam=lam, head=head, kernel=kernel,
-                         whole_groups=whole_groups, checkpoints=checkpoints, device=_device(device),
+                         whole_groups=whole_groups, checkpoints=checkpoints, device=device,
                          targets=targets, holdout_frac=holdout_frac, seed=seed, force=force,
                          progress=lambda message: click.echo(message, err=True))
     click.echo(f"wrote {out_path}: scores {tuple(model.coef_.shape)} from {len(model.records_)} networks")
@@ -593,7 +600,7 @@ def gradient(store_path: Path, out_path: Path, device: str, targets: slice | Non
 @HOLDOUT_OPTION
 @seed_option("Seed of the held-out split.")
 @FORCE_OPTION
-def replay(store_path: Path, out_path: Path, device: str, targets: slice | None, point: str, mode: str, double: bool,
+def replay(store_path: Path, out_path: Path, device: str | None, targets: slice | None, point: str, mode: str, double: bool,
            chunk: int, networks: int, holdout_frac: float, seed: int, force: bool) -> None:
     """Exact derivative of every transferred margin w.r.t. every source example's weight (example-level stores).
 
@@ -609,7 +616,7 @@ def replay(store_path: Path, out_path: Path, device: str, targets: slice | None,
     from dmtoolkit.estimate.replay import fit_replay
 
     model = fit_replay(store_path, out_path, point=point, mode=mode, double=double, chunk=chunk, networks=networks,
-                       device=_device(device), targets=targets, holdout_frac=holdout_frac, seed=seed, force=force,
+                       device=device, targets=targets, holdout_frac=holdout_frac, seed=seed, force=force,
                        progress=lambda message: click.echo(message, err=True))
     for warning in model.warnings_:
         click.echo(f"warning: {warning}", err=True)
@@ -737,7 +744,7 @@ def data_write_beton(dataset: str, out: Path, split: str, image_field: str, forc
 @workers_option("Worker processes (1 thread each).")
 @DEVICE
 @json_option("All figures as JSON on stdout.")
-def demo(scale: str | None, out: Path, workers: int, device: str, as_json: bool) -> None:
+def demo(scale: str | None, out: Path, workers: int, device: str | None, as_json: bool) -> None:
     """The whole pipeline on built-in data: glyphs -> MNIST, class- and example-level, estimates, report.
 
     \b
@@ -748,7 +755,7 @@ def demo(scale: str | None, out: Path, workers: int, device: str, as_json: bool)
     from dmtoolkit.demo import run_demo
     from dmtoolkit.report.text import format_demo
 
-    summary = run_demo(out, scale=scale or "default", workers=workers, device=_device(device), progress=_progress)
+    summary = run_demo(out, scale=scale or "default", workers=workers, device=device, progress=_progress)
     _show(summary, format_demo, as_json)
 
 
@@ -921,7 +928,7 @@ def subpop(estimate_path: Path, class_name: str, n: int, level: float, store_pat
 @DEVICE
 @TIMEOUT_OPTION
 def explain(estimate_path: Path, target: int, top: int, verify: int | None, level: float, fdr: float,
-            store_path: Path | None, as_json: bool, device: str, timeout: float | None) -> None:
+            store_path: Path | None, as_json: bool, device: str | None, timeout: float | None) -> None:
     """Why target J is (mis)classified: its labels and its most negative / positive source classes.
 
     Each listed class has an interval (--level) and a one-sided p-value (influence < 0 for the most negative,
@@ -937,7 +944,7 @@ def explain(estimate_path: Path, target: int, top: int, verify: int | None, leve
     from dmtoolkit.report.text import format_explanation
 
     if verify:
-        result = verify_explanation(estimate_path, target, verify, store=store_path, device=_device(device),
+        result = verify_explanation(estimate_path, target, verify, store=store_path, device=device,
                                     progress=_progress, level=level, fdr=fdr,
                                     executor=_executor_factory("local", 1, device, None, timeout))
     else:
@@ -965,7 +972,7 @@ def explain(estimate_path: Path, target: int, top: int, verify: int | None, leve
                   "Ray cluster to join with --executor ray.")
 @TIMEOUT_OPTION
 def counterfactual_cmd(recipe_path: Path, influence_path: Path, order: str, ks: list[int], repeats: int, output: Path,
-                       png: Path | None, force: bool, as_json: bool, device: str, workers: int, executor: str,
+                       png: Path | None, force: bool, as_json: bool, device: str | None, workers: int, executor: str,
                        address: str | None, timeout: float | None) -> None:
     """Retrain without the k most negative / positive / random classes; target accuracy per k.
 
@@ -982,7 +989,7 @@ def counterfactual_cmd(recipe_path: Path, influence_path: Path, order: str, ks: 
     inputs = (recipe_path, *_analysis_inputs(influence_path, None))
     _check_outputs(output, png, force=force, inputs=inputs)
     result = counterfactual(load_recipe(recipe_path), influence_path, output, order=order, ks=ks, repeats=repeats,
-                            force=force, device=_device(device), progress=_progress, executor=make)
+                            force=force, device=device, progress=_progress, executor=make)
     _write_png(png, "counterfactual_figure", result.curve, force=force, inputs=(*inputs, output))
     _show(result, format_counterfactual, as_json, wrote=output)
 
@@ -1010,7 +1017,7 @@ def counterfactual_cmd(recipe_path: Path, influence_path: Path, order: str, ks: 
 @FORCE_OPTION
 def leakage(estimate_path: Path, fdr: float, near_duplicate: float, top: int, ranking: str, all_pairs: bool,
             store_path: Path | None, as_json: bool, png: Path | None, html_out: Path | None, csv_out: Path | None,
-            features: bool, device: str, force: bool) -> None:
+            features: bool, device: str | None, force: bool) -> None:
     """Source examples that copy a target test image: by their pixels, and by their influence on it.
 
     First, without models: every source example is compared with every target test image; identical pixels
@@ -1034,7 +1041,7 @@ def leakage(estimate_path: Path, fdr: float, near_duplicate: float, top: int, ra
     inputs = _analysis_inputs(estimate_path, store_path)
     _check_outputs(png, html_out, csv_out, force=force, inputs=inputs)
     result = detect_leakage(estimate_path, fdr=fdr, top=top, store=store_path, ranking=ranking, all_pairs=all_pairs,
-                            near_duplicate=near_duplicate, features=features, device=_device(device))
+                            near_duplicate=near_duplicate, features=features, device=device)
     _write_png(png, "leakage_figure", result, force=force, inputs=inputs)
     if html_out:
         from dmtoolkit.report.leakage_page import write_leakage_html

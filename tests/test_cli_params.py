@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 from dmtoolkit.analyze.options import COUNTERFACTUAL_KS
 from dmtoolkit.analyze.retrain import check_ks
-from dmtoolkit.cli import Checkpoints, IntList, ShardSpec, TargetRange, cli
+from dmtoolkit.cli import Checkpoints, Device, IntList, ShardSpec, TargetRange, cli
 from dmtoolkit.errors import UserError
 from tests.synthetic import synthetic_store
 
@@ -113,6 +113,12 @@ def test_a_malformed_value_is_one_line_before_any_file_is_read(tmp_path: Path, a
 def test_shard_and_checkpoints_values_reach_the_command_typed() -> None:
     assert ShardSpec().convert("2/5", None, None) == (2, 5)
     assert Checkpoints().convert("3", None, None) == 3 and Checkpoints().convert("10,20,30", None, None) == (10, 20, 30)
+
+
+def test_device_auto_is_none_for_the_library() -> None:
+    assert [Device().convert(name, None, None) for name in ("auto", "cpu", "cuda")] == [None, "cpu", "cuda"]
+    result = CliRunner().invoke(cli, ["influence", "x.h5", "-o", "y.h5", "--device", "gpu"])
+    assert result.exit_code == 2 and "Invalid value for '--device': 'gpu' is not one of 'auto', 'cpu', 'cuda'" in result.output
 
 
 def test_help_of_every_command_with_a_parameter_type_stays_torch_free() -> None:
