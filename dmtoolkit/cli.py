@@ -1,6 +1,8 @@
 """The `dmtoolkit` command line: wiring only. Every command parses its options, calls a library function that
 tests call too, and prints the result as JSON or through `dmtoolkit.report.text`; choices and defaults come
-from the library's torch-free `options` modules."""
+from the library's torch-free `options` modules. Parameter types turn strings into the typed values the
+library takes (a slice, a list of ints) as they are parsed; options several commands take are declared once,
+below them."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import os
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -17,18 +20,216 @@ from dmtoolkit.errors import UserError
 from dmtoolkit.estimate import options as estimate_options
 from dmtoolkit.run import options as run_options
 
-DEVICE = click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+
+class TargetRange(click.ParamType):
+    """`--targets A:B` → slice(A, B) of the target columns; either side may be empty (`64:` is slice(64, None),
+    to the last). Whether it fits the store is the library's check (`estimate.fit.check_targets`), which knows
+    how many targets there are."""
+
+    name = "A:B"
+
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> slice:
+        if isinstance(value, slice):
+            return value
+        parts = str(value).split(":")
+        try:
+            if len(parts) != 2:
+                raise ValueError
+            start, stop = (int(part) if part.strip() else None for part in parts)
+        except ValueError:
+            raise UserError(f"targets {value!r} is not of the form A:B; give e.g. 0:64 (either side may be "
+                            "empty)") from None
+        return slice(start, stop)
+
+
+class IntList(click.ParamType):
+    """`0,5,10` → [0, 5, 10], in the order given (blank parts are skipped). Which numbers are allowed (e.g.
+    fewer than the classes) is the library's check (`analyze.retrain.check_ks`)."""
+
+    name = "K,K,..."
+
+    def __init__(self, what: str, example: str = "0,5,10") -> None:
+        self.what, self.example = what, example
+
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> list[int]:
+        if isinstance(value, (list, tuple)):
+            return [int(number) for number in value]
+        try:
+            numbers = [int(part) for part in str(value).split(",") if part.strip()]
+        except ValueError:
+            raise UserError(f"{self.what} {value!r} is not a comma-separated list of integers, "
+                            f"e.g. {self.example}") from None
+        if not numbers:
+            raise UserError(f"{self.what} is empty; give e.g. {self.example}")
+        return numbers
+
+
+class ShardSpec(click.ParamType):
+    """`--shard I/N` → (I, N) with 0 <= I < N, by `run.shards.parse_shard` (imported when a command runs)."""
+
+    name = "I/N"
+
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> tuple[int, int]:
+        if isinstance(value, tuple):
+            return value
+        from dmtoolkit.run.shards import parse_shard
+
+        return parse_shard(str(value))
+
+
+class Checkpoints(click.ParamType):
+    """`--checkpoints 3` (a count of evenly spaced epochs) or `10,20,30` (the epochs) → 3 or (10, 20, 30), by
+    `estimate.networks.parse_checkpoints` (imported, with torch, only when `gradient` runs: never for --help)."""
+
+    name = "N|E,E,..."
+
+    def convert(self, value: object, param: click.Parameter | None,
+                ctx: click.Context | None) -> int | tuple[int, ...]:
+        if isinstance(value, (int, tuple)):
+            return value
+        from dmtoolkit.estimate.networks import parse_checkpoints
+
+        return parse_checkpoints(str(value))
+
+
+class Device(click.Choice):
+    """`--device auto|cpu|cuda` → None (auto: the library takes cuda when there is one), "cpu" or "cuda"."""
+
+    def __init__(self) -> None:
+        super().__init__(["auto", "cpu", "cuda"])
+
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> str | None:
+        choice = super().convert(value, param, ctx)
+        return None if choice == "auto" else choice
+
+
+# --- shared declarations (as Flask's cli.py): an option several commands take is declared once, here ------
+
+FILE = click.Path(dir_okay=False, path_type=Path)
+FOLDER = click.Path(file_okay=False, path_type=Path)
+UNIT_INTERVAL = click.FloatRange(0, 1, min_open=True, max_open=True)
+
+
+def stacked(*decorators: Callable) -> Callable:
+    """Several option decorators as one, listed in help in the order given."""
+    def decorate(command: Callable) -> Callable:
+        for decorator in reversed(decorators):
+            command = decorator(command)
+        return command
+
+    return decorate
+
+
+def path_argument(dest: str, metavar: str, **kwargs: object) -> Callable:
+    """A file argument: STORE.h5, RUNS.h5, RECIPE.yaml, INFLUENCE.h5, ..."""
+    return click.argument(dest, metavar=metavar, type=FILE, **kwargs)
+
+
+RECIPE_ARGUMENT = path_argument("recipe_path", "RECIPE.yaml")
+STORE_ARGUMENT = path_argument("store_path", "STORE.h5")
+RUNS_ARGUMENT = path_argument("store_path", "RUNS.h5")
+ESTIMATE_FILE = path_argument("estimate_path", "INFLUENCE.h5")
+ANY_ESTIMATE_FILE = path_argument("estimate_path", "INFLUENCE.h5|DATAMODELS.h5")
+
+
+def output_option(help: str, *, dest: str = "output", required: bool = True, type: click.Path = FILE) -> Callable:
+    """`-o/--output`: the file (or folder) a command writes."""
+    return click.option("-o", "--output", dest, type=type, required=required, help=help)
+
+
+def estimate_output(name: str) -> Callable:
+    """The `-o ESTIMATE.h5` option every estimator command takes."""
+    return output_option(f"{name} to write.", dest="out_path")
+
+
+def force_option(help: str = "Overwrite output files that exist.") -> Callable:
+    return click.option("--force", is_flag=True, help=help)
+
+
+def json_option(help: str = "Machine-readable output (JSON) on stdout.") -> Callable:
+    return click.option("--json", "as_json", is_flag=True, help=help)
+
+
+def top_option(default: int, help: str) -> Callable:
+    return click.option("--top", type=click.IntRange(min=1), default=default, show_default=True, help=help)
+
+
+def fdr_option(help: str) -> Callable:
+    return click.option("--fdr", type=UNIT_INTERVAL, default=analyze_options.DETECT_FDR, show_default=True, help=help)
+
+
+def seed_option(help: str) -> Callable:
+    """`--seed` of an estimator command's held-out split (and whatever else it draws)."""
+    return click.option("--seed", type=int, default=0, show_default=True, help=help)
+
+
+def block_rows_option(default: int, help: str) -> Callable:
+    return click.option("--block-rows", type=click.IntRange(min=1), default=default, show_default=True, help=help)
+
+
+def estimator_option(help: str) -> Callable:
+    """`--estimator`: an influence estimator from the registry (its names are torch-free)."""
+    from dmtoolkit.estimate.registry import estimator_names
+
+    return click.option("--estimator", type=click.Choice(estimator_names("influence")), default="difference-of-means",
+                        show_default=True, help=help)
+
+
+def workers_option(help: str, default: int | None = None) -> Callable:
+    """`--workers`: processes, one thread each; default: the number of CPUs."""
+    return click.option("--workers", type=click.IntRange(min=1), default=default or (lambda: os.cpu_count() or 1),
+                        show_default=True if default else "number of CPUs", help=help)
+
+
+def executor_options(executor_help: str, address_help: str) -> Callable:
+    """`--executor` and `--address`: where models are computed (checked together by `_executor_factory`)."""
+    return stacked(click.option("--executor", type=click.Choice(run_options.EXECUTOR_NAMES),
+                                default=run_options.DEFAULT_EXECUTOR, show_default=True, help=executor_help),
+                   click.option("--address", help=address_help))
+
+
+DEVICE = click.option("--device", type=Device(), default="auto", show_default=True,
                       help="Where to compute (auto: cuda if available).")
-
-
 TIMEOUT_OPTION = click.option(
     "--timeout", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
     help="Seconds one model may take before its worker is killed and its rows reported (a group of G models gets "
          "G times this; not retried); default: the recipe's training.timeout / trainer.timeout, else no limit.")
+HOLDOUT_OPTION = click.option("--holdout-frac", type=click.FloatRange(min=0, max=1, max_open=True),
+                              default=estimate_options.TEST_FRACTION,
+                              show_default=True, help="Fraction of completed models held out from fitting and "
+                              "from choosing any setting; `dmtoolkit evaluate` scores them.")
+TARGETS_OPTION = click.option("--targets", type=TargetRange(),
+                              help="Fit only target examples A:B (split big jobs across processes).")
+STORE_OPTION = click.option("--store", "store_path", type=FILE,
+                            help="Run store the estimate came from (default: the path recorded in the estimate).")
+LEVEL_OPTION = click.option("--level", type=UNIT_INTERVAL, default=analyze_options.INTERVAL_LEVEL, show_default=True,
+                            help="Nominal coverage of the intervals shown beside every influence.")
 
 
-def _device(name: str) -> str | None:
-    return None if name == "auto" else name
+def estimate_io(name: str) -> Callable:
+    """RUNS.h5, -o NAME, --device and --targets: what every estimator command but `influence` takes first."""
+    return stacked(RUNS_ARGUMENT, estimate_output(name), DEVICE, TARGETS_OPTION)
+
+
+DETECT_FDR_OPTION = fdr_option("False discovery rate at which candidates are flagged (Benjamini–Hochberg).")
+PNG_OPTION = click.option("--png", type=FILE, help="Also write a PNG figure here.")
+JSON_OPTION = json_option()
+FORCE_OPTION = force_option()
+
+
+def _executor_factory(executor: str, workers: int, device: str | None, address: str | None,
+                      timeout: float | None) -> Callable[[], object]:
+    """What --executor, --address, --workers, --device and --timeout ask for, as the factory the library calls
+    when it has models to compute (Ray is imported only then); --address goes with --executor ray only."""
+    if address and executor != "ray":
+        raise click.UsageError("--address needs --executor ray")
+
+    def make() -> object:
+        from dmtoolkit.run.executors import make_executor
+
+        return make_executor(executor, workers, device, address, timeout)
+
+    return make
 
 
 def _echo_json(data: object) -> None:
@@ -69,11 +270,11 @@ def cli() -> None:
 
 
 @cli.command()
-@click.argument("recipe_path", metavar="RECIPE.yaml", type=click.Path(dir_okay=False, path_type=Path))
-@click.argument("store_path", metavar="STORE.h5", type=click.Path(dir_okay=False, path_type=Path))
+@RECIPE_ARGUMENT
+@STORE_ARGUMENT
 @click.option("--models", type=click.IntRange(min=2), help="Number of models (rows); overrides the recipe.")
 @click.option("--seed", type=int, help="Mask seed; overrides the recipe.")
-@click.option("--force", is_flag=True, help="Overwrite an existing store.")
+@force_option("Overwrite an existing store.")
 def init(recipe_path: Path, store_path: Path, models: int | None, seed: int | None, force: bool) -> None:
     """Create a run store: load and plant the data, draw the masks, nothing trained yet.
 
@@ -101,22 +302,19 @@ def init(recipe_path: Path, store_path: Path, models: int | None, seed: int | No
 
 
 @cli.command()
-@click.argument("store_path", metavar="STORE.h5", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--workers", type=click.IntRange(min=1), default=lambda: os.cpu_count() or 1,
-              show_default="number of CPUs", help="Worker processes (1 thread each).")
+@STORE_ARGUMENT
+@workers_option("Worker processes (1 thread each).")
 @click.option("--limit", type=click.IntRange(min=1), help="Stop after at least this many new models (whole batched groups).")
-@click.option("--executor", type=click.Choice(run_options.EXECUTOR_NAMES), default=run_options.DEFAULT_EXECUTOR,
-              show_default=True,
-              help="Where models are computed: local processes, or Ray tasks (pip install 'dmtoolkit[ray]').")
-@click.option("--address", help="Ray cluster to join (e.g. auto, ray://head:10001); default: start a local Ray.")
-@click.option("--shard", metavar="I/N", help="Compute only groups g with g % N == I into the shard file -o.")
-@click.option("-o", "--output", "shard_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="Shard file for --shard (created from STORE.h5, resumed if it exists).")
+@executor_options("Where models are computed: local processes, or Ray tasks (pip install 'dmtoolkit[ray]').",
+                  "Ray cluster to join (e.g. auto, ray://head:10001); default: start a local Ray.")
+@click.option("--shard", type=ShardSpec(), help="Compute only groups g with g % N == I into the shard file -o.")
+@output_option("Shard file for --shard (created from STORE.h5, resumed if it exists).", dest="shard_path",
+               required=False)
 @DEVICE
 @TIMEOUT_OPTION
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def train(store_path: Path, workers: int, limit: int | None, executor: str, address: str | None,
-          shard: str | None, shard_path: Path | None, device: str, timeout: float | None, quiet: bool) -> None:
+          shard: tuple[int, int] | None, shard_path: Path | None, device: str | None, timeout: float | None, quiet: bool) -> None:
     """Train, transfer and score the pending models of a store; resumable, one writer at a time.
 
     \b
@@ -128,22 +326,18 @@ def train(store_path: Path, workers: int, limit: int | None, executor: str, addr
     """
     from dmtoolkit.devices import resolve_device
     from dmtoolkit.run.driver import train_store
-    from dmtoolkit.run.executors import make_executor
-    from dmtoolkit.run.shards import open_shard, parse_shard
+    from dmtoolkit.run.shards import open_shard
 
-    if address and executor != "ray":
-        raise click.UsageError("--address needs --executor ray")
+    make_executor = _executor_factory(executor, workers, device, address, timeout)
     if (shard is None) != (shard_path is None):
         raise click.UsageError("--shard I/N and -o SHARD.h5 go together")
     if executor != "ray" or not address:  # on a Ray cluster the workers' devices count, not the driver's
-        resolve_device(_device(device))
-    share = parse_shard(shard) if shard else None
-    target = open_shard(store_path, shard_path) if share else store_path
-    summary = train_store(target, make_executor(executor, workers, _device(device), address, timeout), limit=limit,
-                          progress=not quiet, shard=share)
+        resolve_device(device)
+    target = open_shard(store_path, shard_path) if shard else store_path
+    summary = train_store(target, make_executor(), limit=limit, progress=not quiet, shard=shard)
     click.echo(f"{target}: wrote {summary.written} models; "
                f"{summary.already_done + summary.written} completed, {summary.remaining} pending"
-               + (f" in shard {shard}" if shard else ""))
+               + (f" in shard {shard[0]}/{shard[1]}" if shard else ""))
 
 
 @cli.group()
@@ -152,8 +346,8 @@ def store() -> None:
 
 
 @store.command("info")
-@click.argument("store_path", metavar="STORE.h5", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@STORE_ARGUMENT
+@JSON_OPTION
 def store_info(store_path: Path, as_json: bool) -> None:
     """Summary: progress, accuracies, shapes, recipe, planted ground truth.
 
@@ -168,7 +362,7 @@ def store_info(store_path: Path, as_json: bool) -> None:
 
 
 @store.command("validate")
-@click.argument("store_path", metavar="STORE.h5", type=click.Path(dir_okay=False, path_type=Path))
+@STORE_ARGUMENT
 def store_validate(store_path: Path) -> None:
     """Check schema, shapes, dtypes, masks (re-derived from the seed) and completed rows; exit 1 on problems.
 
@@ -187,29 +381,24 @@ def store_validate(store_path: Path) -> None:
 
 
 @store.command("import")
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
-              help="Run store to write.")
-@click.option("--masks", "masks_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="(m, P) 0/1 or bool .npy: which units each model's subset kept.")
-@click.option("--margins", "margins_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="(m, T) .npy: each model's margin on each target example.")
-@click.option("--completed", "completed_path", type=click.Path(dir_okay=False, path_type=Path),
+@output_option("Run store to write.")
+@click.option("--masks", "masks_path", type=FILE, help="(m, P) 0/1 or bool .npy: which units each model's subset kept.")
+@click.option("--margins", "margins_path", type=FILE, help="(m, T) .npy: each model's margin on each target example.")
+@click.option("--completed", "completed_path", type=FILE,
               help="(m,) 0/1 .npy: rows that finished (default: all); others are kept, marked not completed.")
-@click.option("--npz", "npz_path", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--npz", "npz_path", type=FILE,
               help="One .npz with arrays masks, margins (optionally completed, unit_names, target_labels).")
-@click.option("--folder", "folder_path", type=click.Path(file_okay=False, path_type=Path),
+@click.option("--folder", "folder_path", type=FOLDER,
               help="A datamodels-style folder: masks.npy, margins.npy, _completed.npy.")
-@click.option("--unit-names", "names_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="Text file, one unit (mask column) name a line.")
-@click.option("--target-labels", "labels_path", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--unit-names", "names_path", type=FILE, help="Text file, one unit (mask column) name a line.")
+@click.option("--target-labels", "labels_path", type=FILE,
               help="(T,) integer .npy: the true class of each target example.")
 @click.option("--kind", type=click.Choice(["class", "example"]), default="class", show_default=True,
               help="What a unit (mask column) is: a source class or a source example.")
-@click.option("--alpha", type=click.FloatRange(0, 1, min_open=True, max_open=True),
-              help="Fraction of units each subset kept (default: the masks' mean).")
+@click.option("--alpha", type=UNIT_INTERVAL, help="Fraction of units each subset kept (default: the masks' mean).")
 @click.option("--design", type=click.Choice(["random", "antithetic"]), default="random", show_default=True,
               help="How the masks were drawn: independent rows, or complementary pairs (rows 2i, 2i+1; checked).")
-@click.option("--force", is_flag=True, help="Overwrite the output if it exists.")
+@force_option("Overwrite the output if it exists.")
 def store_import(output: Path, masks_path: Path | None, margins_path: Path | None, completed_path: Path | None,
                  npz_path: Path | None, folder_path: Path | None, names_path: Path | None, labels_path: Path | None,
                  kind: str, alpha: float | None, design: str, force: bool) -> None:
@@ -260,11 +449,9 @@ def store_import(output: Path, masks_path: Path | None, margins_path: Path | Non
 
 
 @store.command("merge")
-@click.argument("inputs", metavar="SHARD.h5...", nargs=-1, required=True,
-                type=click.Path(dir_okay=False, path_type=Path))
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
-              help="Merged store to write.")
-@click.option("--force", is_flag=True, help="Overwrite the output if it exists.")
+@path_argument("inputs", "SHARD.h5...", nargs=-1, required=True)
+@output_option("Merged store to write.")
+@force_option("Overwrite the output if it exists.")
 def store_merge(inputs: tuple[Path, ...], output: Path, force: bool) -> None:
     """Merge shards of one run (same recipe hash, seed, masks) into one store; conflicting rows are refused.
 
@@ -281,44 +468,21 @@ def store_merge(inputs: tuple[Path, ...], output: Path, force: bool) -> None:
         click.echo(f"{len(summary.missing)} rows still missing: {summary.missing_text}", err=True)
 
 
-def _estimator_choice(command: str) -> click.Choice:
-    from dmtoolkit.estimate.registry import estimator_names
-
-    return click.Choice(estimator_names(command))
-
-
-HOLDOUT_OPTION = click.option("--holdout-frac", type=click.FloatRange(min=0, max=1, max_open=True),
-                              default=estimate_options.TEST_FRACTION,
-                              show_default=True, help="Fraction of completed models held out from fitting and "
-                              "from choosing any setting; `dmtoolkit evaluate` scores them.")
-TARGETS_OPTION = click.option("--targets", help="Fit only target examples A:B (split big jobs across processes).")
-RUNS_ARGUMENT = click.argument("store_path", metavar="RUNS.h5", type=click.Path(dir_okay=False, path_type=Path))
-OVERWRITE_OPTION = click.option("--force", is_flag=True, help="Overwrite an existing output.")
-
-
-def estimate_output(name: str) -> Callable:
-    """The `-o ESTIMATE.h5` option every estimator command takes."""
-    return click.option("-o", "--output", "out_path", required=True,
-                        type=click.Path(dir_okay=False, path_type=Path), help=f"{name} to write.")
-
-
 @cli.command()
 @RUNS_ARGUMENT
 @estimate_output("INFLUENCE.h5")
 @DEVICE
-@click.option("--block-rows", type=click.IntRange(min=1), default=estimate_options.BLOCK_ROWS, show_default=True,
-              help="Models read per block (stores larger than memory stream through).")
+@block_rows_option(estimate_options.BLOCK_ROWS, "Models read per block (stores larger than memory stream through).")
 @HOLDOUT_OPTION
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the held-out split.")
-@click.option("--estimator", type=_estimator_choice("influence"), default="difference-of-means",
-              show_default=True, help="Difference of means (the paper's), or least squares on all masks at once "
-                                      "(needs more models than units).")
+@seed_option("Seed of the held-out split.")
+@estimator_option("Difference of means (the paper's), or least squares on all masks at once "
+                  "(needs more models than units).")
 @click.option("--errors/--no-errors", default=True, show_default=True,
               help="Standard errors per entry (--no-errors halves the arithmetic; no `stderr` dataset).")
 @TARGETS_OPTION
-@OVERWRITE_OPTION
-def influence(store_path: Path, out_path: Path, device: str, block_rows: int, holdout_frac: float, seed: int,
-              estimator: str, errors: bool, targets: str | None, force: bool) -> None:
+@FORCE_OPTION
+def influence(store_path: Path, out_path: Path, device: str | None, block_rows: int, holdout_frac: float, seed: int,
+              estimator: str, errors: bool, targets: slice | None, force: bool) -> None:
     """Influence of every unit (class or example) on every target example (difference of means by default).
 
     \b
@@ -329,7 +493,7 @@ def influence(store_path: Path, out_path: Path, device: str, block_rows: int, ho
 
     with warnings.catch_warnings():  # reported below, one line each
         warnings.simplefilter("ignore", UndefinedInfluenceWarning)
-        model = compute_influence(store_path, out_path, device=_device(device), block_rows=block_rows,
+        model = compute_influence(store_path, out_path, device=device, block_rows=block_rows,
                                   holdout_frac=holdout_frac, seed=seed, force=force, errors=errors,
                                   estimator=estimator, targets=targets)
     for warning in model.warnings_:
@@ -338,10 +502,7 @@ def influence(store_path: Path, out_path: Path, device: str, block_rows: int, ho
 
 
 @cli.command()
-@RUNS_ARGUMENT
-@estimate_output("DATAMODELS.h5")
-@DEVICE
-@TARGETS_OPTION
+@estimate_io("DATAMODELS.h5")
 @click.option("--lambdas", type=click.IntRange(min=1), default=estimate_options.N_LAMBDAS, show_default=True,
               help="Steps of the λ path.")
 @click.option("--eps", type=click.FloatRange(min=0, min_open=True, max=1, max_open=True), default=estimate_options.EPS,
@@ -350,11 +511,10 @@ def influence(store_path: Path, out_path: Path, device: str, block_rows: int, ho
               default=estimate_options.VAL_FRACTION,
               show_default=True, help="Fraction of the fitting models held out to choose λ.")
 @HOLDOUT_OPTION
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the test and validation splits.")
-@click.option("--block-rows", type=click.IntRange(min=1), default=estimate_options.DATAMODELS_BLOCK_ROWS,
-              show_default=True, help="Models read per pass of the lasso's sufficient statistics.")
-@OVERWRITE_OPTION
-def datamodels(store_path: Path, out_path: Path, device: str, targets: str | None, lambdas: int, eps: float,
+@seed_option("Seed of the test and validation splits.")
+@block_rows_option(estimate_options.DATAMODELS_BLOCK_ROWS, "Models read per pass of the lasso's sufficient statistics.")
+@FORCE_OPTION
+def datamodels(store_path: Path, out_path: Path, device: str | None, targets: slice | None, lambdas: int, eps: float,
                val_frac: float, holdout_frac: float, seed: int, block_rows: int, force: bool) -> None:
     """Sparse linear datamodels (lasso path, λ chosen on held-out models) for every target example.
 
@@ -364,17 +524,14 @@ def datamodels(store_path: Path, out_path: Path, device: str, targets: str | Non
     """
     from dmtoolkit.estimate.datamodels import fit_datamodels
 
-    model = fit_datamodels(store_path, out_path, device=_device(device), targets=targets, n_lambdas=lambdas,
+    model = fit_datamodels(store_path, out_path, device=device, targets=targets, n_lambdas=lambdas,
                            eps=eps, val_frac=val_frac, holdout_frac=holdout_frac, seed=seed, block_rows=block_rows,
                            force=force)
     click.echo(f"wrote {out_path}: weights {tuple(model.coef_.shape)}")
 
 
 @cli.command()
-@RUNS_ARGUMENT
-@estimate_output("GRADIENT.h5")
-@DEVICE
-@TARGETS_OPTION
+@estimate_io("GRADIENT.h5")
 @click.option("--models", type=click.IntRange(min=0), default=estimate_options.GRADIENT_MODELS, show_default=True,
               help="Fitting rows of the store to retrain (each with its own mask and seed) and differentiate.")
 @click.option("--full-models", type=click.IntRange(min=0), default=0, show_default=True,
@@ -393,15 +550,15 @@ def datamodels(store_path: Path, out_path: Path, device: str, targets: str | Non
 @click.option("--whole-groups/--alone", default=True, show_default=True,
               help="Retrain a row with the rows it was trained beside (reproduces its stored margins exactly; "
                    "models_per_batch x the training), or alone (faster; float differences can grow in long training).")
-@click.option("--checkpoints", default="1", show_default=True,
+@click.option("--checkpoints", type=Checkpoints(), default="1", show_default=True,
               help="Score each built-in network after this many evenly spaced epochs (3 of 30: 10,20,30) or after "
                    "the given epochs (10,20,30), averaging the scores; 1: the final weights only.")
 @HOLDOUT_OPTION
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the held-out split and of the rows drawn.")
-@OVERWRITE_OPTION
-def gradient(store_path: Path, out_path: Path, device: str, targets: str | None, models: int, full_models: int,
+@seed_option("Seed of the held-out split and of the rows drawn.")
+@FORCE_OPTION
+def gradient(store_path: Path, out_path: Path, device: str | None, targets: slice | None, models: int, full_models: int,
              proj_dim: int, projection: str, proj_seed: int, lam: float, head: str, kernel: str, whole_groups: bool,
-             checkpoints: str, holdout_frac: float, seed: int, force: bool) -> None:
+             checkpoints: int | tuple[int, ...], holdout_frac: float, seed: int, force: bool) -> None:
     """Gradient (TRAK-style) influence of every source example through the transfer (example-level stores).
 
     Retrains a few of the store's fitting rows (and optionally full-pool networks) through the recipe's own
@@ -418,21 +575,17 @@ def gradient(store_path: Path, out_path: Path, device: str, targets: str | None,
       dmtoolkit evaluate stores/runs-examples.h5 --estimate stores/gradient.h5
     """
     from dmtoolkit.estimate.gradient import fit_gradient
-    from dmtoolkit.estimate.networks import parse_checkpoints
 
     model = fit_gradient(store_path, out_path, models=models, full_models=full_models, proj_dim=proj_dim,
                          projection=projection, proj_seed=proj_seed, lam=lam, head=head, kernel=kernel,
-                         whole_groups=whole_groups, checkpoints=parse_checkpoints(checkpoints), device=_device(device),
+                         whole_groups=whole_groups, checkpoints=checkpoints, device=device,
                          targets=targets, holdout_frac=holdout_frac, seed=seed, force=force,
                          progress=lambda message: click.echo(message, err=True))
     click.echo(f"wrote {out_path}: scores {tuple(model.coef_.shape)} from {len(model.records_)} networks")
 
 
 @cli.command()
-@RUNS_ARGUMENT
-@estimate_output("REPLAY.h5")
-@DEVICE
-@TARGETS_OPTION
+@estimate_io("REPLAY.h5")
 @click.option("--point", default="centre", show_default=True,
               help="Linearisation point: pool (every weight 1), centre (every weight alpha) or row:N (row N's mask).")
 @click.option("--mode", type=click.Choice(estimate_options.REPLAY_MODES), default="auto", show_default=True,
@@ -445,9 +598,9 @@ def gradient(store_path: Path, out_path: Path, device: str, targets: str | None,
               help="Replay this many networks (the first fitting rows' training seeds) and average their derivatives; "
                    "for stores trained from several seeds (randomness per-model).")
 @HOLDOUT_OPTION
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the held-out split.")
-@OVERWRITE_OPTION
-def replay(store_path: Path, out_path: Path, device: str, targets: str | None, point: str, mode: str, double: bool,
+@seed_option("Seed of the held-out split.")
+@FORCE_OPTION
+def replay(store_path: Path, out_path: Path, device: str | None, targets: slice | None, point: str, mode: str, double: bool,
            chunk: int, networks: int, holdout_frac: float, seed: int, force: bool) -> None:
     """Exact derivative of every transferred margin w.r.t. every source example's weight (example-level stores).
 
@@ -463,7 +616,7 @@ def replay(store_path: Path, out_path: Path, device: str, targets: str | None, p
     from dmtoolkit.estimate.replay import fit_replay
 
     model = fit_replay(store_path, out_path, point=point, mode=mode, double=double, chunk=chunk, networks=networks,
-                       device=_device(device), targets=targets, holdout_frac=holdout_frac, seed=seed, force=force,
+                       device=device, targets=targets, holdout_frac=holdout_frac, seed=seed, force=force,
                        progress=lambda message: click.echo(message, err=True))
     for warning in model.warnings_:
         click.echo(f"warning: {warning}", err=True)
@@ -477,10 +630,10 @@ def replay(store_path: Path, out_path: Path, device: str, targets: str | None, p
 
 
 @cli.command()
-@click.argument("store_path", metavar="RUNS.h5", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--estimate", "estimate_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
+@RUNS_ARGUMENT
+@click.option("--estimate", "estimate_path", required=True, type=FILE,
               help="ESTIMATE.h5 made from RUNS.h5 by `dmtoolkit influence`, `datamodels`, `gradient` or `replay`.")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@JSON_OPTION
 def evaluate(store_path: Path, estimate_path: Path, as_json: bool) -> None:
     """LDS: per target example, Spearman correlation of predicted and true margins on held-out test models.
 
@@ -501,11 +654,10 @@ def evaluate(store_path: Path, estimate_path: Path, as_json: bool) -> None:
 
 
 @cli.command()
-@click.argument("store_path", metavar="STORE.h5", type=click.Path(dir_okay=False, path_type=Path))
-@click.argument("other_path", metavar="[OTHER.h5]", required=False, type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--estimator", type=_estimator_choice("influence"), default="difference-of-means", show_default=True,
-              help="Influence estimator whose answers are compared.")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output (JSON) on stdout.")
+@STORE_ARGUMENT
+@path_argument("other_path", "[OTHER.h5]", required=False)
+@estimator_option("Influence estimator whose answers are compared.")
+@JSON_OPTION
 def reliability(store_path: Path, other_path: Path | None, estimator: str, as_json: bool) -> None:
     """How reproducible a store's answers are: the ranking of its source classes (or, for an example-level
     store, examples) by mean influence and the class (example) x target-class influences, each with a verdict.
@@ -548,7 +700,7 @@ def data_list(dataset: str | None) -> None:
 
 
 @data.command("prepare")
-@click.option("--force", is_flag=True, help="Rebuild caches that exist.")
+@force_option("Rebuild caches that exist.")
 def data_prepare(force: bool) -> None:
     """Build the caches of the built-in datasets (glyph rendering); run once at set-up."""
     from dmtoolkit.data import prepare_all
@@ -559,11 +711,11 @@ def data_prepare(force: bool) -> None:
 
 @data.command("write-beton")
 @click.argument("dataset")
-@click.argument("out", metavar="OUT.beton", type=click.Path(dir_okay=False, path_type=Path))
+@path_argument("out", "OUT.beton")
 @click.option("--split", type=click.Choice(["train", "test"]), default="train", show_default=True)
 @click.option("--image-field", type=click.Choice(["ndarray", "rgb-raw", "rgb-jpg"]), default="ndarray",
               show_default=True, help="ndarray: exact uint8, any channels; rgb-raw: exact RGB; rgb-jpg: lossy, small.")
-@click.option("--force", is_flag=True, help="Overwrite an existing beton.")
+@force_option("Overwrite an existing beton.")
 def data_write_beton(dataset: str, out: Path, split: str, image_field: str, force: bool) -> None:
     """Write a dataset (built-in name or imagefolder:PATH) to an ffcv beton (image, label, index).
 
@@ -587,13 +739,12 @@ def data_write_beton(dataset: str, out: Path, split: str, image_field: str, forc
 @cli.command()
 @click.option("--quick", "scale", flag_value="quick", help="A tiny run for smoke tests (about two minutes).")
 @click.option("--full", "scale", flag_value="full", help="The recipes' own scale, the one docs/signal.md measures (about 25 minutes, estimated).")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("stores/demo"),
+@click.option("--out", type=FOLDER, default=Path("stores/demo"),
               show_default=True, help="Folder for the demo's stores, estimates and report.")
-@click.option("--workers", type=click.IntRange(min=1), default=lambda: os.cpu_count() or 1,
-              show_default="number of CPUs")
+@workers_option("Worker processes (1 thread each).")
 @DEVICE
-@click.option("--json", "as_json", is_flag=True, help="All figures as JSON on stdout.")
-def demo(scale: str | None, out: Path, workers: int, device: str, as_json: bool) -> None:
+@json_option("All figures as JSON on stdout.")
+def demo(scale: str | None, out: Path, workers: int, device: str | None, as_json: bool) -> None:
     """The whole pipeline on built-in data: glyphs -> MNIST, class- and example-level, estimates, report.
 
     \b
@@ -604,22 +755,11 @@ def demo(scale: str | None, out: Path, workers: int, device: str, as_json: bool)
     from dmtoolkit.demo import run_demo
     from dmtoolkit.report.text import format_demo
 
-    summary = run_demo(out, scale=scale or "default", workers=workers, device=_device(device), progress=_progress)
-    _echo_json(summary.to_json()) if as_json else _echo_text(format_demo(summary))
+    summary = run_demo(out, scale=scale or "default", workers=workers, device=device, progress=_progress)
+    _show(summary, format_demo, as_json)
 
 
 # --- analyses and report (dmtoolkit.analyze, dmtoolkit.report) --------------------------------------
-
-ESTIMATE_FILE = click.argument("estimate_path", metavar="INFLUENCE.h5", type=click.Path(dir_okay=False, path_type=Path))
-STORE_OPTION = click.option("--store", "store_path", type=click.Path(dir_okay=False, path_type=Path),
-                            help="Run store the estimate came from (default: the path recorded in the estimate).")
-JSON_OPTION = click.option("--json", "as_json", is_flag=True, help="Machine-readable output (JSON) on stdout.")
-FORCE_OPTION = click.option("--force", is_flag=True, help="Overwrite output files that exist.")
-PNG_OPTION = click.option("--png", type=click.Path(dir_okay=False, path_type=Path), help="Also write a PNG figure here.")
-LEVEL_OPTION = click.option("--level", type=click.FloatRange(0, 1, min_open=True, max_open=True),
-                            default=analyze_options.INTERVAL_LEVEL, show_default=True,
-                            help="Nominal coverage of the intervals shown beside every influence.")
-
 
 def _analysis_inputs(estimate_path: Path, store_path: Path | None) -> tuple[Path, ...]:
     """An analysis's input files for the output guard: the estimate and its run store (given, or recorded)."""
@@ -653,10 +793,30 @@ def _echo_text(text: str) -> None:
         click.echo(text)
 
 
+def _show(result: Any, format_text: Callable[[Any], str], as_json: bool, *, wrote: Path | None = None) -> None:
+    """A result on stdout: its JSON with --json, else its text and then, on stderr, which file was written."""
+    if as_json:
+        _echo_json(result.to_json())
+        return
+    _echo_text(format_text(result))
+    if wrote:
+        click.echo(f"wrote {wrote}", err=True)
+
+
+def _write_png(png: Path | None, figure: str, result: Any, *, force: bool, inputs: tuple[Path, ...]) -> None:
+    """--png: `figure` (a function of dmtoolkit.report.figures, imported only when a PNG is asked for) of
+    `result`, written through the output guard."""
+    if png is None:
+        return
+    from dmtoolkit.atomic import write_bytes_atomic
+    from dmtoolkit.report import figures
+
+    write_bytes_atomic(png, getattr(figures, figure)(result), force=force, inputs=inputs)
+
+
 @cli.command()
 @ESTIMATE_FILE
-@click.option("--top", type=click.IntRange(min=1), default=analyze_options.RANK_TOP, show_default=True,
-              help="How many classes to list each way.")
+@top_option(analyze_options.RANK_TOP, "How many classes to list each way.")
 @click.option("--target-class", help="Average over the target examples of this class only (e.g. 3).")
 @LEVEL_OPTION
 @STORE_OPTION
@@ -681,33 +841,24 @@ def rank(estimate_path: Path, top: int, target_class: str | None, level: float, 
     inputs = _analysis_inputs(estimate_path, store_path)
     _check_outputs(png, force=force, inputs=inputs)
     result = rank_classes(estimate_path, top=top, target_class=target_class, level=level, store=store_path)
-    if png:
-        from dmtoolkit.atomic import write_bytes_atomic
-        from dmtoolkit.report.figures import rank_figure
-        write_bytes_atomic(png, rank_figure(result), force=force, inputs=inputs)
-    if as_json:
-        _echo_json(result.to_json())
-        return
-    _echo_text(format_ranking(result))
-    if png:
-        click.echo(f"wrote {png}", err=True)
+    _write_png(png, "rank_figure", result, force=force, inputs=inputs)
+    _show(result, format_ranking, as_json, wrote=png)
 
 
 @cli.command()
 @ESTIMATE_FILE
-@click.option("--k", "ks", help="Numbers of classes to consider removing, e.g. 0,2,4,8 "
+@click.option("--k", "ks", type=IntList("k"), help="Numbers of classes to consider removing, e.g. 0,2,4,8 "
               "(default: 0 up to the share of classes the store's masks leave out).")
-@click.option("--validation-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+@click.option("--validation-fraction", type=UNIT_INTERVAL,
               default=analyze_options.RECOMMEND_VALIDATION_FRACTION, show_default=True,
               help="Share of the target examples k is chosen on; the rest are never read.")
 @click.option("--split-seed", type=int, default=analyze_options.RECOMMEND_SPLIT_SEED, show_default=True,
               help="Seed of the validation/test split of the target examples.")
-@click.option("--fdr", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=analyze_options.DETECT_FDR,
-              show_default=True, help="False discovery rate of the test for harm a removed class must pass.")
+@fdr_option("False discovery rate of the test for harm a removed class must pass.")
 @LEVEL_OPTION
 @STORE_OPTION
 @JSON_OPTION
-def recommend(estimate_path: Path, ks: str | None, validation_fraction: float, split_seed: int, fdr: float,
+def recommend(estimate_path: Path, ks: list[int] | None, validation_fraction: float, split_seed: int, fdr: float,
               level: float, store_path: Path | None, as_json: bool) -> None:
     """Propose source classes to remove: the k most negative classes on a validation part of the target data.
 
@@ -729,10 +880,7 @@ def recommend(estimate_path: Path, ks: str | None, validation_fraction: float, s
     result = recommend_removal(estimate_path, ks=ks,
                                validation_fraction=validation_fraction, split_seed=split_seed, level=level,
                                fdr=fdr, store=store_path)
-    if as_json:
-        _echo_json(result.to_json())
-        return
-    _echo_text(format_recommendation(result))
+    _show(result, format_recommendation, as_json)
 
 
 @cli.command()
@@ -759,33 +907,23 @@ def subpop(estimate_path: Path, class_name: str, n: int, level: float, store_pat
     inputs = _analysis_inputs(estimate_path, store_path)
     _check_outputs(png, force=force, inputs=inputs)
     result = subpopulation(estimate_path, class_name, n=n, store=store_path, with_images=png is not None, level=level)
-    if png:
-        from dmtoolkit.atomic import write_bytes_atomic
-        from dmtoolkit.report.figures import subpop_figure
-        write_bytes_atomic(png, subpop_figure(result), force=force, inputs=inputs)
-    if as_json:
-        _echo_json(result.to_json())
-        return
-    _echo_text(format_subpopulation(result))
-    if png:
-        click.echo(f"wrote {png}", err=True)
+    _write_png(png, "subpop_figure", result, force=force, inputs=inputs)
+    _show(result, format_subpopulation, as_json, wrote=png)
 
 
 @cli.command()
 @ESTIMATE_FILE
 @click.option("--target", type=click.IntRange(min=0), required=True, help="Target test example index.")
-@click.option("--top", type=click.IntRange(min=1), default=analyze_options.EXPLAIN_TOP, show_default=True,
-              help="Classes to list each way.")
+@top_option(analyze_options.EXPLAIN_TOP, "Classes to list each way.")
 @click.option("--verify", type=click.IntRange(min=1), help="Retrain R models without the most negative class and R with it.")
 @LEVEL_OPTION
-@click.option("--fdr", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=analyze_options.DETECT_FDR,
-              show_default=True, help="False discovery rate at which a listed class counts as really negative/positive.")
+@fdr_option("False discovery rate at which a listed class counts as really negative/positive.")
 @STORE_OPTION
 @JSON_OPTION
 @DEVICE
 @TIMEOUT_OPTION
 def explain(estimate_path: Path, target: int, top: int, verify: int | None, level: float, fdr: float,
-            store_path: Path | None, as_json: bool, device: str, timeout: float | None) -> None:
+            store_path: Path | None, as_json: bool, device: str | None, timeout: float | None) -> None:
     """Why target J is (mis)classified: its labels and its most negative / positive source classes.
 
     Each listed class has an interval (--level) and a one-sided p-value (influence < 0 for the most negative,
@@ -801,41 +939,35 @@ def explain(estimate_path: Path, target: int, top: int, verify: int | None, leve
     from dmtoolkit.report.text import format_explanation
 
     if verify:
-        def make() -> object:
-            from dmtoolkit.run.executors import make_executor
-
-            return make_executor("local", 1, _device(device), timeout=timeout)
-
-        result = verify_explanation(estimate_path, target, verify, store=store_path, device=_device(device),
-                                    progress=_progress, level=level, fdr=fdr, executor=make)
+        result = verify_explanation(estimate_path, target, verify, store=store_path, device=device,
+                                    progress=_progress, level=level, fdr=fdr,
+                                    executor=_executor_factory("local", 1, device, None, timeout))
     else:
         result = explain_target(estimate_path, target, top=top, store=store_path, level=level, fdr=fdr)
-    _echo_json(result.to_json()) if as_json else _echo_text(format_explanation(result, top=top))
+    _show(result, lambda r: format_explanation(r, top=top), as_json)
 
 
 @cli.command("counterfactual")
-@click.argument("recipe_path", metavar="RECIPE.yaml", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--influence", "influence_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
+@RECIPE_ARGUMENT
+@click.option("--influence", "influence_path", required=True, type=FILE,
               help="Class-level INFLUENCE.h5 giving the removal order.")
 @click.option("--order", type=click.Choice(analyze_options.ORDERS), default=analyze_options.ORDERS[0], show_default=True,
               help="Remove the most negative (bottom), most positive (top) or random classes.")
-@click.option("--k", "ks", default=analyze_options.COUNTERFACTUAL_KS, show_default=True,
+@click.option("--k", "ks", type=IntList("k"), default=analyze_options.COUNTERFACTUAL_KS, show_default=True,
               help="Comma-separated numbers of classes to remove.")
 @click.option("--repeats", type=click.IntRange(min=1), default=analyze_options.COUNTERFACTUAL_REPEATS, show_default=True,
               help="Retrainings per k.")
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True, help="OUT.h5")
+@output_option("OUT.h5")
 @PNG_OPTION
-@click.option("--force", is_flag=True, help="Overwrite OUT.h5.")
+@force_option("Overwrite OUT.h5.")
 @JSON_OPTION
 @DEVICE
-@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Worker processes per retraining (as `dmtoolkit train`).")
-@click.option("--executor", type=click.Choice(run_options.EXECUTOR_NAMES), default=run_options.DEFAULT_EXECUTOR,
-              show_default=True, help="Where the retrained models are computed (as `dmtoolkit train`).")
-@click.option("--address", help="Ray cluster to join with --executor ray.")
+@workers_option("Worker processes per retraining (as `dmtoolkit train`).", default=1)
+@executor_options("Where the retrained models are computed (as `dmtoolkit train`).",
+                  "Ray cluster to join with --executor ray.")
 @TIMEOUT_OPTION
-def counterfactual_cmd(recipe_path: Path, influence_path: Path, order: str, ks: str, repeats: int, output: Path,
-                       png: Path | None, force: bool, as_json: bool, device: str, workers: int, executor: str,
+def counterfactual_cmd(recipe_path: Path, influence_path: Path, order: str, ks: list[int], repeats: int, output: Path,
+                       png: Path | None, force: bool, as_json: bool, device: str | None, workers: int, executor: str,
                        address: str | None, timeout: float | None) -> None:
     """Retrain without the k most negative / positive / random classes; target accuracy per k.
 
@@ -848,41 +980,21 @@ def counterfactual_cmd(recipe_path: Path, influence_path: Path, order: str, ks: 
     from dmtoolkit.recipe import load_recipe
     from dmtoolkit.report.text import format_counterfactual
 
-    if address and executor != "ray":
-        raise click.UsageError("--address needs --executor ray")
+    make = _executor_factory(executor, workers, device, address, timeout)
     inputs = (recipe_path, *_analysis_inputs(influence_path, None))
     _check_outputs(output, png, force=force, inputs=inputs)
-
-    def make() -> object:
-        from dmtoolkit.run.executors import make_executor
-
-        return make_executor(executor, workers, _device(device), address, timeout)
-
     result = counterfactual(load_recipe(recipe_path), influence_path, output, order=order, ks=ks, repeats=repeats,
-                            force=force, device=_device(device), progress=_progress, executor=make)
-    if png:
-        from dmtoolkit.atomic import write_bytes_atomic
-        from dmtoolkit.report.figures import counterfactual_figure
-        write_bytes_atomic(png, counterfactual_figure(result.curve), force=force, inputs=(*inputs, output))
-    if as_json:
-        _echo_json(result.to_json())
-        return
-    _echo_text(format_counterfactual(result))
-    click.echo(f"wrote {output}", err=True)
-
-
-FDR_OPTION = click.option("--fdr", type=click.FloatRange(0, 1, min_open=True, max_open=True),
-                          default=analyze_options.DETECT_FDR, show_default=True,
-                          help="False discovery rate at which candidates are flagged (Benjamini–Hochberg).")
+                            force=force, device=device, progress=_progress, executor=make)
+    _write_png(png, "counterfactual_figure", result.curve, force=force, inputs=(*inputs, output))
+    _show(result, format_counterfactual, as_json, wrote=output)
 
 
 @cli.command()
-@click.argument("estimate_path", metavar="INFLUENCE.h5|DATAMODELS.h5", type=click.Path(dir_okay=False, path_type=Path))
-@FDR_OPTION
+@ANY_ESTIMATE_FILE
+@DETECT_FDR_OPTION
 @click.option("--near-duplicate", type=click.FloatRange(-1, 1), default=analyze_options.NEAR_DUPLICATE,
               show_default=True, help="Pixel score from which a pair counts as a copy.")
-@click.option("--top", type=click.IntRange(min=1), default=analyze_options.DETECT_TOP, show_default=True,
-              help="Pairs listed for browsing beside the flagged ones.")
+@top_option(analyze_options.DETECT_TOP, "Pairs listed for browsing beside the flagged ones.")
 @click.option("--ranking", type=click.Choice(analyze_options.LEAK_RANKINGS), default=analyze_options.LEAK_RANKINGS[0],
               show_default=True, help="Browsing order: influence standardised within its target and its source "
               "(two-way-z), within its target only, or raw influence.")
@@ -890,9 +1002,9 @@ FDR_OPTION = click.option("--fdr", type=click.FloatRange(0, 1, min_open=True, ma
 @STORE_OPTION
 @JSON_OPTION
 @PNG_OPTION
-@click.option("--html", "html_out", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--html", "html_out", type=FILE,
               help="Also write a leakage page: flagged pairs side by side with their evidence and the ids to remove.")
-@click.option("--csv", "csv_out", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--csv", "csv_out", type=FILE,
               help="Also write every pair with evidence as CSV.")
 @click.option("--features/--no-features", default=True, show_default=True,
               help="Also score each pair's feature similarity in one model trained on the whole pool (seconds).")
@@ -900,7 +1012,7 @@ FDR_OPTION = click.option("--fdr", type=click.FloatRange(0, 1, min_open=True, ma
 @FORCE_OPTION
 def leakage(estimate_path: Path, fdr: float, near_duplicate: float, top: int, ranking: str, all_pairs: bool,
             store_path: Path | None, as_json: bool, png: Path | None, html_out: Path | None, csv_out: Path | None,
-            features: bool, device: str, force: bool) -> None:
+            features: bool, device: str | None, force: bool) -> None:
     """Source examples that copy a target test image: by their pixels, and by their influence on it.
 
     First, without models: every source example is compared with every target test image; identical pixels
@@ -924,25 +1036,21 @@ def leakage(estimate_path: Path, fdr: float, near_duplicate: float, top: int, ra
     inputs = _analysis_inputs(estimate_path, store_path)
     _check_outputs(png, html_out, csv_out, force=force, inputs=inputs)
     result = detect_leakage(estimate_path, fdr=fdr, top=top, store=store_path, ranking=ranking, all_pairs=all_pairs,
-                            near_duplicate=near_duplicate, features=features, device=_device(device))
-    if png:
-        from dmtoolkit.atomic import write_bytes_atomic
-        from dmtoolkit.report.figures import leakage_figure
-        write_bytes_atomic(png, leakage_figure(result), force=force, inputs=inputs)
+                            near_duplicate=near_duplicate, features=features, device=device)
+    _write_png(png, "leakage_figure", result, force=force, inputs=inputs)
     if html_out:
         from dmtoolkit.report.leakage_page import write_leakage_html
         write_leakage_html(result, html_out, force=force, inputs=inputs)
     if csv_out:
         from dmtoolkit.report.leakage_page import write_leakage_csv
         write_leakage_csv(result, csv_out, force=force, inputs=inputs)
-    _echo_json(result.to_json()) if as_json else _echo_text(format_leakage(result))
+    _show(result, format_leakage, as_json)
 
 
 @cli.command()
-@click.argument("estimate_path", metavar="INFLUENCE.h5|DATAMODELS.h5", type=click.Path(dir_okay=False, path_type=Path))
-@FDR_OPTION
-@click.option("--top", type=click.IntRange(min=1), default=analyze_options.DETECT_TOP, show_default=True,
-              help="Candidates listed (flagged or not).")
+@ANY_ESTIMATE_FILE
+@DETECT_FDR_OPTION
+@top_option(analyze_options.DETECT_TOP, "Candidates listed (flagged or not).")
 @click.option("--by", type=click.Choice(analyze_options.MISLABEL_SCORES), default=analyze_options.MISLABEL_SCORES[0],
               show_default=True,
               help="Browsing score: a source example's most negative influence on any target, or its mean.")
@@ -966,15 +1074,14 @@ def mislabels(estimate_path: Path, fdr: float, top: int, by: str, store_path: Pa
     from dmtoolkit.report.text import format_mislabels
 
     result = detect_mislabels(estimate_path, fdr=fdr, top=top, store=store_path, by=by)
-    _echo_json(result.to_json()) if as_json else _echo_text(format_mislabels(result))
+    _show(result, format_mislabels, as_json)
 
 
 @cli.command()
-@click.argument("directory", metavar="DIR", type=click.Path(file_okay=False, path_type=Path))
-@click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path), required=True,
-              help="Folder for index.html and report.json.")
-@click.option("--top", type=click.IntRange(min=1), default=10, show_default=True, help="Rows per table.")
-@click.option("--force", is_flag=True, help="Overwrite an existing index.html and report.json in the folder.")
+@click.argument("directory", metavar="DIR", type=FOLDER)
+@output_option("Folder for index.html and report.json.", type=FOLDER)
+@top_option(10, "Rows per table.")
+@force_option("Overwrite an existing index.html and report.json in the folder.")
 def report(directory: Path, output: Path, top: int, force: bool) -> None:
     """One self-contained HTML page from the run stores, influences and datamodels in DIR.
 

@@ -34,7 +34,7 @@ class DemoScale:
 
     class_models: int
     example_models: int
-    ks: str
+    ks: tuple[int, ...]
     repeats: int
     lambdas: int
     # None: the recipe's mask design; "random" where the class store is smaller than two orthogonal blocks
@@ -43,13 +43,13 @@ class DemoScale:
 
 
 SCALES = {
-    "quick": DemoScale(class_models=16, example_models=16, ks="0,5", repeats=1, lambdas=10,
+    "quick": DemoScale(class_models=16, example_models=16, ks=(0, 5), repeats=1, lambdas=10,
                        class_design="random"),
     # 7 minutes on 2 cores (2026-12-04); 768 class models are 6 orthogonal blocks, ≈ 0.89 cross-run agreement
     # by Spearman–Brown from the 256-model fresh pair (0.73); example level at a quarter of its recipe
-    "default": DemoScale(class_models=768, example_models=512, ks="0,5,10,20", repeats=3, lambdas=50),
+    "default": DemoScale(class_models=768, example_models=512, ks=(0, 5, 10, 20), repeats=3, lambdas=50),
     # the recipes' own scale, which docs/signal.md measures (~25 minutes on 2 cores, summed from its parts)
-    "full": DemoScale(class_models=1024, example_models=2048, ks="0,5,10,20", repeats=5, lambdas=100),
+    "full": DemoScale(class_models=1024, example_models=2048, ks=(0, 5, 10, 20), repeats=5, lambdas=100),
 }
 
 

@@ -90,7 +90,7 @@ def example_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     infl = tmp / "ex-influence.h5"
     compute_influence(store, infl, device="cpu", holdout_frac=0.0)
     dm = tmp / "ex-datamodels.h5"
-    fit_datamodels(store, dm, device="cpu", targets="0:6", n_lambdas=10)
+    fit_datamodels(store, dm, device="cpu", targets=slice(0, 6), n_lambdas=10)
     return {"store": store, "influence": infl, "datamodels": dm, "masks": masks, "margins": margins}
 
 

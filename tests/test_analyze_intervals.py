@@ -315,7 +315,7 @@ def test_rank_regression_on_a_target_slice_refits_the_mean(stores: dict, tmp_pat
 
     store, _ = stores["random"]
     infl = tmp_path / "regression.h5"
-    compute_influence(store, infl, device="cpu", estimator="regression", targets="2:7", holdout_frac=0.2)
+    compute_influence(store, infl, device="cpu", estimator="regression", targets=slice(2, 7), holdout_frac=0.2)
     est = load_estimate(infl)
     masks, margins, _ = _fit_data(store, infl)
     direct = make_estimator("regression", device="cpu").fit(masks, margins[:, 2:7].mean(1, keepdims=True))

@@ -45,7 +45,7 @@ def real_files(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 def test_counterfactual_bottom_removes_most_negative(real_files: dict, tmp_path: Path) -> None:
     out = tmp_path / "cf.h5"
-    result = counterfactual(real_files["recipe"], real_files["influence"], out, order="bottom", ks="3,0", repeats=2,
+    result = counterfactual(real_files["recipe"], real_files["influence"], out, order="bottom", ks=[3, 0], repeats=2,
                             data=real_files["data"], device="cpu", progress=lambda _: None)
     counterfactual_figure(result.curve, tmp_path / "cf.png")
     with h5py.File(real_files["influence"]) as f:
@@ -65,7 +65,7 @@ def test_counterfactual_bottom_removes_most_negative(real_files: dict, tmp_path:
     assert result.to_json()["accuracy"] == accuracy.tolist() and result.k == (0, 3)
     assert (tmp_path / "cf.png").read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(UserError, match="already exists"):
-        counterfactual(real_files["recipe"], real_files["influence"], out, ks="0", repeats=1, data=real_files["data"])
+        counterfactual(real_files["recipe"], real_files["influence"], out, ks=[0], repeats=1, data=real_files["data"])
 
 
 def test_counterfactual_cli_random_and_errors(real_files: dict, tmp_path: Path) -> None:
@@ -140,7 +140,7 @@ def test_counterfactual_plan_and_save_without_training(real_files: dict, tmp_pat
 
     out = tmp_path / "cf.h5"
     plan = plan_counterfactual(real_files["recipe"], real_files["influence"], out, data=real_files["data"],
-                               order="top", ks="4,0,2", repeats=2)
+                               order="top", ks=[4, 0, 2], repeats=2)
     with h5py.File(real_files["influence"]) as f:
         overall = np.nanmean(f["coef"][()], axis=1)
     best = np.argsort(-overall, kind="stable")
@@ -177,7 +177,7 @@ def test_random_counterfactual_lists_each_repeats_classes(real_files: dict, tmp_
     from dmtoolkit.analyze import plan_counterfactual, save_counterfactual
 
     plan = plan_counterfactual(real_files["recipe"], real_files["influence"], tmp_path / "cf.h5",
-                               data=real_files["data"], order="random", ks="0,3", repeats=2)
+                               data=real_files["data"], order="random", ks=[0, 3], repeats=2)
     result = save_counterfactual(plan, np.array([[0.5, 0.4], [0.6, 0.3]]))
     names = real_files["data"].source_class_names
     removed = [[names[k] for k in plan.removal[r][:3]] for r in range(2)]

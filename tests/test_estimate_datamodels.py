@@ -12,7 +12,7 @@ import torch
 
 from dmtoolkit.errors import StoreError, UserError
 from dmtoolkit.estimate.datamodels import fit_datamodels
-from dmtoolkit.estimate.fit import parse_targets
+from dmtoolkit.estimate.fit import check_targets
 from dmtoolkit.masks import make_masks
 from dmtoolkit.store import RunStore
 
@@ -60,7 +60,7 @@ def test_file_contents(store: Path, tmp_path: Path) -> None:
 
 def test_target_slice_equals_columns_of_the_full_fit(store: Path, tmp_path: Path) -> None:
     full = fit_datamodels(store, tmp_path / "all.h5", n_lambdas=15, eps=1e-2, tol=1e-6, device="cpu")
-    part = fit_datamodels(store, tmp_path / "part.h5", targets="2:5", n_lambdas=15, eps=1e-2, tol=1e-6, device="cpu")
+    part = fit_datamodels(store, tmp_path / "part.h5", targets=slice(2, 5), n_lambdas=15, eps=1e-2, tol=1e-6, device="cpu")
     np.testing.assert_allclose(part.coef_, full.coef_[:, 2:5], atol=2e-3)
     np.testing.assert_allclose(part.lambda_, full.lambda_[2:5], rtol=1e-6)
     with h5py.File(tmp_path / "part.h5", "r") as f, RunStore(store) as run:
@@ -68,23 +68,22 @@ def test_target_slice_equals_columns_of_the_full_fit(store: Path, tmp_path: Path
         assert f["target_names"].asstr()[()].tolist() == run.target_names[2:5]
 
 
-def test_parse_targets() -> None:
-    assert parse_targets(None, 10) == slice(0, 10)
-    assert parse_targets("3:", 10) == slice(3, 10) and parse_targets(":4", 10) == slice(0, 4)
-    assert parse_targets(slice(1, 2), 10) == slice(1, 2)
+def test_check_targets() -> None:
+    assert check_targets(None, 10) == slice(0, 10)
+    assert check_targets(slice(3, None), 10) == slice(3, 10) and check_targets(slice(None, 4), 10) == slice(0, 4)
+    assert check_targets(slice(1, 2), 10) == slice(1, 2)
     with pytest.raises(UserError, match=r"^targets 5:11 is outside the store's targets 0:10; give A:B"):
-        parse_targets("5:11", 10)
+        check_targets(slice(5, 11), 10)
     with pytest.raises(UserError, match="outside"):
-        parse_targets("4:4", 10)
-    for bad in ("3", "a:b", "1:2:3"):
-        with pytest.raises(UserError, match="is not of the form A:B"):
-            parse_targets(bad, 10)
+        check_targets(slice(4, 4), 10)
+    with pytest.raises(TypeError, match=r"targets must be a slice .* not '3:5'"):
+        check_targets("3:5", 10)  # the CLI parses "A:B" (dmtoolkit.cli.TargetRange); the library takes slices
 
 
 def test_errors(store: Path, tmp_path: Path) -> None:
     out = tmp_path / "dm.h5"
     with pytest.raises(UserError, match=r"targets 0:99 is outside the store's targets 0:6"):
-        fit_datamodels(store, out, targets="0:99", device="cpu")
+        fit_datamodels(store, out, targets=slice(0, 99), device="cpu")
     with pytest.raises(UserError, match=r"val_frac=0.0 must be in \(0, 1\)"):
         fit_datamodels(store, out, val_frac=0.0, device="cpu")
     with pytest.raises(UserError, match="eps=2.0 must be in"):

@@ -60,7 +60,7 @@ def check_report(result: LdsResult, expected: np.ndarray) -> None:
 
 def test_datamodels_lds_matches_scipy(store: Path, tmp_path: Path) -> None:
     out = tmp_path / "dm.h5"
-    fit_datamodels(store, out, targets="1:5", n_lambdas=20, eps=1e-2, val_frac=0.2, holdout_frac=0.2, device="cpu")
+    fit_datamodels(store, out, targets=slice(1, 5), n_lambdas=20, eps=1e-2, val_frac=0.2, holdout_frac=0.2, device="cpu")
     report = evaluate(store, out)
     with h5py.File(out, "r") as f:
         expected = independent_lds(store, f["rows/test"][()], f["coef"][()], f["intercept"][()], slice(1, 5))

@@ -159,7 +159,7 @@ def planted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     tmp = tmp_path_factory.mktemp("planted")
     store = _example_store(tmp / "runs.h5", planted_effects=True)
     compute_influence(store, tmp / "influence.h5", device="cpu", holdout_frac=0.0)
-    fit_datamodels(store, tmp / "datamodels.h5", device="cpu", targets="0:4", n_lambdas=8)
+    fit_datamodels(store, tmp / "datamodels.h5", device="cpu", targets=slice(0, 4), n_lambdas=8)
     return {"store": store, "influence": tmp / "influence.h5", "datamodels": tmp / "datamodels.h5"}
 
 

@@ -40,7 +40,7 @@ NEAR_DUPLICATE = 0.985
 """Pixel near-duplicate score (shift-tolerant correlation, `near_duplicate_matrix`) from which a pair counts as a
 copy. Chosen on the development store only (example recipe, planting seed 0): its planted copies score
 ≥ 0.992, its other sources' best match with any target ≤ 0.977; see docs/signal.md."""
-COUNTERFACTUAL_KS = "0,5,10"
+COUNTERFACTUAL_KS: tuple[int, ...] = (0, 5, 10)
 """Numbers of classes `counterfactual` removes."""
 COUNTERFACTUAL_REPEATS = 3
 """Retrainings per k in `counterfactual`."""

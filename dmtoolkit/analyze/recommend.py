@@ -41,6 +41,7 @@ prediction without retraining is measured in docs/signal.md (benchmarks/removal_
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,7 +52,7 @@ from dmtoolkit.analyze.estimates import Estimate, OpenedEstimate, as_opened, req
 from dmtoolkit.analyze.evidence import fdr_phrase
 from dmtoolkit.analyze.options import DETECT_FDR, INTERVAL_LEVEL, RECOMMEND_SPLIT_SEED, RECOMMEND_VALIDATION_FRACTION
 from dmtoolkit.analyze.results import NO_STDERR, ClassEvidence, PredictionTrust, Recommendation, RemovalCandidate
-from dmtoolkit.analyze.retrain import check_ks, parse_ks
+from dmtoolkit.analyze.retrain import check_ks
 from dmtoolkit.capabilities import Capability
 from dmtoolkit.errors import UserError
 from dmtoolkit.stats.intervals import interval_bounds
@@ -249,12 +250,12 @@ def harmful_prefix(order: np.ndarray, coef: np.ndarray, stderr: np.ndarray, dof:
     return count
 
 
-def recommend_removal(path: str | Path | OpenedEstimate, *, ks: list[int] | str | None = None,
+def recommend_removal(path: str | Path | OpenedEstimate, *, ks: Sequence[int] | None = None,
                       validation_fraction: float = RECOMMEND_VALIDATION_FRACTION,
                       split_seed: int = RECOMMEND_SPLIT_SEED, level: float = INTERVAL_LEVEL,
                       fdr: float = DETECT_FDR, store: str | Path | None = None) -> Recommendation:
     """The removal set (k most negative classes on the validation part) with the best predicted validation
-    accuracy, beside every candidate k (`ks` a list or a spec like "0,2,4"; 0 is always added); see the module
+    accuracy, beside every candidate k (`ks`, e.g. [0, 2, 4]; 0 is always added); see the module
     docstring for the rule and its limits."""
     check_level(level)
     check_fdr(fdr)
@@ -270,7 +271,7 @@ def recommend_removal(path: str | Path | OpenedEstimate, *, ks: list[int] | str 
     if ks is None:
         ks = _default_ks(num_units, facts.alpha)
     else:
-        ks = sorted(set(parse_ks(ks, num_units) if isinstance(ks, str) else check_ks(list(ks), num_units)) | {0})
+        ks = sorted(set(check_ks(ks, num_units)) | {0})
     order = removal_ranking(est.matrix, validation)
     harmful = None if stderr is None else harmful_prefix(order, mean_coef, stderr, dof, fdr)
     evidence = ()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -168,19 +168,12 @@ class CounterfactualPlan:
         return self.recipe.subsets.seed + 1 + repeat
 
 
-def parse_ks(spec: str, num_units: int) -> list[int]:
-    """Numbers of classes to remove from "0,5,10": sorted, distinct, each in 0..num_units-1."""
-    try:
-        ks = [int(part) for part in spec.split(",") if part.strip()]
-    except ValueError:
-        raise UserError(f"k {spec!r} is not a comma-separated list of integers, e.g. 0,5,10") from None
-    if not ks:
-        raise UserError("k is empty; give e.g. 0,5,10")
-    return check_ks(ks, num_units)
-
-
-def check_ks(ks: list[int], num_units: int) -> list[int]:
-    """`ks` sorted and distinct, each checked to be in 0..num_units-1 (one class at least stays)."""
+def check_ks(ks: Sequence[int], num_units: int) -> list[int]:
+    """Numbers of classes to remove, sorted and distinct, each checked to be in 0..num_units-1 (one class at
+    least stays). The CLI's `--k 0,5,10` becomes this list as it is parsed (`dmtoolkit.cli.IntList`)."""
+    if isinstance(ks, str):
+        raise TypeError(f"ks must be a list of integers such as [0, 5, 10], not {ks!r}")
+    ks = [int(k) for k in ks]
     bad = [k for k in ks if not 0 <= k < num_units]
     if bad:
         raise UserError(f"k={bad[0]} is out of range: remove between 0 and {num_units - 1} of {num_units} classes")
@@ -227,7 +220,7 @@ def check_counterfactual(recipe: Recipe, influence_path: str | Path, out: str | 
 
 
 def plan_counterfactual(recipe: Recipe, influence_path: str | Path, out: str | Path, *, data: RunData,
-                        order: str = ORDERS[0], ks: str | list[int] = COUNTERFACTUAL_KS,
+                        order: str = ORDERS[0], ks: Sequence[int] = COUNTERFACTUAL_KS,
                         repeats: int = COUNTERFACTUAL_REPEATS, force: bool = False) -> CounterfactualPlan:
     """Check a counterfactual request (see `check_counterfactual`; also that `data` has the estimate's
     classes, and k) and fix its removal orders; raises UserError before anything is trained."""
@@ -236,7 +229,9 @@ def plan_counterfactual(recipe: Recipe, influence_path: str | Path, out: str | P
         raise UserError(f"{influence_path}: its source classes differ from recipe {recipe.name!r}'s; "
                         "give the recipe the influences were computed for")
     P = len(est.unit_names)
-    k_list = parse_ks(ks if isinstance(ks, str) else ",".join(map(str, ks)), P)
+    k_list = check_ks(ks, P)
+    if not k_list:
+        raise UserError("k is empty; give e.g. 0,5,10")
     orders = removal_order(rank_classes(influence_path, top=1, level=None), P, order, repeats, recipe.subsets.seed)
     return CounterfactualPlan(recipe=recipe, influence_file=Path(influence_path), out=Path(out), order=order,
                               repeats=repeats, k=tuple(k_list), class_names=tuple(est.unit_names),
@@ -298,7 +293,7 @@ def save_counterfactual(plan: CounterfactualPlan, accuracy: np.ndarray) -> Count
 
 
 def counterfactual(recipe: Recipe, influence_path: str | Path, out: str | Path, *, order: str = ORDERS[0],
-                   ks: str | list[int] = COUNTERFACTUAL_KS, repeats: int = COUNTERFACTUAL_REPEATS,
+                   ks: Sequence[int] = COUNTERFACTUAL_KS, repeats: int = COUNTERFACTUAL_REPEATS,
                    data: RunData | None = None, device: str | None = None, force: bool = False,
                    progress: Progress | None = None, executor: ExecutorFactory | None = None) -> CounterfactualResult:
     """Retrain with the k most negative / positive / random classes removed; target accuracy per k.

@@ -19,7 +19,7 @@ from dmtoolkit.estimate.options import DATAMODELS_BLOCK_ROWS, EPS, N_LAMBDAS, TE
 
 
 def fit_datamodels(store_path: str | Path, out_path: str | Path, *, device: str | None = None,
-                   targets: str | slice | None = None, n_lambdas: int = N_LAMBDAS, eps: float = EPS,
+                   targets: slice | None = None, n_lambdas: int = N_LAMBDAS, eps: float = EPS,
                    val_frac: float = VAL_FRACTION, holdout_frac: float = TEST_FRACTION, seed: int = 0,
                    block_rows: int = DATAMODELS_BLOCK_ROWS,
                    tol: float = 1e-4, max_iter: int = 2000, patience: int | None = 5,

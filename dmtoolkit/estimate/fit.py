@@ -50,22 +50,16 @@ def store_draws(store: RunStore) -> Draws:
     return design_draws(store.num_models, store.num_units, antithetic=sub.antithetic, design=sub.design)
 
 
-def parse_targets(spec: str | slice | None, num_targets: int) -> slice:
-    """`None` → all targets; "A:B" (either side may be empty) or a slice → a checked slice 0 ≤ A < B ≤ T."""
-    if spec is None:
+def check_targets(targets: slice | None, num_targets: int) -> slice:
+    """`None` → all targets; a slice (either end may be None) → a checked slice 0 ≤ A < B ≤ T. The CLI's
+    `--targets A:B` becomes this slice as it is parsed (`dmtoolkit.cli.TargetRange`)."""
+    if targets is None:
         return slice(0, num_targets)
-    if isinstance(spec, slice):
-        start, stop = spec.start, spec.stop
-    else:
-        parts = spec.split(":")
-        try:
-            if len(parts) != 2:
-                raise ValueError
-            start, stop = (int(p) if p.strip() else None for p in parts)
-        except ValueError:
-            raise UserError(f"targets {spec!r} is not of the form A:B; give e.g. 0:{num_targets}") from None
-    start = 0 if start is None else start
-    stop = num_targets if stop is None else stop
+    if not isinstance(targets, slice):
+        raise TypeError(f"targets must be a slice of target columns such as slice(0, {num_targets}), "
+                        f"not {targets!r}")
+    start = 0 if targets.start is None else targets.start
+    stop = num_targets if targets.stop is None else targets.stop
     if not 0 <= start < stop <= num_targets:
         raise UserError(f"targets {start}:{stop} is outside the store's targets 0:{num_targets}; "
                         f"give A:B with 0 <= A < B <= {num_targets}")
@@ -77,15 +71,15 @@ def _device_name(device: object) -> str | None:
 
 
 def fit_store(store_path: str | Path, out_path: str | Path, estimator: Estimator, *, test_fraction: float = 0.1,
-              seed: int = 0, targets: str | slice | None = None, force: bool = False,
+              seed: int = 0, targets: slice | None = None, force: bool = False,
               fit_models: int | None = None) -> Estimator:
     """Fit `estimator` on the store's completed models less a held-out test fraction; write ESTIMATE.h5.
 
     `test_fraction` of the completed rows (drawn with `seed`, recorded in the file) are left out for
     `dmtoolkit evaluate`; 0 fits on all of them (evaluate then has nothing to score). Whole draws
     (complementary pairs, orthogonal blocks) are held out, and the estimator is told the draws so its
-    standard errors follow the design. `targets` ("A:B")
-    fits a slice of the target columns, so a large job can be split across processes. `fit_models`, for
+    standard errors follow the design. `targets` (a slice such as slice(0, 64)) fits a slice of the
+    target columns, so a large job can be split across processes. `fit_models`, for
     learning curves, fits on only the first that many of the fitting rows (row order, whole draws:
     `dmtoolkit.stats.splits.first_rows`) and leaves the test rows as they are.
     """
@@ -94,7 +88,7 @@ def fit_store(store_path: str | Path, out_path: str | Path, estimator: Estimator
     check_output(out_path, force=force, inputs=(store_path,))
     with RunStore(store_path) as store:
         rows = completed_rows(store)
-        columns = parse_targets(targets, store.num_targets)
+        columns = check_targets(targets, store.num_targets)
         width, P = columns.stop - columns.start, store.num_units
         device = _device_name(getattr(estimator, "device", None))
         require_memory(estimator.memory_bytes(P, 1), what=f"{estimator.name} with {P:,} units",

@@ -870,7 +870,7 @@ class GradientEstimator(Estimator):
 def fit_gradient(store_path: str | Path, out_path: str | Path, *, models: int = GRADIENT_MODELS, full_models: int = 0,
                  proj_dim: int = GRADIENT_PROJ_DIM, projection: str = "gaussian", proj_seed: int = 0,
                  lam: float = GRADIENT_LAMBDA,
-                 head: str = "fixed", kernel: str = "trak", device: str | None = None, targets: str | slice | None = None,
+                 head: str = "fixed", kernel: str = "trak", device: str | None = None, targets: slice | None = None,
                  holdout_frac: float = 0.1, seed: int = 0, chunk: int = 64, whole_groups: bool = True,
                  checkpoints: int | tuple[int, ...] = 1, force: bool = False,
                  progress: Callable[[str], None] | None = None) -> GradientEstimator:

@@ -32,7 +32,7 @@ def influence_from_arrays(masks: np.ndarray, margins: np.ndarray, *, device: str
 def compute_influence(store_path: str | Path, out_path: str | Path, *, device: str | None = None,
                       block_rows: int = BLOCK_ROWS, holdout_frac: float = TEST_FRACTION, seed: int = 0,
                       force: bool = False, errors: bool = True, estimator: str = "difference-of-means",
-                      targets: str | slice | None = None) -> Estimator:
+                      targets: slice | None = None) -> Estimator:
     """Write ESTIMATE.h5 for a run store with an influence estimator and return the fitted estimator.
 
     A random `holdout_frac` of the completed models (drawn with `seed`, rows recorded in the file) is

@@ -627,7 +627,7 @@ class ReplayEstimator(Estimator):
 def fit_replay(store_path: str | Path, out_path: str | Path, *, point: str = "centre", mode: str = "auto",
                double: bool = False,
                chunk: int = REPLAY_TARGET_CHUNK, networks: int = 1, device: str | None = None,
-               targets: str | slice | None = None,
+               targets: slice | None = None,
                holdout_frac: float = 0.1, seed: int = 0, force: bool = False,
                progress: Callable[[str], None] | None = None) -> ReplayEstimator:
     """Fit the replay estimator on an example-level store and write ESTIMATE.h5 (the same held-out split as every
