@@ -315,7 +315,7 @@ def paired_difference(store: Path, first: Path, second: Path, draws: int = 2000)
         masks = np.asarray(run.masks[()])[a.test_rows]
         actual = np.asarray(run.margins[()])[a.test_rows][:, a.columns]
         units = store_draws(run).ids[a.test_rows]
-    means = [bootstrap_lds_means(linear_prediction(masks, e.matrix, e.intercept), actual, units, draws=draws)
+    means = [bootstrap_lds_means(linear_prediction(masks, e.matrix, e.intercept), actual, units, resamples=draws)
              for e in (a, b)]
     difference = means[0] - means[1]
     difference = difference[np.isfinite(difference)]

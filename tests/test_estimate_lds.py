@@ -142,7 +142,7 @@ def test_lds_interval_covers_the_expected_score_of_another_test_set() -> None:
     covered = []
     for _ in range(200):
         predicted, actual = test_set()
-        low, high = bootstrap_lds_interval(predicted, actual, np.arange(n), draws=200)
+        low, high = bootstrap_lds_interval(predicted, actual, np.arange(n), resamples=200)
         assert low <= summarise_lds(predicted, actual)[1] <= high
         covered.append(low <= expected <= high)
     assert 0.88 <= np.mean(covered) <= 0.99
@@ -182,7 +182,7 @@ def test_lds_interval_matches_re_ranking_every_resample() -> None:
         scores = [0.0 if j == 7 else spearmanr(predicted[rows, j], actual[rows, j]).statistic for j in range(targets)]
         means.append(np.mean(scores))
     reference = np.quantile(means, [0.025, 0.975])
-    low, high = bootstrap_lds_interval(predicted, actual, units, draws=2000)
+    low, high = bootstrap_lds_interval(predicted, actual, units, resamples=2000)
     np.testing.assert_allclose([low, high], reference, atol=0.015)
 
 

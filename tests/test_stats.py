@@ -252,7 +252,7 @@ def test_bootstrap_lds_means_are_each_draws_correlation_of_the_repeated_rows(see
         predicted[:, 1] = np.arange(len(predicted))
     members = np.repeat(np.arange(units), size) * 5 + 1  # single models or pairs; ids need not be 0..G-1
     draws = 15
-    got = bootstrap_lds_means(predicted, actual, members, draws=draws, seed=seed)
+    got = bootstrap_lds_means(predicted, actual, members, resamples=draws, seed=seed)
     ids, index = np.unique(members, return_inverse=True)
     rng = np.random.default_rng(seed)
     ra, rb = scipy_stats.rankdata(predicted, axis=0), scipy_stats.rankdata(actual, axis=0)
@@ -269,7 +269,7 @@ def test_bootstrap_lds_means_are_each_draws_correlation_of_the_repeated_rows(see
             assert np.isnan(got[d])
         else:
             assert got[d] == pytest.approx(expected, abs=1e-9)
-    interval = bootstrap_lds_interval(predicted, actual, members, draws=draws, seed=seed)
+    interval = bootstrap_lds_interval(predicted, actual, members, resamples=draws, seed=seed)
     assert interval == percentile_interval(got, 0.95, draws / 2)
     assert bootstrap_lds_means(predicted, actual, np.arange(len(members)) % 2) is None  # 2 units: no bootstrap
 

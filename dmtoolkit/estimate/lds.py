@@ -39,7 +39,7 @@ from dmtoolkit.estimate.files import OpenedEstimate, load_estimate
 from dmtoolkit.estimate.fit import store_draws
 from dmtoolkit.stats.intervals import percentile_interval
 from dmtoolkit.stats.lds import (
-    BOOTSTRAP_DRAWS,
+    BOOTSTRAP_RESAMPLES,
     INTERVAL_LEVEL,
     bootstrap_lds_interval,
     bootstrap_lds_means,
@@ -173,11 +173,11 @@ def _needed(full_models: int, full: float, gain: float, goal: float) -> float:
     return float(full_models) if full >= goal else float(full_models * 2 ** ((goal - full) / gain))
 
 
-def lds_curve(est: Any, store: RunStore, masks: np.ndarray, actual: np.ndarray, units: np.ndarray,
-              full_predicted: np.ndarray, *, draws: int = BOOTSTRAP_DRAWS, level: float = INTERVAL_LEVEL,
+def lds_curve(est: Any, store: RunStore, masks: np.ndarray, actual: np.ndarray, draws: np.ndarray,
+              full_predicted: np.ndarray, *, resamples: int = BOOTSTRAP_RESAMPLES, level: float = INTERVAL_LEVEL,
               seed: int = CURVE_SEED) -> LdsCurve:
     """`LdsCurve` of an estimate: its estimator refitted on half its fitting (and selection) models, whole
-    draws (`split_rows` with `seed`), scored on the test models (`masks`, `actual`, their `units`)
+    draws (`split_rows` with `seed`), scored on the test models (`masks`, `actual`, their `draws`)
     beside the estimate's own prediction `full_predicted`."""
     from dmtoolkit.estimate.refit import refit_on_rows
 
@@ -194,10 +194,10 @@ def lds_curve(est: Any, store: RunStore, masks: np.ndarray, actual: np.ndarray, 
     needed: dict[str, float | None] = {str(goal): None for goal in LDS_GOALS}
     if half_lds is not None and full_lds is not None and doublings > 0:
         gain = (full_lds - half_lds) / doublings
-        a = bootstrap_lds_means(half_predicted, actual, units, draws=draws)
-        b = bootstrap_lds_means(full_predicted, actual, units, draws=draws)
-        if a is not None and b is not None:  # paired draws; NaN where either is undefined
-            interval = percentile_interval((b - a) / doublings, level, draws / 2)
+        a = bootstrap_lds_means(half_predicted, actual, draws, resamples=resamples)
+        b = bootstrap_lds_means(full_predicted, actual, draws, resamples=resamples)
+        if a is not None and b is not None:  # paired resamples; NaN where either is undefined
+            interval = percentile_interval((b - a) / doublings, level, resamples / 2)
             if interval is not None and interval[0] > 0:
                 needed = {str(goal): _needed(len(rows), full_lds, gain, goal) for goal in LDS_GOALS}
     return LdsCurve(half_models=len(half), full_models=len(rows), half_lds=half_lds, full_lds=full_lds, gain=gain,
@@ -205,7 +205,7 @@ def lds_curve(est: Any, store: RunStore, masks: np.ndarray, actual: np.ndarray, 
 
 
 def evaluate(store_path: str | Path | None, estimate_path: str | Path | OpenedEstimate, *, block_rows: int = 1024,
-             draws: int = BOOTSTRAP_DRAWS, curve: bool | None = None) -> LdsResult:
+             resamples: int = BOOTSTRAP_RESAMPLES, curve: bool | None = None) -> LdsResult:
     """LDS of an ESTIMATE.h5 on its test rows: mean, median, per target, histogram, and a verdict.
 
     `curve`: also refit the estimator on half its fitting models to see how LDS grows with models here
@@ -234,7 +234,7 @@ def evaluate(store_path: str | Path | None, estimate_path: str | Path | OpenedEs
             raise ValueError("evaluate: give the run store of an estimate file (or an OpenedEstimate)")
         opened = OpenedEstimate(est, store_path, run=RunStore(store_path), keep_open=False)
     with opened.using_store() as store:
-        units = store_draws(store).ids[rows]  # the draws: a pair's or a block's models are one
+        draws = store_draws(store).ids[rows]  # the draws: a pair's or a block's models are one
         margins = TargetColumns(store.margins, est.columns)
         predicted, actual, test_masks = [], [], []
         for _, (masks, block) in row_blocks([store.masks, margins], rows, block_rows):
@@ -243,8 +243,8 @@ def evaluate(store_path: str | Path | None, estimate_path: str | Path | OpenedEs
             test_masks.append(np.asarray(masks, bool))
         predicted, actual = np.concatenate(predicted), np.concatenate(actual)
         lds, mean, median = summarise_lds(predicted, actual)
-        interval = bootstrap_lds_interval(predicted, actual, units, draws=draws) if mean is not None else None
-        # no interval means fewer than 3 held-out units: a curve's paired gain could not be judged either
+        interval = bootstrap_lds_interval(predicted, actual, draws, resamples=resamples) if mean is not None else None
+        # no interval means fewer than 3 held-out draws: a curve's paired gain could not be judged either
         weak = mean is not None and interval is not None and (mean < LDS_USEFUL or interval[0] <= 0)
         fitted = len(np.union1d(est.fit_rows, est.selection_rows))
         found, note = None, ""
@@ -257,7 +257,7 @@ def evaluate(store_path: str | Path | None, estimate_path: str | Path | OpenedEs
             note = f"too few fitting models ({fitted}) to refit on half of them and see how LDS grows"
         else:
             try:
-                found = lds_curve(est, store, np.concatenate(test_masks), actual, units, predicted, draws=draws)
+                found = lds_curve(est, store, np.concatenate(test_masks), actual, draws, predicted, resamples=resamples)
             except (UserError, ValueError) as error:  # e.g. too few models left to choose λ on half of them
                 note = f"the estimator could not be refitted on half its {fitted} fitting models ({error})"
     finite = lds[np.isfinite(lds)]
@@ -269,5 +269,5 @@ def evaluate(store_path: str | Path | None, estimate_path: str | Path | OpenedEs
         constant_predictions=int((np.ptp(predicted, axis=0) == 0).sum()),
         lds_per_target=tuple(float(v) if np.isfinite(v) else None for v in lds),
         histogram_edges=tuple(edges.tolist()), histogram_counts=tuple(int(c) for c in counts),
-        lds_interval=interval, heldout_units=len(np.unique(units)), curve=found, curve_note=note,
+        lds_interval=interval, heldout_units=len(np.unique(draws)), curve=found, curve_note=note,
     )
