@@ -216,3 +216,71 @@ def test_retraining_goes_through_an_executor_and_matches_a_direct_computation(re
     for got, want in zip(results, expected):
         np.testing.assert_allclose(got.margins, want.margins, atol=1e-5)
         assert got.seed == want.seed and abs(got.target_accuracy - want.target_accuracy) < 1e-6  # stored as float32
+
+
+def _retrain_through_a_store(recipe, data, masks: np.ndarray, seed: int, repeat: int, path: Path) -> list:
+    """The reference: retraining as it was before plans (the masks as explicit masks of a run store with every
+    image, trained by `train_store`, rows read back), built here from create_store and train_store."""
+    from dmtoolkit.recipe_overrides import apply_overrides
+    from dmtoolkit.run.driver import train_store
+    from dmtoolkit.run.executors import make_executor
+
+    padded = masks if len(masks) >= 2 else np.concatenate([masks, masks[:1]])
+    section = "trainer" if recipe.trainer else "training"
+    overrides = {"subsets.models": len(padded), "subsets.seed": seed, "subsets.antithetic": False,
+                 "subsets.design": "random", f"{section}.seed": recipe.seeding[0] + repeat}
+    if recipe.seeding[1] in ("per-pair", "seed-blocks"):
+        overrides[f"{section}.randomness"] = "shared"
+    store = create_store(path, apply_overrides(recipe, overrides, origin="reference"), data, masks=padded)
+    train_store(store, make_executor("local", 1, "cpu"), progress=False)
+    with RunStore(store) as run:
+        return [run.margins[:len(masks)], run.row_values(np.arange(len(masks)))]
+
+
+@pytest.mark.parametrize("rows", [3, 1])
+def test_retraining_without_a_store_gives_the_store_paths_rows_bit_for_bit(real_files: dict, tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch,
+                                                                            rows: int) -> None:
+    """train_masks hands the executor a plan over the data in memory and writes no file; its rows (margins,
+    seeds, accuracies, predictions) are bit for bit those of the temporary store it used to write, a single
+    row included (it trains beside a copy of itself, as in a store of 2 models)."""
+    import tempfile
+
+    from dmtoolkit.analyze import train_masks
+
+    training = SMALL_RECIPE.get("training", {})
+    recipe = parse_recipe_dict({**SMALL_RECIPE, "subsets": {**SMALL_RECIPE["subsets"], "antithetic": True},
+                                "training": {**training, "randomness": "per-pair"}})
+    data = real_files["data"]
+    masks = np.ones((rows, data.num_units(recipe.subsets.kind)), bool)
+    masks[0, :2] = False
+    masks[-1, 4:7] = False
+    margins, values = _retrain_through_a_store(recipe, data, masks, seed=11, repeat=2, path=tmp_path / "ref.h5")
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    results = train_masks(recipe, data, masks, seed=11, repeat=2, device="cpu")
+    assert list(scratch.iterdir()) == []  # no temporary store
+    assert [r.index for r in results] == list(range(rows))
+    np.testing.assert_array_equal(np.stack([r.margins for r in results]), margins)
+    np.testing.assert_array_equal([r.seed for r in results], values["seed"])
+    np.testing.assert_array_equal(np.stack([r.predictions for r in results]), values["predictions"])
+    for name in ("source_accuracy", "target_accuracy"):
+        np.testing.assert_array_equal([getattr(r, name) for r in results], values[name])
+
+
+def test_retraining_in_worker_processes_reads_the_source_store_or_receives_the_data(real_files: dict,
+                                                                                    tmp_path: Path) -> None:
+    """Worker processes compute a retraining's plan from its store's data (`store=`) or, without a store, from
+    the data sent with the plan; either way the rows are the in-process ones (every worker uses one thread)."""
+    from dmtoolkit.analyze import train_masks
+    from dmtoolkit.run.executors import LocalExecutor
+
+    recipe, data = real_files["recipe"], real_files["data"]
+    masks = np.ones((4, data.num_units(recipe.subsets.kind)), bool)
+    masks[1, :3], masks[2, 3:6], masks[3, ::2] = False, False, False
+    serial = train_masks(recipe, data, masks, seed=4, device="cpu")
+    for store in (real_files["store"], None):
+        pooled = train_masks(recipe, data, masks, seed=4, store=store, executor=lambda: LocalExecutor(2, "cpu"))
+        np.testing.assert_array_equal(np.stack([r.margins for r in pooled]), np.stack([r.margins for r in serial]))
+        assert [r.seed for r in pooled] == [r.seed for r in serial]

@@ -65,6 +65,46 @@ def test_a_group_failing_twice_is_reported_and_the_rest_kept(tmp_path: Path) -> 
         assert f["margins"][5, 0] == 5
 
 
+def test_a_plan_is_trained_in_memory_with_the_same_retry_rule(tmp_path: Path) -> None:
+    """train_plan: the driver's retry-once rule, results in row order, nothing written (the store is only where
+    the plan's data are)."""
+    from dmtoolkit.run.driver import train_plan
+    from dmtoolkit.train.job import TrainingPlan
+
+    path = _store(tmp_path)
+    before = path.read_bytes()
+    plan = TrainingPlan.from_store(path)
+    executor = ScriptedExecutor({1: 1}, targets=4)
+    results = train_plan(plan, executor)
+    assert executor.calls == [0, 1, 2, 1] and [r.index for r in results] == list(range(6))
+    assert [float(r.margins[0]) for r in results] == [0, 1, 2, 3, 4, 5]
+    with pytest.raises(TrainingFailed) as info:
+        train_plan(plan, ScriptedExecutor({2: 2}, targets=4))
+    assert str(info.value) == "models in rows 4-5 failed twice (RuntimeError: boom)"
+    assert info.value.reason == "RuntimeError: boom"
+    assert path.read_bytes() == before
+
+
+def test_a_plan_names_its_data_and_sends_workers_a_path_when_it_has_one(tmp_path: Path) -> None:
+    from dmtoolkit.store import RunStore
+    from dmtoolkit.train.job import TrainingPlan
+
+    path = _store(tmp_path)
+    plan = TrainingPlan.from_store(path)
+    with RunStore(path) as store:
+        data, masks, created = store.run_data(), store.masks[()], store.created
+    assert plan.store == path and plan.data is None and plan.key.startswith(f"{path.resolve()}|{created}|")
+    np.testing.assert_array_equal(plan.masks, masks)
+    assert TrainingPlan.of(path).key == plan.key and TrainingPlan.of(plan) is plan and plan.num_groups == 3
+    np.testing.assert_array_equal(plan.run_data().target_test.images, data.target_test.images)  # read from the store
+    both = TrainingPlan(plan.recipe, masks[:3], store=path, data=data)
+    assert both.run_data() is data and both.for_workers().data is None and both.for_workers().key == both.key
+    alone = TrainingPlan(plan.recipe, masks[:3], data=data)
+    assert alone.for_workers() is alone and alone.key != TrainingPlan(plan.recipe, masks[:3], data=data).key
+    with pytest.raises(ValueError, match="needs its data"):
+        TrainingPlan(plan.recipe, masks)
+
+
 def test_ctrl_c_stops_cleanly_and_keeps_rows(tmp_path: Path) -> None:
     recipe = write_recipe(tmp_path / "r.yaml", {**SMALL_RECIPE, "subsets": {**SMALL_RECIPE["subsets"], "models": 40},
                                                  "training": {**SMALL_RECIPE["training"], "models_per_batch": 1}})

@@ -104,3 +104,24 @@ def test_ctrl_c_cancels_pending_tasks_and_keeps_written_rows(local_ray, two_stor
         assert f["completed"][()].sum() == 2  # the first group's rows were written and kept
     result = run("train", store, "--executor", "ray", "--workers", "2", "--quiet")
     assert result.exit_code == 0 and "wrote 6 models; 8 completed" in result.output
+
+
+def test_retraining_plans_run_on_ray(local_ray, small_recipe: Path) -> None:
+    """A retraining's plan (its data in memory, no store) runs on Ray as in this process; a second plan in a row
+    is not served the first one's context cached on the workers."""
+    from dmtoolkit.analyze import train_masks
+    from dmtoolkit.recipe import load_recipe
+    from dmtoolkit.run.prepare import build_run_data
+    from dmtoolkit.run.ray_executor import RayExecutor
+
+    recipe = load_recipe(small_recipe)
+    data = build_run_data(recipe)
+    masks = np.ones((3, data.num_units(recipe.subsets.kind)), bool)
+    masks[1, :3], masks[2, 3:6] = False, False
+    for plan_masks in (masks, masks[::-1]):
+        remote = train_masks(recipe, data, plan_masks, seed=4, executor=lambda: RayExecutor(2, "cpu"))
+        local = train_masks(recipe, data, plan_masks, seed=4, device="cpu")
+        np.testing.assert_allclose(np.stack([r.margins for r in remote]), np.stack([r.margins for r in local]),
+                                   atol=1e-5, rtol=0)
+        assert [r.seed for r in remote] == [r.seed for r in local]
+    assert ray.is_initialized()

@@ -10,7 +10,6 @@ one atomic-write helper. Progress goes to an optional
 from __future__ import annotations
 
 import dataclasses
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -28,7 +27,7 @@ from dmtoolkit.atomic import check_output, write_atomic
 from dmtoolkit.capabilities import Capability
 from dmtoolkit.errors import StoreError, UserError
 from dmtoolkit.recipe import Recipe
-from dmtoolkit.store import RunData, RunStore
+from dmtoolkit.store import DATASETS_BY_NAME, RunData, RunStore
 from dmtoolkit.train.job import ModelResult
 
 if TYPE_CHECKING:
@@ -48,29 +47,34 @@ ExecutorFactory = Callable[[], "Executor"]
 
 
 def train_masks(recipe: Recipe, data: RunData, masks: np.ndarray, *, seed: int, repeat: int = 0,
-                device: str | None = None, executor: ExecutorFactory | None = None) -> list[ModelResult]:
+                device: str | None = None, executor: ExecutorFactory | None = None,
+                store: str | Path | None = None) -> list[ModelResult]:
     """Train, transfer and score one model per mask row (run seed `seed`); results in row order.
 
-    The masks become the explicit masks of a temporary run store, which any executor trains exactly as
-    it trains a run (`executor()` makes one; default: this process, on `device`), with the same retry-
-    then-report rule. Model i trains with the seed for (training seed + `repeat`, seed, row i): two calls
-    with the same arguments and number of rows give row i the same seed, so only the masks differ between
-    them. Repeat 0 uses the recipe's own training seed (the one shared-randomness influences are
-    conditioned on); later repeats move it, so repeats differ in training randomness under shared
-    randomness too. Per-pair and seed-blocks randomness seed antithetic pairs; here every row of a
-    repeat shares the repeat's seed, as the two halves of a pair do.
+    The recipe with the overrides below and the masks make a `TrainingPlan` over `data`, which any executor
+    computes exactly as it computes a run (`executor()` makes one; default: this process, on `device`), with
+    the same retry-then-report rule; nothing is written. `store`: the run store `data` were read from, if
+    any; worker processes then read the data from it instead of receiving a copy. Model i trains with the
+    seed for (training seed + `repeat`, seed, row i): two calls with the same arguments and number of rows
+    give row i the same seed, so only the masks differ between them. Repeat 0 uses the recipe's own
+    training seed (the one shared-randomness influences are conditioned on); later repeats move it, so
+    repeats differ in training randomness under shared randomness too. Per-pair and seed-blocks randomness
+    seed antithetic pairs; here every row of a repeat shares the repeat's seed, as the two halves of a pair
+    do. Results are those a run store would hold (its float32 columns), as when retraining wrote one.
     """
     from dmtoolkit.recipe_overrides import apply_overrides
-    from dmtoolkit.run.driver import TrainingFailed, train_store
+    from dmtoolkit.run.driver import TrainingFailed, train_plan
     from dmtoolkit.run.executors import make_executor
-    from dmtoolkit.store import create_store
+    from dmtoolkit.train.job import TrainingPlan, group_size
 
     masks = np.asarray(masks, dtype=bool)
     rows = len(masks)
-    padded = masks if rows >= 2 else np.concatenate([masks, masks[:1]])  # a store holds at least 2 models
+    if masks.ndim != 2 or masks.shape[1] != data.num_units(recipe.subsets.kind) or not rows:
+        raise ValueError(f"masks have shape {masks.shape}, expected (models, {data.num_units(recipe.subsets.kind)})")
+    models = max(rows, 2)  # a recipe has 2 models at least
     section = "trainer" if recipe.trainer else "training"
     overrides: dict[str, object] = {
-        "subsets.models": len(padded), "subsets.seed": seed, "subsets.antithetic": False,
+        "subsets.models": models, "subsets.seed": seed, "subsets.antithetic": False,
         "subsets.design": "random", f"{section}.seed": recipe.seeding[0] + repeat,
     }
     if recipe.seeding[1] in ("per-pair", "seed-blocks"):
@@ -78,19 +82,32 @@ def train_masks(recipe: Recipe, data: RunData, masks: np.ndarray, *, seed: int, 
         # so they share the repeat's seed
         overrides[f"{section}.randomness"] = "shared"
     retrain = apply_overrides(recipe, overrides, origin=f"retraining of recipe {recipe.name!r}")
-    with tempfile.TemporaryDirectory(prefix="dmtoolkit-retrain-") as tmp:
-        path = create_store(Path(tmp) / "retrain.h5", retrain, data, masks=padded)
-        try:
-            train_store(path, executor() if executor else make_executor("local", 1, device), progress=False)
-        except TrainingFailed as error:  # its store is temporary: say what failed, not how to resume it
-            raise TrainingFailed(f"retraining {rows} model{'s' * (rows > 1)} of recipe {recipe.name!r} failed "
-                                 f"({error.reason}); nothing was saved, run the command again to retry",
-                                 reason=error.reason) from None
-        with RunStore(path) as store:
-            margins, values = store.margins[:rows], store.row_values(np.arange(rows))
-    return [ModelResult(i, margins[i], int(values["seed"][i]), float(values["source_accuracy"][i]),
-                        float(values["target_accuracy"][i]), float(values["seconds"][i]), values["predictions"][i])
-            for i in range(rows)]
+    if rows < models and group_size(retrain) > 1:
+        # a model's margins depend on the batched group it trains in: a single row trains beside a copy of
+        # itself, as it did when retraining wrote a store (2 models at least)
+        masks = np.concatenate([masks, masks[:1]])
+    plan = TrainingPlan(retrain, masks, store=None if store is None else Path(store), data=data)
+    try:
+        results = train_plan(plan, executor() if executor else make_executor("local", 1, device))
+    except TrainingFailed as error:  # nothing is kept: say what failed, not how to resume it
+        raise TrainingFailed(f"retraining {rows} model{'s' * (rows > 1)} of recipe {recipe.name!r} failed "
+                             f"({error.reason}); nothing was saved, run the command again to retry",
+                             reason=error.reason) from None
+    return [_as_stored(result) for result in results[:rows]]
+
+
+def _as_stored(result: ModelResult) -> ModelResult:
+    """`result` as a run store row holds it (`RUN_DATASETS`' dtypes: float32 margins and accuracies)."""
+    def column(name: str, value: object) -> np.ndarray:
+        return np.asarray(value, dtype=DATASETS_BY_NAME[name].dtype)
+
+    margins = column("margins", result.margins)
+    predictions = column("predictions", np.full(len(margins), DATASETS_BY_NAME["predictions"].fill)
+                         if result.predictions is None else result.predictions)  # -1: none given
+    return ModelResult(result.index, margins, int(column("seed", result.seed)),
+                       float(column("source_accuracy", result.source_accuracy)),
+                       float(column("target_accuracy", result.target_accuracy)),
+                       float(column("seconds", result.seconds)), predictions)
 
 
 # --- explain --verify -------------------------------------------------------------------------------
@@ -113,7 +130,7 @@ def verify_explanation(path: str | Path, target: int, repeats: int, *, store: st
     worst = explanation.most_negative[0]
     with open_source_store(load_estimate(path), store) as run:
         run.require(Capability.RECIPE, "explain --verify")
-        recipe, data = run.recipe, run.run_data()
+        recipe, data, source = run.recipe, run.run_data(), run.path
         num_units, base_seed = run.num_units, run.seed
     kept = np.ones((1, num_units), bool)
     removed = kept.copy()
@@ -122,7 +139,7 @@ def verify_explanation(path: str | Path, target: int, repeats: int, *, store: st
     started = time.perf_counter()
     for r in range(repeats):
         pair = train_masks(recipe, data, np.concatenate([removed, kept]), seed=base_seed + 1 + r, repeat=r,
-                           device=device, executor=executor)
+                           device=device, executor=executor, store=source)
         for name, result in zip(("removed", "kept"), pair):
             correct[name].append(bool(result.margins[target] > 0))
         progress(f"verify: {r + 1}/{repeats} pairs trained ({time.perf_counter() - started:.0f}s)")

@@ -1,8 +1,10 @@
 """What every executor shares: the `Executor` interface, `GroupOutcome`, error -> outcome, and the registry.
 
-An executor takes group ids and yields `GroupOutcome`s as they finish, in any order. A failure is an
+An executor takes a `TrainingPlan` (recipe, masks, where the data are: a run store's own, or a retraining's,
+see `dmtoolkit.train.job`) and group ids, and yields `GroupOutcome`s as they finish, in any order. A failure is an
 outcome (one line naming the trainer, the rows and how it failed), never an exception, so the driver can
-retry it and keep going. The driver alone writes the store.
+retry it and keep going. The driver alone writes a store (`driver.train_store`); a retraining's results
+are kept in memory (`driver.train_plan`).
 
 How a group can fail, and the line it reports (`RunNames` words the lines every executor shares):
   raised     "trainer T failed on row R: ValueError: ..." (also `sys.exit(n)`: "exited with code n (sys.exit)")
@@ -29,11 +31,12 @@ from typing import Iterable, Iterator, Protocol
 
 from dmtoolkit.errors import UserError
 from dmtoolkit.run.options import EXECUTOR_NAMES, EXECUTORS
-from dmtoolkit.train.job import ModelResult, RunContext, RunInputs, group_rows
+from dmtoolkit.train.job import ModelResult, RunContext, RunInputs, TrainingPlan, group_rows
 from dmtoolkit.train.job import group_size as group_size_of
 
 __all__ = ["EXECUTORS", "EXECUTOR_NAMES", "Executor", "GroupOutcome", "RunContext", "RunInputs", "RunNames",
-           "compute_outcome", "error_text", "executor_class", "exit_description", "make_executor", "row_ranges"]
+           "TrainingPlan", "compute_outcome", "error_text", "executor_class", "exit_description", "make_executor",
+           "row_ranges"]
 
 
 @dataclass(frozen=True)
@@ -80,7 +83,7 @@ def exit_description(exitcode: int | None) -> str:
 
 @dataclass(frozen=True)
 class RunNames:
-    """What a failure line names, read from the store once per `run`: the trainer, the rows of a group, and
+    """What a failure line names, read from the plan once per `run`: the trainer, the rows of a group, and
     the recipe's per-model timeout."""
 
     trainer: str
@@ -89,12 +92,13 @@ class RunNames:
     timeout: float | None = None
 
     @classmethod
-    def from_store(cls, store_path: str | Path) -> "RunNames":
-        from dmtoolkit.store import RunStore
+    def from_plan(cls, plan: TrainingPlan) -> "RunNames":
+        recipe = plan.recipe
+        return cls(recipe.trainer_name, group_size_of(recipe), len(plan.masks), recipe.timeout)
 
-        with RunStore(store_path) as store:
-            recipe = store.recipe
-        return cls(recipe.trainer_name, group_size_of(recipe), recipe.subsets.models, recipe.timeout)
+    @classmethod
+    def from_store(cls, store_path: str | Path) -> "RunNames":
+        return cls.from_plan(TrainingPlan.from_store(store_path))
 
     @property
     def builtin(self) -> bool:
@@ -123,9 +127,10 @@ class RunNames:
 
 
 class Executor(Protocol):
-    """Computes groups of a store's models; `close()` releases workers (the driver calls it when done)."""
+    """Computes groups of a plan's models (`plan`: a `TrainingPlan`, or a run store's path for the plan of all
+    its models, `TrainingPlan.of`); `close()` releases workers (the driver calls it when done)."""
 
-    def run(self, store_path: Path, groups: Iterable[int]) -> Iterator[GroupOutcome]: ...
+    def run(self, plan: TrainingPlan | Path, groups: Iterable[int]) -> Iterator[GroupOutcome]: ...
 
     def close(self) -> None: ...
 

@@ -1,5 +1,8 @@
 """The driver: picks the pending groups of a store, hands them to an executor, writes rows as they arrive.
 
+`train_plan` runs a `TrainingPlan` that has no store of its own (a retraining) the same way and keeps its
+results in memory; both share `computed`, the retry rule below.
+
 It is the only writer (it holds the store's lock). Completed rows are durable the moment they are
 written, so Ctrl-C or a kill loses at most the groups in flight. A failed group (the trainer raised,
 or its worker process died) is retried once; failing twice, it is reported by row number, never
@@ -10,6 +13,7 @@ the wait). Every other group is still computed and written first, so a rerun res
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,7 +25,7 @@ from dmtoolkit.errors import UserError
 from dmtoolkit.run.base import Executor, row_ranges
 from dmtoolkit.store import RunStore
 from dmtoolkit.train.contract import load_function, source_sha256
-from dmtoolkit.train.job import group_of
+from dmtoolkit.train.job import ModelResult, TrainingPlan, group_of
 from dmtoolkit.train.job import group_size as group_size_of
 
 
@@ -43,7 +47,68 @@ class TrainSummary:
     failures: dict[int, str] = field(default_factory=dict)
 
 
-__all__ = ["TrainSummary", "TrainingFailed", "pending_groups", "row_ranges", "train_store"]
+@dataclass
+class Attempts:
+    """How the groups of one `computed` call fared: tries per group, the failures reported (group -> its
+    line, in the order they were final) and whether one of them timed out."""
+
+    tries: dict[int, int] = field(default_factory=dict)
+    failures: dict[int, str] = field(default_factory=dict)
+    timed_out: bool = False
+
+    def failed_rows(self, group_size: int, models: int) -> np.ndarray:
+        return np.concatenate([np.arange(g * group_size, min((g + 1) * group_size, models))
+                               for g in sorted(self.failures)])
+
+    def first(self) -> tuple[str, bool]:
+        """The first failure's line, and whether it was tried twice."""
+        group = next(iter(self.failures))
+        return self.failures[group], self.tries[group] > 1
+
+
+__all__ = ["Attempts", "TrainSummary", "TrainingFailed", "computed", "pending_groups", "row_ranges", "train_plan",
+           "train_store"]
+
+
+def computed(executor: Executor, plan: TrainingPlan, groups: Iterable[int], attempts: Attempts) -> Iterator[ModelResult]:
+    """The results of `groups` of `plan` as `executor` computes them, in the order they arrive.
+
+    A failed group is retried once, after the first pass (not a timeout: its outcome's `retry` is False); one
+    failing again, or timing out, is recorded in `attempts.failures` and the rest go on."""
+    queue = list(groups)
+    while queue:
+        retry = []
+        for outcome in executor.run(plan, queue):
+            attempts.tries[outcome.group] = attempts.tries.get(outcome.group, 0) + 1
+            if outcome.error is not None:
+                if attempts.tries[outcome.group] < 2 and outcome.retry:
+                    retry.append(outcome.group)
+                else:
+                    attempts.failures[outcome.group] = outcome.error
+                    attempts.timed_out = attempts.timed_out or not outcome.retry
+                continue
+            yield from outcome.results or []
+        queue = retry
+
+
+def train_plan(plan: TrainingPlan, executor: Executor) -> list[ModelResult]:
+    """Every model of `plan`, computed by `executor` (closed when done) and kept in memory: nothing is written.
+
+    Results in row order. Failures follow `train_store`'s rule (retried once, a timeout not); any left raise
+    `TrainingFailed` naming the rows, with `reason` the first failure's own line."""
+    if plan.recipe.trainer is not None:  # an unimportable trainer is one line here, before any worker starts
+        load_function(plan.recipe.trainer.function)
+    attempts = Attempts()
+    try:
+        results = {result.index: result for result in computed(executor, plan, range(plan.num_groups), attempts)}
+    finally:
+        executor.close()
+    if attempts.failures:
+        failed = attempts.failed_rows(group_size_of(plan.recipe), len(plan.masks))
+        first, twice = attempts.first()
+        raise TrainingFailed(f"models in row{'s' * (len(failed) > 1)} {row_ranges(failed)} failed"
+                             f"{' twice' * twice} ({first})", reason=first)
+    return [results[i] for i in range(len(plan.masks))]
 
 
 def pending_groups(store: RunStore, group_size: int, limit: int | None,
@@ -86,34 +151,19 @@ def train_store(path: str | Path, executor: Executor, *, limit: int | None = Non
         summary = TrainSummary(already_done=int(completed.sum()))
         groups = pending_groups(store, group_size, limit, shard)
         todo = sum(int((~completed[g * group_size:(g + 1) * group_size]).sum()) for g in groups)
-        attempts: dict[int, int] = {}
-        timed_out = False
+        attempts = Attempts(failures=summary.failures)
         bar = tqdm(total=todo, desc="models", unit="model", file=sys.stderr, disable=not progress,
                    dynamic_ncols=True)
         try:
-            queue = groups
-            while queue:
-                retry = []
-                for outcome in executor.run(path, queue):
-                    attempts[outcome.group] = attempts.get(outcome.group, 0) + 1
-                    if outcome.error is not None:
-                        if attempts[outcome.group] < 2 and outcome.retry:
-                            retry.append(outcome.group)
-                        else:
-                            summary.failures[outcome.group] = outcome.error
-                            timed_out = timed_out or not outcome.retry
-                        continue
-                    for result in outcome.results or []:
-                        if completed[result.index]:
-                            continue
-                        store.write_row(result.index, result.margins, seed=result.seed,
-                                        source_accuracy=result.source_accuracy,
-                                        target_accuracy=result.target_accuracy, seconds=result.seconds,
-                                        predictions=result.predictions)
-                        completed[result.index] = True
-                        summary.written += 1
-                        bar.update(1)
-                queue = retry
+            for result in computed(executor, TrainingPlan.from_store(store), groups, attempts):
+                if completed[result.index]:
+                    continue
+                store.write_row(result.index, result.margins, seed=result.seed,
+                                source_accuracy=result.source_accuracy, target_accuracy=result.target_accuracy,
+                                seconds=result.seconds, predictions=result.predictions)
+                completed[result.index] = True
+                summary.written += 1
+                bar.update(1)
         finally:
             bar.close()
             executor.close()
@@ -122,14 +172,10 @@ def train_store(path: str | Path, executor: Executor, *, limit: int | None = Non
                 share = (np.arange(len(completed)) // group_size) % shard[1] == shard[0]
             summary.remaining = int((~completed & share).sum())
     if summary.failures:
-        failed = np.concatenate([np.arange(g * group_size, min((g + 1) * group_size, len(completed)))
-                                 for g in sorted(summary.failures)])
-        rows = row_ranges(failed)
-        first_group = next(iter(summary.failures))
-        first = summary.failures[first_group]
-        twice = " twice" if attempts[first_group] > 1 else ""
-        longer = " with a longer --timeout" if timed_out else ""
-        raise TrainingFailed(f"{path}: models in row{'s' * (len(failed) > 1)} {rows} failed{twice} ({first}); "
-                             f"{summary.written} rows were written and kept; rerun `dmtoolkit train`{longer} to retry",
-                             reason=first)
+        failed = attempts.failed_rows(group_size, len(completed))
+        first, twice = attempts.first()
+        longer = " with a longer --timeout" if attempts.timed_out else ""
+        raise TrainingFailed(f"{path}: models in row{'s' * (len(failed) > 1)} {row_ranges(failed)} failed"
+                             f"{' twice' * twice} ({first}); {summary.written} rows were written and kept; "
+                             f"rerun `dmtoolkit train`{longer} to retry", reason=first)
     return summary

@@ -1,7 +1,8 @@
 """Executors on this machine: `LocalExecutor` (worker processes) and `SerialExecutor` (this process).
 
-Both compute groups with a `RunContext` built once per process from the store, and turn errors into
-`GroupOutcome`s (see `dmtoolkit.run.base`, which also holds the registry `make_executor` reads).
+Both compute groups of a `TrainingPlan` with a `RunContext` built once per process from it (a worker
+process reads the data from the plan's store, or receives them with the plan when they are only in
+memory), and turn errors into `GroupOutcome`s (see `dmtoolkit.run.base`, which also holds the registry `make_executor` reads).
 
 `LocalExecutor` runs its own small pool: each worker process has a pipe, is sent one group at a time and
 answers "started" then the outcome, so the driver always knows which group a worker was computing. A
@@ -45,7 +46,7 @@ from dmtoolkit.run.base import (
     exit_description,
     make_executor,
 )
-from dmtoolkit.train.job import RunContext
+from dmtoolkit.train.job import RunContext, TrainingPlan
 
 __all__ = ["EXECUTORS", "EXECUTOR_NAMES", "Executor", "GroupOutcome", "LocalExecutor", "SerialExecutor",
            "make_executor"]
@@ -58,14 +59,15 @@ class SerialExecutor:
 
     def __init__(self, device: str | None = None) -> None:
         self.device = device
-        self._context: RunContext | None = None
+        self._context: tuple[str, RunContext] | None = None  # (plan key, its context)
 
-    def run(self, store_path: Path, groups: Iterable[int]) -> Iterator[GroupOutcome]:
+    def run(self, plan: TrainingPlan | Path, groups: Iterable[int]) -> Iterator[GroupOutcome]:
+        plan = TrainingPlan.of(plan)
         with training_threads():
-            if self._context is None:
-                self._context = RunContext.from_store(store_path, self.device)
+            if self._context is None or self._context[0] != plan.key:
+                self._context = (plan.key, plan.context(self.device))
             for group in groups:
-                yield compute_outcome(self._context, group)
+                yield compute_outcome(self._context[1], group)
 
     def close(self) -> None:
         self._context = None
@@ -75,10 +77,10 @@ _WORKER_CONTEXT: RunContext | None = None
 _WORKER_ERROR: str | None = None  # why the context could not be built (e.g. the trainer's import failed)
 
 
-def _init_worker(store_path: str, device: str | None, cwd: str, path: list[str] | None = None,
+def _init_worker(plan: TrainingPlan, device: str | None, cwd: str, path: list[str] | None = None,
                  environ: dict[str, str] | None = None) -> None:
     """Make this process see what the driver sees now (working directory, import path, environment: a
-    forkserver child starts from the server's), then build the run context."""
+    forkserver child starts from the server's), then build the plan's run context."""
     global _WORKER_CONTEXT, _WORKER_ERROR
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver handles Ctrl-C and stops the workers
     torch.set_num_threads(TRAINING_THREADS)
@@ -91,7 +93,7 @@ def _init_worker(store_path: str, device: str | None, cwd: str, path: list[str] 
     if cwd not in sys.path:  # a recipe's trainer imports from the driver's working directory too
         sys.path.insert(0, cwd)
     try:
-        _WORKER_CONTEXT = RunContext.from_store(store_path, device)
+        _WORKER_CONTEXT = plan.context(device)
     except KeyboardInterrupt:
         raise
     except BaseException as error:  # reported per group (retried, then named by row); sys.exit at import too
@@ -104,11 +106,11 @@ def _worker_compute(group: int) -> GroupOutcome:
     return compute_outcome(_WORKER_CONTEXT, group)
 
 
-def _worker_main(conn: Connection, store_path: str, device: str | None, cwd: str, path: list[str],
+def _worker_main(conn: Connection, plan: TrainingPlan, device: str | None, cwd: str, path: list[str],
                  environ: dict[str, str]) -> None:
     """A worker process: build the run context, then for each group sent answer ("started", g) and
     ("done", outcome); a closed pipe or None ends it."""
-    _init_worker(store_path, device, cwd, path, environ)
+    _init_worker(plan, device, cwd, path, environ)
     while True:
         try:
             group = conn.recv()
@@ -138,12 +140,11 @@ STARTUP_SECONDS = 120.0
 class _Worker:
     """One worker process, its pipe, and the group it is computing (`started`: when it began, monotonic)."""
 
-    def __init__(self, store_path: Path, device: str | None) -> None:
+    def __init__(self, plan: TrainingPlan, device: str | None) -> None:
         context = _process_context()
         self.conn, child = context.Pipe()
         self.process = context.Process(target=_worker_main, name="dmtoolkit-worker",
-                                       args=(child, str(store_path), device, os.getcwd(), list(sys.path),
-                                             dict(os.environ)))
+                                       args=(child, plan, device, os.getcwd(), list(sys.path), dict(os.environ)))
         self.process.start()
         child.close()
         self.group: int | None = None
@@ -199,16 +200,17 @@ class LocalExecutor:
             raise ValueError("the local executor runs on this machine; a cluster address is for the ray executor")
         return cls(workers, device, timeout)
 
-    def run(self, store_path: Path, groups: Iterable[int]) -> Iterator[GroupOutcome]:
-        names = RunNames.from_store(store_path)
+    def run(self, plan: TrainingPlan | Path, groups: Iterable[int]) -> Iterator[GroupOutcome]:
+        plan = TrainingPlan.of(plan)
+        names = RunNames.from_plan(plan)
         timeout = self.timeout if self.timeout is not None else names.timeout
         if self.workers <= 1 and names.builtin and timeout is None:
             self._serial = self._serial or SerialExecutor(self.device)
-            yield from self._serial.run(store_path, groups)
+            yield from self._serial.run(plan, groups)
             return
-        yield from self._run_workers(store_path, list(groups), names, timeout)
+        yield from self._run_workers(plan.for_workers(), list(groups), names, timeout)
 
-    def _run_workers(self, store_path: Path, queue: list[int], names: RunNames,
+    def _run_workers(self, plan: TrainingPlan, queue: list[int], names: RunNames,
                      timeout: float | None) -> Iterator[GroupOutcome]:
         workers: list[_Worker] = []
 
@@ -220,7 +222,7 @@ class LocalExecutor:
             while queue or any(w.group is not None for w in workers):
                 while queue and (len(workers) < self.workers or any(w.group is None for w in workers)):
                     idle = [w for w in workers if w.group is None]
-                    worker = idle[0] if idle else _Worker(store_path, self.device)
+                    worker = idle[0] if idle else _Worker(plan, self.device)
                     if not idle:
                         workers.append(worker)
                     try:

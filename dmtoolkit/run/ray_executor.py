@@ -1,9 +1,9 @@
 """Ray executor: every group of models is one Ray task; the driver (the only writer) gets results as they finish.
 
-The driver reads the store once and puts the run (recipe, masks, data) into Ray's object store, so
-workers need no shared filesystem and no copy of the store. Each worker process builds its
-`RunContext` (tensors on its device) once per run and caches it at module level; later tasks of the
-same run reuse it. A task that raises returns the error as a `GroupOutcome` (the driver retries it
+The driver reads the plan's data once (from its store, or as they are in memory) and puts the work
+(recipe, masks, data) into Ray's object store, so workers need no shared filesystem and no copy of the
+store. Each worker process builds its `RunContext` (tensors on its device) once per plan and caches it at
+module level; later tasks of the same plan reuse it. A task that raises returns the error as a `GroupOutcome` (the driver retries it
 once more); a worker that dies is retried by Ray (`max_retries`) and then reported ("trainer T died on
 row R: its Ray worker ..."). With a timeout (per model, `timeout` or the recipe's) one task per slot is
 in flight and a task still unfinished `timeout x models` after it was submitted is cancelled (its worker
@@ -27,11 +27,11 @@ from typing import Any, Iterable, Iterator
 
 from dmtoolkit.errors import UserError
 from dmtoolkit.run.base import Executor, GroupOutcome, RunNames, compute_outcome, error_text
-from dmtoolkit.train.job import RunContext, RunInputs
+from dmtoolkit.train.job import RunContext, RunInputs, TrainingPlan
 
 RAY_MISSING = "the Ray executor needs Ray: pip install 'dmtoolkit[ray]'"
 
-# worker-side cache: run key -> RunContext (only the latest run is kept, to bound memory)
+# worker-side cache: plan key -> RunContext (only the latest plan is kept, to bound memory)
 _CONTEXTS: dict[str, RunContext] = {}
 
 
@@ -43,24 +43,20 @@ def import_ray() -> Any:
     return ray
 
 
-def _run_key(store_path: Path, device: str | None) -> str:
-    """Identifies one run's data on the workers: store path, creation stamp, recipe hash, device."""
-    from dmtoolkit.store import RunStore
-
-    with RunStore(store_path) as store:
-        created, recipe_hash = store.created, store.recipe_hash
-    return f"{Path(store_path).resolve()}|{created}|{recipe_hash}|{device}"
+def _run_key(plan: TrainingPlan, device: str | None) -> str:
+    """Identifies one plan's work on the workers: the plan's key (a store's path, creation stamp and recipe
+    hash), and the device."""
+    return f"{plan.key}|{device}"
 
 
-def _load_payload(store_path: Path) -> tuple[str, Any, Any, list[str]]:
-    """The run's inputs as Ray ships them: (recipe canonical JSON, masks, RunData, import path).
+def _load_payload(plan: TrainingPlan) -> tuple[str, Any, Any, list[str]]:
+    """The plan's inputs as Ray ships them: (recipe canonical JSON, masks, RunData, import path).
 
     The import path is the driver's working directory and `sys.path`, so a recipe's `MODULE:FUNCTION`
     imports on a worker as it does on the driver (when the worker sees the same files)."""
     import sys
 
-    inputs = RunInputs.from_store(store_path)
-    return inputs.recipe.canonical_json(), inputs.masks, inputs.data, [os.getcwd(), *sys.path]
+    return plan.recipe.canonical_json(), plan.masks, plan.run_data(), [os.getcwd(), *sys.path]
 
 
 def _context(key: str, payload_box: list, device: str | None) -> RunContext:
@@ -143,16 +139,17 @@ class RayExecutor:
         return max(1, int(resources.get("CPU", self.workers)))
 
     # executor protocol --------------------------------------------------------------------------
-    def run(self, store_path: Path, groups: Iterable[int]) -> Iterator[GroupOutcome]:
+    def run(self, plan: TrainingPlan | Path, groups: Iterable[int]) -> Iterator[GroupOutcome]:
         ray = self.ray
+        plan = TrainingPlan.of(plan)
         self._ensure_ray()
         device, gpus = self._task_device()
-        key = _run_key(store_path, device)
+        key = _run_key(plan, device)
         if self._payload is None or self._payload[0] != key:
-            self._payload = (key, ray.put(_load_payload(store_path)))
+            self._payload = (key, ray.put(_load_payload(plan)))
         box = [self._payload[1]]  # boxed so Ray does not resolve it per task; workers ray.get it once
         task = ray.remote(num_cpus=1, num_gpus=gpus, max_retries=self.max_retries)(_compute_group)
-        names = RunNames.from_store(store_path)
+        names = RunNames.from_plan(plan)
         timeout = self.timeout if self.timeout is not None else names.timeout
         window = (1 if timeout is not None else self.in_flight_per_slot) * self._slots(gpus)
         queue = list(groups)

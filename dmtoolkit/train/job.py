@@ -1,4 +1,5 @@
-"""One unit of work: train, transfer and score a group of models of a run, from the store's own data.
+"""The work executors run: a `TrainingPlan` (recipe, masks, where the data are) and the `RunContext` a worker
+builds from it to train, transfer and score one group of its models at a time.
 
 Rows are grouped into fixed groups of G = `group_size(recipe)` rows (rows gG .. gG+G-1); a group is always
 computed whole, so a row's result is the same whether it is computed first, last or after a resume.
@@ -7,8 +8,9 @@ computed whole, so a row's result is the same whether it is computed first, last
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -98,8 +100,74 @@ class RunInputs:
 
     @classmethod
     def from_store(cls, path: str | Path) -> "RunInputs":
-        with RunStore(path) as store:
-            return cls(store.recipe, store.masks[()].astype(bool), store.run_data())
+        return TrainingPlan.from_store(path).inputs()
+
+
+@dataclass(frozen=True, eq=False)
+class TrainingPlan:
+    """The unit of work an executor runs: train, transfer and score one model per row of `masks`.
+
+    recipe: how every model trains, its seed included (row i: `model_seed` of the recipe's training seed,
+    `subsets.seed`, i and randomness); masks: (m, P) bool, what each model keeps; where the data are:
+    `store`, a run store whose data workers in other processes read, and/or `data`, the data in memory
+    (used as they are in this process, and sent to worker processes when there is no store).
+    A store's own plan (`from_store`) is its recipe, masks and path; a retraining's
+    (`analyze.retrain.train_masks`) has its own recipe and masks over the data of a store or of a recipe,
+    and no file is written for it. `key` identifies the plan to executors that cache what they build from
+    it: a store's path, creation stamp and recipe hash, else a fresh random id.
+    """
+
+    recipe: Recipe
+    masks: np.ndarray
+    store: Path | None = None
+    data: RunData | None = field(default=None, repr=False)
+    key: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+    def __post_init__(self) -> None:
+        if self.store is None and self.data is None:
+            raise ValueError("a training plan needs its data: a run store's path, or the data in memory")
+        masks = np.asarray(self.masks, dtype=bool)
+        if masks.ndim != 2 or not len(masks):
+            raise ValueError(f"a training plan needs (models, units) masks with a model at least, got {masks.shape}")
+        object.__setattr__(self, "masks", masks)
+        if self.store is not None:
+            object.__setattr__(self, "store", Path(self.store))
+
+    @classmethod
+    def from_store(cls, store: "str | Path | RunStore") -> "TrainingPlan":
+        """Every model of a run store (open, or a path): its recipe and masks, its data read from it."""
+        if not isinstance(store, RunStore):
+            with RunStore(store) as opened:
+                return cls.from_store(opened)
+        return cls(store.recipe, store.masks[()].astype(bool), store=store.path,
+                   key=f"{store.path.resolve()}|{store.created}|{store.recipe_hash}")
+
+    @classmethod
+    def of(cls, work: "TrainingPlan | str | Path") -> "TrainingPlan":
+        """`work` as a plan: a plan as it is, a run store's path as the plan of all its models."""
+        return work if isinstance(work, TrainingPlan) else cls.from_store(work)
+
+    def run_data(self) -> RunData:
+        """The data every model of the plan sees: those in memory, else read from the store."""
+        if self.data is not None:
+            return self.data
+        with RunStore(self.store) as store:
+            return store.run_data()
+
+    def inputs(self) -> RunInputs:
+        return RunInputs(self.recipe, self.masks, self.run_data())
+
+    def context(self, device: str | None = None) -> "RunContext":
+        """The run context a worker computes this plan's groups in (data loaded now)."""
+        return RunContext.from_inputs(self.inputs(), device)
+
+    def for_workers(self) -> "TrainingPlan":
+        """The plan as sent to another process: without the in-memory data when a store holds them."""
+        return replace(self, data=None) if self.store is not None and self.data is not None else self
+
+    @property
+    def num_groups(self) -> int:
+        return -(-len(self.masks) // group_size(self.recipe))
 
 
 def source_pool(recipe: Recipe, data: RunData, images: torch.Tensor, labels: torch.Tensor) -> BatchFactory:
@@ -232,7 +300,7 @@ class RunContext:
 
     @classmethod
     def from_store(cls, path: str | Path, device: str | None = None) -> "RunContext":
-        return cls.from_inputs(RunInputs.from_store(path), device)
+        return TrainingPlan.from_store(path).context(device)
 
     @property
     def group_size(self) -> int:
