@@ -62,8 +62,8 @@ from typing import Any
 import numpy as np
 
 from dmtoolkit.estimate.registry import estimator_names
-from dmtoolkit.recipe import RECIPES_DIR, Recipe, load_recipe
-from dmtoolkit.recipe_overrides import apply_overrides
+from dmtoolkit.recipe import RECIPES_DIR, Recipe
+from dmtoolkit.recipe_overrides import recipe_with
 from dmtoolkit.reliability import (
     GOALS,
     CrossRun,
@@ -74,9 +74,7 @@ from dmtoolkit.reliability import (
     sampling_units,
     split_half_agreements,
 )
-from dmtoolkit.run.driver import train_store
-from dmtoolkit.run.executors import make_executor
-from dmtoolkit.run.prepare import build_run_data
+from dmtoolkit.run.api import ensure_trained
 from dmtoolkit.store import RunStore, create_store
 from dmtoolkit.train.baselines import transfer_baselines
 from dmtoolkit.train.job import RunContext
@@ -123,8 +121,7 @@ def lever_recipe(target: str, lever: str, run: int, models: int) -> Recipe:
     mask seed and training seed (source, target and planting seeds untouched)."""
     seed = run_seed(run)
     overrides = {**TARGETS[target], **LEVERS[lever], "subsets.seed": seed, "training.seed": seed}
-    recipe = apply_overrides(load_recipe(CLASS_RECIPE), overrides, origin=f"reliability study {target}/{lever}")
-    return recipe.with_overrides(models=models)
+    return recipe_with(CLASS_RECIPE, overrides, origin=f"reliability study {target}/{lever}", models=models)
 
 
 # stores ----------------------------------------------------------------------------------------------------
@@ -165,20 +162,16 @@ def ensure_store(path: Path, recipe: Recipe, workers: int) -> float:
             if not _same_recipe(store.recipe, recipe):
                 raise SystemExit(f"{path}: exists from another recipe; remove it or pass another --out")
             have = store.num_models
-            pending = int((~store.completed_mask()[:models]).sum())
         if have < models:
             grow_store(path, recipe)
-            with RunStore(path) as store:
-                pending = models - len(store.completed_rows())
+        with RunStore(path) as store:  # (a larger store keeps its own recipe: only its first rows are trained)
+            recipe = store.recipe
+            pending = int((~store.completed_mask()[:models]).sum())
+        if pending == 0:
+            return 0.0
     else:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        create_store(path, recipe, build_run_data(recipe))
         pending = models
-    if pending == 0:
-        return 0.0
-    started = time.perf_counter()
-    train_store(path, make_executor("local", workers, "cpu"), limit=pending, progress=False)
-    return time.perf_counter() - started
+    return ensure_trained(path, recipe, workers=workers, device="cpu", limit=pending, progress=False).seconds
 
 
 # analysis --------------------------------------------------------------------------------------------------

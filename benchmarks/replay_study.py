@@ -57,12 +57,10 @@ from dmtoolkit.estimate.lds import (
 )
 from dmtoolkit.estimate.registry import make_estimator
 from dmtoolkit.estimate.replay import ReplayEstimator, pipeline_margins, problem_from_trainer
-from dmtoolkit.recipe import Recipe, load_recipe
-from dmtoolkit.recipe_overrides import apply_overrides
-from dmtoolkit.run.driver import train_store
-from dmtoolkit.run.executors import make_executor
-from dmtoolkit.run.prepare import build_run_data
-from dmtoolkit.store import RunStore, create_store
+from dmtoolkit.recipe import Recipe
+from dmtoolkit.recipe_overrides import recipe_with
+from dmtoolkit.run.api import ensure_trained
+from dmtoolkit.store import RunStore
 from dmtoolkit.train.job import RunContext
 
 EXAMPLE_RECIPE = Path(__file__).resolve().parent.parent / "dmtoolkit" / "recipes" / "glyphs-to-mnist-examples.yaml"
@@ -173,23 +171,14 @@ def _cpu() -> float:
 
 
 def setting_recipe(name: str, models: int) -> Recipe:
-    recipe = apply_overrides(load_recipe(EXAMPLE_RECIPE), SETTINGS[name], origin=f"replay study {name}")
-    return recipe.with_overrides(models=models)
+    return recipe_with(EXAMPLE_RECIPE, SETTINGS[name], origin=f"replay study {name}", models=models)
 
 
 def _ensure_store(path: Path, recipe: Recipe) -> float | None:
-    """Create (or resume) and train the store; CPU seconds spent now (None when nothing was pending)."""
-    if path.exists():
-        with RunStore(path) as store:
-            if store.recipe.hash() != recipe.hash():
-                raise SystemExit(f"{path}: exists from another recipe; remove it or pass another --out")
-            if not len(store.pending_rows()):
-                return None
-    else:
-        create_store(path, recipe, build_run_data(recipe))
-    started = _cpu()
-    train_store(path, make_executor("local", 1, "cpu"), progress=False)
-    return _cpu() - started
+    """Create (or resume) and train the store (`ensure_trained`, one process); CPU seconds spent now (None when
+    nothing was pending)."""
+    trained = ensure_trained(path, recipe, workers=1, device="cpu", progress=False, clock=_cpu)
+    return trained.seconds if trained.summary.written else None
 
 
 def _detectors(estimate: Path, store: Path) -> dict[str, Any]:

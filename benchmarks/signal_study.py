@@ -10,7 +10,7 @@ LEVER` retrains that lever with another shared training seed and reports how far
 
 Every statistic comes from the library (`dmtoolkit.reliability`): halves and held-out models are whole
 sampling units (an antithetic pair or an orthogonal block stays on one side), digit ranks follow
-`rank_classes`' order, and training goes through `train_store`.
+`rank_classes`' order, and stores are created or resumed and trained by `ensure_trained`.
 
     .venv/bin/python benchmarks/signal_study.py --models 256 --out runs/signal \\
         --levers default,logits-antithetic,ridge-logits-antithetic [--seed-check ridge-logits-antithetic]
@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
-import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -38,8 +37,8 @@ from dmtoolkit.errors import UserError
 from dmtoolkit.estimate.datamodels import fit_datamodels
 from dmtoolkit.estimate.influence import compute_influence
 from dmtoolkit.estimate.lds import evaluate
-from dmtoolkit.recipe import Recipe, load_recipe
-from dmtoolkit.recipe_overrides import apply_overrides
+from dmtoolkit.recipe import Recipe
+from dmtoolkit.recipe_overrides import recipe_with
 from dmtoolkit.reliability import (
     TARGET_RELIABILITY,
     class_influence,
@@ -50,9 +49,7 @@ from dmtoolkit.reliability import (
     spearman,
     split_half_reliability,
 )
-from dmtoolkit.run.driver import train_store
-from dmtoolkit.run.executors import make_executor
-from dmtoolkit.run.prepare import build_run_data
+from dmtoolkit.run.api import ensure_trained
 from dmtoolkit.store import RunStore, create_store
 from dmtoolkit.train.baselines import transfer_baselines
 from dmtoolkit.train.job import RunContext
@@ -125,21 +122,8 @@ def lever_recipe(overrides: dict[str, Any], models: int, training_seed: int = 0)
     base = overrides.pop("recipe", CLASS_RECIPE)
     if base == CLASS_RECIPE and not overrides.pop("current", False):
         overrides = {**ORIGINAL, **overrides}
-    recipe = apply_overrides(load_recipe(RECIPES / base), overrides, origin="signal study lever")
-    return recipe.with_overrides(models=models, training_seed=training_seed)
-
-
-def train_lever(path: Path, recipe: Recipe, workers: int) -> float:
-    """Create (or resume) the store and train it; returns wall seconds spent training now."""
-    if path.exists():
-        with RunStore(path) as store:
-            if store.recipe_hash != recipe.hash():
-                raise SystemExit(f"{path}: exists from another recipe; remove it or pass another --out")
-    else:
-        create_store(path, recipe, build_run_data(recipe))
-    started = time.perf_counter()
-    train_store(path, make_executor("local", workers, "cpu"), progress=False)
-    return time.perf_counter() - started
+    return recipe_with(RECIPES / base, overrides, origin="signal study lever", models=models,
+                       training_seed=training_seed)
 
 
 ESTIMATORS = ("difference-of-means", "regression")
@@ -427,7 +411,8 @@ def main() -> None:
         for name, seed in jobs:
             label = name if seed == 0 else f"{name}@seed{seed}"
             path = args.out / f"{label}-{args.models}.h5"
-            wall = train_lever(path, lever_recipe(LEVERS[name], args.models, seed), args.workers)
+            wall = ensure_trained(path, lever_recipe(LEVERS[name], args.models, seed), workers=args.workers,
+                                  device="cpu", progress=False).seconds
             results[label] = {**analyse(path), "overrides": LEVERS[name], "train_wall_s_now": round(wall, 1)}
             print_row(label, results[label])
         if args.seed_check:
