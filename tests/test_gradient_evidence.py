@@ -31,14 +31,14 @@ from dmtoolkit.estimate.fit import fit_store
 from dmtoolkit.estimate.gradient import GradientEstimator, fit_gradient, gradient_memory_bytes
 from dmtoolkit.resources import ResourceError
 
-from .test_gradient import _trained_example_store
+from .synthetic import trained_example_store
 
 torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _trained_example_store(tmp_path_factory.mktemp("evidence") / "runs.h5")
+    return trained_example_store(tmp_path_factory.mktemp("evidence") / "runs.h5")
 
 
 # --- the arithmetic -------------------------------------------------------------------------------------------

@@ -34,7 +34,7 @@ from dmtoolkit.reliability import (
 )
 from dmtoolkit.store import RunStore, create_store
 
-from .synthetic import synthetic_data
+from .synthetic import synthetic_data, write_rows
 
 SETTINGS = settings(max_examples=40, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
@@ -292,9 +292,7 @@ def test_digit_ranks_match_class_positions_on_an_influence_file(tmp_path: Path) 
     margins = rng.integers(-3, 4, size=(m, T)).astype(np.float32)
     with h5py.File(path, "r+") as f:     # test set-up: chosen masks in a fresh store, before any row is written
         f["masks"][...] = masks
-    with RunStore(path, writable=True) as store:
-        for i in range(m):
-            store.write_row(i, margins[i], seed=i, source_accuracy=0.5, target_accuracy=0.5, seconds=0.1)
+    with RunStore(write_rows(path, margins)) as store:
         labels = store.target_labels
     out = tmp_path / "influence.h5"
     with pytest.warns(UserWarning):
