@@ -21,7 +21,7 @@ from dmtoolkit.estimate import compute_influence
 from dmtoolkit.report import figures, plots
 from dmtoolkit.report.text import interval
 from dmtoolkit.store import RunStore
-from tests.synthetic import synthetic_store
+from tests.synthetic import linear_margins, synthetic_store
 
 P, T, M = 6, 8, 80
 
@@ -32,7 +32,7 @@ def _margins(masks: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     effect[1, :4] = 1.0
     effect[4, :] = -0.8
     shared = rng.normal(0, 1.0, (len(masks), 1))
-    return (masks @ effect + shared + rng.normal(0, 0.3, (len(masks), T))).astype(np.float32)
+    return linear_margins(masks, effect, rng, noise=0.3, offset=shared)
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,7 @@ from dmtoolkit.masks import make_masks
 from dmtoolkit.recipe import Recipe, parse_recipe_dict
 from dmtoolkit.report import text
 from dmtoolkit.store import RunStore, create_store
-from tests.synthetic import planted_example_data, synthetic_data, synthetic_recipe, write_rows
+from tests.synthetic import linear_margins, planted_example_data, synthetic_data, synthetic_recipe, write_rows
 
 P_VALUES = st.lists(st.floats(0, 1, allow_nan=False), min_size=1, max_size=30)
 
@@ -90,7 +90,7 @@ def _simulated_pvalues(design: str, replication: int, effects: int, *, units: in
     rng = np.random.default_rng([11, replication])
     beta = np.zeros((units, targets))
     beta.flat[rng.choice(beta.size, effects, replace=False)] = 1.5
-    margins = (masks @ beta + rng.normal(0, 1, (models, targets))).astype(np.float32)
+    margins = linear_margins(masks, beta, rng, noise=1.0)
     fit = make_estimator("difference-of-means", device="cpu").fit(
         masks, margins, units=design_units(models, units, antithetic=antithetic, design=layout))
     truth = beta if layout == "orthogonal" else beta - (beta.sum(0) - beta) / (units - 1)
