@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from study_args import chosen  # benchmarks/ is on sys.path when this script runs
 
 from dmtoolkit.analyze import detect_leakage, detect_mislabels
 from dmtoolkit.estimate.fit import fit_store
@@ -163,10 +164,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--train-only", action="store_true")
     args = parser.parse_args()
-    names = [s for s in args.settings.split(",") if s]
-    unknown = [s for s in names if s not in SETTINGS]
-    if unknown:
-        raise SystemExit(f"unknown settings {unknown}; choose from {', '.join(SETTINGS)}")
+    names = chosen(args.settings, SETTINGS, "settings")
     args.out.mkdir(parents=True, exist_ok=True)
     results_path = args.out / "detectors.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {}

@@ -71,6 +71,7 @@ from typing import Any
 
 import numpy as np
 from detector_study import EXAMPLE_RECIPE, RECIPES, _num, _seeds  # benchmarks/ is on sys.path
+from study_args import chosen
 
 from dmtoolkit.analyze import detect_leakage, detect_mislabels
 from dmtoolkit.errors import StoreError
@@ -457,10 +458,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--analyze-only", action="store_true", help="train and fit nothing; analyse existing files")
     args = parser.parse_args()
-    names = [s for s in args.settings.split(",") if s]
-    unknown = [s for s in names if s not in SETTINGS]
-    if unknown:
-        raise SystemExit(f"unknown settings {unknown}; choose from {', '.join(SETTINGS)}")
+    names = chosen(args.settings, SETTINGS, "settings")
     args.heads = [h for h in args.head.split(",") if h]
     if not set(args.heads) <= {"fixed", "differentiated"}:
         raise SystemExit(f"--head {args.head}: fixed, differentiated or both")

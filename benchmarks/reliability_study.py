@@ -60,6 +60,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from study_args import chosen  # benchmarks/ is on sys.path when this script runs
 
 from dmtoolkit.estimate.registry import estimator_names
 from dmtoolkit.recipe import RECIPES_DIR, Recipe
@@ -425,10 +426,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--analyse-only", action="store_true", help="no training; stores must be complete")
     args = parser.parse_args()
-    names = [name for name in args.levers.split(",") if name]
-    unknown = [name for name in names if name not in LEVERS]
-    if unknown:
-        raise SystemExit(f"unknown levers {unknown}; choose from {', '.join(LEVERS)}")
+    names = chosen(args.levers, LEVERS, "levers")
     if args.runs < 2:
         raise SystemExit("cross-run agreement needs --runs 2 or more")
     import torch

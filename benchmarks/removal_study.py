@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 from scipy import stats
+from study_args import chosen  # benchmarks/ is on sys.path when this script runs
 
 from dmtoolkit.analyze.options import RECOMMEND_SPLIT_SEED
 from dmtoolkit.analyze.recommend import predicted_removal_change, recommend_removal, removal_ranking
@@ -331,10 +332,7 @@ def main() -> None:
     parser.add_argument("--analyze-only", action="store_true",
                         help="recompute every figure from the saved retrainings (OUT/NAME-retrain.npz)")
     args = parser.parse_args()
-    names = [s for s in args.settings.split(",") if s]
-    unknown = [s for s in names if s not in SETTINGS]
-    if unknown:
-        raise SystemExit(f"unknown settings {unknown}; choose from {', '.join(SETTINGS)}")
+    names = chosen(args.settings, SETTINGS, "settings")
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / "removal.json"
     results = json.loads(path.read_text()) if path.exists() else {}

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from study_args import chosen  # benchmarks/ is on sys.path when this script runs
 
 from dmtoolkit.analyze import detect_leakage, detect_mislabels
 from dmtoolkit.errors import UserError
@@ -403,10 +404,7 @@ def main() -> None:
             results[path.stem] = analyse(path)
             print_row(path.stem, results[path.stem])
     else:
-        names = [n for n in args.levers.split(",") if n]
-        unknown = [n for n in names if n not in LEVERS]
-        if unknown:
-            raise SystemExit(f"unknown lever(s) {', '.join(unknown)}; choose from {', '.join(LEVERS)}")
+        names = chosen(args.levers, LEVERS, "levers")
         jobs = [(n, 0) for n in names] + ([(args.seed_check, 1)] if args.seed_check else [])
         for name, seed in jobs:
             label = name if seed == 0 else f"{name}@seed{seed}"
