@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from study_args import chosen  # benchmarks/ is on sys.path when this script runs
+from studies import chosen, saved_results  # benchmarks/ is on sys.path when this script runs
 
 from dmtoolkit.analyze import detect_leakage, detect_mislabels
 from dmtoolkit.estimate.fit import fit_store
@@ -167,7 +167,7 @@ def main() -> None:
     names = chosen(args.settings, SETTINGS, "settings")
     args.out.mkdir(parents=True, exist_ok=True)
     results_path = args.out / "detectors.json"
-    results = json.loads(results_path.read_text()) if results_path.exists() else {}
+    results = saved_results(results_path)
     for name in names:
         runs = args.out / f"{name}-runs.h5"
         seconds = ensure_trained(runs, setting_recipe(name, args.models), workers=args.workers, device="cpu",

@@ -71,7 +71,7 @@ from typing import Any
 
 import numpy as np
 from detector_study import EXAMPLE_RECIPE, RECIPES, _num, _seeds  # benchmarks/ is on sys.path
-from study_args import chosen
+from studies import chosen, saved_results
 
 from dmtoolkit.analyze import detect_leakage, detect_mislabels
 from dmtoolkit.errors import StoreError
@@ -465,7 +465,7 @@ def main() -> None:
     args.networks = _ints(args.networks)
     args.out.mkdir(parents=True, exist_ok=True)
     results_path = args.out / "gradient.json"
-    results = json.loads(results_path.read_text()) if results_path.exists() else {}
+    results = saved_results(results_path)
     for name in names:
         runs = args.out / f"{name}-runs.h5"
         if not args.analyze_only:

@@ -60,7 +60,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from study_args import chosen  # benchmarks/ is on sys.path when this script runs
+from studies import chosen, saved_results  # benchmarks/ is on sys.path when this script runs
 
 from dmtoolkit.estimate.registry import estimator_names
 from dmtoolkit.recipe import RECIPES_DIR, Recipe
@@ -434,7 +434,7 @@ def main() -> None:
     torch.set_num_threads(1)  # analysis in the driver: one core, leave the other to the machine
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / "reliability.json"
-    results: dict[str, dict[str, Any]] = json.loads(path.read_text()) if path.exists() else {}
+    results: dict[str, dict[str, Any]] = saved_results(path)
     for lever in names:
         if not args.analyse_only:
             for run in range(args.runs):

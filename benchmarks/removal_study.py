@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 from scipy import stats
-from study_args import chosen  # benchmarks/ is on sys.path when this script runs
+from studies import chosen, saved_results  # benchmarks/ is on sys.path when this script runs
 
 from dmtoolkit.analyze.options import RECOMMEND_SPLIT_SEED
 from dmtoolkit.analyze.recommend import predicted_removal_change, recommend_removal, removal_ranking
@@ -335,7 +335,7 @@ def main() -> None:
     names = chosen(args.settings, SETTINGS, "settings")
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / "removal.json"
-    results = json.loads(path.read_text()) if path.exists() else {}
+    results = saved_results(path)
     for name in names:
         if not args.analyze_only:
             run_setting(name, args.out, args.models, args.repeats, args.workers)

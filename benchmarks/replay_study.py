@@ -43,6 +43,7 @@ from typing import Any
 import h5py
 import numpy as np
 import torch
+from studies import saved_results  # benchmarks/ is on sys.path when this script runs
 
 from dmtoolkit.analyze import detect_leakage, detect_mislabels
 from dmtoolkit.estimate.base import linear_prediction
@@ -244,7 +245,7 @@ def _network_averages(store: Path, estimate: Path) -> list[dict[str, Any]]:
 def fresh(out: Path, name: str, models: int, targets: str, networks: int, forward_all: bool) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     results_path = out / "fresh.json"
-    results = json.loads(results_path.read_text()) if results_path.exists() else {}
+    results = saved_results(results_path)
     figures = results.setdefault(name, {"overrides": SETTINGS[name]})
 
     def save() -> None:
