@@ -42,8 +42,10 @@ def test_creates_then_resumes_a_partial_store_to_what_one_run_trains(small_recip
     with RunStore(path) as store:
         assert store.recipe_hash == recipe.hash()
 
-    third = ensure_trained(path, recipe, workers=1, device="cpu", progress=False)
+    readings = iter([10.0, 25.5])  # the caller's clock (a study's CPU time) is read before and after training
+    third = ensure_trained(path, recipe, workers=1, device="cpu", progress=False, clock=lambda: next(readings))
     assert (third.summary.written, third.summary.already_done, third.summary.remaining) == (0, 4, 0)
+    assert third.seconds == 15.5 and next(readings, None) is None
 
     # the reference: the same recipe created and trained in one go
     one_go = create_store(tmp_path / "one-go.h5", recipe, data)
