@@ -175,13 +175,6 @@ def setting_recipe(name: str, models: int) -> Recipe:
     return recipe_with(EXAMPLE_RECIPE, SETTINGS[name], origin=f"replay study {name}", models=models)
 
 
-def _ensure_store(path: Path, recipe: Recipe) -> float | None:
-    """Create (or resume) and train the store (`ensure_trained`, one process); CPU seconds spent now (None when
-    nothing was pending)."""
-    trained = ensure_trained(path, recipe, workers=1, device="cpu", progress=False, clock=_cpu)
-    return trained.seconds if trained.summary.written else None
-
-
 def _detectors(estimate: Path, store: Path) -> dict[str, Any]:
     """Leakage and mislabel detectors at their defaults, and ranking-based scores at the planted count."""
     with RunStore(store) as run:
@@ -252,9 +245,10 @@ def fresh(out: Path, name: str, models: int, targets: str, networks: int, forwar
         results_path.write_text(json.dumps(results, indent=1))
 
     store = out / f"{name}.h5"
-    spent = _ensure_store(store, setting_recipe(name, models))
-    if spent is not None:
-        figures["train_cpu_seconds"] = spent
+    # created or resumed, trained in this process; CPU seconds recorded when anything was trained now
+    trained = ensure_trained(store, setting_recipe(name, models), workers=1, device="cpu", progress=False, clock=_cpu)
+    if trained.summary.written:
+        figures["train_cpu_seconds"] = trained.seconds
         save()
     with RunStore(store) as run:
         figures["models"] = len(run.completed_rows())

@@ -54,7 +54,7 @@ def _silent(message: str) -> None:
     pass
 
 
-def _ensure_trained(path: Path, recipe_name: str, models: int, workers: int, device: str | None,
+def _demo_store(path: Path, recipe_name: str, models: int, workers: int, device: str | None,
                     say: Callable[[str], None], design: str | None = None) -> Path:
     """The store of the shipped recipe at the demo's scale, created or resumed (`ensure_trained`), and trained."""
     recipe = recipe_with(RECIPES / recipe_name, {} if design is None else {"subsets.design": design},
@@ -75,9 +75,9 @@ def run_demo(out: Path, *, scale: str = "default", workers: int = 2, device: str
 
     size = SCALES[scale]
     out.mkdir(parents=True, exist_ok=True)
-    classes = _ensure_trained(out / "class-runs.h5", "glyphs-to-mnist.yaml", size.class_models, workers, device,
+    classes = _demo_store(out / "class-runs.h5", "glyphs-to-mnist.yaml", size.class_models, workers, device,
                               say, design=size.class_design)
-    examples = _ensure_trained(out / "example-runs.h5", "glyphs-to-mnist-examples.yaml", size.example_models,
+    examples = _demo_store(out / "example-runs.h5", "glyphs-to-mnist-examples.yaml", size.example_models,
                                workers, device, say)
     say("estimating influences and datamodels")
     class_influence, example_influence = out / "class-influence.h5", out / "example-influence.h5"
