@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dmtoolkit.recipe import load_recipe
-from dmtoolkit.recipe_overrides import apply_overrides
+from dmtoolkit.recipe_overrides import recipe_with
 from dmtoolkit.run.driver import train_store
 from dmtoolkit.run.executors import make_executor
 from dmtoolkit.run.prepare import build_run_data
@@ -110,7 +110,7 @@ def main() -> None:
               f"(store writes, start-up, progress)")
         if not args.quick:
             for g in (1, 4, 16):
-                variant = apply_overrides(load_recipe(RECIPE), {"training.models_per_batch": g})
+                variant = recipe_with(RECIPE, {"training.models_per_batch": g})
                 ctx = RunContext(variant, context.masks, context.data, "cpu")
                 ctx.compute_group(0)
                 started = time.perf_counter()

@@ -34,17 +34,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from studies import chosen, saved_results  # benchmarks/ is on sys.path when this script runs
 
 from dmtoolkit.analyze import detect_leakage, detect_mislabels
 from dmtoolkit.estimate.fit import fit_store
 from dmtoolkit.estimate.lds import evaluate
 from dmtoolkit.estimate.registry import make_estimator
-from dmtoolkit.recipe import Recipe, load_recipe
-from dmtoolkit.recipe_overrides import apply_overrides
-from dmtoolkit.run.driver import train_store
-from dmtoolkit.run.executors import make_executor
-from dmtoolkit.run.prepare import build_run_data
-from dmtoolkit.store import RunStore, create_store
+from dmtoolkit.recipe import Recipe
+from dmtoolkit.recipe_overrides import recipe_with
+from dmtoolkit.run.api import ensure_trained
+from dmtoolkit.store import RunStore
 
 RECIPES = Path(__file__).resolve().parent.parent / "dmtoolkit" / "recipes"
 EXAMPLE_RECIPE = "glyphs-to-mnist-examples.yaml"
@@ -74,21 +73,7 @@ EXPLORED_SEEDS = ("seed-1", "seed-2")
 
 
 def setting_recipe(name: str, models: int) -> Recipe:
-    recipe = apply_overrides(load_recipe(RECIPES / EXAMPLE_RECIPE), SETTINGS[name], origin=f"detector study {name}")
-    return recipe.with_overrides(models=models)
-
-
-def ensure_store(path: Path, recipe: Recipe, workers: int) -> float:
-    """Create (or resume) the store and train what is pending; wall seconds spent now."""
-    if path.exists():
-        with RunStore(path) as store:
-            if store.recipe.hash() != recipe.hash():  # both parsed by this code: new default keys compare equal
-                raise SystemExit(f"{path}: exists from another recipe; remove it or pass another --out")
-    else:
-        create_store(path, recipe, build_run_data(recipe))
-    started = time.perf_counter()
-    train_store(path, make_executor("local", workers, "cpu"), progress=False)
-    return time.perf_counter() - started
+    return recipe_with(RECIPES / EXAMPLE_RECIPE, SETTINGS[name], origin=f"detector study {name}", models=models)
 
 
 # the regression estimator needs more draws (complementary pairs count once) than source examples:
@@ -179,16 +164,14 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--train-only", action="store_true")
     args = parser.parse_args()
-    names = [s for s in args.settings.split(",") if s]
-    unknown = [s for s in names if s not in SETTINGS]
-    if unknown:
-        raise SystemExit(f"unknown settings {unknown}; choose from {', '.join(SETTINGS)}")
+    names = chosen(args.settings, SETTINGS, "settings")
     args.out.mkdir(parents=True, exist_ok=True)
     results_path = args.out / "detectors.json"
-    results = json.loads(results_path.read_text()) if results_path.exists() else {}
+    results = saved_results(results_path)
     for name in names:
         runs = args.out / f"{name}-runs.h5"
-        seconds = ensure_store(runs, setting_recipe(name, args.models), args.workers)
+        seconds = ensure_trained(runs, setting_recipe(name, args.models), workers=args.workers, device="cpu",
+                                 progress=False).seconds
         print(f"{name}: trained in {seconds / 60:.1f} min", flush=True)
         if not args.train_only:
             results[name] = analyse(name, runs, args.out)

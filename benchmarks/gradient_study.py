@@ -1,6 +1,6 @@
 """The gradient estimator against datamodels and difference of means, per CPU-minute (issue 16's figures).
 
-Per setting one example-level store is trained (resumed when it exists; `train_store`, as every benchmark):
+Per setting one example-level store is trained (resumed when it exists; `ensure_trained`, as every benchmark):
 
 - `examples`: the example recipe as it ships (`glyphs-to-mnist-examples.yaml`: 36 glyph classes × 10 images
   plus 20 planted leaks and 20 decoys, ~400 pool images, 3% label flips; every seed 0). It is the development
@@ -70,7 +70,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from detector_study import EXAMPLE_RECIPE, RECIPES, _num, _seeds, ensure_store  # benchmarks/ is on sys.path
+from detector_study import EXAMPLE_RECIPE, RECIPES, _num, _seeds  # benchmarks/ is on sys.path
+from studies import chosen, saved_results
 
 from dmtoolkit.analyze import detect_leakage, detect_mislabels
 from dmtoolkit.errors import StoreError
@@ -78,8 +79,9 @@ from dmtoolkit.estimate.files import load_estimate, read_extra
 from dmtoolkit.estimate.fit import completed_rows, store_draws
 from dmtoolkit.estimate.lds import evaluate
 from dmtoolkit.estimate.options import GRADIENT_LAMBDA, GRADIENT_PROJ_DIM
-from dmtoolkit.recipe import Recipe, load_recipe
-from dmtoolkit.recipe_overrides import apply_overrides
+from dmtoolkit.recipe import Recipe
+from dmtoolkit.recipe_overrides import recipe_with
+from dmtoolkit.run.api import ensure_trained
 from dmtoolkit.stats.splits import split_rows
 from dmtoolkit.store import RunStore
 
@@ -103,9 +105,8 @@ def setting_overrides(name: str, per_class: int, epochs: float | None = None) ->
 
 
 def setting_recipe(name: str, models: int, per_class: int, epochs: float | None = None) -> Recipe:
-    recipe = apply_overrides(load_recipe(RECIPES / EXAMPLE_RECIPE), setting_overrides(name, per_class, epochs),
-                             origin=f"gradient study {name}")
-    return recipe.with_overrides(models=models)
+    return recipe_with(RECIPES / EXAMPLE_RECIPE, setting_overrides(name, per_class, epochs),
+                       origin=f"gradient study {name}", models=models)
 
 
 def split_of(runs: Path, holdout_frac: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -439,23 +440,20 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--analyze-only", action="store_true", help="train and fit nothing; analyse existing files")
     args = parser.parse_args()
-    names = [s for s in args.settings.split(",") if s]
-    unknown = [s for s in names if s not in SETTINGS]
-    if unknown:
-        raise SystemExit(f"unknown settings {unknown}; choose from {', '.join(SETTINGS)}")
+    names = chosen(args.settings, SETTINGS, "settings")
     args.heads = [h for h in args.head.split(",") if h]
     if not set(args.heads) <= {"fixed", "differentiated"}:
         raise SystemExit(f"--head {args.head}: fixed, differentiated or both")
     args.networks = _ints(args.networks)
     args.out.mkdir(parents=True, exist_ok=True)
     results_path = args.out / "gradient.json"
-    results = json.loads(results_path.read_text()) if results_path.exists() else {}
+    results = saved_results(results_path)
     for name in names:
         runs = args.out / f"{name}-runs.h5"
         if not args.analyze_only:
             recipe = setting_recipe(name, args.models or DEFAULT_MODELS[name], args.pool_images_per_class,
                                     args.pool_epochs)
-            seconds = ensure_store(runs, recipe, args.workers)
+            seconds = ensure_trained(runs, recipe, workers=args.workers, device="cpu", progress=False).seconds
             print(f"{name}: store trained ({seconds / 60:.1f} min wall now)", flush=True)
         elif not runs.exists():
             print(f"{name}: no store {runs}, skipped")

@@ -1,6 +1,6 @@
 """Planted harmful source classes (issue 34): do they hurt, does `recommend` find them, does removing them pay?
 
-Four steps, each calling the library (recipe overrides, `build_run_data`, `train_masks`, `train_store`,
+Four steps, each calling the library (`recipe_with`, `build_run_data`, `train_masks`, `ensure_trained`,
 `compute_influence`, `recommend_removal`); every figure is printed and written to OUT/harm-STEP.json.
 
 check   On the DEVELOPMENT seed (planting seed 0), retrain the full planted source and the source without each
@@ -50,13 +50,13 @@ from dmtoolkit.analyze.recommend import (
 from dmtoolkit.analyze.retrain import train_masks
 from dmtoolkit.estimate import compute_influence
 from dmtoolkit.estimate.files import load_estimate
-from dmtoolkit.recipe import RECIPES_DIR, Recipe, load_recipe
-from dmtoolkit.recipe_overrides import apply_overrides
-from dmtoolkit.run.driver import train_store
+from dmtoolkit.recipe import RECIPES_DIR, Recipe
+from dmtoolkit.recipe_overrides import recipe_with
+from dmtoolkit.run.api import ensure_trained
 from dmtoolkit.run.executors import make_executor
 from dmtoolkit.run.prepare import build_run_data
 from dmtoolkit.stats.intervals import interval_quantile
-from dmtoolkit.store import RunData, RunStore, create_store
+from dmtoolkit.store import RunData, RunStore
 
 KINDS = ["conflict", "noise", "shuffled", "duplicate"]
 DEV_SEED = 0
@@ -69,9 +69,7 @@ def study_recipe(seed: int, kinds: list[str], target: str = "mnist5k", models: i
                                  "subsets.seed": seed, "training.seed": seed}
     if target != "mnist5k":
         overrides.update({"target.dataset": target, "planting.copy_labels": "by-index"})
-    if models is not None:
-        overrides["subsets.models"] = models
-    return apply_overrides(load_recipe(RECIPES_DIR / "glyphs-to-mnist.yaml"), overrides, origin="harm study")
+    return recipe_with(RECIPES_DIR / "glyphs-to-mnist.yaml", overrides, origin="harm study", models=models)
 
 
 def interval(values: np.ndarray) -> dict[str, float]:
@@ -165,13 +163,13 @@ def power(out: Path, seeds: list[int], counts: list[int], kinds: list[str], extr
         fresh_or_development(seed, development)
         recipe = study_recipe(seed, kinds, target, models=max(counts), extra=extra)
         store, prefix = store_paths(out, target, seed)
-        if not store.exists():
-            create_store(store, recipe, build_run_data(recipe))
         for count in sorted(counts):
-            with RunStore(store) as run:
-                missing = count - len(run.completed_rows())
+            missing = count
+            if store.exists():
+                with RunStore(store) as run:
+                    missing = count - len(run.completed_rows())
             if missing > 0:  # (limit counts rows to add, in whole groups, first pending first)
-                train_store(store, make_executor("local", workers, "cpu"), limit=missing, progress=False)
+                ensure_trained(store, recipe, workers=workers, device="cpu", limit=missing, progress=False)
             with RunStore(store) as run:
                 done = run.completed_rows()
                 done = done[done < count]  # (a later run re-analyses a grown store as it was at `count` models)

@@ -37,13 +37,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from detector_study import RECIPES, _num, _seeds, ensure_store  # benchmarks/ is on sys.path
+from detector_study import RECIPES, _num, _seeds  # benchmarks/ is on sys.path
 
 from dmtoolkit.analyze import detect_leakage, detect_mislabels
 from dmtoolkit.estimate.files import load_estimate, read_extra
 from dmtoolkit.estimate.lds import evaluate
-from dmtoolkit.recipe import Recipe, load_recipe
-from dmtoolkit.recipe_overrides import apply_overrides
+from dmtoolkit.recipe import Recipe
+from dmtoolkit.recipe_overrides import recipe_with
+from dmtoolkit.run.api import ensure_trained
 from dmtoolkit.stats.pvalues import benjamini_hochberg
 from dmtoolkit.store import RunStore
 
@@ -54,7 +55,7 @@ GOAL_FLIP_RECALL, GOAL_FLIP_PRECISION = 0.5, 0.9
 
 
 def study_recipe(seed: int) -> Recipe:
-    return apply_overrides(load_recipe(RECIPES / RECIPE), _seeds(seed), origin=f"pool-50k study seed {seed}")
+    return recipe_with(RECIPES / RECIPE, _seeds(seed), origin=f"pool-50k study seed {seed}")
 
 
 def fit_job(job: dict[str, Any]) -> dict[str, Any]:
@@ -202,7 +203,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     runs = args.runs or args.out / f"s{args.seed}.h5"
     if args.runs is None and not args.analyze_only:
-        ensure_store(runs, study_recipe(args.seed), args.workers)
+        ensure_trained(runs, study_recipe(args.seed), workers=args.workers, device="cpu", progress=False)
     with RunStore(runs) as store:
         rows = store.completed_rows()
         per_model_seconds = float(store.column("seconds")[rows].mean())

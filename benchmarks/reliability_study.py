@@ -60,6 +60,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from studies import chosen, saved_results  # benchmarks/ is on sys.path when this script runs
 
 from dmtoolkit.analyze.reliability import (
     GOALS,
@@ -71,11 +72,9 @@ from dmtoolkit.analyze.reliability import (
     split_half_agreements,
 )
 from dmtoolkit.estimate.registry import estimator_names
-from dmtoolkit.recipe import RECIPES_DIR, Recipe, load_recipe
-from dmtoolkit.recipe_overrides import apply_overrides
-from dmtoolkit.run.driver import train_store
-from dmtoolkit.run.executors import make_executor
-from dmtoolkit.run.prepare import build_run_data
+from dmtoolkit.recipe import RECIPES_DIR, Recipe
+from dmtoolkit.recipe_overrides import recipe_with
+from dmtoolkit.run.api import ensure_trained
 from dmtoolkit.stats.ranking import nanmean_rows
 from dmtoolkit.stats.splits import whole_prefix
 from dmtoolkit.store import RunStore, create_store
@@ -124,8 +123,7 @@ def lever_recipe(target: str, lever: str, run: int, models: int) -> Recipe:
     mask seed and training seed (source, target and planting seeds untouched)."""
     seed = run_seed(run)
     overrides = {**TARGETS[target], **LEVERS[lever], "subsets.seed": seed, "training.seed": seed}
-    recipe = apply_overrides(load_recipe(CLASS_RECIPE), overrides, origin=f"reliability study {target}/{lever}")
-    return recipe.with_overrides(models=models)
+    return recipe_with(CLASS_RECIPE, overrides, origin=f"reliability study {target}/{lever}", models=models)
 
 
 # stores ----------------------------------------------------------------------------------------------------
@@ -166,20 +164,16 @@ def ensure_store(path: Path, recipe: Recipe, workers: int) -> float:
             if not _same_recipe(store.recipe, recipe):
                 raise SystemExit(f"{path}: exists from another recipe; remove it or pass another --out")
             have = store.num_models
-            pending = int((~store.completed_mask()[:models]).sum())
         if have < models:
             grow_store(path, recipe)
-            with RunStore(path) as store:
-                pending = models - len(store.completed_rows())
+        with RunStore(path) as store:  # (a larger store keeps its own recipe: only its first rows are trained)
+            recipe = store.recipe
+            pending = int((~store.completed_mask()[:models]).sum())
+        if pending == 0:
+            return 0.0
     else:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        create_store(path, recipe, build_run_data(recipe))
         pending = models
-    if pending == 0:
-        return 0.0
-    started = time.perf_counter()
-    train_store(path, make_executor("local", workers, "cpu"), limit=pending, progress=False)
-    return time.perf_counter() - started
+    return ensure_trained(path, recipe, workers=workers, device="cpu", limit=pending, progress=False).seconds
 
 
 # analysis --------------------------------------------------------------------------------------------------
@@ -424,10 +418,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--analyse-only", action="store_true", help="no training; stores must be complete")
     args = parser.parse_args()
-    names = [name for name in args.levers.split(",") if name]
-    unknown = [name for name in names if name not in LEVERS]
-    if unknown:
-        raise SystemExit(f"unknown levers {unknown}; choose from {', '.join(LEVERS)}")
+    names = chosen(args.levers, LEVERS, "levers")
     if args.runs < 2:
         raise SystemExit("cross-run agreement needs --runs 2 or more")
     import torch
@@ -435,7 +426,7 @@ def main() -> None:
     torch.set_num_threads(1)  # analysis in the driver: one core, leave the other to the machine
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / "reliability.json"
-    results: dict[str, dict[str, Any]] = json.loads(path.read_text()) if path.exists() else {}
+    results: dict[str, dict[str, Any]] = saved_results(path)
     for lever in names:
         if not args.analyse_only:
             for run in range(args.runs):

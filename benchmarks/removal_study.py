@@ -34,19 +34,20 @@ from typing import Any
 
 import numpy as np
 from scipy import stats
+from studies import chosen, saved_results  # benchmarks/ is on sys.path when this script runs
 
 from dmtoolkit.analyze.options import RECOMMEND_SPLIT_SEED
 from dmtoolkit.analyze.recommend import predicted_removal_change, recommend_removal, removal_ranking
 from dmtoolkit.analyze.retrain import train_masks
 from dmtoolkit.estimate import compute_influence
 from dmtoolkit.estimate.files import load_estimate
-from dmtoolkit.recipe import RECIPES_DIR, Recipe, load_recipe
-from dmtoolkit.recipe_overrides import apply_overrides
-from dmtoolkit.run.driver import train_store
+from dmtoolkit.recipe import RECIPES_DIR, Recipe
+from dmtoolkit.recipe_overrides import recipe_with
+from dmtoolkit.run.api import ensure_trained
 from dmtoolkit.run.executors import make_executor
 from dmtoolkit.run.prepare import build_run_data
 from dmtoolkit.stats.intervals import interval_quantile
-from dmtoolkit.store import RunData, RunStore, create_store
+from dmtoolkit.store import RunData, RunStore
 from dmtoolkit.train.job import group_size as group_size_of
 
 # Measured (docs/signal.md) with the random mask design, the recipe's default until 2026-12-04; pinned so the
@@ -63,15 +64,8 @@ SPLIT_SEED = RECOMMEND_SPLIT_SEED  # the library's default split, so `dmtoolkit 
 
 
 def setting_recipe(name: str, models: int) -> Recipe:
-    recipe = apply_overrides(load_recipe(RECIPES_DIR / "glyphs-to-mnist.yaml"), SETTINGS[name],
-                             origin=f"removal study {name}")
-    return recipe.with_overrides(models=models)
-
-
-def ensure_store(path: Path, recipe: Recipe, data: RunData, workers: int) -> None:
-    if not path.exists():
-        create_store(path, recipe, data)
-    train_store(path, make_executor("local", workers, "cpu"), progress=False)
+    return recipe_with(RECIPES_DIR / "glyphs-to-mnist.yaml", SETTINGS[name], origin=f"removal study {name}",
+                       models=models)
 
 
 def interval(values: np.ndarray) -> dict[str, float]:
@@ -107,7 +101,7 @@ def run_setting(name: str, out: Path, models: int, repeats: int, workers: int) -
     data = build_run_data(recipe)
     store, estimate = out / f"{name}-runs.h5", out / f"{name}-influence.h5"
     started = time.perf_counter()
-    ensure_store(store, recipe, data, workers)
+    ensure_trained(store, recipe, workers=workers, device="cpu", progress=False, data=data)
     store_minutes = (time.perf_counter() - started) / 60
     if not estimate.exists():
         compute_influence(store, estimate, device="cpu")
@@ -339,13 +333,10 @@ def main() -> None:
     parser.add_argument("--analyze-only", action="store_true",
                         help="recompute every figure from the saved retrainings (OUT/NAME-retrain.npz)")
     args = parser.parse_args()
-    names = [s for s in args.settings.split(",") if s]
-    unknown = [s for s in names if s not in SETTINGS]
-    if unknown:
-        raise SystemExit(f"unknown settings {unknown}; choose from {', '.join(SETTINGS)}")
+    names = chosen(args.settings, SETTINGS, "settings")
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / "removal.json"
-    results = json.loads(path.read_text()) if path.exists() else {}
+    results = saved_results(path)
     for name in names:
         if not args.analyze_only:
             run_setting(name, args.out, args.models, args.repeats, args.workers)

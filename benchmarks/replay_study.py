@@ -43,6 +43,7 @@ from typing import Any
 import h5py
 import numpy as np
 import torch
+from studies import saved_results  # benchmarks/ is on sys.path when this script runs
 
 from dmtoolkit.analyze import detect_leakage, detect_mislabels
 from dmtoolkit.estimate.base import linear_prediction
@@ -51,13 +52,11 @@ from dmtoolkit.estimate.fit import fit_store, store_draws
 from dmtoolkit.estimate.lds import evaluate
 from dmtoolkit.estimate.registry import make_estimator
 from dmtoolkit.estimate.replay import ReplayEstimator, pipeline_margins, problem_from_trainer
-from dmtoolkit.recipe import Recipe, load_recipe
-from dmtoolkit.recipe_overrides import apply_overrides
-from dmtoolkit.run.driver import train_store
-from dmtoolkit.run.executors import make_executor
-from dmtoolkit.run.prepare import build_run_data
+from dmtoolkit.recipe import Recipe
+from dmtoolkit.recipe_overrides import recipe_with
+from dmtoolkit.run.api import ensure_trained
 from dmtoolkit.stats.lds import bootstrap_lds_interval, bootstrap_lds_means, lds_per_target, summarise_lds
-from dmtoolkit.store import RunStore, create_store
+from dmtoolkit.store import RunStore
 from dmtoolkit.train.job import RunContext
 
 EXAMPLE_RECIPE = Path(__file__).resolve().parent.parent / "dmtoolkit" / "recipes" / "glyphs-to-mnist-examples.yaml"
@@ -168,23 +167,7 @@ def _cpu() -> float:
 
 
 def setting_recipe(name: str, models: int) -> Recipe:
-    recipe = apply_overrides(load_recipe(EXAMPLE_RECIPE), SETTINGS[name], origin=f"replay study {name}")
-    return recipe.with_overrides(models=models)
-
-
-def _ensure_store(path: Path, recipe: Recipe) -> float | None:
-    """Create (or resume) and train the store; CPU seconds spent now (None when nothing was pending)."""
-    if path.exists():
-        with RunStore(path) as store:
-            if store.recipe.hash() != recipe.hash():
-                raise SystemExit(f"{path}: exists from another recipe; remove it or pass another --out")
-            if not len(store.pending_rows()):
-                return None
-    else:
-        create_store(path, recipe, build_run_data(recipe))
-    started = _cpu()
-    train_store(path, make_executor("local", 1, "cpu"), progress=False)
-    return _cpu() - started
+    return recipe_with(EXAMPLE_RECIPE, SETTINGS[name], origin=f"replay study {name}", models=models)
 
 
 def _detectors(estimate: Path, store: Path) -> dict[str, Any]:
@@ -250,16 +233,17 @@ def _network_averages(store: Path, estimate: Path) -> list[dict[str, Any]]:
 def fresh(out: Path, name: str, models: int, targets: str, networks: int, forward_all: bool) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     results_path = out / "fresh.json"
-    results = json.loads(results_path.read_text()) if results_path.exists() else {}
+    results = saved_results(results_path)
     figures = results.setdefault(name, {"overrides": SETTINGS[name]})
 
     def save() -> None:
         results_path.write_text(json.dumps(results, indent=1))
 
     store = out / f"{name}.h5"
-    spent = _ensure_store(store, setting_recipe(name, models))
-    if spent is not None:
-        figures["train_cpu_seconds"] = spent
+    # created or resumed, trained in this process; CPU seconds recorded when anything was trained now
+    trained = ensure_trained(store, setting_recipe(name, models), workers=1, device="cpu", progress=False, clock=_cpu)
+    if trained.summary.written:
+        figures["train_cpu_seconds"] = trained.seconds
         save()
     with RunStore(store) as run:
         figures["models"] = len(run.completed_rows())

@@ -10,9 +10,9 @@ LEVER` retrains that lever with another shared training seed and reports how far
 
 Every statistic is built from the library's parts (`dmtoolkit.analyze.reliability`, `dmtoolkit.stats`): halves and
 held-out models are whole draws (an antithetic pair or an orthogonal block stays on one side), digit
-ranks follow `rank_classes`' order (`dmtoolkit.stats.ranking`), and training goes through `train_store`. The
-split-half at a given size, class LDS on arrays and digit ranks only this study reports are defined here
-(tests/test_signal_study.py checks them against NumPy and scipy references).
+ranks follow `rank_classes`' order (`dmtoolkit.stats.ranking`), and stores are created or resumed and trained by
+`ensure_trained`. The split-half at a given size, class LDS on arrays and digit ranks only this study reports
+are defined here (tests/test_signal_study.py checks them against NumPy and scipy references).
 
     .venv/bin/python benchmarks/signal_study.py --models 256 --out runs/signal \\
         --levers default,logits-antithetic,ridge-logits-antithetic [--seed-check ridge-logits-antithetic]
@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
-import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from studies import chosen  # benchmarks/ is on sys.path when this script runs
 
 from dmtoolkit.analyze import detect_leakage, detect_mislabels
 from dmtoolkit.analyze.reliability import (
@@ -48,11 +48,9 @@ from dmtoolkit.errors import UserError
 from dmtoolkit.estimate.datamodels import fit_datamodels
 from dmtoolkit.estimate.influence import UndefinedInfluenceWarning, compute_influence, influence_from_arrays
 from dmtoolkit.estimate.lds import evaluate
-from dmtoolkit.recipe import Recipe, load_recipe
-from dmtoolkit.recipe_overrides import apply_overrides
-from dmtoolkit.run.driver import train_store
-from dmtoolkit.run.executors import make_executor
-from dmtoolkit.run.prepare import build_run_data
+from dmtoolkit.recipe import Recipe
+from dmtoolkit.recipe_overrides import recipe_with
+from dmtoolkit.run.api import ensure_trained
 from dmtoolkit.stats.correlation import TARGET_RELIABILITY, spearman
 from dmtoolkit.stats.lds import lds_per_target
 from dmtoolkit.stats.ranking import nanmean_rows, rank_positions
@@ -129,21 +127,8 @@ def lever_recipe(overrides: dict[str, Any], models: int, training_seed: int = 0)
     base = overrides.pop("recipe", CLASS_RECIPE)
     if base == CLASS_RECIPE and not overrides.pop("current", False):
         overrides = {**ORIGINAL, **overrides}
-    recipe = apply_overrides(load_recipe(RECIPES / base), overrides, origin="signal study lever")
-    return recipe.with_overrides(models=models, training_seed=training_seed)
-
-
-def train_lever(path: Path, recipe: Recipe, workers: int) -> float:
-    """Create (or resume) the store and train it; returns wall seconds spent training now."""
-    if path.exists():
-        with RunStore(path) as store:
-            if store.recipe_hash != recipe.hash():
-                raise SystemExit(f"{path}: exists from another recipe; remove it or pass another --out")
-    else:
-        create_store(path, recipe, build_run_data(recipe))
-    started = time.perf_counter()
-    train_store(path, make_executor("local", workers, "cpu"), progress=False)
-    return time.perf_counter() - started
+    return recipe_with(RECIPES / base, overrides, origin="signal study lever", models=models,
+                       training_seed=training_seed)
 
 
 # Statistics only this study reports, built from the library's parts: halves of whole draws
@@ -537,15 +522,13 @@ def main() -> None:
             results[path.stem] = analyse(path)
             print_row(path.stem, results[path.stem])
     else:
-        names = [n for n in args.levers.split(",") if n]
-        unknown = [n for n in names if n not in LEVERS]
-        if unknown:
-            raise SystemExit(f"unknown lever(s) {', '.join(unknown)}; choose from {', '.join(LEVERS)}")
+        names = chosen(args.levers, LEVERS, "levers")
         jobs = [(n, 0) for n in names] + ([(args.seed_check, 1)] if args.seed_check else [])
         for name, seed in jobs:
             label = name if seed == 0 else f"{name}@seed{seed}"
             path = args.out / f"{label}-{args.models}.h5"
-            wall = train_lever(path, lever_recipe(LEVERS[name], args.models, seed), args.workers)
+            wall = ensure_trained(path, lever_recipe(LEVERS[name], args.models, seed), workers=args.workers,
+                                  device="cpu", progress=False).seconds
             results[label] = {**analyse(path), "overrides": LEVERS[name], "train_wall_s_now": round(wall, 1)}
             print_row(label, results[label])
         if args.seed_check:

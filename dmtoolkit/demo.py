@@ -13,17 +13,14 @@ from pathlib import Path
 
 from dmtoolkit.analyze import class_positions, counterfactual, detect_leakage, detect_mislabels
 from dmtoolkit.analyze.results import DemoSummary
-from dmtoolkit.errors import UserError
 from dmtoolkit.estimate.datamodels import fit_datamodels
 from dmtoolkit.estimate.influence import compute_influence
 from dmtoolkit.estimate.lds import evaluate
-from dmtoolkit.recipe import RECIPES_DIR, load_recipe
-from dmtoolkit.recipe_overrides import apply_overrides
+from dmtoolkit.recipe import RECIPES_DIR
+from dmtoolkit.recipe_overrides import recipe_with
 from dmtoolkit.report import build_report
-from dmtoolkit.run.driver import train_store
-from dmtoolkit.run.executors import make_executor
-from dmtoolkit.run.prepare import build_run_data
-from dmtoolkit.store import RunStore, create_store
+from dmtoolkit.run.api import ensure_trained
+from dmtoolkit.store import RunStore
 
 RECIPES = RECIPES_DIR
 
@@ -57,24 +54,12 @@ def _silent(message: str) -> None:
     pass
 
 
-def _ensure_trained(path: Path, recipe_name: str, models: int, workers: int, device: str | None,
+def _demo_store(path: Path, recipe_name: str, models: int, workers: int, device: str | None,
                     say: Callable[[str], None], design: str | None = None) -> Path:
-    """Create the store (or keep one made from the same recipe and scale, so reruns resume) and train it."""
-    recipe = load_recipe(RECIPES / recipe_name)
-    if design is not None:
-        recipe = apply_overrides(recipe, {"subsets.design": design}, origin="demo scale")
-    recipe = recipe.with_overrides(models=models)
-    if path.exists():
-        with RunStore(path) as existing:
-            if existing.recipe_hash != recipe.hash():
-                raise UserError(f"{path}: exists but was made from another recipe or scale; "
-                                "remove it or pass another --out")
-    else:
-        say(f"creating {path.name} ({models} models, {recipe.subsets.kind}-level)")
-        create_store(path, recipe, build_run_data(recipe))
-    say(f"training {path.name}")
-    train_store(path, make_executor("local", workers, device))
-    return path
+    """The store of the shipped recipe at the demo's scale, created or resumed (`ensure_trained`), and trained."""
+    recipe = recipe_with(RECIPES / recipe_name, {} if design is None else {"subsets.design": design},
+                         origin="demo scale", models=models)
+    return ensure_trained(path, recipe, workers=workers, device=device, executor="local", say=say).path
 
 
 def run_demo(out: Path, *, scale: str = "default", workers: int = 2, device: str | None = None,
@@ -90,9 +75,9 @@ def run_demo(out: Path, *, scale: str = "default", workers: int = 2, device: str
 
     size = SCALES[scale]
     out.mkdir(parents=True, exist_ok=True)
-    classes = _ensure_trained(out / "class-runs.h5", "glyphs-to-mnist.yaml", size.class_models, workers, device,
+    classes = _demo_store(out / "class-runs.h5", "glyphs-to-mnist.yaml", size.class_models, workers, device,
                               say, design=size.class_design)
-    examples = _ensure_trained(out / "example-runs.h5", "glyphs-to-mnist-examples.yaml", size.example_models,
+    examples = _demo_store(out / "example-runs.h5", "glyphs-to-mnist-examples.yaml", size.example_models,
                                workers, device, say)
     say("estimating influences and datamodels")
     class_influence, example_influence = out / "class-influence.h5", out / "example-influence.h5"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
@@ -22,76 +21,15 @@ from dmtoolkit.analyze import (
 from dmtoolkit.analyze.examples import auc, top_pairs, two_way_z
 from dmtoolkit.cli import cli
 from dmtoolkit.errors import UserError
-from dmtoolkit.estimate import compute_influence, fit_datamodels
-from dmtoolkit.recipe import parse_recipe_dict
 from dmtoolkit.report.figures import leakage_figure, rank_figure, subpop_figure
-from dmtoolkit.store import Planted, RunStore, create_store
-from tests.synthetic import synthetic_data, synthetic_store
+from dmtoolkit.store import RunStore
 
-P, T, M = 6, 12, 60
+P = 6  # classes of the `class_files` store (tests/conftest.py)
 
 
 def diff_of_means(masks: np.ndarray, margins: np.ndarray) -> np.ndarray:
     """Independent difference of means, (P, T)."""
     return np.stack([margins[masks[:, k]].mean(0) - margins[~masks[:, k]].mean(0) for k in range(masks.shape[1])])
-
-
-@pytest.fixture(scope="module")
-def class_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """Class-level store where class 1 helps targets 0-3 and class 4 hurts everything; its influence."""
-    tmp = tmp_path_factory.mktemp("class")
-    rng = np.random.default_rng(0)
-    masks = rng.random((M, P)) < 0.5
-    effect = np.zeros((P, T))
-    effect[1, :4] = 2.0
-    effect[4, :] = -1.0
-    effect[2, 6:] = 0.5
-    margins = (masks @ effect + rng.normal(0, 0.3, (M, T))).astype(np.float32)
-    store = synthetic_store(tmp / "runs.h5", margins, masks)
-    predictions = np.tile(np.arange(T) % 3, (M, 1)).astype(np.int16)
-    predictions[: M // 3, 5] = 2  # target 5: class 2 on a third of models, majority still 5 % 3 = 2
-    predictions[:, 7] = -1  # unknown everywhere
-    with h5py.File(store, "r+") as f:
-        f["predictions"][...] = predictions
-    infl = tmp / "influence.h5"
-    compute_influence(store, infl, device="cpu", holdout_frac=0.0)
-    return store, infl
-
-
-@pytest.fixture(scope="module")
-def example_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Example-level store with planted leaks (2 -> target 4, 7 -> target 1), a decoy and two flips."""
-    tmp = tmp_path_factory.mktemp("example")
-    n, t, m = 12, 10, 120
-    data = synthetic_data(n, t, per_class=1, seed=1)
-    images = data.source_pool.images.copy()
-    leak = np.full(n, -1)
-    decoy = np.full(n, -1)
-    flipped = np.zeros(n, bool)
-    leak[2], leak[7], decoy[5] = 4, 1, 0
-    flipped[[3, 9]] = True
-    images[2], images[7] = data.target_test.images[4], data.target_test.images[1]
-    images[5] = data.target_train.images[0]
-    planted = Planted(leak, decoy, np.zeros(n, bool), flipped, data.source_pool.labels.copy())
-    data = dataclasses.replace(data, source_pool=dataclasses.replace(data.source_pool, images=images), planted=planted)
-    recipe = parse_recipe_dict({"name": "synthetic", "source": {"dataset": "synthetic"},
-                                "target": {"dataset": "synthetic"},
-                                "subsets": {"kind": "example", "alpha": 0.5, "models": m, "seed": 4}})
-    store = create_store(tmp / "ex-runs.h5", recipe, data)
-    rng = np.random.default_rng(2)
-    with RunStore(store, writable=True) as run:
-        masks = run.file["masks"][()]
-        margins = rng.normal(0, 0.3, (m, t))
-        margins[:, 4] += 3.0 * masks[:, 2]
-        margins[:, 1] += 3.0 * masks[:, 7]
-        margins -= 0.6 * masks[:, [3]] + 0.6 * masks[:, [9]]
-        for i in range(m):
-            run.write_row(i, margins[i], seed=i, source_accuracy=0.5, target_accuracy=0.5, seconds=0.1)
-    infl = tmp / "ex-influence.h5"
-    compute_influence(store, infl, device="cpu", holdout_frac=0.0)
-    dm = tmp / "ex-datamodels.h5"
-    fit_datamodels(store, dm, device="cpu", targets=slice(0, 6), n_lambdas=10)
-    return {"store": store, "influence": infl, "datamodels": dm, "masks": masks, "margins": margins}
 
 
 # rank ----------------------------------------------------------------------------------------------

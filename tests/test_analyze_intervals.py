@@ -7,7 +7,6 @@ import json
 import shutil
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -22,7 +21,7 @@ from dmtoolkit.estimate import compute_influence
 from dmtoolkit.report import figures, plots
 from dmtoolkit.report.text import interval
 from dmtoolkit.store import RunStore
-from tests.synthetic import synthetic_store
+from tests.synthetic import linear_margins, synthetic_store
 
 P, T, M = 6, 8, 80
 
@@ -33,7 +32,7 @@ def _margins(masks: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     effect[1, :4] = 1.0
     effect[4, :] = -0.8
     shared = rng.normal(0, 1.0, (len(masks), 1))
-    return (masks @ effect + shared + rng.normal(0, 0.3, (len(masks), T))).astype(np.float32)
+    return linear_margins(masks, effect, rng, noise=0.3, offset=shared)
 
 
 @pytest.fixture(scope="module")
@@ -47,9 +46,8 @@ def stores(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Pa
     pair_masks[0::2], pair_masks[1::2] = half, ~half
     out = {}
     for name, masks in (("random", random_masks), ("pairs", pair_masks)):
-        store = synthetic_store(tmp / f"{name}.h5", _margins(masks, rng), masks)
-        with h5py.File(store, "r+") as f:  # masks given, not drawn: their design is detected (pairs here)
-            f.attrs["masks_origin"] = "explicit"
+        # masks given, not drawn: their design is detected (pairs here)
+        store = synthetic_store(tmp / f"{name}.h5", _margins(masks, rng), masks, masks_origin="explicit")
         infl = tmp / f"{name}-influence.h5"
         compute_influence(store, infl, device="cpu", holdout_frac=0.2)  # fit rows: a subset (whole pairs)
         out[name] = (store, infl)

@@ -30,7 +30,6 @@ from dmtoolkit.analyze.results import (
     Verification,
 )
 from dmtoolkit.report import text
-from tests.test_analyze import class_files, example_files  # noqa: F401  (module-scoped fixtures)
 
 ROOT = Path(__file__).resolve().parent.parent
 ANALYZE = ROOT / "dmtoolkit" / "analyze"
@@ -63,7 +62,7 @@ def _plain(value: object) -> bool:
 
 
 # JSON keys -------------------------------------------------------------------------------------------
-def test_class_results_keep_their_json_keys(class_files: tuple[Path, Path]) -> None:  # noqa: F811
+def test_class_results_keep_their_json_keys(class_files: tuple[Path, Path]) -> None:
     _, infl = class_files
     ranking = analyze.rank_classes(infl, top=2).to_json()
     assert set(ranking) == RANKING and _plain(ranking)
@@ -79,7 +78,7 @@ def test_class_results_keep_their_json_keys(class_files: tuple[Path, Path]) -> N
     assert set(verified) == EXPLANATION | {"verify"} and set(verified["verify"]) == VERIFY
 
 
-def test_example_results_keep_their_json_keys(example_files: dict) -> None:  # noqa: F811
+def test_example_results_keep_their_json_keys(example_files: dict) -> None:
     leak = analyze.detect_leakage(example_files["influence"], top=3).to_json()
     assert set(leak) == {"file", "estimator", "ranking", "one_per_source", "pairs", "planted", "fdr", "near_duplicate",
                          "evidence", "message", "remove", "flagged", "influence_only", "near_duplicate_only",

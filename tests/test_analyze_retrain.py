@@ -22,6 +22,7 @@ from dmtoolkit.report.text import format_counterfactual
 from dmtoolkit.run.prepare import build_run_data
 from dmtoolkit.store import RunStore, create_store
 from tests.conftest import SMALL_RECIPE, write_recipe
+from tests.synthetic import write_rows
 
 
 @pytest.fixture(scope="module")
@@ -31,11 +32,7 @@ def real_files(tmp_path_factory: pytest.TempPathFactory) -> dict:
     recipe = parse_recipe_dict(SMALL_RECIPE)
     data = build_run_data(recipe)
     store = create_store(tmp / "runs.h5", recipe, data)
-    rng = np.random.default_rng(0)
-    with RunStore(store, writable=True) as run:
-        for i in range(run.num_models):
-            run.write_row(i, rng.normal(size=run.num_targets), seed=i, source_accuracy=0.5, target_accuracy=0.5,
-                          seconds=0.1)
+    write_rows(store, np.random.default_rng(0).normal(size=(recipe.subsets.models, len(data.target_test.labels))))
     infl = tmp / "influence.h5"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # 8 models leave some classes' standard errors undefined

@@ -16,7 +16,7 @@ from dmtoolkit.estimate.fit import check_targets
 from dmtoolkit.masks import make_masks
 from dmtoolkit.store import RunStore
 
-from .synthetic import synthetic_store
+from .synthetic import linear_margins, synthetic_store
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +24,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     rng = np.random.default_rng(0)
     masks = make_masks(0, 160, 12, 0.5)
     effects = rng.normal(0, 0.5, (12, 6)) * (rng.random((12, 6)) < 0.4)
-    margins = (masks @ effects + rng.normal(0, 0.5, (160, 6))).astype(np.float32)
+    margins = linear_margins(masks, effects, rng, noise=0.5)
     completed = np.ones(160, bool)
     completed[[5, 50, 51]] = False
     return synthetic_store(tmp_path_factory.mktemp("dm") / "runs.h5", margins, masks, completed=completed)

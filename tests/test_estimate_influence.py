@@ -24,7 +24,7 @@ from dmtoolkit.estimate.influence import (
 )
 from dmtoolkit.store import RunStore
 
-from .synthetic import synthetic_store
+from .synthetic import linear_margins, synthetic_store
 
 
 def reference(masks: np.ndarray, margins: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -297,7 +297,7 @@ def test_regression_on_orthogonal_design_equals_difference_of_means(tmp_path: Pa
 
     rng = np.random.default_rng(3)
     masks = make_masks(1, 32, 12, 0.5, design="orthogonal")
-    margins = (masks @ rng.normal(size=(12, 3)) + rng.normal(size=(32, 3))).astype(np.float32)
+    margins = linear_margins(masks, rng.normal(size=(12, 3)), rng, noise=1.0)
     store = synthetic_store(tmp_path / "runs.h5", margins, masks)
     regression = compute_influence(store, tmp_path / "r.h5", holdout_frac=0, device="cpu", estimator="regression")
     means = compute_influence(store, tmp_path / "d.h5", holdout_frac=0, device="cpu")
@@ -313,7 +313,7 @@ def test_regression_with_fixed_size_subsets_gives_zero_sum_relative_effects() ->
 
     rng = np.random.default_rng(4)
     masks = make_masks(2, 120, 10, 0.5, antithetic=True)  # every subset keeps exactly 5 units
-    margins = (masks @ rng.normal(size=(10, 2)) + 0.1 * rng.normal(size=(120, 2))).astype(np.float32)
+    margins = linear_margins(masks, rng.normal(size=(10, 2)), rng, noise=0.1)
     result = influence_from_arrays(masks, margins, device="cpu", estimator="regression")
     np.testing.assert_allclose(result.coef_.sum(0), 0, atol=1e-4)
     oracle = LinearRegression().fit(masks.astype(float), margins.astype(float))

@@ -19,7 +19,7 @@ from dmtoolkit.masks import make_masks
 from dmtoolkit.stats.correlation import spearman_columns
 from dmtoolkit.store import RunStore
 
-from .synthetic import synthetic_store
+from .synthetic import linear_margins, synthetic_store
 
 
 @pytest.fixture()
@@ -27,7 +27,7 @@ def store(tmp_path: Path) -> Path:
     rng = np.random.default_rng(1)
     masks = make_masks(1, 150, 10, 0.5)
     effects = rng.normal(0, 0.6, (10, 5))
-    margins = (masks @ effects + rng.normal(0, 0.8, (150, 5))).astype(np.float32)
+    margins = linear_margins(masks, effects, rng, noise=0.8)
     margins[:, 4] = 1.5  # a target whose true margins are constant: its LDS is undefined
     return synthetic_store(tmp_path / "runs.h5", margins, masks)
 
@@ -154,7 +154,7 @@ def test_lds_interval_resamples_antithetic_pairs_whole(tmp_path: Path) -> None:
 
     rng = np.random.default_rng(3)
     masks = make_masks(2, 120, 10, 0.5, antithetic=True)
-    margins = (masks @ rng.normal(0, 1, (10, 4)) + rng.normal(0, 0.5, (120, 4))).astype(np.float32)
+    margins = linear_margins(masks, rng.normal(0, 1, (10, 4)), rng, noise=0.5)
     path = synthetic_store(tmp_path / "pairs.h5", margins, masks, antithetic=True)
     compute_influence(path, tmp_path / "infl.h5", holdout_frac=0.2)
     result = evaluate(path, tmp_path / "infl.h5")
@@ -191,7 +191,7 @@ def _influence_store(tmp_path: Path, name: str, units: int, targets: int, scale:
     """Margins = masks @ effects (normal, sd `scale`) + noise (sd 0.8); influence with 20% of the models held out."""
     rng = np.random.default_rng(1)
     masks = make_masks(1, models, units, 0.5)
-    margins = (masks @ rng.normal(0, scale, (units, targets)) + rng.normal(0, 0.8, (models, targets))).astype(np.float32)
+    margins = linear_margins(masks, rng.normal(0, scale, (units, targets)), rng, noise=0.8)
     store = synthetic_store(tmp_path / f"{name}.h5", margins, masks)
     compute_influence(store, tmp_path / f"{name}-influence.h5", holdout_frac=0.2, seed=4, device="cpu")
     return store, tmp_path / f"{name}-influence.h5"

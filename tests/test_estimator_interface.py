@@ -23,7 +23,7 @@ from dmtoolkit.estimate.fit import fit_store
 from dmtoolkit.estimate.lds import evaluate
 from dmtoolkit.masks import make_masks
 
-from .synthetic import synthetic_store
+from .synthetic import linear_margins, synthetic_store
 
 ROOT = Path(__file__).resolve().parent.parent
 SETTINGS = {"difference-of-means": {}, "regression": {}, "datamodels": {"n_lambdas": 10, "eps": 1e-2}}
@@ -34,7 +34,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndarray, n
     rng = np.random.default_rng(11)
     masks = make_masks(2, 120, 8, 0.5)
     effects = rng.normal(0, 1, (8, 4))
-    margins = (masks @ effects + rng.normal(0, 0.3, (120, 4))).astype(np.float32)
+    margins = linear_margins(masks, effects, rng, noise=0.3)
     return synthetic_store(tmp_path_factory.mktemp("iface") / "runs.h5", margins, masks), masks, effects
 
 

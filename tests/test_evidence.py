@@ -26,8 +26,8 @@ from dmtoolkit.masks import make_masks
 from dmtoolkit.recipe import Recipe, parse_recipe_dict
 from dmtoolkit.report import text
 from dmtoolkit.stats.pvalues import benjamini_hochberg, bh_adjusted, check_fdr, one_sided_pvalues, simes
-from dmtoolkit.store import Planted, RunStore, create_store
-from tests.synthetic import synthetic_data
+from dmtoolkit.store import RunStore, create_store
+from tests.synthetic import linear_margins, planted_example_data, synthetic_data, synthetic_recipe, write_rows
 
 P_VALUES = st.lists(st.floats(0, 1, allow_nan=False), min_size=1, max_size=30)
 
@@ -90,7 +90,7 @@ def _simulated_pvalues(design: str, replication: int, effects: int, *, units: in
     rng = np.random.default_rng([11, replication])
     beta = np.zeros((units, targets))
     beta.flat[rng.choice(beta.size, effects, replace=False)] = 1.5
-    margins = (masks @ beta + rng.normal(0, 1, (models, targets))).astype(np.float32)
+    margins = linear_margins(masks, beta, rng, noise=1.0)
     fit = make_estimator("difference-of-means", device="cpu").fit(
         masks, margins, draws=design_draws(models, units, antithetic=antithetic, design=layout))
     truth = beta if layout == "orthogonal" else beta - (beta.sum(0) - beta) / (units - 1)
@@ -124,34 +124,22 @@ FLIPS = (3, 9)               # hurt every target and the source task
 
 
 def _example_store(path: Path, *, planted_effects: bool) -> Path:
-    data = synthetic_data(N, T, per_class=1, seed=1)
-    images = data.source_pool.images.copy()
-    leak, decoy, flipped = np.full(N, -1), np.full(N, -1), np.zeros(N, bool)
-    if planted_effects:
-        for source, target in LEAKS.items():
-            leak[source] = target
-            images[source] = data.target_test.images[target]
-        decoy[5] = 0
-        images[5] = data.target_train.images[0]
-        flipped[list(FLIPS)] = True
-    planted = Planted(leak, decoy, np.zeros(N, bool), flipped, data.source_pool.labels.copy())
-    data = dataclasses.replace(data, source_pool=dataclasses.replace(data.source_pool, images=images), planted=planted)
+    data = (planted_example_data(N, T, leaks=LEAKS, decoys={5: 0}, flips=FLIPS, seed=1) if planted_effects
+            else planted_example_data(N, T, leaks={}, seed=1))
     create_store(path, _example_recipe(), data)
     rng = np.random.default_rng(5)
-    with RunStore(path, writable=True) as run:
+    with RunStore(path) as run:
         masks = run.file["masks"][()].astype(np.float64)
-        margins = rng.normal(0, 0.3, (M, T))
-        accuracy = 0.8 + rng.normal(0, 0.01, M)
-        if planted_effects:
-            for source, target in LEAKS.items():
-                margins[:, target] += 3.0 * masks[:, source]
-            margins[:, LOOK_ALIKE[1]] += 2.0 * masks[:, LOOK_ALIKE[0]]
-            for source in FLIPS:
-                margins -= 0.6 * masks[:, [source]]
-                accuracy -= 0.05 * masks[:, source]
-        for i in range(M):
-            run.write_row(i, margins[i], seed=i, source_accuracy=float(accuracy[i]), target_accuracy=0.5, seconds=0.1)
-    return path
+    margins = rng.normal(0, 0.3, (M, T))
+    accuracy = 0.8 + rng.normal(0, 0.01, M)
+    if planted_effects:
+        for source, target in LEAKS.items():
+            margins[:, target] += 3.0 * masks[:, source]
+        margins[:, LOOK_ALIKE[1]] += 2.0 * masks[:, LOOK_ALIKE[0]]
+        for source in FLIPS:
+            margins -= 0.6 * masks[:, [source]]
+            accuracy -= 0.05 * masks[:, source]
+    return write_rows(path, margins, source_accuracy=accuracy)
 
 
 @pytest.fixture(scope="module")
@@ -172,9 +160,7 @@ def null(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def _example_recipe() -> Recipe:
-    return parse_recipe_dict({"name": "synthetic", "source": {"dataset": "synthetic"},
-                              "target": {"dataset": "synthetic"},
-                              "subsets": {"kind": "example", "alpha": 0.5, "models": M, "seed": 4}})
+    return synthetic_recipe(M, kind="example", seed=4)
 
 
 def _copied_only_store(path: Path) -> Path:
@@ -186,11 +172,7 @@ def _copied_only_store(path: Path) -> Path:
     images[9] = (data.target_test.images[6] // 2 + 60).astype(np.uint8)
     data = dataclasses.replace(data, source_pool=dataclasses.replace(data.source_pool, images=images))
     create_store(path, _example_recipe(), data)
-    rng = np.random.default_rng(5)
-    with RunStore(path, writable=True) as run:
-        for i in range(M):
-            run.write_row(i, rng.normal(0, 0.3, T), seed=i, source_accuracy=0.8, target_accuracy=0.5, seconds=0.1)
-    return path
+    return write_rows(path, np.random.default_rng(5).normal(0, 0.3, (M, T)), source_accuracy=0.8)
 
 
 def test_copies_lead_every_output_when_the_estimate_has_no_evidence(tmp_path: Path) -> None:
@@ -381,11 +363,7 @@ def test_few_draws_are_named(tmp_path: Path, sources: int, expected: str) -> Non
                                 "target": {"dataset": "synthetic"},
                                 "subsets": {"kind": "example", "alpha": 0.5, "models": 256, "seed": 1,
                                             "design": "orthogonal", "antithetic": True}})
-    store = create_store(tmp_path / "runs.h5", recipe, data)
-    rng = np.random.default_rng(0)
-    with RunStore(store, writable=True) as run:
-        for i in range(256):
-            run.write_row(i, rng.normal(0, 1, 3), seed=i, source_accuracy=0.5, target_accuracy=0.5, seconds=0.1)
+    store = write_rows(create_store(tmp_path / "runs.h5", recipe, data), np.random.default_rng(0).normal(0, 1, (256, 3)))
     compute_influence(store, tmp_path / "influence.h5", device="cpu", holdout_frac=0.0)
     result = detect_leakage(tmp_path / "influence.h5")
     assert expected in result.evidence and result.flagged == ()

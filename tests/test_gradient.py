@@ -34,12 +34,10 @@ from dmtoolkit.estimate.gradient import (
 )
 from dmtoolkit.estimate.lds import evaluate
 from dmtoolkit.recipe import parse_recipe_dict
-from dmtoolkit.run.driver import train_store
-from dmtoolkit.run.executors import make_executor
-from dmtoolkit.store import create_store
+from dmtoolkit.run.api import ensure_trained
 from dmtoolkit.train.models import BatchedTinyCNN
 
-from .synthetic import synthetic_data, synthetic_store
+from .synthetic import synthetic_data, synthetic_store, trained_example_store
 
 torch.set_num_threads(1)
 
@@ -263,23 +261,9 @@ def test_sign_convention_matches_difference_of_means_over_every_half_subset() ->
 
 
 # --- (3) end to end on a tiny example-level store ---------------------------------------------------------
-def _trained_example_store(path: Path, models: int = 12) -> Path:
-    data = synthetic_data(3, 16, per_class=6, seed=5)
-    recipe = parse_recipe_dict({
-        "name": "tiny-examples", "source": {"dataset": "synthetic"}, "target": {"dataset": "synthetic"},
-        "subsets": {"kind": "example", "alpha": 0.5, "models": models, "seed": 1, "antithetic": True},
-        "model": {"width": 2, "hidden": 4, "resolution": 8},
-        "training": {"epochs": 2, "batch_size": 4, "lr": 0.05, "models_per_batch": 4, "randomness": "shared"},
-        "transfer": {"head": "ridge", "ridge": 1.0},
-    })
-    create_store(path, recipe, data)
-    train_store(path, make_executor("local", 1, "cpu"), progress=False)
-    return path
-
-
 @pytest.fixture(scope="module")
 def example_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _trained_example_store(tmp_path_factory.mktemp("gradient") / "runs.h5")
+    return trained_example_store(tmp_path_factory.mktemp("gradient") / "runs.h5")
 
 
 @pytest.mark.parametrize(("head", "kernel"), [("fixed", "trak"), ("differentiated", "gauss-newton")])
@@ -381,9 +365,8 @@ def long_trained_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "training": {"epochs": 16, "batch_size": 4, "lr": 0.05, "models_per_batch": 4, "randomness": "shared"},
         "transfer": {"head": "ridge", "ridge": 1.0},
     })
-    create_store(path, recipe, synthetic_data(3, 16, per_class=20, seed=5))
-    train_store(path, make_executor("local", 1, "cpu"), progress=False)
-    return path
+    return ensure_trained(path, recipe, workers=1, device="cpu", progress=False,
+                          data=synthetic_data(3, 16, per_class=20, seed=5)).path
 
 
 def test_retrained_rows_reproduce_the_store_whatever_the_callers_threads(long_trained_store: Path,

@@ -32,14 +32,14 @@ from dmtoolkit.estimate.gradient import GradientEstimator, fit_gradient, gradien
 from dmtoolkit.resources import ResourceError
 from dmtoolkit.stats.pvalues import bh_adjusted, one_sided_pvalues, simes
 
-from .test_gradient import _trained_example_store
+from .synthetic import trained_example_store
 
 torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _trained_example_store(tmp_path_factory.mktemp("evidence") / "runs.h5")
+    return trained_example_store(tmp_path_factory.mktemp("evidence") / "runs.h5")
 
 
 # --- the arithmetic -------------------------------------------------------------------------------------------

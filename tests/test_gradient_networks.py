@@ -24,13 +24,10 @@ from dmtoolkit.estimate.networks import (
     parse_checkpoints,
 )
 from dmtoolkit.recipe import parse_recipe_dict
-from dmtoolkit.run.driver import train_store
-from dmtoolkit.run.executors import make_executor
-from dmtoolkit.run.prepare import build_run_data
-from dmtoolkit.store import create_store
+from dmtoolkit.run.api import ensure_trained
 from dmtoolkit.train.job import RunContext
 
-from .test_gradient import _trained_example_store
+from .synthetic import trained_example_store
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parent.parent
@@ -173,7 +170,7 @@ def test_checkpoint_choices() -> None:
 
 @pytest.fixture(scope="module")
 def example_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _trained_example_store(tmp_path_factory.mktemp("networks") / "runs.h5")  # 2 epochs, groups of 4
+    return trained_example_store(tmp_path_factory.mktemp("networks") / "runs.h5")  # 2 epochs, groups of 4
 
 
 def test_training_calls_back_after_each_epoch_and_the_last_copy_is_the_final_network(example_store: Path) -> None:
@@ -221,9 +218,7 @@ def user_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     recipe["trainer"]["options"] = {"hidden": 8, "epochs": 20, "checkpoints": [10]}
     path = tmp_path_factory.mktemp("user") / "runs.h5"
     parsed = parse_recipe_dict(recipe)
-    create_store(path, parsed, build_run_data(parsed))
-    train_store(path, make_executor("local", 1, "cpu"), progress=False)
-    return path
+    return ensure_trained(path, parsed, workers=1, device="cpu", progress=False).path
 
 
 def test_a_user_trainer_store_without_the_hook_is_refused_with_what_to_add(user_store: Path, tmp_path: Path,

@@ -18,6 +18,7 @@ from dmtoolkit.cli import cli
 from dmtoolkit.display import Displayable, MissingExtra
 
 from .conftest import ROOT
+from .synthetic import linear_margins
 
 P, T, M = 12, 120, 120
 
@@ -29,7 +30,7 @@ def estimate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     rng = np.random.default_rng(0)
     masks = rng.random((M, P)) < 0.5
     effects = rng.normal(size=(P, T))
-    margins = (masks @ effects + 0.5 * rng.normal(size=(M, T))).astype(np.float32)
+    margins = linear_margins(masks, effects, rng, noise=0.5)
     store = dm.import_arrays(folder / "runs.h5", masks, margins, unit_names=[f"class-{k}" for k in range(P)],
                              target_labels=np.arange(T) % 3, kind="class")
     dm.fit_store(store, folder / "influence.h5", dm.make_estimator("difference-of-means"), test_fraction=0.25)

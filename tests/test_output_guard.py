@@ -34,7 +34,7 @@ from dmtoolkit.store import RunStore
 from dmtoolkit.store_import import alpha_tolerance, import_arrays
 
 from .conftest import ROOT, SMALL_RECIPE
-from .synthetic import synthetic_store
+from .synthetic import linear_margins, synthetic_store
 
 M, P, T = 48, 8, 5
 LOCK_MESSAGE = "another writer holds the store"
@@ -72,7 +72,7 @@ def imported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("guard")
     rng = np.random.default_rng(0)
     masks = rng.random((M, P)) < 0.5
-    margins = (masks @ rng.normal(size=(P, T)) + rng.normal(size=(M, T))).astype(np.float32)
+    margins = linear_margins(masks, rng.normal(size=(P, T)), rng, noise=1.0)
     paths = {"masks": d / "masks.npy", "margins": d / "margins.npy", "store": d / "runs.h5", "influence": d / "infl.h5"}
     np.save(paths["masks"], masks.astype(np.uint8))
     np.save(paths["margins"], margins)
@@ -329,7 +329,7 @@ def test_report_needs_force_to_replace_its_page_and_prints_no_warning(case: dict
     folder.mkdir()
     rng = np.random.default_rng(3)
     masks = rng.random((16, 6)) < 0.5
-    margins = (masks @ rng.normal(size=(6, 4)) + rng.normal(size=(16, 4))).astype(np.float32)
+    margins = linear_margins(masks, rng.normal(size=(6, 4)), rng, noise=1.0)
     done = np.zeros(16, bool)
     done[:12] = True  # 4 held-out models: some bootstrap draws repeat one model (the old NaN interval)
     import_arrays(folder / "runs.h5", masks, margins, completed=done, kind="example")

@@ -6,7 +6,7 @@ import pytest
 
 from dmtoolkit.errors import RecipeError
 from dmtoolkit.recipe import load_recipe, parse_recipe_dict
-from dmtoolkit.recipe_overrides import apply_overrides
+from dmtoolkit.recipe_overrides import apply_overrides, recipe_with
 
 from .conftest import RECIPES
 
@@ -33,3 +33,20 @@ def test_overrides_set_keys_and_hash_like_the_edited_recipe() -> None:
 def test_bad_overrides_name_the_key(overrides: dict, message: str) -> None:
     with pytest.raises(RecipeError, match=message):
         apply_overrides(load_recipe(RECIPES / "glyphs-to-mnist.yaml"), overrides, origin="lever")
+
+
+def test_recipe_with_loads_overrides_then_sets_models_and_training_seed() -> None:
+    base = load_recipe(RECIPES / "glyphs-to-mnist.yaml")
+    made = recipe_with("glyphs-to-mnist", {"transfer.head": "logistic"}, origin="study", models=24, training_seed=5)
+    data = base.model_dump(mode="json")
+    data["transfer"]["head"], data["subsets"]["models"], data["training"]["seed"] = "logistic", 24, 5
+    assert made.hash() == parse_recipe_dict(data).hash()
+    # a Recipe or a path gives the same; with nothing to change it is the recipe itself
+    assert recipe_with(base, {"transfer.head": "logistic"}, models=24, training_seed=5).hash() == made.hash()
+    assert recipe_with(RECIPES / "glyphs-to-mnist.yaml").hash() == base.hash()
+    assert recipe_with(base, models=base.subsets.models).hash() == base.hash()
+
+
+def test_recipe_with_names_its_origin_in_errors() -> None:
+    with pytest.raises(RecipeError, match=r"^removal study fashion: training.epochz: unknown key"):
+        recipe_with(RECIPES / "glyphs-to-mnist.yaml", {"training.epochz": 1}, origin="removal study fashion")

@@ -21,7 +21,7 @@ from dmtoolkit.cli import cli
 from dmtoolkit.errors import UserError
 from dmtoolkit.estimate import compute_influence
 from dmtoolkit.store import RunStore
-from tests.synthetic import synthetic_store
+from tests.synthetic import linear_margins, synthetic_store
 
 P, T, M = 8, 40, 160
 HARMFUL = (2, 5)
@@ -33,7 +33,7 @@ def _margins(masks: np.ndarray, rng: np.random.Generator, harm: float, noise: fl
     effect = np.full((P, T), 0.05)
     effect[list(HARMFUL)] = -harm
     offset = np.linspace(-0.6, 0.6, T) - effect.sum(0)  # full-source margins from −0.6 to 0.6
-    return (masks @ effect + offset + rng.normal(0, noise, (len(masks), T))).astype(np.float32)
+    return linear_margins(masks, effect, rng, noise=noise, offset=offset)
 
 
 @pytest.fixture(scope="module")

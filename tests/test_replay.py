@@ -29,8 +29,7 @@ from dmtoolkit.estimate.replay import (
     replay_plan,
 )
 from dmtoolkit.recipe import parse_recipe_dict
-from dmtoolkit.run.driver import train_store
-from dmtoolkit.run.executors import make_executor
+from dmtoolkit.run.api import ensure_trained
 from dmtoolkit.store import create_store
 from dmtoolkit.train.fit import LoopSettings, batch_indices, margins_from_logits
 from dmtoolkit.train.job import RunContext
@@ -141,8 +140,8 @@ def test_the_linear_prediction_tracks_exact_retraining_for_small_removals(tmp_pa
 @pytest.fixture(scope="module")
 def trained_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("replay") / "runs.h5"
-    create_store(path, parse_recipe_dict(_recipe(models=12)), synthetic_data(3, 16, per_class=6, seed=5))
-    train_store(path, make_executor("local", 1, "cpu"), progress=False)
+    ensure_trained(path, parse_recipe_dict(_recipe(models=12)), workers=1, device="cpu", progress=False,
+                   data=synthetic_data(3, 16, per_class=6, seed=5))
     return path
 
 
@@ -230,9 +229,8 @@ def test_several_networks_average_the_derivatives_of_their_seeds(tmp_path: Path)
     # per-model randomness: every row trained from its own seed; networks=3 replays the first three fitting rows'
     # seeds, and the estimate is the mean of the three single-network derivatives (each the replay of that seed)
     path = tmp_path / "per-model.h5"
-    create_store(path, parse_recipe_dict(_recipe(models=8, randomness="per-model")),
-                 synthetic_data(3, 16, per_class=6, seed=5))
-    train_store(path, make_executor("local", 1, "cpu"), progress=False)
+    ensure_trained(path, parse_recipe_dict(_recipe(models=8, randomness="per-model")), workers=1, device="cpu",
+                   progress=False, data=synthetic_data(3, 16, per_class=6, seed=5))
     with h5py.File(path, "r") as f:
         masks, margins, seeds = f["masks"][()], f["margins"][()], f["seed"][()]
     rows = np.array([1, 2, 4, 5, 6, 7])

@@ -31,11 +31,10 @@ from dmtoolkit.report.summary import (
     trust_answer,
 )
 from dmtoolkit.store_import import import_arrays
-from tests.test_analyze import class_files, example_files  # noqa: F401  (module-scoped fixtures)
 
 
 @pytest.fixture(scope="module")
-def report_dir(class_files, example_files, tmp_path_factory: pytest.TempPathFactory) -> Path:  # noqa: F811
+def report_dir(class_files, example_files, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder with a class-level and an example-level store, their estimates and a counterfactual file."""
     folder = tmp_path_factory.mktemp("reportdir")
     store, _ = class_files

@@ -32,7 +32,7 @@ from dmtoolkit.store_import import MAX_TARGET_CLASSES, import_arrays
 
 from .conftest import SMALL_RECIPE
 from .corpus import BOMB
-from .synthetic import synthetic_data, synthetic_store
+from .synthetic import synthetic_data, synthetic_store, write_rows
 
 M, T = 40, 5
 PENDING = 37  # a row left pending when the estimates were fitted; training it makes them stale
@@ -366,11 +366,8 @@ def example_recipe_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "transfer": {"head": "ridge", "ridge": 1.0},
     })
     create_store(path, recipe, synthetic_data(3, 16, per_class=6, seed=5))
-    with RunStore(path, writable=True) as store:
-        for i in range(8):
-            store.write_row(i, np.random.default_rng(i).normal(size=16).astype(np.float32), seed=i,
-                            source_accuracy=0.5, target_accuracy=0.5, seconds=0.1)
-    return path
+    margins = np.stack([np.random.default_rng(i).normal(size=16) for i in range(8)]).astype(np.float32)
+    return write_rows(path, margins)
 
 
 def test_gradient_with_a_huge_projection_is_refused_before_allocating(example_recipe_store: Path, tmp_path: Path,
