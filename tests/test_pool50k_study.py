@@ -2,25 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 
-BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+from .benchmark_scripts import load_benchmark
 
 
 def _module():
-    sys.path.insert(0, str(BENCHMARKS))  # the script imports detector_study from its own folder
-    try:
-        spec = importlib.util.spec_from_file_location("pool50k_study", BENCHMARKS / "pool50k_study.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
-    finally:
-        sys.path.remove(str(BENCHMARKS))
+    return load_benchmark("pool50k_study")
 
 
 def test_time_log_reads_cpu_and_peak_memory(tmp_path):

@@ -3,10 +3,6 @@ against independent references: plain NumPy, scipy.stats.spearmanr, hand-built r
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
@@ -18,24 +14,14 @@ from dmtoolkit.stats.correlation import models_for_reliability
 from dmtoolkit.stats.ranking import nanmean_rows, rank_positions
 from dmtoolkit.stats.splits import holdout_split, split_halves
 
+from .benchmark_scripts import load_benchmark
 from .synthetic import difference_of_means_reference, linear_runs
 
-SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "signal_study.py"
 SETTINGS = settings(max_examples=40, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 
 
-def _study():
-    """The benchmark script as a module (registered first: its dataclasses look their module up)."""
-    if "signal_study" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("signal_study", SCRIPT)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["signal_study"] = module
-        spec.loader.exec_module(module)
-    return sys.modules["signal_study"]
-
-
-STUDY = _study()
+STUDY = load_benchmark("signal_study")
 
 
 # split-half at a given size ---------------------------------------------------------------------------
