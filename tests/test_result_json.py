@@ -1,0 +1,67 @@
+"""Every result type's JSON, pinned: what `to_json()` returned when each type still had a hand-written one.
+
+`tests/pinned_result_json.json` holds, for each instance of `tests/result_instances.py`, the dict the hand-written
+`to_json` gave (captured before the results moved to the generic conversion of `dmtoolkit.display.JsonResult`), and
+for each store of `summary_stores` what `store_summary` returned (a dict then) and the text `store info` printed.
+A key dropped, added or renamed, or a value changed, fails here.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.result_instances import instances, summary_stores
+
+PINNED = json.loads((Path(__file__).parent / "pinned_result_json.json").read_text())
+INSTANCES = instances()
+
+
+def _plain(value: Any) -> bool:
+    """Plain JSON values only: no tuples, NumPy scalars, Paths or dataclasses."""
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _plain(v) for k, v in value.items())
+    if isinstance(value, list):
+        return all(_plain(v) for v in value)
+    return value is None or type(value) in (str, int, float, bool)
+
+
+def normalized(data: dict[str, Any], text: str, folder: Path) -> dict[str, Any]:
+    """A store summary's JSON and text without what differs from run to run (folder, time, version, the hash of
+    an import record, which holds the folder)."""
+    data = json.loads(json.dumps(data).replace(str(folder), "FOLDER"))
+    digest = data["recipe_hash"]
+    data.update(recipe_hash="HASH", created="CREATED", package_version="VERSION")
+    return {"json": data, "text": text.replace(str(folder), "FOLDER").replace(digest[:12], "HASH")}
+
+
+def test_every_result_type_is_pinned() -> None:
+    assert set(INSTANCES) == set(PINNED["results"])
+    assert {type(r).__name__ for r in INSTANCES.values()} >= {
+        "ClassRanking", "Subpopulation", "Explanation", "CounterfactualResult", "Recommendation", "LeakageReport",
+        "MislabelReport", "DemoSummary", "LdsResult", "ReliabilityReport", "EstimateAnalyses", "EstimateSection",
+        "CounterfactualSection", "DetectionRow", "Answer"}
+
+
+@pytest.mark.parametrize("name", sorted(INSTANCES))
+def test_json_is_what_the_hand_written_to_json_gave(name: str) -> None:
+    data = INSTANCES[name].to_json()
+    assert json.loads(json.dumps(data)) == PINNED["results"][name]
+
+
+def test_store_summary_json_and_text_are_unchanged(tmp_path: Path) -> None:
+    from dmtoolkit.store_checks import store_summary
+
+    for name, path in summary_stores(tmp_path).items():
+        summary = store_summary(path)
+        data = summary.to_json() if hasattr(summary, "to_json") else summary
+        text = str(summary) if hasattr(summary, "to_json") else None
+        if text is None:
+            from dmtoolkit.store_checks import format_summary  # before StoreSummary
+
+            text = format_summary(summary)
+        assert _plain(data)
+        assert normalized(data, text, tmp_path) == PINNED["store_summary"][name], name
