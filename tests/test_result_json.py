@@ -49,6 +49,7 @@ def test_every_result_type_is_pinned() -> None:
 @pytest.mark.parametrize("name", sorted(INSTANCES))
 def test_json_is_what_the_hand_written_to_json_gave(name: str) -> None:
     data = INSTANCES[name].to_json()
+    assert _plain(data), data
     assert json.loads(json.dumps(data)) == PINNED["results"][name]
 
 
