@@ -7,7 +7,7 @@ their table is in `_table()`: column names and one tuple per row. Everything els
 
 Their `to_json()` (what `--json` prints and report.json holds) is `JsonResult`'s, also here once: every field in
 declaration order under its own name, converted to plain JSON values (`plain`), then the type's `json_derived`
-properties. A field says otherwise in its metadata (`json_field`): another key (`class_name` -> "class"), no key
+properties (`json_order` puts named keys first). A field says otherwise in its metadata (`json_field`): another key (`class_name` -> "class"), no key
 (images), no key when its value is None or empty, or a conversion of its own.
 
 The text is exactly what the CLI prints: `dmtoolkit.report.text` owns the formatters and registers them by
@@ -117,12 +117,15 @@ def plain(value: Any) -> Any:
 
 def result_json(result: Any) -> dict[str, Any]:
     """The JSON of a dataclass result: each field (see `json_field`) in declaration order, then the properties its
-    type names in `json_derived` (a name, or a (key, attribute) pair)."""
+    type names in `json_derived` (a name, or a (key, attribute) pair); the keys its type names in `json_order`
+    first, in that order (the order the JSON has always had)."""
     data: dict[str, Any] = {}
+    keys = []
     for f in dataclasses.fields(result):
         key = f.metadata.get(JSON_KEY, f.name)
         if key is None:
             continue
+        keys.append(key)
         value = getattr(result, f.name)
         omit = f.metadata.get(JSON_OMIT)
         if (value is None and omit) or (omit == "empty" and not value):
@@ -131,8 +134,14 @@ def result_json(result: Any) -> dict[str, Any]:
         data[key] = plain(value if convert is None else convert(value))
     for entry in getattr(type(result), "json_derived", ()):
         key, attr = (entry, entry) if isinstance(entry, str) else entry
+        keys.append(key)
         data[key] = plain(getattr(result, attr))
-    return data
+    order = getattr(type(result), "json_order", ())
+    unknown = set(order) - set(keys)
+    if unknown:
+        raise TypeError(f"{type(result).__name__}.json_order names no field or derived key: {sorted(unknown)}")
+    first = {key: data[key] for key in order if key in data}
+    return {**first, **{key: value for key, value in data.items() if key not in first}}
 
 
 class JsonResult:
@@ -140,6 +149,9 @@ class JsonResult:
 
     json_derived: ClassVar[tuple[str | tuple[str, str], ...]] = ()
     """Properties (or class attributes) added after the fields: a name, or (JSON key, attribute name)."""
+    json_order: ClassVar[tuple[str, ...]] = ()
+    """Keys written first, in this order (the rest follow: fields, then derived); only where the JSON's order has
+    always differed from the fields' (docs show it)."""
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON values: what `--json` prints and report.json holds."""

@@ -29,6 +29,18 @@ def _plain(value: Any) -> bool:
     return value is None or type(value) in (str, int, float, bool)
 
 
+def key_orders(value: Any, path: str = "") -> dict[str, list[str]]:
+    """The key order of every dict inside `value`, by its path ("" for the top)."""
+    if isinstance(value, dict):
+        orders = {path: list(value)}
+        for key, item in value.items():
+            orders.update(key_orders(item, f"{path}.{key}"))
+        return orders
+    if isinstance(value, list):
+        return {k: v for i, item in enumerate(value) for k, v in key_orders(item, f"{path}[{i}]").items()}
+    return {}
+
+
 def normalized(data: dict[str, Any], text: str, folder: Path) -> dict[str, Any]:
     """A store summary's JSON and text without what differs from run to run (folder, time, version, the hash of
     an import record, which holds the folder)."""
@@ -51,6 +63,7 @@ def test_json_is_what_the_hand_written_to_json_gave(name: str) -> None:
     data = INSTANCES[name].to_json()
     assert _plain(data), data
     assert json.loads(json.dumps(data)) == PINNED["results"][name]
+    assert key_orders(data) == key_orders(PINNED["results"][name])  # report.json keeps its order too
 
 
 def test_store_summary_json_and_text_are_unchanged(tmp_path: Path) -> None:
@@ -64,5 +77,5 @@ def test_store_summary_json_and_text_are_unchanged(tmp_path: Path) -> None:
             from dmtoolkit.store_checks import format_summary  # before StoreSummary
 
             text = format_summary(summary)
-        assert _plain(data)
         assert normalized(data, text, tmp_path) == PINNED["store_summary"][name], name
+        assert key_orders(data) == key_orders(PINNED["store_summary"][name]["json"])

@@ -65,6 +65,8 @@ class EstimateAnalyses(JsonResult):
     lds: LdsResult | None = json_field(omit="none", convert=lds_figures, default=None)
     notes: tuple[str, ...] = json_field(omit="empty", default=())
 
+    json_order = ("file", "estimator", "kind", "shape", "store", "notes")
+
     def lds_summary(self) -> dict[str, Any] | None:
         """The LDS figures the report shows (`LDS_KEYS`), or None without an LDS."""
         return None if self.lds is None else lds_figures(self.lds)

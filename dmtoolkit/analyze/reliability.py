@@ -218,6 +218,7 @@ class StoreReliability(JsonResult):
     kind: str = "class"              # the store's unit (mask column): class | example
 
     json_derived = ("verdicts",)
+    json_order = ("path", "kind")
 
     @property
     def answers(self) -> tuple[tuple[str, str], ...]:
@@ -317,6 +318,7 @@ class ReliabilityReport(Displayable):
 
     goals: ClassVar[tuple[float, ...]] = GOALS
     json_derived = ("goals", "verdicts", "cross_run")
+    json_order = ("estimator", "goals", "verdicts", "stores", "cross_run")
 
     @property
     def verdicts(self) -> list[str]:

@@ -69,6 +69,8 @@ class ClassRanking(Displayable):
     level: float | None = None
     interval_note: str = NO_STDERR
 
+    json_order = ("file", "estimator", "target_class", "targets", "level", "interval_note")
+
     def _table(self) -> tuple[tuple[str, ...], list[tuple[Any, ...]]]:
         """Every class with a defined mean, most positive first (`overall`), ranked from 1."""
         columns = ("index", "name", "influence", "low", "high")
@@ -101,6 +103,8 @@ class Subpopulation(Displayable):
     images: Any = not_in_json()
     level: float | None = None
     interval_note: str = NO_STDERR
+
+    json_order = ("file", "class", "level", "interval_note")
 
     def _table(self) -> tuple[tuple[str, ...], list[tuple[Any, ...]]]:
         columns = ("target", "name", "influence", "low", "high")
@@ -144,6 +148,9 @@ class Explanation(Displayable):
     level: float | None = None
     fdr: float = 0.05
     interval_note: str = NO_STDERR
+
+    json_order = ("file", "target", "true_label", "predicted_label", "models", "fraction_correct", "level", "fdr",
+                  "interval_note")
 
     def _table(self) -> tuple[tuple[str, ...], list[tuple[Any, ...]]]:
         """The most negative, then the most positive classes, with their evidence (`side` says which list)."""
@@ -277,6 +284,7 @@ class PredictionTrust(JsonResult):
     studies: str = ""
 
     json_derived = ("reach", "beyond", "statement", "brief", "confirm")
+    json_order = ("models", "classes", "removed", "kept_mean", "kept_min", "kept_max", "reach", "beyond", "regime")
 
     @property
     def reach(self) -> float | None:
@@ -366,6 +374,9 @@ class Recommendation(Displayable):
     trust: PredictionTrust | None = None
 
     json_derived = ("validation_targets", "test_targets", "message", "explanation")
+    json_order = ("file", "estimator", "validation_fraction", "split_seed", "validation_targets", "test_targets",
+                  "validation_columns", "test_columns", "full_predicted_accuracy", "level", "interval_note", "fdr",
+                  "harmful", "message", "explanation", "removal_evidence", "chosen")
 
     @property
     def validation_targets(self) -> int:
@@ -451,6 +462,9 @@ class LeakPair(JsonResult):
     flagged: bool = False
     feature_score: float | None = None
 
+    json_order = ("rank", "source", "source_id", "source_label", "target", "target_label", "influence", "ranking_score",
+                  "pixel_score", "feature_score")
+
 
 @dataclass(frozen=True)
 class SourceCopy(JsonResult):
@@ -478,6 +492,7 @@ class SourceCopy(JsonResult):
     confirmed: bool | None = None
 
     json_derived = ("kind",)
+    json_order = ("source", "source_id", "source_label", "target", "target_label", "kind", "exact")
 
     @property
     def kind(self) -> str:
@@ -550,6 +565,9 @@ class LeakageReport(Displayable):
     target_test_images: Any = not_in_json()
 
     json_derived = ("verdict", ("remove", "removal_ids"))
+    json_order = ("file", "estimator", "ranking", "one_per_source", "fdr", "near_duplicate", "evidence", "features",
+                  "message", "verdict", "copies", "pixel_evidence", "models_add", "scanned", "remove", "flagged",
+                  "influence_only", "near_duplicate_only")
 
     def images_of(self, pair: LeakPair | SourceCopy) -> tuple[Any, Any]:
         """(source image, target image) of any pair or copy of this report (from the images it read)."""
@@ -615,6 +633,9 @@ class MislabelCandidate(JsonResult):
     target_p: float | None = None
     flagged: bool = False
 
+    json_order = ("rank", "source", "source_id", "label", "score", "p_value", "q_value", "source_p", "target_p",
+                  "flagged")
+
 
 @dataclass(frozen=True)
 class MislabelScore(JsonResult):
@@ -647,6 +668,8 @@ class MislabelReport(Displayable):
     flagged: tuple[MislabelCandidate, ...] = ()
     planted_top: MislabelScore | None = json_field(omit="none", default=None)
 
+    json_order = ("file", "estimator", "by", "fdr", "evidence", "message", "flagged")
+
     def _table(self) -> tuple[tuple[str, ...], list[tuple[Any, ...]]]:
         columns = ("rank", "source", "source_id", "label", "score", "source_p", "target_p", "p_value", "q_value",
                    "flagged")
@@ -676,6 +699,7 @@ class DemoSummary(Displayable):
     report: str
 
     json_derived = ("models",)
+    json_order = ("out", "scale", "models")
 
     @property
     def models(self) -> dict[str, int]:

@@ -83,6 +83,7 @@ class LdsCurve(JsonResult):
     method: ClassVar[str] = ("estimator refitted on half the fitting models (whole draws), LDS on the same test "
                              "models, log-linear extrapolation")
     json_derived = ("method",)
+    json_order = ("method",)
 
     @property
     def rising(self) -> bool:
@@ -142,6 +143,9 @@ class LdsResult(Displayable):
     curve_note: str = ""                              # why there is no curve, when there is none
 
     json_derived = ("verdict", "histogram")
+    json_order = ("estimator", "estimate_file", "store", "heldout_models", "targets", "lds_mean", "lds_median",
+                  "lds_interval", "heldout_units", "undefined_targets", "constant_predictions", "verdict", "curve",
+                  "curve_note")
 
     @property
     def verdict(self) -> str:
