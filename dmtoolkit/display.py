@@ -7,8 +7,8 @@ their table is in `_table()`: column names and one tuple per row. Everything els
 
 Their `to_json()` (what `--json` prints and report.json holds) is `JsonResult`'s, also here once: every field in
 declaration order under its own name, converted to plain JSON values (`plain`), then the type's `json_derived`
-properties (`json_order` puts named keys first). A field says otherwise in its metadata (`json_field`): another key (`class_name` -> "class"), no key
-(images), no key when its value is None or empty, or a conversion of its own.
+properties (`json_order` puts named keys first). A field says otherwise in its metadata (`json_field`): another
+key (`class_name` -> "class"), no key (images), no key when its value is None or empty, or a conversion of its own.
 
 The text is exactly what the CLI prints: `dmtoolkit.report.text` owns the formatters and registers them by
 the result type's dotted name (`register_text`). Results sit below the report layer and may not import it
@@ -70,7 +70,7 @@ JSON_CONVERT = "json_convert"
 """Field metadata: a function applied to the value before `plain` (e.g. a pair to a dict with named keys)."""
 
 
-def json_field(key: str | None | Any = dataclasses.MISSING, *, omit: str | None = None,
+def json_field(key: Any = dataclasses.MISSING, *, omit: str | None = None,
                convert: Callable[[Any], Any] | None = None, **kwargs: Any) -> Any:
     """A dataclass field that says how `JsonResult.to_json` writes it: under `key` (default: its name; None: not
     at all), left out when its value is None (`omit="none"`) or empty (`omit="empty"`), through `convert`.
@@ -150,8 +150,8 @@ class JsonResult:
     json_derived: ClassVar[tuple[str | tuple[str, str], ...]] = ()
     """Properties (or class attributes) added after the fields: a name, or (JSON key, attribute name)."""
     json_order: ClassVar[tuple[str, ...]] = ()
-    """Keys written first, in this order (the rest follow: fields, then derived); only where the JSON's order has
-    always differed from the fields' (docs show it)."""
+    """Keys written first, in this order (the rest follow: fields, then derived): where the order the JSON has
+    always had differs from the fields' (report.json is written unsorted; docs/python-api.md shows one)."""
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON values: what `--json` prints and report.json holds."""

@@ -77,3 +77,62 @@ def test_store_summary_json_and_text_are_unchanged(tmp_path: Path) -> None:
         assert key_orders(data) == key_orders(PINNED["store_summary"][name]["json"])
         assert summary.models.completed == data["models"]["completed"] and summary.path == data["path"]
         assert (summary.planted is None) == ("planted" not in data) and summary.to_frame().shape == (3, 5)
+
+
+# the conversion itself ----------------------------------------------------------------------------------------
+def test_plain_converts_nested_values_numpy_and_paths() -> None:
+    import numpy as np
+
+    from dmtoolkit.display import plain
+
+    value = {1: (np.float32(0.5), np.int64(3), np.bool_(True), np.str_("a")), "p": Path("x/y.h5"),
+             "a": np.arange(3).reshape(1, 3), "n": None}
+    assert plain(value) == {"1": [0.5, 3, True, "a"], "p": "x/y.h5", "a": [[0, 1, 2]], "n": None}
+    assert _plain(plain(value))
+    with pytest.raises(TypeError, match="set has no JSON form"):
+        plain({1, 2})
+
+
+def test_fields_say_how_they_are_written() -> None:
+    from dataclasses import dataclass
+
+    from dmtoolkit.display import JsonResult, json_field, not_in_json
+
+    @dataclass(frozen=True)
+    class Inner(JsonResult):
+        x: int
+
+    @dataclass(frozen=True)
+    class Outer(JsonResult):
+        name: str = json_field("class")
+        inner: Inner | None = json_field(omit="none", default=None)
+        notes: tuple[str, ...] = json_field(omit="empty", default=())
+        pair: tuple[int, int] = json_field(default=(1, 2), convert=lambda p: {"a": p[0], "b": p[1]})
+        image: object = not_in_json()
+
+        json_derived = ("upper", ("size", "length"))
+        json_order = ("size", "pair")
+
+        @property
+        def upper(self) -> str:
+            return self.name.upper()
+
+        @property
+        def length(self) -> int:
+            return len(self.name)
+
+    assert list(Outer("ab").to_json().items()) == [("size", 2), ("pair", {"a": 1, "b": 2}), ("class", "ab"),
+                                                   ("upper", "AB")]
+    full = Outer("ab", Inner(4), ("n",), image=object()).to_json()
+    assert full["inner"] == {"x": 4} and full["notes"] == ["n"] and "image" not in full
+    assert Outer("ab", Inner(4)) == Outer("ab", Inner(4), image=object())  # images stay out of equality
+
+    @dataclass(frozen=True)
+    class Typo(JsonResult):
+        x: int
+        json_order = ("y",)
+
+    with pytest.raises(TypeError, match=r"Typo.json_order names no field or derived key: \['y'\]"):
+        Typo(1).to_json()
+    with pytest.raises(ValueError, match="omit must be"):
+        json_field(omit="never")
