@@ -40,7 +40,7 @@ from dmtoolkit.analyze.results import (
 )
 from dmtoolkit.estimate.lds import LdsCurve, LdsResult
 from dmtoolkit.report.html import CounterfactualSection, DetectionRow, EstimateSection
-from dmtoolkit.report.summary import Answer
+from dmtoolkit.report.summary import Answer, StoreTrust
 
 
 def instances() -> dict[str, Any]:
@@ -126,6 +126,8 @@ def instances() -> dict[str, Any]:
         "CounterfactualSection": CounterfactualSection(same_order.curve, "data:image/png;base64,"),
         "DetectionRow/leakage": DetectionRow("ex.h5", "leakage", leak_score),
         "DetectionRow/mislabels": DetectionRow("ex.h5", "mislabels", flip_score), "Answer": answer,
+        "StoreTrust": StoreTrust("run.h5", "class", 40, 0.5, 0.75, {"0.8": 60.0, "0.9": None}),
+        "StoreTrust/bare": StoreTrust("run.h5", "example", 4),
     }
 
 

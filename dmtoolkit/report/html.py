@@ -10,7 +10,6 @@ their `to_json()`.
 from __future__ import annotations
 
 import base64
-import dataclasses
 import json
 import time
 from collections.abc import Callable
@@ -305,7 +304,7 @@ def build_report(directory: str | Path, out_dir: str | Path, *, top: int = 10, s
     write_text_atomic(page_json, json.dumps(
         {"summary": [a.to_json() for a in answers], "runs": [r.to_json() for r in runs],
          "estimates": [e.to_json() for e in estimates],
-         "reliability": [dataclasses.asdict(s) for s in stores],
+         "reliability": [s.to_json() for s in stores],
          "counterfactuals": [c.to_json() for c in counterfactuals],
          "detection": [d.to_json() for d in detection], "notes": notes.listed()}, indent=2, default=str),
         force=force, inputs=inputs)

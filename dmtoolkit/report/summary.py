@@ -28,7 +28,7 @@ Note = Callable[[str], int]
 
 
 @dataclass(frozen=True)
-class StoreTrust:
+class StoreTrust(JsonResult):
     """What the trust answer reads about one run store: its size, its class-ranking reliability (None: not
     class-level or not computable) and the models one run needs for 0.8 / 0.9 (from `reliability_report`)."""
 
