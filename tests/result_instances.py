@@ -74,7 +74,8 @@ def instances() -> dict[str, Any]:
     leak_score = LeakageScore(2, 3, 1, 0.5, 1 / 3, 0)
     leakage = LeakageReport("ex.h5", "influence", "two-way-z", True, (pair, look_alike), 0.05, 0.985, "evidence",
                             "message", (pair,), (look_alike,), (), leak_score, LeakageScore(1, 3, 0, 0.0, 0.0, 1),
-                            None, LeakageScore(3, 3, 2, 2 / 3, 2 / 3, 0), None, "features", (copy, near),
+                            LeakageScore(2, 3, 2, 1.0, 2 / 3, 0), LeakageScore(3, 3, 2, 2 / 3, 2 / 3, 0),
+                            LeakageScore(4, 3, 1, 0.25, 1 / 3, 2), "features", (copy, near),
                             "pixels", "models add", (12, 10), True, source_images=np.zeros((2, 2)))
     bare_leakage = LeakageReport("ex.h5", "datamodels", "influence", False, (), thresholded=False)
     flip = MislabelCandidate(1, 3, "ex3", "c1", -2.0, True, "c0", 0.001, 0.002, 0.01, 0.001, True)

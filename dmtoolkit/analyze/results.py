@@ -567,7 +567,8 @@ class LeakageReport(Displayable):
     json_derived = ("verdict", ("remove", "removal_ids"))
     json_order = ("file", "estimator", "ranking", "one_per_source", "fdr", "near_duplicate", "evidence", "features",
                   "message", "verdict", "copies", "pixel_evidence", "models_add", "scanned", "remove", "flagged",
-                  "influence_only", "near_duplicate_only")
+                  "influence_only", "near_duplicate_only", "pairs", "planted", "planted_influence_only",
+                  "planted_pixel_only", "planted_feature_top")
 
     def images_of(self, pair: LeakPair | SourceCopy) -> tuple[Any, Any]:
         """(source image, target image) of any pair or copy of this report (from the images it read)."""
