@@ -355,10 +355,11 @@ def store_info(store_path: Path, as_json: bool) -> None:
     Example:
       dmtoolkit store info stores/runs.h5 --json
     """
-    from dmtoolkit.store_checks import format_summary, store_summary
+    from dmtoolkit.report.text import format_store_summary
+    from dmtoolkit.store_checks import store_summary
 
     summary = store_summary(store_path)
-    _echo_json(summary) if as_json else click.echo(format_summary(summary))
+    _echo_json(summary.to_json()) if as_json else click.echo(format_store_summary(summary))
 
 
 @store.command("validate")

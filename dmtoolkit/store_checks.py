@@ -1,28 +1,126 @@
-"""Human and machine summaries of a run store, and a validator that lists every problem it finds."""
+"""Human and machine summaries of a run store (`StoreSummary`), and a validator that lists every problem it finds."""
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from dmtoolkit.display import Displayable, JsonResult, json_field
 from dmtoolkit.errors import RecipeError
 from dmtoolkit.masks import make_masks
 from dmtoolkit.store import RunStore
 
 
-def _stats(values: np.ndarray) -> dict[str, float] | None:
-    values = values[np.isfinite(values)]
-    if not len(values):
-        return None
-    return {"mean": float(values.mean()), "std": float(values.std()), "min": float(values.min()),
-            "max": float(values.max())}
+@dataclass(frozen=True)
+class Spread(JsonResult):
+    """Mean, standard deviation (ddof 0), min and max of a per-model value over the completed rows."""
+
+    mean: float
+    std: float
+    min: float
+    max: float
+
+    @classmethod
+    def of(cls, values: np.ndarray) -> Spread | None:
+        """Over the finite `values`; None when there are none."""
+        values = values[np.isfinite(values)]
+        if not len(values):
+            return None
+        return cls(float(values.mean()), float(values.std()), float(values.min()), float(values.max()))
 
 
-def store_summary(path: str | Path) -> dict[str, Any]:
-    """What a person asks first: progress, accuracies, shapes, recipe, planted counts."""
+@dataclass(frozen=True)
+class ModelCount(JsonResult):
+    completed: int
+    total: int
+
+
+@dataclass(frozen=True)
+class StoreShapes(JsonResult):
+    masks: tuple[int, ...]
+    margins: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class SourceCounts(JsonResult):
+    dataset: str
+    classes: int
+    pool_examples: int
+    test_examples: int
+
+
+@dataclass(frozen=True)
+class TargetCounts(JsonResult):
+    dataset: str
+    classes: int
+    train_examples: int
+    test_examples: int
+
+
+@dataclass(frozen=True)
+class ImportedFrom(JsonResult):
+    """How an imported store was made: its design and the files read (role -> {"path", "sha256"}; none for
+    in-memory arrays)."""
+
+    design: str
+    files: Mapping[str, Mapping[str, str]]
+
+
+@dataclass(frozen=True)
+class PlantedCounts(JsonResult):
+    """Planted ground truth, counted; harmful: class name -> kind of harm (None: no harmful classes planted)."""
+
+    leaks: int
+    decoys: int
+    near_copy_leaks: int
+    flipped: int
+    harmful: Mapping[str, str] | None = json_field(omit="none", default=None)
+
+
+@dataclass(frozen=True, repr=False)
+class StoreSummary(Displayable):
+    """What a person asks first about a run store (`store_summary`; what `dmtoolkit store info` prints):
+    progress, accuracies, shapes, recipe, where an imported store came from (None: not imported) and the planted
+    counts (None: nothing planted); the JSON leaves those two keys out when None."""
+
+    path: str
+    recipe: str
+    recipe_hash: str
+    kind: str
+    alpha: float
+    seed: int
+    randomness: str
+    models: ModelCount
+    shapes: StoreShapes
+    trainer: str
+    source: SourceCounts
+    target: TargetCounts
+    source_accuracy: Spread | None
+    target_accuracy: Spread | None
+    seconds_per_model: Spread | None
+    created: str
+    package_version: str
+    imported: ImportedFrom | None = json_field(omit="none", default=None)
+    planted: PlantedCounts | None = json_field(omit="none", default=None)
+
+    def _table(self) -> tuple[tuple[str, ...], list[tuple[Any, ...]]]:
+        """Each per-model value over the completed rows (None where there are none)."""
+        rows = []
+        for name in ("source_accuracy", "target_accuracy", "seconds_per_model"):
+            spread = getattr(self, name)
+            rows.append((name, *((None,) * 4 if spread is None else (spread.mean, spread.std, spread.min,
+                                                                      spread.max))))
+        return ("value", "mean", "std", "min", "max"), rows
+
+
+def store_summary(path: str | Path) -> StoreSummary:
+    """What a person asks first: progress, accuracies, shapes, recipe, planted counts (`print()` it for the text
+    `dmtoolkit store info` prints, `to_json()` for its --json)."""
     with RunStore(path) as store:
         done = store.completed_mask()
         record = store.import_record
@@ -30,75 +128,39 @@ def store_summary(path: str | Path) -> dict[str, Any]:
         own = "(the trainer's own data)"
         source_dataset = "imported" if record else recipe.source.dataset if recipe.source else own
         target_dataset = "imported" if record else recipe.target.dataset if recipe.target else own
-        summary: dict[str, Any] = {
-            "path": str(store.path),
-            "recipe": "(imported: no recipe)" if record else recipe.name,
-            "recipe_hash": store.recipe_hash,
-            "kind": store.kind,
-            "alpha": store.subset_fraction,
-            "seed": store.seed,
-            "randomness": store.randomness,
-            "models": {"completed": int(done.sum()), "total": store.num_models},
-            "shapes": {"masks": list(store.masks.shape), "margins": list(store.margins.shape)},
-            "trainer": "(imported)" if record else store.trainer,
-            "source": {"dataset": source_dataset, "classes": len(store.source_class_names),
-                       "pool_examples": store.num_source_examples, "test_examples": store.num_source_test},
-            "target": {"dataset": target_dataset, "classes": len(store.target_class_names),
-                       "train_examples": store.num_target_train, "test_examples": store.num_targets},
-            "source_accuracy": _stats(store.column("source_accuracy")[done]),
-            "target_accuracy": _stats(store.column("target_accuracy")[done]),
-            "seconds_per_model": _stats(store.column("seconds")[done]),
-            "created": store.created,
-            "package_version": store.package_version,
-        }
-        if record:
-            summary["imported"] = {"design": record["design"], "files": record["files"]}
         planted = store.planted()
+        counts = None
         if planted is not None:
             leaks = planted.leak_target >= 0
-            summary["planted"] = {
-                "leaks": int(leaks.sum()),
-                "decoys": int((planted.decoy_target >= 0).sum()),
-                "near_copy_leaks": int((leaks & planted.near_copy).sum()),
-                "flipped": int(planted.flipped.sum()),
-            }
-            if planted.harm_kind is not None:
-                names = store.source_class_names
-                summary["planted"]["harmful"] = {names[k]: planted.harm_kind[k] for k in planted.harmful_classes}
-    return summary
-
-
-def format_summary(summary: dict[str, Any]) -> str:
-    """The summary as aligned lines for a terminal."""
-    def stat(name: str, fmt: str = "{:.3f}") -> str:
-        s = summary[name]
-        return "n/a" if s is None else f"{fmt.format(s['mean'])} ± {fmt.format(s['std'])} (min {fmt.format(s['min'])}, max {fmt.format(s['max'])})"
-
-    src, tgt, models = summary["source"], summary["target"], summary["models"]
-    lines = [
-        f"store       {summary['path']}",
-        f"recipe      {summary['recipe']} ({summary['recipe_hash'][:12]})",
-        f"subsets     {summary['kind']}-level, alpha {summary['alpha']}, seed {summary['seed']}, randomness {summary['randomness']}",
-        f"models      {models['completed']}/{models['total']} completed",
-        f"trainer     {summary['trainer']}",
-        f"masks       {tuple(summary['shapes']['masks'])} bool   margins {tuple(summary['shapes']['margins'])} float32",
-        f"source      {src['dataset']}: {src['classes']} classes, {src['pool_examples']} pool examples, {src['test_examples']} test",
-        f"target      {tgt['dataset']}: {tgt['classes']} classes, {tgt['train_examples']} train, {tgt['test_examples']} test",
-        f"source acc  {stat('source_accuracy')}",
-        f"target acc  {stat('target_accuracy')}",
-        f"seconds     {stat('seconds_per_model', '{:.2f}')} per model",
-    ]
-    if "imported" in summary:
-        files = ", ".join(f"{role} {v['path']} (sha256 {v['sha256'][:12]})"
-                          for role, v in summary["imported"]["files"].items())
-        lines.append(f"imported    design {summary['imported']['design']}; from {files or 'in-memory arrays'}")
-    if "planted" in summary:
-        p = summary["planted"]
-        lines.append(f"planted     {p['leaks']} leaks ({p['near_copy_leaks']} near copies), {p['decoys']} decoys, {p['flipped']} flipped labels")
-        if "harmful" in p:
-            classes = ", ".join(f"{name} ({kind})" for name, kind in p["harmful"].items())
-            lines.append(f"            {len(p['harmful'])} harmful classes: {classes}")
-    return "\n".join(lines)
+            names = store.source_class_names
+            counts = PlantedCounts(
+                leaks=int(leaks.sum()), decoys=int((planted.decoy_target >= 0).sum()),
+                near_copy_leaks=int((leaks & planted.near_copy).sum()), flipped=int(planted.flipped.sum()),
+                harmful=None if planted.harm_kind is None else {names[k]: planted.harm_kind[k]
+                                                                for k in planted.harmful_classes})
+        return StoreSummary(
+            path=str(store.path),
+            recipe="(imported: no recipe)" if record else recipe.name,
+            recipe_hash=store.recipe_hash,
+            kind=store.kind,
+            alpha=store.subset_fraction,
+            seed=store.seed,
+            randomness=store.randomness,
+            models=ModelCount(int(done.sum()), store.num_models),
+            shapes=StoreShapes(tuple(store.masks.shape), tuple(store.margins.shape)),
+            trainer="(imported)" if record else store.trainer,
+            source=SourceCounts(source_dataset, len(store.source_class_names), store.num_source_examples,
+                                store.num_source_test),
+            target=TargetCounts(target_dataset, len(store.target_class_names), store.num_target_train,
+                                store.num_targets),
+            source_accuracy=Spread.of(store.column("source_accuracy")[done]),
+            target_accuracy=Spread.of(store.column("target_accuracy")[done]),
+            seconds_per_model=Spread.of(store.column("seconds")[done]),
+            created=store.created,
+            package_version=store.package_version,
+            imported=ImportedFrom(record["design"], record["files"]) if record else None,
+            planted=counts,
+        )
 
 
 def validate_store(path: str | Path) -> list[str]:

@@ -149,7 +149,7 @@ def test_recipe_key_is_validated_and_leaves_old_hashes_alone() -> None:
 def test_store_records_harmful_classes_and_validates(tmp_path: Path) -> None:
     from dmtoolkit.run.prepare import build_run_data
     from dmtoolkit.store import RunStore, create_store
-    from dmtoolkit.store_checks import format_summary, store_summary, validate_store
+    from dmtoolkit.store_checks import store_summary, validate_store
 
     recipe = parse_recipe_dict({**SMALL_RECIPE, "planting": {**SMALL_RECIPE["planting"],
                                                               "harmful": {"kinds": ["conflict", "duplicate"],
@@ -166,7 +166,7 @@ def test_store_records_harmful_classes_and_validates(tmp_path: Path) -> None:
         conflict = planted.harm_kind.index("conflict")
         assert names[conflict] in [str(d) for d in range(10)] and planted.harm_from[conflict] == -1  # all digits
         assert names[-1].endswith("~") and planted.harm_kind[-1] == "duplicate"
-    summary = format_summary(store_summary(path))
+    summary = str(store_summary(path))
     assert f"2 harmful classes: {names[conflict]} (conflict), {names[-1]} (duplicate)" in summary
     from click.testing import CliRunner
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from dmtoolkit.analyze.estimates import OpenedEstimate, load_estimate
 from dmtoolkit.analyze.options import RANK_TOP
+from dmtoolkit.display import JsonResult, json_field
 from dmtoolkit.errors import UserError
 
 if TYPE_CHECKING:
@@ -38,42 +39,37 @@ OVERVIEW_SUBPOP_SIZE = 8
 T = TypeVar("T")
 
 
+def lds_figures(lds: LdsResult) -> dict[str, Any]:
+    """The LDS figures the report keeps of an `LdsResult` (`LDS_KEYS`)."""
+    return {k: getattr(lds, k) for k in LDS_KEYS}
+
+
 @dataclass(frozen=True)
-class EstimateAnalyses:
+class EstimateAnalyses(JsonResult):
     """One estimate file and the results of every analysis that applies to it (None: not applicable, or failed:
-    `notes` says which and why, as "analysis: message")."""
+    `notes` says which and why, as "analysis: message"). The JSON leaves out what is None or empty, the
+    subpopulations (figures only) and the LDS per target (`lds_figures`)."""
 
     file: Path
     estimator: str
     kind: str
     shape: tuple[int, int]
     store: str  # the run store the estimate records
-    store_name: str  # file name of the run store read (the recorded one, or one of its name that moved)
-    has_errors: bool  # the estimate carries standard errors (its analyses can give intervals and flag)
-    rank: ClassRanking | None = None
-    recommend: Recommendation | None = None
-    subpopulations: tuple[Subpopulation, ...] = ()
-    leakage: LeakageReport | None = None
-    mislabels: MislabelReport | None = None
-    lds: LdsResult | None = None
-    notes: tuple[str, ...] = ()
+    store_name: str = json_field(None)  # file name of the run store read (the recorded one, or one that moved)
+    has_errors: bool = json_field(None)  # the estimate carries standard errors (its analyses give intervals, flag)
+    rank: ClassRanking | None = json_field(omit="none", default=None)
+    recommend: Recommendation | None = json_field(omit="none", default=None)
+    subpopulations: tuple[Subpopulation, ...] = json_field(None, default=())
+    leakage: LeakageReport | None = json_field(omit="none", default=None)
+    mislabels: MislabelReport | None = json_field(omit="none", default=None)
+    lds: LdsResult | None = json_field(omit="none", convert=lds_figures, default=None)
+    notes: tuple[str, ...] = json_field(omit="empty", default=())
+
+    json_order = ("file", "estimator", "kind", "shape", "store", "notes")
 
     def lds_summary(self) -> dict[str, Any] | None:
         """The LDS figures the report shows (`LDS_KEYS`), or None without an LDS."""
-        return None if self.lds is None else {k: getattr(self.lds, k) for k in LDS_KEYS}
-
-    def to_json(self) -> dict[str, Any]:
-        data: dict[str, Any] = {"file": str(self.file), "estimator": self.estimator, "kind": self.kind,
-                                "shape": list(self.shape), "store": self.store}
-        if self.notes:
-            data["notes"] = list(self.notes)
-        for name, result in (("rank", self.rank), ("recommend", self.recommend), ("leakage", self.leakage),
-                             ("mislabels", self.mislabels)):
-            if result is not None:
-                data[name] = result.to_json()
-        if self.lds is not None:
-            data["lds"] = self.lds_summary()
-        return data
+        return None if self.lds is None else lds_figures(self.lds)
 
 
 def moved_store(est: Estimate, stores: Sequence[Path]) -> Path | None:

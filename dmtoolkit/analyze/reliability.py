@@ -21,12 +21,12 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
 from dmtoolkit.capabilities import Capability
-from dmtoolkit.display import Displayable, count_up
+from dmtoolkit.display import Displayable, JsonResult, count_up, json_field
 from dmtoolkit.errors import UserError
 from dmtoolkit.estimate.fit import completed_rows, store_draws
 from dmtoolkit.estimate.influence import UndefinedInfluenceWarning, influence_from_arrays
@@ -83,13 +83,15 @@ def class_influence(masks: np.ndarray, margins: np.ndarray, *, estimator: str = 
 
 # split-half -----------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class SplitHalfReliability:
+class SplitHalfReliability(JsonResult):
     """Split-half correlations over several split seeds at one size."""
 
     count: int                          # rows asked for (both halves together)
     seeds: tuple[int, ...]
     values: tuple[float | None, ...]    # one per seed; None where undefined
     half_models: float                  # mean rows per half
+
+    json_derived = ("mean", "sd")
 
     @property
     def defined(self) -> tuple[float, ...]:
@@ -108,10 +110,6 @@ class SplitHalfReliability:
         per_half = None if self.mean is None else models_for_reliability(self.mean, self.half_models, goal)
         return None if per_half is None else 2 * per_half
 
-    def to_json(self) -> dict[str, Any]:
-        return {"count": self.count, "seeds": list(self.seeds), "values": list(self.values),
-                "half_models": self.half_models, "mean": self.mean, "sd": self.sd}
-
 
 # store and cross-run reliability --------------------------------------------------------------------------
 # Agreement here is Spearman over the entries defined in both estimates (a unit in every model, or a target
@@ -129,7 +127,7 @@ def class_target_matrix(influence: np.ndarray, target_labels: np.ndarray, num_cl
 
 
 @dataclass(frozen=True)
-class WithinStore:
+class WithinStore(JsonResult):
     """Split-half reliability of one answer (the class ranking or the class × target-class matrix) in one store.
 
     `split.values` are the Spearman correlations between two halves of whole draws, one per split
@@ -139,8 +137,10 @@ class WithinStore:
     `needed` is the models one run needs for reliability 0.8 and 0.9 (its agreement with another such run).
     """
 
-    split: SplitHalfReliability
+    split: SplitHalfReliability = json_field("split_half")
     models: int
+
+    json_derived = ("full", "needed")
 
     @property
     def full(self) -> float | None:
@@ -150,9 +150,6 @@ class WithinStore:
     @property
     def needed(self) -> dict[str, float | None]:
         return models_needed(self.split.mean, self.split.half_models, GOALS)
-
-    def to_json(self) -> dict[str, Any]:
-        return {"split_half": self.split.to_json(), "models": self.models, "full": self.full, "needed": self.needed}
 
 
 def reduced_margins(margins: np.ndarray, target_labels: np.ndarray, num_classes: int) -> np.ndarray:
@@ -208,7 +205,7 @@ def split_half_agreements(masks: np.ndarray, margins: np.ndarray, draws: Sequenc
 
 
 @dataclass(frozen=True)
-class StoreReliability:
+class StoreReliability(JsonResult):
     """One class-level store: where it is, how it was seeded, and the split-half reliability of its answers."""
 
     path: str
@@ -220,6 +217,9 @@ class StoreReliability:
     matrix: WithinStore
     kind: str = "class"              # the store's unit (mask column): class | example
 
+    json_derived = ("verdicts",)
+    json_order = ("path", "kind")
+
     @property
     def answers(self) -> tuple[tuple[str, str], ...]:
         """(attribute, label) of the two answers, named for the store's kind."""
@@ -230,11 +230,6 @@ class StoreReliability:
         """One readable line per answer (`reliability_verdict`)."""
         return {attr: reliability_verdict(label + (" matrix" if attr == "matrix" else ""), getattr(self, attr))
                 for attr, label in self.answers}
-
-    def to_json(self) -> dict[str, Any]:
-        return {"path": self.path, "kind": self.kind, "models": self.models, "mask_seed": self.mask_seed,
-                "training_seed": self.training_seed, "randomness": self.randomness,
-                "ranking": self.ranking.to_json(), "matrix": self.matrix.to_json(), "verdicts": self.verdicts}
 
 
 def reliability_verdict(label: str, within: WithinStore) -> str:
@@ -267,7 +262,7 @@ def reliability_verdict(label: str, within: WithinStore) -> str:
 
 
 @dataclass(frozen=True)
-class CrossRun:
+class CrossRun(JsonResult):
     """Agreement of one answer between two stores, read as the reliability of one run of `models` models.
 
     Assumption (classical test theory): each store's answer is the true answer plus independent noise whose
@@ -283,6 +278,8 @@ class CrossRun:
     models: float
     predicted: float | None
 
+    json_derived = ("needed",)
+
     @classmethod
     def between(cls, x: np.ndarray, y: np.ndarray, a: WithinStore, b: WithinStore) -> CrossRun:
         """Agreement of answers `x` and `y` (same shape) from two runs whose split-halves are `a` and `b`."""
@@ -292,10 +289,6 @@ class CrossRun:
     @property
     def needed(self) -> dict[str, float | None]:
         return models_needed(self.correlation, self.models, GOALS)
-
-    def to_json(self) -> dict[str, Any]:
-        return {"correlation": self.correlation, "models": self.models, "predicted": self.predicted,
-                "needed": self.needed}
 
 
 def cross_verdict(label: str, cross: CrossRun) -> str:
@@ -319,9 +312,13 @@ class ReliabilityReport(Displayable):
 
     estimator: str
     stores: tuple[StoreReliability, ...]
-    ranking: CrossRun | None = None
-    matrix: CrossRun | None = None
+    ranking: CrossRun | None = json_field(None, default=None)  # in the JSON's "cross_run"
+    matrix: CrossRun | None = json_field(None, default=None)
     warnings: tuple[str, ...] = ()
+
+    goals: ClassVar[tuple[float, ...]] = GOALS
+    json_derived = ("goals", "verdicts", "cross_run")
+    json_order = ("estimator", "goals", "verdicts", "stores", "cross_run")
 
     @property
     def verdicts(self) -> list[str]:
@@ -343,12 +340,13 @@ class ReliabilityReport(Displayable):
                  for answer, cross in (("ranking", self.ranking), ("matrix", self.matrix)) if cross is not None]
         return ("store", "answer", "split_half", "split_half_sd", "full", "models_for_0.8", "models_for_0.9"), rows
 
-    def to_json(self) -> dict[str, Any]:
-        cross = None if self.ranking is None or self.matrix is None else {
-            "ranking": self.ranking.to_json(), "matrix": self.matrix.to_json(),
-            "verdicts": {attr: cross_verdict(label, getattr(self, attr)) for attr, label in self.stores[0].answers}}
-        return {"estimator": self.estimator, "goals": list(GOALS), "verdicts": self.verdicts,
-                "stores": [s.to_json() for s in self.stores], "cross_run": cross, "warnings": list(self.warnings)}
+    @property
+    def cross_run(self) -> dict[str, Any] | None:
+        """For two stores, their agreement on each answer and its verdict line (None for one store)."""
+        if self.ranking is None or self.matrix is None:
+            return None
+        return {"ranking": self.ranking, "matrix": self.matrix,
+                "verdicts": {attr: cross_verdict(label, getattr(self, attr)) for attr, label in self.stores[0].answers}}
 
 
 @dataclass(frozen=True)

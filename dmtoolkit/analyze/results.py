@@ -1,24 +1,26 @@
 """What the analyses return: frozen dataclasses, read by attribute in the CLI, the report and the demo.
 
 Each type has `to_json()`, the machine-readable form `--json` prints and `report.json` holds (keys as they
-have always been). Fields that hold arrays (images for figures) are left out of the JSON and out of
-equality. This module imports neither NumPy nor torch, so formatting code can import it cheaply.
+have always been): `dmtoolkit.display.JsonResult`'s, from the fields (`json_field` renames or omits one) and the
+properties a type lists in `json_derived`. Fields that hold arrays (images for figures) are left out of the JSON
+and out of equality (`not_in_json`). This module imports neither NumPy nor torch, so formatting code can import
+it cheaply.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from dmtoolkit.display import Displayable, rows_of
+from dmtoolkit.display import Displayable, JsonResult, json_field, not_in_json, rows_of
 
 NO_STDERR = "no interval (estimate has no standard errors)"
 """What results say instead of an interval when the estimate (e.g. datamodels) has no standard errors."""
 
 
 @dataclass(frozen=True)
-class ClassEffect:
+class ClassEffect(JsonResult):
     """One source class's effect: its index in the estimate, its name, its (mean) influence, and the bounds of its
     interval at the result's `level` (None when there is no interval: no standard errors, or undefined)."""
 
@@ -27,10 +29,6 @@ class ClassEffect:
     influence: float
     low: float | None = None
     high: float | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        return {"index": self.index, "name": self.name, "influence": self.influence, "low": self.low,
-                "high": self.high}
 
 
 @dataclass(frozen=True)
@@ -42,9 +40,6 @@ class ClassEvidence(ClassEffect):
     p_value: float | None = None
     q_value: float | None = None
     significant: bool | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        return {**super().to_json(), "p_value": self.p_value, "q_value": self.q_value, "significant": self.significant}
 
 
 @dataclass(frozen=True, repr=False)
@@ -74,21 +69,16 @@ class ClassRanking(Displayable):
     level: float | None = None
     interval_note: str = NO_STDERR
 
+    json_order = ("file", "estimator", "target_class", "targets", "level", "interval_note")
+
     def _table(self) -> tuple[tuple[str, ...], list[tuple[Any, ...]]]:
         """Every class with a defined mean, most positive first (`overall`), ranked from 1."""
         columns = ("index", "name", "influence", "low", "high")
         return ("rank", *columns), [(i, *row) for i, row in enumerate(rows_of(self.overall, columns), 1)]
 
-    def to_json(self) -> dict[str, Any]:
-        return {"file": self.file, "estimator": self.estimator, "target_class": self.target_class,
-                "targets": self.targets, "level": self.level, "interval_note": self.interval_note,
-                "overall": [e.to_json() for e in self.overall],
-                "undefined": list(self.undefined), "top": [e.to_json() for e in self.top],
-                "bottom": [e.to_json() for e in self.bottom], "bottom_all": [e.to_json() for e in self.bottom_all]}
-
 
 @dataclass(frozen=True)
-class TargetEffect:
+class TargetEffect(JsonResult):
     """A source class's influence on one target example: its index in the run store, its name ("j:class"), and the
     bounds of its interval (None without one)."""
 
@@ -97,10 +87,6 @@ class TargetEffect:
     influence: float
     low: float | None = None
     high: float | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        return {"target": self.target, "name": self.name, "influence": self.influence, "low": self.low,
-                "high": self.high}
 
 
 @dataclass(frozen=True, repr=False)
@@ -112,36 +98,30 @@ class Subpopulation(Displayable):
     """
 
     file: str
-    class_name: str
+    class_name: str = json_field("class")
     targets: tuple[TargetEffect, ...]
-    images: Any = field(default=None, compare=False, repr=False)
+    images: Any = not_in_json()
     level: float | None = None
     interval_note: str = NO_STDERR
+
+    json_order = ("file", "class", "level", "interval_note")
 
     def _table(self) -> tuple[tuple[str, ...], list[tuple[Any, ...]]]:
         columns = ("target", "name", "influence", "low", "high")
         return columns, rows_of(self.targets, columns)
 
-    def to_json(self) -> dict[str, Any]:
-        return {"file": self.file, "class": self.class_name, "level": self.level, "interval_note": self.interval_note,
-                "targets": [t.to_json() for t in self.targets]}
-
 
 @dataclass(frozen=True)
-class Verification:
+class Verification(JsonResult):
     """Retraining check of an explanation: `repeats` models without class `class_name` and `repeats` with it
     (pair r shares its training seeds); how many classify the target correctly in each group."""
 
-    class_name: str
+    class_name: str = json_field("class")
     repeats: int
     correct_removed: int
     correct_kept: int
     rate_removed: float
     rate_kept: float
-
-    def to_json(self) -> dict[str, Any]:
-        return {"class": self.class_name, "repeats": self.repeats, "correct_removed": self.correct_removed,
-                "correct_kept": self.correct_kept, "rate_removed": self.rate_removed, "rate_kept": self.rate_kept}
 
 
 @dataclass(frozen=True, repr=False)
@@ -164,10 +144,13 @@ class Explanation(Displayable):
     fraction_correct: float | None
     most_negative: tuple[ClassEffect, ...]
     most_positive: tuple[ClassEffect, ...]
-    verify: Verification | None = None
+    verify: Verification | None = json_field(omit="none", default=None)
     level: float | None = None
     fdr: float = 0.05
     interval_note: str = NO_STDERR
+
+    json_order = ("file", "target", "true_label", "predicted_label", "models", "fraction_correct", "level", "fdr",
+                  "interval_note")
 
     def _table(self) -> tuple[tuple[str, ...], list[tuple[Any, ...]]]:
         """The most negative, then the most positive classes, with their evidence (`side` says which list)."""
@@ -177,17 +160,6 @@ class Explanation(Displayable):
                 for side, effects in (("negative", self.most_negative), ("positive", self.most_positive))
                 for e in effects]
         return ("side", *columns), rows
-
-    def to_json(self) -> dict[str, Any]:
-        data = {"file": self.file, "target": self.target, "true_label": self.true_label,
-                "predicted_label": self.predicted_label, "models": self.models,
-                "fraction_correct": self.fraction_correct, "level": self.level, "fdr": self.fdr,
-                "interval_note": self.interval_note,
-                "most_negative": [e.to_json() for e in self.most_negative],
-                "most_positive": [e.to_json() for e in self.most_positive]}
-        if self.verify is not None:
-            data["verify"] = self.verify.to_json()
-        return data
 
 
 @dataclass(frozen=True)
@@ -230,11 +202,18 @@ class CounterfactualResult(Displayable):
     removed_first: tuple[str, ...]
     removed_per_repeat: tuple[tuple[str, ...], ...] = ()
 
+    json_derived = (("removed", "removed_by_k"),)
+
     def removed_at(self, k: int) -> tuple[tuple[str, ...], ...]:
         """The classes removed at `k`, one tuple per repeat (one tuple in all when every repeat removes the same)."""
         orders = self.removed_per_repeat or (self.removed_first,)
         removed = tuple(order[:k] for order in orders)
         return removed[:1] if len(set(removed)) == 1 else removed
+
+    @property
+    def removed_by_k(self) -> dict[str, tuple[tuple[str, ...], ...]]:
+        """`removed_at` of every k, keyed by k as a string (the JSON's "removed")."""
+        return {str(k): self.removed_at(k) for k in self.k}
 
     @property
     def curve(self) -> CounterfactualCurve:
@@ -244,13 +223,6 @@ class CounterfactualResult(Displayable):
         """Target accuracy (mean, std over repeats) per number of classes removed."""
         return ("k", "accuracy_mean", "accuracy_std"), list(zip(self.k, self.accuracy_mean, self.accuracy_std))
 
-    def to_json(self) -> dict[str, Any]:
-        return {"file": self.file, "order": self.order, "repeats": self.repeats, "k": list(self.k),
-                "accuracy_mean": list(self.accuracy_mean), "accuracy_std": list(self.accuracy_std),
-                "accuracy": [list(row) for row in self.accuracy], "removed_first": list(self.removed_first),
-                "removed_per_repeat": [list(order) for order in self.removed_per_repeat],
-                "removed": {str(k): [list(r) for r in self.removed_at(k)] for k in self.k}}
-
 
 LEAK_CATEGORIES = ("likely copy", "influence only", "near duplicate only", "not significant")
 """What the evidence says about a pair: significant influence and near-duplicate content (flagged), significant
@@ -259,7 +231,7 @@ neither."""
 
 
 @dataclass(frozen=True)
-class RemovalCandidate:
+class RemovalCandidate(JsonResult):
     """One candidate removal set of `recommend_removal`: the k most negative classes on the validation part.
 
     predicted_margin_change: predicted change of the mean validation margin (removal − full source), with its
@@ -278,15 +250,9 @@ class RemovalCandidate:
     predicted_accuracy_change: float
     evidence: bool | None = None
 
-    def to_json(self) -> dict[str, Any]:
-        return {"k": self.k, "removed": list(self.removed), "predicted_margin_change": self.predicted_margin_change,
-                "margin_change_low": self.margin_change_low, "margin_change_high": self.margin_change_high,
-                "predicted_accuracy": self.predicted_accuracy,
-                "predicted_accuracy_change": self.predicted_accuracy_change, "evidence": self.evidence}
-
 
 @dataclass(frozen=True)
-class PredictionTrust:
+class PredictionTrust(JsonResult):
     """How far `recommend`'s predicted gain should be trusted, from facts about its store and the removal.
 
     models: fitted models behind the estimate; classes: P; kept_mean / kept_min / kept_max: classes a fitted model
@@ -316,6 +282,9 @@ class PredictionTrust:
     command: str | None = None
     command_note: str = ""
     studies: str = ""
+
+    json_derived = ("reach", "beyond", "statement", "brief", "confirm")
+    json_order = ("models", "classes", "removed", "kept_mean", "kept_min", "kept_max", "reach", "beyond", "regime")
 
     @property
     def reach(self) -> float | None:
@@ -372,15 +341,6 @@ class PredictionTrust:
         return f"confirm by retraining before acting: {self.command}" + (
             f" ({self.command_note})" if self.command_note else "")
 
-    def to_json(self) -> dict[str, Any]:
-        return {"models": self.models, "classes": self.classes, "removed": self.removed,
-                "kept_mean": self.kept_mean, "kept_min": self.kept_min, "kept_max": self.kept_max,
-                "reach": self.reach, "beyond": self.beyond, "regime": self.regime,
-                "validation_targets": self.validation_targets, "flipped": self.flipped,
-                "margin_change": self.margin_change, "margin_low": self.margin_low, "margin_high": self.margin_high,
-                "command": self.command, "command_note": self.command_note, "studies": self.studies,
-                "statement": self.statement, "brief": self.brief, "confirm": self.confirm}
-
 
 @dataclass(frozen=True, repr=False)
 class Recommendation(Displayable):
@@ -412,6 +372,19 @@ class Recommendation(Displayable):
     removal_evidence: tuple[ClassEvidence, ...] = ()
     reason: str = ""
     trust: PredictionTrust | None = None
+
+    json_derived = ("validation_targets", "test_targets", "message", "explanation")
+    json_order = ("file", "estimator", "validation_fraction", "split_seed", "validation_targets", "test_targets",
+                  "validation_columns", "test_columns", "full_predicted_accuracy", "level", "interval_note", "fdr",
+                  "harmful", "message", "explanation", "removal_evidence", "chosen")
+
+    @property
+    def validation_targets(self) -> int:
+        return len(self.validation_columns)
+
+    @property
+    def test_targets(self) -> int:
+        return len(self.test_columns)
 
     @property
     def explanation(self) -> list[str]:
@@ -459,20 +432,9 @@ class Recommendation(Displayable):
                    "margin_change_low", "margin_change_high", "evidence")
         return (*columns, "chosen"), [(*row, row[0] == self.chosen.k) for row in rows_of(self.candidates, columns)]
 
-    def to_json(self) -> dict[str, Any]:
-        return {"file": self.file, "estimator": self.estimator, "validation_fraction": self.validation_fraction,
-                "split_seed": self.split_seed, "validation_targets": len(self.validation_columns),
-                "test_targets": len(self.test_columns), "validation_columns": list(self.validation_columns),
-                "test_columns": list(self.test_columns), "full_predicted_accuracy": self.full_predicted_accuracy,
-                "level": self.level, "interval_note": self.interval_note, "fdr": self.fdr,
-                "harmful": self.harmful, "message": self.message, "explanation": self.explanation,
-                "removal_evidence": [e.to_json() for e in self.removal_evidence], "chosen": self.chosen.to_json(),
-                "candidates": [c.to_json() for c in self.candidates], "reason": self.reason,
-                "trust": None if self.trust is None else self.trust.to_json()}
-
 
 @dataclass(frozen=True)
-class LeakPair:
+class LeakPair(JsonResult):
     """A (source example, target example) pair and its evidence.
 
     source / source_id / source_label: pool index, example id and class name of the source example;
@@ -500,16 +462,12 @@ class LeakPair:
     flagged: bool = False
     feature_score: float | None = None
 
-    def to_json(self) -> dict[str, Any]:
-        return {"rank": self.rank, "source": self.source, "source_id": self.source_id,
-                "source_label": self.source_label, "target": self.target, "target_label": self.target_label,
-                "influence": self.influence, "ranking_score": self.ranking_score, "pixel_score": self.pixel_score,
-                "feature_score": self.feature_score, "p_value": self.p_value, "q_value": self.q_value,
-                "category": self.category, "flagged": self.flagged}
+    json_order = ("rank", "source", "source_id", "source_label", "target", "target_label", "influence", "ranking_score",
+                  "pixel_score", "feature_score")
 
 
 @dataclass(frozen=True)
-class SourceCopy:
+class SourceCopy(JsonResult):
     """A source example that copies a target test image, found from pixels alone (no models needed).
 
     source / source_id / source_label: pool index, example id and class name of the source example;
@@ -533,20 +491,17 @@ class SourceCopy:
     q_value: float | None = None
     confirmed: bool | None = None
 
+    json_derived = ("kind",)
+    json_order = ("source", "source_id", "source_label", "target", "target_label", "kind", "exact")
+
     @property
     def kind(self) -> str:
         """"exact copy" or "near copy"."""
         return "exact copy" if self.exact else "near copy"
 
-    def to_json(self) -> dict[str, Any]:
-        return {"source": self.source, "source_id": self.source_id, "source_label": self.source_label,
-                "target": self.target, "target_label": self.target_label, "kind": self.kind,
-                "exact": self.exact, "pixel_score": self.pixel_score, "influence": self.influence,
-                "p_value": self.p_value, "q_value": self.q_value, "confirmed": self.confirmed}
-
 
 @dataclass(frozen=True)
-class LeakageScore:
+class LeakageScore(JsonResult):
     """Pairs scored against planted leaks: k pairs, planted_leaks findable (their target is covered by the
     estimate), hits (exact pairs), precision and recall (None when undefined; precision@k / recall@k for a
     top-k list), decoys_flagged (pairs whose source is a planted decoy)."""
@@ -557,11 +512,6 @@ class LeakageScore:
     precision_at_k: float | None
     recall_at_k: float | None
     decoys_flagged: int
-
-    def to_json(self) -> dict[str, Any]:
-        return {"k": self.k, "planted_leaks": self.planted_leaks, "hits": self.hits,
-                "precision_at_k": self.precision_at_k, "recall_at_k": self.recall_at_k,
-                "decoys_flagged": self.decoys_flagged}
 
 
 @dataclass(frozen=True, repr=False)
@@ -595,23 +545,30 @@ class LeakageReport(Displayable):
     flagged: tuple[LeakPair, ...] = ()
     influence_only: tuple[LeakPair, ...] = ()
     near_duplicate_only: tuple[LeakPair, ...] = ()
-    planted: LeakageScore | None = None
-    planted_influence_only: LeakageScore | None = None
-    planted_pixel_only: LeakageScore | None = None
-    planted_top: LeakageScore | None = None
-    planted_feature_top: LeakageScore | None = None
+    planted: LeakageScore | None = json_field(omit="none", default=None)
+    planted_influence_only: LeakageScore | None = json_field(omit="none", default=None)
+    planted_pixel_only: LeakageScore | None = json_field(omit="none", default=None)
+    planted_top: LeakageScore | None = json_field(omit="none", default=None)
+    planted_feature_top: LeakageScore | None = json_field(omit="none", default=None)
     features: str = ""
     copies: tuple[SourceCopy, ...] = ()
     pixel_evidence: str = ""
     models_add: str = ""
-    scanned: tuple[int, int] = (0, 0)
-    thresholded: bool = True
-    source_images: Any = field(default=None, compare=False, repr=False)
-    target_images: Any = field(default=None, compare=False, repr=False)
-    pool_images: Any = field(default=None, compare=False, repr=False)
-    covered_target_images: Any = field(default=None, compare=False, repr=False)
-    target_index: Any = field(default=None, compare=False, repr=False)
-    target_test_images: Any = field(default=None, compare=False, repr=False)
+    scanned: tuple[int, int] = json_field(default=(0, 0), convert=lambda counts: {
+        "source_examples": counts[0], "target_test_images": counts[1]})
+    thresholded: bool = json_field(None, default=True)
+    source_images: Any = not_in_json()
+    target_images: Any = not_in_json()
+    pool_images: Any = not_in_json()
+    covered_target_images: Any = not_in_json()
+    target_index: Any = not_in_json()
+    target_test_images: Any = not_in_json()
+
+    json_derived = ("verdict", ("remove", "removal_ids"))
+    json_order = ("file", "estimator", "ranking", "one_per_source", "fdr", "near_duplicate", "evidence", "features",
+                  "message", "verdict", "copies", "pixel_evidence", "models_add", "scanned", "remove", "flagged",
+                  "influence_only", "near_duplicate_only", "pairs", "planted", "planted_influence_only",
+                  "planted_pixel_only", "planted_feature_top")
 
     def images_of(self, pair: LeakPair | SourceCopy) -> tuple[Any, Any]:
         """(source image, target image) of any pair or copy of this report (from the images it read)."""
@@ -651,26 +608,9 @@ class LeakageReport(Displayable):
                 pairs.append(pair)
         return columns, rows_of(pairs, columns)
 
-    def to_json(self) -> dict[str, Any]:
-        data = {"file": self.file, "estimator": self.estimator, "ranking": self.ranking,
-                "one_per_source": self.one_per_source, "fdr": self.fdr, "near_duplicate": self.near_duplicate,
-                "evidence": self.evidence, "features": self.features, "message": self.message,
-                "verdict": self.verdict, "copies": [c.to_json() for c in self.copies],
-                "pixel_evidence": self.pixel_evidence, "models_add": self.models_add,
-                "scanned": {"source_examples": self.scanned[0], "target_test_images": self.scanned[1]},
-                "remove": self.removal_ids,
-                "flagged": [p.to_json() for p in self.flagged],
-                "influence_only": [p.to_json() for p in self.influence_only],
-                "near_duplicate_only": [p.to_json() for p in self.near_duplicate_only],
-                "pairs": [p.to_json() for p in self.pairs]}
-        for key in ("planted", "planted_influence_only", "planted_pixel_only", "planted_feature_top", "planted_top"):
-            if getattr(self, key) is not None:
-                data[key] = getattr(self, key).to_json()
-        return data
-
 
 @dataclass(frozen=True)
-class MislabelCandidate:
+class MislabelCandidate(JsonResult):
     """A source example that may hurt, rank 1 strongest evidence (or most harmful without evidence).
 
     label: its (possibly flipped) class name; score: see MISLABEL_SCORES (more negative = more harmful);
@@ -686,26 +626,20 @@ class MislabelCandidate:
     source_id: str
     label: str
     score: float
-    planted_flip: bool | None = None
-    original_label: str | None = None
+    planted_flip: bool | None = json_field(omit="none", default=None)
+    original_label: str | None = json_field(omit="none", default=None)
     p_value: float | None = None
     q_value: float | None = None
     source_p: float | None = None
     target_p: float | None = None
     flagged: bool = False
 
-    def to_json(self) -> dict[str, Any]:
-        data = {"rank": self.rank, "source": self.source, "source_id": self.source_id, "label": self.label,
-                "score": self.score, "p_value": self.p_value, "q_value": self.q_value, "source_p": self.source_p,
-                "target_p": self.target_p, "flagged": self.flagged}
-        if self.planted_flip is not None:
-            data["planted_flip"] = self.planted_flip
-            data["original_label"] = self.original_label
-        return data
+    json_order = ("rank", "source", "source_id", "label", "score", "p_value", "q_value", "source_p", "target_p",
+                  "flagged")
 
 
 @dataclass(frozen=True)
-class MislabelScore:
+class MislabelScore(JsonResult):
     """Candidates scored against planted label flips: k candidates, flipped examples in the store, AUC of the
     ranking for flipped vs not (None when undefined), precision@k, hits (flipped among the k), recall."""
 
@@ -715,10 +649,6 @@ class MislabelScore:
     precision_at_k: float | None
     hits: int
     recall_at_k: float | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        return {"k": self.k, "flipped": self.flipped, "auc": self.auc, "precision_at_k": self.precision_at_k,
-                "hits": self.hits, "recall_at_k": self.recall_at_k}
 
 
 @dataclass(frozen=True, repr=False)
@@ -732,26 +662,19 @@ class MislabelReport(Displayable):
     estimator: str
     by: str
     candidates: tuple[MislabelCandidate, ...]
-    planted: MislabelScore | None = None
+    planted: MislabelScore | None = json_field(omit="none", default=None)
     fdr: float = 0.05
     evidence: str = ""
     message: str = ""
     flagged: tuple[MislabelCandidate, ...] = ()
-    planted_top: MislabelScore | None = None
+    planted_top: MislabelScore | None = json_field(omit="none", default=None)
+
+    json_order = ("file", "estimator", "by", "fdr", "evidence", "message", "flagged")
 
     def _table(self) -> tuple[tuple[str, ...], list[tuple[Any, ...]]]:
         columns = ("rank", "source", "source_id", "label", "score", "source_p", "target_p", "p_value", "q_value",
                    "flagged")
         return columns, rows_of(self.candidates, columns)
-
-    def to_json(self) -> dict[str, Any]:
-        data = {"file": self.file, "estimator": self.estimator, "by": self.by, "fdr": self.fdr,
-                "evidence": self.evidence, "message": self.message,
-                "flagged": [c.to_json() for c in self.flagged], "candidates": [c.to_json() for c in self.candidates]}
-        for key in ("planted", "planted_top"):
-            if getattr(self, key) is not None:
-                data[key] = getattr(self, key).to_json()
-        return data
 
 
 @dataclass(frozen=True, repr=False)
@@ -767,8 +690,8 @@ class DemoSummary(Displayable):
 
     out: str
     scale: str
-    class_models: int
-    example_models: int
+    class_models: int = json_field(None)
+    example_models: int = json_field(None)
     lds: Mapping[str, float | None]
     digit_ranks: Mapping[str, int | None]
     counterfactual: Mapping[str, CounterfactualResult]
@@ -776,15 +699,14 @@ class DemoSummary(Displayable):
     mislabels: MislabelScore | None
     report: str
 
+    json_derived = ("models",)
+    json_order = ("out", "scale", "models")
+
+    @property
+    def models(self) -> dict[str, int]:
+        """Models per store: {"class": class_models, "example": example_models}."""
+        return {"class": self.class_models, "example": self.example_models}
+
     def _table(self) -> tuple[tuple[str, ...], list[tuple[Any, ...]]]:
         """The mean LDS of each estimate the demo made."""
         return ("estimate", "lds"), list(self.lds.items())
-
-    def to_json(self) -> dict[str, Any]:
-        return {"out": self.out, "scale": self.scale,
-                "models": {"class": self.class_models, "example": self.example_models},
-                "lds": dict(self.lds), "digit_ranks": dict(self.digit_ranks),
-                "counterfactual": {order: cf.to_json() for order, cf in self.counterfactual.items()},
-                "leakage": self.leakage.to_json() if self.leakage is not None else None,
-                "mislabels": self.mislabels.to_json() if self.mislabels is not None else None,
-                "report": self.report}

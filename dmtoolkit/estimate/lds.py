@@ -27,11 +27,11 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
-from dmtoolkit.display import Displayable, count_up
+from dmtoolkit.display import Displayable, JsonResult, count_up, json_field
 from dmtoolkit.errors import StoreError, UserError
 from dmtoolkit.estimate.base import linear_prediction
 from dmtoolkit.estimate.blocks import TargetColumns, row_blocks
@@ -60,7 +60,7 @@ HISTOGRAM_EDGES = np.round(np.linspace(-1, 1, 21), 10)
 
 
 @dataclass(frozen=True)
-class LdsCurve:
+class LdsCurve(JsonResult):
     """How LDS grows with models in this store: the estimator refitted, with the estimate's settings, on half of
     its fitting models (whole draws), scored on the same test models as the estimate itself.
 
@@ -76,22 +76,19 @@ class LdsCurve:
     full_models: int
     half_lds: float | None
     full_lds: float | None
-    gain: float | None
+    gain: float | None = json_field("gain_per_doubling")
     gain_interval: tuple[float, float] | None
     needed: dict[str, float | None]
+
+    method: ClassVar[str] = ("estimator refitted on half the fitting models (whole draws), LDS on the same test "
+                             "models, log-linear extrapolation")
+    json_derived = ("method",)
+    json_order = ("method",)
 
     @property
     def rising(self) -> bool:
         """The gain's interval lies above 0: more models measurably helped in this store."""
         return self.gain_interval is not None and self.gain_interval[0] > 0
-
-    def to_json(self) -> dict[str, Any]:
-        return {"method": "estimator refitted on half the fitting models (whole draws), LDS on the same "
-                          "test models, log-linear extrapolation",
-                "half_models": self.half_models, "full_models": self.full_models, "half_lds": self.half_lds,
-                "full_lds": self.full_lds, "gain_per_doubling": self.gain,
-                "gain_interval": None if self.gain_interval is None else list(self.gain_interval),
-                "needed": self.needed}
 
 
 def lds_verdict(mean: float | None, interval: tuple[float, float] | None, curve: LdsCurve | None,
@@ -138,35 +135,31 @@ class LdsResult(Displayable):
     undefined_targets: int
     constant_predictions: int
     lds_per_target: tuple[float | None, ...]
-    histogram_edges: tuple[float, ...]
-    histogram_counts: tuple[int, ...]
+    histogram_edges: tuple[float, ...] = json_field(None)
+    histogram_counts: tuple[int, ...] = json_field(None)
     lds_interval: tuple[float, float] | None = None  # 95% bootstrap over held-out draws
     heldout_units: int = 0                            # held-out draws resampled (JSON key kept)
     curve: LdsCurve | None = None                     # LDS at half the fitting models (when computed)
     curve_note: str = ""                              # why there is no curve, when there is none
+
+    json_derived = ("verdict", "histogram")
+    json_order = ("estimator", "estimate_file", "store", "heldout_models", "targets", "lds_mean", "lds_median",
+                  "lds_interval", "heldout_units", "undefined_targets", "constant_predictions", "verdict", "curve",
+                  "curve_note")
 
     @property
     def verdict(self) -> str:
         """The one-line reading of the LDS (`lds_verdict`)."""
         return lds_verdict(self.lds_mean, self.lds_interval, self.curve, self.curve_note)
 
+    @property
+    def histogram(self) -> dict[str, tuple[float, ...] | tuple[int, ...]]:
+        """{"edges": histogram_edges, "counts": histogram_counts}."""
+        return {"edges": self.histogram_edges, "counts": self.histogram_counts}
+
     def _table(self) -> tuple[tuple[str, ...], list[tuple[Any, ...]]]:
         """LDS of each target example (None where its held-out margins are constant)."""
         return ("target", "lds"), [(self.targets[0] + i, v) for i, v in enumerate(self.lds_per_target)]
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "estimator": self.estimator, "estimate_file": str(self.estimate_file), "store": str(self.store),
-            "heldout_models": self.heldout_models, "targets": list(self.targets),
-            "lds_mean": self.lds_mean, "lds_median": self.lds_median,
-            "lds_interval": None if self.lds_interval is None else list(self.lds_interval),
-            "heldout_units": self.heldout_units,
-            "undefined_targets": self.undefined_targets, "constant_predictions": self.constant_predictions,
-            "verdict": self.verdict, "curve": None if self.curve is None else self.curve.to_json(),
-            "curve_note": self.curve_note,
-            "lds_per_target": list(self.lds_per_target),
-            "histogram": {"edges": list(self.histogram_edges), "counts": list(self.histogram_counts)},
-        }
 
 
 def _needed(full_models: int, full: float, gain: float, goal: float) -> float:

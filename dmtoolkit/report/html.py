@@ -10,7 +10,6 @@ their `to_json()`.
 from __future__ import annotations
 
 import base64
-import dataclasses
 import json
 import time
 from collections.abc import Callable
@@ -34,6 +33,7 @@ from dmtoolkit.estimate.files import SCHEMA_NAME as ESTIMATE_SCHEMA
 from dmtoolkit.paths import check_input_file
 from dmtoolkit.report.summary import Answer, StoreTrust
 from dmtoolkit.store import SCHEMA_NAME as RUN_SCHEMA
+from dmtoolkit.store_checks import StoreSummary, store_summary
 
 
 def format_p(value: float | None) -> str:
@@ -201,12 +201,12 @@ class Notes:
         return [{"number": n, "text": text, "files": files} for text, (n, files) in self.items.items()]
 
 
-def _reliability(path: Path, summary: dict[str, Any], notes: Notes) -> StoreTrust:
+def _reliability(path: Path, summary: StoreSummary, notes: Notes) -> StoreTrust:
     """What the trust answer reads about a run store: `reliability_report`'s split-half of its ranking (of
     classes, or of examples at the example level), its full-store value and the models needed."""
     from dmtoolkit.analyze.reliability import reliability_report
 
-    completed, kind = int(summary["models"]["completed"]), str(summary.get("kind"))
+    completed, kind = summary.models.completed, summary.kind
     try:
         store = reliability_report(path).stores[0]
     except UserError as error:
@@ -260,7 +260,6 @@ def build_report(directory: str | Path, out_dir: str | Path, *, top: int = 10, s
 
     Both go through the output guard: existing ones are replaced only with `force`, never an input file."""
     from dmtoolkit.report.summary import negative_heading
-    from dmtoolkit.store_checks import store_summary
 
     directory, out_dir = Path(directory), Path(out_dir)
     if not directory.is_dir():
@@ -303,8 +302,9 @@ def build_report(directory: str | Path, out_dir: str | Path, *, top: int = 10, s
         notes=notes.listed())
     write_text_atomic(page, html, force=force, inputs=inputs)
     write_text_atomic(page_json, json.dumps(
-        {"summary": [a.to_json() for a in answers], "runs": runs, "estimates": [e.to_json() for e in estimates],
-         "reliability": [dataclasses.asdict(s) for s in stores],
+        {"summary": [a.to_json() for a in answers], "runs": [r.to_json() for r in runs],
+         "estimates": [e.to_json() for e in estimates],
+         "reliability": [s.to_json() for s in stores],
          "counterfactuals": [c.to_json() for c in counterfactuals],
          "detection": [d.to_json() for d in detection], "notes": notes.listed()}, indent=2, default=str),
         force=force, inputs=inputs)

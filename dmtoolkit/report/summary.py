@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from dmtoolkit.analyze.results import (
     ClassEffect,
@@ -19,7 +18,7 @@ from dmtoolkit.analyze.results import (
     MislabelReport,
     Recommendation,
 )
-from dmtoolkit.display import count_up
+from dmtoolkit.display import JsonResult, count_up, json_field
 
 SHOWN = 3  # classes each way, copies and mislabels listed on the first screen
 GOAL = 0.8  # the reliability the trust answer asks of a class ranking (the toolkit's goal, docs/signal.md)
@@ -29,7 +28,7 @@ Note = Callable[[str], int]
 
 
 @dataclass(frozen=True)
-class StoreTrust:
+class StoreTrust(JsonResult):
     """What the trust answer reads about one run store: its size, its class-ranking reliability (None: not
     class-level or not computable) and the models one run needs for 0.8 / 0.9 (from `reliability_report`)."""
 
@@ -57,7 +56,7 @@ class EstimateTrust:
 
 
 @dataclass(frozen=True)
-class Answer:
+class Answer(JsonResult):
     """One question on the first screen: a verdict (one sentence), its tone (good | warn | bad | info | none:
     not answerable from this folder), an optional small table, the evidence behind it and its caveats.
     `notes` are numbers of notes said once at the bottom of the page."""
@@ -68,15 +67,10 @@ class Answer:
     tone: str
     header: tuple[str, ...] = ()
     rows: tuple[tuple[str, ...], ...] = ()
-    row_tones: tuple[str, ...] = ()
+    row_tones: tuple[str, ...] = json_field(None, default=())  # the page's colours, not in the JSON
     evidence: tuple[str, ...] = ()
     caveats: tuple[str, ...] = ()
     notes: tuple[int, ...] = ()
-
-    def to_json(self) -> dict[str, Any]:
-        return {"key": self.key, "question": self.question, "verdict": self.verdict, "tone": self.tone,
-                "header": list(self.header), "rows": [list(r) for r in self.rows], "evidence": list(self.evidence),
-                "caveats": list(self.caveats), "notes": list(self.notes)}
 
 
 def signed(value: float | None, digits: int = 3) -> str:

@@ -28,6 +28,7 @@ from dmtoolkit.display import count_up, register_text, type_name
 if TYPE_CHECKING:
     from dmtoolkit.analyze.reliability import CrossRun, ReliabilityReport, StoreReliability
     from dmtoolkit.estimate.lds import LdsResult
+    from dmtoolkit.store_checks import Spread, StoreSummary
 
 
 def signed(value: float | None, digits: int = 4) -> str:
@@ -370,11 +371,53 @@ def format_reliability(report: ReliabilityReport) -> str:
     return "\n".join(lines)
 
 
+# run stores ----------------------------------------------------------------------------------------------
+def _spread(spread: Spread | None, digits: int = 3) -> str:
+    """`0.500 ± 0.010 (min 0.480, max 0.520)`; "n/a" without completed rows."""
+    if spread is None:
+        return "n/a"
+    f = lambda v: f"{v:.{digits}f}"  # noqa: E731
+    return f"{f(spread.mean)} ± {f(spread.std)} (min {f(spread.min)}, max {f(spread.max)})"
+
+
+def format_store_summary(summary: StoreSummary) -> str:
+    """`dmtoolkit store info`: the summary as aligned lines for a terminal."""
+    src, tgt, models = summary.source, summary.target, summary.models
+    lines = [
+        f"store       {summary.path}",
+        f"recipe      {summary.recipe} ({summary.recipe_hash[:12]})",
+        f"subsets     {summary.kind}-level, alpha {summary.alpha}, seed {summary.seed}, "
+        f"randomness {summary.randomness}",
+        f"models      {models.completed}/{models.total} completed",
+        f"trainer     {summary.trainer}",
+        f"masks       {tuple(summary.shapes.masks)} bool   margins {tuple(summary.shapes.margins)} float32",
+        f"source      {src.dataset}: {src.classes} classes, {src.pool_examples} pool examples, "
+        f"{src.test_examples} test",
+        f"target      {tgt.dataset}: {tgt.classes} classes, {tgt.train_examples} train, {tgt.test_examples} test",
+        f"source acc  {_spread(summary.source_accuracy)}",
+        f"target acc  {_spread(summary.target_accuracy)}",
+        f"seconds     {_spread(summary.seconds_per_model, 2)} per model",
+    ]
+    if summary.imported is not None:
+        files = ", ".join(f"{role} {v['path']} (sha256 {v['sha256'][:12]})"
+                          for role, v in summary.imported.files.items())
+        lines.append(f"imported    design {summary.imported.design}; from {files or 'in-memory arrays'}")
+    if summary.planted is not None:
+        p = summary.planted
+        lines.append(f"planted     {p.leaks} leaks ({p.near_copy_leaks} near copies), {p.decoys} decoys, "
+                     f"{p.flipped} flipped labels")
+        if p.harmful is not None:
+            classes = ", ".join(f"{name} ({kind})" for name, kind in p.harmful.items())
+            lines.append(f"            {len(p.harmful)} harmful classes: {classes}")
+    return "\n".join(lines)
+
+
 # print(result) in a notebook shows what the CLI prints (dmtoolkit.display): result type -> its formatter.
-# By dotted name, so this module imports neither estimate.lds nor reliability (both need NumPy).
+# By dotted name, so this module imports neither estimate.lds, reliability nor store_checks (they need NumPy).
 register_text({type_name(cls): formatter for cls, formatter in (
     (ClassRanking, format_ranking), (Subpopulation, format_subpopulation), (Explanation, format_explanation),
     (CounterfactualResult, format_counterfactual), (LeakageReport, format_leakage), (MislabelReport, format_mislabels),
     (DemoSummary, format_demo), (Recommendation, format_recommendation))})
 register_text({"dmtoolkit.estimate.lds.LdsResult": format_lds,
-               "dmtoolkit.analyze.reliability.ReliabilityReport": format_reliability})
+               "dmtoolkit.analyze.reliability.ReliabilityReport": format_reliability,
+               "dmtoolkit.store_checks.StoreSummary": format_store_summary})
