@@ -18,7 +18,7 @@ from dmtoolkit.analyze import (
     rank_classes,
     subpopulation,
 )
-from dmtoolkit.analyze.examples import auc, top_pairs, two_way_z
+from dmtoolkit.analyze.leakage import auc, top_pairs, two_way_z
 from dmtoolkit.cli import cli
 from dmtoolkit.errors import UserError
 from dmtoolkit.report.figures import leakage_figure, rank_figure, subpop_figure
@@ -288,7 +288,7 @@ def test_class_positions(class_files: tuple[Path, Path]) -> None:
 
 def test_cli_choices_are_the_detectors_own() -> None:
     """The CLI lists its choices without importing torch; they must stay the detectors' names."""
-    from dmtoolkit.analyze.examples import LEAK_RANKINGS, LEAK_SCORERS, MISLABEL_SCORES
+    from dmtoolkit.analyze.leakage import LEAK_RANKINGS, LEAK_SCORERS, MISLABEL_SCORES
     from dmtoolkit.analyze.options import ORDERS
 
     assert tuple(LEAK_SCORERS) == LEAK_RANKINGS  # one scorer per offered name

@@ -14,7 +14,7 @@ import torch
 from click.testing import CliRunner
 
 from dmtoolkit.analyze.evidence import network_calibration
-from dmtoolkit.analyze.examples import detect_leakage, detect_mislabels
+from dmtoolkit.analyze.leakage import detect_leakage, detect_mislabels
 from dmtoolkit.cli import cli
 from dmtoolkit.errors import UserError
 from dmtoolkit.estimate.ensemble import (
@@ -229,7 +229,7 @@ def test_a_rerun_with_other_settings_is_refused_naming_what_differs(store: Path,
 def test_many_influence_only_flags_are_called_an_effect_not_copies() -> None:
     """At a large pool with many networks most images have a reliably non-zero influence somewhere; the line
     must not present thousands of such flags as look-alikes or altered copies."""
-    from dmtoolkit.analyze.examples import _models_add
+    from dmtoolkit.analyze.leakage import _models_add
 
     few = _models_add((), 3, 0.05, True, 100, 100, pool=1000)
     small_pool = _models_add((), 2, 0.05, True, 100, 100, pool=12)  # a large share of a tiny pool is not "many"
