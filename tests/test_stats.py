@@ -1,6 +1,6 @@
-"""dmtoolkit.stats against independent references: brute-force definitions (ranking, Benjamini–Hochberg, Simes,
-the bootstrap's weighted correlation by repeating rows), scipy.stats (spearmanr, t and norm), and the analyses
-that rank by the one rule (`rank_classes`, `class_positions`, `removal_ranking`) on an estimate file."""
+"""dmtoolkit.stats against independent references: brute-force definitions (ranking, top pairs, Benjamini–Hochberg,
+Simes, the bootstrap's weighted correlation by repeating rows, z-scores by a loop), scipy.stats (spearmanr, t and
+norm), sklearn.metrics.roc_auc_score, and the analyses that rank by the one rule (`rank_classes`, `class_positions`, `removal_ranking`) on an estimate file."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scipy import stats as scipy_stats
+from sklearn.metrics import roc_auc_score
 
 from dmtoolkit.analyze.classes import class_positions, rank_classes
 from dmtoolkit.analyze.recommend import removal_ranking
@@ -31,10 +32,11 @@ from dmtoolkit.stats.correlation import (
     spearman_brown,
     spearman_columns,
 )
+from dmtoolkit.stats.detection import auc, per_target_z, two_way_z
 from dmtoolkit.stats.intervals import interval_bounds, interval_quantile, percentile_interval
 from dmtoolkit.stats.lds import bootstrap_lds_interval, bootstrap_lds_means, lds_per_target, summarise_lds
 from dmtoolkit.stats.pvalues import benjamini_hochberg, bh_adjusted, check_fdr, one_sided_pvalues, simes
-from dmtoolkit.stats.ranking import nanmean_rows, rank_order, rank_positions
+from dmtoolkit.stats.ranking import nanmean_rows, rank_order, rank_positions, top_pairs
 from dmtoolkit.store import RunStore, create_store
 
 from .synthetic import synthetic_data
@@ -149,6 +151,23 @@ def test_rank_classes_and_class_positions_follow_the_rule_on_an_influence_file(t
     assert overall.undefined == ("z",)
     indices = [e.index for e in overall.overall]
     assert indices.index(4) == indices.index(1) + 1  # the tie of "c" and "x", broken by index
+
+
+@given(matrices(), st.integers(1, 12), st.booleans())
+@SETTINGS
+def test_top_pairs_are_the_largest_defined_entries_ties_row_major(matrix: np.ndarray, n: int,
+                                                                   one_per_source: bool) -> None:
+    rows, cols = matrix.shape
+    entries = [(i, j) for i in range(rows) for j in range(cols) if np.isfinite(matrix[i, j])]
+    if one_per_source:  # each row's largest entry (ties: lower column), rows by it (ties: lower row)
+        best = {}
+        for i, j in entries:
+            if i not in best or matrix[i, j] > matrix[i, best[i]]:
+                best[i] = j
+        entries = list(best.items())
+    expected = sorted(entries, key=lambda e: (-matrix[e], e))[:n]
+    got_rows, got_cols = top_pairs(matrix, n, one_per_source=one_per_source)
+    assert list(zip(got_rows.tolist(), got_cols.tolist())) == expected
 
 
 # correlation -----------------------------------------------------------------------------------------------
@@ -345,3 +364,50 @@ def test_percentile_interval_of_finite_samples() -> None:
     assert percentile_interval(samples, 0.9, 50) == (pytest.approx(5.0), pytest.approx(95.0))
     assert percentile_interval(samples, 0.9, 102) is None  # 101 finite samples
     assert percentile_interval(np.array([np.nan, np.nan]), 0.9, 1) is None
+
+
+# detection scores ------------------------------------------------------------------------------------------------
+@given(st.integers(2, 60), st.integers(0, 2**32 - 1))
+@SETTINGS
+def test_auc_is_sklearns_roc_auc_and_the_pairwise_count_with_ties(n: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    scores = rng.integers(0, 5, n).astype(float)  # ties on purpose
+    positive = rng.random(n) < 0.3
+    if positive.all() or not positive.any():
+        assert auc(scores, positive) is None  # one class empty: undefined
+        return
+    pairs = [(p > q) + 0.5 * (p == q) for p in scores[positive] for q in scores[~positive]]
+    assert auc(scores, positive) == pytest.approx(np.mean(pairs), abs=1e-12)
+    assert auc(scores, positive) == pytest.approx(roc_auc_score(positive, scores), abs=1e-12)
+
+
+def test_auc_of_a_perfect_and_a_reversed_ranking() -> None:
+    positive = np.array([True, True, False, False, False])
+    assert auc(np.array([5.0, 4, 3, 2, 1]), positive) == 1.0
+    assert auc(np.array([1.0, 2, 3, 4, 5]), positive) == 0.0
+    assert auc(np.zeros(5), np.zeros(5, bool)) is None
+
+
+def _loop_z(matrix: np.ndarray) -> np.ndarray:
+    """Column by column: (x - mean) / population std over the defined entries; 0 where std is 0 or undefined."""
+    z = np.zeros_like(matrix, dtype=float)
+    for j in range(matrix.shape[1]):
+        kept = [float(v) for v in matrix[:, j] if not np.isnan(v)]
+        if len(kept) == 0:
+            continue
+        mean = sum(kept) / len(kept)
+        std = (sum((v - mean) ** 2 for v in kept) / len(kept)) ** 0.5
+        for i in range(matrix.shape[0]):
+            z[i, j] = (matrix[i, j] - mean) / std if std > 0 else 0.0
+    return z
+
+
+@given(matrices())
+@SETTINGS
+def test_per_target_z_and_two_way_z_against_a_loop(matrix: np.ndarray) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # all-NaN or constant columns must not warn
+        column, both = per_target_z(matrix), two_way_z(matrix)
+    expected = _loop_z(matrix)
+    np.testing.assert_allclose(column, expected, atol=1e-12, equal_nan=True)
+    np.testing.assert_allclose(both, expected + _loop_z(matrix.T).T, atol=1e-12, equal_nan=True)

@@ -3,7 +3,8 @@
 A unit's value is its mean over target columns with NaN (undefined) entries ignored (`nanmean_rows`); a unit with
 no defined entry has a NaN value and is undefined. Units are ordered by value (largest first, or smallest first),
 ties broken by the lower index (a stable sort), undefined units left out or put last (`rank_order`);
-`rank_positions` gives each unit's 1-based place in that order.
+`rank_positions` gives each unit's 1-based place in that order. `top_pairs`: the (unit, column) pairs of the
+largest defined entries of a matrix, ties in row-major order.
 """
 
 from __future__ import annotations
@@ -40,3 +41,19 @@ def rank_positions(values: np.ndarray, *, descending: bool = True) -> tuple[int 
     for position, k in enumerate(rank_order(values, descending=descending), start=1):
         positions[k] = position
     return tuple(positions)
+
+
+def top_pairs(matrix: np.ndarray, n: int, one_per_source: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(unit, column) indices of the n largest finite entries, largest first (ties: row-major order).
+
+    With `one_per_source`, each unit contributes only its largest entry.
+    """
+    scores = np.where(np.isfinite(matrix), matrix, -np.inf)
+    if one_per_source:
+        defined = np.flatnonzero(np.isfinite(matrix).any(1))
+        best = np.argmax(scores[defined], axis=1)
+        order = np.argsort(-scores[defined, best], kind="stable")[:n]
+        return defined[order], best[order]
+    n = min(n, int(np.isfinite(matrix).sum()))
+    order = np.argsort(-scores.ravel(), kind="stable")[:n]
+    return np.unravel_index(order, matrix.shape)
