@@ -136,7 +136,8 @@ def networks_check(store: str, out: str, networks: int) -> None:
             beyond.append(np.mean(np.abs(a.mean(0) - b.mean(0)) > stats.t.ppf(0.975, dof) * np.sqrt(va + vb)))
         print(f"two disjoint sets of {half} networks: means differ beyond the 95% Welch t interval of their "
               f"standard errors for {np.mean(beyond):.4f} of the entries (0.05 if calibrated; 20 random splits)")
-    from dmtoolkit.analyze.leakage import auc, mislabel_scores
+    from dmtoolkit.analyze.mislabels import mislabel_scores
+    from dmtoolkit.stats.detection import auc
     from dmtoolkit.stats.pvalues import one_sided_pvalues, simes
     from dmtoolkit.store import RunStore
 

@@ -34,7 +34,7 @@ _EXPORTS = {  # public name -> module that defines it
     "compute_influence": "estimate.influence", "fit_datamodels": "estimate.datamodels",
     "load_estimate": "estimate.files", "open_estimate": "estimate.files", "evaluate": "estimate.lds",
     "rank_classes": "analyze.classes", "subpopulation": "analyze.classes", "explain_target": "analyze.classes",
-    "detect_leakage": "analyze.leakage", "detect_mislabels": "analyze.leakage", "counterfactual": "analyze.retrain",
+    "detect_leakage": "analyze.leakage", "detect_mislabels": "analyze.mislabels", "counterfactual": "analyze.retrain",
     "recommend_removal": "analyze.recommend", "reliability_report": "analyze.reliability",
     "build_report": "report.html",
     "UserError": "errors", "StoreError": "errors",

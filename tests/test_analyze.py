@@ -18,10 +18,11 @@ from dmtoolkit.analyze import (
     rank_classes,
     subpopulation,
 )
-from dmtoolkit.analyze.leakage import auc, top_pairs, two_way_z
 from dmtoolkit.cli import cli
 from dmtoolkit.errors import UserError
 from dmtoolkit.report.figures import leakage_figure, rank_figure, subpop_figure
+from dmtoolkit.stats.detection import two_way_z
+from dmtoolkit.stats.ranking import top_pairs
 from dmtoolkit.store import RunStore
 
 P = 6  # classes of the `class_files` store (tests/conftest.py)
@@ -234,15 +235,6 @@ def test_mislabels_auc_and_precision(example_files: dict) -> None:
     assert out.exit_code == 0 and json.loads(out.stdout)["planted_top"]["auc"] == pytest.approx(expected_auc)
 
 
-def test_auc_against_pairwise_count() -> None:
-    rng = np.random.default_rng(3)
-    scores = rng.integers(0, 5, 40).astype(float)  # ties on purpose
-    positive = rng.random(40) < 0.3
-    pairs = [(p > q) + 0.5 * (p == q) for p in scores[positive] for q in scores[~positive]]
-    assert auc(scores, positive) == pytest.approx(np.mean(pairs))
-    assert auc(scores, np.zeros(40, bool)) is None
-
-
 def test_example_commands_refuse_class_level(class_files: tuple[Path, Path]) -> None:
     out = CliRunner().invoke(cli, ["leakage", str(class_files[1])])
     assert out.exit_code == 1 and "`leakage` needs example-level estimates" in out.output
@@ -288,7 +280,8 @@ def test_class_positions(class_files: tuple[Path, Path]) -> None:
 
 def test_cli_choices_are_the_detectors_own() -> None:
     """The CLI lists its choices without importing torch; they must stay the detectors' names."""
-    from dmtoolkit.analyze.leakage import LEAK_RANKINGS, LEAK_SCORERS, MISLABEL_SCORES
+    from dmtoolkit.analyze.leakage import LEAK_RANKINGS, LEAK_SCORERS
+    from dmtoolkit.analyze.mislabels import MISLABEL_SCORES
     from dmtoolkit.analyze.options import ORDERS
 
     assert tuple(LEAK_SCORERS) == LEAK_RANKINGS  # one scorer per offered name

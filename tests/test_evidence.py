@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from scipy import stats
 
 from dmtoolkit.analyze import detect_leakage, detect_mislabels
-from dmtoolkit.analyze.leakage import find_copies, near_duplicate_matrix
+from dmtoolkit.analyze.copies import find_copies, near_duplicate_matrix
 from dmtoolkit.cli import cli
 from dmtoolkit.errors import UserError
 from dmtoolkit.estimate import compute_influence, fit_datamodels

@@ -14,7 +14,8 @@ import torch
 from click.testing import CliRunner
 
 from dmtoolkit.analyze.evidence import network_calibration
-from dmtoolkit.analyze.leakage import detect_leakage, detect_mislabels
+from dmtoolkit.analyze.leakage import detect_leakage
+from dmtoolkit.analyze.mislabels import detect_mislabels
 from dmtoolkit.cli import cli
 from dmtoolkit.errors import UserError
 from dmtoolkit.estimate.ensemble import (

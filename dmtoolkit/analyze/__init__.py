@@ -17,7 +17,7 @@ _EXPORTS = {  # name -> submodule that defines it
     "class_positions": "classes", "explain_target": "classes", "rank_classes": "classes", "subpopulation": "classes",
     "Estimate": "estimates", "load_estimate": "estimates", "OpenedEstimate": "estimates", "open_estimate": "estimates",
     "EstimateAnalyses": "overview", "analyse_estimate": "overview",
-    "detect_leakage": "leakage", "detect_mislabels": "leakage", "near_duplicate_scores": "leakage",
+    "detect_leakage": "leakage", "detect_mislabels": "mislabels", "near_duplicate_scores": "copies",
     "CounterfactualPlan": "retrain", "check_counterfactual": "retrain", "counterfactual": "retrain",
     "load_counterfactual": "retrain", "plan_counterfactual": "retrain", "save_counterfactual": "retrain",
     "train_counterfactual": "retrain", "train_masks": "retrain", "verify_explanation": "retrain",
@@ -35,8 +35,10 @@ __all__ = [
 
 if TYPE_CHECKING:
     from dmtoolkit.analyze.classes import class_positions, explain_target, rank_classes, subpopulation
+    from dmtoolkit.analyze.copies import near_duplicate_scores
     from dmtoolkit.analyze.estimates import Estimate, OpenedEstimate, load_estimate, open_estimate
-    from dmtoolkit.analyze.leakage import detect_leakage, detect_mislabels, near_duplicate_scores
+    from dmtoolkit.analyze.leakage import detect_leakage
+    from dmtoolkit.analyze.mislabels import detect_mislabels
     from dmtoolkit.analyze.overview import EstimateAnalyses, analyse_estimate
     from dmtoolkit.analyze.recommend import (
         predicted_removal_change,

@@ -21,8 +21,8 @@ from dmtoolkit.estimate.files import (
 )
 from dmtoolkit.store import RunStore
 
-__all__ = ["Estimate", "OpenedEstimate", "as_opened", "check_fresh", "load_estimate", "open_estimate",
-           "open_source_store", "require_kind"]
+__all__ = ["Estimate", "OpenedEstimate", "as_opened", "as_opened_of_kind", "check_fresh", "load_estimate",
+           "open_estimate", "open_source_store", "require_kind"]
 
 
 def require_kind(est: Estimate, kind: str, command: str) -> None:
@@ -31,6 +31,14 @@ def require_kind(est: Estimate, kind: str, command: str) -> None:
         raise UserError(f"{est.path}: `{command}` needs {kind}-level estimates, this file is {est.kind}-level; "
                         f"give a file computed from {'an' if kind == 'example' else 'a'} {kind}-level run store "
                         f"(not {other}-level)")
+
+
+def as_opened_of_kind(source: str | Path | OpenedEstimate, store: str | Path | None, kind: str,
+                      command: str) -> OpenedEstimate:
+    """`as_opened(source, store)`, refused (`require_kind`) unless its estimate is `kind`-level."""
+    opened = as_opened(source, store)
+    require_kind(opened.estimate, kind, command)
+    return opened
 
 
 def open_source_store(est: Estimate, store: str | Path | None = None, *, required: bool = True) -> RunStore | None:

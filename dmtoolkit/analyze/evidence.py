@@ -1,5 +1,7 @@
-"""Evidence in words and its calibration: the FDR phrase the analyses print, and the simulation that checks the
-gradient estimator's across-network standard error with the intervals and Benjamini–Hochberg flags the analyses use.
+"""Evidence in words and its calibration: the FDR and share phrases the analyses print, the one-sided p-values of an
+estimate's entries with the line that says how they were made (`influence_pvalues`, which `detect_leakage` and
+`detect_mislabels` flag with), and the simulation that checks the gradient estimator's across-network standard
+error with the intervals and Benjamini–Hochberg flags the analyses use.
 
 The statistics themselves (one-sided p-values from design-valid standard errors, Simes, Benjamini–Hochberg, the
 `fdr` check) are `dmtoolkit.stats.pvalues`; the estimators' standard errors follow the mask design (cluster over
@@ -11,17 +13,52 @@ complementary pairs or orthogonal blocks, Student t with G − 1 degrees of free
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from dmtoolkit.analyze.options import MIN_EVIDENCE_DOF
+from dmtoolkit.estimate.registry import estimator_entry
 from dmtoolkit.stats.intervals import interval_quantile
 from dmtoolkit.stats.pvalues import bh_adjusted, one_sided_pvalues
+
+if TYPE_CHECKING:
+    from dmtoolkit.analyze.estimates import Estimate
 
 
 def fdr_phrase(fdr: float) -> str:
     """0.05 -> "FDR 5%"."""
     return f"FDR {100 * fdr:g}%"
+
+
+def share_phrase(part: int, whole: int) -> str:
+    """3 of 400 -> "0.8%"; 7,441 of 52,376 -> "14%"."""
+    share = 100 * part / max(whole, 1)
+    return f"{share:.2g}%" if share < 10 else f"{share:.0f}%"
+
+
+def influence_pvalues(est: Estimate, side: str) -> tuple[np.ndarray | None, str]:
+    """One-sided p-values of every entry from the estimate's standard errors, and how they were made (or why
+    there are none)."""
+    if est.stderr is None:
+        if est.attrs.get("stderr_missing"):  # the estimator says why this estimate has none (e.g. one network)
+            return None, str(est.attrs["stderr_missing"])
+        return None, (f"{est.estimator} estimates carry no standard errors, so no p-values and nothing is flagged; "
+                      "for evidence thresholds fit `dmtoolkit influence` (difference of means or regression)")
+    if not np.isfinite(est.stderr).any():
+        return None, ("the estimate's standard errors are undefined (fewer than 2 draws: one orthogonal "
+                      "block or pair), so no p-values and nothing is flagged; train more models")
+    method = est.attrs.get("stderr_method", "standard errors")
+    dof = est.stderr_dof
+    law = f"Student t, {dof} dof" if dof else "normal"
+    evidence = f"one-sided p-values from {method} ({law})"
+    if dof is not None and dof < MIN_EVIDENCE_DOF and estimator_entry(est.estimator).retrains:
+        evidence += (f"; only {dof + 1} networks, so every p-value rests on the same few networks and the FDR is "
+                     "not guaranteed: fit more networks (--models)")
+    elif dof is not None and dof < MIN_EVIDENCE_DOF:
+        evidence += (f"; only {dof + 1} draws, so every p-value rests on the same few draw means and the "
+                     "FDR is not guaranteed: train more models (more pairs or blocks)")
+    return one_sided_pvalues(est.matrix, est.stderr, dof, side), evidence
 
 
 # --- calibration of the gradient estimator's across-network standard error (estimate/ensemble.py) ---

@@ -96,7 +96,8 @@ def analyse_estimate(source: str | Path | OpenedEstimate, *, top: int = RANK_TOP
 
 def _analyse(opened: OpenedEstimate, top: int, subpops: int, subpop_size: int) -> EstimateAnalyses:
     from dmtoolkit.analyze.classes import rank_classes, subpopulation
-    from dmtoolkit.analyze.leakage import detect_leakage, detect_mislabels
+    from dmtoolkit.analyze.leakage import detect_leakage
+    from dmtoolkit.analyze.mislabels import detect_mislabels
     from dmtoolkit.analyze.recommend import recommend_removal
     from dmtoolkit.estimate.lds import evaluate
 
