@@ -240,10 +240,9 @@ def _from_store(opened: OpenedEstimate, columns: np.ndarray) -> _StoreFacts:
     return facts
 
 
-def harmful_prefix(order: np.ndarray, coef: np.ndarray, stderr: np.ndarray, dof: int | None, fdr: float) -> int:
-    """How many classes at the head of `order` in a row have evidence that their mean influence is below zero
-    (one-sided p-values, Benjamini–Hochberg over all classes at `fdr`)."""
-    passing = benjamini_hochberg(one_sided_pvalues(coef, stderr, dof, "less"), fdr)
+def harmful_prefix(order: np.ndarray, passing: np.ndarray) -> int:
+    """How many classes at the head of `order` in a row have evidence of harm (`passing`, per class: e.g.
+    Benjamini–Hochberg over all classes of the one-sided p-values that the mean influence is below zero)."""
     count = 0
     while count < len(order) and passing[order[count]]:
         count += 1
@@ -273,10 +272,10 @@ def recommend_removal(path: str | Path | OpenedEstimate, *, ks: Sequence[int] | 
     else:
         ks = sorted(set(check_ks(ks, num_units)) | {0})
     order = removal_ranking(est.matrix, validation)
-    harmful = None if stderr is None else harmful_prefix(order, mean_coef, stderr, dof, fdr)
-    evidence = ()
-    if stderr is not None:
+    harmful, evidence = None, ()
+    if stderr is not None:  # one family: Benjamini–Hochberg over every class's p-value that its mean is below 0
         p = one_sided_pvalues(mean_coef, stderr, dof, "less")
+        harmful = harmful_prefix(order, benjamini_hochberg(p, fdr))
         q = bh_adjusted(p)
         shown = order[:min(max(ks) + 1, num_units)]
         evidence = tuple(ClassEvidence(index=int(k), name=est.unit_names[k], influence=float(mean_coef[k]),
