@@ -416,24 +416,23 @@ def test_a_damaged_beton_sidecar_is_one_line(tmp_path: Path) -> None:
             beton_info(beton)
 
 
-def test_check_fresh_is_the_shared_check_for_analyses_that_read_nothing_else(originals: Path, tmp_path: Path) -> None:
-    from dmtoolkit.analyze.estimates import check_fresh, open_source_store
+def test_an_opened_estimate_refuses_a_stale_store_and_reads_on_without_a_missing_one(originals: Path,
+                                                                                       tmp_path: Path) -> None:
+    from dmtoolkit.analyze.estimates import open_estimate
 
     folder = _case(originals, tmp_path)
-    est = load_estimate(folder / "i.h5")
-    check_fresh(est)  # fresh: nothing to say
-    with open_source_store(est) as run:
-        assert run.num_units == 6
+    with open_estimate(folder / "i.h5") as opened:  # fresh: nothing to say
+        assert opened.run().num_units == 6
     _train_one_more_row(folder)
-    for call in (lambda: check_fresh(est), lambda: open_source_store(est, required=False),
-                 lambda: check_fresh(est, folder / "runs.h5")):
+    for call in (lambda: open_estimate(folder / "i.h5").run(required=False),
+                 lambda: open_estimate(folder / "i.h5", folder / "runs.h5").run()):
         with pytest.raises(StoreError, match=r"i\.h5 was not computed from .*more models finished since"):
             call()
     (folder / "runs.h5").rename(folder / "away.h5")
-    check_fresh(est)  # not there: nothing can be checked (rank and recommend then show no intervals)
-    assert open_source_store(est, required=False) is None
-    with pytest.raises(StoreError, match="does not exist"):
-        open_source_store(est)
+    with open_estimate(folder / "i.h5") as opened:  # not there: nothing can be checked (rank and recommend then
+        assert opened.run(required=False) is None   # show no intervals), and what needs it says so
+        with pytest.raises(StoreError, match="does not exist"):
+            opened.run()
 
 
 def test_datamodels_refuses_units_squared_beyond_memory(originals: Path, tmp_path: Path,

@@ -16,13 +16,11 @@ from dmtoolkit.estimate.files import (
     OpenedEstimate,
     as_opened,
     load_estimate,
-    open_checked_store,
     open_estimate,
 )
-from dmtoolkit.store import RunStore
 
-__all__ = ["Estimate", "OpenedEstimate", "as_opened", "as_opened_of_kind", "check_fresh", "load_estimate",
-           "open_estimate", "open_source_store", "require_kind"]
+__all__ = ["Estimate", "OpenedEstimate", "as_opened", "as_opened_of_kind", "load_estimate", "open_estimate",
+           "require_kind"]
 
 
 def require_kind(est: Estimate, kind: str, command: str) -> None:
@@ -39,17 +37,3 @@ def as_opened_of_kind(source: str | Path | OpenedEstimate, store: str | Path | N
     opened = as_opened(source, store)
     require_kind(opened.estimate, kind, command)
     return opened
-
-
-def open_source_store(est: Estimate, store: str | Path | None = None, *, required: bool = True) -> RunStore | None:
-    """The run store an estimate came from (or `store`), opened read-only and checked: `open_checked_store`. For
-    one-off reads; analyses take an `OpenedEstimate`, which opens and checks it once for all of them."""
-    return open_checked_store(est, store, required=required)
-
-
-def check_fresh(est: Estimate, store: str | Path | None = None) -> None:
-    """Refuse `est` when its run store is there and is not the one it was computed from, in its current state
-    (stale: more models trained since); for analyses that read nothing else from the store."""
-    run = open_source_store(est, store, required=False)
-    if run is not None:
-        run.close()

@@ -20,7 +20,7 @@ import h5py
 import numpy as np
 
 from dmtoolkit.analyze.classes import explain_target, rank_classes
-from dmtoolkit.analyze.estimates import Estimate, load_estimate, open_source_store, require_kind
+from dmtoolkit.analyze.estimates import Estimate, load_estimate, open_estimate, require_kind
 from dmtoolkit.analyze.options import COUNTERFACTUAL_KS, COUNTERFACTUAL_REPEATS, DETECT_FDR, INTERVAL_LEVEL, ORDERS
 from dmtoolkit.analyze.results import ClassRanking, CounterfactualCurve, CounterfactualResult, Explanation, Verification
 from dmtoolkit.atomic import check_output, write_atomic
@@ -124,11 +124,12 @@ def verify_explanation(path: str | Path, target: int, repeats: int, *, store: st
     if repeats < 1:
         raise UserError(f"repeats={repeats} must be at least 1")
     progress = progress or _silent
-    explanation = explain_target(path, target, store=store, level=level, fdr=fdr)
-    if not explanation.most_negative:
-        raise UserError(f"{path}: target {target} has no defined influences to verify")
-    worst = explanation.most_negative[0]
-    with open_source_store(load_estimate(path), store) as run:
+    with open_estimate(path, store) as opened:  # one open and one hash check for the explanation and the retraining
+        explanation = explain_target(opened, target, level=level, fdr=fdr)
+        if not explanation.most_negative:
+            raise UserError(f"{path}: target {target} has no defined influences to verify")
+        worst = explanation.most_negative[0]
+        run = opened.run()
         run.require(Capability.RECIPE, "explain --verify")
         recipe, data, source = run.recipe, run.run_data(), run.path
         num_units, base_seed = run.num_units, run.seed
