@@ -23,6 +23,8 @@ import sys
 import types
 from typing import Any
 
+from dmtoolkit.lazy import lazy_exports
+
 __version__ = "0.1.0"
 
 _EXPORTS = {  # public name -> module that defines it
@@ -42,16 +44,7 @@ _EXPORTS = {  # public name -> module that defines it
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 
 # `dm.train` is a function, and `dmtoolkit.train` is also the subpackage of trainers. Importing a subpackage

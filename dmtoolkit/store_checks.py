@@ -179,9 +179,7 @@ def validate_store(path: str | Path) -> list[str]:
         if problems:
             return problems
         m, P = store.num_models, store.num_units
-        units = len(store.source_class_names) if store.kind == "class" else store.num_source_examples
-        if units != P:
-            problems.append(f"masks have {P} units but the source has {units} {store.kind} units")
+        problems += _unit_problems(store)
         if recipe.subsets.models != m:
             problems.append(f"recipe asks for {recipe.subsets.models} models, store has {m} rows")
         if not problems and not store.explicit_masks:
@@ -192,6 +190,13 @@ def validate_store(path: str | Path) -> list[str]:
                 problems.append(f"masks of {len(bad)} rows differ from those re-derived from seed {sub.seed} (first: row {bad[0]})")
         problems += _row_problems(store)
     return problems
+
+
+def _unit_problems(store: RunStore) -> list[str]:
+    """The masks' columns against the source: one per class (class level) or per pool example (example level)."""
+    P = store.num_units
+    units = len(store.source_class_names) if store.kind == "class" else store.num_source_examples
+    return [f"masks have {P} units but the source has {units} {store.kind} units"] if units != P else []
 
 
 def _row_problems(store: RunStore) -> list[str]:
@@ -218,10 +223,8 @@ def _imported_problems(store: RunStore) -> list[str]:
     problems = store.schema_problems()
     if problems:
         return problems
-    m, P = store.num_models, store.num_units
-    units = len(store.source_class_names) if store.kind == "class" else store.num_source_examples
-    if units != P:
-        problems.append(f"masks have {P} units but the source has {units} {store.kind} units")
+    m = store.num_models
+    problems += _unit_problems(store)
     if int(store.file.attrs["num_models"]) != m:
         problems.append(f"the import recorded {store.file.attrs['num_models']} models, store has {m} rows")
     if store.antithetic:

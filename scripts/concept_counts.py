@@ -32,11 +32,11 @@ STATISTICS = {
     "Spearman by ranks": r"rankdata\(|def spearman|spearmanr\(",
     "Spearman–Brown": r"\(1 \+ \(\w+ - 1\) \*",
     "interval quantile (t / normal ppf)": r"\.ppf\(",
-    "Benjamini–Hochberg step-up": r"minimum\.accumulate|\[::-1\]\)\[::-1\]|def benjamini|def bh_",
+    "Benjamini–Hochberg step-up": r"minimum\.accumulate|\[::-1\]\)\[::-1\]|def benjamini_hochberg|def bh_adjusted",
     "split rows by sampling draw": r"def (split_rows|split_halves|holdout_split|whole_units|first_fitting_rows|"
                                    r"_unit_order|split_draws|draw_split)\b",
 }
-OPENERS = r"\b(load_estimate|RunStore|open_source_store|open_estimate)\(|h5py\.File\("
+OPENERS = r"\b(load_estimate|RunStore|open_source_store|open_estimate|open_checked_store)\(|h5py\.File\("
 OPENER_OWNERS = {"dmtoolkit/store.py", "dmtoolkit/estimate/files.py", "dmtoolkit/store_checks.py",
                  "dmtoolkit/run/shards.py", "dmtoolkit/store_import.py"}
 CAPABILITIES = r"\.imported\b|has_images|explicit_masks|recipe\.trainer\b|own_data"
