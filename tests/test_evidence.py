@@ -383,3 +383,33 @@ def test_feature_similarity_is_shown_beside_the_evidence(planted: dict[str, Path
     assert [(p.source, p.target) for p in plain.flagged] == [(p.source, p.target) for p in result.flagged]
     out = CliRunner().invoke(cli, ["leakage", str(planted["influence"]), "--no-features", "--device", "cpu"])
     assert out.exit_code == 0 and "feature similarity not computed" in out.output
+
+
+def test_the_feature_network_trains_at_the_drivers_thread_count(planted: dict[str, Path],
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Multithreaded reductions change the trained network, so the full-pool model behind the feature column
+    trains (and embeds) at the driver's thread count whatever the caller's: the same scores on any machine."""
+    import torch
+
+    from dmtoolkit.analyze.features import feature_similarity
+    from dmtoolkit.devices import TRAINING_THREADS
+    from dmtoolkit.store import RunStore
+    from dmtoolkit.train.job import BuiltinTrainer
+
+    seen = []
+    train = BuiltinTrainer.train_source_models
+
+    def recording(self: BuiltinTrainer, *args: object, **kwargs: object) -> object:
+        seen.append(torch.get_num_threads())
+        return train(self, *args, **kwargs)
+
+    monkeypatch.setattr(BuiltinTrainer, "train_source_models", recording)
+    before = torch.get_num_threads()
+    torch.set_num_threads(TRAINING_THREADS + 1)
+    try:
+        with RunStore(planted["store"]) as store:
+            feature_similarity(store)
+        assert seen == [TRAINING_THREADS]
+        assert torch.get_num_threads() == TRAINING_THREADS + 1  # the caller's setting is restored
+    finally:
+        torch.set_num_threads(before)

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from dmtoolkit.capabilities import Capability
+from dmtoolkit.devices import training_threads
 from dmtoolkit.store import RunStore
 from dmtoolkit.train.fit import batched_outputs
 from dmtoolkit.train.job import RunContext
@@ -43,10 +44,11 @@ def feature_similarity(store: RunStore, *, device: str | None = "cpu", seed: int
     recipe, data = store.recipe, store.run_data()
     everything = np.ones((1, len(data.source_pool.labels)), bool)
     context = RunContext(recipe, everything, data, device)
-    model = context.train_source_models([np.arange(everything.shape[1])], [seed])
+    with training_threads():  # the driver's thread count: otherwise the network (and every score) follows the machine's
+        model = context.train_source_models([np.arange(everything.shape[1])], [seed])
     model.eval()
     layer = recipe.transfer.feature_layer
-    with torch.no_grad():
+    with torch.no_grad(), training_threads():
         embed = lambda x: batched_outputs(lambda y: model.features(y, layer), x, 1)  # noqa: E731
         mean, std = standardisation(embed(context.target_train_x))
         pool = torch.nn.functional.normalize(((embed(context.pool_x) - mean) / std)[0], dim=1)
