@@ -19,6 +19,7 @@ from dmtoolkit.analyze import load_estimate
 from dmtoolkit.analyze.reliability import reliability_report
 from dmtoolkit.analyze.results import ClassEffect, ClassRanking, LeakageReport, SourceCopy
 from dmtoolkit.cli import cli
+from dmtoolkit.errors import UserError
 from dmtoolkit.estimate import compute_influence, fit_datamodels
 from dmtoolkit.estimate.lds import evaluate
 from dmtoolkit.report import build_report
@@ -31,6 +32,7 @@ from dmtoolkit.report.summary import (
     trust_answer,
 )
 from dmtoolkit.store_import import import_arrays
+from tests.synthetic import synthetic_store
 
 
 @pytest.fixture(scope="module")
@@ -378,3 +380,24 @@ def test_copies_lead_even_when_influence_finds_no_evidence() -> None:
     assert answer.verdict == "Contamination: 2 source images copy a target test image. Remove src/15, src/1."
     assert answer.rows == (("src/15", "6", "625", "6", "1.000", "no"), ("src/1", "6", "16", "6", "0.999", "no"))
     assert "What the models add: influence confirms 0 of 2 at FDR 5% (ex.h5)." in answer.evidence
+
+def test_analyse_store_is_what_store_info_and_reliability_print(class_files: tuple[Path, Path],
+                                                                  tmp_path: Path) -> None:
+    """The report's store facts come from one analysis: the same summary `store info` prints and the same
+    reliability `dmtoolkit reliability` prints; a store too small for a reliability gets the refusal as a note."""
+    from dmtoolkit.analyze import analyse_store
+    from dmtoolkit.store_checks import store_summary
+
+    store, _ = class_files
+    analysed = analyse_store(store)
+    assert analysed.note is None and analysed.path == store
+    assert analysed.summary.to_json() == store_summary(store).to_json()
+    assert analysed.reliability.to_json() == reliability_report(store).stores[0].to_json()
+    rng = np.random.default_rng(3)
+    small = synthetic_store(tmp_path / "small.h5", rng.normal(size=(6, 4)).astype(np.float32),
+                            completed=np.arange(6) < 3)
+    few = analyse_store(small)
+    assert few.reliability is None and few.summary.models.completed == 3
+    with pytest.raises(UserError) as refused:
+        reliability_report(small)
+    assert few.note == f"reliability: {refused.value}"

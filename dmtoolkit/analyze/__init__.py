@@ -1,7 +1,8 @@
 """Analyses over estimates: rank classes, subpopulations, explain, counterfactuals, leakage, mislabels.
 
 Each takes an estimate file's path or an `OpenedEstimate` (`open_estimate(path, store)`: its run store opened
-and hash-checked once for every analysis given it); `analyse_estimate` runs all that apply (the report's).
+and hash-checked once for every analysis given it); `analyse_estimate` runs all that apply (the report's),
+`analyse_store` a run store's summary and reliability.
 
 Every analysis returns a typed result (see `dmtoolkit.analyze.results`); none draws, prints or imports
 click: `dmtoolkit.report` and the CLI render the results. Names are imported on first use, so
@@ -17,7 +18,8 @@ from dmtoolkit.lazy import lazy_exports
 _EXPORTS = {  # name -> submodule that defines it
     "class_positions": "classes", "explain_target": "classes", "rank_classes": "classes", "subpopulation": "classes",
     "Estimate": "estimates", "load_estimate": "estimates", "OpenedEstimate": "estimates", "open_estimate": "estimates",
-    "EstimateAnalyses": "overview", "analyse_estimate": "overview",
+    "EstimateAnalyses": "overview", "analyse_estimate": "overview", "StoreAnalyses": "overview",
+    "analyse_store": "overview",
     "detect_leakage": "leakage", "detect_mislabels": "mislabels", "near_duplicate_scores": "copies",
     "CounterfactualPlan": "retrain", "check_counterfactual": "retrain", "counterfactual": "retrain",
     "load_counterfactual": "retrain", "plan_counterfactual": "retrain", "save_counterfactual": "retrain",
@@ -27,7 +29,8 @@ _EXPORTS = {  # name -> submodule that defines it
 }
 
 __all__ = [
-    "CounterfactualPlan", "Estimate", "EstimateAnalyses", "OpenedEstimate", "analyse_estimate", "open_estimate", "check_counterfactual", "class_positions", "counterfactual", "detect_leakage",
+    "CounterfactualPlan", "Estimate", "EstimateAnalyses", "OpenedEstimate", "StoreAnalyses", "analyse_estimate",
+    "analyse_store", "open_estimate", "check_counterfactual", "class_positions", "counterfactual", "detect_leakage",
     "detect_mislabels", "explain_target", "load_counterfactual", "load_estimate", "near_duplicate_scores",
     "plan_counterfactual", "predicted_removal_change", "rank_classes", "recommend_removal", "removal_ranking",
     "save_counterfactual", "split_targets", "subpopulation", "train_counterfactual",
@@ -40,7 +43,7 @@ if TYPE_CHECKING:
     from dmtoolkit.analyze.estimates import Estimate, OpenedEstimate, load_estimate, open_estimate
     from dmtoolkit.analyze.leakage import detect_leakage
     from dmtoolkit.analyze.mislabels import detect_mislabels
-    from dmtoolkit.analyze.overview import EstimateAnalyses, analyse_estimate
+    from dmtoolkit.analyze.overview import EstimateAnalyses, StoreAnalyses, analyse_estimate, analyse_store
     from dmtoolkit.analyze.recommend import (
         predicted_removal_change,
         recommend_removal,

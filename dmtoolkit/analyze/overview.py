@@ -1,9 +1,11 @@
-"""Every analysis that applies to one estimate, computed in one place: what `dmtoolkit report` shows of it.
+"""Every analysis that applies to one estimate, or to one run store, computed in one place: what
+`dmtoolkit report` shows of it.
 
 `analyse_estimate` opens the estimate once (`OpenedEstimate`: its run store opened and hash-checked once for
 all of them), runs each analysis its level allows with the defaults the CLI commands use (`top` aside, the
 report's rows per table), and returns a typed `EstimateAnalyses`; an analysis that fails becomes a note saying
-why instead of stopping the others. The report only renders it.
+why instead of stopping the others. `analyse_store` gives a run store's summary (`dmtoolkit store info`) and
+reliability (`dmtoolkit reliability`). The report only renders them.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from dmtoolkit.display import JsonResult, json_field
 from dmtoolkit.errors import UserError
 
 if TYPE_CHECKING:
+    from dmtoolkit.analyze.reliability import StoreReliability
     from dmtoolkit.analyze.results import (
         ClassRanking,
         LeakageReport,
@@ -28,6 +31,7 @@ if TYPE_CHECKING:
     )
     from dmtoolkit.estimate.files import Estimate
     from dmtoolkit.estimate.lds import LdsResult
+    from dmtoolkit.store_checks import StoreSummary
 
 LDS_KEYS = ("lds_mean", "lds_median", "heldout_models", "undefined_targets", "lds_interval", "heldout_units", "verdict")
 """The LDS figures the report keeps of an `LdsResult` (its per-target values stay out of report.json)."""
@@ -135,3 +139,28 @@ def _analyse(opened: OpenedEstimate, top: int, subpops: int, subpop_size: int) -
         store=str(est.store_path), store_name=store.name, has_errors=est.stderr is not None, rank=rank,
         recommend=recommend, subpopulations=tuple(subs), leakage=leakage, mislabels=mislabels, lds=lds,
         notes=tuple(notes))
+
+
+@dataclass(frozen=True)
+class StoreAnalyses:
+    """What the report shows of one run store: its summary (`store_summary`, as `dmtoolkit store info` prints
+    it) and the reliability of its ranking (`reliability_report`'s store, as `dmtoolkit reliability` prints it),
+    or, when that cannot be computed, the note saying why."""
+
+    path: Path
+    summary: StoreSummary
+    reliability: StoreReliability | None
+    note: str | None = None
+
+
+def analyse_store(path: str | Path) -> StoreAnalyses:
+    """`StoreAnalyses` of the run store at `path`; a reliability that fails (e.g. too few models) is a note."""
+    from dmtoolkit.analyze.reliability import reliability_report
+    from dmtoolkit.store_checks import store_summary
+
+    path = Path(path)
+    summary = store_summary(path)
+    try:
+        return StoreAnalyses(path, summary, reliability_report(path).stores[0])
+    except UserError as error:
+        return StoreAnalyses(path, summary, None, f"reliability: {error}")

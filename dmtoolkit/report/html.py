@@ -20,7 +20,7 @@ from typing import Any
 import h5py
 import jinja2
 
-from dmtoolkit.analyze.overview import EstimateAnalyses, analyse_estimate
+from dmtoolkit.analyze.overview import EstimateAnalyses, StoreAnalyses, analyse_estimate, analyse_store
 from dmtoolkit.analyze.results import (
     CounterfactualCurve,
     LeakageScore,
@@ -33,7 +33,6 @@ from dmtoolkit.estimate.files import SCHEMA_NAME as ESTIMATE_SCHEMA
 from dmtoolkit.paths import check_input_file
 from dmtoolkit.report.summary import Answer, StoreTrust
 from dmtoolkit.store import SCHEMA_NAME as RUN_SCHEMA
-from dmtoolkit.store_checks import StoreSummary, store_summary
 
 
 def format_p(value: float | None) -> str:
@@ -201,19 +200,16 @@ class Notes:
         return [{"number": n, "text": text, "files": files} for text, (n, files) in self.items.items()]
 
 
-def _reliability(path: Path, summary: StoreSummary, notes: Notes) -> StoreTrust:
-    """What the trust answer reads about a run store: `reliability_report`'s split-half of its ranking (of
-    classes, or of examples at the example level), its full-store value and the models needed."""
-    from dmtoolkit.analyze.reliability import reliability_report
-
-    completed, kind = summary.models.completed, summary.kind
-    try:
-        store = reliability_report(path).stores[0]
-    except UserError as error:
-        notes.add(f"reliability: {error}", path.name)
-        return StoreTrust(path.name, kind, completed)
-    return StoreTrust(path.name, store.kind, store.models, store.ranking.split.mean, store.ranking.full,
-                      dict(store.ranking.needed))
+def _trust(store: StoreAnalyses, notes: Notes) -> StoreTrust:
+    """What the trust answer reads about a run store: the split-half of its ranking (of classes, or of examples
+    at the example level), its full-store value and the models needed; without them, the note why."""
+    name, reliability = store.path.name, store.reliability
+    if reliability is None:
+        notes.add(store.note or "reliability: not computed", name)
+        return StoreTrust(name, store.summary.kind, store.summary.models.completed)
+    ranking = reliability.ranking
+    return StoreTrust(name, reliability.kind, reliability.models, ranking.split.mean, ranking.full,
+                      dict(ranking.needed))
 
 
 def _primary(sections: list[EstimateSection], attr: str) -> EstimateSection | None:
@@ -272,8 +268,9 @@ def build_report(directory: str | Path, out_dir: str | Path, *, top: int = 10, s
     for out in (page, page_json):
         check_output(out, force=force, inputs=inputs)
     notes = Notes()
-    runs = [store_summary(p) for p in found["runs"]]
-    stores = [_reliability(p, r, notes) for p, r in zip(found["runs"], runs)]
+    analysed = [analyse_store(p) for p in found["runs"]]
+    runs = [a.summary for a in analysed]
+    stores = [_trust(a, notes) for a in analysed]
     estimates = sorted((_estimate_section(p, found["runs"], top, subpops) for p in found["estimates"]), key=_sort_key)
     counterfactuals = [_counterfactual_section(p) for p in found["counterfactuals"]]
     answers = _summary(estimates, counterfactuals, stores, notes)
