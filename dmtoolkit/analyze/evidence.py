@@ -18,12 +18,23 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from dmtoolkit.analyze.options import MIN_EVIDENCE_DOF
+from dmtoolkit.errors import UserError
 from dmtoolkit.estimate.registry import estimator_entry
 from dmtoolkit.stats.intervals import interval_quantile
-from dmtoolkit.stats.pvalues import bh_adjusted, one_sided_pvalues
+from dmtoolkit.stats.pvalues import bh_adjusted, check_fdr, one_sided_pvalues
 
 if TYPE_CHECKING:
     from dmtoolkit.analyze.estimates import Estimate
+
+
+def check_detection(top: int, fdr: float, name: str, value: str, choices: tuple[str, ...]) -> None:
+    """The arguments leakage and mislabels share: rows to list, the FDR, and the one setting that chooses how
+    pairs or examples are scored (`name` as it reads in the message, e.g. "ranking " or "by=")."""
+    if top < 1:
+        raise UserError(f"top={top} must be at least 1")
+    if value not in choices:
+        raise UserError(f"{name}{value!r} is not one of {', '.join(choices)}")
+    check_fdr(fdr)
 
 
 def fdr_phrase(fdr: float) -> str:

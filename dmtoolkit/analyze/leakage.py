@@ -15,14 +15,13 @@ import numpy as np
 
 from dmtoolkit.analyze.copies import CopyScan, find_copies, near_duplicate_scores
 from dmtoolkit.analyze.estimates import OpenedEstimate, as_opened_of_kind
-from dmtoolkit.analyze.evidence import fdr_phrase, influence_pvalues, share_phrase
+from dmtoolkit.analyze.evidence import check_detection, fdr_phrase, influence_pvalues, share_phrase
 from dmtoolkit.analyze.features import feature_similarity
 from dmtoolkit.analyze.options import DETECT_FDR, DETECT_TOP, LEAK_RANKINGS, NEAR_DUPLICATE
 from dmtoolkit.analyze.results import LeakageReport, LeakageScore, LeakPair, SourceCopy
 from dmtoolkit.capabilities import Capability
-from dmtoolkit.errors import UserError
 from dmtoolkit.stats.detection import per_target_z, two_way_z
-from dmtoolkit.stats.pvalues import bh_adjusted, check_fdr
+from dmtoolkit.stats.pvalues import bh_adjusted
 from dmtoolkit.stats.ranking import top_pairs
 
 # one scorer per name in options.LEAK_RANKINGS (the names the CLI offers), in the same order
@@ -61,11 +60,7 @@ def detect_leakage(path: str | Path | OpenedEstimate, *, fdr: float = DETECT_FDR
     trained on the whole pool with the run's recipe (`feature_similarity`, a few seconds on `device`); it is
     shown, not used to flag.
     """
-    if top < 1:
-        raise UserError(f"top={top} must be at least 1")
-    if ranking not in LEAK_RANKINGS:
-        raise UserError(f"ranking {ranking!r} is not one of {', '.join(LEAK_RANKINGS)}")
-    check_fdr(fdr)
+    check_detection(top, fdr, "ranking ", ranking, LEAK_RANKINGS)
     opened = as_opened_of_kind(path, store, "example", "leakage")
     est = opened.estimate
     with opened.using_store() as run:  # a stale or foreign store is refused before any arithmetic

@@ -12,14 +12,13 @@ from pathlib import Path
 import numpy as np
 
 from dmtoolkit.analyze.estimates import OpenedEstimate, as_opened_of_kind
-from dmtoolkit.analyze.evidence import fdr_phrase, influence_pvalues, share_phrase
+from dmtoolkit.analyze.evidence import check_detection, fdr_phrase, influence_pvalues, share_phrase
 from dmtoolkit.analyze.options import DETECT_FDR, DETECT_TOP, MISLABEL_SCORES
 from dmtoolkit.analyze.results import MislabelCandidate, MislabelReport, MislabelScore
-from dmtoolkit.errors import UserError
 from dmtoolkit.estimate.refit import refit_on_values
 from dmtoolkit.estimate.registry import estimator_entry
 from dmtoolkit.stats.detection import auc
-from dmtoolkit.stats.pvalues import bh_adjusted, check_fdr, one_sided_pvalues, simes
+from dmtoolkit.stats.pvalues import bh_adjusted, one_sided_pvalues, simes
 from dmtoolkit.stats.ranking import rank_order
 
 
@@ -52,11 +51,7 @@ def detect_mislabels(path: str | Path | OpenedEstimate, *, fdr: float = DETECT_F
     with 0.95, and listing its flagged first lowered the AUC at the 52,376-image pool). Planted label flips, when
     the store has them, are read after detection to score the flagged set and the ranking's AUC.
     """
-    if top < 1:
-        raise UserError(f"top={top} must be at least 1")
-    if by not in MISLABEL_SCORES:
-        raise UserError(f"by={by!r} is not one of {', '.join(MISLABEL_SCORES)}")
-    check_fdr(fdr)
+    check_detection(top, fdr, "by=", by, MISLABEL_SCORES)
     opened = as_opened_of_kind(path, store, "example", "mislabels")
     est = opened.estimate
     score = mislabel_scores(est.matrix, by)
