@@ -16,6 +16,7 @@ from click.testing import CliRunner
 from dmtoolkit.cli import cli
 from dmtoolkit.errors import UserError
 from dmtoolkit.estimate.files import load_estimate
+from dmtoolkit.estimate.fit import fit_store
 from dmtoolkit.estimate.lds import evaluate
 from dmtoolkit.estimate.replay import (
     ReplayEstimator,
@@ -180,6 +181,9 @@ def test_end_to_end_on_an_example_store(trained_store: Path, tmp_path: Path, poi
     for command in (["leakage", str(out), "--json", "--no-features"], ["mislabels", str(out), "--json"]):
         result = CliRunner().invoke(cli, command)
         assert result.exit_code == 0, (command, result.output)
+    # one network (one seed): no standard error, and the detectors say why nothing is flagged
+    assert est.stderr is None and "from 1 network" in attrs["stderr_missing"] and "--networks" in attrs["stderr_missing"]
+    assert json.loads(result.output)["flagged"] == [] and "--networks" in json.loads(result.output)["evidence"]
 
 
 def test_cli_replay_then_evaluate(trained_store: Path, tmp_path: Path) -> None:
@@ -246,6 +250,19 @@ def test_several_networks_average_the_derivatives_of_their_seeds(tmp_path: Path)
     np.testing.assert_allclose(model.coef_, model.network_coef_.mean(0), rtol=1e-6, atol=1e-8)
     np.testing.assert_allclose(model.predict(np.full((1, 18), 0.5))[0], model.network_margin_at_point_.mean(0),
                                atol=1e-5)
+    # its error: the sd of the three seeds' derivatives / √3, Student t with 2 dof, saved with the estimate
+    np.testing.assert_allclose(model.stderr_, model.network_coef_.astype(np.float64).std(0, ddof=1) / np.sqrt(3),
+                               rtol=1e-4, atol=1e-8)
+    assert model.stderr_dof_ == 2
+    out = tmp_path / "three.h5"
+    fit_store(path, out, model, test_fraction=0.25)
+    saved = load_estimate(out)
+    assert saved.stderr is not None and saved.stderr_dof == 2
+    assert saved.attrs["stderr_method"].startswith("spread across 3 independently trained networks (sd / √3)")
+    mislabels = CliRunner().invoke(cli, ["mislabels", str(out), "--json"])
+    evidence = json.loads(mislabels.output)["evidence"]
+    assert mislabels.exit_code == 0 and "one-sided p-values from spread across 3" in evidence
+    assert "only 3 networks" in evidence and "fit more networks (--networks)" in evidence
     with pytest.raises(UserError, match=r"^7 replayed networks need as many training seeds; the 6 fitting rows of .* "
                                         r"trained from 6 \(training randomness 'per-model'\)$"):
         ReplayEstimator(path, networks=7).fit(masks, margins, rows)

@@ -63,9 +63,10 @@ def influence_pvalues(est: Estimate, side: str) -> tuple[np.ndarray | None, str]
     dof = est.stderr_dof
     law = f"Student t, {dof} dof" if dof else "normal"
     evidence = f"one-sided p-values from {method} ({law})"
-    if dof is not None and dof < MIN_EVIDENCE_DOF and estimator_entry(est.estimator).retrains:
+    entry = estimator_entry(est.estimator)
+    if dof is not None and dof < MIN_EVIDENCE_DOF and entry.networks_option:
         evidence += (f"; only {dof + 1} networks, so every p-value rests on the same few networks and the FDR is "
-                     "not guaranteed: fit more networks (--models)")
+                     f"not guaranteed: fit more networks ({entry.networks_option})")
     elif dof is not None and dof < MIN_EVIDENCE_DOF:
         evidence += (f"; only {dof + 1} draws, so every p-value rests on the same few draw means and the "
                      "FDR is not guaranteed: train more models (more pairs or blocks)")

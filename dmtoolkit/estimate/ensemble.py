@@ -1,4 +1,5 @@
-"""Per-network scores of a few-network estimator (the gradient estimator): saved as each network finishes,
+"""Per-network scores of a few-network estimator (the gradient estimator; the replay estimator's several
+seeds share the standard error and its record, `across_networks`, `network_stderr_record`): saved as each network finishes,
 resumed by a rerun, and reduced to a mean and a standard error across networks in bounded memory.
 
 Each network n gives a score matrix τ_n (P × T). The estimate is their mean; its standard error is the
@@ -94,6 +95,27 @@ def across_networks(scores: Iterable[np.ndarray]) -> AcrossNetworks:
         raise ValueError("no networks")
     n = moments.count
     return AcrossNetworks(moments.mean, moments.stderr(), n - 1 if n > 1 else None, n)
+
+
+def network_stderr_record(name: str, networks: int, stderr: np.ndarray | None, *, fixed: str,
+                          more: str) -> tuple[dict[str, Any], list[Any]]:
+    """What a few-network estimate file says of its standard error: the attributes (`stderr_method`,
+    `stderr_dof`, or `stderr_missing` with one network: why nothing can be flagged) and the `stderr` dataset
+    (none with one network). `fixed` names what every network shares (so the error does not cover it), `more`
+    how to fit more networks."""
+    from dmtoolkit.estimate.base import ExtraDataset
+
+    if stderr is None:
+        return {"stderr_method": "none", "stderr_dof": -1,
+                "stderr_missing": (f"the {name} estimate is from {networks} network, so its standard error (the "
+                                   "spread of the scores across independently trained networks) is undefined: "
+                                   f"nothing is flagged; fit 2 or more networks ({more}) for evidence")}, []
+    attrs = {"stderr_method": (f"spread across {networks} independently trained networks (sd / √{networks}) at "
+                               f"fixed {fixed}"),
+             "stderr_dof": networks - 1}
+    dataset = ExtraDataset("stderr", stderr, "standard error of the coefficient: sd of the per-network scores / "
+                           "√networks (Student t, networks − 1 dof)", "unit, target example", "margin per unit")
+    return attrs, [dataset]
 
 
 def reduce_block_columns(num_units: int, budget: int = REDUCE_BLOCK_BYTES) -> int:

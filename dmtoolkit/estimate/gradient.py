@@ -68,7 +68,13 @@ from dmtoolkit.capabilities import Capability
 from dmtoolkit.devices import training_threads
 from dmtoolkit.errors import UserError
 from dmtoolkit.estimate.base import Estimator, ExtraDataset
-from dmtoolkit.estimate.ensemble import PLAN_KEY, NetworkSaver, partial_folder, reduction_bytes
+from dmtoolkit.estimate.ensemble import (
+    PLAN_KEY,
+    NetworkSaver,
+    network_stderr_record,
+    partial_folder,
+    reduction_bytes,
+)
 from dmtoolkit.estimate.options import (
     GRADIENT_HEADS,
     GRADIENT_KERNELS,
@@ -831,25 +837,16 @@ class GradientEstimator(Estimator):
                                         "target: transferred margin z_y - max_{k!=y} z_k",
             "gradient_max_margin_error": max((r.margin_error for r in self.records_ if r.row >= 0),
                                              default=float("nan")),
-            **self._stderr_attributes(),
+            **self._stderr_record()[0],
         }
 
-    def _stderr_attributes(self) -> dict[str, Any]:
-        n = len(self.records_)
-        if self.stderr_ is None:
-            return {"stderr_method": "none", "stderr_dof": -1,
-                    "stderr_missing": (f"the {self.name} estimate is from {n} network, so its standard error (the "
-                                       "spread of the scores across independently trained networks) is undefined: "
-                                       "nothing is flagged; fit 2 or more networks (--models) for evidence")}
-        return {"stderr_method": (f"spread across {n} independently trained networks (sd / √{n}) at fixed "
-                                  "projection, λ and store; not the linearisation's bias"),
-                "stderr_dof": int(self.stderr_dof_)}
+    def _stderr_record(self) -> tuple[dict[str, Any], list[ExtraDataset]]:
+        return network_stderr_record(self.name, len(self.records_), self.stderr_,
+                                     fixed="projection, λ and store; not the linearisation's bias", more="--models")
 
     def extra_datasets(self) -> list[ExtraDataset]:
         r = self.records_
-        errors = [] if self.stderr_ is None else [ExtraDataset(
-            "stderr", self.stderr_, "standard error of the coefficient: sd of the per-network scores / √networks "
-            "(Student t, networks − 1 dof)", "unit, target example", "margin per unit")]
+        errors = self._stderr_record()[1]
         return errors + [
             ExtraDataset("gradient/rows", np.array([x.row for x in r], np.int64),
                          "store row each network was retrained from (-1: trained on the full pool)", "network", "row"),

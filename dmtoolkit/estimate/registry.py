@@ -23,6 +23,8 @@ class EstimatorEntry:
 
     `retrains`: the estimator cannot work from masks and margins alone; it retrains source networks from the
     run store it is constructed with (the gradient estimator), so its `fit` needs that store's own arrays.
+    `networks_option`: for such an estimator, the option of its command that fits more networks (the networks
+    its standard error is taken across).
     """
 
     name: str
@@ -30,6 +32,7 @@ class EstimatorEntry:
     command: str
     summary: str
     retrains: bool = False
+    networks_option: str | None = None
 
     def load(self) -> type[Estimator]:
         module, _, cls = self.target.partition(":")
@@ -45,10 +48,11 @@ ESTIMATORS: dict[str, EstimatorEntry] = {e.name: e for e in (
                    "sparse linear datamodels: lasso path, λ chosen per target on held-out models (Ilyas et al. 2022)"),
     EstimatorEntry("gradient", "dmtoolkit.estimate.gradient:GradientEstimator", "gradient",
                    "TRAK-style gradients of a few retrained source networks, through the transfer (example level)",
-                   retrains=True),
+                   retrains=True, networks_option="--models"),
     EstimatorEntry("replay", "dmtoolkit.estimate.replay:ReplayEstimator", "replay",
                    "exact derivative of each transferred margin w.r.t. each source example's training weight, "
-                   "through the replayed built-in training and the ridge head (example level)", retrains=True),
+                   "through the replayed built-in training and the ridge head (example level)", retrains=True,
+                   networks_option="--networks"),
 )}
 
 

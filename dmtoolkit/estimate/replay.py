@@ -62,6 +62,7 @@ import torch.nn.functional as F
 from dmtoolkit.capabilities import Capability
 from dmtoolkit.errors import UserError
 from dmtoolkit.estimate.base import Estimator, ExtraDataset
+from dmtoolkit.estimate.ensemble import across_networks, network_stderr_record
 from dmtoolkit.estimate.options import REPLAY_MODES, REPLAY_POINTS, REPLAY_TARGET_CHUNK
 
 if TYPE_CHECKING:
@@ -565,7 +566,10 @@ class ReplayEstimator(Estimator):
         self.train_cpu_seconds_ = float(np.mean([t["train_cpu_seconds"] for t in timings])) \
             if all("train_cpu_seconds" in t for t in timings) else float("nan")
         coef64 = np.mean(coefs, axis=0)
+        spread = across_networks(coefs)  # with 2 or more seeds, the error of that mean across them
         self.coef_ = coef64.astype(np.float32)
+        self.stderr_ = None if spread.stderr is None else spread.stderr.astype(np.float32)
+        self.stderr_dof_ = spread.dof
         self.margin_at_point_ = np.mean(at_points, axis=0)
         self.intercept_ = (self.margin_at_point_ - w0 @ coef64).astype(np.float32)
         self.network_coef_ = np.stack(coefs).astype(np.float32) if len(seeds) > 1 else None
@@ -607,7 +611,13 @@ class ReplayEstimator(Estimator):
                                     "training" if self.mode_ == "forward" else "reverse: states stored per step, "
                                     "each step recomputed in the backward sweep, `chunk` targets' adjoints per sweep"),
             "replay_chunk": self.chunk,
+            **self._stderr_record()[0],
         }
+
+    def _stderr_record(self) -> tuple[dict[str, Any], list[ExtraDataset]]:
+        return network_stderr_record(self.name, len(self.seeds_), self.stderr_,
+                                     fixed="linearisation point, store and pipeline; not the linearisation's bias",
+                                     more="--networks, on a store whose models trained from several seeds")
 
     def extra_datasets(self) -> list[ExtraDataset]:
         per_network = [] if self.network_coef_ is None else [
@@ -616,7 +626,7 @@ class ReplayEstimator(Estimator):
                          "margin per unit"),
             ExtraDataset("replay/network_margin_at_point", self.network_margin_at_point_, "each replayed network's "
                          "transferred margin at w0", "network, target example", "margin")]
-        return per_network + [
+        return self._stderr_record()[1] + per_network + [
             ExtraDataset("replay/point", self.w0_.astype(np.float32), "linearisation point: each source example's "
                          "weight w0 in the replayed training loss", "unit", "weight"),
             ExtraDataset("replay/margin_at_point", self.margin_at_point_.astype(np.float32),
