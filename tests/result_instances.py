@@ -171,3 +171,12 @@ def summary_stores(folder: Path) -> dict[str, Path]:
             "planted": _planted_store(folder / "planted.h5", harm=True),
             "leaks": _planted_store(folder / "leaks.h5", harm=False),
             "imported": import_store(folder / "imported.h5", read_folder(arrays))}
+
+
+def plain_json(value: Any) -> bool:
+    """Plain JSON values only: no tuples, NumPy scalars, Paths or dataclasses (what `to_json` must return)."""
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and plain_json(v) for k, v in value.items())
+    if isinstance(value, list):
+        return all(plain_json(v) for v in value)
+    return value is None or type(value) in (str, int, float, bool)

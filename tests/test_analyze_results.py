@@ -30,6 +30,7 @@ from dmtoolkit.analyze.results import (
     Verification,
 )
 from dmtoolkit.report import text
+from tests.result_instances import plain_json
 
 ROOT = Path(__file__).resolve().parent.parent
 ANALYZE = ROOT / "dmtoolkit" / "analyze"
@@ -52,26 +53,19 @@ COUNTERFACTUAL = {"file", "order", "repeats", "k", "accuracy_mean", "accuracy_st
                   "removed_per_repeat", "removed"}
 
 
-def _plain(value: object) -> bool:
-    """JSON of plain Python values only (no NumPy scalars, no tuples, no dataclasses)."""
-    if isinstance(value, dict):
-        return all(isinstance(k, str) and _plain(v) for k, v in value.items())
-    if isinstance(value, list):
-        return all(_plain(v) for v in value)
-    return value is None or type(value) in (str, int, float, bool)
 
 
 # JSON keys -------------------------------------------------------------------------------------------
 def test_class_results_keep_their_json_keys(class_files: tuple[Path, Path]) -> None:
     _, infl = class_files
     ranking = analyze.rank_classes(infl, top=2).to_json()
-    assert set(ranking) == RANKING and _plain(ranking)
+    assert set(ranking) == RANKING and plain_json(ranking)
     assert all(set(e) == EFFECT for key in ("overall", "top", "bottom", "bottom_all") for e in ranking[key])
     sub = analyze.subpopulation(infl, "c1", n=3, with_images=True).to_json()
-    assert set(sub) == {"file", "class", "targets", "level", "interval_note"} and _plain(sub)
+    assert set(sub) == {"file", "class", "targets", "level", "interval_note"} and plain_json(sub)
     assert all(set(t) == {"target", "name", "influence", "low", "high"} for t in sub["targets"])
     explanation = analyze.explain_target(infl, 5).to_json()
-    assert set(explanation) == EXPLANATION and _plain(explanation)
+    assert set(explanation) == EXPLANATION and plain_json(explanation)
     assert all(set(e) == EVIDENCE for key in ("most_negative", "most_positive") for e in explanation[key])
     verified = Explanation(**{**analyze.explain_target(infl, 5).__dict__,
                               "verify": Verification("c4", 2, 1, 2, 0.5, 1.0)}).to_json()
@@ -83,7 +77,7 @@ def test_example_results_keep_their_json_keys(example_files: dict) -> None:
     assert set(leak) == {"file", "estimator", "ranking", "one_per_source", "pairs", "planted", "fdr", "near_duplicate",
                          "evidence", "message", "remove", "flagged", "influence_only", "near_duplicate_only",
                          "planted_influence_only", "planted_pixel_only", "planted_top", "planted_feature_top",
-                         "features", "verdict", "copies", "pixel_evidence", "models_add", "scanned"} and _plain(leak)
+                         "features", "verdict", "copies", "pixel_evidence", "models_add", "scanned"} and plain_json(leak)
     assert all(set(p) == PAIR for p in leak["pairs"] + leak["flagged"]) and set(leak["planted"]) == LEAK_SCORE
     assert leak["verdict"] == "contamination" and leak["scanned"] == {"source_examples": 12, "target_test_images": 10}
     assert [(c["source_id"], c["target"], c["kind"]) for c in leak["copies"]] == [("ex2", 4, "exact copy"),
@@ -91,7 +85,7 @@ def test_example_results_keep_their_json_keys(example_files: dict) -> None:
     assert all(set(c) == COPY for c in leak["copies"])
     mis = analyze.detect_mislabels(example_files["influence"], top=3).to_json()
     assert set(mis) == {"file", "estimator", "by", "candidates", "planted", "planted_top", "fdr", "evidence",
-                        "message", "flagged"} and _plain(mis)
+                        "message", "flagged"} and plain_json(mis)
     assert all(set(c) == CANDIDATE | {"planted_flip", "original_label"} for c in mis["candidates"])
     assert set(mis["planted"]) == FLIP_SCORE
 
@@ -107,7 +101,7 @@ def test_counterfactual_result_json_and_curve() -> None:
     result = CounterfactualResult("cf.h5", "bottom", 2, (0, 5), (0.8, 0.85), (0.01, 0.02), ((0.79, 0.84), (0.81, 0.86)),
                                   ("c4", "c0"))
     data = result.to_json()
-    assert set(data) == COUNTERFACTUAL and _plain(data)
+    assert set(data) == COUNTERFACTUAL and plain_json(data)
     assert data["accuracy"] == [[0.79, 0.84], [0.81, 0.86]] and data["k"] == [0, 5]
     assert result.curve.rows() == [{"k": 0, "mean": 0.8, "std": 0.01}, {"k": 5, "mean": 0.85, "std": 0.02}]
 

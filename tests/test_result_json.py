@@ -14,19 +14,12 @@ from typing import Any
 
 import pytest
 
-from tests.result_instances import instances, summary_stores
+from tests.result_instances import instances, plain_json, summary_stores
 
 PINNED = json.loads((Path(__file__).parent / "pinned_result_json.json").read_text())
 INSTANCES = instances()
 
 
-def _plain(value: Any) -> bool:
-    """Plain JSON values only: no tuples, NumPy scalars, Paths or dataclasses."""
-    if isinstance(value, dict):
-        return all(isinstance(k, str) and _plain(v) for k, v in value.items())
-    if isinstance(value, list):
-        return all(_plain(v) for v in value)
-    return value is None or type(value) in (str, int, float, bool)
 
 
 def key_orders(value: Any, path: str = "") -> dict[str, list[str]]:
@@ -61,7 +54,7 @@ def test_every_result_type_is_pinned() -> None:
 @pytest.mark.parametrize("name", sorted(INSTANCES))
 def test_json_is_what_the_hand_written_to_json_gave(name: str) -> None:
     data = INSTANCES[name].to_json()
-    assert _plain(data), data
+    assert plain_json(data), data
     assert json.loads(json.dumps(data)) == PINNED["results"][name]
     assert key_orders(data) == key_orders(PINNED["results"][name])  # report.json keeps its order too
 
@@ -72,7 +65,7 @@ def test_store_summary_json_and_text_are_unchanged(tmp_path: Path) -> None:
     for name, path in summary_stores(tmp_path).items():
         summary = store_summary(path)
         data = summary.to_json()
-        assert _plain(data)
+        assert plain_json(data)
         assert normalized(data, str(summary), tmp_path) == PINNED["store_summary"][name], name
         assert key_orders(data) == key_orders(PINNED["store_summary"][name]["json"])
         assert summary.models.completed == data["models"]["completed"] and summary.path == data["path"]
@@ -88,7 +81,7 @@ def test_plain_converts_nested_values_numpy_and_paths() -> None:
     value = {1: (np.float32(0.5), np.int64(3), np.bool_(True), np.str_("a")), "p": Path("x/y.h5"),
              "a": np.arange(3).reshape(1, 3), "n": None}
     assert plain(value) == {"1": [0.5, 3, True, "a"], "p": "x/y.h5", "a": [[0, 1, 2]], "n": None}
-    assert _plain(plain(value))
+    assert plain_json(plain(value))
     with pytest.raises(TypeError, match="set has no JSON form"):
         plain({1, 2})
 
