@@ -359,7 +359,7 @@ def store_info(store_path: Path, as_json: bool) -> None:
     from dmtoolkit.store_checks import store_summary
 
     summary = store_summary(store_path)
-    _echo_json(summary.to_json()) if as_json else click.echo(format_store_summary(summary))
+    _show(summary, format_store_summary, as_json)
 
 
 @store.command("validate")
@@ -651,7 +651,7 @@ def evaluate(store_path: Path, estimate_path: Path, as_json: bool) -> None:
     from dmtoolkit.report.text import format_lds
 
     result = lds(store_path, estimate_path)
-    _echo_json(result.to_json()) if as_json else click.echo(format_lds(result))
+    _show(result, format_lds, as_json)
 
 
 @cli.command()
@@ -679,7 +679,7 @@ def reliability(store_path: Path, other_path: Path | None, estimator: str, as_js
     result = reliability_report(store_path, other_path, estimator=estimator)
     for warning in result.warnings:
         click.echo(f"warning: {warning}", err=True)
-    _echo_json(result.to_json()) if as_json else click.echo(format_reliability(result))
+    _show(result, format_reliability, as_json)
 
 
 @cli.group()

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from dmtoolkit.analyze import class_positions, counterfactual, detect_leakage, detect_mislabels
+from dmtoolkit.analyze import class_positions, counterfactual, detect_leakage, detect_mislabels, open_estimate
 from dmtoolkit.analyze.results import DemoSummary
 from dmtoolkit.estimate.datamodels import fit_datamodels
 from dmtoolkit.estimate.influence import compute_influence
@@ -99,9 +99,11 @@ def run_demo(out: Path, *, scale: str = "default", workers: int = 2, device: str
         ("class influence", classes, class_influence),
         ("example influence", examples, example_influence),
         ("example datamodels", examples, datamodels))}
-    digit_ranks = {d: class_positions(class_influence, [d], target_class=d)[d] for d in digits}
+    with open_estimate(class_influence) as opened:  # its store opened and hash-checked once for the ten ranks
+        digit_ranks = {d: class_positions(opened, [d], target_class=d)[d] for d in digits}
     # detectors need standard errors (datamodels have none): the difference-of-means estimate carries them
-    leakage, mislabels = detect_leakage(example_influence).planted, detect_mislabels(example_influence).planted
+    with open_estimate(example_influence) as opened:
+        leakage, mislabels = detect_leakage(opened).planted, detect_mislabels(opened).planted
     return DemoSummary(out=str(out), scale=scale, class_models=size.class_models, example_models=size.example_models,
                        lds=lds, digit_ranks=digit_ranks, counterfactual=retrained, leakage=leakage,
                        mislabels=mislabels, report=str(build_report(out, out / "report", force=True)))

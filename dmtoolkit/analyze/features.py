@@ -44,14 +44,14 @@ def feature_similarity(store: RunStore, *, device: str | None = "cpu", seed: int
     recipe, data = store.recipe, store.run_data()
     everything = np.ones((1, len(data.source_pool.labels)), bool)
     context = RunContext(recipe, everything, data, device)
+    layer = recipe.transfer.feature_layer
     with training_threads():  # the driver's thread count: otherwise the network (and every score) follows the machine's
         model = context.train_source_models([np.arange(everything.shape[1])], [seed])
-    model.eval()
-    layer = recipe.transfer.feature_layer
-    with torch.no_grad(), training_threads():
-        embed = lambda x: batched_outputs(lambda y: model.features(y, layer), x, 1)  # noqa: E731
-        mean, std = standardisation(embed(context.target_train_x))
-        pool = torch.nn.functional.normalize(((embed(context.pool_x) - mean) / std)[0], dim=1)
-        target = torch.nn.functional.normalize(((embed(context.target_test_x) - mean) / std)[0], dim=1)
-        matrix = (pool @ target.T).double().cpu().numpy()
+        model.eval()
+        with torch.no_grad():
+            embed = lambda x: batched_outputs(lambda y: model.features(y, layer), x, 1)  # noqa: E731
+            mean, std = standardisation(embed(context.target_train_x))
+            pool = torch.nn.functional.normalize(((embed(context.pool_x) - mean) / std)[0], dim=1)
+            target = torch.nn.functional.normalize(((embed(context.target_test_x) - mean) / std)[0], dim=1)
+            matrix = (pool @ target.T).double().cpu().numpy()
     return FeatureSimilarity(matrix, layer, seed, time.perf_counter() - started)

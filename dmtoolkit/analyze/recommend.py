@@ -56,7 +56,7 @@ from dmtoolkit.analyze.retrain import check_ks
 from dmtoolkit.capabilities import Capability
 from dmtoolkit.errors import UserError
 from dmtoolkit.stats.intervals import interval_bounds
-from dmtoolkit.stats.pvalues import benjamini_hochberg, bh_adjusted, check_fdr, one_sided_pvalues
+from dmtoolkit.stats.pvalues import bh_adjusted, check_fdr, one_sided_pvalues
 from dmtoolkit.stats.ranking import nanmean_rows, rank_order
 
 
@@ -116,7 +116,7 @@ def choose_removal(candidates: list[RemovalCandidate] | tuple[RemovalCandidate, 
     harm (`evidence` not False), the best predicted validation accuracy; ties (the same number of validation
     targets predicted correct, or within `tie_targets` of the best: a study option, the shipped rule uses 0) go to
     the tied k with the largest predicted mean-margin gain whose interval lies above 0, else to the smaller k."""
-    phrase = f"FDR {100 * (fdr or 0):g}%"
+    phrase = fdr_phrase(fdr or 0)
     eligible = [c for c in candidates if c.evidence is not False]
     correct = {c.k: round(c.predicted_accuracy * validation_targets) for c in eligible}
     top = max(correct.values())
@@ -275,8 +275,8 @@ def recommend_removal(path: str | Path | OpenedEstimate, *, ks: Sequence[int] | 
     harmful, evidence = None, ()
     if stderr is not None:  # one family: Benjamini–Hochberg over every class's p-value that its mean is below 0
         p = one_sided_pvalues(mean_coef, stderr, dof, "less")
-        harmful = harmful_prefix(order, benjamini_hochberg(p, fdr))
         q = bh_adjusted(p)
+        harmful = harmful_prefix(order, q <= fdr)
         shown = order[:min(max(ks) + 1, num_units)]
         evidence = tuple(ClassEvidence(index=int(k), name=est.unit_names[k], influence=float(mean_coef[k]),
                                        p_value=float(p[k]), q_value=float(q[k]), significant=bool(q[k] <= fdr))

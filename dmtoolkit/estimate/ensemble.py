@@ -224,8 +224,7 @@ def _short(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-# --- calibration by simulation ---------------------------------------------------------------------------
-
+# --- simulated per-network scores (what analyze/evidence.network_calibration checks the error on) --------
 
 def simulate_network_scores(replication: int, *, networks: int, units: int = 200, targets: int = 20,
                             effects: float = 0.05, effect_size: float = 10.0, shared: float = 0.5,
