@@ -101,6 +101,13 @@ def test_a_plan_names_its_data_and_sends_workers_a_path_when_it_has_one(tmp_path
     assert both.run_data() is data and both.for_workers().data is None and both.for_workers().key == both.key
     alone = TrainingPlan(plan.recipe, masks[:3], data=data)
     assert alone.for_workers() is alone and alone.key != TrainingPlan(plan.recipe, masks[:3], data=data).key
+    # a store's own plan goes to workers without its masks (no pickled copy per worker start); they read them
+    sent = plan.for_workers()
+    assert plan.masks_in_store and sent.masks is None and sent.key == plan.key and sent.store == path
+    np.testing.assert_array_equal(sent.inputs().masks, masks)
+    assert both.for_workers().masks is not None  # a retraining's own masks are not in the store: they go along
+    with pytest.raises(ValueError, match="without masks must read them from its run store"):
+        TrainingPlan(plan.recipe, None, data=data)
     with pytest.raises(ValueError, match="needs its data"):
         TrainingPlan(plan.recipe, masks)
 

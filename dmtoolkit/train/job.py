@@ -114,24 +114,31 @@ class TrainingPlan:
     A store's own plan (`from_store`) is its recipe, masks and path; a retraining's
     (`analyze.retrain.train_masks`) has its own recipe and masks over the data of a store or of a recipe,
     and no file is written for it. `key` identifies the plan to executors that cache what they build from
-    it: a store's path, creation stamp and recipe hash, else a fresh random id.
+    it: a store's path, creation stamp and recipe hash, else a fresh random id. `masks_in_store`: the masks are
+    the store's own, so a worker process reads them there (`for_workers` leaves them out, `masks` is None) rather
+    than receiving a pickled copy (100 MB for 2,048 models over a 50,000-image pool) at every worker start.
     """
 
     recipe: Recipe
-    masks: np.ndarray
+    masks: np.ndarray | None
     store: Path | None = None
     data: RunData | None = field(default=None, repr=False)
     key: str = field(default_factory=lambda: uuid.uuid4().hex)
+    masks_in_store: bool = False
 
     def __post_init__(self) -> None:
         if self.store is None and self.data is None:
             raise ValueError("a training plan needs its data: a run store's path, or the data in memory")
+        if self.store is not None:
+            object.__setattr__(self, "store", Path(self.store))
+        if self.masks is None:
+            if not (self.masks_in_store and self.store is not None):
+                raise ValueError("a training plan without masks must read them from its run store")
+            return
         masks = np.asarray(self.masks, dtype=bool)
         if masks.ndim != 2 or not len(masks):
             raise ValueError(f"a training plan needs (models, units) masks with a model at least, got {masks.shape}")
         object.__setattr__(self, "masks", masks)
-        if self.store is not None:
-            object.__setattr__(self, "store", Path(self.store))
 
     @classmethod
     def from_store(cls, store: "str | Path | RunStore") -> "TrainingPlan":
@@ -140,7 +147,7 @@ class TrainingPlan:
             with RunStore(store) as opened:
                 return cls.from_store(opened)
         return cls(store.recipe, store.masks[()].astype(bool), store=store.path,
-                   key=f"{store.path.resolve()}|{store.created}|{store.recipe_hash}")
+                   key=f"{store.path.resolve()}|{store.created}|{store.recipe_hash}", masks_in_store=True)
 
     @classmethod
     def of(cls, work: "TrainingPlan | str | Path") -> "TrainingPlan":
@@ -155,15 +162,21 @@ class TrainingPlan:
             return store.run_data()
 
     def inputs(self) -> RunInputs:
-        return RunInputs(self.recipe, self.masks, self.run_data())
+        if self.masks is not None:
+            return RunInputs(self.recipe, self.masks, self.run_data())
+        with RunStore(self.store) as store:  # a worker's plan: the store's own masks and data, read here
+            return RunInputs(self.recipe, store.masks[()].astype(bool), store.run_data())
 
     def context(self, device: str | None = None) -> "RunContext":
         """The run context a worker computes this plan's groups in (data loaded now)."""
         return RunContext.from_inputs(self.inputs(), device)
 
     def for_workers(self) -> "TrainingPlan":
-        """The plan as sent to another process: without the in-memory data when a store holds them."""
-        return replace(self, data=None) if self.store is not None and self.data is not None else self
+        """The plan as sent to another process: without what its store holds (in-memory data; the masks when
+        they are the store's own), which the worker reads from the store instead."""
+        if self.store is None:
+            return self
+        return replace(self, data=None, masks=None if self.masks_in_store else self.masks)
 
     @property
     def num_groups(self) -> int:
