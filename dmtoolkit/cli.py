@@ -1021,7 +1021,7 @@ def leakage(estimate_path: Path, fdr: float, near_duplicate: float, top: int, ra
     contamination whatever the models say, listed first by source id and target index, and among the ids to
     remove. Then the models: each (source, target) pair gets a one-sided p-value of influence > 0 from the
     estimate's standard errors (valid for its mask design); Benjamini–Hochberg at --fdr keeps those with
-    evidence. A copy with evidence is one the models learned from (flagged); significant pairs that do not look
+    evidence, within two families: the pixel copies (so a few networks can confirm them) and every other pair. A copy with evidence is one the models learned from (flagged); significant pairs that do not look
     the same are look-alikes or altered copies (strong influence only). Prints "no evidence of leakage at FDR
     5%" only when there is neither a copy nor a significant pair. Datamodels estimates carry no standard
     errors: fit `dmtoolkit influence` for the evidence. With planted ground truth in the run store, also prints

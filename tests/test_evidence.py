@@ -17,9 +17,11 @@ from scipy import stats
 
 from dmtoolkit.analyze import detect_leakage, detect_mislabels
 from dmtoolkit.analyze.copies import find_copies, near_duplicate_matrix
+from dmtoolkit.analyze.leakage import family_q_values
 from dmtoolkit.cli import cli
 from dmtoolkit.errors import UserError
 from dmtoolkit.estimate import compute_influence, fit_datamodels
+from dmtoolkit.estimate.files import load_estimate
 from dmtoolkit.estimate.registry import make_estimator
 from dmtoolkit.estimate.splits import design_draws
 from dmtoolkit.masks import make_masks
@@ -283,6 +285,36 @@ def test_nothing_planted_says_nothing_here(null: dict[str, Path]) -> None:
     assert "copies of target test images" not in out.output
     out = CliRunner().invoke(cli, ["mislabels", str(null["influence"]), "--fdr", "0.1"])
     assert out.exit_code == 0 and out.output.splitlines()[0] == "no evidence of mislabelled source examples at FDR 10%"
+
+
+@given(st.lists(st.tuples(st.floats(0, 1), st.sampled_from(["copy", "other", "undefined"])), min_size=1,
+                max_size=30), st.sampled_from([0.05, 0.2]))
+@settings(max_examples=150, deadline=None)
+def test_copies_are_tested_as_their_own_family(pairs: list[tuple[float, str]], fdr: float) -> None:
+    """family_q_values: the step-up rule within the copies and, separately, within every other defined pair."""
+    p = np.array([x for x, _ in pairs])[None, :]
+    kind = np.array([k for _, k in pairs])[None, :]
+    q = family_q_values(p, kind == "copy", kind != "undefined")
+    assert np.all(q[kind == "undefined"] == 1.0)
+    for family in ("copy", "other"):
+        members = kind[0] == family
+        if members.any():
+            np.testing.assert_array_equal(q[0, members] <= fdr, _bh_brute(p[0, members].tolist(), fdr))
+
+
+def test_a_copy_is_confirmed_within_its_family_where_all_pairs_would_bury_it(planted: dict[str, Path]) -> None:
+    """The copies' q-values are Benjamini–Hochberg over the copy pairs alone, not over all P × T pairs."""
+    result = detect_leakage(planted["influence"], features=False)
+    est = load_estimate(planted["influence"])
+    p = one_sided_pvalues(est.matrix, est.stderr, est.stderr_dof, "greater")
+    copies = [(c.source, c.target) for c in result.copies]
+    q_copies = bh_adjusted(np.array([p[i, j] for i, j in copies]))
+    for c, expected in zip(result.copies, q_copies):
+        assert c.q_value == pytest.approx(expected)
+    assert "within two families: the 2 pixel-copy pairs" in result.evidence
+    # the same p-values among all pairs give larger q for the copies (the family the old rule tested them in)
+    everything = bh_adjusted(p.ravel()).reshape(p.shape)
+    assert all(everything[i, j] >= c.q_value - 1e-12 for (i, j), c in zip(copies, result.copies))
 
 
 def test_copies_are_flagged_and_look_alikes_are_not(planted: dict[str, Path]) -> None:

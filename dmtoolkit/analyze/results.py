@@ -441,8 +441,8 @@ class LeakPair(JsonResult):
     target / target_label: target test index and class; influence: the estimate's entry;
     ranking_score: the score browsing ranks pairs by (see LEAK_RANKINGS); pixel_score: near-duplicate score
     of the two images (`near_duplicate_matrix`, in [-1, 1]); p_value: one-sided p-value of influence > 0 from
-    the estimate's design-valid standard error, q_value its Benjamini–Hochberg adjustment over all pairs
-    (both None when the estimate has no standard errors); category: one of LEAK_CATEGORIES; flagged: a
+    the estimate's design-valid standard error, q_value its Benjamini–Hochberg adjustment within its family
+    (the pixel copies, or every other pair; `leakage.family_q_values`) (both None when the estimate has no standard errors); category: one of LEAK_CATEGORIES; flagged: a
     likely copy at the report's FDR; feature_score: cosine similarity of the two images' standardised
     features in one model trained on the whole pool (`dmtoolkit.analyze.features`; None when not computed).
     """
