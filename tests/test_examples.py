@@ -85,6 +85,7 @@ def test_digits_examples_gradient_hook_through_the_cli(tmp_path: Path) -> None:
     import json
 
     from dmtoolkit.estimate.files import load_estimate
+    from dmtoolkit.estimate.source_task import read_source_task
 
     store, out = tmp_path / "digit-examples.h5", tmp_path / "gradient.h5"
     run("init", EXAMPLES / "digits-examples.yaml", store, "--models", 12)
@@ -108,5 +109,8 @@ def test_digits_examples_gradient_hook_through_the_cli(tmp_path: Path) -> None:
     assert leakage["estimator"] == "gradient" and leakage["verdict"] == "contamination"
     assert len(leakage["copies"]) == 5  # the recipe's 5 planted copies, from pixels (the store holds the images)
     mislabels = json.loads(run("mislabels", out, "--json").output)
+    # the hook gives source_test, so each network also scored the source task: mislabels tests harm to both
+    assert read_source_task(out).stderr is not None and "the source task scored by the same networks" in mislabels["evidence"]
+    assert all(c["source_p"] is not None for c in mislabels["candidates"])
     # the gradient ranking of the 8 planted label flips (measured AUC 0.95 on this seed; chance is 0.5)
     assert mislabels["planted"]["flipped"] == 8 and mislabels["planted"]["auc"] > 0.8

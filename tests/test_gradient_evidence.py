@@ -5,6 +5,7 @@ run continues to the same result; a changed rerun is refused)."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import h5py
@@ -30,6 +31,7 @@ from dmtoolkit.estimate.ensemble import (
 from dmtoolkit.estimate.files import load_estimate
 from dmtoolkit.estimate.fit import fit_store
 from dmtoolkit.estimate.gradient import GradientEstimator, fit_gradient, gradient_memory_bytes
+from dmtoolkit.estimate.source_task import read_source_task
 from dmtoolkit.resources import ResourceError
 from dmtoolkit.stats.pvalues import bh_adjusted, one_sided_pvalues, simes
 
@@ -127,10 +129,16 @@ def test_the_estimate_carries_the_standard_error_of_its_saved_networks(store: Pa
         with h5py.File(folder / f"network-{n:04d}.h5", "r") as f:
             per_network.append(f["scores"][()].astype(np.float64))
     per_network = np.array(per_network)
+    assert per_network.shape[2] == 17  # the 16 targets, then the source-task column
+    per_network, per_network_task = per_network[:, :, :16], per_network[:, :, 16]
     est = load_estimate(out)
     np.testing.assert_allclose(est.matrix, per_network.mean(0), rtol=1e-5, atol=1e-7 * np.abs(per_network).max())
     np.testing.assert_allclose(est.stderr, per_network.std(0, ddof=1) / np.sqrt(3), rtol=1e-4,
                                atol=1e-7 * np.abs(per_network).max())
+    task = read_source_task(out)
+    np.testing.assert_allclose(task.coef, per_network_task.mean(0), rtol=1e-5, atol=1e-7 * np.abs(per_network_task).max())
+    np.testing.assert_allclose(task.stderr, per_network_task.std(0, ddof=1) / np.sqrt(3), rtol=1e-4,
+                               atol=1e-7 * np.abs(per_network_task).max())
     assert est.stderr_dof == 2 and "spread across 3 independently trained networks" in est.attrs["stderr_method"]
     # leakage: p-values from that standard error, Student t with 2 dof, BH over every pair
     report = detect_leakage(out, features=False, fdr=0.5)
@@ -142,10 +150,30 @@ def test_the_estimate_carries_the_standard_error_of_its_saved_networks(store: Pa
         c = int(np.searchsorted(est.target_index, pair.target))
         assert pair.p_value == pytest.approx(p[pair.source, c]) and pair.q_value == pytest.approx(q[pair.source, c])
         assert (pair.category in ("likely copy", "influence only")) == (q[pair.source, c] <= 0.5)
-    # mislabels: Simes over targets of the one-sided p-values (harm), no source-accuracy refit (it would retrain)
+    # mislabels: the networks' own source-task scores (harm to the source task) and Simes over targets (harm to a
+    # target), the larger p-value of the two, Benjamini–Hochberg
     report = detect_mislabels(out, fdr=0.5)
-    assert "scores target margins only" in report.evidence and "Student t, 2 dof" in report.evidence
+    assert "the source task scored by the same networks" in report.evidence and "Student t, 2 dof" in report.evidence
     target_p = simes(one_sided_pvalues(est.matrix, est.stderr, 2, "less"), axis=1)
+    source_p = one_sided_pvalues(task.coef, task.stderr, 2, "less")
+    q = bh_adjusted(np.maximum(source_p, target_p))
+    for candidate in report.candidates:
+        assert candidate.source_p == pytest.approx(source_p[candidate.source], rel=1e-5)
+        assert candidate.p_value == pytest.approx(max(source_p[candidate.source], target_p[candidate.source]), rel=1e-5)
+        assert candidate.flagged == (q[candidate.source] <= 0.5)
+    assert {c.source for c in report.flagged} == set(np.flatnonzero(q <= 0.5).tolist())
+    n = int((q <= 0.5).sum())
+    assert report.message == (f"{n} source example{'s' if n != 1 else ''} likely mislabelled at FDR 50% (they hurt "
+                              "the source task and the target)" if n else
+                              "no evidence of mislabelled source examples at FDR 50%")
+    assert [c.score for c in report.candidates] == sorted(c.score for c in report.candidates)  # few networks: by score
+    # an estimate without source-task scores (written before they were computed): harm to the targets alone
+    older = tmp_path / "older.h5"
+    shutil.copyfile(out, older)
+    with h5py.File(older, "a") as f:
+        del f["source_task"]
+    report = detect_mislabels(older, store=store, fdr=0.5)
+    assert "has no source-task scores" in report.evidence and "Student t, 2 dof" in report.evidence
     q = bh_adjusted(target_p)
     for candidate in report.candidates:
         assert candidate.source_p is None and candidate.p_value == pytest.approx(target_p[candidate.source])

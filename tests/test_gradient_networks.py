@@ -100,6 +100,39 @@ def test_a_user_network_is_scored_as_finite_differences_and_a_numpy_kernel_say()
     np.testing.assert_allclose(margins, expected.float().numpy(), rtol=1e-6)
 
 
+def test_the_source_task_column_is_the_mean_source_margin_scored_as_a_target() -> None:
+    """The source-task column (the gradient of the mean source margin over `source_test`, one batch-sum gradient)
+    equals the mean of the columns of the same network scored with the source test examples as its *targets*
+    (per-example gradients of their source margins) and, through it, central finite differences."""
+    import dataclasses
+
+    network, model, head = _user_network(0)
+    data = torch.Generator().manual_seed(7)
+    held_out = Examples(torch.randn(9, 5, generator=data, dtype=torch.float64), torch.randint(0, 3, (9,), generator=data))
+    with_task = dataclasses.replace(network, source_test=held_out)
+    train = np.array([0, 2, 3, 5, 8, 9, 11])
+    scores = score_network(with_task, train, slice(0, 5), proj_dim=0, lam=0.1, source_task=True)[0].numpy()
+    plain = score_network(network, train, slice(0, 5), proj_dim=0, lam=0.1)[0].numpy()
+    assert scores.shape == (12, 6)
+    np.testing.assert_allclose(scores[:, :5], plain, rtol=1e-12)  # the target columns do not change
+    as_targets = dataclasses.replace(network, targets=held_out, target_logits=network.source_logits)
+    per_example = score_network(as_targets, train, slice(0, 9), proj_dim=0, lam=0.1)[0].numpy()
+    np.testing.assert_allclose(scores[:, 5], per_example.mean(1), rtol=1e-8, atol=1e-12)
+    # the source network's own last layer as the "head" on the trunk: perturbed with θ by the finite differences
+    reference = _finite_difference_scores(model, model[2], as_targets, train, 0.1)
+    np.testing.assert_allclose(scores[:, 5], reference.mean(1), rtol=1e-5, atol=1e-8)
+    # attribute (no store) returns it beside the scores, and None when a network has no source_test
+    every = np.arange(12)
+    result = attribute([with_task, with_task], proj_dim=0, lam=0.1, targets=slice(0, 5))
+    alone = score_network(with_task, every, slice(0, 5), proj_dim=0, lam=0.1, source_task=True)[0].numpy()
+    np.testing.assert_allclose(result.source_task, alone[:, 5], rtol=1e-5)
+    np.testing.assert_allclose(result.scores, alone[:, :5], rtol=1e-5)
+    assert attribute([with_task, network], proj_dim=0, lam=0.1).source_task is None
+    # without source_test the column is kept and undefined, so every network's scores have one shape
+    missing = score_network(network, train, slice(0, 5), proj_dim=0, lam=0.1, source_task=True)[0].numpy()
+    assert missing.shape == (12, 6) and np.isnan(missing[:, 5]).all()
+
+
 def test_attribute_averages_networks_and_their_checkpoints_without_a_store(tmp_path: Path) -> None:
     first, second, third = (_user_network(seed)[0] for seed in (1, 2, 3))
     result = attribute([first, [second, third]], proj_dim=0, lam=0.5, targets=slice(1, 4))

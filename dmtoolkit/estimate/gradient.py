@@ -83,6 +83,7 @@ from dmtoolkit.estimate.options import (
     GRADIENT_PROJ_DIM,
     GRADIENT_PROJECTIONS,
 )
+from dmtoolkit.estimate.source_task import SourceTaskScores
 
 if TYPE_CHECKING:
     from dmtoolkit.estimate.networks import Network
@@ -348,13 +349,16 @@ def _batched(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x: torch.
 def score_network(network: Network, train: np.ndarray, columns: slice, *, proj_dim: int = GRADIENT_PROJ_DIM,
                   projection: str = "gaussian", proj_seed: int = 0, lam: float = GRADIENT_LAMBDA, kernel: str = "trak",
                   head: str = "fixed", chunk: int = 64, check_memory: bool = False,
-                  own_q: bool = True) -> tuple[torch.Tensor, float, int, np.ndarray]:
+                  own_q: bool = True, source_task: bool = False) -> tuple[torch.Tensor, float, int, np.ndarray]:
     """τ (P, T) for one network (one checkpoint) on the target columns, with `train` the pool examples it was
     trained on (the kernel's); also the absolute λ, its parameter count and its transferred margins there (T,).
 
     φ_i = Pᵀ∇θ `network.source_output` (TRAK's output of its source logits by default), q_i =
     `network.loss_weight`, g_j = Pᵀ∇θ `network.target_margin` (plus `network.head_gradients` under
     `head="differentiated"`); see the module docstring for τ. `own_q` False: τ without the factor q_i.
+    `source_task`: one more column (P, T + 1), each pool example's score on the source task itself, the
+    gradient of the mean source margin over `network.source_test` in place of g_j (`source_task_gradient`;
+    NaN when the network has no `source_test`).
     """
     from dmtoolkit.resources import require_memory
 
@@ -373,12 +377,13 @@ def score_network(network: Network, train: np.ndarray, columns: slice, *, proj_d
         # user's head that requires grad) then build no autograd graph
         return _scores(network, params, num_params, train, columns, test_x, test_y, proj_dim=proj_dim,
                        projection=projection, proj_seed=proj_seed, lam=lam, kernel=kernel, head=head,
-                       chunk=chunk, own_q=own_q) + (margins,)
+                       chunk=chunk, own_q=own_q, source_task=source_task) + (margins,)
 
 
 def _scores(network: Network, params: dict[str, torch.Tensor], num_params: int, train: np.ndarray, columns: slice,
             test_x: torch.Tensor, test_y: torch.Tensor, *, proj_dim: int, projection: str, proj_seed: int, lam: float,
-            kernel: str, head: str, chunk: int, own_q: bool = True) -> tuple[torch.Tensor, float, int]:
+            kernel: str, head: str, chunk: int, own_q: bool = True,
+            source_task: bool = False) -> tuple[torch.Tensor, float, int]:
     pool = network.pool
     project = Projector(num_params, proj_dim, proj_seed, projection, pool.x.device)
     size = max(1, min(chunk, GRADIENT_MEMORY // (4 * num_params)))  # examples per vmap
@@ -392,9 +397,31 @@ def _scores(network: Network, params: dict[str, torch.Tensor], num_params: int, 
             raise UserError("--head differentiated needs the built-in ridge head; these networks are scored with "
                             "their fitted head fixed (use --head fixed)")
         g = g + network.head_gradients(project, columns, chunk)
+    task = source_task and network.source_test is not None
+    if task:
+        g = torch.cat([g, source_task_gradient(network, params, project).to(g)])
     train_index = torch.as_tensor(np.asarray(train), device=phi.device, dtype=torch.long)
     lam_absolute = relative_lambda(phi[train_index], lam, kernel_weights(q[train_index], kernel))
-    return trak_scores(phi, q, train, g, lam_absolute, kernel, own_q), lam_absolute, num_params
+    scores = trak_scores(phi, q, train, g, lam_absolute, kernel, own_q)
+    if source_task and not task:  # the column is kept, undefined, so every network's scores have one shape
+        scores = torch.cat([scores, torch.full_like(scores[:, :1], math.nan)], dim=1)
+    return scores, lam_absolute, num_params
+
+
+def source_task_gradient(network: Network, params: dict[str, torch.Tensor], project: Projector,
+                         batch: int = 512) -> torch.Tensor:
+    """(1, k) Pᵀ∇θ of the mean source margin over `network.source_test` (`Network.source_task_margin`): the
+    "target" of the source-task column. One gradient of a batch sum per batch (no per-example gradients), so
+    it costs about two passes over the source test set."""
+    assert network.source_test is not None
+    x, y = network.source_test.x, network.source_test.y
+    total_of = grad(lambda p, xb, yb: network.source_task_margin(p, xb, yb).sum())
+    total: dict[str, torch.Tensor] | None = None
+    for start in range(0, len(x), batch):
+        part = total_of(params, x[start:start + batch], y[start:start + batch])
+        total = part if total is None else {name: total[name] + part[name] for name in total}
+    assert total is not None
+    return project(_flat({name: value[None] for name, value in total.items()}, 1) / len(x))
 
 
 def score_checkpoints(networks: Sequence[Network], train: np.ndarray, columns: slice, *, blame: str | None = None,
@@ -421,7 +448,8 @@ def score_checkpoints(networks: Sequence[Network], train: np.ndarray, columns: s
                 raise
             raise TrainerError(f"{blame}: differentiating its network ({network.checkpoint}) failed: "
                                f"{error_line(error)}") from None
-        if blame is not None and not (np.isfinite(reproduced).all() and torch.isfinite(scores).all()):
+        targets = scores[:, :columns.stop - columns.start]  # without the source-task column (NaN when not given)
+        if blame is not None and not (np.isfinite(reproduced).all() and torch.isfinite(targets).all()):
             raise TrainerError(f"{blame}: its network ({network.checkpoint}) gives non-finite target margins or scores")
         total = scores if total is None else total + scores
         lams.append(lam)
@@ -436,7 +464,9 @@ def score_checkpoints(networks: Sequence[Network], train: np.ndarray, columns: s
 @dataclass(frozen=True, eq=False)
 class GradientScores:
     """What `attribute` returns: `scores` (P, T) τ averaged over the networks (float32; rows: pool examples,
-    columns: target examples `columns`), λ and checkpoints of each network, and the settings used."""
+    columns: target examples `columns`), λ and checkpoints of each network, and the settings used;
+    `source_task` (P,) each pool example's score on the source task itself (`dmtoolkit.estimate.source_task`),
+    None unless every network gave `source_test`."""
 
     scores: np.ndarray
     columns: slice
@@ -444,11 +474,13 @@ class GradientScores:
     checkpoints: tuple[tuple[str, ...], ...]
     num_params: int
     settings: dict[str, Any]
+    source_task: np.ndarray | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {"shape": list(self.scores.shape), "target_start": self.columns.start, "target_stop": self.columns.stop,
                 "networks": len(self.checkpoints), "checkpoints": [list(c) for c in self.checkpoints],
-                "lambda_absolute": list(self.lambda_absolute), "num_params": self.num_params, **self.settings}
+                "lambda_absolute": list(self.lambda_absolute), "num_params": self.num_params,
+                "source_task": self.source_task is not None, **self.settings}
 
     def save(self, path: str | Path, force: bool = False) -> Path:
         """Write the scores and their record to an .npz file (never over an existing file unless `force`)."""
@@ -458,7 +490,8 @@ class GradientScores:
         if path.suffix != ".npz":
             raise UserError(f"{path}: gradient scores are saved as .npz")
         with replacing(path, force=force, suffix=".npz") as temporary:  # the output guard every writer uses
-            np.savez(temporary, scores=self.scores, record=np.array(json.dumps(self.to_json())))
+            extra = {} if self.source_task is None else {"source_task": self.source_task}
+            np.savez(temporary, scores=self.scores, record=np.array(json.dumps(self.to_json())), **extra)
         return path
 
 
@@ -509,7 +542,7 @@ def attribute(networks: Sequence[Network | Sequence[Network]], *, targets: slice
     for n, group in enumerate(groups):
         scores, _, group_lams, num_params = score_checkpoints(
             group, np.arange(pool), columns, proj_dim=proj_dim, projection=projection, proj_seed=proj_seed, lam=lam,
-            kernel=kernel, chunk=chunk, check_memory=n == 0, own_q=own)
+            kernel=kernel, chunk=chunk, check_memory=n == 0, own_q=own, source_task=True)
         sum_scores = scores if sum_scores is None else sum_scores + scores
         if not own:  # TRAK's Q: q_i averaged over the networks (each network's checkpoints first)
             weight = sum(_batched(lambda x, y, net=net: net.loss_weight(dict(net.params), x, y), net.pool.x,
@@ -521,8 +554,10 @@ def attribute(networks: Sequence[Network | Sequence[Network]], *, targets: slice
     mean = sum_scores / len(groups)
     if sum_q is not None:
         mean = mean * (sum_q / len(groups)).to(mean)[:, None]
-    return GradientScores(mean.cpu().numpy().astype(np.float32), columns, tuple(lams), tuple(checkpoints),
-                          num_params, settings)
+    mean = mean.cpu().numpy().astype(np.float32)
+    task = mean[:, -1] if np.isfinite(mean[:, -1]).all() else None  # the source-task column (NaN: not given)
+    return GradientScores(np.ascontiguousarray(mean[:, :-1]), columns, tuple(lams), tuple(checkpoints),
+                          num_params, settings, None if task is None else task.copy())
 
 
 # --- the estimator over a run store -------------------------------------------------------------------
@@ -640,7 +675,7 @@ class GradientEstimator(Estimator):
             content = store.content_hash()
         meta = {k: v for k, v in self.settings().items()}
         meta.update({"store content hash": content, "target columns": f"{columns.start}:{columns.stop}",
-                     PLAN_KEY: [list(x) for x in plan], "format": 1})
+                     PLAN_KEY: [list(x) for x in plan], "format": 2})  # 2: a source-task column after the targets
         return meta
 
     def _say(self, message: str) -> None:
@@ -720,7 +755,8 @@ class GradientEstimator(Estimator):
             seed = int(np.random.SeedSequence([training_seed, FULL_POOL_SALT, f]).generate_state(1)[0])
             plan.append((-1, seed, pool, self._full_pool_network(context, seed)))
         all_margins = np.asarray(margins[0:margins.shape[0]], dtype=np.float64)
-        shape = (masks.shape[1], columns.stop - columns.start)
+        targets = columns.stop - columns.start
+        shape = (masks.shape[1], targets + 1)  # the target columns, then the source-task column
         with contextlib.ExitStack() as stack:  # without a folder for the per-network scores: a temporary one
             folder = self.partial or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="dmtoolkit-gradient-")))
             saver = NetworkSaver(folder, self._saver_meta(columns, [(row, seed) for row, seed, _, _ in plan]))
@@ -748,7 +784,9 @@ class GradientEstimator(Estimator):
                     self._say(f"gradient: interrupted; {len(done)} of {len(plan)} networks are saved in {folder}: "
                               "rerun the same command to continue from them")
                 raise
-            coef, self.stderr_ = saver.reduce(len(plan), shape)
+            mean, stderr = saver.reduce(len(plan), shape)
+        coef, self.stderr_ = mean[:, :targets], None if stderr is None else stderr[:, :targets]
+        self.source_task_ = SourceTaskScores.of(mean[:, targets], None if stderr is None else stderr[:, targets])
         fields = [f.name for f in dataclasses.fields(ModelRecord)]
         self.records_ = tuple(ModelRecord(**{k: done[n][k] for k in fields}) for n in range(len(plan)))
         self.num_params_ = int(done[0]["num_params"])
@@ -809,7 +847,7 @@ class GradientEstimator(Estimator):
         scores, margins, lams, self._num_params = score_checkpoints(
             networks, subset, columns, proj_dim=self.proj_dim, projection=self.projection, proj_seed=self.proj_seed,
             lam=self.lam, kernel=self.kernel, head=self.head, chunk=self.chunk, blame=getattr(self, "_blame", None),
-            check_memory=not getattr(self, "_memory_checked", False))
+            check_memory=not getattr(self, "_memory_checked", False), source_task=True)
         self._memory_checked = True
         record = ModelRecord(row=row, seed=seed, subset_size=len(subset), lambda_absolute=float(np.mean(lams)),
                              margin_error=float("nan"), source_accuracy=float(networks[-1].source_accuracy),
@@ -847,7 +885,7 @@ class GradientEstimator(Estimator):
     def extra_datasets(self) -> list[ExtraDataset]:
         r = self.records_
         errors = self._stderr_record()[1]
-        return errors + [
+        return errors + self.source_task_.datasets() + [
             ExtraDataset("gradient/rows", np.array([x.row for x in r], np.int64),
                          "store row each network was retrained from (-1: trained on the full pool)", "network", "row"),
             ExtraDataset("gradient/seeds", np.array([x.seed for x in r], np.int64), "training seed of each network",

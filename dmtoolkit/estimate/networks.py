@@ -11,7 +11,10 @@ needs, for each network (and for each checkpoint of it along training):
   as a function of θ: the frozen features of the source network under θ, then the fitted target head held
   fixed. Its margin z_y − max_{k≠y} z_k (`Network.target_margin`) is the target side of every score;
 - the inputs themselves, as the network takes them: every pool example in unit order (`pool`) and every
-  target test example in the store's order (`targets`), with their labels.
+  target test example in the store's order (`targets`), with their labels;
+- optionally, held-out examples of the source task (`source_test`): each pool example is then also scored on
+  the source task itself (`dmtoolkit.estimate.source_task`), which `mislabels` needs to test that an image
+  hurts the task it is labelled for.
 
 A `Network` holds these. Whoever trains the networks implements `GradientNetworks`: a callable that takes the
 same `Job` a trainer takes (`dmtoolkit.train.contract.Job`: the row's mask, seed, device, data, options) and
@@ -106,6 +109,10 @@ class Network:
                     kept examples (or, in `attribute`, the whole pool)
     source_accuracy in [0, 1], NaN when not measured
     head_gradients  optional extra term of the target gradients (see `HeadGradients`); None: the head is fixed
+    source_test     optional held-out examples of the *source* task (`Examples`, y = their source labels): with
+                    them every pool example is also scored on the source task itself (the mean source margin
+                    over these, `source_task_margin`), the evidence `mislabels` needs that an image hurts
+                    the task it is labelled for; None: that column is not computed
 
     The defaults differentiate TRAK's output function of `source_logits` and the margin of `target_logits`; a
     subclass may override `source_output`, `loss_weight` (q, the derivative of the loss in that output, so
@@ -124,6 +131,7 @@ class Network:
     train_indices: np.ndarray | None = None
     source_accuracy: float = math.nan
     head_gradients: HeadGradients | None = None
+    source_test: Examples | None = None
 
     def source_output(self, params: Mapping[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """(B,) TRAK's output f = z_y − log Σ_{k≠y} exp z_k of the source logits: what is differentiated."""
@@ -141,6 +149,14 @@ class Network:
         from dmtoolkit.estimate.gradient import margin_of
 
         return vmap(margin_of)(self.target_logits(params, x), y)
+
+    def source_task_margin(self, params: Mapping[str, torch.Tensor], x: torch.Tensor,
+                           y: torch.Tensor) -> torch.Tensor:
+        """(B,) the source network's margin z_y − max_{k≠y} z_k on held-out source examples: the smooth stand-in
+        for source accuracy that the source-task column differentiates (its mean over `source_test`)."""
+        from dmtoolkit.estimate.gradient import margin_of
+
+        return vmap(margin_of)(self.source_logits(params, x), y)
 
     @property
     def num_params(self) -> int:
@@ -311,7 +327,8 @@ class BuiltinNetworks:
             model, lambda m, x: m.features(x[None], "logits")[0], lambda m, x: head.logits(m.features(x[None], layer)[0]),
             pool=Examples(trainer.pool_x, trainer.pool_y), targets=Examples(trainer.target_test_x, trainer.target_test_y),
             checkpoint=f"epoch {epoch}" + (" (final)" if final else ""), final=final,
-            source_accuracy=float(source_acc), head_gradients=extra)
+            source_accuracy=float(source_acc), head_gradients=extra,
+            source_test=Examples(trainer.source_test_x, trainer.source_test_y))
 
 
 # --- a user's trainer ----------------------------------------------------------------------------------------
