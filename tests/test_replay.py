@@ -29,6 +29,7 @@ from dmtoolkit.estimate.replay import (
     replay_gradient,
     replay_plan,
 )
+from dmtoolkit.estimate.source_task import read_source_task
 from dmtoolkit.recipe import parse_recipe_dict
 from dmtoolkit.run.api import ensure_trained
 from dmtoolkit.store import create_store
@@ -109,6 +110,30 @@ def test_the_derivative_is_exact_against_central_differences(tmp_path: Path, ord
         fd[i] = (pipeline_margins(problem, w0 + e, columns) - pipeline_margins(problem, w0 - e, columns)) / (2 * h)
     assert fd.abs().max() > 1e-3
     assert float((derivative - fd).abs().max() / fd.abs().max()) < 1e-6
+
+
+@pytest.mark.parametrize("mode", ["reverse", "forward"])
+def test_the_source_task_column_is_exact_against_central_differences(tmp_path: Path, mode: str) -> None:
+    """The mean source margin over the source test examples, differentiated beside the targets (its adjoint
+    swept back with the first chunk in reverse mode, its tangent read off the final state in forward mode)."""
+    context = _context(tmp_path)
+    problem, _, _ = problem_from_trainer(context.trainer, context.job(0).seed, 9, torch.float64)
+    w0 = torch.full((18,), 0.5, dtype=torch.float64)
+    columns = slice(2, 7)
+    differentiate = replay_gradient if mode == "reverse" else forward_gradient
+    derivative, margins = differentiate(problem, w0, columns, chunk=3, source_task=True)  # two target chunks
+    plain, _ = differentiate(problem, w0, columns, chunk=3)
+    assert derivative.shape == (18, 6) and margins.shape == (6,)
+    torch.testing.assert_close(derivative[:, :5], plain, rtol=1e-10, atol=1e-14)  # the targets do not change
+    torch.testing.assert_close(margins, pipeline_margins(problem, w0, columns, source_task=True), rtol=0, atol=1e-12)
+    h, fd = 1e-5, torch.zeros(18, dtype=torch.float64)
+    for i in range(18):
+        e = torch.zeros(18, dtype=torch.float64)
+        e[i] = h
+        fd[i] = (pipeline_margins(problem, w0 + e, columns, True)[-1]
+                 - pipeline_margins(problem, w0 - e, columns, True)[-1]) / (2 * h)
+    assert fd.abs().max() > 1e-4
+    assert float((derivative[:, 5] - fd).abs().max() / fd.abs().max()) < 1e-6
 
 
 def test_the_linear_prediction_tracks_exact_retraining_for_small_removals(tmp_path: Path) -> None:
@@ -242,11 +267,16 @@ def test_several_networks_average_the_derivatives_of_their_seeds(tmp_path: Path)
     assert model.seeds_ == tuple(int(s) for s in seeds[[1, 2, 4]]) and len(set(model.seeds_)) == 3
     assert any("6 seeds; 3 replayed networks" in w for w in model.warnings_)
     context = RunContext.from_store(path, "cpu")
+    tasks = []
     for k, seed in enumerate(model.seeds_):
         problem, _, _ = problem_from_trainer(context.trainer, seed, int(round(masks[rows].sum(1).mean())))
-        alone, at_point = replay_gradient(problem, torch.full((18,), 0.5))
-        np.testing.assert_allclose(model.network_coef_[k], alone.numpy(), rtol=1e-5, atol=1e-7)
-        np.testing.assert_allclose(model.network_margin_at_point_[k], at_point.numpy(), rtol=1e-5, atol=1e-6)
+        alone, at_point = replay_gradient(problem, torch.full((18,), 0.5), source_task=True)
+        np.testing.assert_allclose(model.network_coef_[k], alone[:, :-1].numpy(), rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(model.network_margin_at_point_[k], at_point[:-1].numpy(), rtol=1e-5, atol=1e-6)
+        tasks.append(alone[:, -1].double().numpy())
+    # the source-task column the same way: the mean of the seeds' derivatives and their sd / √3
+    np.testing.assert_allclose(model.source_task_.coef, np.mean(tasks, 0), rtol=1e-5, atol=1e-8)
+    np.testing.assert_allclose(model.source_task_.stderr, np.std(tasks, 0, ddof=1) / np.sqrt(3), rtol=1e-4, atol=1e-8)
     np.testing.assert_allclose(model.coef_, model.network_coef_.mean(0), rtol=1e-6, atol=1e-8)
     np.testing.assert_allclose(model.predict(np.full((1, 18), 0.5))[0], model.network_margin_at_point_.mean(0),
                                atol=1e-5)
@@ -263,6 +293,8 @@ def test_several_networks_average_the_derivatives_of_their_seeds(tmp_path: Path)
     evidence = json.loads(mislabels.output)["evidence"]
     assert mislabels.exit_code == 0 and "one-sided p-values from spread across 3" in evidence
     assert "only 3 networks" in evidence and "fit more networks (--networks)" in evidence
+    assert "the source task scored by the same networks" in evidence  # harm to the source task is tested too
+    np.testing.assert_allclose(read_source_task(out).coef, model.source_task_.coef)
     with pytest.raises(UserError, match=r"^7 replayed networks need as many training seeds; the 6 fitting rows of .* "
                                         r"trained from 6 \(training randomness 'per-model'\)$"):
         ReplayEstimator(path, networks=7).fit(masks, margins, rows)

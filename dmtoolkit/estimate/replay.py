@@ -64,6 +64,7 @@ from dmtoolkit.errors import UserError
 from dmtoolkit.estimate.base import Estimator, ExtraDataset
 from dmtoolkit.estimate.ensemble import across_networks, network_stderr_record
 from dmtoolkit.estimate.options import REPLAY_MODES, REPLAY_POINTS, REPLAY_TARGET_CHUNK
+from dmtoolkit.estimate.source_task import SourceTaskScores
 
 if TYPE_CHECKING:
     from dmtoolkit.estimate.splits import Draws
@@ -159,6 +160,8 @@ class ReplayProblem:
 
     `index` (steps, width) are the pool examples of each step and `base` (steps, width) 1 for a real entry,
     0 for padding; a step's per-example weight is base × w[index]. `lrs` is each step's learning rate.
+    `source_x`, `source_y`: the source task's held-out test examples, whose mean source margin is the
+    source-task column (`source_task_margin`; None: not computed).
     """
 
     init: State
@@ -178,6 +181,8 @@ class ReplayProblem:
     test_y: torch.Tensor
     num_classes: int
     transfer: TransferSpec
+    source_x: torch.Tensor | None = None
+    source_y: torch.Tensor | None = None
 
     @property
     def steps(self) -> int:
@@ -247,6 +252,27 @@ def transferred_margins(problem: ReplayProblem, state: State, columns: slice | N
     return margins_from_logits(logits, problem.test_y[columns])
 
 
+def source_task_margin(problem: ReplayProblem, state: State) -> torch.Tensor:
+    """(1,) the trained source network's mean margin on the source task's held-out test examples (evaluation
+    mode): the smooth stand-in for source accuracy whose derivative is the source-task column
+    (`dmtoolkit.estimate.source_task`)."""
+    from dmtoolkit.train.fit import margins_from_logits
+
+    assert problem.source_x is not None and problem.source_y is not None
+    logits, _ = network_features(state.params, state.stats, problem.source_x, "logits", problem.arch)
+    return margins_from_logits(logits, problem.source_y).mean()[None]
+
+
+def source_task_adjoint(problem: ReplayProblem, final: State) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    """The mean source margin at the final state and its gradient with respect to that state's tensors: one
+    backward pass, so the source test set never enters the batched sweeps (their memory grows with the batch)."""
+    z = tuple(t.detach().requires_grad_(True) for t in final.flat())
+    with torch.enable_grad():
+        value = source_task_margin(problem, final.like(z))
+        got = torch.autograd.grad(value.sum(), z, allow_unused=True)
+    return value.detach(), tuple(torch.zeros_like(x) if g is None else g for g, x in zip(got, z))
+
+
 def train(problem: ReplayProblem, w: torch.Tensor, keep: bool = False) -> tuple[State, list[State]]:
     """The final state of training with weights w, and (`keep`) the state before every step (detached)."""
     state, kept = problem.init, []
@@ -259,11 +285,14 @@ def train(problem: ReplayProblem, w: torch.Tensor, keep: bool = False) -> tuple[
     return state, kept
 
 
-def pipeline_margins(problem: ReplayProblem, w: torch.Tensor, columns: slice | None = None) -> torch.Tensor:
-    """The transferred margins as a function of w alone (no derivative): train, transfer, score."""
+def pipeline_margins(problem: ReplayProblem, w: torch.Tensor, columns: slice | None = None,
+                     source_task: bool = False) -> torch.Tensor:
+    """The transferred margins as a function of w alone (no derivative): train, transfer, score; then
+    (`source_task`) the mean source margin."""
     final, _ = train(problem, w)
     with torch.no_grad():
-        return transferred_margins(problem, final, columns)
+        margins = transferred_margins(problem, final, columns)
+        return torch.cat([margins, source_task_margin(problem, final).to(margins)]) if source_task else margins
 
 
 def _grads(outputs: tuple[torch.Tensor, ...], inputs: tuple[torch.Tensor, ...],
@@ -279,8 +308,11 @@ def _grads(outputs: tuple[torch.Tensor, ...], inputs: tuple[torch.Tensor, ...],
 
 def replay_gradient(problem: ReplayProblem, w: torch.Tensor, columns: slice | None = None,
                     chunk: int = REPLAY_TARGET_CHUNK, progress: Callable[[str], None] | None = None,
-                    timing: dict[str, float] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(d margin_j / d w_i (P, T), margins (T,)) at w for the target test examples `columns`, exactly.
+                    timing: dict[str, float] | None = None,
+                    source_task: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(d margin_j / d w_i (P, T), margins (T,)) at w for the target test examples `columns`, exactly;
+    with `source_task`, one more column and margin (P, T + 1), (T + 1,): the mean source margin
+    (`source_task_margin`), its adjoint (`source_task_adjoint`) swept back with the first chunk of targets.
 
     Reverse mode with the states stored before every step and each step's graph recomputed during the backward
     sweep; `chunk` targets share one sweep (their adjoints batched). The sweep's own forward pass is one training
@@ -293,8 +325,9 @@ def replay_gradient(problem: ReplayProblem, w: torch.Tensor, columns: slice | No
     final, states = train(problem, w, keep=True)
     train_seconds = time.process_time() - started
     num_targets = len(range(*columns.indices(len(problem.test_y))))
-    out = torch.zeros(problem.num_examples, num_targets, dtype=w.dtype, device=w.device)
-    margins = torch.zeros(num_targets, dtype=w.dtype, device=w.device)
+    extra = int(source_task)  # the source-task column rides with the first chunk
+    out = torch.zeros(problem.num_examples, num_targets + extra, dtype=w.dtype, device=w.device)
+    margins = torch.zeros(num_targets + extra, dtype=w.dtype, device=w.device)
     for start in range(0, num_targets, chunk):
         cols = slice(columns.start + start, columns.start + min(start + chunk, num_targets))
         c = cols.stop - cols.start
@@ -307,6 +340,12 @@ def replay_gradient(problem: ReplayProblem, w: torch.Tensor, columns: slice | No
         with torch.enable_grad():
             adjoint = _grads((m,), z, (torch.eye(c, dtype=m.dtype, device=m.device),))
         margins[start:start + c] = m.detach()
+        place = list(range(start, start + c))
+        if source_task and start == 0:
+            value, task_adjoint = source_task_adjoint(problem, final)
+            adjoint = [torch.cat([a, t[None]]) for a, t in zip(adjoint, task_adjoint)]
+            margins[num_targets] = value[0]
+            place, c = [*place, num_targets], c + 1
         dw = torch.zeros(c, problem.num_examples, dtype=w.dtype, device=w.device)
         for step in reversed(range(problem.steps)):
             z = tuple(t.detach().requires_grad_(True) for t in states[step].flat())
@@ -315,7 +354,7 @@ def replay_gradient(problem: ReplayProblem, w: torch.Tensor, columns: slice | No
                 nxt = sgd_step(problem, states[step].like(z), wv, step, create_graph=True).flat()
                 got = _grads(nxt, (*z, wv), tuple(adjoint))
             adjoint, dw = got[:-1], dw + got[-1]
-        out[:, start:start + c] = dw.T
+        out[:, place] = dw.T
         if progress is not None:
             progress(f"replay: targets {cols.start}-{cols.stop - 1} done")
     return out, margins
@@ -323,7 +362,8 @@ def replay_gradient(problem: ReplayProblem, w: torch.Tensor, columns: slice | No
 
 def forward_gradient(problem: ReplayProblem, w: torch.Tensor, columns: slice | None = None,
                      chunk: int = REPLAY_TARGET_CHUNK, progress: Callable[[str], None] | None = None,
-                     timing: dict[str, float] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                     timing: dict[str, float] | None = None,
+                     source_task: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """`replay_gradient` in forward mode: `chunk` source examples' tangents (e_i) are pushed through every step
     together (`vmap` of `torch.func.jvp`), then through the transfer to every target at once. Cheaper than
     reverse mode when source examples are fewer than targets; memory is one step's activations × chunk and
@@ -335,7 +375,7 @@ def forward_gradient(problem: ReplayProblem, w: torch.Tensor, columns: slice | N
     columns = columns or slice(0, len(problem.test_y))
     w = w.detach()
     names = problem.init
-    num_targets = len(range(*columns.indices(len(problem.test_y))))
+    num_targets = len(range(*columns.indices(len(problem.test_y)))) + int(source_task)
     out = torch.zeros(problem.num_examples, num_targets, dtype=w.dtype, device=w.device)
     margins = None
     for start in range(0, problem.num_examples, chunk):
@@ -356,6 +396,10 @@ def forward_gradient(problem: ReplayProblem, w: torch.Tensor, columns: slice | N
         def through_transfer(zt: tuple[torch.Tensor, ...], z=z) -> tuple[torch.Tensor, torch.Tensor]:
             return jvp(lambda zz: transferred_margins(problem, names.like(zz), columns), (z,), (zt,))
         m, m_dot = vmap(through_transfer, out_dims=(None, 0))(z_dot)
+        if source_task:  # its tangent is the final state's tangent against the source margin's gradient
+            value, task_adjoint = source_task_adjoint(problem, names.like(z))
+            task_dot = sum((t * g[None]).flatten(1).sum(1) for t, g in zip(z_dot, task_adjoint))
+            m, m_dot = torch.cat([m, value.to(m)]), torch.cat([m_dot, task_dot[:, None].to(m_dot)], dim=1)
         out[units] = m_dot.detach()
         margins = m.detach()
         if start == 0 and timing is not None:
@@ -452,7 +496,8 @@ def problem_from_trainer(trainer: Any, seed: int, subset_size: int, dtype: torch
         lrs=lrs, batch_size=loop.batch_size, momentum=loop.momentum, weight_decay=loop.weight_decay,
         label_smoothing=loop.label_smoothing, train_x=trainer.target_train_x.to(dtype).contiguous(),
         train_y=trainer.target_train_y, test_x=trainer.target_test_x.to(dtype).contiguous(),
-        test_y=trainer.target_test_y, num_classes=trainer.num_target_classes, transfer=recipe.transfer)
+        test_y=trainer.target_test_y, num_classes=trainer.num_target_classes, transfer=recipe.transfer,
+        source_x=trainer.source_test_x.to(dtype).contiguous(), source_y=trainer.source_test_y)
     return problem, per_epoch, steps
 
 
@@ -549,15 +594,16 @@ class ReplayEstimator(Estimator):
         self.mode_ = choose_mode(self.mode, context.trainer.pool_y.shape[0], num_targets)
         differentiate = forward_gradient if self.mode_ == "forward" else replay_gradient
         started, wall = time.process_time(), time.perf_counter()
-        coefs, at_points, timings = [], [], []
+        coefs, task_coefs, at_points, timings = [], [], [], []
         for seed in seeds:  # each network's derivative at w0; the estimate is their mean (the mean over seeds)
             problem, per_epoch, steps = problem_from_trainer(context.trainer, seed, subset_size, dtype)
             w0 = linearisation_point(self.point, recipe.subsets.alpha, fit_masks, problem.num_examples)
             timing: dict[str, float] = {}
             coef, at_point = differentiate(problem, torch.as_tensor(w0, dtype=dtype, device=problem.pool_x.device),
-                                           columns, self.chunk, self.progress, timing)
-            coefs.append(coef.double().cpu().numpy())
-            at_points.append(at_point.double().cpu().numpy())
+                                           columns, self.chunk, self.progress, timing, source_task=True)
+            coefs.append(coef[:, :-1].double().cpu().numpy())  # the targets; the last column is the source task
+            task_coefs.append(coef[:, -1].double().cpu().numpy())
+            at_points.append(at_point[:-1].double().cpu().numpy())
             timings.append(timing)
         self.cpu_seconds_ = time.process_time() - started
         self.seconds_ = time.perf_counter() - wall
@@ -570,6 +616,8 @@ class ReplayEstimator(Estimator):
         self.coef_ = coef64.astype(np.float32)
         self.stderr_ = None if spread.stderr is None else spread.stderr.astype(np.float32)
         self.stderr_dof_ = spread.dof
+        task = across_networks(task_coefs)  # each pool example's derivative on the source task, the same way
+        self.source_task_ = SourceTaskScores.of(task.mean, task.stderr)
         self.margin_at_point_ = np.mean(at_points, axis=0)
         self.intercept_ = (self.margin_at_point_ - w0 @ coef64).astype(np.float32)
         self.network_coef_ = np.stack(coefs).astype(np.float32) if len(seeds) > 1 else None
@@ -626,7 +674,7 @@ class ReplayEstimator(Estimator):
                          "margin per unit"),
             ExtraDataset("replay/network_margin_at_point", self.network_margin_at_point_, "each replayed network's "
                          "transferred margin at w0", "network, target example", "margin")]
-        return self._stderr_record()[1] + per_network + [
+        return self._stderr_record()[1] + per_network + self.source_task_.datasets() + [
             ExtraDataset("replay/point", self.w0_.astype(np.float32), "linearisation point: each source example's "
                          "weight w0 in the replayed training loss", "unit", "weight"),
             ExtraDataset("replay/margin_at_point", self.margin_at_point_.astype(np.float32),
