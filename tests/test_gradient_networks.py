@@ -301,6 +301,21 @@ def test_a_hook_whose_network_does_not_match_the_store_is_refused(user_store: Pa
         fit_gradient(user_store, tmp_path / "g.h5", models=1, proj_dim=16, holdout_frac=0.3)
 
 
+def test_a_hook_whose_source_test_is_not_examples_is_refused(user_store: Path, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    import dataclasses
+
+    import examples.digits_examples as module
+
+    real = module.gradient_networks
+    monkeypatch.setattr(module, "gradient_networks",
+                        lambda job: [dataclasses.replace(n, source_test=(n.pool.x, n.pool.y)) for n in real(job)])
+    with pytest.raises(TrainerError, match=r"^examples\.digits_examples:gradient_networks returned for row \d+ a "
+                                           r"network \(epoch 10\) whose source_test is not Examples\(x, y\)"):
+        fit_gradient(user_store, tmp_path / "g.h5", models=1, proj_dim=16, holdout_frac=0.3)
+    assert not (tmp_path / "g.h5").exists()
+
+
 def test_user_stores_refuse_the_builtin_only_settings(user_store: Path, tmp_path: Path) -> None:
     with pytest.raises(UserError, match=r"from trainer examples\.digits_examples:train, not the built-in networks "
                                         r"\(their training and features\), which `dmtoolkit gradient --checkpoints` needs"):

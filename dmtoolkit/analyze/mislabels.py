@@ -47,10 +47,11 @@ def detect_mislabels(path: str | Path | OpenedEstimate, *, fdr: float = DETECT_F
     combination of its one-sided p-values of influence < 0 over the targets. Its p-value is the larger of the
     two (an intersection-union test of "hurts both"); Benjamini–Hochberg at `fdr` flags. Stores without
     source accuracy, and gradient estimates without source-task scores, use target_p alone (the evidence
-    line says so). Candidates are listed by p-value (by `by` score, see
-    `mislabel_scores`, when the estimate has no standard errors or only target_p is tested: on the demo example
-    store the gradient estimate's 16-network target_p ordered the planted flips with AUC 0.67, its worst score
-    with 0.95, and listing its flagged first lowered the AUC at the 52,376-image pool). Planted label flips, when
+    line says so). Candidates are listed by p-value (by `by` score, see `mislabel_scores`, when the estimate
+    has no standard errors, only target_p is tested, or it comes from a few networks: on the demo example store
+    the gradient estimate's 16-network target_p ordered the planted flips with AUC 0.67, max(source_p,
+    target_p) with 0.84, its worst score with 0.95, and listing its flagged first lowered the AUC at the
+    52,376-image pool). Planted label flips, when
     the store has them, are read after detection to score the flagged set and the ranking's AUC.
     """
     check_detection(top, fdr, "by=", by, MISLABEL_SCORES)

@@ -211,6 +211,11 @@ def checked_networks(name: str, job: Job, output: Any, pool: int, targets: np.nd
         if len(n.pool.x) != pool or n.pool.y.shape != (pool,):
             raise TrainerError(f"{where} pool inputs of {len(n.pool.x)} examples with labels {tuple(n.pool.y.shape)}; "
                                f"the store's pool has {pool} (every pool example, in unit order)")
+        held_out = n.source_test
+        if held_out is not None and not (isinstance(held_out, Examples) and isinstance(held_out.y, torch.Tensor)
+                                         and len(held_out.x) == len(held_out.y) > 0):
+            raise TrainerError(f"{where} a network ({n.checkpoint}) whose source_test is not Examples(x, y) of "
+                               "held-out source examples with a tensor of labels (leave it None to skip the source task)")
         labels = n.targets.y.detach().cpu().numpy() if isinstance(n.targets.y, torch.Tensor) else None
         if len(n.targets.x) != len(targets) or labels is None or not np.array_equal(labels, targets):
             raise TrainerError(f"{where} target inputs of {len(n.targets.x)} examples whose labels are not the "

@@ -595,9 +595,9 @@ class ReplayEstimator(Estimator):
         differentiate = forward_gradient if self.mode_ == "forward" else replay_gradient
         started, wall = time.process_time(), time.perf_counter()
         coefs, task_coefs, at_points, timings = [], [], [], []
+        w0 = linearisation_point(self.point, recipe.subsets.alpha, fit_masks, fit_masks.shape[1])  # one for every seed
         for seed in seeds:  # each network's derivative at w0; the estimate is their mean (the mean over seeds)
             problem, per_epoch, steps = problem_from_trainer(context.trainer, seed, subset_size, dtype)
-            w0 = linearisation_point(self.point, recipe.subsets.alpha, fit_masks, problem.num_examples)
             timing: dict[str, float] = {}
             coef, at_point = differentiate(problem, torch.as_tensor(w0, dtype=dtype, device=problem.pool_x.device),
                                            columns, self.chunk, self.progress, timing, source_task=True)
