@@ -5,6 +5,7 @@ simulation, and the peak memory of reducing many networks' saved scores.
     python benchmarks/gradient_evidence.py memory [--units 20000] [--targets 5000] [--networks 4]
     python benchmarks/gradient_evidence.py networks STORE.h5 OUT.h5 [--networks 16]
     python benchmarks/gradient_evidence.py features [--pool 52376] [--proj-dim 512]
+    python benchmarks/gradient_evidence.py saved OUT.h5.partial/ | REPLAY.h5 [--columns 100]
 
 `calibration` prints, per number of networks, the coverage of nominal 95% t intervals (mean ± t·se, N − 1
 dof) and the false discovery proportion, power and flags of Benjamini–Hochberg at 5% on one-sided p-values
@@ -18,7 +19,9 @@ estimator on a real example store (default settings, `--networks` retrained rows
 scores (OUT.h5.partial/, so an interrupted run continues), and checks the spread they give on the real networks:
 for each network k, is its score inside the 95% t prediction interval of the other N − 1 networks,
 mean ± t(N − 2)·sd·√(1 + 1/(N − 1))? That holds at 95% when networks are exchangeable draws with roughly
-normal scores per entry, the assumption behind the standard error. `features` computes the projected
+normal scores per entry, the assumption behind the standard error. `saved` runs the same spread checks on
+networks already computed: a kept per-network folder of a gradient run (and its source-task column) or a
+replay estimate's `replay/network_coef`. `features` computes the projected
 per-example source gradients (`dmtoolkit.estimate.gradient.source_features`) of the built-in tiny CNN for a
 pool of random images, twice in one process, and prints the growth of resident memory against the size of
 the features themselves (a pool-sized leak or heap fragmentation shows as a ratio in the tens or hundreds).
@@ -94,9 +97,74 @@ def features(pool: int, proj_dim: int) -> None:
         del phi
 
 
-def networks_check(store: str, out: str, networks: int) -> None:
+def spread_checks(scores: np.ndarray, started: float | None = None) -> None:
+    """Print how the real networks' scores (N, P, T) spread: each network against the 95% t prediction interval
+    of the others, the excess kurtosis, and two disjoint random sets of networks against their 95% Welch
+    interval (what the standard error promises if the networks are exchangeable draws)."""
     from scipy import stats
 
+    networks = len(scores)
+    inside = []
+    q = stats.t.ppf(0.975, networks - 2)
+    for k in range(networks):
+        rest = np.delete(scores, k, axis=0)
+        half = q * rest.std(0, ddof=1) * np.sqrt(1 + 1 / (networks - 1))
+        inside.append(np.mean(np.abs(scores[k] - rest.mean(0)) <= half))
+    se = scores.std(0, ddof=1) / np.sqrt(networks)
+    cpu = "" if started is None else f"; CPU {time.process_time() - started:.0f} s"
+    print(f"{networks} networks, {scores.shape[1]} x {scores.shape[2]} scores: held-out network inside the 95% t "
+          f"prediction interval of the others: {np.mean(inside):.4f} (per network {min(inside):.3f}-{max(inside):.3f}); "
+          f"median |mean| / se {np.median(np.abs(scores.mean(0)) / se):.2f}{cpu}")
+    standardised = (scores - scores.mean(0)) / scores.std(0, ddof=1)
+    print(f"excess kurtosis of the standardised per-entry scores: {stats.kurtosis(standardised.ravel()):.2f}")
+    # the same splits of exchangeable normal networks: what a calibrated error gives (Welch's interval is itself
+    # conservative with few networks per set: 2.3% beyond at 2 vs 2, 4.2% at 4 vs 4, not 5%)
+    reference = np.random.default_rng(1).normal(size=(networks, 400, 30))
+    for half in sorted({networks // 4, networks // 2} - {0, 1}):
+        rates = []
+        for array in (scores, reference):
+            rng, beyond = np.random.default_rng(0), []
+            for _ in range(20):  # two disjoint random sets: their means differ beyond their 95% Welch interval?
+                order = rng.permutation(networks)
+                a, b = array[order[:half]], array[order[half:2 * half]]
+                va, vb = a.var(0, ddof=1) / half, b.var(0, ddof=1) / half
+                dof = (va + vb) ** 2 / ((va ** 2 + vb ** 2) / (half - 1))
+                beyond.append(np.mean(np.abs(a.mean(0) - b.mean(0)) > stats.t.ppf(0.975, dof) * np.sqrt(va + vb)))
+            rates.append(float(np.mean(beyond)))
+        print(f"two disjoint sets of {half} networks: means differ beyond the 95% Welch t interval of their "
+              f"standard errors for {rates[0]:.4f} of the entries ({rates[1]:.4f} for exchangeable normal networks "
+              "split the same way: the calibrated rate; 20 random splits)")
+
+
+def saved_check(path: str, columns: int) -> None:
+    """`spread_checks` on networks already computed: a gradient run's kept per-network folder (OUT.h5.partial/,
+    the first `columns` target columns, and the source-task column if there is one) or a replay estimate with
+    several networks (`replay/network_coef`)."""
+    import h5py
+
+    source = Path(path)
+    if source.is_dir():
+        scores, task = [], []
+        for file in sorted(source.glob("network-*.h5")):
+            with h5py.File(file, "r") as f:
+                scores.append(f["scores"][:, :columns].astype(np.float64))
+                task.append(f["scores"][:, -1].astype(np.float64))  # the source-task column (format 2)
+                width = f["scores"].shape[1]
+        print(f"{source}: {len(scores)} saved networks, the first {columns} of {width - 1} target columns")
+        spread_checks(np.array(scores))
+        if np.isfinite(task).all():
+            print("the source-task column:")
+            spread_checks(np.array(task)[:, :, None])
+        return
+    with h5py.File(source, "r") as f:
+        if "replay/network_coef" not in f:
+            raise SystemExit(f"{source}: no replay/network_coef (replay with --networks 2 or more)")
+        scores = f["replay/network_coef"][:, :, :columns].astype(np.float64)
+    print(f"{source}: replay, {len(scores)} networks")
+    spread_checks(scores)
+
+
+def networks_check(store: str, out: str, networks: int) -> None:
     from dmtoolkit.estimate.ensemble import partial_folder
     from dmtoolkit.estimate.fit import fit_store
     from dmtoolkit.estimate.gradient import GradientEstimator
@@ -112,30 +180,9 @@ def networks_check(store: str, out: str, networks: int) -> None:
     for n in range(networks):
         with h5py.File(folder / f"network-{n:04d}.h5", "r") as f:
             scores.append(f["scores"][()].astype(np.float64))
-    scores = np.array(scores)
-    inside = []
-    q = stats.t.ppf(0.975, networks - 2)
-    for k in range(networks):
-        rest = np.delete(scores, k, axis=0)
-        half = q * rest.std(0, ddof=1) * np.sqrt(1 + 1 / (networks - 1))
-        inside.append(np.mean(np.abs(scores[k] - rest.mean(0)) <= half))
+    scores = np.array(scores)[:, :, :-1]  # the target columns (the last is the source task)
+    spread_checks(scores, started)
     se = scores.std(0, ddof=1) / np.sqrt(networks)
-    print(f"{networks} networks, {scores.shape[1]} x {scores.shape[2]} scores: held-out network inside the 95% t "
-          f"prediction interval of the others: {np.mean(inside):.4f} (per network {min(inside):.3f}-{max(inside):.3f}); "
-          f"median |mean| / se {np.median(np.abs(scores.mean(0)) / se):.2f}; CPU {time.process_time() - started:.0f} s")
-    standardised = (scores - scores.mean(0)) / scores.std(0, ddof=1)
-    print(f"excess kurtosis of the standardised per-entry scores: {stats.kurtosis(standardised.ravel()):.2f}")
-    rng = np.random.default_rng(0)
-    for half in (networks // 4, networks // 2):
-        beyond = []
-        for _ in range(20):  # two disjoint random halves: their means differ beyond their 95% Welch interval?
-            order = rng.permutation(networks)
-            a, b = scores[order[:half]], scores[order[half:2 * half]]
-            va, vb = a.var(0, ddof=1) / half, b.var(0, ddof=1) / half
-            dof = (va + vb) ** 2 / ((va ** 2 + vb ** 2) / (half - 1))
-            beyond.append(np.mean(np.abs(a.mean(0) - b.mean(0)) > stats.t.ppf(0.975, dof) * np.sqrt(va + vb)))
-        print(f"two disjoint sets of {half} networks: means differ beyond the 95% Welch t interval of their "
-              f"standard errors for {np.mean(beyond):.4f} of the entries (0.05 if calibrated; 20 random splits)")
     from dmtoolkit.analyze.mislabels import mislabel_scores
     from dmtoolkit.stats.detection import auc
     from dmtoolkit.stats.pvalues import one_sided_pvalues, simes
@@ -178,6 +225,9 @@ def main() -> None:
     net.add_argument("store")
     net.add_argument("out")
     net.add_argument("--networks", type=int, default=16)
+    saved = sub.add_parser("saved")
+    saved.add_argument("path", help="a kept OUT.h5.partial/ folder, or a replay estimate with several networks")
+    saved.add_argument("--columns", type=int, default=100, help="target columns read (memory: N x P x columns)")
     feat = sub.add_parser("features")
     feat.add_argument("--pool", type=int, default=52_376)
     feat.add_argument("--proj-dim", type=int, default=512)
@@ -186,6 +236,8 @@ def main() -> None:
         calibration(args.replications)
     elif args.command == "networks":
         networks_check(args.store, args.out, args.networks)
+    elif args.command == "saved":
+        saved_check(args.path, args.columns)
     elif args.command == "features":
         features(args.pool, args.proj_dim)
     else:

@@ -5,6 +5,7 @@ run continues to the same result; a changed rerun is refused)."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -266,3 +267,26 @@ def test_many_influence_only_flags_are_called_an_effect_not_copies() -> None:
     assert "flags 3 more source examples" in few and "of the pool" not in few and "of the pool" not in small_pool
     assert "flags 650 more source examples" in many
     assert "they are 65% of the pool, more than leaks plausibly are" in many and "not that it is a copy" in many
+
+
+def test_the_spread_checks_of_real_networks_read_nominal_on_exchangeable_ones(capsys: pytest.CaptureFixture) -> None:
+    """benchmarks/gradient_evidence.py `spread_checks` (what `saved` and `networks` print for real networks):
+    on exchangeable normal networks, a held-out network falls inside the others' 95% prediction interval and
+    two disjoint sets agree within their Welch interval at the nominal rates; with one network shifted, not."""
+    from .benchmark_scripts import load_benchmark
+
+    spread_checks = load_benchmark("gradient_evidence").spread_checks
+    rng = np.random.default_rng(3)
+    truth = rng.normal(0, 2, (1, 400, 30))
+    spread_checks(truth + rng.normal(0, 1, (8, 400, 30)))
+    out = capsys.readouterr().out
+    inside = float(re.search(r"prediction interval of the others: ([0-9.]+)", out).group(1))
+    beyond = re.findall(r"standard errors for ([0-9.]+) of the entries \(([0-9.]+) for exchangeable normal", out)
+    assert 0.93 <= inside <= 0.97 and len(beyond) == 2, out
+    for seen, calibrated in beyond:  # Welch's interval is conservative with 2 networks a set: the reference says so
+        assert abs(float(seen) - float(calibrated)) < 0.01 and float(calibrated) < 0.05, out
+    shifted = truth + rng.normal(0, 1, (8, 400, 30))
+    shifted[0] += 3.0  # one network that is not a draw like the others
+    spread_checks(shifted)
+    worst = float(re.search(r"\(per network ([0-9.]+)-", capsys.readouterr().out).group(1))
+    assert worst < 0.5  # the shifted network is outside the others' interval for most entries
