@@ -28,6 +28,8 @@ figures are development figures):
     python benchmarks/replay_study.py ceiling STORE.h5 REPLAY.h5
     python benchmarks/replay_study.py fresh --out runs/replay-fresh --settings seed-3,seed-6,seed-7
     python benchmarks/replay_study.py fresh --out runs/replay-fresh --settings per-model-8 --networks 4
+    python benchmarks/replay_study.py fresh --out runs/replay-fresh --settings pool-5080-9 --centre-only \
+        --gradient 16 --workers 2
     python benchmarks/replay_study.py table --out runs/replay-fresh
 """
 
@@ -156,6 +158,8 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "dev": dict(SMOOTH),
     **{f"seed-{s}": {**SMOOTH, **_seeds(s)} for s in (3, 6, 7)},
     "per-model-8": {**SMOOTH, **_seeds(8), "training.randomness": "per-model"},
+    # the 5,080-image pool (36 glyph classes x 140 + 40 planted), a fresh seed 9: no replay choice looked at it
+    "pool-5080-9": {**SMOOTH, **_seeds(9), "source.max_per_class": 140},
 }
 FRESH = ("seed-3", "seed-6", "seed-7")
 
@@ -230,7 +234,8 @@ def _network_averages(store: Path, estimate: Path) -> list[dict[str, Any]]:
     return out + [{"single_networks": singles}]
 
 
-def fresh(out: Path, name: str, models: int, targets: str, networks: int, forward_all: bool) -> dict[str, Any]:
+def fresh(out: Path, name: str, models: int, targets: str, networks: int, forward_all: bool, *, workers: int = 1,
+          centre_only: bool = False, gradient: int = 0) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     results_path = out / "fresh.json"
     results = saved_results(results_path)
@@ -241,7 +246,8 @@ def fresh(out: Path, name: str, models: int, targets: str, networks: int, forwar
 
     store = out / f"{name}.h5"
     # created or resumed, trained in this process; CPU seconds recorded when anything was trained now
-    trained = ensure_trained(store, setting_recipe(name, models), workers=1, device="cpu", progress=False, clock=_cpu)
+    trained = ensure_trained(store, setting_recipe(name, models), workers=workers, device="cpu", progress=False,
+                             clock=_cpu)
     if trained.summary.written:
         figures["train_cpu_seconds"] = trained.seconds
         save()
@@ -253,8 +259,12 @@ def fresh(out: Path, name: str, models: int, targets: str, networks: int, forwar
     fits: list[tuple[str, Any, str | None]] = [
         ("replay-centre" if shared else f"replay-centre-{networks}net",
          lambda: ReplayEstimator(store, point="centre", chunk=32, networks=1 if shared else networks), targets)]
-    if shared:
+    if shared and not centre_only:
         fits.append(("replay-pool", lambda: ReplayEstimator(store, point="pool", chunk=32), targets))
+    if gradient:  # the gradient estimator from `gradient` retrained networks, on the same targets and models
+        from dmtoolkit.estimate.gradient import GradientEstimator
+
+        fits.append((f"gradient-{gradient}", lambda: GradientEstimator(store, models=gradient, device="cpu"), targets))
     fits += [("difference-of-means", lambda: make_estimator("difference-of-means", device="cpu"), targets),
              ("datamodels", lambda: make_estimator("datamodels", device="cpu"), targets),
              ("difference-of-means-all", lambda: make_estimator("difference-of-means", device="cpu"), None)]
@@ -309,12 +319,13 @@ def paired_difference(store: Path, first: Path, second: Path, draws: int = 2000)
 
 
 def _cost_minutes(figures: dict[str, Any], key: str) -> float | None:
-    """CPU-minutes an estimate cost: its fit, plus (subset estimators) the training of the models it fitted on."""
+    """CPU-minutes an estimate cost: its fit (replay and gradient train their own networks in it), plus (subset
+    estimators) the training of the models it fitted on."""
     row = figures.get(key, {})
     if "cpu_seconds" not in row:
         return None
     seconds = row["cpu_seconds"]
-    if not key.startswith("replay") and "train_cpu_seconds" in figures:
+    if not key.startswith(("replay", "gradient")) and "train_cpu_seconds" in figures:  # those train their own
         fitted = figures["models"] - row["test_models"]
         seconds += figures["train_cpu_seconds"] * fitted / figures["models"]
     return seconds / 60
@@ -405,6 +416,9 @@ def main() -> None:
     parser.add_argument("--targets", default="0:64", help="fresh: targets of replay, and of the estimators beside it")
     parser.add_argument("--networks", type=int, default=4, help="fresh: replayed networks on a per-model store")
     parser.add_argument("--forward-all", action="store_true", help="fresh: also replay all targets (forward mode)")
+    parser.add_argument("--workers", type=int, default=1, help="fresh: processes training the store")
+    parser.add_argument("--centre-only", action="store_true", help="fresh: replay at the centre point only")
+    parser.add_argument("--gradient", type=int, default=0, help="fresh: also the gradient estimator from N networks")
     args = parser.parse_args()
     torch.set_num_threads(1)
     if args.what in ("fresh", "table"):
@@ -412,7 +426,8 @@ def main() -> None:
             parser.error(f"{args.what} needs --out")
         if args.what == "fresh":
             for name in args.settings.split(","):
-                fresh(args.out, name, args.models, args.targets, args.networks, args.forward_all)
+                fresh(args.out, name, args.models, args.targets, args.networks, args.forward_all,
+                      workers=args.workers, centre_only=args.centre_only, gradient=args.gradient)
         else:
             print(table(json.loads((args.out / "fresh.json").read_text())))
         return
