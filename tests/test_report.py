@@ -401,3 +401,22 @@ def test_analyse_store_is_what_store_info_and_reliability_print(class_files: tup
     with pytest.raises(UserError) as refused:
         reliability_report(small)
     assert few.note == f"reliability: {refused.value}"
+
+
+def test_the_answers_come_from_the_estimate_with_the_strongest_evidence() -> None:
+    """Of the estimates that can flag, the summary answers from the one whose errors have the most degrees of
+    freedom (an 8-network gradient estimate over a 4-network one, whatever their file names); ties keep the
+    page order; without errors, the first."""
+    from dmtoolkit.analyze.overview import EstimateAnalyses
+    from dmtoolkit.report.html import EstimateSection, _primary
+
+    def section(name: str, dof: float, errors: bool = True) -> EstimateSection:
+        analyses = EstimateAnalyses(Path(name), "gradient", "example", (4, 3), "run.h5", "run.h5", errors,
+                                    mislabels=object(), error_dof=dof if errors else 0)
+        return EstimateSection(analyses)
+
+    four, eight, none = section("a-4.h5", 3), section("b-8.h5", 7), section("c.h5", 0, errors=False)
+    assert _primary([four, eight, none], "mislabels").file == "b-8.h5"
+    assert _primary([none, four, section("d-4.h5", 3)], "mislabels").file == "a-4.h5"
+    assert _primary([none, section("e.h5", 0, errors=False)], "mislabels").file == "c.h5"
+    assert _primary([none], "leakage") is None

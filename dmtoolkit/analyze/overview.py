@@ -10,6 +10,7 @@ reliability (`dmtoolkit reliability`). The report only renders them.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,6 +69,7 @@ class EstimateAnalyses(JsonResult):
     mislabels: MislabelReport | None = json_field(omit="none", default=None)
     lds: LdsResult | None = json_field(omit="none", convert=lds_figures, default=None)
     notes: tuple[str, ...] = json_field(omit="empty", default=())
+    error_dof: float = json_field(None, default=math.inf)  # degrees of freedom of its errors (inf: normal; 0: none)
 
     json_order = ("file", "estimator", "kind", "shape", "store", "notes")
 
@@ -136,7 +138,8 @@ def _analyse(opened: OpenedEstimate, top: int, subpops: int, subpop_size: int) -
     store = opened.store_path if there and opened.store_path is not None else Path(str(est.store_path))
     return EstimateAnalyses(
         file=est.path, estimator=est.estimator, kind=est.kind, shape=tuple(est.matrix.shape),
-        store=str(est.store_path), store_name=store.name, has_errors=est.stderr is not None, rank=rank,
+        store=str(est.store_path), store_name=store.name, has_errors=est.stderr is not None,
+        error_dof=0 if est.stderr is None else math.inf if est.stderr_dof is None else est.stderr_dof, rank=rank,
         recommend=recommend, subpopulations=tuple(subs), leakage=leakage, mislabels=mislabels, lds=lds,
         notes=tuple(notes))
 

@@ -213,10 +213,14 @@ def _trust(store: StoreAnalyses, notes: Notes) -> StoreTrust:
 
 
 def _primary(sections: list[EstimateSection], attr: str) -> EstimateSection | None:
-    """The section whose `attr` result the summary answers from: the first with intervals (standard errors),
-    else the first that has one at all."""
+    """The section whose `attr` result the summary answers from: of those with standard errors, the one whose
+    errors have the most degrees of freedom (the strongest evidence: an 8-network gradient estimate before a
+    4-network one; the first on ties), else the first that has one at all."""
     having = [e for e in sections if getattr(e, attr) is not None]
-    return ([e for e in having if e.has_errors] or having or [None])[0]
+    with_errors = [e for e in having if e.has_errors]
+    if with_errors:
+        return max(with_errors, key=lambda e: e.error_dof)
+    return having[0] if having else None
 
 
 def _summary(estimates: list[EstimateSection], counterfactuals: list[CounterfactualSection],
