@@ -248,36 +248,42 @@ def fresh(out: Path, name: str, models: int, targets: str, networks: int, forwar
     # created or resumed, trained in this process; CPU seconds recorded when anything was trained now
     trained = ensure_trained(store, setting_recipe(name, models), workers=workers, device="cpu", progress=False,
                              clock=_cpu)
-    if trained.summary.written:
+    if trained.summary.written and workers == 1:
         figures["train_cpu_seconds"] = trained.seconds
         save()
     with RunStore(store) as run:
         figures["models"] = len(run.completed_rows())
         figures["seconds_per_model"] = float(np.mean(run.column("seconds")))
         randomness = run.recipe.seeding[1]
+    if "train_cpu_seconds" not in figures:  # trained by worker processes (or elsewhere): the store's recorded
+        # seconds per model, each a one-thread worker's wall-clock share of its batched group (≈ its CPU)
+        figures["train_cpu_seconds"] = figures["seconds_per_model"] * figures["models"]
+        figures["train_cost_from"] = "the store's recorded seconds per model"
+        save()
+    columns = None if targets is None else slice(*(int(x) for x in targets.split(":")))
     shared = randomness == "shared"
     fits: list[tuple[str, Any, str | None]] = [
         ("replay-centre" if shared else f"replay-centre-{networks}net",
-         lambda: ReplayEstimator(store, point="centre", chunk=32, networks=1 if shared else networks), targets)]
+         lambda: ReplayEstimator(store, point="centre", chunk=32, networks=1 if shared else networks), columns)]
     if shared and not centre_only:
-        fits.append(("replay-pool", lambda: ReplayEstimator(store, point="pool", chunk=32), targets))
+        fits.append(("replay-pool", lambda: ReplayEstimator(store, point="pool", chunk=32), columns))
     if gradient:  # the gradient estimator from `gradient` retrained networks, on the same targets and models
         from dmtoolkit.estimate.gradient import GradientEstimator
 
-        fits.append((f"gradient-{gradient}", lambda: GradientEstimator(store, models=gradient, device="cpu"), targets))
-    fits += [("difference-of-means", lambda: make_estimator("difference-of-means", device="cpu"), targets),
-             ("datamodels", lambda: make_estimator("datamodels", device="cpu"), targets),
+        fits.append((f"gradient-{gradient}", lambda: GradientEstimator(store, models=gradient, device="cpu"), columns))
+    fits += [("difference-of-means", lambda: make_estimator("difference-of-means", device="cpu"), columns),
+             ("datamodels", lambda: make_estimator("datamodels", device="cpu"), columns),
              ("difference-of-means-all", lambda: make_estimator("difference-of-means", device="cpu"), None)]
     if forward_all:
         fits.append(("replay-centre-all", lambda: ReplayEstimator(store, point="centre", mode="forward", chunk=16),
                      None))
-    for key, make, columns in fits:
+    for key, make, fit_columns in fits:
         path = out / f"{name}-{key}.h5"
         row = figures.setdefault(key, {})
         if not path.exists():
             torch.set_num_threads(1)
             started, wall = _cpu(), time.perf_counter()
-            fit_store(store, path, make(), targets=columns)
+            fit_store(store, path, make(), targets=fit_columns)
             row.update(cpu_seconds=_cpu() - started, wall_seconds=time.perf_counter() - wall)
             save()
         if "lds" not in row:
