@@ -119,7 +119,35 @@ def analyse(path: Path, runs: Path, timing: dict[str, Any], per_model_seconds: f
         row[f"flip_{key}"] = None if score is None else score.to_json()
     row["source_task_scores"] = read_extra(path, "source_task/coef") is not None
     row["mislabels_evidence"] = flips.evidence
+    row["flip_halves"] = mislabel_halves(path, flips.fdr)
     return row
+
+
+def mislabel_halves(path: Path, fdr: float) -> dict[str, Any] | None:
+    """The two halves of `mislabels`' intersection–union test, each flagged on its own by Benjamini–Hochberg at
+    `fdr` and scored against the planted flips: harm to the source task (the networks' source-task column) and
+    harm to a target (Simes over the targets), to show which half limits the flags."""
+    from dmtoolkit.analyze.evidence import influence_pvalues
+    from dmtoolkit.estimate.source_task import read_source_task
+    from dmtoolkit.stats.pvalues import benjamini_hochberg, one_sided_pvalues, simes
+
+    est = load_estimate(path)
+    task = read_source_task(path)
+    p_pairs, _ = influence_pvalues(est, "less")
+    if p_pairs is None or task.stderr is None:
+        return None
+    with RunStore(est.store_path) as run:
+        flipped = run.planted().flipped.astype(bool)
+    halves = {"source": one_sided_pvalues(task.coef, task.stderr, est.stderr_dof, "less"),
+              "target": simes(p_pairs, axis=1)}
+    out = {}
+    for name, p in halves.items():
+        flagged = benjamini_hochberg(p, fdr)
+        hits = int((flagged & flipped).sum())
+        out[name] = {"flagged": int(flagged.sum()), "hits": hits,
+                     "precision": hits / int(flagged.sum()) if flagged.any() else None,
+                     "recall": hits / int(flipped.sum())}
+    return out
 
 
 def _get(row: dict[str, Any], key: str, field: str) -> float | None:
@@ -147,6 +175,14 @@ def table(rows: list[dict[str, Any]]) -> str:
             f"{_pr(r, 'leak_planted_top')} | {_pr(r, 'leak_planted_pixel_only')} | {_pr(r, 'flip_planted')} "
             f"({r['flips_flagged']}) | {_num(_get(r, 'flip_planted', 'auc'))} | "
             f"{_num(_get(r, 'flip_planted_top', 'precision_at_k'), '.2f')} |")
+    lines += ["", "| networks | mislabels: source-task half alone, flagged (flips) | target half alone, flagged (flips) "
+              "| both (the rule), flagged (flips) |", "|---|---|---|---|"]
+    for r in rows:
+        halves = r.get("flip_halves") or {}
+        cell = lambda h: "-" if h is None else f"{h['flagged']} ({h['hits']})"  # noqa: E731
+        both = r.get("flip_planted") or {}
+        lines.append(f"| {r['networks']} | {cell(halves.get('source'))} | {cell(halves.get('target'))} | "
+                     f"{r['flips_flagged']} ({both.get('hits', '-')}) |")
     return "\n".join(lines)
 
 
