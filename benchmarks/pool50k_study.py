@@ -129,6 +129,7 @@ def mislabel_halves(path: Path, fdr: float) -> dict[str, Any] | None:
     harm to a target (Simes over the targets), to show which half limits the flags."""
     from dmtoolkit.analyze.evidence import influence_pvalues
     from dmtoolkit.estimate.source_task import read_source_task
+    from dmtoolkit.stats.detection import auc
     from dmtoolkit.stats.pvalues import benjamini_hochberg, one_sided_pvalues, simes
 
     est = load_estimate(path)
@@ -146,7 +147,7 @@ def mislabel_halves(path: Path, fdr: float) -> dict[str, Any] | None:
         hits = int((flagged & flipped).sum())
         out[name] = {"flagged": int(flagged.sum()), "hits": hits,
                      "precision": hits / int(flagged.sum()) if flagged.any() else None,
-                     "recall": hits / int(flipped.sum())}
+                     "recall": hits / int(flipped.sum()), "auc_of_p": auc(-p, flipped)}
     return out
 
 
