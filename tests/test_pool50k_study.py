@@ -18,3 +18,13 @@ def test_time_log_reads_cpu_and_peak_memory(tmp_path):
     assert abs(timing["cpu_seconds"] - 285.72) < 1e-9
     assert timing["peak_rss_bytes"] == 1872952 * 1024
     assert _module().time_log(tmp_path / "missing.log") is None
+
+
+def test_peak_resident_is_this_process_own_peak():
+    """VmHWM of the current address space: at least the current RSS, and not inherited from a parent."""
+    import resource
+
+    peak = _module().peak_resident()
+    assert peak["measured_by"] == "VmHWM"
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    assert 0 < peak["peak_rss_bytes"] <= rss * 1.01
