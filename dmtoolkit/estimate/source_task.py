@@ -1,9 +1,10 @@
 """Each pool example's influence on the *source* task itself, from the networks a few-network estimator already
 holds: the evidence `dmtoolkit mislabels` needs that an image hurts the task it is labelled for.
 
-The subset estimators get it by refitting on the store's `source_accuracy` column. The gradient estimator cannot
-(refitting would retrain its networks), so each of its networks scores every pool example on one more "target":
-the mean source margin over the source task's held-out test examples (`Network.source_test`), the smooth
+The subset estimators get it by refitting on the store's `source_accuracy` column. The gradient and replay
+estimators cannot (refitting would retrain their networks), so each of their networks scores every pool example
+on one more "target": the mean source margin over the source task's held-out test examples (the gradient
+estimator's `Network.source_test`; replay differentiates it exactly, `replay.source_task_margin`), the smooth
 stand-in for source accuracy. Its mean over the networks and its standard error across them (sd / √N, N − 1
 dof, as for the target columns) are saved as `source_task/coef` and `source_task/stderr`; `read_source_task`
 gives them back to the analyses. Positive: keeping the example raises the source margin (helps the source task).
