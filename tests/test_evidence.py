@@ -274,6 +274,7 @@ def test_nothing_planted_says_nothing_here(null: dict[str, Path]) -> None:
     assert leaks.copies == () and leaks.verdict == "no evidence" and leaks.removal_ids == []
     assert leaks.flagged == () and leaks.message.startswith("no evidence of leakage at FDR 5%")
     assert len(leaks.pairs) == N  # browsing still lists the top pairs, one per source
+    assert "families" not in leaks.evidence  # no copies: every pair is one family, and the line does not say two
     assert all(not p.flagged and p.p_value is not None for p in leaks.pairs)
     flips = detect_mislabels(null["influence"])
     assert flips.flagged == () and flips.message == "no evidence of mislabelled source examples at FDR 5%"

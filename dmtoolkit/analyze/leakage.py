@@ -98,8 +98,9 @@ def detect_leakage(path: str | Path | OpenedEstimate, *, fdr: float = DETECT_FDR
     if p is not None:
         q = family_q_values(p, copy, defined)
         significant = (q <= fdr) & defined
-        evidence += (f"; Benjamini–Hochberg within two families: the {int(copy.sum())} pixel-copy pairs (chosen by "
-                     "pixels alone) and every other pair")
+        if copy.any():  # without copies every pair is one family, as it always was
+            evidence += (f"; Benjamini–Hochberg within two families: the {int(copy.sum())} pixel-copy pairs (chosen "
+                         "by pixels alone) and every other pair")
     else:
         q, significant = None, np.zeros_like(defined)
     significance = -np.log(np.maximum(p, 1e-300)) if p is not None else scores

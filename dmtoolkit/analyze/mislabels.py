@@ -78,8 +78,8 @@ def detect_mislabels(path: str | Path | OpenedEstimate, *, fdr: float = DETECT_F
         if source_p is None and not refittable:
             evidence += (f"; this {est.estimator} estimate has no source-task scores (its "
                          "networks gave no source_test, or an older version made it), so only harm to the targets is "
-                         "tested; to test harm to the source task too, fit it again (a trainer's gradient_networks "
-                         "gives source_test: docs/trainers.md)")
+                         "tested; to test harm to the source task too, fit it again (with your own trainer, its "
+                         "gradient_networks must give source_test: docs/trainers.md)")
         elif source_p is None:
             evidence += "; the store has no source accuracy, so only harm to the targets is tested"
         elif not refittable:

@@ -378,6 +378,7 @@ def forward_gradient(problem: ReplayProblem, w: torch.Tensor, columns: slice | N
     num_targets = len(range(*columns.indices(len(problem.test_y)))) + int(source_task)
     out = torch.zeros(problem.num_examples, num_targets, dtype=w.dtype, device=w.device)
     margins = None
+    task: tuple[torch.Tensor, tuple[torch.Tensor, ...]] | None = None  # the final state is the same in every sweep
     for start in range(0, problem.num_examples, chunk):
         started = time.process_time()
         units = torch.arange(start, min(start + chunk, problem.num_examples), device=w.device)
@@ -397,7 +398,8 @@ def forward_gradient(problem: ReplayProblem, w: torch.Tensor, columns: slice | N
             return jvp(lambda zz: transferred_margins(problem, names.like(zz), columns), (z,), (zt,))
         m, m_dot = vmap(through_transfer, out_dims=(None, 0))(z_dot)
         if source_task:  # its tangent is the final state's tangent against the source margin's gradient
-            value, task_adjoint = source_task_adjoint(problem, names.like(z))
+            task = task or source_task_adjoint(problem, names.like(z))
+            value, task_adjoint = task
             task_dot = sum((t * g[None]).flatten(1).sum(1) for t, g in zip(z_dot, task_adjoint))
             m, m_dot = torch.cat([m, value.to(m)]), torch.cat([m_dot, task_dot[:, None].to(m_dot)], dim=1)
         out[units] = m_dot.detach()
