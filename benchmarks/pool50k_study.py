@@ -40,7 +40,7 @@ from typing import Any
 from detector_study import RECIPES, _num, _seeds  # benchmarks/ is on sys.path
 
 from dmtoolkit.analyze import detect_leakage, detect_mislabels
-from dmtoolkit.estimate.files import load_estimate, read_extra
+from dmtoolkit.estimate.files import load_estimate, open_estimate, read_extra
 from dmtoolkit.estimate.lds import evaluate
 from dmtoolkit.recipe import Recipe
 from dmtoolkit.recipe_overrides import recipe_with
@@ -119,10 +119,12 @@ def analyse(path: Path, runs: Path, timing: dict[str, Any], per_model_seconds: f
         "cpu_per_network_seconds": timing["cpu_seconds"] / n,
         "cpu_per_network_over_one_training": timing["cpu_seconds"] / n / per_model_seconds,
         "has_stderr": load_estimate(path).stderr is not None}
-    lds = evaluate(runs, path)
+    with open_estimate(path, runs) as opened:  # the store opened and hash-checked once for every analysis
+        lds = evaluate(None, opened)
+        leak = detect_leakage(opened, features=False, top=max(1, planted["leaks"]))
+        flips = detect_mislabels(opened, top=max(1, planted["flips"]))
+        halves = mislabel_halves(opened, flips.fdr)
     row.update(lds=lds.lds_mean, lds_interval=list(lds.lds_interval), test_models=lds.heldout_models)
-    leak = detect_leakage(path, store=runs, features=False, top=max(1, planted["leaks"]))
-    flips = detect_mislabels(path, store=runs, top=max(1, planted["flips"]))
     row.update(leakage_message=leak.message, mislabels_message=flips.message, leaks_flagged=len(leak.flagged),
                influence_only_flagged=len(leak.influence_only), flips_flagged=len(flips.flagged))
     for key in ("planted", "planted_influence_only", "planted_pixel_only", "planted_top"):
@@ -133,30 +135,25 @@ def analyse(path: Path, runs: Path, timing: dict[str, Any], per_model_seconds: f
         row[f"flip_{key}"] = None if score is None else score.to_json()
     row["source_task_scores"] = read_extra(path, "source_task/coef") is not None
     row["mislabels_evidence"] = flips.evidence
-    row["flip_halves"] = mislabel_halves(path, flips.fdr)
+    row["flip_halves"] = halves
     return row
 
 
-def mislabel_halves(path: Path, fdr: float) -> dict[str, Any] | None:
-    """The two halves of `mislabels`' intersection–union test, each flagged on its own by Benjamini–Hochberg at
-    `fdr` and scored against the planted flips: harm to the source task (the networks' source-task column) and
-    harm to a target (Simes over the targets), to show which half limits the flags."""
-    from dmtoolkit.analyze.evidence import influence_pvalues
-    from dmtoolkit.estimate.source_task import read_source_task
+def mislabel_halves(opened: Any, fdr: float) -> dict[str, Any] | None:
+    """The two halves of `mislabels`' intersection–union test (`harm_pvalues`, the library's own), each flagged
+    on its own by Benjamini–Hochberg at `fdr` and scored against the planted flips, with the AUC of its
+    p-values: which half limits the flags."""
+    from dmtoolkit.analyze.mislabels import harm_pvalues
     from dmtoolkit.stats.detection import auc
-    from dmtoolkit.stats.pvalues import benjamini_hochberg, one_sided_pvalues, simes
+    from dmtoolkit.stats.pvalues import benjamini_hochberg
 
-    est = load_estimate(path)
-    task = read_source_task(path)
-    p_pairs, _ = influence_pvalues(est, "less")
-    if p_pairs is None or task.stderr is None:
+    run = opened.run()
+    harm = harm_pvalues(opened.estimate, run)
+    if harm.source is None or harm.target is None:
         return None
-    with RunStore(est.store_path) as run:
-        flipped = run.planted().flipped.astype(bool)
-    halves = {"source": one_sided_pvalues(task.coef, task.stderr, est.stderr_dof, "less"),
-              "target": simes(p_pairs, axis=1)}
+    flipped = run.planted().flipped.astype(bool)
     out = {}
-    for name, p in halves.items():
+    for name, p in (("source", harm.source), ("target", harm.target)):
         flagged = benjamini_hochberg(p, fdr)
         hits = int((flagged & flipped).sum())
         out[name] = {"flagged": int(flagged.sum()), "hits": hits,

@@ -7,7 +7,9 @@ label flips are read afterwards, only to score what it returned.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -22,6 +24,10 @@ from dmtoolkit.stats.detection import auc
 from dmtoolkit.stats.pvalues import bh_adjusted, one_sided_pvalues, simes
 from dmtoolkit.stats.ranking import rank_order
 
+if TYPE_CHECKING:
+    from dmtoolkit.analyze.estimates import Estimate
+    from dmtoolkit.store import RunStore
+
 
 def mislabel_scores(matrix: np.ndarray, by: str) -> np.ndarray:
     """Per source example, how much it hurts: its mean influence over the targets, or its most negative one
@@ -33,6 +39,52 @@ def mislabel_scores(matrix: np.ndarray, by: str) -> np.ndarray:
             return np.where(finite.any(1), np.where(finite, matrix, np.inf).min(1), np.nan)
         counts = finite.sum(1)
         return np.where(counts > 0, np.where(finite, matrix, 0).sum(1) / np.maximum(counts, 1), np.nan)
+
+
+@dataclass(frozen=True)
+class HarmPValues:
+    """Per source example, the two halves of the mislabel test: `source`, the one-sided p-value of harm to the
+    source task (None when it cannot be tested), `target`, Simes' combination of its p-values of harm over the
+    targets (None without standard errors; 1 where no entry is defined), and the evidence line saying how."""
+
+    source: np.ndarray | None
+    target: np.ndarray | None
+    evidence: str
+
+
+def harm_pvalues(est: Estimate, run: RunStore) -> HarmPValues:
+    """Both halves of `detect_mislabels`' test for every source example of `est` (its checked run store `run`):
+    harm to the source task from the estimator refitted on the store's source accuracy, or, for estimators that
+    retrain networks (gradient, replay), from the source-task scores their networks saved
+    (`dmtoolkit.estimate.source_task`); harm to a target from Simes over the targets."""
+    p_pairs, evidence = influence_pvalues(est, "less")
+    if p_pairs is None:
+        return HarmPValues(None, None, evidence)
+    refittable = not estimator_entry(est.estimator).retrains  # refitting would retrain its networks
+    source_p = None
+    if refittable:
+        accuracy = run.column("source_accuracy") if "source_accuracy" in run.file else None
+        if accuracy is not None and np.isfinite(accuracy[est.fit_rows]).all():
+            refit = refit_on_values(est, run, accuracy)
+            source_p = one_sided_pvalues(refit.coef_[:, 0], refit.stderr_[:, 0], refit.stderr_dof_, "less")
+    else:
+        task = read_source_task(est.path)
+        if task.coef is not None and task.stderr is not None:  # scored by its own networks
+            source_p = one_sided_pvalues(task.coef, task.stderr, est.stderr_dof, "less")
+    target_p = np.where(np.isfinite(est.matrix).any(1), simes(p_pairs, axis=1), 1.0)
+    if source_p is None and not refittable:
+        evidence += (f"; this {est.estimator} estimate has no source-task scores (its "
+                     "networks gave no source_test, or an older version made it), so only harm to the targets is "
+                     "tested; to test harm to the source task too, fit it again (with your own trainer, its "
+                     "gradient_networks must give source_test: docs/trainers.md)")
+    elif source_p is None:
+        evidence += "; the store has no source accuracy, so only harm to the targets is tested"
+    elif not refittable:
+        evidence += ("; the source task scored by the same networks (mean source margin over the held-out source "
+                     "test examples); p = max(source, Simes over targets)")
+    else:
+        evidence += "; source accuracy refitted the same way; p = max(source, Simes over targets)"
+    return HarmPValues(source_p, target_p, evidence)
 
 
 def detect_mislabels(path: str | Path | OpenedEstimate, *, fdr: float = DETECT_FDR, top: int = DETECT_TOP,
@@ -59,34 +111,14 @@ def detect_mislabels(path: str | Path | OpenedEstimate, *, fdr: float = DETECT_F
     est = opened.estimate
     score = mislabel_scores(est.matrix, by)
     defined = np.isfinite(score)
-    p_pairs, evidence = influence_pvalues(est, "less")
     with opened.using_store() as run:
         labels, names = run.source_labels, run.source_class_names
-        source_p = None
-        accuracy = run.column("source_accuracy") if "source_accuracy" in run.file else None
-        refittable = not estimator_entry(est.estimator).retrains  # refitting would retrain its networks
-        if p_pairs is not None and refittable and accuracy is not None and np.isfinite(accuracy[est.fit_rows]).all():
-            refit = refit_on_values(est, run, accuracy)
-            source_p = one_sided_pvalues(refit.coef_[:, 0], refit.stderr_[:, 0], refit.stderr_dof_, "less")
-        task = read_source_task(est.path) if p_pairs is not None and not refittable else None
-        if task is not None and task.coef is not None and task.stderr is not None:  # scored by its own networks
-            source_p = one_sided_pvalues(task.coef, task.stderr, est.stderr_dof, "less")
+        harm = harm_pvalues(est, run)
         planted = run.planted()  # scoring only: read after detection
-    p = q = target_p = None
-    if p_pairs is not None:
-        target_p = np.where(defined, simes(p_pairs, axis=1), 1.0)
-        if source_p is None and not refittable:
-            evidence += (f"; this {est.estimator} estimate has no source-task scores (its "
-                         "networks gave no source_test, or an older version made it), so only harm to the targets is "
-                         "tested; to test harm to the source task too, fit it again (with your own trainer, its "
-                         "gradient_networks must give source_test: docs/trainers.md)")
-        elif source_p is None:
-            evidence += "; the store has no source accuracy, so only harm to the targets is tested"
-        elif not refittable:
-            evidence += ("; the source task scored by the same networks (mean source margin over the held-out source "
-                         "test examples); p = max(source, Simes over targets)")
-        else:
-            evidence += "; source accuracy refitted the same way; p = max(source, Simes over targets)"
+    source_p, target_p, evidence = harm.source, harm.target, harm.evidence
+    refittable = not estimator_entry(est.estimator).retrains
+    p = q = None
+    if target_p is not None:
         p = target_p if source_p is None else np.maximum(source_p, target_p)
         q = bh_adjusted(np.where(defined, p, 1.0))
         order = np.lexsort((score, p))  # most significant first, ties: most harmful
