@@ -134,6 +134,8 @@ def analyse(path: Path, runs: Path, timing: dict[str, Any], per_model_seconds: f
         score = getattr(flips, key)
         row[f"flip_{key}"] = None if score is None else score.to_json()
     row["source_task_scores"] = read_extra(path, "source_task/coef") is not None
+    reference = read_extra(path, "label_check/reference")  # mislabels flags from the label check when present
+    row["label_check_reference"] = None if reference is None else int(len(reference))
     row["mislabels_evidence"] = flips.evidence
     row["flip_halves"] = halves
     return row
@@ -151,7 +153,10 @@ def mislabel_halves(opened: Any, fdr: float) -> dict[str, Any] | None:
     harm = harm_pvalues(opened.estimate, run)
     if harm.source is None or harm.target is None:
         return None
-    flipped = run.planted().flipped.astype(bool)
+    truth = run.planted()
+    if truth is None or not truth.flipped.any():  # nothing to score the halves against
+        return None
+    flipped = truth.flipped.astype(bool)
     out = {}
     for name, p in (("source", harm.source), ("target", harm.target)):
         flagged = benjamini_hochberg(p, fdr)

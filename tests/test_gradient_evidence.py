@@ -32,6 +32,7 @@ from dmtoolkit.estimate.ensemble import (
 from dmtoolkit.estimate.files import load_estimate
 from dmtoolkit.estimate.fit import fit_store
 from dmtoolkit.estimate.gradient import GradientEstimator, fit_gradient, gradient_memory_bytes
+from dmtoolkit.estimate.label_check import read_label_check, reference_patterns
 from dmtoolkit.estimate.source_task import read_source_task
 from dmtoolkit.resources import ResourceError
 from dmtoolkit.stats.pvalues import bh_adjusted, one_sided_pvalues, simes
@@ -118,6 +119,11 @@ def test_heavy_tailed_network_noise_stays_close_to_nominal() -> None:
 
 
 # --- end to end: the file, leakage and mislabels ----------------------------------------------------------------
+def _saved(folder: Path, network: int, name: str) -> np.ndarray:
+    with h5py.File(folder / f"network-{network:04d}.h5", "r") as f:
+        return f[f"extra/{name}"][()]
+
+
 def test_the_estimate_carries_the_standard_error_of_its_saved_networks(store: Path, tmp_path: Path) -> None:
     out = tmp_path / "g.h5"
     model = GradientEstimator(store, models=3, proj_dim=32, lam=0.1, partial=partial_folder(out))
@@ -151,9 +157,51 @@ def test_the_estimate_carries_the_standard_error_of_its_saved_networks(store: Pa
         c = int(np.searchsorted(est.target_index, pair.target))
         assert pair.p_value == pytest.approx(p[pair.source, c]) and pair.q_value == pytest.approx(q[pair.source, c])
         assert (pair.category in ("likely copy", "influence only")) == (q[pair.source, c] <= 0.5)
-    # mislabels: the networks' own source-task scores (harm to the source task) and Simes over targets (harm to a
-    # target), the larger p-value of the two, Benjamini–Hochberg
+    # mislabels, first from the out-of-sample label check the networks saved: each pool example's stated-label
+    # margin averaged over the networks not trained on it, against the same for the source test examples
+    trained = np.array([_saved(folder, n, "trained") for n in range(3)])
+    pool_margin = np.array([_saved(folder, n, "pool_margin") for n in range(3)], np.float64)
+    test_margin = np.array([_saved(folder, n, "test_margin") for n in range(3)], np.float64)
+    rows = json.loads(h5py.File(out, "r").attrs["gradient_rows"])
+    with h5py.File(store, "r") as f:
+        for n, row in enumerate(rows):  # trained on exactly the pool examples its store row kept
+            np.testing.assert_array_equal(trained[n], f["masks"][row].astype(bool))
+    check = read_label_check(out)
+    held = ~trained
+    np.testing.assert_allclose(check.heldout_margin, (held * pool_margin).sum(0) / held.sum(0), rtol=1e-5)
+    np.testing.assert_array_equal(check.heldout_networks, held.sum(0))
+    patterns = reference_patterns(trained, test_margin.shape[1])
+    assert held[:, patterns].any(0).all()  # each reference example averages over a held-out pattern of the pool's
+    np.testing.assert_allclose(check.reference, (held[:, patterns] * test_margin).sum(0) / held[:, patterns].sum(0),
+                               rtol=1e-5)
+    label_p = np.array([(1 + np.sum(check.reference <= m)) / (1 + len(check.reference)) for m in check.heldout_margin])
     report = detect_mislabels(out, fdr=0.5)
+    assert report.evidence.startswith("label checked out of sample") and "the p-values of harm to the source task and to a target are shown beside it" in report.evidence
+    q = bh_adjusted(label_p)
+    for candidate in report.candidates:
+        assert candidate.label_p == pytest.approx(label_p[candidate.source]) == candidate.p_value
+        assert candidate.heldout_margin == pytest.approx(check.heldout_margin[candidate.source], rel=1e-6)
+        assert candidate.flagged == (q[candidate.source] <= 0.5)
+    assert [c.heldout_margin for c in report.candidates] == sorted(c.heldout_margin for c in report.candidates)
+    assert {c.source for c in report.flagged} == set(np.flatnonzero(q <= 0.5).tolist())
+    # the reference's size bounds the test: the message says how, when it is what stops every flag
+    n, tested = len(check.reference), int(np.isfinite(check.heldout_margin).sum())
+    fewest = int(np.ceil(tested / (n + 1) / 0.5))
+    assert f"with {n:,} reference images no p-value is below 1/{n + 1:,}" in report.evidence
+    assert f"over {tested:,} images it can flag only when at least {fewest:,}" in report.evidence
+    strict = detect_mislabels(out, fdr=0.01)
+    beyond = int((check.heldout_margin < check.reference.min()).sum())
+    assert not strict.flagged and beyond < int(np.ceil(tested / (n + 1) / 0.01))
+    assert strict.message.startswith(f"no evidence of mislabelled source examples at FDR 1%: {beyond} image")
+    assert f"the test needs {int(np.ceil(tested / (n + 1) / 0.01)):,} such images before it can flag" in strict.message
+    # ... then, without it (an estimate from an earlier version), from harm: the networks' own source-task scores
+    # (harm to the source task) and Simes over targets (harm to a target), the larger p-value, Benjamini–Hochberg
+    unchecked = tmp_path / "unchecked.h5"
+    shutil.copyfile(out, unchecked)
+    with h5py.File(unchecked, "a") as f:
+        del f["label_check"]
+    out = unchecked
+    report = detect_mislabels(out, store=store, fdr=0.5)
     assert "the source task scored by the same networks" in report.evidence and "Student t, 2 dof" in report.evidence
     target_p = simes(one_sided_pvalues(est.matrix, est.stderr, 2, "less"), axis=1)
     source_p = one_sided_pvalues(task.coef, task.stderr, 2, "less")
@@ -197,7 +245,12 @@ def test_one_network_says_why_nothing_is_flagged(store: Path, tmp_path: Path) ->
         result = CliRunner().invoke(cli, command)
         assert result.exit_code == 0, result.output
         data = json.loads(result.output)
-        assert data["evidence"].startswith("the gradient estimate is from 1 network, so its standard error")
+        if command[0] == "mislabels":  # the label check needs no standard error; harm, shown beside it, has none
+            assert data["evidence"].startswith("label checked out of sample")
+            assert "(the gradient estimate is from 1 network, so its standard error" in data["evidence"]
+            assert all(c["source_p"] is None and c["target_p"] is None for c in data["candidates"])
+        else:
+            assert data["evidence"].startswith("the gradient estimate is from 1 network, so its standard error")
         assert data["flagged"] == [] and len(data.get("pairs", data.get("candidates"))) > 0  # ranked for browsing
 
 
@@ -290,3 +343,33 @@ def test_the_spread_checks_of_real_networks_read_nominal_on_exchangeable_ones(ca
     spread_checks(shifted)
     worst = float(re.search(r"\(per network ([0-9.]+)-", capsys.readouterr().out).group(1))
     assert worst < 0.5  # the shifted network is outside the others' interval for most entries
+
+
+def test_the_report_shows_the_label_check(store: Path, tmp_path: Path) -> None:
+    """A report over a gradient estimate lists mislabel candidates by held-out margin, in that column, with the
+    label check's p-values; report.json carries the margins."""
+    folder = tmp_path / "runs"
+    folder.mkdir()
+    shutil.copyfile(store, folder / "runs.h5")
+    fit_gradient(folder / "runs.h5", folder / "g3.h5", models=3, proj_dim=16, holdout_frac=0.3)
+    result = CliRunner().invoke(cli, ["report", str(folder), "-o", str(tmp_path / "report")])
+    assert result.exit_code == 0, result.output
+    page = (tmp_path / "report" / "index.html").read_text()
+    assert '<th class="n">held-out margin</th>' in page and "Candidates by held-out margin" in page
+    check = read_label_check(folder / "g3.h5")
+    data = json.loads((tmp_path / "report" / "report.json").read_text())
+    found = json.dumps(data)
+    candidates = [c for c in _walk(data) if isinstance(c, dict) and "heldout_margin" in c]
+    assert candidates and '"label_p"' in found
+    for c in candidates:
+        assert c["heldout_margin"] == pytest.approx(float(check.heldout_margin[c["source"]]), rel=1e-6)
+    margins = [c["heldout_margin"] for c in candidates]
+    assert margins == sorted(margins)
+
+
+def _walk(value):
+    """Every value nested in JSON data."""
+    yield value
+    children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+    for child in children:
+        yield from _walk(child)

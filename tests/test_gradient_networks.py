@@ -133,6 +133,26 @@ def test_the_source_task_column_is_the_mean_source_margin_scored_as_a_target() -
     assert missing.shape == (12, 6) and np.isnan(missing[:, 5]).all()
 
 
+def test_label_margins_are_each_examples_stated_label_margin() -> None:
+    """What the out-of-sample label check reduces: z_y − max_{k≠y} z_k of the source logits, on the pool and on
+    `source_test`, against the module's own logits in NumPy."""
+    import dataclasses
+
+    from dmtoolkit.estimate.gradient import label_margins
+
+    network, model, _ = _user_network(1)
+    data = torch.Generator().manual_seed(8)
+    held_out = Examples(torch.randn(7, 5, generator=data, dtype=torch.float64), torch.randint(0, 3, (7,), generator=data))
+    pool, test = label_margins(dataclasses.replace(network, source_test=held_out))
+    for x, y, got in ((network.pool.x, network.pool.y, pool), (held_out.x, held_out.y, test)):
+        with torch.no_grad():
+            z = model(x).numpy()
+        y = y.numpy()
+        other = np.where(np.arange(z.shape[1])[None] == y[:, None], -np.inf, z).max(1)
+        np.testing.assert_allclose(got, z[np.arange(len(y)), y] - other, rtol=1e-6, atol=1e-9)
+    assert label_margins(network)[1] is None  # no source_test: nothing to compare the pool with
+
+
 def test_attribute_averages_networks_and_their_checkpoints_without_a_store(tmp_path: Path) -> None:
     first, second, third = (_user_network(seed)[0] for seed in (1, 2, 3))
     result = attribute([first, [second, third]], proj_dim=0, lam=0.5, targets=slice(1, 4))

@@ -28,3 +28,29 @@ def test_peak_resident_is_this_process_own_peak():
     assert peak["measured_by"] == "VmHWM"
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     assert 0 < peak["peak_rss_bytes"] <= rss * 1.01
+
+
+def test_the_study_runs_end_to_end_on_a_tiny_store(tmp_path):
+    """The script as a user runs it, on a tiny trained example store (nothing planted): it fits each network count
+    in its own process, scores it the CLI's way and writes the table and the JSON it reports from."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from .benchmark_scripts import BENCHMARKS
+    from .synthetic import trained_example_store
+
+    store = trained_example_store(tmp_path / "runs.h5", models=16)
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "pool50k_study.py"), "--out", str(out), "--runs",
+                           str(store), "--networks", "2,3"], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    figures = json.loads((out / "pool50k.json").read_text())
+    assert [row["networks"] for row in figures["estimates"]] == [2, 3]
+    assert figures["planted"] == {"leaks": 0, "flips": 0} and figures["models"] == 16
+    for row in figures["estimates"]:
+        assert -1 <= row["lds"] <= 1 and row["test_models"] == 8  # half the 16 models held out
+        assert (out / f"runs-g{row['networks']}.h5").exists() and row["cpu_minutes"] > 0
+    assert "| 2 |" in (out / "pool50k.md").read_text() and "2 networks:" in done.stdout

@@ -411,3 +411,39 @@ def test_per_target_z_and_two_way_z_against_a_loop(matrix: np.ndarray) -> None:
     expected = _loop_z(matrix)
     np.testing.assert_allclose(column, expected, atol=1e-12, equal_nan=True)
     np.testing.assert_allclose(both, expected + _loop_z(matrix.T).T, atol=1e-12, equal_nan=True)
+
+
+@given(st.lists(st.floats(-50, 50) | st.just(float("nan")), min_size=1, max_size=30),
+       st.lists(st.floats(-50, 50), min_size=0, max_size=30))
+def test_conformal_pvalues_count_the_reference_at_or_below(scores: list[float], reference: list[float]) -> None:
+    from dmtoolkit.stats.pvalues import conformal_pvalues
+
+    p = conformal_pvalues(np.array(scores), np.array(reference))
+    for s, value in zip(scores, p):
+        expected = 1.0 if np.isnan(s) else (1 + sum(r <= s for r in reference)) / (1 + len(reference))
+        assert value == pytest.approx(expected)
+
+
+def test_conformal_pvalues_are_uniform_for_exchangeable_scores() -> None:
+    """Validity by simulation: with scores drawn like the reference, P(p ≤ a) ≤ a (and close to it)."""
+    from dmtoolkit.stats.pvalues import conformal_pvalues
+
+    rng = np.random.default_rng(3)
+    p = np.array([conformal_pvalues(rng.standard_t(3, 1), rng.standard_t(3, 99))[0] for _ in range(4000)])
+    for a in (0.01, 0.05, 0.2):
+        assert np.mean(p <= a) <= a + 3 * np.sqrt(a * (1 - a) / 4000)
+        assert np.mean(p <= a) >= a - 3 * np.sqrt(a * (1 - a) / 4000)
+
+
+@given(st.integers(1, 5000), st.integers(1, 3000), st.sampled_from([0.01, 0.05, 0.2]))
+def test_bh_flags_no_fewer_than_fewest_flaggable(tests: int, reference: int, fdr: float) -> None:
+    """At the smallest conformal p-value, Benjamini–Hochberg flags k images only when k ≥ fewest_flaggable."""
+    from dmtoolkit.stats.pvalues import bh_adjusted, fewest_flaggable
+
+    fewest = fewest_flaggable(tests, 1 / (reference + 1), fdr)
+    for k in {max(1, fewest - 1), min(tests, fewest)}:
+        if k > tests:
+            continue
+        p = np.r_[np.full(k, 1 / (reference + 1)), np.ones(tests - k)]
+        flags = int((bh_adjusted(p) <= fdr).sum())
+        assert flags == (k if k >= fewest else 0)

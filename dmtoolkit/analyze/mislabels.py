@@ -17,11 +17,12 @@ from dmtoolkit.analyze.estimates import OpenedEstimate, as_opened_of_kind
 from dmtoolkit.analyze.evidence import check_detection, fdr_phrase, influence_pvalues, share_phrase
 from dmtoolkit.analyze.options import DETECT_FDR, DETECT_TOP, MISLABEL_SCORES
 from dmtoolkit.analyze.results import MislabelCandidate, MislabelReport, MislabelScore
+from dmtoolkit.estimate.label_check import LabelCheck, read_label_check
 from dmtoolkit.estimate.refit import refit_on_values
 from dmtoolkit.estimate.registry import estimator_entry
 from dmtoolkit.estimate.source_task import read_source_task
 from dmtoolkit.stats.detection import auc
-from dmtoolkit.stats.pvalues import bh_adjusted, one_sided_pvalues, simes
+from dmtoolkit.stats.pvalues import bh_adjusted, fewest_flaggable, one_sided_pvalues, simes
 from dmtoolkit.stats.ranking import rank_order
 
 if TYPE_CHECKING:
@@ -117,8 +118,18 @@ def detect_mislabels(path: str | Path | OpenedEstimate, *, fdr: float = DETECT_F
         planted = run.planted()  # scoring only: read after detection
     source_p, target_p, evidence = harm.source, harm.target, harm.evidence
     refittable = not estimator_entry(est.estimator).retrains
-    p = q = None
-    if target_p is not None:
+    check = None if refittable else read_label_check(est.path)
+    p = q = label_p = None
+    if check is not None:  # networks that never saw an image disagree with its label: the direct evidence
+        label_p = check.pvalues()
+        p, defined = label_p, np.isfinite(check.heldout_margin)
+        q = bh_adjusted(p)
+        order = rank_order(np.where(defined, check.heldout_margin, np.nan), descending=False)
+        flagged_rows = order[q[order] <= fdr]  # a prefix: the p-value only grows with the margin
+        harm_line = evidence.split("; p = max(")[0]  # p and q are the label check's here
+        evidence = (_label_evidence(check, fdr, int(defined.sum())) + "; p and q are the label check's; the p-values "
+                    f"of harm to the source task and to a target are shown beside it ({harm_line})")
+    elif target_p is not None:
         p = target_p if source_p is None else np.maximum(source_p, target_p)
         q = bh_adjusted(np.where(defined, p, 1.0))
         order = np.lexsort((score, p))  # most significant first, ties: most harmful
@@ -141,14 +152,26 @@ def detect_mislabels(path: str | Path | OpenedEstimate, *, fdr: float = DETECT_F
             planted_flip=None if flipped is None else bool(flipped[i]),
             original_label=None if planted is None else names[planted.original_labels[i]],
             p_value=opt(p), q_value=opt(q), source_p=opt(source_p), target_p=opt(target_p),
-            flagged=bool(q is not None and q[i] <= fdr))
+            flagged=bool(q is not None and q[i] <= fdr),
+            heldout_margin=None if check is None else float(check.heldout_margin[i]), label_p=opt(label_p))
 
     candidates = tuple(candidate(r + 1, i) for r, i in enumerate(order[:top]))
     flagged = tuple(candidate(r + 1, i) for r, i in enumerate(flagged_rows))
     if p is None:
         message = "no evidence threshold: the estimate has no standard errors (candidates below are for browsing only)"
+    elif not flagged and check is not None and (bound := _reference_bound(check, fdr, int(defined.sum())))[1] > 1:
+        beyond, fewest = bound
+        message = (f"no evidence of mislabelled source examples at {fdr_phrase(fdr)}: {beyond} image"
+                   f"{'s disagree with their' if beyond != 1 else ' disagrees with its'} label more than every one of the "
+                   f"{len(check.reference):,} held-out source test images, but against so small a reference the test "
+                   f"needs {fewest:,} such images before it can flag any; the list starts with the most disagreeing, "
+                   "so read it from the top")
     elif not flagged:
         message = f"no evidence of mislabelled source examples at {fdr_phrase(fdr)}"
+    elif check is not None:
+        many = 's' if len(flagged) != 1 else ''
+        message = (f"{len(flagged)} source example{many} likely mislabelled at {fdr_phrase(fdr)} (networks that "
+                   "never saw them disagree with their label more than with the held-out source test images)")
     else:
         many = 's' if len(flagged) != 1 else ''
         message = (f"{len(flagged)} source example{many} likely mislabelled at {fdr_phrase(fdr)} (they hurt the "
@@ -164,6 +187,28 @@ def detect_mislabels(path: str | Path | OpenedEstimate, *, fdr: float = DETECT_F
         scored, scored_top = (_score_flips(rows, flipped, area) for rows in (flagged_rows, order[:top]))
     return MislabelReport(file=str(est.path), estimator=est.estimator, by=by, candidates=candidates, planted=scored,
                           fdr=fdr, evidence=evidence, message=message, flagged=flagged, planted_top=scored_top)
+
+
+def _reference_bound(check: LabelCheck, fdr: float, tested: int) -> tuple[int, int]:
+    """How many images disagree more than every reference image (the smallest p-value), and the fewest such
+    Benjamini–Hochberg at `fdr` can flag (`fewest_flaggable`)."""
+    beyond = int(np.sum(check.heldout_margin < np.min(check.reference))) if len(check.reference) else 0
+    return beyond, fewest_flaggable(tested, 1 / (len(check.reference) + 1), fdr)
+
+
+def _label_evidence(check: LabelCheck, fdr: float, tested: int) -> str:
+    """How the label check decides, and the bound its reference's size puts on it."""
+    n = len(check.reference)
+    networks = np.median(check.heldout_networks[check.heldout_networks > 0])
+    text = (f"label checked out of sample: each image's stated-label margin averaged over the networks not trained "
+            f"on it (median {networks:g}), against the same for {n:,} held-out source test images (conformal "
+            f"p-value; Benjamini–Hochberg at {fdr_phrase(fdr)}); listed by that margin, most disagreeing first")
+    fewest = fewest_flaggable(tested, 1 / (n + 1), fdr)
+    if fewest > 1:
+        text += (f"; with {n:,} reference images no p-value is below 1/{n + 1:,}, so over {tested:,} images it can "
+                 f"flag only when at least {fewest:,} disagree more than every reference image (a larger source "
+                 "test set gives it more power)")
+    return text
 
 
 def _score_flips(rows: np.ndarray, flipped: np.ndarray, area: float | None) -> MislabelScore:

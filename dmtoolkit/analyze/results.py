@@ -618,7 +618,10 @@ class MislabelCandidate(JsonResult):
     an intersection-union test), q_value its Benjamini–Hochberg adjustment; source_p: one-sided p-value of
     its influence on source accuracy < 0 (None when the store records no source accuracy); target_p: Simes'
     combination of its one-sided p-values of influence < 0 over the targets; flagged: passes at the report's
-    FDR. planted_flip / original_label: planted ground truth, None when the store has none (keys then absent).
+    FDR. With the out-of-sample label check (`dmtoolkit.estimate.label_check`; absent otherwise):
+    heldout_margin, its stated-label margin averaged over the networks not trained on it, and label_p, the
+    conformal p-value of that against the held-out source test images, which p_value then is. planted_flip /
+    original_label: planted ground truth, None when the store has none (keys then absent).
     """
 
     rank: int
@@ -633,6 +636,8 @@ class MislabelCandidate(JsonResult):
     source_p: float | None = None
     target_p: float | None = None
     flagged: bool = False
+    heldout_margin: float | None = json_field(omit="none", default=None)
+    label_p: float | None = json_field(omit="none", default=None)
 
     json_order = ("rank", "source", "source_id", "label", "score", "p_value", "q_value", "source_p", "target_p",
                   "flagged")
@@ -674,6 +679,8 @@ class MislabelReport(Displayable):
     def _table(self) -> tuple[tuple[str, ...], list[tuple[Any, ...]]]:
         columns = ("rank", "source", "source_id", "label", "score", "source_p", "target_p", "p_value", "q_value",
                    "flagged")
+        if any(c.label_p is not None for c in self.candidates):
+            columns += ("heldout_margin", "label_p")
         return columns, rows_of(self.candidates, columns)
 
 

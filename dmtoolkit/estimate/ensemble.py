@@ -186,15 +186,24 @@ class NetworkSaver:
                                 f"need about {format_bytes(needed)} of disk, more than the {format_bytes(free)} free; "
                                 "free some space or fit fewer targets at a time with --targets A:B")
 
-    def save(self, index: int, scores: np.ndarray, record: dict[str, Any]) -> None:
-        """Network `index`'s scores (P, T; kept as float32) and record, written atomically."""
+    def save(self, index: int, scores: np.ndarray, record: dict[str, Any],
+             extra: dict[str, np.ndarray] | None = None) -> None:
+        """Network `index`'s scores (P, T; kept as float32), record and `extra` arrays (read back by `extra`),
+        written atomically."""
         def fill(f: h5py.File) -> None:
             shape = scores.shape
             f.create_dataset("scores", data=np.asarray(scores, np.float32),
                              chunks=(min(shape[0], CHUNK_ROWS), min(shape[1], CHUNK_COLUMNS)) if scores.size else None)
+            for name, array in (extra or {}).items():
+                f.create_dataset(f"extra/{name}", data=array)
             f.attrs["record"] = json.dumps(record)
 
         write_atomic(self._file(index), fill, force=True)
+
+    def extra(self, index: int, name: str) -> np.ndarray | None:
+        """Network `index`'s saved extra array `name` (None when it was saved without one)."""
+        with h5py.File(self._file(index), "r") as f:
+            return f[f"extra/{name}"][()] if f"extra/{name}" in f else None
 
     def blocks(self, index: int, columns: slice) -> np.ndarray:
         with h5py.File(self._file(index), "r") as f:

@@ -75,6 +75,7 @@ from dmtoolkit.estimate.ensemble import (
     partial_folder,
     reduction_bytes,
 )
+from dmtoolkit.estimate.label_check import LabelCheck, label_check, reference_patterns
 from dmtoolkit.estimate.options import (
     GRADIENT_HEADS,
     GRADIENT_KERNELS,
@@ -422,6 +423,17 @@ def source_task_gradient(network: Network, params: dict[str, torch.Tensor], proj
         total = part if total is None else {name: total[name] + part[name] for name in total}
     assert total is not None
     return project(_flat({name: value[None] for name, value in total.items()}, 1) / len(x))
+
+
+def label_margins(network: Network) -> tuple[np.ndarray, np.ndarray | None]:
+    """The network's stated-label source margins (`Network.source_task_margin`) on every pool example (P,) and
+    on its `source_test` examples (None without them): what the out-of-sample label check reduces
+    (`dmtoolkit.estimate.label_check`)."""
+    params = dict(network.params)
+    margin = lambda x, y: network.source_task_margin(params, x, y)  # noqa: E731
+    pool = _batched(margin, network.pool.x, network.pool.y).float().cpu().numpy()
+    held = network.source_test
+    return pool, None if held is None else _batched(margin, held.x, held.y).float().cpu().numpy()
 
 
 def score_checkpoints(networks: Sequence[Network], train: np.ndarray, columns: slice, *, blame: str | None = None,
@@ -775,7 +787,7 @@ class GradientEstimator(Estimator):
                     error = float(np.max(np.abs(reproduced - all_margins[row]))) if row >= 0 else float("nan")
                     record = dataclasses.replace(record, margin_error=error, seconds=time.perf_counter() - started)
                     done[n] = {**dataclasses.asdict(record), "num_params": self._num_params}
-                    saver.save(n, scores.cpu().numpy(), done[n])
+                    saver.save(n, scores.cpu().numpy(), done[n], self._label_arrays(net[-1], subset))
                     del scores  # one network's scores at a time (the reduction reads them back from the folder)
                     self._say(f"gradient: {n + 1}/{len(plan)} networks ({'row ' + str(row) if row >= 0 else 'full pool'}, "
                               f"{record.seconds:.0f}s, reproduced margins within {error:.2g})")
@@ -787,6 +799,7 @@ class GradientEstimator(Estimator):
             mean, stderr = saver.reduce(len(plan), shape)
         coef, self.stderr_ = mean[:, :targets], None if stderr is None else stderr[:, :targets]
         self.source_task_ = SourceTaskScores.of(mean[:, targets], None if stderr is None else stderr[:, targets])
+        self.label_check_ = self._label_check(saver, len(plan))
         fields = [f.name for f in dataclasses.fields(ModelRecord)]
         self.records_ = tuple(ModelRecord(**{k: done[n][k] for k in fields}) for n in range(len(plan)))
         self.num_params_ = int(done[0]["num_params"])
@@ -796,6 +809,31 @@ class GradientEstimator(Estimator):
         self.intercept_ = (all_margins[rows].mean(0) - fit_masks.mean(0) @ coef.astype(np.float64)).astype(np.float32)
         self.fit_rows_ = np.sort(rows)
         return self
+
+    @staticmethod
+    def _label_arrays(final: Network, subset: np.ndarray) -> dict[str, np.ndarray]:
+        """What the label check needs of one network (its final weights): stated-label margins on the pool and
+        the source test examples, and which pool examples it was trained on. Nothing without `source_test`."""
+        pool, test = label_margins(final)
+        if test is None:
+            return {}
+        trained = np.zeros(len(pool), bool)
+        trained[np.asarray(subset if final.train_indices is None else final.train_indices)] = True
+        return {"pool_margin": pool, "test_margin": test, "trained": trained}
+
+    @staticmethod
+    def _label_check(saver: NetworkSaver, count: int) -> LabelCheck | None:
+        """The out-of-sample label check over the saved networks (`dmtoolkit.estimate.label_check`); None when
+        some network saved no label margins (no `source_test`, or a folder from an older version)."""
+        trained = [saver.extra(n, "trained") for n in range(count)]
+        if any(t is None for t in trained):
+            return None
+        tests = len(saver.extra(0, "test_margin"))
+        patterns = reference_patterns(np.stack(trained), tests)
+        if len(patterns) == 0:  # every network was trained on the whole pool: nothing is held out
+            return None
+        return label_check(((saver.extra(n, "pool_margin"), saver.extra(n, "test_margin"), trained[n])
+                            for n in range(count)), patterns)
 
     def _check_memory(self, context: Any, targets: int) -> None:
         """Refuse a projection dimension whose arrays would not fit in memory, before any network is trained
@@ -885,7 +923,8 @@ class GradientEstimator(Estimator):
     def extra_datasets(self) -> list[ExtraDataset]:
         r = self.records_
         errors = self._stderr_record()[1]
-        return errors + self.source_task_.datasets() + [
+        checked = [] if self.label_check_ is None else self.label_check_.datasets()
+        return errors + self.source_task_.datasets() + checked + [
             ExtraDataset("gradient/rows", np.array([x.row for x in r], np.int64),
                          "store row each network was retrained from (-1: trained on the full pool)", "network", "row"),
             ExtraDataset("gradient/seeds", np.array([x.seed for x in r], np.int64), "training seed of each network",

@@ -18,6 +18,7 @@ from dmtoolkit.analyze.results import (
     LeakageReport,
     LeakageScore,
     LeakPair,
+    MislabelCandidate,
     MislabelReport,
     Recommendation,
     SourceCopy,
@@ -224,10 +225,18 @@ def format_leakage(report: LeakageReport, copies_shown: int = 50) -> str:
 def format_mislabels(report: MislabelReport) -> str:
     """The one-line answer, candidates with their evidence and, with planted flips, the AUC and precision/recall."""
     width = max([len(c.source_id) for c in report.candidates] + [6])
+    checked = any(c.label_p is not None for c in report.candidates)
+    head = f" {'held-out':>8}" if checked else ""
     lines = [report.message, f"evidence: {report.evidence}",
-             f"{'rank':>4}  {'source':<{width}} {'label':<6} {'score':>9} {'p src':>6} {'p tgt':>6} {'p':>6} {'q':>6}"]
-    lines += [f"{c.rank:>4}  {c.source_id:<{width}} {c.label:<6} {c.score:>+9.5f} {_p(c.source_p)} {_p(c.target_p)} "
-              f"{_p(c.p_value)} {_p(c.q_value)}{'  flagged' if c.flagged else ''}" for c in report.candidates]
+             f"{'rank':>4}  {'source':<{width}} {'label':<6}{head} {'score':>9} {'p src':>6} {'p tgt':>6} {'p':>6} "
+             f"{'q':>6}"]
+
+    def label(c: MislabelCandidate) -> str:
+        return f" {c.heldout_margin:>+8.2f}" if checked and c.heldout_margin is not None else head
+
+    lines += [f"{c.rank:>4}  {c.source_id:<{width}} {c.label:<6}{label(c)} {c.score:>+9.5f} {_p(c.source_p)} "
+              f"{_p(c.target_p)} {_p(c.p_value)} {_p(c.q_value)}{'  flagged' if c.flagged else ''}"
+              for c in report.candidates]
     for name, s in (("flagged", report.planted), (f"top {len(report.candidates)}", report.planted_top)):
         if s is not None:
             lines.append(f"planted flips, {name}: {s.k} examples, precision {_fixed(s.precision_at_k)}, recall "

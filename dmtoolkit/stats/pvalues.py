@@ -51,3 +51,20 @@ def benjamini_hochberg(p: np.ndarray, fdr: float) -> np.ndarray:
     """Which entries pass Benjamini–Hochberg at false discovery rate `fdr` (all entries form one family)."""
     check_fdr(fdr)
     return bh_adjusted(p) <= fdr
+
+
+def conformal_pvalues(scores: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Lower-tail conformal p-values, (1 + #{reference ≤ score}) / (1 + n): the evidence that a score is more
+    extreme than the n reference scores, valid (super-uniform) when the score and the reference are exchangeable
+    (Bates et al. 2023, "Testing for outliers with conformal p-values"; Benjamini–Hochberg over them controls
+    the FDR). Undefined (NaN) scores get 1; the smallest possible p-value is 1 / (n + 1)."""
+    scores = np.asarray(scores, np.float64)
+    reference = np.sort(np.asarray(reference, np.float64)[np.isfinite(reference)])
+    below = np.searchsorted(reference, np.where(np.isfinite(scores), scores, np.inf), side="right")
+    return np.where(np.isfinite(scores), (1 + below) / (1 + len(reference)), 1.0)
+
+
+def fewest_flaggable(tests: int, smallest_p: float, fdr: float) -> int:
+    """The fewest flags Benjamini–Hochberg at `fdr` can make over `tests` p-values none of which is below
+    `smallest_p` (it flags k only with some p ≤ fdr · k / tests): ⌈tests · smallest_p / fdr⌉."""
+    return int(np.ceil(tests * smallest_p / fdr - 1e-9))
