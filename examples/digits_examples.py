@@ -109,7 +109,7 @@ def gradient_networks(job: Job) -> list[Network]:
     trained = fit(job, checkpoints)                                         # [(epoch, net, head), …], final last
     assert job.data is not None
     pool, targets = Examples(*inputs(job.data.source_pool)), Examples(*inputs(job.data.target_test))
-    held_out = Examples(*inputs(job.data.source_test))  # optional: lets `mislabels` test harm to the source task
+    held_out = Examples(*inputs(job.data.source_test))  # optional: lets `mislabels` check labels out of sample
     return [Network.from_module(net, lambda m, x: m(x), lambda m, x, head=head: head(m.trunk(x)), pool=pool,
                                 targets=targets, checkpoint=f"epoch {epoch}", final=k == len(trained) - 1,
                                 source_test=held_out)
