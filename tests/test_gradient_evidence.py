@@ -176,14 +176,32 @@ def test_the_estimate_carries_the_standard_error_of_its_saved_networks(store: Pa
                                rtol=1e-5)
     label_p = np.array([(1 + np.sum(check.reference <= m)) / (1 + len(check.reference)) for m in check.heldout_margin])
     report = detect_mislabels(out, fdr=0.5)
+    tested = np.isfinite(check.heldout_margin)
     assert report.evidence.startswith("label checked out of sample") and "the p-values of harm to the source task and to a target are shown beside it" in report.evidence
-    q = bh_adjusted(label_p)
+    q = np.ones(len(label_p))
+    q[tested] = bh_adjusted(label_p[tested])
+    assert np.all(label_p[~tested] == 1)
     for candidate in report.candidates:
         assert candidate.label_p == pytest.approx(label_p[candidate.source]) == candidate.p_value
         assert candidate.heldout_margin == pytest.approx(check.heldout_margin[candidate.source], rel=1e-6)
         assert candidate.flagged == (q[candidate.source] <= 0.5)
     assert [c.heldout_margin for c in report.candidates] == sorted(c.heldout_margin for c in report.candidates)
     assert {c.source for c in report.flagged} == set(np.flatnonzero(q <= 0.5).tolist())
+    # pool examples every network trained on cannot be tested: p = 1, outside Benjamini–Hochberg's count
+    untested = tmp_path / "untested.h5"
+    shutil.copyfile(out, untested)
+    with h5py.File(untested, "a") as f:
+        margins = f["label_check/heldout_margin"][()]
+        margins[:3] = np.nan
+        f["label_check/heldout_margin"][...] = margins
+    some = detect_mislabels(untested, store=store, fdr=0.5, top=100)
+    p_some = np.r_[np.ones(3), label_p[3:]]
+    q_some = np.r_[np.ones(3), bh_adjusted(label_p[3:])]
+    for candidate in some.candidates:
+        assert candidate.p_value == pytest.approx(p_some[candidate.source])
+        assert candidate.q_value == pytest.approx(q_some[candidate.source])
+    assert len(some.candidates) == 15 and not {0, 1, 2} & {c.source for c in some.candidates}  # not listed
+    assert "3 images that every network trained on are untested (not listed)" in some.evidence
     # the reference's size bounds the test: the message says how, when it is what stops every flag
     n, tested = len(check.reference), int(np.isfinite(check.heldout_margin).sum())
     fewest = int(np.ceil(tested / (n + 1) / 0.5))

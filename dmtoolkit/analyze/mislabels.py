@@ -123,7 +123,8 @@ def detect_mislabels(path: str | Path | OpenedEstimate, *, fdr: float = DETECT_F
     if check is not None:  # networks that never saw an image disagree with its label: the direct evidence
         label_p = check.pvalues()
         p, defined = label_p, np.isfinite(check.heldout_margin)
-        q = bh_adjusted(p)
+        q = np.ones_like(p)  # images every network trained on cannot be tested (known from the masks alone)
+        q[defined] = bh_adjusted(p[defined])
         order = rank_order(np.where(defined, check.heldout_margin, np.nan), descending=False)
         flagged_rows = order[q[order] <= fdr]  # a prefix: the p-value only grows with the margin
         harm_line = evidence.split("; p = max(")[0]  # p and q are the label check's here
@@ -203,6 +204,9 @@ def _label_evidence(check: LabelCheck, fdr: float, tested: int) -> str:
     text = (f"label checked out of sample: each image's stated-label margin averaged over the networks not trained "
             f"on it (median {networks:g}), against the same for {n:,} held-out source test images (conformal "
             f"p-value; Benjamini–Hochberg at {fdr_phrase(fdr)}); listed by that margin, most disagreeing first")
+    untested = len(check.heldout_margin) - tested
+    if untested:
+        text += f"; {untested:,} images that every network trained on are untested (not listed)"
     fewest = fewest_flaggable(tested, 1 / (n + 1), fdr)
     if fewest > 1:
         text += (f"; with {n:,} reference images no p-value is below 1/{n + 1:,}, so over {tested:,} images it can "
