@@ -1063,13 +1063,18 @@ def mislabels(estimate_path: Path, fdr: float, top: int, by: str, store_path: Pa
     A mislabelled image teaches a wrong label, so including it lowers the source model's own accuracy; an
     ordinary image that merely does not help the target does not. Each source example gets a p-value for
     "hurts the source accuracy and some target" (the larger of the two one-sided p-values, from the
-    estimate's design-valid standard errors); Benjamini–Hochberg at --fdr flags. Prints "no evidence of
-    mislabelled source examples at FDR 5%" when none passes. With planted label flips in the run store,
-    also prints precision and recall of the flagged set and the ranking's AUC.
+    estimate's design-valid standard errors); Benjamini–Hochberg at --fdr flags. A gradient estimate
+    (`dmtoolkit gradient`) checks labels more directly: its networks never saw about half the pool, and an
+    image is flagged when they disagree with its label more than with the held-out source test images
+    (conformal p-values; the larger that test set, the more it can flag, and the output says when its size
+    is what stops it); harm is shown beside it. Prints "no evidence of mislabelled source examples at FDR 5%"
+    when none passes. With planted label flips in the run store, also prints precision and recall of the
+    flagged set and the ranking's AUC.
 
     \b
     Example:
       dmtoolkit mislabels stores/influence.h5
+      dmtoolkit mislabels stores/gradient.h5
     """
     from dmtoolkit.analyze import detect_mislabels
     from dmtoolkit.report.text import format_mislabels
