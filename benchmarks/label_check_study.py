@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from dmtoolkit.devices import training_threads
-from dmtoolkit.estimate.gradient import GradientEstimator
+from dmtoolkit.estimate.gradient import GradientEstimator, label_margins
 from dmtoolkit.estimate.label_check import label_check, read_label_check, reference_patterns
 from dmtoolkit.stats.detection import auc
 from dmtoolkit.stats.pvalues import bh_adjusted, conformal_pvalues
@@ -102,20 +102,17 @@ def main() -> None:
         job = context.job(int(row))
         with training_threads():
             network = estimator._networks(job)[-1]
-        params = dict(network.params)
-        with torch.no_grad():
-            def logits(x: torch.Tensor) -> np.ndarray:
-                return torch.cat([network.source_logits(params, x[s:s + 2048])
-                                  for s in range(0, len(x), 2048)]).double().numpy()
-            z, zt = logits(network.pool.x), logits(network.source_test.x)
         seconds += time.process_time() - started
+        pool_margin, test_margin = label_margins(network)  # ours: what the estimator saves per network
+        pool_margins.append(pool_margin)
+        test_margins.append(test_margin)
         test_y = network.source_test.y.numpy()
+        params = dict(network.params)
+        with torch.no_grad():  # cleanlab's: the softmax of the same network's source logits on the pool
+            z = torch.cat([network.source_logits(params, network.pool.x[s:s + 2048])
+                           for s in range(0, len(network.pool.x), 2048)]).double().numpy()
         mask = np.zeros(len(labels), bool)
         mask[job.source_indices] = True
-        for logit, y, out in ((z, labels, pool_margins), (zt, test_y, test_margins)):
-            own = logit[np.arange(len(y)), y]
-            other = np.where(np.arange(logit.shape[1])[None] == y[:, None], -np.inf, logit).max(1)
-            out.append(own - other)
         trained.append(mask)
         probs = np.exp(z - z.max(1, keepdims=True))
         probs /= probs.sum(1, keepdims=True)

@@ -177,12 +177,13 @@ def test_the_estimate_carries_the_standard_error_of_its_saved_networks(store: Pa
     label_p = np.array([(1 + np.sum(check.reference <= m)) / (1 + len(check.reference)) for m in check.heldout_margin])
     report = detect_mislabels(out, fdr=0.5)
     tested = np.isfinite(check.heldout_margin)
+    assert "p = max(" not in report.evidence  # the harm shown beside the label check is not combined
     assert report.evidence.startswith("label checked out of sample") and "the p-values of harm to the source task and to a target are shown beside it" in report.evidence
     q = np.ones(len(label_p))
     q[tested] = bh_adjusted(label_p[tested])
     assert np.all(label_p[~tested] == 1)
     for candidate in report.candidates:
-        assert candidate.label_p == pytest.approx(label_p[candidate.source]) == candidate.p_value
+        assert candidate.p_value == pytest.approx(label_p[candidate.source])
         assert candidate.heldout_margin == pytest.approx(check.heldout_margin[candidate.source], rel=1e-6)
         assert candidate.flagged == (q[candidate.source] <= 0.5)
     assert [c.heldout_margin for c in report.candidates] == sorted(c.heldout_margin for c in report.candidates)
@@ -221,6 +222,7 @@ def test_the_estimate_carries_the_standard_error_of_its_saved_networks(store: Pa
     out = unchecked
     report = detect_mislabels(out, store=store, fdr=0.5)
     assert "the source task scored by the same networks" in report.evidence and "Student t, 2 dof" in report.evidence
+    assert "; p = max(source, Simes over targets)" in report.evidence
     target_p = simes(one_sided_pvalues(est.matrix, est.stderr, 2, "less"), axis=1)
     source_p = one_sided_pvalues(task.coef, task.stderr, 2, "less")
     q = bh_adjusted(np.maximum(source_p, target_p))
@@ -374,13 +376,19 @@ def test_the_report_shows_the_label_check(store: Path, tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     page = (tmp_path / "report" / "index.html").read_text()
     assert '<th class="n">held-out margin</th>' in page and "Candidates by held-out margin" in page
+    # the answer card on the first screen shows the margin too, and says the LDS verdict is not about this list
+    card = page[page.index("Which source images look mislabelled?"):]
+    card = card[:card.index("How far can you trust this?")]
+    assert "held-out margin" in card and "the estimate&#39;s LDS verdict does not apply to this list" in card
     check = read_label_check(folder / "g3.h5")
     data = json.loads((tmp_path / "report" / "report.json").read_text())
     found = json.dumps(data)
     candidates = [c for c in _walk(data) if isinstance(c, dict) and "heldout_margin" in c]
-    assert candidates and '"label_p"' in found
+    assert candidates and '"p_value"' in found
+    label_p = check.pvalues()
     for c in candidates:
         assert c["heldout_margin"] == pytest.approx(float(check.heldout_margin[c["source"]]), rel=1e-6)
+        assert c["p_value"] == pytest.approx(float(label_p[c["source"]]))  # the label check's, not harm's
     margins = [c["heldout_margin"] for c in candidates]
     assert margins == sorted(margins)
 

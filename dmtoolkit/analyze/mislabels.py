@@ -82,9 +82,9 @@ def harm_pvalues(est: Estimate, run: RunStore) -> HarmPValues:
         evidence += "; the store has no source accuracy, so only harm to the targets is tested"
     elif not refittable:
         evidence += ("; the source task scored by the same networks (mean source margin over the held-out source "
-                     "test examples); p = max(source, Simes over targets)")
+                     "test examples)")
     else:
-        evidence += "; source accuracy refitted the same way; p = max(source, Simes over targets)"
+        evidence += "; source accuracy refitted the same way"
     return HarmPValues(source_p, target_p, evidence)
 
 
@@ -118,19 +118,20 @@ def detect_mislabels(path: str | Path | OpenedEstimate, *, fdr: float = DETECT_F
         planted = run.planted()  # scoring only: read after detection
     source_p, target_p, evidence = harm.source, harm.target, harm.evidence
     refittable = not estimator_entry(est.estimator).retrains
-    check = None if refittable else read_label_check(est.path)
-    p = q = label_p = None
+    check = read_label_check(est.path)  # written by estimators whose networks were trained on subsets
+    p = q = bound = None
     if check is not None:  # networks that never saw an image disagree with its label: the direct evidence
-        label_p = check.pvalues()
-        p, defined = label_p, np.isfinite(check.heldout_margin)
+        p, defined = check.pvalues(), np.isfinite(check.heldout_margin)
         q = np.ones_like(p)  # images every network trained on cannot be tested (known from the masks alone)
         q[defined] = bh_adjusted(p[defined])
-        order = rank_order(np.where(defined, check.heldout_margin, np.nan), descending=False)
+        order = rank_order(check.heldout_margin, descending=False)  # the untested (NaN) are left out
         flagged_rows = order[q[order] <= fdr]  # a prefix: the p-value only grows with the margin
-        harm_line = evidence.split("; p = max(")[0]  # p and q are the label check's here
-        evidence = (_label_evidence(check, fdr, int(defined.sum())) + "; p and q are the label check's; the p-values "
-                    f"of harm to the source task and to a target are shown beside it ({harm_line})")
+        bound = _reference_bound(check, fdr, int(defined.sum()))
+        evidence = (_label_evidence(check, fdr, int(defined.sum()), bound[1]) + "; p and q are the label check's; the "
+                    f"p-values of harm to the source task and to a target are shown beside it ({evidence})")
     elif target_p is not None:
+        if source_p is not None:
+            evidence += "; p = max(source, Simes over targets)"
         p = target_p if source_p is None else np.maximum(source_p, target_p)
         q = bh_adjusted(np.where(defined, p, 1.0))
         order = np.lexsort((score, p))  # most significant first, ties: most harmful
@@ -154,13 +155,13 @@ def detect_mislabels(path: str | Path | OpenedEstimate, *, fdr: float = DETECT_F
             original_label=None if planted is None else names[planted.original_labels[i]],
             p_value=opt(p), q_value=opt(q), source_p=opt(source_p), target_p=opt(target_p),
             flagged=bool(q is not None and q[i] <= fdr),
-            heldout_margin=None if check is None else float(check.heldout_margin[i]), label_p=opt(label_p))
+            heldout_margin=None if check is None else float(check.heldout_margin[i]))
 
     candidates = tuple(candidate(r + 1, i) for r, i in enumerate(order[:top]))
     flagged = tuple(candidate(r + 1, i) for r, i in enumerate(flagged_rows))
     if p is None:
         message = "no evidence threshold: the estimate has no standard errors (candidates below are for browsing only)"
-    elif not flagged and check is not None and (bound := _reference_bound(check, fdr, int(defined.sum())))[1] > 1:
+    elif not flagged and bound is not None and bound[1] > 1:
         beyond, fewest = bound
         message = (f"no evidence of mislabelled source examples at {fdr_phrase(fdr)}: {beyond} image"
                    f"{'s disagree with their' if beyond != 1 else ' disagrees with its'} label more than every one of the "
@@ -197,8 +198,9 @@ def _reference_bound(check: LabelCheck, fdr: float, tested: int) -> tuple[int, i
     return beyond, fewest_flaggable(tested, 1 / (len(check.reference) + 1), fdr)
 
 
-def _label_evidence(check: LabelCheck, fdr: float, tested: int) -> str:
-    """How the label check decides, and the bound its reference's size puts on it."""
+def _label_evidence(check: LabelCheck, fdr: float, tested: int, fewest: int) -> str:
+    """How the label check decides, and the bound its reference's size puts on it (`fewest`, from
+    `_reference_bound`)."""
     n = len(check.reference)
     networks = np.median(check.heldout_networks[check.heldout_networks > 0])
     text = (f"label checked out of sample: each image's stated-label margin averaged over the networks not trained "
@@ -207,7 +209,6 @@ def _label_evidence(check: LabelCheck, fdr: float, tested: int) -> str:
     untested = len(check.heldout_margin) - tested
     if untested:
         text += f"; {untested:,} images that every network trained on are untested (not listed)"
-    fewest = fewest_flaggable(tested, 1 / (n + 1), fdr)
     if fewest > 1:
         text += (f"; with {n:,} reference images no p-value is below 1/{n + 1:,}, so over {tested:,} images it can "
                  f"flag only when at least {fewest:,} disagree more than every reference image (a larger source "

@@ -619,8 +619,8 @@ class MislabelCandidate(JsonResult):
     its influence on source accuracy < 0 (None when the store records no source accuracy); target_p: Simes'
     combination of its one-sided p-values of influence < 0 over the targets; flagged: passes at the report's
     FDR. With the out-of-sample label check (`dmtoolkit.estimate.label_check`; absent otherwise):
-    heldout_margin, its stated-label margin averaged over the networks not trained on it, and label_p, the
-    conformal p-value of that against the held-out source test images, which p_value then is. planted_flip /
+    heldout_margin, its stated-label margin averaged over the networks not trained on it; p_value is then the
+    conformal p-value of that against the held-out source test images. planted_flip /
     original_label: planted ground truth, None when the store has none (keys then absent).
     """
 
@@ -637,7 +637,6 @@ class MislabelCandidate(JsonResult):
     target_p: float | None = None
     flagged: bool = False
     heldout_margin: float | None = json_field(omit="none", default=None)
-    label_p: float | None = json_field(omit="none", default=None)
 
     json_order = ("rank", "source", "source_id", "label", "score", "p_value", "q_value", "source_p", "target_p",
                   "flagged")
@@ -679,8 +678,8 @@ class MislabelReport(Displayable):
     def _table(self) -> tuple[tuple[str, ...], list[tuple[Any, ...]]]:
         columns = ("rank", "source", "source_id", "label", "score", "source_p", "target_p", "p_value", "q_value",
                    "flagged")
-        if any(c.label_p is not None for c in self.candidates):
-            columns += ("heldout_margin", "label_p")
+        if any(c.heldout_margin is not None for c in self.candidates):
+            columns += ("heldout_margin",)
         return columns, rows_of(self.candidates, columns)
 
 

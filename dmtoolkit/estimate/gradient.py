@@ -814,9 +814,9 @@ class GradientEstimator(Estimator):
     def _label_arrays(final: Network, subset: np.ndarray) -> dict[str, np.ndarray]:
         """What the label check needs of one network (its final weights): stated-label margins on the pool and
         the source test examples, and which pool examples it was trained on. Nothing without `source_test`."""
-        pool, test = label_margins(final)
-        if test is None:
+        if final.source_test is None:  # no reference to compare with: no pass over the pool either
             return {}
+        pool, test = label_margins(final)
         trained = np.zeros(len(pool), bool)
         trained[np.asarray(subset if final.train_indices is None else final.train_indices)] = True
         return {"pool_margin": pool, "test_margin": test, "trained": trained}

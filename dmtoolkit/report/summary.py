@@ -255,12 +255,17 @@ def mislabel_answer(report: MislabelReport | None, file: str | None, note: Note)
                       "none")
     verdict = report.message[:1].upper() + report.message[1:] + "."
     shown = list(report.flagged[:SHOWN]) or list(report.candidates[:SHOWN])
-    header = ("source", "label", "q", "flagged") if shown else ()
-    rows = tuple((c.source_id, c.label, "–" if c.q_value is None else f"{c.q_value:.3g}",
-                  "yes" if c.flagged else "no (candidate)") for c in shown)
+    checked = any(c.heldout_margin is not None for c in shown)  # the out-of-sample label check
+    header = (("source", "label") + (("held-out margin",) if checked else ()) + ("q", "flagged")) if shown else ()
+    rows = tuple((c.source_id, c.label) + ((f"{c.heldout_margin:+.2f}",) if checked else ())
+                 + ("–" if c.q_value is None else f"{c.q_value:.3g}", "yes" if c.flagged else "no (candidate)")
+                 for c in shown)
     tones = tuple("warn" if c.flagged else "muted" for c in shown)
     caveats = ["A flag is a reason to look at the image and its label, not proof; an unflagged candidate has no "
                "evidence at this FDR."]
+    if checked:
+        caveats.append("Ranked by how far networks that never saw each image disagree with its label, not by "
+                       "influence: the estimate's LDS verdict does not apply to this list.")
     if report.planted is not None and report.planted.auc is not None:
         caveats.append(f"Against the planted flips in this store the ranking has AUC {report.planted.auc:.2f}.")
     evidence = (f"From {file}: {report.evidence}.",)

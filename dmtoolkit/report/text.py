@@ -226,14 +226,16 @@ def format_mislabels(report: MislabelReport) -> str:
     """The one-line answer, candidates with their evidence and, with planted flips, the AUC and precision/recall."""
     width = max([len(c.source_id) for c in report.candidates] + [6])
     names = max([len(c.label) for c in report.candidates] + [6])  # class names such as "fashion-mnist:Shirt"
-    checked = any(c.label_p is not None for c in report.candidates)
+    checked = any(c.heldout_margin is not None for c in report.candidates)
     head = f" {'held-out':>8}" if checked else ""
     lines = [report.message, f"evidence: {report.evidence}",
              f"{'rank':>4}  {'source':<{width}} {'label':<{names}}{head} {'score':>9} {'p src':>6} {'p tgt':>6} {'p':>6} "
              f"{'q':>6}"]
 
     def label(c: MislabelCandidate) -> str:
-        return f" {c.heldout_margin:>+8.2f}" if checked and c.heldout_margin is not None else head
+        if not checked:
+            return ""
+        return f" {'':>8}" if c.heldout_margin is None else f" {c.heldout_margin:>+8.2f}"
 
     lines += [f"{c.rank:>4}  {c.source_id:<{width}} {c.label:<{names}}{label(c)} {c.score:>+9.5f} {_p(c.source_p)} "
               f"{_p(c.target_p)} {_p(c.p_value)} {_p(c.q_value)}{'  flagged' if c.flagged else ''}"
