@@ -10,6 +10,11 @@ deterministic training and transfer at other weights), so what is measured is th
   horizon  down-weight single examples by ε (1e-5 … 1) in float64; the same comparison per ε.
   ceiling  the replayed pipeline at the store's held-out masks against the store's own margins (per-target
            Spearman): how well the relaxation itself stands for subset training.
+  rank     whether a cheaper sketch of the derivative could stand for it: LDS (on the estimate's held-out
+           models, `dmtoolkit.stats.lds`) of the derivative truncated to rank r (SVD; the best any rank-r
+           sketch can do) and of the randomized two-sided sketch that r forward tangents along random source
+           directions and r reverse sweeps along their orthonormalised range would give (2r sweeps, against
+           min(sources, targets) for the exact derivative), computed from a saved all-target estimate.
 
 and, out of sample (issue 33; lr 0.02 and the centre point were chosen on seed 0's store, so that store's
 figures are development figures):
@@ -26,6 +31,7 @@ figures are development figures):
     python benchmarks/replay_study.py curve STORE.h5 REPLAY.h5 -o curve.json
     python benchmarks/replay_study.py horizon STORE.h5 REPLAY.h5 -o horizon.json
     python benchmarks/replay_study.py ceiling STORE.h5 REPLAY.h5
+    python benchmarks/replay_study.py rank STORE.h5 REPLAY-ALL-TARGETS.h5 -o rank.json
     python benchmarks/replay_study.py fresh --out runs/replay-fresh --settings seed-3,seed-6,seed-7
     python benchmarks/replay_study.py fresh --out runs/replay-fresh --settings per-model-8 --networks 4
     python benchmarks/replay_study.py fresh --out runs/replay-fresh --settings pool-5080-9 --centre-only \
@@ -144,6 +150,48 @@ def ceiling(store: str, path: str) -> dict:
     return out
 
 
+def rank(store: str, path: str, ranks: list[int], repeats: int = 3, seed: int = 0) -> dict:
+    est = load_estimate(path)
+    rows = np.sort(est.test_rows)
+    with h5py.File(store, "r", locking=False) as f:
+        masks, margins = f["masks"][()][rows].astype(np.float64), f["margins"][()][rows][:, est.columns]
+    draws = store_draws_of(store)[rows]
+    coef = np.nan_to_num(np.asarray(est.matrix, np.float64))  # (sources, targets)
+
+    def score(matrix: np.ndarray) -> float:
+        predicted = masks @ matrix
+        _, mean, _ = summarise_lds(predicted, margins)
+        return float(mean)
+
+    full = score(coef)
+    low, high = bootstrap_lds_interval(masks @ coef, margins, draws)
+    u, s, vt = np.linalg.svd(coef, full_matrices=False)
+    energy = np.cumsum(s ** 2) / (s ** 2).sum()
+    rng = np.random.default_rng(seed)
+    out = dict(estimate=str(path), shape=list(coef.shape), exact_sweeps=int(min(coef.shape)), lds=full,
+               interval=[low, high], rows=[])
+    print(f"{path}: {coef.shape[0]} sources x {coef.shape[1]} targets, exact derivative "
+          f"{min(coef.shape)} sweeps, LDS {full:.3f} [{low:.3f}, {high:.3f}]")
+    print(f"{'rank':>5} {'energy':>7} {'SVD LDS':>8} {'sweeps':>7} {'sketch LDS (mean of %d)' % repeats:>24}")
+    for r in ranks:
+        truncated = (u[:, :r] * s[:r]) @ vt[:r]
+        sketched = []
+        for _ in range(repeats):
+            range_basis, _ = np.linalg.qr(coef.T @ rng.standard_normal((coef.shape[0], r)))  # r forward tangents
+            sketched.append(score((range_basis @ (range_basis.T @ coef.T)).T))  # r reverse sweeps
+        row = dict(rank=r, energy=float(energy[r - 1]), svd_lds=score(truncated), sweeps=2 * r,
+                   sketch_lds=float(np.mean(sketched)), sketch_sd=float(np.std(sketched)))
+        out["rows"].append(row)
+        print(f"{r:>5} {row['energy']:>7.3f} {row['svd_lds']:>8.3f} {2 * r:>7} "
+              f"{row['sketch_lds']:>17.3f} ± {row['sketch_sd']:.3f}")
+    return out
+
+
+def store_draws_of(store: str) -> np.ndarray:
+    with RunStore(store) as run:
+        return store_draws(run).ids
+
+
 # --- out of sample: fresh seeds, per-model seeds, planted leaks and flips --------------------------------
 SMOOTH = {"training.lr": 0.02}  # the learning rate the replay was developed at (seed 0; docs/gradient.md)
 
@@ -160,6 +208,8 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "per-model-8": {**SMOOTH, **_seeds(8), "training.randomness": "per-model"},
     # the 5,080-image pool (36 glyph classes x 140 + 40 planted), a fresh seed 9: no replay choice looked at it
     "pool-5080-9": {**SMOOTH, **_seeds(9), "source.max_per_class": 140},
+    # a second fresh seed of the same pool, for a spread (12: no study here had used it)
+    "pool-5080-12": {**SMOOTH, **_seeds(12), "source.max_per_class": 140},
 }
 FRESH = ("seed-3", "seed-6", "seed-7")
 
@@ -409,13 +459,14 @@ def table(results: dict[str, Any]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["curve", "horizon", "ceiling", "fresh", "table"])
+    parser.add_argument("what", choices=["curve", "horizon", "ceiling", "rank", "fresh", "table"])
     parser.add_argument("store", nargs="?")
     parser.add_argument("estimate", nargs="?")
     parser.add_argument("-o", "--output")
     parser.add_argument("--draws", type=int, default=12)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--examples", default="3,117,250")
+    parser.add_argument("--ranks", default="5,10,20,40,80,120,160,200", help="rank: the ranks tried")
     parser.add_argument("--out", type=Path, help="fresh/table: the study's directory")
     parser.add_argument("--settings", default=",".join(FRESH), help=f"fresh: any of {', '.join(SETTINGS)}")
     parser.add_argument("--models", type=int, default=256)
@@ -443,6 +494,8 @@ def main() -> None:
         result = curve(args.store, args.estimate, args.draws, args.seed)
     elif args.what == "horizon":
         result = horizon(args.store, args.estimate, [int(i) for i in args.examples.split(",")])
+    elif args.what == "rank":
+        result = rank(args.store, args.estimate, [int(r) for r in args.ranks.split(",")], seed=args.seed)
     else:
         result = ceiling(args.store, args.estimate)
     if args.output:

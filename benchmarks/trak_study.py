@@ -25,9 +25,11 @@ transferred margin z_y − max_{k≠y} z_k for targets, and Q = 1 − p_y of the
 λ = 0 leaves Φᵀ Φ singular here (400 pool images, projection ≥ 512); it is given the same relative ridge as
 ours (0.1 × the mean eigenvalue of its own Φᵀ Φ, per model ID; `--trak-lambda` an absolute value instead).
 
-Options of ours beside the default (`--variants`): `pool-kernel` (the kernel over the whole pool, as TRAK's)
-and `mean-q` (τ weighted by q averaged over the networks and checkpoints, as TRAK's Q), and both (what
-`dmtoolkit.estimate.gradient.attribute(networks, q="mean")` computes for these networks).
+Options of ours beside the default (`--variants`): `pool-kernel` (the kernel over the whole pool, as TRAK's),
+`mean-q` (τ weighted by q averaged over the networks and checkpoints, as TRAK's Q), both (what
+`dmtoolkit.estimate.gradient.attribute(networks, q="mean")` computes for these networks), and each of those
+with `trak-scale` (every network's inverse kernel divided by its mean absolute entry before the average, as
+traker's score computer does: `trak_scores(..., kernel_scale="trak")`).
 
 CPU-minutes: process CPU time of the scoring only (both score the same networks; training them is reported
 once, shared). LDS [95%]: `dmtoolkit.stats.lds` (`summarise_lds`, `bootstrap_lds_interval` over the held-out
@@ -119,7 +121,10 @@ def main() -> None:
     parser.add_argument("--proj-dim", type=int, default=512)
     parser.add_argument("--seed", type=int, default=0, help="draw of the fitting rows retrained")
     parser.add_argument("--trak-lambda", type=float, default=None, help="TRAK's absolute λ (default: relative 0.1)")
-    parser.add_argument("--variants", action="store_true", help="also score ours with pool-kernel / mean-q")
+    parser.add_argument("--variants", nargs="?", const="all", default="",
+                        help="also score ours with these options (comma list of pool-kernel, trak-scale, "
+                        "pool-kernel+trak-scale; alone: all), each with own-q and mean-q")
+    parser.add_argument("--proj-seed", type=int, default=0, help="seed of the projection (ours and TRAK's)")
     parser.add_argument("--no-trak", action="store_true", help="ours only (no traker needed)")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -151,8 +156,12 @@ def main() -> None:
     print(f"{args.store}: {len(test_rows)} held-out models, pool {P}, {T} targets; rows {drawn.tolist()} "
           f"(seed {args.seed}), checkpoints after epochs {list(epochs)}, projection {args.proj_dim}", flush=True)
 
-    settings = dict(proj_dim=args.proj_dim, lam=GRADIENT_LAMBDA)
-    variants = ["default"] + (["pool-kernel"] if args.variants else [])
+    settings = dict(proj_dim=args.proj_dim, lam=GRADIENT_LAMBDA, proj_seed=args.proj_seed)
+    options = ["pool-kernel", "trak-scale", "pool-kernel+trak-scale"]
+    chosen = options if args.variants == "all" else [v for v in args.variants.split(",") if v]
+    if set(chosen) - set(options):
+        parser.error(f"--variants: unknown {', '.join(sorted(set(chosen) - set(options)))}")
+    variants = ["default"] + chosen
     ours: dict[str, list[list[np.ndarray]]] = {v: [] for v in variants}  # [network][checkpoint] τ / q
     q_all: list[list[np.ndarray]] = []
     ours_seconds: list[list[float]] = []
@@ -165,7 +174,7 @@ def main() -> None:
         from dmtoolkit.estimate.gradient import relative_lambda
 
         TrakWrapper, TransferModelOutput = _trak_classes()
-        trak_dir = args.out / f"trak-saver-s{args.seed}-k{args.proj_dim}-c{args.checkpoints}"
+        trak_dir = args.out / f"trak-saver-s{args.seed}-k{args.proj_dim}-c{args.checkpoints}-p{args.proj_seed}"
         if trak_dir.exists():
             shutil.rmtree(trak_dir)
         traker = None
@@ -189,9 +198,11 @@ def main() -> None:
                 q = net.loss_weight(dict(net.params), net.pool.x, net.pool.y).numpy()
             q_all[-1].append(q)
             for v in variants:
-                train = job.units if v == "default" else np.arange(P)
+                train = np.arange(P) if v.startswith("pool-kernel") else job.units
+                scale = "trak" if v.endswith("trak-scale") else "none"
                 started = time.process_time()
-                tau, _, _, _ = score_network(net, train, columns, own_q=False, **settings)  # g K⁻¹ φ, no q
+                tau, _, _, _ = score_network(net, train, columns, own_q=False, kernel_scale=scale,
+                                             **settings)  # g K⁻¹ φ, no q
                 if v == "default":
                     ours_seconds[-1].append(time.process_time() - started)
                 ours[v][-1].append(tau.numpy().astype(np.float32))
@@ -201,7 +212,7 @@ def main() -> None:
             if traker is None:
                 wrapper = TrakWrapper(net)
                 num_params = sum(p.numel() for p in wrapper.parameters())
-                projector = BasicProjector(grad_dim=num_params, proj_dim=args.proj_dim, seed=0,
+                projector = BasicProjector(grad_dim=num_params, proj_dim=args.proj_dim, seed=args.proj_seed,
                                            proj_type=ProjectionType.normal, device="cpu", dtype=torch.float32)
                 traker = TRAKer(model=wrapper, task=TransferModelOutput(), train_set_size=P, save_dir=str(trak_dir),
                                 load_from_save_dir=True, device="cpu", projector=projector,
@@ -262,9 +273,9 @@ def main() -> None:
         print(f"{r['method']:<28} {r['networks']:>4} {r['checkpoints']:>4} {r['lds']:>7.3f} "
               f"[{lo:>6.3f}, {hi:>6.3f}] {cpu:>8} {ratio:>9}")
     args.out.mkdir(parents=True, exist_ok=True)
-    out = args.out / f"trak-study-s{args.seed}-k{args.proj_dim}-c{args.checkpoints}.json"
+    out = args.out / f"trak-study-s{args.seed}-k{args.proj_dim}-c{args.checkpoints}-p{args.proj_seed}.json"
     out.write_text(json.dumps({"store": str(args.store), "seed": args.seed, "rows": drawn.tolist(),
-                               "proj_dim": args.proj_dim, "epochs": list(epochs), "heldout_models": len(test_rows),
+                               "proj_dim": args.proj_dim, "proj_seed": args.proj_seed, "epochs": list(epochs), "heldout_models": len(test_rows),
                                "train_cpu_minutes": train_seconds / 60, "margin_error": max(margin_errors),
                                "results": results}, indent=1))
     print(f"wrote {out}")

@@ -93,6 +93,14 @@ def test_scores_match_a_brute_force_loop_on_a_tiny_network() -> None:
     assert scores.shape == (10, 6)
     np.testing.assert_allclose(scores, expected, rtol=1e-3, atol=1e-6 * np.abs(expected).max())
 
+    # traker's scaling: its inverse kernel divided by its mean absolute entry (NumPy's own inverse here)
+    inverse = np.linalg.inv(kernel)
+    scaled = trak_scores(phi, q, train, g, lam=0.3, kernel_scale="trak").numpy()
+    np.testing.assert_allclose(scaled, (phi_bf @ (inverse / np.abs(inverse).mean()) @ g_bf.T) * q_bf[:, None],
+                               rtol=1e-3, atol=1e-6 * np.abs(scaled).max())
+    with pytest.raises(UserError, match="kernel_scale 'max' must be one of none, trak"):
+        trak_scores(phi, q, train, g, lam=0.3, kernel_scale="max")
+
 
 def test_projection_is_seeded_and_preserves_inner_products_on_average() -> None:
     a = Projector(1000, 64, seed=3)

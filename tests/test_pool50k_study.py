@@ -1,5 +1,5 @@
-"""benchmarks/pool50k_study.py: the /usr/bin/time log parser (the copies' own BH family is now `detect_leakage`'s,
-tested in tests/test_evidence.py)."""
+"""benchmarks/pool50k_study.py: the /usr/bin/time log parser, the peak-memory reader, the copies' effect on their
+twins, and the script end to end (the copies' own BH family is `detect_leakage`'s, tested in tests/test_evidence.py)."""
 
 from __future__ import annotations
 
@@ -54,3 +54,28 @@ def test_the_study_runs_end_to_end_on_a_tiny_store(tmp_path):
         assert -1 <= row["lds"] <= 1 and row["test_models"] == 8  # half the 16 models held out
         assert (out / f"runs-g{row['networks']}.h5").exists() and row["cpu_minutes"] > 0
     assert "| 2 |" in (out / "pool50k.md").read_text() and "2 networks:" in done.stdout
+
+
+def test_copy_effects_separate_copies_that_move_their_twin_from_those_that_do_not(tmp_path):
+    """Two copies with a real effect on their twin (+1.0, unit noise, 64 models) and two with none: the summary
+    reports each group's median effect near its truth and the share of significant Welch tests accordingly."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from .synthetic import synthetic_store
+
+    rng = np.random.default_rng(3)
+    masks = rng.random((64, 6)) < 0.5
+    effects = np.zeros((6, 4))
+    effects[0, 0] = effects[1, 1] = 1.0  # sources 0 and 1 raise targets 0 and 1; sources 2 and 3 do nothing
+    margins = (masks.astype(float) @ effects + rng.normal(0, 0.5, (64, 4)) + 2.0).astype(np.float32)
+    store = synthetic_store(tmp_path / "runs.h5", margins, masks, kind="example")
+    copies = [SimpleNamespace(source=s, target=s, confirmed=s < 2) for s in range(4)]
+    out = _module().copy_effects(copies, store)
+    assert out["models"] == 64
+    moved, idle = out["confirmed"], out["not confirmed"]
+    assert moved["copies"] == idle["copies"] == 2
+    assert abs(moved["median_effect"] - 1.0) < 0.3 and moved["share_p_below_0.05"] == 1.0
+    assert abs(idle["median_effect"]) < 0.3 and idle["share_p_below_0.05"] == 0.0
+    assert abs(moved["median_twin_margin"] - 2.5) < 0.3 and abs(idle["median_twin_margin"] - 2.0) < 0.3

@@ -92,6 +92,7 @@ if TYPE_CHECKING:
     from dmtoolkit.recipe import TransferSpec
 
 PROJECTIONS, HEADS, KERNELS = GRADIENT_PROJECTIONS, GRADIENT_HEADS, GRADIENT_KERNELS
+KERNEL_SCALES = ("none", "trak")  # the inverse kernel as solved, or divided by its mean |entry| (traker)
 PROJECTION_CACHE_BYTES = 512 * 2**20  # projection matrices up to this size are kept instead of regenerated
 PROJECTION_BLOCK = 2**15  # parameters per generated block of the projection matrix
 FULL_POOL_SALT = 0x6AAD
@@ -318,16 +319,26 @@ def kernel_weights(q: torch.Tensor, kernel: str) -> torch.Tensor | None:
 
 
 def trak_scores(phi: torch.Tensor, q: torch.Tensor, train: np.ndarray | torch.Tensor, g: torch.Tensor,
-                lam: float, kernel: str = "trak", own_q: bool = True) -> torch.Tensor:
+                lam: float, kernel: str = "trak", own_q: bool = True, kernel_scale: str = "none") -> torch.Tensor:
     """τ (P, T): τ[i, j] = g_jᵀ (Φ_Sᵀ W Φ_S + lam·I)⁻¹ φ_i q_i, Φ_S = phi[train], W from `kernel_weights`;
-    lam is absolute. float64. `own_q` False: without the factor q_i (the caller weights by another Q)."""
+    lam is absolute. float64. `own_q` False: without the factor q_i (the caller weights by another Q).
+
+    `kernel_scale` "trak": the inverse kernel divided by its mean absolute entry, as traker's score computer
+    does before it sums model IDs. That makes each network's (checkpoint's) weight in an average grow with its
+    gradients' scale, where the unscaled τ is a first-order effect whose scale is the network's own."""
+    if kernel_scale not in KERNEL_SCALES:
+        raise UserError(f"kernel_scale {kernel_scale!r} must be one of {', '.join(KERNEL_SCALES)}")
     phi, g, q = phi.double(), g.double(), q.double()
     train = torch.as_tensor(np.asarray(train), device=phi.device, dtype=torch.long)
     phi_s = phi[train]
     weights = kernel_weights(q[train], kernel)
     weighted = phi_s if weights is None else phi_s * weights[:, None]
     gram = weighted.T @ phi_s + lam * torch.eye(phi.shape[1], dtype=phi.dtype, device=phi.device)
-    solved = torch.linalg.solve(gram, g.T)  # (k, T)
+    if kernel_scale == "trak":
+        inverse = torch.linalg.inv(gram)
+        solved = (inverse / inverse.abs().mean()) @ g.T
+    else:
+        solved = torch.linalg.solve(gram, g.T)  # (k, T)
     scores = phi @ solved
     return scores.mul_(q[:, None]) if own_q else scores  # in place: one (P, T) float64 array
 
@@ -350,7 +361,8 @@ def _batched(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x: torch.
 def score_network(network: Network, train: np.ndarray, columns: slice, *, proj_dim: int = GRADIENT_PROJ_DIM,
                   projection: str = "gaussian", proj_seed: int = 0, lam: float = GRADIENT_LAMBDA, kernel: str = "trak",
                   head: str = "fixed", chunk: int = 64, check_memory: bool = False,
-                  own_q: bool = True, source_task: bool = False) -> tuple[torch.Tensor, float, int, np.ndarray]:
+                  own_q: bool = True, source_task: bool = False,
+                  kernel_scale: str = "none") -> tuple[torch.Tensor, float, int, np.ndarray]:
     """τ (P, T) for one network (one checkpoint) on the target columns, with `train` the pool examples it was
     trained on (the kernel's); also the absolute λ, its parameter count and its transferred margins there (T,).
 
@@ -378,13 +390,13 @@ def score_network(network: Network, train: np.ndarray, columns: slice, *, proj_d
         # user's head that requires grad) then build no autograd graph
         return _scores(network, params, num_params, train, columns, test_x, test_y, proj_dim=proj_dim,
                        projection=projection, proj_seed=proj_seed, lam=lam, kernel=kernel, head=head,
-                       chunk=chunk, own_q=own_q, source_task=source_task) + (margins,)
+                       chunk=chunk, own_q=own_q, source_task=source_task, kernel_scale=kernel_scale) + (margins,)
 
 
 def _scores(network: Network, params: dict[str, torch.Tensor], num_params: int, train: np.ndarray, columns: slice,
             test_x: torch.Tensor, test_y: torch.Tensor, *, proj_dim: int, projection: str, proj_seed: int, lam: float,
             kernel: str, head: str, chunk: int, own_q: bool = True,
-            source_task: bool = False) -> tuple[torch.Tensor, float, int]:
+            source_task: bool = False, kernel_scale: str = "none") -> tuple[torch.Tensor, float, int]:
     pool = network.pool
     project = Projector(num_params, proj_dim, proj_seed, projection, pool.x.device)
     size = max(1, min(chunk, GRADIENT_MEMORY // (4 * num_params)))  # examples per vmap
@@ -403,7 +415,7 @@ def _scores(network: Network, params: dict[str, torch.Tensor], num_params: int, 
         g = torch.cat([g, source_task_gradient(network, params, project).to(g)])
     train_index = torch.as_tensor(np.asarray(train), device=phi.device, dtype=torch.long)
     lam_absolute = relative_lambda(phi[train_index], lam, kernel_weights(q[train_index], kernel))
-    scores = trak_scores(phi, q, train, g, lam_absolute, kernel, own_q)
+    scores = trak_scores(phi, q, train, g, lam_absolute, kernel, own_q, kernel_scale)
     if source_task and not task:  # the column is kept, undefined, so every network's scores have one shape
         scores = torch.cat([scores, torch.full_like(scores[:, :1], math.nan)], dim=1)
     return scores, lam_absolute, num_params
