@@ -1058,16 +1058,17 @@ def leakage(estimate_path: Path, fdr: float, near_duplicate: float, top: int, ra
 @STORE_OPTION
 @JSON_OPTION
 def mislabels(estimate_path: Path, fdr: float, top: int, by: str, store_path: Path | None, as_json: bool) -> None:
-    """Source examples with evidence that they are mislabelled: they hurt the source task and the target.
+    """Source examples with evidence that they are mislabelled: models that never saw them reject their label.
 
-    A mislabelled image teaches a wrong label, so including it lowers the source model's own accuracy; an
-    ordinary image that merely does not help the target does not. Each source example gets a p-value for
-    "hurts the source accuracy and some target" (the larger of the two one-sided p-values, from the
-    estimate's design-valid standard errors); Benjamini–Hochberg at --fdr flags. A gradient estimate
-    (`dmtoolkit gradient`) checks labels more directly: its networks never saw about half the pool, and an
-    image is flagged when they disagree with its label more than with the held-out source test images
-    (conformal p-values; the larger that test set, the more it can flag, and the output says when its size
-    is what stops it); harm is shown beside it. Prints "no evidence of mislabelled source examples at FDR 5%"
+    Each model of an example-level store trained on a subset of the pool; the trainer records every model's
+    stated-label margin on the whole pool and the source test set (the built-in trainer always; a user's
+    trainer may, docs/trainers.md), and so do a gradient estimate's own networks. An image is flagged when
+    the models that never saw it disagree with its label more than they disagree with the held-out source test
+    images (conformal p-values, Benjamini–Hochberg at --fdr; the larger that test set, the more it can flag,
+    and the output says when its size is what stops it); harm is shown beside it. Without those margins (older
+    stores, trainers that give none) an image gets a p-value for "hurts the source accuracy and some target"
+    (the larger of the two one-sided p-values, from the estimate's design-valid standard errors), and
+    Benjamini–Hochberg at --fdr flags. Prints "no evidence of mislabelled source examples at FDR 5%"
     when none passes. With planted label flips in the run store, also prints precision and recall of the
     flagged set and the ranking's AUC.
 

@@ -67,6 +67,7 @@ class DatasetSpec:
     planted: bool = False
     harm: bool = False
     image: bool = False  # pixels: absent from imported stores (`dmtoolkit store import` brings none)
+    examples: bool = False  # example-level stores only, and optional: stores made before 0.x, imports lack it
 
     def shape_text(self, dims: dict[str, int]) -> str:
         """The expected shape, sizes filled in where known: "(8, 120)", "(N, *, *, *)"."""
@@ -89,6 +90,14 @@ RUN_DATASETS: tuple[DatasetSpec, ...] = (
     DatasetSpec("predictions", "int16", ("m", "T"), "model, target example",
                 "class the transferred model predicts for each target test example; -1 until written",
                 storage="rows", fill=-1, column=True),
+    DatasetSpec("source_margins", "float16", ("m", "P"), "model, source pool example",
+                "margin z_y - max_{{k!=y}} z_k of the source model on each pool example under its stated label y, "
+                "whether or not the model trained on it (the label check `mislabels` flags from); NaN until written "
+                "or when the trainer gives none", storage="rows", fill=np.nan, column=True, examples=True),
+    DatasetSpec("source_test_margins", "float16", ("m", "S"), "model, source test example",
+                "the same margin on each source test example (correct labels, never trained on): the label check's "
+                "reference; NaN until written or when the trainer gives none",
+                storage="rows", fill=np.nan, column=True, examples=True),
     DatasetSpec("seed", "int64", ("m",), "model", "training seed the model used", storage="rows", fill=-1, column=True),
     DatasetSpec("source_accuracy", "float32", ("m",), "model",
                 "accuracy of the source model on the source test split, in [0, 1]",
@@ -182,7 +191,7 @@ def _create_dataset(f: h5py.File, spec: DatasetSpec, value: object, dims: dict[s
     """Create `spec` in `f` as its `storage` says (`value`: the content, None for "rows" datasets)."""
     if spec.storage == "rows":  # fixed, uncompressed, written in full now: later row writes never touch metadata
         shape = tuple(dims[symbol] for symbol in spec.shape)
-        chunks = (min(shape[0], ROW_CHUNK),) + shape[1:]
+        chunks = (min(shape[0], ROW_CHUNK),) + shape[1:] if all(shape) else None  # e.g. no source test examples
         ds = f.create_dataset(spec.name, shape=shape, dtype=spec.dtype, chunks=chunks, fillvalue=spec.fill,
                               track_times=False)
         ds[...] = np.full(shape, spec.fill, dtype=spec.dtype)
@@ -247,7 +256,7 @@ def create_store(path: str | Path, recipe: Recipe, data: RunData, *, force: bool
         raise StoreError(f"{path}: the target test set is empty; check the recipe's target dataset")
     units = data.source_class_names if kind == "class" else data.source_example_ids
     values = _dataset_values(data, masks, units)
-    dims = {"m": m, "P": num_units, "T": T}
+    dims = {"m": m, "P": num_units, "T": T, "S": len(data.source_test.labels)}
     # a recipe's trainer is imported now, so `init` refuses one that cannot be imported; its source is hashed
     trainer_digest = source_sha256(load_function(recipe.trainer.function)) if recipe.trainer else None
     with replacing(path, force=force, inputs=inputs, fsync=True) as tmp:
@@ -255,7 +264,8 @@ def create_store(path: str | Path, recipe: Recipe, data: RunData, *, force: bool
             _write_attributes(f, recipe, data, num_units, trainer_digest)
             f.attrs["masks_origin"] = "explicit" if explicit else "recipe seed"
             for spec in RUN_DATASETS:
-                if spec.planted and data.planted is None or spec.harm and not _has_harm(data):
+                if (spec.planted and data.planted is None or spec.harm and not _has_harm(data)
+                        or spec.examples and kind != "example"):
                     continue
                 _create_dataset(f, spec, values.get(spec.name), dims, kind)
     return path
@@ -551,7 +561,7 @@ class RunStore:
         f, problems, dims = self.file, [], {}
         for spec in RUN_DATASETS:
             if ((spec.planted and not self.has_planted) or (spec.harm and not self.has_planted_harm)
-                    or (spec.image and not self.has_images)):
+                    or (spec.image and not self.has_images) or (spec.examples and spec.name not in f)):
                 continue
             if spec.name not in f or not isinstance(f[spec.name], h5py.Dataset):
                 problems.append(f"dataset {spec.name!r} is missing")
@@ -583,6 +593,17 @@ class RunStore:
         return self.file["margins"]
 
     @property
+    def source_margins(self) -> h5py.Dataset | None:
+        """(m, P) float16 stated-label source margins on the pool per model (NaN where not given); None when the
+        store keeps none (class level, made before they were recorded, imported)."""
+        return self.file["source_margins"] if "source_margins" in self.file else None
+
+    @property
+    def source_test_margins(self) -> h5py.Dataset | None:
+        """(m, S) float16, the same on the source test examples; None like `source_margins`."""
+        return self.file["source_test_margins"] if "source_test_margins" in self.file else None
+
+    @property
     def predictions(self) -> h5py.Dataset:
         """(m, T) int16 predicted target class per model (-1 until written)."""
         return self.file["predictions"]
@@ -596,7 +617,7 @@ class RunStore:
     def row_values(self, rows: np.ndarray) -> dict[str, np.ndarray]:
         """Every row column (`ROW_COLUMNS`) of the given increasing, distinct rows: what `write_row` writes."""
         rows = np.asarray(rows, dtype=np.int64)
-        return {name: self.file[name][rows] for name in ROW_COLUMNS}
+        return {name: self.file[name][rows] for name in ROW_COLUMNS if name in self.file}
 
     @property
     def explicit_masks(self) -> bool:
@@ -731,8 +752,10 @@ class RunStore:
             yield (block, *self.read_rows(block))
 
     def write_row(self, index: int, margins: np.ndarray, *, seed: int, source_accuracy: float,
-                  target_accuracy: float, seconds: float, predictions: np.ndarray | None = None) -> None:
-        """Write one model's results, durably, then mark it completed (see module docstring)."""
+                  target_accuracy: float, seconds: float, predictions: np.ndarray | None = None,
+                  source_margins: np.ndarray | None = None, source_test_margins: np.ndarray | None = None) -> None:
+        """Write one model's results, durably, then mark it completed (see module docstring). The stated-label
+        source margins are kept where the store has room for them (example-level stores) and dropped elsewhere."""
         if self._lock is None:
             raise StoreError(f"{self.path}: opened read-only; open it writable to add rows")
         self.check_still_at_path()
@@ -743,10 +766,13 @@ class RunStore:
             raise StoreError(f"{self.path}: row {index} has non-finite margins; the model diverged (lower the learning rate)")
         values = {"margins": margins, "predictions": None if predictions is None else np.asarray(predictions, np.int16),
                   "seed": seed, "source_accuracy": source_accuracy, "target_accuracy": target_accuracy,
-                  "seconds": seconds}
+                  "seconds": seconds, "source_margins": source_margins, "source_test_margins": source_test_margins}
         f = self.file
         for name in ROW_COLUMNS:
-            if values[name] is not None:
+            if values[name] is not None and name in f:
+                if f[name].shape[1:] != np.shape(values[name]):
+                    raise StoreError(f"{self.path}: row {index} has {np.shape(values[name])} {name}, expected "
+                                     f"{f[name].shape[1:]}")
                 f[name][index] = values[name]
         self._sync()
         f["completed"][index] = True

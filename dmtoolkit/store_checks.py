@@ -107,6 +107,7 @@ class StoreSummary(Displayable):
     package_version: str
     imported: ImportedFrom | None = json_field(omit="none", default=None)
     planted: PlantedCounts | None = json_field(omit="none", default=None)
+    label_margins: int | None = json_field(omit="none", default=None)  # completed rows with source margins
 
     def _table(self) -> tuple[tuple[str, ...], list[tuple[Any, ...]]]:
         """Each per-model value over the completed rows (None where there are none)."""
@@ -160,7 +161,20 @@ def store_summary(path: str | Path) -> StoreSummary:
             package_version=store.package_version,
             imported=ImportedFrom(record["design"], record["files"]) if record else None,
             planted=counts,
+            label_margins=_rows_with_label_margins(store, done),
         )
+
+
+def _rows_with_label_margins(store: RunStore, done: np.ndarray) -> int | None:
+    """How many completed rows recorded their stated-label source margins (the label check's evidence); None
+    when the store has no room for them (class level, older or imported stores)."""
+    margins = store.source_margins
+    if margins is None:
+        return None
+    rows = np.flatnonzero(done)
+    if len(rows) == 0:
+        return 0
+    return int(sum(np.isfinite(margins[rows[s:s + 256], 0]).sum() for s in range(0, len(rows), 256)))
 
 
 def validate_store(path: str | Path) -> list[str]:

@@ -15,6 +15,8 @@ end, so `dmtoolkit gradient` can differentiate it (docs/trainers.md, "Gradients 
     dmtoolkit gradient stores/digit-examples.h5 -o stores/digit-examples-gradient.h5 --models 4
     dmtoolkit evaluate stores/digit-examples.h5 --estimate stores/digit-examples-gradient.h5
     dmtoolkit mislabels stores/digit-examples-gradient.h5
+    dmtoolkit influence stores/digit-examples.h5 -o stores/digit-examples-influence.h5
+    dmtoolkit mislabels stores/digit-examples-influence.h5     # label check from the store's own 64 models
 """
 
 from __future__ import annotations
@@ -88,18 +90,27 @@ def fit(job: Job, checkpoints: tuple[int, ...] = ()) -> list[tuple[int, MLP, nn.
     return [(epoch, model.eval(), transfer(model, job)) for epoch, model in kept]
 
 
+def margins(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """z_y - max_{k != y} z_k per row: positive exactly when the stated label wins."""
+    correct = logits.gather(1, labels[:, None])[:, 0]
+    return correct - logits.scatter(1, labels[:, None], float("-inf")).max(1).values
+
+
 def train(job: Job) -> TrainerResult:
-    """The trainer contract: margins of the transferred network on the target test digits."""
+    """The trainer contract: margins of the transferred network on the target test digits; also the source
+    network's stated-label margins on every pool image and source test image (optional: they let
+    `dmtoolkit mislabels` check each pool label against the models that never trained on it)."""
     _, net, head = fit(job)[-1]
     assert job.data is not None
     with torch.no_grad():
         sx, sy = inputs(job.data.source_test)
-        source_accuracy = float((net(sx).argmax(1) == sy).float().mean())
+        px, py = inputs(job.data.source_pool)
+        source_logits, pool_logits = net(sx), net(px)
         logits = head(net.trunk(inputs(job.data.target_test)[0]))
-    labels = torch.from_numpy(job.target_labels)
-    correct = logits.gather(1, labels[:, None])[:, 0]
-    other = logits.scatter(1, labels[:, None], float("-inf")).max(1).values
-    return TrainerResult(margins=correct - other, source_accuracy=source_accuracy, predictions=logits.argmax(1))
+    return TrainerResult(margins=margins(logits, torch.from_numpy(job.target_labels)),
+                         source_accuracy=float((source_logits.argmax(1) == sy).float().mean()),
+                         predictions=logits.argmax(1), source_margins=margins(pool_logits, py),
+                         source_test_margins=margins(source_logits, sy))
 
 
 def gradient_networks(job: Job) -> list[Network]:

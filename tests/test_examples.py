@@ -114,3 +114,13 @@ def test_digits_examples_gradient_hook_through_the_cli(tmp_path: Path) -> None:
     assert all(c["source_p"] is not None for c in mislabels["candidates"])
     # the gradient ranking of the 8 planted label flips (measured AUC 0.95 on this seed; chance is 0.5)
     assert mislabels["planted"]["flipped"] == 8 and mislabels["planted"]["auc"] > 0.8
+    # the trainer also returns its stated-label source margins: every row keeps them, and any estimate of the
+    # store (here difference of means) carries the label check of its 12 models, which mislabels lists by
+    with h5py.File(store, "r") as f:
+        assert f["source_margins"].shape == (12, 170) and np.isfinite(f["source_margins"][()]).all()
+        assert f["source_test_margins"].shape == (12, 200) and np.isfinite(f["source_test_margins"][()]).all()
+    influence = tmp_path / "influence.h5"
+    run("influence", store, "-o", influence, "--holdout-frac", 0)
+    checked = json.loads(run("mislabels", influence, "--json").output)
+    assert "label checked out of sample" in checked["evidence"]
+    assert checked["planted"]["auc"] > 0.8 and all(c["heldout_margin"] is not None for c in checked["candidates"])

@@ -202,7 +202,7 @@ def test_the_estimate_carries_the_standard_error_of_its_saved_networks(store: Pa
         assert candidate.p_value == pytest.approx(p_some[candidate.source])
         assert candidate.q_value == pytest.approx(q_some[candidate.source])
     assert len(some.candidates) == 15 and not {0, 1, 2} & {c.source for c in some.candidates}  # not listed
-    assert "3 images that every network trained on are untested (not listed)" in some.evidence
+    assert "3 images that every model trained on are untested (not listed)" in some.evidence
     # the reference's size bounds the test: the message says how, when it is what stops every flag
     n, tested = len(check.reference), int(np.isfinite(check.heldout_margin).sum())
     fewest = int(np.ceil(tested / (n + 1) / 0.5))

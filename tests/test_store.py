@@ -128,24 +128,28 @@ def test_existing_store_is_not_overwritten_without_force(tmp_path: Path) -> None
 
 
 def test_one_schema_table_drives_create_validate_and_row_columns(tmp_path: Path) -> None:
-    """create writes exactly RUN_DATASETS (planted ones only with ground truth); validate checks them all."""
+    """create writes exactly RUN_DATASETS (planted ones only with ground truth, example-level ones only at example
+    level); validate checks them all."""
     from dmtoolkit.store import ROW_COLUMNS, RUN_DATASETS
     from dmtoolkit.store_checks import validate_store
 
-    assert ROW_COLUMNS == ("margins", "predictions", "seed", "source_accuracy", "target_accuracy", "seconds")
+    assert ROW_COLUMNS == ("margins", "predictions", "source_margins", "source_test_margins", "seed",
+                           "source_accuracy", "target_accuracy", "seconds")
+    example_only = {spec.name for spec in RUN_DATASETS if spec.examples}
+    assert example_only == {"source_margins", "source_test_margins"}
     margins = np.random.default_rng(0).normal(size=(6, 5)).astype(np.float32)
     path = synthetic_store(tmp_path / "s.h5", margins)
     with h5py.File(path, "r") as f:
         written = set()
         f.visititems(lambda name, obj: written.add(name) if isinstance(obj, h5py.Dataset) else None)
-        assert written == {spec.name for spec in RUN_DATASETS if not spec.planted}
+        assert written == {spec.name for spec in RUN_DATASETS if not spec.planted and not spec.examples}
         for spec in RUN_DATASETS:
             if spec.name in f:
                 assert f[spec.name].attrs["meaning"] and f[spec.name].attrs["axes"] == spec.axes, spec.name
     with RunStore(path) as store:
         assert store.schema_problems() == []
         rows = store.row_values(np.array([1, 4]))
-        assert set(rows) == set(ROW_COLUMNS)
+        assert set(rows) == set(ROW_COLUMNS) - example_only  # a class-level store keeps no source margins
         np.testing.assert_array_equal(rows["margins"], margins[[1, 4]])
         np.testing.assert_array_equal(store.column("seed"), np.arange(6))
         with pytest.raises(KeyError):
@@ -161,6 +165,44 @@ def test_one_schema_table_drives_create_validate_and_row_columns(tmp_path: Path)
         "dataset 'source/example_ids' is missing",
         "target/labels: expected int64 (5,), found int64 (4,)",
     ]
+
+
+def test_example_stores_keep_source_margins_written_read_and_checked(tmp_path: Path) -> None:
+    """An example-level store has room for each model's stated-label source margins (pool and source test): they
+    start NaN, `write_row` stores them (float16) and `row_values` returns them; a wrong length is refused
+    without touching the row; a store made before they existed (datasets deleted) still validates, and its
+    rows are written without them."""
+    from dmtoolkit.errors import StoreError
+    from dmtoolkit.store_checks import validate_store
+
+    margins = np.zeros((4, 3), np.float32)
+    masks = np.array([[1, 0, 1, 0, 1], [0, 1, 0, 1, 0], [1, 1, 0, 0, 1], [0, 0, 1, 1, 0]], bool)
+    path = synthetic_store(tmp_path / "s.h5", margins, masks, kind="example", completed=np.zeros(4, bool),
+                           masks_origin="explicit")
+    with RunStore(path) as store:
+        assert store.source_margins.shape == (4, 5) and store.source_margins.dtype == np.float16
+        S = store.source_test_margins.shape[1]
+        assert S == len(store.file["source/test_labels"]) and np.isnan(store.source_margins[()]).all()
+    pool, test = np.linspace(-3, 3, 5), np.linspace(-1, 2, S)
+    with RunStore(path, writable=True) as store:
+        store.write_row(2, margins[2], seed=2, source_accuracy=0.5, target_accuracy=0.5, seconds=0.1,
+                        source_margins=pool, source_test_margins=test)
+        with pytest.raises(StoreError, match=r"row 3 has \(4,\) source_margins, expected \(5,\)"):
+            store.write_row(3, margins[3], seed=3, source_accuracy=0.5, target_accuracy=0.5, seconds=0.1,
+                            source_margins=pool[:4], source_test_margins=test)
+        assert not store.file["completed"][3]
+    with RunStore(path) as store:
+        values = store.row_values(np.array([2]))
+        np.testing.assert_allclose(values["source_margins"][0], pool, atol=2e-3)
+        np.testing.assert_allclose(values["source_test_margins"][0], test, atol=2e-3)
+        assert store.schema_problems() == []
+    with h5py.File(path, "r+") as f:  # as a store made before the margins were recorded
+        del f["source_margins"], f["source_test_margins"]
+    assert validate_store(path) == []
+    with RunStore(path, writable=True) as store:
+        store.write_row(0, margins[0], seed=0, source_accuracy=0.5, target_accuracy=0.5, seconds=0.1,
+                        source_margins=pool, source_test_margins=test)
+        assert store.source_margins is None and store.file["completed"][0]
 
 
 def test_explicit_masks_are_stored_as_given_and_validate(tmp_path: Path) -> None:

@@ -118,11 +118,11 @@ def detect_mislabels(path: str | Path | OpenedEstimate, *, fdr: float = DETECT_F
         planted = run.planted()  # scoring only: read after detection
     source_p, target_p, evidence = harm.source, harm.target, harm.evidence
     refittable = not estimator_entry(est.estimator).retrains
-    check = read_label_check(est.path)  # written by estimators whose networks were trained on subsets
+    check = read_label_check(est.path)  # the store's models' (or the gradient's own networks') label margins
     p = q = bound = None
-    if check is not None:  # networks that never saw an image disagree with its label: the direct evidence
+    if check is not None:  # models that never saw an image disagree with its label: the direct evidence
         p, defined = check.pvalues(), np.isfinite(check.heldout_margin)
-        q = np.ones_like(p)  # images every network trained on cannot be tested (known from the masks alone)
+        q = np.ones_like(p)  # images every model trained on cannot be tested (known from the masks alone)
         q[defined] = bh_adjusted(p[defined])
         order = rank_order(check.heldout_margin, descending=False)  # the untested (NaN) are left out
         flagged_rows = order[q[order] <= fdr]  # a prefix: the p-value only grows with the margin
@@ -172,7 +172,7 @@ def detect_mislabels(path: str | Path | OpenedEstimate, *, fdr: float = DETECT_F
         message = f"no evidence of mislabelled source examples at {fdr_phrase(fdr)}"
     elif check is not None:
         many = 's' if len(flagged) != 1 else ''
-        message = (f"{len(flagged)} source example{many} likely mislabelled at {fdr_phrase(fdr)} (networks that "
+        message = (f"{len(flagged)} source example{many} likely mislabelled at {fdr_phrase(fdr)} (models that "
                    "never saw them disagree with their label more than with the held-out source test images)")
     else:
         many = 's' if len(flagged) != 1 else ''
@@ -202,13 +202,13 @@ def _label_evidence(check: LabelCheck, fdr: float, tested: int, fewest: int) -> 
     """How the label check decides, and the bound its reference's size puts on it (`fewest`, from
     `_reference_bound`)."""
     n = len(check.reference)
-    networks = np.median(check.heldout_networks[check.heldout_networks > 0])
-    text = (f"label checked out of sample: each image's stated-label margin averaged over the networks not trained "
-            f"on it (median {networks:g}), against the same for {n:,} held-out source test images (conformal "
+    models = np.median(check.heldout_networks[check.heldout_networks > 0])
+    text = (f"label checked out of sample: each image's stated-label margin averaged over the models not trained "
+            f"on it (median {models:g}), against the same for {n:,} held-out source test images (conformal "
             f"p-value; Benjamini–Hochberg at {fdr_phrase(fdr)}); listed by that margin, most disagreeing first")
     untested = len(check.heldout_margin) - tested
     if untested:
-        text += f"; {untested:,} images that every network trained on are untested (not listed)"
+        text += f"; {untested:,} images that every model trained on are untested (not listed)"
     if fewest > 1:
         text += (f"; with {n:,} reference images no p-value is below 1/{n + 1:,}, so over {tested:,} images it can "
                  f"flag only when at least {fewest:,} disagree more than every reference image (a larger source "

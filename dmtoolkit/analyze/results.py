@@ -619,7 +619,7 @@ class MislabelCandidate(JsonResult):
     its influence on source accuracy < 0 (None when the store records no source accuracy); target_p: Simes'
     combination of its one-sided p-values of influence < 0 over the targets; flagged: passes at the report's
     FDR. With the out-of-sample label check (`dmtoolkit.estimate.label_check`; absent otherwise):
-    heldout_margin, its stated-label margin averaged over the networks not trained on it; p_value is then the
+    heldout_margin, its stated-label margin averaged over the models (networks) not trained on it; p_value is then the
     conformal p-value of that against the held-out source test images. planted_flip /
     original_label: planted ground truth, None when the store has none (keys then absent).
     """

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +31,7 @@ from dmtoolkit.errors import StoreError, UserError
 from dmtoolkit.paths import check_input_file
 
 if TYPE_CHECKING:
-    from dmtoolkit.estimate.base import Estimator
+    from dmtoolkit.estimate.base import Estimator, ExtraDataset
     from dmtoolkit.estimate.splits import RowSplit
     from dmtoolkit.store import RunStore
 
@@ -148,9 +148,11 @@ def _put(group: h5py.Group, name: str, data: Any, meaning: str, axes: str, units
 
 def save_estimate(out_path: str | Path, estimator: Estimator, *, provenance: Provenance, split: RowSplit,
                   unit_names: list[str], target_names: list[str], columns: slice, summary: str,
-                  force: bool = False, inputs: tuple[str | Path, ...] = ()) -> Path:
+                  force: bool = False, inputs: tuple[str | Path, ...] = (),
+                  extras: Sequence[ExtraDataset] = ()) -> Path:
     """Write a fitted estimator to ESTIMATE.h5 atomically through the output guard (`inputs`: files it was
-    computed from, never overwritten; an existing output only with `force`, and not while a writer holds it)."""
+    computed from, never overwritten; an existing output only with `force`, and not while a writer holds it).
+    `extras`: datasets beside the estimator's own (the store's label check)."""
     unit = f"{provenance.kind} unit"
 
     def fill(f: h5py.File) -> None:
@@ -180,7 +182,7 @@ def save_estimate(out_path: str | Path, estimator: Estimator, *, provenance: Pro
              "model", "row index")
         _put(f, "rows/test", split.test, "completed rows held out from everything; `dmtoolkit evaluate` scores these",
              "model", "row index")
-        for extra in estimator.extra_datasets():
+        for extra in (*estimator.extra_datasets(), *extras):
             _put(f, extra.name, extra.data, extra.meaning, extra.axes, extra.units)
 
     return write_atomic(out_path, fill, force=force, inputs=inputs)

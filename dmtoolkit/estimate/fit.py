@@ -12,7 +12,7 @@ import numpy as np
 
 from dmtoolkit.atomic import check_output
 from dmtoolkit.errors import StoreError, UserError
-from dmtoolkit.estimate.base import Estimator
+from dmtoolkit.estimate.base import Estimator, ExtraDataset
 from dmtoolkit.estimate.blocks import TargetColumns
 from dmtoolkit.estimate.files import Provenance, save_estimate
 from dmtoolkit.estimate.registry import ESTIMATORS
@@ -105,11 +105,23 @@ def fit_store(store_path: str | Path, out_path: str | Path, estimator: Estimator
             fit_rows = first_rows(fit_rows, fit_models, draws.ids)
         margins = store.margins if columns == slice(0, store.num_targets) else TargetColumns(store.margins, columns)
         estimator.fit(store.masks, margins, fit_rows, unit_names=store.unit_names, draws=draws)
+        extras = _store_label_check(store, estimator)
         provenance = Provenance.of(store)
         unit_names, target_names = store.unit_names, store.target_names[columns]
     split = RowSplit(fit=estimator.fit_rows_, selection=estimator.selection_rows_, test=test_rows, seed=seed,
                      test_fraction=test_fraction, draw_design=draws.design)
     save_estimate(out_path, estimator, provenance=provenance, split=split, unit_names=unit_names,
                   target_names=target_names, columns=columns, summary=ESTIMATORS[estimator.name].summary, force=force,
-                  inputs=(store_path,))
+                  inputs=(store_path,), extras=extras)
     return estimator
+
+
+def _store_label_check(store: RunStore, estimator: Estimator) -> list[ExtraDataset]:
+    """The label check of the models the estimator was fitted on (`store_label_check`), for an estimate file;
+    nothing when the store recorded no source margins or the estimator brings its own (its retrained networks)."""
+    from dmtoolkit.estimate.label_check import HELDOUT, store_label_check
+
+    if any(extra.name == HELDOUT for extra in estimator.extra_datasets()):
+        return []
+    check = store_label_check(store, np.union1d(estimator.fit_rows_, estimator.selection_rows_))
+    return [] if check is None else check.datasets()

@@ -15,8 +15,13 @@ are exchangeable with the test images, and Benjamini–Hochberg over those p-val
 flags. Its power is bounded by the reference's size n: no p-value is below 1 / (n + 1), so with P pool images it
 can flag only when about P / (fdr · (n + 1)) images or more each look worse than every reference image.
 
+The subset models of an example-level store are such networks too: the built-in trainer (and any trainer that
+returns them) records every model's stated-label margins on the whole pool and the source test set
+(`source_margins`, `source_test_margins`), so every estimate fitted on such a store carries the label check of
+its fitting models (`store_label_check`), whatever its estimator.
+
 Measured at the 52,376-image pool (docs/gradient.md, "The label check"; `benchmarks/label_check_study.py`
-puts it beside cleanlab on the same networks).
+puts it beside cleanlab on the same networks) and on the example stores (docs/signal.md).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from dmtoolkit.estimate.base import ExtraDataset
+from dmtoolkit.store import RunStore
 
 HELDOUT, NETWORKS, REFERENCE = "label_check/heldout_margin", "label_check/heldout_networks", "label_check/reference"
 PATTERN_SEED = 20261206  # which pool image's held-out pattern each reference image is scored over
@@ -52,12 +58,12 @@ class LabelCheck:
     def datasets(self) -> list[ExtraDataset]:
         return [
             ExtraDataset(HELDOUT, self.heldout_margin.astype(np.float32),
-                         "mean stated-label source margin of each pool example over the networks not trained on it "
-                         "(NaN: every network trained on it)", "unit", "source margin"),
+                         "mean stated-label source margin of each pool example over the models (networks) not trained on "
+                         "it (NaN: every model trained on it)", "unit", "source margin"),
             ExtraDataset(NETWORKS, self.heldout_networks.astype(np.int32),
-                         "how many networks were not trained on each pool example", "unit", "networks"),
+                         "how many models (networks) were not trained on each pool example", "unit", "models"),
             ExtraDataset(REFERENCE, self.reference.astype(np.float32),
-                         "the same score for each held-out source test example, over the held-out networks of a "
+                         "the same score for each held-out source test example, over the held-out models of a "
                          f"pool example drawn at random (seed {PATTERN_SEED}): the null of a correct label",
                          "source test example", "source margin"),
         ]
@@ -66,7 +72,12 @@ class LabelCheck:
 def reference_patterns(trained: np.ndarray, tests: int, seed: int = PATTERN_SEED) -> np.ndarray:
     """(tests,) the pool image whose held-out pattern each reference image is scored over: drawn at random among
     those with at least one network not trained on them. `trained` (networks, P) bool."""
-    candidates = np.flatnonzero((~np.asarray(trained, bool)).any(0))
+    return patterns_among((~np.asarray(trained, bool)).any(0), tests, seed)
+
+
+def patterns_among(held_somewhere: np.ndarray, tests: int, seed: int = PATTERN_SEED) -> np.ndarray:
+    """`reference_patterns` given only which pool images some network was not trained on (P,) bool."""
+    candidates = np.flatnonzero(held_somewhere)
     if len(candidates) == 0:
         return np.zeros(0, np.int64)
     return np.random.default_rng(seed).choice(candidates, size=tests, replace=True)
@@ -91,6 +102,36 @@ def label_check(networks: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]], p
     with np.errstate(invalid="ignore", divide="ignore"):
         return LabelCheck(np.where(count > 0, total / np.maximum(count, 1), np.nan), count,
                           ref_total / np.maximum(ref_count, 1))
+
+
+def store_label_check(store: RunStore, rows: np.ndarray, block: int = 256) -> LabelCheck | None:
+    """The label check over the store's models `rows`, from the stated-label margins their trainer recorded
+    (`source_margins`, `source_test_margins`); rows without them are skipped. None when the store keeps none
+    (class level, older stores, trainers that give none) or has no source test examples to compare with.
+    Reads `block` rows at a time, so memory stays bounded for large pools."""
+    pool_margins, test_margins = store.source_margins, store.source_test_margins
+    if pool_margins is None or test_margins is None or test_margins.shape[1] == 0:
+        return None
+    rows = np.sort(np.asarray(rows, np.int64))
+    usable, held_somewhere = [], np.zeros(pool_margins.shape[1], bool)
+    for start in range(0, len(rows), block):
+        chunk = rows[start:start + block]
+        given = np.isfinite(test_margins[chunk]).all(1) & np.isfinite(pool_margins[chunk]).all(1)
+        if given.any():
+            usable.append(chunk[given])
+            held_somewhere |= (~np.asarray(store.masks[chunk[given]], bool)).any(0)
+    usable = np.concatenate(usable) if usable else np.zeros(0, np.int64)
+    if len(usable) == 0:
+        return None
+
+    def models():
+        for start in range(0, len(usable), block):
+            chunk = usable[start:start + block]
+            masks, pool, test = store.masks[chunk], pool_margins[chunk], test_margins[chunk]
+            for r in range(len(chunk)):
+                yield pool[r].astype(np.float64), test[r].astype(np.float64), masks[r]
+
+    return label_check(models(), patterns_among(held_somewhere, test_margins.shape[1]))
 
 
 def read_label_check(path: str | Path) -> LabelCheck | None:

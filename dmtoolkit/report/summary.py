@@ -264,7 +264,7 @@ def mislabel_answer(report: MislabelReport | None, file: str | None, note: Note)
     caveats = ["A flag is a reason to look at the image and its label, not proof; an unflagged candidate has no "
                "evidence at this FDR."]
     if checked:
-        caveats.append("Ranked by how far networks that never saw each image disagree with its label, not by "
+        caveats.append("Ranked by how far models that never saw each image disagree with its label, not by "
                        "influence: the estimate's LDS verdict does not apply to this list.")
     if report.planted is not None and report.planted.auc is not None:
         caveats.append(f"Against the planted flips in this store the ranking has AUC {report.planted.auc:.2f}.")

@@ -410,6 +410,11 @@ def format_store_summary(summary: StoreSummary) -> str:
         f"target acc  {_spread(summary.target_accuracy)}",
         f"seconds     {_spread(summary.seconds_per_model, 2)} per model",
     ]
+    if summary.label_margins is not None:
+        lines.append(f"label check {summary.label_margins} of {models.completed} completed models recorded their source "
+                     "margins" + (" (mislabels can check each pool label against the models that never saw it)"
+                                  if summary.label_margins else
+                                  " (the trainer gives none: docs/trainers.md, source_margins)"))
     if summary.imported is not None:
         files = ", ".join(f"{role} {v['path']} (sha256 {v['sha256'][:12]})"
                           for role, v in summary.imported.files.items())

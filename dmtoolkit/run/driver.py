@@ -160,7 +160,9 @@ def train_store(path: str | Path, executor: Executor, *, limit: int | None = Non
                     continue
                 store.write_row(result.index, result.margins, seed=result.seed,
                                 source_accuracy=result.source_accuracy, target_accuracy=result.target_accuracy,
-                                seconds=result.seconds, predictions=result.predictions)
+                                seconds=result.seconds, predictions=result.predictions,
+                                source_margins=result.source_margins,
+                                source_test_margins=result.source_test_margins)
                 completed[result.index] = True
                 summary.written += 1
                 bar.update(1)

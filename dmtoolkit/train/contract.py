@@ -60,6 +60,8 @@ class Job:
                     For torch: torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255 gives N×C×H×W in [0, 1].
     options         the recipe's `trainer.options` mapping
     trainer         the trainer's name (MODULE:FUNCTION or builtin:ARCH)
+    num_source_test S, the number of source test examples the store holds (the length of
+                    `TrainerResult.source_test_margins`)
 
     Every array is writable (`torch.as_tensor` and `torch.from_numpy` take it without a warning): `mask`,
     `units`, `source_indices` and `target_labels` are the job's own; `data` is shared by the jobs of a process,
@@ -80,6 +82,7 @@ class Job:
     data: RunData | None = None
     options: Mapping[str, Any] = field(default_factory=dict)
     trainer: str = ""
+    num_source_test: int = 0
 
 
 @dataclass(frozen=True)
@@ -92,12 +95,19 @@ class TrainerResult:
     source_accuracy  accuracy on the source's own test data in [0, 1], NaN when not measured
     target_accuracy  in [0, 1]; default: the fraction of positive margins
     predictions      (T,) predicted target class per target test example, or None
+    source_margins   example level only, optional: (P,) the source model's stated-label margin z_y - max_{k!=y} z_k
+                     on every pool example (those it trained on and those it did not; same order as `mask`)
+    source_test_margins  with `source_margins`: (S,) the same on the source test examples, S =
+                     `job.num_source_test`. Both together let `dmtoolkit mislabels` test each pool label against
+                     the models that never saw it (the label check); finite floats
     """
 
     margins: Any
     source_accuracy: float = math.nan
     target_accuracy: float | None = None
     predictions: Any = None
+    source_margins: Any = None
+    source_test_margins: Any = None
 
 
 @dataclass(frozen=True)
@@ -108,6 +118,8 @@ class CheckedResult:
     source_accuracy: float
     target_accuracy: float
     predictions: np.ndarray | None
+    source_margins: np.ndarray | None = None
+    source_test_margins: np.ndarray | None = None
 
 
 class Trainer(Protocol):
@@ -167,7 +179,31 @@ def check_result(name: str, job: Job, output: Any) -> CheckedResult:
             raise TrainerError(f"{where} predictions {predictions.dtype} {predictions.shape}, expected "
                                f"({job.num_targets},) integer classes")
         predictions = predictions.astype(np.int16)
-    return CheckedResult(margins, accuracies["source_accuracy"], accuracies["target_accuracy"], predictions)
+    label_margins = _label_margins(where, job, result)
+    return CheckedResult(margins, accuracies["source_accuracy"], accuracies["target_accuracy"], predictions,
+                         *label_margins)
+
+
+def _label_margins(where: str, job: Job, result: TrainerResult) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """The result's stated-label source margins, checked: both or neither, at example level, finite, of the
+    pool's and the source test set's lengths."""
+    given = result.source_margins is not None, result.source_test_margins is not None
+    if not any(given):
+        return None, None
+    if not all(given):
+        raise TrainerError(f"{where} only one of source_margins and source_test_margins; the label check needs "
+                           "both (or return neither)")
+    if job.kind != "example":
+        raise TrainerError(f"{where} source_margins for a class-level store, which keeps none; return them only "
+                           "for example-level stores")
+    out = []
+    for name, value, size in (("source_margins", result.source_margins, len(job.mask)),
+                              ("source_test_margins", result.source_test_margins, job.num_source_test)):
+        array = _array(value)
+        if array.shape != (size,) or not np.issubdtype(array.dtype, np.number) or not np.isfinite(array).all():
+            raise TrainerError(f"{where} {name} {array.dtype} {array.shape}, expected ({size},) finite numbers")
+        out.append(array.astype(np.float32))
+    return out[0], out[1]
 
 
 class FunctionTrainer:

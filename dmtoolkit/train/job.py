@@ -47,6 +47,8 @@ class ModelResult:
     target_accuracy: float
     seconds: float
     predictions: np.ndarray | None = None  # predicted target class per target test example
+    source_margins: np.ndarray | None = None  # (P,) stated-label source margins on the pool (example level)
+    source_test_margins: np.ndarray | None = None  # (S,) the same on the source test examples
 
 
 PAIR_SEED_SALT = 0x9A1B
@@ -230,13 +232,29 @@ class BuiltinTrainer:
         seeds = [job.seed for job in jobs]
         model = self.train_source_models([job.source_indices for job in jobs], seeds)
         source_acc = self.source_accuracy(model, [job.mask for job in jobs])
+        # before the transfer, which may fine-tune the network (transfer.mode full)
+        pool, test = self.label_margins(model, len(jobs)) if recipe.subsets.kind == "example" else (None, None)
         logits = TRANSFERS[recipe.transfer.mode](
             model, self.target_train_x, self.target_train_y, self.target_test_x, self.num_target_classes,
             recipe.transfer, [s + 2 for s in seeds])
         margins = margins_from_logits(logits, self.target_test_y).float().cpu().numpy()
         predictions = logits.argmax(dim=-1).cpu().numpy()
-        return [TrainerResult(margins[g], source_acc[g], float((margins[g] > 0).mean()), predictions[g])
+        return [TrainerResult(margins[g], source_acc[g], float((margins[g] > 0).mean()), predictions[g],
+                              None if pool is None else pool[g], None if test is None else test[g])
                 for g in range(len(jobs))]
+
+    def label_margins(self, model: torch.nn.Module, groups: int) -> tuple[np.ndarray, np.ndarray]:
+        """(groups, N) and (groups, S): each source model's stated-label margin on every pool example and every
+        source test example (what the label check of `mislabels` compares)."""
+        model.eval()
+        out = []
+        with torch.no_grad():
+            for x, y in ((self.pool_x, self.pool_y), (self.source_test_x, self.source_test_y)):
+                chunks = [margins_from_logits(batched_outputs(model, x[s:s + 4096], groups), y[s:s + 4096])
+                          for s in range(0, len(x), 4096)]  # logits of one chunk at a time: bounded memory
+                out.append(torch.cat(chunks, dim=1).float().cpu().numpy() if chunks else np.zeros((groups, 0),
+                                                                                                   np.float32))
+        return out[0], out[1]
 
     def train_source_models(self, subsets: list[np.ndarray], seeds: list[int],
                             after_epoch: Callable[[torch.nn.Module, int], None] | None = None) -> torch.nn.Module:
@@ -339,7 +357,8 @@ class RunContext:
                    units=np.flatnonzero(mask), source_indices=self.subset_examples(index),
                    unit_names=self._unit_names, target_labels=self._target_labels.copy(),
                    data=None if recipe.own_data is not None else self.data,
-                   options=dict(recipe.trainer.options) if recipe.trainer else {}, trainer=self.trainer.name)
+                   options=dict(recipe.trainer.options) if recipe.trainer else {}, trainer=self.trainer.name,
+                   num_source_test=len(self.data.source_test.labels))
 
     def compute_group(self, group: int) -> list[ModelResult]:
         """Every model of one group, checked; deterministic for a given (store, group) when the trainer is."""
@@ -352,4 +371,4 @@ class RunContext:
         checked = [check_result(self.trainer.name, job, output) for job, output in zip(jobs, outputs)]
         seconds = (time.perf_counter() - started) / len(jobs)
         return [ModelResult(job.index, c.margins, job.seed, c.source_accuracy, c.target_accuracy, seconds,
-                            c.predictions) for job, c in zip(jobs, checked)]
+                            c.predictions, c.source_margins, c.source_test_margins) for job, c in zip(jobs, checked)]
