@@ -44,7 +44,12 @@ torch.set_num_threads(1)
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return trained_example_store(tmp_path_factory.mktemp("evidence") / "runs.h5")
+    """A trained example store without the models' source margins (as from a trainer that records none, or
+    before they were recorded), so a gradient estimate's label check comes from its own networks."""
+    path = trained_example_store(tmp_path_factory.mktemp("evidence") / "runs.h5")
+    with h5py.File(path, "r+") as f:
+        del f["source_margins"], f["source_test_margins"]
+    return path
 
 
 # --- the arithmetic -------------------------------------------------------------------------------------------

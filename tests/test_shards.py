@@ -111,3 +111,23 @@ def test_bad_shard_spec(text: str) -> None:
 def test_shard_needs_output(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["train", str(tmp_path / "x.h5"), "--shard", "0/2"])
     assert result.exit_code == 2 and "go together" in result.output
+
+
+def test_an_example_level_merge_keeps_the_source_margins(tmp_path: Path) -> None:
+    """Example-level shards record each model's stated-label source margins; the merged store holds the same
+    rows of them as the store trained in one go (the label check then reads the merged store like any other)."""
+    recipe = write_recipe(tmp_path / "ex.yaml", {**SMALL_RECIPE, "subsets": {**SMALL_RECIPE["subsets"],
+                                                                            "kind": "example", "models": 4}})
+    store, whole = _store(recipe, tmp_path / "runs.h5"), _store(recipe, tmp_path / "whole.h5")
+    assert run("train", whole, "--workers", "1", "--quiet").exit_code == 0
+    shards = []
+    for i in (0, 1):
+        shards.append(tmp_path / f"shard-{i}.h5")
+        assert run("train", store, "--shard", f"{i}/2", "-o", shards[-1], "--workers", "1", "--quiet").exit_code == 0
+    merged = tmp_path / "merged.h5"
+    assert run("store", "merge", *shards, "-o", merged).exit_code == 0
+    with h5py.File(merged, "r") as m, h5py.File(whole, "r") as w:
+        assert np.isfinite(w["source_margins"][()]).all() and np.isfinite(w["source_test_margins"][()]).all()
+        for name in ("source_margins", "source_test_margins"):
+            np.testing.assert_allclose(m[name][()], w[name][()], atol=1e-2, rtol=1e-3)
+    assert run("store", "validate", merged).exit_code == 0

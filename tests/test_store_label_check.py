@@ -156,3 +156,24 @@ def test_source_margins_are_the_source_network_s_also_when_the_transfer_fine_tun
     full = store("full", {"mode": "full", "epochs": 1, "batch_size": 8, "lr": 0.05})
     assert np.isfinite(fixed).all()
     np.testing.assert_array_equal(full, fixed)
+
+
+def test_a_gradient_estimate_takes_the_store_models_check_over_its_few_networks(tmp_path: Path) -> None:
+    """On a store that recorded source margins, the gradient estimate's label check is the store's over its
+    fitting models (more of them than the networks it retrains, which are among them), not its networks' own."""
+    from dmtoolkit.estimate.files import load_estimate
+    from dmtoolkit.estimate.gradient import fit_gradient
+    from dmtoolkit.estimate.label_check import store_label_check
+
+    store = trained_example_store(tmp_path / "runs.h5", models=12)
+    out = tmp_path / "gradient.h5"
+    fit_gradient(store, out, models=2, proj_dim=16, lam=0.1, holdout_frac=0.25, seed=0)
+    est = load_estimate(out)
+    check = read_label_check(out)
+    with RunStore(store) as run:
+        expected = store_label_check(run, np.union1d(est.fit_rows, est.selection_rows))
+    assert len(est.fit_rows) > 2
+    np.testing.assert_allclose(check.heldout_margin, expected.heldout_margin, rtol=1e-6)
+    np.testing.assert_array_equal(check.heldout_networks, expected.heldout_networks)
+    np.testing.assert_allclose(check.reference, expected.reference, rtol=1e-6)
+    assert check.heldout_networks.max() > 2  # more models than the 2 networks could give

@@ -152,7 +152,7 @@ def save_estimate(out_path: str | Path, estimator: Estimator, *, provenance: Pro
                   extras: Sequence[ExtraDataset] = ()) -> Path:
     """Write a fitted estimator to ESTIMATE.h5 atomically through the output guard (`inputs`: files it was
     computed from, never overwritten; an existing output only with `force`, and not while a writer holds it).
-    `extras`: datasets beside the estimator's own (the store's label check)."""
+    `extras`: datasets beside the estimator's own (the store's label check), replacing any of the same name."""
     unit = f"{provenance.kind} unit"
 
     def fill(f: h5py.File) -> None:
@@ -182,7 +182,8 @@ def save_estimate(out_path: str | Path, estimator: Estimator, *, provenance: Pro
              "model", "row index")
         _put(f, "rows/test", split.test, "completed rows held out from everything; `dmtoolkit evaluate` scores these",
              "model", "row index")
-        for extra in (*estimator.extra_datasets(), *extras):
+        replaced = {extra.name for extra in extras}
+        for extra in (*(e for e in estimator.extra_datasets() if e.name not in replaced), *extras):
             _put(f, extra.name, extra.data, extra.meaning, extra.axes, extra.units)
 
     return write_atomic(out_path, fill, force=force, inputs=inputs)

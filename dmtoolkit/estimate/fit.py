@@ -118,10 +118,9 @@ def fit_store(store_path: str | Path, out_path: str | Path, estimator: Estimator
 
 def _store_label_check(store: RunStore, estimator: Estimator) -> list[ExtraDataset]:
     """The label check of the models the estimator was fitted on (`store_label_check`), for an estimate file;
-    nothing when the store recorded no source margins or the estimator brings its own (its retrained networks)."""
-    from dmtoolkit.estimate.label_check import HELDOUT, store_label_check
+    nothing when the store recorded no source margins. It replaces the check a gradient estimator computed from
+    its own few networks: the store's fitting models include the rows those networks retrain, and more."""
+    from dmtoolkit.estimate.label_check import store_label_check
 
-    if any(extra.name == HELDOUT for extra in estimator.extra_datasets()):
-        return []
     check = store_label_check(store, np.union1d(estimator.fit_rows_, estimator.selection_rows_))
     return [] if check is None else check.datasets()
