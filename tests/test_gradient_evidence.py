@@ -218,6 +218,14 @@ def test_the_estimate_carries_the_standard_error_of_its_saved_networks(store: Pa
     assert not strict.flagged and beyond < int(np.ceil(tested / (n + 1) / 0.01))
     assert strict.message.startswith(f"no evidence of mislabelled source examples at FDR 1%: {beyond} image")
     assert f"the test needs {int(np.ceil(tested / (n + 1) / 0.01)):,} such images before it can flag" in strict.message
+    # when no image disagrees more than every reference image, the reference's size is not the reason: plain words
+    agreeing = tmp_path / "agreeing.h5"
+    shutil.copyfile(out, agreeing)
+    with h5py.File(agreeing, "a") as f:
+        f["label_check/heldout_margin"][...] = np.maximum(f["label_check/heldout_margin"][()],
+                                                          f["label_check/reference"][()].min() + 1e-3)
+    assert detect_mislabels(agreeing, store=store, fdr=0.01).message == (
+        "no evidence of mislabelled source examples at FDR 1%")
     # ... then, without it (an estimate from an earlier version), from harm: the networks' own source-task scores
     # (harm to the source task) and Simes over targets (harm to a target), the larger p-value, Benjamini–Hochberg
     unchecked = tmp_path / "unchecked.h5"

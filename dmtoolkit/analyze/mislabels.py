@@ -161,7 +161,7 @@ def detect_mislabels(path: str | Path | OpenedEstimate, *, fdr: float = DETECT_F
     flagged = tuple(candidate(r + 1, i) for r, i in enumerate(flagged_rows))
     if p is None:
         message = "no evidence threshold: the estimate has no standard errors (candidates below are for browsing only)"
-    elif not flagged and bound is not None and bound[1] > 1:
+    elif not flagged and bound is not None and 0 < bound[0] < bound[1]:  # the reference's size is what stops it
         beyond, fewest = bound
         message = (f"no evidence of mislabelled source examples at {fdr_phrase(fdr)}: {beyond} image"
                    f"{'s disagree with their' if beyond != 1 else ' disagrees with its'} label more than every one of the "
