@@ -412,3 +412,18 @@ def _walk(value):
     children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
     for child in children:
         yield from _walk(child)
+
+
+def test_without_a_partial_folder_the_label_check_is_read_before_the_temporary_folder_goes(store: Path,
+                                                                                         tmp_path: Path) -> None:
+    """A `GradientEstimator` given no folder keeps its per-network files in a temporary one; the label check is
+    reduced from them before that folder is removed (it used to be read after, and the fit died on a missing
+    file), and it equals the one a fit with a kept folder computes from the same networks."""
+    kept, temporary = tmp_path / "kept.h5", tmp_path / "temporary.h5"
+    fit_store(store, kept, GradientEstimator(store, models=2, proj_dim=16, lam=0.1, partial=partial_folder(kept)),
+              test_fraction=0.3, seed=0)
+    fit_store(store, temporary, GradientEstimator(store, models=2, proj_dim=16, lam=0.1), test_fraction=0.3, seed=0)
+    expected, got = read_label_check(kept), read_label_check(temporary)
+    assert got is not None
+    np.testing.assert_allclose(got.heldout_margin, expected.heldout_margin, rtol=1e-6)
+    np.testing.assert_allclose(got.reference, expected.reference, rtol=1e-6)

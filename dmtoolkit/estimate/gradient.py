@@ -809,9 +809,9 @@ class GradientEstimator(Estimator):
                               "rerun the same command to continue from them")
                 raise
             mean, stderr = saver.reduce(len(plan), shape)
+            self.label_check_ = self._label_check(saver, len(plan))  # read while a temporary folder still exists
         coef, self.stderr_ = mean[:, :targets], None if stderr is None else stderr[:, :targets]
         self.source_task_ = SourceTaskScores.of(mean[:, targets], None if stderr is None else stderr[:, targets])
-        self.label_check_ = self._label_check(saver, len(plan))
         fields = [f.name for f in dataclasses.fields(ModelRecord)]
         self.records_ = tuple(ModelRecord(**{k: done[n][k] for k in fields}) for n in range(len(plan)))
         self.num_params_ = int(done[0]["num_params"])
