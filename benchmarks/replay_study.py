@@ -349,6 +349,7 @@ def fresh(out: Path, name: str, models: int, targets: str, networks: int, forwar
     replayed = "replay-centre" if shared else f"replay-centre-{networks}net"
     figures["paired"] = {f"{a} − {b}": paired_difference(store, out / f"{name}-{a}.h5", out / f"{name}-{b}.h5")
                          for a, b in ((replayed, "difference-of-means"), (replayed, "datamodels"))
+                         + (((replayed, f"gradient-{gradient}"),) if gradient else ())
                          + ((("replay-centre-all", "difference-of-means-all"),) if forward_all else ())}
     save()
     return figures
