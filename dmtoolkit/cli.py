@@ -394,6 +394,11 @@ def store_validate(store_path: Path) -> None:
 @click.option("--unit-names", "names_path", type=FILE, help="Text file, one unit (mask column) name a line.")
 @click.option("--target-labels", "labels_path", type=FILE,
               help="(T,) integer .npy: the true class of each target example.")
+@click.option("--source-margins", "source_margins_path", type=FILE,
+              help="(m, P) .npy, example level: each model's margin on each pool image under its stated label "
+                   "(NaN where none); with --source-test-margins, the label check `mislabels` flags from.")
+@click.option("--source-test-margins", "source_test_margins_path", type=FILE,
+              help="(m, S) .npy: the same margin on S source test images no model trained on (the reference).")
 @click.option("--kind", type=click.Choice(["class", "example"]), default="class", show_default=True,
               help="What a unit (mask column) is: a source class or a source example.")
 @click.option("--alpha", type=UNIT_INTERVAL, help="Fraction of units each subset kept (default: the masks' mean).")
@@ -402,7 +407,8 @@ def store_validate(store_path: Path) -> None:
 @force_option("Overwrite the output if it exists.")
 def store_import(output: Path, masks_path: Path | None, margins_path: Path | None, completed_path: Path | None,
                  npz_path: Path | None, folder_path: Path | None, names_path: Path | None, labels_path: Path | None,
-                 kind: str, alpha: float | None, design: str, force: bool) -> None:
+                 source_margins_path: Path | None, source_test_margins_path: Path | None, kind: str,
+                 alpha: float | None, design: str, force: bool) -> None:
     """Make a run store from masks and margins computed elsewhere (no recipe, no images).
 
     The store works with store info/validate, influence, datamodels, evaluate, rank and report; training,
@@ -413,6 +419,8 @@ def store_import(output: Path, masks_path: Path | None, margins_path: Path | Non
       dmtoolkit store import -o stores/mine.h5 --masks masks.npy --margins margins.npy --completed done.npy
       dmtoolkit store import -o stores/mine.h5 --npz runs.npz --kind example
       dmtoolkit store import -o stores/dm.h5 --folder LOGDIR --kind example --unit-names ids.txt
+      dmtoolkit store import -o stores/ex.h5 --masks m.npy --margins y.npy --kind example \
+          --source-margins pool.npy --source-test-margins test.npy
     """
     from dmtoolkit.store_import import import_store, read_folder, read_npy, read_npz, read_unit_names
 
@@ -436,17 +444,25 @@ def store_import(output: Path, masks_path: Path | None, margins_path: Path | Non
     else:
         arrays = read_npz(npz_path) if npz_path else read_folder(folder_path)
     for option, value, attribute in (("--unit-names", names_path, "unit_names"),
-                                     ("--target-labels", labels_path, "target_labels")):
+                                     ("--target-labels", labels_path, "target_labels"),
+                                     ("--source-margins", source_margins_path, "source_margins"),
+                                     ("--source-test-margins", source_test_margins_path, "source_test_margins")):
         if value and getattr(arrays, attribute) is not None:
             raise click.UsageError(f"{option}: {npz_path} already holds {attribute}; give one or the other")
     if names_path:
         arrays.unit_names, arrays.sources["unit_names"] = read_unit_names(names_path), names_path
     if labels_path:
         arrays.target_labels, arrays.sources["target_labels"] = read_npy(labels_path, "target labels"), labels_path
+    for path, attribute in ((source_margins_path, "source_margins"), (source_test_margins_path, "source_test_margins")):
+        if path:
+            setattr(arrays, attribute, read_npy(path, attribute.replace("_", " ")))
+            arrays.sources[attribute] = path
     import_store(output, arrays, kind=kind, alpha=alpha, design=design, force=force)
     done = int(arrays.completed.astype(bool).sum()) if arrays.completed is not None else len(arrays.masks)
+    checked = ("" if arrays.source_test_margins is None else
+               f", stated-label margins against {arrays.source_test_margins.shape[1]} source test images")
     click.echo(f"{output}: imported {len(arrays.masks)} models ({done} completed), {arrays.masks.shape[1]} {kind} "
-               f"units, {arrays.margins.shape[1]} targets; next: dmtoolkit influence {output} -o INFLUENCE.h5")
+               f"units, {arrays.margins.shape[1]} targets{checked}; next: dmtoolkit influence {output} -o INFLUENCE.h5")
 
 
 @store.command("merge")

@@ -167,7 +167,7 @@ def store_summary(path: str | Path) -> StoreSummary:
 
 def _rows_with_label_margins(store: RunStore, done: np.ndarray) -> int | None:
     """How many completed rows recorded their stated-label source margins (the label check's evidence); None
-    when the store has no room for them (class level, older or imported stores)."""
+    when the store has no room for them (class level, older stores, imports that brought none)."""
     margins = store.source_margins
     if margins is None:
         return None

@@ -9,6 +9,9 @@ in for the recipe hash, so estimates made from it name exactly that import.
 Inputs are read through `np.load(..., mmap_mode="r")` and written in row blocks, so arrays larger than memory
 (the datamodels repo's `.npy` memmaps) import. Rows whose `completed` flag is unset keep their masks; their
 margins are stored as NaN (the contract's "not written yet"): the datamodels writer leaves zeros there.
+An example-level import may also bring each model's stated-label source margins on the pool
+(`source_margins`, (m, P)) and on held-out source test examples (`source_test_margins`, (m, S)), as the
+built-in trainer records them; estimates fitted on the store then carry the label check `mislabels` flags from.
 Draws: rows are independent draws unless `design="antithetic"` says rows 2i and 2i+1 are
 complementary (checked), which standard errors and held-out splits then respect.
 """
@@ -36,7 +39,8 @@ from dmtoolkit.text_input import read_text_input
 __all__ = ["IMPORT_DESIGNS", "NPZ_KEYS", "ImportArrays", "import_arrays", "import_store", "read_folder", "read_npy", "read_npz",
            "read_unit_names"]
 
-NPZ_KEYS = ("masks", "margins", "completed", "unit_names", "target_labels")
+NPZ_KEYS = ("masks", "margins", "completed", "unit_names", "target_labels", "source_margins", "source_test_margins")
+LABEL_MARGINS = ("source_margins", "source_test_margins")
 FOLDER_FILES = {"masks": "masks.npy", "margins": "margins.npy", "completed": "_completed.npy"}
 IMPORT_DESIGNS = ("random", "antithetic")
 UNKNOWN_CLASS = "(unknown)"
@@ -58,6 +62,8 @@ class ImportArrays:
     completed: np.ndarray | None = None
     unit_names: list[str] | None = None
     target_labels: np.ndarray | None = None
+    source_margins: np.ndarray | None = None
+    source_test_margins: np.ndarray | None = None
     sources: dict[str, Path] = field(default_factory=dict)
 
 
@@ -112,7 +118,8 @@ def read_npz(path: str | Path) -> ImportArrays:
     names = arrays.get("unit_names")
     return ImportArrays(masks=arrays["masks"], margins=arrays["margins"], completed=arrays.get("completed"),
                         unit_names=None if names is None else [str(n) for n in np.asarray(names).reshape(-1)],
-                        target_labels=arrays.get("target_labels"), sources={"npz": path})
+                        target_labels=arrays.get("target_labels"), source_margins=arrays.get("source_margins"),
+                        source_test_margins=arrays.get("source_test_margins"), sources={"npz": path})
 
 
 def read_folder(path: str | Path) -> ImportArrays:
@@ -142,15 +149,18 @@ def _sha256(path: Path) -> str:
 
 def import_arrays(out_path: str | Path, masks: np.ndarray, margins: np.ndarray, *,
                   completed: np.ndarray | None = None, unit_names: list[str] | None = None,
-                  target_labels: np.ndarray | None = None, kind: str = "class", alpha: float | None = None,
+                  target_labels: np.ndarray | None = None, source_margins: np.ndarray | None = None,
+                  source_test_margins: np.ndarray | None = None, kind: str = "class", alpha: float | None = None,
                   design: str = "random", force: bool = False) -> Path:
     """`import_store` from in-memory arrays (or memmaps): masks (m, P) 0/1, margins (m, T), optional completed
-    (m,), one name per unit, one integer class per target. Returns the store's path."""
+    (m,), one name per unit, one integer class per target, and (example level) the stated-label source margins
+    (m, P) and source test margins (m, S) of the label check. Returns the store's path."""
     arrays = ImportArrays(masks=np.asarray(masks) if not isinstance(masks, np.memmap) else masks,
                           margins=np.asarray(margins) if not isinstance(margins, np.memmap) else margins,
                           completed=None if completed is None else np.asarray(completed),
                           unit_names=None if unit_names is None else [str(n) for n in unit_names],
-                          target_labels=None if target_labels is None else np.asarray(target_labels))
+                          target_labels=None if target_labels is None else np.asarray(target_labels),
+                          source_margins=source_margins, source_test_margins=source_test_margins)
     return import_store(out_path, arrays, kind=kind, alpha=alpha, design=design, force=force)
 
 
@@ -194,7 +204,31 @@ def _check_shapes(a: ImportArrays, kind: str) -> tuple[int, int, int]:
                   f"{MAX_TARGET_CLASSES:,} classes (K), one per target class")
     if kind not in ("class", "example"):
         _fail(f"kind {kind!r} is not one of class, example")
-    return m, P, T
+    return m, P, T, _check_label_margins(a, kind, m, P)
+
+
+def _check_label_margins(a: ImportArrays, kind: str, m: int, P: int) -> int:
+    """The label check's margins: both or neither, example level only, (m, P) and (m, S ≥ 1) numbers.
+    Returns S (0 without them)."""
+    given = [name for name in LABEL_MARGINS if getattr(a, name) is not None]
+    if not given:
+        return 0
+    if kind != "example":
+        _fail(f"{given[0]} are per source example; import them with --kind example")
+    if len(given) == 1:
+        missing = next(name for name in LABEL_MARGINS if name not in given)
+        _fail(f"{given[0]} given without {missing}: the label check compares pool images with held-out source "
+              "test images, so give both")
+    pool, test = a.source_margins, a.source_test_margins
+    if pool.shape != (m, P):
+        _fail(f"source margins have shape {pool.shape}; expected ({m}, {P}), one per model and pool example")
+    if test.ndim != 2 or test.shape[0] != m or test.shape[1] < 1:
+        _fail(f"source test margins have shape {test.shape}; expected ({m}, S), one per model and source test "
+              "example, S ≥ 1")
+    for name, array in (("source margins", pool), ("source test margins", test)):
+        if array.dtype.kind not in "iuf":
+            _fail(f"{name} have dtype {array.dtype}; expected numbers")
+    return int(test.shape[1])
 
 
 def _block_rows(m: int, width: int) -> int:
@@ -225,7 +259,7 @@ def import_store(out_path: str | Path, arrays: ImportArrays, *, kind: str = "cla
         _fail(f"design {design!r} is not one of {', '.join(IMPORT_DESIGNS)}")
     if alpha is not None and not 0 < alpha < 1:
         _fail(f"alpha {alpha} must be between 0 and 1 (the fraction of units each subset keeps)")
-    m, P, T = _check_shapes(arrays, kind)
+    m, P, T, S = _check_shapes(arrays, kind)
     antithetic = design == "antithetic"
     if antithetic and m % 2:
         _fail(f"design antithetic needs an even number of rows (pairs 2i, 2i+1); the masks have {m}")
@@ -239,14 +273,16 @@ def import_store(out_path: str | Path, arrays: ImportArrays, *, kind: str = "cla
         labels = np.zeros(T, np.int64)
     record = {
         "kind": kind, "design": design, "alpha_given": alpha, "models": m, "units": P, "targets": T,
-        "completed": int(completed.sum()),
+        "completed": int(completed.sum()), "source_test_examples": S,
         "files": {role: {"path": str(Path(p).resolve()), "sha256": _sha256(Path(p))}
                   for role, p in sorted(arrays.sources.items())},
     }
-    dims = {"m": m, "P": P, "T": T}
+    dims = {"m": m, "P": P, "T": T, "S": S}
     with replacing(out_path, force=force, inputs=inputs, fsync=True) as tmp:
         with h5py.File(tmp, "w", track_order=True) as f:
             kept, kept_completed = _write_rows(f, arrays, completed, dims, kind, antithetic)
+            if S:
+                _write_label_margins(f, arrays, completed, dims, kind)
             if alpha is None:
                 alpha = round(kept / (m * P), 6)
             else:  # against the rows that ran (a writer may leave the masks of the others blank)
@@ -329,6 +365,23 @@ def _write_rows(f: h5py.File, a: ImportArrays, completed: np.ndarray, dims: dict
     return kept, kept_completed
 
 
+def _write_label_margins(f: h5py.File, a: ImportArrays, completed: np.ndarray, dims: dict[str, int], kind: str) -> None:
+    """`source_margins` and `source_test_margins` as the run-store contract lays them out (float16, NaN where a
+    row gave none or is not completed), copied in row blocks."""
+    m = dims["m"]
+    for name in LABEL_MARGINS:
+        spec = DATASETS_BY_NAME[name]
+        width = dims[spec.shape[1]]
+        target = _new_dataset(f, name, (m, width), kind, chunks=(min(m, ROW_CHUNK), width), fillvalue=np.nan)
+        source = getattr(a, name)
+        step = _block_rows(m, width)
+        for start in range(0, m, step):
+            stop = min(m, start + step)
+            values = np.asarray(source[start:stop]).astype(np.float16)  # one rounding, from the input's dtype
+            values[~completed[start:stop]] = np.nan
+            target[start:stop] = values
+
+
 def _write_data(f: h5py.File, kind: str, unit_names: list[str], labels: np.ndarray, target_classes: list[str],
                 dims: dict[str, int]) -> None:
     """The datasets written whole: unit names and the label tables (no pixels: `images` is false)."""
@@ -339,7 +392,7 @@ def _write_data(f: h5py.File, kind: str, unit_names: list[str], labels: np.ndarr
         "source/labels": np.zeros(P if example else 0, np.int64),
         "source/class_names": [UNKNOWN_CLASS] if example else unit_names,
         "source/example_ids": unit_names if example else [],
-        "source/test_labels": np.zeros(0, np.int64),
+        "source/test_labels": np.zeros(dims.get("S", 0), np.int64),  # labels unknown; margins are per stated label
         "target/train_labels": np.zeros(0, np.int64),
         "target/labels": labels,
         "target/class_names": target_classes,

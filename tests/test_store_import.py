@@ -194,11 +194,21 @@ def _bad_inputs(tmp_path: Path) -> dict[str, tuple[list[object], str]]:
         "exists": (["--masks", good_masks, "--margins", good_margins, "-o", tmp_path / "exists.h5"],
                    "already exists; pass --force"),
         "missing": (["--folder", tmp_path / "nowhere"], "no such folder"),
+        "label margins alone": (["--masks", good_masks, "--margins", good_margins, "--kind", "example",
+                                 "--source-margins", save("pool.npy", np.zeros((64, 10)))],
+                                "source_margins given without source_test_margins"),
+        "label margins at class level": (["--masks", good_masks, "--margins", good_margins, "--source-margins",
+                                          save("pool.npy", np.zeros((64, 10))), "--source-test-margins",
+                                          save("test.npy", np.zeros((64, 5)))], "import them with --kind example"),
+        "label margins shape": (["--masks", good_masks, "--margins", good_margins, "--kind", "example",
+                                 "--source-margins", save("pool.npy", np.zeros((64, 9))), "--source-test-margins",
+                                 save("test.npy", np.zeros((64, 5)))], "source margins have shape (64, 9)"),
     }
 
 
 @pytest.mark.parametrize("case", ["shapes", "not 0/1", "nan in completed", "unknown npz key", "names", "labels",
-                                  "exists", "missing"])
+                                  "exists", "missing", "label margins alone", "label margins at class level",
+                                  "label margins shape"])
 def test_bad_input_is_one_line_and_leaves_no_file(tmp_path: Path, case: str) -> None:
     args, message = _bad_inputs(tmp_path)[case]
     before = sorted(p.name for p in tmp_path.iterdir())
@@ -262,3 +272,51 @@ def test_example_store_analyses_and_report(tmp_path: Path) -> None:
     assert no_images in page  # leakage skipped with a note, the rest is there
     report = json.loads((tmp_path / "report" / "report.json").read_text())
     assert report["estimates"]
+
+
+def test_imported_label_margins_give_the_label_check(tmp_path: Path) -> None:
+    """Margins logged by other code (pool: +2 trained on, held out +1 correct / -2 flipped; 300 test images +1; noise
+    0.5; row 0 not completed, row 1 gave none) import as the store contract lays them out, every estimate carries
+    their label check, and `mislabels` flags the two flips; `store info` counts the rows that gave margins."""
+    from dmtoolkit.estimate.label_check import read_label_check
+
+    rng = np.random.default_rng(7)
+    m, units, S, flips = 80, 12, 300, [3, 9]
+    masks = rng.random((m, units)) < 0.5
+    margins = (masks @ rng.normal(size=(units, T)) + rng.normal(size=(m, T))).astype(np.float32)
+    held = np.where(np.isin(np.arange(units), flips), -2.0, 1.0)
+    pool = np.where(masks, 2.0, held) + rng.normal(0, 0.5, (m, units))
+    test = 1.0 + rng.normal(0, 0.5, (m, S))
+    pool[1] = test[1] = np.nan
+    done = np.ones(m, bool)
+    done[0] = False
+    paths = {}
+    for name, value in (("masks", masks), ("margins", margins), ("done", done), ("pool", pool), ("test", test)):
+        paths[name] = tmp_path / f"{name}.npy"
+        np.save(paths[name], value)
+    store = tmp_path / "imported.h5"
+    result = run("store", "import", "-o", store, "--masks", paths["masks"], "--margins", paths["margins"],
+                 "--completed", paths["done"], "--kind", "example", "--source-margins", paths["pool"],
+                 "--source-test-margins", paths["test"])
+    assert result.exit_code == 0 and "stated-label margins against 300 source test images" in result.output
+    assert validate_store(store) == []
+    with RunStore(store) as run_store:
+        stored_pool, stored_test = run_store.source_margins[()], run_store.source_test_margins[()]
+        assert stored_pool.dtype == np.float16 and stored_test.shape == (m, S)
+        assert np.isnan(stored_pool[:2]).all() and np.isnan(stored_test[:2]).all()  # not completed; gave none
+        np.testing.assert_array_equal(stored_pool[2:], pool[2:].astype(np.float16))
+        np.testing.assert_array_equal(stored_test[2:], test[2:].astype(np.float16))
+        record = run_store.import_record
+    assert set(record["files"]) == {"masks", "margins", "completed", "source_margins", "source_test_margins"}
+    assert "label check 78 of 79 completed models recorded their source margins" in run("store", "info", store).output
+    assert run("influence", store, "-o", tmp_path / "infl.h5", "--holdout-frac", "0.1").exit_code == 0
+    est = load_estimate(tmp_path / "infl.h5")
+    rows = np.setdiff1d(np.union1d(est.fit_rows, est.selection_rows), [0, 1])
+    unseen = ~masks[rows]
+    check = read_label_check(tmp_path / "infl.h5")
+    expected = (unseen * stored_pool[rows].astype(np.float64)).sum(0) / unseen.sum(0)
+    np.testing.assert_allclose(check.heldout_margin, expected, rtol=1e-5)
+    result = run("mislabels", tmp_path / "infl.h5", "--json")
+    assert result.exit_code == 0, result.output
+    flagged = {c["source"] for c in json.loads(result.stdout)["flagged"]}
+    assert set(flips) <= flagged and len(flagged) <= 3
