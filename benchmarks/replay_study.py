@@ -27,6 +27,10 @@ figures are development figures):
            the leakage / mislabel detectors on each estimate (flagged at their defaults, and ranking-based
            precision/recall at the planted count, AUC). Resumable; results in OUT/fresh.json.
   table    OUT/fresh.json as markdown tables, with mean ± SD over the fresh seeds.
+  points   several linearisation points on one store (`--points`, e.g. centre,pool,fit-rows:4: the first 4 fitting
+           rows' masks, two antithetic pairs): LDS [95%] of each point's first-order prediction alone and of the
+           mean of the first k predictions, on the same held-out models and targets. Reuses fresh's
+           STORE-replay-centre.h5 / -replay-pool.h5 beside the store; results in STORE-points.json.
 
     python benchmarks/replay_study.py curve STORE.h5 REPLAY.h5 -o curve.json
     python benchmarks/replay_study.py horizon STORE.h5 REPLAY.h5 -o horizon.json
@@ -37,6 +41,7 @@ figures are development figures):
     python benchmarks/replay_study.py fresh --out runs/replay-fresh --settings pool-5080-9 --centre-only \
         --gradient 16 --workers 2
     python benchmarks/replay_study.py table --out runs/replay-fresh
+    python benchmarks/replay_study.py points runs/replay-fresh/fashion-4.h5 --points centre,pool,fit-rows:4
 """
 
 from __future__ import annotations
@@ -210,6 +215,8 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "pool-5080-9": {**SMOOTH, **_seeds(9), "source.max_per_class": 140},
     # a second fresh seed of the same pool, for a spread (12: no study here had used it)
     "pool-5080-12": {**SMOOTH, **_seeds(12), "source.max_per_class": 140},
+    # a second target: fashion-mnist, seed 4 as in benchmarks/detector_study.py (copies keep their class by index)
+    "fashion-4": {**SMOOTH, **_seeds(4), "target.dataset": "fashion-mnist", "planting.copy_labels": "by-index"},
 }
 FRESH = ("seed-3", "seed-6", "seed-7")
 
@@ -356,6 +363,55 @@ def fresh(out: Path, name: str, models: int, targets: str, networks: int, forwar
 
 
 
+def linearisation_points(store: Path, names: list[str], targets: str | None, *,
+                          test_fraction: float = 0.1) -> dict[str, Any]:
+    """Replay at each point in `names` (fitted once, beside the store) and score each point's first-order
+    prediction alone and the mean of the first k predictions (an average of Taylor expansions around several
+    points), on the held-out models and targets of the first estimate."""
+    columns = None if targets is None else slice(*(int(x) for x in targets.split(":")))
+    results_path = store.with_name(f"{store.stem}-points.json")
+    results = saved_results(results_path)
+
+    def fitted(point: str) -> Path:
+        path = store.with_name(f"{store.stem}-replay-{point.replace(':', '-')}.h5")
+        if not path.exists():
+            started = _cpu()
+            fit_store(store, path, ReplayEstimator(store, point=point, chunk=32), targets=columns,
+                      test_fraction=test_fraction)
+            results.setdefault("cpu_seconds", {})[point] = _cpu() - started
+            results_path.write_text(json.dumps(results, indent=1))
+        return path
+
+    points: list[str] = []
+    for name in names:
+        if name.startswith("fit-rows:"):  # the first K fitting rows of the first estimate (whole antithetic pairs)
+            if not points:
+                raise SystemExit("fit-rows:K needs a point before it (centre or pool) to take the fitting rows from")
+            first = load_estimate(fitted(points[0]))
+            points += [f"row:{r}" for r in first.fit_rows[:int(name.split(":")[1])]]
+        else:
+            points.append(name)
+    estimates = [load_estimate(fitted(p)) for p in points]
+    rows, cols = estimates[0].test_rows, estimates[0].columns
+    if any(not np.array_equal(e.test_rows, rows) or e.columns != cols for e in estimates):
+        raise SystemExit("the estimates do not share held-out rows and targets")
+    with RunStore(store) as run:
+        masks = np.asarray(run.masks[()])[rows].astype(np.float64)
+        actual = np.asarray(run.margins[()])[rows][:, cols].astype(np.float64)
+        units = store_draws(run).ids[rows]
+    predictions = [linear_prediction(masks, e.matrix, e.intercept) for e in estimates]
+
+    def scored(predicted: np.ndarray) -> dict[str, Any]:
+        interval = bootstrap_lds_interval(predicted, actual, units)
+        return {"lds": summarise_lds(predicted, actual)[1], "interval": None if interval is None else list(interval)}
+
+    results["alone"] = {p: scored(x) for p, x in zip(points, predictions)}
+    results["mean_of_first"] = {str(k): scored(np.mean(predictions[:k], axis=0)) for k in range(2, len(points) + 1)}
+    results["points"] = points
+    results_path.write_text(json.dumps(results, indent=1))
+    return results
+
+
 def paired_difference(store: Path, first: Path, second: Path, draws: int = 2000) -> dict[str, Any]:
     """LDS(first) − LDS(second) on the same held-out models and targets, with a paired 95% bootstrap interval
     (the same resampled draws for both, `bootstrap_lds_means`)."""
@@ -460,7 +516,7 @@ def table(results: dict[str, Any]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["curve", "horizon", "ceiling", "rank", "fresh", "table"])
+    parser.add_argument("what", choices=["curve", "horizon", "ceiling", "rank", "fresh", "table", "points"])
     parser.add_argument("store", nargs="?")
     parser.add_argument("estimate", nargs="?")
     parser.add_argument("-o", "--output")
@@ -477,8 +533,14 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1, help="fresh: processes training the store")
     parser.add_argument("--centre-only", action="store_true", help="fresh: replay at the centre point only")
     parser.add_argument("--gradient", type=int, default=0, help="fresh: also the gradient estimator from N networks")
+    parser.add_argument("--points", default="centre,pool,fit-rows:4", help="points: the linearisation points")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    if args.what == "points":
+        if args.store is None:
+            parser.error("points needs STORE")
+        print(json.dumps(linearisation_points(Path(args.store), args.points.split(","), args.targets), indent=1))
+        return
     if args.what in ("fresh", "table"):
         if args.out is None:
             parser.error(f"{args.what} needs --out")

@@ -305,3 +305,32 @@ def test_one_seed_cannot_give_several_networks(trained_store: Path, tmp_path: Pa
     result = CliRunner().invoke(cli, ["replay", str(trained_store), "-o", str(out), "--networks", "2"])
     assert result.exit_code == 1 and "error: 2 replayed networks need as many training seeds" in result.output
     assert "trained from 1 (training randomness 'shared')" in result.output and not out.exists()
+
+
+def test_the_points_study_scores_each_point_as_evaluate_does(trained_store: Path, tmp_path: Path) -> None:
+    """benchmarks/replay_study.py points: each point alone scores what `evaluate` scores for that estimate, the
+    mean of two points is their averaged Taylor expansion, fit-rows:K takes the first estimate's fitting rows."""
+    import shutil
+
+    from dmtoolkit.estimate.base import linear_prediction
+    from dmtoolkit.stats.lds import summarise_lds
+
+    from .benchmark_scripts import load_benchmark
+
+    study = load_benchmark("replay_study")
+    store = tmp_path / "runs.h5"
+    shutil.copy(trained_store, store)
+    result = study.linearisation_points(store, ["centre", "fit-rows:2"], "0:16", test_fraction=0.3)
+    centre = load_estimate(tmp_path / "runs-replay-centre.h5")
+    rows = [f"row:{r}" for r in centre.fit_rows[:2]]
+    assert result["points"] == ["centre", *rows] and set(result["cpu_seconds"]) == {"centre", *rows}
+    for point in result["points"]:
+        path = tmp_path / f"runs-replay-{point.replace(':', '-')}.h5"
+        assert result["alone"][point]["lds"] == pytest.approx(evaluate(store, path).lds_mean)
+    with h5py.File(store, "r") as f:
+        masks, margins = f["masks"][()][centre.test_rows], f["margins"][()][centre.test_rows]
+    first_row = load_estimate(tmp_path / f"runs-replay-row-{centre.fit_rows[0]}.h5")
+    mean = (linear_prediction(masks, centre.matrix, centre.intercept)
+            + linear_prediction(masks, first_row.matrix, first_row.intercept)) / 2
+    assert result["mean_of_first"]["2"]["lds"] == pytest.approx(summarise_lds(mean, margins.astype(float))[1])
+    assert json.loads((tmp_path / "runs-points.json").read_text())["points"] == result["points"]
