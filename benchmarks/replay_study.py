@@ -407,6 +407,9 @@ def linearisation_points(store: Path, names: list[str], targets: str | None, *,
 
     results["alone"] = {p: scored(x) for p, x in zip(points, predictions)}
     results["mean_of_first"] = {str(k): scored(np.mean(predictions[:k], axis=0)) for k in range(2, len(points) + 1)}
+    results["mean_of_first_minus_first"] = {  # paired: the same resampled draws for both
+        str(k): paired_predictions(np.mean(predictions[:k], axis=0), predictions[0], actual, units)
+        for k in range(2, len(points) + 1)}
     results["points"] = points
     results_path.write_text(json.dumps(results, indent=1))
     return results
@@ -422,11 +425,20 @@ def paired_difference(store: Path, first: Path, second: Path, draws: int = 2000)
         masks = np.asarray(run.masks[()])[a.test_rows]
         actual = np.asarray(run.margins[()])[a.test_rows][:, a.columns]
         units = store_draws(run).ids[a.test_rows]
-    means = [bootstrap_lds_means(linear_prediction(masks, e.matrix, e.intercept), actual, units, resamples=draws)
-             for e in (a, b)]
+    return paired_predictions(*(linear_prediction(masks, e.matrix, e.intercept) for e in (a, b)), actual, units,
+                              draws)
+
+
+def paired_predictions(first: np.ndarray, second: np.ndarray, actual: np.ndarray, units: np.ndarray,
+                       draws: int = 2000) -> dict[str, Any]:
+    """LDS(first) − LDS(second) of two predictions of the same held-out margins, with a paired 95% bootstrap
+    interval over the held-out draws."""
+    means = [bootstrap_lds_means(p, actual, units, resamples=draws) for p in (first, second)]
+    observed = [summarise_lds(p, actual)[1] for p in (first, second)]
+    if any(m is None for m in means):  # fewer than 3 held-out draws: no interval
+        return {"difference": observed[0] - observed[1], "interval": None}
     difference = means[0] - means[1]
     difference = difference[np.isfinite(difference)]
-    observed = [summarise_lds(linear_prediction(masks, e.matrix, e.intercept), actual)[1] for e in (a, b)]
     return {"difference": observed[0] - observed[1],
             "interval": [float(np.quantile(difference, 0.025)), float(np.quantile(difference, 0.975))]}
 

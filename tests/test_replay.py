@@ -334,3 +334,6 @@ def test_the_points_study_scores_each_point_as_evaluate_does(trained_store: Path
             + linear_prediction(masks, first_row.matrix, first_row.intercept)) / 2
     assert result["mean_of_first"]["2"]["lds"] == pytest.approx(summarise_lds(mean, margins.astype(float))[1])
     assert json.loads((tmp_path / "runs-points.json").read_text())["points"] == result["points"]
+    paired = result["mean_of_first_minus_first"]["2"]
+    assert paired["difference"] == pytest.approx(result["mean_of_first"]["2"]["lds"] - result["alone"]["centre"]["lds"])
+    assert paired["interval"] is None  # 4 held-out models are 2 antithetic draws: too few to resample
