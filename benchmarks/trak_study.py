@@ -126,6 +126,8 @@ def main() -> None:
                         "pool-kernel+trak-scale; alone: all), each with own-q and mean-q")
     parser.add_argument("--proj-seed", type=int, default=0, help="seed of the projection (ours and TRAK's)")
     parser.add_argument("--no-trak", action="store_true", help="ours only (no traker needed)")
+    parser.add_argument("--lds-targets", default=None, metavar="A:B",
+                        help="also score LDS on targets A:B alone (e.g. the replay study's 0:64)")
     args = parser.parse_args()
     torch.set_num_threads(1)
 
@@ -236,6 +238,10 @@ def main() -> None:
               f"ours {sum(ours_seconds[-1]):.0f}s, TRAK {sum(trak_seconds[-1]):.0f}s CPU", flush=True)
 
     results = []
+    scopes = [("all", slice(None))]
+    if args.lds_targets:
+        start, stop = (int(x) for x in args.lds_targets.split(":"))
+        scopes.append((args.lds_targets, slice(start, stop)))
     for m in counts:
         for ck in sorted({1, len(epochs)}):
             used = list(range(len(epochs) - ck, len(epochs)))  # the last ck checkpoints (1: final weights)
@@ -245,32 +251,36 @@ def main() -> None:
                     coef = np.mean([ours[v][i][c] * (q_all[i][c] if weighting == "own-q" else q_mean)[:, None]
                                     for i in range(m) for c in used], axis=0)
                     name = "ours" if (v, weighting) == ("default", "own-q") else f"ours {v}/{weighting}"
-                    lds, interval = _lds(coef, test_masks, actual, test_draws)
                     seconds = sum(ours_seconds[i][c] for i in range(m) for c in used)
-                    results.append({"method": name, "networks": m, "checkpoints": ck, "lds": lds,
-                                    "interval": interval, "cpu_minutes": seconds / 60 if name == "ours" else None})
+                    for label, scope in scopes:
+                        lds, interval = _lds(coef[:, scope], test_masks, actual[:, scope], test_draws)
+                        results.append({"method": name, "networks": m, "checkpoints": ck, "targets": label,
+                                        "lds": lds, "interval": interval,
+                                        "cpu_minutes": seconds / 60 if name == "ours" else None})
             if not args.no_trak:
                 started = time.process_time()
                 scores = traker.finalize_scores(exp_name="targets", model_ids=[i * len(epochs) + c for i in range(m)
                                                                                 for c in used])
                 finish = time.process_time() - started
-                lds, interval = _lds(np.array(scores, dtype=np.float64), test_masks, actual, test_draws)
                 seconds = sum(trak_seconds[i][c] for i in range(m) for c in used) + finish
-                results.append({"method": "TRAK", "networks": m, "checkpoints": ck, "lds": lds, "interval": interval,
-                                "cpu_minutes": seconds / 60})
+                for label, scope in scopes:
+                    lds, interval = _lds(np.array(scores, dtype=np.float64)[:, scope], test_masks, actual[:, scope],
+                                         test_draws)
+                    results.append({"method": "TRAK", "networks": m, "checkpoints": ck, "targets": label, "lds": lds,
+                                    "interval": interval, "cpu_minutes": seconds / 60})
 
     print(f"\ntraining the {len(drawn)} networks (shared): {train_seconds / 60:.2f} CPU-min; "
           f"final margins reproduce the stored rows within {max(margin_errors):.2g}")
-    print(f"{'method':<28} {'nets':>4} {'ckpt':>4} {'LDS':>7} {'95%':>17} {'CPU-min':>8} {'ours/TRAK':>9}")
+    print(f"{'method':<28} {'nets':>4} {'ckpt':>4} {'targets':>7} {'LDS':>7} {'95%':>17} {'CPU-min':>8} {'ours/TRAK':>9}")
     for r in results:
         lo, hi = r["interval"] or (float("nan"), float("nan"))
         cpu = "" if r["cpu_minutes"] is None else f"{r['cpu_minutes']:.2f}"
         ratio = ""
         if r["method"] == "ours" and not args.no_trak:
             trak = next(t for t in results if t["method"] == "TRAK" and t["networks"] == r["networks"]
-                        and t["checkpoints"] == r["checkpoints"])
+                        and t["checkpoints"] == r["checkpoints"] and t["targets"] == r["targets"])
             ratio = f"{r['cpu_minutes'] / trak['cpu_minutes']:.2f}"
-        print(f"{r['method']:<28} {r['networks']:>4} {r['checkpoints']:>4} {r['lds']:>7.3f} "
+        print(f"{r['method']:<28} {r['networks']:>4} {r['checkpoints']:>4} {r['targets']:>7} {r['lds']:>7.3f} "
               f"[{lo:>6.3f}, {hi:>6.3f}] {cpu:>8} {ratio:>9}")
     args.out.mkdir(parents=True, exist_ok=True)
     out = args.out / f"trak-study-s{args.seed}-k{args.proj_dim}-c{args.checkpoints}-p{args.proj_seed}.json"
