@@ -126,6 +126,9 @@ def main() -> None:
                         "pool-kernel+trak-scale; alone: all), each with own-q and mean-q")
     parser.add_argument("--proj-seed", type=int, default=0, help="seed of the projection (ours and TRAK's)")
     parser.add_argument("--no-trak", action="store_true", help="ours only (no traker needed)")
+    parser.add_argument("--proj-per-id", action="store_true",
+                        help="ours: a projection of its own for each (network, checkpoint), seed proj-seed + its model "
+                             "ID, as traker's BasicProjector draws one per model ID")
     parser.add_argument("--lds-targets", default=None, metavar="A:B",
                         help="also score LDS on targets A:B alone (e.g. the replay study's 0:64)")
     args = parser.parse_args()
@@ -203,8 +206,9 @@ def main() -> None:
                 train = np.arange(P) if v.startswith("pool-kernel") else job.units
                 scale = "trak" if v.endswith("trak-scale") else "none"
                 started = time.process_time()
+                seed = args.proj_seed + (n * len(nets) + c if args.proj_per_id else 0)
                 tau, _, _, _ = score_network(net, train, columns, own_q=False, kernel_scale=scale,
-                                             **settings)  # g K⁻¹ φ, no q
+                                             **{**settings, "proj_seed": seed})  # g K⁻¹ φ, no q
                 if v == "default":
                     ours_seconds[-1].append(time.process_time() - started)
                 ours[v][-1].append(tau.numpy().astype(np.float32))
@@ -283,7 +287,8 @@ def main() -> None:
         print(f"{r['method']:<28} {r['networks']:>4} {r['checkpoints']:>4} {r['targets']:>7} {r['lds']:>7.3f} "
               f"[{lo:>6.3f}, {hi:>6.3f}] {cpu:>8} {ratio:>9}")
     args.out.mkdir(parents=True, exist_ok=True)
-    out = args.out / f"trak-study-s{args.seed}-k{args.proj_dim}-c{args.checkpoints}-p{args.proj_seed}.json"
+    out = args.out / (f"trak-study-s{args.seed}-k{args.proj_dim}-c{args.checkpoints}-p{args.proj_seed}"
+                      f"{'-perid' if args.proj_per_id else ''}.json")
     out.write_text(json.dumps({"store": str(args.store), "seed": args.seed, "rows": drawn.tolist(),
                                "proj_dim": args.proj_dim, "proj_seed": args.proj_seed, "epochs": list(epochs), "heldout_models": len(test_rows),
                                "train_cpu_minutes": train_seconds / 60, "margin_error": max(margin_errors),
