@@ -71,25 +71,34 @@ def main() -> None:
         masks = np.asarray(store.masks[()], bool)
         margins = np.asarray(store.margins[()], np.float64)
     test_masks, actual, test_draws = masks[test_rows].astype(np.float64), margins[test_rows], draws[test_rows]
+    counts = sorted(int(n) for n in args.networks.split(","))
+    settings = sorted({1, per})  # checkpoints used: the last ck of each network (1: final weights)
     results = []
-    for rule in RULES:
-        for m in sorted(int(n) for n in args.networks.split(",")):
-            for ck in sorted({1, per}):
-                used = [(i, c) for i in range(m) for c in range(per - ck, per)]
-                parts = [id_scores(args.saver, i * per + c, np.flatnonzero(masks[rows[i]]), rule) for i, c in used]
-                if rule == "ours (default)":
-                    coef = torch.stack([tau for tau, _ in parts]).mean(0)
-                else:  # Q averaged over the IDs, as traker's finalize_scores and attribute(q="mean") do
-                    q_mean = torch.stack([q for _, q in parts]).mean(0)
-                    coef = torch.stack([tau for tau, _ in parts]).mean(0) * q_mean[:, None]
+    for rule in RULES:  # one pass over the IDs per rule; the settings nest (first m networks, last ck checkpoints)
+        tau_sum = {ck: 0.0 for ck in settings}
+        q_sum = {ck: 0.0 for ck in settings}
+        for i in range(counts[-1]):
+            for c in range(per):
+                tau, q = id_scores(args.saver, i * per + c, np.flatnonzero(masks[rows[i]]), rule)
+                for ck in settings:
+                    if c >= per - ck:
+                        tau_sum[ck] = tau_sum[ck] + tau
+                        q_sum[ck] = q_sum[ck] + q
+            if i + 1 not in counts:
+                continue
+            for ck in settings:
+                ids = (i + 1) * ck
+                coef = tau_sum[ck] / ids
+                if rule != "ours (default)":  # Q averaged over the IDs, as traker's finalize_scores and
+                    coef = coef * (q_sum[ck] / ids)[:, None]  # attribute(q="mean") do
                 predicted = test_masks @ coef.numpy()
                 lds = summarise_lds(predicted, actual)[1]
                 interval = bootstrap_lds_interval(predicted, actual, test_draws)
-                trak = next((r["lds"] for r in study["results"] if r["method"] == "TRAK" and r["networks"] == m
+                trak = next((r["lds"] for r in study["results"] if r["method"] == "TRAK" and r["networks"] == i + 1
                              and r["checkpoints"] == ck and r.get("targets", "all") == "all"), None)
-                results.append({"rule": rule, "networks": m, "checkpoints": ck, "lds": lds,
+                results.append({"rule": rule, "networks": i + 1, "checkpoints": ck, "lds": lds,
                                 "interval": list(interval) if interval else None, "trak_study_trak": trak})
-                print(f"{rule:<22} {m:>3} × {ck}  LDS {lds:.3f} [{interval[0]:.3f}, {interval[1]:.3f}]"
+                print(f"{rule:<22} {i + 1:>3} × {ck}  LDS {lds:.3f} [{interval[0]:.3f}, {interval[1]:.3f}]"
                       f"   (TRAK in trak_study: {trak:.3f})", flush=True)
     if args.output:
         args.output.write_text(json.dumps(results, indent=1))

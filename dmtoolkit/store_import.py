@@ -392,7 +392,7 @@ def _write_data(f: h5py.File, kind: str, unit_names: list[str], labels: np.ndarr
         "source/labels": np.zeros(P if example else 0, np.int64),
         "source/class_names": [UNKNOWN_CLASS] if example else unit_names,
         "source/example_ids": unit_names if example else [],
-        "source/test_labels": np.zeros(dims.get("S", 0), np.int64),  # labels unknown; margins are per stated label
+        "source/test_labels": np.zeros(dims["S"], np.int64),  # labels unknown; margins are per stated label
         "target/train_labels": np.zeros(0, np.int64),
         "target/labels": labels,
         "target/class_names": target_classes,
