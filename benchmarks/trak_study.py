@@ -25,7 +25,9 @@ transferred margin z_y − max_{k≠y} z_k for targets, and Q = 1 − p_y of the
 λ = 0 leaves Φᵀ Φ singular here (400 pool images, projection ≥ 512); it is given the same relative ridge as
 ours (0.1 × the mean eigenvalue of its own Φᵀ Φ, per model ID; `--trak-lambda` an absolute value instead).
 
-Options of ours beside the default (`--variants`): `pool-kernel` (the kernel over the whole pool, as TRAK's),
+Options of ours beside the default (`--variants`): `exact` (no projection: the pool kernel computed exactly in
+the dual form, `proj_dim=0`, what the library's `--proj-dim auto` chooses on pools this size; reported with
+mean-q as the library's default), `pool-kernel` (the kernel over the whole pool, as TRAK's),
 `mean-q` (τ weighted by q averaged over the networks and checkpoints, as TRAK's Q), both (what
 `dmtoolkit.estimate.gradient.attribute(networks, q="mean")` computes for these networks), and each of those
 with `trak-scale` (every network's inverse kernel divided by its mean absolute entry before the average, as
@@ -123,7 +125,7 @@ def main() -> None:
     parser.add_argument("--trak-lambda", type=float, default=None, help="TRAK's absolute λ (default: relative 0.1)")
     parser.add_argument("--variants", nargs="?", const="all", default="",
                         help="also score ours with these options (comma list of pool-kernel, trak-scale, "
-                        "pool-kernel+trak-scale; alone: all), each with own-q and mean-q")
+                        "pool-kernel+trak-scale, exact; alone: all), each with own-q and mean-q")
     parser.add_argument("--proj-seed", type=int, default=0, help="seed of the projection (ours and TRAK's)")
     parser.add_argument("--no-trak", action="store_true", help="ours only (no traker needed)")
     parser.add_argument("--proj-per-id", action="store_true",
@@ -162,7 +164,7 @@ def main() -> None:
           f"(seed {args.seed}), checkpoints after epochs {list(epochs)}, projection {args.proj_dim}", flush=True)
 
     settings = dict(proj_dim=args.proj_dim, lam=GRADIENT_LAMBDA, proj_seed=args.proj_seed)
-    options = ["pool-kernel", "trak-scale", "pool-kernel+trak-scale"]
+    options = ["pool-kernel", "trak-scale", "pool-kernel+trak-scale", "exact"]
     chosen = options if args.variants == "all" else [v for v in args.variants.split(",") if v]
     if set(chosen) - set(options):
         parser.error(f"--variants: unknown {', '.join(sorted(set(chosen) - set(options)))}")
@@ -170,6 +172,7 @@ def main() -> None:
     ours: dict[str, list[list[np.ndarray]]] = {v: [] for v in variants}  # [network][checkpoint] τ / q
     q_all: list[list[np.ndarray]] = []
     ours_seconds: list[list[float]] = []
+    variant_seconds = {v: 0.0 for v in variants}
     trak_seconds: list[list[float]] = []
     train_seconds, margin_errors = 0.0, []
     if not args.no_trak:
@@ -203,12 +206,14 @@ def main() -> None:
                 q = net.loss_weight(dict(net.params), net.pool.x, net.pool.y).numpy()
             q_all[-1].append(q)
             for v in variants:
-                train = np.arange(P) if v.startswith("pool-kernel") else job.units
+                train = np.arange(P) if v.startswith("pool-kernel") or v == "exact" else job.units
                 scale = "trak" if v.endswith("trak-scale") else "none"
                 started = time.process_time()
                 seed = args.proj_seed + (n * len(nets) + c if args.proj_per_id else 0)
+                dim = 0 if v == "exact" else args.proj_dim  # exact: no projection (the dual form)
                 tau, _, _, _ = score_network(net, train, columns, own_q=False, kernel_scale=scale,
-                                             **{**settings, "proj_seed": seed})  # g K⁻¹ φ, no q
+                                             **{**settings, "proj_seed": seed, "proj_dim": dim})  # g K⁻¹ φ, no q
+                variant_seconds[v] += time.process_time() - started
                 if v == "default":
                     ours_seconds[-1].append(time.process_time() - started)
                 ours[v][-1].append(tau.numpy().astype(np.float32))
@@ -273,6 +278,8 @@ def main() -> None:
                     results.append({"method": "TRAK", "networks": m, "checkpoints": ck, "targets": label, "lds": lds,
                                     "interval": interval, "cpu_minutes": seconds / 60})
 
+    print("scoring CPU-min of every (network, checkpoint), by variant: "
+          + ", ".join(f"{v} {t / 60:.2f}" for v, t in variant_seconds.items()))
     print(f"\ntraining the {len(drawn)} networks (shared): {train_seconds / 60:.2f} CPU-min; "
           f"final margins reproduce the stored rows within {max(margin_errors):.2g}")
     print(f"{'method':<28} {'nets':>4} {'ckpt':>4} {'targets':>7} {'LDS':>7} {'95%':>17} {'CPU-min':>8} {'ours/TRAK':>9}")
@@ -292,6 +299,7 @@ def main() -> None:
     out.write_text(json.dumps({"store": str(args.store), "seed": args.seed, "rows": drawn.tolist(),
                                "proj_dim": args.proj_dim, "proj_seed": args.proj_seed, "epochs": list(epochs), "heldout_models": len(test_rows),
                                "train_cpu_minutes": train_seconds / 60, "margin_error": max(margin_errors),
+                               "variant_cpu_minutes": {v: t / 60 for v, t in variant_seconds.items()},
                                "results": results}, indent=1))
     print(f"wrote {out}")
 

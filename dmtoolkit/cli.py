@@ -92,6 +92,25 @@ class Checkpoints(click.ParamType):
         return parse_checkpoints(str(value))
 
 
+class ProjDim(click.ParamType):
+    """`--proj-dim auto` → None (the library chooses: exact when it fits, else a projection) or a dimension ≥ 0."""
+
+    name = "auto|K"
+
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> int | None:
+        if value is None or isinstance(value, int):
+            return value
+        if str(value) == "auto":
+            return None
+        try:
+            dim = int(str(value))
+        except ValueError:
+            dim = -1
+        if dim < 0:
+            raise UserError(f"--proj-dim {str(value)!r}: auto or a dimension ≥ 0 (0: no projection), e.g. 512")
+        return dim
+
+
 class Device(click.Choice):
     """`--device auto|cpu|cuda` → None (auto: the library takes cuda when there is one), "cpu" or "cuda"."""
 
@@ -553,11 +572,20 @@ def datamodels(store_path: Path, out_path: Path, device: str | None, targets: sl
               help="Fitting rows of the store to retrain (each with its own mask and seed) and differentiate.")
 @click.option("--full-models", type=click.IntRange(min=0), default=0, show_default=True,
               help="Extra networks trained on the whole source pool.")
-@click.option("--proj-dim", type=click.IntRange(min=0), default=estimate_options.GRADIENT_PROJ_DIM, show_default=True,
-              help="Random projection dimension of the gradients (0: no projection).")
+@click.option("--proj-dim", type=ProjDim(), default="auto", show_default=True,
+              help="Random projection dimension of the gradients; 0: none (exact scores); auto: exact when the pool "
+                   f"is small enough to fit in memory, else {estimate_options.GRADIENT_PROJ_DIM}.")
 @click.option("--projection", type=click.Choice(estimate_options.GRADIENT_PROJECTIONS), default="gaussian",
               show_default=True, help="Entries of the random projection.")
-@click.option("--proj-seed", type=int, default=0, show_default=True, help="Seed of the random projection.")
+@click.option("--proj-seed", type=int, default=0, show_default=True,
+              help="Seed of the random projections (each network and checkpoint draws its own from it).")
+@click.option("--shared-projection", is_flag=True,
+              help="One projection for every network and checkpoint (how figures before 2026-12-07 were computed).")
+@click.option("--kernel-over", type=click.Choice(estimate_options.GRADIENT_KERNEL_OVER), default="pool",
+              show_default=True, help="The gradient kernel spans every pool example (TRAK's), or only the ones each "
+                                      "network was trained on.")
+@click.option("--q", "q_weights", type=click.Choice(estimate_options.GRADIENT_Q), default="mean", show_default=True,
+              help="Weight the scores by q = 1 - p_y averaged over the networks (TRAK's Q), or by each network's own.")
 @click.option("--lambda", "lam", type=click.FloatRange(min=0, min_open=True), default=estimate_options.GRADIENT_LAMBDA,
               show_default=True, help="Kernel ridge λ, as a fraction of the mean eigenvalue of the gradient kernel.")
 @click.option("--head", type=click.Choice(estimate_options.GRADIENT_HEADS), default="fixed", show_default=True,
@@ -574,12 +602,14 @@ def datamodels(store_path: Path, out_path: Path, device: str | None, targets: sl
 @seed_option("Seed of the held-out split and of the rows drawn.")
 @FORCE_OPTION
 def gradient(store_path: Path, out_path: Path, device: str | None, targets: slice | None, models: int, full_models: int,
-             proj_dim: int, projection: str, proj_seed: int, lam: float, head: str, kernel: str, whole_groups: bool,
+             proj_dim: int | None, projection: str, proj_seed: int, shared_projection: bool, kernel_over: str,
+             q_weights: str, lam: float, head: str, kernel: str, whole_groups: bool,
              checkpoints: int | tuple[int, ...], holdout_frac: float, seed: int, force: bool) -> None:
     """Gradient (TRAK-style) influence of every source example through the transfer (example-level stores).
 
     Retrains a few of the store's fitting rows (and optionally full-pool networks) through the recipe's own
-    training code, and scores each source example by projected per-example gradients and a kernel. With two or
+    training code, and scores each source example by per-example gradients and a kernel (exact on pools small
+    enough, else randomly projected). With two or
     more networks the estimate has standard errors (spread across networks), so leakage and mislabels flag
     from it. Each finished network is saved in OUT.partial/; rerunning the same command after an interruption
     continues from there (a rerun with other settings is refused); the folder is removed once OUT is written.
@@ -588,13 +618,14 @@ def gradient(store_path: Path, out_path: Path, device: str | None, targets: slic
 
     \b
     Example:
-      dmtoolkit gradient stores/runs-examples.h5 -o stores/gradient.h5 --models 4 --proj-dim 512
+      dmtoolkit gradient stores/runs-examples.h5 -o stores/gradient.h5 --models 4 --checkpoints 3
       dmtoolkit evaluate stores/runs-examples.h5 --estimate stores/gradient.h5
     """
     from dmtoolkit.estimate.gradient import fit_gradient
 
     model = fit_gradient(store_path, out_path, models=models, full_models=full_models, proj_dim=proj_dim,
                          projection=projection, proj_seed=proj_seed, lam=lam, head=head, kernel=kernel,
+                         shared_projection=shared_projection, kernel_over=kernel_over, q=q_weights,
                          whole_groups=whole_groups, checkpoints=checkpoints, device=device,
                          targets=targets, holdout_frac=holdout_frac, seed=seed, force=force,
                          progress=lambda message: click.echo(message, err=True))

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 from dmtoolkit.analyze.options import COUNTERFACTUAL_KS
 from dmtoolkit.analyze.retrain import check_ks
-from dmtoolkit.cli import Checkpoints, Device, IntList, ShardSpec, TargetRange, cli
+from dmtoolkit.cli import Checkpoints, Device, IntList, ProjDim, ShardSpec, TargetRange, cli
 from dmtoolkit.errors import UserError
 from tests.synthetic import synthetic_store
 
@@ -102,6 +102,8 @@ def test_the_library_takes_typed_values_only() -> None:
      "error: --shard '3/3': write it as I/N with 0 <= I < N, e.g. --shard 3/16"),
     (["gradient", "{tmp}/missing.h5", "-o", "{tmp}/g.h5", "--checkpoints", "ten"],
      "error: --checkpoints 'ten': a count (3) or comma-separated epochs (10,20,30)"),
+    (["gradient", "{tmp}/missing.h5", "-o", "{tmp}/g.h5", "--proj-dim", "-3"],
+     "error: --proj-dim '-3': auto or a dimension ≥ 0 (0: no projection), e.g. 512"),
 ])
 def test_a_malformed_value_is_one_line_before_any_file_is_read(tmp_path: Path, args: list[str], message: str) -> None:
     """The inputs do not exist: the value is refused as it is parsed, before the command opens anything."""
@@ -112,6 +114,7 @@ def test_a_malformed_value_is_one_line_before_any_file_is_read(tmp_path: Path, a
 
 def test_shard_and_checkpoints_values_reach_the_command_typed() -> None:
     assert ShardSpec().convert("2/5", None, None) == (2, 5)
+    assert ProjDim().convert("auto", None, None) is None and ProjDim().convert("0", None, None) == 0
     assert Checkpoints().convert("3", None, None) == 3 and Checkpoints().convert("10,20,30", None, None) == (10, 20, 30)
 
 

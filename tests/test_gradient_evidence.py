@@ -142,6 +142,10 @@ def test_the_estimate_carries_the_standard_error_of_its_saved_networks(store: Pa
             per_network.append(f["scores"][()].astype(np.float64))
     per_network = np.array(per_network)
     assert per_network.shape[2] == 17  # the 16 targets, then the source-task column
+    # saved without q; the estimate weights the networks' mean by their mean q (TRAK's Q), its error likewise
+    mean_q = np.mean([_saved(folder, n, "loss_weight") for n in range(3)], axis=0).astype(np.float64)
+    assert mean_q.shape == (per_network.shape[1],) and ((mean_q > 0) & (mean_q < 1)).all()
+    per_network = per_network * mean_q[None, :, None]
     per_network, per_network_task = per_network[:, :, :16], per_network[:, :, 16]
     est = load_estimate(out)
     np.testing.assert_allclose(est.matrix, per_network.mean(0), rtol=1e-5, atol=1e-7 * np.abs(per_network).max())

@@ -81,7 +81,8 @@ def _finite_difference_scores(model: nn.Module, head: nn.Linear, network: Networ
     p_y = np.exp(z - z.max(1, keepdims=True))
     q = 1 - (p_y / p_y.sum(1, keepdims=True))[np.arange(len(y)), y]
     phi_s = phi[train]
-    lam_absolute = lam * np.trace(phi_s.T @ phi_s) / phi.shape[1]
+    # λ relative to the mean non-zero eigenvalue: without a projection the kernel has rank min(p, |S|)
+    lam_absolute = lam * np.trace(phi_s.T @ phi_s) / min(phi.shape[1], len(train))
     solved = np.linalg.solve(phi_s.T @ phi_s + lam_absolute * np.eye(phi.shape[1]), g.T)
     return (phi @ solved) * q[:, None]
 
@@ -155,7 +156,7 @@ def test_label_margins_are_each_examples_stated_label_margin() -> None:
 
 def test_attribute_averages_networks_and_their_checkpoints_without_a_store(tmp_path: Path) -> None:
     first, second, third = (_user_network(seed)[0] for seed in (1, 2, 3))
-    result = attribute([first, [second, third]], proj_dim=0, lam=0.5, targets=slice(1, 4))
+    result = attribute([first, [second, third]], proj_dim=0, lam=0.5, targets=slice(1, 4), q="own")
     every = np.arange(12)
     one, two, three = (score_network(n, every, slice(1, 4), proj_dim=0, lam=0.5)[0].numpy() for n in
                        (first, second, third))
@@ -200,11 +201,13 @@ def test_attribute_with_q_averaged_over_networks_matches_a_numpy_reference() -> 
     result = attribute([first, [second, third]], proj_dim=0, lam=0.5, targets=slice(1, 4), q="mean")
     np.testing.assert_allclose(result.scores, reference, rtol=1e-4, atol=1e-7)
     assert result.settings["q"] == "mean" and result.checkpoints == (("final",), ("final", "final"))
-    own = attribute([first, [second, third]], proj_dim=0, lam=0.5, targets=slice(1, 4))
+    own = attribute([first, [second, third]], proj_dim=0, lam=0.5, targets=slice(1, 4), q="own")
+    default = attribute([first, [second, third]], proj_dim=0, lam=0.5, targets=slice(1, 4))
+    np.testing.assert_array_equal(default.scores, result.scores)  # TRAK's Q is the default
     assert not np.allclose(own.scores, result.scores, rtol=1e-3)  # the weighting changes the scores
     alone = attribute([first], proj_dim=0, lam=0.5, q="mean").scores  # one network: its own q
-    np.testing.assert_allclose(alone, attribute([first], proj_dim=0, lam=0.5).scores, rtol=1e-5, atol=1e-8)
-    with pytest.raises(UserError, match="q='median' must be 'own'"):
+    np.testing.assert_allclose(alone, attribute([first], proj_dim=0, lam=0.5, q="own").scores, rtol=1e-5, atol=1e-8)
+    with pytest.raises(UserError, match="q='median' must be 'mean'"):
         attribute([first], q="median")
 
 
@@ -242,7 +245,8 @@ def test_training_calls_back_after_each_epoch_and_the_last_copy_is_the_final_net
 
 
 def test_builtin_checkpoints_are_scored_averaged_and_recorded(example_store: Path, tmp_path: Path) -> None:
-    settings = dict(models=2, proj_dim=32, lam=0.1, holdout_frac=0.3, seed=0)
+    # each network's own q and one shared projection: then the scores of a network are linear in its checkpoints'
+    settings = dict(models=2, proj_dim=32, lam=0.1, holdout_frac=0.3, seed=0, q="own", shared_projection=True)
     final = fit_gradient(example_store, tmp_path / "final.h5", **settings)
     last = fit_gradient(example_store, tmp_path / "last.h5", checkpoints=(2,), **settings)
     early = fit_gradient(example_store, tmp_path / "early.h5", checkpoints=(1,), **settings)

@@ -24,6 +24,7 @@ from dmtoolkit import resources
 from dmtoolkit.cli import cli
 from dmtoolkit.errors import RecipeError, StoreError, UserError
 from dmtoolkit.estimate import compute_influence
+from dmtoolkit.estimate.ensemble import reduction_bytes
 from dmtoolkit.estimate.files import load_estimate
 from dmtoolkit.estimate.gradient import PROJECTION_BLOCK, gradient_memory_bytes
 from dmtoolkit.recipe import MAX_RECIPE_BYTES, load_recipe, parse_recipe_dict, parse_recipe_text
@@ -343,7 +344,10 @@ def test_gradient_memory_estimate_counts_the_kernel_and_the_projected_gradients(
     assert gradient_memory_bytes(k, params, pool, targets) == by_hand
     big = gradient_memory_bytes(10**9, 10**6, 1000, 100)
     assert big > 16 * 10**18 and big - 16 * 10**18 - PROJECTION_BLOCK * 10**9 * 4 < 10**16  # the k x k kernel
-    assert gradient_memory_bytes(0, params, pool, targets) >= 16 * params**2  # no projection: k = every parameter
+    # no projection, pool smaller than the parameters: the dual form, gradients and P x P Gram matrices, no p x p kernel
+    dual = 4 * params * (pool + targets) + 8 * params * (pool + targets) + 24 * pool**2 + 36 * pool * targets
+    assert gradient_memory_bytes(0, params, pool, targets) == max(dual, reduction_bytes(pool, targets))
+    assert gradient_memory_bytes(0, 300, 400, targets) >= 16 * 300**2  # more examples than parameters: k = p
 
 
 def test_require_memory_names_the_need_the_limit_and_the_flag() -> None:
@@ -382,7 +386,7 @@ def test_gradient_with_a_huge_projection_is_refused_before_allocating(example_re
              "gradient: projection dimension 1,000,000,000 with 18 pool examples and 16 targets needs about")
     result = CliRunner().invoke(cli, ["gradient", str(tmp_path / "ex.h5"), "-o", str(tmp_path / "g.h5"),
                                       "--proj-dim", "1000000000", "--models", "1", "--device", "cpu"])
-    assert "EiB of memory, more than the" in result.output and "; lower --proj-dim (default 512)" in result.output
+    assert "EiB of memory, more than the" in result.output and "; lower --proj-dim (e.g. 512)" in result.output
     assert trained == []  # refused before any network was trained
 
 

@@ -25,9 +25,14 @@ For each network θ* (evaluation mode: BatchNorm uses its running statistics):
   fixed-feature head. `head="fixed"` holds the head (weights, bias, feature standardisation) at its fitted
   value; `head="differentiated"` also differentiates through the closed-form ridge head's dependence on the
   target-training features (ridge heads only);
-- scores τ(i, j) = g_jᵀ (Φ_Sᵀ Φ_S + λ I)⁻¹ φ_i q_i, with Φ_S the features of the examples the model was
-  trained on (its mask; all of them for a full-pool model) and λ = `lam` × trace(Φ_SᵀΦ_S)/k (relative to the
-  mean eigenvalue; the absolute value used per model is recorded).
+- scores τ(i, j) = g_jᵀ (Φ_Sᵀ Φ_S + λ I)⁻¹ φ_i q̄_i, with Φ_S the features of every pool example
+  (`kernel_over="pool"`, TRAK's, the default) or of the examples the model was trained on ("trained"), q̄_i
+  the q_i averaged over the networks (`q="mean"`, TRAK's Q, the default) or each network's own ("own"), and
+  λ = `lam` × the kernel's mean eigenvalue (trace / k projected; trace / min(p, |S|) exact; the absolute value
+  used per model is recorded). Each (network, checkpoint) draws its own projection (`projection_seed`).
+  `proj_dim` None ("auto") computes the scores exactly, without a projection, when the pool is smaller than
+  the parameter count and that fits in memory (`resolve_proj_dim`), in the dual form (`exact_scores`: the
+  pool's Gram matrix in place of the p × p kernel).
 
 `kernel="gauss-newton"` weights the kernel by q_i(1 − q_i) (Σ q(1−q) φφᵀ is the Gauss-Newton matrix in the
 one output f, the exact Hessian for binary logistic regression); TRAK's own choice, the default, drops the
@@ -78,11 +83,13 @@ from dmtoolkit.estimate.ensemble import (
 from dmtoolkit.estimate.label_check import LabelCheck, label_check, reference_patterns
 from dmtoolkit.estimate.options import (
     GRADIENT_HEADS,
+    GRADIENT_KERNEL_OVER,
     GRADIENT_KERNELS,
     GRADIENT_LAMBDA,
     GRADIENT_MODELS,
     GRADIENT_PROJ_DIM,
     GRADIENT_PROJECTIONS,
+    GRADIENT_Q,
 )
 from dmtoolkit.estimate.source_task import SourceTaskScores
 
@@ -97,6 +104,8 @@ PROJECTION_CACHE_BYTES = 512 * 2**20  # projection matrices up to this size are 
 PROJECTION_BLOCK = 2**15  # parameters per generated block of the projection matrix
 FULL_POOL_SALT = 0x6AAD
 GRADIENT_MEMORY = 512 * 2**20  # bytes of unprojected per-example gradients (or Jacobians) held at once
+EXACT_MEMORY = 4 * 2**30  # most bytes "auto" lets the exact (unprojected) scores take for one network
+KERNEL_OVER, Q_WEIGHTS = GRADIENT_KERNEL_OVER, GRADIENT_Q
 
 
 # --- projection ---------------------------------------------------------------------------------------
@@ -145,13 +154,27 @@ class Projector:
         return out
 
 
+def exact_dual(proj_dim: int | None, num_params: int, pool: int) -> bool:
+    """Whether the scores are computed exactly (no projection) in the dual form: `proj_dim` 0 with fewer pool
+    examples than parameters, so the pool's P × P Gram matrix is smaller than the p × p kernel."""
+    return proj_dim == 0 and pool < num_params
+
+
 def gradient_memory_bytes(proj_dim: int, num_params: int, pool: int, targets: int) -> int:
     """Bytes the gradient estimator holds at once for one network, k = `proj_dim` (`num_params` for 0): the
     projection (kept whole when small, else one block of rows), the projected source features and target
     gradients (float32, then float64 copies), the k × k kernel and its identity (float64), the solve (k × T)
     and the scores (pool × targets, float64 and the float32 copy saved); or, if more, the reduction across
     networks (`ensemble.reduction_bytes`: the float32 mean and standard error and one block of columns). It
-    does not grow with the number of networks: their scores are saved to disk as each finishes."""
+    does not grow with the number of networks: their scores are saved to disk as each finishes.
+
+    Exact in the dual form (`exact_dual`): the unprojected gradients (float32, pool + targets rows), one
+    float64 block of their columns, the pool's Gram matrix, its solve and identity (three P × P float64) and
+    the pool × targets cross-Gram, solve and scores."""
+    if exact_dual(proj_dim, num_params, pool):
+        gradients = 4 * num_params * (pool + targets) + 8 * min(PROJECTION_BLOCK, num_params) * (pool + targets)
+        scoring = gradients + 24 * pool * pool + 36 * pool * targets
+        return int(max(scoring, reduction_bytes(pool, targets)))
     k = proj_dim or num_params
     if proj_dim == 0:
         projection = 0
@@ -162,6 +185,27 @@ def gradient_memory_bytes(proj_dim: int, num_params: int, pool: int, targets: in
     features = 4 * k * (pool + targets) + 8 * k * (2 * pool + targets)
     scoring = projection + features + 16 * k * k + 8 * k * targets + 12 * pool * targets
     return int(max(scoring, reduction_bytes(pool, targets)))
+
+
+def resolve_proj_dim(proj_dim: int | None, num_params: int, pool: int, targets: int) -> int:
+    """`proj_dim` None ("auto"): 0 (exact, no projection, in the dual form) when the pool has fewer examples than
+    the network has parameters and the exact form needs at most EXACT_MEMORY bytes, else GRADIENT_PROJ_DIM.
+    On the 400-image example store exact scores gave LDS 0.204 from 16 networks × 3 checkpoints where a
+    512-dimensional projection gave 0.153 (docs/gradient.md, "Exact kernel")."""
+    if proj_dim is not None:
+        return proj_dim
+    exact = exact_dual(0, num_params, pool) and gradient_memory_bytes(0, num_params, pool, targets) <= EXACT_MEMORY
+    return 0 if exact else GRADIENT_PROJ_DIM
+
+
+def projection_seed(base: int, network: int, checkpoint: int, shared: bool = False) -> int:
+    """The projection seed of one (network, checkpoint): its own draw from (base, network, checkpoint), as
+    traker's projector draws one per model ID, so the average over networks and checkpoints also averages over
+    independent projections (at 5,080 pool images 16 × 3 gave LDS 0.128 against 0.100 with one shared
+    projection); `shared`: `base` for every one (how figures before 2026-12-06 were computed)."""
+    if shared:
+        return base
+    return int(np.random.SeedSequence([base, network, checkpoint]).generate_state(1)[0])
 
 
 # --- per-example gradients through a G=1 batched network ----------------------------------------------
@@ -343,6 +387,47 @@ def trak_scores(phi: torch.Tensor, q: torch.Tensor, train: np.ndarray | torch.Te
     return scores.mul_(q[:, None]) if own_q else scores  # in place: one (P, T) float64 array
 
 
+def exact_scores(gram: torch.Tensor, cross: torch.Tensor, q: torch.Tensor, train: np.ndarray | torch.Tensor,
+                 lam: float, kernel: str = "trak", own_q: bool = True) -> torch.Tensor:
+    """`trak_scores` without a projection, in the dual form: τ (P, T) from the pool's Gram matrix of unprojected
+    gradients `gram` = Φ Φᵀ (P, P) and `cross` = Φ Gᵀ (P, T). With Ψ = W^½ Φ_S, (Φ_SᵀWΦ_S + λI)⁻¹ = (I −
+    Ψᵀ(ΨΨᵀ + λI)⁻¹Ψ)/λ, so τ = (cross − gram[:, S] W^½ (W^½ gram[S, S] W^½ + λI)⁻¹ W^½ cross[S]) / λ, q_i
+    times it when `own_q`: one |S| × |S| solve instead of a p × p one. float64; lam absolute."""
+    gram, cross, q = gram.double(), cross.double(), q.double()
+    train = torch.as_tensor(np.asarray(train), device=gram.device, dtype=torch.long)
+    weights = kernel_weights(q[train], kernel)
+    root = torch.ones(len(train), dtype=gram.dtype, device=gram.device) if weights is None else weights.sqrt()
+    inner = root[:, None] * gram[train][:, train] * root[None, :]
+    inner.diagonal().add_(lam)
+    solved = torch.linalg.solve(inner, root[:, None] * cross[train])  # (|S|, T)
+    scores = (cross - gram[:, train] @ (root[:, None] * solved)).div_(lam)
+    return scores.mul_(q[:, None]) if own_q else scores
+
+
+def gram_matrices(phi: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(Φ Φᵀ, Φ Gᵀ) in float64 from float32 gradients, a block of PROJECTION_BLOCK parameters at a time, so the
+    float64 copies never hold all of them."""
+    gram = torch.zeros(len(phi), len(phi), dtype=torch.float64, device=phi.device)
+    cross = torch.zeros(len(phi), len(g), dtype=torch.float64, device=phi.device)
+    for start in range(0, phi.shape[1], PROJECTION_BLOCK):
+        block = phi[:, start:start + PROJECTION_BLOCK].double()
+        gram.addmm_(block, block.T)
+        cross.addmm_(block, g[:, start:start + PROJECTION_BLOCK].double().T)
+    return gram, cross
+
+
+def exact_lambda(gram: torch.Tensor, train: np.ndarray | torch.Tensor, lam: float, num_params: int,
+                 weights: torch.Tensor | None = None) -> float:
+    """lam × the mean non-zero eigenvalue of Φ_SᵀWΦ_S: its trace over min(p, |S|), the rank it has (without a
+    projection the kernel's p dimensions far outnumber its |S| non-zero eigenvalues, so trace / p would leave
+    almost no ridge)."""
+    train = torch.as_tensor(np.asarray(train), device=gram.device, dtype=torch.long)
+    squares = gram.diagonal()[train].double()
+    if weights is not None:
+        squares = squares * weights.double()
+    return float(lam * squares.sum() / min(num_params, len(train)))
+
+
 def relative_lambda(phi_s: torch.Tensor, lam: float, weights: torch.Tensor | None = None) -> float:
     """lam × the mean eigenvalue of Φ_Sᵀ W Φ_S (trace / k): a λ that follows the kernel's scale."""
     squares = (phi_s.double() ** 2).sum(1)
@@ -358,7 +443,7 @@ def _batched(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x: torch.
         return torch.cat([fn(x[s:s + size], y[s:s + size]) for s in range(0, len(x), size)])
 
 
-def score_network(network: Network, train: np.ndarray, columns: slice, *, proj_dim: int = GRADIENT_PROJ_DIM,
+def score_network(network: Network, train: np.ndarray, columns: slice, *, proj_dim: int | None = None,
                   projection: str = "gaussian", proj_seed: int = 0, lam: float = GRADIENT_LAMBDA, kernel: str = "trak",
                   head: str = "fixed", chunk: int = 64, check_memory: bool = False,
                   own_q: bool = True, source_task: bool = False,
@@ -369,6 +454,7 @@ def score_network(network: Network, train: np.ndarray, columns: slice, *, proj_d
     φ_i = Pᵀ∇θ `network.source_output` (TRAK's output of its source logits by default), q_i =
     `network.loss_weight`, g_j = Pᵀ∇θ `network.target_margin` (plus `network.head_gradients` under
     `head="differentiated"`); see the module docstring for τ. `own_q` False: τ without the factor q_i.
+    `proj_dim` None: chosen by `resolve_proj_dim` (exact, no projection, when it fits; else 512).
     `source_task`: one more column (P, T + 1), each pool example's score on the source task itself, the
     gradient of the mean source margin over `network.source_test` in place of g_j (`source_task_gradient`;
     NaN when the network has no `source_test`).
@@ -379,12 +465,13 @@ def score_network(network: Network, train: np.ndarray, columns: slice, *, proj_d
     num_params = sum(p.numel() for p in params.values())
     pool, targets = network.pool, network.targets
     test_x, test_y = targets.x[columns], targets.y[columns]
+    proj_dim = resolve_proj_dim(proj_dim, num_params, len(pool.x), len(test_x))
     if check_memory:
         k = proj_dim or num_params
         require_memory(gradient_memory_bytes(proj_dim, num_params, len(pool.x), len(test_x)),
                        what=f"gradient: projection dimension {k:,} with {len(pool.x):,} pool examples and "
                        f"{len(test_x):,} targets ({num_params:,} parameters)",
-                       flag=f"lower --proj-dim (default {GRADIENT_PROJ_DIM})", device=str(pool.x.device))
+                       flag=f"lower --proj-dim (e.g. {GRADIENT_PROJ_DIM})", device=str(pool.x.device))
     margins = _batched(lambda x, y: network.target_margin(params, x, y), test_x, test_y).float().cpu().numpy()
     with torch.no_grad():  # torch.func's transforms still differentiate; tensors a function closes over (a
         # user's head that requires grad) then build no autograd graph
@@ -398,6 +485,10 @@ def _scores(network: Network, params: dict[str, torch.Tensor], num_params: int, 
             kernel: str, head: str, chunk: int, own_q: bool = True,
             source_task: bool = False, kernel_scale: str = "none") -> tuple[torch.Tensor, float, int]:
     pool = network.pool
+    exact = exact_dual(proj_dim, num_params, len(pool.x))
+    if exact and kernel_scale != "none":
+        raise UserError("kernel_scale 'trak' needs a projection (proj_dim > 0); the exact scores have no "
+                        "inverse kernel to rescale")
     project = Projector(num_params, proj_dim, proj_seed, projection, pool.x.device)
     size = max(1, min(chunk, GRADIENT_MEMORY // (4 * num_params)))  # examples per vmap
     phi = _per_example(lambda p, xi, yi: network.source_output(p, xi[None], yi[None])[0], params, pool.x, pool.y,
@@ -414,8 +505,17 @@ def _scores(network: Network, params: dict[str, torch.Tensor], num_params: int, 
     if task:
         g = torch.cat([g, source_task_gradient(network, params, project).to(g)])
     train_index = torch.as_tensor(np.asarray(train), device=phi.device, dtype=torch.long)
-    lam_absolute = relative_lambda(phi[train_index], lam, kernel_weights(q[train_index], kernel))
-    scores = trak_scores(phi, q, train, g, lam_absolute, kernel, own_q, kernel_scale)
+    weights = kernel_weights(q[train_index], kernel)
+    if exact:  # no projection: the pool's Gram matrix in place of the p × p kernel
+        gram, cross = gram_matrices(phi, g)
+        del phi, g
+        lam_absolute = exact_lambda(gram, train, lam, num_params, weights)
+        scores = exact_scores(gram, cross, q, train, lam_absolute, kernel, own_q)
+    else:
+        lam_absolute = relative_lambda(phi[train_index], lam, weights)
+        if project.identity:  # the mean non-zero eigenvalue, as `exact_lambda`
+            lam_absolute *= num_params / min(num_params, len(train_index))
+        scores = trak_scores(phi, q, train, g, lam_absolute, kernel, own_q, kernel_scale)
     if source_task and not task:  # the column is kept, undefined, so every network's scores have one shape
         scores = torch.cat([scores, torch.full_like(scores[:, :1], math.nan)], dim=1)
     return scores, lam_absolute, num_params
@@ -448,11 +548,27 @@ def label_margins(network: Network) -> tuple[np.ndarray, np.ndarray | None]:
     return pool, None if held is None else _batched(margin, held.x, held.y).float().cpu().numpy()
 
 
+@dataclass(frozen=True)
+class CheckpointScores:
+    """One network's scores from `score_checkpoints`: τ (P, T) averaged over its checkpoints, its q (P,) averaged
+    likewise, the transferred margins of its final checkpoint (T,; NaN without one), the λ of each checkpoint
+    and the parameter count."""
+
+    scores: torch.Tensor
+    q: torch.Tensor
+    margins: np.ndarray
+    lambdas: list[float]
+    num_params: int
+
+
 def score_checkpoints(networks: Sequence[Network], train: np.ndarray, columns: slice, *, blame: str | None = None,
-                      **settings: Any) -> tuple[torch.Tensor, np.ndarray, list[float], int]:
+                      network_index: int = 0, proj_seed: int = 0, shared_projection: bool = False,
+                      kernel_over: str = "pool", **settings: Any) -> CheckpointScores:
     """The checkpoints of one trained network (`networks`, final weights last), each scored by `score_network`
-    with its own kernel, the scores averaged (TRAK's ensembling over checkpoints). Returns the mean scores, the
-    transferred margins of the checkpoint marked `final` (NaN without one), the λ of each and the parameter count.
+    with its own kernel and its own projection (`projection_seed` of `proj_seed`, `network_index` and the
+    checkpoint), the scores averaged (TRAK's ensembling over checkpoints). The kernel spans every pool example
+    (`kernel_over="pool"`, as TRAK's) or the ones the network was trained on (`train`, or the network's own
+    `train_indices`).
 
     `blame` names a user's hook: whatever its functions raise while differentiated, or non-finite margins,
     become one `TrainerError` line naming it.
@@ -460,11 +576,17 @@ def score_checkpoints(networks: Sequence[Network], train: np.ndarray, columns: s
     from dmtoolkit.errors import TrainerError
     from dmtoolkit.plugins import error_line
 
-    total, lams, margins, num_params = None, [], None, 0
-    for network in networks:
-        subset = train if network.train_indices is None else network.train_indices
+    if kernel_over not in KERNEL_OVER:
+        raise UserError(f"kernel_over {kernel_over!r} must be one of {', '.join(KERNEL_OVER)}")
+    total, total_q, lams, margins, num_params = None, None, [], None, 0
+    for c, network in enumerate(networks):
+        if kernel_over == "pool":
+            subset = np.arange(len(network.pool.x))
+        else:
+            subset = train if network.train_indices is None else network.train_indices
+        seed = projection_seed(proj_seed, network_index, c, shared_projection)
         try:
-            scores, lam, num_params, reproduced = score_network(network, subset, columns, **settings)
+            scores, lam, num_params, reproduced = score_network(network, subset, columns, proj_seed=seed, **settings)
         except UserError:
             raise
         except Exception as error:
@@ -475,14 +597,17 @@ def score_checkpoints(networks: Sequence[Network], train: np.ndarray, columns: s
         targets = scores[:, :columns.stop - columns.start]  # without the source-task column (NaN when not given)
         if blame is not None and not (np.isfinite(reproduced).all() and torch.isfinite(targets).all()):
             raise TrainerError(f"{blame}: its network ({network.checkpoint}) gives non-finite target margins or scores")
+        q = _batched(lambda x, y, net=network: net.loss_weight(dict(net.params), x, y), network.pool.x,
+                     network.pool.y).double()
         total = scores if total is None else total + scores
+        total_q = q if total_q is None else total_q + q
         lams.append(lam)
         if network.final:
             margins = reproduced
     if margins is None:
         margins = np.full(columns.stop - columns.start, np.nan, np.float32)
-    assert total is not None
-    return total / len(networks), margins, lams, num_params
+    assert total is not None and total_q is not None
+    return CheckpointScores(total / len(networks), total_q / len(networks), margins, lams, num_params)
 
 
 @dataclass(frozen=True, eq=False)
@@ -520,22 +645,23 @@ class GradientScores:
 
 
 def attribute(networks: Sequence[Network | Sequence[Network]], *, targets: slice | None = None,
-              proj_dim: int = GRADIENT_PROJ_DIM, projection: str = "gaussian", proj_seed: int = 0,
-              lam: float = GRADIENT_LAMBDA, kernel: str = "trak", chunk: int = 64, q: str = "own") -> GradientScores:
+              proj_dim: int | None = None, projection: str = "gaussian", proj_seed: int = 0,
+              lam: float = GRADIENT_LAMBDA, kernel: str = "trak", chunk: int = 64, q: str = "mean",
+              kernel_over: str = "pool", shared_projection: bool = False) -> GradientScores:
     """Score every pool example against every target example from your own trained networks, without a store.
 
     `networks`: one entry per independently trained network, each a `dmtoolkit.estimate.networks.Network` or
     a list of its checkpoints (final weights last; their scores are averaged). Each network's `pool` holds
     every pool example (the rows of the scores) and `targets` the target examples (the columns; `targets=`
-    a slice of them); `train_indices` the pool examples it was trained on (None: all of them). τ(i, j) > 0
-    means that training on pool example i raised the transferred margin of target j (the sign of the
-    subset estimators), averaged over the networks. Settings as for `dmtoolkit gradient`.
+    a slice of them); `train_indices` the pool examples it was trained on (None: all of them; used by
+    `kernel_over="trained"`). τ(i, j) > 0 means that training on pool example i raised the transferred margin
+    of target j (the sign of the subset estimators), averaged over the networks. Settings as for `dmtoolkit
+    gradient`: `proj_dim` None chooses exact scores (no projection) when they fit (`resolve_proj_dim`).
 
-    `q`: "own" (default) weights each network's scores by its own q_i = 1 − p_y; "mean" by q_i averaged over
-    the networks (each network's checkpoints averaged first), as TRAK's Q: the mean over networks of
-    g_jᵀ K⁻¹ φ_i, times the mean q_i. On fresh draws of 16 networks of the example store "mean" gained
-    +0.006…+0.009 LDS over "own", and with every kernel over the whole pool −0.001…+0.015, still below TRAK
-    (docs/gradient.md, "Side by side with TRAK"; the larger gain on the draw it was chosen on did not hold).
+    `q`: "mean" (default) weights the networks' mean of g_jᵀ K⁻¹ φ_i by q_i averaged over the networks (each
+    network's checkpoints averaged first), as TRAK's Q; "own" weights each network's scores by its own
+    q_i = 1 − p_y. Together with the kernel over the whole pool this was what closed most of the distance to
+    TRAK (docs/gradient.md, "Side by side with TRAK").
     """
     from dmtoolkit.estimate.networks import Network
 
@@ -553,30 +679,28 @@ def attribute(networks: Sequence[Network | Sequence[Network]], *, targets: slice
     if step != 1 or start >= stop:
         raise UserError(f"attribute: targets={targets} must be a non-empty contiguous slice of the {total} targets")
     columns = slice(start, stop)
-    settings = {"proj_dim": proj_dim, "projection": projection, "proj_seed": proj_seed, "lambda_relative": lam,
-                "kernel": kernel}
     if not lam > 0:
         raise UserError(f"λ = {lam} must be positive")
-    if q not in ("own", "mean"):
-        raise UserError(f"q={q!r} must be 'own' (each network's own q) or 'mean' (q averaged over networks)")
+    if q not in Q_WEIGHTS:
+        raise UserError(f"q={q!r} must be 'mean' (q averaged over networks) or 'own' (each network's own q)")
     own = q == "own"
-    if not own:
-        settings["q"] = "mean"
-    sum_scores, sum_q, lams, checkpoints, num_params = None, None, [], [], 0
+    sum_scores, sum_q, lams, checkpoints, num_params, resolved = None, None, [], [], 0, proj_dim
     for n, group in enumerate(groups):
-        scores, _, group_lams, num_params = score_checkpoints(
-            group, np.arange(pool), columns, proj_dim=proj_dim, projection=projection, proj_seed=proj_seed, lam=lam,
+        result = score_checkpoints(
+            group, np.arange(pool), columns, network_index=n, proj_dim=proj_dim, projection=projection,
+            proj_seed=proj_seed, shared_projection=shared_projection, kernel_over=kernel_over, lam=lam,
             kernel=kernel, chunk=chunk, check_memory=n == 0, own_q=own, source_task=True)
-        sum_scores = scores if sum_scores is None else sum_scores + scores
-        if not own:  # TRAK's Q: q_i averaged over the networks (each network's checkpoints first)
-            weight = sum(_batched(lambda x, y, net=net: net.loss_weight(dict(net.params), x, y), net.pool.x,
-                                  net.pool.y).double() for net in group) / len(group)
-            sum_q = weight if sum_q is None else sum_q + weight
-        lams.append(float(np.mean(group_lams)))
+        num_params = result.num_params
+        sum_scores = result.scores if sum_scores is None else sum_scores + result.scores
+        sum_q = result.q if sum_q is None else sum_q + result.q
+        lams.append(float(np.mean(result.lambdas)))
         checkpoints.append(tuple(c.checkpoint for c in group))
-    assert sum_scores is not None
+    assert sum_scores is not None and sum_q is not None
+    resolved = resolve_proj_dim(proj_dim, num_params, pool, stop - start)
+    settings = {"proj_dim": resolved, "projection": projection, "proj_seed": proj_seed, "lambda_relative": lam,
+                "kernel": kernel, "q": q, "kernel_over": kernel_over, "shared_projection": shared_projection}
     mean = sum_scores / len(groups)
-    if sum_q is not None:
+    if not own:  # TRAK's Q: q_i averaged over the networks (each network's checkpoints first)
         mean = mean * (sum_q / len(groups)).to(mean)[:, None]
     mean = mean.cpu().numpy().astype(np.float32)
     task = mean[:, -1] if np.isfinite(mean[:, -1]).all() else None  # the source-task column (NaN: not given)
@@ -654,10 +778,11 @@ class GradientEstimator(Estimator):
                     "(averaged over retrained source networks)")
 
     def __init__(self, store_path: str | Path, *, models: int = GRADIENT_MODELS, full_models: int = 0,
-                 proj_dim: int = GRADIENT_PROJ_DIM, projection: str = "gaussian", proj_seed: int = 0,
+                 proj_dim: int | None = None, projection: str = "gaussian", proj_seed: int = 0,
                  lam: float = GRADIENT_LAMBDA, head: str = "fixed",
                  kernel: str = "trak", row_seed: int = 0, device: str | None = None, chunk: int = 64,
-                 whole_groups: bool = True, checkpoints: int | tuple[int, ...] = 1,
+                 whole_groups: bool = True, checkpoints: int | tuple[int, ...] = 1, q: str = "mean",
+                 kernel_over: str = "pool", shared_projection: bool = False,
                  progress: Callable[[str], None] | None = None, partial: str | Path | None = None) -> None:
         self.store_path = Path(store_path)
         self.partial = None if partial is None else Path(partial)  # folder of per-network scores (ensemble.py)
@@ -667,14 +792,19 @@ class GradientEstimator(Estimator):
         self.lam, self.head, self.kernel, self.row_seed = lam, head, kernel, row_seed
         self.device, self.chunk, self.progress = device, chunk, progress
         self.whole_groups = whole_groups
+        self.q, self.kernel_over, self.shared_projection = q, kernel_over, shared_projection
 
     def check_settings(self) -> None:
         if self.models < 0 or self.full_models < 0 or self.models + self.full_models < 1:
             raise UserError(f"models={self.models}, full_models={self.full_models}: need at least one network")
         if self.projection not in PROJECTIONS:
             raise UserError(f"projection {self.projection!r} must be one of {', '.join(PROJECTIONS)}")
-        if self.proj_dim < 0:
+        if self.proj_dim is not None and self.proj_dim < 0:
             raise UserError(f"projection dimension {self.proj_dim} must be ≥ 0 (0: no projection)")
+        if self.q not in Q_WEIGHTS:
+            raise UserError(f"q {self.q!r} must be one of {', '.join(Q_WEIGHTS)}")
+        if self.kernel_over not in KERNEL_OVER:
+            raise UserError(f"kernel_over {self.kernel_over!r} must be one of {', '.join(KERNEL_OVER)}")
         if not self.lam > 0:
             raise UserError(f"λ = {self.lam} must be positive")
         if self.head not in HEADS:
@@ -685,10 +815,12 @@ class GradientEstimator(Estimator):
             raise UserError(f"checkpoints={self.checkpoints}: need at least one (1: the final weights)")
 
     def settings(self) -> dict[str, Any]:
-        return {"models": self.models, "full_models": self.full_models, "proj_dim": self.proj_dim,
+        return {"models": self.models, "full_models": self.full_models,
+                "proj_dim": "auto" if self.proj_dim is None else self.proj_dim,
                 "projection": self.projection, "proj_seed": self.proj_seed, "lambda_relative": self.lam,
                 "head": self.head, "kernel": self.kernel, "row_seed": self.row_seed,
-                "whole_groups": self.whole_groups,
+                "whole_groups": self.whole_groups, "q": self.q, "kernel_over": self.kernel_over,
+                "shared_projection": self.shared_projection,
                 "checkpoints": self.checkpoints if isinstance(self.checkpoints, int) else list(self.checkpoints)}
 
     def _saver_meta(self, columns: slice, plan: list[tuple[int, int]]) -> dict[str, Any]:
@@ -699,7 +831,8 @@ class GradientEstimator(Estimator):
             content = store.content_hash()
         meta = {k: v for k, v in self.settings().items()}
         meta.update({"store content hash": content, "target columns": f"{columns.start}:{columns.stop}",
-                     PLAN_KEY: [list(x) for x in plan], "format": 2})  # 2: a source-task column after the targets
+                     PLAN_KEY: [list(x) for x in plan], "format": 3})  # 2: a source-task column after the targets;
+        # 3: under q "mean" the scores are saved without q and each network's q beside them
         return meta
 
     def _say(self, message: str) -> None:
@@ -795,11 +928,12 @@ class GradientEstimator(Estimator):
                     started = time.perf_counter()
                     with training_threads():  # the driver's setting, or the network is not the stored row's
                         net = network()
-                    scores, reproduced, record = self._one_model(row, seed, subset, net, columns)
+                    scores, q, reproduced, record = self._one_model(n, row, seed, subset, net, columns)
                     error = float(np.max(np.abs(reproduced - all_margins[row]))) if row >= 0 else float("nan")
                     record = dataclasses.replace(record, margin_error=error, seconds=time.perf_counter() - started)
                     done[n] = {**dataclasses.asdict(record), "num_params": self._num_params}
-                    saver.save(n, scores.cpu().numpy(), done[n], self._label_arrays(net[-1], subset))
+                    extra = {**self._label_arrays(net[-1], subset), "loss_weight": q.cpu().numpy()}
+                    saver.save(n, scores.cpu().numpy(), done[n], extra)
                     del scores  # one network's scores at a time (the reduction reads them back from the folder)
                     self._say(f"gradient: {n + 1}/{len(plan)} networks ({'row ' + str(row) if row >= 0 else 'full pool'}, "
                               f"{record.seconds:.0f}s, reproduced margins within {error:.2g})")
@@ -809,12 +943,18 @@ class GradientEstimator(Estimator):
                               "rerun the same command to continue from them")
                 raise
             mean, stderr = saver.reduce(len(plan), shape)
+            if self.q == "mean":  # TRAK's Q: the networks' mean τ times their mean q (z-scores do not change)
+                q_mean = np.mean([saver.extra(n, "loss_weight") for n in range(len(plan))], axis=0)
+                mean *= q_mean[:, None].astype(np.float32)
+                if stderr is not None:
+                    stderr *= q_mean[:, None].astype(np.float32)
             self.label_check_ = self._label_check(saver, len(plan))  # read while a temporary folder still exists
         coef, self.stderr_ = mean[:, :targets], None if stderr is None else stderr[:, :targets]
         self.source_task_ = SourceTaskScores.of(mean[:, targets], None if stderr is None else stderr[:, targets])
         fields = [f.name for f in dataclasses.fields(ModelRecord)]
         self.records_ = tuple(ModelRecord(**{k: done[n][k] for k in fields}) for n in range(len(plan)))
         self.num_params_ = int(done[0]["num_params"])
+        self.proj_dim_ = resolve_proj_dim(self.proj_dim, self.num_params_, masks.shape[1], targets)
         self.stderr_dof_ = len(plan) - 1 if self.stderr_ is not None else None
         self.coef_ = coef
         fit_masks = np.asarray(masks[0:masks.shape[0]], dtype=np.float64)[rows]
@@ -861,12 +1001,13 @@ class GradientEstimator(Estimator):
                               spec.resolution, spec.width, spec.hidden, spec.downsample, spec.norm)
         num_params = sum(p.numel() for p in net.parameters())
         pool = len(context.data.source_pool.labels)
-        needed = gradient_memory_bytes(self.proj_dim, num_params, pool, targets)
-        k = self.proj_dim or num_params
+        proj_dim = resolve_proj_dim(self.proj_dim, num_params, pool, targets)
+        needed = gradient_memory_bytes(proj_dim, num_params, pool, targets)
+        k = proj_dim or num_params
         require_memory(needed, what=f"gradient: projection dimension {k:,}"
-                       f"{'' if self.proj_dim else ' (--proj-dim 0: every one of the network’s parameters)'} "
+                       f"{'' if proj_dim else ' (--proj-dim 0: every one of the network’s parameters)'} "
                        f"with {pool:,} pool examples and {targets:,} targets",
-                       flag=f"lower --proj-dim (default {GRADIENT_PROJ_DIM})",
+                       flag=f"lower --proj-dim (e.g. {GRADIENT_PROJ_DIM})",
                        device=str(context.trainer.device))
         self._memory_checked = True
 
@@ -885,24 +1026,28 @@ class GradientEstimator(Estimator):
         job = full_pool_job(context, seed)
         return lambda: self._networks(job)
 
-    def _one_model(self, row: int, seed: int, subset: np.ndarray, networks: list[Any],
-                   columns: slice) -> tuple[torch.Tensor, np.ndarray, ModelRecord]:
-        """Score every pool example on the target columns from one trained network: each of its checkpoints
-        (`networks`, `dmtoolkit.estimate.networks.Network`s) scored with its own kernel, the scores averaged.
+    def _one_model(self, index: int, row: int, seed: int, subset: np.ndarray, networks: list[Any],
+                   columns: slice) -> tuple[torch.Tensor, torch.Tensor, np.ndarray, ModelRecord]:
+        """Score every pool example on the target columns from one trained network (plan entry `index`): each of
+        its checkpoints (`networks`, `dmtoolkit.estimate.networks.Network`s) scored with its own kernel and
+        projection, the scores averaged.
 
-        Returns the scores (P, T), the final checkpoint's transferred margins on the target columns (to compare
-        with the store's row; NaN when no checkpoint is the final weights) and the network's record (margin
-        error and time filled in by `fit`).
+        Returns the scores (P, T; without q under q "mean"), the network's q (P,), the final checkpoint's
+        transferred margins on the target columns (to compare with the store's row; NaN when no checkpoint is
+        the final weights) and the network's record (margin error and time filled in by `fit`).
         """
-        scores, margins, lams, self._num_params = score_checkpoints(
-            networks, subset, columns, proj_dim=self.proj_dim, projection=self.projection, proj_seed=self.proj_seed,
+        result = score_checkpoints(
+            networks, subset, columns, network_index=index, proj_dim=self.proj_dim, projection=self.projection,
+            proj_seed=self.proj_seed, shared_projection=self.shared_projection, kernel_over=self.kernel_over,
             lam=self.lam, kernel=self.kernel, head=self.head, chunk=self.chunk, blame=getattr(self, "_blame", None),
-            check_memory=not getattr(self, "_memory_checked", False), source_task=True)
+            check_memory=not getattr(self, "_memory_checked", False), source_task=True, own_q=self.q == "own")
         self._memory_checked = True
-        record = ModelRecord(row=row, seed=seed, subset_size=len(subset), lambda_absolute=float(np.mean(lams)),
-                             margin_error=float("nan"), source_accuracy=float(networks[-1].source_accuracy),
-                             seconds=0.0, checkpoints=tuple(n.checkpoint for n in networks))
-        return scores, margins, record
+        self._num_params = result.num_params
+        record = ModelRecord(row=row, seed=seed, subset_size=len(subset),
+                             lambda_absolute=float(np.mean(result.lambdas)), margin_error=float("nan"),
+                             source_accuracy=float(networks[-1].source_accuracy), seconds=0.0,
+                             checkpoints=tuple(n.checkpoint for n in networks))
+        return result.scores, result.q, result.margins, record
 
     def fitted_attributes(self) -> dict[str, Any]:
         full = [r for r in self.records_ if r.row < 0]
@@ -912,8 +1057,12 @@ class GradientEstimator(Estimator):
             "gradient_seeds": json.dumps([r.seed for r in self.records_]),
             "gradient_checkpoints": json.dumps([list(r.checkpoints) for r in self.records_]),
             "gradient_networks": getattr(self, "_networks_name", ""),
-            "gradient_projection": "none (identity)" if self.proj_dim == 0 else self.projection,
-            "gradient_proj_dim": self.proj_dim if self.proj_dim else self.num_params_,
+            "gradient_projection": "none (exact)" if self.proj_dim_ == 0 else self.projection,
+            "gradient_proj_dim": self.proj_dim_ if self.proj_dim_ else self.num_params_,
+            "gradient_proj_dim_asked": "auto" if self.proj_dim is None else self.proj_dim,
+            "gradient_projection_per_network": not self.shared_projection,
+            "gradient_kernel_over": self.kernel_over,
+            "gradient_q": self.q,
             "gradient_proj_seed": self.proj_seed,
             "gradient_lambda_relative": self.lam,
             "gradient_lambda_absolute": json.dumps([r.lambda_absolute for r in self.records_]),
@@ -954,11 +1103,12 @@ class GradientEstimator(Estimator):
 
 
 def fit_gradient(store_path: str | Path, out_path: str | Path, *, models: int = GRADIENT_MODELS, full_models: int = 0,
-                 proj_dim: int = GRADIENT_PROJ_DIM, projection: str = "gaussian", proj_seed: int = 0,
+                 proj_dim: int | None = None, projection: str = "gaussian", proj_seed: int = 0,
                  lam: float = GRADIENT_LAMBDA,
                  head: str = "fixed", kernel: str = "trak", device: str | None = None, targets: slice | None = None,
                  holdout_frac: float = 0.1, seed: int = 0, chunk: int = 64, whole_groups: bool = True,
-                 checkpoints: int | tuple[int, ...] = 1, force: bool = False,
+                 checkpoints: int | tuple[int, ...] = 1, q: str = "mean", kernel_over: str = "pool",
+                 shared_projection: bool = False, force: bool = False,
                  progress: Callable[[str], None] | None = None) -> GradientEstimator:
     """Fit the gradient estimator on an example-level store and write ESTIMATE.h5 (see the module docstring).
 
@@ -974,6 +1124,7 @@ def fit_gradient(store_path: str | Path, out_path: str | Path, *, models: int = 
     model = GradientEstimator(store_path, models=models, full_models=full_models, proj_dim=proj_dim,
                               projection=projection, proj_seed=proj_seed, lam=lam, head=head, kernel=kernel, row_seed=seed,
                               device=device, chunk=chunk, whole_groups=whole_groups, checkpoints=checkpoints,
+                              q=q, kernel_over=kernel_over, shared_projection=shared_projection,
                               progress=progress, partial=partial_folder(out_path))
     model.check_settings()
     fit_store(store_path, out_path, model, test_fraction=holdout_frac, seed=seed, targets=targets, force=force)
