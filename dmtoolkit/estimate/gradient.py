@@ -1078,8 +1078,14 @@ class GradientEstimator(Estimator):
         }
 
     def _stderr_record(self) -> tuple[dict[str, Any], list[ExtraDataset]]:
-        return network_stderr_record(self.name, len(self.records_), self.stderr_,
-                                     fixed="projection, λ and store; not the linearisation's bias", more="--models")
+        if self.proj_dim_ == 0:
+            fixed = "λ and store (exact scores, no projection); not the linearisation's bias"
+        elif self.shared_projection:
+            fixed = "projection, λ and store; not the linearisation's bias"
+        else:
+            fixed = "λ and store (each network has its own projection, so the spread includes its noise); not the " \
+                    "linearisation's bias"
+        return network_stderr_record(self.name, len(self.records_), self.stderr_, fixed=fixed, more="--models")
 
     def extra_datasets(self) -> list[ExtraDataset]:
         r = self.records_
