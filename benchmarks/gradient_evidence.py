@@ -164,14 +164,15 @@ def saved_check(path: str, columns: int) -> None:
     spread_checks(scores)
 
 
-def networks_check(store: str, out: str, networks: int) -> None:
+def networks_check(store: str, out: str, networks: int, options: dict | None = None) -> None:
     from dmtoolkit.estimate.ensemble import partial_folder
     from dmtoolkit.estimate.fit import fit_store
     from dmtoolkit.estimate.gradient import GradientEstimator
 
     started = time.process_time()
     if not Path(out).exists():
-        model = GradientEstimator(store, models=networks, device="cpu", partial=partial_folder(out), progress=print)
+        model = GradientEstimator(store, models=networks, device="cpu", partial=partial_folder(out), progress=print,
+                                  **(options or {}))
         fit_store(store, out, model)
     folder = partial_folder(out)
     import h5py
@@ -225,6 +226,9 @@ def main() -> None:
     net.add_argument("store")
     net.add_argument("out")
     net.add_argument("--networks", type=int, default=16)
+    net.add_argument("--options", type=json.loads, default=None,
+                     help='GradientEstimator settings as JSON, e.g. the defaults before 2026-12-07: '
+                          '\'{"q": "own", "kernel_over": "trained", "shared_projection": true, "proj_dim": 512}\'')
     saved = sub.add_parser("saved")
     saved.add_argument("path", help="a kept OUT.h5.partial/ folder, or a replay estimate with several networks")
     saved.add_argument("--columns", type=int, default=100, help="target columns read (memory: N x P x columns)")
@@ -235,7 +239,7 @@ def main() -> None:
     if args.command == "calibration":
         calibration(args.replications)
     elif args.command == "networks":
-        networks_check(args.store, args.out, args.networks)
+        networks_check(args.store, args.out, args.networks, args.options)
     elif args.command == "saved":
         saved_check(args.path, args.columns)
     elif args.command == "features":

@@ -272,6 +272,8 @@ def test_the_estimate_carries_the_standard_error_of_its_saved_networks(store: Pa
     # listed by worst influence, flags marked (target p alone, and flags-first, rank flips worse)
     assert [c.score for c in report.candidates] == sorted(c.score for c in report.candidates)
     assert "listed by worst score, flags marked" in report.evidence
+    # ranked by influence from a mean-q estimate (the default): the output says what ranks flips better
+    assert "--q mean" in report.evidence and "refit with those to hunt flips" in report.evidence
 
 
 def test_one_network_says_why_nothing_is_flagged(store: Path, tmp_path: Path) -> None:
