@@ -359,6 +359,13 @@ def test_many_influence_only_flags_are_called_an_effect_not_copies() -> None:
     assert "flags 3 more source examples" in few and "of the pool" not in few and "of the pool" not in small_pool
     assert "flags 650 more source examples" in many
     assert "they are 65% of the pool, more than leaks plausibly are" in many and "not that it is a copy" in many
+    # and the one-line answer says the same, with and without pixel copies
+    from dmtoolkit.analyze.leakage import _leak_message
+
+    alone = _leak_message((), 650, 0.05, True, 1000, 100)
+    assert "650 source examples with significant influence" in alone and "look-alikes" not in alone
+    assert alone.endswith("(65% of the pool, too many to be copies: a real but ordinary effect)")
+    assert _leak_message((), 3, 0.05, True, 1000, 100).endswith("(look-alikes or altered copies: check them by eye)")
 
 
 def test_the_spread_checks_of_real_networks_read_nominal_on_exchangeable_ones(capsys: pytest.CaptureFixture) -> None:

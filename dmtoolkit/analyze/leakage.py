@@ -208,12 +208,16 @@ def _leak_message(copies: tuple[SourceCopy, ...], look_alikes: int, fdr: float, 
             line += f"; influence confirms {confirmed} of the {len(judged)} it covers at {fdr_phrase(fdr)}"
         if look_alikes:
             line += f"; {_plural(look_alikes, 'more source example', 'more source examples')} with significant influence"
-            line += " but no near-duplicate pixels (look-alikes or altered copies)"
+            line += " but no near-duplicate pixels" + (
+                f" ({share_phrase(look_alikes, sources)} of the pool, too many to be copies: a real but ordinary effect)"
+                if _many(look_alikes, sources) else " (look-alikes or altered copies)")
         return line
     if has_evidence and look_alikes:
+        what = (f"{share_phrase(look_alikes, sources)} of the pool, too many to be copies: a real but ordinary "
+                "effect" if _many(look_alikes, sources) else "look-alikes or altered copies: check them by eye")
         return (f"no pixel copies of target test images; {_plural(look_alikes, 'source example', 'source examples')} "
                 f"with significant influence on a target test image at {fdr_phrase(fdr)} but no near-duplicate "
-                "pixels (look-alikes or altered copies: check them by eye)")
+                f"pixels ({what})")
     if has_evidence:
         return (f"no evidence of leakage at {fdr_phrase(fdr)}: none of the {sources} source examples copies one of "
                 f"the {targets} target test images (pixels), and none has significant influence on one")
@@ -224,6 +228,11 @@ def _leak_message(copies: tuple[SourceCopy, ...], look_alikes: int, fdr: float, 
 MANY_INFLUENCE_ONLY = (0.05, 100)
 """Share of the pool and count above which influence-only flags are said to be evidence of an effect, not of
 copying: at 52,376 pool images and 16 networks the gradient estimate flagged 65% of the pool (docs/gradient.md)."""
+
+
+def _many(look_alikes: int, pool: int) -> bool:
+    """Influence-only flags too many to be leaks (`MANY_INFLUENCE_ONLY`)."""
+    return look_alikes >= MANY_INFLUENCE_ONLY[1] and look_alikes > MANY_INFLUENCE_ONLY[0] * pool
 
 
 def _models_add(copies: tuple[SourceCopy, ...], look_alikes: int, fdr: float, has_evidence: bool,
@@ -243,8 +252,7 @@ def _models_add(copies: tuple[SourceCopy, ...], look_alikes: int, fdr: float, ha
             f"miss{scope}" + (
                 f"; they are {share_phrase(look_alikes, pool)} of the pool, more than leaks plausibly are: here a flag says "
                 "only that the influence is reliably non-zero (a real but ordinary effect), not that it is a copy; "
-                "trust the pixel copies above" if look_alikes >= MANY_INFLUENCE_ONLY[1]
-                and look_alikes > MANY_INFLUENCE_ONLY[0] * pool else ""))
+                "trust the pixel copies above" if _many(look_alikes, pool) else ""))
 
 
 def score_leakage(units: np.ndarray, targets: np.ndarray, leak: np.ndarray, decoy: np.ndarray,
