@@ -9,7 +9,8 @@ Every (network, checkpoint) is then scored by both:
 
 - ours: `dmtoolkit.estimate.gradient.score_network` (projection `--proj-dim`, relative λ 0.1, the kernel over
   the examples that network was trained on, τ weighted by that network's own q), averaged over checkpoints
-  and networks, exactly as `dmtoolkit gradient` does;
+  and networks, as `dmtoolkit gradient` did before 2026-12-07 (`--q own --kernel-over trained
+  --shared-projection`); what it does now on pools that fit is the `exact` variant's mean-q row;
 - TRAK: `trak.TRAKer` on CPU (`BasicProjector`, normal projection of the same dimension, float32), one model
   ID per (network, checkpoint), featurized on every pool image, scored on every target, `finalize_scores`
   over the model IDs of each setting (TRAK's ensembling: mean of per-ID scores × Q averaged over IDs).
