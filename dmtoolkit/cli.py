@@ -585,7 +585,8 @@ def datamodels(store_path: Path, out_path: Path, device: str | None, targets: sl
               show_default=True, help="The gradient kernel spans every pool example (TRAK's), or only the ones each "
                                       "network was trained on.")
 @click.option("--q", "q_weights", type=click.Choice(estimate_options.GRADIENT_Q), default="mean", show_default=True,
-              help="Weight the scores by q = 1 - p_y averaged over the networks (TRAK's Q), or by each network's own.")
+              help="Weight the scores by q = 1 - p_y averaged over the networks (TRAK's Q; better LDS and standard "
+                   "errors), or by each network's own (with --kernel-over trained: ranks flipped labels better).")
 @click.option("--lambda", "lam", type=click.FloatRange(min=0, min_open=True), default=estimate_options.GRADIENT_LAMBDA,
               show_default=True, help="Kernel ridge λ, as a fraction of the mean eigenvalue of the gradient kernel.")
 @click.option("--head", type=click.Choice(estimate_options.GRADIENT_HEADS), default="fixed", show_default=True,
