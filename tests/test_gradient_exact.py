@@ -58,12 +58,17 @@ def test_the_exact_ridge_is_relative_to_the_mean_non_zero_eigenvalue() -> None:
 
 
 def test_auto_chooses_exact_scores_only_where_they_are_smaller_and_fit() -> None:
-    assert resolve_proj_dim(None, 40_020, 400, 1_000) == 0  # the example store: exact
-    assert resolve_proj_dim(None, 40_020, 5_080, 1_000) == 0  # the 5,080-image pool: about 3.4 GB
-    assert resolve_proj_dim(None, 40_020, 52_376, 1_000) == GRADIENT_PROJ_DIM  # the 52k pool's Gram is 22 GB
-    assert resolve_proj_dim(None, 11_000_000, 5_000, 1_000) == GRADIENT_PROJ_DIM  # a ResNet's gradients: 200+ GB
-    assert resolve_proj_dim(None, 300, 400, 10) == GRADIENT_PROJ_DIM  # more examples than parameters
-    assert resolve_proj_dim(64, 40_020, 400, 10) == 64 and resolve_proj_dim(0, 300, 400, 10) == 0
+    assert resolve_proj_dim(None, 40_020, 400) == 0  # the example store: exact
+    assert resolve_proj_dim(None, 40_020, 5_080) == 0  # the 5,080-image pool: about 2.8 GB before its targets
+    assert resolve_proj_dim(None, 40_020, 52_376) == GRADIENT_PROJ_DIM  # the 52k pool's Gram is 22 GB
+    assert resolve_proj_dim(None, 11_000_000, 5_000) == GRADIENT_PROJ_DIM  # a ResNet's gradients: 200+ GB
+    assert resolve_proj_dim(None, 300, 400) == GRADIENT_PROJ_DIM  # more examples than parameters
+    assert resolve_proj_dim(64, 40_020, 400) == 64 and resolve_proj_dim(0, 300, 400) == 0
+    # one choice for every --targets split of a job: the pool decides (exact at 5,080 images), and the memory
+    # check sizes the targets, which with 10,000 of them would exceed what "auto" allows itself
+    from dmtoolkit.estimate.gradient import EXACT_MEMORY
+
+    assert gradient_memory_bytes(0, 40_020, 5_080, 0) <= EXACT_MEMORY < gradient_memory_bytes(0, 40_020, 5_080, 10_000)
     dual = gradient_memory_bytes(0, 40_020, 5_080, 1_000)
     assert 3e9 < dual < 4 * 2**30 < gradient_memory_bytes(0, 40_020, 52_376, 1_000)
 

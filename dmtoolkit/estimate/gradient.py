@@ -187,14 +187,16 @@ def gradient_memory_bytes(proj_dim: int, num_params: int, pool: int, targets: in
     return int(max(scoring, reduction_bytes(pool, targets)))
 
 
-def resolve_proj_dim(proj_dim: int | None, num_params: int, pool: int, targets: int) -> int:
+def resolve_proj_dim(proj_dim: int | None, num_params: int, pool: int) -> int:
     """`proj_dim` None ("auto"): 0 (exact, no projection, in the dual form) when the pool has fewer examples than
-    the network has parameters and the exact form needs at most EXACT_MEMORY bytes, else GRADIENT_PROJ_DIM.
-    On the 400-image example store exact scores gave LDS 0.204 from 16 networks × 3 checkpoints where a
+    the network has parameters and the exact form's pool side (its gradients and Gram matrices) needs at most
+    EXACT_MEMORY bytes, else GRADIENT_PROJ_DIM. The choice does not depend on the target columns, so every
+    `--targets` split of one job is scored the same way (the memory check then sizes the targets). On the
+    400-image example store exact scores gave LDS 0.204 from 16 networks × 3 checkpoints where a
     512-dimensional projection gave 0.153 (docs/gradient.md, "Exact kernel")."""
     if proj_dim is not None:
         return proj_dim
-    exact = exact_dual(0, num_params, pool) and gradient_memory_bytes(0, num_params, pool, targets) <= EXACT_MEMORY
+    exact = exact_dual(0, num_params, pool) and gradient_memory_bytes(0, num_params, pool, 0) <= EXACT_MEMORY
     return 0 if exact else GRADIENT_PROJ_DIM
 
 
@@ -465,13 +467,14 @@ def score_network(network: Network, train: np.ndarray, columns: slice, *, proj_d
     num_params = sum(p.numel() for p in params.values())
     pool, targets = network.pool, network.targets
     test_x, test_y = targets.x[columns], targets.y[columns]
-    proj_dim = resolve_proj_dim(proj_dim, num_params, len(pool.x), len(test_x))
+    proj_dim = resolve_proj_dim(proj_dim, num_params, len(pool.x))
     if check_memory:
         k = proj_dim or num_params
         require_memory(gradient_memory_bytes(proj_dim, num_params, len(pool.x), len(test_x)),
                        what=f"gradient: projection dimension {k:,} with {len(pool.x):,} pool examples and "
                        f"{len(test_x):,} targets ({num_params:,} parameters)",
-                       flag=f"lower --proj-dim (e.g. {GRADIENT_PROJ_DIM})", device=str(pool.x.device))
+                       flag=f"lower --proj-dim (e.g. {GRADIENT_PROJ_DIM}) or fit fewer --targets at a time",
+                       device=str(pool.x.device))
     margins = _batched(lambda x, y: network.target_margin(params, x, y), test_x, test_y).float().cpu().numpy()
     with torch.no_grad():  # torch.func's transforms still differentiate; tensors a function closes over (a
         # user's head that requires grad) then build no autograd graph
@@ -660,8 +663,8 @@ def attribute(networks: Sequence[Network | Sequence[Network]], *, targets: slice
 
     `q`: "mean" (default) weights the networks' mean of g_jᵀ K⁻¹ φ_i by q_i averaged over the networks (each
     network's checkpoints averaged first), as TRAK's Q; "own" weights each network's scores by its own
-    q_i = 1 − p_y. Together with the kernel over the whole pool this was what closed most of the distance to
-    TRAK (docs/gradient.md, "Side by side with TRAK").
+    q_i = 1 − p_y. With the kernel over the whole pool and exact scores it predicted held-out models better than
+    TRAK on the same networks (docs/gradient.md, "Exact kernel"); own q ranks flipped labels better.
     """
     from dmtoolkit.estimate.networks import Network
 
@@ -684,7 +687,7 @@ def attribute(networks: Sequence[Network | Sequence[Network]], *, targets: slice
     if q not in Q_WEIGHTS:
         raise UserError(f"q={q!r} must be 'mean' (q averaged over networks) or 'own' (each network's own q)")
     own = q == "own"
-    sum_scores, sum_q, lams, checkpoints, num_params, resolved = None, None, [], [], 0, proj_dim
+    sum_scores, sum_q, lams, checkpoints, num_params = None, None, [], [], 0
     for n, group in enumerate(groups):
         result = score_checkpoints(
             group, np.arange(pool), columns, network_index=n, proj_dim=proj_dim, projection=projection,
@@ -696,7 +699,7 @@ def attribute(networks: Sequence[Network | Sequence[Network]], *, targets: slice
         lams.append(float(np.mean(result.lambdas)))
         checkpoints.append(tuple(c.checkpoint for c in group))
     assert sum_scores is not None and sum_q is not None
-    resolved = resolve_proj_dim(proj_dim, num_params, pool, stop - start)
+    resolved = resolve_proj_dim(proj_dim, num_params, pool)
     settings = {"proj_dim": resolved, "projection": projection, "proj_seed": proj_seed, "lambda_relative": lam,
                 "kernel": kernel, "q": q, "kernel_over": kernel_over, "shared_projection": shared_projection}
     mean = sum_scores / len(groups)
@@ -954,7 +957,7 @@ class GradientEstimator(Estimator):
         fields = [f.name for f in dataclasses.fields(ModelRecord)]
         self.records_ = tuple(ModelRecord(**{k: done[n][k] for k in fields}) for n in range(len(plan)))
         self.num_params_ = int(done[0]["num_params"])
-        self.proj_dim_ = resolve_proj_dim(self.proj_dim, self.num_params_, masks.shape[1], targets)
+        self.proj_dim_ = resolve_proj_dim(self.proj_dim, self.num_params_, masks.shape[1])
         self.stderr_dof_ = len(plan) - 1 if self.stderr_ is not None else None
         self.coef_ = coef
         fit_masks = np.asarray(masks[0:masks.shape[0]], dtype=np.float64)[rows]
@@ -1001,13 +1004,13 @@ class GradientEstimator(Estimator):
                               spec.resolution, spec.width, spec.hidden, spec.downsample, spec.norm)
         num_params = sum(p.numel() for p in net.parameters())
         pool = len(context.data.source_pool.labels)
-        proj_dim = resolve_proj_dim(self.proj_dim, num_params, pool, targets)
+        proj_dim = resolve_proj_dim(self.proj_dim, num_params, pool)
         needed = gradient_memory_bytes(proj_dim, num_params, pool, targets)
         k = proj_dim or num_params
         require_memory(needed, what=f"gradient: projection dimension {k:,}"
                        f"{'' if proj_dim else ' (--proj-dim 0: every one of the network’s parameters)'} "
                        f"with {pool:,} pool examples and {targets:,} targets",
-                       flag=f"lower --proj-dim (e.g. {GRADIENT_PROJ_DIM})",
+                       flag=f"lower --proj-dim (e.g. {GRADIENT_PROJ_DIM}) or fit fewer --targets at a time",
                        device=str(context.trainer.device))
         self._memory_checked = True
 
