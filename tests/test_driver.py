@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -14,6 +15,7 @@ import h5py
 import numpy as np
 import pytest
 
+from dmtoolkit.interrupts import CtrlCLatch
 from dmtoolkit.run.driver import TrainingFailed, train_store
 from dmtoolkit.run.executors import GroupOutcome
 from dmtoolkit.train.job import ModelResult
@@ -112,6 +114,81 @@ def test_a_plan_names_its_data_and_sends_workers_a_path_when_it_has_one(tmp_path
         TrainingPlan(plan.recipe, masks)
 
 
+class _CtrlCInAFinalizer:
+    """Runs the SIGINT handler inside `__del__`, as when the signal lands while the garbage collector finalizes an
+    h5py or multiprocessing object: Python prints "Exception ignored" and that KeyboardInterrupt is lost."""
+
+    def __del__(self) -> None:
+        signal.getsignal(signal.SIGINT)(signal.SIGINT, None)
+
+
+class CtrlCExecutor(ScriptedExecutor):
+    """Ctrl-C is pressed (and swallowed) while it computes group `press`."""
+
+    def __init__(self, press: int, targets: int) -> None:
+        super().__init__({}, targets)
+        self.press = press
+
+    def run(self, store_path: Path, groups: Iterable[int]) -> Iterator[GroupOutcome]:
+        for outcome in super().run(store_path, groups):
+            if outcome.group == self.press:
+                _CtrlCInAFinalizer()  # finalized at once
+            yield outcome
+
+
+@pytest.fixture
+def ctrl_c_raises() -> Iterator[None]:
+    """Python's own Ctrl-C handler, even when the tests run in a background job (started with SIGINT ignored)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_a_finalizer_swallows_ctrl_c_without_the_latch(ctrl_c_raises: None) -> None:
+    # the failure this guards against: with Python's handler alone, the press raised inside __del__ is lost
+    outcomes = list(CtrlCExecutor(press=1, targets=4).run(Path("unused"), range(3)))
+    assert [o.group for o in outcomes] == [0, 1, 2]
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_a_ctrl_c_lost_in_a_finalizer_still_stops_training(tmp_path: Path, ctrl_c_raises: None) -> None:
+    path = _store(tmp_path)
+    executor = CtrlCExecutor(press=1, targets=4)
+    with pytest.raises(KeyboardInterrupt):
+        train_store(path, executor, progress=False)
+    assert executor.calls == [0, 1]  # stopped at the outcome that came after the press, not at the end
+    with h5py.File(path, "r") as f:
+        assert f["completed"][()].tolist() == [True, True, False, False, False, False]
+        assert np.array_equal(f["margins"][:2], [[0] * 4, [1] * 4])
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back
+
+
+def test_the_latch_leaves_a_callers_own_handling_alone() -> None:
+    def own(signum: int, frame: object) -> None:
+        pass
+
+    previous = signal.signal(signal.SIGINT, own)
+    try:
+        with CtrlCLatch() as latch:
+            assert signal.getsignal(signal.SIGINT) is own
+            own(signal.SIGINT, None)
+            latch.check()  # never pressed as far as the latch knows
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+    seen: list[object] = []
+
+    def in_a_thread() -> None:
+        with CtrlCLatch():
+            seen.append(signal.getsignal(signal.SIGINT))
+
+    thread = threading.Thread(target=in_a_thread)
+    thread.start()
+    thread.join()
+    assert seen == [signal.getsignal(signal.SIGINT)]
+
+
 def test_ctrl_c_stops_cleanly_and_keeps_rows(tmp_path: Path) -> None:
     # 400 tiny models take far longer than the wait for the first two, so the interrupt lands mid-training even
     # on a loaded machine (with 40, a poller descheduled for a second saw the run already finished)
@@ -134,7 +211,7 @@ def test_ctrl_c_stops_cleanly_and_keeps_rows(tmp_path: Path) -> None:
     assert process.poll() is None, "training finished before it could be interrupted"
     os.killpg(process.pid, signal.SIGINT)  # what a terminal's Ctrl-C does to the foreground group
     _, stderr = process.communicate(timeout=60)
-    assert process.returncode == 130
+    assert process.returncode == 130, stderr
     assert stderr.strip().splitlines()[-1] == "error: interrupted; completed rows are kept, rerun the same command to resume"
     check = subprocess.run([sys.executable, "cli.py", "store", "validate", str(store)], cwd=ROOT,
                            capture_output=True, text=True)

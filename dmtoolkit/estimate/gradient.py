@@ -92,6 +92,7 @@ from dmtoolkit.estimate.options import (
     GRADIENT_Q,
 )
 from dmtoolkit.estimate.source_task import SourceTaskScores
+from dmtoolkit.interrupts import CtrlCLatch
 
 if TYPE_CHECKING:
     from dmtoolkit.estimate.networks import Network
@@ -924,8 +925,10 @@ class GradientEstimator(Estimator):
             saver.require_disk(len(plan) - len(done), shape)
             if done:
                 self._say(f"gradient: continuing from {folder}: {len(done)} of {len(plan)} networks were saved there")
+            ctrl_c = stack.enter_context(CtrlCLatch())  # a Ctrl-C swallowed by a finalizer stops at the next network
             try:
                 for n, (row, seed, subset, network) in enumerate(plan):
+                    ctrl_c.check()
                     if n in done:
                         continue
                     started = time.perf_counter()
@@ -940,6 +943,7 @@ class GradientEstimator(Estimator):
                     del scores  # one network's scores at a time (the reduction reads them back from the folder)
                     self._say(f"gradient: {n + 1}/{len(plan)} networks ({'row ' + str(row) if row >= 0 else 'full pool'}, "
                               f"{record.seconds:.0f}s, reproduced margins within {error:.2g})")
+                ctrl_c.check()
             except KeyboardInterrupt:
                 if self.partial is not None and done:
                     self._say(f"gradient: interrupted; {len(done)} of {len(plan)} networks are saved in {folder}: "

@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from dmtoolkit.capabilities import Capability
 from dmtoolkit.errors import UserError
+from dmtoolkit.interrupts import CtrlCLatch
 from dmtoolkit.run.base import Executor, row_ranges
 from dmtoolkit.store import RunStore
 from dmtoolkit.train.contract import load_function, source_sha256
@@ -74,21 +75,25 @@ def computed(executor: Executor, plan: TrainingPlan, groups: Iterable[int], atte
     """The results of `groups` of `plan` as `executor` computes them, in the order they arrive.
 
     A failed group is retried once, after the first pass (not a timeout: its outcome's `retry` is False); one
-    failing again, or timing out, is recorded in `attempts.failures` and the rest go on."""
-    queue = list(groups)
-    while queue:
-        retry = []
-        for outcome in executor.run(plan, queue):
-            attempts.tries[outcome.group] = attempts.tries.get(outcome.group, 0) + 1
-            if outcome.error is not None:
-                if attempts.tries[outcome.group] < 2 and outcome.retry:
-                    retry.append(outcome.group)
-                else:
-                    attempts.failures[outcome.group] = outcome.error
-                    attempts.timed_out = attempts.timed_out or not outcome.retry
-                continue
-            yield from outcome.results or []
-        queue = retry
+    failing again, or timing out, is recorded in `attempts.failures` and the rest go on. Ctrl-C raises
+    `KeyboardInterrupt`, at the latest when the next outcome arrives (`CtrlCLatch`)."""
+    with CtrlCLatch() as ctrl_c:  # a Ctrl-C swallowed by a finalizer still stops the run at the next outcome
+        queue = list(groups)
+        while queue:
+            retry = []
+            for outcome in executor.run(plan, queue):
+                ctrl_c.check()
+                attempts.tries[outcome.group] = attempts.tries.get(outcome.group, 0) + 1
+                if outcome.error is not None:
+                    if attempts.tries[outcome.group] < 2 and outcome.retry:
+                        retry.append(outcome.group)
+                    else:
+                        attempts.failures[outcome.group] = outcome.error
+                        attempts.timed_out = attempts.timed_out or not outcome.retry
+                    continue
+                yield from outcome.results or []
+            queue = retry
+        ctrl_c.check()
 
 
 def train_plan(plan: TrainingPlan, executor: Executor) -> list[ModelResult]:
