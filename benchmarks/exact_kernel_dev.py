@@ -103,6 +103,16 @@ def main() -> None:
             for weighting in ("own", "mean"):
                 coef = np.mean([values[i] * (qs[i] if weighting == "own" else q_mean)[:, None] for i in ids], axis=0)
                 results[f"{m}x3 {name} q-{weighting}"] = summarise_lds(test_masks @ coef, actual)[1]
+    for name, values in taus.items():  # one network at a time (its 3 checkpoints): mean and spread over networks
+        for weighting in ("own", "mean"):
+            single = []
+            for n in range(len(drawn)):
+                ids = range(3 * n, 3 * n + 3)
+                q_mean = np.mean([qs[i] for i in ids], axis=0)
+                coef = np.mean([values[i] * (qs[i] if weighting == "own" else q_mean)[:, None] for i in ids], axis=0)
+                single.append(summarise_lds(test_masks @ coef, actual)[1])
+            results[f"each 1x3 {name} q-{weighting}"] = float(np.mean(single))
+            results[f"each 1x3 {name} q-{weighting} sd"] = float(np.std(single, ddof=1)) if len(single) > 1 else 0.0
     for name, lds in results.items():
         print(f"{name:<40} {lds:.3f}")
     if args.out:
