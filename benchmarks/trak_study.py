@@ -34,6 +34,10 @@ mean-q as the library's default), `pool-kernel` (the kernel over the whole pool,
 with `trak-scale` (every network's inverse kernel divided by its mean absolute entry before the average, as
 traker's score computer does: `trak_scores(..., kernel_scale="trak")`).
 
+`--each-alone` also scores every drawn network by itself (ours with the library's choice, TRAK on the same
+network and checkpoints): the one-network point as a mean and spread over many draws, with the paired
+difference ours − TRAK and its 95% t-interval, where the nested curve has a single draw.
+
 CPU-minutes: process CPU time of the scoring only (both score the same networks; training them is reported
 once, shared). LDS [95%]: `dmtoolkit.stats.lds` (`summarise_lds`, `bootstrap_lds_interval` over the held-out
 draws), the same functions `dmtoolkit evaluate` uses, on the same held-out models for both.
@@ -115,6 +119,44 @@ def _lds(coef: np.ndarray, masks: np.ndarray, actual: np.ndarray, units: np.ndar
     return mean, bootstrap_lds_interval(predicted, actual, units)
 
 
+def _each_alone(args: argparse.Namespace, ours: dict[str, list[list[np.ndarray]]], q_all: list[list[np.ndarray]],
+                traker: object, epochs: tuple[int, ...], count: int, test_masks: np.ndarray,
+                actual: np.ndarray) -> list[dict]:
+    """LDS of each network alone (its last 1 and all checkpoints), ours (the library's own choice: `exact` with
+    mean q when scored, else the default) and TRAK on the same network; printed as mean ± sd over the networks and
+    the paired difference ours − TRAK with a 95% t-interval."""
+    from scipy import stats
+
+    from dmtoolkit.stats.lds import summarise_lds
+
+    variant, weighting = ("exact", "mean-q") if "exact" in ours else ("default", "own-q")
+    rows = []
+    for ck in sorted({1, len(epochs)}):
+        used = list(range(len(epochs) - ck, len(epochs)))
+        for i in range(count):
+            q = np.mean([q_all[i][c] for c in used], axis=0)
+            coef = np.mean([ours[variant][i][c] * (q_all[i][c] if weighting == "own-q" else q)[:, None]
+                            for c in used], axis=0)
+            row = {"network": i, "checkpoints": ck,
+                   "ours": summarise_lds(test_masks.astype(np.float64) @ coef.astype(np.float64), actual)[1]}
+            if traker is not None:
+                scores = np.array(traker.finalize_scores(exp_name="targets", model_ids=[i * len(epochs) + c
+                                                                                         for c in used]), np.float64)
+                row["trak"] = summarise_lds(test_masks.astype(np.float64) @ scores, actual)[1]
+            rows.append(row)
+        mine = np.array([r["ours"] for r in rows if r["checkpoints"] == ck])
+        line = f"each network alone, {ck} checkpoint(s), {count} networks: ours ({variant}/{weighting}) " \
+               f"{mine.mean():.3f} ± {mine.std(ddof=1):.3f}"
+        if traker is not None:
+            theirs = np.array([r["trak"] for r in rows if r["checkpoints"] == ck])
+            diff = mine - theirs
+            half = stats.t.ppf(0.975, count - 1) * diff.std(ddof=1) / np.sqrt(count)
+            line += (f"; TRAK {theirs.mean():.3f} ± {theirs.std(ddof=1):.3f}; ours − TRAK {diff.mean():+.3f} "
+                     f"[{diff.mean() - half:+.3f}, {diff.mean() + half:+.3f}], ours ahead on {(diff > 0).sum()} of {count}")
+        print(line, flush=True)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("store", type=Path)
@@ -132,6 +174,9 @@ def main() -> None:
     parser.add_argument("--proj-per-id", action="store_true",
                         help="ours: a projection of its own for each (network, checkpoint), seed proj-seed + its model "
                              "ID, as traker's BasicProjector draws one per model ID")
+    parser.add_argument("--each-alone", action="store_true",
+                        help="also score every drawn network alone (ours and TRAK on the same network): mean, spread "
+                             "and the paired difference over networks, the one-network point measured over many draws")
     parser.add_argument("--lds-targets", default=None, metavar="A:B",
                         help="also score LDS on targets A:B alone (e.g. the replay study's 0:64)")
     args = parser.parse_args()
@@ -279,6 +324,8 @@ def main() -> None:
                     results.append({"method": "TRAK", "networks": m, "checkpoints": ck, "targets": label, "lds": lds,
                                     "interval": interval, "cpu_minutes": seconds / 60})
 
+    alone = _each_alone(args, ours, q_all, traker if not args.no_trak else None, epochs, len(drawn), test_masks,
+                        actual) if args.each_alone else []
     print("scoring CPU-min of every (network, checkpoint), by variant: "
           + ", ".join(f"{v} {t / 60:.2f}" for v, t in variant_seconds.items()))
     print(f"\ntraining the {len(drawn)} networks (shared): {train_seconds / 60:.2f} CPU-min; "
@@ -301,7 +348,7 @@ def main() -> None:
                                "proj_dim": args.proj_dim, "proj_seed": args.proj_seed, "epochs": list(epochs), "heldout_models": len(test_rows),
                                "train_cpu_minutes": train_seconds / 60, "margin_error": max(margin_errors),
                                "variant_cpu_minutes": {v: t / 60 for v, t in variant_seconds.items()},
-                               "results": results}, indent=1))
+                               "results": results, "each_alone": alone}, indent=1))
     print(f"wrote {out}")
 
 
