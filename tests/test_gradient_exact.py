@@ -38,9 +38,31 @@ def test_the_dual_form_equals_the_primal_kernel(pool: int, params: int, targets:
     q = torch.as_tensor(rng.uniform(0.05, 0.95, pool))
     train = np.sort(rng.choice(pool, max(1, round(share * pool)), replace=False))
     primal = trak_scores(phi, q, train, g, lam, kernel, own_q).numpy()
-    gram, cross = gram_matrices(phi, g)
+    gram, cross = gram_matrices(phi, g, precision="float64")
     dual = exact_scores(gram, cross, q, train, lam, kernel, own_q).numpy()
     np.testing.assert_allclose(dual, primal, rtol=1e-6, atol=1e-9 * max(1.0, np.abs(primal).max()))
+
+
+@settings(max_examples=10, deadline=None)
+@given(seed=st.integers(0, 2**16), lam=st.floats(0.01, 1.0))
+def test_float32_block_products_change_the_exact_scores_by_far_less_than_they_matter(seed: int, lam: float) -> None:
+    """The default's float32 products (summed per block in float64) against float64 throughout, on gradients
+    spanning blocks, with a relative ridge as the library sets it: scores agree to 1e-4 of their scale."""
+    rng = np.random.default_rng(seed)
+    pool, params = 60, 70_000  # three blocks of PROJECTION_BLOCK
+    phi = torch.as_tensor(rng.normal(size=(pool, params)) * rng.lognormal(0, 1, (pool, 1)), dtype=torch.float32)
+    g = torch.as_tensor(rng.normal(size=(5, params)), dtype=torch.float32)
+    q, train = torch.as_tensor(rng.uniform(0.05, 0.95, pool)), np.arange(pool)
+    scores = {}
+    for precision in ("float32", "float64"):
+        gram, cross = gram_matrices(phi, g, precision=precision)
+        scores[precision] = exact_scores(gram, cross, q, train, exact_lambda(gram, train, lam, params), "trak",
+                                         False).numpy()
+    assert not np.array_equal(scores["float32"], scores["float64"])  # the two paths really differ
+    np.testing.assert_allclose(scores["float32"], scores["float64"], rtol=0,
+                               atol=1e-4 * np.abs(scores["float64"]).max())
+    with pytest.raises(ValueError, match="float32 or float64"):
+        gram_matrices(phi[:2, :10], g[:, :10], precision="float16")
 
 
 def test_the_exact_ridge_is_relative_to_the_mean_non_zero_eigenvalue() -> None:

@@ -407,15 +407,31 @@ def exact_scores(gram: torch.Tensor, cross: torch.Tensor, q: torch.Tensor, train
     return scores.mul_(q[:, None]) if own_q else scores
 
 
-def gram_matrices(phi: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(Φ Φᵀ, Φ Gᵀ) in float64 from float32 gradients, a block of PROJECTION_BLOCK parameters at a time, so the
-    float64 copies never hold all of them."""
+GRAM_PRECISION = "float32"
+"""Precision of each block's products in `gram_matrices`. float32 halves the exact path's dominant cost on CPU
+(2.1x at the 5,080-image pool's shape); each block sums ≤ PROJECTION_BLOCK products, and the blocks are summed in
+float64. On real networks the scores move by 1.4e-5 of their largest and the LDS not at all
+(`benchmarks/gram_precision.py`)."""
+
+
+def gram_matrices(phi: torch.Tensor, g: torch.Tensor, precision: str = GRAM_PRECISION) -> tuple[torch.Tensor, torch.Tensor]:
+    """(Φ Φᵀ, Φ Gᵀ) in float64, a block of PROJECTION_BLOCK parameters at a time (so no float64 copy holds all
+    of them): each block's products in `precision` ("float32" or "float64"; float64 gradients always in float64),
+    summed over blocks in float64."""
+    if precision not in ("float32", "float64"):
+        raise ValueError(f"precision {precision!r}: float32 or float64")
+    double = precision == "float64" or phi.dtype == torch.float64 or g.dtype == torch.float64
     gram = torch.zeros(len(phi), len(phi), dtype=torch.float64, device=phi.device)
     cross = torch.zeros(len(phi), len(g), dtype=torch.float64, device=phi.device)
     for start in range(0, phi.shape[1], PROJECTION_BLOCK):
-        block = phi[:, start:start + PROJECTION_BLOCK].double()
-        gram.addmm_(block, block.T)
-        cross.addmm_(block, g[:, start:start + PROJECTION_BLOCK].double().T)
+        if double:
+            block = phi[:, start:start + PROJECTION_BLOCK].double()
+            gram.addmm_(block, block.T)
+            cross.addmm_(block, g[:, start:start + PROJECTION_BLOCK].double().T)
+        else:
+            block = phi[:, start:start + PROJECTION_BLOCK].float()
+            gram += block @ block.T
+            cross += block @ g[:, start:start + PROJECTION_BLOCK].float().T
     return gram, cross
 
 
