@@ -171,7 +171,8 @@ def gradient_memory_bytes(proj_dim: int, num_params: int, pool: int, targets: in
 
     Exact in the dual form (`exact_dual`): the unprojected gradients (float32, pool + targets rows), one
     float64 block of their columns, the pool's Gram matrix, its solve and identity (three P × P float64) and
-    the pool × targets cross-Gram, solve and scores."""
+    the pool × targets cross-Gram, solve and scores. With float32 products (`GRAM_PRECISION`) the block's
+    float64 copy is replaced by a P × (P + T) float32 product, smaller wherever the exact form is chosen."""
     if exact_dual(proj_dim, num_params, pool):
         gradients = 4 * num_params * (pool + targets) + 8 * min(PROJECTION_BLOCK, num_params) * (pool + targets)
         scoring = gradients + 24 * pool * pool + 36 * pool * targets
