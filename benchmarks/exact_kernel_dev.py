@@ -29,6 +29,38 @@ import numpy as np
 import torch
 
 
+def held_out_and_drawn(store_path: Path, seed: int, count: int):  # noqa: ANN201 - a benchmark's tuple
+    """The held-out split `dmtoolkit evaluate` uses (10%, split seed 0): its masks (float64) and margins, the
+    `count` fitting rows drawn with `seed` (nested: the first n are the n-network ensemble) and the run context."""
+    from dmtoolkit.estimate.fit import completed_rows, store_draws
+    from dmtoolkit.stats.splits import split_rows
+    from dmtoolkit.store import RunStore
+    from dmtoolkit.train.job import RunContext
+
+    with RunStore(store_path) as store:
+        rows, draws = completed_rows(store), store_draws(store).ids
+        fit_rows, test_rows = split_rows(rows, 0.1, 0, draws)
+        masks, margins = np.asarray(store.masks[()], bool), np.asarray(store.margins[()], np.float64)
+    drawn = np.random.default_rng(seed).permutation(fit_rows)[:count]
+    return masks[test_rows].astype(np.float64), margins[test_rows], drawn, RunContext.from_store(store_path, "cpu")
+
+
+def exact_gradients(net):  # noqa: ANN001, ANN201 - a library Network; a benchmark's tuple
+    """One network's unprojected per-example gradients through the library: Φ of its source output on the pool,
+    G of its transferred margin on the targets, q on the pool (float64) and the parameter count."""
+    from dmtoolkit.estimate.gradient import Projector, _batched, _per_example
+
+    params = dict(net.params)
+    identity = Projector(sum(p.numel() for p in params.values()), 0)
+    with torch.no_grad():
+        phi = _per_example(lambda p, xi, yi: net.source_output(p, xi[None], yi[None])[0], params,
+                           net.pool.x, net.pool.y, identity, 64)
+        g = _per_example(lambda p, xi, yi: net.target_margin(p, xi[None], yi[None])[0], params,
+                         net.targets.x, net.targets.y, identity, 64)
+        q = _batched(lambda x, y: net.loss_weight(params, x, y), net.pool.x, net.pool.y).double()
+    return phi, g, q, identity.num_params
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("store", type=Path)
@@ -40,31 +72,13 @@ def main() -> None:
     torch.set_num_threads(1)
 
     from dmtoolkit.devices import training_threads
-    from dmtoolkit.estimate.fit import completed_rows, store_draws
-    from dmtoolkit.estimate.gradient import (
-        Projector,
-        _batched,
-        _per_example,
-        exact_lambda,
-        exact_scores,
-        gram_matrices,
-        score_network,
-    )
+    from dmtoolkit.estimate.gradient import exact_lambda, exact_scores, gram_matrices, score_network
     from dmtoolkit.estimate.networks import BuiltinNetworks, checkpoint_epochs
     from dmtoolkit.stats.lds import summarise_lds
-    from dmtoolkit.stats.splits import split_rows
-    from dmtoolkit.store import RunStore
-    from dmtoolkit.train.job import RunContext
 
-    with RunStore(args.store) as store:
-        rows, draws = completed_rows(store), store_draws(store).ids
-        fit_rows, test_rows = split_rows(rows, 0.1, 0, draws)
-        masks, margins = np.asarray(store.masks[()], bool), np.asarray(store.margins[()], np.float64)
-    test_masks, actual = masks[test_rows].astype(np.float64), margins[test_rows]
-    drawn = np.random.default_rng(args.seed).permutation(fit_rows)[:args.networks]
-    context = RunContext.from_store(args.store, "cpu")
+    test_masks, actual, drawn, context = held_out_and_drawn(args.store, args.seed, args.networks)
     builder = BuiltinNetworks(context, epochs=checkpoint_epochs(3, context.recipe.training.epochs))
-    P, T = masks.shape[1], margins.shape[1]
+    P, T = test_masks.shape[1], actual.shape[1]
     lambdas = [float(x) for x in args.lambdas.split(",")]
     taus: dict[str, list[np.ndarray]] = {}
     qs: list[np.ndarray] = []
@@ -74,19 +88,11 @@ def main() -> None:
         with training_threads():
             nets = builder(job)
         for c, net in enumerate(nets):
-            params = dict(net.params)
-            identity = Projector(sum(p.numel() for p in params.values()), 0)
-            with torch.no_grad():
-                phi = _per_example(lambda p, xi, yi, net=net: net.source_output(p, xi[None], yi[None])[0], params,
-                                   net.pool.x, net.pool.y, identity, 64)
-                g = _per_example(lambda p, xi, yi, net=net: net.target_margin(p, xi[None], yi[None])[0], params,
-                                 net.targets.x, net.targets.y, identity, 64)
-                q = _batched(lambda x, y, net=net, params=params: net.loss_weight(params, x, y), net.pool.x,
-                             net.pool.y).double()
+            phi, g, q, num_params = exact_gradients(net)
             gram, cross = gram_matrices(phi, g)
             for lam in lambdas:
                 for over, train in (("pool", np.arange(P)), ("trained", job.units)):
-                    absolute = exact_lambda(gram, train, lam, identity.num_params)
+                    absolute = exact_lambda(gram, train, lam, num_params)
                     taus.setdefault(f"exact {over} λ{lam}", []).append(
                         exact_scores(gram, cross, q, train, absolute, own_q=False).numpy())
             for k in (512, 2048):

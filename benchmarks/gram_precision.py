@@ -57,49 +57,26 @@ def main() -> None:
 
 
 def _real_networks(args: argparse.Namespace) -> None:
+    from exact_kernel_dev import exact_gradients, held_out_and_drawn
+
     from dmtoolkit.devices import training_threads
-    from dmtoolkit.estimate.fit import completed_rows, store_draws
-    from dmtoolkit.estimate.gradient import (
-        Projector,
-        _batched,
-        _per_example,
-        exact_lambda,
-        exact_scores,
-        gram_matrices,
-    )
+    from dmtoolkit.estimate.gradient import exact_lambda, exact_scores, gram_matrices
     from dmtoolkit.estimate.networks import BuiltinNetworks
     from dmtoolkit.estimate.options import GRADIENT_LAMBDA
     from dmtoolkit.stats.lds import summarise_lds
-    from dmtoolkit.stats.splits import split_rows
-    from dmtoolkit.store import RunStore
-    from dmtoolkit.train.job import RunContext
 
-    with RunStore(args.store) as store:
-        rows, draws = completed_rows(store), store_draws(store).ids
-        fit_rows, test_rows = split_rows(rows, 0.1, 0, draws)
-        masks, margins = np.asarray(store.masks[()], bool), np.asarray(store.margins[()], np.float64)
-    test_masks, actual = masks[test_rows].astype(np.float64), margins[test_rows]
-    drawn = np.random.default_rng(args.seed).permutation(fit_rows)[:args.networks]
-    context = RunContext.from_store(args.store, "cpu")
+    test_masks, actual, drawn, context = held_out_and_drawn(args.store, args.seed, args.networks)
     builder = BuiltinNetworks(context)
-    pool = np.arange(masks.shape[1])
+    pool = np.arange(test_masks.shape[1])
     taus: dict[str, list[np.ndarray]] = {"float32": [], "float64": []}
     qs, worst = [], 0.0
     for row in drawn:
         with training_threads():
             net = builder(context.job(int(row)))[-1]
-        params = dict(net.params)
-        identity = Projector(sum(p.numel() for p in params.values()), 0)
-        with torch.no_grad():
-            phi = _per_example(lambda p, xi, yi, net=net: net.source_output(p, xi[None], yi[None])[0], params,
-                               net.pool.x, net.pool.y, identity, 64)
-            g = _per_example(lambda p, xi, yi, net=net: net.target_margin(p, xi[None], yi[None])[0], params,
-                             net.targets.x, net.targets.y, identity, 64)
-            q = _batched(lambda x, y, net=net, params=params: net.loss_weight(params, x, y), net.pool.x,
-                         net.pool.y).double()
+        phi, g, q, num_params = exact_gradients(net)
         for precision in taus:
             gram, cross = gram_matrices(phi, g, precision=precision)
-            lam = exact_lambda(gram, pool, GRADIENT_LAMBDA, identity.num_params)
+            lam = exact_lambda(gram, pool, GRADIENT_LAMBDA, num_params)
             taus[precision].append(exact_scores(gram, cross, q, pool, lam, own_q=False).numpy())
         worst = max(worst, float(np.abs(taus["float32"][-1] - taus["float64"][-1]).max()
                                  / np.abs(taus["float64"][-1]).max()))
