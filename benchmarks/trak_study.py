@@ -119,9 +119,8 @@ def _lds(coef: np.ndarray, masks: np.ndarray, actual: np.ndarray, units: np.ndar
     return mean, bootstrap_lds_interval(predicted, actual, units)
 
 
-def _each_alone(args: argparse.Namespace, ours: dict[str, list[list[np.ndarray]]], q_all: list[list[np.ndarray]],
-                traker: object, epochs: tuple[int, ...], count: int, test_masks: np.ndarray,
-                actual: np.ndarray) -> list[dict]:
+def _each_alone(ours: dict[str, list[list[np.ndarray]]], q_all: list[list[np.ndarray]], traker: object,
+                epochs: tuple[int, ...], count: int, test_masks: np.ndarray, actual: np.ndarray) -> list[dict]:
     """LDS of each network alone (its last 1 and all checkpoints), ours (the library's own choice: `exact` with
     mean q when scored, else the default) and TRAK on the same network; printed as mean ± sd over the networks and
     the paired difference ours − TRAK with a 95% t-interval."""
@@ -130,6 +129,7 @@ def _each_alone(args: argparse.Namespace, ours: dict[str, list[list[np.ndarray]]
     from dmtoolkit.stats.lds import summarise_lds
 
     variant, weighting = ("exact", "mean-q") if "exact" in ours else ("default", "own-q")
+    test_masks = test_masks.astype(np.float64)
     rows = []
     for ck in sorted({1, len(epochs)}):
         used = list(range(len(epochs) - ck, len(epochs)))
@@ -138,11 +138,11 @@ def _each_alone(args: argparse.Namespace, ours: dict[str, list[list[np.ndarray]]
             coef = np.mean([ours[variant][i][c] * (q_all[i][c] if weighting == "own-q" else q)[:, None]
                             for c in used], axis=0)
             row = {"network": i, "checkpoints": ck,
-                   "ours": summarise_lds(test_masks.astype(np.float64) @ coef.astype(np.float64), actual)[1]}
+                   "ours": summarise_lds(test_masks @ coef.astype(np.float64), actual)[1]}
             if traker is not None:
                 scores = np.array(traker.finalize_scores(exp_name="targets", model_ids=[i * len(epochs) + c
                                                                                          for c in used]), np.float64)
-                row["trak"] = summarise_lds(test_masks.astype(np.float64) @ scores, actual)[1]
+                row["trak"] = summarise_lds(test_masks @ scores, actual)[1]
             rows.append(row)
         mine = np.array([r["ours"] for r in rows if r["checkpoints"] == ck])
         line = f"each network alone, {ck} checkpoint(s), {count} networks: ours ({variant}/{weighting}) " \
@@ -327,7 +327,7 @@ def main() -> None:
                     results.append({"method": "TRAK", "networks": m, "checkpoints": ck, "targets": label, "lds": lds,
                                     "interval": interval, "cpu_minutes": seconds / 60})
 
-    alone = _each_alone(args, ours, q_all, traker if not args.no_trak else None, epochs, len(drawn), test_masks,
+    alone = _each_alone(ours, q_all, traker if not args.no_trak else None, epochs, len(drawn), test_masks,
                         actual) if args.each_alone else []
     print("scoring CPU-min of every (network, checkpoint), by variant: "
           + ", ".join(f"{v} {t / 60:.2f}" for v, t in variant_seconds.items()))

@@ -165,15 +165,18 @@ def test_a_ctrl_c_lost_in_a_finalizer_still_stops_training(tmp_path: Path, ctrl_
 
 
 def test_the_latch_leaves_a_callers_own_handling_alone() -> None:
+    calls: list[int] = []
+
     def own(signum: int, frame: object) -> None:
-        pass
+        calls.append(signum)
 
     previous = signal.signal(signal.SIGINT, own)
     try:
         with CtrlCLatch() as latch:
             assert signal.getsignal(signal.SIGINT) is own
-            own(signal.SIGINT, None)
+            signal.raise_signal(signal.SIGINT)  # a real Ctrl-C reaches the caller's handler, not the latch
             latch.check()  # never pressed as far as the latch knows
+        assert calls == [signal.SIGINT] and signal.getsignal(signal.SIGINT) is own
     finally:
         signal.signal(signal.SIGINT, previous)
 
@@ -183,6 +186,7 @@ def test_the_latch_leaves_a_callers_own_handling_alone() -> None:
         with CtrlCLatch():
             seen.append(signal.getsignal(signal.SIGINT))
 
+    # outside the main thread signal.signal would raise ValueError and `seen` stay empty: the latch leaves it alone
     thread = threading.Thread(target=in_a_thread)
     thread.start()
     thread.join()
